@@ -1,0 +1,187 @@
+//! `hema3n-edge run`: opens the store, starts the tasks, reports to systemd, and shuts down in
+//! order. The only place that spawns long-running tasks; queue capacities are named here.
+//!
+//! Tasks (all critical: if one ends with an error, everything shuts down and the process exits 1
+//! so that systemd restarts it):
+//! - `audit-checkpointer`: signs an audit checkpoint every `audit.checkpoint_every_secs`.
+//! - `health`: probes storage; sends WATCHDOG=1 only while the probe answers in time and every
+//!   task's heartbeat is fresh.
+//!
+//! Shutdown order: stop the tasks, then close storage (the owner thread checkpoints the WAL last),
+//! all under `daemon.shutdown_timeout_secs`.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::config::Config;
+use crate::crypto::keyring::{KeySources, Keyring};
+use crate::model::now_ms;
+use crate::storage::{Db, Store, StoreError};
+use crate::systemd;
+
+/// Why `run` ended badly; the exit code follows from it.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// Setup is wrong (keys, database, config): exit 78, no restart.
+    #[error(transparent)]
+    Setup(StoreError),
+    /// A critical task failed at runtime: exit 1, systemd restarts us.
+    #[error("critical task `{task}` failed: {reason}")]
+    Task { task: &'static str, reason: String },
+    #[error("cannot start the async runtime")]
+    Runtime(#[source] std::io::Error),
+}
+
+impl RunError {
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            RunError::Setup(e) if e.is_config() => 78,
+            _ => 1,
+        }
+    }
+}
+
+/// Liveness stamps of the critical tasks, read by the health task.
+#[derive(Default)]
+struct Heartbeats {
+    checkpointer: AtomicI64,
+}
+
+/// Opens everything and runs until SIGTERM/SIGINT or a critical failure.
+pub fn run(cfg: Config) -> Result<(), RunError> {
+    let started = std::time::Instant::now();
+    let keys = Keyring::load(KeySources::from_env(&cfg.keys.dir)).map_err(|e| RunError::Setup(e.into()))?;
+    let db = Db::open(&cfg, keys).map_err(RunError::Setup)?;
+    let schema = db.schema_version().map_err(RunError::Setup)?;
+    tracing::info!(db = %db.path().display(), schema, appliance_id = %cfg.appliance_id, "store open");
+    let (store, storage_thread) = Store::spawn(db, cfg.store.queue_capacity);
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("hema3n-rt")
+        .enable_all()
+        .build()
+        .map_err(RunError::Runtime)?;
+    let result = rt.block_on(serve(&cfg, store, started));
+    rt.shutdown_timeout(Duration::from_secs(2));
+    // All Store handles are gone now; the storage thread drains its queue and checkpoints.
+    if storage_thread.join().is_err() {
+        tracing::error!("storage thread panicked");
+        return Err(RunError::Task { task: "storage", reason: "panicked".into() });
+    }
+    tracing::info!("stopped");
+    result
+}
+
+async fn serve(cfg: &Config, store: Store, started: std::time::Instant) -> Result<(), RunError> {
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let beats = Arc::new(Heartbeats::default());
+    let mut tasks: JoinSet<(&'static str, Result<(), String>)> = JoinSet::new();
+
+    let every = Duration::from_secs(cfg.audit.checkpoint_every_secs);
+    tasks.spawn(checkpointer(store.clone(), every, beats.clone(), shutdown_rx.clone()));
+    let health_every = match systemd::watchdog_interval() {
+        Some(w) => (w / 2).min(Duration::from_millis(cfg.daemon.health_interval_ms)),
+        None => Duration::from_millis(cfg.daemon.health_interval_ms),
+    };
+    tasks.spawn(health(store.clone(), health_every, every, beats.clone(), shutdown_rx.clone()));
+    drop(store);
+
+    let ready_ms = started.elapsed().as_millis() as u64;
+    systemd::ready("running: store open");
+    tracing::info!(ready_ms, "ready");
+
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).map_err(RunError::Runtime)?;
+    let mut failure = None;
+    tokio::select! {
+        _ = sigterm.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
+        Some(done) = tasks.join_next() => {
+            let (task, reason) = match done {
+                Ok((task, Err(reason))) => (task, reason),
+                Ok((task, Ok(()))) => (task, "ended unexpectedly".to_string()),
+                Err(e) => ("unknown", e.to_string()),
+            };
+            tracing::error!(task, %reason, "critical task failed; shutting down");
+            failure = Some(RunError::Task { task, reason });
+        }
+    }
+    systemd::stopping("stopping");
+    let _ = shutdown_tx.send(true);
+    let deadline = Duration::from_secs(cfg.daemon.shutdown_timeout_secs);
+    if tokio::time::timeout(deadline, async { while tasks.join_next().await.is_some() {} }).await.is_err() {
+        tracing::warn!(?deadline, "tasks did not stop in time; aborting them");
+        tasks.abort_all();
+    }
+    failure.map_or(Ok(()), Err)
+}
+
+async fn checkpointer(
+    store: Store,
+    every: Duration,
+    beats: Arc<Heartbeats>,
+    mut shutdown: watch::Receiver<bool>,
+) -> (&'static str, Result<(), String>) {
+    const NAME: &str = "audit-checkpointer";
+    let mut tick = tokio::time::interval(every.min(Duration::from_secs(5)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.changed() => break,
+        }
+        match store.call(|db| db.checkpoint_audit_if_due(now_ms(), false)).await {
+            Ok(Some(seq)) => tracing::debug!(seq, "audit checkpoint signed"),
+            Ok(None) => {}
+            Err(e) => return (NAME, Err(e.to_string())),
+        }
+        beats.checkpointer.store(now_ms(), Ordering::Relaxed);
+    }
+    // Seal the tail of the log before storage closes.
+    let r = store.call(|db| db.checkpoint_audit_if_due(now_ms(), true)).await;
+    (NAME, r.map(|_| ()).map_err(|e| e.to_string()))
+}
+
+async fn health(
+    store: Store,
+    every: Duration,
+    checkpoint_every: Duration,
+    beats: Arc<Heartbeats>,
+    mut shutdown: watch::Receiver<bool>,
+) -> (&'static str, Result<(), String>) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let stale_after = (checkpoint_every.min(Duration::from_secs(5)) * 3).as_millis() as i64;
+    let mut last_status = String::new();
+    beats.checkpointer.store(now_ms(), Ordering::Relaxed);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.changed() => return ("health", Ok(())),
+        }
+        let probe = tokio::time::timeout(every, store.call(|db| db.ping())).await;
+        let checkpointer_age = now_ms() - beats.checkpointer.load(Ordering::Relaxed);
+        let status = match probe {
+            Ok(Ok(seq)) if checkpointer_age <= stale_after => {
+                systemd::watchdog();
+                format!("running: audit head {seq}")
+            }
+            Ok(Ok(_)) => format!("degraded: audit checkpointer silent for {checkpointer_age} ms"),
+            Ok(Err(e)) => format!("degraded: storage error: {e}"),
+            Err(_) => "degraded: storage did not answer the health probe".to_string(),
+        };
+        if status != last_status {
+            if status.starts_with("degraded") {
+                tracing::warn!(%status, "health changed");
+            } else {
+                tracing::info!(%status, "health changed");
+            }
+            systemd::status(&status);
+            last_status = status;
+        }
+    }
+}

@@ -1,0 +1,313 @@
+//! Subcommands other than `run`: `init`, `check`, `keys …`, `audit …`, `debug …`.
+//! Each returns the process exit code: 0 ok, 1 failure, 78 setup/configuration error.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use crate::config::Config;
+use crate::crypto::keyring::{
+    self, AUDIT_KEY, DB_KEY, INDEX_KEY, KeyError, KeySources, Keyring, SIGNING_KEY, territory_key_name,
+};
+use crate::model::{Actor, CaseDetails, Patient};
+use crate::storage::{Db, StoreError};
+
+/// Exit code for configuration and setup errors (sysexits EX_CONFIG).
+pub const EXIT_CONFIG: u8 = 78;
+
+/// A failed command: the message for stderr and the exit code.
+#[derive(Debug)]
+pub struct Failure {
+    pub code: u8,
+    pub error: anyhow::Error,
+}
+
+impl From<StoreError> for Failure {
+    fn from(e: StoreError) -> Self {
+        Failure { code: if e.is_config() { EXIT_CONFIG } else { 1 }, error: e.into() }
+    }
+}
+
+impl From<KeyError> for Failure {
+    fn from(e: KeyError) -> Self {
+        Failure { code: EXIT_CONFIG, error: e.into() }
+    }
+}
+
+impl From<std::io::Error> for Failure {
+    fn from(e: std::io::Error) -> Self {
+        Failure { code: 1, error: e.into() }
+    }
+}
+
+pub type CmdResult = Result<u8, Failure>;
+
+fn open_db(cfg: &Config) -> Result<Db, Failure> {
+    let keys = Keyring::load(KeySources::from_env(&cfg.keys.dir))?;
+    Ok(Db::open(cfg, keys)?)
+}
+
+/// `init --data-dir DIR`: creates DIR, its keys (0600, never overwritten), `DIR/edge.toml` and
+/// the database. Safe to run again.
+pub fn init(data_dir: &Path, appliance_id: &str, territory: &str) -> CmdResult {
+    let bad = |m: String| Failure { code: EXIT_CONFIG, error: anyhow::anyhow!(m) };
+    if !crate::model::is_valid_ident(appliance_id) || !crate::model::is_valid_ident(territory) {
+        return Err(bad("appliance id and territory must match [A-Za-z0-9._-]{1,64}".into()));
+    }
+    std::fs::create_dir_all(data_dir)?;
+    let data_dir = std::fs::canonicalize(data_dir)?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&data_dir, std::fs::Permissions::from_mode(0o700))?;
+    let key_dir = data_dir.join("keys");
+    let cfg_path = data_dir.join("edge.toml");
+    let mut cfg = Config { appliance_id: appliance_id.into(), data_dir: data_dir.clone(), default_territory: territory.into(), ..Config::default() };
+    cfg.keys.dir = key_dir.clone();
+    if cfg_path.exists() {
+        let (existing, _) = Config::load(&cfg_path, true).map_err(|e| Failure { code: EXIT_CONFIG, error: e.into() })?;
+        cfg = existing;
+    }
+    let key_dir = cfg.keys.dir.clone();
+    if cfg.db_path().exists() && !key_dir.join(DB_KEY).exists() && std::env::var_os("CREDENTIALS_DIRECTORY").is_none() {
+        return Err(bad(format!(
+            "database {} exists but {} is missing; restore that key (a new key would leave the database unreadable)",
+            cfg.db_path().display(),
+            key_dir.join(DB_KEY).display()
+        )));
+    }
+    let mut out = std::io::stdout().lock();
+    for name in [DB_KEY, INDEX_KEY, AUDIT_KEY] {
+        let created = keyring::ensure_key32(&key_dir, name)?;
+        writeln!(out, "{} key {}", if created { "created" } else { "kept   " }, key_dir.join(name).display())?;
+    }
+    let tk = territory_key_name(&cfg.default_territory, 1);
+    let has_territory = KeySources::from_env(&key_dir).territory_keys()?.contains_key(&cfg.default_territory);
+    if !has_territory {
+        keyring::ensure_key32(&key_dir, &tk)?;
+        writeln!(out, "created key {}", key_dir.join(&tk).display())?;
+    } else {
+        writeln!(out, "kept    territory keys of `{}`", cfg.default_territory)?;
+    }
+    let created = keyring::ensure_signing_key(&key_dir)?;
+    writeln!(out, "{} key {}", if created { "created" } else { "kept   " }, key_dir.join(SIGNING_KEY).display())?;
+    if !cfg_path.exists() {
+        let text = format!(
+            "# HEMA3N Edge configuration written by `hema3n-edge init`.\n\
+             # Every field and its default: `hema3n-edge --config {p} --print-config`.\n\
+             # Secrets are never stored here: keys live in keys.dir (0600) or systemd credentials.\n{}",
+            cfg.to_toml(),
+            p = cfg_path.display()
+        );
+        std::fs::write(&cfg_path, text)?;
+        writeln!(out, "created config {}", cfg_path.display())?;
+    } else {
+        writeln!(out, "kept    config {}", cfg_path.display())?;
+    }
+    let db = open_db(&cfg)?;
+    writeln!(out, "ready   database {} (schema v{}, SQLCipher {})", db.path().display(), db.schema_version()?, db.cipher_version()?)?;
+    writeln!(out, "\nstart the daemon with:\n  hema3n-edge --config {} run", cfg_path.display())?;
+    Ok(0)
+}
+
+/// `check`: diagnoses config, keys and database; prints one line per check.
+pub fn check(cfg: &Config, cfg_files: &[PathBuf]) -> CmdResult {
+    let mut out = std::io::stdout().lock();
+    let mut code = 0u8;
+    let files = if cfg_files.is_empty() { "embedded defaults".to_string() } else { cfg_files.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ") };
+    writeln!(out, "ok      config: {files}")?;
+    let sources = KeySources::from_env(&cfg.keys.dir);
+    let mut keys_ok = true;
+    for name in [DB_KEY, INDEX_KEY, AUDIT_KEY, SIGNING_KEY] {
+        match sources.find(name) {
+            Ok(p) => writeln!(out, "ok      key {name}: {}", p.display())?,
+            Err(e) => {
+                keys_ok = false;
+                writeln!(out, "FAIL    key {name}: {e}")?;
+            }
+        }
+    }
+    match sources.territory_keys() {
+        Ok(t) if t.contains_key(&cfg.default_territory) => {
+            for (terr, versions) in &t {
+                let v: Vec<String> = versions.keys().map(|v| format!("v{v}")).collect();
+                writeln!(out, "ok      territory `{terr}` keys: {}", v.join(", "))?;
+            }
+        }
+        Ok(_) => {
+            keys_ok = false;
+            writeln!(out, "FAIL    no key for default territory `{}` ({} missing)", cfg.default_territory, territory_key_name(&cfg.default_territory, 1))?;
+        }
+        Err(e) => {
+            keys_ok = false;
+            writeln!(out, "FAIL    territory keys: {e}")?;
+        }
+    }
+    if !keys_ok {
+        return Ok(EXIT_CONFIG);
+    }
+    let db = match open_db(cfg) {
+        Ok(db) => db,
+        Err(f) => {
+            writeln!(out, "FAIL    database {}: {:#}", cfg.db_path().display(), f.error)?;
+            return Ok(f.code);
+        }
+    };
+    writeln!(out, "ok      database {} (schema v{}, SQLCipher {})", db.path().display(), db.schema_version()?, db.cipher_version()?)?;
+    let problems = db.integrity_check(false)?;
+    if problems.is_empty() {
+        writeln!(out, "ok      integrity check")?;
+    } else {
+        code = 1;
+        writeln!(out, "FAIL    integrity check: {}", problems.join("; "))?;
+    }
+    for k in db.key_versions()? {
+        let state = match (k.loaded, k.retired, k.data_keys) {
+            (_, true, _) => "ok      (retired)",
+            (true, false, _) => "ok     ",
+            (false, false, 0) => "warn    (file absent, no data keys use it)",
+            (false, false, _) => {
+                code = 1;
+                "FAIL    (file absent but data keys need it)"
+            }
+        };
+        writeln!(out, "{state} key version {}/v{} id {}: {} data keys, {} encryptions", k.territory, k.version, k.key_id, k.data_keys, k.invocations)?;
+    }
+    let rep = db.verify_audit()?;
+    if rep.ok() {
+        writeln!(out, "ok      audit log: {} entries, {} checkpoints", rep.entries, rep.checkpoints)?;
+    } else {
+        code = 1;
+        writeln!(out, "FAIL    audit log: {}", rep.findings[0])?;
+    }
+    Ok(code)
+}
+
+/// `keys rotate`: new territory key version, then (unless `no_rewrap`) re-wrap all data keys.
+pub fn keys_rotate(cfg: &Config, territory: &str, no_rewrap: bool) -> CmdResult {
+    let mut db = open_db(cfg)?;
+    let actor = Actor::cli();
+    let v = db.rotate_territory_key(&actor, territory, &cfg.keys.dir)?;
+    println!("territory `{territory}`: created key version v{v} in {}", cfg.keys.dir.display());
+    if !no_rewrap {
+        let r = db.rewrap(&actor, territory)?;
+        println!("territory `{territory}`: re-wrapped {} data keys under v{}", r.rewrapped, r.to_version);
+    }
+    Ok(0)
+}
+
+/// `keys rewrap`: moves every data key of a territory to its current key version.
+pub fn keys_rewrap(cfg: &Config, territory: &str) -> CmdResult {
+    let mut db = open_db(cfg)?;
+    let r = db.rewrap(&Actor::cli(), territory)?;
+    println!("territory `{territory}`: re-wrapped {} data keys under v{}", r.rewrapped, r.to_version);
+    Ok(0)
+}
+
+/// `keys retire`: marks an unused old version retired.
+pub fn keys_retire(cfg: &Config, territory: &str, version: u32) -> CmdResult {
+    let mut db = open_db(cfg)?;
+    db.retire_key_version(&Actor::cli(), territory, version)?;
+    println!(
+        "territory `{territory}` key version v{version} retired; its file {} may now be removed",
+        territory_key_name(territory, version)
+    );
+    Ok(0)
+}
+
+/// `keys list`.
+pub fn keys_list(cfg: &Config) -> CmdResult {
+    let db = open_db(cfg)?;
+    println!("{:<16} {:>7} {:<16} {:>6} {:>7} {:>9} {:>12}", "territory", "version", "key id", "loaded", "retired", "data keys", "encryptions");
+    for k in db.key_versions()? {
+        println!(
+            "{:<16} {:>7} {:<16} {:>6} {:>7} {:>9} {:>12}",
+            k.territory, k.version, k.key_id, k.loaded, k.retired, k.data_keys, k.invocations
+        );
+    }
+    Ok(0)
+}
+
+/// `keys export-public`: the appliance public key (PEM SPKI) for the cloud receiver.
+pub fn keys_export_public(cfg: &Config, out: Option<&Path>) -> CmdResult {
+    let sources = KeySources::from_env(&cfg.keys.dir);
+    let keys = Keyring::load(sources)?;
+    let pem = keys.signing.public().to_pem();
+    match out {
+        Some(p) => {
+            std::fs::write(p, &pem)?;
+            eprintln!("wrote appliance public key (key id {}) to {}", keys.signing.public().key_id(), p.display());
+        }
+        None => print!("{pem}"),
+    }
+    Ok(0)
+}
+
+/// `audit verify`: 0 when the log verifies, 1 naming the first bad entry otherwise.
+pub fn audit_verify(cfg: &Config, json: bool) -> CmdResult {
+    let db = open_db(cfg)?;
+    let started = std::time::Instant::now();
+    let rep = db.verify_audit()?;
+    let secs = started.elapsed().as_secs_f64();
+    if json {
+        let v = serde_json::json!({
+            "ok": rep.ok(),
+            "entries": rep.entries,
+            "checkpoints": rep.checkpoints,
+            "last_seq": rep.last_seq,
+            "last_checkpoint_seq": rep.last_checkpoint_seq,
+            "seconds": secs,
+            "findings": rep.findings.iter().map(|f| serde_json::json!({"seq": f.seq, "what": f.what})).collect::<Vec<_>>(),
+        });
+        println!("{v}");
+    } else if rep.ok() {
+        println!(
+            "OK: {} entries, {} signed checkpoints (last at entry {}), verified in {secs:.2} s",
+            rep.entries, rep.checkpoints, rep.last_checkpoint_seq
+        );
+    } else {
+        println!("FAIL: first bad entry is {}: {}", rep.findings[0].seq, rep.findings[0].what);
+        for f in &rep.findings[1..] {
+            println!("      also {f}");
+        }
+    }
+    Ok(if rep.ok() { 0 } else { 1 })
+}
+
+/// `audit checkpoint`: signs a checkpoint over the current head now.
+pub fn audit_checkpoint(cfg: &Config) -> CmdResult {
+    let mut db = open_db(cfg)?;
+    match db.checkpoint_audit_if_due(crate::model::now_ms(), true)? {
+        Some(seq) => println!("signed checkpoint at entry {seq}"),
+        None => println!("no new entries since the last checkpoint"),
+    }
+    Ok(0)
+}
+
+/// `debug soak`: a storage soak workload. Writes patients and cases one transaction at a time
+/// and prints `committed <patient id> <case id>` after each COMMIT returned, so a harness that
+/// kills the process can check that everything reported committed survived. `count` 0 = forever.
+pub fn debug_soak(cfg: &Config, count: u64, last_name: &str) -> CmdResult {
+    let mut db = open_db(cfg)?;
+    let actor = Actor::cli();
+    let territory = cfg.default_territory.clone();
+    let mut out = std::io::stdout().lock();
+    let mut i = 0u64;
+    while count == 0 || i < count {
+        let p = Patient {
+            first_name: Some(format!("Soak{i}")),
+            last_name: Some(last_name.to_string()),
+            date_of_birth: Some(format!("19{:02}-0{}-1{}", 40 + i % 60, 1 + i % 9, i % 10)),
+            ssn: Some(format!("{:03}-{:02}-{:04}", 100 + i % 800, 10 + i % 90, i % 10000)),
+            ..Default::default()
+        };
+        let pid = db.create_patient(&actor, &territory, &p)?;
+        let cid = db.create_case(
+            &actor,
+            &territory,
+            Some(&pid),
+            &CaseDetails { chief_complaint: Some(format!("soak complaint {last_name}")), ..Default::default() },
+        )?;
+        writeln!(out, "committed {pid} {cid}")?;
+        out.flush()?;
+        i += 1;
+    }
+    Ok(0)
+}

@@ -1,0 +1,112 @@
+//! Cryptography for PHI at rest and for signatures. The only module that imports `ring`.
+//!
+//! - [`field`]: AES-256-GCM field encryption whose associated data binds table, column, row id
+//!   and data-key id, and the wrapping of per-case/per-patient data keys under territory keys.
+//! - [`blind`]: HMAC-SHA256 blind indexes over normalised search terms.
+//! - [`sign`]: ECDSA P-256 (ES256) appliance signing key, used for audit checkpoints.
+//! - [`keyring`]: the set of long-lived keys loaded from credentials.
+//!
+//! Invariant: no function here logs, and no error carries plaintext or key bytes.
+
+pub mod blind;
+pub mod field;
+pub mod keyring;
+pub mod sign;
+
+use ring::rand::{SecureRandom, SystemRandom};
+
+/// Errors from cryptographic operations. None of them carries secret material.
+#[derive(Debug, thiserror::Error)]
+pub enum CryptoError {
+    /// A field ciphertext failed authentication: it was moved to another row or column, edited,
+    /// or the data key is wrong. Recovery: none for this value; treat as tampering and audit it.
+    #[error("field {table}.{column} of row {row_id} failed authentication (moved, edited or wrong key)")]
+    FieldAuth { table: String, column: String, row_id: String },
+    /// A ciphertext is shorter than its header or has an unknown format version.
+    #[error("malformed ciphertext in {table}.{column} of row {row_id}: {why}")]
+    Malformed { table: String, column: String, row_id: String, why: &'static str },
+    /// A ciphertext names a different data key than the row it is stored in.
+    #[error("field {table}.{column} of row {row_id} was sealed under data key {found}, but the row uses data key {expected}")]
+    WrongDataKey { table: String, column: String, row_id: String, found: i64, expected: i64 },
+    /// A wrapped data key failed to unwrap under the territory key it names.
+    #[error("data key {dk_id} does not unwrap under territory {territory} key version {version}")]
+    Unwrap { dk_id: i64, territory: String, version: u32 },
+    /// A key file has the wrong length or encoding. Recovery: re-provision the key.
+    #[error("key {name} is malformed: {why}")]
+    BadKey { name: String, why: String },
+    /// The NIST SP 800-38D invocation limit of a key was reached. Recovery: rotate the key.
+    #[error("key {what} reached its invocation limit; rotate it")]
+    InvocationLimit { what: String },
+    /// A signature did not verify.
+    #[error("signature does not verify")]
+    BadSignature,
+    /// The system random generator failed (never expected on Linux).
+    #[error("system random generator failed")]
+    Rng,
+}
+
+/// Fills `buf` from the operating system's CSPRNG.
+pub fn random_bytes(buf: &mut [u8]) -> Result<(), CryptoError> {
+    SystemRandom::new().fill(buf).map_err(|_| CryptoError::Rng)
+}
+
+/// A fresh random 256-bit key.
+pub fn random_key() -> Result<zeroize::Zeroizing<[u8; 32]>, CryptoError> {
+    let mut k = zeroize::Zeroizing::new([0u8; 32]);
+    random_bytes(k.as_mut())?;
+    Ok(k)
+}
+
+/// SHA-256 of `data`.
+pub fn sha256(data: &[u8]) -> [u8; 32] {
+    let d = ring::digest::digest(&ring::digest::SHA256, data);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(d.as_ref());
+    out
+}
+
+/// Incremental SHA-256 used by the audit chain.
+pub struct Sha256(ring::digest::Context);
+
+impl Sha256 {
+    pub fn new() -> Self {
+        Sha256(ring::digest::Context::new(&ring::digest::SHA256))
+    }
+    pub fn update(&mut self, data: &[u8]) {
+        self.0.update(data)
+    }
+    pub fn finish(self) -> [u8; 32] {
+        let mut out = [0u8; 32];
+        out.copy_from_slice(self.0.finish().as_ref());
+        out
+    }
+}
+
+impl Default for Sha256 {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// HMAC-SHA256 of `data` under `key`.
+pub fn hmac_sha256(key: &[u8], data: &[&[u8]]) -> [u8; 32] {
+    let k = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key);
+    let mut ctx = ring::hmac::Context::with_key(&k);
+    for d in data {
+        ctx.update(d);
+    }
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ctx.sign().as_ref());
+    out
+}
+
+/// Constant-time equality for MACs and hashes.
+pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// A short public identifier of a secret key: the first 8 bytes of HMAC(key, label), in hex.
+/// It lets operators and error messages tell keys apart without revealing them.
+pub fn key_id(key: &[u8], label: &str) -> String {
+    hex::encode(&hmac_sha256(key, &[b"hema3n-key-id/v1|", label.as_bytes()])[..8])
+}

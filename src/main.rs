@@ -1,0 +1,176 @@
+//! `hema3n-edge`: parse the command line, load config, init logging, dispatch.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use hema3n_edge::cli::{self, EXIT_CONFIG, Failure};
+use hema3n_edge::config::{Config, DEFAULT_CONFIG_PATH};
+
+#[derive(Parser)]
+#[command(name = "hema3n-edge", version, about = "HEMA3N Edge appliance daemon and administration CLI")]
+struct Args {
+    /// Base configuration file; drop-ins are read from `edge.d/` beside it.
+    #[arg(long, global = true, env = "HEMA3N_CONFIG", value_name = "PATH")]
+    config: Option<PathBuf>,
+    /// Print the effective configuration (defaults, file and drop-ins merged) and exit.
+    #[arg(long, global = true)]
+    print_config: bool,
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the daemon (systemd Type=notify).
+    Run,
+    /// Create a data directory with keys, config and database for a development machine.
+    Init {
+        #[arg(long, value_name = "DIR")]
+        data_dir: PathBuf,
+        /// Appliance (vehicle) id written into the new config.
+        #[arg(long, default_value = "hema3n-dev")]
+        appliance_id: String,
+        /// Default territory; its first key version is created.
+        #[arg(long, default_value = "default")]
+        territory: String,
+    },
+    /// Diagnose configuration, keys and database.
+    Check,
+    /// Key management.
+    Keys {
+        #[command(subcommand)]
+        cmd: KeysCmd,
+    },
+    /// Audit log tools.
+    Audit {
+        #[command(subcommand)]
+        cmd: AuditCmd,
+    },
+    /// Diagnostics and soak workloads for operators and test harnesses.
+    #[command(hide = true)]
+    Debug {
+        #[command(subcommand)]
+        cmd: DebugCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCmd {
+    /// Create a new territory key version and re-wrap data keys under it.
+    Rotate {
+        #[arg(long)]
+        territory: Option<String>,
+        /// Only create the version; leave re-wrapping to `keys rewrap`.
+        #[arg(long)]
+        no_rewrap: bool,
+    },
+    /// Re-wrap every data key of a territory under its current key version.
+    Rewrap {
+        #[arg(long)]
+        territory: Option<String>,
+    },
+    /// Retire an old territory key version once no data key uses it.
+    Retire {
+        #[arg(long)]
+        territory: Option<String>,
+        #[arg(long)]
+        version: u32,
+    },
+    /// List territory key versions and their use.
+    List,
+    /// Print the appliance public signing key (PEM).
+    ExportPublic {
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCmd {
+    /// Verify the hash chain, MACs, signed checkpoints and head; exit 1 naming the first bad entry.
+    Verify {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Sign a checkpoint over the current head now.
+    Checkpoint,
+}
+
+#[derive(Subcommand)]
+enum DebugCmd {
+    /// Write patients and cases, printing each id after COMMIT (0 = until killed).
+    Soak {
+        #[arg(long, default_value_t = 0)]
+        count: u64,
+        #[arg(long, default_value = "Soakington")]
+        last_name: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    if let Some(Cmd::Init { data_dir, appliance_id, territory }) = &args.cmd {
+        hema3n_edge::systemd::init_logging(&Default::default());
+        return finish(cli::init(data_dir, appliance_id, territory));
+    }
+    let (path, explicit) = match &args.config {
+        Some(p) => (p.clone(), true),
+        None => (PathBuf::from(DEFAULT_CONFIG_PATH), false),
+    };
+    let (cfg, prov) = match Config::load(&path, explicit) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("hema3n-edge: configuration error: {}", anyhow::Error::from(e).chain().map(|c| c.to_string()).collect::<Vec<_>>().join(": "));
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    if args.print_config {
+        let from = if prov.files.is_empty() { "embedded defaults".into() } else { prov.files.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ") };
+        print!("# effective configuration from: {from}\n{}", cfg.to_toml());
+        return ExitCode::SUCCESS;
+    }
+    hema3n_edge::systemd::init_logging(&cfg.log);
+    let territory = |t: &Option<String>| t.clone().unwrap_or_else(|| cfg.default_territory.clone());
+    let r = match &args.cmd {
+        None => {
+            eprintln!("hema3n-edge: no command given; try `hema3n-edge --help`");
+            return ExitCode::from(2);
+        }
+        Some(Cmd::Init { .. }) => unreachable!("handled above"),
+        Some(Cmd::Run) => {
+            return match hema3n_edge::app::run(cfg) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    let code = e.exit_code();
+                    tracing::error!(error = %e, code, "daemon stopped");
+                    finish(Err(Failure { code, error: e.into() }))
+                }
+            };
+        }
+        Some(Cmd::Check) => cli::check(&cfg, &prov.files),
+        Some(Cmd::Keys { cmd }) => match cmd {
+            KeysCmd::Rotate { territory: t, no_rewrap } => cli::keys_rotate(&cfg, &territory(t), *no_rewrap),
+            KeysCmd::Rewrap { territory: t } => cli::keys_rewrap(&cfg, &territory(t)),
+            KeysCmd::Retire { territory: t, version } => cli::keys_retire(&cfg, &territory(t), *version),
+            KeysCmd::List => cli::keys_list(&cfg),
+            KeysCmd::ExportPublic { out } => cli::keys_export_public(&cfg, out.as_deref()),
+        },
+        Some(Cmd::Audit { cmd }) => match cmd {
+            AuditCmd::Verify { json } => cli::audit_verify(&cfg, *json),
+            AuditCmd::Checkpoint => cli::audit_checkpoint(&cfg),
+        },
+        Some(Cmd::Debug { cmd: DebugCmd::Soak { count, last_name } }) => cli::debug_soak(&cfg, *count, last_name),
+    };
+    finish(r)
+}
+
+fn finish(r: cli::CmdResult) -> ExitCode {
+    match r {
+        Ok(code) => ExitCode::from(code),
+        Err(Failure { code, error }) => {
+            eprintln!("hema3n-edge: error: {}", error.chain().map(|c| c.to_string()).collect::<Vec<_>>().join(": "));
+            ExitCode::from(code)
+        }
+    }
+}

@@ -1,0 +1,312 @@
+//! Plain domain types shared by every module: no IO here.
+//!
+//! The patient shape follows the seed record (SYSTEM.md §3) plus `mrn` and `sex`, which search
+//! and triage need. Unknown fields are rejected wherever these types are deserialised.
+
+use serde::{Deserialize, Serialize};
+
+/// Who performed an action, as recorded in the audit log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Actor {
+    /// Personal user id, or `system` / `cli:<unix user>` for the appliance itself.
+    pub id: String,
+    /// Role name (`paramedic`, `emt`, `staff`, `supervisor`, `admin`, `system`).
+    pub role: String,
+}
+
+impl Actor {
+    pub fn system() -> Self {
+        Actor { id: "system".into(), role: "system".into() }
+    }
+    /// The local administrator running a CLI command.
+    pub fn cli() -> Self {
+        let user = std::env::var("SUDO_USER").or_else(|_| std::env::var("USER")).unwrap_or_else(|_| "unknown".into());
+        Actor { id: format!("cli:{user}"), role: "admin".into() }
+    }
+}
+
+/// Outcome of an audited action.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Success,
+    Denied,
+    Failure,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Success => "success",
+            Outcome::Denied => "denied",
+            Outcome::Failure => "failure",
+        }
+    }
+}
+
+/// One audit event before it is chained. `details` must never contain PHI: ids and counts only.
+#[derive(Debug, Clone)]
+pub struct AuditEvent {
+    pub actor: Actor,
+    /// Dotted verb, e.g. `patient.create`, `patient.read`, `login.failure`, `case.erase`.
+    pub action: String,
+    /// `type/id`, e.g. `patient/0190…`.
+    pub resource: String,
+    pub outcome: Outcome,
+    pub territory: Option<String>,
+    pub details: serde_json::Value,
+}
+
+impl AuditEvent {
+    pub fn new(actor: &Actor, action: &str, resource: impl Into<String>, outcome: Outcome) -> Self {
+        AuditEvent {
+            actor: actor.clone(),
+            action: action.into(),
+            resource: resource.into(),
+            outcome,
+            territory: None,
+            details: serde_json::Value::Null,
+        }
+    }
+    pub fn territory(mut self, t: &str) -> Self {
+        self.territory = Some(t.into());
+        self
+    }
+    pub fn details(mut self, d: serde_json::Value) -> Self {
+        self.details = d;
+        self
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Address {
+    pub street: Option<String>,
+    pub city: Option<String>,
+    pub state: Option<String>,
+    pub zip: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Insurance {
+    pub carrier: Option<String>,
+    pub policy_number: Option<String>,
+    pub group_number: Option<String>,
+}
+
+/// Administrative sex as used by triage age/sex bands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Sex {
+    Female,
+    Male,
+    Other,
+    Unknown,
+}
+
+/// A patient's demographic record. Every field is optional: crews register fast with partial data.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Patient {
+    pub first_name: Option<String>,
+    pub last_name: Option<String>,
+    /// `YYYY-MM-DD`.
+    pub date_of_birth: Option<String>,
+    pub ssn: Option<String>,
+    pub email: Option<String>,
+    pub phone: Option<String>,
+    pub address: Option<Address>,
+    pub insurance: Option<Insurance>,
+    /// Medical record number at the receiving system, if known.
+    pub mrn: Option<String>,
+    pub sex: Option<Sex>,
+}
+
+/// A validation problem in PHI input: which field and why (never the value itself).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {reason}")]
+pub struct InvalidPhi {
+    pub field: &'static str,
+    pub reason: &'static str,
+}
+
+const MAX_FIELD_LEN: usize = 256;
+
+impl Patient {
+    /// Checks formats. Partial records are fine; malformed values are not.
+    pub fn validate(&self) -> Result<(), InvalidPhi> {
+        let texts: [(&'static str, &Option<String>); 7] = [
+            ("first_name", &self.first_name),
+            ("last_name", &self.last_name),
+            ("date_of_birth", &self.date_of_birth),
+            ("ssn", &self.ssn),
+            ("email", &self.email),
+            ("phone", &self.phone),
+            ("mrn", &self.mrn),
+        ];
+        for (field, v) in texts {
+            if let Some(v) = v {
+                if v.len() > MAX_FIELD_LEN {
+                    return Err(InvalidPhi { field, reason: "longer than 256 bytes" });
+                }
+                if v.chars().any(|c| c.is_control()) {
+                    return Err(InvalidPhi { field, reason: "contains control characters" });
+                }
+            }
+        }
+        if let Some(d) = &self.date_of_birth {
+            if !is_valid_date(d) {
+                return Err(InvalidPhi { field: "date_of_birth", reason: "must be a calendar date YYYY-MM-DD" });
+            }
+        }
+        if let Some(s) = &self.ssn {
+            let digits: String = s.chars().filter(|c| *c != '-').collect();
+            if digits.len() != 9 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(InvalidPhi { field: "ssn", reason: "must be 9 digits (dashes allowed)" });
+            }
+        }
+        if let Some(e) = &self.email {
+            let ok = e.split_once('@').is_some_and(|(l, d)| !l.is_empty() && d.contains('.') && !e.contains(' '));
+            if !ok {
+                return Err(InvalidPhi { field: "email", reason: "is not an email address" });
+            }
+        }
+        if let Some(p) = &self.phone {
+            let n = p.chars().filter(|c| c.is_ascii_digit()).count();
+            if !(7..=15).contains(&n) || !p.chars().all(|c| c.is_ascii_digit() || " +-().".contains(c)) {
+                return Err(InvalidPhi { field: "phone", reason: "must have 7-15 digits" });
+            }
+        }
+        if let Some(z) = self.address.as_ref().and_then(|a| a.zip.as_ref()) {
+            let ok = match z.len() {
+                5 => z.bytes().all(|b| b.is_ascii_digit()),
+                10 => z.as_bytes()[5] == b'-' && z.bytes().enumerate().all(|(i, b)| i == 5 || b.is_ascii_digit()),
+                _ => false,
+            };
+            if !ok {
+                return Err(InvalidPhi { field: "address.zip", reason: "must be 5 digits or ZIP+4" });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `YYYY-MM-DD` with a real month/day (leap years included), years 1880-2200.
+pub fn is_valid_date(s: &str) -> bool {
+    let b = s.as_bytes();
+    if b.len() != 10 || b[4] != b'-' || b[7] != b'-' {
+        return false;
+    }
+    let num = |r: std::ops::Range<usize>| s.get(r).filter(|x| x.bytes().all(|c| c.is_ascii_digit()))?.parse::<u32>().ok();
+    let (Some(y), Some(m), Some(d)) = (num(0..4), num(5..7), num(8..10)) else { return false };
+    let leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+    let dim = match m {
+        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
+        4 | 6 | 9 | 11 => 30,
+        2 if leap => 29,
+        2 => 28,
+        _ => return false,
+    };
+    (1880..=2200).contains(&y) && (1..=dim).contains(&d)
+}
+
+/// Lifecycle of a case (an ambulance encounter).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CaseStatus {
+    Open,
+    HandedOff,
+    Closed,
+}
+
+impl CaseStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CaseStatus::Open => "open",
+            CaseStatus::HandedOff => "handed_off",
+            CaseStatus::Closed => "closed",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "open" => CaseStatus::Open,
+            "handed_off" => CaseStatus::HandedOff,
+            "closed" => CaseStatus::Closed,
+            _ => return None,
+        })
+    }
+}
+
+/// Clinical context of a case entered by the crew (PHI: encrypted at rest).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaseDetails {
+    pub chief_complaint: Option<String>,
+    pub mechanism: Option<String>,
+    /// Symptom onset, RFC 3339 or unix milliseconds as text.
+    pub onset: Option<String>,
+}
+
+/// A case as read back from the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Case {
+    pub id: String,
+    pub territory: String,
+    pub patient_id: Option<String>,
+    pub status: CaseStatus,
+    pub created_at_ms: i64,
+    pub closed_at_ms: Option<i64>,
+    pub details: CaseDetails,
+}
+
+/// A patient as read back from the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredPatient {
+    pub id: String,
+    pub territory: String,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+    pub patient: Patient,
+}
+
+/// Valid territory, device and appliance identifiers: `[A-Za-z0-9._-]{1,64}`.
+pub fn is_valid_ident(s: &str) -> bool {
+    (1..=64).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+}
+
+/// Wall-clock milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates_are_calendar_checked() {
+        for ok in ["2000-02-29", "1999-12-31", "2024-01-01"] {
+            assert!(is_valid_date(ok), "{ok}");
+        }
+        for bad in ["1900-02-29", "2023-02-29", "2023-13-01", "2023-04-31", "23-01-01", "2023/01/01", "2023-1-01"] {
+            assert!(!is_valid_date(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn partial_patients_validate_and_bad_fields_are_named() {
+        assert!(Patient::default().validate().is_ok());
+        let p = Patient { ssn: Some("123-45-678".into()), ..Default::default() };
+        assert_eq!(p.validate().unwrap_err().field, "ssn");
+        let p = Patient { address: Some(Address { zip: Some("1234".into()), ..Default::default() }), ..Default::default() };
+        assert_eq!(p.validate().unwrap_err().field, "address.zip");
+        let p = Patient { email: Some("a@b".into()), ..Default::default() };
+        assert_eq!(p.validate().unwrap_err().field, "email");
+    }
+
+    #[test]
+    fn unknown_patient_fields_are_rejected() {
+        let e = serde_json::from_str::<Patient>(r#"{"last_name":"X","nickname":"Y"}"#).unwrap_err();
+        assert!(e.to_string().contains("nickname"));
+    }
+}

@@ -1,0 +1,314 @@
+//! Key metadata in the database: territory key versions, data keys (create, unwrap with a
+//! cache, invocation counters), rotation re-wrap, retirement and crypto-erase.
+
+use std::sync::Arc;
+
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+
+use super::{DATA_KEY_CACHE, Db, Result, State, StoreError};
+use crate::crypto::field::{DataKey, MAX_INVOCATIONS};
+use crate::crypto::keyring::{territory_key_name, write_secret};
+use crate::crypto::random_key;
+use crate::model::{Actor, AuditEvent, Outcome, now_ms};
+
+/// One territory key version as recorded in the database.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyVersionInfo {
+    pub territory: String,
+    pub version: u32,
+    pub key_id: String,
+    pub loaded: bool,
+    pub retired: bool,
+    /// Live data keys wrapped under this version.
+    pub data_keys: u64,
+    pub invocations: u64,
+}
+
+/// Outcome of a re-wrap pass.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RewrapReport {
+    pub territory: String,
+    pub to_version: u32,
+    pub rewrapped: u64,
+}
+
+const REWRAP_BATCH: usize = 500;
+
+impl State {
+    /// The newest loaded, non-retired key version of `territory`.
+    fn current_version(&self, conn: &Connection, territory: &str) -> Result<u32> {
+        let loaded = self
+            .keys
+            .territories
+            .get(territory)
+            .ok_or_else(|| StoreError::NoTerritoryKey { territory: territory.into() })?;
+        let retired: Vec<u32> = conn
+            .prepare_cached("SELECT version FROM key_versions WHERE territory = ?1 AND retired_at IS NOT NULL")?
+            .query_map([territory], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        loaded
+            .keys()
+            .rev()
+            .find(|v| !retired.contains(v))
+            .copied()
+            .ok_or_else(|| StoreError::NoTerritoryKey { territory: territory.into() })
+    }
+
+    /// Creates, wraps and records a new data key for `owner` (e.g. `case/<id>`).
+    pub(crate) fn new_data_key(&mut self, conn: &Connection, territory: &str, owner: &str) -> Result<Arc<DataKey>> {
+        let version = self.current_version(conn, territory)?;
+        let kek = self.keys.kek(territory, version).expect("current version is loaded");
+        let id: i64 = conn.query_row("SELECT coalesce(max(id), 0) + 1 FROM data_keys", [], |r| r.get(0))?;
+        let dk = DataKey::from_bytes(id, random_key()?);
+        let wrapped = dk.wrap(kek, territory)?;
+        let used: i64 = conn.query_row(
+            "UPDATE key_versions SET invocations = invocations + 1 WHERE territory = ?1 AND version = ?2 RETURNING invocations",
+            params![territory, version],
+            |r| r.get(0),
+        )?;
+        if used as u64 > MAX_INVOCATIONS {
+            return Err(crate::crypto::CryptoError::InvocationLimit { what: territory_key_name(territory, version) }.into());
+        }
+        conn.prepare_cached(
+            "INSERT INTO data_keys (id, territory, kek_version, wrapped, owner, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )?
+        .execute(params![id, territory, version, wrapped, owner, now_ms()])?;
+        let dk = Arc::new(dk);
+        self.cache_put(dk.clone());
+        Ok(dk)
+    }
+
+    fn cache_put(&mut self, dk: Arc<DataKey>) {
+        if self.dk_cache.len() >= DATA_KEY_CACHE {
+            self.dk_cache.clear();
+        }
+        self.dk_cache.insert(dk.id(), dk);
+    }
+
+    /// The unwrapped data key `id`; `kind`/`owner_id` name the record for error messages.
+    pub(crate) fn data_key(&mut self, conn: &Connection, id: i64, kind: &'static str, owner_id: &str) -> Result<Arc<DataKey>> {
+        if let Some(k) = self.dk_cache.get(&id) {
+            return Ok(k.clone());
+        }
+        let (territory, version, wrapped): (String, u32, Option<Vec<u8>>) = conn
+            .prepare_cached("SELECT territory, kek_version, wrapped FROM data_keys WHERE id = ?1")?
+            .query_row([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .optional()?
+            .ok_or_else(|| StoreError::NotFound { kind: "data key", id: id.to_string() })?;
+        let wrapped = wrapped.ok_or_else(|| StoreError::Erased { kind, id: owner_id.into() })?;
+        if self.keys.kek(&territory, version).is_none() {
+            // A `keys rotate` may have added a version while we run.
+            self.keys.reload_territories()?;
+            self.register_versions(conn)?;
+        }
+        let kek = self
+            .keys
+            .kek(&territory, version)
+            .ok_or_else(|| StoreError::KeyVersionMissing { territory: territory.clone(), version })?;
+        let dk = Arc::new(DataKey::unwrap(id, &wrapped, kek, &territory)?);
+        self.cache_put(dk.clone());
+        Ok(dk)
+    }
+
+    /// Adds `n` encryptions to a data key's persisted counter, refusing past the limit.
+    pub(crate) fn count_invocations(&self, conn: &Connection, dk_id: i64, n: u64) -> Result<()> {
+        let used: i64 = conn
+            .prepare_cached("UPDATE data_keys SET invocations = invocations + ?1 WHERE id = ?2 RETURNING invocations")?
+            .query_row(params![n as i64, dk_id], |r| r.get(0))?;
+        if used as u64 > MAX_INVOCATIONS {
+            return Err(crate::crypto::CryptoError::InvocationLimit { what: format!("data key {dk_id}") }.into());
+        }
+        Ok(())
+    }
+
+    /// Records loaded key versions that the database does not know yet and checks the known
+    /// ones still match.
+    fn register_versions(&self, conn: &Connection) -> Result<()> {
+        for (territory, versions) in &self.keys.territories {
+            for (version, kek) in versions {
+                let recorded: Option<String> = conn
+                    .query_row(
+                        "SELECT key_id FROM key_versions WHERE territory = ?1 AND version = ?2",
+                        params![territory, version],
+                        |r| r.get(0),
+                    )
+                    .optional()?;
+                match recorded {
+                    Some(r) if r != kek.key_id => {
+                        return Err(StoreError::KeyMismatch {
+                            territory: territory.clone(),
+                            version: *version,
+                            loaded: kek.key_id.clone(),
+                            recorded: r,
+                        });
+                    }
+                    Some(_) => {}
+                    None => {
+                        conn.execute(
+                            "INSERT INTO key_versions (territory, version, key_id, created_at) VALUES (?1, ?2, ?3, ?4)",
+                            params![territory, version, kek.key_id, now_ms()],
+                        )?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Db {
+    pub(super) fn register_key_versions(&mut self) -> Result<()> {
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        self.st.register_versions(&tx)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// All key versions known to the database or loaded.
+    pub fn key_versions(&self) -> Result<Vec<KeyVersionInfo>> {
+        let mut st = self.conn.prepare(
+            "SELECT k.territory, k.version, k.key_id, k.retired_at IS NOT NULL, k.invocations, \
+             (SELECT count(*) FROM data_keys d WHERE d.territory = k.territory AND d.kek_version = k.version AND d.wrapped IS NOT NULL) \
+             FROM key_versions k ORDER BY k.territory, k.version",
+        )?;
+        let rows = st.query_map([], |r| {
+            Ok(KeyVersionInfo {
+                territory: r.get(0)?,
+                version: r.get(1)?,
+                key_id: r.get(2)?,
+                retired: r.get(3)?,
+                invocations: r.get::<_, i64>(4)? as u64,
+                data_keys: r.get::<_, i64>(5)? as u64,
+                loaded: false,
+            })
+        })?;
+        let mut out: Vec<KeyVersionInfo> = rows.collect::<Result<_, _>>()?;
+        for k in &mut out {
+            k.loaded = self.st.keys.kek(&k.territory, k.version).is_some();
+        }
+        Ok(out)
+    }
+
+    /// Creates territory key version N+1 as a new 0600 file in `key_dir`, loads and records it.
+    /// New data keys are wrapped under it at once; existing ones stay readable under their
+    /// version until [`Db::rewrap`] moves them. Returns the new version.
+    pub fn rotate_territory_key(&mut self, actor: &Actor, territory: &str, key_dir: &std::path::Path) -> Result<u32> {
+        if !crate::model::is_valid_ident(territory) {
+            return Err(StoreError::Refused(format!("`{territory}` is not a valid territory id")));
+        }
+        self.st.keys.reload_territories()?;
+        let loaded_max = self.st.keys.territories.get(territory).and_then(|m| m.keys().next_back().copied()).unwrap_or(0);
+        let recorded_max: u32 = self.conn.query_row(
+            "SELECT coalesce(max(version), 0) FROM key_versions WHERE territory = ?1",
+            [territory],
+            |r| r.get(0),
+        )?;
+        let next = loaded_max.max(recorded_max) + 1;
+        let k = random_key()?;
+        let mut text = zeroize::Zeroizing::new(hex::encode(k.as_ref()).into_bytes());
+        text.push(b'\n');
+        write_secret(key_dir, &territory_key_name(territory, next), &text)?;
+        self.st.keys.reload_territories()?;
+        if self.st.keys.kek(territory, next).is_none() {
+            return Err(StoreError::Refused(format!(
+                "wrote {} to {} but it is not among the key sources ({}); point keys.dir there",
+                territory_key_name(territory, next),
+                key_dir.display(),
+                self.st.keys.sources.dirs().iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", ")
+            )));
+        }
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        self.st.register_versions(&tx)?;
+        let ev = AuditEvent::new(actor, "keys.rotate", format!("territory-key/{territory}/v{next}"), Outcome::Success)
+            .territory(territory);
+        super::audit::append(&tx, &self.st, &ev, now_ms())?;
+        tx.commit()?;
+        Ok(next)
+    }
+
+    /// Re-wraps every live data key of `territory` that is under an older version than the
+    /// current one, in batches of [`REWRAP_BATCH`] per transaction, so the daemon keeps serving.
+    pub fn rewrap(&mut self, actor: &Actor, territory: &str) -> Result<RewrapReport> {
+        let to = self.st.current_version(&self.conn, territory)?;
+        let mut rep = RewrapReport { territory: territory.into(), to_version: to, rewrapped: 0 };
+        loop {
+            let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let batch: Vec<(i64, u32, Vec<u8>)> = tx
+                .prepare(
+                    "SELECT id, kek_version, wrapped FROM data_keys \
+                     WHERE territory = ?1 AND kek_version < ?2 AND wrapped IS NOT NULL ORDER BY id LIMIT ?3",
+                )?
+                .query_map(params![territory, to, REWRAP_BATCH as i64], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                .collect::<Result<_, _>>()?;
+            if batch.is_empty() {
+                break;
+            }
+            let new_kek = self.st.keys.kek(territory, to).expect("current version is loaded");
+            for (id, version, wrapped) in &batch {
+                let old = self
+                    .st
+                    .keys
+                    .kek(territory, *version)
+                    .ok_or_else(|| StoreError::KeyVersionMissing { territory: territory.into(), version: *version })?;
+                let dk = DataKey::unwrap(*id, wrapped, old, territory)?;
+                let rewrapped = dk.wrap(new_kek, territory)?;
+                tx.execute("UPDATE data_keys SET wrapped = ?1, kek_version = ?2 WHERE id = ?3", params![rewrapped, to, id])?;
+            }
+            tx.execute(
+                "UPDATE key_versions SET invocations = invocations + ?1 WHERE territory = ?2 AND version = ?3",
+                params![batch.len() as i64, territory, to],
+            )?;
+            let ev = AuditEvent::new(actor, "keys.rewrap", format!("territory-key/{territory}/v{to}"), Outcome::Success)
+                .territory(territory)
+                .details(serde_json::json!({ "data_keys": batch.len() }));
+            super::audit::append(&tx, &self.st, &ev, now_ms())?;
+            tx.commit()?;
+            rep.rewrapped += batch.len() as u64;
+        }
+        Ok(rep)
+    }
+
+    /// Marks a key version retired once no live data key uses it; its file can then be removed.
+    pub fn retire_key_version(&mut self, actor: &Actor, territory: &str, version: u32) -> Result<()> {
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let in_use: i64 = tx.query_row(
+            "SELECT count(*) FROM data_keys WHERE territory = ?1 AND kek_version = ?2 AND wrapped IS NOT NULL",
+            params![territory, version],
+            |r| r.get(0),
+        )?;
+        if in_use > 0 {
+            return Err(StoreError::Refused(format!(
+                "territory `{territory}` key version {version} still wraps {in_use} data keys; run `hema3n-edge keys rewrap --territory {territory}` first"
+            )));
+        }
+        let newer: i64 = tx.query_row(
+            "SELECT count(*) FROM key_versions WHERE territory = ?1 AND version > ?2 AND retired_at IS NULL",
+            params![territory, version],
+            |r| r.get(0),
+        )?;
+        if newer == 0 {
+            return Err(StoreError::Refused(format!(
+                "territory `{territory}` key version {version} is the current version; rotate before retiring it"
+            )));
+        }
+        let n = tx.execute(
+            "UPDATE key_versions SET retired_at = ?1 WHERE territory = ?2 AND version = ?3 AND retired_at IS NULL",
+            params![now_ms(), territory, version],
+        )?;
+        if n == 0 {
+            return Err(StoreError::NotFound { kind: "active key version", id: format!("{territory}/v{version}") });
+        }
+        let ev = AuditEvent::new(actor, "keys.retire", format!("territory-key/{territory}/v{version}"), Outcome::Success)
+            .territory(territory);
+        super::audit::append(&tx, &self.st, &ev, now_ms())?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Destroys data key `id` (crypto-erase) inside `tx`: every ciphertext under it becomes noise.
+    pub(super) fn destroy_data_key(st: &mut State, conn: &Connection, id: i64) -> Result<()> {
+        conn.execute("UPDATE data_keys SET wrapped = NULL, destroyed_at = ?1 WHERE id = ?2", params![now_ms(), id])?;
+        st.dk_cache.remove(&id);
+        Ok(())
+    }
+}

@@ -1,0 +1,214 @@
+//! Versioned migrations (`PRAGMA user_version`). Append new steps; never edit a released one.
+//!
+//! Every PHI column is a BLOB holding a field ciphertext (`crypto::field`); `bi_*` columns hold
+//! blind indexes. Plain columns carry only ids, codes, states and times.
+
+/// Migration steps; index + 1 is the schema version they produce.
+pub const MIGRATIONS: &[&str] = &[
+    // v1: the foundation data model.
+    r#"
+CREATE TABLE meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+) STRICT;
+
+-- Territory key-encryption key versions known to this database (the keys live in credentials).
+CREATE TABLE key_versions (
+    territory   TEXT    NOT NULL,
+    version     INTEGER NOT NULL,
+    key_id      TEXT    NOT NULL,
+    created_at  INTEGER NOT NULL,
+    retired_at  INTEGER,
+    invocations INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (territory, version)
+) STRICT;
+
+-- Per-case / per-patient data keys, wrapped by a territory key. wrapped IS NULL = crypto-erased.
+CREATE TABLE data_keys (
+    id           INTEGER PRIMARY KEY,
+    territory    TEXT    NOT NULL,
+    kek_version  INTEGER NOT NULL,
+    wrapped      BLOB,
+    owner        TEXT    NOT NULL,
+    created_at   INTEGER NOT NULL,
+    destroyed_at INTEGER,
+    invocations  INTEGER NOT NULL DEFAULT 0
+) STRICT;
+CREATE INDEX data_keys_by_kek ON data_keys (territory, kek_version) WHERE wrapped IS NOT NULL;
+
+CREATE TABLE patients (
+    id            TEXT    PRIMARY KEY,
+    territory     TEXT    NOT NULL,
+    dk_id         INTEGER NOT NULL REFERENCES data_keys (id),
+    created_at    INTEGER NOT NULL,
+    updated_at    INTEGER NOT NULL,
+    first_name    BLOB,
+    last_name     BLOB,
+    date_of_birth BLOB,
+    ssn           BLOB,
+    email         BLOB,
+    phone         BLOB,
+    address       BLOB,
+    insurance     BLOB,
+    mrn           BLOB,
+    sex           BLOB,
+    bi_last_name  BLOB,
+    bi_dob        BLOB,
+    bi_mrn        BLOB
+) STRICT;
+CREATE INDEX patients_bi_last_name ON patients (territory, bi_last_name);
+CREATE INDEX patients_bi_dob ON patients (territory, bi_dob);
+CREATE INDEX patients_bi_mrn ON patients (territory, bi_mrn);
+
+CREATE TABLE cases (
+    id              TEXT    PRIMARY KEY,
+    territory       TEXT    NOT NULL,
+    patient_id      TEXT    REFERENCES patients (id),
+    dk_id           INTEGER NOT NULL REFERENCES data_keys (id),
+    status          TEXT    NOT NULL CHECK (status IN ('open', 'handed_off', 'closed')),
+    created_at      INTEGER NOT NULL,
+    created_by      TEXT    NOT NULL,
+    closed_at       INTEGER,
+    erased_at       INTEGER,
+    chief_complaint BLOB,
+    mechanism       BLOB,
+    onset           BLOB
+) STRICT;
+CREATE INDEX cases_by_territory ON cases (territory, status, created_at);
+
+CREATE TABLE devices (
+    id              TEXT    PRIMARY KEY,
+    kind            TEXT    NOT NULL DEFAULT 'monitor',
+    registered_at   INTEGER NOT NULL,
+    last_seen_at    INTEGER,
+    presence        TEXT    NOT NULL DEFAULT 'unknown' CHECK (presence IN ('unknown', 'online', 'offline')),
+    bound_case      TEXT    REFERENCES cases (id),
+    bound_at        INTEGER,
+    credential_hash TEXT
+) STRICT;
+
+-- Vital-sign readings. value is a field ciphertext under the case's (or the device's holding) data key.
+CREATE TABLE observations (
+    id          INTEGER PRIMARY KEY,
+    case_id     TEXT    REFERENCES cases (id),
+    device_id   TEXT,
+    dk_id       INTEGER NOT NULL REFERENCES data_keys (id),
+    code        TEXT    NOT NULL,
+    value       BLOB    NOT NULL,
+    device_time INTEGER,
+    recv_time   INTEGER NOT NULL,
+    source      TEXT    NOT NULL CHECK (source IN ('device', 'manual')),
+    dedup_key   BLOB    UNIQUE
+) STRICT;
+CREATE INDEX observations_by_case ON observations (case_id, code, device_time);
+CREATE INDEX observations_unbound ON observations (device_id) WHERE case_id IS NULL;
+
+CREATE TABLE triage_results (
+    id          INTEGER PRIMARY KEY,
+    case_id     TEXT    NOT NULL REFERENCES cases (id),
+    created_at  INTEGER NOT NULL,
+    final_esi   INTEGER NOT NULL CHECK (final_esi BETWEEN 1 AND 5),
+    rules_esi   INTEGER NOT NULL CHECK (rules_esi BETWEEN 1 AND 5),
+    model_esi   INTEGER CHECK (model_esi BETWEEN 1 AND 5),
+    news2       INTEGER,
+    specialty   TEXT,
+    confidence  REAL,
+    model_id    TEXT,
+    model_hash  TEXT,
+    reasons     BLOB
+) STRICT;
+CREATE INDEX triage_by_case ON triage_results (case_id, created_at);
+
+CREATE TABLE users (
+    id           TEXT    PRIMARY KEY,
+    display_name TEXT    NOT NULL,
+    role         TEXT    NOT NULL CHECK (role IN ('paramedic', 'emt', 'staff', 'supervisor', 'admin')),
+    territory    TEXT    NOT NULL,
+    secret_hash  TEXT    NOT NULL,
+    totp_secret  BLOB,
+    created_at   INTEGER NOT NULL,
+    disabled_at  INTEGER,
+    failed_count INTEGER NOT NULL DEFAULT 0,
+    backoff_until INTEGER
+) STRICT;
+
+CREATE TABLE sessions (
+    token_hash       BLOB    PRIMARY KEY,
+    user_id          TEXT    NOT NULL REFERENCES users (id),
+    created_at       INTEGER NOT NULL,
+    last_seen_at     INTEGER NOT NULL,
+    expires_at       INTEGER NOT NULL,
+    break_glass_until INTEGER
+) STRICT;
+
+-- Sealed bundles awaiting a signed receipt. Rows leave only after receipt (+ retention).
+CREATE TABLE outbox (
+    bundle_id       TEXT    PRIMARY KEY,
+    seq             INTEGER NOT NULL UNIQUE,
+    case_id         TEXT    REFERENCES cases (id),
+    priority        INTEGER NOT NULL,
+    kind            TEXT    NOT NULL CHECK (kind IN ('prealert', 'bundle', 'telemetry')),
+    envelope        BLOB    NOT NULL,
+    envelope_sha256 BLOB    NOT NULL,
+    created_at      INTEGER NOT NULL,
+    state           TEXT    NOT NULL CHECK (state IN ('queued', 'sent', 'receipted')),
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    sent_at         INTEGER,
+    receipted_at    INTEGER,
+    receipt         BLOB
+) STRICT;
+CREATE INDEX outbox_pending ON outbox (state, priority, seq);
+
+-- Rejected device packs. payload is a field ciphertext (rejected input may hold PHI).
+CREATE TABLE dead_letters (
+    id          INTEGER PRIMARY KEY,
+    device_id   TEXT,
+    topic       TEXT    NOT NULL,
+    received_at INTEGER NOT NULL,
+    code        TEXT    NOT NULL,
+    message     TEXT    NOT NULL,
+    record      INTEGER,
+    dk_id       INTEGER REFERENCES data_keys (id),
+    payload     BLOB
+) STRICT;
+
+-- Hash-chained, MACed, append-only audit log (see storage::audit).
+CREATE TABLE audit_log (
+    seq       INTEGER PRIMARY KEY AUTOINCREMENT,
+    ts        INTEGER NOT NULL,
+    actor     TEXT    NOT NULL,
+    role      TEXT    NOT NULL,
+    action    TEXT    NOT NULL,
+    resource  TEXT    NOT NULL,
+    outcome   TEXT    NOT NULL,
+    territory TEXT    NOT NULL,
+    details   TEXT    NOT NULL,
+    prev_hash BLOB    NOT NULL,
+    hash      BLOB    NOT NULL,
+    mac       BLOB    NOT NULL
+);
+CREATE TRIGGER audit_log_no_update BEFORE UPDATE ON audit_log
+BEGIN SELECT RAISE(ABORT, 'audit log is append-only'); END;
+CREATE TRIGGER audit_log_no_delete BEFORE DELETE ON audit_log
+BEGIN SELECT RAISE(ABORT, 'audit log is append-only'); END;
+
+CREATE TABLE audit_head (
+    id                  INTEGER PRIMARY KEY CHECK (id = 1),
+    seq                 INTEGER NOT NULL,
+    hash                BLOB    NOT NULL,
+    last_checkpoint_seq INTEGER NOT NULL,
+    last_checkpoint_ts  INTEGER NOT NULL
+) STRICT;
+
+CREATE TABLE audit_checkpoints (
+    seq       INTEGER PRIMARY KEY,
+    ts        INTEGER NOT NULL,
+    hash      BLOB    NOT NULL,
+    key_id    TEXT    NOT NULL,
+    signature BLOB    NOT NULL
+) STRICT;
+"#,
+];
+
+/// The schema version this build writes.
+pub const CURRENT_VERSION: i64 = MIGRATIONS.len() as i64;

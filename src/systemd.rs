@@ -1,0 +1,71 @@
+//! Host integration: sd_notify (READY, STATUS, WATCHDOG, STOPPING), watchdog interval and the
+//! choice between journald and stderr logging. The only module that imports `sd-notify` and
+//! `tracing-journald`.
+
+use std::time::Duration;
+
+use sd_notify::NotifyState;
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+
+use crate::config::{LogConfig, LogFormat};
+
+fn send(states: &[NotifyState<'_>]) {
+    if std::env::var_os("NOTIFY_SOCKET").is_none() {
+        return;
+    }
+    if let Err(e) = sd_notify::notify(states) {
+        tracing::warn!(error = %e, "sd_notify failed");
+    }
+}
+
+/// READY=1 with a status line.
+pub fn ready(status: &str) {
+    send(&[NotifyState::Ready, NotifyState::Status(status)]);
+}
+
+/// STATUS=<one line>.
+pub fn status(status: &str) {
+    send(&[NotifyState::Status(status)]);
+}
+
+/// WATCHDOG=1.
+pub fn watchdog() {
+    send(&[NotifyState::Watchdog]);
+}
+
+/// STOPPING=1 with a status line.
+pub fn stopping(status: &str) {
+    send(&[NotifyState::Stopping, NotifyState::Status(status)]);
+}
+
+/// The watchdog interval systemd asked for (`WATCHDOG_USEC` for this PID), if any.
+pub fn watchdog_interval() -> Option<Duration> {
+    sd_notify::watchdog_enabled()
+}
+
+/// True when stderr is connected to the journal (systemd sets `JOURNAL_STREAM`).
+fn under_journal() -> bool {
+    std::env::var_os("JOURNAL_STREAM").is_some() && std::path::Path::new("/run/systemd/journal/socket").exists()
+}
+
+/// Installs the global `tracing` subscriber. `RUST_LOG` overrides the configured level.
+pub fn init_logging(cfg: &LogConfig) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&cfg.level));
+    let want_journal = match cfg.format {
+        LogFormat::Journald => true,
+        LogFormat::Text => false,
+        LogFormat::Auto => under_journal(),
+    };
+    if want_journal {
+        match tracing_journald::layer() {
+            Ok(layer) => {
+                let _ = tracing_subscriber::registry().with(filter).with(layer.with_syslog_identifier("hema3n-edge".into())).try_init();
+                return;
+            }
+            Err(e) => eprintln!("hema3n-edge: journald unavailable ({e}); logging to stderr"),
+        }
+    }
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).try_init();
+}
