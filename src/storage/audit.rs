@@ -264,8 +264,8 @@ pub fn verify_with(conn: &Connection, audit_key: &[u8], publics: &[PublicKey], a
         rep.last_seq = seq;
     }
     let last = rep.last_seq;
-    for &cp in checkpoints.keys().filter(|&&s| s > last) {
-        add(&mut rep, cp, format!("is covered by a signed checkpoint but missing (log truncated after entry {last})"));
+    if let Some(&cp) = checkpoints.keys().next_back().filter(|&&s| s > last) {
+        add(&mut rep, last + 1, format!("missing: entries {}..{cp} are covered by a signed checkpoint (log truncated)", last + 1));
     }
     rep.last_checkpoint_seq = checkpoints.keys().next_back().copied().unwrap_or(0);
     let head: Option<(i64, Vec<u8>)> =

@@ -271,16 +271,6 @@ impl Db {
     /// Marks a key version retired once no live data key uses it; its file can then be removed.
     pub fn retire_key_version(&mut self, actor: &Actor, territory: &str, version: u32) -> Result<()> {
         let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let in_use: i64 = tx.query_row(
-            "SELECT count(*) FROM data_keys WHERE territory = ?1 AND kek_version = ?2 AND wrapped IS NOT NULL",
-            params![territory, version],
-            |r| r.get(0),
-        )?;
-        if in_use > 0 {
-            return Err(StoreError::Refused(format!(
-                "territory `{territory}` key version {version} still wraps {in_use} data keys; run `hema3n-edge keys rewrap --territory {territory}` first"
-            )));
-        }
         let newer: i64 = tx.query_row(
             "SELECT count(*) FROM key_versions WHERE territory = ?1 AND version > ?2 AND retired_at IS NULL",
             params![territory, version],
@@ -289,6 +279,16 @@ impl Db {
         if newer == 0 {
             return Err(StoreError::Refused(format!(
                 "territory `{territory}` key version {version} is the current version; rotate before retiring it"
+            )));
+        }
+        let in_use: i64 = tx.query_row(
+            "SELECT count(*) FROM data_keys WHERE territory = ?1 AND kek_version = ?2 AND wrapped IS NOT NULL",
+            params![territory, version],
+            |r| r.get(0),
+        )?;
+        if in_use > 0 {
+            return Err(StoreError::Refused(format!(
+                "territory `{territory}` key version {version} still wraps {in_use} data keys; run `hema3n-edge keys rewrap --territory {territory}` first"
             )));
         }
         let n = tx.execute(

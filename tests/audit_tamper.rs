@@ -1,0 +1,157 @@
+//! Audit mutation corpus: each tampering of a real SQLCipher audit log is detected by
+//! `hema3n-edge audit verify`, which exits 1 and names the first bad entry.
+
+mod common;
+
+use common::Appliance;
+use hema3n_edge::storage::audit::{EntryFields, entry_hash, entry_mac};
+use hema3n_edge::storage::Db;
+
+/// A log of 2 migration/init entries + 2 per soak line, checkpoint every 10 entries.
+fn build_log() -> (Appliance, i64) {
+    let a = Appliance::init_with(&[("10-audit.toml", "[audit]\ncheckpoint_every_entries = 10\n")]);
+    a.soak(16, "Audit");
+    let db = a.open();
+    let rep = db.verify_audit().unwrap();
+    assert!(rep.ok(), "{:?}", rep.findings);
+    assert!(rep.last_seq > rep.last_checkpoint_seq, "entries exist after the last checkpoint");
+    assert!(rep.checkpoints >= 3);
+    (a, rep.last_seq)
+}
+
+const UNLOCK: &str = "DROP TRIGGER audit_log_no_update; DROP TRIGGER audit_log_no_delete;";
+
+fn verify_fails_at(a: &Appliance, seq: i64, why: &str) {
+    let o = a.run(&["audit", "verify"]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(1), "verify must fail:\n{out}");
+    let first = out.lines().next().unwrap_or_default();
+    assert!(first.starts_with(&format!("FAIL: first bad entry is {seq}: ")), "expected entry {seq}:\n{out}");
+    assert!(first.contains(why), "expected `{why}`:\n{out}");
+}
+
+struct Row {
+    seq: i64,
+    ts: i64,
+    f: [String; 7],
+    prev: Vec<u8>,
+}
+
+fn rows(db: &Db) -> Vec<Row> {
+    let c = db.raw_connection_for_tests();
+    let mut st = c.prepare("SELECT seq, ts, actor, role, action, resource, outcome, territory, details, prev_hash FROM audit_log ORDER BY seq").unwrap();
+    st.query_map([], |r| {
+        Ok(Row {
+            seq: r.get(0)?,
+            ts: r.get(1)?,
+            f: [r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?, r.get(8)?],
+            prev: r.get(9)?,
+        })
+    })
+    .unwrap()
+    .collect::<Result<_, _>>()
+    .unwrap()
+}
+
+/// Recomputes hashes (and, with a key, MACs) from entry `from` to the end, and the head.
+fn rechain(db: &Db, from: i64, audit_key: Option<&[u8]>) {
+    let c = db.raw_connection_for_tests();
+    let all = rows(db);
+    let mut prev = all.iter().find(|r| r.seq == from).unwrap().prev.clone();
+    for r in all.iter().filter(|r| r.seq >= from) {
+        let h = entry_hash(
+            &prev,
+            &EntryFields { seq: r.seq, ts: r.ts, actor: &r.f[0], role: &r.f[1], action: &r.f[2], resource: &r.f[3], outcome: &r.f[4], territory: &r.f[5], details: &r.f[6] },
+        );
+        c.execute("UPDATE audit_log SET prev_hash = ?1, hash = ?2 WHERE seq = ?3", (&prev, &h[..], r.seq)).unwrap();
+        if let Some(k) = audit_key {
+            c.execute("UPDATE audit_log SET mac = ?1 WHERE seq = ?2", (&entry_mac(k, &h)[..], r.seq)).unwrap();
+        }
+        prev = h.to_vec();
+    }
+    c.execute("UPDATE audit_head SET seq = (SELECT max(seq) FROM audit_log), hash = ?1", [&prev]).unwrap();
+}
+
+#[test]
+fn untouched_log_verifies() {
+    let (a, last) = build_log();
+    let out = a.ok(&["audit", "verify"]);
+    assert!(out.starts_with(&format!("OK: {last} entries")), "{out}");
+}
+
+#[test]
+fn deleting_a_middle_entry_is_detected() {
+    let (a, _) = build_log();
+    a.open().raw_connection_for_tests().execute_batch(&format!("{UNLOCK} DELETE FROM audit_log WHERE seq = 15;")).unwrap();
+    verify_fails_at(&a, 15, "missing (entries 15..15 deleted)");
+}
+
+#[test]
+fn deleting_the_tail_is_detected() {
+    let (a, last) = build_log();
+    a.open().raw_connection_for_tests().execute_batch(&format!("{UNLOCK} DELETE FROM audit_log WHERE seq >= {};", last - 1)).unwrap();
+    verify_fails_at(&a, last - 1, "tail deleted");
+}
+
+#[test]
+fn reordering_entries_is_detected() {
+    let (a, _) = build_log();
+    a.open()
+        .raw_connection_for_tests()
+        .execute_batch(&format!(
+            "{UNLOCK} UPDATE audit_log SET seq = -12 WHERE seq = 12; UPDATE audit_log SET seq = 12 WHERE seq = 13; \
+             UPDATE audit_log SET seq = 13 WHERE seq = -12;"
+        ))
+        .unwrap();
+    verify_fails_at(&a, 12, "does not link");
+}
+
+#[test]
+fn editing_one_byte_is_detected() {
+    let (a, _) = build_log();
+    a.open()
+        .raw_connection_for_tests()
+        .execute_batch(&format!("{UNLOCK} UPDATE audit_log SET action = 'patient.creatf' WHERE seq = 17;"))
+        .unwrap();
+    verify_fails_at(&a, 17, "content was edited");
+}
+
+#[test]
+fn rechaining_with_forged_hashes_is_detected() {
+    let (a, _) = build_log();
+    let db = a.open();
+    db.raw_connection_for_tests().execute_batch(&format!("{UNLOCK} UPDATE audit_log SET actor = 'cli:mallory' WHERE seq = 14;")).unwrap();
+    rechain(&db, 14, None);
+    drop(db);
+    verify_fails_at(&a, 14, "MAC is invalid");
+}
+
+#[test]
+fn rechaining_even_with_the_audit_key_is_caught_by_signed_checkpoints() {
+    let (a, _) = build_log();
+    let db = a.open();
+    db.raw_connection_for_tests().execute_batch(&format!("{UNLOCK} UPDATE audit_log SET outcome = 'denied' WHERE seq = 14;")).unwrap();
+    let key = hema3n_edge::crypto::keyring::KeySources::from_env(&a.key_dir()).read_key32("audit.key").unwrap().1;
+    rechain(&db, 14, Some(key.as_ref()));
+    drop(db);
+    // Checkpoints sit at 10, 20, 30: the rewrite is pinned to the range after checkpoint 10.
+    verify_fails_at(&a, 20, "differs from its signed checkpoint (entries 11..20 were rewritten)");
+}
+
+#[test]
+fn truncating_behind_a_checkpoint_is_detected() {
+    let (a, _) = build_log();
+    let db = a.open();
+    // Delete from 25 on, then make the head and AUTOINCREMENT agree, as a careful attacker would.
+    db.raw_connection_for_tests()
+        .execute_batch(&format!(
+            "{UNLOCK} DELETE FROM audit_log WHERE seq >= 25; \
+             UPDATE sqlite_sequence SET seq = 24 WHERE name = 'audit_log';"
+        ))
+        .unwrap();
+    db.raw_connection_for_tests()
+        .execute_batch("UPDATE audit_head SET seq = 24, hash = (SELECT hash FROM audit_log WHERE seq = 24);")
+        .unwrap();
+    drop(db);
+    verify_fails_at(&a, 25, "signed checkpoint");
+}
