@@ -1,1 +1,204 @@
-fn main() {}
+//! `scripts/bench.sh store`: the encrypted store against raw baselines measured in the same run.
+//!
+//! - raw plain SQLite vs raw SQLCipher: the same batched inserts (1000 rows per transaction,
+//!   WAL, synchronous=FULL) — the cost of page encryption alone;
+//! - the store's patient insert (SQLCipher + per-record data key + field encryption + blind
+//!   indexes + chained audit entry, 1000 per transaction) vs plain SQLite inserting rows of the
+//!   same shape and size (patient row + audit row) — the whole cost of our protection;
+//! - field seal/open cost; committed audit append p50/p99; audit verify of 10^6 entries vs a raw
+//!   scan of the same rows.
+//!
+//! Prints tables and `BENCH name value=… unit=… baseline=… ratio=…` lines (SYSTEM.md §8).
+//! `HEMA3N_BENCH_QUICK=1` shrinks sizes for a smoke run.
+
+use std::time::{Duration, Instant};
+
+use hema3n_edge::config::Config;
+use hema3n_edge::crypto::field::{DataKey, FieldLoc};
+use hema3n_edge::crypto::keyring::{self, KeySources, Keyring};
+use hema3n_edge::model::{Actor, Address, AuditEvent, Outcome, Patient};
+use hema3n_edge::storage::Db;
+use rusqlite::Connection;
+
+fn quick() -> bool {
+    std::env::var_os("HEMA3N_BENCH_QUICK").is_some()
+}
+
+fn bench_line(name: &str, value: f64, unit: &str, baseline: f64) {
+    println!("BENCH {name} value={value:.3} unit={unit} baseline={baseline:.3} ratio={:.3}", value / baseline);
+}
+
+fn pct(v: &mut [Duration], p: f64) -> Duration {
+    v.sort();
+    v[((v.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn raw_conn(path: &std::path::Path, key: Option<&str>) -> Connection {
+    let c = Connection::open(path).unwrap();
+    if let Some(k) = key {
+        c.execute_batch(&format!("PRAGMA key = \"x'{k}'\";")).unwrap();
+    }
+    c.query_row("PRAGMA journal_mode = WAL", [], |_| Ok(())).unwrap();
+    c.execute_batch("PRAGMA synchronous = FULL; PRAGMA temp_store = MEMORY;").unwrap();
+    c
+}
+
+/// Raw batched inserts of `n` rows of ~`row_bytes` bytes; rows/s.
+fn raw_inserts(c: &mut Connection, n: usize, row_bytes: usize) -> f64 {
+    c.execute_batch("CREATE TABLE IF NOT EXISTS r (id INTEGER PRIMARY KEY, a BLOB, b BLOB)").unwrap();
+    let blob = vec![0x5au8; row_bytes / 2];
+    let t = Instant::now();
+    for chunk in 0..n / 1000 {
+        let tx = c.transaction().unwrap();
+        {
+            let mut st = tx.prepare_cached("INSERT INTO r (id, a, b) VALUES (?1, ?2, ?3)").unwrap();
+            for i in 0..1000 {
+                st.execute(((chunk * 1000 + i) as i64, &blob, &blob)).unwrap();
+            }
+        }
+        tx.commit().unwrap();
+    }
+    n as f64 / t.elapsed().as_secs_f64()
+}
+
+/// Plain SQLite writing what the store writes per patient (row with 7 text-ish columns and 3
+/// index columns, a data-key row, an audit row), 1000 per transaction; patients/s.
+fn plain_patient_shape(c: &mut Connection, n: usize) -> f64 {
+    c.execute_batch(
+        "CREATE TABLE p (id TEXT PRIMARY KEY, territory TEXT, dk INTEGER, c1 BLOB, c2 BLOB, c3 BLOB, c4 BLOB, c5 BLOB, c6 BLOB, c7 BLOB, i1 BLOB, i2 BLOB, i3 BLOB); \
+         CREATE INDEX p_i1 ON p (territory, i1); CREATE INDEX p_i2 ON p (territory, i2); CREATE INDEX p_i3 ON p (territory, i3); \
+         CREATE TABLE d (id INTEGER PRIMARY KEY, territory TEXT, v INTEGER, w BLOB, owner TEXT); \
+         CREATE TABLE a (seq INTEGER PRIMARY KEY, ts INTEGER, actor TEXT, action TEXT, resource TEXT, prev BLOB, hash BLOB, mac BLOB);",
+    )
+    .unwrap();
+    let field = vec![0x41u8; 45];
+    let wrapped = vec![0x42u8; 61];
+    let t = Instant::now();
+    for chunk in 0..n / 1000 {
+        let tx = c.transaction().unwrap();
+        for i in 0..1000 {
+            let k = (chunk * 1000 + i) as i64;
+            let id = format!("{k:036}");
+            tx.prepare_cached("INSERT INTO d VALUES (?1, 'default', 1, ?2, ?3)").unwrap().execute((k, &wrapped, &id)).unwrap();
+            tx.prepare_cached("INSERT INTO p VALUES (?1, 'default', ?2, ?3, ?3, ?3, ?3, ?3, ?3, ?3, ?4, ?4, ?4)")
+                .unwrap()
+                .execute((&id, k, &field, &k.to_be_bytes()[..]))
+                .unwrap();
+            tx.prepare_cached("INSERT INTO a VALUES (?1, 0, 'cli', 'patient.create', ?2, ?3, ?3, ?3)")
+                .unwrap()
+                .execute((k, &id, &field[..32]))
+                .unwrap();
+        }
+        tx.commit().unwrap();
+    }
+    n as f64 / t.elapsed().as_secs_f64()
+}
+
+fn patient(i: usize) -> Patient {
+    Patient {
+        first_name: Some(format!("First{i}")),
+        last_name: Some(format!("Last{}", i % 5000)),
+        date_of_birth: Some(format!("19{:02}-0{}-1{}", 40 + i % 60, 1 + i % 9, i % 10)),
+        ssn: Some(format!("{:03}-{:02}-{:04}", 100 + i % 800, 10 + i % 90, i % 10000)),
+        phone: Some("+1 555 0100".into()),
+        mrn: Some(format!("MRN{i:08}")),
+        address: Some(Address { city: Some("Springfield".into()), zip: Some("12345".into()), ..Default::default() }),
+        ..Default::default()
+    }
+}
+
+fn open_store(dir: &std::path::Path, checkpoint_every: u64) -> Db {
+    let keys = dir.join("keys");
+    for k in [keyring::DB_KEY, keyring::INDEX_KEY, keyring::AUDIT_KEY, "territory.default.v1.key"] {
+        keyring::ensure_key32(&keys, k).unwrap();
+    }
+    keyring::ensure_signing_key(&keys).unwrap();
+    let mut cfg = Config { data_dir: dir.to_path_buf(), ..Config::default() };
+    cfg.keys.dir = keys.clone();
+    cfg.audit.checkpoint_every_entries = checkpoint_every;
+    Db::open(&cfg, Keyring::load(KeySources::from_env(&keys)).unwrap()).unwrap()
+}
+
+fn main() {
+    let tmp = tempfile::tempdir().unwrap();
+    let n = if quick() { 10_000 } else { 100_000 };
+    let key = hex::encode([7u8; 32]);
+
+    println!("## store: {n} rows, 1000 rows per transaction, WAL, synchronous=FULL");
+    let plain = raw_inserts(&mut raw_conn(&tmp.path().join("plain.db"), None), n, 100);
+    let cipher = raw_inserts(&mut raw_conn(&tmp.path().join("cipher.db"), Some(&key)), n, 100);
+    println!("raw plain SQLite inserts     {plain:>12.0} rows/s");
+    println!("raw SQLCipher inserts        {cipher:>12.0} rows/s   ({:.2}x plain)", cipher / plain);
+    bench_line("sqlcipher_rows_per_s", cipher, "rows/s", plain);
+
+    let np = n / 5;
+    let plain_shape = plain_patient_shape(&mut raw_conn(&tmp.path().join("shape.db"), None), np);
+    let mut db = open_store(&tmp.path().join("store"), 1000);
+    let actor = Actor::cli();
+    let batch: Vec<Patient> = (0..1000).map(patient).collect();
+    let t = Instant::now();
+    for _ in 0..np / 1000 {
+        db.create_patients(&actor, "default", &batch).unwrap();
+    }
+    let store = np as f64 / t.elapsed().as_secs_f64();
+    println!("plain SQLite, patient shape  {plain_shape:>12.0} patients/s");
+    println!("encrypted store patients     {store:>12.0} patients/s ({:.2}x plain; data key + 10 fields + 3 blind indexes + audit each)", store / plain_shape);
+    bench_line("store_rows_per_s", store, "patients/s", plain_shape);
+
+    // Field encryption cost.
+    let dk = DataKey::from_bytes(1, hema3n_edge::crypto::random_key().unwrap());
+    let loc = FieldLoc { table: "patients", column: "last_name", row_id: "0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b" };
+    let iters = if quick() { 20_000 } else { 200_000 };
+    let t = Instant::now();
+    let mut ct = Vec::new();
+    for _ in 0..iters {
+        ct = dk.seal(loc, b"Johnson-Smythe").unwrap();
+    }
+    let seal_ns = t.elapsed().as_nanos() as f64 / iters as f64;
+    let t = Instant::now();
+    for _ in 0..iters {
+        std::hint::black_box(dk.open(loc, &ct).unwrap());
+    }
+    let open_ns = t.elapsed().as_nanos() as f64 / iters as f64;
+    println!("field seal                   {seal_ns:>12.0} ns");
+    println!("field open                   {open_ns:>12.0} ns");
+
+    // Committed audit append latency (one transaction, one fsync each).
+    let mut lat = Vec::new();
+    let m = if quick() { 100 } else { 1000 };
+    for i in 0..m {
+        let ev = AuditEvent::new(&actor, "login.failure", format!("user/u{i}"), Outcome::Denied);
+        let t = Instant::now();
+        db.audit(&ev).unwrap();
+        lat.push(t.elapsed());
+    }
+    let (p50, p99) = (pct(&mut lat, 0.50), pct(&mut lat, 0.99));
+    println!("committed audit append       p50 {:.2} ms  p99 {:.2} ms", p50.as_secs_f64() * 1e3, p99.as_secs_f64() * 1e3);
+    bench_line("audit_append_p99_ms", p99.as_secs_f64() * 1e3, "ms", p50.as_secs_f64() * 1e3);
+    drop(db);
+
+    // Audit verify of 10^6 entries vs a raw scan of the same rows.
+    let total = if quick() { 100_000 } else { 1_000_000 };
+    let mut db = open_store(&tmp.path().join("audit"), 1000);
+    let evs: Vec<AuditEvent> = (0..10_000)
+        .map(|i| AuditEvent::new(&actor, "patient.read", format!("patient/{i:036}"), Outcome::Success).territory("default"))
+        .collect();
+    let t = Instant::now();
+    while (db.ping().unwrap() as usize) < total {
+        db.audit_many(&evs).unwrap();
+    }
+    println!("wrote {} audit entries in {:.1} s", db.ping().unwrap(), t.elapsed().as_secs_f64());
+    let t = Instant::now();
+    let scanned: i64 = db
+        .raw_connection_for_tests()
+        .query_row("SELECT count(*), sum(length(actor) + length(action) + length(resource) + length(details) + length(hash) + length(mac)) FROM audit_log", [], |r| r.get(0))
+        .unwrap();
+    let scan_s = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    let rep = db.verify_audit().unwrap();
+    let verify_s = t.elapsed().as_secs_f64();
+    assert!(rep.ok());
+    println!("raw scan of {scanned} entries   {scan_s:>10.2} s");
+    println!("audit verify of {} entries {verify_s:>10.2} s ({} checkpoints)", rep.entries, rep.checkpoints);
+    bench_line(if quick() { "audit_verify_100k_s" } else { "audit_verify_1m_s" }, verify_s, "s", scan_s);
+}

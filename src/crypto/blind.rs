@@ -5,7 +5,7 @@
 //! match their base letters. Territory is part of the input so that the same name in two
 //! territories gives unrelated index values.
 
-use super::hmac_sha256;
+use super::Mac;
 
 /// Which normalisation and domain separation a blind index uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,28 +66,25 @@ fn fold_latin(c: char) -> char {
 
 /// Computes blind indexes under one appliance index key.
 pub struct BlindIndexer {
-    key: zeroize::Zeroizing<[u8; 32]>,
+    mac: Mac,
 }
 
 impl BlindIndexer {
     pub fn new(key: zeroize::Zeroizing<[u8; 32]>) -> Self {
-        BlindIndexer { key }
+        BlindIndexer { mac: Mac::new(key.as_ref()) }
     }
 
     /// The 16-byte index of `value`, or `None` if it normalises to nothing.
     pub fn index(&self, field: BlindField, territory: &str, value: &str) -> Option<Vec<u8>> {
         let norm = field.normalise(value)?;
-        let mac = hmac_sha256(
-            self.key.as_ref(),
-            &[
+        let mac = self.mac.sign(&[
                 b"hema3n-bi/v1\0",
                 field.label().as_bytes(),
                 b"\0",
                 territory.as_bytes(),
                 b"\0",
-                norm.as_bytes(),
-            ],
-        );
+            norm.as_bytes(),
+        ]);
         Some(mac[..16].to_vec())
     }
 }

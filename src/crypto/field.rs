@@ -15,7 +15,7 @@
 use ring::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use zeroize::Zeroizing;
 
-use super::{CryptoError, random_bytes};
+use super::{CryptoError, random_nonce};
 
 /// Format version byte of field ciphertexts and wrapped keys.
 pub const FORMAT_V1: u8 = 1;
@@ -87,18 +87,17 @@ impl DataKey {
 
     /// Encrypts one field value for the given location.
     pub fn seal(&self, loc: FieldLoc<'_>, plaintext: &[u8]) -> Result<Vec<u8>, CryptoError> {
-        let mut nonce = [0u8; NONCE_LEN];
-        random_bytes(&mut nonce)?;
+        let nonce = random_nonce()?;
         let mut out = Vec::with_capacity(HEADER_LEN + plaintext.len() + TAG_LEN);
         out.push(FORMAT_V1);
         out.extend_from_slice(&self.id.to_be_bytes());
         out.extend_from_slice(&nonce);
         out.extend_from_slice(plaintext);
-        let mut body = out.split_off(HEADER_LEN);
-        self.key
-            .seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), Aad::from(loc.aad(self.id)), &mut body)
+        let tag = self
+            .key
+            .seal_in_place_separate_tag(Nonce::assume_unique_for_key(nonce), Aad::from(loc.aad(self.id)), &mut out[HEADER_LEN..])
             .map_err(|_| loc.auth_err())?;
-        out.extend_from_slice(&body);
+        out.extend_from_slice(tag.as_ref());
         Ok(out)
     }
 
@@ -128,8 +127,7 @@ impl DataKey {
 
     /// Wraps this data key under a territory key-encryption key.
     pub fn wrap(&self, kek: &Kek, territory: &str) -> Result<Vec<u8>, CryptoError> {
-        let mut nonce = [0u8; NONCE_LEN];
-        random_bytes(&mut nonce)?;
+        let nonce = random_nonce()?;
         let mut body = self.raw.to_vec();
         kek.key
             .seal_in_place_append_tag(

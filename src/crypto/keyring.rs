@@ -210,6 +210,8 @@ pub struct Keyring {
     pub db_key_path: PathBuf,
     pub index: BlindIndexer,
     pub audit_key: Zeroizing<[u8; 32]>,
+    /// `audit_key` prepared for HMAC.
+    pub audit_mac: super::Mac,
     pub signing: SigningKey,
     /// territory → version → key-encryption key.
     pub territories: BTreeMap<String, BTreeMap<u32, Kek>>,
@@ -223,7 +225,8 @@ impl Keyring {
         let (sp, sder) = sources.read(SIGNING_KEY)?;
         let signing = SigningKey::from_pkcs8(SIGNING_KEY, &sder).map_err(|e| KeyError::Malformed { path: sp, source: e })?;
         let territories = sources.territory_keys()?;
-        Ok(Keyring { db_key, db_key_path, index: BlindIndexer::new(index), audit_key, signing, territories, sources })
+        let audit_mac = super::Mac::new(audit_key.as_ref());
+        Ok(Keyring { db_key, db_key_path, index: BlindIndexer::new(index), audit_key, audit_mac, signing, territories, sources })
     }
 
     /// Public fingerprint of the database key.

@@ -50,6 +50,52 @@ pub fn random_bytes(buf: &mut [u8]) -> Result<(), CryptoError> {
     SystemRandom::new().fill(buf).map_err(|_| CryptoError::Rng)
 }
 
+const NONCE_POOL: usize = 4096;
+
+thread_local! {
+    /// OS randomness fetched 4 KiB at a time for nonces: one getrandom call per ~340 nonces
+    /// instead of one per field. Bytes are used once and never reused.
+    static NONCES: std::cell::RefCell<(Box<[u8; NONCE_POOL]>, usize)> =
+        std::cell::RefCell::new((Box::new([0u8; NONCE_POOL]), NONCE_POOL));
+}
+
+/// A fresh random 96-bit nonce from the buffered OS CSPRNG.
+pub fn random_nonce() -> Result<[u8; 12], CryptoError> {
+    NONCES.with(|cell| {
+        let mut pool = cell.borrow_mut();
+        if pool.1 + 12 > NONCE_POOL {
+            random_bytes(&mut pool.0[..])?;
+            pool.1 = 0;
+        }
+        let at = pool.1;
+        let mut n = [0u8; 12];
+        n.copy_from_slice(&pool.0[at..at + 12]);
+        pool.0[at..at + 12].fill(0);
+        pool.1 += 12;
+        Ok(n)
+    })
+}
+
+/// An HMAC-SHA256 key prepared once (the pads are computed at construction).
+pub struct Mac(ring::hmac::Key);
+
+impl Mac {
+    pub fn new(key: &[u8]) -> Self {
+        Mac(ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key))
+    }
+
+    /// HMAC over the concatenation of `parts`.
+    pub fn sign(&self, parts: &[&[u8]]) -> [u8; 32] {
+        let mut ctx = ring::hmac::Context::with_key(&self.0);
+        for d in parts {
+            ctx.update(d);
+        }
+        let mut out = [0u8; 32];
+        out.copy_from_slice(ctx.sign().as_ref());
+        out
+    }
+}
+
 /// A fresh random 256-bit key.
 pub fn random_key() -> Result<zeroize::Zeroizing<[u8; 32]>, CryptoError> {
     let mut k = zeroize::Zeroizing::new([0u8; 32]);
@@ -90,14 +136,7 @@ impl Default for Sha256 {
 
 /// HMAC-SHA256 of `data` under `key`.
 pub fn hmac_sha256(key: &[u8], data: &[&[u8]]) -> [u8; 32] {
-    let k = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key);
-    let mut ctx = ring::hmac::Context::with_key(&k);
-    for d in data {
-        ctx.update(d);
-    }
-    let mut out = [0u8; 32];
-    out.copy_from_slice(ctx.sign().as_ref());
-    out
+    Mac::new(key).sign(data)
 }
 
 /// Constant-time equality for MACs and hashes.

@@ -23,7 +23,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use super::{Result, State};
 use crate::crypto::keyring::Keyring;
 use crate::crypto::sign::PublicKey;
-use crate::crypto::{Sha256, ct_eq, hmac_sha256, sha256};
+use crate::crypto::{Mac, Sha256, ct_eq, sha256};
 use crate::model::AuditEvent;
 
 /// The chain's starting value for an appliance.
@@ -62,7 +62,11 @@ pub fn entry_hash(prev: &[u8], e: &EntryFields<'_>) -> [u8; 32] {
 
 /// `mac_n`.
 pub fn entry_mac(audit_key: &[u8], hash: &[u8]) -> [u8; 32] {
-    hmac_sha256(audit_key, &[b"hema3n-audit-mac/v1", hash])
+    entry_mac_with(&Mac::new(audit_key), hash)
+}
+
+fn entry_mac_with(mac: &Mac, hash: &[u8]) -> [u8; 32] {
+    mac.sign(&[b"hema3n-audit-mac/v1", hash])
 }
 
 /// The message an audit checkpoint signs.
@@ -85,7 +89,7 @@ pub(super) fn init_head(conn: &Connection, appliance_id: &str) -> Result<()> {
 }
 
 fn head(conn: &Connection) -> Result<(i64, Vec<u8>, i64, i64)> {
-    Ok(conn.query_row("SELECT seq, hash, last_checkpoint_seq, last_checkpoint_ts FROM audit_head WHERE id = 1", [], |r| {
+    Ok(conn.prepare_cached("SELECT seq, hash, last_checkpoint_seq, last_checkpoint_ts FROM audit_head WHERE id = 1")?.query_row([], |r| {
         Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
     })?)
 }
@@ -109,7 +113,7 @@ pub(crate) fn append(conn: &Connection, st: &State, ev: &AuditEvent, now: i64) -
         details: &details,
     };
     let hash = entry_hash(&prev, &f);
-    let mac = entry_mac(st.keys.audit_key.as_ref(), &hash);
+    let mac = entry_mac_with(&st.keys.audit_mac, &hash);
     conn.prepare_cached(
         "INSERT INTO audit_log (seq, ts, actor, role, action, resource, outcome, territory, details, prev_hash, hash, mac) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
@@ -186,6 +190,7 @@ pub(crate) fn verify(conn: &Connection, keys: &Keyring, appliance_id: &str) -> R
 
 /// [`verify`] with explicit keys (the appliance's current and former public keys).
 pub fn verify_with(conn: &Connection, audit_key: &[u8], publics: &[PublicKey], appliance_id: &str) -> Result<VerifyReport> {
+    let audit_mac = Mac::new(audit_key);
     let mut rep = VerifyReport::default();
     let add = |rep: &mut VerifyReport, seq: i64, what: String| {
         if rep.findings.len() < MAX_FINDINGS {
@@ -250,7 +255,7 @@ pub fn verify_with(conn: &Connection, audit_key: &[u8], publics: &[PublicKey], a
         let recomputed = entry_hash(&prev_hash, &f);
         if !ct_eq(&recomputed, &hash) {
             add(&mut rep, seq, "content was edited (hash mismatch)".into());
-        } else if !ct_eq(&entry_mac(audit_key, &hash), &mac) {
+        } else if !ct_eq(&entry_mac_with(&audit_mac, &hash), &mac) {
             add(&mut rep, seq, "MAC is invalid (chain recomputed without the audit key)".into());
         }
         if let Some((_, cp_hash, _, _)) = checkpoints.get(&seq) {

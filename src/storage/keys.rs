@@ -58,14 +58,14 @@ impl State {
     pub(crate) fn new_data_key(&mut self, conn: &Connection, territory: &str, owner: &str) -> Result<Arc<DataKey>> {
         let version = self.current_version(conn, territory)?;
         let kek = self.keys.kek(territory, version).expect("current version is loaded");
-        let id: i64 = conn.query_row("SELECT coalesce(max(id), 0) + 1 FROM data_keys", [], |r| r.get(0))?;
+        let id: i64 = conn.prepare_cached("SELECT coalesce(max(id), 0) + 1 FROM data_keys")?.query_row([], |r| r.get(0))?;
         let dk = DataKey::from_bytes(id, random_key()?);
         let wrapped = dk.wrap(kek, territory)?;
-        let used: i64 = conn.query_row(
-            "UPDATE key_versions SET invocations = invocations + 1 WHERE territory = ?1 AND version = ?2 RETURNING invocations",
-            params![territory, version],
-            |r| r.get(0),
-        )?;
+        let used: i64 = conn
+            .prepare_cached(
+                "UPDATE key_versions SET invocations = invocations + 1 WHERE territory = ?1 AND version = ?2 RETURNING invocations",
+            )?
+            .query_row(params![territory, version], |r| r.get(0))?;
         if used as u64 > MAX_INVOCATIONS {
             return Err(crate::crypto::CryptoError::InvocationLimit { what: territory_key_name(territory, version) }.into());
         }

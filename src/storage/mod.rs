@@ -256,6 +256,18 @@ impl Db {
         Ok(seq)
     }
 
+    /// Writes many standalone audit events in one transaction (group commit).
+    pub fn audit_many(&mut self, evs: &[AuditEvent]) -> Result<i64> {
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let now = crate::model::now_ms();
+        let mut seq = 0;
+        for ev in evs {
+            seq = audit::append(&tx, &self.st, ev, now)?;
+        }
+        tx.commit()?;
+        Ok(seq)
+    }
+
     /// Signs a checkpoint if new entries exist and the time interval passed (or `force`).
     pub fn checkpoint_audit_if_due(&mut self, now_ms: i64, force: bool) -> Result<Option<i64>> {
         let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;

@@ -198,6 +198,27 @@ impl Db {
         Ok(id)
     }
 
+    /// Registers many patients in one transaction (bulk import; group commit). Each gets its own
+    /// data key and its own audit entry. All or nothing.
+    pub fn create_patients(&mut self, actor: &Actor, territory: &str, ps: &[Patient]) -> Result<Vec<String>> {
+        for p in ps {
+            p.validate()?;
+        }
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut ids = Vec::with_capacity(ps.len());
+        let now = now_ms();
+        for p in ps {
+            let id = new_id();
+            let dk = self.st.new_data_key(&tx, territory, &format!("patient/{id}"))?;
+            self.st.write_patient(&tx, &id, territory, &dk, p, true)?;
+            let ev = AuditEvent::new(actor, "patient.create", format!("patient/{id}"), Outcome::Success).territory(territory);
+            audit::append(&tx, &self.st, &ev, now)?;
+            ids.push(id);
+        }
+        tx.commit()?;
+        Ok(ids)
+    }
+
     /// Replaces a patient's demographics.
     pub fn update_patient(&mut self, actor: &Actor, id: &str, p: &Patient) -> Result<()> {
         p.validate()?;

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Benchmarks against raw baselines measured in the same run (SYSTEM.md §8).
+#
+#   ./scripts/bench.sh [--debug] [store|all]
+#
+# Each suite prints its tables and `BENCH <name> value=… unit=… baseline=… ratio=…` lines.
+# Suites appear here as the capabilities they measure land; record results in docs/benchmarks.md.
+# --debug runs an unoptimised build (for harness smoke tests; numbers are meaningless).
+# HEMA3N_BENCH_QUICK=1 shrinks sizes.
+set -euo pipefail
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$ROOT"
+# shellcheck source=lib/common.sh
+. scripts/lib/common.sh
+
+SUITES=(store)
+PROFILE=()
+WHAT=all
+for arg in "$@"; do
+    case "$arg" in
+        --debug) PROFILE=(--profile dev) ;;
+        -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
+        *) WHAT="$arg" ;;
+    esac
+done
+
+run_suite() {
+    case "$1" in
+        store) cargo bench --locked "${PROFILE[@]}" --bench store ;;
+        *) die "unknown suite '$1'; available: ${SUITES[*]} all" ;;
+    esac
+}
+
+install_build_deps
+if [ "$WHAT" = all ]; then
+    for s in "${SUITES[@]}"; do log "suite $s"; run_suite "$s"; done
+else
+    run_suite "$WHAT"
+fi

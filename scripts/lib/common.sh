@@ -1,0 +1,36 @@
+# Shared helpers for scripts/*.sh. Source it; do not run it.
+# shellcheck shell=bash
+
+log() { printf '\033[1m==>\033[0m %s\n' "$*" >&2; }
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+# Run as root, or through sudo when available.
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else die "need root for: $*"; fi
+}
+
+# apt_install PKG...: installs the Debian packages that are not installed yet (idempotent).
+APT_UPDATED=0
+apt_install() {
+    local missing=()
+    for p in "$@"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+    done
+    [ ${#missing[@]} -eq 0 ] && return 0
+    log "installing apt packages: ${missing[*]}"
+    if [ "$APT_UPDATED" -eq 0 ]; then
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+        APT_UPDATED=1
+    fi
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+# Build dependencies of the daemon itself (bundled SQLCipher + vendored OpenSSL need a C
+# toolchain, perl and make).
+install_build_deps() {
+    apt_install build-essential perl make pkg-config ca-certificates python3
+    command -v cargo >/dev/null || die "cargo not found: install Rust ${RUST_VERSION:-1.95.0} with rustup"
+}
+
+# Temporary data directory root for scripts; removed on exit by the caller's trap.
+repo_root() { cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd; }

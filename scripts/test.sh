@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Installs what the tests need (idempotently), then runs every test.
+#
+#   ./scripts/test.sh            unit + integration tests (what CI runs)
+#   ./scripts/test.sh --soak     also the long runs: kill -9 loop with 500 rounds
+#
+# Tests start their own real services (SQLCipher files in temp dirs today; brokers, dbus-daemon
+# and a browser as those capabilities land) on loopback and tear them down.
+set -euo pipefail
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$ROOT"
+# shellcheck source=lib/common.sh
+. scripts/lib/common.sh
+
+SOAK=0
+for arg in "$@"; do
+    case "$arg" in
+        --soak) SOAK=1 ;;
+        -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
+        *) die "unknown option $arg (try --help)" ;;
+    esac
+done
+
+log "checking build dependencies"
+install_build_deps
+
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+export RUST_BACKTRACE=1
+if [ "$SOAK" -eq 1 ]; then
+    export HEMA3N_KILL9_ROUNDS="${HEMA3N_KILL9_ROUNDS:-500}"
+fi
+
+log "building"
+cargo build --locked --all-targets
+
+log "running tests"
+cargo test --locked --all-targets -- --test-threads="$(nproc)"
+
+log "smoke-running the benchmark harness (quick sizes)"
+HEMA3N_BENCH_QUICK=1 ./scripts/bench.sh --debug store >/tmp/hema3n-bench-smoke.log 2>&1 || { cat /tmp/hema3n-bench-smoke.log; die "bench smoke run failed"; }
+grep -c '^BENCH ' /tmp/hema3n-bench-smoke.log | grep -qx '[1-9][0-9]*' || die "bench printed no BENCH lines"
+log "all tests passed"
