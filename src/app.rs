@@ -6,6 +6,8 @@
 //! - `audit-checkpointer`: signs an audit checkpoint every `audit.checkpoint_every_secs`.
 //! - `health`: probes storage; sends WATCHDOG=1 only while the probe answers in time and every
 //!   task's heartbeat is fresh.
+//! - ingest (when `ingest.enabled`): `mqtt-connection` → `ingest-batcher` → `ingest-committer`,
+//!   plus `device-silence` and `ingest-summary` (see `ingest`).
 //!
 //! Shutdown order: stop the tasks, then close storage (the owner thread checkpoints the WAL last),
 //! all under `daemon.shutdown_timeout_secs`.
@@ -18,6 +20,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::config::Config;
+use crate::ingest::{self, IngestMetrics};
 use crate::crypto::keyring::{KeySources, Keyring};
 use crate::model::now_ms;
 use crate::storage::{Db, Store, StoreError};
@@ -43,6 +46,49 @@ impl RunError {
             _ => 1,
         }
     }
+}
+
+/// Messages read from the broker waiting to be parsed (connection → batcher).
+const INBOUND_QUEUE: usize = 8192;
+/// Parsed batches waiting to commit (batcher → committer): one in flight, one forming.
+const BATCH_QUEUE: usize = 1;
+/// rumqttc request queue (acks, subscriptions, reject publishes).
+const MQTT_REQUESTS: usize = 8192;
+/// Interval of the ingest summary log line.
+const SUMMARY_EVERY: Duration = Duration::from_secs(60);
+
+type TaskResult = (&'static str, Result<(), String>);
+
+/// Spawns the ingest tasks into `tasks` and returns their shared counters.
+pub fn spawn_ingest(cfg: &Config, store: &Store, tasks: &mut JoinSet<TaskResult>, shutdown: &watch::Receiver<bool>) -> Result<Arc<IngestMetrics>, String> {
+    let metrics = Arc::new(IngestMetrics::default());
+    let (client, eventloop) = ingest::client(cfg, MQTT_REQUESTS).map_err(|e| e.to_string())?;
+    let (in_tx, in_rx) = tokio::sync::mpsc::channel(INBOUND_QUEUE);
+    let (batch_tx, batch_rx) = tokio::sync::mpsc::channel(BATCH_QUEUE);
+    let name = |n: &'static str, r: Result<(), ingest::IngestError>| (n, r.map_err(|e| format!("{e}: {}", source_chain(&e))));
+    let (c, m, sd) = (cfg.clone(), metrics.clone(), shutdown.clone());
+    let cl = client.clone();
+    tasks.spawn(async move { name("mqtt-connection", ingest::connection(eventloop, cl, in_tx, c, m, sd).await) });
+    let (c, m) = (cfg.clone(), metrics.clone());
+    tasks.spawn(async move { name("ingest-batcher", ingest::batcher(in_rx, batch_tx, c, m).await) });
+    let (c, m, st) = (cfg.clone(), metrics.clone(), store.clone());
+    tasks.spawn(async move { name("ingest-committer", ingest::committer(batch_rx, st, client, c, m).await) });
+    let (st, sd) = (store.clone(), shutdown.clone());
+    let gap = Duration::from_secs(cfg.ingest.device_silent_secs.max(1));
+    tasks.spawn(async move { name("device-silence", ingest::silence_monitor(st, gap, sd).await) });
+    let (m, sd) = (metrics.clone(), shutdown.clone());
+    tasks.spawn(async move { name("ingest-summary", ingest::summary(m, SUMMARY_EVERY, sd).await) });
+    Ok(metrics)
+}
+
+fn source_chain(e: &dyn std::error::Error) -> String {
+    let mut v = Vec::new();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        v.push(s.to_string());
+        cur = s.source();
+    }
+    v.join(": ")
 }
 
 /// Liveness stamps of the critical tasks, read by the health task.
@@ -80,7 +126,7 @@ pub fn run(cfg: Config) -> Result<(), RunError> {
 async fn serve(cfg: &Config, store: Store, started: std::time::Instant) -> Result<(), RunError> {
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let beats = Arc::new(Heartbeats::default());
-    let mut tasks: JoinSet<(&'static str, Result<(), String>)> = JoinSet::new();
+    let mut tasks: JoinSet<TaskResult> = JoinSet::new();
 
     let every = Duration::from_secs(cfg.audit.checkpoint_every_secs);
     tasks.spawn(checkpointer(store.clone(), every, beats.clone(), shutdown_rx.clone()));
@@ -89,6 +135,9 @@ async fn serve(cfg: &Config, store: Store, started: std::time::Instant) -> Resul
         None => Duration::from_millis(cfg.daemon.health_interval_ms),
     };
     tasks.spawn(health(store.clone(), health_every, every, beats.clone(), shutdown_rx.clone()));
+    if cfg.ingest.enabled {
+        spawn_ingest(cfg, &store, &mut tasks, &shutdown_rx).map_err(|reason| RunError::Task { task: "ingest", reason })?;
+    }
     drop(store);
 
     let ready_ms = started.elapsed().as_millis() as u64;

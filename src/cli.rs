@@ -311,3 +311,107 @@ pub fn debug_soak(cfg: &Config, count: u64, last_name: &str) -> CmdResult {
     }
     Ok(0)
 }
+
+/// `devices add`: registers a device with a fresh broker password (printed once) and rewrites
+/// the mosquitto password file when `mqtt.password_file` is set.
+pub fn devices_add(cfg: &Config, id: &str, kind: &str, territory: &str) -> CmdResult {
+    let mut db = open_db(cfg)?;
+    let password = crate::crypto::random_password().map_err(|e| Failure { code: 1, error: e.into() })?;
+    let hash = crate::crypto::mosquitto_password_hash(&password).map_err(|e| Failure { code: 1, error: e.into() })?;
+    db.register_device(&Actor::cli(), id, kind, territory, Some(&hash))?;
+    sync_password_file(cfg, &db, &[])?;
+    println!("registered device `{id}` ({kind}, territory `{territory}`)");
+    println!("broker user: {id}");
+    println!("broker password: {password}");
+    println!("(store the password in the device now; it is not shown again)");
+    Ok(0)
+}
+
+/// `devices remove`.
+pub fn devices_remove(cfg: &Config, id: &str) -> CmdResult {
+    let mut db = open_db(cfg)?;
+    db.remove_device(&Actor::cli(), id)?;
+    sync_password_file(cfg, &db, &[id])?;
+    println!("removed device `{id}`; its readings are kept");
+    Ok(0)
+}
+
+/// `devices list`.
+pub fn devices_list(cfg: &Config) -> CmdResult {
+    let db = open_db(cfg)?;
+    println!("{:<24} {:<10} {:<12} {:<8} {:<38} {:>9}", "device", "kind", "territory", "presence", "bound case", "unbound");
+    for d in db.list_devices()? {
+        println!(
+            "{:<24} {:<10} {:<12} {:<8} {:<38} {:>9}",
+            d.id,
+            d.kind,
+            d.territory,
+            d.presence,
+            d.bound_case.as_deref().unwrap_or("-"),
+            d.unbound_readings
+        );
+    }
+    Ok(0)
+}
+
+/// `devices bind DEVICE CASE [--attach-unbound]`.
+pub fn devices_bind(cfg: &Config, device: &str, case: &str, attach: bool) -> CmdResult {
+    let mut db = open_db(cfg)?;
+    let n = db.bind_device(&Actor::cli(), device, case, attach)?;
+    println!("device `{device}` bound to case {case}{}", if attach { format!("; attached {n} unbound readings") } else { String::new() });
+    Ok(0)
+}
+
+/// `devices unbind DEVICE`.
+pub fn devices_unbind(cfg: &Config, device: &str) -> CmdResult {
+    let mut db = open_db(cfg)?;
+    db.unbind_device(&Actor::cli(), device)?;
+    println!("device `{device}` unbound");
+    Ok(0)
+}
+
+/// Rewrites `mqtt.password_file`: lines of other users are kept, device lines are replaced.
+fn sync_password_file(cfg: &Config, db: &Db, removed: &[&str]) -> Result<(), Failure> {
+    let Some(path) = &cfg.mqtt.password_file else { return Ok(()) };
+    let creds = db.device_credentials()?;
+    let existing = std::fs::read_to_string(path).unwrap_or_default();
+    let mut out = String::new();
+    for line in existing.lines() {
+        let user = line.split(':').next().unwrap_or_default();
+        if line.trim().is_empty() || removed.contains(&user) || creds.iter().any(|(id, _)| id == user) {
+            continue;
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    for (id, hash) in &creds {
+        out.push_str(&format!("{id}:{hash}\n"));
+    }
+    let tmp = path.with_extension("tmp");
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o640).open(&tmp)?;
+        f.write_all(out.as_bytes())?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    eprintln!("updated {}; reload the broker to apply (systemctl reload mosquitto)", path.display());
+    Ok(())
+}
+
+/// `simulate`: field devices publishing scenario vitals to the on-board broker.
+pub fn simulate(opts: crate::ingest::simulate::SimOptions) -> CmdResult {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let started = std::time::Instant::now();
+    let scen = opts.scenario.map(|s| s.name().to_string()).unwrap_or_else(|| "mixed".into());
+    eprintln!("simulating {} device(s), scenario {scen}, broker {}:{}", opts.devices, opts.host, opts.port);
+    let rep = rt.block_on(crate::ingest::simulate::run(opts)).map_err(|e| Failure { code: 1, error: e })?;
+    println!(
+        "{}",
+        serde_json::json!({
+            "packs": rep.packs, "readings": rep.readings, "faulty": rep.faulty, "duplicates": rep.duplicates,
+            "seconds": started.elapsed().as_secs_f64(),
+        })
+    );
+    Ok(0)
+}

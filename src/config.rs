@@ -47,6 +47,8 @@ pub struct Config {
     pub store: StoreConfig,
     pub audit: AuditConfig,
     pub daemon: DaemonConfig,
+    pub mqtt: MqttConfig,
+    pub ingest: IngestConfig,
 }
 
 impl Default for Config {
@@ -60,6 +62,8 @@ impl Default for Config {
             store: StoreConfig::default(),
             audit: AuditConfig::default(),
             daemon: DaemonConfig::default(),
+            mqtt: MqttConfig::default(),
+            ingest: IngestConfig::default(),
         }
     }
 }
@@ -160,6 +164,114 @@ impl Default for DaemonConfig {
     }
 }
 
+/// `[mqtt]`: the on-board broker that field devices publish to.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MqttConfig {
+    /// Broker URL, `mqtt://host:port`. The daemon talks to the on-board broker over loopback;
+    /// devices use the broker's TLS listener. Default `mqtt://127.0.0.1:1883`.
+    pub broker: String,
+    /// Client id of the daemon's persistent session. Default `hema3n-edge-<appliance_id>`.
+    pub client_id: Option<String>,
+    /// Broker user of the daemon; its password comes from the credential `mqtt.password`.
+    /// Default: none (anonymous, for development brokers on loopback).
+    pub username: Option<String>,
+    /// Keep-alive, seconds. Default 30.
+    pub keep_alive_secs: u64,
+    /// Largest MQTT packet accepted from the broker, bytes. Keep it above the broker's
+    /// `message_size_limit` so an oversized publish is refused by the broker, not by us
+    /// dropping the connection. Default 1048576.
+    pub max_packet_bytes: usize,
+    /// Reconnect back-off bounds, milliseconds. Defaults 200 and 10000.
+    pub reconnect_min_ms: u64,
+    pub reconnect_max_ms: u64,
+    /// mosquitto password file that `hema3n-edge devices add|remove` maintains. Default: none.
+    pub password_file: Option<PathBuf>,
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        MqttConfig {
+            broker: "mqtt://127.0.0.1:1883".into(),
+            client_id: None,
+            username: None,
+            keep_alive_secs: 30,
+            max_packet_bytes: 1 << 20,
+            reconnect_min_ms: 200,
+            reconnect_max_ms: 10_000,
+            password_file: None,
+        }
+    }
+}
+
+impl MqttConfig {
+    /// `(host, port)` of [`MqttConfig::broker`].
+    pub fn host_port(&self) -> Result<(String, u16), ConfigError> {
+        parse_mqtt_url(&self.broker).ok_or_else(|| ConfigError::Invalid {
+            field: "mqtt.broker",
+            reason: format!("`{}` is not mqtt://host:port", self.broker),
+        })
+    }
+}
+
+/// Parses `mqtt://host[:port]` (port 1883 by default).
+pub fn parse_mqtt_url(url: &str) -> Option<(String, u16)> {
+    let rest = url.strip_prefix("mqtt://")?;
+    let rest = rest.trim_end_matches('/');
+    let (host, port) = match rest.rsplit_once(':') {
+        Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => (h, p.parse().ok()?),
+        _ => (rest, 1883),
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    (!host.is_empty()).then(|| (host.to_string(), port))
+}
+
+/// `[ingest]`: vitals from field devices (Contract A).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngestConfig {
+    /// Subscribe to device vitals at all. Default true.
+    pub enabled: bool,
+    /// Larger vitals payloads are rejected with PAYLOAD_TOO_LARGE. Default 65536.
+    pub max_payload_bytes: usize,
+    /// Larger packs are rejected with TOO_MANY_RECORDS. Default 256.
+    pub max_records_per_pack: usize,
+    /// Device times further ahead than this are rejected (TIME_IN_FUTURE), seconds. Default 86400.
+    pub max_future_skew_secs: u64,
+    /// Device times older than this are rejected (TIME_TOO_OLD), seconds. Default 259200 (72 h).
+    pub max_age_secs: u64,
+    /// Upper bound of messages committed in one transaction (group commit). Default 4096.
+    pub batch_max_messages: usize,
+    /// Sustained vitals messages per second allowed per device; excess is rejected with
+    /// RATE_LIMITED so one device cannot starve the others. Default 200.
+    pub device_rate_per_sec: f64,
+    /// Burst allowance of that token bucket. Default 1000.
+    pub device_burst: f64,
+    /// Only devices registered with `hema3n-edge devices add` may publish; others get
+    /// UNKNOWN_DEVICE. Default true.
+    pub require_registered_devices: bool,
+    /// A device bound to a case that sends no vitals for this long raises a "device silent"
+    /// alarm, seconds. Default 30.
+    pub device_silent_secs: u64,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        IngestConfig {
+            enabled: true,
+            max_payload_bytes: 65_536,
+            max_records_per_pack: 256,
+            max_future_skew_secs: 86_400,
+            max_age_secs: 259_200,
+            batch_max_messages: 4096,
+            device_rate_per_sec: 200.0,
+            device_burst: 1000.0,
+            require_registered_devices: true,
+            device_silent_secs: 30,
+        }
+    }
+}
+
 /// Where the configuration came from (for `--print-config` and logs).
 #[derive(Debug, Clone, Default)]
 pub struct Provenance {
@@ -220,6 +332,19 @@ impl Config {
         if self.daemon.health_interval_ms < 100 {
             return Err(ConfigError::Invalid { field: "daemon.health_interval_ms", reason: "must be ≥ 100".into() });
         }
+        self.mqtt.host_port()?;
+        if self.ingest.batch_max_messages == 0 || self.ingest.max_records_per_pack == 0 || self.ingest.max_payload_bytes == 0 {
+            return Err(ConfigError::Invalid { field: "ingest", reason: "limits must be > 0".into() });
+        }
+        if self.ingest.device_rate_per_sec <= 0.0 || self.ingest.device_burst < 1.0 {
+            return Err(ConfigError::Invalid { field: "ingest.device_rate_per_sec", reason: "rate must be > 0 and burst ≥ 1".into() });
+        }
+        if self.mqtt.max_packet_bytes <= self.ingest.max_payload_bytes {
+            return Err(ConfigError::Invalid {
+                field: "mqtt.max_packet_bytes",
+                reason: "must exceed ingest.max_payload_bytes so oversized payloads are rejected, not dropped".into(),
+            });
+        }
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             return Err(ConfigError::Invalid { field: "log.level", reason: format!("`{}` is not a filter", self.log.level) });
         }
@@ -256,7 +381,7 @@ fn resolve_paths(mut t: toml::Table, base: &Path) -> toml::Table {
     if let Some(v) = t.get_mut("data_dir") {
         fix(v, base);
     }
-    for (sect, key) in [("keys", "dir"), ("store", "path")] {
+    for (sect, key) in [("keys", "dir"), ("store", "path"), ("mqtt", "password_file")] {
         if let Some(v) = t.get_mut(sect).and_then(|s| s.as_table_mut()).and_then(|s| s.get_mut(key)) {
             fix(v, base);
         }
@@ -333,6 +458,15 @@ mod tests {
         let base = d.path().join("edge.toml");
         write(&base, "appliance_id = \"bad id!\"\n");
         assert!(matches!(Config::load(&base, true), Err(ConfigError::Invalid { field: "appliance_id", .. })));
+    }
+
+    #[test]
+    fn mqtt_urls_parse() {
+        assert_eq!(parse_mqtt_url("mqtt://127.0.0.1:1884"), Some(("127.0.0.1".into(), 1884)));
+        assert_eq!(parse_mqtt_url("mqtt://broker.local"), Some(("broker.local".into(), 1883)));
+        assert_eq!(parse_mqtt_url("mqtt://[::1]:18830"), Some(("::1".into(), 18830)));
+        assert_eq!(parse_mqtt_url("http://x:1"), None);
+        assert_eq!(parse_mqtt_url("mqtt://:1"), None);
     }
 
     #[test]

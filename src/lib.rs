@@ -13,6 +13,7 @@ pub mod app;
 pub mod cli;
 pub mod config;
 pub mod crypto;
+pub mod ingest;
 pub mod model;
 pub mod storage;
 pub mod systemd;

@@ -47,6 +47,13 @@ enum Cmd {
         #[command(subcommand)]
         cmd: AuditCmd,
     },
+    /// Field devices: registry, broker credentials, binding to cases.
+    Devices {
+        #[command(subcommand)]
+        cmd: DevicesCmd,
+    },
+    /// Simulated field devices publishing SenML vitals that follow clinical scenarios.
+    Simulate(SimArgs),
     /// Diagnostics and soak workloads for operators and test harnesses.
     #[command(hide = true)]
     Debug {
@@ -95,6 +102,72 @@ enum AuditCmd {
     },
     /// Sign a checkpoint over the current head now.
     Checkpoint,
+}
+
+#[derive(Subcommand)]
+enum DevicesCmd {
+    /// Register a device and print its broker password (once).
+    Add {
+        id: String,
+        #[arg(long, default_value = "monitor")]
+        kind: String,
+        #[arg(long)]
+        territory: Option<String>,
+    },
+    /// Remove a device (its readings are kept).
+    Remove { id: String },
+    /// List registered devices.
+    List,
+    /// Bind a device to a case; `--attach-unbound` moves readings it sent while unbound.
+    Bind {
+        device: String,
+        case: String,
+        #[arg(long)]
+        attach_unbound: bool,
+    },
+    /// Unbind a device from its case.
+    Unbind { device: String },
+}
+
+#[derive(clap::Args)]
+struct SimArgs {
+    /// On-board broker; default: mqtt.broker from the config.
+    #[arg(long)]
+    broker: Option<String>,
+    #[arg(long, default_value_t = 1)]
+    devices: usize,
+    #[arg(long, default_value = "sim-")]
+    device_prefix: String,
+    /// stable, sepsis, shock, hypoglycaemia, head-injury, or mixed (one per device in turn).
+    #[arg(long, default_value = "mixed")]
+    scenario: String,
+    /// Milliseconds between packs of one device (0 = as fast as the broker accepts).
+    #[arg(long, default_value_t = 1000)]
+    interval_ms: u64,
+    /// Packs per device (0 = until --duration-secs, or forever).
+    #[arg(long, default_value_t = 0)]
+    count: u64,
+    #[arg(long)]
+    duration_secs: Option<u64>,
+    /// Seconds a scenario takes from its start to its end state.
+    #[arg(long, default_value_t = 600.0)]
+    scenario_secs: f64,
+    /// Readings per pack, 1-11.
+    #[arg(long, default_value_t = 11)]
+    readings_per_pack: usize,
+    /// Comma-separated: bad-units, garbage, duplicates, clock-skew.
+    #[arg(long, value_delimiter = ',')]
+    faults: Vec<String>,
+    /// Probability that a pack carries one of the faults.
+    #[arg(long, default_value_t = 0.1)]
+    fault_rate: f64,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Broker credentials for every simulated device (user = device id when omitted).
+    #[arg(long)]
+    username: Option<String>,
+    #[arg(long, env = "HEMA3N_SIM_PASSWORD", hide_env_values = true)]
+    password: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -161,8 +234,54 @@ fn main() -> ExitCode {
             AuditCmd::Checkpoint => cli::audit_checkpoint(&cfg),
         },
         Some(Cmd::Debug { cmd: DebugCmd::Soak { count, last_name } }) => cli::debug_soak(&cfg, *count, last_name),
+        Some(Cmd::Devices { cmd }) => match cmd {
+            DevicesCmd::Add { id, kind, territory: t } => cli::devices_add(&cfg, id, kind, &territory(t)),
+            DevicesCmd::Remove { id } => cli::devices_remove(&cfg, id),
+            DevicesCmd::List => cli::devices_list(&cfg),
+            DevicesCmd::Bind { device, case, attach_unbound } => cli::devices_bind(&cfg, device, case, *attach_unbound),
+            DevicesCmd::Unbind { device } => cli::devices_unbind(&cfg, device),
+        },
+        Some(Cmd::Simulate(a)) => match sim_options(&cfg, a) {
+            Ok(o) => cli::simulate(o),
+            Err(e) => Err(Failure { code: 2, error: e }),
+        },
     };
     finish(r)
+}
+
+fn sim_options(cfg: &Config, a: &SimArgs) -> anyhow::Result<hema3n_edge::ingest::simulate::SimOptions> {
+    use hema3n_edge::ingest::simulate::{Fault, Scenario, SimOptions};
+    let url = a.broker.clone().unwrap_or_else(|| cfg.mqtt.broker.clone());
+    let (host, port) = hema3n_edge::config::parse_mqtt_url(&url).ok_or_else(|| anyhow::anyhow!("--broker `{url}` is not mqtt://host:port"))?;
+    let scenario = match a.scenario.as_str() {
+        "mixed" => None,
+        s => Some(Scenario::parse(s).ok_or_else(|| anyhow::anyhow!("unknown scenario `{s}` (stable, sepsis, shock, hypoglycaemia, head-injury, mixed)"))?),
+    };
+    let faults = a
+        .faults
+        .iter()
+        .filter(|f| !f.is_empty())
+        .map(|f| Fault::parse(f).ok_or_else(|| anyhow::anyhow!("unknown fault `{f}` (bad-units, garbage, duplicates, clock-skew)")))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    if !(1..=11).contains(&a.readings_per_pack) {
+        anyhow::bail!("--readings-per-pack must be 1-11");
+    }
+    Ok(SimOptions {
+        host,
+        port,
+        devices: a.devices,
+        device_prefix: a.device_prefix.clone(),
+        scenario,
+        interval: std::time::Duration::from_millis(a.interval_ms),
+        count: a.count,
+        duration: a.duration_secs.map(std::time::Duration::from_secs),
+        scenario_secs: a.scenario_secs.max(1.0),
+        readings_per_pack: a.readings_per_pack,
+        faults,
+        fault_rate: a.fault_rate.clamp(0.0, 1.0),
+        seed: a.seed,
+        credentials: a.password.clone().map(|p| (a.username.clone().unwrap_or_default(), p)),
+    })
 }
 
 fn finish(r: cli::CmdResult) -> ExitCode {

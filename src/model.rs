@@ -269,6 +269,109 @@ pub struct StoredPatient {
     pub patient: Patient,
 }
 
+/// Why a pack was rejected: a stable machine code, a human message and the record index.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reject {
+    pub code: RejectCode,
+    pub message: String,
+    /// 0-based index of the offending record, when one record is at fault.
+    pub record: Option<usize>,
+}
+
+impl Reject {
+    pub fn new(code: RejectCode, message: impl Into<String>, record: Option<usize>) -> Self {
+        Reject { code, message: message.into(), record }
+    }
+
+    /// The JSON published on `…/rejects`: `{"code", "message", "record"}`.
+    pub fn to_json(&self) -> String {
+        serde_json::json!({ "code": self.code.as_str(), "message": self.message, "record": self.record }).to_string()
+    }
+}
+
+/// Stable reject codes (documented in README, Contract A).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RejectCode {
+    BadEncoding,
+    BadJson,
+    BadSenml,
+    EmptyPack,
+    TooManyRecords,
+    PayloadTooLarge,
+    UnknownName,
+    WrongUnit,
+    MissingValue,
+    BadValue,
+    UnsupportedValue,
+    OutOfRange,
+    MissingTime,
+    TimeInFuture,
+    TimeTooOld,
+    MustUnderstand,
+    UnknownDevice,
+    BadDeviceId,
+    RateLimited,
+}
+
+impl RejectCode {
+    pub const ALL: [RejectCode; 19] = [
+        RejectCode::BadEncoding,
+        RejectCode::BadJson,
+        RejectCode::BadSenml,
+        RejectCode::EmptyPack,
+        RejectCode::TooManyRecords,
+        RejectCode::PayloadTooLarge,
+        RejectCode::UnknownName,
+        RejectCode::WrongUnit,
+        RejectCode::MissingValue,
+        RejectCode::BadValue,
+        RejectCode::UnsupportedValue,
+        RejectCode::OutOfRange,
+        RejectCode::MissingTime,
+        RejectCode::TimeInFuture,
+        RejectCode::TimeTooOld,
+        RejectCode::MustUnderstand,
+        RejectCode::UnknownDevice,
+        RejectCode::BadDeviceId,
+        RejectCode::RateLimited,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RejectCode::BadEncoding => "BAD_ENCODING",
+            RejectCode::BadJson => "BAD_JSON",
+            RejectCode::BadSenml => "BAD_SENML",
+            RejectCode::EmptyPack => "EMPTY_PACK",
+            RejectCode::TooManyRecords => "TOO_MANY_RECORDS",
+            RejectCode::PayloadTooLarge => "PAYLOAD_TOO_LARGE",
+            RejectCode::UnknownName => "UNKNOWN_NAME",
+            RejectCode::WrongUnit => "WRONG_UNIT",
+            RejectCode::MissingValue => "MISSING_VALUE",
+            RejectCode::BadValue => "BAD_VALUE",
+            RejectCode::UnsupportedValue => "UNSUPPORTED_VALUE",
+            RejectCode::OutOfRange => "OUT_OF_RANGE",
+            RejectCode::MissingTime => "MISSING_TIME",
+            RejectCode::TimeInFuture => "TIME_IN_FUTURE",
+            RejectCode::TimeTooOld => "TIME_TOO_OLD",
+            RejectCode::MustUnderstand => "MUST_UNDERSTAND",
+            RejectCode::UnknownDevice => "UNKNOWN_DEVICE",
+            RejectCode::BadDeviceId => "BAD_DEVICE_ID",
+            RejectCode::RateLimited => "RATE_LIMITED",
+        }
+    }
+}
+
+/// One validated vital-sign reading from a device pack or manual entry.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reading {
+    /// Vocabulary name.
+    pub code: &'static str,
+    /// Numeric value; AVPU is stored as its index in [`AVPU_LEVELS`].
+    pub value: f64,
+    /// Device time, Unix milliseconds.
+    pub device_time_ms: i64,
+}
+
 /// Valid territory, device and appliance identifiers: `[A-Za-z0-9._-]{1,64}`.
 pub fn is_valid_ident(s: &str) -> bool {
     (1..=64).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))

@@ -144,6 +144,30 @@ pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// PBKDF2 iterations of mosquitto's `$7$` password format (mosquitto_passwd default).
+pub const MOSQUITTO_PBKDF2_ITERATIONS: u32 = 101;
+
+/// A broker password hash in mosquitto's password-file format:
+/// `$7$<iterations>$<base64 salt (12 bytes)>$<base64 PBKDF2-HMAC-SHA512 (64 bytes)>`.
+pub fn mosquitto_password_hash(password: &str) -> Result<String, CryptoError> {
+    use base64::Engine;
+    let mut salt = [0u8; 12];
+    random_bytes(&mut salt)?;
+    let mut out = [0u8; 64];
+    let iters = std::num::NonZeroU32::new(MOSQUITTO_PBKDF2_ITERATIONS).expect("non-zero");
+    ring::pbkdf2::derive(ring::pbkdf2::PBKDF2_HMAC_SHA512, iters, &salt, password.as_bytes(), &mut out);
+    let b64 = base64::engine::general_purpose::STANDARD;
+    Ok(format!("$7${}${}${}", MOSQUITTO_PBKDF2_ITERATIONS, b64.encode(salt), b64.encode(out)))
+}
+
+/// A random device password: 24 bytes, URL-safe base64 (192 bits).
+pub fn random_password() -> Result<String, CryptoError> {
+    use base64::Engine;
+    let mut b = [0u8; 24];
+    random_bytes(&mut b)?;
+    Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b))
+}
+
 /// A short public identifier of a secret key: the first 8 bytes of HMAC(key, label), in hex.
 /// It lets operators and error messages tell keys apart without revealing them.
 pub fn key_id(key: &[u8], label: &str) -> String {

@@ -10,6 +10,7 @@
 
 pub mod audit;
 mod keys;
+mod observations;
 mod patients;
 pub mod schema;
 
@@ -29,6 +30,7 @@ use crate::model::{AuditEvent, InvalidPhi};
 
 pub use audit::{Finding, VerifyReport};
 pub use keys::{KeyVersionInfo, RewrapReport};
+pub use observations::{ALARM_DEVICE_SILENT, Alarm, DeviceInfo, IngestItem, IngestOutcome, Observation};
 
 const SQLITE_MAGIC: &[u8; 16] = b"SQLite format 3\0";
 /// Unwrapped data keys kept in memory by the owner thread.

@@ -76,16 +76,36 @@ CREATE TABLE cases (
 ) STRICT;
 CREATE INDEX cases_by_territory ON cases (territory, status, created_at);
 
+-- Field devices. holding_dk_id encrypts readings that arrive while the device is unbound.
 CREATE TABLE devices (
     id              TEXT    PRIMARY KEY,
     kind            TEXT    NOT NULL DEFAULT 'monitor',
+    territory       TEXT    NOT NULL,
     registered_at   INTEGER NOT NULL,
+    removed_at      INTEGER,
     last_seen_at    INTEGER,
+    last_vitals_at  INTEGER,
     presence        TEXT    NOT NULL DEFAULT 'unknown' CHECK (presence IN ('unknown', 'online', 'offline')),
     bound_case      TEXT    REFERENCES cases (id),
     bound_at        INTEGER,
+    holding_dk_id   INTEGER REFERENCES data_keys (id),
     credential_hash TEXT
 ) STRICT;
+CREATE INDEX devices_bound ON devices (bound_case) WHERE bound_case IS NOT NULL;
+
+-- Alarms (device silent, disk pressure, …). Open while cleared_at IS NULL.
+CREATE TABLE alarms (
+    id         INTEGER PRIMARY KEY,
+    kind       TEXT    NOT NULL,
+    case_id    TEXT,
+    device_id  TEXT,
+    raised_at  INTEGER NOT NULL,
+    cleared_at INTEGER,
+    acked_at   INTEGER,
+    acked_by   TEXT,
+    detail     TEXT    NOT NULL DEFAULT ''
+) STRICT;
+CREATE INDEX alarms_open ON alarms (kind, device_id) WHERE cleared_at IS NULL;
 
 -- Vital-sign readings. value is a field ciphertext under the case's (or the device's holding) data key.
 CREATE TABLE observations (
@@ -161,16 +181,19 @@ CREATE INDEX outbox_pending ON outbox (state, priority, seq);
 
 -- Rejected device packs. payload is a field ciphertext (rejected input may hold PHI).
 CREATE TABLE dead_letters (
-    id          INTEGER PRIMARY KEY,
-    device_id   TEXT,
-    topic       TEXT    NOT NULL,
-    received_at INTEGER NOT NULL,
-    code        TEXT    NOT NULL,
-    message     TEXT    NOT NULL,
-    record      INTEGER,
-    dk_id       INTEGER REFERENCES data_keys (id),
-    payload     BLOB
+    id             INTEGER PRIMARY KEY,
+    device_id      TEXT,
+    topic          TEXT    NOT NULL,
+    received_at    INTEGER NOT NULL,
+    code           TEXT    NOT NULL,
+    message        TEXT    NOT NULL,
+    record         INTEGER,
+    payload_len    INTEGER NOT NULL,
+    payload_sha256 BLOB    NOT NULL,
+    dk_id          INTEGER REFERENCES data_keys (id),
+    payload        BLOB
 ) STRICT;
+CREATE INDEX dead_letters_by_device ON dead_letters (device_id, received_at);
 
 -- Hash-chained, MACed, append-only audit log (see storage::audit).
 CREATE TABLE audit_log (

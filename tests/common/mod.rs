@@ -23,7 +23,11 @@ impl Appliance {
 
     /// `init`, then drop-ins (file name, TOML text) into `edge.d/`.
     pub fn init_with(dropins: &[(&str, &str)]) -> Self {
-        let tmp = tempfile::tempdir().unwrap();
+        let mut tmp = tempfile::tempdir().unwrap();
+        if std::env::var_os("HEMA3N_TEST_KEEP").is_some() {
+            tmp.disable_cleanup(true);
+            eprintln!("keeping appliance dir {}", tmp.path().display());
+        }
         let dir = tmp.path().join("state");
         let out = Command::new(BIN).args(["init", "--data-dir"]).arg(&dir).output().unwrap();
         assert!(out.status.success(), "init failed: {}", String::from_utf8_lossy(&out.stderr));
@@ -117,4 +121,70 @@ pub fn files_below(dir: &Path) -> Vec<PathBuf> {
 /// True if `needle` occurs in `hay` (bytes).
 pub fn contains(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len()).any(|w| w == needle)
+}
+
+pub mod broker;
+pub mod mqtt;
+
+impl Appliance {
+    /// An appliance whose daemon talks to `broker_url`, with extra drop-in TOML.
+    pub fn with_broker(broker_url: &str, extra: &str) -> Self {
+        let text = format!("[mqtt]\nbroker = \"{broker_url}\"\n{extra}");
+        Self::init_with(&[("20-mqtt.toml", &text)])
+    }
+
+    /// Starts `hema3n-edge run` in the background (stderr to `daemon.log` in the temp dir).
+    pub fn spawn_daemon(&self) -> Daemon {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.tmp.path().join("daemon.log")).unwrap();
+        Daemon(self.cmd(&["run"]).env("RUST_LOG", std::env::var("HEMA3N_TEST_DAEMON_LOG").unwrap_or_else(|_| "info".into())).stdout(Stdio::null()).stderr(log).spawn().unwrap())
+    }
+
+    /// Starts the daemon and waits until it is subscribed to the device topics.
+    pub fn start_daemon(&self) -> Daemon {
+        let before = self.daemon_log().matches("subscribed to device topics").count();
+        let mut d = self.spawn_daemon();
+        broker::wait_for(30, "daemon subscribed to device topics", || {
+            assert!(d.running(), "daemon exited:\n{}", self.daemon_log());
+            (self.daemon_log().matches("subscribed to device topics").count() > before).then_some(())
+        });
+        d
+    }
+
+    pub fn daemon_log(&self) -> String {
+        std::fs::read_to_string(self.tmp.path().join("daemon.log")).unwrap_or_default()
+    }
+
+    /// Scalar query on the store (as a second process would read it).
+    pub fn query_i64(&self, sql: &str) -> i64 {
+        let db = self.open();
+        db.raw_connection_for_tests().query_row(sql, [], |r| r.get(0)).unwrap()
+    }
+}
+
+/// A daemon process that is SIGKILLed if the test ends (or panics) without stopping it.
+pub struct Daemon(pub std::process::Child);
+
+impl Daemon {
+    pub fn id(&self) -> u32 {
+        self.0.id()
+    }
+    /// SIGTERM and wait: the exit status.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        std::process::Command::new("kill").arg("-TERM").arg(self.0.id().to_string()).status().unwrap();
+        self.0.wait().unwrap()
+    }
+    /// SIGKILL and reap.
+    pub fn kill9(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+    pub fn running(&mut self) -> bool {
+        self.0.try_wait().unwrap().is_none()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill9();
+    }
 }

@@ -1,0 +1,79 @@
+//! A small blocking MQTT client for tests (rumqttc's sync client on its own thread).
+#![allow(dead_code)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
+
+pub struct TestClient {
+    pub client: Client,
+    pub received: mpsc::Receiver<(String, Vec<u8>)>,
+    pub acked: Arc<AtomicU64>,
+    pub published: u64,
+}
+
+impl TestClient {
+    pub fn connect(port: u16, id: &str, creds: Option<(&str, &str)>) -> Self {
+        let mut o = MqttOptions::new(id, "127.0.0.1", port);
+        o.set_keep_alive(Duration::from_secs(10)).set_inflight(500).set_max_packet_size(1 << 20, 1 << 20);
+        if let Some((u, p)) = creds {
+            o.set_credentials(u, p);
+        }
+        let (client, mut conn) = Client::new(o, 1000);
+        let (tx, rx) = mpsc::channel();
+        let acked = Arc::new(AtomicU64::new(0));
+        let a = acked.clone();
+        std::thread::spawn(move || {
+            for ev in conn.iter() {
+                match ev {
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        if tx.send((p.topic.clone(), p.payload.to_vec())).is_err() {
+                            return;
+                        }
+                    }
+                    Ok(Event::Incoming(Packet::PubAck(_))) => {
+                        a.fetch_add(1, Ordering::SeqCst);
+                    }
+                    Ok(_) => {}
+                    Err(rumqttc::ConnectionError::RequestsDone) => return,
+                    Err(_) => std::thread::sleep(Duration::from_millis(50)),
+                }
+            }
+        });
+        TestClient { client, received: rx, acked, published: 0 }
+    }
+
+    pub fn subscribe(&mut self, filter: &str) {
+        self.client.subscribe(filter, QoS::AtLeastOnce).unwrap();
+    }
+
+    pub fn publish(&mut self, topic: &str, payload: impl Into<Vec<u8>>) {
+        self.client.publish(topic, QoS::AtLeastOnce, false, payload).unwrap();
+        self.published += 1;
+    }
+
+    /// Waits until the broker acknowledged everything published so far.
+    pub fn flush(&self) {
+        let p = self.published;
+        super::broker::wait_for(30, "broker PUBACKs", || (self.acked.load(Ordering::SeqCst) >= p).then_some(()));
+    }
+
+    /// Next message, waiting at most `secs`.
+    pub fn next(&self, secs: u64) -> Option<(String, Vec<u8>)> {
+        self.received.recv_timeout(Duration::from_secs(secs)).ok()
+    }
+}
+
+impl Drop for TestClient {
+    fn drop(&mut self) {
+        let _ = self.client.disconnect();
+    }
+}
+
+/// A valid single-reading pack.
+pub fn hr_pack(t_ms: i64, v: i64) -> String {
+    format!(r#"[{{"n":"heart_rate","u":"beat/min","v":{v},"t":{:.3}}}]"#, t_ms as f64 / 1000.0)
+}
