@@ -11,7 +11,7 @@
 //! Prints tables and `BENCH name value=… unit=… baseline=… ratio=…` lines (SYSTEM.md §8).
 //! `HEMA3N_BENCH_QUICK=1` shrinks sizes for a smoke run.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use hema3n_edge::config::Config;
 use hema3n_edge::crypto::field::{DataKey, FieldLoc};
@@ -20,46 +20,8 @@ use hema3n_edge::model::{Actor, Address, AuditEvent, Outcome, Patient};
 use hema3n_edge::storage::Db;
 use rusqlite::Connection;
 
-fn quick() -> bool {
-    std::env::var_os("HEMA3N_BENCH_QUICK").is_some()
-}
-
-fn bench_line(name: &str, value: f64, unit: &str, baseline: f64) {
-    println!("BENCH {name} value={value:.3} unit={unit} baseline={baseline:.3} ratio={:.3}", value / baseline);
-}
-
-fn pct(v: &mut [Duration], p: f64) -> Duration {
-    v.sort();
-    v[((v.len() as f64 - 1.0) * p).round() as usize]
-}
-
-fn raw_conn(path: &std::path::Path, key: Option<&str>) -> Connection {
-    let c = Connection::open(path).unwrap();
-    if let Some(k) = key {
-        c.execute_batch(&format!("PRAGMA key = \"x'{k}'\";")).unwrap();
-    }
-    c.query_row("PRAGMA journal_mode = WAL", [], |_| Ok(())).unwrap();
-    c.execute_batch("PRAGMA synchronous = FULL; PRAGMA temp_store = MEMORY;").unwrap();
-    c
-}
-
-/// Raw batched inserts of `n` rows of ~`row_bytes` bytes; rows/s.
-fn raw_inserts(c: &mut Connection, n: usize, row_bytes: usize) -> f64 {
-    c.execute_batch("CREATE TABLE IF NOT EXISTS r (id INTEGER PRIMARY KEY, a BLOB, b BLOB)").unwrap();
-    let blob = vec![0x5au8; row_bytes / 2];
-    let t = Instant::now();
-    for chunk in 0..n / 1000 {
-        let tx = c.transaction().unwrap();
-        {
-            let mut st = tx.prepare_cached("INSERT INTO r (id, a, b) VALUES (?1, ?2, ?3)").unwrap();
-            for i in 0..1000 {
-                st.execute(((chunk * 1000 + i) as i64, &blob, &blob)).unwrap();
-            }
-        }
-        tx.commit().unwrap();
-    }
-    n as f64 / t.elapsed().as_secs_f64()
-}
+mod common;
+use common::{bench_line, pct, quick, raw_conn, raw_inserts};
 
 /// Plain SQLite writing what the store writes per patient (row with 7 text-ish columns and 3
 /// index columns, a data-key row, an audit row), 1000 per transaction; patients/s.

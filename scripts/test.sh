@@ -2,7 +2,8 @@
 # Installs what the tests need (idempotently), then runs every test.
 #
 #   ./scripts/test.sh            unit + integration tests (what CI runs)
-#   ./scripts/test.sh --soak     also the long runs: kill -9 loop with 500 rounds
+#   ./scripts/test.sh --soak     long runs: store kill -9 loop 500 rounds, ingest kill -9 200 rounds
+#   ./scripts/test.sh --fuzz     also fuzz the SenML parser for FUZZ_SECONDS (default 120)
 #
 # Tests start their own real services (SQLCipher files in temp dirs today; brokers, dbus-daemon
 # and a browser as those capabilities land) on loopback and tear them down.
@@ -13,9 +14,11 @@ cd "$ROOT"
 . scripts/lib/common.sh
 
 SOAK=0
+FUZZ=0
 for arg in "$@"; do
     case "$arg" in
         --soak) SOAK=1 ;;
+        --fuzz) FUZZ=1 ;;
         -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
         *) die "unknown option $arg (try --help)" ;;
     esac
@@ -23,11 +26,14 @@ done
 
 log "checking build dependencies"
 install_build_deps
+log "checking test services"
+install_test_services
 
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 export RUST_BACKTRACE=1
 if [ "$SOAK" -eq 1 ]; then
     export HEMA3N_KILL9_ROUNDS="${HEMA3N_KILL9_ROUNDS:-500}"
+    export HEMA3N_INGEST_KILL9_ROUNDS="${HEMA3N_INGEST_KILL9_ROUNDS:-200}"
 fi
 
 log "building"
@@ -37,6 +43,10 @@ log "running tests"
 cargo test --locked --all-targets -- --test-threads="$(nproc)"
 
 log "smoke-running the benchmark harness (quick sizes)"
-HEMA3N_BENCH_QUICK=1 ./scripts/bench.sh --debug store >/tmp/hema3n-bench-smoke.log 2>&1 || { cat /tmp/hema3n-bench-smoke.log; die "bench smoke run failed"; }
+HEMA3N_BENCH_QUICK=1 ./scripts/bench.sh --debug all >/tmp/hema3n-bench-smoke.log 2>&1 || { cat /tmp/hema3n-bench-smoke.log; die "bench smoke run failed"; }
 grep -c '^BENCH ' /tmp/hema3n-bench-smoke.log | grep -qx '[1-9][0-9]*' || die "bench printed no BENCH lines"
+if [ "$FUZZ" -eq 1 ]; then
+    log "fuzzing the SenML parser for ${FUZZ_SECONDS:-120} s"
+    ./scripts/fuzz.sh senml "${FUZZ_SECONDS:-120}"
+fi
 log "all tests passed"

@@ -48,14 +48,10 @@ impl RunError {
     }
 }
 
-/// Messages read from the broker waiting to be parsed (connection → batcher).
-const INBOUND_QUEUE: usize = 8192;
 /// Parsed batches waiting to commit (batcher → committer): one in flight, one forming.
 const BATCH_QUEUE: usize = 1;
 /// rumqttc request queue (acks, subscriptions, reject publishes).
 const MQTT_REQUESTS: usize = 8192;
-/// Interval of the ingest summary log line.
-const SUMMARY_EVERY: Duration = Duration::from_secs(60);
 
 type TaskResult = (&'static str, Result<(), String>);
 
@@ -63,21 +59,26 @@ type TaskResult = (&'static str, Result<(), String>);
 pub fn spawn_ingest(cfg: &Config, store: &Store, tasks: &mut JoinSet<TaskResult>, shutdown: &watch::Receiver<bool>) -> Result<Arc<IngestMetrics>, String> {
     let metrics = Arc::new(IngestMetrics::default());
     let (client, eventloop) = ingest::client(cfg, MQTT_REQUESTS).map_err(|e| e.to_string())?;
-    let (in_tx, in_rx) = tokio::sync::mpsc::channel(INBOUND_QUEUE);
+    // Connection → batcher: unbounded so the event loop never blocks; bounded in practice by
+    // the broker's in-flight window (docs/decisions/2026-11-23-ingest-backpressure.md).
+    let (in_tx, in_rx) = tokio::sync::mpsc::unbounded_channel();
     let (batch_tx, batch_rx) = tokio::sync::mpsc::channel(BATCH_QUEUE);
+    // Committer → connection: the last acks are out, the connection may disconnect.
+    let (drained_tx, drained_rx) = watch::channel(false);
     let name = |n: &'static str, r: Result<(), ingest::IngestError>| (n, r.map_err(|e| format!("{e}: {}", source_chain(&e))));
     let (c, m, sd) = (cfg.clone(), metrics.clone(), shutdown.clone());
     let cl = client.clone();
-    tasks.spawn(async move { name("mqtt-connection", ingest::connection(eventloop, cl, in_tx, c, m, sd).await) });
+    tasks.spawn(async move { name("mqtt-connection", ingest::connection(eventloop, cl, in_tx, c, m, sd, drained_rx).await) });
     let (c, m) = (cfg.clone(), metrics.clone());
     tasks.spawn(async move { name("ingest-batcher", ingest::batcher(in_rx, batch_tx, c, m).await) });
     let (c, m, st) = (cfg.clone(), metrics.clone(), store.clone());
-    tasks.spawn(async move { name("ingest-committer", ingest::committer(batch_rx, st, client, c, m).await) });
+    tasks.spawn(async move { name("ingest-committer", ingest::committer(batch_rx, st, client, c, m, drained_tx).await) });
     let (st, sd) = (store.clone(), shutdown.clone());
     let gap = Duration::from_secs(cfg.ingest.device_silent_secs.max(1));
     tasks.spawn(async move { name("device-silence", ingest::silence_monitor(st, gap, sd).await) });
     let (m, sd) = (metrics.clone(), shutdown.clone());
-    tasks.spawn(async move { name("ingest-summary", ingest::summary(m, SUMMARY_EVERY, sd).await) });
+    let every = Duration::from_secs(cfg.ingest.summary_every_secs.max(1));
+    tasks.spawn(async move { name("ingest-summary", ingest::summary(m, every, sd).await) });
     Ok(metrics)
 }
 

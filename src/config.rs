@@ -253,6 +253,8 @@ pub struct IngestConfig {
     /// A device bound to a case that sends no vitals for this long raises a "device silent"
     /// alarm, seconds. Default 30.
     pub device_silent_secs: u64,
+    /// Interval of the "ingest summary" log line (counters), seconds. Default 60.
+    pub summary_every_secs: u64,
 }
 
 impl Default for IngestConfig {
@@ -268,6 +270,7 @@ impl Default for IngestConfig {
             device_burst: 1000.0,
             require_registered_devices: true,
             device_silent_secs: 30,
+            summary_every_secs: 60,
         }
     }
 }

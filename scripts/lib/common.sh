@@ -32,5 +32,14 @@ install_build_deps() {
     command -v cargo >/dev/null || die "cargo not found: install Rust ${RUST_VERSION:-1.95.0} with rustup"
 }
 
+# Services the integration tests start on loopback (never as system services).
+install_test_services() {
+    apt_install mosquitto
+    # Debian starts the packaged broker on :1883; tests use their own instances on free ports.
+    if command -v systemctl >/dev/null && systemctl is-active --quiet mosquitto 2>/dev/null; then
+        as_root systemctl stop mosquitto || true
+    fi
+}
+
 # Temporary data directory root for scripts; removed on exit by the caller's trap.
 repo_root() { cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd; }

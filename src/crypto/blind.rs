@@ -74,11 +74,6 @@ impl BlindIndexer {
         BlindIndexer { mac: Mac::new(key.as_ref()) }
     }
 
-    /// Raw HMAC under the index key, for keyed de-duplication tags.
-    pub fn mac(&self, parts: &[&[u8]]) -> [u8; 32] {
-        self.mac.sign(parts)
-    }
-
     /// The 16-byte index of `value`, or `None` if it normalises to nothing.
     pub fn index(&self, field: BlindField, territory: &str, value: &str) -> Option<Vec<u8>> {
         let norm = field.normalise(value)?;

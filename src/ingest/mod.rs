@@ -8,9 +8,12 @@
 //! message of it and publish rejects) — while one batch commits, the next one accumulates, so
 //! the batch size adapts to the load with no added latency when idle.
 //!
-//! Backpressure: storage writes wait; when the committer lags, the batcher's queue fills, the
-//! connection task stops reading and TCP pushes back to the broker, which keeps the messages
-//! (persistent session, QoS 1). Nothing is acknowledged before it is committed.
+//! Backpressure: the connection task never blocks (acks travel through the same event loop, so
+//! a blocked poll would deadlock the committer). What bounds the messages held in the pipeline
+//! is the broker's in-flight window for our session (`max_inflight_messages`, 1000 in our
+//! mosquitto configuration): the broker sends no more until we acknowledge, and we acknowledge
+//! only after commit. Storage writes wait; the broker keeps everything else (persistent
+//! session, QoS 1). See docs/decisions/2026-11-23-ingest-backpressure.md.
 
 pub mod senml;
 pub mod simulate;
@@ -64,10 +67,16 @@ pub struct IngestMetrics {
     pub duplicates: AtomicU64,
     pub batches: AtomicU64,
     pub connects: AtomicU64,
+    /// Times the daemon finished subscribing (2 SUBACKs) since start.
+    pub subscribed: AtomicU64,
     rejects: [AtomicU64; RejectCode::ALL.len()],
-    /// Arrival → commit latency histogram, bucket i counts latencies < 2^i µs.
-    latency_us: [AtomicU64; 32],
+    /// Arrival → commit latency histogram: bucket i counts latencies in [i, i+1) × 100 µs;
+    /// the last bucket collects everything from 1 s up.
+    latency: Box<[AtomicU64]>,
 }
+
+const LATENCY_BUCKET_US: u64 = 100;
+const LATENCY_BUCKETS: usize = 10_001;
 
 impl Default for IngestMetrics {
     fn default() -> Self {
@@ -78,8 +87,9 @@ impl Default for IngestMetrics {
             duplicates: AtomicU64::new(0),
             batches: AtomicU64::new(0),
             connects: AtomicU64::new(0),
+            subscribed: AtomicU64::new(0),
             rejects: std::array::from_fn(|_| AtomicU64::new(0)),
-            latency_us: std::array::from_fn(|_| AtomicU64::new(0)),
+            latency: (0..LATENCY_BUCKETS).map(|_| AtomicU64::new(0)).collect(),
         }
     }
 }
@@ -101,32 +111,30 @@ impl IngestMetrics {
     }
 
     fn observe_latency(&self, d: Duration) {
-        let us = d.as_micros().max(1) as u64;
-        let b = (64 - us.leading_zeros()).min(31) as usize;
-        self.latency_us[b].fetch_add(1, Ordering::Relaxed);
+        let b = ((d.as_micros() as u64) / LATENCY_BUCKET_US).min(LATENCY_BUCKETS as u64 - 1) as usize;
+        self.latency[b].fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Upper bound of the `q` quantile of arrival → commit latency (power-of-two buckets).
+    /// The `q` quantile of arrival → commit latency (upper edge of its 100 µs bucket).
     pub fn latency_quantile(&self, q: f64) -> Duration {
-        let counts: Vec<u64> = self.latency_us.iter().map(|c| c.load(Ordering::Relaxed)).collect();
-        let total: u64 = counts.iter().sum();
+        let total: u64 = self.latency.iter().map(|c| c.load(Ordering::Relaxed)).sum();
         if total == 0 {
             return Duration::ZERO;
         }
-        let target = (total as f64 * q).ceil() as u64;
+        let target = ((total as f64 * q).ceil() as u64).max(1);
         let mut acc = 0;
-        for (i, c) in counts.iter().enumerate() {
-            acc += c;
+        for (i, c) in self.latency.iter().enumerate() {
+            acc += c.load(Ordering::Relaxed);
             if acc >= target {
-                return Duration::from_micros(1u64 << i);
+                return Duration::from_micros((i as u64 + 1) * LATENCY_BUCKET_US);
             }
         }
-        Duration::from_micros(1 << 31)
+        Duration::from_secs(1)
     }
 
     /// Clears the latency histogram (benchmarks measure phases separately).
     pub fn reset_latency(&self) {
-        for c in &self.latency_us {
+        for c in self.latency.iter() {
             c.store(0, Ordering::Relaxed);
         }
     }
@@ -157,10 +165,48 @@ pub fn client(cfg: &Config, capacity: usize) -> Result<(AsyncClient, EventLoop),
 pub async fn connection(
     mut ev: EventLoop,
     client: AsyncClient,
-    to_batcher: mpsc::Sender<Inbound>,
+    to_batcher: mpsc::UnboundedSender<Inbound>,
     cfg: Config,
     metrics: Arc<IngestMetrics>,
     mut shutdown: watch::Receiver<bool>,
+    drained: watch::Receiver<bool>,
+) -> Result<(), IngestError> {
+    let r = forward(&mut ev, &client, to_batcher, &cfg, &metrics, &mut shutdown).await;
+    drain(&mut ev, &client, drained).await;
+    r
+}
+
+/// After shutdown: keep the connection up (new publishes are left unacknowledged for the
+/// broker to redeliver) until the committer has sent its last acks, then disconnect cleanly.
+async fn drain(ev: &mut EventLoop, client: &AsyncClient, mut drained: watch::Receiver<bool>) {
+    let deadline = tokio::time::sleep(Duration::from_secs(3));
+    tokio::pin!(deadline);
+    while !*drained.borrow() {
+        tokio::select! {
+            r = ev.poll() => if r.is_err() { return },
+            _ = drained.changed() => {}
+            _ = &mut deadline => return,
+        }
+    }
+    let _ = client.try_disconnect();
+    loop {
+        tokio::select! {
+            r = ev.poll() => match r {
+                Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) | Err(_) => return,
+                Ok(_) => {}
+            },
+            _ = &mut deadline => return,
+        }
+    }
+}
+
+async fn forward(
+    ev: &mut EventLoop,
+    client: &AsyncClient,
+    to_batcher: mpsc::UnboundedSender<Inbound>,
+    cfg: &Config,
+    metrics: &IngestMetrics,
+    shutdown: &mut watch::Receiver<bool>,
 ) -> Result<(), IngestError> {
     let min = Duration::from_millis(cfg.mqtt.reconnect_min_ms);
     let max = Duration::from_millis(cfg.mqtt.reconnect_max_ms);
@@ -192,6 +238,7 @@ pub async fn connection(
                 }
                 subacks += 1;
                 if subacks == 2 {
+                    metrics.subscribed.fetch_add(1, Ordering::Relaxed);
                     tracing::info!("subscribed to device topics");
                 }
             }
@@ -199,9 +246,12 @@ pub async fn connection(
                 tracing::trace!(topic = %p.topic, bytes = p.payload.len(), "publish received");
                 metrics.received.fetch_add(1, Ordering::Relaxed);
                 let item = Inbound { publish: p, recv_ms: now_ms(), recv_at: Instant::now() };
-                tokio::select! {
-                    r = to_batcher.send(item) => if r.is_err() { return Ok(()) },
-                    _ = shutdown.changed() => return Ok(()),
+                if to_batcher.send(item).is_err() {
+                    return Ok(());
+                }
+                let outstanding = metrics.received.load(Ordering::Relaxed) - metrics.committed_messages.load(Ordering::Relaxed);
+                if outstanding == OUTSTANDING_WARN {
+                    tracing::warn!(outstanding, "more messages in flight than the broker's window should allow; check max_inflight_messages");
                 }
             }
             Ok(_) => {}
@@ -222,6 +272,10 @@ pub async fn connection(
     }
 }
 
+/// Messages received but not yet committed above which the daemon warns: the broker's
+/// in-flight window (1000 in our configuration) normally keeps it far below.
+const OUTSTANDING_WARN: u64 = 20_000;
+
 fn jitter(d: Duration) -> Duration {
     let mut b = [0u8; 2];
     let _ = crate::crypto::random_bytes(&mut b);
@@ -237,7 +291,7 @@ struct Bucket {
 /// Parses and validates inbound messages and hands batches to the committer. While a batch is
 /// committing, the next one accumulates up to `ingest.batch_max_messages`.
 pub async fn batcher(
-    mut from_conn: mpsc::Receiver<Inbound>,
+    mut from_conn: mpsc::UnboundedReceiver<Inbound>,
     to_committer: mpsc::Sender<Vec<Pending>>,
     cfg: Config,
     metrics: Arc<IngestMetrics>,
@@ -370,6 +424,19 @@ fn take_token(buckets: &mut HashMap<String, Bucket>, device: &str, cfg: &Config,
 
 /// Commits batches, then acknowledges every message of a batch and publishes rejects.
 pub async fn committer(
+    from_batcher: mpsc::Receiver<Vec<Pending>>,
+    store: Store,
+    client: AsyncClient,
+    cfg: Config,
+    metrics: Arc<IngestMetrics>,
+    drained: watch::Sender<bool>,
+) -> Result<(), IngestError> {
+    let r = commit_loop(from_batcher, store, client, cfg, metrics).await;
+    let _ = drained.send(true);
+    r
+}
+
+async fn commit_loop(
     mut from_batcher: mpsc::Receiver<Vec<Pending>>,
     store: Store,
     client: AsyncClient,

@@ -173,7 +173,7 @@ impl Db {
         }
         conn.execute_batch(
             "PRAGMA synchronous = FULL; PRAGMA temp_store = MEMORY; PRAGMA foreign_keys = ON; \
-             PRAGMA secure_delete = ON; PRAGMA cipher_memory_security = OFF;",
+             PRAGMA secure_delete = ON; PRAGMA cipher_memory_security = OFF; PRAGMA cache_size = -16384;",
         )?;
         let mut db = Db {
             conn,

@@ -2,8 +2,8 @@
 //! attaching unbound readings, device-silent alarms, and reading vitals back.
 //!
 //! Readings are sealed under the bound case's data key, or under the device's holding key while
-//! unbound. Idempotence: `dedup_key = HMAC(index key, device, code, device time, value)[..16]`,
-//! unique, so a redelivered message adds nothing. One audit entry per case (or device) per batch.
+//! unbound. Idempotence: (device, vital, device time) is unique, so a redelivered message adds
+//! nothing. One audit entry per case (or device) per batch.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -75,10 +75,6 @@ struct DeviceRow {
 }
 
 impl State {
-    fn dedup_key(&self, device: &str, r: &Reading) -> Vec<u8> {
-        self.keys.index.mac(&[b"hema3n-obs/v1\0", device.as_bytes(), b"\0", r.code.as_bytes(), &r.device_time_ms.to_be_bytes(), &r.value.to_bits().to_be_bytes()])[..16].to_vec()
-    }
-
     /// The shared data key for dead letters of unknown or invalid devices.
     fn dead_letter_key(&mut self, conn: &Connection, territory: &str) -> Result<Arc<DataKey>> {
         let id: Option<String> =
@@ -220,15 +216,15 @@ impl Db {
                     };
                     let (mut new, mut dups) = (0, 0);
                     for r in readings {
-                        let dedup = self.st.dedup_key(device_id, r);
                         let id = next_id;
                         let ct = dk.seal(FieldLoc { table: "observations", column: "value", row_id: &id.to_string() }, &r.value.to_be_bytes())?;
                         let n = tx
                             .prepare_cached(
-                                "INSERT INTO observations (id, case_id, device_id, dk_id, code, value, device_time, recv_time, source, dedup_key) \
-                                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'device', ?9) ON CONFLICT (dedup_key) DO NOTHING",
+                                "INSERT INTO observations (id, case_id, device_id, dk_id, code, value, device_time, recv_time, source) \
+                                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'device') \
+                                 ON CONFLICT (device_id, code, device_time) WHERE device_id IS NOT NULL DO NOTHING",
                             )?
-                            .execute(params![id, case_id, device_id, dk.id(), r.code, ct, r.device_time_ms, recv_ms, dedup])?;
+                            .execute(params![id, case_id, device_id, dk.id(), r.code, ct, r.device_time_ms, recv_ms])?;
                         *sealed_per_dk.entry(dk.id()).or_default() += 1;
                         if n == 1 {
                             new += 1;

@@ -117,9 +117,11 @@ CREATE TABLE observations (
     value       BLOB    NOT NULL,
     device_time INTEGER,
     recv_time   INTEGER NOT NULL,
-    source      TEXT    NOT NULL CHECK (source IN ('device', 'manual')),
-    dedup_key   BLOB    UNIQUE
+    source      TEXT    NOT NULL CHECK (source IN ('device', 'manual'))
 ) STRICT;
+-- Idempotence: one reading per device, vital and device time (a redelivery adds nothing).
+-- Time-ordered keys append at the B-tree's right edge, so ingest cost does not grow with size.
+CREATE UNIQUE INDEX observations_dedup ON observations (device_id, code, device_time) WHERE device_id IS NOT NULL;
 CREATE INDEX observations_by_case ON observations (case_id, code, device_time);
 CREATE INDEX observations_unbound ON observations (device_id) WHERE case_id IS NULL;
 
