@@ -28,6 +28,8 @@ log "checking build dependencies"
 install_build_deps
 log "checking test services"
 install_test_services
+log "checking reference tools (PyPI)"
+install_python_tools
 
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 export RUST_BACKTRACE=1

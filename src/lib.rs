@@ -17,3 +17,4 @@ pub mod ingest;
 pub mod model;
 pub mod storage;
 pub mod systemd;
+pub mod triage;

@@ -41,5 +41,14 @@ install_test_services() {
     fi
 }
 
+# Python packages the tests use as independent references, pinned, in .tools/python.
+install_python_tools() {
+    local dir; dir="$(repo_root)/.tools/python"
+    if [ ! -d "$dir/vitalscore" ]; then
+        log "installing vitalscore==0.1.1 (independent NEWS2 scorer) into .tools/python"
+        python3 -m pip install --quiet --disable-pip-version-check --target "$dir" vitalscore==0.1.1
+    fi
+}
+
 # Temporary data directory root for scripts; removed on exit by the caller's trap.
 repo_root() { cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd; }
