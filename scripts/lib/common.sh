@@ -50,5 +50,22 @@ install_python_tools() {
     fi
 }
 
+# The model pipeline's pinned Python requirements (and the ONNX Runtime library the daemon
+# loads at run time) in .tools/model.
+install_model_tools() {
+    local dir; dir="$(repo_root)/.tools/model"
+    local req; req="$(repo_root)/edge-models/hema3n-core/requirements.txt"
+    if [ ! -f "$dir/.installed" ] || ! cmp -s "$req" "$dir/.installed"; then
+        log "installing model tools (numpy, onnx, onnxruntime) into .tools/model"
+        python3 -m pip install --quiet --disable-pip-version-check --target "$dir" -r "$req"
+        cp "$req" "$dir/.installed"
+    fi
+}
+
+# Path of the ONNX Runtime shared library from the pinned wheel.
+onnxruntime_lib() {
+    ls "$(repo_root)"/.tools/model/onnxruntime/capi/libonnxruntime.so.* 2>/dev/null | head -1
+}
+
 # Temporary data directory root for scripts; removed on exit by the caller's trap.
 repo_root() { cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd; }
