@@ -49,6 +49,7 @@ pub struct Config {
     pub daemon: DaemonConfig,
     pub mqtt: MqttConfig,
     pub ingest: IngestConfig,
+    pub triage: TriageConfig,
 }
 
 impl Default for Config {
@@ -64,6 +65,7 @@ impl Default for Config {
             daemon: DaemonConfig::default(),
             mqtt: MqttConfig::default(),
             ingest: IngestConfig::default(),
+            triage: TriageConfig::default(),
         }
     }
 }
@@ -275,6 +277,48 @@ impl Default for IngestConfig {
     }
 }
 
+/// `[triage]`: rules engine and HEMA3N-Core model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TriageConfig {
+    /// Re-triage bound cases when their vitals change. Default true.
+    pub enabled: bool,
+    /// Directory with `manifest.toml` and the model artifacts.
+    /// Default `/usr/share/hema3n/models/hema3n-core`.
+    pub model_dir: PathBuf,
+    /// `int8` or `fp32`; default: the manifest's default (int8).
+    pub variant: Option<String>,
+    /// ONNX Runtime shared library (`libonnxruntime.so.*`). Unset = rules-only mode.
+    pub onnxruntime_library: Option<PathBuf>,
+    /// Execution providers in preference order. Default `["tensorrt", "cuda", "cpu"]`.
+    pub execution_providers: Vec<String>,
+    /// TensorRT engine cache. Default `<data_dir>/trt-engines`.
+    pub engine_cache_dir: Option<PathBuf>,
+    /// Threads of one inference. Default 1.
+    pub intra_threads: usize,
+    /// Vitals changes of one case within this window cause one re-triage, ms. Default 250.
+    pub debounce_ms: u64,
+    /// The model abstains unless this many of heart rate, respiratory rate, SpO2 and systolic BP
+    /// are measured. Default 3.
+    pub min_core_vitals: usize,
+}
+
+impl Default for TriageConfig {
+    fn default() -> Self {
+        TriageConfig {
+            enabled: true,
+            model_dir: PathBuf::from("/usr/share/hema3n/models/hema3n-core"),
+            variant: None,
+            onnxruntime_library: None,
+            execution_providers: vec!["tensorrt".into(), "cuda".into(), "cpu".into()],
+            engine_cache_dir: None,
+            intra_threads: 1,
+            debounce_ms: 250,
+            min_core_vitals: 3,
+        }
+    }
+}
+
 /// Where the configuration came from (for `--print-config` and logs).
 #[derive(Debug, Clone, Default)]
 pub struct Provenance {
@@ -336,6 +380,9 @@ impl Config {
             return Err(ConfigError::Invalid { field: "daemon.health_interval_ms", reason: "must be ≥ 100".into() });
         }
         self.mqtt.host_port()?;
+        if self.triage.min_core_vitals > 4 {
+            return Err(ConfigError::Invalid { field: "triage.min_core_vitals", reason: "at most 4".into() });
+        }
         if self.ingest.batch_max_messages == 0 || self.ingest.max_records_per_pack == 0 || self.ingest.max_payload_bytes == 0 {
             return Err(ConfigError::Invalid { field: "ingest", reason: "limits must be > 0".into() });
         }
@@ -384,7 +431,14 @@ fn resolve_paths(mut t: toml::Table, base: &Path) -> toml::Table {
     if let Some(v) = t.get_mut("data_dir") {
         fix(v, base);
     }
-    for (sect, key) in [("keys", "dir"), ("store", "path"), ("mqtt", "password_file")] {
+    for (sect, key) in [
+        ("keys", "dir"),
+        ("store", "path"),
+        ("mqtt", "password_file"),
+        ("triage", "model_dir"),
+        ("triage", "onnxruntime_library"),
+        ("triage", "engine_cache_dir"),
+    ] {
         if let Some(v) = t.get_mut(sect).and_then(|s| s.as_table_mut()).and_then(|s| s.get_mut(key)) {
             fix(v, base);
         }

@@ -5,8 +5,11 @@
 //! (`final <= ceiling`, 1 being the most acute). [`combine`] is the only place a final level is
 //! made, and a property test checks it over 10^6 random inputs.
 
+pub mod engine;
+pub mod features;
 pub mod news2;
 pub mod rules;
+pub mod runtime;
 
 pub use rules::{Reason, RulesInput, RulesResult, Vitals, evaluate};
 
