@@ -125,7 +125,7 @@ fn ingest_run(rt: &tokio::runtime::Runtime, port: u16, total_msgs: usize, readin
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     let (rate, p99) = rt.block_on(async {
         let mut tasks = tokio::task::JoinSet::new();
-        let metrics = hema3n_edge::app::spawn_ingest(&cfg, &store, &mut tasks, &shutdown_rx).unwrap();
+        let metrics = hema3n_edge::app::spawn_ingest(&cfg, &store, &mut tasks, &shutdown_rx, None).unwrap();
         while metrics.subscribed.load(Ordering::Relaxed) == 0 {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }

@@ -21,6 +21,8 @@ use tokio::task::JoinSet;
 
 use crate::config::Config;
 use crate::ingest::{self, IngestMetrics};
+use crate::triage::runtime::{LoadOptions, ModelError, ModelRuntime};
+use crate::triage::service;
 use crate::crypto::keyring::{KeySources, Keyring};
 use crate::model::now_ms;
 use crate::storage::{Db, Store, StoreError};
@@ -55,8 +57,30 @@ const MQTT_REQUESTS: usize = 8192;
 
 type TaskResult = (&'static str, Result<(), String>);
 
-/// Spawns the ingest tasks into `tasks` and returns their shared counters.
-pub fn spawn_ingest(cfg: &Config, store: &Store, tasks: &mut JoinSet<TaskResult>, shutdown: &watch::Receiver<bool>) -> Result<Arc<IngestMetrics>, String> {
+/// Triage jobs queued for the model thread.
+const TRIAGE_QUEUE: usize = 64;
+
+/// Loads the model for `cfg`, or explains why the daemon runs rules-only.
+pub fn load_model(cfg: &Config) -> Result<ModelRuntime, ModelError> {
+    ModelRuntime::load(&LoadOptions {
+        library: cfg.triage.onnxruntime_library.clone(),
+        model_dir: cfg.triage.model_dir.clone(),
+        variant: cfg.triage.variant.clone(),
+        providers: cfg.triage.execution_providers.clone(),
+        engine_cache_dir: cfg.triage.engine_cache_dir.clone().unwrap_or_else(|| cfg.data_dir.join("trt-engines")),
+        intra_threads: cfg.triage.intra_threads,
+    })
+}
+
+/// Spawns the ingest tasks into `tasks` and returns their shared counters. Committed vitals of
+/// bound cases are announced on `retriage`.
+pub fn spawn_ingest(
+    cfg: &Config,
+    store: &Store,
+    tasks: &mut JoinSet<TaskResult>,
+    shutdown: &watch::Receiver<bool>,
+    retriage: Option<tokio::sync::mpsc::UnboundedSender<String>>,
+) -> Result<Arc<IngestMetrics>, String> {
     let metrics = Arc::new(IngestMetrics::default());
     let (client, eventloop) = ingest::client(cfg, MQTT_REQUESTS).map_err(|e| e.to_string())?;
     // Connection → batcher: unbounded so the event loop never blocks; bounded in practice by
@@ -72,7 +96,7 @@ pub fn spawn_ingest(cfg: &Config, store: &Store, tasks: &mut JoinSet<TaskResult>
     let (c, m) = (cfg.clone(), metrics.clone());
     tasks.spawn(async move { name("ingest-batcher", ingest::batcher(in_rx, batch_tx, c, m).await) });
     let (c, m, st) = (cfg.clone(), metrics.clone(), store.clone());
-    tasks.spawn(async move { name("ingest-committer", ingest::committer(batch_rx, st, client, c, m, drained_tx).await) });
+    tasks.spawn(async move { name("ingest-committer", ingest::committer(batch_rx, st, client, c, m, drained_tx, retriage).await) });
     let (st, sd) = (store.clone(), shutdown.clone());
     let gap = Duration::from_secs(cfg.ingest.device_silent_secs.max(1));
     tasks.spawn(async move { name("device-silence", ingest::silence_monitor(st, gap, sd).await) });
@@ -106,6 +130,22 @@ pub fn run(cfg: Config) -> Result<(), RunError> {
     let schema = db.schema_version().map_err(RunError::Setup)?;
     tracing::info!(db = %db.path().display(), schema, appliance_id = %cfg.appliance_id, "store open");
     let (store, storage_thread) = Store::spawn(db, cfg.store.queue_capacity);
+    // The model loads (and warms up) before READY; without it the daemon runs rules-only.
+    let (runtime, model_status) = if !cfg.triage.enabled {
+        (None, "triage disabled".to_string())
+    } else {
+        match load_model(&cfg) {
+            Ok(rt) => {
+                let s = format!("model {} ({}, {})", rt.info.model_id, rt.info.variant, rt.info.provider.as_str());
+                (Some(rt), s)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "triage model unavailable: RULES-ONLY mode");
+                (None, "RULES-ONLY".to_string())
+            }
+        }
+    };
+    let (triager, model_thread) = service::spawn_model_thread(runtime, cfg.triage.min_core_vitals, TRIAGE_QUEUE);
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -113,8 +153,9 @@ pub fn run(cfg: Config) -> Result<(), RunError> {
         .enable_all()
         .build()
         .map_err(RunError::Runtime)?;
-    let result = rt.block_on(serve(&cfg, store, started));
+    let result = rt.block_on(serve(&cfg, store, triager, &model_status, started));
     rt.shutdown_timeout(Duration::from_secs(2));
+    let _ = model_thread.join();
     // All Store handles are gone now; the storage thread drains its queue and checkpoints.
     if storage_thread.join().is_err() {
         tracing::error!("storage thread panicked");
@@ -124,7 +165,7 @@ pub fn run(cfg: Config) -> Result<(), RunError> {
     result
 }
 
-async fn serve(cfg: &Config, store: Store, started: std::time::Instant) -> Result<(), RunError> {
+async fn serve(cfg: &Config, store: Store, triager: service::Triager, model_status: &str, started: std::time::Instant) -> Result<(), RunError> {
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let beats = Arc::new(Heartbeats::default());
     let mut tasks: JoinSet<TaskResult> = JoinSet::new();
@@ -135,14 +176,24 @@ async fn serve(cfg: &Config, store: Store, started: std::time::Instant) -> Resul
         Some(w) => (w / 2).min(Duration::from_millis(cfg.daemon.health_interval_ms)),
         None => Duration::from_millis(cfg.daemon.health_interval_ms),
     };
-    tasks.spawn(health(store.clone(), health_every, every, beats.clone(), shutdown_rx.clone()));
+    tasks.spawn(health(store.clone(), health_every, every, beats.clone(), shutdown_rx.clone(), model_status.to_string()));
+    let retriage = if cfg.triage.enabled {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let (st, sd) = (store.clone(), shutdown_rx.clone());
+        let debounce = Duration::from_millis(cfg.triage.debounce_ms);
+        tasks.spawn(async move { ("retriage", service::retriage_loop(rx, st, triager, debounce, sd).await) });
+        Some(tx)
+    } else {
+        drop(triager);
+        None
+    };
     if cfg.ingest.enabled {
-        spawn_ingest(cfg, &store, &mut tasks, &shutdown_rx).map_err(|reason| RunError::Task { task: "ingest", reason })?;
+        spawn_ingest(cfg, &store, &mut tasks, &shutdown_rx, retriage).map_err(|reason| RunError::Task { task: "ingest", reason })?;
     }
     drop(store);
 
     let ready_ms = started.elapsed().as_millis() as u64;
-    systemd::ready("running: store open");
+    systemd::ready(&format!("running: store open; triage {model_status}"));
     tracing::info!(ready_ms, "ready");
 
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).map_err(RunError::Runtime)?;
@@ -202,6 +253,7 @@ async fn health(
     checkpoint_every: Duration,
     beats: Arc<Heartbeats>,
     mut shutdown: watch::Receiver<bool>,
+    model_status: String,
 ) -> (&'static str, Result<(), String>) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -218,7 +270,7 @@ async fn health(
         let status = match probe {
             Ok(Ok(seq)) if checkpointer_age <= stale_after => {
                 systemd::watchdog();
-                format!("running: audit head {seq}")
+                format!("running: audit head {seq}; triage {model_status}")
             }
             Ok(Ok(_)) => format!("degraded: audit checkpointer silent for {checkpointer_age} ms"),
             Ok(Err(e)) => format!("degraded: storage error: {e}"),

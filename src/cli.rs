@@ -170,6 +170,17 @@ pub fn check(cfg: &Config, cfg_files: &[PathBuf]) -> CmdResult {
         };
         writeln!(out, "{state} key version {}/v{} id {}: {} data keys, {} encryptions", k.territory, k.version, k.key_id, k.data_keys, k.invocations)?;
     }
+    if cfg.triage.enabled {
+        match crate::app::load_model(cfg) {
+            Ok(rt) => {
+                writeln!(out, "ok      triage model {} ({}, sha256 {}) on {}", rt.info.model_id, rt.info.variant, &rt.info.sha256[..16], rt.info.provider.as_str())?;
+                for f in &rt.info.fallbacks {
+                    writeln!(out, "info    execution provider fallback: {f}")?;
+                }
+            }
+            Err(e) => writeln!(out, "warn    triage model unavailable, the daemon runs RULES-ONLY: {e}")?,
+        }
+    }
     let rep = db.verify_audit()?;
     if rep.ok() {
         writeln!(out, "ok      audit log: {} entries, {} checkpoints", rep.entries, rep.checkpoints)?;
@@ -413,5 +424,42 @@ pub fn simulate(opts: crate::ingest::simulate::SimOptions) -> CmdResult {
             "seconds": started.elapsed().as_secs_f64(),
         })
     );
+    Ok(0)
+}
+
+/// `triage show CASE`: the latest triage results of a case (audited read).
+pub fn triage_show(cfg: &Config, case: &str, n: usize) -> CmdResult {
+    let mut db = open_db(cfg)?;
+    let hist = db.triage_history(&Actor::cli(), case, n.max(1))?;
+    if hist.is_empty() {
+        println!("case {case}: no triage yet");
+        return Ok(0);
+    }
+    for (i, t) in hist.iter().enumerate() {
+        let r = &t.record;
+        println!(
+            "{}ESI {} (decided by {}; rules allow at most ESI {}{}{})",
+            if i == 0 { "latest: " } else { "earlier: " },
+            r.final_esi,
+            r.decider.replace('_', " "),
+            r.rules_esi,
+            r.news2.map(|n| format!("; NEWS2 {n}")).unwrap_or_default(),
+            r.model_esi.map(|m| format!("; model proposed ESI {m}")).unwrap_or_default(),
+        );
+        if i == 0 {
+            if let (Some(s), Some(c)) = (&r.specialty, r.confidence) {
+                println!("  specialty {s}, confidence {c:.2}");
+            }
+            if let Some(m) = &r.model_id {
+                println!("  model {m} sha256 {}", r.model_hash.as_deref().unwrap_or("?"));
+            }
+            if let Some(a) = &r.abstained {
+                println!("  model abstained: {a}");
+            }
+            for reason in &r.reasons {
+                println!("  - {reason}");
+            }
+        }
+    }
     Ok(0)
 }

@@ -52,6 +52,11 @@ enum Cmd {
         #[command(subcommand)]
         cmd: DevicesCmd,
     },
+    /// Triage results of a case.
+    Triage {
+        #[command(subcommand)]
+        cmd: TriageCmd,
+    },
     /// Simulated field devices publishing SenML vitals that follow clinical scenarios.
     Simulate(SimArgs),
     /// Diagnostics and soak workloads for operators and test harnesses.
@@ -127,6 +132,17 @@ enum DevicesCmd {
     },
     /// Unbind a device from its case.
     Unbind { device: String },
+}
+
+#[derive(Subcommand)]
+enum TriageCmd {
+    /// Show the latest triage of a case with its reasons.
+    Show {
+        case: String,
+        /// How many results to list (newest first).
+        #[arg(long, default_value_t = 1)]
+        last: usize,
+    },
 }
 
 #[derive(clap::Args)]
@@ -241,6 +257,7 @@ fn main() -> ExitCode {
             DevicesCmd::Bind { device, case, attach_unbound } => cli::devices_bind(&cfg, device, case, *attach_unbound),
             DevicesCmd::Unbind { device } => cli::devices_unbind(&cfg, device),
         },
+        Some(Cmd::Triage { cmd: TriageCmd::Show { case, last } }) => cli::triage_show(&cfg, case, *last),
         Some(Cmd::Simulate(a)) => match sim_options(&cfg, a) {
             Ok(o) => cli::simulate(o),
             Err(e) => Err(Failure { code: 2, error: e }),

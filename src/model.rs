@@ -372,6 +372,59 @@ pub struct Reading {
     pub device_time_ms: i64,
 }
 
+/// What triage needs from a case's record: latest reading per vital, demographics, complaint.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CaseSnapshot {
+    /// `(vital name, value)` — the latest reading of each vital by device time.
+    pub latest: Vec<(String, f64)>,
+    pub age_years: Option<f64>,
+    pub sex: Option<Sex>,
+    pub chief_complaint: Option<String>,
+}
+
+/// A triage result to store with its case.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TriageRecord {
+    pub final_esi: u8,
+    pub rules_esi: u8,
+    pub model_esi: Option<u8>,
+    pub news2: Option<u8>,
+    pub specialty: Option<String>,
+    pub confidence: Option<f32>,
+    pub model_id: Option<String>,
+    pub model_hash: Option<String>,
+    /// `model`, `rules_override` or `rules_only`.
+    pub decider: &'static str,
+    pub abstained: Option<String>,
+    /// Human-readable reasons (PHI: stored encrypted).
+    pub reasons: Vec<String>,
+}
+
+/// A stored triage result.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredTriage {
+    pub id: i64,
+    pub created_at_ms: i64,
+    pub record: TriageRecord,
+}
+
+/// Age in whole-day precision from a `YYYY-MM-DD` birth date at `now_ms`.
+pub fn age_years(dob: &str, now_ms: i64) -> Option<f64> {
+    if !is_valid_date(dob) {
+        return None;
+    }
+    let (y, m, d) = (dob[0..4].parse::<i64>().ok()?, dob[5..7].parse::<i64>().ok()?, dob[8..10].parse::<i64>().ok()?);
+    // Days since 1970-01-01 (civil-from-days inverse, Howard Hinnant's algorithm).
+    let (yy, mm) = if m <= 2 { (y - 1, m + 9) } else { (y, m - 3) };
+    let era = yy.div_euclid(400);
+    let yoe = yy - era * 400;
+    let doy = (153 * mm + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let age = (now_ms / 86_400_000 - days) as f64 / 365.2425;
+    (age >= 0.0).then_some(age)
+}
+
 /// Valid territory, device and appliance identifiers: `[A-Za-z0-9._-]{1,64}`.
 pub fn is_valid_ident(s: &str) -> bool {
     (1..=64).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
@@ -405,6 +458,15 @@ mod tests {
         assert_eq!(p.validate().unwrap_err().field, "address.zip");
         let p = Patient { email: Some("a@b".into()), ..Default::default() };
         assert_eq!(p.validate().unwrap_err().field, "email");
+    }
+
+    #[test]
+    fn ages_from_birth_dates() {
+        let now = 1_700_000_000_000; // 2023-11-14
+        assert!((age_years("1970-01-01", now).unwrap() - 53.87).abs() < 0.01);
+        assert!(age_years("2023-11-01", now).unwrap() < 0.05);
+        assert_eq!(age_years("2030-01-01", now), None);
+        assert_eq!(age_years("bad", now), None);
     }
 
     #[test]

@@ -4,6 +4,9 @@
 
 use std::path::{Path, PathBuf};
 
+mod common;
+
+use common::ort_lib;
 use hema3n_edge::model::Sex;
 use hema3n_edge::triage::features::{TEXT_BUCKETS, text_dense, text_features, vitals_features};
 use hema3n_edge::triage::rules::Vitals;
@@ -11,17 +14,6 @@ use hema3n_edge::triage::runtime::{LoadOptions, ModelError, ModelRuntime, Provid
 
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-pub fn ort_lib() -> PathBuf {
-    if let Some(p) = std::env::var_os("HEMA3N_ORT_LIB") {
-        return p.into();
-    }
-    let capi = root().join(".tools/model/onnxruntime/capi");
-    std::fs::read_dir(&capi)
-        .ok()
-        .and_then(|rd| rd.filter_map(|e| e.ok()).map(|e| e.path()).find(|p| p.file_name().unwrap().to_string_lossy().starts_with("libonnxruntime.so.")))
-        .unwrap_or_else(|| panic!("ONNX Runtime library not found in {}: run ./scripts/test.sh", capi.display()))
 }
 
 fn opts(dir: &Path, variant: &str) -> LoadOptions {

@@ -430,8 +430,9 @@ pub async fn committer(
     cfg: Config,
     metrics: Arc<IngestMetrics>,
     drained: watch::Sender<bool>,
+    retriage: Option<mpsc::UnboundedSender<String>>,
 ) -> Result<(), IngestError> {
-    let r = commit_loop(from_batcher, store, client, cfg, metrics).await;
+    let r = commit_loop(from_batcher, store, client, cfg, metrics, retriage).await;
     let _ = drained.send(true);
     r
 }
@@ -442,6 +443,7 @@ async fn commit_loop(
     client: AsyncClient,
     cfg: Config,
     metrics: Arc<IngestMetrics>,
+    retriage: Option<mpsc::UnboundedSender<String>>,
 ) -> Result<(), IngestError> {
     let require = cfg.ingest.require_registered_devices;
     let territory = cfg.default_territory.clone();
@@ -471,6 +473,20 @@ async fn commit_loop(
                 }
             }
             tracing::debug!(messages = outcomes.len(), readings, duplicates, rejects, "batch committed");
+        }
+        if let Some(tx) = &retriage {
+            let mut cases: Vec<&String> = outcomes
+                .iter()
+                .filter_map(|o| match o {
+                    IngestOutcome::Stored { case_id: Some(c), new, .. } if *new > 0 => Some(c),
+                    _ => None,
+                })
+                .collect();
+            cases.sort();
+            cases.dedup();
+            for c in cases {
+                let _ = tx.send(c.clone());
+            }
         }
         // Acknowledge first: PUBACKs must never wait behind reject notifications.
         for (publish, recv_at) in &pubs {

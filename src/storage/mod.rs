@@ -12,6 +12,7 @@ pub mod audit;
 mod keys;
 mod observations;
 mod patients;
+mod triage;
 pub mod schema;
 
 use std::collections::HashMap;

@@ -137,6 +137,8 @@ CREATE TABLE triage_results (
     confidence  REAL,
     model_id    TEXT,
     model_hash  TEXT,
+    decider     TEXT    NOT NULL CHECK (decider IN ('model', 'rules_override', 'rules_only')),
+    abstained   TEXT,
     reasons     BLOB
 ) STRICT;
 CREATE INDEX triage_by_case ON triage_results (case_id, created_at);

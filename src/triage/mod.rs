@@ -10,6 +10,7 @@ pub mod features;
 pub mod news2;
 pub mod rules;
 pub mod runtime;
+pub mod service;
 
 pub use rules::{Reason, RulesInput, RulesResult, Vitals, evaluate};
 

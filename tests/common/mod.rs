@@ -188,3 +188,21 @@ impl Drop for Daemon {
         self.kill9();
     }
 }
+
+/// The ONNX Runtime library from the pinned wheel (scripts/test.sh installs it), or
+/// `$HEMA3N_ORT_LIB`.
+pub fn ort_lib() -> PathBuf {
+    if let Some(p) = std::env::var_os("HEMA3N_ORT_LIB") {
+        return p.into();
+    }
+    let capi = Path::new(env!("CARGO_MANIFEST_DIR")).join(".tools/model/onnxruntime/capi");
+    std::fs::read_dir(&capi)
+        .ok()
+        .and_then(|rd| rd.filter_map(|e| e.ok()).map(|e| e.path()).find(|p| p.file_name().unwrap().to_string_lossy().starts_with("libonnxruntime.so.")))
+        .unwrap_or_else(|| panic!("ONNX Runtime library not found in {}: run ./scripts/test.sh", capi.display()))
+}
+
+/// The committed model directory.
+pub fn model_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("edge-models/hema3n-core")
+}

@@ -1,0 +1,155 @@
+//! Triage inputs and results: the case snapshot the triage reads (audited) and the results it
+//! writes (reasons encrypted under the case key, audited).
+
+use rusqlite::{OptionalExtension, TransactionBehavior, params};
+
+use super::{Db, Result, StoreError, audit};
+use crate::crypto::field::FieldLoc;
+use crate::model::{Actor, AuditEvent, CaseSnapshot, Outcome, Sex, StoredTriage, TriageRecord, now_ms};
+
+impl Db {
+    /// Latest reading per vital, age, sex and chief complaint of a case (one audited read).
+    pub fn case_snapshot(&mut self, actor: &Actor, case_id: &str) -> Result<CaseSnapshot> {
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let (territory, dk_id, patient_id, erased, cc): (String, i64, Option<String>, Option<i64>, Option<Vec<u8>>) = tx
+            .query_row("SELECT territory, dk_id, patient_id, erased_at, chief_complaint FROM cases WHERE id = ?1", [case_id], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+            })
+            .optional()?
+            .ok_or_else(|| StoreError::NotFound { kind: "case", id: case_id.into() })?;
+        if erased.is_some() {
+            return Err(StoreError::Erased { kind: "case", id: case_id.into() });
+        }
+        let dk = self.st.data_key(&tx, dk_id, "case", case_id)?;
+        let rows: Vec<(i64, String, Vec<u8>)> = tx
+            .prepare_cached(
+                "SELECT o.id, o.code, o.value FROM observations o \
+                 JOIN (SELECT code, max(device_time) AS t FROM observations WHERE case_id = ?1 GROUP BY code) m \
+                   ON o.code = m.code AND o.device_time = m.t \
+                 WHERE o.case_id = ?1 ORDER BY o.code, o.id DESC",
+            )?
+            .query_map([case_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+            .collect::<Result<_, _>>()?;
+        let mut snap = CaseSnapshot::default();
+        for (id, code, ct) in rows {
+            if snap.latest.last().is_some_and(|(c, _)| *c == code) {
+                continue; // two devices at the same instant: the newest row wins
+            }
+            let plain = dk.open(FieldLoc { table: "observations", column: "value", row_id: &id.to_string() }, &ct)?;
+            let b: [u8; 8] = plain.as_slice().try_into().map_err(|_| StoreError::Refused(format!("observation {id} has a malformed value")))?;
+            snap.latest.push((code, f64::from_be_bytes(b)));
+        }
+        if let Some(ct) = cc {
+            let p = dk.open(FieldLoc { table: "cases", column: "chief_complaint", row_id: case_id }, &ct)?;
+            snap.chief_complaint = String::from_utf8(p).ok();
+        }
+        if let Some(pid) = patient_id {
+            let row: Option<(i64, Option<Vec<u8>>, Option<Vec<u8>>)> = tx
+                .query_row("SELECT dk_id, date_of_birth, sex FROM patients WHERE id = ?1", [&pid], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                .optional()?;
+            if let Some((pdk, dob, sex)) = row {
+                match self.st.data_key(&tx, pdk, "patient", &pid) {
+                    Ok(pk) => {
+                        if let Some(ct) = dob {
+                            let d = pk.open(FieldLoc { table: "patients", column: "date_of_birth", row_id: &pid }, &ct)?;
+                            snap.age_years = std::str::from_utf8(&d).ok().and_then(|d| crate::model::age_years(d, now_ms()));
+                        }
+                        if let Some(ct) = sex {
+                            let s = pk.open(FieldLoc { table: "patients", column: "sex", row_id: &pid }, &ct)?;
+                            snap.sex = serde_json::from_slice::<Sex>(&s).ok();
+                        }
+                    }
+                    Err(StoreError::Erased { .. }) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        let ev = AuditEvent::new(actor, "case.triage_read", format!("case/{case_id}"), Outcome::Success)
+            .territory(&territory)
+            .details(serde_json::json!({ "vitals": snap.latest.len() }));
+        audit::append(&tx, &self.st, &ev, now_ms())?;
+        tx.commit()?;
+        Ok(snap)
+    }
+
+    /// Stores a triage result of a case. Returns its id.
+    pub fn record_triage(&mut self, actor: &Actor, case_id: &str, t: &TriageRecord) -> Result<i64> {
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let (territory, dk_id): (String, i64) = tx
+            .query_row("SELECT territory, dk_id FROM cases WHERE id = ?1 AND erased_at IS NULL", [case_id], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?
+            .ok_or_else(|| StoreError::NotFound { kind: "case", id: case_id.into() })?;
+        let dk = self.st.data_key(&tx, dk_id, "case", case_id)?;
+        let id: i64 = tx.query_row("SELECT coalesce(max(id), 0) + 1 FROM triage_results", [], |r| r.get(0))?;
+        let reasons = dk.seal(
+            FieldLoc { table: "triage_results", column: "reasons", row_id: &id.to_string() },
+            &serde_json::to_vec(&t.reasons).expect("strings serialise"),
+        )?;
+        self.st.count_invocations(&tx, dk.id(), 1)?;
+        tx.execute(
+            "INSERT INTO triage_results (id, case_id, created_at, final_esi, rules_esi, model_esi, news2, specialty, confidence, \
+             model_id, model_hash, decider, abstained, reasons) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+            params![
+                id, case_id, now_ms(), t.final_esi, t.rules_esi, t.model_esi, t.news2, t.specialty, t.confidence.map(f64::from),
+                t.model_id, t.model_hash, t.decider, t.abstained, reasons
+            ],
+        )?;
+        let ev = AuditEvent::new(actor, "triage.record", format!("case/{case_id}"), Outcome::Success)
+            .territory(&territory)
+            .details(serde_json::json!({ "triage": id, "decider": t.decider, "model": t.model_id }));
+        audit::append(&tx, &self.st, &ev, now_ms())?;
+        tx.commit()?;
+        Ok(id)
+    }
+
+    /// The most recent triage results of a case, newest first (audited read).
+    pub fn triage_history(&mut self, actor: &Actor, case_id: &str, limit: usize) -> Result<Vec<StoredTriage>> {
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let (territory, dk_id): (String, i64) = tx
+            .query_row("SELECT territory, dk_id FROM cases WHERE id = ?1 AND erased_at IS NULL", [case_id], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?
+            .ok_or_else(|| StoreError::NotFound { kind: "case", id: case_id.into() })?;
+        let dk = self.st.data_key(&tx, dk_id, "case", case_id)?;
+        type Row = (i64, i64, u8, u8, Option<u8>, Option<u8>, Option<String>, Option<f64>, Option<String>, Option<String>, String, Option<String>, Vec<u8>);
+        let rows: Vec<Row> = tx
+            .prepare(
+                "SELECT id, created_at, final_esi, rules_esi, model_esi, news2, specialty, confidence, model_id, model_hash, decider, abstained, reasons \
+                 FROM triage_results WHERE case_id = ?1 ORDER BY id DESC LIMIT ?2",
+            )?
+            .query_map(params![case_id, limit as i64], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?, r.get(8)?, r.get(9)?, r.get(10)?, r.get(11)?, r.get(12)?))
+            })?
+            .collect::<Result<_, _>>()?;
+        let mut out = Vec::with_capacity(rows.len());
+        for (id, at, fin, rules, model, news2, spec, conf, mid, mh, decider, abst, ct) in rows {
+            let plain = dk.open(FieldLoc { table: "triage_results", column: "reasons", row_id: &id.to_string() }, &ct)?;
+            let reasons: Vec<String> = serde_json::from_slice(&plain).unwrap_or_default();
+            let decider = match decider.as_str() {
+                "model" => "model",
+                "rules_override" => "rules_override",
+                _ => "rules_only",
+            };
+            out.push(StoredTriage {
+                id,
+                created_at_ms: at,
+                record: TriageRecord {
+                    final_esi: fin,
+                    rules_esi: rules,
+                    model_esi: model,
+                    news2,
+                    specialty: spec,
+                    confidence: conf.map(|c| c as f32),
+                    model_id: mid,
+                    model_hash: mh,
+                    decider,
+                    abstained: abst,
+                    reasons,
+                },
+            });
+        }
+        let ev = AuditEvent::new(actor, "triage.read", format!("case/{case_id}"), Outcome::Success).territory(&territory);
+        audit::append(&tx, &self.st, &ev, now_ms())?;
+        tx.commit()?;
+        Ok(out)
+    }
+}

@@ -1,0 +1,146 @@
+//! Triage in the case flow: a model-owner thread (one ONNX Runtime session, blocking runs kept
+//! off the async runtime) and a debounced re-triage loop fed with the ids of cases whose vitals
+//! were just committed.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
+
+use super::engine::{TriageInput, TriageOutcome, compute};
+use super::features::TEXT_BUCKETS;
+use super::rules::Vitals;
+use super::runtime::ModelRuntime;
+use super::{Decider, RULES_ONLY_DEFAULT_ESI};
+use crate::model::{Actor, CaseSnapshot, TriageRecord};
+use crate::storage::{Store, StoreError};
+
+type Job = (TriageInput, oneshot::Sender<TriageOutcome>);
+
+/// Handle to the model-owner thread.
+#[derive(Clone)]
+pub struct Triager {
+    /// Inputs for the model thread, which holds the receiving end.
+    jobs: mpsc::Sender<Job>,
+}
+
+/// Starts the thread that owns the model session (`None` = rules-only).
+pub fn spawn_model_thread(mut runtime: Option<ModelRuntime>, min_core: usize, capacity: usize) -> (Triager, std::thread::JoinHandle<()>) {
+    let (tx, mut rx) = mpsc::channel::<Job>(capacity);
+    let h = std::thread::Builder::new()
+        .name("triage-model".into())
+        .spawn(move || {
+            let mut text = Box::new([0f32; TEXT_BUCKETS]);
+            while let Some((input, reply)) = rx.blocking_recv() {
+                let _ = reply.send(compute(&input, runtime.as_mut(), min_core, &mut text));
+            }
+        })
+        .expect("spawn triage thread");
+    (Triager { jobs: tx }, h)
+}
+
+impl Triager {
+    /// Triage of one input; `None` when the model thread is gone (shutting down).
+    pub async fn triage(&self, input: TriageInput) -> Option<TriageOutcome> {
+        let (tx, rx) = oneshot::channel();
+        self.jobs.send((input, tx)).await.ok()?;
+        rx.await.ok()
+    }
+}
+
+/// Maps a case snapshot onto the triage input.
+pub fn input_from(s: &CaseSnapshot) -> TriageInput {
+    let mut v = Vitals::default();
+    for (code, x) in &s.latest {
+        let x = Some(*x);
+        match code.as_str() {
+            "heart_rate" => v.heart_rate = x,
+            "resp_rate" => v.resp_rate = x,
+            "spo2" => v.spo2 = x,
+            "sbp" => v.sbp = x,
+            "dbp" => v.dbp = x,
+            "temp" => v.temp = x,
+            "etco2" => v.etco2 = x,
+            "glucose" => v.glucose = x,
+            "gcs_total" => v.gcs_total = x,
+            "avpu" => v.avpu = x.map(|a| a as u8),
+            "pain" => v.pain = x,
+            _ => {}
+        }
+    }
+    TriageInput { vitals: v, age_years: s.age_years, sex: s.sex, on_oxygen: false, spo2_scale2: false, chief_complaint: s.chief_complaint.clone() }
+}
+
+/// The record stored for an outcome.
+pub fn record_from(o: &TriageOutcome) -> TriageRecord {
+    TriageRecord {
+        final_esi: o.final_esi,
+        rules_esi: o.rules.ceiling,
+        model_esi: o.model.as_ref().map(|m| m.esi),
+        news2: o.rules.news2.as_ref().map(|n| n.total),
+        specialty: o.model.as_ref().map(|m| m.specialty.to_string()),
+        confidence: o.model.as_ref().map(|m| m.confidence),
+        model_id: o.model_id.clone(),
+        model_hash: o.model_sha256.clone(),
+        decider: match o.decider {
+            Decider::Model => "model",
+            Decider::RulesOverride => "rules_override",
+            Decider::RulesOnly => "rules_only",
+        },
+        abstained: o.abstained.clone(),
+        reasons: if o.rules.reasons.is_empty() {
+            vec![format!("no danger findings in the vital signs; ESI {RULES_ONLY_DEFAULT_ESI} unless the model proposes otherwise")]
+        } else {
+            o.rules.reasons.iter().map(|r| format!("ESI ≤ {}: {}", r.esi, r.text)).collect()
+        },
+    }
+}
+
+/// Re-triages cases after their vitals change, at most once per `debounce` per case.
+pub async fn retriage_loop(
+    mut cases: mpsc::UnboundedReceiver<String>,
+    store: Store,
+    triager: Triager,
+    debounce: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), String> {
+    let mut due: HashMap<String, Instant> = HashMap::new();
+    let mut last: HashMap<String, u8> = HashMap::new();
+    loop {
+        let next = due.values().min().copied();
+        tokio::select! {
+            c = cases.recv() => match c {
+                Some(c) => { due.entry(c).or_insert_with(|| Instant::now() + debounce); }
+                None => return Ok(()),
+            },
+            _ = async { tokio::time::sleep_until(next.unwrap_or_else(Instant::now)).await }, if next.is_some() => {
+                let now = Instant::now();
+                let ready: Vec<String> = due.iter().filter(|(_, t)| **t <= now).map(|(c, _)| c.clone()).collect();
+                for case in ready {
+                    due.remove(&case);
+                    match retriage(&store, &triager, &case).await {
+                        Ok(Some(level)) => {
+                            let changed = last.insert(case.clone(), level) != Some(level);
+                            tracing::info!(case = %case, changed, "triage updated");
+                        }
+                        Ok(None) => return Ok(()),
+                        Err(StoreError::Closed) => return Ok(()),
+                        Err(e) => tracing::warn!(case = %case, error = %e, "triage skipped"),
+                    }
+                }
+            }
+            _ = shutdown.changed() => return Ok(()),
+        }
+    }
+}
+
+async fn retriage(store: &Store, triager: &Triager, case: &str) -> Result<Option<u8>, StoreError> {
+    let c = case.to_string();
+    let snap = store.call(move |db| db.case_snapshot(&Actor::system(), &c)).await?;
+    let Some(outcome) = triager.triage(input_from(&snap)).await else { return Ok(None) };
+    let rec = record_from(&outcome);
+    let c = case.to_string();
+    store.call(move |db| db.record_triage(&Actor::system(), &c, &rec)).await?;
+    Ok(Some(outcome.final_esi))
+}
