@@ -440,14 +440,7 @@ impl Db {
     /// Decrypted vitals of a case, oldest first (audited as one read).
     pub fn case_vitals(&mut self, actor: &Actor, case_id: &str) -> Result<Vec<Observation>> {
         let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let (territory, dk_id, erased): (String, i64, Option<i64>) = tx
-            .query_row("SELECT territory, dk_id, erased_at FROM cases WHERE id = ?1", [case_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-            .optional()?
-            .ok_or_else(|| StoreError::NotFound { kind: "case", id: case_id.into() })?;
-        if erased.is_some() {
-            return Err(StoreError::Erased { kind: "case", id: case_id.into() });
-        }
-        let dk = self.st.data_key(&tx, dk_id, "case", case_id)?;
+        let (territory, dk) = self.st.live_case(&tx, case_id)?;
         let rows: Vec<(i64, Option<String>, String, Vec<u8>, i64, i64, String)> = tx
             .prepare("SELECT id, device_id, code, value, device_time, recv_time, source FROM observations WHERE case_id = ?1 ORDER BY device_time, id")?
             .query_map([case_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?)))?

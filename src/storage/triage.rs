@@ -3,9 +3,25 @@
 
 use rusqlite::{OptionalExtension, TransactionBehavior, params};
 
-use super::{Db, Result, StoreError, audit};
+use super::{Db, Result, State, StoreError, audit};
 use crate::crypto::field::FieldLoc;
 use crate::model::{Actor, AuditEvent, CaseSnapshot, Outcome, Sex, StoredTriage, TriageRecord, now_ms};
+
+impl State {
+    /// Territory and unwrapped data key of a case that exists and is not erased.
+    pub(super) fn live_case(&mut self, conn: &rusqlite::Connection, case_id: &str) -> Result<(String, std::sync::Arc<crate::crypto::field::DataKey>)> {
+        let (territory, dk_id, erased): (String, i64, Option<i64>) = conn
+            .prepare_cached("SELECT territory, dk_id, erased_at FROM cases WHERE id = ?1")?
+            .query_row([case_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .optional()?
+            .ok_or_else(|| StoreError::NotFound { kind: "case", id: case_id.into() })?;
+        if erased.is_some() {
+            return Err(StoreError::Erased { kind: "case", id: case_id.into() });
+        }
+        let dk = self.data_key(conn, dk_id, "case", case_id)?;
+        Ok((territory, dk))
+    }
+}
 
 impl Db {
     /// Latest reading per vital, age, sex and chief complaint of a case (one audited read).
@@ -75,11 +91,7 @@ impl Db {
     /// Stores a triage result of a case. Returns its id.
     pub fn record_triage(&mut self, actor: &Actor, case_id: &str, t: &TriageRecord) -> Result<i64> {
         let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let (territory, dk_id): (String, i64) = tx
-            .query_row("SELECT territory, dk_id FROM cases WHERE id = ?1 AND erased_at IS NULL", [case_id], |r| Ok((r.get(0)?, r.get(1)?)))
-            .optional()?
-            .ok_or_else(|| StoreError::NotFound { kind: "case", id: case_id.into() })?;
-        let dk = self.st.data_key(&tx, dk_id, "case", case_id)?;
+        let (territory, dk) = self.st.live_case(&tx, case_id)?;
         let id: i64 = tx.query_row("SELECT coalesce(max(id), 0) + 1 FROM triage_results", [], |r| r.get(0))?;
         let reasons = dk.seal(
             FieldLoc { table: "triage_results", column: "reasons", row_id: &id.to_string() },
@@ -105,11 +117,7 @@ impl Db {
     /// The most recent triage results of a case, newest first (audited read).
     pub fn triage_history(&mut self, actor: &Actor, case_id: &str, limit: usize) -> Result<Vec<StoredTriage>> {
         let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let (territory, dk_id): (String, i64) = tx
-            .query_row("SELECT territory, dk_id FROM cases WHERE id = ?1 AND erased_at IS NULL", [case_id], |r| Ok((r.get(0)?, r.get(1)?)))
-            .optional()?
-            .ok_or_else(|| StoreError::NotFound { kind: "case", id: case_id.into() })?;
-        let dk = self.st.data_key(&tx, dk_id, "case", case_id)?;
+        let (territory, dk) = self.st.live_case(&tx, case_id)?;
         type Row = (i64, i64, u8, u8, Option<u8>, Option<u8>, Option<String>, Option<f64>, Option<String>, Option<String>, String, Option<String>, Vec<u8>);
         let rows: Vec<Row> = tx
             .prepare(
