@@ -29,6 +29,7 @@ done
 
 install_build_deps
 install_test_services
+install_model_tools
 log "building hema3n-edge (release)"
 cargo build --locked --release --bin hema3n-edge
 BIN="$ROOT/target/release/hema3n-edge"
@@ -71,6 +72,11 @@ broker = "mqtt://127.0.0.1:$PORT"
 [ingest]
 summary_every_secs = 5
 device_silent_secs = 15
+
+[triage]
+onnxruntime_library = "$(onnxruntime_lib)"
+model_dir = "$ROOT/edge-models/hema3n-core"
+variant = "fp32"
 CONF
 
 for d in demo-mon-1 demo-mon-2 demo-mon-3; do
@@ -86,8 +92,8 @@ grep -q "subscribed to device topics" "$DEMO/daemon.log" || { cat "$DEMO/daemon.
 
 SIM_ARGS=()
 [ "$DURATION" -gt 0 ] && SIM_ARGS=(--duration-secs "$DURATION")
-log "starting 3 simulated monitors (sepsis, shock, hypoglycaemia courses; 5 % faulty packs)"
-"$BIN" simulate --devices 3 --device-prefix demo-mon- --scenario mixed --interval-ms 1000 \
+log "starting 3 simulated monitors (demo-mon-1 follows haemorrhagic shock; 5 % faulty packs)"
+"$BIN" simulate --devices 3 --device-prefix demo-mon- --scenario shock --interval-ms 1000 \
     --scenario-secs 300 --faults garbage,bad-units,clock-skew --fault-rate 0.05 \
     "${SIM_ARGS[@]}" >"$DEMO/simulator.log" 2>&1 & PIDS+=($!)
 
@@ -99,8 +105,17 @@ cat <<TXT
     demo case      : $CASE   (monitor demo-mon-1 bound to it)
     daemon log     : $DEMO/daemon.log   (an "ingest summary" line every 5 s)
   Try in another shell:  HEMA3N_CONFIG=$STATE/edge.toml $BIN devices list
+  The case's triage is printed every 15 s below as the simulated patient deteriorates.
 
 TXT
+show_triage() {
+    while :; do
+        sleep 15   # display interval of the demo, not synchronisation
+        printf '\n--- triage of the demo case (%s) ---\n' "$(date +%T)"
+        "$BIN" triage show "$CASE" 2>/dev/null | head -8 || true
+    done
+}
+show_triage & PIDS+=($!)
 if [ "$DURATION" -gt 0 ]; then
     tail -n +1 -f "$DEMO/daemon.log" & TAIL=$!
     sleep "$DURATION"   # demo length chosen by the user, not synchronisation

@@ -276,14 +276,16 @@ async fn health(
             Ok(Err(e)) => format!("degraded: storage error: {e}"),
             Err(_) => "degraded: storage did not answer the health probe".to_string(),
         };
-        if status != last_status {
-            if status.starts_with("degraded") {
-                tracing::warn!(%status, "health changed");
+        // STATUS= follows every change; the log only records transitions running ↔ degraded.
+        let class = status.split(':').next().unwrap_or_default().to_string();
+        if class != last_status {
+            if class == "degraded" {
+                tracing::warn!(%status, "health degraded");
             } else {
-                tracing::info!(%status, "health changed");
+                tracing::info!(%status, "health ok");
             }
-            systemd::status(&status);
-            last_status = status;
+            last_status = class;
         }
+        systemd::status(&status);
     }
 }

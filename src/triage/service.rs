@@ -121,8 +121,11 @@ pub async fn retriage_loop(
                     due.remove(&case);
                     match retriage(&store, &triager, &case).await {
                         Ok(Some(level)) => {
-                            let changed = last.insert(case.clone(), level) != Some(level);
-                            tracing::info!(case = %case, changed, "triage updated");
+                            if last.insert(case.clone(), level) != Some(level) {
+                                tracing::info!(case = %case, "triage level changed");
+                            } else {
+                                tracing::debug!(case = %case, "triage updated");
+                            }
                         }
                         Ok(None) => return Ok(()),
                         Err(StoreError::Closed) => return Ok(()),
