@@ -47,6 +47,9 @@ cargo build --locked --all-targets
 log "running tests"
 cargo test --locked --all-targets -- --test-threads="$(nproc)"
 
+log "checking the aarch64 build with the CUDA and TensorRT execution providers"
+./scripts/build-aarch64.sh --check --features cuda,tensorrt
+
 log "smoke-running the benchmark harness (quick sizes)"
 HEMA3N_BENCH_QUICK=1 ./scripts/bench.sh --debug all >/tmp/hema3n-bench-smoke.log 2>&1 || { cat /tmp/hema3n-bench-smoke.log; die "bench smoke run failed"; }
 grep -c '^BENCH ' /tmp/hema3n-bench-smoke.log | grep -qx '[1-9][0-9]*' || die "bench printed no BENCH lines"
