@@ -11,6 +11,8 @@ pub mod news2;
 pub mod rules;
 pub mod runtime;
 pub mod service;
+#[cfg(feature = "tch-backend")]
+pub mod torch;
 
 pub use rules::{Reason, RulesInput, RulesResult, Vitals, evaluate};
 
