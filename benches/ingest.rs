@@ -16,26 +16,41 @@ use hema3n_edge::ingest::simulate::{Rng, Scenario, pack};
 use hema3n_edge::storage::{Db, Store};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 
-mod common;
 #[path = "../tests/common/broker.rs"]
 mod broker;
+mod common;
 use common::{bench_line, quick, raw_batch_commit_p99, raw_conn, raw_inserts};
 
 const DEVICES: usize = 8;
 
 /// Publishes `per_device` packs of `readings` readings from each device as fast as the broker
 /// accepts them (QoS 1, 1000 in flight), returning when every PUBACK arrived.
-async fn publish_all(port: u16, topic_of: fn(usize) -> String, per_device: usize, readings: usize, t0: i64) {
+async fn publish_all(
+    port: u16,
+    topic_of: fn(usize) -> String,
+    per_device: usize,
+    readings: usize,
+    t0: i64,
+) {
     publish_paced(port, topic_of, per_device, readings, t0, None).await
 }
 
 /// Like [`publish_all`], at `rate` messages/s in total when given.
-async fn publish_paced(port: u16, topic_of: fn(usize) -> String, per_device: usize, readings: usize, t0: i64, rate: Option<f64>) {
+async fn publish_paced(
+    port: u16,
+    topic_of: fn(usize) -> String,
+    per_device: usize,
+    readings: usize,
+    t0: i64,
+    rate: Option<f64>,
+) {
     let mut set = tokio::task::JoinSet::new();
     for d in 0..DEVICES {
         set.spawn(async move {
             let mut o = MqttOptions::new(format!("bench-dev-{d}"), "127.0.0.1", port);
-            o.set_inflight(1000).set_keep_alive(Duration::from_secs(30)).set_max_packet_size(1 << 20, 1 << 20);
+            o.set_inflight(1000)
+                .set_keep_alive(Duration::from_secs(30))
+                .set_max_packet_size(1 << 20, 1 << 20);
             let (client, mut ev) = AsyncClient::new(o, 4096);
             let acked = Arc::new(AtomicU64::new(0));
             let a = acked.clone();
@@ -60,13 +75,28 @@ async fn publish_paced(port: u16, topic_of: fn(usize) -> String, per_device: usi
                     tokio::time::sleep_until(due.into()).await;
                 }
                 let t = t0 + (i * DEVICES + d) as i64;
-                let (body, _) = pack(&format!("bench-dev-{d}"), Scenario::Stable, 0.0, t, readings, i, &mut rng);
-                client.publish(&topic, QoS::AtLeastOnce, false, body).await.unwrap();
+                let (body, _) = pack(
+                    &format!("bench-dev-{d}"),
+                    Scenario::Stable,
+                    0.0,
+                    t,
+                    readings,
+                    i,
+                    &mut rng,
+                );
+                client
+                    .publish(&topic, QoS::AtLeastOnce, false, body)
+                    .await
+                    .unwrap();
             }
             let since = Instant::now();
             while acked.load(Ordering::Relaxed) < per_device as u64 {
                 tokio::time::sleep(Duration::from_millis(1)).await;
-                assert!(since.elapsed() < Duration::from_secs(60), "device {d}: broker acked {} of {per_device}", acked.load(Ordering::Relaxed));
+                assert!(
+                    since.elapsed() < Duration::from_secs(60),
+                    "device {d}: broker acked {} of {per_device}",
+                    acked.load(Ordering::Relaxed)
+                );
             }
             let _ = client.disconnect().await;
             driver.abort();
@@ -80,9 +110,13 @@ async fn publish_paced(port: u16, topic_of: fn(usize) -> String, per_device: usi
 /// Raw broker: publishers → one QoS 1 subscriber; messages/s from first publish to last receipt.
 async fn raw_broker(port: u16, total: usize) -> f64 {
     let mut o = MqttOptions::new("bench-raw-sub", "127.0.0.1", port);
-    o.set_keep_alive(Duration::from_secs(30)).set_max_packet_size(1 << 20, 1 << 20);
+    o.set_keep_alive(Duration::from_secs(30))
+        .set_max_packet_size(1 << 20, 1 << 20);
     let (client, mut ev) = AsyncClient::new(o, 4096);
-    client.subscribe("bench/raw/+", QoS::AtLeastOnce).await.unwrap();
+    client
+        .subscribe("bench/raw/+", QoS::AtLeastOnce)
+        .await
+        .unwrap();
     loop {
         if let Ok(Event::Incoming(Packet::SubAck(_))) = ev.poll().await {
             break;
@@ -98,13 +132,24 @@ async fn raw_broker(port: u16, total: usize) -> f64 {
         }
     });
     let t = Instant::now();
-    publish_all(port, |d| format!("bench/raw/{d}"), total / DEVICES, 1, hema3n_edge::model::now_ms()).await;
+    publish_all(
+        port,
+        |d| format!("bench/raw/{d}"),
+        total / DEVICES,
+        1,
+        hema3n_edge::model::now_ms(),
+    )
+    .await;
     sub.await.unwrap();
     total as f64 / t.elapsed().as_secs_f64()
 }
 
 fn open_store(dir: &std::path::Path, broker: &str) -> (Config, Db) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_hema3n-edge")).args(["init", "--data-dir"]).arg(dir).output().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_hema3n-edge"))
+        .args(["init", "--data-dir"])
+        .arg(dir)
+        .output()
+        .unwrap();
     assert!(out.status.success());
     let (mut cfg, _) = Config::load(&dir.join("edge.toml"), true).unwrap();
     cfg.mqtt.broker = broker.into();
@@ -117,7 +162,14 @@ fn open_store(dir: &std::path::Path, broker: &str) -> (Config, Db) {
 }
 
 /// Runs the daemon's ingest pipeline in-process against the broker and measures one workload.
-fn ingest_run(rt: &tokio::runtime::Runtime, port: u16, total_msgs: usize, readings: usize, tag: &str, rate: Option<f64>) -> (f64, Duration) {
+fn ingest_run(
+    rt: &tokio::runtime::Runtime,
+    port: u16,
+    total_msgs: usize,
+    readings: usize,
+    tag: &str,
+    rate: Option<f64>,
+) -> (f64, Duration) {
     let tmp = tempfile::tempdir().unwrap();
     let (mut cfg, db) = open_store(&tmp.path().join(tag), &format!("mqtt://127.0.0.1:{port}"));
     cfg.mqtt.client_id = Some(format!("bench-edge-{tag}"));
@@ -125,12 +177,21 @@ fn ingest_run(rt: &tokio::runtime::Runtime, port: u16, total_msgs: usize, readin
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     let (rate, p99) = rt.block_on(async {
         let mut tasks = tokio::task::JoinSet::new();
-        let metrics = hema3n_edge::app::spawn_ingest(&cfg, &store, &mut tasks, &shutdown_rx, None).unwrap();
+        let metrics =
+            hema3n_edge::app::spawn_ingest(&cfg, &store, &mut tasks, &shutdown_rx, None).unwrap();
         while metrics.subscribed.load(Ordering::Relaxed) == 0 {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         let t = Instant::now();
-        publish_paced(port, |d| format!("hema3n/v1/devices/bench-dev-{d}/vitals"), total_msgs / DEVICES, readings, hema3n_edge::model::now_ms() - 60_000, rate).await;
+        publish_paced(
+            port,
+            |d| format!("hema3n/v1/devices/bench-dev-{d}/vitals"),
+            total_msgs / DEVICES,
+            readings,
+            hema3n_edge::model::now_ms() - 60_000,
+            rate,
+        )
+        .await;
         let want = (total_msgs / DEVICES * DEVICES) as u64;
         let (mut last, mut since) = (0, Instant::now());
         while metrics.committed_messages.load(Ordering::Relaxed) < want {
@@ -147,10 +208,18 @@ fn ingest_run(rt: &tokio::runtime::Runtime, port: u16, total_msgs: usize, readin
             );
         }
         let secs = t.elapsed().as_secs_f64();
-        assert_eq!(metrics.readings.load(Ordering::Relaxed), want * readings as u64, "every reading stored");
+        assert_eq!(
+            metrics.readings.load(Ordering::Relaxed),
+            want * readings as u64,
+            "every reading stored"
+        );
         let p99 = metrics.latency_quantile(0.99);
         let batches = metrics.batches.load(Ordering::Relaxed).max(1);
-        println!("  ({tag}: {batches} commits, {:.0} messages per commit on average, p50 {:.1} ms)", want as f64 / batches as f64, metrics.latency_quantile(0.5).as_secs_f64() * 1e3);
+        println!(
+            "  ({tag}: {batches} commits, {:.0} messages per commit on average, p50 {:.1} ms)",
+            want as f64 / batches as f64,
+            metrics.latency_quantile(0.5).as_secs_f64() * 1e3
+        );
         let _ = shutdown_tx.send(true);
         while tasks.join_next().await.is_some() {}
         (want as f64 / secs, p99)
@@ -162,28 +231,65 @@ fn ingest_run(rt: &tokio::runtime::Runtime, port: u16, total_msgs: usize, readin
 
 fn main() {
     let broker = broker::Broker::start();
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     let n = if quick() { 4_000 } else { 80_000 };
-    println!("## ingest: {DEVICES} devices, QoS 1, mosquitto on loopback, {n} messages per workload");
+    println!(
+        "## ingest: {DEVICES} devices, QoS 1, mosquitto on loopback, {n} messages per workload"
+    );
 
     let raw = rt.block_on(raw_broker(broker.port, n));
     let tmp = tempfile::tempdir().unwrap();
-    let sqlcipher = raw_inserts(&mut raw_conn(&tmp.path().join("raw.db"), Some(&hex::encode([9u8; 32]))), if quick() { 10_000 } else { 100_000 }, 64);
-    let raw_commit = raw_batch_commit_p99(&mut raw_conn(&tmp.path().join("rawb.db"), Some(&hex::encode([9u8; 32]))), if quick() { 20 } else { 200 });
+    let sqlcipher = raw_inserts(
+        &mut raw_conn(&tmp.path().join("raw.db"), Some(&hex::encode([9u8; 32]))),
+        if quick() { 10_000 } else { 100_000 },
+        64,
+    );
+    let raw_commit = raw_batch_commit_p99(
+        &mut raw_conn(&tmp.path().join("rawb.db"), Some(&hex::encode([9u8; 32]))),
+        if quick() { 20 } else { 200 },
+    );
     println!("raw broker pub→sub (1-reading packs)   {raw:>10.0} msg/s");
-    println!("raw SQLCipher 1000-row commit p99      {:>10.2} ms", raw_commit.as_secs_f64() * 1e3);
+    println!(
+        "raw SQLCipher 1000-row commit p99      {:>10.2} ms",
+        raw_commit.as_secs_f64() * 1e3
+    );
     println!("raw SQLCipher batched inserts          {sqlcipher:>10.0} rows/s");
 
     let (msgs, sat1) = ingest_run(&rt, broker.port, n, 1, "single", None);
-    println!("ingest, 1-reading packs, saturated     {msgs:>10.0} msg/s      p99 arrival→commit {:.1} ms", sat1.as_secs_f64() * 1e3);
+    println!(
+        "ingest, 1-reading packs, saturated     {msgs:>10.0} msg/s      p99 arrival→commit {:.1} ms",
+        sat1.as_secs_f64() * 1e3
+    );
     let (packs, sat10) = ingest_run(&rt, broker.port, n / 4, 10, "ten", None);
     let readings = packs * 10.0;
-    println!("ingest, 10-reading packs, saturated    {readings:>10.0} readings/s p99 arrival→commit {:.1} ms", sat10.as_secs_f64() * 1e3);
+    println!(
+        "ingest, 10-reading packs, saturated    {readings:>10.0} readings/s p99 arrival→commit {:.1} ms",
+        sat10.as_secs_f64() * 1e3
+    );
     // Latency at the target load (20,000 msg/s, or 80 % of what this machine sustains).
     let paced = 20_000f64.min(msgs * 0.8);
-    let (_, p99) = ingest_run(&rt, broker.port, (paced * if quick() { 1.0 } else { 4.0 }) as usize, 1, "paced", Some(paced));
-    println!("ingest, 1-reading packs at {paced:.0}/s    p99 arrival→commit {:.2} ms", p99.as_secs_f64() * 1e3);
+    let (_, p99) = ingest_run(
+        &rt,
+        broker.port,
+        (paced * if quick() { 1.0 } else { 4.0 }) as usize,
+        1,
+        "paced",
+        Some(paced),
+    );
+    println!(
+        "ingest, 1-reading packs at {paced:.0}/s    p99 arrival→commit {:.2} ms",
+        p99.as_secs_f64() * 1e3
+    );
     bench_line("ingest_messages_per_s", msgs, "msg/s", raw);
     bench_line("ingest_readings_per_s", readings, "readings/s", sqlcipher);
-    bench_line("ingest_commit_p99_ms", p99.as_secs_f64() * 1e3, "ms", raw_commit.as_secs_f64() * 1e3);
+    bench_line(
+        "ingest_commit_p99_ms",
+        p99.as_secs_f64() * 1e3,
+        "ms",
+        raw_commit.as_secs_f64() * 1e3,
+    );
 }

@@ -41,15 +41,22 @@ fn plain_patient_shape(c: &mut Connection, n: usize) -> f64 {
         for i in 0..1000 {
             let k = (chunk * 1000 + i) as i64;
             let id = format!("{k:036}");
-            tx.prepare_cached("INSERT INTO d VALUES (?1, 'default', 1, ?2, ?3)").unwrap().execute((k, &wrapped, &id)).unwrap();
-            tx.prepare_cached("INSERT INTO p VALUES (?1, 'default', ?2, ?3, ?3, ?3, ?3, ?3, ?3, ?3, ?4, ?4, ?4)")
+            tx.prepare_cached("INSERT INTO d VALUES (?1, 'default', 1, ?2, ?3)")
                 .unwrap()
-                .execute((&id, k, &field, &k.to_be_bytes()[..]))
+                .execute((k, &wrapped, &id))
                 .unwrap();
-            tx.prepare_cached("INSERT INTO a VALUES (?1, 0, 'cli', 'patient.create', ?2, ?3, ?3, ?3)")
-                .unwrap()
-                .execute((k, &id, &field[..32]))
-                .unwrap();
+            tx.prepare_cached(
+                "INSERT INTO p VALUES (?1, 'default', ?2, ?3, ?3, ?3, ?3, ?3, ?3, ?3, ?4, ?4, ?4)",
+            )
+            .unwrap()
+            .execute((&id, k, &field, &k.to_be_bytes()[..]))
+            .unwrap();
+            tx.prepare_cached(
+                "INSERT INTO a VALUES (?1, 0, 'cli', 'patient.create', ?2, ?3, ?3, ?3)",
+            )
+            .unwrap()
+            .execute((k, &id, &field[..32]))
+            .unwrap();
         }
         tx.commit().unwrap();
     }
@@ -61,21 +68,38 @@ fn patient(i: usize) -> Patient {
         first_name: Some(format!("First{i}")),
         last_name: Some(format!("Last{}", i % 5000)),
         date_of_birth: Some(format!("19{:02}-0{}-1{}", 40 + i % 60, 1 + i % 9, i % 10)),
-        ssn: Some(format!("{:03}-{:02}-{:04}", 100 + i % 800, 10 + i % 90, i % 10000)),
+        ssn: Some(format!(
+            "{:03}-{:02}-{:04}",
+            100 + i % 800,
+            10 + i % 90,
+            i % 10000
+        )),
         phone: Some("+1 555 0100".into()),
         mrn: Some(format!("MRN{i:08}")),
-        address: Some(Address { city: Some("Springfield".into()), zip: Some("12345".into()), ..Default::default() }),
+        address: Some(Address {
+            city: Some("Springfield".into()),
+            zip: Some("12345".into()),
+            ..Default::default()
+        }),
         ..Default::default()
     }
 }
 
 fn open_store(dir: &std::path::Path, checkpoint_every: u64) -> Db {
     let keys = dir.join("keys");
-    for k in [keyring::DB_KEY, keyring::INDEX_KEY, keyring::AUDIT_KEY, "territory.default.v1.key"] {
+    for k in [
+        keyring::DB_KEY,
+        keyring::INDEX_KEY,
+        keyring::AUDIT_KEY,
+        "territory.default.v1.key",
+    ] {
         keyring::ensure_key32(&keys, k).unwrap();
     }
     keyring::ensure_signing_key(&keys).unwrap();
-    let mut cfg = Config { data_dir: dir.to_path_buf(), ..Config::default() };
+    let mut cfg = Config {
+        data_dir: dir.to_path_buf(),
+        ..Config::default()
+    };
     cfg.keys.dir = keys.clone();
     cfg.audit.checkpoint_every_entries = checkpoint_every;
     Db::open(&cfg, Keyring::load(KeySources::from_env(&keys)).unwrap()).unwrap()
@@ -88,9 +112,16 @@ fn main() {
 
     println!("## store: {n} rows, 1000 rows per transaction, WAL, synchronous=FULL");
     let plain = raw_inserts(&mut raw_conn(&tmp.path().join("plain.db"), None), n, 100);
-    let cipher = raw_inserts(&mut raw_conn(&tmp.path().join("cipher.db"), Some(&key)), n, 100);
+    let cipher = raw_inserts(
+        &mut raw_conn(&tmp.path().join("cipher.db"), Some(&key)),
+        n,
+        100,
+    );
     println!("raw plain SQLite inserts     {plain:>12.0} rows/s");
-    println!("raw SQLCipher inserts        {cipher:>12.0} rows/s   ({:.2}x plain)", cipher / plain);
+    println!(
+        "raw SQLCipher inserts        {cipher:>12.0} rows/s   ({:.2}x plain)",
+        cipher / plain
+    );
     bench_line("sqlcipher_rows_per_s", cipher, "rows/s", plain);
 
     let np = n / 5;
@@ -104,12 +135,19 @@ fn main() {
     }
     let store = np as f64 / t.elapsed().as_secs_f64();
     println!("plain SQLite, patient shape  {plain_shape:>12.0} patients/s");
-    println!("encrypted store patients     {store:>12.0} patients/s ({:.2}x plain; data key + 10 fields + 3 blind indexes + audit each)", store / plain_shape);
+    println!(
+        "encrypted store patients     {store:>12.0} patients/s ({:.2}x plain; data key + 10 fields + 3 blind indexes + audit each)",
+        store / plain_shape
+    );
     bench_line("store_rows_per_s", store, "patients/s", plain_shape);
 
     // Field encryption cost.
     let dk = DataKey::from_bytes(1, hema3n_edge::crypto::random_key().unwrap());
-    let loc = FieldLoc { table: "patients", column: "last_name", row_id: "0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b" };
+    let loc = FieldLoc {
+        table: "patients",
+        column: "last_name",
+        row_id: "0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b",
+    };
     let iters = if quick() { 20_000 } else { 200_000 };
     let t = Instant::now();
     let mut ct = Vec::new();
@@ -129,27 +167,53 @@ fn main() {
     let mut lat = Vec::new();
     let m = if quick() { 100 } else { 1000 };
     for i in 0..m {
-        let ev = AuditEvent::new(&actor, "login.failure", format!("user/u{i}"), Outcome::Denied);
+        let ev = AuditEvent::new(
+            &actor,
+            "login.failure",
+            format!("user/u{i}"),
+            Outcome::Denied,
+        );
         let t = Instant::now();
         db.audit(&ev).unwrap();
         lat.push(t.elapsed());
     }
     let (p50, p99) = (pct(&mut lat, 0.50), pct(&mut lat, 0.99));
-    println!("committed audit append       p50 {:.2} ms  p99 {:.2} ms", p50.as_secs_f64() * 1e3, p99.as_secs_f64() * 1e3);
-    bench_line("audit_append_p99_ms", p99.as_secs_f64() * 1e3, "ms", p50.as_secs_f64() * 1e3);
+    println!(
+        "committed audit append       p50 {:.2} ms  p99 {:.2} ms",
+        p50.as_secs_f64() * 1e3,
+        p99.as_secs_f64() * 1e3
+    );
+    bench_line(
+        "audit_append_p99_ms",
+        p99.as_secs_f64() * 1e3,
+        "ms",
+        p50.as_secs_f64() * 1e3,
+    );
     drop(db);
 
     // Audit verify of 10^6 entries vs a raw scan of the same rows.
     let total = if quick() { 100_000 } else { 1_000_000 };
     let mut db = open_store(&tmp.path().join("audit"), 1000);
     let evs: Vec<AuditEvent> = (0..10_000)
-        .map(|i| AuditEvent::new(&actor, "patient.read", format!("patient/{i:036}"), Outcome::Success).territory("default"))
+        .map(|i| {
+            AuditEvent::new(
+                &actor,
+                "patient.read",
+                format!("patient/{i:036}"),
+                Outcome::Success,
+            )
+            .territory("default")
+        })
         .collect();
     let t = Instant::now();
     while (db.ping().unwrap() as usize) < total {
         db.audit_many(&evs).unwrap();
     }
-    println!("wrote {} audit entries in {:.1} s", db.ping().unwrap(), t.elapsed().as_secs_f64());
+    println!(
+        "wrote {} audit entries in {:.1} s",
+        db.ping().unwrap(),
+        t.elapsed().as_secs_f64()
+    );
     let t = Instant::now();
     let scanned: i64 = db
         .raw_connection_for_tests()
@@ -161,6 +225,18 @@ fn main() {
     let verify_s = t.elapsed().as_secs_f64();
     assert!(rep.ok());
     println!("raw scan of {scanned} entries   {scan_s:>10.2} s");
-    println!("audit verify of {} entries {verify_s:>10.2} s ({} checkpoints)", rep.entries, rep.checkpoints);
-    bench_line(if quick() { "audit_verify_100k_s" } else { "audit_verify_1m_s" }, verify_s, "s", scan_s);
+    println!(
+        "audit verify of {} entries {verify_s:>10.2} s ({} checkpoints)",
+        rep.entries, rep.checkpoints
+    );
+    bench_line(
+        if quick() {
+            "audit_verify_100k_s"
+        } else {
+            "audit_verify_1m_s"
+        },
+        verify_s,
+        "s",
+        scan_s,
+    );
 }

@@ -4,8 +4,8 @@
 
 use std::time::{Duration, Instant};
 
-use hema3n_edge::ingest::simulate::{Rng, Scenario, pack};
 use hema3n_edge::ingest::senml::{Limits, parse_pack};
+use hema3n_edge::ingest::simulate::{Rng, Scenario, pack};
 use hema3n_edge::triage::engine::{TriageInput, compute};
 use hema3n_edge::triage::features::{TEXT_BUCKETS, text_dense, text_features, vitals_features};
 use hema3n_edge::triage::rules::Vitals;
@@ -19,7 +19,13 @@ use common::{bench_line, pct, quick};
 
 fn inputs(n: usize) -> Vec<TriageInput> {
     let mut rng = Rng::new(3);
-    let complaints = ["chest pain radiating to left arm", "shortness of breath", "fall from height", "fever and confusion", "ankle injury"];
+    let complaints = [
+        "chest pain radiating to left arm",
+        "shortness of breath",
+        "fall from height",
+        "fever and confusion",
+        "ankle injury",
+    ];
     (0..n)
         .map(|k| {
             let s = Scenario::ALL[k % 5];
@@ -43,7 +49,12 @@ fn inputs(n: usize) -> Vec<TriageInput> {
                     _ => {}
                 }
             }
-            TriageInput { vitals: v, age_years: Some(20.0 + (k % 60) as f64), chief_complaint: Some(complaints[k % 5].into()), ..Default::default() }
+            TriageInput {
+                vitals: v,
+                age_years: Some(20.0 + (k % 60) as f64),
+                chief_complaint: Some(complaints[k % 5].into()),
+                ..Default::default()
+            }
         })
         .collect()
 }
@@ -68,7 +79,16 @@ fn main() {
             .map(|c| {
                 let mut t = Box::new([0f32; TEXT_BUCKETS]);
                 text_dense(&text_features(c.chief_complaint.as_deref()), &mut t);
-                (vitals_features(&c.vitals, c.age_years, c.sex, c.on_oxygen, c.chief_complaint.as_deref()), t)
+                (
+                    vitals_features(
+                        &c.vitals,
+                        c.age_years,
+                        c.sex,
+                        c.on_oxygen,
+                        c.chief_complaint.as_deref(),
+                    ),
+                    t,
+                )
             })
             .collect();
         let mut raw: Vec<Duration> = Vec::with_capacity(n);
@@ -80,19 +100,45 @@ fn main() {
             std::hint::black_box(rt.infer(xv, xt).unwrap());
             let d_raw = t.elapsed();
             let t = Instant::now();
-            std::hint::black_box(compute(&cases[k % cases.len()], Some(&mut rt), 3, &mut text));
+            std::hint::black_box(compute(
+                &cases[k % cases.len()],
+                Some(&mut rt),
+                3,
+                &mut text,
+            ));
             let d_full = t.elapsed();
             if k >= 500 {
                 raw.push(d_raw);
                 full.push(d_full);
             }
         }
-        let (r50, r99, f50, f99) = (pct(&mut raw, 0.5), pct(&mut raw, 0.99), pct(&mut full, 0.5), pct(&mut full, 0.99));
+        let (r50, r99, f50, f99) = (
+            pct(&mut raw, 0.5),
+            pct(&mut raw, 0.99),
+            pct(&mut full, 0.5),
+            pct(&mut full, 0.99),
+        );
         let us = |d: Duration| d.as_secs_f64() * 1e6;
-        println!("{variant}: raw ort run p50 {:.1} µs p99 {:.1} µs | compute path p50 {:.1} µs p99 {:.1} µs | overhead p50 {:+.1} %",
-            us(r50), us(r99), us(f50), us(f99), (us(f50) / us(r50) - 1.0) * 100.0);
-        bench_line(&format!("triage_compute_p50_us_{variant}"), us(f50), "us", us(r50));
-        bench_line(&format!("triage_compute_p99_us_{variant}"), us(f99), "us", us(r99));
+        println!(
+            "{variant}: raw ort run p50 {:.1} µs p99 {:.1} µs | compute path p50 {:.1} µs p99 {:.1} µs | overhead p50 {:+.1} %",
+            us(r50),
+            us(r99),
+            us(f50),
+            us(f99),
+            (us(f50) / us(r50) - 1.0) * 100.0
+        );
+        bench_line(
+            &format!("triage_compute_p50_us_{variant}"),
+            us(f50),
+            "us",
+            us(r50),
+        );
+        bench_line(
+            &format!("triage_compute_p99_us_{variant}"),
+            us(f99),
+            "us",
+            us(r99),
+        );
         if variant == "int8" {
             bench_line("triage_compute_p50_us", us(f50), "us", us(r50));
             bench_line("triage_compute_p99_us", us(f99), "us", us(r99));

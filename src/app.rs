@@ -20,13 +20,13 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::config::Config;
-use crate::ingest::{self, IngestMetrics};
-use crate::triage::runtime::{LoadOptions, ModelError, ModelRuntime};
-use crate::triage::service;
 use crate::crypto::keyring::{KeySources, Keyring};
+use crate::ingest::{self, IngestMetrics};
 use crate::model::now_ms;
 use crate::storage::{Db, Store, StoreError};
 use crate::systemd;
+use crate::triage::runtime::{LoadOptions, ModelError, ModelRuntime};
+use crate::triage::service;
 
 /// Why `run` ended badly; the exit code follows from it.
 #[derive(Debug, thiserror::Error)]
@@ -67,7 +67,11 @@ pub fn load_model(cfg: &Config) -> Result<ModelRuntime, ModelError> {
         model_dir: cfg.triage.model_dir.clone(),
         variant: cfg.triage.variant.clone(),
         providers: cfg.triage.execution_providers.clone(),
-        engine_cache_dir: cfg.triage.engine_cache_dir.clone().unwrap_or_else(|| cfg.data_dir.join("trt-engines")),
+        engine_cache_dir: cfg
+            .triage
+            .engine_cache_dir
+            .clone()
+            .unwrap_or_else(|| cfg.data_dir.join("trt-engines")),
         intra_threads: cfg.triage.intra_threads,
     })
 }
@@ -89,14 +93,31 @@ pub fn spawn_ingest(
     let (batch_tx, batch_rx) = tokio::sync::mpsc::channel(BATCH_QUEUE);
     // Committer → connection: the last acks are out, the connection may disconnect.
     let (drained_tx, drained_rx) = watch::channel(false);
-    let name = |n: &'static str, r: Result<(), ingest::IngestError>| (n, r.map_err(|e| format!("{e}: {}", source_chain(&e))));
+    let name = |n: &'static str, r: Result<(), ingest::IngestError>| {
+        (n, r.map_err(|e| format!("{e}: {}", source_chain(&e))))
+    };
     let (c, m, sd) = (cfg.clone(), metrics.clone(), shutdown.clone());
     let cl = client.clone();
-    tasks.spawn(async move { name("mqtt-connection", ingest::connection(eventloop, cl, in_tx, c, m, sd, drained_rx).await) });
+    tasks.spawn(async move {
+        name(
+            "mqtt-connection",
+            ingest::connection(eventloop, cl, in_tx, c, m, sd, drained_rx).await,
+        )
+    });
     let (c, m) = (cfg.clone(), metrics.clone());
-    tasks.spawn(async move { name("ingest-batcher", ingest::batcher(in_rx, batch_tx, c, m).await) });
+    tasks.spawn(async move {
+        name(
+            "ingest-batcher",
+            ingest::batcher(in_rx, batch_tx, c, m).await,
+        )
+    });
     let (c, m, st) = (cfg.clone(), metrics.clone(), store.clone());
-    tasks.spawn(async move { name("ingest-committer", ingest::committer(batch_rx, st, client, c, m, drained_tx, retriage).await) });
+    tasks.spawn(async move {
+        name(
+            "ingest-committer",
+            ingest::committer(batch_rx, st, client, c, m, drained_tx, retriage).await,
+        )
+    });
     let (st, sd) = (store.clone(), shutdown.clone());
     let gap = Duration::from_secs(cfg.ingest.device_silent_secs.max(1));
     tasks.spawn(async move { name("device-silence", ingest::silence_monitor(st, gap, sd).await) });
@@ -125,7 +146,8 @@ struct Heartbeats {
 /// Opens everything and runs until SIGTERM/SIGINT or a critical failure.
 pub fn run(cfg: Config) -> Result<(), RunError> {
     let started = std::time::Instant::now();
-    let keys = Keyring::load(KeySources::from_env(&cfg.keys.dir)).map_err(|e| RunError::Setup(e.into()))?;
+    let keys = Keyring::load(KeySources::from_env(&cfg.keys.dir))
+        .map_err(|e| RunError::Setup(e.into()))?;
     let db = Db::open(&cfg, keys).map_err(RunError::Setup)?;
     let schema = db.schema_version().map_err(RunError::Setup)?;
     tracing::info!(db = %db.path().display(), schema, appliance_id = %cfg.appliance_id, "store open");
@@ -136,7 +158,12 @@ pub fn run(cfg: Config) -> Result<(), RunError> {
     } else {
         match load_model(&cfg) {
             Ok(rt) => {
-                let s = format!("model {} ({}, {})", rt.info.model_id, rt.info.variant, rt.info.provider.as_str());
+                let s = format!(
+                    "model {} ({}, {})",
+                    rt.info.model_id,
+                    rt.info.variant,
+                    rt.info.provider.as_str()
+                );
                 (Some(rt), s)
             }
             Err(e) => {
@@ -145,7 +172,8 @@ pub fn run(cfg: Config) -> Result<(), RunError> {
             }
         }
     };
-    let (triager, model_thread) = service::spawn_model_thread(runtime, cfg.triage.min_core_vitals, TRIAGE_QUEUE);
+    let (triager, model_thread) =
+        service::spawn_model_thread(runtime, cfg.triage.min_core_vitals, TRIAGE_QUEUE);
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -159,36 +187,67 @@ pub fn run(cfg: Config) -> Result<(), RunError> {
     // All Store handles are gone now; the storage thread drains its queue and checkpoints.
     if storage_thread.join().is_err() {
         tracing::error!("storage thread panicked");
-        return Err(RunError::Task { task: "storage", reason: "panicked".into() });
+        return Err(RunError::Task {
+            task: "storage",
+            reason: "panicked".into(),
+        });
     }
     tracing::info!("stopped");
     result
 }
 
-async fn serve(cfg: &Config, store: Store, triager: service::Triager, model_status: &str, started: std::time::Instant) -> Result<(), RunError> {
+async fn serve(
+    cfg: &Config,
+    store: Store,
+    triager: service::Triager,
+    model_status: &str,
+    started: std::time::Instant,
+) -> Result<(), RunError> {
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let beats = Arc::new(Heartbeats::default());
     let mut tasks: JoinSet<TaskResult> = JoinSet::new();
 
     let every = Duration::from_secs(cfg.audit.checkpoint_every_secs);
-    tasks.spawn(checkpointer(store.clone(), every, beats.clone(), shutdown_rx.clone()));
+    tasks.spawn(checkpointer(
+        store.clone(),
+        every,
+        beats.clone(),
+        shutdown_rx.clone(),
+    ));
     let health_every = match systemd::watchdog_interval() {
         Some(w) => (w / 2).min(Duration::from_millis(cfg.daemon.health_interval_ms)),
         None => Duration::from_millis(cfg.daemon.health_interval_ms),
     };
-    tasks.spawn(health(store.clone(), health_every, every, beats.clone(), shutdown_rx.clone(), model_status.to_string()));
+    tasks.spawn(health(
+        store.clone(),
+        health_every,
+        every,
+        beats.clone(),
+        shutdown_rx.clone(),
+        model_status.to_string(),
+    ));
     let retriage = if cfg.triage.enabled {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let (st, sd) = (store.clone(), shutdown_rx.clone());
         let debounce = Duration::from_millis(cfg.triage.debounce_ms);
-        tasks.spawn(async move { ("retriage", service::retriage_loop(rx, st, triager, debounce, sd).await) });
+        tasks.spawn(async move {
+            (
+                "retriage",
+                service::retriage_loop(rx, st, triager, debounce, sd).await,
+            )
+        });
         Some(tx)
     } else {
         drop(triager);
         None
     };
     if cfg.ingest.enabled {
-        spawn_ingest(cfg, &store, &mut tasks, &shutdown_rx, retriage).map_err(|reason| RunError::Task { task: "ingest", reason })?;
+        spawn_ingest(cfg, &store, &mut tasks, &shutdown_rx, retriage).map_err(|reason| {
+            RunError::Task {
+                task: "ingest",
+                reason,
+            }
+        })?;
     }
     drop(store);
 
@@ -196,7 +255,8 @@ async fn serve(cfg: &Config, store: Store, triager: service::Triager, model_stat
     systemd::ready(&format!("running: store open; triage {model_status}"));
     tracing::info!(ready_ms, "ready");
 
-    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).map_err(RunError::Runtime)?;
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(RunError::Runtime)?;
     let mut failure = None;
     tokio::select! {
         _ = sigterm.recv() => tracing::info!("SIGTERM: shutting down"),
@@ -214,7 +274,12 @@ async fn serve(cfg: &Config, store: Store, triager: service::Triager, model_stat
     systemd::stopping("stopping");
     let _ = shutdown_tx.send(true);
     let deadline = Duration::from_secs(cfg.daemon.shutdown_timeout_secs);
-    if tokio::time::timeout(deadline, async { while tasks.join_next().await.is_some() {} }).await.is_err() {
+    if tokio::time::timeout(deadline, async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await
+    .is_err()
+    {
         tracing::warn!(?deadline, "tasks did not stop in time; aborting them");
         tasks.abort_all();
     }
@@ -235,7 +300,10 @@ async fn checkpointer(
             _ = tick.tick() => {}
             _ = shutdown.changed() => break,
         }
-        match store.call(|db| db.checkpoint_audit_if_due(now_ms(), false)).await {
+        match store
+            .call(|db| db.checkpoint_audit_if_due(now_ms(), false))
+            .await
+        {
             Ok(Some(seq)) => tracing::debug!(seq, "audit checkpoint signed"),
             Ok(None) => {}
             Err(e) => return (NAME, Err(e.to_string())),
@@ -243,7 +311,9 @@ async fn checkpointer(
         beats.checkpointer.store(now_ms(), Ordering::Relaxed);
     }
     // Seal the tail of the log before storage closes.
-    let r = store.call(|db| db.checkpoint_audit_if_due(now_ms(), true)).await;
+    let r = store
+        .call(|db| db.checkpoint_audit_if_due(now_ms(), true))
+        .await;
     (NAME, r.map(|_| ()).map_err(|e| e.to_string()))
 }
 

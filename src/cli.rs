@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 
 use crate::config::Config;
 use crate::crypto::keyring::{
-    self, AUDIT_KEY, DB_KEY, INDEX_KEY, KeyError, KeySources, Keyring, SIGNING_KEY, territory_key_name,
+    self, AUDIT_KEY, DB_KEY, INDEX_KEY, KeyError, KeySources, Keyring, SIGNING_KEY,
+    territory_key_name,
 };
 use crate::model::{Actor, CaseDetails, Patient};
 use crate::storage::{Db, StoreError};
@@ -23,19 +24,28 @@ pub struct Failure {
 
 impl From<StoreError> for Failure {
     fn from(e: StoreError) -> Self {
-        Failure { code: if e.is_config() { EXIT_CONFIG } else { 1 }, error: e.into() }
+        Failure {
+            code: if e.is_config() { EXIT_CONFIG } else { 1 },
+            error: e.into(),
+        }
     }
 }
 
 impl From<KeyError> for Failure {
     fn from(e: KeyError) -> Self {
-        Failure { code: EXIT_CONFIG, error: e.into() }
+        Failure {
+            code: EXIT_CONFIG,
+            error: e.into(),
+        }
     }
 }
 
 impl From<std::io::Error> for Failure {
     fn from(e: std::io::Error) -> Self {
-        Failure { code: 1, error: e.into() }
+        Failure {
+            code: 1,
+            error: e.into(),
+        }
     }
 }
 
@@ -49,9 +59,14 @@ fn open_db(cfg: &Config) -> Result<Db, Failure> {
 /// `init --data-dir DIR`: creates DIR, its keys (0600, never overwritten), `DIR/edge.toml` and
 /// the database. Safe to run again.
 pub fn init(data_dir: &Path, appliance_id: &str, territory: &str) -> CmdResult {
-    let bad = |m: String| Failure { code: EXIT_CONFIG, error: anyhow::anyhow!(m) };
+    let bad = |m: String| Failure {
+        code: EXIT_CONFIG,
+        error: anyhow::anyhow!(m),
+    };
     if !crate::model::is_valid_ident(appliance_id) || !crate::model::is_valid_ident(territory) {
-        return Err(bad("appliance id and territory must match [A-Za-z0-9._-]{1,64}".into()));
+        return Err(bad(
+            "appliance id and territory must match [A-Za-z0-9._-]{1,64}".into(),
+        ));
     }
     std::fs::create_dir_all(data_dir)?;
     let data_dir = std::fs::canonicalize(data_dir)?;
@@ -59,14 +74,25 @@ pub fn init(data_dir: &Path, appliance_id: &str, territory: &str) -> CmdResult {
     std::fs::set_permissions(&data_dir, std::fs::Permissions::from_mode(0o700))?;
     let key_dir = data_dir.join("keys");
     let cfg_path = data_dir.join("edge.toml");
-    let mut cfg = Config { appliance_id: appliance_id.into(), data_dir: data_dir.clone(), default_territory: territory.into(), ..Config::default() };
+    let mut cfg = Config {
+        appliance_id: appliance_id.into(),
+        data_dir: data_dir.clone(),
+        default_territory: territory.into(),
+        ..Config::default()
+    };
     cfg.keys.dir = key_dir.clone();
     if cfg_path.exists() {
-        let (existing, _) = Config::load(&cfg_path, true).map_err(|e| Failure { code: EXIT_CONFIG, error: e.into() })?;
+        let (existing, _) = Config::load(&cfg_path, true).map_err(|e| Failure {
+            code: EXIT_CONFIG,
+            error: e.into(),
+        })?;
         cfg = existing;
     }
     let key_dir = cfg.keys.dir.clone();
-    if cfg.db_path().exists() && !key_dir.join(DB_KEY).exists() && std::env::var_os("CREDENTIALS_DIRECTORY").is_none() {
+    if cfg.db_path().exists()
+        && !key_dir.join(DB_KEY).exists()
+        && std::env::var_os("CREDENTIALS_DIRECTORY").is_none()
+    {
         return Err(bad(format!(
             "database {} exists but {} is missing; restore that key (a new key would leave the database unreadable)",
             cfg.db_path().display(),
@@ -76,10 +102,17 @@ pub fn init(data_dir: &Path, appliance_id: &str, territory: &str) -> CmdResult {
     let mut out = std::io::stdout().lock();
     for name in [DB_KEY, INDEX_KEY, AUDIT_KEY] {
         let created = keyring::ensure_key32(&key_dir, name)?;
-        writeln!(out, "{} key {}", if created { "created" } else { "kept   " }, key_dir.join(name).display())?;
+        writeln!(
+            out,
+            "{} key {}",
+            if created { "created" } else { "kept   " },
+            key_dir.join(name).display()
+        )?;
     }
     let tk = territory_key_name(&cfg.default_territory, 1);
-    let has_territory = KeySources::from_env(&key_dir).territory_keys()?.contains_key(&cfg.default_territory);
+    let has_territory = KeySources::from_env(&key_dir)
+        .territory_keys()?
+        .contains_key(&cfg.default_territory);
     if !has_territory {
         keyring::ensure_key32(&key_dir, &tk)?;
         writeln!(out, "created key {}", key_dir.join(&tk).display())?;
@@ -87,7 +120,12 @@ pub fn init(data_dir: &Path, appliance_id: &str, territory: &str) -> CmdResult {
         writeln!(out, "kept    territory keys of `{}`", cfg.default_territory)?;
     }
     let created = keyring::ensure_signing_key(&key_dir)?;
-    writeln!(out, "{} key {}", if created { "created" } else { "kept   " }, key_dir.join(SIGNING_KEY).display())?;
+    writeln!(
+        out,
+        "{} key {}",
+        if created { "created" } else { "kept   " },
+        key_dir.join(SIGNING_KEY).display()
+    )?;
     if !cfg_path.exists() {
         let text = format!(
             "# HEMA3N Edge configuration written by `hema3n-edge init`.\n\
@@ -102,8 +140,18 @@ pub fn init(data_dir: &Path, appliance_id: &str, territory: &str) -> CmdResult {
         writeln!(out, "kept    config {}", cfg_path.display())?;
     }
     let db = open_db(&cfg)?;
-    writeln!(out, "ready   database {} (schema v{}, SQLCipher {})", db.path().display(), db.schema_version()?, db.cipher_version()?)?;
-    writeln!(out, "\nstart the daemon with:\n  hema3n-edge --config {} run", cfg_path.display())?;
+    writeln!(
+        out,
+        "ready   database {} (schema v{}, SQLCipher {})",
+        db.path().display(),
+        db.schema_version()?,
+        db.cipher_version()?
+    )?;
+    writeln!(
+        out,
+        "\nstart the daemon with:\n  hema3n-edge --config {} run",
+        cfg_path.display()
+    )?;
     Ok(0)
 }
 
@@ -111,7 +159,15 @@ pub fn init(data_dir: &Path, appliance_id: &str, territory: &str) -> CmdResult {
 pub fn check(cfg: &Config, cfg_files: &[PathBuf]) -> CmdResult {
     let mut out = std::io::stdout().lock();
     let mut code = 0u8;
-    let files = if cfg_files.is_empty() { "embedded defaults".to_string() } else { cfg_files.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ") };
+    let files = if cfg_files.is_empty() {
+        "embedded defaults".to_string()
+    } else {
+        cfg_files
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
     writeln!(out, "ok      config: {files}")?;
     let sources = KeySources::from_env(&cfg.keys.dir);
     let mut keys_ok = true;
@@ -133,7 +189,12 @@ pub fn check(cfg: &Config, cfg_files: &[PathBuf]) -> CmdResult {
         }
         Ok(_) => {
             keys_ok = false;
-            writeln!(out, "FAIL    no key for default territory `{}` ({} missing)", cfg.default_territory, territory_key_name(&cfg.default_territory, 1))?;
+            writeln!(
+                out,
+                "FAIL    no key for default territory `{}` ({} missing)",
+                cfg.default_territory,
+                territory_key_name(&cfg.default_territory, 1)
+            )?;
         }
         Err(e) => {
             keys_ok = false;
@@ -146,11 +207,22 @@ pub fn check(cfg: &Config, cfg_files: &[PathBuf]) -> CmdResult {
     let db = match open_db(cfg) {
         Ok(db) => db,
         Err(f) => {
-            writeln!(out, "FAIL    database {}: {:#}", cfg.db_path().display(), f.error)?;
+            writeln!(
+                out,
+                "FAIL    database {}: {:#}",
+                cfg.db_path().display(),
+                f.error
+            )?;
             return Ok(f.code);
         }
     };
-    writeln!(out, "ok      database {} (schema v{}, SQLCipher {})", db.path().display(), db.schema_version()?, db.cipher_version()?)?;
+    writeln!(
+        out,
+        "ok      database {} (schema v{}, SQLCipher {})",
+        db.path().display(),
+        db.schema_version()?,
+        db.cipher_version()?
+    )?;
     let problems = db.integrity_check(false)?;
     if problems.is_empty() {
         writeln!(out, "ok      integrity check")?;
@@ -168,22 +240,40 @@ pub fn check(cfg: &Config, cfg_files: &[PathBuf]) -> CmdResult {
                 "FAIL    (file absent but data keys need it)"
             }
         };
-        writeln!(out, "{state} key version {}/v{} id {}: {} data keys, {} encryptions", k.territory, k.version, k.key_id, k.data_keys, k.invocations)?;
+        writeln!(
+            out,
+            "{state} key version {}/v{} id {}: {} data keys, {} encryptions",
+            k.territory, k.version, k.key_id, k.data_keys, k.invocations
+        )?;
     }
     if cfg.triage.enabled {
         match crate::app::load_model(cfg) {
             Ok(rt) => {
-                writeln!(out, "ok      triage model {} ({}, sha256 {}) on {}", rt.info.model_id, rt.info.variant, &rt.info.sha256[..16], rt.info.provider.as_str())?;
+                writeln!(
+                    out,
+                    "ok      triage model {} ({}, sha256 {}) on {}",
+                    rt.info.model_id,
+                    rt.info.variant,
+                    &rt.info.sha256[..16],
+                    rt.info.provider.as_str()
+                )?;
                 for f in &rt.info.fallbacks {
                     writeln!(out, "info    execution provider fallback: {f}")?;
                 }
             }
-            Err(e) => writeln!(out, "warn    triage model unavailable, the daemon runs RULES-ONLY: {e}")?,
+            Err(e) => writeln!(
+                out,
+                "warn    triage model unavailable, the daemon runs RULES-ONLY: {e}"
+            )?,
         }
     }
     let rep = db.verify_audit()?;
     if rep.ok() {
-        writeln!(out, "ok      audit log: {} entries, {} checkpoints", rep.entries, rep.checkpoints)?;
+        writeln!(
+            out,
+            "ok      audit log: {} entries, {} checkpoints",
+            rep.entries, rep.checkpoints
+        )?;
     } else {
         code = 1;
         writeln!(out, "FAIL    audit log: {}", rep.findings[0])?;
@@ -196,10 +286,16 @@ pub fn keys_rotate(cfg: &Config, territory: &str, no_rewrap: bool) -> CmdResult 
     let mut db = open_db(cfg)?;
     let actor = Actor::cli();
     let v = db.rotate_territory_key(&actor, territory, &cfg.keys.dir)?;
-    println!("territory `{territory}`: created key version v{v} in {}", cfg.keys.dir.display());
+    println!(
+        "territory `{territory}`: created key version v{v} in {}",
+        cfg.keys.dir.display()
+    );
     if !no_rewrap {
         let r = db.rewrap(&actor, territory)?;
-        println!("territory `{territory}`: re-wrapped {} data keys under v{}", r.rewrapped, r.to_version);
+        println!(
+            "territory `{territory}`: re-wrapped {} data keys under v{}",
+            r.rewrapped, r.to_version
+        );
     }
     Ok(0)
 }
@@ -208,7 +304,10 @@ pub fn keys_rotate(cfg: &Config, territory: &str, no_rewrap: bool) -> CmdResult 
 pub fn keys_rewrap(cfg: &Config, territory: &str) -> CmdResult {
     let mut db = open_db(cfg)?;
     let r = db.rewrap(&Actor::cli(), territory)?;
-    println!("territory `{territory}`: re-wrapped {} data keys under v{}", r.rewrapped, r.to_version);
+    println!(
+        "territory `{territory}`: re-wrapped {} data keys under v{}",
+        r.rewrapped, r.to_version
+    );
     Ok(0)
 }
 
@@ -226,7 +325,10 @@ pub fn keys_retire(cfg: &Config, territory: &str, version: u32) -> CmdResult {
 /// `keys list`.
 pub fn keys_list(cfg: &Config) -> CmdResult {
     let db = open_db(cfg)?;
-    println!("{:<16} {:>7} {:<16} {:>6} {:>7} {:>9} {:>12}", "territory", "version", "key id", "loaded", "retired", "data keys", "encryptions");
+    println!(
+        "{:<16} {:>7} {:<16} {:>6} {:>7} {:>9} {:>12}",
+        "territory", "version", "key id", "loaded", "retired", "data keys", "encryptions"
+    );
     for k in db.key_versions()? {
         println!(
             "{:<16} {:>7} {:<16} {:>6} {:>7} {:>9} {:>12}",
@@ -244,7 +346,11 @@ pub fn keys_export_public(cfg: &Config, out: Option<&Path>) -> CmdResult {
     match out {
         Some(p) => {
             std::fs::write(p, &pem)?;
-            eprintln!("wrote appliance public key (key id {}) to {}", keys.signing.public().key_id(), p.display());
+            eprintln!(
+                "wrote appliance public key (key id {}) to {}",
+                keys.signing.public().key_id(),
+                p.display()
+            );
         }
         None => print!("{pem}"),
     }
@@ -274,7 +380,10 @@ pub fn audit_verify(cfg: &Config, json: bool) -> CmdResult {
             rep.entries, rep.checkpoints, rep.last_checkpoint_seq
         );
     } else {
-        println!("FAIL: first bad entry is {}: {}", rep.findings[0].seq, rep.findings[0].what);
+        println!(
+            "FAIL: first bad entry is {}: {}",
+            rep.findings[0].seq, rep.findings[0].what
+        );
         for f in &rep.findings[1..] {
             println!("      also {f}");
         }
@@ -306,7 +415,12 @@ pub fn debug_soak(cfg: &Config, count: u64, last_name: &str) -> CmdResult {
             first_name: Some(format!("Soak{i}")),
             last_name: Some(last_name.to_string()),
             date_of_birth: Some(format!("19{:02}-0{}-1{}", 40 + i % 60, 1 + i % 9, i % 10)),
-            ssn: Some(format!("{:03}-{:02}-{:04}", 100 + i % 800, 10 + i % 90, i % 10000)),
+            ssn: Some(format!(
+                "{:03}-{:02}-{:04}",
+                100 + i % 800,
+                10 + i % 90,
+                i % 10000
+            )),
             ..Default::default()
         };
         let pid = db.create_patient(&actor, &territory, &p)?;
@@ -314,7 +428,10 @@ pub fn debug_soak(cfg: &Config, count: u64, last_name: &str) -> CmdResult {
             &actor,
             &territory,
             Some(&pid),
-            &CaseDetails { chief_complaint: Some(format!("soak complaint {last_name}")), ..Default::default() },
+            &CaseDetails {
+                chief_complaint: Some(format!("soak complaint {last_name}")),
+                ..Default::default()
+            },
         )?;
         writeln!(out, "committed {pid} {cid}")?;
         out.flush()?;
@@ -327,8 +444,14 @@ pub fn debug_soak(cfg: &Config, count: u64, last_name: &str) -> CmdResult {
 /// the mosquitto password file when `mqtt.password_file` is set.
 pub fn devices_add(cfg: &Config, id: &str, kind: &str, territory: &str) -> CmdResult {
     let mut db = open_db(cfg)?;
-    let password = crate::crypto::random_password().map_err(|e| Failure { code: 1, error: e.into() })?;
-    let hash = crate::crypto::mosquitto_password_hash(&password).map_err(|e| Failure { code: 1, error: e.into() })?;
+    let password = crate::crypto::random_password().map_err(|e| Failure {
+        code: 1,
+        error: e.into(),
+    })?;
+    let hash = crate::crypto::mosquitto_password_hash(&password).map_err(|e| Failure {
+        code: 1,
+        error: e.into(),
+    })?;
     db.register_device(&Actor::cli(), id, kind, territory, Some(&hash))?;
     sync_password_file(cfg, &db, &[])?;
     println!("registered device `{id}` ({kind}, territory `{territory}`)");
@@ -350,7 +473,10 @@ pub fn devices_remove(cfg: &Config, id: &str) -> CmdResult {
 /// `devices list`.
 pub fn devices_list(cfg: &Config) -> CmdResult {
     let db = open_db(cfg)?;
-    println!("{:<24} {:<10} {:<12} {:<8} {:<38} {:>9}", "device", "kind", "territory", "presence", "bound case", "unbound");
+    println!(
+        "{:<24} {:<10} {:<12} {:<8} {:<38} {:>9}",
+        "device", "kind", "territory", "presence", "bound case", "unbound"
+    );
     for d in db.list_devices()? {
         println!(
             "{:<24} {:<10} {:<12} {:<8} {:<38} {:>9}",
@@ -369,7 +495,14 @@ pub fn devices_list(cfg: &Config) -> CmdResult {
 pub fn devices_bind(cfg: &Config, device: &str, case: &str, attach: bool) -> CmdResult {
     let mut db = open_db(cfg)?;
     let n = db.bind_device(&Actor::cli(), device, case, attach)?;
-    println!("device `{device}` bound to case {case}{}", if attach { format!("; attached {n} unbound readings") } else { String::new() });
+    println!(
+        "device `{device}` bound to case {case}{}",
+        if attach {
+            format!("; attached {n} unbound readings")
+        } else {
+            String::new()
+        }
+    );
     Ok(0)
 }
 
@@ -383,13 +516,18 @@ pub fn devices_unbind(cfg: &Config, device: &str) -> CmdResult {
 
 /// Rewrites `mqtt.password_file`: lines of other users are kept, device lines are replaced.
 fn sync_password_file(cfg: &Config, db: &Db, removed: &[&str]) -> Result<(), Failure> {
-    let Some(path) = &cfg.mqtt.password_file else { return Ok(()) };
+    let Some(path) = &cfg.mqtt.password_file else {
+        return Ok(());
+    };
     let creds = db.device_credentials()?;
     let existing = std::fs::read_to_string(path).unwrap_or_default();
     let mut out = String::new();
     for line in existing.lines() {
         let user = line.split(':').next().unwrap_or_default();
-        if line.trim().is_empty() || removed.contains(&user) || creds.iter().any(|(id, _)| id == user) {
+        if line.trim().is_empty()
+            || removed.contains(&user)
+            || creds.iter().any(|(id, _)| id == user)
+        {
             continue;
         }
         out.push_str(line);
@@ -401,22 +539,41 @@ fn sync_password_file(cfg: &Config, db: &Db, removed: &[&str]) -> Result<(), Fai
     let tmp = path.with_extension("tmp");
     {
         use std::os::unix::fs::OpenOptionsExt;
-        let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o640).open(&tmp)?;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o640)
+            .open(&tmp)?;
         f.write_all(out.as_bytes())?;
         f.sync_all()?;
     }
     std::fs::rename(&tmp, path)?;
-    eprintln!("updated {}; reload the broker to apply (systemctl reload mosquitto)", path.display());
+    eprintln!(
+        "updated {}; reload the broker to apply (systemctl reload mosquitto)",
+        path.display()
+    );
     Ok(())
 }
 
 /// `simulate`: field devices publishing scenario vitals to the on-board broker.
 pub fn simulate(opts: crate::ingest::simulate::SimOptions) -> CmdResult {
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
     let started = std::time::Instant::now();
-    let scen = opts.scenario.map(|s| s.name().to_string()).unwrap_or_else(|| "mixed".into());
-    eprintln!("simulating {} device(s), scenario {scen}, broker {}:{}", opts.devices, opts.host, opts.port);
-    let rep = rt.block_on(crate::ingest::simulate::run(opts)).map_err(|e| Failure { code: 1, error: e })?;
+    let scen = opts
+        .scenario
+        .map(|s| s.name().to_string())
+        .unwrap_or_else(|| "mixed".into());
+    eprintln!(
+        "simulating {} device(s), scenario {scen}, broker {}:{}",
+        opts.devices, opts.host, opts.port
+    );
+    let rep = rt
+        .block_on(crate::ingest::simulate::run(opts))
+        .map_err(|e| Failure { code: 1, error: e })?;
     println!(
         "{}",
         serde_json::json!({
@@ -444,14 +601,19 @@ pub fn triage_show(cfg: &Config, case: &str, n: usize) -> CmdResult {
             r.decider.replace('_', " "),
             r.rules_esi,
             r.news2.map(|n| format!("; NEWS2 {n}")).unwrap_or_default(),
-            r.model_esi.map(|m| format!("; model proposed ESI {m}")).unwrap_or_default(),
+            r.model_esi
+                .map(|m| format!("; model proposed ESI {m}"))
+                .unwrap_or_default(),
         );
         if i == 0 {
             if let (Some(s), Some(c)) = (&r.specialty, r.confidence) {
                 println!("  specialty {s}, confidence {c:.2}");
             }
             if let Some(m) = &r.model_id {
-                println!("  model {m} sha256 {}", r.model_hash.as_deref().unwrap_or("?"));
+                println!(
+                    "  model {m} sha256 {}",
+                    r.model_hash.as_deref().unwrap_or("?")
+                );
             }
             if let Some(a) = &r.abstained {
                 println!("  model abstained: {a}");

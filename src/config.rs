@@ -18,10 +18,18 @@ pub const DEFAULT_CONFIG_PATH: &str = "/etc/hema3n/edge.toml";
 pub enum ConfigError {
     /// A named file could not be read. Recovery: fix the path or permissions.
     #[error("cannot read config file {path}")]
-    Read { path: PathBuf, #[source] source: std::io::Error },
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     /// TOML syntax error, unknown field or wrong type, with the file it came from.
     #[error("config file {path}: {source}")]
-    Parse { path: PathBuf, #[source] source: toml::de::Error },
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: toml::de::Error,
+    },
     /// The merged configuration has a wrong type or an unknown field.
     #[error("merged configuration: {0}")]
     Merged(#[source] toml::de::Error),
@@ -84,7 +92,10 @@ pub struct LogConfig {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        LogConfig { level: "info".into(), format: LogFormat::Auto }
+        LogConfig {
+            level: "info".into(),
+            format: LogFormat::Auto,
+        }
     }
 }
 
@@ -107,7 +118,9 @@ pub struct KeysConfig {
 
 impl Default for KeysConfig {
     fn default() -> Self {
-        KeysConfig { dir: PathBuf::from("/etc/hema3n/keys") }
+        KeysConfig {
+            dir: PathBuf::from("/etc/hema3n/keys"),
+        }
     }
 }
 
@@ -127,7 +140,11 @@ pub struct StoreConfig {
 
 impl Default for StoreConfig {
     fn default() -> Self {
-        StoreConfig { path: None, busy_timeout_ms: 5000, queue_capacity: 1024 }
+        StoreConfig {
+            path: None,
+            busy_timeout_ms: 5000,
+            queue_capacity: 1024,
+        }
     }
 }
 
@@ -143,7 +160,10 @@ pub struct AuditConfig {
 
 impl Default for AuditConfig {
     fn default() -> Self {
-        AuditConfig { checkpoint_every_entries: 1000, checkpoint_every_secs: 60 }
+        AuditConfig {
+            checkpoint_every_entries: 1000,
+            checkpoint_every_secs: 60,
+        }
     }
 }
 
@@ -162,7 +182,10 @@ pub struct DaemonConfig {
 
 impl Default for DaemonConfig {
     fn default() -> Self {
-        DaemonConfig { shutdown_timeout_secs: 20, health_interval_ms: 5000 }
+        DaemonConfig {
+            shutdown_timeout_secs: 20,
+            health_interval_ms: 5000,
+        }
     }
 }
 
@@ -339,21 +362,34 @@ impl Config {
                 prov.files.push(path.to_path_buf());
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => {}
-            Err(e) => return Err(ConfigError::Read { path: path.to_path_buf(), source: e }),
+            Err(e) => {
+                return Err(ConfigError::Read {
+                    path: path.to_path_buf(),
+                    source: e,
+                });
+            }
         }
         let dropin_dir = base_dir.join("edge.d");
         if let Ok(rd) = std::fs::read_dir(&dropin_dir) {
-            let mut files: Vec<PathBuf> =
-                rd.filter_map(|e| e.ok()).map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "toml")).collect();
+            let mut files: Vec<PathBuf> = rd
+                .filter_map(|e| e.ok())
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+                .collect();
             files.sort();
             for f in files {
-                let text = std::fs::read_to_string(&f).map_err(|e| ConfigError::Read { path: f.clone(), source: e })?;
+                let text = std::fs::read_to_string(&f).map_err(|e| ConfigError::Read {
+                    path: f.clone(),
+                    source: e,
+                })?;
                 let t = parse_file(&f, &text)?;
                 merge(&mut merged, resolve_paths(t, &dropin_dir));
                 prov.files.push(f);
             }
         }
-        let cfg: Config = toml::Value::Table(merged).try_into().map_err(ConfigError::Merged)?;
+        let cfg: Config = toml::Value::Table(merged)
+            .try_into()
+            .map_err(ConfigError::Merged)?;
         cfg.validate()?;
         Ok((cfg, prov))
     }
@@ -362,7 +398,10 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         use crate::model::is_valid_ident;
         if !is_valid_ident(&self.appliance_id) {
-            return Err(ConfigError::Invalid { field: "appliance_id", reason: "must match [A-Za-z0-9._-]{1,64}".into() });
+            return Err(ConfigError::Invalid {
+                field: "appliance_id",
+                reason: "must match [A-Za-z0-9._-]{1,64}".into(),
+            });
         }
         if !is_valid_ident(&self.default_territory) {
             return Err(ConfigError::Invalid {
@@ -371,23 +410,44 @@ impl Config {
             });
         }
         if self.audit.checkpoint_every_entries == 0 || self.audit.checkpoint_every_secs == 0 {
-            return Err(ConfigError::Invalid { field: "audit", reason: "checkpoint intervals must be > 0".into() });
+            return Err(ConfigError::Invalid {
+                field: "audit",
+                reason: "checkpoint intervals must be > 0".into(),
+            });
         }
         if self.store.queue_capacity == 0 {
-            return Err(ConfigError::Invalid { field: "store.queue_capacity", reason: "must be > 0".into() });
+            return Err(ConfigError::Invalid {
+                field: "store.queue_capacity",
+                reason: "must be > 0".into(),
+            });
         }
         if self.daemon.health_interval_ms < 100 {
-            return Err(ConfigError::Invalid { field: "daemon.health_interval_ms", reason: "must be ≥ 100".into() });
+            return Err(ConfigError::Invalid {
+                field: "daemon.health_interval_ms",
+                reason: "must be ≥ 100".into(),
+            });
         }
         self.mqtt.host_port()?;
         if self.triage.min_core_vitals > 4 {
-            return Err(ConfigError::Invalid { field: "triage.min_core_vitals", reason: "at most 4".into() });
+            return Err(ConfigError::Invalid {
+                field: "triage.min_core_vitals",
+                reason: "at most 4".into(),
+            });
         }
-        if self.ingest.batch_max_messages == 0 || self.ingest.max_records_per_pack == 0 || self.ingest.max_payload_bytes == 0 {
-            return Err(ConfigError::Invalid { field: "ingest", reason: "limits must be > 0".into() });
+        if self.ingest.batch_max_messages == 0
+            || self.ingest.max_records_per_pack == 0
+            || self.ingest.max_payload_bytes == 0
+        {
+            return Err(ConfigError::Invalid {
+                field: "ingest",
+                reason: "limits must be > 0".into(),
+            });
         }
         if self.ingest.device_rate_per_sec <= 0.0 || self.ingest.device_burst < 1.0 {
-            return Err(ConfigError::Invalid { field: "ingest.device_rate_per_sec", reason: "rate must be > 0 and burst ≥ 1".into() });
+            return Err(ConfigError::Invalid {
+                field: "ingest.device_rate_per_sec",
+                reason: "rate must be > 0 and burst ≥ 1".into(),
+            });
         }
         if self.mqtt.max_packet_bytes <= self.ingest.max_payload_bytes {
             return Err(ConfigError::Invalid {
@@ -396,14 +456,20 @@ impl Config {
             });
         }
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
-            return Err(ConfigError::Invalid { field: "log.level", reason: format!("`{}` is not a filter", self.log.level) });
+            return Err(ConfigError::Invalid {
+                field: "log.level",
+                reason: format!("`{}` is not a filter", self.log.level),
+            });
         }
         Ok(())
     }
 
     /// The database file.
     pub fn db_path(&self) -> PathBuf {
-        self.store.path.clone().unwrap_or_else(|| self.data_dir.join("edge.db"))
+        self.store
+            .path
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("edge.db"))
     }
 
     /// The effective configuration as TOML.
@@ -413,9 +479,17 @@ impl Config {
 }
 
 fn parse_file(path: &Path, text: &str) -> Result<toml::Table, ConfigError> {
-    let t: toml::Table = toml::from_str(text).map_err(|e| ConfigError::Parse { path: path.to_path_buf(), source: e })?;
+    let t: toml::Table = toml::from_str(text).map_err(|e| ConfigError::Parse {
+        path: path.to_path_buf(),
+        source: e,
+    })?;
     // Type-check each file on its own so an error names the file it is in.
-    let _: Config = toml::Value::Table(t.clone()).try_into().map_err(|e| ConfigError::Parse { path: path.to_path_buf(), source: e })?;
+    let _: Config = toml::Value::Table(t.clone())
+        .try_into()
+        .map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            source: e,
+        })?;
     Ok(t)
 }
 
@@ -439,7 +513,11 @@ fn resolve_paths(mut t: toml::Table, base: &Path) -> toml::Table {
         ("triage", "onnxruntime_library"),
         ("triage", "engine_cache_dir"),
     ] {
-        if let Some(v) = t.get_mut(sect).and_then(|s| s.as_table_mut()).and_then(|s| s.get_mut(key)) {
+        if let Some(v) = t
+            .get_mut(sect)
+            .and_then(|s| s.as_table_mut())
+            .and_then(|s| s.get_mut(key))
+        {
             fix(v, base);
         }
     }
@@ -478,16 +556,28 @@ mod tests {
     #[test]
     fn explicit_missing_file_is_an_error() {
         let d = tempfile::tempdir().unwrap();
-        assert!(matches!(Config::load(&d.path().join("nope.toml"), true), Err(ConfigError::Read { .. })));
+        assert!(matches!(
+            Config::load(&d.path().join("nope.toml"), true),
+            Err(ConfigError::Read { .. })
+        ));
     }
 
     #[test]
     fn dropins_merge_in_sorted_order_and_relative_paths_resolve() {
         let d = tempfile::tempdir().unwrap();
         let base = d.path().join("edge.toml");
-        write(&base, "appliance_id = \"amb-1\"\ndata_dir = \"state\"\n[audit]\ncheckpoint_every_entries = 10\n");
-        write(&d.path().join("edge.d/20-b.toml"), "[audit]\ncheckpoint_every_secs = 5\n");
-        write(&d.path().join("edge.d/10-a.toml"), "appliance_id = \"amb-2\"\n[audit]\ncheckpoint_every_secs = 9\n");
+        write(
+            &base,
+            "appliance_id = \"amb-1\"\ndata_dir = \"state\"\n[audit]\ncheckpoint_every_entries = 10\n",
+        );
+        write(
+            &d.path().join("edge.d/20-b.toml"),
+            "[audit]\ncheckpoint_every_secs = 5\n",
+        );
+        write(
+            &d.path().join("edge.d/10-a.toml"),
+            "appliance_id = \"amb-2\"\n[audit]\ncheckpoint_every_secs = 9\n",
+        );
         write(&d.path().join("edge.d/ignored.txt"), "garbage");
         let (c, prov) = Config::load(&base, true).unwrap();
         assert_eq!(c.appliance_id, "amb-2");
@@ -504,7 +594,7 @@ mod tests {
         let base = d.path().join("edge.toml");
         write(&base, "[store]\nbusy_timeout = 3\n");
         let e = Config::load(&base, true).unwrap_err().to_string();
-        assert!(e.contains("edge.toml") , "{e}");
+        assert!(e.contains("edge.toml"), "{e}");
         let full = format!("{:?}", Config::load(&base, true).unwrap_err());
         assert!(full.contains("busy_timeout"), "{full}");
     }
@@ -514,14 +604,29 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let base = d.path().join("edge.toml");
         write(&base, "appliance_id = \"bad id!\"\n");
-        assert!(matches!(Config::load(&base, true), Err(ConfigError::Invalid { field: "appliance_id", .. })));
+        assert!(matches!(
+            Config::load(&base, true),
+            Err(ConfigError::Invalid {
+                field: "appliance_id",
+                ..
+            })
+        ));
     }
 
     #[test]
     fn mqtt_urls_parse() {
-        assert_eq!(parse_mqtt_url("mqtt://127.0.0.1:1884"), Some(("127.0.0.1".into(), 1884)));
-        assert_eq!(parse_mqtt_url("mqtt://broker.local"), Some(("broker.local".into(), 1883)));
-        assert_eq!(parse_mqtt_url("mqtt://[::1]:18830"), Some(("::1".into(), 18830)));
+        assert_eq!(
+            parse_mqtt_url("mqtt://127.0.0.1:1884"),
+            Some(("127.0.0.1".into(), 1884))
+        );
+        assert_eq!(
+            parse_mqtt_url("mqtt://broker.local"),
+            Some(("broker.local".into(), 1883))
+        );
+        assert_eq!(
+            parse_mqtt_url("mqtt://[::1]:18830"),
+            Some(("::1".into(), 18830))
+        );
         assert_eq!(parse_mqtt_url("http://x:1"), None);
         assert_eq!(parse_mqtt_url("mqtt://:1"), None);
     }

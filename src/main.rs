@@ -8,7 +8,11 @@ use hema3n_edge::cli::{self, EXIT_CONFIG, Failure};
 use hema3n_edge::config::{Config, DEFAULT_CONFIG_PATH};
 
 #[derive(Parser)]
-#[command(name = "hema3n-edge", version, about = "HEMA3N Edge appliance daemon and administration CLI")]
+#[command(
+    name = "hema3n-edge",
+    version,
+    about = "HEMA3N Edge appliance daemon and administration CLI"
+)]
 struct Args {
     /// Base configuration file; drop-ins are read from `edge.d/` beside it.
     #[arg(long, global = true, env = "HEMA3N_CONFIG", value_name = "PATH")]
@@ -199,7 +203,12 @@ enum DebugCmd {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    if let Some(Cmd::Init { data_dir, appliance_id, territory }) = &args.cmd {
+    if let Some(Cmd::Init {
+        data_dir,
+        appliance_id,
+        territory,
+    }) = &args.cmd
+    {
         hema3n_edge::systemd::init_logging(&Default::default());
         return finish(cli::init(data_dir, appliance_id, territory));
     }
@@ -210,12 +219,27 @@ fn main() -> ExitCode {
     let (cfg, prov) = match Config::load(&path, explicit) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("hema3n-edge: configuration error: {}", anyhow::Error::from(e).chain().map(|c| c.to_string()).collect::<Vec<_>>().join(": "));
+            eprintln!(
+                "hema3n-edge: configuration error: {}",
+                anyhow::Error::from(e)
+                    .chain()
+                    .map(|c| c.to_string())
+                    .collect::<Vec<_>>()
+                    .join(": ")
+            );
             return ExitCode::from(EXIT_CONFIG);
         }
     };
     if args.print_config {
-        let from = if prov.files.is_empty() { "embedded defaults".into() } else { prov.files.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ") };
+        let from = if prov.files.is_empty() {
+            "embedded defaults".into()
+        } else {
+            prov.files
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
         print!("# effective configuration from: {from}\n{}", cfg.to_toml());
         return ExitCode::SUCCESS;
     }
@@ -233,15 +257,24 @@ fn main() -> ExitCode {
                 Err(e) => {
                     let code = e.exit_code();
                     tracing::error!(error = %e, code, "daemon stopped");
-                    finish(Err(Failure { code, error: e.into() }))
+                    finish(Err(Failure {
+                        code,
+                        error: e.into(),
+                    }))
                 }
             };
         }
         Some(Cmd::Check) => cli::check(&cfg, &prov.files),
         Some(Cmd::Keys { cmd }) => match cmd {
-            KeysCmd::Rotate { territory: t, no_rewrap } => cli::keys_rotate(&cfg, &territory(t), *no_rewrap),
+            KeysCmd::Rotate {
+                territory: t,
+                no_rewrap,
+            } => cli::keys_rotate(&cfg, &territory(t), *no_rewrap),
             KeysCmd::Rewrap { territory: t } => cli::keys_rewrap(&cfg, &territory(t)),
-            KeysCmd::Retire { territory: t, version } => cli::keys_retire(&cfg, &territory(t), *version),
+            KeysCmd::Retire {
+                territory: t,
+                version,
+            } => cli::keys_retire(&cfg, &territory(t), *version),
             KeysCmd::List => cli::keys_list(&cfg),
             KeysCmd::ExportPublic { out } => cli::keys_export_public(&cfg, out.as_deref()),
         },
@@ -249,15 +282,27 @@ fn main() -> ExitCode {
             AuditCmd::Verify { json } => cli::audit_verify(&cfg, *json),
             AuditCmd::Checkpoint => cli::audit_checkpoint(&cfg),
         },
-        Some(Cmd::Debug { cmd: DebugCmd::Soak { count, last_name } }) => cli::debug_soak(&cfg, *count, last_name),
+        Some(Cmd::Debug {
+            cmd: DebugCmd::Soak { count, last_name },
+        }) => cli::debug_soak(&cfg, *count, last_name),
         Some(Cmd::Devices { cmd }) => match cmd {
-            DevicesCmd::Add { id, kind, territory: t } => cli::devices_add(&cfg, id, kind, &territory(t)),
+            DevicesCmd::Add {
+                id,
+                kind,
+                territory: t,
+            } => cli::devices_add(&cfg, id, kind, &territory(t)),
             DevicesCmd::Remove { id } => cli::devices_remove(&cfg, id),
             DevicesCmd::List => cli::devices_list(&cfg),
-            DevicesCmd::Bind { device, case, attach_unbound } => cli::devices_bind(&cfg, device, case, *attach_unbound),
+            DevicesCmd::Bind {
+                device,
+                case,
+                attach_unbound,
+            } => cli::devices_bind(&cfg, device, case, *attach_unbound),
             DevicesCmd::Unbind { device } => cli::devices_unbind(&cfg, device),
         },
-        Some(Cmd::Triage { cmd: TriageCmd::Show { case, last } }) => cli::triage_show(&cfg, case, *last),
+        Some(Cmd::Triage {
+            cmd: TriageCmd::Show { case, last },
+        }) => cli::triage_show(&cfg, case, *last),
         Some(Cmd::Simulate(a)) => match sim_options(&cfg, a) {
             Ok(o) => cli::simulate(o),
             Err(e) => Err(Failure { code: 2, error: e }),
@@ -266,19 +311,31 @@ fn main() -> ExitCode {
     finish(r)
 }
 
-fn sim_options(cfg: &Config, a: &SimArgs) -> anyhow::Result<hema3n_edge::ingest::simulate::SimOptions> {
+fn sim_options(
+    cfg: &Config,
+    a: &SimArgs,
+) -> anyhow::Result<hema3n_edge::ingest::simulate::SimOptions> {
     use hema3n_edge::ingest::simulate::{Fault, Scenario, SimOptions};
     let url = a.broker.clone().unwrap_or_else(|| cfg.mqtt.broker.clone());
-    let (host, port) = hema3n_edge::config::parse_mqtt_url(&url).ok_or_else(|| anyhow::anyhow!("--broker `{url}` is not mqtt://host:port"))?;
+    let (host, port) = hema3n_edge::config::parse_mqtt_url(&url)
+        .ok_or_else(|| anyhow::anyhow!("--broker `{url}` is not mqtt://host:port"))?;
     let scenario = match a.scenario.as_str() {
         "mixed" => None,
-        s => Some(Scenario::parse(s).ok_or_else(|| anyhow::anyhow!("unknown scenario `{s}` (stable, sepsis, shock, hypoglycaemia, head-injury, mixed)"))?),
+        s => Some(Scenario::parse(s).ok_or_else(|| {
+            anyhow::anyhow!(
+                "unknown scenario `{s}` (stable, sepsis, shock, hypoglycaemia, head-injury, mixed)"
+            )
+        })?),
     };
     let faults = a
         .faults
         .iter()
         .filter(|f| !f.is_empty())
-        .map(|f| Fault::parse(f).ok_or_else(|| anyhow::anyhow!("unknown fault `{f}` (bad-units, garbage, duplicates, clock-skew)")))
+        .map(|f| {
+            Fault::parse(f).ok_or_else(|| {
+                anyhow::anyhow!("unknown fault `{f}` (bad-units, garbage, duplicates, clock-skew)")
+            })
+        })
         .collect::<anyhow::Result<Vec<_>>>()?;
     if !(1..=11).contains(&a.readings_per_pack) {
         anyhow::bail!("--readings-per-pack must be 1-11");
@@ -297,7 +354,10 @@ fn sim_options(cfg: &Config, a: &SimArgs) -> anyhow::Result<hema3n_edge::ingest:
         faults,
         fault_rate: a.fault_rate.clamp(0.0, 1.0),
         seed: a.seed,
-        credentials: a.password.clone().map(|p| (a.username.clone().unwrap_or_default(), p)),
+        credentials: a
+            .password
+            .clone()
+            .map(|p| (a.username.clone().unwrap_or_default(), p)),
     })
 }
 
@@ -305,7 +365,14 @@ fn finish(r: cli::CmdResult) -> ExitCode {
     match r {
         Ok(code) => ExitCode::from(code),
         Err(Failure { code, error }) => {
-            eprintln!("hema3n-edge: error: {}", error.chain().map(|c| c.to_string()).collect::<Vec<_>>().join(": "));
+            eprintln!(
+                "hema3n-edge: error: {}",
+                error
+                    .chain()
+                    .map(|c| c.to_string())
+                    .collect::<Vec<_>>()
+                    .join(": ")
+            );
             ExitCode::from(code)
         }
     }

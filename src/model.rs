@@ -16,12 +16,20 @@ pub struct Actor {
 
 impl Actor {
     pub fn system() -> Self {
-        Actor { id: "system".into(), role: "system".into() }
+        Actor {
+            id: "system".into(),
+            role: "system".into(),
+        }
     }
     /// The local administrator running a CLI command.
     pub fn cli() -> Self {
-        let user = std::env::var("SUDO_USER").or_else(|_| std::env::var("USER")).unwrap_or_else(|_| "unknown".into());
-        Actor { id: format!("cli:{user}"), role: "admin".into() }
+        let user = std::env::var("SUDO_USER")
+            .or_else(|_| std::env::var("USER"))
+            .unwrap_or_else(|_| "unknown".into());
+        Actor {
+            id: format!("cli:{user}"),
+            role: "admin".into(),
+        }
     }
 }
 
@@ -147,44 +155,76 @@ impl Patient {
         for (field, v) in texts {
             if let Some(v) = v {
                 if v.len() > MAX_FIELD_LEN {
-                    return Err(InvalidPhi { field, reason: "longer than 256 bytes" });
+                    return Err(InvalidPhi {
+                        field,
+                        reason: "longer than 256 bytes",
+                    });
                 }
                 if v.chars().any(|c| c.is_control()) {
-                    return Err(InvalidPhi { field, reason: "contains control characters" });
+                    return Err(InvalidPhi {
+                        field,
+                        reason: "contains control characters",
+                    });
                 }
             }
         }
         if let Some(d) = &self.date_of_birth {
             if !is_valid_date(d) {
-                return Err(InvalidPhi { field: "date_of_birth", reason: "must be a calendar date YYYY-MM-DD" });
+                return Err(InvalidPhi {
+                    field: "date_of_birth",
+                    reason: "must be a calendar date YYYY-MM-DD",
+                });
             }
         }
         if let Some(s) = &self.ssn {
             let digits: String = s.chars().filter(|c| *c != '-').collect();
             if digits.len() != 9 || !digits.bytes().all(|b| b.is_ascii_digit()) {
-                return Err(InvalidPhi { field: "ssn", reason: "must be 9 digits (dashes allowed)" });
+                return Err(InvalidPhi {
+                    field: "ssn",
+                    reason: "must be 9 digits (dashes allowed)",
+                });
             }
         }
         if let Some(e) = &self.email {
-            let ok = e.split_once('@').is_some_and(|(l, d)| !l.is_empty() && d.contains('.') && !e.contains(' '));
+            let ok = e
+                .split_once('@')
+                .is_some_and(|(l, d)| !l.is_empty() && d.contains('.') && !e.contains(' '));
             if !ok {
-                return Err(InvalidPhi { field: "email", reason: "is not an email address" });
+                return Err(InvalidPhi {
+                    field: "email",
+                    reason: "is not an email address",
+                });
             }
         }
         if let Some(p) = &self.phone {
             let n = p.chars().filter(|c| c.is_ascii_digit()).count();
-            if !(7..=15).contains(&n) || !p.chars().all(|c| c.is_ascii_digit() || " +-().".contains(c)) {
-                return Err(InvalidPhi { field: "phone", reason: "must have 7-15 digits" });
+            if !(7..=15).contains(&n)
+                || !p
+                    .chars()
+                    .all(|c| c.is_ascii_digit() || " +-().".contains(c))
+            {
+                return Err(InvalidPhi {
+                    field: "phone",
+                    reason: "must have 7-15 digits",
+                });
             }
         }
         if let Some(z) = self.address.as_ref().and_then(|a| a.zip.as_ref()) {
             let ok = match z.len() {
                 5 => z.bytes().all(|b| b.is_ascii_digit()),
-                10 => z.as_bytes()[5] == b'-' && z.bytes().enumerate().all(|(i, b)| i == 5 || b.is_ascii_digit()),
+                10 => {
+                    z.as_bytes()[5] == b'-'
+                        && z.bytes()
+                            .enumerate()
+                            .all(|(i, b)| i == 5 || b.is_ascii_digit())
+                }
                 _ => false,
             };
             if !ok {
-                return Err(InvalidPhi { field: "address.zip", reason: "must be 5 digits or ZIP+4" });
+                return Err(InvalidPhi {
+                    field: "address.zip",
+                    reason: "must be 5 digits or ZIP+4",
+                });
             }
         }
         Ok(())
@@ -197,8 +237,15 @@ pub fn is_valid_date(s: &str) -> bool {
     if b.len() != 10 || b[4] != b'-' || b[7] != b'-' {
         return false;
     }
-    let num = |r: std::ops::Range<usize>| s.get(r).filter(|x| x.bytes().all(|c| c.is_ascii_digit()))?.parse::<u32>().ok();
-    let (Some(y), Some(m), Some(d)) = (num(0..4), num(5..7), num(8..10)) else { return false };
+    let num = |r: std::ops::Range<usize>| {
+        s.get(r)
+            .filter(|x| x.bytes().all(|c| c.is_ascii_digit()))?
+            .parse::<u32>()
+            .ok()
+    };
+    let (Some(y), Some(m), Some(d)) = (num(0..4), num(5..7), num(8..10)) else {
+        return false;
+    };
     let leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
     let dim = match m {
         1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
@@ -280,7 +327,11 @@ pub struct Reject {
 
 impl Reject {
     pub fn new(code: RejectCode, message: impl Into<String>, record: Option<usize>) -> Self {
-        Reject { code, message: message.into(), record }
+        Reject {
+            code,
+            message: message.into(),
+            record,
+        }
     }
 
     /// The JSON published on `…/rejects`: `{"code", "message", "record"}`.
@@ -413,7 +464,11 @@ pub fn age_years(dob: &str, now_ms: i64) -> Option<f64> {
     if !is_valid_date(dob) {
         return None;
     }
-    let (y, m, d) = (dob[0..4].parse::<i64>().ok()?, dob[5..7].parse::<i64>().ok()?, dob[8..10].parse::<i64>().ok()?);
+    let (y, m, d) = (
+        dob[0..4].parse::<i64>().ok()?,
+        dob[5..7].parse::<i64>().ok()?,
+        dob[8..10].parse::<i64>().ok()?,
+    );
     // Days since 1970-01-01 (civil-from-days inverse, Howard Hinnant's algorithm).
     let (yy, mm) = if m <= 2 { (y - 1, m + 9) } else { (y, m - 3) };
     let era = yy.div_euclid(400);
@@ -427,12 +482,17 @@ pub fn age_years(dob: &str, now_ms: i64) -> Option<f64> {
 
 /// Valid territory, device and appliance identifiers: `[A-Za-z0-9._-]{1,64}`.
 pub fn is_valid_ident(s: &str) -> bool {
-    (1..=64).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+    (1..=64).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
 }
 
 /// Wall-clock milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -444,7 +504,15 @@ mod tests {
         for ok in ["2000-02-29", "1999-12-31", "2024-01-01"] {
             assert!(is_valid_date(ok), "{ok}");
         }
-        for bad in ["1900-02-29", "2023-02-29", "2023-13-01", "2023-04-31", "23-01-01", "2023/01/01", "2023-1-01"] {
+        for bad in [
+            "1900-02-29",
+            "2023-02-29",
+            "2023-13-01",
+            "2023-04-31",
+            "23-01-01",
+            "2023/01/01",
+            "2023-1-01",
+        ] {
             assert!(!is_valid_date(bad), "{bad}");
         }
     }
@@ -452,11 +520,23 @@ mod tests {
     #[test]
     fn partial_patients_validate_and_bad_fields_are_named() {
         assert!(Patient::default().validate().is_ok());
-        let p = Patient { ssn: Some("123-45-678".into()), ..Default::default() };
+        let p = Patient {
+            ssn: Some("123-45-678".into()),
+            ..Default::default()
+        };
         assert_eq!(p.validate().unwrap_err().field, "ssn");
-        let p = Patient { address: Some(Address { zip: Some("1234".into()), ..Default::default() }), ..Default::default() };
+        let p = Patient {
+            address: Some(Address {
+                zip: Some("1234".into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
         assert_eq!(p.validate().unwrap_err().field, "address.zip");
-        let p = Patient { email: Some("a@b".into()), ..Default::default() };
+        let p = Patient {
+            email: Some("a@b".into()),
+            ..Default::default()
+        };
         assert_eq!(p.validate().unwrap_err().field, "email");
     }
 

@@ -47,7 +47,8 @@ pub fn watchdog_interval() -> Option<Duration> {
 
 /// True when stderr is connected to the journal (systemd sets `JOURNAL_STREAM`).
 fn under_journal() -> bool {
-    std::env::var_os("JOURNAL_STREAM").is_some() && std::path::Path::new("/run/systemd/journal/socket").exists()
+    std::env::var_os("JOURNAL_STREAM").is_some()
+        && std::path::Path::new("/run/systemd/journal/socket").exists()
 }
 
 /// Installs the global `tracing` subscriber. `RUST_LOG` overrides the configured level.
@@ -61,11 +62,18 @@ pub fn init_logging(cfg: &LogConfig) {
     if want_journal {
         match tracing_journald::layer() {
             Ok(layer) => {
-                let _ = tracing_subscriber::registry().with(filter).with(layer.with_syslog_identifier("hema3n-edge".into())).try_init();
+                let _ = tracing_subscriber::registry()
+                    .with(filter)
+                    .with(layer.with_syslog_identifier("hema3n-edge".into()))
+                    .try_init();
                 return;
             }
             Err(e) => eprintln!("hema3n-edge: journald unavailable ({e}); logging to stderr"),
         }
     }
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
 }

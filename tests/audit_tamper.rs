@@ -4,8 +4,8 @@
 mod common;
 
 use common::Appliance;
-use hema3n_edge::storage::audit::{EntryFields, entry_hash, entry_mac};
 use hema3n_edge::storage::Db;
+use hema3n_edge::storage::audit::{EntryFields, entry_hash, entry_mac};
 
 /// A log of 2 migration/init entries + 2 per soak line, checkpoint every 10 entries.
 fn build_log() -> (Appliance, i64) {
@@ -14,7 +14,10 @@ fn build_log() -> (Appliance, i64) {
     let db = a.open();
     let rep = db.verify_audit().unwrap();
     assert!(rep.ok(), "{:?}", rep.findings);
-    assert!(rep.last_seq > rep.last_checkpoint_seq, "entries exist after the last checkpoint");
+    assert!(
+        rep.last_seq > rep.last_checkpoint_seq,
+        "entries exist after the last checkpoint"
+    );
     assert!(rep.checkpoints >= 3);
     (a, rep.last_seq)
 }
@@ -26,7 +29,10 @@ fn verify_fails_at(a: &Appliance, seq: i64, why: &str) {
     let out = String::from_utf8_lossy(&o.stdout);
     assert_eq!(o.status.code(), Some(1), "verify must fail:\n{out}");
     let first = out.lines().next().unwrap_or_default();
-    assert!(first.starts_with(&format!("FAIL: first bad entry is {seq}: ")), "expected entry {seq}:\n{out}");
+    assert!(
+        first.starts_with(&format!("FAIL: first bad entry is {seq}: ")),
+        "expected entry {seq}:\n{out}"
+    );
     assert!(first.contains(why), "expected `{why}`:\n{out}");
 }
 
@@ -44,7 +50,15 @@ fn rows(db: &Db) -> Vec<Row> {
         Ok(Row {
             seq: r.get(0)?,
             ts: r.get(1)?,
-            f: [r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?, r.get(8)?],
+            f: [
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+                r.get(5)?,
+                r.get(6)?,
+                r.get(7)?,
+                r.get(8)?,
+            ],
             prev: r.get(9)?,
         })
     })
@@ -61,15 +75,37 @@ fn rechain(db: &Db, from: i64, audit_key: Option<&[u8]>) {
     for r in all.iter().filter(|r| r.seq >= from) {
         let h = entry_hash(
             &prev,
-            &EntryFields { seq: r.seq, ts: r.ts, actor: &r.f[0], role: &r.f[1], action: &r.f[2], resource: &r.f[3], outcome: &r.f[4], territory: &r.f[5], details: &r.f[6] },
+            &EntryFields {
+                seq: r.seq,
+                ts: r.ts,
+                actor: &r.f[0],
+                role: &r.f[1],
+                action: &r.f[2],
+                resource: &r.f[3],
+                outcome: &r.f[4],
+                territory: &r.f[5],
+                details: &r.f[6],
+            },
         );
-        c.execute("UPDATE audit_log SET prev_hash = ?1, hash = ?2 WHERE seq = ?3", (&prev, &h[..], r.seq)).unwrap();
+        c.execute(
+            "UPDATE audit_log SET prev_hash = ?1, hash = ?2 WHERE seq = ?3",
+            (&prev, &h[..], r.seq),
+        )
+        .unwrap();
         if let Some(k) = audit_key {
-            c.execute("UPDATE audit_log SET mac = ?1 WHERE seq = ?2", (&entry_mac(k, &h)[..], r.seq)).unwrap();
+            c.execute(
+                "UPDATE audit_log SET mac = ?1 WHERE seq = ?2",
+                (&entry_mac(k, &h)[..], r.seq),
+            )
+            .unwrap();
         }
         prev = h.to_vec();
     }
-    c.execute("UPDATE audit_head SET seq = (SELECT max(seq) FROM audit_log), hash = ?1", [&prev]).unwrap();
+    c.execute(
+        "UPDATE audit_head SET seq = (SELECT max(seq) FROM audit_log), hash = ?1",
+        [&prev],
+    )
+    .unwrap();
 }
 
 #[test]
@@ -82,14 +118,23 @@ fn untouched_log_verifies() {
 #[test]
 fn deleting_a_middle_entry_is_detected() {
     let (a, _) = build_log();
-    a.open().raw_connection_for_tests().execute_batch(&format!("{UNLOCK} DELETE FROM audit_log WHERE seq = 15;")).unwrap();
+    a.open()
+        .raw_connection_for_tests()
+        .execute_batch(&format!("{UNLOCK} DELETE FROM audit_log WHERE seq = 15;"))
+        .unwrap();
     verify_fails_at(&a, 15, "missing (entries 15..15 deleted)");
 }
 
 #[test]
 fn deleting_the_tail_is_detected() {
     let (a, last) = build_log();
-    a.open().raw_connection_for_tests().execute_batch(&format!("{UNLOCK} DELETE FROM audit_log WHERE seq >= {};", last - 1)).unwrap();
+    a.open()
+        .raw_connection_for_tests()
+        .execute_batch(&format!(
+            "{UNLOCK} DELETE FROM audit_log WHERE seq >= {};",
+            last - 1
+        ))
+        .unwrap();
     verify_fails_at(&a, last - 1, "tail deleted");
 }
 
@@ -111,7 +156,9 @@ fn editing_one_byte_is_detected() {
     let (a, _) = build_log();
     a.open()
         .raw_connection_for_tests()
-        .execute_batch(&format!("{UNLOCK} UPDATE audit_log SET action = 'patient.creatf' WHERE seq = 17;"))
+        .execute_batch(&format!(
+            "{UNLOCK} UPDATE audit_log SET action = 'patient.creatf' WHERE seq = 17;"
+        ))
         .unwrap();
     verify_fails_at(&a, 17, "content was edited");
 }
@@ -120,7 +167,11 @@ fn editing_one_byte_is_detected() {
 fn rechaining_with_forged_hashes_is_detected() {
     let (a, _) = build_log();
     let db = a.open();
-    db.raw_connection_for_tests().execute_batch(&format!("{UNLOCK} UPDATE audit_log SET actor = 'cli:mallory' WHERE seq = 14;")).unwrap();
+    db.raw_connection_for_tests()
+        .execute_batch(&format!(
+            "{UNLOCK} UPDATE audit_log SET actor = 'cli:mallory' WHERE seq = 14;"
+        ))
+        .unwrap();
     rechain(&db, 14, None);
     drop(db);
     verify_fails_at(&a, 14, "MAC is invalid");
@@ -130,12 +181,23 @@ fn rechaining_with_forged_hashes_is_detected() {
 fn rechaining_even_with_the_audit_key_is_caught_by_signed_checkpoints() {
     let (a, _) = build_log();
     let db = a.open();
-    db.raw_connection_for_tests().execute_batch(&format!("{UNLOCK} UPDATE audit_log SET outcome = 'denied' WHERE seq = 14;")).unwrap();
-    let key = hema3n_edge::crypto::keyring::KeySources::from_env(&a.key_dir()).read_key32("audit.key").unwrap().1;
+    db.raw_connection_for_tests()
+        .execute_batch(&format!(
+            "{UNLOCK} UPDATE audit_log SET outcome = 'denied' WHERE seq = 14;"
+        ))
+        .unwrap();
+    let key = hema3n_edge::crypto::keyring::KeySources::from_env(&a.key_dir())
+        .read_key32("audit.key")
+        .unwrap()
+        .1;
     rechain(&db, 14, Some(key.as_ref()));
     drop(db);
     // Checkpoints sit at 10, 20, 30: the rewrite is pinned to the range after checkpoint 10.
-    verify_fails_at(&a, 20, "differs from its signed checkpoint (entries 11..20 were rewritten)");
+    verify_fails_at(
+        &a,
+        20,
+        "differs from its signed checkpoint (entries 11..20 were rewritten)",
+    );
 }
 
 #[test]
@@ -150,7 +212,9 @@ fn truncating_behind_a_checkpoint_is_detected() {
         ))
         .unwrap();
     db.raw_connection_for_tests()
-        .execute_batch("UPDATE audit_head SET seq = 24, hash = (SELECT hash FROM audit_log WHERE seq = 24);")
+        .execute_batch(
+            "UPDATE audit_head SET seq = 24, hash = (SELECT hash FROM audit_log WHERE seq = 24);",
+        )
         .unwrap();
     drop(db);
     verify_fails_at(&a, 25, "signed checkpoint");

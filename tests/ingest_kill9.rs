@@ -16,9 +16,15 @@ use hema3n_edge::model::now_ms;
 
 #[test]
 fn kill_9_during_a_stream_loses_nothing_and_duplicates_nothing() {
-    let rounds: usize = std::env::var("HEMA3N_INGEST_KILL9_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(20);
+    let rounds: usize = std::env::var("HEMA3N_INGEST_KILL9_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
     let broker = Broker::start();
-    let a = Appliance::with_broker(&broker.url(), "[ingest]\ndevice_rate_per_sec = 1000000.0\ndevice_burst = 1000000.0\n");
+    let a = Appliance::with_broker(
+        &broker.url(),
+        "[ingest]\ndevice_rate_per_sec = 1000000.0\ndevice_burst = 1000000.0\n",
+    );
     a.ok(&["devices", "add", "pump-1"]);
     let mut daemon = a.start_daemon();
 
@@ -34,7 +40,10 @@ fn kill_9_during_a_stream_loses_nothing_and_duplicates_nothing() {
         let mut i = 0i64;
         while !s.load(Ordering::SeqCst) {
             for _ in 0..25 {
-                c.publish("hema3n/v1/devices/pump-1/vitals", hr_pack(base + i, 40 + i % 120));
+                c.publish(
+                    "hema3n/v1/devices/pump-1/vitals",
+                    hr_pack(base + i, 40 + i % 120),
+                );
                 i += 1;
             }
             c.flush();
@@ -43,13 +52,20 @@ fn kill_9_during_a_stream_loses_nothing_and_duplicates_nothing() {
     });
 
     let stored = || a.query_i64("SELECT count(*) FROM observations WHERE device_id = 'pump-1'");
-    let seed = std::env::var("HEMA3N_KILL9_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or(now_ms() as u64);
+    let seed = std::env::var("HEMA3N_KILL9_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(now_ms() as u64);
     eprintln!("ingest kill -9 seed {seed}");
     let mut rng = Rng::new(seed);
     for round in 0..rounds {
         let from = stored();
         let step = 20 + (rng.next_u64() % 200) as i64;
-        wait_for(60, &format!("round {round}: progress past {}", from + step), || (stored() >= from + step).then_some(()));
+        wait_for(
+            60,
+            &format!("round {round}: progress past {}", from + step),
+            || (stored() >= from + step).then_some(()),
+        );
         daemon.kill9();
         daemon = a.spawn_daemon();
     }
@@ -59,13 +75,19 @@ fn kill_9_during_a_stream_loses_nothing_and_duplicates_nothing() {
     assert!(total > 0);
     wait_eq(120, "every accepted message stored", total, stored);
     // Exactly once: one row per distinct device time, and the full range is present.
-    let distinct = a.query_i64("SELECT count(DISTINCT device_time) FROM observations WHERE device_id = 'pump-1'");
+    let distinct = a.query_i64(
+        "SELECT count(DISTINCT device_time) FROM observations WHERE device_id = 'pump-1'",
+    );
     assert_eq!(distinct, total, "duplicates stored");
     let (lo, hi) = (
         a.query_i64("SELECT min(device_time) FROM observations WHERE device_id = 'pump-1'"),
         a.query_i64("SELECT max(device_time) FROM observations WHERE device_id = 'pump-1'"),
     );
-    assert_eq!((lo, hi), (base, base + total - 1), "a gap means a lost reading");
+    assert_eq!(
+        (lo, hi),
+        (base, base + total - 1),
+        "a gap means a lost reading"
+    );
     assert!(daemon.stop().success());
     assert!(a.open().integrity_check(false).unwrap().is_empty());
     assert!(a.ok(&["audit", "verify"]).starts_with("OK"));

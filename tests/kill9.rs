@@ -11,7 +11,10 @@ use common::{Appliance, parse_committed};
 use hema3n_edge::model::Actor;
 
 fn rounds() -> usize {
-    std::env::var("HEMA3N_KILL9_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(50)
+    std::env::var("HEMA3N_KILL9_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(50)
 }
 
 /// A small xorshift so that kill points vary but a failure can be replayed from the seed.
@@ -28,13 +31,21 @@ impl Rng {
 #[test]
 fn kill_9_loop_loses_no_committed_record() {
     let a = Appliance::init();
-    let seed = std::env::var("HEMA3N_KILL9_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or(0x9e3779b97f4a7c15u64 ^ std::process::id() as u64);
+    let seed = std::env::var("HEMA3N_KILL9_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0x9e3779b97f4a7c15u64 ^ std::process::id() as u64);
     eprintln!("kill -9 loop seed {seed} (set HEMA3N_KILL9_SEED to replay)");
     let mut rng = Rng(seed | 1);
     let mut committed: Vec<(String, String)> = Vec::new();
     for round in 0..rounds() {
         let wait_for = 1 + (rng.next() % 12) as usize;
-        let mut w = a.cmd(&["debug", "soak", "--last-name", "Killed"]).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
+        let mut w = a
+            .cmd(&["debug", "soak", "--last-name", "Killed"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
         let mut out = BufReader::new(w.stdout.take().unwrap());
         let mut text = String::new();
         for _ in 0..wait_for {
@@ -52,12 +63,24 @@ fn kill_9_loop_loses_no_committed_record() {
         committed.extend(got);
 
         let mut db = a.open();
-        assert_eq!(db.integrity_check(true).unwrap(), Vec::<String>::new(), "round {round}");
+        assert_eq!(
+            db.integrity_check(true).unwrap(),
+            Vec::<String>::new(),
+            "round {round}"
+        );
         let rep = db.verify_audit().unwrap();
         assert!(rep.ok(), "round {round}: {:?}", rep.findings);
         if round % 10 == 9 || round + 1 == rounds() {
             for (p, c) in &committed {
-                assert_eq!(db.get_patient(&Actor::cli(), p).unwrap().patient.last_name.as_deref(), Some("Killed"), "round {round}");
+                assert_eq!(
+                    db.get_patient(&Actor::cli(), p)
+                        .unwrap()
+                        .patient
+                        .last_name
+                        .as_deref(),
+                    Some("Killed"),
+                    "round {round}"
+                );
                 assert!(db.get_case(&Actor::cli(), c).is_ok(), "round {round}");
             }
         }
@@ -66,5 +89,9 @@ fn kill_9_loop_loses_no_committed_record() {
     assert!(full.is_empty(), "{full:?}");
     let out = a.ok(&["audit", "verify"]);
     assert!(out.starts_with("OK"), "{out}");
-    eprintln!("{} records committed across {} kills, all present", committed.len(), rounds());
+    eprintln!(
+        "{} records committed across {} kills, all present",
+        committed.len(),
+        rounds()
+    );
 }

@@ -68,8 +68,15 @@ fn news2_agrees_with_an_independent_scorer_on_100k_random_vitals() {
         let mut mine = vec![ours.total];
         mine.extend(ours.subscores.iter().map(|s| s.score));
         if mine != theirs {
-            disagreements.push(format!("case {i}: {case:?}: ours {mine:?}, reference {theirs:?}"));
+            disagreements.push(format!(
+                "case {i}: {case:?}: ours {mine:?}, reference {theirs:?}"
+            ));
         }
     }
-    assert!(disagreements.is_empty(), "{} disagreements, first: {}", disagreements.len(), disagreements[0]);
+    assert!(
+        disagreements.is_empty(),
+        "{} disagreements, first: {}",
+        disagreements.len(),
+        disagreements[0]
+    );
 }

@@ -18,12 +18,20 @@ const SENTINEL: &str = "Qxyzzyplughsentinel";
 fn sentinel_patient_name_is_in_no_file_and_no_log() {
     let a = Appliance::init();
     // The daemon runs (debug logging) while a second process writes PHI.
-    let mut daemon = a.cmd(&["run"]).stderr(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+    let mut daemon = a
+        .cmd(&["run"])
+        .stderr(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
     let mut err = BufReader::new(daemon.stderr.take().unwrap());
     let mut log = String::new();
     loop {
         let mut line = String::new();
-        assert!(err.read_line(&mut line).unwrap() > 0, "daemon exited before ready:\n{log}");
+        assert!(
+            err.read_line(&mut line).unwrap() > 0,
+            "daemon exited before ready:\n{log}"
+        );
         log.push_str(&line);
         if line.contains("ready") {
             break;
@@ -35,11 +43,28 @@ fn sentinel_patient_name_is_in_no_file_and_no_log() {
     let ids = common::parse_committed(&String::from_utf8_lossy(&soak.stdout));
     assert_eq!(ids.len(), 40);
     let mut db = a.open();
-    let found = db.search_patients(&Actor::cli(), "default", &PatientQuery { last_name: Some(SENTINEL.to_lowercase()), ..Default::default() }).unwrap();
-    assert_eq!(found.len(), 40, "blind-index search finds all sentinel patients");
+    let found = db
+        .search_patients(
+            &Actor::cli(),
+            "default",
+            &PatientQuery {
+                last_name: Some(SENTINEL.to_lowercase()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(
+        found.len(),
+        40,
+        "blind-index search finds all sentinel patients"
+    );
     assert_eq!(found[0].patient.last_name.as_deref(), Some(SENTINEL));
     drop(db);
-    std::process::Command::new("kill").arg("-TERM").arg(daemon.id().to_string()).status().unwrap();
+    std::process::Command::new("kill")
+        .arg("-TERM")
+        .arg(daemon.id().to_string())
+        .status()
+        .unwrap();
     let status = daemon.wait().unwrap();
     let mut rest = String::new();
     std::io::Read::read_to_string(&mut err, &mut rest).unwrap();
@@ -48,7 +73,12 @@ fn sentinel_patient_name_is_in_no_file_and_no_log() {
 
     let mut logs = log.into_bytes();
     logs.extend_from_slice(&soak.stderr);
-    let needles = [SENTINEL.to_string(), SENTINEL.to_lowercase(), SENTINEL.to_uppercase(), "soak complaint".into()];
+    let needles = [
+        SENTINEL.to_string(),
+        SENTINEL.to_lowercase(),
+        SENTINEL.to_uppercase(),
+        "soak complaint".into(),
+    ];
     for n in &needles {
         assert!(!contains(&logs, n.as_bytes()), "`{n}` found in logs");
     }
@@ -57,11 +87,19 @@ fn sentinel_patient_name_is_in_no_file_and_no_log() {
     for f in &files {
         let bytes = std::fs::read(f).unwrap();
         for n in &needles {
-            assert!(!contains(&bytes, n.as_bytes()), "`{n}` found in {}", f.display());
+            assert!(
+                !contains(&bytes, n.as_bytes()),
+                "`{n}` found in {}",
+                f.display()
+            );
         }
     }
     let head = std::fs::read(a.db_path()).unwrap();
-    assert_ne!(&head[..16], b"SQLite format 3\0", "database must be encrypted");
+    assert_ne!(
+        &head[..16],
+        b"SQLite format 3\0",
+        "database must be encrypted"
+    );
     let mode = std::fs::metadata(a.db_path()).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600);
 }
@@ -69,7 +107,12 @@ fn sentinel_patient_name_is_in_no_file_and_no_log() {
 #[test]
 fn sentinel_is_absent_from_wal_left_by_a_killed_writer() {
     let a = Appliance::init();
-    let mut w = a.cmd(&["debug", "soak", "--last-name", SENTINEL]).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
+    let mut w = a
+        .cmd(&["debug", "soak", "--last-name", SENTINEL])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
     let mut out = BufReader::new(w.stdout.take().unwrap());
     for _ in 0..25 {
         let mut l = String::new();
@@ -78,9 +121,16 @@ fn sentinel_is_absent_from_wal_left_by_a_killed_writer() {
     w.kill().unwrap();
     w.wait().unwrap();
     let wal = a.dir.join("edge.db-wal");
-    assert!(wal.exists() && std::fs::metadata(&wal).unwrap().len() > 0, "a killed writer leaves a WAL");
+    assert!(
+        wal.exists() && std::fs::metadata(&wal).unwrap().len() > 0,
+        "a killed writer leaves a WAL"
+    );
     for f in files_below(&a.dir) {
-        assert!(!contains(&std::fs::read(&f).unwrap(), SENTINEL.as_bytes()), "sentinel in {}", f.display());
+        assert!(
+            !contains(&std::fs::read(&f).unwrap(), SENTINEL.as_bytes()),
+            "sentinel in {}",
+            f.display()
+        );
     }
 }
 
@@ -92,12 +142,24 @@ fn wrong_database_key_exits_78_naming_the_key_and_the_fix() {
     std::fs::remove_file(&key).unwrap();
     std::fs::write(&key, format!("{}\n", "17".repeat(32))).unwrap();
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
-    for args in [&["run"][..], &["audit", "verify"], &["debug", "soak", "--count", "1"]] {
+    for args in [
+        &["run"][..],
+        &["audit", "verify"],
+        &["debug", "soak", "--count", "1"],
+    ] {
         let o = a.run(args);
         let err = String::from_utf8_lossy(&o.stderr);
         assert_eq!(o.status.code(), Some(78), "{args:?}: {err}");
-        assert!(err.contains("db.key") && err.contains("does not open") && err.contains("restore the db.key"), "{err}");
-        assert!(err.contains("created with key id"), "message names the expected key id: {err}");
+        assert!(
+            err.contains("db.key")
+                && err.contains("does not open")
+                && err.contains("restore the db.key"),
+            "{err}"
+        );
+        assert!(
+            err.contains("created with key id"),
+            "message names the expected key id: {err}"
+        );
     }
     let o = a.run(&["check"]);
     assert_eq!(o.status.code(), Some(78));
@@ -111,9 +173,18 @@ fn missing_database_key_exits_78_naming_where_it_looked() {
     let o = a.run(&["run"]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(78), "{err}");
-    assert!(err.contains("`db.key` not found") && err.contains(&a.key_dir().display().to_string()) && err.contains("provision"), "{err}");
+    assert!(
+        err.contains("`db.key` not found")
+            && err.contains(&a.key_dir().display().to_string())
+            && err.contains("provision"),
+        "{err}"
+    );
     // init refuses to mint a new key for an existing database.
-    let o = std::process::Command::new(common::BIN).args(["init", "--data-dir"]).arg(&a.dir).output().unwrap();
+    let o = std::process::Command::new(common::BIN)
+        .args(["init", "--data-dir"])
+        .arg(&a.dir)
+        .output()
+        .unwrap();
     assert_eq!(o.status.code(), Some(78));
     assert!(String::from_utf8_lossy(&o.stderr).contains("restore that key"));
 }
@@ -121,7 +192,11 @@ fn missing_database_key_exits_78_naming_where_it_looked() {
 #[test]
 fn group_readable_key_file_is_refused() {
     let a = Appliance::init();
-    std::fs::set_permissions(a.key_dir().join("audit.key"), std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::set_permissions(
+        a.key_dir().join("audit.key"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
     let o = a.run(&["run"]);
     assert_eq!(o.status.code(), Some(78));
     assert!(String::from_utf8_lossy(&o.stderr).contains("chmod 600"));
@@ -135,7 +210,13 @@ fn plaintext_database_is_refused_with_exit_78() {
         "import sqlite3; c = sqlite3.connect('{}'); c.execute('create table t(x)'); c.commit()",
         a.db_path().display()
     );
-    assert!(std::process::Command::new("python3").args(["-c", &py]).status().unwrap().success());
+    assert!(
+        std::process::Command::new("python3")
+            .args(["-c", &py])
+            .status()
+            .unwrap()
+            .success()
+    );
     let o = a.run(&["run"]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(78), "{err}");
@@ -164,17 +245,41 @@ fn field_ciphertext_moved_to_another_row_or_column_fails_to_decrypt() {
     let (p1, p2) = (&ids[0].0, &ids[1].0);
     let mut db = a.open();
     let actor = Actor::cli();
-    assert_eq!(db.get_patient(&actor, p2).unwrap().patient.last_name.as_deref(), Some("Mover"));
+    assert_eq!(
+        db.get_patient(&actor, p2)
+            .unwrap()
+            .patient
+            .last_name
+            .as_deref(),
+        Some("Mover")
+    );
     let conn = db.raw_connection_for_tests();
     // Same data key, other column: first_name := last_name of the same row.
-    conn.execute("UPDATE patients SET first_name = last_name WHERE id = ?1", [p1]).unwrap();
+    conn.execute(
+        "UPDATE patients SET first_name = last_name WHERE id = ?1",
+        [p1],
+    )
+    .unwrap();
     // Other row: p2.ssn := p1.ssn.
-    conn.execute("UPDATE patients SET ssn = (SELECT ssn FROM patients WHERE id = ?1) WHERE id = ?2", [p1, p2]).unwrap();
+    conn.execute(
+        "UPDATE patients SET ssn = (SELECT ssn FROM patients WHERE id = ?1) WHERE id = ?2",
+        [p1, p2],
+    )
+    .unwrap();
     let e1 = db.get_patient(&actor, p1).unwrap_err();
     assert!(matches!(e1, StoreError::Crypto(_)), "{e1:?}");
-    assert_eq!(e1.to_string(), format!("field patients.first_name of row {p1} failed authentication (moved, edited or wrong key)"));
+    assert_eq!(
+        e1.to_string(),
+        format!(
+            "field patients.first_name of row {p1} failed authentication (moved, edited or wrong key)"
+        )
+    );
     let e2 = db.get_patient(&actor, p2).unwrap_err();
-    assert!(e2.to_string().contains(&format!("field patients.ssn of row {p2}")), "{e2}");
+    assert!(
+        e2.to_string()
+            .contains(&format!("field patients.ssn of row {p2}")),
+        "{e2}"
+    );
     // The failed reads are audited, and the log still verifies.
     let rep = db.verify_audit().unwrap();
     assert!(rep.ok(), "{:?}", rep.findings);
@@ -188,13 +293,20 @@ fn field_ciphertext_moved_to_another_row_or_column_fails_to_decrypt() {
 fn patient_round_trips_and_is_found_by_blind_indexes() {
     let a = Appliance::init();
     let mut db = a.open();
-    let actor = Actor { id: "medic-1".into(), role: "paramedic".into() };
+    let actor = Actor {
+        id: "medic-1".into(),
+        role: "paramedic".into(),
+    };
     let p = Patient {
         first_name: Some("Ana".into()),
         last_name: Some("O'Brien-Núñez".into()),
         date_of_birth: Some("1984-02-29".into()),
         mrn: Some("MRN-0042".into()),
-        address: Some(Address { city: Some("Springfield".into()), zip: Some("12345".into()), ..Default::default() }),
+        address: Some(Address {
+            city: Some("Springfield".into()),
+            zip: Some("12345".into()),
+            ..Default::default()
+        }),
         ..Default::default()
     };
     let id = db.create_patient(&actor, "default", &p).unwrap();
@@ -204,15 +316,38 @@ fn patient_round_trips_and_is_found_by_blind_indexes() {
         date_of_birth: d.map(Into::into),
         mrn: m.map(Into::into),
     };
-    for query in [q(Some("obrien nunez"), None, None), q(None, Some("1984-02-29"), None), q(None, None, Some("mrn0042")), q(Some("OBRIENNUNEZ"), Some("1984-02-29"), None)] {
+    for query in [
+        q(Some("obrien nunez"), None, None),
+        q(None, Some("1984-02-29"), None),
+        q(None, None, Some("mrn0042")),
+        q(Some("OBRIENNUNEZ"), Some("1984-02-29"), None),
+    ] {
         let hits = db.search_patients(&actor, "default", &query).unwrap();
         assert_eq!(hits.len(), 1, "{query:?}");
         assert_eq!(hits[0].id, id);
     }
-    assert!(db.search_patients(&actor, "default", &q(Some("Brien"), None, None)).unwrap().is_empty());
-    assert!(db.search_patients(&actor, "default", &q(Some("obrien nunez"), Some("1984-03-01"), None)).unwrap().is_empty());
-    let bad = Patient { date_of_birth: Some("1984-02-30".into()), ..Default::default() };
-    assert!(matches!(db.create_patient(&actor, "default", &bad), Err(StoreError::InvalidPhi(_))));
+    assert!(
+        db.search_patients(&actor, "default", &q(Some("Brien"), None, None))
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        db.search_patients(
+            &actor,
+            "default",
+            &q(Some("obrien nunez"), Some("1984-03-01"), None)
+        )
+        .unwrap()
+        .is_empty()
+    );
+    let bad = Patient {
+        date_of_birth: Some("1984-02-30".into()),
+        ..Default::default()
+    };
+    assert!(matches!(
+        db.create_patient(&actor, "default", &bad),
+        Err(StoreError::InvalidPhi(_))
+    ));
 }
 
 #[test]
@@ -224,23 +359,46 @@ fn key_rotation_with_three_versions_keeps_everything_readable_then_retires_old_v
     assert!(a.ok(&["keys", "rotate", "--no-rewrap"]).contains("v3"));
     ids.extend(a.soak(3, "Rot"));
     let list = a.ok(&["keys", "list"]);
-    let rows: Vec<Vec<String>> = list.lines().skip(1).map(|l| l.split_whitespace().map(String::from).collect()).collect();
+    let rows: Vec<Vec<String>> = list
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().map(String::from).collect())
+        .collect();
     assert_eq!(rows.len(), 3, "{list}");
     for r in &rows {
-        assert_eq!(r[5], "6", "each version wraps 3 patient + 3 case keys: {list}");
+        assert_eq!(
+            r[5], "6",
+            "each version wraps 3 patient + 3 case keys: {list}"
+        );
     }
     let read_all = |a: &Appliance| {
         let mut db = a.open();
         for (p, c) in &ids {
-            assert_eq!(db.get_patient(&Actor::cli(), p).unwrap().patient.last_name.as_deref(), Some("Rot"));
-            assert!(db.get_case(&Actor::cli(), c).unwrap().details.chief_complaint.is_some());
+            assert_eq!(
+                db.get_patient(&Actor::cli(), p)
+                    .unwrap()
+                    .patient
+                    .last_name
+                    .as_deref(),
+                Some("Rot")
+            );
+            assert!(
+                db.get_case(&Actor::cli(), c)
+                    .unwrap()
+                    .details
+                    .chief_complaint
+                    .is_some()
+            );
         }
     };
     read_all(&a);
     let o = a.run(&["keys", "retire", "--version", "1"]);
     assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stderr).contains("still wraps 6 data keys"));
-    assert!(a.ok(&["keys", "rewrap"]).contains("re-wrapped 12 data keys under v3"));
+    assert!(
+        a.ok(&["keys", "rewrap"])
+            .contains("re-wrapped 12 data keys under v3")
+    );
     a.ok(&["keys", "retire", "--version", "1"]);
     a.ok(&["keys", "retire", "--version", "2"]);
     let o = a.run(&["keys", "retire", "--version", "3"]);
@@ -249,7 +407,10 @@ fn key_rotation_with_three_versions_keeps_everything_readable_then_retires_old_v
     std::fs::remove_file(a.key_dir().join("territory.default.v2.key")).unwrap();
     read_all(&a);
     let check = a.ok(&["check"]);
-    assert!(check.contains("(retired) key version default/v1"), "{check}");
+    assert!(
+        check.contains("(retired) key version default/v1"),
+        "{check}"
+    );
     a.ok(&["audit", "verify"]);
 }
 
@@ -266,7 +427,11 @@ fn rotation_while_the_daemon_runs_is_picked_up_without_restart() {
     }
     a.ok(&["keys", "rotate"]);
     a.soak(1, "Live");
-    std::process::Command::new("kill").arg("-TERM").arg(daemon.id().to_string()).status().unwrap();
+    std::process::Command::new("kill")
+        .arg("-TERM")
+        .arg(daemon.id().to_string())
+        .status()
+        .unwrap();
     assert!(daemon.wait().unwrap().success());
     let mut db = a.open();
     assert!(db.get_patient(&Actor::cli(), &ids[0].0).is_ok());
@@ -279,13 +444,23 @@ fn crypto_erase_destroys_a_case_and_its_patient_but_nothing_else() {
     let mut db = a.open();
     let actor = Actor::cli();
     db.erase_case(&actor, &ids[0].1).unwrap();
-    assert!(matches!(db.get_case(&actor, &ids[0].1), Err(StoreError::Erased { .. })));
-    assert!(matches!(db.get_patient(&actor, &ids[0].0), Err(StoreError::Erased { .. })));
+    assert!(matches!(
+        db.get_case(&actor, &ids[0].1),
+        Err(StoreError::Erased { .. })
+    ));
+    assert!(matches!(
+        db.get_patient(&actor, &ids[0].0),
+        Err(StoreError::Erased { .. })
+    ));
     assert!(db.get_case(&actor, &ids[1].1).is_ok());
     assert!(db.get_patient(&actor, &ids[1].0).is_ok());
     let wrapped: Option<Vec<u8>> = db
         .raw_connection_for_tests()
-        .query_row("SELECT wrapped FROM data_keys d JOIN cases c ON c.dk_id = d.id WHERE c.id = ?1", [&ids[0].1], |r| r.get(0))
+        .query_row(
+            "SELECT wrapped FROM data_keys d JOIN cases c ON c.dk_id = d.id WHERE c.id = ?1",
+            [&ids[0].1],
+            |r| r.get(0),
+        )
         .unwrap();
     assert!(wrapped.is_none(), "the data key itself is gone");
     assert!(db.verify_audit().unwrap().ok());

@@ -28,7 +28,11 @@ fn src() -> PathBuf {
 fn every_source_file_starts_with_a_module_doc() {
     for f in rust_files(&src()) {
         let text = std::fs::read_to_string(&f).unwrap();
-        assert!(text.starts_with("//!"), "{} must start with a //! doc comment", f.display());
+        assert!(
+            text.starts_with("//!"),
+            "{} must start with a //! doc comment",
+            f.display()
+        );
     }
 }
 
@@ -44,14 +48,21 @@ fn only_owning_modules_import_their_libraries() {
         ("tch::", "triage/torch.rs"),
     ];
     for f in rust_files(&src()) {
-        let rel = f.strip_prefix(src()).unwrap().to_string_lossy().replace('\\', "/");
+        let rel = f
+            .strip_prefix(src())
+            .unwrap()
+            .to_string_lossy()
+            .replace('\\', "/");
         let text = std::fs::read_to_string(&f).unwrap();
         for (lib, owner) in rules {
             let uses = text.lines().any(|l| {
                 let l = l.trim_start();
                 !l.starts_with("//") && mentions_path(l, lib)
             });
-            assert!(!uses || rel.starts_with(owner), "{rel} uses `{lib}`, which only {owner} may import");
+            assert!(
+                !uses || rel.starts_with(owner),
+                "{rel} uses `{lib}`, which only {owner} may import"
+            );
         }
     }
 }
@@ -59,7 +70,10 @@ fn only_owning_modules_import_their_libraries() {
 /// `lib` occurs as a path start (not as the tail of another identifier such as `Keyring::`).
 fn mentions_path(line: &str, lib: &str) -> bool {
     line.match_indices(lib).any(|(i, _)| {
-        line[..i].chars().next_back().is_none_or(|c| !(c.is_alphanumeric() || c == '_' || c == ':'))
+        line[..i]
+            .chars()
+            .next_back()
+            .is_none_or(|c| !(c.is_alphanumeric() || c == '_' || c == ':'))
     })
 }
 
@@ -72,7 +86,11 @@ fn library_code_does_not_print() {
         }
         let text = std::fs::read_to_string(&f).unwrap();
         for (i, l) in text.lines().enumerate() {
-            assert!(!l.contains("println!") && !l.contains("dbg!"), "{rel}:{}: library code must log via tracing, not print", i + 1);
+            assert!(
+                !l.contains("println!") && !l.contains("dbg!"),
+                "{rel}:{}: library code must log via tracing, not print",
+                i + 1
+            );
         }
     }
 }

@@ -7,10 +7,17 @@ mod common;
 use common::broker::{Broker, wait_for};
 use common::{Appliance, model_dir, ort_lib};
 
-fn triage_appliance(broker: &Broker, library: &str, models: &std::path::Path) -> (Appliance, String) {
+fn triage_appliance(
+    broker: &Broker,
+    library: &str,
+    models: &std::path::Path,
+) -> (Appliance, String) {
     let a = Appliance::with_broker(
         &broker.url(),
-        &format!("[triage]\nonnxruntime_library = \"{library}\"\nmodel_dir = \"{}\"\ndebounce_ms = 50\n", models.display()),
+        &format!(
+            "[triage]\nonnxruntime_library = \"{library}\"\nmodel_dir = \"{}\"\ndebounce_ms = 50\n",
+            models.display()
+        ),
     );
     a.ok(&["devices", "add", "mon-1"]);
     let case = a.soak(1, "Triage")[0].1.clone();
@@ -19,11 +26,27 @@ fn triage_appliance(broker: &Broker, library: &str, models: &std::path::Path) ->
 }
 
 fn simulate(a: &Appliance, broker: &Broker, scenario: &str, count: u64) {
-    a.ok(&["simulate", "--broker", &broker.url(), "--device-prefix", "mon-", "--scenario", scenario, "--count", &count.to_string(), "--interval-ms", "20", "--scenario-secs", "1"]);
+    a.ok(&[
+        "simulate",
+        "--broker",
+        &broker.url(),
+        "--device-prefix",
+        "mon-",
+        "--scenario",
+        scenario,
+        "--count",
+        &count.to_string(),
+        "--interval-ms",
+        "20",
+        "--scenario-secs",
+        "1",
+    ]);
 }
 
 fn triage_rows(a: &Appliance, case: &str) -> i64 {
-    a.query_i64(&format!("SELECT count(*) FROM triage_results WHERE case_id = '{case}'"))
+    a.query_i64(&format!(
+        "SELECT count(*) FROM triage_results WHERE case_id = '{case}'"
+    ))
 }
 
 #[test]
@@ -31,18 +54,31 @@ fn a_deteriorating_patient_is_retriaged_by_the_model_behind_the_rules_floor() {
     let broker = Broker::start();
     let (a, case) = triage_appliance(&broker, &ort_lib().display().to_string(), &model_dir());
     let mut daemon = a.start_daemon();
-    assert!(a.daemon_log().contains("model loaded"), "{}", a.daemon_log());
+    assert!(
+        a.daemon_log().contains("model loaded"),
+        "{}",
+        a.daemon_log()
+    );
     simulate(&a, &broker, "shock", 20);
-    wait_for(30, "a triage result", || (triage_rows(&a, &case) >= 1).then_some(()));
+    wait_for(30, "a triage result", || {
+        (triage_rows(&a, &case) >= 1).then_some(())
+    });
     let out = a.ok(&["triage", "show", &case]);
     assert!(out.starts_with("latest: ESI "), "{out}");
     assert!(out.contains("model hema3n-core-1.0.0 sha256 "), "{out}");
     assert!(out.contains("  - ESI ≤ "), "reasons are listed: {out}");
     // The floor holds for every stored result, and the model took part.
-    assert_eq!(a.query_i64(&format!("SELECT count(*) FROM triage_results WHERE case_id = '{case}' AND final_esi > rules_esi")), 0);
+    assert_eq!(
+        a.query_i64(&format!(
+            "SELECT count(*) FROM triage_results WHERE case_id = '{case}' AND final_esi > rules_esi"
+        )),
+        0
+    );
     assert!(a.query_i64(&format!("SELECT count(*) FROM triage_results WHERE case_id = '{case}' AND decider != 'rules_only'")) >= 1);
     // Late in the shock course the patient is ESI 1 or 2.
-    let last = a.query_i64(&format!("SELECT final_esi FROM triage_results WHERE case_id = '{case}' ORDER BY id DESC LIMIT 1"));
+    let last = a.query_i64(&format!(
+        "SELECT final_esi FROM triage_results WHERE case_id = '{case}' ORDER BY id DESC LIMIT 1"
+    ));
     assert!(last <= 2, "{out}");
     assert!(a.query_i64("SELECT count(*) FROM audit_log WHERE action = 'triage.record'") >= 1);
     assert!(daemon.stop().success());
@@ -55,12 +91,18 @@ fn without_the_runtime_library_the_daemon_runs_rules_only() {
     let (a, case) = triage_appliance(&broker, "/nonexistent/libonnxruntime.so.1", &model_dir());
     let mut daemon = a.start_daemon();
     let log = a.daemon_log();
-    assert!(log.contains("RULES-ONLY") && log.contains("cannot load ONNX Runtime from /nonexistent"), "{log}");
+    assert!(
+        log.contains("RULES-ONLY") && log.contains("cannot load ONNX Runtime from /nonexistent"),
+        "{log}"
+    );
     simulate(&a, &broker, "sepsis", 5);
     wait_for(30, "a rules-only triage", || {
         (a.query_i64(&format!("SELECT count(*) FROM triage_results WHERE case_id = '{case}' AND decider = 'rules_only' AND model_id IS NULL")) >= 1).then_some(())
     });
-    assert!(a.ok(&["triage", "show", &case]).contains("model abstained: no model loaded (rules-only mode)"));
+    assert!(
+        a.ok(&["triage", "show", &case])
+            .contains("model abstained: no model loaded (rules-only mode)")
+    );
     let check = a.run(&["check"]);
     assert!(String::from_utf8_lossy(&check.stdout).contains("RULES-ONLY"));
     assert!(daemon.running());
@@ -70,7 +112,11 @@ fn without_the_runtime_library_the_daemon_runs_rules_only() {
 fn a_tampered_model_is_refused_and_the_daemon_runs_rules_only() {
     let broker = Broker::start();
     let models = tempfile::tempdir().unwrap();
-    for f in ["manifest.toml", "hema3n-core.int8.onnx", "hema3n-core.fp32.onnx"] {
+    for f in [
+        "manifest.toml",
+        "hema3n-core.int8.onnx",
+        "hema3n-core.fp32.onnx",
+    ] {
         std::fs::copy(model_dir().join(f), models.path().join(f)).unwrap();
     }
     let p = models.path().join("hema3n-core.int8.onnx");
@@ -80,7 +126,11 @@ fn a_tampered_model_is_refused_and_the_daemon_runs_rules_only() {
     std::fs::write(&p, b).unwrap();
     let (a, case) = triage_appliance(&broker, &ort_lib().display().to_string(), models.path());
     let mut daemon = a.start_daemon();
-    assert!(a.daemon_log().contains("does not match its manifest"), "{}", a.daemon_log());
+    assert!(
+        a.daemon_log().contains("does not match its manifest"),
+        "{}",
+        a.daemon_log()
+    );
     simulate(&a, &broker, "stable", 5);
     wait_for(30, "a rules-only triage", || {
         (a.query_i64(&format!("SELECT count(*) FROM triage_results WHERE case_id = '{case}' AND decider = 'rules_only'")) >= 1).then_some(())

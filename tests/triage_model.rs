@@ -48,7 +48,13 @@ fn fixture() -> Vec<Case> {
         .map(|l| {
             let j: serde_json::Value = serde_json::from_str(l).unwrap();
             let v = |k: &str| j["vitals"][k].as_f64();
-            let floats = |k: &str| j[k].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect::<Vec<_>>();
+            let floats = |k: &str| {
+                j[k].as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|x| x.as_f64().unwrap() as f32)
+                    .collect::<Vec<_>>()
+            };
             let mut outputs = floats("esi_logits");
             outputs.extend(floats("specialty_logits"));
             outputs.extend(floats("confidence"));
@@ -75,7 +81,17 @@ fn fixture() -> Vec<Case> {
                 on_oxygen: j["on_oxygen"].as_bool().unwrap(),
                 complaint: j["complaint"].as_str().map(String::from),
                 xv: floats("xv"),
-                xt: j["xt"].as_array().unwrap().iter().map(|p| (p[0].as_u64().unwrap() as usize, p[1].as_f64().unwrap() as f32)).collect(),
+                xt: j["xt"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|p| {
+                        (
+                            p[0].as_u64().unwrap() as usize,
+                            p[1].as_f64().unwrap() as f32,
+                        )
+                    })
+                    .collect(),
                 outputs,
             }
         })
@@ -89,14 +105,21 @@ fn rust_features_and_onnx_fp32_match_the_python_reference_and_int8_mostly_agrees
     let mut fp32 = ModelRuntime::load(&opts(&model_dir(), "fp32")).unwrap();
     let mut int8 = ModelRuntime::load(&opts(&model_dir(), "int8")).unwrap();
     assert_eq!(fp32.info.provider, Provider::Cpu);
-    assert!(!fp32.info.fallbacks.is_empty(), "TensorRT and CUDA fallbacks are reported");
+    assert!(
+        !fp32.info.fallbacks.is_empty(),
+        "TensorRT and CUDA fallbacks are reported"
+    );
     let mut text = [0f32; TEXT_BUCKETS];
     let (mut worst, mut agree) = (0f32, 0usize);
     for (n, c) in cases.iter().enumerate() {
         let xv = vitals_features(&c.vitals, c.age, c.sex, c.on_oxygen, c.complaint.as_deref());
         assert_eq!(xv.to_vec(), c.xv, "case {n}: vitals features differ");
         let xt = text_features(c.complaint.as_deref());
-        assert_eq!(xt, c.xt, "case {n}: text features differ ({:?})", c.complaint);
+        assert_eq!(
+            xt, c.xt,
+            "case {n}: text features differ ({:?})",
+            c.complaint
+        );
         text_dense(&xt, &mut text);
         let o = fp32.infer(&xv, &text).unwrap();
         let mut got = o.esi_logits.to_vec();
@@ -106,19 +129,30 @@ fn rust_features_and_onnx_fp32_match_the_python_reference_and_int8_mostly_agrees
             worst = worst.max((g - w).abs());
         }
         let q = int8.infer(&xv, &text).unwrap();
-        let am = |z: &[f32]| z.iter().enumerate().fold(0, |b, (i, x)| if *x > z[b] { i } else { b });
+        let am = |z: &[f32]| {
+            z.iter()
+                .enumerate()
+                .fold(0, |b, (i, x)| if *x > z[b] { i } else { b })
+        };
         agree += usize::from(am(&q.esi_logits) == am(&c.outputs[..5]));
     }
     assert!(worst <= 1e-5, "largest FP32 output difference {worst}");
     let rate = agree as f64 / cases.len() as f64;
-    eprintln!("FP32 max abs diff {worst:e}; INT8 vs FP32 ESI agreement {rate:.3} on {} cases", cases.len());
+    eprintln!(
+        "FP32 max abs diff {worst:e}; INT8 vs FP32 ESI agreement {rate:.3} on {} cases",
+        cases.len()
+    );
     assert!(rate >= 0.9, "INT8 agrees with FP32 on only {rate:.3}");
 }
 
 #[test]
 fn a_tampered_model_file_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
-    for f in ["manifest.toml", "hema3n-core.int8.onnx", "hema3n-core.fp32.onnx"] {
+    for f in [
+        "manifest.toml",
+        "hema3n-core.int8.onnx",
+        "hema3n-core.fp32.onnx",
+    ] {
         std::fs::copy(model_dir().join(f), tmp.path().join(f)).unwrap();
     }
     let p = tmp.path().join("hema3n-core.int8.onnx");
@@ -138,7 +172,9 @@ fn a_tampered_model_file_is_refused() {
 #[test]
 fn a_wrong_input_shape_is_an_error_not_a_crash() {
     let mut rt = ModelRuntime::load(&opts(&model_dir(), "int8")).unwrap();
-    let e = rt.run_raw(&[0.0; 27], [1, 27], &[0.0; TEXT_BUCKETS], [1, TEXT_BUCKETS]).unwrap_err();
+    let e = rt
+        .run_raw(&[0.0; 27], [1, 27], &[0.0; TEXT_BUCKETS], [1, TEXT_BUCKETS])
+        .unwrap_err();
     assert!(matches!(e, ModelError::Inference(_)), "{e}");
     // And the session keeps working afterwards.
     assert!(rt.infer(&[0.0; 28], &[0.0; TEXT_BUCKETS]).is_ok());

@@ -11,7 +11,10 @@ pub fn quick() -> bool {
 
 /// `BENCH name value=… unit=… baseline=… ratio=…` (SYSTEM.md §8).
 pub fn bench_line(name: &str, value: f64, unit: &str, baseline: f64) {
-    println!("BENCH {name} value={value:.3} unit={unit} baseline={baseline:.3} ratio={:.3}", value / baseline);
+    println!(
+        "BENCH {name} value={value:.3} unit={unit} baseline={baseline:.3} ratio={:.3}",
+        value / baseline
+    );
 }
 
 pub fn pct(v: &mut [Duration], p: f64) -> Duration {
@@ -22,24 +25,31 @@ pub fn pct(v: &mut [Duration], p: f64) -> Duration {
 pub fn raw_conn(path: &std::path::Path, key: Option<&str>) -> Connection {
     let c = Connection::open(path).unwrap();
     if let Some(k) = key {
-        c.execute_batch(&format!("PRAGMA key = \"x'{k}'\";")).unwrap();
+        c.execute_batch(&format!("PRAGMA key = \"x'{k}'\";"))
+            .unwrap();
     }
-    c.query_row("PRAGMA journal_mode = WAL", [], |_| Ok(())).unwrap();
-    c.execute_batch("PRAGMA synchronous = FULL; PRAGMA temp_store = MEMORY;").unwrap();
+    c.query_row("PRAGMA journal_mode = WAL", [], |_| Ok(()))
+        .unwrap();
+    c.execute_batch("PRAGMA synchronous = FULL; PRAGMA temp_store = MEMORY;")
+        .unwrap();
     c
 }
 
 /// Raw batched inserts of `n` rows of ~`row_bytes` bytes, 1000 per transaction; rows/s.
 pub fn raw_inserts(c: &mut Connection, n: usize, row_bytes: usize) -> f64 {
-    c.execute_batch("CREATE TABLE IF NOT EXISTS r (id INTEGER PRIMARY KEY, a BLOB, b BLOB)").unwrap();
+    c.execute_batch("CREATE TABLE IF NOT EXISTS r (id INTEGER PRIMARY KEY, a BLOB, b BLOB)")
+        .unwrap();
     let blob = vec![0x5au8; row_bytes / 2];
     let t = Instant::now();
     for chunk in 0..n / 1000 {
         let tx = c.transaction().unwrap();
         {
-            let mut st = tx.prepare_cached("INSERT INTO r (id, a, b) VALUES (?1, ?2, ?3)").unwrap();
+            let mut st = tx
+                .prepare_cached("INSERT INTO r (id, a, b) VALUES (?1, ?2, ?3)")
+                .unwrap();
             for i in 0..1000 {
-                st.execute(((chunk * 1000 + i) as i64, &blob, &blob)).unwrap();
+                st.execute(((chunk * 1000 + i) as i64, &blob, &blob))
+                    .unwrap();
             }
         }
         tx.commit().unwrap();
@@ -49,7 +59,8 @@ pub fn raw_inserts(c: &mut Connection, n: usize, row_bytes: usize) -> f64 {
 
 /// p99 of committing one 1000-row batch (fsync included) into a raw SQLCipher database.
 pub fn raw_batch_commit_p99(c: &mut Connection, batches: usize) -> Duration {
-    c.execute_batch("CREATE TABLE IF NOT EXISTS b (id INTEGER PRIMARY KEY, a BLOB)").unwrap();
+    c.execute_batch("CREATE TABLE IF NOT EXISTS b (id INTEGER PRIMARY KEY, a BLOB)")
+        .unwrap();
     let blob = vec![0x33u8; 64];
     let mut lat = Vec::with_capacity(batches);
     let mut id = 0i64;
@@ -57,7 +68,9 @@ pub fn raw_batch_commit_p99(c: &mut Connection, batches: usize) -> Duration {
         let t = Instant::now();
         let tx = c.transaction().unwrap();
         {
-            let mut st = tx.prepare_cached("INSERT INTO b (id, a) VALUES (?1, ?2)").unwrap();
+            let mut st = tx
+                .prepare_cached("INSERT INTO b (id, a) VALUES (?1, ?2)")
+                .unwrap();
             for _ in 0..1000 {
                 id += 1;
                 st.execute((id, &blob)).unwrap();

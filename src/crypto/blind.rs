@@ -71,18 +71,20 @@ pub struct BlindIndexer {
 
 impl BlindIndexer {
     pub fn new(key: zeroize::Zeroizing<[u8; 32]>) -> Self {
-        BlindIndexer { mac: Mac::new(key.as_ref()) }
+        BlindIndexer {
+            mac: Mac::new(key.as_ref()),
+        }
     }
 
     /// The 16-byte index of `value`, or `None` if it normalises to nothing.
     pub fn index(&self, field: BlindField, territory: &str, value: &str) -> Option<Vec<u8>> {
         let norm = field.normalise(value)?;
         let mac = self.mac.sign(&[
-                b"hema3n-bi/v1\0",
-                field.label().as_bytes(),
-                b"\0",
-                territory.as_bytes(),
-                b"\0",
+            b"hema3n-bi/v1\0",
+            field.label().as_bytes(),
+            b"\0",
+            territory.as_bytes(),
+            b"\0",
             norm.as_bytes(),
         ]);
         Some(mac[..16].to_vec())

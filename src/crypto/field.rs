@@ -71,13 +71,16 @@ pub struct DataKey {
 
 impl std::fmt::Debug for DataKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DataKey").field("id", &self.id).finish_non_exhaustive()
+        f.debug_struct("DataKey")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
     }
 }
 
 impl DataKey {
     pub fn from_bytes(id: i64, raw: Zeroizing<[u8; 32]>) -> Self {
-        let key = LessSafeKey::new(UnboundKey::new(&AES_256_GCM, raw.as_ref()).expect("32-byte key"));
+        let key =
+            LessSafeKey::new(UnboundKey::new(&AES_256_GCM, raw.as_ref()).expect("32-byte key"));
         DataKey { id, raw, key }
     }
 
@@ -95,7 +98,11 @@ impl DataKey {
         out.extend_from_slice(plaintext);
         let tag = self
             .key
-            .seal_in_place_separate_tag(Nonce::assume_unique_for_key(nonce), Aad::from(loc.aad(self.id)), &mut out[HEADER_LEN..])
+            .seal_in_place_separate_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(loc.aad(self.id)),
+                &mut out[HEADER_LEN..],
+            )
             .map_err(|_| loc.auth_err())?;
         out.extend_from_slice(tag.as_ref());
         Ok(out)
@@ -103,7 +110,8 @@ impl DataKey {
 
     /// Decrypts one field value, checking that it belongs to this location and data key.
     pub fn open(&self, loc: FieldLoc<'_>, ciphertext: &[u8]) -> Result<Vec<u8>, CryptoError> {
-        let found = ciphertext_data_key(ciphertext).ok_or_else(|| loc.malformed("too short or unknown version"))?;
+        let found = ciphertext_data_key(ciphertext)
+            .ok_or_else(|| loc.malformed("too short or unknown version"))?;
         if found != self.id {
             return Err(CryptoError::WrongDataKey {
                 table: loc.table.into(),
@@ -118,7 +126,11 @@ impl DataKey {
         let mut body = ciphertext[HEADER_LEN..].to_vec();
         let n = self
             .key
-            .open_in_place(Nonce::assume_unique_for_key(nonce), Aad::from(loc.aad(self.id)), &mut body)
+            .open_in_place(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(loc.aad(self.id)),
+                &mut body,
+            )
             .map_err(|_| loc.auth_err())?
             .len();
         body.truncate(n);
@@ -144,8 +156,17 @@ impl DataKey {
     }
 
     /// Unwraps a data key that was wrapped under `kek` for `territory`.
-    pub fn unwrap(dk_id: i64, wrapped: &[u8], kek: &Kek, territory: &str) -> Result<DataKey, CryptoError> {
-        let err = || CryptoError::Unwrap { dk_id, territory: territory.into(), version: kek.version };
+    pub fn unwrap(
+        dk_id: i64,
+        wrapped: &[u8],
+        kek: &Kek,
+        territory: &str,
+    ) -> Result<DataKey, CryptoError> {
+        let err = || CryptoError::Unwrap {
+            dk_id,
+            territory: territory.into(),
+            version: kek.version,
+        };
         if wrapped.len() != 1 + NONCE_LEN + 32 + TAG_LEN || wrapped[0] != FORMAT_V1 {
             return Err(err());
         }
@@ -194,7 +215,10 @@ pub struct Kek {
 
 impl std::fmt::Debug for Kek {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Kek").field("version", &self.version).field("key_id", &self.key_id).finish()
+        f.debug_struct("Kek")
+            .field("version", &self.version)
+            .field("key_id", &self.key_id)
+            .finish()
     }
 }
 
@@ -215,7 +239,11 @@ mod tests {
     fn dk(id: i64) -> DataKey {
         DataKey::from_bytes(id, crate::crypto::random_key().unwrap())
     }
-    const LOC: FieldLoc<'static> = FieldLoc { table: "patients", column: "last_name", row_id: "p1" };
+    const LOC: FieldLoc<'static> = FieldLoc {
+        table: "patients",
+        column: "last_name",
+        row_id: "p1",
+    };
 
     #[test]
     fn field_round_trips() {
@@ -229,11 +257,23 @@ mod tests {
     fn ciphertext_moved_to_other_row_or_column_fails() {
         let k = dk(7);
         let ct = k.seal(LOC, b"Smith").unwrap();
-        let other_row = FieldLoc { row_id: "p2", ..LOC };
-        let other_col = FieldLoc { column: "first_name", ..LOC };
-        let other_table = FieldLoc { table: "cases", ..LOC };
+        let other_row = FieldLoc {
+            row_id: "p2",
+            ..LOC
+        };
+        let other_col = FieldLoc {
+            column: "first_name",
+            ..LOC
+        };
+        let other_table = FieldLoc {
+            table: "cases",
+            ..LOC
+        };
         for loc in [other_row, other_col, other_table] {
-            assert!(matches!(k.open(loc, &ct), Err(CryptoError::FieldAuth { .. })), "{loc:?}");
+            assert!(
+                matches!(k.open(loc, &ct), Err(CryptoError::FieldAuth { .. })),
+                "{loc:?}"
+            );
         }
     }
 
@@ -243,8 +283,18 @@ mod tests {
         let mut ct = k.seal(LOC, b"Smith").unwrap();
         ct[1..9].copy_from_slice(&8i64.to_be_bytes());
         let k8 = DataKey::from_bytes(8, k.raw.clone());
-        assert!(matches!(k8.open(LOC, &ct), Err(CryptoError::FieldAuth { .. })));
-        assert!(matches!(k.open(LOC, &ct), Err(CryptoError::WrongDataKey { found: 8, expected: 7, .. })));
+        assert!(matches!(
+            k8.open(LOC, &ct),
+            Err(CryptoError::FieldAuth { .. })
+        ));
+        assert!(matches!(
+            k.open(LOC, &ct),
+            Err(CryptoError::WrongDataKey {
+                found: 8,
+                expected: 7,
+                ..
+            })
+        ));
     }
 
     #[test]

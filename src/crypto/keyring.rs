@@ -49,25 +49,41 @@ pub enum KeyError {
     /// No source holds the key. Recovery: provision it (`hema3n-edge init` on a dev machine,
     /// `scripts/provision.sh` and systemd credentials on an appliance).
     #[error("key `{name}` not found (looked in {}); provision it with `hema3n-edge init --data-dir DIR` (development) or scripts/provision.sh and a systemd credential (appliance)", searched_list(.searched))]
-    Missing { name: String, searched: Vec<PathBuf> },
+    Missing {
+        name: String,
+        searched: Vec<PathBuf>,
+    },
     /// A key file is readable by group or others. Recovery: `chmod 600` it.
-    #[error("key file {path} has mode {mode:o}; it must not be accessible by group or others (chmod 600 it)")]
+    #[error(
+        "key file {path} has mode {mode:o}; it must not be accessible by group or others (chmod 600 it)"
+    )]
     Permissions { path: PathBuf, mode: u32 },
     /// A key file exists but does not hold a valid key.
     #[error("key file {path}: {source}")]
-    Malformed { path: PathBuf, #[source] source: CryptoError },
+    Malformed {
+        path: PathBuf,
+        #[source]
+        source: CryptoError,
+    },
     /// Creating a key would overwrite an existing one. Recovery: none needed; keys are never replaced.
     #[error("refusing to overwrite existing key file {0}")]
     Exists(PathBuf),
     #[error("key file {path}")]
-    Io { path: PathBuf, #[source] source: std::io::Error },
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 fn searched_list(v: &[PathBuf]) -> String {
     if v.is_empty() {
         return "no key directory is configured and $CREDENTIALS_DIRECTORY is unset".into();
     }
-    v.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+    v.iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// The ordered list of places keys are read from.
@@ -107,19 +123,28 @@ impl KeySources {
                 Err(e) => return Err(KeyError::Io { path: p, source: e }),
             }
         }
-        Err(KeyError::Missing { name: name.into(), searched: self.dirs.clone() })
+        Err(KeyError::Missing {
+            name: name.into(),
+            searched: self.dirs.clone(),
+        })
     }
 
     fn read(&self, name: &str) -> Result<(PathBuf, Zeroizing<Vec<u8>>), KeyError> {
         let p = self.find(name)?;
-        let bytes = fs::read(&p).map_err(|e| KeyError::Io { path: p.clone(), source: e })?;
+        let bytes = fs::read(&p).map_err(|e| KeyError::Io {
+            path: p.clone(),
+            source: e,
+        })?;
         Ok((p, Zeroizing::new(bytes)))
     }
 
     /// Reads a 32-byte key (hex text or raw bytes).
     pub fn read_key32(&self, name: &str) -> Result<(PathBuf, Zeroizing<[u8; 32]>), KeyError> {
         let (p, bytes) = self.read(name)?;
-        let k = parse_key32(name, &bytes).map_err(|e| KeyError::Malformed { path: p.clone(), source: e })?;
+        let k = parse_key32(name, &bytes).map_err(|e| KeyError::Malformed {
+            path: p.clone(),
+            source: e,
+        })?;
         Ok((p, k))
     }
 
@@ -130,13 +155,22 @@ impl KeySources {
             let rd = match fs::read_dir(d) {
                 Ok(rd) => rd,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(KeyError::Io { path: d.clone(), source: e }),
+                Err(e) => {
+                    return Err(KeyError::Io {
+                        path: d.clone(),
+                        source: e,
+                    });
+                }
             };
-            let mut names: Vec<String> =
-                rd.filter_map(|e| e.ok()).filter_map(|e| e.file_name().into_string().ok()).collect();
+            let mut names: Vec<String> = rd
+                .filter_map(|e| e.ok())
+                .filter_map(|e| e.file_name().into_string().ok())
+                .collect();
             names.sort();
             for name in names {
-                let Some((t, v)) = parse_territory_key_name(&name) else { continue };
+                let Some((t, v)) = parse_territory_key_name(&name) else {
+                    continue;
+                };
                 if out.get(&t).is_some_and(|m| m.contains_key(&v)) {
                     continue;
                 }
@@ -151,7 +185,13 @@ impl KeySources {
 /// Parses a 32-byte key from hex text (whitespace ignored) or exactly 32 raw bytes.
 pub fn parse_key32(name: &str, bytes: &[u8]) -> Result<Zeroizing<[u8; 32]>, CryptoError> {
     let mut k = Zeroizing::new([0u8; 32]);
-    let text: Zeroizing<Vec<u8>> = Zeroizing::new(bytes.iter().copied().filter(|b| !b.is_ascii_whitespace()).collect());
+    let text: Zeroizing<Vec<u8>> = Zeroizing::new(
+        bytes
+            .iter()
+            .copied()
+            .filter(|b| !b.is_ascii_whitespace())
+            .collect(),
+    );
     if text.len() == 64 && hex::decode_to_slice(&text[..], k.as_mut()).is_ok() {
         return Ok(k);
     }
@@ -161,17 +201,31 @@ pub fn parse_key32(name: &str, bytes: &[u8]) -> Result<Zeroizing<[u8; 32]>, Cryp
     }
     Err(CryptoError::BadKey {
         name: name.into(),
-        why: format!("expected 32 bytes as 64 hex characters or raw, found {} bytes", bytes.len()),
+        why: format!(
+            "expected 32 bytes as 64 hex characters or raw, found {} bytes",
+            bytes.len()
+        ),
     })
 }
 
 /// Writes a new secret file with mode 0600; never overwrites.
 pub fn write_secret(dir: &Path, name: &str, content: &[u8]) -> Result<PathBuf, KeyError> {
     let p = dir.join(name);
-    let io = |e| KeyError::Io { path: p.clone(), source: e };
-    fs::create_dir_all(dir).map_err(|e| KeyError::Io { path: dir.to_path_buf(), source: e })?;
+    let io = |e| KeyError::Io {
+        path: p.clone(),
+        source: e,
+    };
+    fs::create_dir_all(dir).map_err(|e| KeyError::Io {
+        path: dir.to_path_buf(),
+        source: e,
+    })?;
     let _ = fs::set_permissions(dir, fs::Permissions::from_mode(0o700));
-    let mut f = match fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&p) {
+    let mut f = match fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&p)
+    {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Err(KeyError::Exists(p)),
         Err(e) => return Err(io(e)),
@@ -186,7 +240,10 @@ pub fn ensure_key32(dir: &Path, name: &str) -> Result<bool, KeyError> {
     if dir.join(name).exists() {
         return Ok(false);
     }
-    let k = super::random_key().map_err(|e| KeyError::Malformed { path: dir.join(name), source: e })?;
+    let k = super::random_key().map_err(|e| KeyError::Malformed {
+        path: dir.join(name),
+        source: e,
+    })?;
     let mut text = Zeroizing::new(hex::encode(k.as_ref()).into_bytes());
     text.push(b'\n');
     write_secret(dir, name, &text)?;
@@ -198,7 +255,10 @@ pub fn ensure_signing_key(dir: &Path) -> Result<bool, KeyError> {
     if dir.join(SIGNING_KEY).exists() {
         return Ok(false);
     }
-    let der = SigningKey::generate_pkcs8().map_err(|e| KeyError::Malformed { path: dir.join(SIGNING_KEY), source: e })?;
+    let der = SigningKey::generate_pkcs8().map_err(|e| KeyError::Malformed {
+        path: dir.join(SIGNING_KEY),
+        source: e,
+    })?;
     write_secret(dir, SIGNING_KEY, &der)?;
     Ok(true)
 }
@@ -223,10 +283,23 @@ impl Keyring {
         let (_, index) = sources.read_key32(INDEX_KEY)?;
         let (_, audit_key) = sources.read_key32(AUDIT_KEY)?;
         let (sp, sder) = sources.read(SIGNING_KEY)?;
-        let signing = SigningKey::from_pkcs8(SIGNING_KEY, &sder).map_err(|e| KeyError::Malformed { path: sp, source: e })?;
+        let signing =
+            SigningKey::from_pkcs8(SIGNING_KEY, &sder).map_err(|e| KeyError::Malformed {
+                path: sp,
+                source: e,
+            })?;
         let territories = sources.territory_keys()?;
         let audit_mac = super::Mac::new(audit_key.as_ref());
-        Ok(Keyring { db_key, db_key_path, index: BlindIndexer::new(index), audit_key, audit_mac, signing, territories, sources })
+        Ok(Keyring {
+            db_key,
+            db_key_path,
+            index: BlindIndexer::new(index),
+            audit_key,
+            audit_mac,
+            signing,
+            territories,
+            sources,
+        })
     }
 
     /// Public fingerprint of the database key.
@@ -251,7 +324,10 @@ mod tests {
 
     #[test]
     fn territory_key_names_round_trip() {
-        assert_eq!(parse_territory_key_name(&territory_key_name("north-1", 12)), Some(("north-1".into(), 12)));
+        assert_eq!(
+            parse_territory_key_name(&territory_key_name("north-1", 12)),
+            Some(("north-1".into(), 12))
+        );
         assert_eq!(parse_territory_key_name("territory.x.key"), None);
         assert_eq!(parse_territory_key_name("db.key"), None);
     }
@@ -268,12 +344,23 @@ mod tests {
     fn group_readable_key_is_refused_and_missing_key_names_places() {
         let d = tempfile::tempdir().unwrap();
         ensure_key32(d.path(), DB_KEY).unwrap();
-        assert!(!ensure_key32(d.path(), DB_KEY).unwrap(), "must not overwrite");
-        let s = KeySources { dirs: vec![d.path().into()] };
+        assert!(
+            !ensure_key32(d.path(), DB_KEY).unwrap(),
+            "must not overwrite"
+        );
+        let s = KeySources {
+            dirs: vec![d.path().into()],
+        };
         s.read_key32(DB_KEY).unwrap();
         fs::set_permissions(d.path().join(DB_KEY), fs::Permissions::from_mode(0o640)).unwrap();
-        assert!(matches!(s.read_key32(DB_KEY), Err(KeyError::Permissions { .. })));
+        assert!(matches!(
+            s.read_key32(DB_KEY),
+            Err(KeyError::Permissions { .. })
+        ));
         let e = s.read_key32(INDEX_KEY).unwrap_err().to_string();
-        assert!(e.contains("index.key") && e.contains(&d.path().display().to_string()), "{e}");
+        assert!(
+            e.contains("index.key") && e.contains(&d.path().display().to_string()),
+            "{e}"
+        );
     }
 }

@@ -20,17 +20,40 @@ use ring::rand::{SecureRandom, SystemRandom};
 pub enum CryptoError {
     /// A field ciphertext failed authentication: it was moved to another row or column, edited,
     /// or the data key is wrong. Recovery: none for this value; treat as tampering and audit it.
-    #[error("field {table}.{column} of row {row_id} failed authentication (moved, edited or wrong key)")]
-    FieldAuth { table: String, column: String, row_id: String },
+    #[error(
+        "field {table}.{column} of row {row_id} failed authentication (moved, edited or wrong key)"
+    )]
+    FieldAuth {
+        table: String,
+        column: String,
+        row_id: String,
+    },
     /// A ciphertext is shorter than its header or has an unknown format version.
     #[error("malformed ciphertext in {table}.{column} of row {row_id}: {why}")]
-    Malformed { table: String, column: String, row_id: String, why: &'static str },
+    Malformed {
+        table: String,
+        column: String,
+        row_id: String,
+        why: &'static str,
+    },
     /// A ciphertext names a different data key than the row it is stored in.
-    #[error("field {table}.{column} of row {row_id} was sealed under data key {found}, but the row uses data key {expected}")]
-    WrongDataKey { table: String, column: String, row_id: String, found: i64, expected: i64 },
+    #[error(
+        "field {table}.{column} of row {row_id} was sealed under data key {found}, but the row uses data key {expected}"
+    )]
+    WrongDataKey {
+        table: String,
+        column: String,
+        row_id: String,
+        found: i64,
+        expected: i64,
+    },
     /// A wrapped data key failed to unwrap under the territory key it names.
     #[error("data key {dk_id} does not unwrap under territory {territory} key version {version}")]
-    Unwrap { dk_id: i64, territory: String, version: u32 },
+    Unwrap {
+        dk_id: i64,
+        territory: String,
+        version: u32,
+    },
     /// A key file has the wrong length or encoding. Recovery: re-provision the key.
     #[error("key {name} is malformed: {why}")]
     BadKey { name: String, why: String },
@@ -155,9 +178,20 @@ pub fn mosquitto_password_hash(password: &str) -> Result<String, CryptoError> {
     random_bytes(&mut salt)?;
     let mut out = [0u8; 64];
     let iters = std::num::NonZeroU32::new(MOSQUITTO_PBKDF2_ITERATIONS).expect("non-zero");
-    ring::pbkdf2::derive(ring::pbkdf2::PBKDF2_HMAC_SHA512, iters, &salt, password.as_bytes(), &mut out);
+    ring::pbkdf2::derive(
+        ring::pbkdf2::PBKDF2_HMAC_SHA512,
+        iters,
+        &salt,
+        password.as_bytes(),
+        &mut out,
+    );
     let b64 = base64::engine::general_purpose::STANDARD;
-    Ok(format!("$7${}${}${}", MOSQUITTO_PBKDF2_ITERATIONS, b64.encode(salt), b64.encode(out)))
+    Ok(format!(
+        "$7${}${}${}",
+        MOSQUITTO_PBKDF2_ITERATIONS,
+        b64.encode(salt),
+        b64.encode(out)
+    ))
 }
 
 /// A random device password: 24 bytes, URL-safe base64 (192 bits).

@@ -3,15 +3,16 @@
 
 use ring::rand::SystemRandom;
 use ring::signature::{
-    ECDSA_P256_SHA256_FIXED, ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair, UnparsedPublicKey,
+    ECDSA_P256_SHA256_FIXED, ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair,
+    UnparsedPublicKey,
 };
 
 use super::CryptoError;
 
 /// DER prefix of a SubjectPublicKeyInfo for an uncompressed P-256 point (RFC 5480).
 const P256_SPKI_PREFIX: [u8; 26] = [
-    0x30, 0x59, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x08, 0x2a, 0x86, 0x48,
-    0xce, 0x3d, 0x03, 0x01, 0x07, 0x03, 0x42, 0x00,
+    0x30, 0x59, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x08, 0x2a,
+    0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07, 0x03, 0x42, 0x00,
 ];
 
 /// The appliance's ES256 key pair.
@@ -23,22 +24,32 @@ pub struct SigningKey {
 impl SigningKey {
     /// Generates a new key and returns its PKCS#8 DER encoding (to be stored 0600).
     pub fn generate_pkcs8() -> Result<zeroize::Zeroizing<Vec<u8>>, CryptoError> {
-        let doc = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &SystemRandom::new())
-            .map_err(|_| CryptoError::Rng)?;
+        let doc =
+            EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &SystemRandom::new())
+                .map_err(|_| CryptoError::Rng)?;
         Ok(zeroize::Zeroizing::new(doc.as_ref().to_vec()))
     }
 
     pub fn from_pkcs8(name: &str, der: &[u8]) -> Result<Self, CryptoError> {
         let rng = SystemRandom::new();
-        let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, der, &rng).map_err(|e| {
-            CryptoError::BadKey { name: name.into(), why: format!("not a PKCS#8 P-256 private key ({e})") }
-        })?;
+        let pair =
+            EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, der, &rng).map_err(|e| {
+                CryptoError::BadKey {
+                    name: name.into(),
+                    why: format!("not a PKCS#8 P-256 private key ({e})"),
+                }
+            })?;
         Ok(SigningKey { pair, rng })
     }
 
     /// Signs `msg`; the result is 64 bytes (r || s).
     pub fn sign(&self, msg: &[u8]) -> Result<Vec<u8>, CryptoError> {
-        Ok(self.pair.sign(&self.rng, msg).map_err(|_| CryptoError::Rng)?.as_ref().to_vec())
+        Ok(self
+            .pair
+            .sign(&self.rng, msg)
+            .map_err(|_| CryptoError::Rng)?
+            .as_ref()
+            .to_vec())
     }
 
     pub fn public(&self) -> PublicKey {
@@ -90,7 +101,9 @@ impl PublicKey {
     pub fn from_pem(pem: &str) -> Option<Self> {
         use base64::Engine;
         let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
-        let der = base64::engine::general_purpose::STANDARD.decode(body.trim()).ok()?;
+        let der = base64::engine::general_purpose::STANDARD
+            .decode(body.trim())
+            .ok()?;
         Self::from_spki_der(&der)
     }
 }
@@ -113,6 +126,9 @@ mod tests {
 
     #[test]
     fn garbage_is_not_a_signing_key() {
-        assert!(matches!(SigningKey::from_pkcs8("x", b"nope"), Err(CryptoError::BadKey { .. })));
+        assert!(matches!(
+            SigningKey::from_pkcs8("x", b"nope"),
+            Err(CryptoError::BadKey { .. })
+        ));
     }
 }

@@ -96,7 +96,10 @@ impl Default for IngestMetrics {
 
 impl IngestMetrics {
     fn reject(&self, code: RejectCode) {
-        let i = RejectCode::ALL.iter().position(|c| *c == code).expect("listed");
+        let i = RejectCode::ALL
+            .iter()
+            .position(|c| *c == code)
+            .expect("listed");
         self.rejects[i].fetch_add(1, Ordering::Relaxed);
     }
 
@@ -111,7 +114,8 @@ impl IngestMetrics {
     }
 
     fn observe_latency(&self, d: Duration) {
-        let b = ((d.as_micros() as u64) / LATENCY_BUCKET_US).min(LATENCY_BUCKETS as u64 - 1) as usize;
+        let b =
+            ((d.as_micros() as u64) / LATENCY_BUCKET_US).min(LATENCY_BUCKETS as u64 - 1) as usize;
         self.latency[b].fetch_add(1, Ordering::Relaxed);
     }
 
@@ -142,8 +146,15 @@ impl IngestMetrics {
 
 /// Builds the daemon's broker client: persistent session, manual acks, QoS 1.
 pub fn client(cfg: &Config, capacity: usize) -> Result<(AsyncClient, EventLoop), IngestError> {
-    let (host, port) = cfg.mqtt.host_port().map_err(|e| IngestError::Config(e.to_string()))?;
-    let id = cfg.mqtt.client_id.clone().unwrap_or_else(|| format!("hema3n-edge-{}", cfg.appliance_id));
+    let (host, port) = cfg
+        .mqtt
+        .host_port()
+        .map_err(|e| IngestError::Config(e.to_string()))?;
+    let id = cfg
+        .mqtt
+        .client_id
+        .clone()
+        .unwrap_or_else(|| format!("hema3n-edge-{}", cfg.appliance_id));
     let mut o = MqttOptions::new(id, host, port);
     o.set_keep_alive(Duration::from_secs(cfg.mqtt.keep_alive_secs.max(5)))
         .set_clean_session(false)
@@ -152,8 +163,11 @@ pub fn client(cfg: &Config, capacity: usize) -> Result<(AsyncClient, EventLoop),
         .set_inflight(1024);
     if let Some(user) = &cfg.mqtt.username {
         let sources = crate::crypto::keyring::KeySources::from_env(&cfg.keys.dir);
-        let path = sources.find("mqtt.password").map_err(|e| IngestError::Config(e.to_string()))?;
-        let pw = std::fs::read_to_string(&path).map_err(|e| IngestError::Config(format!("{}: {e}", path.display())))?;
+        let path = sources
+            .find("mqtt.password")
+            .map_err(|e| IngestError::Config(e.to_string()))?;
+        let pw = std::fs::read_to_string(&path)
+            .map_err(|e| IngestError::Config(format!("{}: {e}", path.display())))?;
         o.set_credentials(user.clone(), pw.trim().to_string());
     }
     Ok(AsyncClient::new(o, capacity))
@@ -233,8 +247,15 @@ async fn forward(
             }
             Ok(Event::Incoming(Packet::SubAck(ack))) => {
                 use rumqttc::SubscribeReasonCode;
-                if ack.return_codes.iter().any(|c| matches!(c, SubscribeReasonCode::Failure)) {
-                    return Err(IngestError::Config(format!("the broker refused a subscription ({:?}); check the daemon's ACL", ack.return_codes)));
+                if ack
+                    .return_codes
+                    .iter()
+                    .any(|c| matches!(c, SubscribeReasonCode::Failure))
+                {
+                    return Err(IngestError::Config(format!(
+                        "the broker refused a subscription ({:?}); check the daemon's ACL",
+                        ack.return_codes
+                    )));
                 }
                 subacks += 1;
                 if subacks == 2 {
@@ -245,13 +266,21 @@ async fn forward(
             Ok(Event::Incoming(Packet::Publish(p))) => {
                 tracing::trace!(topic = %p.topic, bytes = p.payload.len(), "publish received");
                 metrics.received.fetch_add(1, Ordering::Relaxed);
-                let item = Inbound { publish: p, recv_ms: now_ms(), recv_at: Instant::now() };
+                let item = Inbound {
+                    publish: p,
+                    recv_ms: now_ms(),
+                    recv_at: Instant::now(),
+                };
                 if to_batcher.send(item).is_err() {
                     return Ok(());
                 }
-                let outstanding = metrics.received.load(Ordering::Relaxed) - metrics.committed_messages.load(Ordering::Relaxed);
+                let outstanding = metrics.received.load(Ordering::Relaxed)
+                    - metrics.committed_messages.load(Ordering::Relaxed);
                 if outstanding == OUTSTANDING_WARN {
-                    tracing::warn!(outstanding, "more messages in flight than the broker's window should allow; check max_inflight_messages");
+                    tracing::warn!(
+                        outstanding,
+                        "more messages in flight than the broker's window should allow; check max_inflight_messages"
+                    );
                 }
             }
             Ok(_) => {}
@@ -356,26 +385,47 @@ fn permit_send(p: mpsc::Permit<'_, Vec<Pending>>, batch: &mut Vec<Pending>) {
     p.send(std::mem::take(batch));
 }
 
-fn classify(m: Inbound, cfg: &Config, lim: &senml::Limits, buckets: &mut HashMap<String, Bucket>, metrics: &IngestMetrics) -> Pending {
+fn classify(
+    m: Inbound,
+    cfg: &Config,
+    lim: &senml::Limits,
+    buckets: &mut HashMap<String, Bucket>,
+    metrics: &IngestMetrics,
+) -> Pending {
     let topic = m.publish.topic.clone();
     let item = match topics::parse(&topic) {
         Topic::Status(device) => {
             let online = m.publish.payload.as_ref() == b"online";
-            IngestItem::Presence { device_id: device.to_string(), online, recv_ms: m.recv_ms }
+            IngestItem::Presence {
+                device_id: device.to_string(),
+                online,
+                recv_ms: m.recv_ms,
+            }
         }
         Topic::Vitals(device) => {
             let parsed = if !crate::model::is_valid_ident(device) {
-                Err(Reject::new(RejectCode::BadDeviceId, "device id must match [A-Za-z0-9._-]{1,64}", None))
+                Err(Reject::new(
+                    RejectCode::BadDeviceId,
+                    "device id must match [A-Za-z0-9._-]{1,64}",
+                    None,
+                ))
             } else if m.publish.payload.len() > cfg.ingest.max_payload_bytes {
                 Err(Reject::new(
                     RejectCode::PayloadTooLarge,
-                    format!("{} bytes exceed the limit of {}", m.publish.payload.len(), cfg.ingest.max_payload_bytes),
+                    format!(
+                        "{} bytes exceed the limit of {}",
+                        m.publish.payload.len(),
+                        cfg.ingest.max_payload_bytes
+                    ),
                     None,
                 ))
             } else if !take_token(buckets, device, cfg, m.recv_at) {
                 Err(Reject::new(
                     RejectCode::RateLimited,
-                    format!("more than {} messages/s from this device", cfg.ingest.device_rate_per_sec),
+                    format!(
+                        "more than {} messages/s from this device",
+                        cfg.ingest.device_rate_per_sec
+                    ),
                     None,
                 ))
             } else {
@@ -390,7 +440,11 @@ fn classify(m: Inbound, cfg: &Config, lim: &senml::Limits, buckets: &mut HashMap
                 topic: topic.clone(),
                 recv_ms: m.recv_ms,
                 parsed,
-                payload: if keep { m.publish.payload.to_vec() } else { Vec::new() },
+                payload: if keep {
+                    m.publish.payload.to_vec()
+                } else {
+                    Vec::new()
+                },
             }
         }
         Topic::Other => {
@@ -405,13 +459,25 @@ fn classify(m: Inbound, cfg: &Config, lim: &senml::Limits, buckets: &mut HashMap
             }
         }
     };
-    Pending { publish: m.publish, item, recv_at: m.recv_at }
+    Pending {
+        publish: m.publish,
+        item,
+        recv_at: m.recv_at,
+    }
 }
 
-fn take_token(buckets: &mut HashMap<String, Bucket>, device: &str, cfg: &Config, now: Instant) -> bool {
+fn take_token(
+    buckets: &mut HashMap<String, Bucket>,
+    device: &str,
+    cfg: &Config,
+    now: Instant,
+) -> bool {
     let rate = cfg.ingest.device_rate_per_sec;
     let burst = cfg.ingest.device_burst;
-    let b = buckets.entry(device.to_string()).or_insert(Bucket { tokens: burst, at: now });
+    let b = buckets.entry(device.to_string()).or_insert(Bucket {
+        tokens: burst,
+        at: now,
+    });
     b.tokens = (b.tokens + now.saturating_duration_since(b.at).as_secs_f64() * rate).min(burst);
     b.at = now;
     if b.tokens >= 1.0 {
@@ -449,8 +515,10 @@ async fn commit_loop(
     let territory = cfg.default_territory.clone();
     while let Some(batch) = from_batcher.recv().await {
         tracing::trace!(messages = batch.len(), "committing batch");
-        let (pubs, items): (Vec<(Publish, Instant)>, Vec<IngestItem>) =
-            batch.into_iter().map(|p| ((p.publish, p.recv_at), p.item)).unzip();
+        let (pubs, items): (Vec<(Publish, Instant)>, Vec<IngestItem>) = batch
+            .into_iter()
+            .map(|p| ((p.publish, p.recv_at), p.item))
+            .unzip();
         let t = territory.clone();
         let (outcomes, items) = store
             .call(move |db| {
@@ -464,7 +532,9 @@ async fn commit_loop(
             let (mut readings, mut duplicates, mut rejects) = (0, 0, 0);
             for o in &outcomes {
                 match o {
-                    IngestOutcome::Stored { new, duplicates: d, .. } => {
+                    IngestOutcome::Stored {
+                        new, duplicates: d, ..
+                    } => {
                         readings += new;
                         duplicates += d;
                     }
@@ -472,13 +542,23 @@ async fn commit_loop(
                     IngestOutcome::Presence => {}
                 }
             }
-            tracing::debug!(messages = outcomes.len(), readings, duplicates, rejects, "batch committed");
+            tracing::debug!(
+                messages = outcomes.len(),
+                readings,
+                duplicates,
+                rejects,
+                "batch committed"
+            );
         }
         if let Some(tx) = &retriage {
             let mut cases: Vec<&String> = outcomes
                 .iter()
                 .filter_map(|o| match o {
-                    IngestOutcome::Stored { case_id: Some(c), new, .. } if *new > 0 => Some(c),
+                    IngestOutcome::Stored {
+                        case_id: Some(c),
+                        new,
+                        ..
+                    } if *new > 0 => Some(c),
                     _ => None,
                 })
                 .collect();
@@ -498,10 +578,14 @@ async fn commit_loop(
         }
         for (outcome, item) in outcomes.iter().zip(&items) {
             match outcome {
-                IngestOutcome::Stored { new, duplicates, .. } => {
+                IngestOutcome::Stored {
+                    new, duplicates, ..
+                } => {
                     metrics.committed_messages.fetch_add(1, Ordering::Relaxed);
                     metrics.readings.fetch_add(*new as u64, Ordering::Relaxed);
-                    metrics.duplicates.fetch_add(*duplicates as u64, Ordering::Relaxed);
+                    metrics
+                        .duplicates
+                        .fetch_add(*duplicates as u64, Ordering::Relaxed);
                 }
                 IngestOutcome::Rejected(r) => {
                     metrics.committed_messages.fetch_add(1, Ordering::Relaxed);
@@ -513,7 +597,12 @@ async fn commit_loop(
                         // QoS 0: the reply is advisory (the dead letter is the durable record) and
                         // must not occupy the in-flight window that acknowledgements share.
                         if crate::model::is_valid_ident(device_id) {
-                            let _ = client.try_publish(topics::rejects(device_id), QoS::AtMostOnce, false, r.to_json());
+                            let _ = client.try_publish(
+                                topics::rejects(device_id),
+                                QoS::AtMostOnce,
+                                false,
+                                r.to_json(),
+                            );
                         }
                     }
                 }
@@ -525,7 +614,11 @@ async fn commit_loop(
 }
 
 /// Raises "device silent" alarms for bound devices that stopped sending vitals.
-pub async fn silence_monitor(store: Store, gap: Duration, mut shutdown: watch::Receiver<bool>) -> Result<(), IngestError> {
+pub async fn silence_monitor(
+    store: Store,
+    gap: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), IngestError> {
     let mut tick = tokio::time::interval(Duration::from_secs(1).min(gap));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -534,14 +627,26 @@ pub async fn silence_monitor(store: Store, gap: Duration, mut shutdown: watch::R
             _ = shutdown.changed() => return Ok(()),
         }
         let gap_ms = gap.as_millis() as i64;
-        for a in store.call(move |db| db.raise_silent_device_alarms(now_ms(), gap_ms)).await? {
-            tracing::warn!(alarm = a.id, device = a.device_id.as_deref().unwrap_or(""), case = a.case_id.as_deref().unwrap_or(""), "device silent");
+        for a in store
+            .call(move |db| db.raise_silent_device_alarms(now_ms(), gap_ms))
+            .await?
+        {
+            tracing::warn!(
+                alarm = a.id,
+                device = a.device_id.as_deref().unwrap_or(""),
+                case = a.case_id.as_deref().unwrap_or(""),
+                "device silent"
+            );
         }
     }
 }
 
 /// Logs one summary line of counters every `every`.
-pub async fn summary(metrics: Arc<IngestMetrics>, every: Duration, mut shutdown: watch::Receiver<bool>) -> Result<(), IngestError> {
+pub async fn summary(
+    metrics: Arc<IngestMetrics>,
+    every: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), IngestError> {
     let mut tick = tokio::time::interval(every);
     tick.tick().await;
     loop {

@@ -28,7 +28,11 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { max_records: 256, max_future_ms: 24 * 3600 * 1000, max_age_ms: 72 * 3600 * 1000 }
+        Limits {
+            max_records: 256,
+            max_future_ms: 24 * 3600 * 1000,
+            max_age_ms: 72 * 3600 * 1000,
+        }
     }
 }
 
@@ -37,66 +41,124 @@ const RELATIVE_TIME_LIMIT: f64 = (1u64 << 28) as f64;
 
 /// Parses and validates a whole pack received at `recv_ms`.
 pub fn parse_pack(payload: &[u8], recv_ms: i64, lim: &Limits) -> Result<Vec<Reading>, Reject> {
-    let text = std::str::from_utf8(payload)
-        .map_err(|e| Reject::new(RejectCode::BadEncoding, format!("payload is not UTF-8 (byte {})", e.valid_up_to()), None))?;
-    let doc: Value = serde_json::from_str(text).map_err(|e| Reject::new(RejectCode::BadJson, format!("invalid JSON: {e}"), None))?;
-    let records = doc
-        .as_array()
-        .ok_or_else(|| Reject::new(RejectCode::BadSenml, "a SenML pack is a JSON array of records", None))?;
+    let text = std::str::from_utf8(payload).map_err(|e| {
+        Reject::new(
+            RejectCode::BadEncoding,
+            format!("payload is not UTF-8 (byte {})", e.valid_up_to()),
+            None,
+        )
+    })?;
+    let doc: Value = serde_json::from_str(text)
+        .map_err(|e| Reject::new(RejectCode::BadJson, format!("invalid JSON: {e}"), None))?;
+    let records = doc.as_array().ok_or_else(|| {
+        Reject::new(
+            RejectCode::BadSenml,
+            "a SenML pack is a JSON array of records",
+            None,
+        )
+    })?;
     if records.is_empty() {
-        return Err(Reject::new(RejectCode::EmptyPack, "the pack has no records", None));
+        return Err(Reject::new(
+            RejectCode::EmptyPack,
+            "the pack has no records",
+            None,
+        ));
     }
     if records.len() > lim.max_records {
         return Err(Reject::new(
             RejectCode::TooManyRecords,
-            format!("{} records exceed the limit of {}", records.len(), lim.max_records),
+            format!(
+                "{} records exceed the limit of {}",
+                records.len(),
+                lim.max_records
+            ),
             None,
         ));
     }
     let mut out = Vec::with_capacity(records.len());
-    let (mut bn, mut bt, mut bu): (String, Option<f64>, Option<String>) = (String::new(), None, None);
+    let (mut bn, mut bt, mut bu): (String, Option<f64>, Option<String>) =
+        (String::new(), None, None);
     for (i, rec) in records.iter().enumerate() {
         let at = Some(i);
-        let obj = rec.as_object().ok_or_else(|| Reject::new(RejectCode::BadSenml, "a record must be a JSON object", at))?;
+        let obj = rec.as_object().ok_or_else(|| {
+            Reject::new(RejectCode::BadSenml, "a record must be a JSON object", at)
+        })?;
         if let Some(k) = obj.keys().find(|k| k.ends_with('_')) {
-            return Err(Reject::new(RejectCode::MustUnderstand, format!("unsupported must-understand field `{k}`"), at));
+            return Err(Reject::new(
+                RejectCode::MustUnderstand,
+                format!("unsupported must-understand field `{k}`"),
+                at,
+            ));
         }
         if let Some(v) = obj.get("bver") {
             if v.as_u64().is_none_or(|v| v > 10) {
-                return Err(Reject::new(RejectCode::BadSenml, "`bver` must be a SenML version number ≤ 10", at));
+                return Err(Reject::new(
+                    RejectCode::BadSenml,
+                    "`bver` must be a SenML version number ≤ 10",
+                    at,
+                ));
             }
         }
         if let Some(v) = obj.get("bn") {
-            bn = v.as_str().ok_or_else(|| Reject::new(RejectCode::BadSenml, "`bn` must be a string", at))?.to_string();
+            bn = v
+                .as_str()
+                .ok_or_else(|| Reject::new(RejectCode::BadSenml, "`bn` must be a string", at))?
+                .to_string();
         }
         if let Some(v) = obj.get("bt") {
-            bt = Some(finite(v).ok_or_else(|| Reject::new(RejectCode::BadSenml, "`bt` must be a number", at))?);
+            bt =
+                Some(finite(v).ok_or_else(|| {
+                    Reject::new(RejectCode::BadSenml, "`bt` must be a number", at)
+                })?);
         }
         if let Some(v) = obj.get("bu") {
-            bu = Some(v.as_str().ok_or_else(|| Reject::new(RejectCode::BadSenml, "`bu` must be a string", at))?.to_string());
+            bu = Some(
+                v.as_str()
+                    .ok_or_else(|| Reject::new(RejectCode::BadSenml, "`bu` must be a string", at))?
+                    .to_string(),
+            );
         }
         if ["bv", "bs"].iter().any(|k| obj.contains_key(*k)) {
-            return Err(Reject::new(RejectCode::UnsupportedValue, "base values (`bv`, `bs`) are not supported", at));
+            return Err(Reject::new(
+                RejectCode::UnsupportedValue,
+                "base values (`bv`, `bs`) are not supported",
+                at,
+            ));
         }
-        let has_value = ["v", "vs", "vb", "vd", "s"].iter().any(|k| obj.contains_key(*k));
+        let has_value = ["v", "vs", "vb", "vd", "s"]
+            .iter()
+            .any(|k| obj.contains_key(*k));
         if !has_value && !obj.contains_key("n") {
             // A record carrying only base fields.
             continue;
         }
         let n = match obj.get("n") {
             None => "",
-            Some(v) => v.as_str().ok_or_else(|| Reject::new(RejectCode::BadSenml, "`n` must be a string", at))?,
+            Some(v) => v
+                .as_str()
+                .ok_or_else(|| Reject::new(RejectCode::BadSenml, "`n` must be a string", at))?,
         };
         let full = format!("{bn}{n}");
         let name = full.rsplit([':', '/']).next().unwrap_or_default();
-        let vital = vocab::lookup(name)
-            .ok_or_else(|| Reject::new(RejectCode::UnknownName, format!("unknown measurement `{}`", truncate(name, 64)), at))?;
+        let vital = vocab::lookup(name).ok_or_else(|| {
+            Reject::new(
+                RejectCode::UnknownName,
+                format!("unknown measurement `{}`", truncate(name, 64)),
+                at,
+            )
+        })?;
         let unit = match obj.get("u") {
-            Some(v) => Some(v.as_str().ok_or_else(|| Reject::new(RejectCode::BadSenml, "`u` must be a string", at))?),
+            Some(v) => Some(
+                v.as_str()
+                    .ok_or_else(|| Reject::new(RejectCode::BadSenml, "`u` must be a string", at))?,
+            ),
             None => bu.as_deref(),
         };
         let t = match obj.get("t") {
-            Some(v) => Some(finite(v).ok_or_else(|| Reject::new(RejectCode::BadSenml, "`t` must be a number", at))?),
+            Some(v) => Some(
+                finite(v)
+                    .ok_or_else(|| Reject::new(RejectCode::BadSenml, "`t` must be a number", at))?,
+            ),
             None => None,
         };
         let secs = match (bt, t) {
@@ -104,30 +166,48 @@ pub fn parse_pack(payload: &[u8], recv_ms: i64, lim: &Limits) -> Result<Vec<Read
             (None, Some(t)) if t.abs() < RELATIVE_TIME_LIMIT => recv_ms as f64 / 1000.0 + t,
             (None, Some(t)) => t,
             (None, None) => {
-                return Err(Reject::new(RejectCode::MissingTime, format!("`{name}` has no time (`t` or `bt`)"), at));
+                return Err(Reject::new(
+                    RejectCode::MissingTime,
+                    format!("`{name}` has no time (`t` or `bt`)"),
+                    at,
+                ));
             }
         };
         if secs.abs() < RELATIVE_TIME_LIMIT {
-            return Err(Reject::new(RejectCode::MissingTime, format!("`{name}` time resolves to a relative value, not a date"), at));
+            return Err(Reject::new(
+                RejectCode::MissingTime,
+                format!("`{name}` time resolves to a relative value, not a date"),
+                at,
+            ));
         }
         let device_ms = (secs * 1000.0).round() as i64;
         if device_ms > recv_ms + lim.max_future_ms {
             return Err(Reject::new(
                 RejectCode::TimeInFuture,
-                format!("`{name}` time is {} s ahead of the appliance clock", (device_ms - recv_ms) / 1000),
+                format!(
+                    "`{name}` time is {} s ahead of the appliance clock",
+                    (device_ms - recv_ms) / 1000
+                ),
                 at,
             ));
         }
         if device_ms < recv_ms - lim.max_age_ms {
             return Err(Reject::new(
                 RejectCode::TimeTooOld,
-                format!("`{name}` time is {} s older than the appliance clock allows", (recv_ms - device_ms) / 1000),
+                format!(
+                    "`{name}` time is {} s older than the appliance clock allows",
+                    (recv_ms - device_ms) / 1000
+                ),
                 at,
             ));
         }
         let value = if vital.name == "avpu" {
             if obj.contains_key("v") {
-                return Err(Reject::new(RejectCode::BadValue, "`avpu` takes a string `vs` (A, C, V, P or U)", at));
+                return Err(Reject::new(
+                    RejectCode::BadValue,
+                    "`avpu` takes a string `vs` (A, C, V, P or U)",
+                    at,
+                ));
             }
             let vs = obj
                 .get("vs")
@@ -135,40 +215,87 @@ pub fn parse_pack(payload: &[u8], recv_ms: i64, lim: &Limits) -> Result<Vec<Read
                 .as_str()
                 .ok_or_else(|| Reject::new(RejectCode::BadValue, "`vs` must be a string", at))?;
             if let Some(u) = unit {
-                return Err(Reject::new(RejectCode::WrongUnit, format!("`avpu` has no unit, got `{}`", truncate(u, 16)), at));
+                return Err(Reject::new(
+                    RejectCode::WrongUnit,
+                    format!("`avpu` has no unit, got `{}`", truncate(u, 16)),
+                    at,
+                ));
             }
-            AVPU_LEVELS
-                .iter()
-                .position(|l| *l == vs)
-                .ok_or_else(|| Reject::new(RejectCode::BadValue, format!("`{}` is not one of A, C, V, P, U", truncate(vs, 8)), at))?
-                as f64
+            AVPU_LEVELS.iter().position(|l| *l == vs).ok_or_else(|| {
+                Reject::new(
+                    RejectCode::BadValue,
+                    format!("`{}` is not one of A, C, V, P, U", truncate(vs, 8)),
+                    at,
+                )
+            })? as f64
         } else {
-            if ["vb", "vd", "s"].iter().any(|k| obj.contains_key(*k)) || (obj.contains_key("vs") && !obj.contains_key("v")) {
-                return Err(Reject::new(RejectCode::UnsupportedValue, format!("`{name}` takes a numeric `v`"), at));
+            if ["vb", "vd", "s"].iter().any(|k| obj.contains_key(*k))
+                || (obj.contains_key("vs") && !obj.contains_key("v"))
+            {
+                return Err(Reject::new(
+                    RejectCode::UnsupportedValue,
+                    format!("`{name}` takes a numeric `v`"),
+                    at,
+                ));
             }
-            let v = obj.get("v").ok_or_else(|| Reject::new(RejectCode::MissingValue, format!("`{name}` has no `v`"), at))?;
-            let v = finite(v).ok_or_else(|| Reject::new(RejectCode::BadValue, format!("`{name}` value must be a finite number"), at))?;
+            let v = obj.get("v").ok_or_else(|| {
+                Reject::new(RejectCode::MissingValue, format!("`{name}` has no `v`"), at)
+            })?;
+            let v = finite(v).ok_or_else(|| {
+                Reject::new(
+                    RejectCode::BadValue,
+                    format!("`{name}` value must be a finite number"),
+                    at,
+                )
+            })?;
             let want = vital.unit.expect("numeric vitals have units");
             match unit {
                 Some(u) if u == want => {}
                 Some(u) => {
-                    return Err(Reject::new(RejectCode::WrongUnit, format!("`{name}` must be in `{want}`, got `{}`", truncate(u, 16)), at));
+                    return Err(Reject::new(
+                        RejectCode::WrongUnit,
+                        format!("`{name}` must be in `{want}`, got `{}`", truncate(u, 16)),
+                        at,
+                    ));
                 }
-                None => return Err(Reject::new(RejectCode::WrongUnit, format!("`{name}` needs unit `{want}`"), at)),
+                None => {
+                    return Err(Reject::new(
+                        RejectCode::WrongUnit,
+                        format!("`{name}` needs unit `{want}`"),
+                        at,
+                    ));
+                }
             }
             if !(vital.min..=vital.max).contains(&v) || (vital.integer && v.fract() != 0.0) {
                 return Err(Reject::new(
                     RejectCode::OutOfRange,
-                    format!("`{name}` is outside the plausible range {}-{}{}", vital.min, vital.max, if vital.integer { " (whole numbers)" } else { "" }),
+                    format!(
+                        "`{name}` is outside the plausible range {}-{}{}",
+                        vital.min,
+                        vital.max,
+                        if vital.integer {
+                            " (whole numbers)"
+                        } else {
+                            ""
+                        }
+                    ),
                     at,
                 ));
             }
             v
         };
-        out.push(Reading { code: vital.name, value, device_time_ms: device_ms });
+        out.push(Reading {
+            code: vital.name,
+            value,
+            device_time_ms: device_ms,
+        });
     }
     if out.is_empty() {
-        return Err(Reject::new(RejectCode::EmptyPack, "the pack has only base records", None));
+        return Err(Reject::new(
+            RejectCode::EmptyPack,
+            "the pack has only base records",
+            None,
+        ));
     }
     Ok(out)
 }
@@ -209,7 +336,14 @@ mod tests {
         )
         .unwrap();
         assert_eq!(r.len(), 3);
-        assert_eq!(r[0], Reading { code: "heart_rate", value: 72.0, device_time_ms: NOW - 1000 });
+        assert_eq!(
+            r[0],
+            Reading {
+                code: "heart_rate",
+                value: 72.0,
+                device_time_ms: NOW - 1000
+            }
+        );
         assert_eq!(r[1].device_time_ms, NOW);
         assert_eq!(r[2].device_time_ms, NOW + 500);
     }
@@ -218,7 +352,10 @@ mod tests {
     fn avpu_uses_string_values() {
         let r = parse(r#"[{"n":"avpu","vs":"P","t":1800000000}]"#).unwrap();
         assert_eq!(r[0].value, 3.0);
-        assert_eq!(code(r#"[{"n":"avpu","vs":"X","t":1800000000}]"#), "BAD_VALUE");
+        assert_eq!(
+            code(r#"[{"n":"avpu","vs":"X","t":1800000000}]"#),
+            "BAD_VALUE"
+        );
         assert_eq!(code(r#"[{"n":"avpu","v":1,"t":1800000000}]"#), "BAD_VALUE");
     }
 
@@ -237,25 +374,69 @@ mod tests {
             ("[5]".into(), "BAD_SENML"),
             ("[]".into(), "EMPTY_PACK"),
             (r#"[{"bn":"x:"}]"#.into(), "EMPTY_PACK"),
-            (format!(r#"[{{"n":"pulse","u":"beat/min","v":1,{t}}}]"#), "UNKNOWN_NAME"),
-            (format!(r#"[{{"n":"heart_rate","u":"Hz","v":1,{t}}}]"#), "WRONG_UNIT"),
+            (
+                format!(r#"[{{"n":"pulse","u":"beat/min","v":1,{t}}}]"#),
+                "UNKNOWN_NAME",
+            ),
+            (
+                format!(r#"[{{"n":"heart_rate","u":"Hz","v":1,{t}}}]"#),
+                "WRONG_UNIT",
+            ),
             (format!(r#"[{{"n":"heart_rate","v":1,{t}}}]"#), "WRONG_UNIT"),
-            (format!(r#"[{{"n":"heart_rate","u":"beat/min",{t}}}]"#), "MISSING_VALUE"),
-            (format!(r#"[{{"n":"heart_rate","u":"beat/min","v":"72",{t}}}]"#), "BAD_VALUE"),
-            (format!(r#"[{{"n":"heart_rate","u":"beat/min","vb":true,{t}}}]"#), "UNSUPPORTED_VALUE"),
-            (format!(r#"[{{"n":"heart_rate","u":"beat/min","v":351,{t}}}]"#), "OUT_OF_RANGE"),
-            (format!(r#"[{{"n":"gcs_total","u":"/","v":14.5,{t}}}]"#), "OUT_OF_RANGE"),
-            (format!(r#"[{{"n":"temp","u":"Cel","v":19.9,{t}}}]"#), "OUT_OF_RANGE"),
-            (r#"[{"n":"heart_rate","u":"beat/min","v":1}]"#.into(), "MISSING_TIME"),
-            (r#"[{"n":"heart_rate","u":"beat/min","v":1,"t":1900000000}]"#.into(), "TIME_IN_FUTURE"),
-            (r#"[{"n":"heart_rate","u":"beat/min","v":1,"t":1700000000}]"#.into(), "TIME_TOO_OLD"),
-            (format!(r#"[{{"n":"heart_rate","u":"beat/min","v":1,"crit_":1,{t}}}]"#), "MUST_UNDERSTAND"),
+            (
+                format!(r#"[{{"n":"heart_rate","u":"beat/min",{t}}}]"#),
+                "MISSING_VALUE",
+            ),
+            (
+                format!(r#"[{{"n":"heart_rate","u":"beat/min","v":"72",{t}}}]"#),
+                "BAD_VALUE",
+            ),
+            (
+                format!(r#"[{{"n":"heart_rate","u":"beat/min","vb":true,{t}}}]"#),
+                "UNSUPPORTED_VALUE",
+            ),
+            (
+                format!(r#"[{{"n":"heart_rate","u":"beat/min","v":351,{t}}}]"#),
+                "OUT_OF_RANGE",
+            ),
+            (
+                format!(r#"[{{"n":"gcs_total","u":"/","v":14.5,{t}}}]"#),
+                "OUT_OF_RANGE",
+            ),
+            (
+                format!(r#"[{{"n":"temp","u":"Cel","v":19.9,{t}}}]"#),
+                "OUT_OF_RANGE",
+            ),
+            (
+                r#"[{"n":"heart_rate","u":"beat/min","v":1}]"#.into(),
+                "MISSING_TIME",
+            ),
+            (
+                r#"[{"n":"heart_rate","u":"beat/min","v":1,"t":1900000000}]"#.into(),
+                "TIME_IN_FUTURE",
+            ),
+            (
+                r#"[{"n":"heart_rate","u":"beat/min","v":1,"t":1700000000}]"#.into(),
+                "TIME_TOO_OLD",
+            ),
+            (
+                format!(r#"[{{"n":"heart_rate","u":"beat/min","v":1,"crit_":1,{t}}}]"#),
+                "MUST_UNDERSTAND",
+            ),
         ];
         for (payload, want) in &cases {
             assert_eq!(code(payload), *want, "{payload}");
         }
-        assert_eq!(parse_pack(&[0xff, 0xfe, 0x00], NOW, &Limits::default()).unwrap_err().code, RejectCode::BadEncoding);
-        let many = format!("[{}]", vec![format!(r#"{{"n":"pain","u":"/","v":1,{t}}}"#); 257].join(","));
+        assert_eq!(
+            parse_pack(&[0xff, 0xfe, 0x00], NOW, &Limits::default())
+                .unwrap_err()
+                .code,
+            RejectCode::BadEncoding
+        );
+        let many = format!(
+            "[{}]",
+            vec![format!(r#"{{"n":"pain","u":"/","v":1,{t}}}"#); 257].join(",")
+        );
         assert_eq!(code(&many), "TOO_MANY_RECORDS");
     }
 
@@ -270,7 +451,13 @@ mod tests {
 
     #[test]
     fn nan_and_infinite_numbers_are_not_json() {
-        assert_eq!(code(r#"[{"n":"spo2","u":"%","v":NaN,"t":1800000000}]"#), "BAD_JSON");
-        assert_eq!(code(r#"[{"n":"spo2","u":"%","v":1e999,"t":1800000000}]"#), "BAD_JSON");
+        assert_eq!(
+            code(r#"[{"n":"spo2","u":"%","v":NaN,"t":1800000000}]"#),
+            "BAD_JSON"
+        );
+        assert_eq!(
+            code(r#"[{"n":"spo2","u":"%","v":1e999,"t":1800000000}]"#),
+            "BAD_JSON"
+        );
     }
 }

@@ -24,8 +24,13 @@ pub enum Scenario {
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 5] =
-        [Scenario::Stable, Scenario::Sepsis, Scenario::HaemorrhagicShock, Scenario::Hypoglycaemia, Scenario::HeadInjury];
+    pub const ALL: [Scenario; 5] = [
+        Scenario::Stable,
+        Scenario::Sepsis,
+        Scenario::HaemorrhagicShock,
+        Scenario::Hypoglycaemia,
+        Scenario::HeadInjury,
+    ];
 
     pub fn parse(s: &str) -> Option<Self> {
         Some(match s {
@@ -50,7 +55,16 @@ impl Scenario {
 
     /// `(name, unit, start, end, noise sd)` per vital; AVPU is derived from GCS.
     fn course(self) -> [(&'static str, &'static str, f64, f64, f64); 11] {
-        let base = |hr: (f64, f64), rr: (f64, f64), spo2: (f64, f64), sbp: (f64, f64), dbp: (f64, f64), t: (f64, f64), co2: (f64, f64), glu: (f64, f64), gcs: (f64, f64), pain: (f64, f64)| {
+        let base = |hr: (f64, f64),
+                    rr: (f64, f64),
+                    spo2: (f64, f64),
+                    sbp: (f64, f64),
+                    dbp: (f64, f64),
+                    t: (f64, f64),
+                    co2: (f64, f64),
+                    glu: (f64, f64),
+                    gcs: (f64, f64),
+                    pain: (f64, f64)| {
             [
                 ("heart_rate", "beat/min", hr.0, hr.1, 3.0),
                 ("resp_rate", "1/min", rr.0, rr.1, 1.0),
@@ -66,11 +80,66 @@ impl Scenario {
             ]
         };
         match self {
-            Scenario::Stable => base((78., 80.), (14., 14.), (98., 98.), (124., 122.), (78., 77.), (36.9, 36.9), (37., 37.), (105., 104.), (15., 15.), (2., 2.)),
-            Scenario::Sepsis => base((98., 138.), (21., 31.), (95., 87.), (112., 80.), (68., 44.), (38.4, 39.7), (32., 24.), (165., 190.), (15., 13.), (4., 5.)),
-            Scenario::HaemorrhagicShock => base((108., 152.), (22., 34.), (96., 89.), (104., 66.), (66., 36.), (36.4, 35.4), (30., 19.), (140., 150.), (15., 11.), (8., 9.)),
-            Scenario::Hypoglycaemia => base((96., 116.), (16., 18.), (97., 96.), (132., 138.), (82., 84.), (36.3, 36.1), (36., 35.), (58., 31.), (14., 9.), (0., 0.)),
-            Scenario::HeadInjury => base((74., 51.), (16., 9.), (97., 93.), (138., 178.), (84., 92.), (36.8, 36.9), (38., 45.), (120., 125.), (14., 7.), (6., 6.)),
+            Scenario::Stable => base(
+                (78., 80.),
+                (14., 14.),
+                (98., 98.),
+                (124., 122.),
+                (78., 77.),
+                (36.9, 36.9),
+                (37., 37.),
+                (105., 104.),
+                (15., 15.),
+                (2., 2.),
+            ),
+            Scenario::Sepsis => base(
+                (98., 138.),
+                (21., 31.),
+                (95., 87.),
+                (112., 80.),
+                (68., 44.),
+                (38.4, 39.7),
+                (32., 24.),
+                (165., 190.),
+                (15., 13.),
+                (4., 5.),
+            ),
+            Scenario::HaemorrhagicShock => base(
+                (108., 152.),
+                (22., 34.),
+                (96., 89.),
+                (104., 66.),
+                (66., 36.),
+                (36.4, 35.4),
+                (30., 19.),
+                (140., 150.),
+                (15., 11.),
+                (8., 9.),
+            ),
+            Scenario::Hypoglycaemia => base(
+                (96., 116.),
+                (16., 18.),
+                (97., 96.),
+                (132., 138.),
+                (82., 84.),
+                (36.3, 36.1),
+                (36., 35.),
+                (58., 31.),
+                (14., 9.),
+                (0., 0.),
+            ),
+            Scenario::HeadInjury => base(
+                (74., 51.),
+                (16., 9.),
+                (97., 93.),
+                (138., 178.),
+                (84., 92.),
+                (36.8, 36.9),
+                (38., 45.),
+                (120., 125.),
+                (14., 7.),
+                (6., 6.),
+            ),
         }
     }
 }
@@ -174,7 +243,15 @@ impl Rng {
 
 /// Builds one SenML pack for `scenario` at progress `p` ∈ [0, 1] and time `t_ms`.
 /// `rotate` selects which vitals go into a pack smaller than the full set.
-pub fn pack(device: &str, scenario: Scenario, p: f64, t_ms: i64, n: usize, rotate: usize, rng: &mut Rng) -> (String, usize) {
+pub fn pack(
+    device: &str,
+    scenario: Scenario,
+    p: f64,
+    t_ms: i64,
+    n: usize,
+    rotate: usize,
+    rng: &mut Rng,
+) -> (String, usize) {
     let course = scenario.course();
     let p = p.clamp(0.0, 1.0);
     let mut gcs = 15.0;
@@ -219,8 +296,13 @@ pub fn pack(device: &str, scenario: Scenario, p: f64, t_ms: i64, n: usize, rotat
 
 fn faulty(body: &str, fault: Fault, rng: &mut Rng) -> Vec<u8> {
     match fault {
-        Fault::BadUnits => body.replacen(r#""u":"beat/min""#, r#""u":"Hz""#, 1).replacen(r#""u":"%""#, r#""u":"ratio""#, 1).into_bytes(),
-        Fault::Garbage => (0..(16 + rng.next_u64() % 200)).map(|_| rng.next_u64() as u8).collect(),
+        Fault::BadUnits => body
+            .replacen(r#""u":"beat/min""#, r#""u":"Hz""#, 1)
+            .replacen(r#""u":"%""#, r#""u":"ratio""#, 1)
+            .into_bytes(),
+        Fault::Garbage => (0..(16 + rng.next_u64() % 200))
+            .map(|_| rng.next_u64() as u8)
+            .collect(),
         Fault::ClockSkew => {
             let shifted = body.split_once(r#""bt":"#).map(|(a, rest)| {
                 let (num, tail) = rest.split_once(',').unwrap_or((rest, ""));
@@ -253,12 +335,19 @@ pub async fn run(opts: SimOptions) -> anyhow::Result<SimReport> {
 
 async fn device(o: SimOptions, index: usize) -> anyhow::Result<SimReport> {
     let id = format!("{}{}", o.device_prefix, index + 1);
-    let scenario = o.scenario.unwrap_or(Scenario::ALL[index % Scenario::ALL.len()]);
+    let scenario = o
+        .scenario
+        .unwrap_or(Scenario::ALL[index % Scenario::ALL.len()]);
     let mut mo = MqttOptions::new(id.clone(), o.host.clone(), o.port);
     mo.set_keep_alive(Duration::from_secs(15))
         .set_clean_session(true)
         .set_inflight(200)
-        .set_last_will(LastWill::new(topics::status(&id), "offline", QoS::AtLeastOnce, true));
+        .set_last_will(LastWill::new(
+            topics::status(&id),
+            "offline",
+            QoS::AtLeastOnce,
+            true,
+        ));
     if let Some((u, p)) = &o.credentials {
         mo.set_credentials(u.clone(), p.clone());
     }
@@ -281,7 +370,9 @@ async fn device(o: SimOptions, index: usize) -> anyhow::Result<SimReport> {
             }
         }
     });
-    client.publish(topics::status(&id), QoS::AtLeastOnce, true, "online").await?;
+    client
+        .publish(topics::status(&id), QoS::AtLeastOnce, true, "online")
+        .await?;
     let mut rng = Rng::new(o.seed ^ ((index as u64 + 1) << 32));
     let mut rep = SimReport::default();
     let started = std::time::Instant::now();
@@ -299,8 +390,17 @@ async fn device(o: SimOptions, index: usize) -> anyhow::Result<SimReport> {
         let t = now_ms().max(last_t + 1);
         last_t = t;
         let p = started.elapsed().as_secs_f64() / o.scenario_secs;
-        let (body, n) = pack(&id, scenario, p, t, o.readings_per_pack, k as usize, &mut rng);
-        let fault = (!o.faults.is_empty() && rng.unit() < o.fault_rate).then(|| o.faults[(rng.next_u64() % o.faults.len() as u64) as usize]);
+        let (body, n) = pack(
+            &id,
+            scenario,
+            p,
+            t,
+            o.readings_per_pack,
+            k as usize,
+            &mut rng,
+        );
+        let fault = (!o.faults.is_empty() && rng.unit() < o.fault_rate)
+            .then(|| o.faults[(rng.next_u64() % o.faults.len() as u64) as usize]);
         let payload = match fault {
             Some(f) => {
                 rep.faulty += 1;
@@ -311,13 +411,22 @@ async fn device(o: SimOptions, index: usize) -> anyhow::Result<SimReport> {
                 body.into_bytes()
             }
         };
-        client.publish(topics::vitals(&id), QoS::AtLeastOnce, false, payload.clone()).await?;
+        client
+            .publish(
+                topics::vitals(&id),
+                QoS::AtLeastOnce,
+                false,
+                payload.clone(),
+            )
+            .await?;
         sent += 1;
         if fault == Some(Fault::Duplicates) {
             rep.faulty -= 1;
             rep.readings += n as u64;
             rep.duplicates += 1;
-            client.publish(topics::vitals(&id), QoS::AtLeastOnce, false, payload).await?;
+            client
+                .publish(topics::vitals(&id), QoS::AtLeastOnce, false, payload)
+                .await?;
             sent += 1;
         }
         rep.packs += 1;
@@ -335,7 +444,10 @@ async fn device(o: SimOptions, index: usize) -> anyhow::Result<SimReport> {
         }
     }
     let _ = client.disconnect().await;
-    if tokio::time::timeout(Duration::from_secs(5), driver).await.is_err() {
+    if tokio::time::timeout(Duration::from_secs(5), driver)
+        .await
+        .is_err()
+    {
         tracing::warn!(device = %id, "disconnect did not complete");
     }
     Ok(rep)
@@ -353,7 +465,8 @@ mod tests {
         for s in Scenario::ALL {
             for step in 0..=20 {
                 let (body, n) = pack("dev-1", s, step as f64 / 20.0, t, 11, 0, &mut rng);
-                let r = parse_pack(body.as_bytes(), t, &Limits::default()).unwrap_or_else(|e| panic!("{s:?} {step}: {e:?} in {body}"));
+                let r = parse_pack(body.as_bytes(), t, &Limits::default())
+                    .unwrap_or_else(|e| panic!("{s:?} {step}: {e:?} in {body}"));
                 assert_eq!(r.len(), n);
             }
         }
@@ -367,8 +480,14 @@ mod tests {
             let r = parse_pack(body.as_bytes(), 1_800_000_000_000, &Limits::default()).unwrap();
             r.iter().find(|x| x.code == "sbp").unwrap().value
         };
-        assert!(hr(Scenario::HaemorrhagicShock, 1.0, &mut rng) < hr(Scenario::HaemorrhagicShock, 0.0, &mut rng) - 20.0);
-        assert!(hr(Scenario::HeadInjury, 1.0, &mut rng) > hr(Scenario::HeadInjury, 0.0, &mut rng) + 20.0);
+        assert!(
+            hr(Scenario::HaemorrhagicShock, 1.0, &mut rng)
+                < hr(Scenario::HaemorrhagicShock, 0.0, &mut rng) - 20.0
+        );
+        assert!(
+            hr(Scenario::HeadInjury, 1.0, &mut rng)
+                > hr(Scenario::HeadInjury, 0.0, &mut rng) + 20.0
+        );
     }
 
     #[test]
@@ -376,10 +495,22 @@ mod tests {
         let mut rng = Rng::new(5);
         let t = 1_800_000_000_000;
         let (body, _) = pack("d", Scenario::Stable, 0.0, t, 11, 0, &mut rng);
-        let code = |b: Vec<u8>| parse_pack(&b, t, &Limits::default()).unwrap_err().code.as_str();
+        let code = |b: Vec<u8>| {
+            parse_pack(&b, t, &Limits::default())
+                .unwrap_err()
+                .code
+                .as_str()
+        };
         assert_eq!(code(faulty(&body, Fault::BadUnits, &mut rng)), "WRONG_UNIT");
-        assert_eq!(code(faulty(&body, Fault::ClockSkew, &mut rng)), "TIME_IN_FUTURE");
-        assert!(["BAD_JSON", "BAD_ENCODING"].contains(&code(faulty(&body, Fault::Garbage, &mut rng))));
+        assert_eq!(
+            code(faulty(&body, Fault::ClockSkew, &mut rng)),
+            "TIME_IN_FUTURE"
+        );
+        assert!(["BAD_JSON", "BAD_ENCODING"].contains(&code(faulty(
+            &body,
+            Fault::Garbage,
+            &mut rng
+        ))));
     }
 
     #[test]
@@ -387,7 +518,15 @@ mod tests {
         let mut rng = Rng::new(1);
         let mut seen = std::collections::HashSet::new();
         for k in 0..11 {
-            let (body, n) = pack("d", Scenario::Stable, 0.0, 1_800_000_000_000, 1, k, &mut rng);
+            let (body, n) = pack(
+                "d",
+                Scenario::Stable,
+                0.0,
+                1_800_000_000_000,
+                1,
+                k,
+                &mut rng,
+            );
             assert_eq!(n, 1);
             let r = parse_pack(body.as_bytes(), 1_800_000_000_000, &Limits::default()).unwrap();
             seen.insert(r[0].code);

@@ -15,7 +15,9 @@ pub enum Topic<'a> {
 
 /// Classifies a topic; the device segment is returned unvalidated.
 pub fn parse(topic: &str) -> Topic<'_> {
-    let Some(rest) = topic.strip_prefix("hema3n/v1/devices/") else { return Topic::Other };
+    let Some(rest) = topic.strip_prefix("hema3n/v1/devices/") else {
+        return Topic::Other;
+    };
     match rest.split_once('/') {
         Some((dev, "vitals")) => Topic::Vitals(dev),
         Some((dev, "status")) => Topic::Status(dev),
@@ -41,8 +43,14 @@ mod tests {
 
     #[test]
     fn topics_classify() {
-        assert_eq!(parse("hema3n/v1/devices/mon-1/vitals"), Topic::Vitals("mon-1"));
-        assert_eq!(parse("hema3n/v1/devices/mon-1/status"), Topic::Status("mon-1"));
+        assert_eq!(
+            parse("hema3n/v1/devices/mon-1/vitals"),
+            Topic::Vitals("mon-1")
+        );
+        assert_eq!(
+            parse("hema3n/v1/devices/mon-1/status"),
+            Topic::Status("mon-1")
+        );
         assert_eq!(parse("hema3n/v1/devices/mon-1/x/vitals"), Topic::Other);
         assert_eq!(parse("hema3n/v2/devices/mon-1/vitals"), Topic::Other);
         assert_eq!(parse(&vitals("a")), Topic::Vitals("a"));

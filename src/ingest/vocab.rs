@@ -16,12 +16,32 @@ pub struct Vital {
     pub integer: bool,
 }
 
-const fn num(name: &'static str, unit: &'static str, loinc: &'static str, min: f64, max: f64) -> Vital {
-    Vital { name, unit: Some(unit), loinc, min, max, integer: false }
+const fn num(
+    name: &'static str,
+    unit: &'static str,
+    loinc: &'static str,
+    min: f64,
+    max: f64,
+) -> Vital {
+    Vital {
+        name,
+        unit: Some(unit),
+        loinc,
+        min,
+        max,
+        integer: false,
+    }
 }
 
 const fn score(name: &'static str, loinc: &'static str, min: f64, max: f64) -> Vital {
-    Vital { name, unit: Some("/"), loinc, min, max, integer: true }
+    Vital {
+        name,
+        unit: Some("/"),
+        loinc,
+        min,
+        max,
+        integer: true,
+    }
 }
 
 /// The full vocabulary.
@@ -38,7 +58,14 @@ pub const VITALS: &[Vital] = &[
     score("gcs_eye", "9267-6", 1.0, 4.0),
     score("gcs_verbal", "9270-0", 1.0, 5.0),
     score("gcs_motor", "9268-4", 1.0, 6.0),
-    Vital { name: "avpu", unit: None, loinc: "67775-7", min: 0.0, max: 4.0, integer: true },
+    Vital {
+        name: "avpu",
+        unit: None,
+        loinc: "67775-7",
+        min: 0.0,
+        max: 4.0,
+        integer: true,
+    },
     score("pain", "72514-3", 0.0, 10.0),
 ];
 
@@ -58,7 +85,11 @@ mod tests {
     fn names_are_unique_and_ranges_sane() {
         for (i, a) in VITALS.iter().enumerate() {
             assert!(a.min < a.max, "{}", a.name);
-            assert!(VITALS[i + 1..].iter().all(|b| b.name != a.name), "duplicate {}", a.name);
+            assert!(
+                VITALS[i + 1..].iter().all(|b| b.name != a.name),
+                "duplicate {}",
+                a.name
+            );
         }
         assert_eq!(lookup("spo2").unwrap().loinc, "2708-6");
         assert!(lookup("SpO2").is_none());

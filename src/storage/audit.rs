@@ -53,7 +53,15 @@ pub fn entry_hash(prev: &[u8], e: &EntryFields<'_>) -> [u8; 32] {
     h.update(b"hema3n-audit/v1");
     h.update(&e.seq.to_be_bytes());
     h.update(&e.ts.to_be_bytes());
-    for f in [e.actor, e.role, e.action, e.resource, e.outcome, e.territory, e.details] {
+    for f in [
+        e.actor,
+        e.role,
+        e.action,
+        e.resource,
+        e.outcome,
+        e.territory,
+        e.details,
+    ] {
         h.update(&(f.len() as u32).to_be_bytes());
         h.update(f.as_bytes());
     }
@@ -99,7 +107,11 @@ fn head(conn: &Connection) -> Result<(i64, Vec<u8>, i64, i64)> {
 pub(crate) fn append(conn: &Connection, st: &State, ev: &AuditEvent, now: i64) -> Result<i64> {
     let (last, prev, cp_seq, _) = head(conn)?;
     let seq = last + 1;
-    let details = if ev.details.is_null() { String::new() } else { ev.details.to_string() };
+    let details = if ev.details.is_null() {
+        String::new()
+    } else {
+        ev.details.to_string()
+    };
     let territory = ev.territory.as_deref().unwrap_or("");
     let f = EntryFields {
         seq,
@@ -119,7 +131,8 @@ pub(crate) fn append(conn: &Connection, st: &State, ev: &AuditEvent, now: i64) -
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
     )?
     .execute(params![seq, now, f.actor, f.role, f.action, f.resource, f.outcome, territory, details, prev, &hash[..], &mac[..]])?;
-    conn.prepare_cached("UPDATE audit_head SET seq = ?1, hash = ?2 WHERE id = 1")?.execute(params![seq, &hash[..]])?;
+    conn.prepare_cached("UPDATE audit_head SET seq = ?1, hash = ?2 WHERE id = 1")?
+        .execute(params![seq, &hash[..]])?;
     if (seq - cp_seq) as u64 >= st.audit_cfg.checkpoint_every_entries {
         write_checkpoint(conn, st, seq, &hash, now)?;
     }
@@ -132,14 +145,21 @@ fn write_checkpoint(conn: &Connection, st: &State, seq: i64, hash: &[u8], now: i
     let key_id = st.keys.signing.public().key_id();
     conn.prepare_cached("INSERT INTO audit_checkpoints (seq, ts, hash, key_id, signature) VALUES (?1, ?2, ?3, ?4, ?5)")?
         .execute(params![seq, now, hash, key_id, sig])?;
-    conn.prepare_cached("UPDATE audit_head SET last_checkpoint_seq = ?1, last_checkpoint_ts = ?2 WHERE id = 1")?
-        .execute(params![seq, now])?;
+    conn.prepare_cached(
+        "UPDATE audit_head SET last_checkpoint_seq = ?1, last_checkpoint_ts = ?2 WHERE id = 1",
+    )?
+    .execute(params![seq, now])?;
     Ok(())
 }
 
 /// Signs a checkpoint over the head when entries exist past the last one and the interval
 /// passed (or `force`). Returns the checkpointed sequence number, if any.
-pub(crate) fn checkpoint_if_due(conn: &Connection, st: &State, now: i64, force: bool) -> Result<Option<i64>> {
+pub(crate) fn checkpoint_if_due(
+    conn: &Connection,
+    st: &State,
+    now: i64,
+    force: bool,
+) -> Result<Option<i64>> {
     let (seq, hash, cp_seq, cp_ts) = head(conn)?;
     let due = force || now - cp_ts >= (st.audit_cfg.checkpoint_every_secs as i64) * 1000;
     if seq > cp_seq && due {
@@ -183,13 +203,22 @@ impl VerifyReport {
 const MAX_FINDINGS: usize = 50;
 
 /// Verifies chain, MACs, checkpoint signatures, head and high-water mark.
-pub(crate) fn verify(conn: &Connection, keys: &Keyring, appliance_id: &str) -> Result<VerifyReport> {
+pub(crate) fn verify(
+    conn: &Connection,
+    keys: &Keyring,
+    appliance_id: &str,
+) -> Result<VerifyReport> {
     let public = keys.signing.public();
     verify_with(conn, keys.audit_key.as_ref(), &[public], appliance_id)
 }
 
 /// [`verify`] with explicit keys (the appliance's current and former public keys).
-pub fn verify_with(conn: &Connection, audit_key: &[u8], publics: &[PublicKey], appliance_id: &str) -> Result<VerifyReport> {
+pub fn verify_with(
+    conn: &Connection,
+    audit_key: &[u8],
+    publics: &[PublicKey],
+    appliance_id: &str,
+) -> Result<VerifyReport> {
     let audit_mac = Mac::new(audit_key);
     let mut rep = VerifyReport::default();
     let add = |rep: &mut VerifyReport, seq: i64, what: String| {
@@ -199,7 +228,9 @@ pub fn verify_with(conn: &Connection, audit_key: &[u8], publics: &[PublicKey], a
     };
     let mut checkpoints: BTreeMap<i64, (i64, Vec<u8>, String, Vec<u8>)> = BTreeMap::new();
     {
-        let mut st = conn.prepare("SELECT seq, ts, hash, key_id, signature FROM audit_checkpoints ORDER BY seq")?;
+        let mut st = conn.prepare(
+            "SELECT seq, ts, hash, key_id, signature FROM audit_checkpoints ORDER BY seq",
+        )?;
         let mut rows = st.query([])?;
         while let Some(r) = rows.next()? {
             checkpoints.insert(r.get(0)?, (r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?));
@@ -209,8 +240,14 @@ pub fn verify_with(conn: &Connection, audit_key: &[u8], publics: &[PublicKey], a
     for (&seq, (ts, hash, kid, sig)) in &checkpoints {
         let msg = checkpoint_message(appliance_id, seq, *ts, hash);
         match publics.iter().find(|p| &p.key_id() == kid) {
-            None => add(&mut rep, seq, format!("checkpoint is signed by unknown key {kid}")),
-            Some(p) if p.verify(&msg, sig).is_err() => add(&mut rep, seq, "checkpoint signature is invalid".into()),
+            None => add(
+                &mut rep,
+                seq,
+                format!("checkpoint is signed by unknown key {kid}"),
+            ),
+            Some(p) if p.verify(&msg, sig).is_err() => {
+                add(&mut rep, seq, "checkpoint signature is invalid".into())
+            }
             Some(_) => {}
         }
     }
@@ -224,8 +261,23 @@ pub fn verify_with(conn: &Connection, audit_key: &[u8], publics: &[PublicKey], a
     while let Some(r) = rows.next()? {
         let seq: i64 = r.get(0)?;
         let ts: i64 = r.get(1)?;
-        let (actor, role, action, resource, outcome, territory, details): (String, String, String, String, String, String, String) =
-            (r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?, r.get(8)?);
+        let (actor, role, action, resource, outcome, territory, details): (
+            String,
+            String,
+            String,
+            String,
+            String,
+            String,
+            String,
+        ) = (
+            r.get(2)?,
+            r.get(3)?,
+            r.get(4)?,
+            r.get(5)?,
+            r.get(6)?,
+            r.get(7)?,
+            r.get(8)?,
+        );
         let prev_hash: Vec<u8> = r.get(9)?;
         let hash: Vec<u8> = r.get(10)?;
         let mac: Vec<u8> = r.get(11)?;
@@ -239,7 +291,12 @@ pub fn verify_with(conn: &Connection, audit_key: &[u8], publics: &[PublicKey], a
             add(&mut rep, expected.min(seq), what);
         }
         if !ct_eq(&prev_hash, &prev) {
-            add(&mut rep, seq, "does not link to the entry before it (deleted, reordered or inserted entries)".into());
+            add(
+                &mut rep,
+                seq,
+                "does not link to the entry before it (deleted, reordered or inserted entries)"
+                    .into(),
+            );
         }
         let f = EntryFields {
             seq,
@@ -256,12 +313,26 @@ pub fn verify_with(conn: &Connection, audit_key: &[u8], publics: &[PublicKey], a
         if !ct_eq(&recomputed, &hash) {
             add(&mut rep, seq, "content was edited (hash mismatch)".into());
         } else if !ct_eq(&entry_mac_with(&audit_mac, &hash), &mac) {
-            add(&mut rep, seq, "MAC is invalid (chain recomputed without the audit key)".into());
+            add(
+                &mut rep,
+                seq,
+                "MAC is invalid (chain recomputed without the audit key)".into(),
+            );
         }
         if let Some((_, cp_hash, _, _)) = checkpoints.get(&seq) {
             if !ct_eq(cp_hash, &hash) {
-                let from = checkpoints.range(..seq).next_back().map(|(s, _)| s + 1).unwrap_or(1);
-                add(&mut rep, seq, format!("differs from its signed checkpoint (entries {from}..{seq} were rewritten)"));
+                let from = checkpoints
+                    .range(..seq)
+                    .next_back()
+                    .map(|(s, _)| s + 1)
+                    .unwrap_or(1);
+                add(
+                    &mut rep,
+                    seq,
+                    format!(
+                        "differs from its signed checkpoint (entries {from}..{seq} were rewritten)"
+                    ),
+                );
             }
         }
         prev = hash;
@@ -270,26 +341,60 @@ pub fn verify_with(conn: &Connection, audit_key: &[u8], publics: &[PublicKey], a
     }
     let last = rep.last_seq;
     if let Some(&cp) = checkpoints.keys().next_back().filter(|&&s| s > last) {
-        add(&mut rep, last + 1, format!("missing: entries {}..{cp} are covered by a signed checkpoint (log truncated)", last + 1));
+        add(
+            &mut rep,
+            last + 1,
+            format!(
+                "missing: entries {}..{cp} are covered by a signed checkpoint (log truncated)",
+                last + 1
+            ),
+        );
     }
     rep.last_checkpoint_seq = checkpoints.keys().next_back().copied().unwrap_or(0);
-    let head: Option<(i64, Vec<u8>)> =
-        conn.query_row("SELECT seq, hash FROM audit_head WHERE id = 1", [], |r| Ok((r.get(0)?, r.get(1)?))).optional()?;
+    let head: Option<(i64, Vec<u8>)> = conn
+        .query_row("SELECT seq, hash FROM audit_head WHERE id = 1", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .optional()?;
     match head {
         None => add(&mut rep, last + 1, "audit head record is missing".into()),
         Some((hs, hh)) => {
             if hs > last {
-                add(&mut rep, last + 1, format!("missing: the head records entry {hs} but the log ends at {last} (tail deleted)"));
+                add(
+                    &mut rep,
+                    last + 1,
+                    format!(
+                        "missing: the head records entry {hs} but the log ends at {last} (tail deleted)"
+                    ),
+                );
             } else if hs != last || !ct_eq(&hh, &prev) {
-                add(&mut rep, hs.max(1), format!("head records entry {hs}, which does not match the log's last entry {last}"));
+                add(
+                    &mut rep,
+                    hs.max(1),
+                    format!(
+                        "head records entry {hs}, which does not match the log's last entry {last}"
+                    ),
+                );
             }
         }
     }
-    let hw: Option<i64> =
-        conn.query_row("SELECT seq FROM sqlite_sequence WHERE name = 'audit_log'", [], |r| r.get(0)).optional()?;
+    let hw: Option<i64> = conn
+        .query_row(
+            "SELECT seq FROM sqlite_sequence WHERE name = 'audit_log'",
+            [],
+            |r| r.get(0),
+        )
+        .optional()?;
     if let Some(hw) = hw {
         if hw > last && !rep.findings.iter().any(|f| f.seq > last) {
-            add(&mut rep, last + 1, format!("missing: entries {}..{hw} were written and later deleted", last + 1));
+            add(
+                &mut rep,
+                last + 1,
+                format!(
+                    "missing: entries {}..{hw} were written and later deleted",
+                    last + 1
+                ),
+            );
         }
     }
     rep.findings.sort_by_key(|f| f.seq);

@@ -37,13 +37,17 @@ const REWRAP_BATCH: usize = 500;
 impl State {
     /// The newest loaded, non-retired key version of `territory`.
     fn current_version(&self, conn: &Connection, territory: &str) -> Result<u32> {
-        let loaded = self
-            .keys
-            .territories
-            .get(territory)
-            .ok_or_else(|| StoreError::NoTerritoryKey { territory: territory.into() })?;
+        let loaded =
+            self.keys
+                .territories
+                .get(territory)
+                .ok_or_else(|| StoreError::NoTerritoryKey {
+                    territory: territory.into(),
+                })?;
         let retired: Vec<u32> = conn
-            .prepare_cached("SELECT version FROM key_versions WHERE territory = ?1 AND retired_at IS NOT NULL")?
+            .prepare_cached(
+                "SELECT version FROM key_versions WHERE territory = ?1 AND retired_at IS NOT NULL",
+            )?
             .query_map([territory], |r| r.get(0))?
             .collect::<Result<_, _>>()?;
         loaded
@@ -51,14 +55,26 @@ impl State {
             .rev()
             .find(|v| !retired.contains(v))
             .copied()
-            .ok_or_else(|| StoreError::NoTerritoryKey { territory: territory.into() })
+            .ok_or_else(|| StoreError::NoTerritoryKey {
+                territory: territory.into(),
+            })
     }
 
     /// Creates, wraps and records a new data key for `owner` (e.g. `case/<id>`).
-    pub(crate) fn new_data_key(&mut self, conn: &Connection, territory: &str, owner: &str) -> Result<Arc<DataKey>> {
+    pub(crate) fn new_data_key(
+        &mut self,
+        conn: &Connection,
+        territory: &str,
+        owner: &str,
+    ) -> Result<Arc<DataKey>> {
         let version = self.current_version(conn, territory)?;
-        let kek = self.keys.kek(territory, version).expect("current version is loaded");
-        let id: i64 = conn.prepare_cached("SELECT coalesce(max(id), 0) + 1 FROM data_keys")?.query_row([], |r| r.get(0))?;
+        let kek = self
+            .keys
+            .kek(territory, version)
+            .expect("current version is loaded");
+        let id: i64 = conn
+            .prepare_cached("SELECT coalesce(max(id), 0) + 1 FROM data_keys")?
+            .query_row([], |r| r.get(0))?;
         let dk = DataKey::from_bytes(id, random_key()?);
         let wrapped = dk.wrap(kek, territory)?;
         let used: i64 = conn
@@ -67,7 +83,10 @@ impl State {
             )?
             .query_row(params![territory, version], |r| r.get(0))?;
         if used as u64 > MAX_INVOCATIONS {
-            return Err(crate::crypto::CryptoError::InvocationLimit { what: territory_key_name(territory, version) }.into());
+            return Err(crate::crypto::CryptoError::InvocationLimit {
+                what: territory_key_name(territory, version),
+            }
+            .into());
         }
         conn.prepare_cached(
             "INSERT INTO data_keys (id, territory, kek_version, wrapped, owner, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
@@ -86,7 +105,13 @@ impl State {
     }
 
     /// The unwrapped data key `id`; `kind`/`owner_id` name the record for error messages.
-    pub(crate) fn data_key(&mut self, conn: &Connection, id: i64, kind: &'static str, owner_id: &str) -> Result<Arc<DataKey>> {
+    pub(crate) fn data_key(
+        &mut self,
+        conn: &Connection,
+        id: i64,
+        kind: &'static str,
+        owner_id: &str,
+    ) -> Result<Arc<DataKey>> {
         if let Some(k) = self.dk_cache.get(&id) {
             return Ok(k.clone());
         }
@@ -94,17 +119,26 @@ impl State {
             .prepare_cached("SELECT territory, kek_version, wrapped FROM data_keys WHERE id = ?1")?
             .query_row([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
             .optional()?
-            .ok_or_else(|| StoreError::NotFound { kind: "data key", id: id.to_string() })?;
-        let wrapped = wrapped.ok_or_else(|| StoreError::Erased { kind, id: owner_id.into() })?;
+            .ok_or_else(|| StoreError::NotFound {
+                kind: "data key",
+                id: id.to_string(),
+            })?;
+        let wrapped = wrapped.ok_or_else(|| StoreError::Erased {
+            kind,
+            id: owner_id.into(),
+        })?;
         if self.keys.kek(&territory, version).is_none() {
             // A `keys rotate` may have added a version while we run.
             self.keys.reload_territories()?;
             self.register_versions(conn)?;
         }
-        let kek = self
-            .keys
-            .kek(&territory, version)
-            .ok_or_else(|| StoreError::KeyVersionMissing { territory: territory.clone(), version })?;
+        let kek =
+            self.keys
+                .kek(&territory, version)
+                .ok_or_else(|| StoreError::KeyVersionMissing {
+                    territory: territory.clone(),
+                    version,
+                })?;
         let dk = Arc::new(DataKey::unwrap(id, &wrapped, kek, &territory)?);
         self.cache_put(dk.clone());
         Ok(dk)
@@ -116,7 +150,10 @@ impl State {
             .prepare_cached("UPDATE data_keys SET invocations = invocations + ?1 WHERE id = ?2 RETURNING invocations")?
             .query_row(params![n as i64, dk_id], |r| r.get(0))?;
         if used as u64 > MAX_INVOCATIONS {
-            return Err(crate::crypto::CryptoError::InvocationLimit { what: format!("data key {dk_id}") }.into());
+            return Err(crate::crypto::CryptoError::InvocationLimit {
+                what: format!("data key {dk_id}"),
+            }
+            .into());
         }
         Ok(())
     }
@@ -158,7 +195,9 @@ impl State {
 
 impl Db {
     pub(super) fn register_key_versions(&mut self) -> Result<()> {
-        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
         self.st.register_versions(&tx)?;
         tx.commit()?;
         Ok(())
@@ -192,12 +231,25 @@ impl Db {
     /// Creates territory key version N+1 as a new 0600 file in `key_dir`, loads and records it.
     /// New data keys are wrapped under it at once; existing ones stay readable under their
     /// version until [`Db::rewrap`] moves them. Returns the new version.
-    pub fn rotate_territory_key(&mut self, actor: &Actor, territory: &str, key_dir: &std::path::Path) -> Result<u32> {
+    pub fn rotate_territory_key(
+        &mut self,
+        actor: &Actor,
+        territory: &str,
+        key_dir: &std::path::Path,
+    ) -> Result<u32> {
         if !crate::model::is_valid_ident(territory) {
-            return Err(StoreError::Refused(format!("`{territory}` is not a valid territory id")));
+            return Err(StoreError::Refused(format!(
+                "`{territory}` is not a valid territory id"
+            )));
         }
         self.st.keys.reload_territories()?;
-        let loaded_max = self.st.keys.territories.get(territory).and_then(|m| m.keys().next_back().copied()).unwrap_or(0);
+        let loaded_max = self
+            .st
+            .keys
+            .territories
+            .get(territory)
+            .and_then(|m| m.keys().next_back().copied())
+            .unwrap_or(0);
         let recorded_max: u32 = self.conn.query_row(
             "SELECT coalesce(max(version), 0) FROM key_versions WHERE territory = ?1",
             [territory],
@@ -214,13 +266,27 @@ impl Db {
                 "wrote {} to {} but it is not among the key sources ({}); point keys.dir there",
                 territory_key_name(territory, next),
                 key_dir.display(),
-                self.st.keys.sources.dirs().iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", ")
+                self.st
+                    .keys
+                    .sources
+                    .dirs()
+                    .iter()
+                    .map(|d| d.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             )));
         }
-        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
         self.st.register_versions(&tx)?;
-        let ev = AuditEvent::new(actor, "keys.rotate", format!("territory-key/{territory}/v{next}"), Outcome::Success)
-            .territory(territory);
+        let ev = AuditEvent::new(
+            actor,
+            "keys.rotate",
+            format!("territory-key/{territory}/v{next}"),
+            Outcome::Success,
+        )
+        .territory(territory);
         super::audit::append(&tx, &self.st, &ev, now_ms())?;
         tx.commit()?;
         Ok(next)
@@ -230,9 +296,15 @@ impl Db {
     /// current one, in batches of [`REWRAP_BATCH`] per transaction, so the daemon keeps serving.
     pub fn rewrap(&mut self, actor: &Actor, territory: &str) -> Result<RewrapReport> {
         let to = self.st.current_version(&self.conn, territory)?;
-        let mut rep = RewrapReport { territory: territory.into(), to_version: to, rewrapped: 0 };
+        let mut rep = RewrapReport {
+            territory: territory.into(),
+            to_version: to,
+            rewrapped: 0,
+        };
         loop {
-            let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let tx = self
+                .conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)?;
             let batch: Vec<(i64, u32, Vec<u8>)> = tx
                 .prepare(
                     "SELECT id, kek_version, wrapped FROM data_keys \
@@ -243,24 +315,37 @@ impl Db {
             if batch.is_empty() {
                 break;
             }
-            let new_kek = self.st.keys.kek(territory, to).expect("current version is loaded");
+            let new_kek = self
+                .st
+                .keys
+                .kek(territory, to)
+                .expect("current version is loaded");
             for (id, version, wrapped) in &batch {
-                let old = self
-                    .st
-                    .keys
-                    .kek(territory, *version)
-                    .ok_or_else(|| StoreError::KeyVersionMissing { territory: territory.into(), version: *version })?;
+                let old = self.st.keys.kek(territory, *version).ok_or_else(|| {
+                    StoreError::KeyVersionMissing {
+                        territory: territory.into(),
+                        version: *version,
+                    }
+                })?;
                 let dk = DataKey::unwrap(*id, wrapped, old, territory)?;
                 let rewrapped = dk.wrap(new_kek, territory)?;
-                tx.execute("UPDATE data_keys SET wrapped = ?1, kek_version = ?2 WHERE id = ?3", params![rewrapped, to, id])?;
+                tx.execute(
+                    "UPDATE data_keys SET wrapped = ?1, kek_version = ?2 WHERE id = ?3",
+                    params![rewrapped, to, id],
+                )?;
             }
             tx.execute(
                 "UPDATE key_versions SET invocations = invocations + ?1 WHERE territory = ?2 AND version = ?3",
                 params![batch.len() as i64, territory, to],
             )?;
-            let ev = AuditEvent::new(actor, "keys.rewrap", format!("territory-key/{territory}/v{to}"), Outcome::Success)
-                .territory(territory)
-                .details(serde_json::json!({ "data_keys": batch.len() }));
+            let ev = AuditEvent::new(
+                actor,
+                "keys.rewrap",
+                format!("territory-key/{territory}/v{to}"),
+                Outcome::Success,
+            )
+            .territory(territory)
+            .details(serde_json::json!({ "data_keys": batch.len() }));
             super::audit::append(&tx, &self.st, &ev, now_ms())?;
             tx.commit()?;
             rep.rewrapped += batch.len() as u64;
@@ -269,8 +354,15 @@ impl Db {
     }
 
     /// Marks a key version retired once no live data key uses it; its file can then be removed.
-    pub fn retire_key_version(&mut self, actor: &Actor, territory: &str, version: u32) -> Result<()> {
-        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    pub fn retire_key_version(
+        &mut self,
+        actor: &Actor,
+        territory: &str,
+        version: u32,
+    ) -> Result<()> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let newer: i64 = tx.query_row(
             "SELECT count(*) FROM key_versions WHERE territory = ?1 AND version > ?2 AND retired_at IS NULL",
             params![territory, version],
@@ -296,10 +388,18 @@ impl Db {
             params![now_ms(), territory, version],
         )?;
         if n == 0 {
-            return Err(StoreError::NotFound { kind: "active key version", id: format!("{territory}/v{version}") });
+            return Err(StoreError::NotFound {
+                kind: "active key version",
+                id: format!("{territory}/v{version}"),
+            });
         }
-        let ev = AuditEvent::new(actor, "keys.retire", format!("territory-key/{territory}/v{version}"), Outcome::Success)
-            .territory(territory);
+        let ev = AuditEvent::new(
+            actor,
+            "keys.retire",
+            format!("territory-key/{territory}/v{version}"),
+            Outcome::Success,
+        )
+        .territory(territory);
         super::audit::append(&tx, &self.st, &ev, now_ms())?;
         tx.commit()?;
         Ok(())
@@ -307,7 +407,10 @@ impl Db {
 
     /// Destroys data key `id` (crypto-erase) inside `tx`: every ciphertext under it becomes noise.
     pub(super) fn destroy_data_key(st: &mut State, conn: &Connection, id: i64) -> Result<()> {
-        conn.execute("UPDATE data_keys SET wrapped = NULL, destroyed_at = ?1 WHERE id = ?2", params![now_ms(), id])?;
+        conn.execute(
+            "UPDATE data_keys SET wrapped = NULL, destroyed_at = ?1 WHERE id = ?2",
+            params![now_ms(), id],
+        )?;
         st.dk_cache.remove(&id);
         Ok(())
     }

@@ -12,8 +12,8 @@ pub mod audit;
 mod keys;
 mod observations;
 mod patients;
-mod triage;
 pub mod schema;
+mod triage;
 
 use std::collections::HashMap;
 use std::io::Read;
@@ -31,7 +31,9 @@ use crate::model::{AuditEvent, InvalidPhi};
 
 pub use audit::{Finding, VerifyReport};
 pub use keys::{KeyVersionInfo, RewrapReport};
-pub use observations::{ALARM_DEVICE_SILENT, Alarm, DeviceInfo, IngestItem, IngestOutcome, Observation};
+pub use observations::{
+    ALARM_DEVICE_SILENT, Alarm, DeviceInfo, IngestItem, IngestOutcome, Observation,
+};
 
 const SQLITE_MAGIC: &[u8; 16] = b"SQLite format 3\0";
 /// Unwrapped data keys kept in memory by the owner thread.
@@ -43,13 +45,22 @@ const DATA_KEY_CACHE: usize = 4096;
 pub enum StoreError {
     /// The file is an unencrypted SQLite database. Recovery: none automatic; PHI must not be
     /// stored in it. Move it away and let the daemon create an encrypted one.
-    #[error("database {path} is an unencrypted SQLite file; refusing to use it for PHI (move it away; a new encrypted database will be created)")]
+    #[error(
+        "database {path} is an unencrypted SQLite file; refusing to use it for PHI (move it away; a new encrypted database will be created)"
+    )]
     Plaintext { path: PathBuf },
     /// The database key does not open the file. Recovery: restore the right `db.key`.
     #[error("database key `db.key` from {key_path} (key id {key_id}) does not open {path}{}; restore the db.key this database was created with (never delete the database)", expected.as_ref().map(|e| format!(": the database was created with key id {e}")).unwrap_or_default())]
-    WrongKey { path: PathBuf, key_path: PathBuf, key_id: String, expected: Option<String> },
+    WrongKey {
+        path: PathBuf,
+        key_path: PathBuf,
+        key_id: String,
+        expected: Option<String>,
+    },
     /// The key matches but the file does not decode. Recovery: restore from backup.
-    #[error("database {path} is corrupt or not an HEMA3N database ({detail}); restore it from backup")]
+    #[error(
+        "database {path} is corrupt or not an HEMA3N database ({detail}); restore it from backup"
+    )]
     Corrupt { path: PathBuf, detail: String },
     /// The linked SQLite has no SQLCipher. Recovery: rebuild; this is a packaging bug.
     #[error("the linked SQLite library has no SQLCipher support")]
@@ -72,18 +83,35 @@ pub enum StoreError {
     #[error("no key for territory `{territory}` is loaded; provision territory.{territory}.v1.key")]
     NoTerritoryKey { territory: String },
     /// A data key names a territory key version that is not loaded.
-    #[error("territory `{territory}` key version {version} is needed but not loaded; restore territory.{territory}.v{version}.key")]
+    #[error(
+        "territory `{territory}` key version {version} is needed but not loaded; restore territory.{territory}.v{version}.key"
+    )]
     KeyVersionMissing { territory: String, version: u32 },
     /// A loaded territory key differs from the one the database recorded for that version.
-    #[error("territory `{territory}` key version {version} (key id {loaded}) differs from the key this database recorded (key id {recorded}); restore the original key file")]
-    KeyMismatch { territory: String, version: u32, loaded: String, recorded: String },
+    #[error(
+        "territory `{territory}` key version {version} (key id {loaded}) differs from the key this database recorded (key id {recorded}); restore the original key file"
+    )]
+    KeyMismatch {
+        territory: String,
+        version: u32,
+        loaded: String,
+        recorded: String,
+    },
     /// An operation is not allowed in the current state (for example retiring a key in use).
     #[error("{0}")]
     Refused(String),
     #[error("cannot create data directory {path}")]
-    Io { path: PathBuf, #[source] source: std::io::Error },
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("migration to schema version {version} failed")]
-    Migration { version: i64, #[source] source: rusqlite::Error },
+    Migration {
+        version: i64,
+        #[source]
+        source: rusqlite::Error,
+    },
     #[error("database error")]
     Sqlite(#[from] rusqlite::Error),
     /// The storage thread is gone (shutting down or crashed). Recovery: retry after restart.
@@ -132,32 +160,60 @@ impl Db {
     pub fn open(cfg: &Config, keys: Keyring) -> Result<Db> {
         let path = cfg.db_path();
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| StoreError::Io { path: dir.into(), source: e })?;
+            std::fs::create_dir_all(dir).map_err(|e| StoreError::Io {
+                path: dir.into(),
+                source: e,
+            })?;
         }
         let existed = refuse_plaintext(&path)?;
         let conn = Connection::open_with_flags(
             &path,
-            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            OpenFlags::SQLITE_OPEN_READ_WRITE
+                | OpenFlags::SQLITE_OPEN_CREATE
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )
-        .map_err(|e| StoreError::Corrupt { path: path.clone(), detail: e.to_string() })?;
-        let cipher: Option<String> = conn.query_row("PRAGMA cipher_version", [], |r| r.get(0)).ok();
+        .map_err(|e| StoreError::Corrupt {
+            path: path.clone(),
+            detail: e.to_string(),
+        })?;
+        let cipher: Option<String> = conn
+            .query_row("PRAGMA cipher_version", [], |r| r.get(0))
+            .ok();
         if cipher.as_deref().unwrap_or("").is_empty() {
             return Err(StoreError::NoCipher);
         }
-        let key_sql = zeroize::Zeroizing::new(format!("PRAGMA key = \"x'{}'\";", hex::encode(keys.db_key.as_ref())));
+        let key_sql = zeroize::Zeroizing::new(format!(
+            "PRAGMA key = \"x'{}'\";",
+            hex::encode(keys.db_key.as_ref())
+        ));
         conn.execute_batch(&key_sql)?;
         let db_key_id = keys.db_key_id();
         let sidecar = keyid_path(&path);
-        let recorded = std::fs::read_to_string(&sidecar).ok().map(|s| s.trim().to_string());
+        let recorded = std::fs::read_to_string(&sidecar)
+            .ok()
+            .map(|s| s.trim().to_string());
         // The first read decides whether the key is right (SQLCipher: "file is not a database").
-        if let Err(e) = conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get::<_, i64>(0)) {
+        if let Err(e) = conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| {
+            r.get::<_, i64>(0)
+        }) {
             if e.sqlite_error_code() == Some(ErrorCode::NotADatabase) {
                 if existed && recorded.as_deref().is_some_and(|r| r == db_key_id) {
-                    return Err(StoreError::Corrupt { path, detail: "the key matches but the file does not decode".into() });
+                    return Err(StoreError::Corrupt {
+                        path,
+                        detail: "the key matches but the file does not decode".into(),
+                    });
                 }
-                return Err(StoreError::WrongKey { path, key_path: keys.db_key_path.clone(), key_id: db_key_id, expected: recorded });
+                return Err(StoreError::WrongKey {
+                    path,
+                    key_path: keys.db_key_path.clone(),
+                    key_id: db_key_id,
+                    expected: recorded,
+                });
             }
-            return Err(StoreError::Corrupt { path, detail: e.to_string() });
+            return Err(StoreError::Corrupt {
+                path,
+                detail: e.to_string(),
+            });
         }
         if recorded.is_none() {
             let _ = std::fs::write(&sidecar, format!("{db_key_id}\n"));
@@ -170,7 +226,10 @@ impl Db {
         conn.busy_timeout(std::time::Duration::from_millis(cfg.store.busy_timeout_ms))?;
         let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
         if !mode.eq_ignore_ascii_case("wal") {
-            return Err(StoreError::Corrupt { path, detail: format!("cannot enable WAL (journal_mode={mode})") });
+            return Err(StoreError::Corrupt {
+                path,
+                detail: format!("cannot enable WAL (journal_mode={mode})"),
+            });
         }
         conn.execute_batch(
             "PRAGMA synchronous = FULL; PRAGMA temp_store = MEMORY; PRAGMA foreign_keys = ON; \
@@ -192,25 +251,41 @@ impl Db {
     }
 
     fn migrate(&mut self) -> Result<()> {
-        let found: i64 = self.conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        let found: i64 = self
+            .conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))?;
         if found > schema::CURRENT_VERSION {
-            return Err(StoreError::TooNew { found, supported: schema::CURRENT_VERSION });
+            return Err(StoreError::TooNew {
+                found,
+                supported: schema::CURRENT_VERSION,
+            });
         }
         for (i, sql) in schema::MIGRATIONS.iter().enumerate().skip(found as usize) {
             let version = i as i64 + 1;
-            let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let tx = self
+                .conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)?;
             // Re-check under the write lock: another process may have migrated meanwhile.
             let now: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
             if now >= version {
                 continue;
             }
-            tx.execute_batch(sql).map_err(|e| StoreError::Migration { version, source: e })?;
+            tx.execute_batch(sql)
+                .map_err(|e| StoreError::Migration { version, source: e })?;
             tx.pragma_update(None, "user_version", version)?;
             if version == 1 {
                 audit::init_head(&tx, &self.st.appliance_id)?;
-                tx.execute("INSERT INTO meta (key, value) VALUES ('appliance_id', ?1)", [&self.st.appliance_id])?;
+                tx.execute(
+                    "INSERT INTO meta (key, value) VALUES ('appliance_id', ?1)",
+                    [&self.st.appliance_id],
+                )?;
             }
-            let ev = AuditEvent::new(&crate::model::Actor::system(), "store.migrate", format!("schema/{version}"), crate::model::Outcome::Success);
+            let ev = AuditEvent::new(
+                &crate::model::Actor::system(),
+                "store.migrate",
+                format!("schema/{version}"),
+                crate::model::Outcome::Success,
+            );
             audit::append(&tx, &self.st, &ev, crate::model::now_ms())?;
             tx.commit()?;
             tracing::info!(version, "database migrated");
@@ -230,17 +305,25 @@ impl Db {
 
     /// Schema version.
     pub fn schema_version(&self) -> Result<i64> {
-        Ok(self.conn.query_row("PRAGMA user_version", [], |r| r.get(0))?)
+        Ok(self
+            .conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))?)
     }
 
     /// SQLCipher version string.
     pub fn cipher_version(&self) -> Result<String> {
-        Ok(self.conn.query_row("PRAGMA cipher_version", [], |r| r.get(0))?)
+        Ok(self
+            .conn
+            .query_row("PRAGMA cipher_version", [], |r| r.get(0))?)
     }
 
     /// `PRAGMA integrity_check` (full) or `quick_check`; returns the problems found.
     pub fn integrity_check(&self, quick: bool) -> Result<Vec<String>> {
-        let sql = if quick { "PRAGMA quick_check" } else { "PRAGMA integrity_check" };
+        let sql = if quick {
+            "PRAGMA quick_check"
+        } else {
+            "PRAGMA integrity_check"
+        };
         let mut st = self.conn.prepare(sql)?;
         let rows: Vec<String> = st.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
         Ok(rows.into_iter().filter(|r| r != "ok").collect())
@@ -248,12 +331,16 @@ impl Db {
 
     /// A cheap liveness probe used by the watchdog: one read on the connection.
     pub fn ping(&self) -> Result<i64> {
-        Ok(self.conn.query_row("SELECT seq FROM audit_head WHERE id = 1", [], |r| r.get(0))?)
+        Ok(self
+            .conn
+            .query_row("SELECT seq FROM audit_head WHERE id = 1", [], |r| r.get(0))?)
     }
 
     /// Writes a standalone audit event (security events that touch no other row).
     pub fn audit(&mut self, ev: &AuditEvent) -> Result<i64> {
-        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let seq = audit::append(&tx, &self.st, ev, crate::model::now_ms())?;
         tx.commit()?;
         Ok(seq)
@@ -261,7 +348,9 @@ impl Db {
 
     /// Writes many standalone audit events in one transaction (group commit).
     pub fn audit_many(&mut self, evs: &[AuditEvent]) -> Result<i64> {
-        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let now = crate::model::now_ms();
         let mut seq = 0;
         for ev in evs {
@@ -273,7 +362,9 @@ impl Db {
 
     /// Signs a checkpoint if new entries exist and the time interval passed (or `force`).
     pub fn checkpoint_audit_if_due(&mut self, now_ms: i64, force: bool) -> Result<Option<i64>> {
-        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let r = audit::checkpoint_if_due(&tx, &self.st, now_ms, force)?;
         tx.commit()?;
         Ok(r)
@@ -286,7 +377,8 @@ impl Db {
 
     /// Checkpoints the WAL into the main file (used at shutdown).
     pub fn wal_checkpoint(&self) -> Result<()> {
-        self.conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+        self.conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
         Ok(())
     }
 
@@ -302,10 +394,18 @@ fn refuse_plaintext(path: &Path) -> Result<bool> {
     let mut f = match std::fs::File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
-        Err(e) => return Err(StoreError::Io { path: path.into(), source: e }),
+        Err(e) => {
+            return Err(StoreError::Io {
+                path: path.into(),
+                source: e,
+            });
+        }
     };
     let mut head = [0u8; 16];
-    let n = f.read(&mut head).map_err(|e| StoreError::Io { path: path.into(), source: e })?;
+    let n = f.read(&mut head).map_err(|e| StoreError::Io {
+        path: path.into(),
+        source: e,
+    })?;
     if n == 16 && &head == SQLITE_MAGIC {
         return Err(StoreError::Plaintext { path: path.into() });
     }

@@ -18,15 +18,29 @@ use crate::model::{Actor, AuditEvent, Outcome, Reading, Reject, RejectCode, now_
 #[derive(Debug, Clone)]
 pub enum IngestItem {
     /// A vitals publish, already parsed (or rejected) by the ingest pipeline.
-    Vitals { device_id: String, topic: String, recv_ms: i64, parsed: std::result::Result<Vec<Reading>, Reject>, payload: Vec<u8> },
+    Vitals {
+        device_id: String,
+        topic: String,
+        recv_ms: i64,
+        parsed: std::result::Result<Vec<Reading>, Reject>,
+        payload: Vec<u8>,
+    },
     /// A retained `status` publish (`online` / `offline`).
-    Presence { device_id: String, online: bool, recv_ms: i64 },
+    Presence {
+        device_id: String,
+        online: bool,
+        recv_ms: i64,
+    },
 }
 
 /// What happened to one [`IngestItem`], in the same order.
 #[derive(Debug, Clone, PartialEq)]
 pub enum IngestOutcome {
-    Stored { case_id: Option<String>, new: usize, duplicates: usize },
+    Stored {
+        case_id: Option<String>,
+        new: usize,
+        duplicates: usize,
+    },
     Rejected(Reject),
     Presence,
 }
@@ -77,13 +91,18 @@ struct DeviceRow {
 impl State {
     /// The shared data key for dead letters of unknown or invalid devices.
     fn dead_letter_key(&mut self, conn: &Connection, territory: &str) -> Result<Arc<DataKey>> {
-        let id: Option<String> =
-            conn.prepare_cached("SELECT value FROM meta WHERE key = 'dead_letter_dk'")?.query_row([], |r| r.get(0)).optional()?;
+        let id: Option<String> = conn
+            .prepare_cached("SELECT value FROM meta WHERE key = 'dead_letter_dk'")?
+            .query_row([], |r| r.get(0))
+            .optional()?;
         if let Some(id) = id.and_then(|v| v.parse::<i64>().ok()) {
             return self.data_key(conn, id, "dead letters", "*");
         }
         let dk = self.new_data_key(conn, territory, "dead-letters")?;
-        conn.execute("INSERT INTO meta (key, value) VALUES ('dead_letter_dk', ?1)", [dk.id().to_string()])?;
+        conn.execute(
+            "INSERT INTO meta (key, value) VALUES ('dead_letter_dk', ?1)",
+            [dk.id().to_string()],
+        )?;
         Ok(dk)
     }
 
@@ -92,7 +111,9 @@ impl State {
             .prepare_cached("SELECT territory, bound_case, holding_dk_id FROM devices WHERE id = ?1 AND removed_at IS NULL")?
             .query_row([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
             .optional()?;
-        let Some((territory, bound, holding)) = row else { return Ok(None) };
+        let Some((territory, bound, holding)) = row else {
+            return Ok(None);
+        };
         let bound_case = match bound {
             Some(c) => {
                 let dk: Option<i64> = conn
@@ -103,36 +124,80 @@ impl State {
             }
             None => None,
         };
-        Ok(Some(DeviceRow { territory, bound_case, holding_dk: holding }))
+        Ok(Some(DeviceRow {
+            territory,
+            bound_case,
+            holding_dk: holding,
+        }))
     }
 
     /// Registers a device seen for the first time (only when registration is not required).
-    fn auto_register(&mut self, conn: &Connection, id: &str, territory: &str, now: i64) -> Result<DeviceRow> {
+    fn auto_register(
+        &mut self,
+        conn: &Connection,
+        id: &str,
+        territory: &str,
+        now: i64,
+    ) -> Result<DeviceRow> {
         conn.execute(
             "INSERT INTO devices (id, kind, territory, registered_at) VALUES (?1, 'monitor', ?2, ?3) \
              ON CONFLICT (id) DO UPDATE SET removed_at = NULL",
             params![id, territory, now],
         )?;
-        Ok(DeviceRow { territory: territory.into(), bound_case: None, holding_dk: None })
+        Ok(DeviceRow {
+            territory: territory.into(),
+            bound_case: None,
+            holding_dk: None,
+        })
     }
 
-    fn holding_key(&mut self, conn: &Connection, device: &str, row: &mut DeviceRow) -> Result<Arc<DataKey>> {
+    fn holding_key(
+        &mut self,
+        conn: &Connection,
+        device: &str,
+        row: &mut DeviceRow,
+    ) -> Result<Arc<DataKey>> {
         if let Some(id) = row.holding_dk {
             return self.data_key(conn, id, "device", device);
         }
         let dk = self.new_data_key(conn, &row.territory.clone(), &format!("device/{device}"))?;
-        conn.execute("UPDATE devices SET holding_dk_id = ?1 WHERE id = ?2", params![dk.id(), device])?;
+        conn.execute(
+            "UPDATE devices SET holding_dk_id = ?1 WHERE id = ?2",
+            params![dk.id(), device],
+        )?;
         row.holding_dk = Some(dk.id());
         Ok(dk)
     }
 
-    fn dead_letter(&mut self, conn: &Connection, device: &str, topic: &str, recv_ms: i64, rej: &Reject, payload: &[u8], territory: &str) -> Result<()> {
-        let id: i64 = conn.prepare_cached("SELECT coalesce(max(id), 0) + 1 FROM dead_letters")?.query_row([], |r| r.get(0))?;
+    fn dead_letter(
+        &mut self,
+        conn: &Connection,
+        device: &str,
+        topic: &str,
+        recv_ms: i64,
+        rej: &Reject,
+        payload: &[u8],
+        territory: &str,
+    ) -> Result<()> {
+        let id: i64 = conn
+            .prepare_cached("SELECT coalesce(max(id), 0) + 1 FROM dead_letters")?
+            .query_row([], |r| r.get(0))?;
         // Oversized and rate-limited payloads are not kept (that is the point of the limit).
-        let keep = !payload.is_empty() && !matches!(rej.code, RejectCode::PayloadTooLarge | RejectCode::RateLimited);
+        let keep = !payload.is_empty()
+            && !matches!(
+                rej.code,
+                RejectCode::PayloadTooLarge | RejectCode::RateLimited
+            );
         let (dk_id, sealed) = if keep {
             let dk = self.dead_letter_key(conn, territory)?;
-            let ct = dk.seal(FieldLoc { table: "dead_letters", column: "payload", row_id: &id.to_string() }, payload)?;
+            let ct = dk.seal(
+                FieldLoc {
+                    table: "dead_letters",
+                    column: "payload",
+                    row_id: &id.to_string(),
+                },
+                payload,
+            )?;
             self.count_invocations(conn, dk.id(), 1)?;
             (Some(dk.id()), Some(ct))
         } else {
@@ -163,25 +228,48 @@ impl State {
 impl Db {
     /// Commits a batch of device messages in one transaction and reports each one's outcome.
     /// Callers acknowledge the messages to the broker only after this returned `Ok`.
-    pub fn ingest_batch(&mut self, items: &[IngestItem], require_registered: bool, default_territory: &str) -> Result<Vec<IngestOutcome>> {
-        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    pub fn ingest_batch(
+        &mut self,
+        items: &[IngestItem],
+        require_registered: bool,
+        default_territory: &str,
+    ) -> Result<Vec<IngestOutcome>> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let now = now_ms();
         let mut out = Vec::with_capacity(items.len());
         let mut devices: HashMap<String, Option<DeviceRow>> = HashMap::new();
         // (resource, territory) → (new, duplicates)
         let mut per_target: HashMap<(String, String), (usize, usize)> = HashMap::new();
-        let mut next_id: i64 = tx.prepare_cached("SELECT coalesce(max(id), 0) + 1 FROM observations")?.query_row([], |r| r.get(0))?;
+        let mut next_id: i64 = tx
+            .prepare_cached("SELECT coalesce(max(id), 0) + 1 FROM observations")?
+            .query_row([], |r| r.get(0))?;
         let mut sealed_per_dk: HashMap<i64, u64> = HashMap::new();
         for item in items {
             match item {
-                IngestItem::Presence { device_id, online, recv_ms } => {
+                IngestItem::Presence {
+                    device_id,
+                    online,
+                    recv_ms,
+                } => {
                     tx.prepare_cached("UPDATE devices SET presence = ?1, last_seen_at = ?2 WHERE id = ?3 AND removed_at IS NULL")?
                         .execute(params![if *online { "online" } else { "offline" }, recv_ms, device_id])?;
                     out.push(IngestOutcome::Presence);
                 }
-                IngestItem::Vitals { device_id, topic, recv_ms, parsed, payload } => {
+                IngestItem::Vitals {
+                    device_id,
+                    topic,
+                    recv_ms,
+                    parsed,
+                    payload,
+                } => {
                     if !devices.contains_key(device_id) {
-                        let row = if crate::model::is_valid_ident(device_id) { self.st.device_row(&tx, device_id)? } else { None };
+                        let row = if crate::model::is_valid_ident(device_id) {
+                            self.st.device_row(&tx, device_id)?
+                        } else {
+                            None
+                        };
                         devices.insert(device_id.clone(), row);
                     }
                     let mut reject = parsed.as_ref().err().cloned();
@@ -193,23 +281,44 @@ impl Db {
                                 None,
                             ));
                         } else {
-                            let row = self.st.auto_register(&tx, device_id, default_territory, now)?;
+                            let row =
+                                self.st
+                                    .auto_register(&tx, device_id, default_territory, now)?;
                             devices.insert(device_id.clone(), Some(row));
                         }
                     }
                     if let Some(rej) = reject {
-                        let territory = devices[device_id].as_ref().map(|d| d.territory.clone()).unwrap_or_else(|| default_territory.to_string());
-                        self.st.dead_letter(&tx, device_id, topic, *recv_ms, &rej, payload, &territory)?;
-                        let resource = if crate::model::is_valid_ident(device_id) { format!("device/{device_id}") } else { "device/?".into() };
-                        let ev = AuditEvent::new(&Actor::system(), "vitals.reject", resource, Outcome::Denied)
-                            .territory(&territory)
-                            .details(serde_json::json!({ "code": rej.code.as_str(), "record": rej.record }));
+                        let territory = devices[device_id]
+                            .as_ref()
+                            .map(|d| d.territory.clone())
+                            .unwrap_or_else(|| default_territory.to_string());
+                        self.st.dead_letter(
+                            &tx, device_id, topic, *recv_ms, &rej, payload, &territory,
+                        )?;
+                        let resource = if crate::model::is_valid_ident(device_id) {
+                            format!("device/{device_id}")
+                        } else {
+                            "device/?".into()
+                        };
+                        let ev = AuditEvent::new(
+                            &Actor::system(),
+                            "vitals.reject",
+                            resource,
+                            Outcome::Denied,
+                        )
+                        .territory(&territory)
+                        .details(
+                            serde_json::json!({ "code": rej.code.as_str(), "record": rej.record }),
+                        );
                         audit::append(&tx, &self.st, &ev, now)?;
                         out.push(IngestOutcome::Rejected(rej));
                         continue;
                     }
                     let readings = parsed.as_ref().expect("not rejected");
-                    let mut row = devices.get_mut(device_id).and_then(Option::take).expect("registered");
+                    let mut row = devices
+                        .get_mut(device_id)
+                        .and_then(Option::take)
+                        .expect("registered");
                     let (dk, case_id) = match &row.bound_case {
                         Some((c, dk)) => (self.st.data_key(&tx, *dk, "case", c)?, Some(c.clone())),
                         None => (self.st.holding_key(&tx, device_id, &mut row)?, None),
@@ -217,7 +326,14 @@ impl Db {
                     let (mut new, mut dups) = (0, 0);
                     for r in readings {
                         let id = next_id;
-                        let ct = dk.seal(FieldLoc { table: "observations", column: "value", row_id: &id.to_string() }, &r.value.to_be_bytes())?;
+                        let ct = dk.seal(
+                            FieldLoc {
+                                table: "observations",
+                                column: "value",
+                                row_id: &id.to_string(),
+                            },
+                            &r.value.to_be_bytes(),
+                        )?;
                         let n = tx
                             .prepare_cached(
                                 "INSERT INTO observations (id, case_id, device_id, dk_id, code, value, device_time, recv_time, source) \
@@ -233,7 +349,10 @@ impl Db {
                             dups += 1;
                         }
                     }
-                    tx.prepare_cached("UPDATE devices SET last_seen_at = ?1, last_vitals_at = ?1 WHERE id = ?2")?.execute(params![recv_ms, device_id])?;
+                    tx.prepare_cached(
+                        "UPDATE devices SET last_seen_at = ?1, last_vitals_at = ?1 WHERE id = ?2",
+                    )?
+                    .execute(params![recv_ms, device_id])?;
                     tx.prepare_cached(
                         "UPDATE alarms SET cleared_at = ?1 WHERE kind = 'device_silent' AND device_id = ?2 AND cleared_at IS NULL",
                     )?
@@ -242,11 +361,17 @@ impl Db {
                         Some(c) => format!("case/{c}"),
                         None => format!("device/{device_id}"),
                     };
-                    let e = per_target.entry((target, row.territory.clone())).or_default();
+                    let e = per_target
+                        .entry((target, row.territory.clone()))
+                        .or_default();
                     e.0 += new;
                     e.1 += dups;
                     devices.insert(device_id.clone(), Some(row));
-                    out.push(IngestOutcome::Stored { case_id, new, duplicates: dups });
+                    out.push(IngestOutcome::Stored {
+                        case_id,
+                        new,
+                        duplicates: dups,
+                    });
                 }
             }
         }
@@ -256,9 +381,14 @@ impl Db {
         let mut targets: Vec<_> = per_target.into_iter().collect();
         targets.sort();
         for ((resource, territory), (new, dups)) in targets {
-            let ev = AuditEvent::new(&Actor::system(), "observation.ingest", resource, Outcome::Success)
-                .territory(&territory)
-                .details(serde_json::json!({ "readings": new, "duplicates": dups }));
+            let ev = AuditEvent::new(
+                &Actor::system(),
+                "observation.ingest",
+                resource,
+                Outcome::Success,
+            )
+            .territory(&territory)
+            .details(serde_json::json!({ "readings": new, "duplicates": dups }));
             audit::append(&tx, &self.st, &ev, now)?;
         }
         tx.commit()?;
@@ -266,14 +396,33 @@ impl Db {
     }
 
     /// Registers a device. `credential_hash` is its broker password hash (mosquitto format).
-    pub fn register_device(&mut self, actor: &Actor, id: &str, kind: &str, territory: &str, credential_hash: Option<&str>) -> Result<()> {
+    pub fn register_device(
+        &mut self,
+        actor: &Actor,
+        id: &str,
+        kind: &str,
+        territory: &str,
+        credential_hash: Option<&str>,
+    ) -> Result<()> {
         if !crate::model::is_valid_ident(id) {
-            return Err(StoreError::Refused(format!("`{id}` is not a valid device id ([A-Za-z0-9._-]{{1,64}})")));
+            return Err(StoreError::Refused(format!(
+                "`{id}` is not a valid device id ([A-Za-z0-9._-]{{1,64}})"
+            )));
         }
-        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let live: Option<Option<i64>> = tx.query_row("SELECT removed_at FROM devices WHERE id = ?1", [id], |r| r.get(0)).optional()?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let live: Option<Option<i64>> = tx
+            .query_row("SELECT removed_at FROM devices WHERE id = ?1", [id], |r| {
+                r.get(0)
+            })
+            .optional()?;
         match live {
-            Some(None) => return Err(StoreError::Refused(format!("device `{id}` is already registered"))),
+            Some(None) => {
+                return Err(StoreError::Refused(format!(
+                    "device `{id}` is already registered"
+                )));
+            }
             Some(Some(_)) => {
                 tx.execute(
                     "UPDATE devices SET removed_at = NULL, kind = ?2, territory = ?3, credential_hash = ?4, registered_at = ?5 WHERE id = ?1",
@@ -287,7 +436,13 @@ impl Db {
                 )?;
             }
         }
-        let ev = AuditEvent::new(actor, "device.register", format!("device/{id}"), Outcome::Success).territory(territory);
+        let ev = AuditEvent::new(
+            actor,
+            "device.register",
+            format!("device/{id}"),
+            Outcome::Success,
+        )
+        .territory(territory);
         audit::append(&tx, &self.st, &ev, now_ms())?;
         tx.commit()?;
         Ok(())
@@ -295,15 +450,25 @@ impl Db {
 
     /// Removes a device: it can no longer publish; it is unbound; its readings stay.
     pub fn remove_device(&mut self, actor: &Actor, id: &str) -> Result<()> {
-        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let n = tx.execute(
             "UPDATE devices SET removed_at = ?1, bound_case = NULL, bound_at = NULL, credential_hash = NULL WHERE id = ?2 AND removed_at IS NULL",
             params![now_ms(), id],
         )?;
         if n == 0 {
-            return Err(StoreError::NotFound { kind: "device", id: id.into() });
+            return Err(StoreError::NotFound {
+                kind: "device",
+                id: id.into(),
+            });
         }
-        let ev = AuditEvent::new(actor, "device.remove", format!("device/{id}"), Outcome::Success);
+        let ev = AuditEvent::new(
+            actor,
+            "device.remove",
+            format!("device/{id}"),
+            Outcome::Success,
+        );
         audit::append(&tx, &self.st, &ev, now_ms())?;
         tx.commit()?;
         Ok(())
@@ -340,23 +505,50 @@ impl Db {
     /// Binds a device to an open case of the same territory; new readings go to that case.
     /// With `attach_unbound`, readings kept while the device was unbound are moved to the case
     /// (re-encrypted under the case key). Returns how many were attached.
-    pub fn bind_device(&mut self, actor: &Actor, device: &str, case_id: &str, attach_unbound: bool) -> Result<usize> {
-        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    pub fn bind_device(
+        &mut self,
+        actor: &Actor,
+        device: &str,
+        case_id: &str,
+        attach_unbound: bool,
+    ) -> Result<usize> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let (dterr, holding): (String, Option<i64>) = tx
-            .query_row("SELECT territory, holding_dk_id FROM devices WHERE id = ?1 AND removed_at IS NULL", [device], |r| Ok((r.get(0)?, r.get(1)?)))
+            .query_row(
+                "SELECT territory, holding_dk_id FROM devices WHERE id = ?1 AND removed_at IS NULL",
+                [device],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
             .optional()?
-            .ok_or_else(|| StoreError::NotFound { kind: "device", id: device.into() })?;
+            .ok_or_else(|| StoreError::NotFound {
+                kind: "device",
+                id: device.into(),
+            })?;
         let (cterr, status, case_dk): (String, String, i64) = tx
-            .query_row("SELECT territory, status, dk_id FROM cases WHERE id = ?1 AND erased_at IS NULL", [case_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .query_row(
+                "SELECT territory, status, dk_id FROM cases WHERE id = ?1 AND erased_at IS NULL",
+                [case_id],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
             .optional()?
-            .ok_or_else(|| StoreError::NotFound { kind: "case", id: case_id.into() })?;
+            .ok_or_else(|| StoreError::NotFound {
+                kind: "case",
+                id: case_id.into(),
+            })?;
         if cterr != dterr {
-            return Err(StoreError::Refused(format!("device `{device}` belongs to territory `{dterr}`, the case to `{cterr}`")));
+            return Err(StoreError::Refused(format!(
+                "device `{device}` belongs to territory `{dterr}`, the case to `{cterr}`"
+            )));
         }
         if status == "closed" {
             return Err(StoreError::Refused(format!("case {case_id} is closed")));
         }
-        tx.execute("UPDATE devices SET bound_case = ?1, bound_at = ?2 WHERE id = ?3", params![case_id, now_ms(), device])?;
+        tx.execute(
+            "UPDATE devices SET bound_case = ?1, bound_at = ?2 WHERE id = ?3",
+            params![case_id, now_ms(), device],
+        )?;
         let mut attached = 0;
         if attach_unbound {
             if let Some(h) = holding {
@@ -367,7 +559,11 @@ impl Db {
                     .query_map([device], |r| Ok((r.get(0)?, r.get(1)?)))?
                     .collect::<Result<_, _>>()?;
                 for (id, ct) in &rows {
-                    let loc = FieldLoc { table: "observations", column: "value", row_id: &id.to_string() };
+                    let loc = FieldLoc {
+                        table: "observations",
+                        column: "value",
+                        row_id: &id.to_string(),
+                    };
                     let plain = from.open(loc, ct)?;
                     let sealed = to.seal(loc, &plain)?;
                     tx.execute("UPDATE observations SET case_id = ?1, dk_id = ?2, value = ?3 WHERE id = ?4", params![case_id, case_dk, sealed, id])?;
@@ -376,9 +572,14 @@ impl Db {
                 attached = rows.len();
             }
         }
-        let ev = AuditEvent::new(actor, "device.bind", format!("case/{case_id}"), Outcome::Success)
-            .territory(&cterr)
-            .details(serde_json::json!({ "device": device, "attached_readings": attached }));
+        let ev = AuditEvent::new(
+            actor,
+            "device.bind",
+            format!("case/{case_id}"),
+            Outcome::Success,
+        )
+        .territory(&cterr)
+        .details(serde_json::json!({ "device": device, "attached_readings": attached }));
         audit::append(&tx, &self.st, &ev, now_ms())?;
         tx.commit()?;
         Ok(attached)
@@ -386,15 +587,37 @@ impl Db {
 
     /// Unbinds a device; its later readings are held under its holding key.
     pub fn unbind_device(&mut self, actor: &Actor, device: &str) -> Result<()> {
-        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let bound: Option<Option<String>> =
-            tx.query_row("SELECT bound_case FROM devices WHERE id = ?1 AND removed_at IS NULL", [device], |r| r.get(0)).optional()?;
-        let case = bound.ok_or_else(|| StoreError::NotFound { kind: "device", id: device.into() })?;
-        let Some(case) = case else { return Err(StoreError::Refused(format!("device `{device}` is not bound"))) };
-        tx.execute("UPDATE devices SET bound_case = NULL, bound_at = NULL WHERE id = ?1", [device])?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let bound: Option<Option<String>> = tx
+            .query_row(
+                "SELECT bound_case FROM devices WHERE id = ?1 AND removed_at IS NULL",
+                [device],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let case = bound.ok_or_else(|| StoreError::NotFound {
+            kind: "device",
+            id: device.into(),
+        })?;
+        let Some(case) = case else {
+            return Err(StoreError::Refused(format!(
+                "device `{device}` is not bound"
+            )));
+        };
+        tx.execute(
+            "UPDATE devices SET bound_case = NULL, bound_at = NULL WHERE id = ?1",
+            [device],
+        )?;
         tx.execute("UPDATE alarms SET cleared_at = ?1 WHERE kind = 'device_silent' AND device_id = ?2 AND cleared_at IS NULL", params![now_ms(), device])?;
-        let ev = AuditEvent::new(actor, "device.unbind", format!("case/{case}"), Outcome::Success)
-            .details(serde_json::json!({ "device": device }));
+        let ev = AuditEvent::new(
+            actor,
+            "device.unbind",
+            format!("case/{case}"),
+            Outcome::Success,
+        )
+        .details(serde_json::json!({ "device": device }));
         audit::append(&tx, &self.st, &ev, now_ms())?;
         tx.commit()?;
         Ok(())
@@ -403,7 +626,9 @@ impl Db {
     /// Raises a device-silent alarm for every bound device without vitals for `gap_ms`
     /// (and without an open alarm). Returns the alarms raised now.
     pub fn raise_silent_device_alarms(&mut self, now: i64, gap_ms: i64) -> Result<Vec<Alarm>> {
-        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let silent: Vec<(String, String)> = tx
             .prepare_cached(
                 "SELECT d.id, d.bound_case FROM devices d WHERE d.bound_case IS NOT NULL AND d.removed_at IS NULL \
@@ -419,10 +644,23 @@ impl Db {
                 params![case, device, now, format!("no vitals for {} s", gap_ms / 1000)],
             )?;
             let id = tx.last_insert_rowid();
-            let ev = AuditEvent::new(&Actor::system(), "alarm.raise", format!("case/{case}"), Outcome::Success)
-                .details(serde_json::json!({ "alarm": id, "kind": ALARM_DEVICE_SILENT, "device": device }));
+            let ev = AuditEvent::new(
+                &Actor::system(),
+                "alarm.raise",
+                format!("case/{case}"),
+                Outcome::Success,
+            )
+            .details(
+                serde_json::json!({ "alarm": id, "kind": ALARM_DEVICE_SILENT, "device": device }),
+            );
             audit::append(&tx, &self.st, &ev, now)?;
-            raised.push(Alarm { id, kind: ALARM_DEVICE_SILENT.into(), case_id: Some(case), device_id: Some(device), raised_at_ms: now });
+            raised.push(Alarm {
+                id,
+                kind: ALARM_DEVICE_SILENT.into(),
+                case_id: Some(case),
+                device_id: Some(device),
+                raised_at_ms: now,
+            });
         }
         tx.commit()?;
         Ok(raised)
@@ -432,14 +670,22 @@ impl Db {
     pub fn open_alarms(&self) -> Result<Vec<Alarm>> {
         let mut st = self.conn.prepare("SELECT id, kind, case_id, device_id, raised_at FROM alarms WHERE cleared_at IS NULL ORDER BY id")?;
         let rows = st.query_map([], |r| {
-            Ok(Alarm { id: r.get(0)?, kind: r.get(1)?, case_id: r.get(2)?, device_id: r.get(3)?, raised_at_ms: r.get(4)? })
+            Ok(Alarm {
+                id: r.get(0)?,
+                kind: r.get(1)?,
+                case_id: r.get(2)?,
+                device_id: r.get(3)?,
+                raised_at_ms: r.get(4)?,
+            })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
     /// Decrypted vitals of a case, oldest first (audited as one read).
     pub fn case_vitals(&mut self, actor: &Actor, case_id: &str) -> Result<Vec<Observation>> {
-        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let (territory, dk) = self.st.live_case(&tx, case_id)?;
         let rows: Vec<(i64, Option<String>, String, Vec<u8>, i64, i64, String)> = tx
             .prepare("SELECT id, device_id, code, value, device_time, recv_time, source FROM observations WHERE case_id = ?1 ORDER BY device_time, id")?
@@ -447,13 +693,35 @@ impl Db {
             .collect::<Result<_, _>>()?;
         let mut out = Vec::with_capacity(rows.len());
         for (id, device_id, code, ct, dt, rt, source) in rows {
-            let plain = dk.open(FieldLoc { table: "observations", column: "value", row_id: &id.to_string() }, &ct)?;
-            let bytes: [u8; 8] = plain.as_slice().try_into().map_err(|_| StoreError::Refused(format!("observation {id} has a malformed value")))?;
-            out.push(Observation { id, device_id, code, value: f64::from_be_bytes(bytes), device_time_ms: dt, recv_time_ms: rt, source });
+            let plain = dk.open(
+                FieldLoc {
+                    table: "observations",
+                    column: "value",
+                    row_id: &id.to_string(),
+                },
+                &ct,
+            )?;
+            let bytes: [u8; 8] = plain.as_slice().try_into().map_err(|_| {
+                StoreError::Refused(format!("observation {id} has a malformed value"))
+            })?;
+            out.push(Observation {
+                id,
+                device_id,
+                code,
+                value: f64::from_be_bytes(bytes),
+                device_time_ms: dt,
+                recv_time_ms: rt,
+                source,
+            });
         }
-        let ev = AuditEvent::new(actor, "observation.read", format!("case/{case_id}"), Outcome::Success)
-            .territory(&territory)
-            .details(serde_json::json!({ "readings": out.len() }));
+        let ev = AuditEvent::new(
+            actor,
+            "observation.read",
+            format!("case/{case_id}"),
+            Outcome::Success,
+        )
+        .territory(&territory)
+        .details(serde_json::json!({ "readings": out.len() }));
         audit::append(&tx, &self.st, &ev, now_ms())?;
         tx.commit()?;
         Ok(out)
@@ -461,7 +729,9 @@ impl Db {
 
     /// Counts of dead letters per reject code (for metrics and tests).
     pub fn dead_letter_counts(&self) -> Result<Vec<(String, u64)>> {
-        let mut st = self.conn.prepare("SELECT code, count(*) FROM dead_letters GROUP BY code ORDER BY code")?;
+        let mut st = self
+            .conn
+            .prepare("SELECT code, count(*) FROM dead_letters GROUP BY code ORDER BY code")?;
         let rows = st.query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))?;
         Ok(rows.collect::<Result<_, _>>()?)
     }

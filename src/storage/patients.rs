@@ -6,7 +6,9 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use super::{Db, Result, State, StoreError, audit};
 use crate::crypto::blind::BlindField;
 use crate::crypto::field::{DataKey, FieldLoc};
-use crate::model::{Actor, AuditEvent, Case, CaseDetails, CaseStatus, Outcome, Patient, StoredPatient, now_ms};
+use crate::model::{
+    Actor, AuditEvent, Case, CaseDetails, CaseStatus, Outcome, Patient, StoredPatient, now_ms,
+};
 
 /// Search terms; every given term must match (blind-index equality).
 #[derive(Debug, Clone, Default)]
@@ -16,9 +18,22 @@ pub struct PatientQuery {
     pub mrn: Option<String>,
 }
 
-const PATIENT_TEXT_COLUMNS: [&str; 7] = ["first_name", "last_name", "date_of_birth", "ssn", "email", "phone", "mrn"];
+const PATIENT_TEXT_COLUMNS: [&str; 7] = [
+    "first_name",
+    "last_name",
+    "date_of_birth",
+    "ssn",
+    "email",
+    "phone",
+    "mrn",
+];
 
-fn seal_opt(dk: &DataKey, loc: FieldLoc<'_>, v: Option<&[u8]>, n: &mut u64) -> Result<Option<Vec<u8>>> {
+fn seal_opt(
+    dk: &DataKey,
+    loc: FieldLoc<'_>,
+    v: Option<&[u8]>,
+    n: &mut u64,
+) -> Result<Option<Vec<u8>>> {
     match v {
         None => Ok(None),
         Some(b) => {
@@ -34,31 +49,85 @@ fn open_opt(dk: &DataKey, loc: FieldLoc<'_>, v: Option<Vec<u8>>) -> Result<Optio
 
 fn utf8(table: &str, column: &'static str, v: Option<Vec<u8>>) -> Result<Option<String>> {
     v.map(|b| {
-        String::from_utf8(b).map_err(|_| StoreError::Refused(format!("{table}.{column} holds invalid UTF-8 after decryption")))
+        String::from_utf8(b).map_err(|_| {
+            StoreError::Refused(format!(
+                "{table}.{column} holds invalid UTF-8 after decryption"
+            ))
+        })
     })
     .transpose()
 }
 
 fn json_bytes<T: serde::Serialize>(v: &Option<T>) -> Option<Vec<u8>> {
-    v.as_ref().map(|x| serde_json::to_vec(x).expect("plain struct serialises"))
+    v.as_ref()
+        .map(|x| serde_json::to_vec(x).expect("plain struct serialises"))
 }
 
 impl State {
-    fn write_patient(&mut self, conn: &Connection, id: &str, territory: &str, dk: &DataKey, p: &Patient, created: bool) -> Result<()> {
+    fn write_patient(
+        &mut self,
+        conn: &Connection,
+        id: &str,
+        territory: &str,
+        dk: &DataKey,
+        p: &Patient,
+        created: bool,
+    ) -> Result<()> {
         let mut n = 0u64;
-        let loc = |column| FieldLoc { table: "patients", column, row_id: id };
-        let texts = [&p.first_name, &p.last_name, &p.date_of_birth, &p.ssn, &p.email, &p.phone, &p.mrn];
+        let loc = |column| FieldLoc {
+            table: "patients",
+            column,
+            row_id: id,
+        };
+        let texts = [
+            &p.first_name,
+            &p.last_name,
+            &p.date_of_birth,
+            &p.ssn,
+            &p.email,
+            &p.phone,
+            &p.mrn,
+        ];
         let mut sealed: Vec<Option<Vec<u8>>> = Vec::with_capacity(10);
         for (col, v) in PATIENT_TEXT_COLUMNS.iter().zip(texts) {
-            sealed.push(seal_opt(dk, loc(col), v.as_deref().map(str::as_bytes), &mut n)?);
+            sealed.push(seal_opt(
+                dk,
+                loc(col),
+                v.as_deref().map(str::as_bytes),
+                &mut n,
+            )?);
         }
-        sealed.push(seal_opt(dk, loc("address"), json_bytes(&p.address).as_deref(), &mut n)?);
-        sealed.push(seal_opt(dk, loc("insurance"), json_bytes(&p.insurance).as_deref(), &mut n)?);
-        sealed.push(seal_opt(dk, loc("sex"), json_bytes(&p.sex).as_deref(), &mut n)?);
+        sealed.push(seal_opt(
+            dk,
+            loc("address"),
+            json_bytes(&p.address).as_deref(),
+            &mut n,
+        )?);
+        sealed.push(seal_opt(
+            dk,
+            loc("insurance"),
+            json_bytes(&p.insurance).as_deref(),
+            &mut n,
+        )?);
+        sealed.push(seal_opt(
+            dk,
+            loc("sex"),
+            json_bytes(&p.sex).as_deref(),
+            &mut n,
+        )?);
         let bi = &self.keys.index;
-        let bi_last = p.last_name.as_deref().and_then(|v| bi.index(BlindField::LastName, territory, v));
-        let bi_dob = p.date_of_birth.as_deref().and_then(|v| bi.index(BlindField::DateOfBirth, territory, v));
-        let bi_mrn = p.mrn.as_deref().and_then(|v| bi.index(BlindField::Mrn, territory, v));
+        let bi_last = p
+            .last_name
+            .as_deref()
+            .and_then(|v| bi.index(BlindField::LastName, territory, v));
+        let bi_dob = p
+            .date_of_birth
+            .as_deref()
+            .and_then(|v| bi.index(BlindField::DateOfBirth, territory, v));
+        let bi_mrn = p
+            .mrn
+            .as_deref()
+            .and_then(|v| bi.index(BlindField::Mrn, territory, v));
         let now = now_ms();
         if created {
             conn.prepare_cached(
@@ -101,21 +170,42 @@ impl State {
                 ))
             })
             .optional()?;
-        let (territory, dk_id, created, updated, cols) = row.ok_or_else(|| StoreError::NotFound { kind: "patient", id: id.into() })?;
+        let (territory, dk_id, created, updated, cols) =
+            row.ok_or_else(|| StoreError::NotFound {
+                kind: "patient",
+                id: id.into(),
+            })?;
         let dk = self.data_key(conn, dk_id, "patient", id)?;
-        let loc = |column| FieldLoc { table: "patients", column, row_id: id };
+        let loc = |column| FieldLoc {
+            table: "patients",
+            column,
+            row_id: id,
+        };
         let [c0, c1, c2, c3, c4, c5, c6, c7, c8, c9] = cols;
         let mut texts = Vec::with_capacity(7);
-        for (col, v) in PATIENT_TEXT_COLUMNS.iter().zip([c0, c1, c2, c3, c4, c5, c6]) {
+        for (col, v) in PATIENT_TEXT_COLUMNS
+            .iter()
+            .zip([c0, c1, c2, c3, c4, c5, c6])
+        {
             texts.push(utf8("patients", col, open_opt(&dk, loc(col), v)?)?);
         }
         let json = |col: &'static str, v: Option<Vec<u8>>| -> Result<Option<serde_json::Value>> {
             open_opt(&dk, loc(col), v)?
-                .map(|b| serde_json::from_slice(&b).map_err(|_| StoreError::Refused(format!("patients.{col} is not valid JSON"))))
+                .map(|b| {
+                    serde_json::from_slice(&b).map_err(|_| {
+                        StoreError::Refused(format!("patients.{col} is not valid JSON"))
+                    })
+                })
                 .transpose()
         };
-        let (address, insurance, sex) = (json("address", c7)?, json("insurance", c8)?, json("sex", c9)?);
-        let bad = |c: &str| StoreError::Refused(format!("patients.{c} does not match the patient schema"));
+        let (address, insurance, sex) = (
+            json("address", c7)?,
+            json("insurance", c8)?,
+            json("sex", c9)?,
+        );
+        let bad = |c: &str| {
+            StoreError::Refused(format!("patients.{c} does not match the patient schema"))
+        };
         let mut t = texts.into_iter();
         let patient = Patient {
             first_name: t.next().flatten(),
@@ -129,11 +219,26 @@ impl State {
             insurance: de(insurance).map_err(|_| bad("insurance"))?,
             sex: de(sex).map_err(|_| bad("sex"))?,
         };
-        Ok(StoredPatient { id: id.into(), territory, created_at_ms: created, updated_at_ms: updated, patient })
+        Ok(StoredPatient {
+            id: id.into(),
+            territory,
+            created_at_ms: created,
+            updated_at_ms: updated,
+            patient,
+        })
     }
 
     fn read_case(&mut self, conn: &Connection, id: &str) -> Result<(Case, i64)> {
-        type Row = (String, Option<String>, i64, String, i64, Option<i64>, Option<i64>, [Option<Vec<u8>>; 3]);
+        type Row = (
+            String,
+            Option<String>,
+            i64,
+            String,
+            i64,
+            Option<i64>,
+            Option<i64>,
+            [Option<Vec<u8>>; 3],
+        );
         let row: Option<Row> = conn
             .prepare_cached(
                 "SELECT territory, patient_id, dk_id, status, created_at, closed_at, erased_at, chief_complaint, mechanism, onset \
@@ -143,25 +248,53 @@ impl State {
                 Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, [r.get(7)?, r.get(8)?, r.get(9)?]))
             })
             .optional()?;
-        let (territory, patient_id, dk_id, status, created, closed, erased, cols) =
-            row.ok_or_else(|| StoreError::NotFound { kind: "case", id: id.into() })?;
+        let (territory, patient_id, dk_id, status, created, closed, erased, cols) = row
+            .ok_or_else(|| StoreError::NotFound {
+                kind: "case",
+                id: id.into(),
+            })?;
         if erased.is_some() {
-            return Err(StoreError::Erased { kind: "case", id: id.into() });
+            return Err(StoreError::Erased {
+                kind: "case",
+                id: id.into(),
+            });
         }
         let dk = self.data_key(conn, dk_id, "case", id)?;
-        let loc = |column| FieldLoc { table: "cases", column, row_id: id };
+        let loc = |column| FieldLoc {
+            table: "cases",
+            column,
+            row_id: id,
+        };
         let [a, b, c] = cols;
         let details = CaseDetails {
-            chief_complaint: utf8("cases", "chief_complaint", open_opt(&dk, loc("chief_complaint"), a)?)?,
+            chief_complaint: utf8(
+                "cases",
+                "chief_complaint",
+                open_opt(&dk, loc("chief_complaint"), a)?,
+            )?,
             mechanism: utf8("cases", "mechanism", open_opt(&dk, loc("mechanism"), b)?)?,
             onset: utf8("cases", "onset", open_opt(&dk, loc("onset"), c)?)?,
         };
-        let status = CaseStatus::parse(&status).ok_or_else(|| StoreError::Refused(format!("case {id} has unknown status")))?;
-        Ok((Case { id: id.into(), territory, patient_id, status, created_at_ms: created, closed_at_ms: closed, details }, dk_id))
+        let status = CaseStatus::parse(&status)
+            .ok_or_else(|| StoreError::Refused(format!("case {id} has unknown status")))?;
+        Ok((
+            Case {
+                id: id.into(),
+                territory,
+                patient_id,
+                status,
+                created_at_ms: created,
+                closed_at_ms: closed,
+                details,
+            },
+            dk_id,
+        ))
     }
 }
 
-fn de<T: serde::de::DeserializeOwned>(v: Option<serde_json::Value>) -> Result<Option<T>, serde_json::Error> {
+fn de<T: serde::de::DeserializeOwned>(
+    v: Option<serde_json::Value>,
+) -> Result<Option<T>, serde_json::Error> {
     v.map(serde_json::from_value).transpose()
 }
 
@@ -179,20 +312,36 @@ impl Db {
             StoreError::InvalidPhi(_) => "invalid_phi",
             _ => "error",
         };
-        let ev = AuditEvent::new(actor, action, resource, Outcome::Failure).details(serde_json::json!({ "error": code }));
+        let ev = AuditEvent::new(actor, action, resource, Outcome::Failure)
+            .details(serde_json::json!({ "error": code }));
         if let Err(e) = self.audit(&ev) {
             tracing::error!(error = %e, action, "cannot audit a failed access");
         }
     }
 
     /// Registers a patient (partial data allowed). Returns its id.
-    pub fn create_patient(&mut self, actor: &Actor, territory: &str, p: &Patient) -> Result<String> {
+    pub fn create_patient(
+        &mut self,
+        actor: &Actor,
+        territory: &str,
+        p: &Patient,
+    ) -> Result<String> {
         p.validate()?;
         let id = new_id();
-        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let dk = self.st.new_data_key(&tx, territory, &format!("patient/{id}"))?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let dk = self
+            .st
+            .new_data_key(&tx, territory, &format!("patient/{id}"))?;
         self.st.write_patient(&tx, &id, territory, &dk, p, true)?;
-        let ev = AuditEvent::new(actor, "patient.create", format!("patient/{id}"), Outcome::Success).territory(territory);
+        let ev = AuditEvent::new(
+            actor,
+            "patient.create",
+            format!("patient/{id}"),
+            Outcome::Success,
+        )
+        .territory(territory);
         audit::append(&tx, &self.st, &ev, now_ms())?;
         tx.commit()?;
         Ok(id)
@@ -200,18 +349,33 @@ impl Db {
 
     /// Registers many patients in one transaction (bulk import; group commit). Each gets its own
     /// data key and its own audit entry. All or nothing.
-    pub fn create_patients(&mut self, actor: &Actor, territory: &str, ps: &[Patient]) -> Result<Vec<String>> {
+    pub fn create_patients(
+        &mut self,
+        actor: &Actor,
+        territory: &str,
+        ps: &[Patient],
+    ) -> Result<Vec<String>> {
         for p in ps {
             p.validate()?;
         }
-        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let mut ids = Vec::with_capacity(ps.len());
         let now = now_ms();
         for p in ps {
             let id = new_id();
-            let dk = self.st.new_data_key(&tx, territory, &format!("patient/{id}"))?;
+            let dk = self
+                .st
+                .new_data_key(&tx, territory, &format!("patient/{id}"))?;
             self.st.write_patient(&tx, &id, territory, &dk, p, true)?;
-            let ev = AuditEvent::new(actor, "patient.create", format!("patient/{id}"), Outcome::Success).territory(territory);
+            let ev = AuditEvent::new(
+                actor,
+                "patient.create",
+                format!("patient/{id}"),
+                Outcome::Success,
+            )
+            .territory(territory);
             audit::append(&tx, &self.st, &ev, now)?;
             ids.push(id);
         }
@@ -223,14 +387,29 @@ impl Db {
     pub fn update_patient(&mut self, actor: &Actor, id: &str, p: &Patient) -> Result<()> {
         p.validate()?;
         let r = (|| {
-            let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let tx = self
+                .conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)?;
             let (territory, dk_id): (String, i64) = tx
-                .query_row("SELECT territory, dk_id FROM patients WHERE id = ?1", [id], |r| Ok((r.get(0)?, r.get(1)?)))
+                .query_row(
+                    "SELECT territory, dk_id FROM patients WHERE id = ?1",
+                    [id],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
                 .optional()?
-                .ok_or_else(|| StoreError::NotFound { kind: "patient", id: id.into() })?;
+                .ok_or_else(|| StoreError::NotFound {
+                    kind: "patient",
+                    id: id.into(),
+                })?;
             let dk = self.st.data_key(&tx, dk_id, "patient", id)?;
             self.st.write_patient(&tx, id, &territory, &dk, p, false)?;
-            let ev = AuditEvent::new(actor, "patient.update", format!("patient/{id}"), Outcome::Success).territory(&territory);
+            let ev = AuditEvent::new(
+                actor,
+                "patient.update",
+                format!("patient/{id}"),
+                Outcome::Success,
+            )
+            .territory(&territory);
             audit::append(&tx, &self.st, &ev, now_ms())?;
             tx.commit()?;
             Ok(())
@@ -244,9 +423,17 @@ impl Db {
     /// Reads and decrypts a patient; the read is audited in the same transaction.
     pub fn get_patient(&mut self, actor: &Actor, id: &str) -> Result<StoredPatient> {
         let r = (|| {
-            let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let tx = self
+                .conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)?;
             let p = self.st.read_patient(&tx, id)?;
-            let ev = AuditEvent::new(actor, "patient.read", format!("patient/{id}"), Outcome::Success).territory(&p.territory);
+            let ev = AuditEvent::new(
+                actor,
+                "patient.read",
+                format!("patient/{id}"),
+                Outcome::Success,
+            )
+            .territory(&p.territory);
             audit::append(&tx, &self.st, &ev, now_ms())?;
             tx.commit()?;
             Ok(p)
@@ -259,12 +446,32 @@ impl Db {
 
     /// Finds patients of `territory` by blind index; returns decrypted records (audited as a
     /// search plus one read per hit).
-    pub fn search_patients(&mut self, actor: &Actor, territory: &str, q: &PatientQuery) -> Result<Vec<StoredPatient>> {
+    pub fn search_patients(
+        &mut self,
+        actor: &Actor,
+        territory: &str,
+        q: &PatientQuery,
+    ) -> Result<Vec<StoredPatient>> {
         let bi = &self.st.keys.index;
         let terms = [
-            ("bi_last_name", q.last_name.as_deref().map(|v| bi.index(BlindField::LastName, territory, v))),
-            ("bi_dob", q.date_of_birth.as_deref().map(|v| bi.index(BlindField::DateOfBirth, territory, v))),
-            ("bi_mrn", q.mrn.as_deref().map(|v| bi.index(BlindField::Mrn, territory, v))),
+            (
+                "bi_last_name",
+                q.last_name
+                    .as_deref()
+                    .map(|v| bi.index(BlindField::LastName, territory, v)),
+            ),
+            (
+                "bi_dob",
+                q.date_of_birth
+                    .as_deref()
+                    .map(|v| bi.index(BlindField::DateOfBirth, territory, v)),
+            ),
+            (
+                "bi_mrn",
+                q.mrn
+                    .as_deref()
+                    .map(|v| bi.index(BlindField::Mrn, territory, v)),
+            ),
         ];
         let mut sql = String::from("SELECT id FROM patients WHERE territory = ?1");
         let mut args: Vec<Vec<u8>> = Vec::new();
@@ -279,17 +486,22 @@ impl Db {
             }
         }
         if args.is_empty() {
-            return Err(StoreError::Refused("a patient search needs at least one of last name, date of birth, MRN".into()));
+            return Err(StoreError::Refused(
+                "a patient search needs at least one of last name, date of birth, MRN".into(),
+            ));
         }
         sql.push_str(" ORDER BY created_at DESC LIMIT 50");
-        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let ids: Vec<String> = {
             let mut st = tx.prepare(&sql)?;
             let mut params: Vec<&dyn rusqlite::ToSql> = vec![&territory];
             for a in &args {
                 params.push(a);
             }
-            st.query_map(params.as_slice(), |r| r.get(0))?.collect::<Result<_, _>>()?
+            st.query_map(params.as_slice(), |r| r.get(0))?
+                .collect::<Result<_, _>>()?
         };
         let mut out = Vec::with_capacity(ids.len());
         for id in &ids {
@@ -298,7 +510,13 @@ impl Db {
                 Err(StoreError::Erased { .. }) => continue,
                 Err(e) => return Err(e),
             }
-            let ev = AuditEvent::new(actor, "patient.read", format!("patient/{id}"), Outcome::Success).territory(territory);
+            let ev = AuditEvent::new(
+                actor,
+                "patient.read",
+                format!("patient/{id}"),
+                Outcome::Success,
+            )
+            .territory(territory);
             audit::append(&tx, &self.st, &ev, now_ms())?;
         }
         let ev = AuditEvent::new(actor, "patient.search", "patient/*", Outcome::Success)
@@ -310,30 +528,74 @@ impl Db {
     }
 
     /// Opens a case, optionally for an existing patient of the same territory.
-    pub fn create_case(&mut self, actor: &Actor, territory: &str, patient_id: Option<&str>, d: &CaseDetails) -> Result<String> {
+    pub fn create_case(
+        &mut self,
+        actor: &Actor,
+        territory: &str,
+        patient_id: Option<&str>,
+        d: &CaseDetails,
+    ) -> Result<String> {
         let id = new_id();
-        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
         if let Some(pid) = patient_id {
-            let t: Option<String> = tx.query_row("SELECT territory FROM patients WHERE id = ?1", [pid], |r| r.get(0)).optional()?;
+            let t: Option<String> = tx
+                .query_row("SELECT territory FROM patients WHERE id = ?1", [pid], |r| {
+                    r.get(0)
+                })
+                .optional()?;
             match t {
-                None => return Err(StoreError::NotFound { kind: "patient", id: pid.into() }),
-                Some(t) if t != territory => return Err(StoreError::NotFound { kind: "patient", id: pid.into() }),
+                None => {
+                    return Err(StoreError::NotFound {
+                        kind: "patient",
+                        id: pid.into(),
+                    });
+                }
+                Some(t) if t != territory => {
+                    return Err(StoreError::NotFound {
+                        kind: "patient",
+                        id: pid.into(),
+                    });
+                }
                 Some(_) => {}
             }
         }
-        let dk = self.st.new_data_key(&tx, territory, &format!("case/{id}"))?;
-        let loc = |column| FieldLoc { table: "cases", column, row_id: &id };
+        let dk = self
+            .st
+            .new_data_key(&tx, territory, &format!("case/{id}"))?;
+        let loc = |column| FieldLoc {
+            table: "cases",
+            column,
+            row_id: &id,
+        };
         let mut n = 0;
-        let cc = seal_opt(&dk, loc("chief_complaint"), d.chief_complaint.as_deref().map(str::as_bytes), &mut n)?;
-        let me = seal_opt(&dk, loc("mechanism"), d.mechanism.as_deref().map(str::as_bytes), &mut n)?;
-        let on = seal_opt(&dk, loc("onset"), d.onset.as_deref().map(str::as_bytes), &mut n)?;
+        let cc = seal_opt(
+            &dk,
+            loc("chief_complaint"),
+            d.chief_complaint.as_deref().map(str::as_bytes),
+            &mut n,
+        )?;
+        let me = seal_opt(
+            &dk,
+            loc("mechanism"),
+            d.mechanism.as_deref().map(str::as_bytes),
+            &mut n,
+        )?;
+        let on = seal_opt(
+            &dk,
+            loc("onset"),
+            d.onset.as_deref().map(str::as_bytes),
+            &mut n,
+        )?;
         tx.execute(
             "INSERT INTO cases (id, territory, patient_id, dk_id, status, created_at, created_by, chief_complaint, mechanism, onset) \
              VALUES (?1, ?2, ?3, ?4, 'open', ?5, ?6, ?7, ?8, ?9)",
             params![id, territory, patient_id, dk.id(), now_ms(), actor.id, cc, me, on],
         )?;
         self.st.count_invocations(&tx, dk.id(), n)?;
-        let ev = AuditEvent::new(actor, "case.create", format!("case/{id}"), Outcome::Success).territory(territory);
+        let ev = AuditEvent::new(actor, "case.create", format!("case/{id}"), Outcome::Success)
+            .territory(territory);
         audit::append(&tx, &self.st, &ev, now_ms())?;
         tx.commit()?;
         Ok(id)
@@ -342,9 +604,12 @@ impl Db {
     /// Reads and decrypts a case (audited).
     pub fn get_case(&mut self, actor: &Actor, id: &str) -> Result<Case> {
         let r = (|| {
-            let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let tx = self
+                .conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)?;
             let (c, _) = self.st.read_case(&tx, id)?;
-            let ev = AuditEvent::new(actor, "case.read", format!("case/{id}"), Outcome::Success).territory(&c.territory);
+            let ev = AuditEvent::new(actor, "case.read", format!("case/{id}"), Outcome::Success)
+                .territory(&c.territory);
             audit::append(&tx, &self.st, &ev, now_ms())?;
             tx.commit()?;
             Ok(c)
@@ -358,15 +623,25 @@ impl Db {
     /// Crypto-erases a case: destroys its data key (and its patient's, when no other live case
     /// refers to that patient), then truncates the WAL so no old page survives in it.
     pub fn erase_case(&mut self, actor: &Actor, id: &str) -> Result<()> {
-        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let (territory, dk_id, patient_id, erased): (String, i64, Option<String>, Option<i64>) = tx
-            .query_row("SELECT territory, dk_id, patient_id, erased_at FROM cases WHERE id = ?1", [id], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
-            })
+            .query_row(
+                "SELECT territory, dk_id, patient_id, erased_at FROM cases WHERE id = ?1",
+                [id],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            )
             .optional()?
-            .ok_or_else(|| StoreError::NotFound { kind: "case", id: id.into() })?;
+            .ok_or_else(|| StoreError::NotFound {
+                kind: "case",
+                id: id.into(),
+            })?;
         if erased.is_some() {
-            return Err(StoreError::Erased { kind: "case", id: id.into() });
+            return Err(StoreError::Erased {
+                kind: "case",
+                id: id.into(),
+            });
         }
         Db::destroy_data_key(&mut self.st, &tx, dk_id)?;
         tx.execute("UPDATE cases SET erased_at = ?1, chief_complaint = NULL, mechanism = NULL, onset = NULL WHERE id = ?2", params![now_ms(), id])?;
@@ -378,7 +653,10 @@ impl Db {
                 |r| r.get(0),
             )?;
             if others == 0 {
-                let pdk: i64 = tx.query_row("SELECT dk_id FROM patients WHERE id = ?1", [pid], |r| r.get(0))?;
+                let pdk: i64 =
+                    tx.query_row("SELECT dk_id FROM patients WHERE id = ?1", [pid], |r| {
+                        r.get(0)
+                    })?;
                 Db::destroy_data_key(&mut self.st, &tx, pdk)?;
                 erased_patient = true;
             }

@@ -5,18 +5,30 @@ use rusqlite::{OptionalExtension, TransactionBehavior, params};
 
 use super::{Db, Result, State, StoreError, audit};
 use crate::crypto::field::FieldLoc;
-use crate::model::{Actor, AuditEvent, CaseSnapshot, Outcome, Sex, StoredTriage, TriageRecord, now_ms};
+use crate::model::{
+    Actor, AuditEvent, CaseSnapshot, Outcome, Sex, StoredTriage, TriageRecord, now_ms,
+};
 
 impl State {
     /// Territory and unwrapped data key of a case that exists and is not erased.
-    pub(super) fn live_case(&mut self, conn: &rusqlite::Connection, case_id: &str) -> Result<(String, std::sync::Arc<crate::crypto::field::DataKey>)> {
+    pub(super) fn live_case(
+        &mut self,
+        conn: &rusqlite::Connection,
+        case_id: &str,
+    ) -> Result<(String, std::sync::Arc<crate::crypto::field::DataKey>)> {
         let (territory, dk_id, erased): (String, i64, Option<i64>) = conn
             .prepare_cached("SELECT territory, dk_id, erased_at FROM cases WHERE id = ?1")?
             .query_row([case_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
             .optional()?
-            .ok_or_else(|| StoreError::NotFound { kind: "case", id: case_id.into() })?;
+            .ok_or_else(|| StoreError::NotFound {
+                kind: "case",
+                id: case_id.into(),
+            })?;
         if erased.is_some() {
-            return Err(StoreError::Erased { kind: "case", id: case_id.into() });
+            return Err(StoreError::Erased {
+                kind: "case",
+                id: case_id.into(),
+            });
         }
         let dk = self.data_key(conn, dk_id, "case", case_id)?;
         Ok((territory, dk))
@@ -26,7 +38,9 @@ impl State {
 impl Db {
     /// Latest reading per vital, age, sex and chief complaint of a case (one audited read).
     pub fn case_snapshot(&mut self, actor: &Actor, case_id: &str) -> Result<CaseSnapshot> {
-        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let (territory, dk_id, patient_id, erased, cc): (String, i64, Option<String>, Option<i64>, Option<Vec<u8>>) = tx
             .query_row("SELECT territory, dk_id, patient_id, erased_at, chief_complaint FROM cases WHERE id = ?1", [case_id], |r| {
                 Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
@@ -34,7 +48,10 @@ impl Db {
             .optional()?
             .ok_or_else(|| StoreError::NotFound { kind: "case", id: case_id.into() })?;
         if erased.is_some() {
-            return Err(StoreError::Erased { kind: "case", id: case_id.into() });
+            return Err(StoreError::Erased {
+                kind: "case",
+                id: case_id.into(),
+            });
         }
         let dk = self.st.data_key(&tx, dk_id, "case", case_id)?;
         let rows: Vec<(i64, String, Vec<u8>)> = tx
@@ -51,27 +68,63 @@ impl Db {
             if snap.latest.last().is_some_and(|(c, _)| *c == code) {
                 continue; // two devices at the same instant: the newest row wins
             }
-            let plain = dk.open(FieldLoc { table: "observations", column: "value", row_id: &id.to_string() }, &ct)?;
-            let b: [u8; 8] = plain.as_slice().try_into().map_err(|_| StoreError::Refused(format!("observation {id} has a malformed value")))?;
+            let plain = dk.open(
+                FieldLoc {
+                    table: "observations",
+                    column: "value",
+                    row_id: &id.to_string(),
+                },
+                &ct,
+            )?;
+            let b: [u8; 8] = plain.as_slice().try_into().map_err(|_| {
+                StoreError::Refused(format!("observation {id} has a malformed value"))
+            })?;
             snap.latest.push((code, f64::from_be_bytes(b)));
         }
         if let Some(ct) = cc {
-            let p = dk.open(FieldLoc { table: "cases", column: "chief_complaint", row_id: case_id }, &ct)?;
+            let p = dk.open(
+                FieldLoc {
+                    table: "cases",
+                    column: "chief_complaint",
+                    row_id: case_id,
+                },
+                &ct,
+            )?;
             snap.chief_complaint = String::from_utf8(p).ok();
         }
         if let Some(pid) = patient_id {
             let row: Option<(i64, Option<Vec<u8>>, Option<Vec<u8>>)> = tx
-                .query_row("SELECT dk_id, date_of_birth, sex FROM patients WHERE id = ?1", [&pid], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                .query_row(
+                    "SELECT dk_id, date_of_birth, sex FROM patients WHERE id = ?1",
+                    [&pid],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                )
                 .optional()?;
             if let Some((pdk, dob, sex)) = row {
                 match self.st.data_key(&tx, pdk, "patient", &pid) {
                     Ok(pk) => {
                         if let Some(ct) = dob {
-                            let d = pk.open(FieldLoc { table: "patients", column: "date_of_birth", row_id: &pid }, &ct)?;
-                            snap.age_years = std::str::from_utf8(&d).ok().and_then(|d| crate::model::age_years(d, now_ms()));
+                            let d = pk.open(
+                                FieldLoc {
+                                    table: "patients",
+                                    column: "date_of_birth",
+                                    row_id: &pid,
+                                },
+                                &ct,
+                            )?;
+                            snap.age_years = std::str::from_utf8(&d)
+                                .ok()
+                                .and_then(|d| crate::model::age_years(d, now_ms()));
                         }
                         if let Some(ct) = sex {
-                            let s = pk.open(FieldLoc { table: "patients", column: "sex", row_id: &pid }, &ct)?;
+                            let s = pk.open(
+                                FieldLoc {
+                                    table: "patients",
+                                    column: "sex",
+                                    row_id: &pid,
+                                },
+                                &ct,
+                            )?;
                             snap.sex = serde_json::from_slice::<Sex>(&s).ok();
                         }
                     }
@@ -80,9 +133,14 @@ impl Db {
                 }
             }
         }
-        let ev = AuditEvent::new(actor, "case.triage_read", format!("case/{case_id}"), Outcome::Success)
-            .territory(&territory)
-            .details(serde_json::json!({ "vitals": snap.latest.len() }));
+        let ev = AuditEvent::new(
+            actor,
+            "case.triage_read",
+            format!("case/{case_id}"),
+            Outcome::Success,
+        )
+        .territory(&territory)
+        .details(serde_json::json!({ "vitals": snap.latest.len() }));
         audit::append(&tx, &self.st, &ev, now_ms())?;
         tx.commit()?;
         Ok(snap)
@@ -90,11 +148,21 @@ impl Db {
 
     /// Stores a triage result of a case. Returns its id.
     pub fn record_triage(&mut self, actor: &Actor, case_id: &str, t: &TriageRecord) -> Result<i64> {
-        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let (territory, dk) = self.st.live_case(&tx, case_id)?;
-        let id: i64 = tx.query_row("SELECT coalesce(max(id), 0) + 1 FROM triage_results", [], |r| r.get(0))?;
+        let id: i64 = tx.query_row(
+            "SELECT coalesce(max(id), 0) + 1 FROM triage_results",
+            [],
+            |r| r.get(0),
+        )?;
         let reasons = dk.seal(
-            FieldLoc { table: "triage_results", column: "reasons", row_id: &id.to_string() },
+            FieldLoc {
+                table: "triage_results",
+                column: "reasons",
+                row_id: &id.to_string(),
+            },
             &serde_json::to_vec(&t.reasons).expect("strings serialise"),
         )?;
         self.st.count_invocations(&tx, dk.id(), 1)?;
@@ -106,19 +174,45 @@ impl Db {
                 t.model_id, t.model_hash, t.decider, t.abstained, reasons
             ],
         )?;
-        let ev = AuditEvent::new(actor, "triage.record", format!("case/{case_id}"), Outcome::Success)
-            .territory(&territory)
-            .details(serde_json::json!({ "triage": id, "decider": t.decider, "model": t.model_id }));
+        let ev = AuditEvent::new(
+            actor,
+            "triage.record",
+            format!("case/{case_id}"),
+            Outcome::Success,
+        )
+        .territory(&territory)
+        .details(serde_json::json!({ "triage": id, "decider": t.decider, "model": t.model_id }));
         audit::append(&tx, &self.st, &ev, now_ms())?;
         tx.commit()?;
         Ok(id)
     }
 
     /// The most recent triage results of a case, newest first (audited read).
-    pub fn triage_history(&mut self, actor: &Actor, case_id: &str, limit: usize) -> Result<Vec<StoredTriage>> {
-        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    pub fn triage_history(
+        &mut self,
+        actor: &Actor,
+        case_id: &str,
+        limit: usize,
+    ) -> Result<Vec<StoredTriage>> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let (territory, dk) = self.st.live_case(&tx, case_id)?;
-        type Row = (i64, i64, u8, u8, Option<u8>, Option<u8>, Option<String>, Option<f64>, Option<String>, Option<String>, String, Option<String>, Vec<u8>);
+        type Row = (
+            i64,
+            i64,
+            u8,
+            u8,
+            Option<u8>,
+            Option<u8>,
+            Option<String>,
+            Option<f64>,
+            Option<String>,
+            Option<String>,
+            String,
+            Option<String>,
+            Vec<u8>,
+        );
         let rows: Vec<Row> = tx
             .prepare(
                 "SELECT id, created_at, final_esi, rules_esi, model_esi, news2, specialty, confidence, model_id, model_hash, decider, abstained, reasons \
@@ -130,7 +224,14 @@ impl Db {
             .collect::<Result<_, _>>()?;
         let mut out = Vec::with_capacity(rows.len());
         for (id, at, fin, rules, model, news2, spec, conf, mid, mh, decider, abst, ct) in rows {
-            let plain = dk.open(FieldLoc { table: "triage_results", column: "reasons", row_id: &id.to_string() }, &ct)?;
+            let plain = dk.open(
+                FieldLoc {
+                    table: "triage_results",
+                    column: "reasons",
+                    row_id: &id.to_string(),
+                },
+                &ct,
+            )?;
             let reasons: Vec<String> = serde_json::from_slice(&plain).unwrap_or_default();
             let decider = match decider.as_str() {
                 "model" => "model",
@@ -155,7 +256,13 @@ impl Db {
                 },
             });
         }
-        let ev = AuditEvent::new(actor, "triage.read", format!("case/{case_id}"), Outcome::Success).territory(&territory);
+        let ev = AuditEvent::new(
+            actor,
+            "triage.read",
+            format!("case/{case_id}"),
+            Outcome::Success,
+        )
+        .territory(&territory);
         audit::append(&tx, &self.st, &ev, now_ms())?;
         tx.commit()?;
         Ok(out)

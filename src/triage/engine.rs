@@ -53,7 +53,12 @@ pub struct TriageOutcome {
     pub model_sha256: Option<String>,
 }
 
-const CORE: [(&str, f64, f64); 4] = [("heart_rate", 0.0, 350.0), ("resp_rate", 0.0, 100.0), ("spo2", 0.0, 100.0), ("sbp", 0.0, 400.0)];
+const CORE: [(&str, f64, f64); 4] = [
+    ("heart_rate", 0.0, 350.0),
+    ("resp_rate", 0.0, 100.0),
+    ("spo2", 0.0, 100.0),
+    ("sbp", 0.0, 400.0),
+];
 
 /// Why the model must abstain on this input, if it must.
 pub fn abstain_reason(i: &TriageInput, min_core: usize) -> Option<String> {
@@ -61,7 +66,9 @@ pub fn abstain_reason(i: &TriageInput, min_core: usize) -> Option<String> {
     let core = [v.heart_rate, v.resp_rate, v.spo2, v.sbp];
     let present = core.iter().filter(|x| x.is_some()).count();
     if present < min_core {
-        return Some(format!("only {present} of heart rate, respiratory rate, SpO2, systolic BP measured (need {min_core})"));
+        return Some(format!(
+            "only {present} of heart rate, respiratory rate, SpO2, systolic BP measured (need {min_core})"
+        ));
     }
     for (x, (name, lo, hi)) in core.iter().zip(CORE) {
         if let Some(x) = x.filter(|x| !x.is_finite() || *x < lo || *x > hi) {
@@ -85,7 +92,9 @@ fn softmax5(z: &[f32; 5]) -> [f32; 5] {
 }
 
 fn argmax(z: &[f32]) -> usize {
-    z.iter().enumerate().fold(0, |best, (i, x)| if *x > z[best] { i } else { best })
+    z.iter()
+        .enumerate()
+        .fold(0, |best, (i, x)| if *x > z[best] { i } else { best })
 }
 
 /// Post-processing of raw model outputs.
@@ -99,8 +108,18 @@ pub fn proposal(o: &ModelOutput) -> ModelProposal {
 }
 
 /// Runs the whole compute path. `model` is `None` in rules-only mode.
-pub fn compute(i: &TriageInput, model: Option<&mut ModelRuntime>, min_core: usize, text: &mut [f32; TEXT_BUCKETS]) -> TriageOutcome {
-    let rules = evaluate(&RulesInput { vitals: i.vitals, age_years: i.age_years, on_oxygen: i.on_oxygen, spo2_scale2: i.spo2_scale2 });
+pub fn compute(
+    i: &TriageInput,
+    model: Option<&mut ModelRuntime>,
+    min_core: usize,
+    text: &mut [f32; TEXT_BUCKETS],
+) -> TriageOutcome {
+    let rules = evaluate(&RulesInput {
+        vitals: i.vitals,
+        age_years: i.age_years,
+        on_oxygen: i.on_oxygen,
+        spo2_scale2: i.spo2_scale2,
+    });
     let (mut prop, mut abstained, mut model_id, mut model_sha256) = (None, None, None, None);
     match model {
         None => abstained = Some("no model loaded (rules-only mode)".to_string()),
@@ -110,7 +129,13 @@ pub fn compute(i: &TriageInput, model: Option<&mut ModelRuntime>, min_core: usiz
             match abstain_reason(i, min_core) {
                 Some(r) => abstained = Some(r),
                 None => {
-                    let xv = vitals_features(&i.vitals, i.age_years, i.sex, i.on_oxygen, i.chief_complaint.as_deref());
+                    let xv = vitals_features(
+                        &i.vitals,
+                        i.age_years,
+                        i.sex,
+                        i.on_oxygen,
+                        i.chief_complaint.as_deref(),
+                    );
                     text_dense(&text_features(i.chief_complaint.as_deref()), text);
                     match rt.infer(&xv, text) {
                         Ok(o) => prop = Some(proposal(&o)),
@@ -121,7 +146,15 @@ pub fn compute(i: &TriageInput, model: Option<&mut ModelRuntime>, min_core: usiz
         }
     }
     let (final_esi, decider) = combine(rules.ceiling, prop.as_ref().map(|p| p.esi));
-    TriageOutcome { final_esi, decider, rules, model: prop, abstained, model_id, model_sha256 }
+    TriageOutcome {
+        final_esi,
+        decider,
+        rules,
+        model: prop,
+        abstained,
+        model_id,
+        model_sha256,
+    }
 }
 
 #[cfg(test)]
@@ -132,7 +165,12 @@ mod tests {
     fn abstains_on_missing_or_implausible_core_vitals() {
         let mut i = TriageInput::default();
         assert!(abstain_reason(&i, 3).unwrap().contains("only 0"));
-        i.vitals = Vitals { heart_rate: Some(80.0), resp_rate: Some(16.0), spo2: Some(97.0), ..Default::default() };
+        i.vitals = Vitals {
+            heart_rate: Some(80.0),
+            resp_rate: Some(16.0),
+            spo2: Some(97.0),
+            ..Default::default()
+        };
         assert_eq!(abstain_reason(&i, 3), None);
         i.vitals.heart_rate = Some(900.0);
         assert!(abstain_reason(&i, 3).unwrap().contains("implausible"));
@@ -140,7 +178,13 @@ mod tests {
 
     #[test]
     fn rules_only_mode_still_decides_with_reasons() {
-        let i = TriageInput { vitals: Vitals { spo2: Some(82.0), ..Default::default() }, ..Default::default() };
+        let i = TriageInput {
+            vitals: Vitals {
+                spo2: Some(82.0),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
         let o = compute(&i, None, 3, &mut [0.0; TEXT_BUCKETS]);
         assert_eq!((o.final_esi, o.decider), (1, Decider::RulesOnly));
         assert!(o.abstained.unwrap().contains("rules-only"));
@@ -149,7 +193,11 @@ mod tests {
 
     #[test]
     fn post_processing_picks_argmax_and_normalises() {
-        let p = proposal(&ModelOutput { esi_logits: [0.0, 3.0, 1.0, 0.0, -1.0], specialty_logits: [0.0, 0.0, 5.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0], confidence: 0.7 });
+        let p = proposal(&ModelOutput {
+            esi_logits: [0.0, 3.0, 1.0, 0.0, -1.0],
+            specialty_logits: [0.0, 0.0, 5.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0],
+            confidence: 0.7,
+        });
         assert_eq!((p.esi, p.specialty), (2, "trauma_surgery"));
         assert!((p.esi_probs.iter().sum::<f32>() - 1.0).abs() < 1e-6);
     }

@@ -29,7 +29,19 @@ const AGE_NORM: (f64, f64) = (45.0, 25.0);
 
 /// Vitals in the model's order.
 pub fn ordered(v: &Vitals) -> [Option<f64>; 11] {
-    [v.heart_rate, v.resp_rate, v.spo2, v.sbp, v.dbp, v.temp, v.etco2, v.glucose, v.gcs_total, v.avpu.map(f64::from), v.pain]
+    [
+        v.heart_rate,
+        v.resp_rate,
+        v.spo2,
+        v.sbp,
+        v.dbp,
+        v.temp,
+        v.etco2,
+        v.glucose,
+        v.gcs_total,
+        v.avpu.map(f64::from),
+        v.pain,
+    ]
 }
 
 fn fnv1a32(data: &[u8]) -> u32 {
@@ -43,7 +55,11 @@ fn fnv1a32(data: &[u8]) -> u32 {
 
 /// Unigrams and bigrams of a complaint.
 pub fn grams(text: &str) -> Vec<String> {
-    let cleaned: String = text.to_lowercase().chars().map(|c| if c.is_ascii_alphanumeric() { c } else { ' ' }).collect();
+    let cleaned: String = text
+        .to_lowercase()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { ' ' })
+        .collect();
     let toks: Vec<&str> = cleaned.split(' ').filter(|t| !t.is_empty()).collect();
     let mut out: Vec<String> = toks.iter().map(|t| t.to_string()).collect();
     out.extend(toks.windows(2).map(|w| format!("{}_{}", w[0], w[1])));
@@ -59,10 +75,15 @@ pub fn text_features(text: Option<&str>) -> Vec<(usize, f32)> {
     }
     let mut counts: std::collections::BTreeMap<usize, u32> = std::collections::BTreeMap::new();
     for t in &g {
-        *counts.entry((fnv1a32(t.as_bytes()) % TEXT_BUCKETS as u32) as usize).or_default() += 1;
+        *counts
+            .entry((fnv1a32(t.as_bytes()) % TEXT_BUCKETS as u32) as usize)
+            .or_default() += 1;
     }
     let n = g.len() as f64;
-    counts.into_iter().map(|(b, c)| (b, (f64::from(c) / n) as f32)).collect()
+    counts
+        .into_iter()
+        .map(|(b, c)| (b, (f64::from(c) / n) as f32))
+        .collect()
 }
 
 /// Dense text vector.
@@ -74,7 +95,13 @@ pub fn text_dense(sparse: &[(usize, f32)], out: &mut [f32; TEXT_BUCKETS]) {
 }
 
 /// The vitals vector.
-pub fn vitals_features(v: &Vitals, age: Option<f64>, sex: Option<Sex>, on_oxygen: bool, complaint: Option<&str>) -> [f32; N_VITALS] {
+pub fn vitals_features(
+    v: &Vitals,
+    age: Option<f64>,
+    sex: Option<Sex>,
+    on_oxygen: bool,
+    complaint: Option<&str>,
+) -> [f32; N_VITALS] {
     let mut out = [0f32; N_VITALS];
     for (i, (x, (_, m, s))) in ordered(v).iter().zip(NORM).enumerate() {
         out[i] = x.map_or(0.0, |x| ((x - m) / s) as f32);
@@ -85,7 +112,11 @@ pub fn vitals_features(v: &Vitals, age: Option<f64>, sex: Option<Sex>, on_oxygen
     out[24] = if sex == Some(Sex::Female) { 1.0 } else { 0.0 };
     out[25] = if sex == Some(Sex::Male) { 1.0 } else { 0.0 };
     out[26] = if on_oxygen { 1.0 } else { 0.0 };
-    out[27] = if text_features(complaint).is_empty() { 1.0 } else { 0.0 };
+    out[27] = if text_features(complaint).is_empty() {
+        1.0
+    } else {
+        0.0
+    };
     out
 }
 
@@ -102,7 +133,10 @@ mod tests {
 
     #[test]
     fn grams_clean_and_pair() {
-        assert_eq!(grams("Chest-pain, SOB!"), vec!["chest", "pain", "sob", "chest_pain", "pain_sob"]);
+        assert_eq!(
+            grams("Chest-pain, SOB!"),
+            vec!["chest", "pain", "sob", "chest_pain", "pain_sob"]
+        );
         assert!(grams(" --- ").is_empty());
         assert!(text_features(Some("!!")).is_empty());
         let t = text_features(Some("pain pain"));

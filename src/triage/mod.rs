@@ -76,7 +76,10 @@ mod tests {
     #[test]
     fn final_esi_is_never_less_acute_than_the_rules() {
         let mut rng = Rng::new(0xE51);
-        let n = std::env::var("HEMA3N_PROPERTY_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000u64);
+        let n = std::env::var("HEMA3N_PROPERTY_CASES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1_000_000u64);
         let mut overrides = 0u64;
         for _ in 0..n {
             let input = random_input(&mut rng);
@@ -84,7 +87,11 @@ mod tests {
             let model = (rng.unit() > 0.2).then(|| 1 + (rng.next_u64() % 5) as u8);
             let (fin, who) = combine(r.ceiling, model);
             assert!((1..=5).contains(&fin));
-            assert!(fin <= r.ceiling, "{input:?} → ceiling {} final {fin}", r.ceiling);
+            assert!(
+                fin <= r.ceiling,
+                "{input:?} → ceiling {} final {fin}",
+                r.ceiling
+            );
             assert!(r.reasons.iter().all(|x| fin <= x.esi), "{input:?}");
             if who == Decider::RulesOverride {
                 overrides += 1;

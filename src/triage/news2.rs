@@ -156,19 +156,31 @@ pub fn score(i: &News2Input) -> News2 {
     let mut subscores = Vec::with_capacity(7);
     let mut missing = Vec::new();
     let mut add = |parameter: &'static str, v: Option<f64>, f: &dyn Fn(f64) -> u8| match v {
-        Some(v) => subscores.push(SubScore { parameter, value: v, score: f(v) }),
+        Some(v) => subscores.push(SubScore {
+            parameter,
+            value: v,
+            score: f(v),
+        }),
         None => missing.push(parameter),
     };
     add("resp_rate", i.resp_rate, &score_resp_rate);
     if i.spo2_scale2 {
-        add("spo2 (scale 2)", i.spo2, &|s| score_spo2_scale2(s, i.on_oxygen));
+        add("spo2 (scale 2)", i.spo2, &|s| {
+            score_spo2_scale2(s, i.on_oxygen)
+        });
     } else {
         add("spo2", i.spo2, &score_spo2_scale1);
     }
-    add("air_or_oxygen", Some(if i.on_oxygen { 1.0 } else { 0.0 }), &|o| if o > 0.0 { 2 } else { 0 });
+    add(
+        "air_or_oxygen",
+        Some(if i.on_oxygen { 1.0 } else { 0.0 }),
+        &|o| if o > 0.0 { 2 } else { 0 },
+    );
     add("sbp", i.sbp, &score_sbp);
     add("heart_rate", i.heart_rate, &score_heart_rate);
-    add("consciousness", i.acvpu.map(f64::from), &|a| score_acvpu(a as u8));
+    add("consciousness", i.acvpu.map(f64::from), &|a| {
+        score_acvpu(a as u8)
+    });
     add("temp", i.temp, &score_temp);
     let total: u8 = subscores.iter().map(|s| s.score).sum();
     let any3 = subscores.iter().any(|s| s.score == 3);
@@ -178,7 +190,12 @@ pub fn score(i: &News2Input) -> News2 {
         _ if any3 => Risk::LowMedium,
         _ => Risk::Low,
     };
-    News2 { total, subscores, missing, risk }
+    News2 {
+        total,
+        subscores,
+        missing,
+        risk,
+    }
 }
 
 #[cfg(test)]
@@ -188,31 +205,102 @@ mod tests {
     /// (value, expected score) at both sides of every published band edge.
     #[test]
     fn every_band_edge() {
-        let rr = [(8.0, 3), (9.0, 1), (11.0, 1), (12.0, 0), (20.0, 0), (21.0, 2), (24.0, 2), (25.0, 3), (0.0, 3), (60.0, 3)];
+        let rr = [
+            (8.0, 3),
+            (9.0, 1),
+            (11.0, 1),
+            (12.0, 0),
+            (20.0, 0),
+            (21.0, 2),
+            (24.0, 2),
+            (25.0, 3),
+            (0.0, 3),
+            (60.0, 3),
+        ];
         for (v, s) in rr {
             assert_eq!(score_resp_rate(v), s, "rr {v}");
         }
-        let s1 = [(91.0, 3), (92.0, 2), (93.0, 2), (94.0, 1), (95.0, 1), (96.0, 0), (100.0, 0)];
+        let s1 = [
+            (91.0, 3),
+            (92.0, 2),
+            (93.0, 2),
+            (94.0, 1),
+            (95.0, 1),
+            (96.0, 0),
+            (100.0, 0),
+        ];
         for (v, s) in s1 {
             assert_eq!(score_spo2_scale1(v), s, "spo2 {v}");
         }
-        let s2_air = [(83.0, 3), (84.0, 2), (85.0, 2), (86.0, 1), (87.0, 1), (88.0, 0), (92.0, 0), (93.0, 0), (97.0, 0), (100.0, 0)];
+        let s2_air = [
+            (83.0, 3),
+            (84.0, 2),
+            (85.0, 2),
+            (86.0, 1),
+            (87.0, 1),
+            (88.0, 0),
+            (92.0, 0),
+            (93.0, 0),
+            (97.0, 0),
+            (100.0, 0),
+        ];
         for (v, s) in s2_air {
             assert_eq!(score_spo2_scale2(v, false), s, "scale 2 air {v}");
         }
-        let s2_o2 = [(83.0, 3), (84.0, 2), (86.0, 1), (88.0, 0), (92.0, 0), (93.0, 1), (94.0, 1), (95.0, 2), (96.0, 2), (97.0, 3), (100.0, 3)];
+        let s2_o2 = [
+            (83.0, 3),
+            (84.0, 2),
+            (86.0, 1),
+            (88.0, 0),
+            (92.0, 0),
+            (93.0, 1),
+            (94.0, 1),
+            (95.0, 2),
+            (96.0, 2),
+            (97.0, 3),
+            (100.0, 3),
+        ];
         for (v, s) in s2_o2 {
             assert_eq!(score_spo2_scale2(v, true), s, "scale 2 O2 {v}");
         }
-        let sbp = [(90.0, 3), (91.0, 2), (100.0, 2), (101.0, 1), (110.0, 1), (111.0, 0), (219.0, 0), (220.0, 3)];
+        let sbp = [
+            (90.0, 3),
+            (91.0, 2),
+            (100.0, 2),
+            (101.0, 1),
+            (110.0, 1),
+            (111.0, 0),
+            (219.0, 0),
+            (220.0, 3),
+        ];
         for (v, s) in sbp {
             assert_eq!(score_sbp(v), s, "sbp {v}");
         }
-        let hr = [(40.0, 3), (41.0, 1), (50.0, 1), (51.0, 0), (90.0, 0), (91.0, 1), (110.0, 1), (111.0, 2), (130.0, 2), (131.0, 3)];
+        let hr = [
+            (40.0, 3),
+            (41.0, 1),
+            (50.0, 1),
+            (51.0, 0),
+            (90.0, 0),
+            (91.0, 1),
+            (110.0, 1),
+            (111.0, 2),
+            (130.0, 2),
+            (131.0, 3),
+        ];
         for (v, s) in hr {
             assert_eq!(score_heart_rate(v), s, "hr {v}");
         }
-        let t = [(35.0, 3), (35.1, 1), (36.0, 1), (36.1, 0), (38.0, 0), (38.1, 1), (39.0, 1), (39.1, 2)];
+        let t = [
+            (35.0, 3),
+            (35.1, 1),
+            (36.0, 1),
+            (36.1, 0),
+            (38.0, 0),
+            (38.1, 1),
+            (39.0, 1),
+            (39.1, 2),
+        ];
         for (v, s) in t {
             assert_eq!(score_temp(v), s, "temp {v}");
         }
@@ -223,21 +311,51 @@ mod tests {
 
     #[test]
     fn aggregate_and_risk_bands() {
-        let normal = News2Input { resp_rate: Some(16.0), spo2: Some(98.0), sbp: Some(120.0), heart_rate: Some(70.0), acvpu: Some(0), temp: Some(37.0), ..Default::default() };
+        let normal = News2Input {
+            resp_rate: Some(16.0),
+            spo2: Some(98.0),
+            sbp: Some(120.0),
+            heart_rate: Some(70.0),
+            acvpu: Some(0),
+            temp: Some(37.0),
+            ..Default::default()
+        };
         assert_eq!(score(&normal).total, 0);
         assert_eq!(score(&normal).risk, Risk::Low);
-        let one3 = News2Input { acvpu: Some(2), ..normal };
-        assert_eq!((score(&one3).total, score(&one3).risk), (3, Risk::LowMedium));
-        let oxy = News2Input { on_oxygen: true, heart_rate: Some(115.0), temp: Some(38.5), ..normal };
+        let one3 = News2Input {
+            acvpu: Some(2),
+            ..normal
+        };
+        assert_eq!(
+            (score(&one3).total, score(&one3).risk),
+            (3, Risk::LowMedium)
+        );
+        let oxy = News2Input {
+            on_oxygen: true,
+            heart_rate: Some(115.0),
+            temp: Some(38.5),
+            ..normal
+        };
         assert_eq!((score(&oxy).total, score(&oxy).risk), (5, Risk::Medium));
-        let sick = News2Input { resp_rate: Some(26.0), spo2: Some(90.0), sbp: Some(88.0), ..normal };
+        let sick = News2Input {
+            resp_rate: Some(26.0),
+            spo2: Some(90.0),
+            sbp: Some(88.0),
+            ..normal
+        };
         assert_eq!((score(&sick).total, score(&sick).risk), (9, Risk::High));
     }
 
     #[test]
     fn missing_parameters_are_listed_and_score_nothing() {
-        let n = score(&News2Input { heart_rate: Some(135.0), ..Default::default() });
+        let n = score(&News2Input {
+            heart_rate: Some(135.0),
+            ..Default::default()
+        });
         assert_eq!(n.total, 3);
-        assert_eq!(n.missing, vec!["resp_rate", "spo2", "sbp", "consciousness", "temp"]);
+        assert_eq!(
+            n.missing,
+            vec!["resp_rate", "spo2", "sbp", "consciousness", "temp"]
+        );
     }
 }

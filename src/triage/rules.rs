@@ -104,15 +104,25 @@ fn hypotension(age: Option<f64>) -> (f64, f64) {
     }
 }
 
-const ACVPU: [&str; 5] = ["alert", "new confusion", "responds to voice", "responds to pain", "unresponsive"];
+const ACVPU: [&str; 5] = [
+    "alert",
+    "new confusion",
+    "responds to voice",
+    "responds to pain",
+    "unresponsive",
+];
 
 /// Evaluates every rule.
 pub fn evaluate(i: &RulesInput) -> RulesResult {
     let v = &i.vitals;
     let mut reasons: Vec<Reason> = Vec::new();
-    let mut add = |code: &'static str, esi: u8, text: String| reasons.push(Reason { code, esi, text });
+    let mut add =
+        |code: &'static str, esi: u8, text: String| reasons.push(Reason { code, esi, text });
     let band = AgeBand::of(i.age_years);
-    let adult_like = !matches!(band, AgeBand::Under3Months | AgeBand::Months3ToYears3 | AgeBand::Years3To8);
+    let adult_like = !matches!(
+        band,
+        AgeBand::Under3Months | AgeBand::Months3ToYears3 | AgeBand::Years3To8
+    );
 
     // Decision point A: immediate life-saving intervention.
     if v.avpu == Some(4) {
@@ -123,43 +133,83 @@ pub fn evaluate(i: &RulesInput) -> RulesResult {
     }
     if let Some(rr) = v.resp_rate {
         if rr <= 6.0 {
-            add("apnoea", 1, format!("respiratory rate {rr}/min: apnoea or agonal breathing"));
+            add(
+                "apnoea",
+                1,
+                format!("respiratory rate {rr}/min: apnoea or agonal breathing"),
+            );
         } else if (adult_like && rr >= 40.0) || (!adult_like && rr >= 60.0) {
-            add("resp_distress_severe", 1, format!("respiratory rate {rr}/min: severe respiratory distress"));
+            add(
+                "resp_distress_severe",
+                1,
+                format!("respiratory rate {rr}/min: severe respiratory distress"),
+            );
         }
     }
     if let Some(s) = v.spo2.filter(|s| *s < 85.0) {
-        add("hypoxia_severe", 1, format!("SpO2 {s}% < 85%: severe hypoxia"));
+        add(
+            "hypoxia_severe",
+            1,
+            format!("SpO2 {s}% < 85%: severe hypoxia"),
+        );
     }
     let (hypo, profound) = hypotension(i.age_years);
     if let Some(sbp) = v.sbp {
         if sbp < profound {
-            add("shock", 1, format!("systolic BP {sbp} mmHg: profound hypotension"));
+            add(
+                "shock",
+                1,
+                format!("systolic BP {sbp} mmHg: profound hypotension"),
+            );
         } else if sbp < hypo {
-            add("hypotension", 2, format!("systolic BP {sbp} mmHg: hypotension for age"));
+            add(
+                "hypotension",
+                2,
+                format!("systolic BP {sbp} mmHg: hypotension for age"),
+            );
         }
     }
     if let Some(hr) = v.heart_rate {
         if hr <= 30.0 || (adult_like && hr >= 180.0) || hr >= 220.0 {
-            add("arrhythmia_extreme", 1, format!("heart rate {hr}/min: extreme brady- or tachycardia"));
+            add(
+                "arrhythmia_extreme",
+                1,
+                format!("heart rate {hr}/min: extreme brady- or tachycardia"),
+            );
         }
     }
 
     // Decision point B: high risk, altered mentation, severe pain.
     if let Some(a) = v.avpu.filter(|a| (1..=3).contains(a)) {
-        add("altered_mentation", 2, format!("ACVPU {}: altered mental status", ACVPU[a as usize]));
+        add(
+            "altered_mentation",
+            2,
+            format!("ACVPU {}: altered mental status", ACVPU[a as usize]),
+        );
     }
     if let Some(g) = v.gcs_total.filter(|g| *g > 8.0 && *g < 15.0) {
         add("gcs_reduced", 2, format!("GCS {g}: altered mental status"));
     }
     if let Some(p) = v.pain.filter(|p| *p >= 7.0) {
-        add("severe_pain", 2, format!("pain {p}/10: severe pain or distress"));
+        add(
+            "severe_pain",
+            2,
+            format!("pain {p}/10: severe pain or distress"),
+        );
     }
     if let Some(gl) = v.glucose {
         if gl < 54.0 {
-            add("hypoglycaemia", 2, format!("glucose {gl} mg/dL < 54: clinically significant hypoglycaemia"));
+            add(
+                "hypoglycaemia",
+                2,
+                format!("glucose {gl} mg/dL < 54: clinically significant hypoglycaemia"),
+            );
         } else if gl >= 600.0 {
-            add("hyperglycaemia", 2, format!("glucose {gl} mg/dL ≥ 600: hyperglycaemic crisis"));
+            add(
+                "hyperglycaemia",
+                2,
+                format!("glucose {gl} mg/dL ≥ 600: hyperglycaemic crisis"),
+            );
         }
     }
     if let Some(t) = v.temp {
@@ -167,20 +217,42 @@ pub fn evaluate(i: &RulesInput) -> RulesResult {
             add("hyperpyrexia", 2, format!("temperature {t} °C ≥ 40"));
         }
         if t >= 38.0 && matches!(band, AgeBand::Under3Months) {
-            add("infant_fever", 2, format!("temperature {t} °C in an infant under 3 months"));
+            add(
+                "infant_fever",
+                2,
+                format!("temperature {t} °C in an infant under 3 months"),
+            );
         }
     }
 
     // Decision point D: danger-zone vitals by age band.
     let (hr_dz, rr_dz) = band.danger_zone();
     if let Some(hr) = v.heart_rate.filter(|hr| *hr > hr_dz) {
-        add("danger_zone_hr", 2, format!("heart rate {hr}/min > {hr_dz} (danger zone, {})", band.label()));
+        add(
+            "danger_zone_hr",
+            2,
+            format!(
+                "heart rate {hr}/min > {hr_dz} (danger zone, {})",
+                band.label()
+            ),
+        );
     }
     if let Some(rr) = v.resp_rate.filter(|rr| *rr > rr_dz) {
-        add("danger_zone_rr", 2, format!("respiratory rate {rr}/min > {rr_dz} (danger zone, {})", band.label()));
+        add(
+            "danger_zone_rr",
+            2,
+            format!(
+                "respiratory rate {rr}/min > {rr_dz} (danger zone, {})",
+                band.label()
+            ),
+        );
     }
     if let Some(s) = v.spo2.filter(|s| *s < 92.0 && *s >= 85.0) {
-        add("danger_zone_spo2", 2, format!("SpO2 {s}% < 92% (danger zone)"));
+        add(
+            "danger_zone_spo2",
+            2,
+            format!("SpO2 {s}% < 92% (danger zone)"),
+        );
     }
 
     // NEWS2 (adults and unknown age).
@@ -192,25 +264,52 @@ pub fn evaluate(i: &RulesInput) -> RulesResult {
             spo2_scale2: i.spo2_scale2,
             sbp: v.sbp,
             heart_rate: v.heart_rate,
-            acvpu: v.avpu.or_else(|| v.gcs_total.map(|g| if g >= 15.0 { 0 } else { 1 })),
+            acvpu: v
+                .avpu
+                .or_else(|| v.gcs_total.map(|g| if g >= 15.0 { 0 } else { 1 })),
             temp: v.temp,
         })
     });
     if let Some(n) = &news2 {
-        let partial = if n.missing.is_empty() { String::new() } else { format!(" (partial: {} not measured)", n.missing.join(", ")) };
+        let partial = if n.missing.is_empty() {
+            String::new()
+        } else {
+            format!(" (partial: {} not measured)", n.missing.join(", "))
+        };
         match n.risk {
-            Risk::High => add("news2_high", 2, format!("NEWS2 {} (high risk){partial}", n.total)),
-            Risk::Medium => add("news2_medium", 3, format!("NEWS2 {} (medium risk){partial}", n.total)),
+            Risk::High => add(
+                "news2_high",
+                2,
+                format!("NEWS2 {} (high risk){partial}", n.total),
+            ),
+            Risk::Medium => add(
+                "news2_medium",
+                3,
+                format!("NEWS2 {} (medium risk){partial}", n.total),
+            ),
             Risk::LowMedium => {
-                let p = n.subscores.iter().find(|s| s.score == 3).map(|s| s.parameter).unwrap_or("a parameter");
-                add("news2_single_red", 2, format!("NEWS2 {}: {p} scores 3 (urgent response){partial}", n.total));
+                let p = n
+                    .subscores
+                    .iter()
+                    .find(|s| s.score == 3)
+                    .map(|s| s.parameter)
+                    .unwrap_or("a parameter");
+                add(
+                    "news2_single_red",
+                    2,
+                    format!("NEWS2 {}: {p} scores 3 (urgent response){partial}", n.total),
+                );
             }
             Risk::Low => {}
         }
     }
     let ceiling = reasons.iter().map(|r| r.esi).min().unwrap_or(5);
     reasons.sort_by_key(|r| r.esi);
-    RulesResult { ceiling, reasons, news2 }
+    RulesResult {
+        ceiling,
+        reasons,
+        news2,
+    }
 }
 
 #[cfg(test)]
@@ -218,7 +317,11 @@ mod tests {
     use super::*;
 
     fn adult(v: Vitals) -> RulesInput {
-        RulesInput { vitals: v, age_years: Some(40.0), ..Default::default() }
+        RulesInput {
+            vitals: v,
+            age_years: Some(40.0),
+            ..Default::default()
+        }
     }
 
     const NORMAL: Vitals = Vitals {
@@ -245,44 +348,152 @@ mod tests {
     #[test]
     fn each_esi1_finding() {
         let cases: [(Vitals, &str); 6] = [
-            (Vitals { avpu: Some(4), ..NORMAL }, "unresponsive"),
-            (Vitals { gcs_total: Some(7.0), avpu: None, ..NORMAL }, "gcs_coma"),
-            (Vitals { resp_rate: Some(5.0), ..NORMAL }, "apnoea"),
-            (Vitals { spo2: Some(80.0), ..NORMAL }, "hypoxia_severe"),
-            (Vitals { sbp: Some(72.0), ..NORMAL }, "shock"),
-            (Vitals { heart_rate: Some(185.0), ..NORMAL }, "arrhythmia_extreme"),
+            (
+                Vitals {
+                    avpu: Some(4),
+                    ..NORMAL
+                },
+                "unresponsive",
+            ),
+            (
+                Vitals {
+                    gcs_total: Some(7.0),
+                    avpu: None,
+                    ..NORMAL
+                },
+                "gcs_coma",
+            ),
+            (
+                Vitals {
+                    resp_rate: Some(5.0),
+                    ..NORMAL
+                },
+                "apnoea",
+            ),
+            (
+                Vitals {
+                    spo2: Some(80.0),
+                    ..NORMAL
+                },
+                "hypoxia_severe",
+            ),
+            (
+                Vitals {
+                    sbp: Some(72.0),
+                    ..NORMAL
+                },
+                "shock",
+            ),
+            (
+                Vitals {
+                    heart_rate: Some(185.0),
+                    ..NORMAL
+                },
+                "arrhythmia_extreme",
+            ),
         ];
         for (v, code) in cases {
             let r = evaluate(&adult(v));
             assert_eq!(r.ceiling, 1, "{code}: {:?}", r.reasons);
-            assert!(r.reasons.iter().any(|x| x.code == code && x.esi == 1), "{code}: {:?}", r.reasons);
+            assert!(
+                r.reasons.iter().any(|x| x.code == code && x.esi == 1),
+                "{code}: {:?}",
+                r.reasons
+            );
         }
     }
 
     #[test]
     fn each_esi2_finding() {
         let cases: [(Vitals, &str); 9] = [
-            (Vitals { avpu: Some(2), ..NORMAL }, "altered_mentation"),
-            (Vitals { gcs_total: Some(13.0), avpu: None, ..NORMAL }, "gcs_reduced"),
-            (Vitals { pain: Some(8.0), ..NORMAL }, "severe_pain"),
-            (Vitals { glucose: Some(45.0), ..NORMAL }, "hypoglycaemia"),
-            (Vitals { temp: Some(40.2), ..NORMAL }, "hyperpyrexia"),
-            (Vitals { heart_rate: Some(101.0), ..NORMAL }, "danger_zone_hr"),
-            (Vitals { resp_rate: Some(21.0), ..NORMAL }, "danger_zone_rr"),
-            (Vitals { spo2: Some(91.0), ..NORMAL }, "danger_zone_spo2"),
-            (Vitals { sbp: Some(85.0), ..NORMAL }, "hypotension"),
+            (
+                Vitals {
+                    avpu: Some(2),
+                    ..NORMAL
+                },
+                "altered_mentation",
+            ),
+            (
+                Vitals {
+                    gcs_total: Some(13.0),
+                    avpu: None,
+                    ..NORMAL
+                },
+                "gcs_reduced",
+            ),
+            (
+                Vitals {
+                    pain: Some(8.0),
+                    ..NORMAL
+                },
+                "severe_pain",
+            ),
+            (
+                Vitals {
+                    glucose: Some(45.0),
+                    ..NORMAL
+                },
+                "hypoglycaemia",
+            ),
+            (
+                Vitals {
+                    temp: Some(40.2),
+                    ..NORMAL
+                },
+                "hyperpyrexia",
+            ),
+            (
+                Vitals {
+                    heart_rate: Some(101.0),
+                    ..NORMAL
+                },
+                "danger_zone_hr",
+            ),
+            (
+                Vitals {
+                    resp_rate: Some(21.0),
+                    ..NORMAL
+                },
+                "danger_zone_rr",
+            ),
+            (
+                Vitals {
+                    spo2: Some(91.0),
+                    ..NORMAL
+                },
+                "danger_zone_spo2",
+            ),
+            (
+                Vitals {
+                    sbp: Some(85.0),
+                    ..NORMAL
+                },
+                "hypotension",
+            ),
         ];
         for (v, code) in cases {
             let r = evaluate(&adult(v));
             assert_eq!(r.ceiling, 2, "{code}: {:?}", r.reasons);
-            assert!(r.reasons.iter().any(|x| x.code == code), "{code}: {:?}", r.reasons);
+            assert!(
+                r.reasons.iter().any(|x| x.code == code),
+                "{code}: {:?}",
+                r.reasons
+            );
         }
     }
 
     #[test]
     fn danger_zone_depends_on_age_band() {
         let child = |age: f64, hr: f64, rr: f64| {
-            evaluate(&RulesInput { vitals: Vitals { heart_rate: Some(hr), resp_rate: Some(rr), ..NORMAL }, age_years: Some(age), ..Default::default() })
+            evaluate(&RulesInput {
+                vitals: Vitals {
+                    heart_rate: Some(hr),
+                    resp_rate: Some(rr),
+                    ..NORMAL
+                },
+                age_years: Some(age),
+                ..Default::default()
+            })
         };
         // A 2-year-old with HR 150 / RR 35 is inside normal limits; an adult is not.
         assert_eq!(child(2.0, 150.0, 35.0).ceiling, 5);
@@ -295,16 +506,41 @@ mod tests {
         // NEWS2 is not applied to children.
         assert!(child(6.0, 100.0, 25.0).news2.is_none());
         // Unknown age: adult thresholds (the cautious ones).
-        let unknown = evaluate(&RulesInput { vitals: Vitals { heart_rate: Some(120.0), ..NORMAL }, ..Default::default() });
+        let unknown = evaluate(&RulesInput {
+            vitals: Vitals {
+                heart_rate: Some(120.0),
+                ..NORMAL
+            },
+            ..Default::default()
+        });
         assert_eq!(unknown.ceiling, 2);
     }
 
     #[test]
     fn infant_fever_and_paediatric_hypotension() {
-        let infant = evaluate(&RulesInput { vitals: Vitals { temp: Some(38.2), ..NORMAL }, age_years: Some(0.05), ..Default::default() });
+        let infant = evaluate(&RulesInput {
+            vitals: Vitals {
+                temp: Some(38.2),
+                ..NORMAL
+            },
+            age_years: Some(0.05),
+            ..Default::default()
+        });
         assert!(infant.reasons.iter().any(|r| r.code == "infant_fever"));
         // A 5-year-old: hypotension below 80, profound below 70.
-        let kid = |sbp| evaluate(&RulesInput { vitals: Vitals { sbp: Some(sbp), heart_rate: Some(100.0), resp_rate: Some(22.0), ..NORMAL }, age_years: Some(5.0), ..Default::default() }).ceiling;
+        let kid = |sbp| {
+            evaluate(&RulesInput {
+                vitals: Vitals {
+                    sbp: Some(sbp),
+                    heart_rate: Some(100.0),
+                    resp_rate: Some(22.0),
+                    ..NORMAL
+                },
+                age_years: Some(5.0),
+                ..Default::default()
+            })
+            .ceiling
+        };
         assert_eq!(kid(85.0), 5);
         assert_eq!(kid(75.0), 2);
         assert_eq!(kid(65.0), 1);
@@ -314,24 +550,54 @@ mod tests {
     fn news2_bands_set_ceilings() {
         // RR 22 (2) + HR 105 (1) + temp 38.5 (1) + on O2 (2) = 6 → medium → ESI ≤ 3… but RR 22 is
         // also a danger-zone finding (ESI 2), which wins.
-        let mut i = adult(Vitals { resp_rate: Some(22.0), heart_rate: Some(95.0), temp: Some(38.5), ..NORMAL });
+        let mut i = adult(Vitals {
+            resp_rate: Some(22.0),
+            heart_rate: Some(95.0),
+            temp: Some(38.5),
+            ..NORMAL
+        });
         i.on_oxygen = true;
         let r = evaluate(&i);
         assert_eq!(r.news2.as_ref().unwrap().total, 6);
-        assert!(r.reasons.iter().any(|x| x.code == "news2_medium" && x.esi == 3));
+        assert!(
+            r.reasons
+                .iter()
+                .any(|x| x.code == "news2_medium" && x.esi == 3)
+        );
         assert_eq!(r.ceiling, 2);
         // Medium NEWS2 alone: oxygen (2) + temp 38.5 (1) + SBP 105 (1) + HR 95 (1) = 5.
-        let mut i = adult(Vitals { temp: Some(38.5), sbp: Some(105.0), heart_rate: Some(95.0), ..NORMAL });
+        let mut i = adult(Vitals {
+            temp: Some(38.5),
+            sbp: Some(105.0),
+            heart_rate: Some(95.0),
+            ..NORMAL
+        });
         i.on_oxygen = true;
         let r = evaluate(&i);
-        assert_eq!((r.news2.as_ref().unwrap().total, r.ceiling), (5, 3), "{:?}", r.reasons);
+        assert_eq!(
+            (r.news2.as_ref().unwrap().total, r.ceiling),
+            (5, 3),
+            "{:?}",
+            r.reasons
+        );
     }
 
     #[test]
     fn every_reason_reads_as_a_sentence_with_its_value() {
-        let r = evaluate(&adult(Vitals { spo2: Some(88.0), heart_rate: Some(125.0), ..NORMAL }));
+        let r = evaluate(&adult(Vitals {
+            spo2: Some(88.0),
+            heart_rate: Some(125.0),
+            ..NORMAL
+        }));
         assert!(r.reasons.iter().any(|x| x.text.contains("SpO2 88%")));
-        assert!(r.reasons.iter().all(|x| !x.text.is_empty() && (1..=5).contains(&x.esi)));
-        assert!(r.reasons.windows(2).all(|w| w[0].esi <= w[1].esi), "most acute first");
+        assert!(
+            r.reasons
+                .iter()
+                .all(|x| !x.text.is_empty() && (1..=5).contains(&x.esi))
+        );
+        assert!(
+            r.reasons.windows(2).all(|w| w[0].esi <= w[1].esi),
+            "most acute first"
+        );
     }
 }

@@ -28,10 +28,20 @@ pub enum ModelError {
     #[error("model manifest {path}: {reason}")]
     Manifest { path: PathBuf, reason: String },
     /// An artifact's bytes do not match the manifest: tampered or corrupted. Recovery: reinstall.
-    #[error("model file {file} does not match its manifest (SHA-256 {found}, expected {expected}); refusing to load it")]
-    Tampered { file: PathBuf, expected: String, found: String },
+    #[error(
+        "model file {file} does not match its manifest (SHA-256 {found}, expected {expected}); refusing to load it"
+    )]
+    Tampered {
+        file: PathBuf,
+        expected: String,
+        found: String,
+    },
     #[error("cannot read model file {file}")]
-    Io { file: PathBuf, #[source] source: std::io::Error },
+    Io {
+        file: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     /// ONNX Runtime rejected the model or the session options.
     #[error("ONNX Runtime cannot create a session for {model_id}: {reason}")]
     Session { model_id: String, reason: String },
@@ -98,9 +108,15 @@ fn environment(lib: &Path) -> Result<&'static ort::environment::Environment, Mod
             return Err(format!("{} does not exist", lib.display()));
         }
         let builder = ort::init_from(lib).map_err(|e| e.to_string())?;
-        builder.with_name("hema3n-edge").build().map_err(|e| e.to_string())
+        builder
+            .with_name("hema3n-edge")
+            .build()
+            .map_err(|e| e.to_string())
     });
-    env.as_ref().map_err(|reason| ModelError::Library { path: lib.to_path_buf(), reason: reason.clone() })
+    env.as_ref().map_err(|reason| ModelError::Library {
+        path: lib.to_path_buf(),
+        reason: reason.clone(),
+    })
 }
 
 /// Options for loading the model.
@@ -125,17 +141,26 @@ pub struct ModelRuntime {
 
 impl std::fmt::Debug for ModelRuntime {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ModelRuntime").field("info", &self.info).finish_non_exhaustive()
+        f.debug_struct("ModelRuntime")
+            .field("info", &self.info)
+            .finish_non_exhaustive()
     }
 }
 
 /// Reads an artifact and checks it against the manifest; returns its bytes and hash.
 fn verified(dir: &Path, a: &Artifact) -> Result<(Vec<u8>, String), ModelError> {
     let file = dir.join(&a.file);
-    let bytes = std::fs::read(&file).map_err(|e| ModelError::Io { file: file.clone(), source: e })?;
+    let bytes = std::fs::read(&file).map_err(|e| ModelError::Io {
+        file: file.clone(),
+        source: e,
+    })?;
     let found = hex::encode(crate::crypto::sha256(&bytes));
     if found != a.sha256.to_ascii_lowercase() {
-        return Err(ModelError::Tampered { file, expected: a.sha256.clone(), found });
+        return Err(ModelError::Tampered {
+            file,
+            expected: a.sha256.clone(),
+            found,
+        });
     }
     Ok((bytes, found))
 }
@@ -151,7 +176,11 @@ fn gpu_identity() -> String {
 }
 
 #[cfg(feature = "tensorrt")]
-fn register_tensorrt(b: &mut ort::session::builder::SessionBuilder, cache: &Path, int8: bool) -> ort::Result<()> {
+fn register_tensorrt(
+    b: &mut ort::session::builder::SessionBuilder,
+    cache: &Path,
+    int8: bool,
+) -> ort::Result<()> {
     ort::ep::TensorRT::default()
         .with_int8(int8)
         .with_engine_cache(true)
@@ -162,13 +191,20 @@ fn register_tensorrt(b: &mut ort::session::builder::SessionBuilder, cache: &Path
 }
 
 #[cfg(not(feature = "tensorrt"))]
-fn register_tensorrt(_: &mut ort::session::builder::SessionBuilder, _: &Path, _: bool) -> ort::Result<()> {
+fn register_tensorrt(
+    _: &mut ort::session::builder::SessionBuilder,
+    _: &Path,
+    _: bool,
+) -> ort::Result<()> {
     unreachable!("TensorRT is only attempted in builds with the `tensorrt` feature")
 }
 
 #[cfg(feature = "cuda")]
 fn register_cuda(b: &mut ort::session::builder::SessionBuilder) -> ort::Result<()> {
-    ort::ep::CUDA::default().build().error_on_failure().register(b)
+    ort::ep::CUDA::default()
+        .build()
+        .error_on_failure()
+        .register(b)
 }
 
 #[cfg(not(feature = "cuda"))]
@@ -182,15 +218,30 @@ impl ModelRuntime {
         let lib = o.library.as_ref().ok_or(ModelError::NoLibrary)?;
         let env = environment(lib)?;
         let mpath = o.model_dir.join("manifest.toml");
-        let text = std::fs::read_to_string(&mpath).map_err(|e| ModelError::Manifest { path: mpath.clone(), reason: e.to_string() })?;
-        let m: Manifest = toml::from_str(&text).map_err(|e| ModelError::Manifest { path: mpath.clone(), reason: e.to_string() })?;
-        let variant = o.variant.clone().unwrap_or_else(|| m.default.clone());
-        let a = m.artifacts.get(&variant).ok_or_else(|| ModelError::Manifest {
+        let text = std::fs::read_to_string(&mpath).map_err(|e| ModelError::Manifest {
             path: mpath.clone(),
-            reason: format!("no artifact `{variant}` (have: {})", m.artifacts.keys().cloned().collect::<Vec<_>>().join(", ")),
+            reason: e.to_string(),
         })?;
+        let m: Manifest = toml::from_str(&text).map_err(|e| ModelError::Manifest {
+            path: mpath.clone(),
+            reason: e.to_string(),
+        })?;
+        let variant = o.variant.clone().unwrap_or_else(|| m.default.clone());
+        let a = m
+            .artifacts
+            .get(&variant)
+            .ok_or_else(|| ModelError::Manifest {
+                path: mpath.clone(),
+                reason: format!(
+                    "no artifact `{variant}` (have: {})",
+                    m.artifacts.keys().cloned().collect::<Vec<_>>().join(", ")
+                ),
+            })?;
         let (bytes, sha) = verified(&o.model_dir, a)?;
-        let session_err = |e: &dyn std::fmt::Display| ModelError::Session { model_id: m.model_id.clone(), reason: e.to_string() };
+        let session_err = |e: &dyn std::fmt::Display| ModelError::Session {
+            model_id: m.model_id.clone(),
+            reason: e.to_string(),
+        };
         let mut fallbacks = Vec::new();
         let mut chosen = None;
         for p in &o.providers {
@@ -199,7 +250,9 @@ impl ModelRuntime {
                 "tensorrt" if cfg!(feature = "tensorrt") => Some(Provider::TensorRt),
                 "cuda" if cfg!(feature = "cuda") => Some(Provider::Cuda),
                 "tensorrt" | "cuda" => {
-                    fallbacks.push(format!("{p}: this build has no {p} support (cargo feature `{p}`)"));
+                    fallbacks.push(format!(
+                        "{p}: this build has no {p} support (cargo feature `{p}`)"
+                    ));
                     None
                 }
                 other => {
@@ -209,11 +262,15 @@ impl ModelRuntime {
             };
             let Some(provider) = attempt else { continue };
             let mut b = Session::builder(env).map_err(|e| session_err(&e))?;
-            b = b.with_intra_threads(o.intra_threads.max(1)).map_err(|e| session_err(&e))?;
+            b = b
+                .with_intra_threads(o.intra_threads.max(1))
+                .map_err(|e| session_err(&e))?;
             let registered = match provider {
                 Provider::Cpu => Ok(()),
                 Provider::TensorRt => {
-                    let dir = o.engine_cache_dir.join(format!("{}-{}", &sha[..16], gpu_identity()));
+                    let dir = o
+                        .engine_cache_dir
+                        .join(format!("{}-{}", &sha[..16], gpu_identity()));
                     let _ = std::fs::create_dir_all(&dir);
                     register_tensorrt(&mut b, &dir, variant == "int8")
                 }
@@ -234,8 +291,19 @@ impl ModelRuntime {
         for f in &fallbacks {
             tracing::warn!(fallback = %f, "execution provider not used");
         }
-        let (session, provider) = chosen.ok_or_else(|| session_err(&format!("no execution provider worked: {}", fallbacks.join("; "))))?;
-        let info = RuntimeInfo { model_id: m.model_id, variant, sha256: sha, provider, fallbacks };
+        let (session, provider) = chosen.ok_or_else(|| {
+            session_err(&format!(
+                "no execution provider worked: {}",
+                fallbacks.join("; ")
+            ))
+        })?;
+        let info = RuntimeInfo {
+            model_id: m.model_id,
+            variant,
+            sha256: sha,
+            provider,
+            fallbacks,
+        };
         let mut rt = ModelRuntime { session, info };
         // Warm-up: the first run allocates and (for TensorRT) builds or loads the engine.
         rt.infer(&[0.0; N_VITALS], &[0.0; TEXT_BUCKETS])?;
@@ -244,26 +312,52 @@ impl ModelRuntime {
     }
 
     /// One inference (batch of 1).
-    pub fn infer(&mut self, vitals: &[f32; N_VITALS], text: &[f32; TEXT_BUCKETS]) -> Result<ModelOutput, ModelError> {
+    pub fn infer(
+        &mut self,
+        vitals: &[f32; N_VITALS],
+        text: &[f32; TEXT_BUCKETS],
+    ) -> Result<ModelOutput, ModelError> {
         self.run_raw(vitals, [1, N_VITALS], text, [1, TEXT_BUCKETS])
     }
 
     /// Runs with explicit shapes (tests use it to check that a wrong shape is an error).
-    pub fn run_raw(&mut self, vitals: &[f32], vshape: [usize; 2], text: &[f32], tshape: [usize; 2]) -> Result<ModelOutput, ModelError> {
+    pub fn run_raw(
+        &mut self,
+        vitals: &[f32],
+        vshape: [usize; 2],
+        text: &[f32],
+        tshape: [usize; 2],
+    ) -> Result<ModelOutput, ModelError> {
         let err = |e: &dyn std::fmt::Display| ModelError::Inference(e.to_string());
         let v = TensorRef::from_array_view((vshape, vitals)).map_err(|e| err(&e))?;
         let t = TensorRef::from_array_view((tshape, text)).map_err(|e| err(&e))?;
-        let out = self.session.run(ort::inputs!["vitals" => v, "text" => t]).map_err(|e| err(&e))?;
+        let out = self
+            .session
+            .run(ort::inputs!["vitals" => v, "text" => t])
+            .map_err(|e| err(&e))?;
         let get = |name: &str, n: usize| -> Result<Vec<f32>, ModelError> {
-            let value = out.get(name).ok_or_else(|| ModelError::Inference(format!("model has no output `{name}`")))?;
+            let value = out
+                .get(name)
+                .ok_or_else(|| ModelError::Inference(format!("model has no output `{name}`")))?;
             let (_, data) = value.try_extract_tensor::<f32>().map_err(|e| err(&e))?;
             if data.len() < n {
-                return Err(ModelError::Inference(format!("output `{name}` has {} values, expected {n}", data.len())));
+                return Err(ModelError::Inference(format!(
+                    "output `{name}` has {} values, expected {n}",
+                    data.len()
+                )));
             }
             Ok(data[..n].to_vec())
         };
-        let (e, s, c) = (get("esi_logits", 5)?, get("specialty_logits", 9)?, get("confidence", 1)?);
-        let mut o = ModelOutput { esi_logits: [0.0; 5], specialty_logits: [0.0; 9], confidence: c[0] };
+        let (e, s, c) = (
+            get("esi_logits", 5)?,
+            get("specialty_logits", 9)?,
+            get("confidence", 1)?,
+        );
+        let mut o = ModelOutput {
+            esi_logits: [0.0; 5],
+            specialty_logits: [0.0; 9],
+            confidence: c[0],
+        };
         o.esi_logits.copy_from_slice(&e);
         o.specialty_logits.copy_from_slice(&s);
         Ok(o)

@@ -26,7 +26,11 @@ pub struct Triager {
 }
 
 /// Starts the thread that owns the model session (`None` = rules-only).
-pub fn spawn_model_thread(mut runtime: Option<ModelRuntime>, min_core: usize, capacity: usize) -> (Triager, std::thread::JoinHandle<()>) {
+pub fn spawn_model_thread(
+    mut runtime: Option<ModelRuntime>,
+    min_core: usize,
+    capacity: usize,
+) -> (Triager, std::thread::JoinHandle<()>) {
     let (tx, mut rx) = mpsc::channel::<Job>(capacity);
     let h = std::thread::Builder::new()
         .name("triage-model".into())
@@ -69,7 +73,14 @@ pub fn input_from(s: &CaseSnapshot) -> TriageInput {
             _ => {}
         }
     }
-    TriageInput { vitals: v, age_years: s.age_years, sex: s.sex, on_oxygen: false, spo2_scale2: false, chief_complaint: s.chief_complaint.clone() }
+    TriageInput {
+        vitals: v,
+        age_years: s.age_years,
+        sex: s.sex,
+        on_oxygen: false,
+        spo2_scale2: false,
+        chief_complaint: s.chief_complaint.clone(),
+    }
 }
 
 /// The record stored for an outcome.
@@ -90,9 +101,15 @@ pub fn record_from(o: &TriageOutcome) -> TriageRecord {
         },
         abstained: o.abstained.clone(),
         reasons: if o.rules.reasons.is_empty() {
-            vec![format!("no danger findings in the vital signs; ESI {RULES_ONLY_DEFAULT_ESI} unless the model proposes otherwise")]
+            vec![format!(
+                "no danger findings in the vital signs; ESI {RULES_ONLY_DEFAULT_ESI} unless the model proposes otherwise"
+            )]
         } else {
-            o.rules.reasons.iter().map(|r| format!("ESI ≤ {}: {}", r.esi, r.text)).collect()
+            o.rules
+                .reasons
+                .iter()
+                .map(|r| format!("ESI ≤ {}: {}", r.esi, r.text))
+                .collect()
         },
     }
 }
@@ -140,10 +157,16 @@ pub async fn retriage_loop(
 
 async fn retriage(store: &Store, triager: &Triager, case: &str) -> Result<Option<u8>, StoreError> {
     let c = case.to_string();
-    let snap = store.call(move |db| db.case_snapshot(&Actor::system(), &c)).await?;
-    let Some(outcome) = triager.triage(input_from(&snap)).await else { return Ok(None) };
+    let snap = store
+        .call(move |db| db.case_snapshot(&Actor::system(), &c))
+        .await?;
+    let Some(outcome) = triager.triage(input_from(&snap)).await else {
+        return Ok(None);
+    };
     let rec = record_from(&outcome);
     let c = case.to_string();
-    store.call(move |db| db.record_triage(&Actor::system(), &c, &rec)).await?;
+    store
+        .call(move |db| db.record_triage(&Actor::system(), &c, &rec))
+        .await?;
     Ok(Some(outcome.final_esi))
 }

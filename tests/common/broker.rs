@@ -14,7 +14,11 @@ pub struct Broker {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 pub fn mosquitto_bin() -> PathBuf {
@@ -41,7 +45,12 @@ impl Broker {
         }
         let port = free_port();
         let child = spawn(dir.path(), port, extra);
-        let b = Broker { port, dir, child, extra: extra.to_string() };
+        let b = Broker {
+            port,
+            dir,
+            child,
+            extra: extra.to_string(),
+        };
         b.wait_ready();
         b
     }
@@ -53,7 +62,11 @@ impl Broker {
     fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(10);
         while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(Instant::now() < deadline, "mosquitto did not start; log:\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "mosquitto did not start; log:\n{}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
     }
@@ -64,7 +77,10 @@ impl Broker {
 
     /// Stops the broker (SIGTERM, persistence saved) and starts it again on the same port.
     pub fn restart(&mut self) {
-        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
         let _ = self.child.wait();
         self.child = spawn(self.dir.path(), self.port, &self.extra);
         self.wait_ready();
@@ -75,10 +91,25 @@ impl Broker {
 /// private temp dir (persistence, log): keep root there.
 fn user_line() -> &'static str {
     let root = std::fs::read_to_string("/proc/self/status")
-        .map(|s| s.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0")))
+        .map(|s| {
+            s.lines()
+                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
+        })
         .unwrap_or(false);
-    let debug = if std::env::var_os("HEMA3N_TEST_BROKER_DEBUG").is_some() { "log_type all\n" } else { "" };
-    if root { if debug.is_empty() { "user root\n" } else { "user root\nlog_type all\n" } } else { debug }
+    let debug = if std::env::var_os("HEMA3N_TEST_BROKER_DEBUG").is_some() {
+        "log_type all\n"
+    } else {
+        ""
+    };
+    if root {
+        if debug.is_empty() {
+            "user root\n"
+        } else {
+            "user root\nlog_type all\n"
+        }
+    } else {
+        debug
+    }
 }
 
 fn spawn(dir: &Path, port: u16, extra: &str) -> Child {
@@ -94,7 +125,13 @@ fn spawn(dir: &Path, port: u16, extra: &str) -> Child {
         ),
     )
     .unwrap();
-    Command::new(mosquitto_bin()).arg("-c").arg(&conf).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap()
+    Command::new(mosquitto_bin())
+        .arg("-c")
+        .arg(&conf)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
 }
 
 impl Drop for Broker {
@@ -124,7 +161,10 @@ pub fn wait_eq(secs: u64, what: &str, want: i64, mut f: impl FnMut() -> i64) {
         if got == want {
             return;
         }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}: want {want}, last {got}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}: want {want}, last {got}"
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
 }

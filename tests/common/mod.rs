@@ -29,8 +29,16 @@ impl Appliance {
             eprintln!("keeping appliance dir {}", tmp.path().display());
         }
         let dir = tmp.path().join("state");
-        let out = Command::new(BIN).args(["init", "--data-dir"]).arg(&dir).output().unwrap();
-        assert!(out.status.success(), "init failed: {}", String::from_utf8_lossy(&out.stderr));
+        let out = Command::new(BIN)
+            .args(["init", "--data-dir"])
+            .arg(&dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "init failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         for (name, text) in dropins {
             std::fs::create_dir_all(dir.join("edge.d")).unwrap();
             std::fs::write(dir.join("edge.d").join(name), text).unwrap();
@@ -53,7 +61,11 @@ impl Appliance {
     /// A command for the real binary with this appliance's config.
     pub fn cmd(&self, args: &[&str]) -> Command {
         let mut c = Command::new(BIN);
-        c.arg("--config").arg(self.config_path()).args(args).env_remove("CREDENTIALS_DIRECTORY").env("RUST_LOG", "debug");
+        c.arg("--config")
+            .arg(self.config_path())
+            .args(args)
+            .env_remove("CREDENTIALS_DIRECTORY")
+            .env("RUST_LOG", "debug");
         c.stdin(Stdio::null());
         c
     }
@@ -88,7 +100,14 @@ impl Appliance {
 
     /// `debug soak --count n`; returns the (patient, case) ids reported committed.
     pub fn soak(&self, n: u64, last_name: &str) -> Vec<(String, String)> {
-        parse_committed(&self.ok(&["debug", "soak", "--count", &n.to_string(), "--last-name", last_name]))
+        parse_committed(&self.ok(&[
+            "debug",
+            "soak",
+            "--count",
+            &n.to_string(),
+            "--last-name",
+            last_name,
+        ]))
     }
 }
 
@@ -135,17 +154,39 @@ impl Appliance {
 
     /// Starts `hema3n-edge run` in the background (stderr to `daemon.log` in the temp dir).
     pub fn spawn_daemon(&self) -> Daemon {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.tmp.path().join("daemon.log")).unwrap();
-        Daemon(self.cmd(&["run"]).env("RUST_LOG", std::env::var("HEMA3N_TEST_DAEMON_LOG").unwrap_or_else(|_| "info".into())).stdout(Stdio::null()).stderr(log).spawn().unwrap())
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.tmp.path().join("daemon.log"))
+            .unwrap();
+        Daemon(
+            self.cmd(&["run"])
+                .env(
+                    "RUST_LOG",
+                    std::env::var("HEMA3N_TEST_DAEMON_LOG").unwrap_or_else(|_| "info".into()),
+                )
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .unwrap(),
+        )
     }
 
     /// Starts the daemon and waits until it is subscribed to the device topics.
     pub fn start_daemon(&self) -> Daemon {
-        let before = self.daemon_log().matches("subscribed to device topics").count();
+        let before = self
+            .daemon_log()
+            .matches("subscribed to device topics")
+            .count();
         let mut d = self.spawn_daemon();
         broker::wait_for(30, "daemon subscribed to device topics", || {
             assert!(d.running(), "daemon exited:\n{}", self.daemon_log());
-            (self.daemon_log().matches("subscribed to device topics").count() > before).then_some(())
+            (self
+                .daemon_log()
+                .matches("subscribed to device topics")
+                .count()
+                > before)
+                .then_some(())
         });
         d
     }
@@ -157,7 +198,9 @@ impl Appliance {
     /// Scalar query on the store (as a second process would read it).
     pub fn query_i64(&self, sql: &str) -> i64 {
         let db = self.open();
-        db.raw_connection_for_tests().query_row(sql, [], |r| r.get(0)).unwrap()
+        db.raw_connection_for_tests()
+            .query_row(sql, [], |r| r.get(0))
+            .unwrap()
     }
 }
 
@@ -170,7 +213,11 @@ impl Daemon {
     }
     /// SIGTERM and wait: the exit status.
     pub fn stop(&mut self) -> std::process::ExitStatus {
-        std::process::Command::new("kill").arg("-TERM").arg(self.0.id().to_string()).status().unwrap();
+        std::process::Command::new("kill")
+            .arg("-TERM")
+            .arg(self.0.id().to_string())
+            .status()
+            .unwrap();
         self.0.wait().unwrap()
     }
     /// SIGKILL and reap.
@@ -198,8 +245,20 @@ pub fn ort_lib() -> PathBuf {
     let capi = Path::new(env!("CARGO_MANIFEST_DIR")).join(".tools/model/onnxruntime/capi");
     std::fs::read_dir(&capi)
         .ok()
-        .and_then(|rd| rd.filter_map(|e| e.ok()).map(|e| e.path()).find(|p| p.file_name().unwrap().to_string_lossy().starts_with("libonnxruntime.so.")))
-        .unwrap_or_else(|| panic!("ONNX Runtime library not found in {}: run ./scripts/test.sh", capi.display()))
+        .and_then(|rd| {
+            rd.filter_map(|e| e.ok()).map(|e| e.path()).find(|p| {
+                p.file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .starts_with("libonnxruntime.so.")
+            })
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "ONNX Runtime library not found in {}: run ./scripts/test.sh",
+                capi.display()
+            )
+        })
 }
 
 /// The committed model directory.

@@ -18,7 +18,9 @@ pub struct TestClient {
 impl TestClient {
     pub fn connect(port: u16, id: &str, creds: Option<(&str, &str)>) -> Self {
         let mut o = MqttOptions::new(id, "127.0.0.1", port);
-        o.set_keep_alive(Duration::from_secs(10)).set_inflight(500).set_max_packet_size(1 << 20, 1 << 20);
+        o.set_keep_alive(Duration::from_secs(10))
+            .set_inflight(500)
+            .set_max_packet_size(1 << 20, 1 << 20);
         if let Some((u, p)) = creds {
             o.set_credentials(u, p);
         }
@@ -43,7 +45,12 @@ impl TestClient {
                 }
             }
         });
-        TestClient { client, received: rx, acked, published: 0 }
+        TestClient {
+            client,
+            received: rx,
+            acked,
+            published: 0,
+        }
     }
 
     pub fn subscribe(&mut self, filter: &str) {
@@ -51,14 +58,18 @@ impl TestClient {
     }
 
     pub fn publish(&mut self, topic: &str, payload: impl Into<Vec<u8>>) {
-        self.client.publish(topic, QoS::AtLeastOnce, false, payload).unwrap();
+        self.client
+            .publish(topic, QoS::AtLeastOnce, false, payload)
+            .unwrap();
         self.published += 1;
     }
 
     /// Waits until the broker acknowledged everything published so far.
     pub fn flush(&self) {
         let p = self.published;
-        super::broker::wait_for(30, "broker PUBACKs", || (self.acked.load(Ordering::SeqCst) >= p).then_some(()));
+        super::broker::wait_for(30, "broker PUBACKs", || {
+            (self.acked.load(Ordering::SeqCst) >= p).then_some(())
+        });
     }
 
     /// Next message, waiting at most `secs`.
@@ -75,5 +86,8 @@ impl Drop for TestClient {
 
 /// A valid single-reading pack.
 pub fn hr_pack(t_ms: i64, v: i64) -> String {
-    format!(r#"[{{"n":"heart_rate","u":"beat/min","v":{v},"t":{:.3}}}]"#, t_ms as f64 / 1000.0)
+    format!(
+        r#"[{{"n":"heart_rate","u":"beat/min","v":{v},"t":{:.3}}}]"#,
+        t_ms as f64 / 1000.0
+    )
 }
