@@ -33,21 +33,7 @@ fn inputs(n: usize) -> Vec<TriageInput> {
             let (body, _) = pack("d", s, (k % 10) as f64 / 10.0, t, 11, 0, &mut rng);
             let mut v = Vitals::default();
             for r in parse_pack(body.as_bytes(), t, &Limits::default()).unwrap() {
-                let x = Some(r.value);
-                match r.code {
-                    "heart_rate" => v.heart_rate = x,
-                    "resp_rate" => v.resp_rate = x,
-                    "spo2" => v.spo2 = x,
-                    "sbp" => v.sbp = x,
-                    "dbp" => v.dbp = x,
-                    "temp" => v.temp = x,
-                    "etco2" => v.etco2 = x,
-                    "glucose" => v.glucose = x,
-                    "gcs_total" => v.gcs_total = x,
-                    "avpu" => v.avpu = Some(r.value as u8),
-                    "pain" => v.pain = x,
-                    _ => {}
-                }
+                v.set(r.code, r.value);
             }
             TriageInput {
                 vitals: v,

@@ -26,6 +26,28 @@ pub struct Vitals {
     pub pain: Option<f64>,
 }
 
+impl Vitals {
+    /// Sets the vital named `code` (vocabulary name, see `ingest::vocab`); AVPU takes its
+    /// ACVPU index. Unknown names are ignored.
+    pub fn set(&mut self, code: &str, value: f64) {
+        let x = Some(value);
+        match code {
+            "heart_rate" => self.heart_rate = x,
+            "resp_rate" => self.resp_rate = x,
+            "spo2" => self.spo2 = x,
+            "sbp" => self.sbp = x,
+            "dbp" => self.dbp = x,
+            "temp" => self.temp = x,
+            "etco2" => self.etco2 = x,
+            "glucose" => self.glucose = x,
+            "gcs_total" => self.gcs_total = x,
+            "avpu" => self.avpu = Some(value as u8),
+            "pain" => self.pain = x,
+            _ => {}
+        }
+    }
+}
+
 /// Everything the rules look at.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct RulesInput {

@@ -57,21 +57,7 @@ impl Triager {
 pub fn input_from(s: &CaseSnapshot) -> TriageInput {
     let mut v = Vitals::default();
     for (code, x) in &s.latest {
-        let x = Some(*x);
-        match code.as_str() {
-            "heart_rate" => v.heart_rate = x,
-            "resp_rate" => v.resp_rate = x,
-            "spo2" => v.spo2 = x,
-            "sbp" => v.sbp = x,
-            "dbp" => v.dbp = x,
-            "temp" => v.temp = x,
-            "etco2" => v.etco2 = x,
-            "glucose" => v.glucose = x,
-            "gcs_total" => v.gcs_total = x,
-            "avpu" => v.avpu = x.map(|a| a as u8),
-            "pain" => v.pain = x,
-            _ => {}
-        }
+        v.set(code, *x);
     }
     TriageInput {
         vitals: v,
