@@ -82,6 +82,31 @@ pub struct Alarm {
 /// Alarm kind raised when a bound device stops sending vitals.
 pub const ALARM_DEVICE_SILENT: &str = "device_silent";
 
+/// Seals an observation value (8 bytes, f64 big-endian) for row `id`.
+pub(super) fn seal_value(dk: &DataKey, id: i64, value: f64) -> Result<Vec<u8>> {
+    let loc = FieldLoc {
+        table: "observations",
+        column: "value",
+        row_id: &id.to_string(),
+    };
+    Ok(dk.seal(loc, &value.to_be_bytes())?)
+}
+
+/// Opens an observation value sealed by [`seal_value`].
+pub(super) fn open_value(dk: &DataKey, id: i64, ct: &[u8]) -> Result<f64> {
+    let loc = FieldLoc {
+        table: "observations",
+        column: "value",
+        row_id: &id.to_string(),
+    };
+    let plain = dk.open(loc, ct)?;
+    let bytes: [u8; 8] = plain
+        .as_slice()
+        .try_into()
+        .map_err(|_| StoreError::Refused(format!("observation {id} has a malformed value")))?;
+    Ok(f64::from_be_bytes(bytes))
+}
+
 struct DeviceRow {
     territory: String,
     bound_case: Option<(String, i64)>,
@@ -326,14 +351,7 @@ impl Db {
                     let (mut new, mut dups) = (0, 0);
                     for r in readings {
                         let id = next_id;
-                        let ct = dk.seal(
-                            FieldLoc {
-                                table: "observations",
-                                column: "value",
-                                row_id: &id.to_string(),
-                            },
-                            &r.value.to_be_bytes(),
-                        )?;
+                        let ct = seal_value(&dk, id, r.value)?;
                         let n = tx
                             .prepare_cached(
                                 "INSERT INTO observations (id, case_id, device_id, dk_id, code, value, device_time, recv_time, source) \
@@ -693,22 +711,12 @@ impl Db {
             .collect::<Result<_, _>>()?;
         let mut out = Vec::with_capacity(rows.len());
         for (id, device_id, code, ct, dt, rt, source) in rows {
-            let plain = dk.open(
-                FieldLoc {
-                    table: "observations",
-                    column: "value",
-                    row_id: &id.to_string(),
-                },
-                &ct,
-            )?;
-            let bytes: [u8; 8] = plain.as_slice().try_into().map_err(|_| {
-                StoreError::Refused(format!("observation {id} has a malformed value"))
-            })?;
+            let value = open_value(&dk, id, &ct)?;
             out.push(Observation {
                 id,
                 device_id,
                 code,
-                value: f64::from_be_bytes(bytes),
+                value,
                 device_time_ms: dt,
                 recv_time_ms: rt,
                 source,

@@ -68,18 +68,8 @@ impl Db {
             if snap.latest.last().is_some_and(|(c, _)| *c == code) {
                 continue; // two devices at the same instant: the newest row wins
             }
-            let plain = dk.open(
-                FieldLoc {
-                    table: "observations",
-                    column: "value",
-                    row_id: &id.to_string(),
-                },
-                &ct,
-            )?;
-            let b: [u8; 8] = plain.as_slice().try_into().map_err(|_| {
-                StoreError::Refused(format!("observation {id} has a malformed value"))
-            })?;
-            snap.latest.push((code, f64::from_be_bytes(b)));
+            snap.latest
+                .push((code, super::observations::open_value(&dk, id, &ct)?));
         }
         if let Some(ct) = cc {
             let p = dk.open(
