@@ -58,6 +58,7 @@ pub struct Config {
     pub mqtt: MqttConfig,
     pub ingest: IngestConfig,
     pub triage: TriageConfig,
+    pub sync: SyncConfig,
 }
 
 impl Default for Config {
@@ -74,6 +75,7 @@ impl Default for Config {
             mqtt: MqttConfig::default(),
             ingest: IngestConfig::default(),
             triage: TriageConfig::default(),
+            sync: SyncConfig::default(),
         }
     }
 }
@@ -236,6 +238,128 @@ impl MqttConfig {
             field: "mqtt.broker",
             reason: format!("`{}` is not mqtt://host:port", self.broker),
         })
+    }
+}
+
+/// `[sync]`: sealed case bundles to the cloud broker (Contract C).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SyncConfig {
+    /// Cloud broker, `mqtts://host:port` (TLS, port 8883 by default) or `mqtt://host:port`
+    /// (plain; refused unless `allow_plaintext`). Default: none, which disables sync (bundles
+    /// are still sealed and queued once the receiver key is imported).
+    pub cloud_broker: Option<String>,
+    /// Allow a plain `mqtt://` cloud broker (loopback development only). Default false.
+    pub allow_plaintext: bool,
+    /// CA certificate(s) (PEM) that sign the cloud broker's certificate. Required for mqtts.
+    pub ca_file: Option<PathBuf>,
+    /// Appliance certificate (PEM) for mTLS; its key is the credential `cloud-client.key`.
+    pub client_cert: Option<PathBuf>,
+    /// Client id of the persistent MQTT 5 session. Default `hema3n-edge-<appliance_id>-sync`.
+    pub client_id: Option<String>,
+    /// Keep-alive, seconds. Default 30.
+    pub keep_alive_secs: u64,
+    /// Largest number of envelopes published and not yet receipted at once. Default 256.
+    pub window: usize,
+    /// Republish a sent envelope when no receipt came after this long, seconds. Default 60.
+    pub receipt_timeout_secs: u64,
+    /// Reconnect back-off with full jitter, milliseconds. Defaults 500 and 60000.
+    pub backoff_min_ms: u64,
+    pub backoff_max_ms: u64,
+    /// Retry timer for images without NetworkManager, seconds. Default 30.
+    pub retry_interval_secs: u64,
+    /// Follow NetworkManager connectivity over D-Bus (sync at "full"). Default true.
+    pub follow_network_manager: bool,
+    /// Keep a case's PHI this long after its receipt, then crypto-erase it. Default 72.
+    pub retention_hours: f64,
+    /// How often to queue an appliance telemetry envelope (no PHI), seconds; 0 disables.
+    /// Default 900.
+    pub telemetry_interval_secs: u64,
+    /// Raise the disk-pressure alarm when the data directory's free space falls below this,
+    /// MiB. Nothing is dropped: the alarm asks a human to make room. Default 512.
+    pub disk_alarm_free_mib: u64,
+}
+
+impl Default for SyncConfig {
+    fn default() -> Self {
+        SyncConfig {
+            cloud_broker: None,
+            allow_plaintext: false,
+            ca_file: None,
+            client_cert: None,
+            client_id: None,
+            keep_alive_secs: 30,
+            window: 256,
+            receipt_timeout_secs: 60,
+            backoff_min_ms: 500,
+            backoff_max_ms: 60_000,
+            retry_interval_secs: 30,
+            follow_network_manager: true,
+            retention_hours: 72.0,
+            telemetry_interval_secs: 900,
+            disk_alarm_free_mib: 512,
+        }
+    }
+}
+
+/// A parsed cloud broker URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerUrl {
+    pub host: String,
+    pub port: u16,
+    pub tls: bool,
+}
+
+/// Parses `mqtts://host[:port]` (8883) or `mqtt://host[:port]` (1883).
+pub fn parse_broker_url(url: &str) -> Option<BrokerUrl> {
+    if let Some(rest) = url.strip_prefix("mqtts://") {
+        let (host, port) = parse_mqtt_url(&format!("mqtt://{rest}"))?;
+        let port = if rest
+            .trim_end_matches('/')
+            .rsplit_once(':')
+            .is_some_and(|(h, _)| !h.ends_with(']') || h.starts_with('['))
+        {
+            port
+        } else {
+            8883
+        };
+        return Some(BrokerUrl {
+            host,
+            port,
+            tls: true,
+        });
+    }
+    let (host, port) = parse_mqtt_url(url)?;
+    Some(BrokerUrl {
+        host,
+        port,
+        tls: false,
+    })
+}
+
+impl SyncConfig {
+    /// The cloud broker, if sync is configured.
+    pub fn broker(&self) -> Result<Option<BrokerUrl>, ConfigError> {
+        let Some(url) = &self.cloud_broker else {
+            return Ok(None);
+        };
+        let b = parse_broker_url(url).ok_or_else(|| ConfigError::Invalid {
+            field: "sync.cloud_broker",
+            reason: format!("`{url}` is not mqtts://host:port or mqtt://host:port"),
+        })?;
+        if !b.tls && !self.allow_plaintext {
+            return Err(ConfigError::Invalid {
+                field: "sync.cloud_broker",
+                reason: "plain mqtt:// carries sealed PHI without TLS; use mqtts:// or set sync.allow_plaintext for loopback development".into(),
+            });
+        }
+        if b.tls && self.ca_file.is_none() {
+            return Err(ConfigError::Invalid {
+                field: "sync.ca_file",
+                reason: "mqtts:// needs the CA that signs the cloud broker's certificate".into(),
+            });
+        }
+        Ok(Some(b))
     }
 }
 
@@ -428,6 +552,13 @@ impl Config {
             });
         }
         self.mqtt.host_port()?;
+        self.sync.broker()?;
+        if self.sync.window == 0 || self.sync.retention_hours < 0.0 {
+            return Err(ConfigError::Invalid {
+                field: "sync",
+                reason: "window must be > 0 and retention_hours ≥ 0".into(),
+            });
+        }
         if self.triage.min_core_vitals > 4 {
             return Err(ConfigError::Invalid {
                 field: "triage.min_core_vitals",
@@ -512,6 +643,8 @@ fn resolve_paths(mut t: toml::Table, base: &Path) -> toml::Table {
         ("triage", "model_dir"),
         ("triage", "onnxruntime_library"),
         ("triage", "engine_cache_dir"),
+        ("sync", "ca_file"),
+        ("sync", "client_cert"),
     ] {
         if let Some(v) = t
             .get_mut(sect)

@@ -3,8 +3,14 @@
 //! Codemap (see README.md for the invariants):
 //! - [`config`]: base TOML + drop-ins, validated; no secrets.
 //! - [`model`]: plain domain types.
-//! - [`crypto`]: the only user of `ring`: field encryption, key hierarchy, blind indexes, signing.
+//! - [`crypto`]: the only user of `ring` and `hpke`: field encryption, key hierarchy, blind
+//!   indexes, signing, sealed bundle envelopes and receipts.
 //! - [`storage`]: the only user of `rusqlite`: SQLCipher store, migrations, repos, audit chain.
+//! - [`ingest`]: field devices over MQTT (Contract A).
+//! - [`triage`]: rules engine and the ONNX model (the only user of `ort`).
+//! - [`sync`]: FHIR bundles, the outbox forwarder and custody receipts (Contract C).
+//! - [`receiver`]: the cloud receiver behind `hema3n-receiver`.
+//! - [`tls`]: the only user of `rustls`.
 //! - [`systemd`]: sd_notify, watchdog, journald detection.
 //! - [`app`]: the only place that spawns long-running tasks; `run` wires everything together.
 //! - [`cli`]: subcommands other than `run`.
@@ -15,6 +21,9 @@ pub mod config;
 pub mod crypto;
 pub mod ingest;
 pub mod model;
+pub mod receiver;
 pub mod storage;
+pub mod sync;
 pub mod systemd;
+pub mod tls;
 pub mod triage;

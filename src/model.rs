@@ -480,6 +480,88 @@ pub fn age_years(dob: &str, now_ms: i64) -> Option<f64> {
     (age >= 0.0).then_some(age)
 }
 
+/// One reading as exported in a case bundle.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExportReading {
+    pub device_id: Option<String>,
+    /// Vital name from the vocabulary (`heart_rate`, …).
+    pub code: String,
+    pub value: f64,
+    pub device_time_ms: i64,
+    pub recv_time_ms: i64,
+    /// `device` or `manual`.
+    pub source: String,
+}
+
+/// One audit-log entry about the case, as exported (no details: they stay on the appliance).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExportAudit {
+    pub seq: i64,
+    pub ts_ms: i64,
+    pub actor: String,
+    pub role: String,
+    pub action: String,
+    pub resource: String,
+    pub outcome: String,
+    pub hash: [u8; 32],
+}
+
+/// The latest signed audit checkpoint at export time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExportCheckpoint {
+    pub seq: i64,
+    pub ts_ms: i64,
+    pub hash: [u8; 32],
+    pub key_id: String,
+    pub signature: Vec<u8>,
+}
+
+/// Everything a sealed case bundle carries, decrypted, gathered in one storage transaction.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CaseExport {
+    pub appliance_id: String,
+    pub case_id: String,
+    pub territory: String,
+    /// `open`, `handed_off` or `closed`.
+    pub status: String,
+    pub created_at_ms: i64,
+    pub closed_at_ms: Option<i64>,
+    pub patient_id: Option<String>,
+    pub patient: Option<Patient>,
+    pub chief_complaint: Option<String>,
+    pub mechanism: Option<String>,
+    pub onset: Option<String>,
+    /// `(device id, kind)` of every device with readings in the bundle.
+    pub devices: Vec<(String, String)>,
+    pub readings: Vec<ExportReading>,
+    pub triage: Option<StoredTriage>,
+    pub audit: Vec<ExportAudit>,
+    pub checkpoint: Option<ExportCheckpoint>,
+}
+
+/// RFC 3339 UTC timestamp with milliseconds (`2026-11-23T08:15:00.123Z`) from Unix ms.
+pub fn iso8601_ms(ms: i64) -> String {
+    let days = ms.div_euclid(86_400_000);
+    let rem = ms.rem_euclid(86_400_000);
+    // civil-from-days (Howard Hinnant).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3_600_000,
+        rem / 60_000 % 60,
+        rem / 1000 % 60,
+        rem % 1000
+    )
+}
+
 /// Valid territory, device and appliance identifiers: `[A-Za-z0-9._-]{1,64}`.
 pub fn is_valid_ident(s: &str) -> bool {
     (1..=64).contains(&s.len())
@@ -547,6 +629,13 @@ mod tests {
         assert!(age_years("2023-11-01", now).unwrap() < 0.05);
         assert_eq!(age_years("2030-01-01", now), None);
         assert_eq!(age_years("bad", now), None);
+    }
+
+    #[test]
+    fn iso_timestamps() {
+        assert_eq!(iso8601_ms(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(iso8601_ms(1_700_000_000_123), "2023-11-14T22:13:20.123Z");
+        assert_eq!(iso8601_ms(951_782_400_000), "2000-02-29T00:00:00.000Z");
     }
 
     #[test]

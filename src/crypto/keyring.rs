@@ -129,7 +129,8 @@ impl KeySources {
         })
     }
 
-    fn read(&self, name: &str) -> Result<(PathBuf, Zeroizing<Vec<u8>>), KeyError> {
+    /// Reads a key file by name (permissions checked).
+    pub fn read(&self, name: &str) -> Result<(PathBuf, Zeroizing<Vec<u8>>), KeyError> {
         let p = self.find(name)?;
         let bytes = fs::read(&p).map_err(|e| KeyError::Io {
             path: p.clone(),

@@ -1,16 +1,19 @@
-//! Cryptography for PHI at rest and for signatures. The only module that imports `ring`.
+//! Cryptography for PHI at rest, signatures and sealed bundles. The only module that imports
+//! `ring` and `hpke`.
 //!
 //! - [`field`]: AES-256-GCM field encryption whose associated data binds table, column, row id
 //!   and data-key id, and the wrapping of per-case/per-patient data keys under territory keys.
 //! - [`blind`]: HMAC-SHA256 blind indexes over normalised search terms.
 //! - [`sign`]: ECDSA P-256 (ES256) appliance signing key, used for audit checkpoints.
 //! - [`keyring`]: the set of long-lived keys loaded from credentials.
+//! - [`seal`]: HPKE-sealed, ES256-signed bundle envelopes and signed receipts (format v1).
 //!
 //! Invariant: no function here logs, and no error carries plaintext or key bytes.
 
 pub mod blind;
 pub mod field;
 pub mod keyring;
+pub mod seal;
 pub mod sign;
 
 use ring::rand::{SecureRandom, SystemRandom};

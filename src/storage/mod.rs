@@ -11,6 +11,7 @@
 pub mod audit;
 mod keys;
 mod observations;
+mod outbox;
 mod patients;
 pub mod schema;
 mod triage;
@@ -34,6 +35,7 @@ pub use keys::{KeyVersionInfo, RewrapReport};
 pub use observations::{
     ALARM_DEVICE_SILENT, Alarm, DeviceInfo, IngestItem, IngestOutcome, Observation,
 };
+pub use outbox::{OutboxItem, OutboxRow, OutboxSlot, OutboxStats, ReceiptOutcome, SealWork};
 
 const SQLITE_MAGIC: &[u8; 16] = b"SQLite format 3\0";
 /// Unwrapped data keys kept in memory by the owner thread.
@@ -159,81 +161,11 @@ impl Db {
     /// Opens (creating if absent) the database of `cfg` with the keys of `keys`.
     pub fn open(cfg: &Config, keys: Keyring) -> Result<Db> {
         let path = cfg.db_path();
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| StoreError::Io {
-                path: dir.into(),
-                source: e,
-            })?;
-        }
-        let existed = refuse_plaintext(&path)?;
-        let conn = Connection::open_with_flags(
+        let conn = open_keyed(
             &path,
-            OpenFlags::SQLITE_OPEN_READ_WRITE
-                | OpenFlags::SQLITE_OPEN_CREATE
-                | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )
-        .map_err(|e| StoreError::Corrupt {
-            path: path.clone(),
-            detail: e.to_string(),
-        })?;
-        let cipher: Option<String> = conn
-            .query_row("PRAGMA cipher_version", [], |r| r.get(0))
-            .ok();
-        if cipher.as_deref().unwrap_or("").is_empty() {
-            return Err(StoreError::NoCipher);
-        }
-        let key_sql = zeroize::Zeroizing::new(format!(
-            "PRAGMA key = \"x'{}'\";",
-            hex::encode(keys.db_key.as_ref())
-        ));
-        conn.execute_batch(&key_sql)?;
-        let db_key_id = keys.db_key_id();
-        let sidecar = keyid_path(&path);
-        let recorded = std::fs::read_to_string(&sidecar)
-            .ok()
-            .map(|s| s.trim().to_string());
-        // The first read decides whether the key is right (SQLCipher: "file is not a database").
-        if let Err(e) = conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| {
-            r.get::<_, i64>(0)
-        }) {
-            if e.sqlite_error_code() == Some(ErrorCode::NotADatabase) {
-                if existed && recorded.as_deref().is_some_and(|r| r == db_key_id) {
-                    return Err(StoreError::Corrupt {
-                        path,
-                        detail: "the key matches but the file does not decode".into(),
-                    });
-                }
-                return Err(StoreError::WrongKey {
-                    path,
-                    key_path: keys.db_key_path.clone(),
-                    key_id: db_key_id,
-                    expected: recorded,
-                });
-            }
-            return Err(StoreError::Corrupt {
-                path,
-                detail: e.to_string(),
-            });
-        }
-        if recorded.is_none() {
-            let _ = std::fs::write(&sidecar, format!("{db_key_id}\n"));
-        }
-        // SQLite gives -wal and -shm the main file's mode: keep all of them private.
-        for p in [&path, &sidecar] {
-            use std::os::unix::fs::PermissionsExt;
-            let _ = std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o600));
-        }
-        conn.busy_timeout(std::time::Duration::from_millis(cfg.store.busy_timeout_ms))?;
-        let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
-        if !mode.eq_ignore_ascii_case("wal") {
-            return Err(StoreError::Corrupt {
-                path,
-                detail: format!("cannot enable WAL (journal_mode={mode})"),
-            });
-        }
-        conn.execute_batch(
-            "PRAGMA synchronous = FULL; PRAGMA temp_store = MEMORY; PRAGMA foreign_keys = ON; \
-             PRAGMA secure_delete = ON; PRAGMA cipher_memory_security = OFF; PRAGMA cache_size = -16384;",
+            &keys.db_key,
+            &keys.db_key_path,
+            cfg.store.busy_timeout_ms,
         )?;
         let mut db = Db {
             conn,
@@ -390,6 +322,94 @@ impl Db {
 }
 
 /// Returns whether a non-empty file existed; refuses an unencrypted SQLite file.
+/// Opens (creating if absent) a SQLCipher database with a raw 256-bit key: refuses plaintext
+/// files, tells a wrong key from a corrupt file, enables WAL with `synchronous=FULL`, keeps the
+/// files private.
+pub(crate) fn open_keyed(
+    path: &Path,
+    key: &[u8; 32],
+    key_path: &Path,
+    busy_timeout_ms: u64,
+) -> Result<Connection> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| StoreError::Io {
+            path: dir.into(),
+            source: e,
+        })?;
+    }
+    let existed = refuse_plaintext(path)?;
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|e| StoreError::Corrupt {
+        path: path.to_path_buf(),
+        detail: e.to_string(),
+    })?;
+    let cipher: Option<String> = conn
+        .query_row("PRAGMA cipher_version", [], |r| r.get(0))
+        .ok();
+    if cipher.as_deref().unwrap_or("").is_empty() {
+        return Err(StoreError::NoCipher);
+    }
+    let key_sql = zeroize::Zeroizing::new(format!(
+        "PRAGMA key = \"x'{}'\";",
+        hex::encode(key.as_ref())
+    ));
+    conn.execute_batch(&key_sql)?;
+    let db_key_id = db_key_fingerprint(key);
+    let sidecar = keyid_path(path);
+    let recorded = std::fs::read_to_string(&sidecar)
+        .ok()
+        .map(|s| s.trim().to_string());
+    // The first read decides whether the key is right (SQLCipher: "file is not a database").
+    if let Err(e) = conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| {
+        r.get::<_, i64>(0)
+    }) {
+        if e.sqlite_error_code() == Some(ErrorCode::NotADatabase) {
+            if existed && recorded.as_deref().is_some_and(|r| r == db_key_id) {
+                return Err(StoreError::Corrupt {
+                    path: path.to_path_buf(),
+                    detail: "the key matches but the file does not decode".into(),
+                });
+            }
+            return Err(StoreError::WrongKey {
+                path: path.to_path_buf(),
+                key_path: key_path.to_path_buf(),
+                key_id: db_key_id,
+                expected: recorded,
+            });
+        }
+        return Err(StoreError::Corrupt {
+            path: path.to_path_buf(),
+            detail: e.to_string(),
+        });
+    }
+    if recorded.is_none() {
+        let _ = std::fs::write(&sidecar, format!("{db_key_id}\n"));
+    }
+    // SQLite gives -wal and -shm the main file's mode: keep all of them private.
+    for p in [path, sidecar.as_path()] {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o600));
+    }
+    conn.busy_timeout(std::time::Duration::from_millis(busy_timeout_ms))?;
+    let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(StoreError::Corrupt {
+            path: path.to_path_buf(),
+            detail: format!("cannot enable WAL (journal_mode={mode})"),
+        });
+    }
+    conn.execute_batch(
+        "PRAGMA synchronous = FULL; PRAGMA temp_store = MEMORY; PRAGMA foreign_keys = ON; \
+         PRAGMA secure_delete = ON; PRAGMA cipher_memory_security = OFF; PRAGMA cache_size = -16384;",
+    )?;
+    Ok(conn)
+}
+
 fn refuse_plaintext(path: &Path) -> Result<bool> {
     let mut f = match std::fs::File::open(path) {
         Ok(f) => f,

@@ -153,7 +153,7 @@ impl State {
         self.count_invocations(conn, dk.id(), n)
     }
 
-    fn read_patient(&mut self, conn: &Connection, id: &str) -> Result<StoredPatient> {
+    pub(super) fn read_patient(&mut self, conn: &Connection, id: &str) -> Result<StoredPatient> {
         type Row = (String, i64, i64, i64, [Option<Vec<u8>>; 10]);
         let row: Option<Row> = conn
             .prepare_cached(
@@ -228,7 +228,7 @@ impl State {
         })
     }
 
-    fn read_case(&mut self, conn: &Connection, id: &str) -> Result<(Case, i64)> {
+    pub(super) fn read_case(&mut self, conn: &Connection, id: &str) -> Result<(Case, i64)> {
         type Row = (
             String,
             Option<String>,

@@ -188,64 +188,7 @@ impl Db {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let (territory, dk) = self.st.live_case(&tx, case_id)?;
-        type Row = (
-            i64,
-            i64,
-            u8,
-            u8,
-            Option<u8>,
-            Option<u8>,
-            Option<String>,
-            Option<f64>,
-            Option<String>,
-            Option<String>,
-            String,
-            Option<String>,
-            Vec<u8>,
-        );
-        let rows: Vec<Row> = tx
-            .prepare(
-                "SELECT id, created_at, final_esi, rules_esi, model_esi, news2, specialty, confidence, model_id, model_hash, decider, abstained, reasons \
-                 FROM triage_results WHERE case_id = ?1 ORDER BY id DESC LIMIT ?2",
-            )?
-            .query_map(params![case_id, limit as i64], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?, r.get(8)?, r.get(9)?, r.get(10)?, r.get(11)?, r.get(12)?))
-            })?
-            .collect::<Result<_, _>>()?;
-        let mut out = Vec::with_capacity(rows.len());
-        for (id, at, fin, rules, model, news2, spec, conf, mid, mh, decider, abst, ct) in rows {
-            let plain = dk.open(
-                FieldLoc {
-                    table: "triage_results",
-                    column: "reasons",
-                    row_id: &id.to_string(),
-                },
-                &ct,
-            )?;
-            let reasons: Vec<String> = serde_json::from_slice(&plain).unwrap_or_default();
-            let decider = match decider.as_str() {
-                "model" => "model",
-                "rules_override" => "rules_override",
-                _ => "rules_only",
-            };
-            out.push(StoredTriage {
-                id,
-                created_at_ms: at,
-                record: TriageRecord {
-                    final_esi: fin,
-                    rules_esi: rules,
-                    model_esi: model,
-                    news2,
-                    specialty: spec,
-                    confidence: conf.map(|c| c as f32),
-                    model_id: mid,
-                    model_hash: mh,
-                    decider,
-                    abstained: abst,
-                    reasons,
-                },
-            });
-        }
+        let out = read_triage(&tx, &dk, case_id, limit)?;
         let ev = AuditEvent::new(
             actor,
             "triage.read",
@@ -257,4 +200,72 @@ impl Db {
         tx.commit()?;
         Ok(out)
     }
+}
+
+/// Decrypted triage results of a case, newest first (no audit: callers audit their access).
+pub(super) fn read_triage(
+    tx: &rusqlite::Connection,
+    dk: &crate::crypto::field::DataKey,
+    case_id: &str,
+    limit: usize,
+) -> Result<Vec<StoredTriage>> {
+    type Row = (
+        i64,
+        i64,
+        u8,
+        u8,
+        Option<u8>,
+        Option<u8>,
+        Option<String>,
+        Option<f64>,
+        Option<String>,
+        Option<String>,
+        String,
+        Option<String>,
+        Vec<u8>,
+    );
+    let rows: Vec<Row> = tx
+        .prepare(
+            "SELECT id, created_at, final_esi, rules_esi, model_esi, news2, specialty, confidence, model_id, model_hash, decider, abstained, reasons \
+             FROM triage_results WHERE case_id = ?1 ORDER BY id DESC LIMIT ?2",
+        )?
+        .query_map(params![case_id, limit as i64], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?, r.get(8)?, r.get(9)?, r.get(10)?, r.get(11)?, r.get(12)?))
+        })?
+        .collect::<Result<_, _>>()?;
+    let mut out = Vec::with_capacity(rows.len());
+    for (id, at, fin, rules, model, news2, spec, conf, mid, mh, decider, abst, ct) in rows {
+        let plain = dk.open(
+            FieldLoc {
+                table: "triage_results",
+                column: "reasons",
+                row_id: &id.to_string(),
+            },
+            &ct,
+        )?;
+        let reasons: Vec<String> = serde_json::from_slice(&plain).unwrap_or_default();
+        let decider = match decider.as_str() {
+            "model" => "model",
+            "rules_override" => "rules_override",
+            _ => "rules_only",
+        };
+        out.push(StoredTriage {
+            id,
+            created_at_ms: at,
+            record: TriageRecord {
+                final_esi: fin,
+                rules_esi: rules,
+                model_esi: model,
+                news2,
+                specialty: spec,
+                confidence: conf.map(|c| c as f32),
+                model_id: mid,
+                model_hash: mh,
+                decider,
+                abstained: abst,
+                reasons,
+            },
+        });
+    }
+    Ok(out)
 }

@@ -1,0 +1,1 @@
+//! The cloud receiver (see `hema3n-receiver`).

@@ -1,0 +1,597 @@
+//! The durable outbox of sealed bundles and its custody trail.
+//!
+//! A row is created, sealed and queued in the same transaction that gathers the case (so a crash
+//! leaves either nothing or a complete sealed row), is marked `sent` after the cloud broker's
+//! PUBACK, and becomes `receipted` only when the receiver's signed receipt names its bundle id
+//! and the SHA-256 of exactly its envelope. Nothing is ever deleted before that. After the
+//! retention period the case is crypto-erased and the envelope dropped. Every step is audited.
+
+use rusqlite::{OptionalExtension, TransactionBehavior, params};
+
+use super::{Db, Result, State, StoreError, audit, triage::read_triage};
+use crate::crypto::seal::BundleKind;
+use crate::crypto::sign::SigningKey;
+use crate::model::{
+    Actor, AuditEvent, CaseExport, ExportAudit, ExportCheckpoint, ExportReading, Outcome, now_ms,
+};
+
+/// Identity of a row being created: what the sealer puts in the envelope header.
+#[derive(Debug, Clone)]
+pub struct OutboxSlot {
+    pub bundle_id: uuid::Uuid,
+    pub seq: u64,
+    pub kind: BundleKind,
+    pub created_at_ms: i64,
+}
+
+/// A queued or sent row, ready to publish.
+#[derive(Debug, Clone)]
+pub struct OutboxItem {
+    pub bundle_id: String,
+    pub seq: u64,
+    pub kind: BundleKind,
+    pub envelope: Vec<u8>,
+    pub envelope_sha256: [u8; 32],
+    pub attempts: i64,
+}
+
+/// Work the sealer should do: cases closed without a bundle, cases at ESI 1-2 without a pre-alert.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SealWork {
+    pub case_id: String,
+    pub kind: BundleKind,
+}
+
+/// Outcome of applying one verified receipt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReceiptOutcome {
+    /// The row is now receipted.
+    Receipted,
+    /// It already was (a duplicate receipt).
+    AlreadyReceipted,
+    /// No row has this bundle id.
+    UnknownBundle,
+    /// The receipt names another envelope hash: not custody of what we sent.
+    HashMismatch,
+}
+
+/// Counts by state for health, metrics and `outbox status`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct OutboxStats {
+    pub queued: u64,
+    pub sent: u64,
+    pub receipted: u64,
+    pub purged: u64,
+    pub queued_bytes: u64,
+    /// Creation time of the oldest row not yet receipted.
+    pub oldest_pending_ms: Option<i64>,
+}
+
+/// A row as listed by `outbox list`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct OutboxRow {
+    pub bundle_id: String,
+    pub seq: u64,
+    pub kind: String,
+    pub case_id: Option<String>,
+    pub state: String,
+    pub attempts: i64,
+    pub created_at_ms: i64,
+    pub sent_at_ms: Option<i64>,
+    pub receipted_at_ms: Option<i64>,
+    pub purged: bool,
+}
+
+fn priority(kind: BundleKind) -> i64 {
+    kind as i64
+}
+
+fn kind_of(s: &str) -> Result<BundleKind> {
+    BundleKind::parse(s).ok_or_else(|| StoreError::Refused(format!("outbox kind {s} unknown")))
+}
+
+impl Db {
+    /// Closes a case (audited). Its bundle is sealed and queued by the sync task.
+    pub fn close_case(&mut self, actor: &Actor, case_id: &str) -> Result<()> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let (territory, _) = self.st.live_case(&tx, case_id)?;
+        let n = tx.execute(
+            "UPDATE cases SET status = 'closed', closed_at = ?1 WHERE id = ?2 AND status != 'closed'",
+            params![now_ms(), case_id],
+        )?;
+        if n == 0 {
+            return Err(StoreError::Refused(format!(
+                "case {case_id} is already closed"
+            )));
+        }
+        tx.execute(
+            "UPDATE devices SET bound_case = NULL, bound_at = NULL WHERE bound_case = ?1",
+            [case_id],
+        )?;
+        let ev = AuditEvent::new(
+            actor,
+            "case.close",
+            format!("case/{case_id}"),
+            Outcome::Success,
+        )
+        .territory(&territory);
+        audit::append(&tx, &self.st, &ev, now_ms())?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Cases that need a bundle (closed, none queued yet) or a pre-alert (open, latest triage
+    /// ESI 1-2, none queued yet), oldest first.
+    pub fn seal_work(&self, limit: usize) -> Result<Vec<SealWork>> {
+        let mut out = Vec::new();
+        let mut st = self.conn.prepare_cached(
+            "SELECT c.id FROM cases c WHERE c.status = 'closed' AND c.erased_at IS NULL \
+             AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.case_id = c.id AND o.kind = 'bundle') \
+             ORDER BY c.closed_at LIMIT ?1",
+        )?;
+        for id in st.query_map([limit as i64], |r| r.get::<_, String>(0))? {
+            out.push(SealWork {
+                case_id: id?,
+                kind: BundleKind::Bundle,
+            });
+        }
+        let mut st = self.conn.prepare_cached(
+            "SELECT c.id FROM cases c WHERE c.status != 'closed' AND c.erased_at IS NULL \
+             AND (SELECT t.final_esi FROM triage_results t WHERE t.case_id = c.id ORDER BY t.id DESC LIMIT 1) <= 2 \
+             AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.case_id = c.id AND o.kind = 'prealert') \
+             ORDER BY c.created_at LIMIT ?1",
+        )?;
+        for id in st.query_map([limit as i64], |r| r.get::<_, String>(0))? {
+            out.push(SealWork {
+                case_id: id?,
+                kind: BundleKind::Prealert,
+            });
+        }
+        // Pre-alerts first.
+        out.sort_by_key(|w| w.kind as u8);
+        out.truncate(limit);
+        Ok(out)
+    }
+
+    /// Gathers the case, lets `seal` build and seal the envelope, and stores the queued row, all
+    /// in one transaction, auditing created, sealed and queued. Returns the new bundle id.
+    pub fn enqueue_case_bundle<F>(
+        &mut self,
+        actor: &Actor,
+        case_id: &str,
+        kind: BundleKind,
+        seal: F,
+    ) -> Result<String>
+    where
+        F: FnOnce(&CaseExport, &OutboxSlot, &SigningKey) -> Result<Vec<u8>, String>,
+    {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let exists: Option<String> = tx
+            .query_row(
+                "SELECT bundle_id FROM outbox WHERE case_id = ?1 AND kind = ?2",
+                params![case_id, kind.as_str()],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if let Some(b) = exists {
+            return Ok(b);
+        }
+        let export = case_export(&mut self.st, &tx, case_id)?;
+        let slot = next_slot(&tx, kind)?;
+        let env = seal(&export, &slot, &self.st.keys.signing).map_err(|why| {
+            StoreError::Refused(format!("sealing the {} failed: {why}", kind.as_str()))
+        })?;
+        let bid = slot.bundle_id.to_string();
+        insert_row(&tx, &slot, Some(case_id), &env)?;
+        let now = now_ms();
+        for (action, details) in [
+            (
+                "bundle.create",
+                serde_json::json!({ "case": case_id, "kind": kind.as_str() }),
+            ),
+            (
+                "bundle.seal",
+                serde_json::json!({ "bytes": env.len(), "seq": slot.seq }),
+            ),
+            (
+                "bundle.queue",
+                serde_json::json!({ "priority": priority(kind) }),
+            ),
+        ] {
+            let ev = AuditEvent::new(actor, action, format!("bundle/{bid}"), Outcome::Success)
+                .territory(&export.territory)
+                .details(details);
+            audit::append(&tx, &self.st, &ev, now)?;
+        }
+        tx.commit()?;
+        Ok(bid)
+    }
+
+    /// Queues a telemetry envelope (no PHI) built by `seal`.
+    pub fn enqueue_telemetry<F>(&mut self, seal: F) -> Result<String>
+    where
+        F: FnOnce(&OutboxSlot, &SigningKey) -> Result<Vec<u8>, String>,
+    {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let slot = next_slot(&tx, BundleKind::Telemetry)?;
+        let env = seal(&slot, &self.st.keys.signing)
+            .map_err(|why| StoreError::Refused(format!("sealing telemetry failed: {why}")))?;
+        insert_row(&tx, &slot, None, &env)?;
+        tx.commit()?;
+        Ok(slot.bundle_id.to_string())
+    }
+
+    /// Up to `limit` queued rows in priority order (pre-alert, bundle, telemetry; then by seq),
+    /// skipping `exclude` (rows already in flight).
+    pub fn outbox_queued(
+        &self,
+        limit: usize,
+        exclude: &std::collections::HashSet<String>,
+    ) -> Result<Vec<OutboxItem>> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT bundle_id, seq, kind, envelope, envelope_sha256, attempts FROM outbox \
+             WHERE state IN ('queued', 'sent') ORDER BY priority, seq LIMIT ?1",
+        )?;
+        let rows = st.query_map([(limit + exclude.len()) as i64], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, Vec<u8>>(3)?,
+                r.get::<_, Vec<u8>>(4)?,
+                r.get::<_, i64>(5)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (bundle_id, seq, kind, envelope, sha, attempts) = row?;
+            if exclude.contains(&bundle_id) {
+                continue;
+            }
+            let envelope_sha256: [u8; 32] = sha
+                .try_into()
+                .map_err(|_| StoreError::Refused("outbox envelope hash is not 32 bytes".into()))?;
+            out.push(OutboxItem {
+                bundle_id,
+                seq: seq as u64,
+                kind: kind_of(&kind)?,
+                envelope,
+                envelope_sha256,
+                attempts,
+            });
+            if out.len() == limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Records that the cloud broker acknowledged these rows (PUBACK); audited per row.
+    pub fn outbox_mark_sent(&mut self, bundle_ids: &[String]) -> Result<()> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let now = now_ms();
+        for bid in bundle_ids {
+            let n = tx.execute(
+                "UPDATE outbox SET state = CASE WHEN state = 'queued' THEN 'sent' ELSE state END, \
+                 attempts = attempts + 1, sent_at = ?1 WHERE bundle_id = ?2 AND state != 'receipted'",
+                params![now, bid],
+            )?;
+            if n == 1 {
+                let ev = AuditEvent::new(
+                    &Actor::system(),
+                    "bundle.send",
+                    format!("bundle/{bid}"),
+                    Outcome::Success,
+                );
+                audit::append(&tx, &self.st, &ev, now)?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Applies verified receipts `(bundle id, envelope SHA-256, receipt bytes)` in one
+    /// transaction; audited per row.
+    pub fn outbox_apply_receipts(
+        &mut self,
+        receipts: &[(String, [u8; 32], Vec<u8>)],
+    ) -> Result<Vec<ReceiptOutcome>> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let now = now_ms();
+        let mut out = Vec::with_capacity(receipts.len());
+        for (bid, sha, receipt) in receipts {
+            let row: Option<(Vec<u8>, String)> = tx
+                .prepare_cached("SELECT envelope_sha256, state FROM outbox WHERE bundle_id = ?1")?
+                .query_row([bid], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()?;
+            let outcome = match row {
+                None => ReceiptOutcome::UnknownBundle,
+                Some((_, state)) if state == "receipted" => ReceiptOutcome::AlreadyReceipted,
+                Some((ours, _)) if ours.as_slice() != sha.as_slice() => {
+                    ReceiptOutcome::HashMismatch
+                }
+                Some(_) => {
+                    tx.prepare_cached(
+                        "UPDATE outbox SET state = 'receipted', receipted_at = ?1, receipt = ?2 WHERE bundle_id = ?3",
+                    )?
+                    .execute(params![now, receipt, bid])?;
+                    ReceiptOutcome::Receipted
+                }
+            };
+            let (action, result) = match outcome {
+                ReceiptOutcome::Receipted => ("bundle.receipt", Outcome::Success),
+                ReceiptOutcome::AlreadyReceipted => ("bundle.receipt_duplicate", Outcome::Success),
+                ReceiptOutcome::UnknownBundle | ReceiptOutcome::HashMismatch => {
+                    ("bundle.receipt_rejected", Outcome::Failure)
+                }
+            };
+            if outcome != ReceiptOutcome::AlreadyReceipted {
+                let ev = AuditEvent::new(&Actor::system(), action, format!("bundle/{bid}"), result)
+                    .details(serde_json::json!({ "outcome": format!("{outcome:?}") }));
+                audit::append(&tx, &self.st, &ev, now)?;
+            }
+            out.push(outcome);
+        }
+        tx.commit()?;
+        Ok(out)
+    }
+
+    /// Crypto-erases cases whose bundle was receipted more than `retention_ms` ago, drops their
+    /// envelopes, and audits each purge. Returns how many cases were purged.
+    pub fn purge_receipted(&mut self, retention_ms: i64, now: i64) -> Result<usize> {
+        let due: Vec<(String, Option<String>)> = self
+            .conn
+            .prepare_cached(
+                "SELECT o.bundle_id, o.case_id FROM outbox o WHERE o.state = 'receipted' AND o.kind != 'prealert' \
+                 AND o.receipted_at <= ?1 AND length(o.envelope) > 0 ORDER BY o.seq LIMIT 256",
+            )?
+            .query_map([now - retention_ms], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<_, _>>()?;
+        let mut purged = 0;
+        for (bid, case) in due {
+            if let Some(case) = &case {
+                let erased: Option<i64> = self.conn.query_row(
+                    "SELECT erased_at FROM cases WHERE id = ?1",
+                    [case],
+                    |r| r.get(0),
+                )?;
+                if erased.is_none() {
+                    self.erase_case(&Actor::system(), case)?;
+                    purged += 1;
+                }
+            }
+            let tx = self
+                .conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)?;
+            // Pre-alerts of the case go with it.
+            if let Some(case) = &case {
+                tx.execute(
+                    "UPDATE outbox SET envelope = X'' WHERE case_id = ?1 AND state = 'receipted'",
+                    [case],
+                )?;
+            } else {
+                tx.execute(
+                    "UPDATE outbox SET envelope = X'' WHERE bundle_id = ?1",
+                    [&bid],
+                )?;
+            }
+            let ev = AuditEvent::new(
+                &Actor::system(),
+                "bundle.purge",
+                format!("bundle/{bid}"),
+                Outcome::Success,
+            )
+            .details(serde_json::json!({ "case_erased": case.is_some() }));
+            audit::append(&tx, &self.st, &ev, now)?;
+            tx.commit()?;
+        }
+        Ok(purged)
+    }
+
+    pub fn outbox_stats(&self) -> Result<OutboxStats> {
+        let mut s = OutboxStats::default();
+        let mut st = self.conn.prepare_cached(
+            "SELECT state, length(envelope) = 0, count(*), coalesce(sum(length(envelope)), 0), min(created_at) \
+             FROM outbox GROUP BY state, length(envelope) = 0",
+        )?;
+        let rows = st.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, bool>(1)?,
+                r.get::<_, i64>(2)? as u64,
+                r.get::<_, i64>(3)? as u64,
+                r.get::<_, Option<i64>>(4)?,
+            ))
+        })?;
+        for row in rows {
+            let (state, empty, n, bytes, oldest) = row?;
+            match state.as_str() {
+                "queued" => s.queued += n,
+                "sent" => s.sent += n,
+                _ if empty => s.purged += n,
+                _ => s.receipted += n,
+            }
+            if state != "receipted" {
+                s.queued_bytes += bytes;
+                s.oldest_pending_ms = match (s.oldest_pending_ms, oldest) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+            }
+        }
+        Ok(s)
+    }
+
+    pub fn outbox_list(&self, limit: usize) -> Result<Vec<OutboxRow>> {
+        let mut st = self.conn.prepare(
+            "SELECT bundle_id, seq, kind, case_id, state, attempts, created_at, sent_at, receipted_at, length(envelope) = 0 \
+             FROM outbox ORDER BY seq DESC LIMIT ?1",
+        )?;
+        let rows = st.query_map([limit as i64], |r| {
+            Ok(OutboxRow {
+                bundle_id: r.get(0)?,
+                seq: r.get::<_, i64>(1)? as u64,
+                kind: r.get(2)?,
+                case_id: r.get(3)?,
+                state: r.get(4)?,
+                attempts: r.get(5)?,
+                created_at_ms: r.get(6)?,
+                sent_at_ms: r.get(7)?,
+                receipted_at_ms: r.get(8)?,
+                purged: r.get(9)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+}
+
+/// Everything a bundle carries, decrypted, inside `tx` (the caller audits the export).
+fn case_export(st: &mut State, tx: &rusqlite::Connection, case_id: &str) -> Result<CaseExport> {
+    let (case, _) = st.read_case(tx, case_id)?;
+    let (_, dk) = st.live_case(tx, case_id)?;
+    let patient = match &case.patient_id {
+        Some(pid) => Some(st.read_patient(tx, pid)?.patient),
+        None => None,
+    };
+    let rows: Vec<(i64, Option<String>, String, Vec<u8>, i64, i64, String)> = tx
+        .prepare_cached("SELECT id, device_id, code, value, device_time, recv_time, source FROM observations WHERE case_id = ?1 ORDER BY device_time, id")?
+        .query_map([case_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?)))?
+        .collect::<Result<_, _>>()?;
+    let mut readings = Vec::with_capacity(rows.len());
+    for (id, device_id, code, ct, dt, rt, source) in rows {
+        readings.push(ExportReading {
+            value: super::observations::open_value(&dk, id, &ct)?,
+            device_id,
+            code,
+            device_time_ms: dt,
+            recv_time_ms: rt,
+            source,
+        });
+    }
+    let mut devices: Vec<(String, String)> = tx
+        .prepare_cached(
+            "SELECT d.id, d.kind FROM devices d WHERE d.id IN (SELECT DISTINCT device_id FROM observations WHERE case_id = ?1) ORDER BY d.id",
+        )?
+        .query_map([case_id], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<_, _>>()?;
+    for r in &readings {
+        if let Some(d) = &r.device_id
+            && !devices.iter().any(|(id, _)| id == d)
+        {
+            devices.push((d.clone(), "monitor".into()));
+        }
+    }
+    let triage = read_triage(tx, &dk, case_id, 1)?.into_iter().next();
+    let mut resources = vec![format!("case/{case_id}")];
+    if let Some(p) = &case.patient_id {
+        resources.push(format!("patient/{p}"));
+    }
+    let audit: Vec<ExportAudit> = tx
+        .prepare_cached(
+            "SELECT seq, ts, actor, role, action, resource, outcome, hash FROM audit_log \
+             WHERE resource IN (?1, ?2) ORDER BY seq",
+        )?
+        .query_map(
+            params![resources[0], resources.get(1).unwrap_or(&resources[0])],
+            |r| {
+                Ok(ExportAudit {
+                    seq: r.get(0)?,
+                    ts_ms: r.get(1)?,
+                    actor: r.get(2)?,
+                    role: r.get(3)?,
+                    action: r.get(4)?,
+                    resource: r.get(5)?,
+                    outcome: r.get(6)?,
+                    hash: r.get::<_, Vec<u8>>(7)?.try_into().unwrap_or([0; 32]),
+                })
+            },
+        )?
+        .collect::<Result<_, _>>()?;
+    let checkpoint = tx
+        .query_row(
+            "SELECT seq, ts, hash, key_id, signature FROM audit_checkpoints ORDER BY seq DESC LIMIT 1",
+            [],
+            |r| {
+                Ok(ExportCheckpoint {
+                    seq: r.get(0)?,
+                    ts_ms: r.get(1)?,
+                    hash: r.get::<_, Vec<u8>>(2)?.try_into().unwrap_or([0; 32]),
+                    key_id: r.get(3)?,
+                    signature: r.get(4)?,
+                })
+            },
+        )
+        .optional()?;
+    let ev = AuditEvent::new(
+        &Actor::system(),
+        "case.export",
+        format!("case/{case_id}"),
+        Outcome::Success,
+    )
+    .territory(&case.territory)
+    .details(serde_json::json!({ "readings": readings.len() }));
+    audit::append(tx, st, &ev, now_ms())?;
+    Ok(CaseExport {
+        appliance_id: st.appliance_id.clone(),
+        case_id: case_id.into(),
+        territory: case.territory,
+        status: case.status.as_str().into(),
+        created_at_ms: case.created_at_ms,
+        closed_at_ms: case.closed_at_ms,
+        patient_id: case.patient_id,
+        patient,
+        chief_complaint: case.details.chief_complaint,
+        mechanism: case.details.mechanism,
+        onset: case.details.onset,
+        devices,
+        readings,
+        triage,
+        audit,
+        checkpoint,
+    })
+}
+
+fn next_slot(tx: &rusqlite::Connection, kind: BundleKind) -> Result<OutboxSlot> {
+    let seq: i64 = tx.query_row("SELECT coalesce(max(seq), 0) + 1 FROM outbox", [], |r| {
+        r.get(0)
+    })?;
+    Ok(OutboxSlot {
+        bundle_id: uuid::Uuid::now_v7(),
+        seq: seq as u64,
+        kind,
+        created_at_ms: now_ms(),
+    })
+}
+
+fn insert_row(
+    tx: &rusqlite::Connection,
+    slot: &OutboxSlot,
+    case_id: Option<&str>,
+    env: &[u8],
+) -> Result<()> {
+    tx.execute(
+        "INSERT INTO outbox (bundle_id, seq, case_id, priority, kind, envelope, envelope_sha256, created_at, state) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'queued')",
+        params![
+            slot.bundle_id.to_string(),
+            slot.seq as i64,
+            case_id,
+            priority(slot.kind),
+            slot.kind.as_str(),
+            env,
+            crate::crypto::sha256(env).to_vec(),
+            slot.created_at_ms
+        ],
+    )?;
+    Ok(())
+}

@@ -1,0 +1,82 @@
+//! TLS client configuration on rustls with the `ring` provider (no aws-lc, cross-compiles
+//! without target libraries). The only module that imports `rustls`.
+//!
+//! Used for the cloud broker (server authenticated by a pinned CA; the appliance authenticates
+//! with its certificate when one is configured: mTLS) and by the receiver for the same broker.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+/// The client configuration handed to the MQTT transport.
+pub type ClientConfig = Arc<rustls::ClientConfig>;
+
+/// Why a TLS configuration could not be built. Recovery: fix the named file and restart.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("cannot read {what} {path}: {why}")]
+    Read {
+        what: &'static str,
+        path: PathBuf,
+        why: String,
+    },
+    #[error("{path} holds no PEM certificate")]
+    NoCertificate { path: PathBuf },
+    #[error("TLS configuration rejected: {0}")]
+    Config(String),
+}
+
+fn certs(what: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let v: Vec<_> = CertificateDer::pem_file_iter(path)
+        .map_err(|e| TlsError::Read {
+            what,
+            path: path.into(),
+            why: e.to_string(),
+        })?
+        .collect::<Result<_, _>>()
+        .map_err(|e| TlsError::Read {
+            what,
+            path: path.into(),
+            why: e.to_string(),
+        })?;
+    if v.is_empty() {
+        return Err(TlsError::NoCertificate { path: path.into() });
+    }
+    Ok(v)
+}
+
+/// A client configuration trusting only the CA(s) in `ca_file`, optionally presenting the
+/// certificate chain in `client_cert` with the PEM private key `client_key` (mTLS).
+pub fn client_config(
+    ca_file: &Path,
+    client: Option<(&Path, &[u8])>,
+) -> Result<ClientConfig, TlsError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for c in certs("CA certificate", ca_file)? {
+        roots
+            .add(c)
+            .map_err(|e| TlsError::Config(format!("CA {}: {e}", ca_file.display())))?;
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Config(e.to_string()))?
+        .with_root_certificates(roots);
+    let cfg = match client {
+        None => builder.with_no_client_auth(),
+        Some((cert, key_pem)) => {
+            let chain = certs("client certificate", cert)?;
+            let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| TlsError::Read {
+                what: "client key",
+                path: PathBuf::from("cloud-client.key"),
+                why: e.to_string(),
+            })?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| TlsError::Config(e.to_string()))?
+        }
+    };
+    Ok(Arc::new(cfg))
+}
