@@ -8,6 +8,9 @@
 //!   task's heartbeat is fresh.
 //! - ingest (when `ingest.enabled`): `mqtt-connection` → `ingest-batcher` → `ingest-committer`,
 //!   plus `device-silence` and `ingest-summary` (see `ingest`).
+//! - sync (when the receiver's keys are installed): `sync-sealer` seals closed cases and
+//!   pre-alerts into the outbox; `sync-forwarder` (when `sync.cloud_broker` is set) uploads them
+//!   and applies receipts (see `sync`).
 //!
 //! Shutdown order: stop the tasks, then close storage (the owner thread checkpoints the WAL last),
 //! all under `daemon.shutdown_timeout_secs`.
@@ -24,6 +27,7 @@ use crate::crypto::keyring::{KeySources, Keyring};
 use crate::ingest::{self, IngestMetrics};
 use crate::model::now_ms;
 use crate::storage::{Db, Store, StoreError};
+use crate::sync::{self, SyncMetrics};
 use crate::systemd;
 use crate::triage::runtime::{LoadOptions, ModelError, ModelRuntime};
 use crate::triage::service;
@@ -39,12 +43,16 @@ pub enum RunError {
     Task { task: &'static str, reason: String },
     #[error("cannot start the async runtime")]
     Runtime(#[source] std::io::Error),
+    /// Sync is configured but cannot start (receiver keys, TLS files): exit 78.
+    #[error("sync setup: {0}")]
+    SyncSetup(String),
 }
 
 impl RunError {
     pub fn exit_code(&self) -> u8 {
         match self {
             RunError::Setup(e) if e.is_config() => 78,
+            RunError::SyncSetup(_) => 78,
             _ => 1,
         }
     }
@@ -125,6 +133,78 @@ pub fn spawn_ingest(
     let every = Duration::from_secs(cfg.ingest.summary_every_secs.max(1));
     tasks.spawn(async move { name("ingest-summary", ingest::summary(m, every, sd).await) });
     Ok(metrics)
+}
+
+/// Spawns the sealer (when the receiver keys are installed) and the forwarder (when a cloud
+/// broker is configured too). A cloud broker without receiver keys is a setup error.
+pub fn spawn_sync(
+    cfg: &Config,
+    store: &Store,
+    tasks: &mut JoinSet<TaskResult>,
+    shutdown: &watch::Receiver<bool>,
+) -> Result<Option<Arc<SyncMetrics>>, RunError> {
+    let keys = sync::ReceiverKeys::load(cfg).map_err(|e| RunError::SyncSetup(e.to_string()))?;
+    let broker = cfg
+        .sync
+        .broker()
+        .map_err(|e| RunError::SyncSetup(e.to_string()))?;
+    let Some(keys) = keys else {
+        if broker.is_some() {
+            return Err(RunError::SyncSetup(format!(
+                "sync.cloud_broker is set but the receiver's public keys are not installed ({}); run `hema3n-edge keys import-receiver FILE`",
+                sync::RECEIVER_PUBLIC
+            )));
+        }
+        tracing::info!("sync disabled: no receiver keys installed");
+        return Ok(None);
+    };
+    let metrics = Arc::new(SyncMetrics::default());
+    // Sealer → forwarder: "new rows queued" (a Notify keeps at most one wake-up pending).
+    let wake_forwarder = Arc::new(tokio::sync::Notify::new());
+    let wake_sealer = Arc::new(tokio::sync::Notify::new());
+    let (c, st, k, m, sd) = (
+        cfg.clone(),
+        store.clone(),
+        keys.clone(),
+        metrics.clone(),
+        shutdown.clone(),
+    );
+    let wf = wake_forwarder.clone();
+    tasks.spawn(async move {
+        (
+            "sync-sealer",
+            sync::sealer(c, st, k, m, wake_sealer, wf, sd)
+                .await
+                .map_err(|e| format!("{e}: {}", source_chain(&e))),
+        )
+    });
+    if broker.is_some() {
+        // NetworkManager follower → forwarder; `Unknown` until a follower reports.
+        let (_conn_tx, conn_rx) = watch::channel(sync::Connectivity::Unknown);
+        let fw = sync::Forwarder {
+            cfg: cfg.clone(),
+            store: store.clone(),
+            keys,
+            metrics: metrics.clone(),
+            wake: wake_forwarder,
+            connectivity: conn_rx,
+            shutdown: shutdown.clone(),
+        };
+        tasks.spawn(async move {
+            let r = fw.run().await;
+            drop(_conn_tx);
+            (
+                "sync-forwarder",
+                r.map_err(|e| format!("{e}: {}", source_chain(&e))),
+            )
+        });
+    } else {
+        metrics
+            .state
+            .store(sync::LinkState::Disabled as u8, Ordering::Relaxed);
+        tracing::info!("sync: bundles are sealed and queued; no cloud broker configured");
+    }
+    Ok(Some(metrics))
 }
 
 fn source_chain(e: &dyn std::error::Error) -> String {
@@ -241,6 +321,7 @@ async fn serve(
         drop(triager);
         None
     };
+    spawn_sync(cfg, &store, &mut tasks, &shutdown_rx)?;
     if cfg.ingest.enabled {
         spawn_ingest(cfg, &store, &mut tasks, &shutdown_rx, retriage).map_err(|reason| {
             RunError::Task {

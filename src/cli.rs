@@ -625,3 +625,84 @@ pub fn triage_show(cfg: &Config, case: &str, n: usize) -> CmdResult {
     }
     Ok(0)
 }
+
+/// `cases open`: opens a case and prints its id.
+pub fn cases_open(cfg: &Config, territory: &str, chief_complaint: Option<&str>) -> CmdResult {
+    let mut db = open_db(cfg)?;
+    let d = CaseDetails {
+        chief_complaint: chief_complaint.map(str::to_string),
+        ..Default::default()
+    };
+    let id = db.create_case(&Actor::cli(), territory, None, &d)?;
+    println!("{id}");
+    Ok(0)
+}
+
+/// `cases close CASE`: closes the case; the daemon's sync task seals and queues its bundle.
+pub fn cases_close(cfg: &Config, case: &str) -> CmdResult {
+    let mut db = open_db(cfg)?;
+    db.close_case(&Actor::cli(), case)?;
+    println!("case {case} closed; its bundle is sealed and queued by the running daemon");
+    Ok(0)
+}
+
+/// `outbox status`: custody counts.
+pub fn outbox_status(cfg: &Config, json: bool) -> CmdResult {
+    let db = open_db(cfg)?;
+    let s = db.outbox_stats()?;
+    if json {
+        println!("{}", serde_json::to_string(&s).expect("stats serialise"));
+    } else {
+        println!(
+            "queued {}  sent (awaiting receipt) {}  receipted {}  purged {}  pending bytes {}",
+            s.queued, s.sent, s.receipted, s.purged, s.queued_bytes
+        );
+        if let Some(o) = s.oldest_pending_ms {
+            println!("oldest pending since {}", crate::model::iso8601_ms(o));
+        }
+    }
+    Ok(0)
+}
+
+/// `outbox list`: recent rows.
+pub fn outbox_list(cfg: &Config, last: usize) -> CmdResult {
+    let db = open_db(cfg)?;
+    for r in db.outbox_list(last)? {
+        println!(
+            "{}\tseq {}\t{}\t{}\t{}\tattempts {}{}",
+            r.bundle_id,
+            r.seq,
+            r.kind,
+            r.case_id.as_deref().unwrap_or("-"),
+            r.state,
+            r.attempts,
+            if r.purged { "\tpurged" } else { "" }
+        );
+    }
+    Ok(0)
+}
+
+/// `keys import-receiver FILE`: validates and installs the receiver's public keys.
+pub fn keys_import_receiver(cfg: &Config, file: &Path) -> CmdResult {
+    let text = std::fs::read_to_string(file)?;
+    let k = crate::sync::ReceiverKeys::parse(&text).map_err(|e| Failure {
+        code: EXIT_CONFIG,
+        error: anyhow::anyhow!("{}: {e}", file.display()),
+    })?;
+    let target = cfg.keys.dir.join(crate::sync::RECEIVER_PUBLIC);
+    if target.exists() {
+        std::fs::remove_file(&target)?;
+    }
+    keyring::write_secret(
+        &cfg.keys.dir,
+        crate::sync::RECEIVER_PUBLIC,
+        k.to_toml().as_bytes(),
+    )?;
+    println!(
+        "installed receiver {} (envelope key {}, receipt key {})",
+        k.receiver_id,
+        hex::encode(k.hpke.key_id()),
+        k.signing.key_id()
+    );
+    Ok(0)
+}

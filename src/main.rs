@@ -61,6 +61,16 @@ enum Cmd {
         #[command(subcommand)]
         cmd: TriageCmd,
     },
+    /// Cases: open one, close one (its bundle is then sealed and queued for the cloud).
+    Cases {
+        #[command(subcommand)]
+        cmd: CasesCmd,
+    },
+    /// The outbox of sealed bundles and its custody state.
+    Outbox {
+        #[command(subcommand)]
+        cmd: OutboxCmd,
+    },
     /// Simulated field devices publishing SenML vitals that follow clinical scenarios.
     Simulate(SimArgs),
     /// Diagnostics and soak workloads for operators and test harnesses.
@@ -99,6 +109,38 @@ enum KeysCmd {
     ExportPublic {
         #[arg(long, value_name = "FILE")]
         out: Option<PathBuf>,
+    },
+    /// Install the cloud receiver's public keys (from `hema3n-receiver export-public`).
+    ImportReceiver {
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum CasesCmd {
+    /// Open a case (optionally with a chief complaint); prints its id.
+    Open {
+        #[arg(long)]
+        territory: Option<String>,
+        #[arg(long)]
+        chief_complaint: Option<String>,
+    },
+    /// Close a case: the daemon seals its FHIR bundle and sends it to the cloud.
+    Close { case: String },
+}
+
+#[derive(Subcommand)]
+enum OutboxCmd {
+    /// Counts by custody state (queued, sent, receipted, purged) and the oldest pending row.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// The most recent rows, newest first.
+    List {
+        #[arg(long, default_value_t = 20)]
+        last: usize,
     },
 }
 
@@ -277,6 +319,7 @@ fn main() -> ExitCode {
             } => cli::keys_retire(&cfg, &territory(t), *version),
             KeysCmd::List => cli::keys_list(&cfg),
             KeysCmd::ExportPublic { out } => cli::keys_export_public(&cfg, out.as_deref()),
+            KeysCmd::ImportReceiver { file } => cli::keys_import_receiver(&cfg, file),
         },
         Some(Cmd::Audit { cmd }) => match cmd {
             AuditCmd::Verify { json } => cli::audit_verify(&cfg, *json),
@@ -299,6 +342,17 @@ fn main() -> ExitCode {
                 attach_unbound,
             } => cli::devices_bind(&cfg, device, case, *attach_unbound),
             DevicesCmd::Unbind { device } => cli::devices_unbind(&cfg, device),
+        },
+        Some(Cmd::Cases { cmd }) => match cmd {
+            CasesCmd::Open {
+                territory: t,
+                chief_complaint,
+            } => cli::cases_open(&cfg, &territory(t), chief_complaint.as_deref()),
+            CasesCmd::Close { case } => cli::cases_close(&cfg, case),
+        },
+        Some(Cmd::Outbox { cmd }) => match cmd {
+            OutboxCmd::Status { json } => cli::outbox_status(&cfg, *json),
+            OutboxCmd::List { last } => cli::outbox_list(&cfg, *last),
         },
         Some(Cmd::Triage {
             cmd: TriageCmd::Show { case, last },

@@ -34,7 +34,7 @@ install_build_deps() {
 
 # Services the integration tests start on loopback (never as system services).
 install_test_services() {
-    apt_install mosquitto
+    apt_install mosquitto openssl
     # Debian starts the packaged broker on :1883; tests use their own instances on free ports.
     if command -v systemctl >/dev/null && systemctl is-active --quiet mosquitto 2>/dev/null; then
         as_root systemctl stop mosquitto || true
@@ -47,6 +47,14 @@ install_python_tools() {
     if [ ! -d "$dir/vitalscore" ]; then
         log "installing vitalscore==0.1.1 (independent NEWS2 scorer) into .tools/python"
         python3 -m pip install --quiet --disable-pip-version-check --target "$dir" vitalscore==0.1.1
+    fi
+    # Independent FHIR R4 (4.0.1) validator: fhir.resources 6.1.0 is the last R4 release and
+    # needs pydantic 1.x.
+    local fdir; fdir="$(repo_root)/.tools/fhir"
+    if [ ! -d "$fdir/fhir" ]; then
+        log "installing fhir.resources==6.1.0 (FHIR R4 validator) into .tools/fhir"
+        python3 -m pip install --quiet --disable-pip-version-check --target "$fdir" \
+            "fhir.resources==6.1.0" "pydantic==1.10.18"
     fi
 }
 

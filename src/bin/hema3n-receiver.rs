@@ -1,1 +1,234 @@
-fn main() {}
+//! `hema3n-receiver`: the cloud sync receiver (thin: parse CLI, init logging, call `receiver`).
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use hema3n_edge::receiver::{self, Keys, ReceiverConfig, ReceiverError};
+use hema3n_edge::storage::receiver::ReceiverDb;
+
+#[derive(Parser)]
+#[command(
+    name = "hema3n-receiver",
+    version,
+    about = "HEMA3N cloud receiver: verifies, opens, stores and receipts sealed case bundles"
+)]
+struct Cli {
+    /// Configuration file.
+    #[arg(
+        long,
+        global = true,
+        env = "HEMA3N_RECEIVER_CONFIG",
+        default_value = "/etc/hema3n-receiver/receiver.toml"
+    )]
+    config: PathBuf,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Creates keys (never overwriting) and DIR/receiver.toml.
+    Init {
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// Cloud broker URL (mqtts://host:port, or mqtt:// for loopback development).
+        #[arg(long, default_value = "mqtts://127.0.0.1:8883")]
+        broker: String,
+        #[arg(long, default_value = "hema3n-cloud")]
+        receiver_id: String,
+        /// CA certificate (PEM) of the cloud broker; required for mqtts://.
+        #[arg(long)]
+        ca_file: Option<PathBuf>,
+    },
+    /// Runs the receiver until SIGTERM/SIGINT.
+    Run,
+    /// Prints the public keys appliances import (`hema3n-edge keys import-receiver FILE`).
+    ExportPublic {
+        /// Write to this file instead of stdout.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Registered appliance signing keys.
+    #[command(subcommand)]
+    Appliances(AppCmd),
+    /// Stored bundles, resends, rejects by code and conflict alarms (JSON).
+    Stats,
+    /// Lists stored bundles, or prints one bundle's FHIR JSON.
+    Bundles {
+        /// `APPLIANCE_ID/BUNDLE_ID` to print.
+        show: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum AppCmd {
+    /// Registers an appliance's ES256 public key (PEM from `hema3n-edge keys export-public`).
+    Add {
+        id: String,
+        pem_file: PathBuf,
+    },
+    /// Revokes an appliance: its envelopes are rejected from now on.
+    Revoke {
+        id: String,
+    },
+    List,
+}
+
+fn open_db(cfg: &ReceiverConfig) -> Result<ReceiverDb, ReceiverError> {
+    let keys = Keys::load(&cfg.keys_dir)?;
+    Ok(ReceiverDb::open(
+        &cfg.database,
+        &keys.db_key,
+        &keys.db_key_path,
+    )?)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("HEMA3N_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("hema3n-receiver: {e}");
+            ExitCode::from(e.exit_code() as u8)
+        }
+    }
+}
+
+fn load(path: &Path) -> Result<ReceiverConfig, ReceiverError> {
+    ReceiverConfig::load(path)
+}
+
+fn run(cli: Cli) -> Result<(), ReceiverError> {
+    match cli.cmd {
+        Cmd::Init {
+            data_dir,
+            broker,
+            receiver_id,
+            ca_file,
+        } => {
+            let p = receiver::init(&data_dir, &broker, &receiver_id, ca_file.as_deref())?;
+            println!("created {}", p.display());
+            Ok(())
+        }
+        Cmd::Run => {
+            let cfg = load(&cli.config)?;
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .map_err(|e| ReceiverError::Io(e.to_string()))?;
+            rt.block_on(async move {
+                let (tx, rx) = tokio::sync::watch::channel(false);
+                tokio::spawn(async move {
+                    let mut term =
+                        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                            .expect("SIGTERM handler");
+                    tokio::select! {
+                        _ = term.recv() => {}
+                        _ = tokio::signal::ctrl_c() => {}
+                    }
+                    let _ = tx.send(true);
+                });
+                let c = receiver::run(cfg, rx).await?;
+                tracing::info!(
+                    stored = c.stored,
+                    duplicates = c.duplicates,
+                    rejects = c.rejects,
+                    conflicts = c.conflicts,
+                    "receiver stopped"
+                );
+                Ok(())
+            })
+        }
+        Cmd::ExportPublic { out } => {
+            let cfg = load(&cli.config)?;
+            let keys = Keys::load(&cfg.keys_dir)?;
+            let text = keys.public(&cfg.receiver_id).to_toml();
+            match out {
+                Some(p) => std::fs::write(&p, text).map_err(|e| ReceiverError::Io(e.to_string())),
+                None => {
+                    print!("{text}");
+                    Ok(())
+                }
+            }
+        }
+        Cmd::Appliances(c) => {
+            let cfg = load(&cli.config)?;
+            let mut db = open_db(&cfg)?;
+            match c {
+                AppCmd::Add { id, pem_file } => {
+                    if !hema3n_edge::model::is_valid_ident(&id) {
+                        return Err(ReceiverError::Io(
+                            "appliance id must match [A-Za-z0-9._-]{1,64}".into(),
+                        ));
+                    }
+                    let pem = std::fs::read_to_string(&pem_file)
+                        .map_err(|e| ReceiverError::Io(format!("{}: {e}", pem_file.display())))?;
+                    let key =
+                        hema3n_edge::crypto::sign::PublicKey::from_pem(&pem).ok_or_else(|| {
+                            ReceiverError::Io(format!(
+                                "{} is not a P-256 public key (PEM)",
+                                pem_file.display()
+                            ))
+                        })?;
+                    db.add_appliance(&id, &key.to_pem())?;
+                    println!("registered appliance {id} (key id {})", key.key_id());
+                }
+                AppCmd::Revoke { id } => {
+                    if db.revoke_appliance(&id)? {
+                        println!("revoked {id}");
+                    } else {
+                        return Err(ReceiverError::Io(format!("no active appliance {id}")));
+                    }
+                }
+                AppCmd::List => {
+                    for (id, pem, revoked) in db.appliances()? {
+                        let kid = hema3n_edge::crypto::sign::PublicKey::from_pem(&pem)
+                            .map(|k| k.key_id())
+                            .unwrap_or_default();
+                        println!("{id}\tkey {kid}{}", if revoked { "\trevoked" } else { "" });
+                    }
+                }
+            }
+            Ok(())
+        }
+        Cmd::Stats => {
+            let cfg = load(&cli.config)?;
+            let db = open_db(&cfg)?;
+            println!(
+                "{}",
+                serde_json::to_string(&db.stats()?).expect("stats serialise")
+            );
+            Ok(())
+        }
+        Cmd::Bundles { show } => {
+            let cfg = load(&cli.config)?;
+            let db = open_db(&cfg)?;
+            match show {
+                None => {
+                    for (a, b, seq, kind) in db.list_bundles()? {
+                        println!("{a}\t{b}\t{seq}\t{kind}");
+                    }
+                }
+                Some(s) => {
+                    let (a, b) = s.split_once('/').ok_or_else(|| {
+                        ReceiverError::Io("expected APPLIANCE_ID/BUNDLE_ID".into())
+                    })?;
+                    let body = db
+                        .bundle_body(a, b)?
+                        .ok_or_else(|| ReceiverError::Io(format!("no bundle {s}")))?;
+                    println!("{}", String::from_utf8_lossy(&body));
+                }
+            }
+            Ok(())
+        }
+    }
+}

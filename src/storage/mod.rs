@@ -13,6 +13,7 @@ mod keys;
 mod observations;
 mod outbox;
 mod patients;
+pub mod receiver;
 pub mod schema;
 mod triage;
 

@@ -13,7 +13,7 @@ pub struct Broker {
     extra: String,
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -73,6 +73,21 @@ impl Broker {
 
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("mosquitto.log")).unwrap_or_default()
+    }
+
+    /// Stops the broker (SIGTERM, persistence saved); `resume` starts it again.
+    pub fn pause(&mut self) {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let _ = self.child.wait();
+    }
+
+    /// Starts a paused broker again on the same port with the same persistence.
+    pub fn resume(&mut self) {
+        self.child = spawn(self.dir.path(), self.port, &self.extra);
+        self.wait_ready();
     }
 
     /// Stops the broker (SIGTERM, persistence saved) and starts it again on the same port.

@@ -143,6 +143,7 @@ pub fn contains(hay: &[u8], needle: &[u8]) -> bool {
 }
 
 pub mod broker;
+pub mod cloud;
 pub mod mqtt;
 
 impl Appliance {

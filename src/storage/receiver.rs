@@ -1,0 +1,287 @@
+//! The cloud receiver's store: registered appliance keys, received bundles (FHIR JSON, at rest
+//! in SQLCipher), rejects and conflict alarms. Idempotent on (appliance id, bundle id): a resend
+//! of the same envelope is a duplicate; the same id with another envelope is a conflict.
+
+use std::path::Path;
+
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+
+use super::{Result, StoreError, open_keyed};
+use crate::model::now_ms;
+
+const RECEIVER_MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE appliances (
+    id            TEXT    PRIMARY KEY,
+    public_key    TEXT    NOT NULL,
+    registered_at INTEGER NOT NULL,
+    revoked_at    INTEGER
+) STRICT;
+
+CREATE TABLE bundles (
+    appliance_id    TEXT    NOT NULL,
+    bundle_id       TEXT    NOT NULL,
+    seq             INTEGER NOT NULL,
+    kind            TEXT    NOT NULL,
+    envelope_sha256 BLOB    NOT NULL,
+    created_at      INTEGER NOT NULL,
+    received_at     INTEGER NOT NULL,
+    resends         INTEGER NOT NULL DEFAULT 0,
+    body            BLOB    NOT NULL,
+    PRIMARY KEY (appliance_id, bundle_id)
+) STRICT;
+CREATE INDEX bundles_by_seq ON bundles (appliance_id, seq);
+
+CREATE TABLE rejects (
+    id              INTEGER PRIMARY KEY,
+    received_at     INTEGER NOT NULL,
+    topic           TEXT    NOT NULL,
+    appliance_id    TEXT,
+    code            TEXT    NOT NULL,
+    message         TEXT    NOT NULL,
+    envelope_sha256 BLOB    NOT NULL
+) STRICT;
+
+CREATE TABLE alarms (
+    id           INTEGER PRIMARY KEY,
+    raised_at    INTEGER NOT NULL,
+    kind         TEXT    NOT NULL,
+    appliance_id TEXT    NOT NULL,
+    bundle_id    TEXT    NOT NULL,
+    detail       TEXT    NOT NULL
+) STRICT;
+"#];
+
+/// A verified, opened bundle ready to store.
+#[derive(Debug, Clone)]
+pub struct ReceivedBundle {
+    pub appliance_id: String,
+    pub bundle_id: String,
+    pub seq: u64,
+    pub kind: String,
+    pub created_at_ms: i64,
+    pub envelope_sha256: [u8; 32],
+    pub body: Vec<u8>,
+}
+
+/// What storing a bundle did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreOutcome {
+    Stored,
+    /// Same id, same envelope: already stored (a resend).
+    Duplicate,
+    /// Same id, different envelope: alarm raised, not receipted.
+    Conflict,
+}
+
+/// The receiver database.
+pub struct ReceiverDb {
+    conn: Connection,
+}
+
+impl ReceiverDb {
+    /// Opens (creating) the receiver database at `path` with its SQLCipher key.
+    pub fn open(path: &Path, key: &[u8; 32], key_path: &Path) -> Result<Self> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| StoreError::Io {
+                path: dir.into(),
+                source: e,
+            })?;
+        }
+        let mut conn = open_keyed(path, key, key_path, 5000)?;
+        let found: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        let current = RECEIVER_MIGRATIONS.len() as i64;
+        if found > current {
+            return Err(StoreError::TooNew {
+                found,
+                supported: current,
+            });
+        }
+        for (i, sql) in RECEIVER_MIGRATIONS.iter().enumerate().skip(found as usize) {
+            let version = i as i64 + 1;
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let now: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+            if now >= version {
+                continue;
+            }
+            tx.execute_batch(sql)
+                .map_err(|e| StoreError::Migration { version, source: e })?;
+            tx.pragma_update(None, "user_version", version)?;
+            tx.commit()?;
+        }
+        Ok(ReceiverDb { conn })
+    }
+
+    /// Registers (or replaces) an appliance's ES256 public key (PEM).
+    pub fn add_appliance(&mut self, id: &str, pem: &str) -> Result<()> {
+        self.conn.execute(
+            "INSERT INTO appliances (id, public_key, registered_at) VALUES (?1, ?2, ?3) \
+             ON CONFLICT (id) DO UPDATE SET public_key = excluded.public_key, revoked_at = NULL",
+            params![id, pem, now_ms()],
+        )?;
+        Ok(())
+    }
+
+    /// Revokes an appliance: its envelopes are rejected from now on.
+    pub fn revoke_appliance(&mut self, id: &str) -> Result<bool> {
+        Ok(self.conn.execute(
+            "UPDATE appliances SET revoked_at = ?1 WHERE id = ?2 AND revoked_at IS NULL",
+            params![now_ms(), id],
+        )? == 1)
+    }
+
+    /// `(id, PEM, revoked)` of every registered appliance.
+    pub fn appliances(&self) -> Result<Vec<(String, String, bool)>> {
+        let mut st = self
+            .conn
+            .prepare("SELECT id, public_key, revoked_at IS NOT NULL FROM appliances ORDER BY id")?;
+        let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// The active public key (PEM) of an appliance.
+    pub fn appliance_key(&self, id: &str) -> Result<Option<String>> {
+        Ok(self
+            .conn
+            .prepare_cached(
+                "SELECT public_key FROM appliances WHERE id = ?1 AND revoked_at IS NULL",
+            )?
+            .query_row([id], |r| r.get(0))
+            .optional()?)
+    }
+
+    /// Stores a batch in one transaction; returns one outcome per bundle, in order.
+    pub fn store_batch(&mut self, items: &[ReceivedBundle]) -> Result<Vec<StoreOutcome>> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let now = now_ms();
+        let mut out = Vec::with_capacity(items.len());
+        for b in items {
+            let existing: Option<Vec<u8>> = tx
+                .prepare_cached(
+                    "SELECT envelope_sha256 FROM bundles WHERE appliance_id = ?1 AND bundle_id = ?2",
+                )?
+                .query_row(params![b.appliance_id, b.bundle_id], |r| r.get(0))
+                .optional()?;
+            let o = match existing {
+                None => {
+                    tx.prepare_cached(
+                        "INSERT INTO bundles (appliance_id, bundle_id, seq, kind, envelope_sha256, created_at, received_at, body) \
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                    )?
+                    .execute(params![
+                        b.appliance_id,
+                        b.bundle_id,
+                        b.seq as i64,
+                        b.kind,
+                        b.envelope_sha256.to_vec(),
+                        b.created_at_ms,
+                        now,
+                        b.body
+                    ])?;
+                    StoreOutcome::Stored
+                }
+                Some(sha) if sha.as_slice() == b.envelope_sha256.as_slice() => {
+                    tx.prepare_cached(
+                        "UPDATE bundles SET resends = resends + 1 WHERE appliance_id = ?1 AND bundle_id = ?2",
+                    )?
+                    .execute(params![b.appliance_id, b.bundle_id])?;
+                    StoreOutcome::Duplicate
+                }
+                Some(sha) => {
+                    tx.execute(
+                        "INSERT INTO alarms (raised_at, kind, appliance_id, bundle_id, detail) VALUES (?1, 'bundle_conflict', ?2, ?3, ?4)",
+                        params![
+                            now,
+                            b.appliance_id,
+                            b.bundle_id,
+                            format!(
+                                "stored envelope sha256 {} differs from received {}",
+                                hex::encode(sha),
+                                hex::encode(b.envelope_sha256)
+                            )
+                        ],
+                    )?;
+                    StoreOutcome::Conflict
+                }
+            };
+            out.push(o);
+        }
+        tx.commit()?;
+        Ok(out)
+    }
+
+    /// Records rejected envelopes `(topic, appliance id, code, message, sha256)`.
+    pub fn record_rejects(
+        &mut self,
+        rejects: &[(String, Option<String>, String, String, [u8; 32])],
+    ) -> Result<()> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let now = now_ms();
+        for (topic, app, code, msg, sha) in rejects {
+            tx.prepare_cached(
+                "INSERT INTO rejects (received_at, topic, appliance_id, code, message, envelope_sha256) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?
+            .execute(params![now, topic, app, code, msg, sha.to_vec()])?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Counts: (bundles, resends, rejects by code, open conflict alarms).
+    pub fn stats(&self) -> Result<ReceiverStats> {
+        let (bundles, resends): (i64, i64) = self.conn.query_row(
+            "SELECT count(*), coalesce(sum(resends), 0) FROM bundles",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        let rejects: Vec<(String, u64)> = self
+            .conn
+            .prepare("SELECT code, count(*) FROM rejects GROUP BY code ORDER BY code")?
+            .query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))?
+            .collect::<Result<_, _>>()?;
+        let conflicts: i64 = self
+            .conn
+            .query_row("SELECT count(*) FROM alarms", [], |r| r.get(0))?;
+        Ok(ReceiverStats {
+            bundles: bundles as u64,
+            resends: resends as u64,
+            rejects,
+            conflicts: conflicts as u64,
+        })
+    }
+
+    /// The stored FHIR JSON of one bundle.
+    pub fn bundle_body(&self, appliance_id: &str, bundle_id: &str) -> Result<Option<Vec<u8>>> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT body FROM bundles WHERE appliance_id = ?1 AND bundle_id = ?2",
+                params![appliance_id, bundle_id],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
+    /// `(appliance id, bundle id, seq, kind)` of every stored bundle, oldest first.
+    pub fn list_bundles(&self) -> Result<Vec<(String, String, u64, String)>> {
+        let mut st = self.conn.prepare(
+            "SELECT appliance_id, bundle_id, seq, kind FROM bundles ORDER BY received_at, appliance_id, seq",
+        )?;
+        let rows = st.query_map([], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)? as u64, r.get(3)?))
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+}
+
+/// Receiver counters for `hema3n-receiver stats`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ReceiverStats {
+    pub bundles: u64,
+    pub resends: u64,
+    pub rejects: Vec<(String, u64)>,
+    pub conflicts: u64,
+}
