@@ -48,7 +48,7 @@ fn closed_cases_reach_the_cloud_exactly_once_through_outages_and_kill9() {
     r.pair(&a);
     enable_sync(&a, &pki, &cloud, "");
     let cases: Vec<String> = a
-        .soak(rounds as u64 * 3 + 3, "Custody")
+        .soak(rounds as u64 * 4, "Custody")
         .into_iter()
         .map(|(_, c)| c)
         .collect();

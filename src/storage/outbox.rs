@@ -320,9 +320,22 @@ impl Db {
                 Some((ours, _)) if ours.as_slice() != sha.as_slice() => {
                     ReceiptOutcome::HashMismatch
                 }
-                Some(_) => {
+                Some((_, state)) => {
+                    if state == "queued" {
+                        // Published, but the PUBACK was lost with a restart: the receipt proves
+                        // the send, so the trail records it.
+                        let ev = AuditEvent::new(
+                            &Actor::system(),
+                            "bundle.send",
+                            format!("bundle/{bid}"),
+                            Outcome::Success,
+                        )
+                        .details(serde_json::json!({ "inferred_from_receipt": true }));
+                        audit::append(&tx, &self.st, &ev, now)?;
+                    }
                     tx.prepare_cached(
-                        "UPDATE outbox SET state = 'receipted', receipted_at = ?1, receipt = ?2 WHERE bundle_id = ?3",
+                        "UPDATE outbox SET state = 'receipted', receipted_at = ?1, receipt = ?2, \
+                         sent_at = coalesce(sent_at, ?1), attempts = max(attempts, 1) WHERE bundle_id = ?3",
                     )?
                     .execute(params![now, receipt, bid])?;
                     ReceiptOutcome::Receipted
