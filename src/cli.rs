@@ -706,3 +706,82 @@ pub fn keys_import_receiver(cfg: &Config, file: &Path) -> CmdResult {
     );
     Ok(0)
 }
+
+/// `debug bundle-vectors`: envelope and receipt test vectors with published private keys (for
+/// `docs/bundle-format.md`; never use these keys for anything else). ECDSA signatures are
+/// randomised, so each run prints different signature bytes; every run's output is valid.
+pub fn debug_bundle_vectors() -> CmdResult {
+    use crate::crypto::seal::{self, BundleKind, EnvelopeMeta, Receipt, ReceiptStatus};
+    use crate::crypto::sign::SigningKey;
+    let rsk_bytes = crate::crypto::sha256(b"hema3n bundle-format v1 test receiver");
+    let rsk = seal::RecipientSecretKey::from_bytes(&rsk_bytes).map_err(|e| Failure {
+        code: 1,
+        error: anyhow::anyhow!("{e}"),
+    })?;
+    let fail = |e: crate::crypto::CryptoError| Failure {
+        code: 1,
+        error: anyhow::anyhow!("{e}"),
+    };
+    let app_der = SigningKey::generate_pkcs8().map_err(fail)?;
+    let app = SigningKey::from_pkcs8("vector", &app_der).map_err(fail)?;
+    let rcv_der = SigningKey::generate_pkcs8().map_err(fail)?;
+    let rcv = SigningKey::from_pkcs8("vector", &rcv_der).map_err(fail)?;
+    let ikm_e = crate::crypto::sha256(b"hema3n bundle-format v1 test ephemeral");
+    let plaintext = br#"{"resourceType":"Bundle","id":"01900000-0000-7000-8000-000000000001","type":"collection","entry":[]}"#;
+    let meta = EnvelopeMeta {
+        kind: BundleKind::Bundle,
+        bundle_id: *uuid::Uuid::parse_str("01900000-0000-7000-8000-000000000001")
+            .expect("uuid")
+            .as_bytes(),
+        seq: 7,
+        created_at_ms: 1_800_000_000_000,
+        appliance_id: "amb-0001".into(),
+    };
+    let env = seal::seal_with_ephemeral_seed(&meta, plaintext, rsk.public(), &app, ikm_e).map_err(
+        |e| Failure {
+            code: 1,
+            error: anyhow::anyhow!("{e}"),
+        },
+    )?;
+    let parsed = seal::parse(&env).expect("own envelope parses");
+    let receipt = Receipt {
+        status: ReceiptStatus::Stored,
+        bundle_id: meta.bundle_id,
+        envelope_sha256: crate::crypto::sha256(&env),
+        seq: 7,
+        receipted_at_ms: 1_800_000_005_000,
+        signer_key_id: [0; 8],
+        appliance_id: "amb-0001".into(),
+    }
+    .sign(&rcv)
+    .map_err(|e| Failure {
+        code: 1,
+        error: anyhow::anyhow!("{e}"),
+    })?;
+    println!("receiver_hpke_private_key = {}", hex::encode(rsk_bytes));
+    println!(
+        "receiver_hpke_public_key = {}",
+        hex::encode(rsk.public().as_bytes())
+    );
+    println!("recipient_key_id = {}", hex::encode(rsk.public().key_id()));
+    println!("appliance_id = amb-0001");
+    println!("appliance_public_key = {}", hex::encode(&app.public().0));
+    println!(
+        "signer_key_id = {}",
+        hex::encode(seal::key_id8(&app.public().0))
+    );
+    println!("ephemeral_seed = {}", hex::encode(ikm_e));
+    println!("enc = {}", hex::encode(parsed.enc()));
+    println!("plaintext = {}", String::from_utf8_lossy(plaintext));
+    println!("envelope = {}", hex::encode(&env));
+    println!(
+        "envelope_sha256 = {}",
+        hex::encode(crate::crypto::sha256(&env))
+    );
+    println!(
+        "receiver_signing_public_key = {}",
+        hex::encode(&rcv.public().0)
+    );
+    println!("receipt = {}", hex::encode(&receipt));
+    Ok(0)
+}

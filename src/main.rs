@@ -234,6 +234,8 @@ struct SimArgs {
 
 #[derive(Subcommand)]
 enum DebugCmd {
+    /// Print fresh envelope and receipt test vectors for docs/bundle-format.md.
+    BundleVectors,
     /// Write patients and cases, printing each id after COMMIT (0 = until killed).
     Soak {
         #[arg(long, default_value_t = 0)]
@@ -325,6 +327,9 @@ fn main() -> ExitCode {
             AuditCmd::Verify { json } => cli::audit_verify(&cfg, *json),
             AuditCmd::Checkpoint => cli::audit_checkpoint(&cfg),
         },
+        Some(Cmd::Debug {
+            cmd: DebugCmd::BundleVectors,
+        }) => cli::debug_bundle_vectors(),
         Some(Cmd::Debug {
             cmd: DebugCmd::Soak { count, last_name },
         }) => cli::debug_soak(&cfg, *count, last_name),

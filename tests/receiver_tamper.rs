@@ -49,7 +49,9 @@ fn tampered_replayed_and_misaddressed_envelopes_are_handled_as_specified() {
     let signer = Keyring::load(KeySources::from_env(&cfg.keys.dir))
         .unwrap()
         .signing;
-    let rk = ReceiverKeys::load(&cfg).unwrap().expect("receiver keys installed");
+    let rk = ReceiverKeys::load(&cfg)
+        .unwrap()
+        .expect("receiver keys installed");
 
     let mut recv = r.spawn();
     let mut pubc = TestClient::connect(plain_port, "tamper-publisher", None);
@@ -86,7 +88,13 @@ fn tampered_replayed_and_misaddressed_envelopes_are_handled_as_specified() {
         pubc.publish(&topic, good.clone());
     }
     // 6. Same bundle id, different content.
-    let conflicting = seal::seal(&good_meta, b"{\"resourceType\":\"Bundle\",\"type\":\"collection\",\"entry\":[{}]}", &rk.hpke, &signer).unwrap();
+    let conflicting = seal::seal(
+        &good_meta,
+        b"{\"resourceType\":\"Bundle\",\"type\":\"collection\",\"entry\":[{}]}",
+        &rk.hpke,
+        &signer,
+    )
+    .unwrap();
     pubc.publish(&topic, conflicting);
     pubc.flush();
 
