@@ -1,1 +1,346 @@
-fn main() {}
+//! `scripts/bench.sh sync`: sealing and opening cost of a case bundle, and the outbox drain after
+//! reconnect — N queued envelopes published by the real daemon to a mosquitto on loopback, opened
+//! and stored by the real `hema3n-receiver`, each receipted and applied — next to the raw QoS 1
+//! publish throughput of envelopes of the same size to the same broker, measured in the same run.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use hema3n_edge::config::Config;
+use hema3n_edge::crypto::keyring::{KeySources, Keyring};
+use hema3n_edge::crypto::seal::{self, BundleKind, EnvelopeMeta, RecipientSecretKey};
+use hema3n_edge::crypto::sign::SigningKey;
+use hema3n_edge::model::{CaseExport, ExportReading, Patient};
+use hema3n_edge::storage::Db;
+use hema3n_edge::sync::{ReceiverKeys, fhir};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+
+#[path = "../tests/common/broker.rs"]
+mod broker;
+mod common;
+use common::{bench_line, pct, quick};
+
+/// A case of `samples` rounds of 11 vitals (120 rounds: a 30-minute transport at one set per 15 s).
+fn case(samples: i64) -> CaseExport {
+    let t0 = 1_800_000_000_000;
+    let mut readings = vec![];
+    for i in 0..samples {
+        for (code, v) in [
+            ("heart_rate", 110.0),
+            ("resp_rate", 24.0),
+            ("spo2", 93.0),
+            ("sbp", 100.0),
+            ("dbp", 60.0),
+            ("temp", 37.9),
+            ("etco2", 33.0),
+            ("gcs_total", 14.0),
+            ("avpu", 0.0),
+            ("pain", 6.0),
+            ("glucose", 120.0),
+        ] {
+            readings.push(ExportReading {
+                device_id: Some("mon-1".into()),
+                code: code.into(),
+                value: v,
+                device_time_ms: t0 + i * 15_000,
+                recv_time_ms: t0 + i * 15_000 + 30,
+                source: "device".into(),
+            });
+        }
+    }
+    CaseExport {
+        appliance_id: "hema3n-dev".into(),
+        case_id: "01900000-0000-7000-8000-0000000000aa".into(),
+        territory: "default".into(),
+        status: "closed".into(),
+        created_at_ms: t0,
+        closed_at_ms: Some(t0 + 1_800_000),
+        patient_id: Some("p".into()),
+        patient: Some(Patient {
+            last_name: Some("Bench".into()),
+            date_of_birth: Some("1960-01-01".into()),
+            ..Default::default()
+        }),
+        chief_complaint: Some("dyspnoea".into()),
+        mechanism: None,
+        onset: None,
+        devices: vec![("mon-1".into(), "monitor".into())],
+        readings,
+        triage: None,
+        audit: vec![],
+        checkpoint: None,
+    }
+}
+
+fn meta(seq: u64) -> EnvelopeMeta {
+    EnvelopeMeta {
+        kind: BundleKind::Bundle,
+        bundle_id: *uuid::Uuid::now_v7().as_bytes(),
+        seq,
+        created_at_ms: 1,
+        appliance_id: "hema3n-dev".into(),
+    }
+}
+
+/// Raw QoS 1 publishes of `n` payloads of `size` bytes (1000 in flight): messages/s.
+async fn raw_publish(port: u16, n: usize, size: usize) -> f64 {
+    let mut o = MqttOptions::new("bench-raw-pub", "127.0.0.1", port);
+    o.set_keep_alive(Duration::from_secs(30))
+        .set_inflight(1000)
+        .set_max_packet_size(1 << 24, 1 << 24);
+    let (client, mut ev) = AsyncClient::new(o, 2048);
+    let payload = vec![0x5a_u8; size];
+    let t = Instant::now();
+    let pubs = tokio::spawn(async move {
+        for _ in 0..n {
+            client
+                .publish(
+                    "bench/raw/bundles",
+                    QoS::AtLeastOnce,
+                    false,
+                    payload.clone(),
+                )
+                .await
+                .unwrap();
+        }
+        client
+    });
+    let mut acks = 0;
+    while acks < n {
+        if let Ok(Event::Incoming(Packet::PubAck(_))) = ev.poll().await {
+            acks += 1;
+        }
+    }
+    let _client = pubs.await.unwrap();
+    n as f64 / t.elapsed().as_secs_f64()
+}
+
+fn run(bin: &str, args: &[&str]) -> String {
+    let out = Command::new(bin).args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{bin} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn main() {
+    let n = std::env::var("HEMA3N_SYNC_BENCH_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(if quick() { 300 } else { 10_000 });
+    let edge = env!("CARGO_BIN_EXE_hema3n-edge");
+    let recv_bin = env!("CARGO_BIN_EXE_hema3n-receiver");
+    let broker = broker::Broker::start_with("allow_anonymous true\nmessage_size_limit 16777216\n");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+
+    // Seal / open cost of one case bundle.
+    let signer = SigningKey::from_pkcs8("b", &SigningKey::generate_pkcs8().unwrap()).unwrap();
+    let rsk = RecipientSecretKey::generate().0;
+    let x = case(120);
+    let iters = if quick() { 20 } else { 300 };
+    let (mut build, mut sealt, mut open) = (vec![], vec![], vec![]);
+    let mut size = 0;
+    let mut plain = 0;
+    for i in 0..iters {
+        let t = Instant::now();
+        let body = serde_json::to_vec(&fhir::build(&x, "b", fhir::Profile::Case, 1)).unwrap();
+        build.push(t.elapsed());
+        let t = Instant::now();
+        let env = seal::seal(&meta(i), &body, rsk.public(), &signer).unwrap();
+        sealt.push(t.elapsed());
+        let t = Instant::now();
+        let (_, pt) = seal::verify_and_open(&env, &signer.public(), &rsk).unwrap();
+        open.push(t.elapsed());
+        assert_eq!(pt.len(), body.len());
+        size = env.len();
+        plain = body.len();
+    }
+    let us = |d: Duration| d.as_secs_f64() * 1e6;
+    println!(
+        "## sync: case bundle of {} readings, FHIR JSON {plain} B, envelope {size} B",
+        x.readings.len()
+    );
+    println!(
+        "FHIR build + serialise p50   {:>10.0} µs",
+        us(pct(&mut build, 0.5))
+    );
+    println!(
+        "seal (HPKE + ES256) p50      {:>10.0} µs",
+        us(pct(&mut sealt, 0.5))
+    );
+    println!(
+        "verify + open p50            {:>10.0} µs",
+        us(pct(&mut open, 0.5))
+    );
+
+    // Raw broker baseline with envelopes of the same size.
+
+    // Drain: N queued envelopes, the daemon starts, the receiver receipts.
+    let tmp = tempfile::tempdir().unwrap();
+    let adir = tmp.path().join("edge");
+    run(edge, &["init", "--data-dir", adir.to_str().unwrap()]);
+    let rdir = tmp.path().join("cloud");
+    run(
+        recv_bin,
+        &[
+            "init",
+            "--data-dir",
+            rdir.to_str().unwrap(),
+            "--broker",
+            &broker.url(),
+        ],
+    );
+    let rcfg = rdir.join("receiver.toml");
+    let rc = rcfg.to_str().unwrap();
+    let acfg = adir.join("edge.toml");
+    let ac = acfg.to_str().unwrap();
+    let pem = tmp.path().join("app.pem");
+    run(
+        edge,
+        &[
+            "--config",
+            ac,
+            "keys",
+            "export-public",
+            "--out",
+            pem.to_str().unwrap(),
+        ],
+    );
+    run(
+        recv_bin,
+        &[
+            "--config",
+            rc,
+            "appliances",
+            "add",
+            "hema3n-dev",
+            pem.to_str().unwrap(),
+        ],
+    );
+    let pubf = tmp.path().join("rpub.toml");
+    run(
+        recv_bin,
+        &[
+            "--config",
+            rc,
+            "export-public",
+            "--out",
+            pubf.to_str().unwrap(),
+        ],
+    );
+    run(
+        edge,
+        &[
+            "--config",
+            ac,
+            "keys",
+            "import-receiver",
+            pubf.to_str().unwrap(),
+        ],
+    );
+    std::fs::create_dir_all(adir.join("edge.d")).unwrap();
+    std::fs::write(
+        adir.join("edge.d/50-bench.toml"),
+        format!(
+            "[ingest]\nenabled = false\n[triage]\nenabled = false\n[sync]\ncloud_broker = \"{}\"\nallow_plaintext = true\ntelemetry_interval_secs = 0\nwindow = 512\n",
+            broker.url()
+        ),
+    )
+    .unwrap();
+    let (cfg, _) = Config::load(&acfg, true).unwrap();
+    let keys = ReceiverKeys::load(&cfg).unwrap().unwrap();
+    // The drain uses a typical short case (4 sets of vitals, ~40 KB of FHIR JSON).
+    let small = case(4);
+    let body = serde_json::to_vec(&fhir::build(&small, "b", fhir::Profile::Case, 1)).unwrap();
+    println!("drain envelope plaintext {} B", body.len());
+    {
+        let mut db = Db::open(
+            &cfg,
+            Keyring::load(KeySources::from_env(&cfg.keys.dir)).unwrap(),
+        )
+        .unwrap();
+        let t = Instant::now();
+        for _ in 0..n {
+            db.enqueue_telemetry(|slot, signer| {
+                let m = EnvelopeMeta {
+                    kind: slot.kind,
+                    bundle_id: *slot.bundle_id.as_bytes(),
+                    seq: slot.seq,
+                    created_at_ms: slot.created_at_ms as u64,
+                    appliance_id: "hema3n-dev".into(),
+                };
+                seal::seal(&m, &body, &keys.hpke, signer).map_err(|e| e.to_string())
+            })
+            .unwrap();
+        }
+        println!(
+            "queued {n} sealed envelopes in {:.1} s (one transaction each)",
+            t.elapsed().as_secs_f64()
+        );
+    }
+    let drain_size = body.len() + 200;
+    let raw = rt.block_on(raw_publish(broker.port, n, drain_size));
+    println!("raw QoS 1 publish ({drain_size} B)  {raw:>10.0} msg/s");
+    let mut receiver = Command::new(recv_bin)
+        .args(["--config", rc, "run"])
+        .env("HEMA3N_LOG", "warn")
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Let the receiver subscribe before the backlog arrives (its first-ever subscription).
+    std::thread::sleep(Duration::from_millis(500));
+    let t = Instant::now();
+    let mut daemon = Command::new(edge)
+        .args(["--config", ac, "run"])
+        .env("RUST_LOG", "warn")
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let db = Db::open(
+        &cfg,
+        Keyring::load(KeySources::from_env(&cfg.keys.dir)).unwrap(),
+    )
+    .unwrap();
+    loop {
+        let s = db.outbox_stats().unwrap();
+        if s.receipted as usize >= n {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(600),
+            "drain stalled at {s:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let secs = t.elapsed().as_secs_f64();
+    let rate = n as f64 / secs;
+    println!("drain {n} bundles with receipts  {secs:>8.2} s  {rate:>10.0} bundles/s");
+    bench_line("sync_drain_bundles_per_s", rate, "bundles/s", raw);
+    let cpu = |pid: u32| -> f64 {
+        let st = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let f: Vec<&str> = st
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .split_whitespace()
+            .collect();
+        let ticks: f64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0)
+            + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+        ticks / 100.0
+    };
+    println!(
+        "CPU seconds during the run: daemon {:.1}, receiver {:.1}",
+        cpu(daemon.id()),
+        cpu(receiver.id())
+    );
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+    let _ = receiver.kill();
+    let _ = receiver.wait();
+}

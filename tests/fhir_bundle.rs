@@ -26,8 +26,20 @@ fn full_case() -> CaseExport {
     let t0 = 1_800_000_000_000;
     let mut readings = vec![];
     for (i, code) in [
-        "heart_rate", "resp_rate", "spo2", "sbp", "dbp", "temp", "etco2", "glucose", "gcs_total",
-        "gcs_eye", "gcs_verbal", "gcs_motor", "avpu", "pain",
+        "heart_rate",
+        "resp_rate",
+        "spo2",
+        "sbp",
+        "dbp",
+        "temp",
+        "etco2",
+        "glucose",
+        "gcs_total",
+        "gcs_eye",
+        "gcs_verbal",
+        "gcs_motor",
+        "avpu",
+        "pain",
     ]
     .iter()
     .enumerate()
@@ -98,7 +110,10 @@ fn full_case() -> CaseExport {
                 model_hash: Some("ab".repeat(32)),
                 decider: "rules_override",
                 abstained: None,
-                reasons: vec!["NEWS2 7 (≥ 7: emergency response)".into(), "SpO2 90 % < 92 %".into()],
+                reasons: vec![
+                    "NEWS2 7 (≥ 7: emergency response)".into(),
+                    "SpO2 90 % < 92 %".into(),
+                ],
             },
         }),
         audit: (1..=4)
@@ -107,7 +122,8 @@ fn full_case() -> CaseExport {
                 ts_ms: t0 + i * 10,
                 actor: "crew-7".into(),
                 role: "paramedic".into(),
-                action: ["case.create", "patient.read", "case.close", "case.export"][i as usize - 1]
+                action: ["case.create", "patient.read", "case.close", "case.export"]
+                    [i as usize - 1]
                     .into(),
                 resource: "case/01900000-0000-7000-8000-0000000000aa".into(),
                 outcome: "success".into(),
@@ -148,7 +164,13 @@ fn case_and_prealert_bundles_validate_as_fhir_r4() {
     let f = dir.path().join("bare.json");
     std::fs::write(
         &f,
-        serde_json::to_vec(&fhir::build(&bare, "01900000-0000-7000-8000-0000000000dd", Profile::Case, 1)).unwrap(),
+        serde_json::to_vec(&fhir::build(
+            &bare,
+            "01900000-0000-7000-8000-0000000000dd",
+            Profile::Case,
+            1,
+        ))
+        .unwrap(),
     )
     .unwrap();
     files.push(f);
@@ -170,7 +192,13 @@ fn case_and_prealert_bundles_validate_as_fhir_r4() {
         assert!(case.contains(want), "{want} missing: {case}");
     }
     let pre = lines[1];
-    assert!(pre.contains("Observation=14") && !pre.contains("AuditEvent"), "{pre}");
+    assert!(
+        pre.contains("Observation=14") && !pre.contains("AuditEvent"),
+        "{pre}"
+    );
     let pre_text = std::fs::read_to_string(&files[1]).unwrap();
-    assert!(!pre_text.contains("Ada") && !pre_text.contains("123-45-6789"), "pre-alert is minimum necessary");
+    assert!(
+        !pre_text.contains("Ada") && !pre_text.contains("123-45-6789"),
+        "pre-alert is minimum necessary"
+    );
 }

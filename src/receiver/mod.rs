@@ -564,14 +564,20 @@ fn open_one(
     let body = parsed
         .open(&keys.hpke)
         .map_err(|e| (Some(app.clone()), e.code(), e.to_string()))?;
-    let json: serde_json::Value = serde_json::from_slice(&body).map_err(|e| {
+    // Checks the JSON and reads only the resource type (no tree is built).
+    #[derive(serde::Deserialize)]
+    struct Head<'a> {
+        #[serde(rename = "resourceType", borrow)]
+        resource_type: Option<std::borrow::Cow<'a, str>>,
+    }
+    let head: Head<'_> = serde_json::from_slice(&body).map_err(|e| {
         (
             Some(app.clone()),
             "BAD_PAYLOAD",
-            format!("plaintext is not JSON: {e}"),
+            format!("plaintext is not a JSON object: {e}"),
         )
     })?;
-    let rt = json.get("resourceType").and_then(|v| v.as_str());
+    let rt = head.resource_type.as_deref();
     if !matches!(rt, Some("Bundle") | Some("Parameters")) {
         return Err((
             Some(app.clone()),

@@ -234,26 +234,34 @@ impl Db {
         limit: usize,
         exclude: &std::collections::HashSet<String>,
     ) -> Result<Vec<OutboxItem>> {
-        let mut st = self.conn.prepare_cached(
-            "SELECT bundle_id, seq, kind, envelope, envelope_sha256, attempts FROM outbox \
-             WHERE state IN ('queued', 'sent') ORDER BY priority, seq LIMIT ?1",
-        )?;
-        let rows = st.query_map([(limit + exclude.len()) as i64], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, i64>(1)?,
-                r.get::<_, String>(2)?,
-                r.get::<_, Vec<u8>>(3)?,
-                r.get::<_, Vec<u8>>(4)?,
-                r.get::<_, i64>(5)?,
-            ))
-        })?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (bundle_id, seq, kind, envelope, sha, attempts) = row?;
-            if exclude.contains(&bundle_id) {
-                continue;
+        // Pick ids first (rows in flight are skipped without reading their envelopes).
+        let picked: Vec<(String, i64, String, i64)> = {
+            let mut st = self.conn.prepare_cached(
+                "SELECT bundle_id, seq, kind, attempts FROM outbox \
+                 WHERE state IN ('queued', 'sent') ORDER BY priority, seq LIMIT ?1",
+            )?;
+            let rows = st.query_map([(limit + exclude.len()) as i64], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            })?;
+            let mut v = Vec::new();
+            for row in rows {
+                let row: (String, i64, String, i64) = row?;
+                if !exclude.contains(&row.0) {
+                    v.push(row);
+                    if v.len() == limit {
+                        break;
+                    }
+                }
             }
+            v
+        };
+        let mut out = Vec::with_capacity(picked.len());
+        let mut st = self
+            .conn
+            .prepare_cached("SELECT e.envelope, o.envelope_sha256 FROM outbox o JOIN outbox_envelopes e USING (bundle_id) WHERE o.bundle_id = ?1")?;
+        for (bundle_id, seq, kind, attempts) in picked {
+            let (envelope, sha): (Vec<u8>, Vec<u8>) =
+                st.query_row([&bundle_id], |r| Ok((r.get(0)?, r.get(1)?)))?;
             let envelope_sha256: [u8; 32] = sha
                 .try_into()
                 .map_err(|_| StoreError::Refused("outbox envelope hash is not 32 bytes".into()))?;
@@ -265,9 +273,6 @@ impl Db {
                 envelope_sha256,
                 attempts,
             });
-            if out.len() == limit {
-                break;
-            }
         }
         Ok(out)
     }
@@ -366,7 +371,8 @@ impl Db {
             .conn
             .prepare_cached(
                 "SELECT o.bundle_id, o.case_id FROM outbox o WHERE o.state = 'receipted' AND o.kind != 'prealert' \
-                 AND o.receipted_at <= ?1 AND length(o.envelope) > 0 ORDER BY o.seq LIMIT 256",
+                 AND o.receipted_at <= ?1 AND EXISTS (SELECT 1 FROM outbox_envelopes e WHERE e.bundle_id = o.bundle_id) \
+                 ORDER BY o.seq LIMIT 256",
             )?
             .query_map([now - retention_ms], |r| Ok((r.get(0)?, r.get(1)?)))?
             .collect::<Result<_, _>>()?;
@@ -389,14 +395,11 @@ impl Db {
             // Pre-alerts of the case go with it.
             if let Some(case) = &case {
                 tx.execute(
-                    "UPDATE outbox SET envelope = X'' WHERE case_id = ?1 AND state = 'receipted'",
+                    "DELETE FROM outbox_envelopes WHERE bundle_id IN (SELECT bundle_id FROM outbox WHERE case_id = ?1 AND state = 'receipted')",
                     [case],
                 )?;
             } else {
-                tx.execute(
-                    "UPDATE outbox SET envelope = X'' WHERE bundle_id = ?1",
-                    [&bid],
-                )?;
+                tx.execute("DELETE FROM outbox_envelopes WHERE bundle_id = ?1", [&bid])?;
             }
             let ev = AuditEvent::new(
                 &Actor::system(),
@@ -414,8 +417,8 @@ impl Db {
     pub fn outbox_stats(&self) -> Result<OutboxStats> {
         let mut s = OutboxStats::default();
         let mut st = self.conn.prepare_cached(
-            "SELECT state, length(envelope) = 0, count(*), coalesce(sum(length(envelope)), 0), min(created_at) \
-             FROM outbox GROUP BY state, length(envelope) = 0",
+            "SELECT o.state, e.bundle_id IS NULL, count(*), coalesce(sum(length(e.envelope)), 0), min(o.created_at) \
+             FROM outbox o LEFT JOIN outbox_envelopes e USING (bundle_id) GROUP BY o.state, e.bundle_id IS NULL",
         )?;
         let rows = st.query_map([], |r| {
             Ok((
@@ -447,8 +450,9 @@ impl Db {
 
     pub fn outbox_list(&self, limit: usize) -> Result<Vec<OutboxRow>> {
         let mut st = self.conn.prepare(
-            "SELECT bundle_id, seq, kind, case_id, state, attempts, created_at, sent_at, receipted_at, length(envelope) = 0 \
-             FROM outbox ORDER BY seq DESC LIMIT ?1",
+            "SELECT o.bundle_id, o.seq, o.kind, o.case_id, o.state, o.attempts, o.created_at, o.sent_at, o.receipted_at, \
+             NOT EXISTS (SELECT 1 FROM outbox_envelopes e WHERE e.bundle_id = o.bundle_id) \
+             FROM outbox o ORDER BY o.seq DESC LIMIT ?1",
         )?;
         let rows = st.query_map([limit as i64], |r| {
             Ok(OutboxRow {
@@ -594,17 +598,20 @@ fn insert_row(
 ) -> Result<()> {
     tx.execute(
         "INSERT INTO outbox (bundle_id, seq, case_id, priority, kind, envelope, envelope_sha256, created_at, state) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'queued')",
+         VALUES (?1, ?2, ?3, ?4, ?5, X'', ?6, ?7, 'queued')",
         params![
             slot.bundle_id.to_string(),
             slot.seq as i64,
             case_id,
             priority(slot.kind),
             slot.kind.as_str(),
-            env,
             crate::crypto::sha256(env).to_vec(),
             slot.created_at_ms
         ],
+    )?;
+    tx.execute(
+        "INSERT INTO outbox_envelopes (bundle_id, envelope) VALUES (?1, ?2)",
+        params![slot.bundle_id.to_string(), env],
     )?;
     Ok(())
 }

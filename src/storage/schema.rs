@@ -235,6 +235,18 @@ CREATE TABLE audit_checkpoints (
     signature BLOB    NOT NULL
 ) STRICT;
 "#,
+    // v2: envelopes live apart from the outbox rows, so custody state changes rewrite a small row
+    // instead of the whole envelope (SQLite rewrites a record with its overflow pages on UPDATE).
+    // `outbox.envelope` stays empty. A row without an envelope after its receipt is purged.
+    r#"
+CREATE TABLE outbox_envelopes (
+    bundle_id TEXT PRIMARY KEY REFERENCES outbox (bundle_id),
+    envelope  BLOB NOT NULL
+) STRICT;
+INSERT INTO outbox_envelopes (bundle_id, envelope)
+    SELECT bundle_id, envelope FROM outbox WHERE length(envelope) > 0;
+UPDATE outbox SET envelope = X'';
+"#,
 ];
 
 /// The schema version this build writes.

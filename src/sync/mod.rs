@@ -459,7 +459,7 @@ impl Forwarder {
                 &broker,
                 tls.clone(),
                 self.cfg.sync.keep_alive_secs,
-                MQTT_REQUESTS,
+                self.cfg.sync.window + MQTT_REQUESTS,
             );
             match self.online(client, ev, &mut backoff).await? {
                 Exit::Shutdown => return Ok(()),
@@ -532,7 +532,7 @@ impl Forwarder {
                                 self.metrics.connects.fetch_add(1, Ordering::Relaxed);
                                 tracing::info!(session_present, "connected to cloud broker");
                                 let topic = transport::receipts_topic(&self.cfg.appliance_id);
-                                if let Err(e) = client.subscribe(topic, QoS::AtLeastOnce).await {
+                                if let Err(e) = client.try_subscribe(topic, QoS::AtLeastOnce) {
                                     return Ok(Exit::Lost(e.to_string()));
                                 }
                             }
@@ -564,6 +564,7 @@ impl Forwarder {
                     }
                 }
                 _ = tick.tick() => {
+                    s.flush_acks(&client);
                     if !s.to_mark_sent.is_empty() {
                         let ids = std::mem::take(&mut s.to_mark_sent);
                         self.store.call(move |db| db.outbox_mark_sent(&ids)).await?;
@@ -623,16 +624,21 @@ impl Forwarder {
                 content_type: Some("application/vnd.hema3n.envelope.v1".into()),
                 ..Default::default()
             };
-            client
-                .publish_with_properties(
+            // Never await the client here: this task also drives the event loop (`drive`),
+            // which is not polled while a handler runs. A full request queue ends this round;
+            // the row is picked up again on the next fill.
+            if client
+                .try_publish_with_properties(
                     transport::bundles_topic(&s.appliance_id),
                     QoS::AtLeastOnce,
                     false,
                     it.envelope,
                     props,
                 )
-                .await
-                .map_err(|e| SyncError::Config(format!("MQTT client closed: {e}")))?;
+                .is_err()
+            {
+                break;
+            }
             s.requested.push_back(it.bundle_id.clone());
             s.in_flight.insert(it.bundle_id, Instant::now());
             self.metrics.published.fetch_add(1, Ordering::Relaxed);
@@ -714,12 +720,8 @@ impl Forwarder {
             }
         }
         // Acknowledge only after the commit above.
-        for p in &publishes {
-            client
-                .ack(p)
-                .await
-                .map_err(|e| SyncError::Config(format!("MQTT client closed: {e}")))?;
-        }
+        s.acks.extend(publishes);
+        s.flush_acks(client);
         self.metrics
             .in_flight
             .store(s.in_flight.len() as u64, Ordering::Relaxed);
@@ -727,8 +729,8 @@ impl Forwarder {
     }
 }
 
-/// Requests waiting for the cloud event loop.
-const MQTT_REQUESTS: usize = 512;
+/// Requests waiting for the cloud event loop beyond the window (acks, subscriptions).
+const MQTT_REQUESTS: usize = 1024;
 
 enum Exit {
     Shutdown,
@@ -748,6 +750,8 @@ struct Session {
     pkids: HashMap<u16, String>,
     to_mark_sent: Vec<String>,
     receipts: Vec<Publish>,
+    /// Receipts committed and waiting for room in the request queue to be acknowledged.
+    acks: VecDeque<Publish>,
     subscribed: bool,
 }
 
@@ -761,9 +765,20 @@ impl Session {
             pkids: HashMap::new(),
             to_mark_sent: Vec::new(),
             receipts: Vec::new(),
+            acks: VecDeque::new(),
             subscribed: false,
         }
     }
+    /// Hands committed receipts' acks to the client without waiting.
+    fn flush_acks(&mut self, client: &AsyncClient) {
+        while let Some(p) = self.acks.front() {
+            if client.try_ack(p).is_err() {
+                return;
+            }
+            self.acks.pop_front();
+        }
+    }
+
     fn assigned(&mut self, pkid: u16) {
         if let Some(bid) = self.requested.pop_front() {
             self.pkids.insert(pkid, bid);
