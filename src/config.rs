@@ -268,16 +268,11 @@ pub struct SyncConfig {
     pub backoff_max_ms: u64,
     /// Retry timer for images without NetworkManager, seconds. Default 30.
     pub retry_interval_secs: u64,
-    /// Follow NetworkManager connectivity over D-Bus (sync at "full"). Default true.
-    pub follow_network_manager: bool,
     /// Keep a case's PHI this long after its receipt, then crypto-erase it. Default 72.
     pub retention_hours: f64,
     /// How often to queue an appliance telemetry envelope (no PHI), seconds; 0 disables.
     /// Default 900.
     pub telemetry_interval_secs: u64,
-    /// Raise the disk-pressure alarm when the data directory's free space falls below this,
-    /// MiB. Nothing is dropped: the alarm asks a human to make room. Default 512.
-    pub disk_alarm_free_mib: u64,
 }
 
 impl Default for SyncConfig {
@@ -294,10 +289,8 @@ impl Default for SyncConfig {
             backoff_min_ms: 500,
             backoff_max_ms: 60_000,
             retry_interval_secs: 30,
-            follow_network_manager: true,
             retention_hours: 72.0,
             telemetry_interval_secs: 900,
-            disk_alarm_free_mib: 512,
         }
     }
 }
