@@ -8,20 +8,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::Appliance;
 use common::broker::{Broker, wait_for};
 use common::cloud::{Pki, Receiver, enable_sync, fhir_validate};
-
-/// A small deterministic generator (xorshift) so a failing schedule can be replayed.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
+use common::{Appliance, Rng};
 
 fn receipted(a: &Appliance) -> i64 {
     a.query_i64("SELECT count(*) FROM outbox WHERE state = 'receipted'")

@@ -184,33 +184,13 @@ impl Db {
     }
 
     fn migrate(&mut self) -> Result<()> {
-        let found: i64 = self
-            .conn
-            .query_row("PRAGMA user_version", [], |r| r.get(0))?;
-        if found > schema::CURRENT_VERSION {
-            return Err(StoreError::TooNew {
-                found,
-                supported: schema::CURRENT_VERSION,
-            });
-        }
-        for (i, sql) in schema::MIGRATIONS.iter().enumerate().skip(found as usize) {
-            let version = i as i64 + 1;
-            let tx = self
-                .conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)?;
-            // Re-check under the write lock: another process may have migrated meanwhile.
-            let now: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-            if now >= version {
-                continue;
-            }
-            tx.execute_batch(sql)
-                .map_err(|e| StoreError::Migration { version, source: e })?;
-            tx.pragma_update(None, "user_version", version)?;
+        let st = &self.st;
+        run_migrations(&mut self.conn, schema::MIGRATIONS, |tx, version| {
             if version == 1 {
-                audit::init_head(&tx, &self.st.appliance_id)?;
+                audit::init_head(tx, &st.appliance_id)?;
                 tx.execute(
                     "INSERT INTO meta (key, value) VALUES ('appliance_id', ?1)",
-                    [&self.st.appliance_id],
+                    [&st.appliance_id],
                 )?;
             }
             let ev = AuditEvent::new(
@@ -219,11 +199,10 @@ impl Db {
                 format!("schema/{version}"),
                 crate::model::Outcome::Success,
             );
-            audit::append(&tx, &self.st, &ev, crate::model::now_ms())?;
-            tx.commit()?;
+            audit::append(tx, st, &ev, crate::model::now_ms())?;
             tracing::info!(version, "database migrated");
-        }
-        Ok(())
+            Ok(())
+        })
     }
 
     /// Path of the database file.
@@ -323,6 +302,38 @@ impl Db {
 }
 
 /// Returns whether a non-empty file existed; refuses an unencrypted SQLite file.
+/// Applies `migrations` past `PRAGMA user_version`, each in its own IMMEDIATE transaction
+/// (re-checked under the write lock, since another process may migrate meanwhile); `after` runs
+/// inside each step's transaction. A database newer than this build is refused.
+pub(crate) fn run_migrations(
+    conn: &mut Connection,
+    migrations: &[&str],
+    mut after: impl FnMut(&rusqlite::Transaction<'_>, i64) -> Result<()>,
+) -> Result<()> {
+    let found: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    let current = migrations.len() as i64;
+    if found > current {
+        return Err(StoreError::TooNew {
+            found,
+            supported: current,
+        });
+    }
+    for (i, sql) in migrations.iter().enumerate().skip(found as usize) {
+        let version = i as i64 + 1;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let now: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        if now >= version {
+            continue;
+        }
+        tx.execute_batch(sql)
+            .map_err(|e| StoreError::Migration { version, source: e })?;
+        tx.pragma_update(None, "user_version", version)?;
+        after(&tx, version)?;
+        tx.commit()?;
+    }
+    Ok(())
+}
+
 /// Opens (creating if absent) a SQLCipher database with a raw 256-bit key: refuses plaintext
 /// files, tells a wrong key from a corrupt file, enables WAL with `synchronous=FULL`, keeps the
 /// files private.

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
-use super::{Result, StoreError, open_keyed};
+use super::{Result, StoreError, open_keyed, run_migrations};
 use crate::model::now_ms;
 
 const RECEIVER_MIGRATIONS: &[&str] = &[r#"
@@ -88,26 +88,7 @@ impl ReceiverDb {
             })?;
         }
         let mut conn = open_keyed(path, key, key_path, 5000)?;
-        let found: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-        let current = RECEIVER_MIGRATIONS.len() as i64;
-        if found > current {
-            return Err(StoreError::TooNew {
-                found,
-                supported: current,
-            });
-        }
-        for (i, sql) in RECEIVER_MIGRATIONS.iter().enumerate().skip(found as usize) {
-            let version = i as i64 + 1;
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let now: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-            if now >= version {
-                continue;
-            }
-            tx.execute_batch(sql)
-                .map_err(|e| StoreError::Migration { version, source: e })?;
-            tx.pragma_update(None, "user_version", version)?;
-            tx.commit()?;
-        }
+        run_migrations(&mut conn, RECEIVER_MIGRATIONS, |_, _| Ok(()))?;
         Ok(ReceiverDb { conn })
     }
 

@@ -137,6 +137,18 @@ pub fn files_below(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
+/// A small xorshift so that kill points vary but a failure can be replayed from the seed
+/// (the seed must not be 0).
+pub struct Rng(pub u64);
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
 /// True if `needle` occurs in `hay` (bytes).
 pub fn contains(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len()).any(|w| w == needle)
