@@ -166,10 +166,9 @@ show_triage() {
 show_triage & PIDS+=($!)
 
 outbox() { "$BIN" outbox status 2>/dev/null | head -1; }
-wait_receipted() {   # polls the outbox until N rows are receipted (or 60 s pass)
+wait_case_receipted() {   # polls until the case's bundle is receipted (or 60 s pass)
     for _ in $(seq 1 600); do
-        "$BIN" outbox status --json 2>/dev/null \
-            | python3 -c "import json,sys; sys.exit(0 if json.load(sys.stdin)['receipted'] >= $1 else 1)" && return 0
+        "$BIN" outbox list --last 100 2>/dev/null | grep -qP "\tbundle\t$1\treceipted" && return 0
         sleep 0.1
     done
     return 1
@@ -177,7 +176,7 @@ wait_receipted() {   # polls the outbox until N rows are receipted (or 60 s pass
 cloud_story() {
     printf '\n--- sync: closing case %s ---\n' "${CLOSED[0]}"
     "$BIN" cases close "${CLOSED[0]}"
-    wait_receipted 1 && printf -- '--- sync: bundle receipted by the cloud: %s\n' "$(outbox)"
+    wait_case_receipted "${CLOSED[0]}" && printf -- '--- sync: bundle receipted by the cloud: %s\n' "$(outbox)"
     printf -- '--- sync: the cloud broker goes down; closing case %s ---\n' "${CLOSED[1]}"
     kill -TERM "$CLOUD"; wait "$CLOUD" 2>/dev/null || true
     rm -f "$DEMO/cloud-broker/pid"
@@ -186,7 +185,7 @@ cloud_story() {
     printf -- '--- sync: during the outage: %s\n' "$(outbox)"
     printf -- '--- sync: the cloud broker is back ---\n'
     start_cloud
-    wait_receipted 2 && printf -- '--- sync: backlog drained: %s\n' "$(outbox)"
+    wait_case_receipted "${CLOSED[1]}" && printf -- '--- sync: backlog drained: %s\n' "$(outbox)"
     "$RBIN" --config "$RCFG" stats | sed 's/^/--- receiver: /'
 }
 cloud_story & PIDS+=($!)
