@@ -273,6 +273,10 @@ pub struct SyncConfig {
     /// How often to queue an appliance telemetry envelope (no PHI), seconds; 0 disables.
     /// Default 900.
     pub telemetry_interval_secs: u64,
+    /// Raise the disk-pressure alarm when the data directory's free space falls below this,
+    /// MiB (checked every minute). Nothing is dropped: the alarm asks a human to make room.
+    /// Default 512.
+    pub disk_alarm_free_mib: u64,
 }
 
 impl Default for SyncConfig {
@@ -291,6 +295,7 @@ impl Default for SyncConfig {
             retry_interval_secs: 30,
             retention_hours: 72.0,
             telemetry_interval_secs: 900,
+            disk_alarm_free_mib: 512,
         }
     }
 }

@@ -11,6 +11,7 @@
 //! - [`sync`]: FHIR bundles, the outbox forwarder and custody receipts (Contract C).
 //! - [`receiver`]: the cloud receiver behind `hema3n-receiver`.
 //! - [`tls`]: the only user of `rustls`.
+//! - [`host`]: free disk space (the only user of `libc`).
 //! - [`systemd`]: sd_notify, watchdog, journald detection.
 //! - [`app`]: the only place that spawns long-running tasks; `run` wires everything together.
 //! - [`cli`]: subcommands other than `run`.
@@ -19,6 +20,7 @@ pub mod app;
 pub mod cli;
 pub mod config;
 pub mod crypto;
+pub mod host;
 pub mod ingest;
 pub mod model;
 pub mod receiver;

@@ -147,3 +147,40 @@ fn closed_cases_reach_the_cloud_exactly_once_through_outages_and_kill9() {
     assert!(daemon.stop().success(), "{}", a.daemon_log());
     assert!(recv.stop().success(), "{}", r.log());
 }
+
+#[test]
+fn disk_pressure_raises_an_alarm_and_nothing_is_dropped() {
+    let pki = Pki::new();
+    let (cloud, _) = pki.broker();
+    let onboard = Broker::start();
+    // A threshold no disk meets: the alarm must rise at the first check.
+    let a = Appliance::with_broker(
+        &onboard.url(),
+        "[triage]\nenabled = false\n[sync]\ndisk_alarm_free_mib = 1000000000000\n",
+    );
+    let r = Receiver::init(&pki, &cloud);
+    r.pair(&a); // receiver keys installed, no cloud broker configured: seal and hold
+    let case = a.soak(1, "Pressure")[0].1.clone();
+    let mut daemon = a.start_daemon();
+    wait_for(30, "disk-pressure alarm", || {
+        (a.query_i64(
+            "SELECT count(*) FROM alarms WHERE kind = 'disk_pressure' AND cleared_at IS NULL",
+        ) == 1)
+            .then_some(())
+    });
+    a.ok(&["cases", "close", &case]);
+    wait_for(30, "the bundle sealed and held despite the alarm", || {
+        (a.query_i64("SELECT count(*) FROM outbox WHERE kind = 'bundle' AND state = 'queued'") == 1)
+            .then_some(())
+    });
+    assert!(
+        a.daemon_log().contains("ALARM disk pressure"),
+        "{}",
+        a.daemon_log()
+    );
+    assert_eq!(
+        a.query_i64("SELECT count(*) FROM audit_log WHERE action = 'alarm.raise'"),
+        1
+    );
+    assert!(daemon.stop().success(), "{}", a.daemon_log());
+}

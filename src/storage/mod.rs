@@ -34,7 +34,8 @@ use crate::model::{AuditEvent, InvalidPhi};
 pub use audit::{Finding, VerifyReport};
 pub use keys::{KeyVersionInfo, RewrapReport};
 pub use observations::{
-    ALARM_DEVICE_SILENT, Alarm, DeviceInfo, IngestItem, IngestOutcome, Observation,
+    ALARM_DEVICE_SILENT, ALARM_DISK_PRESSURE, Alarm, DeviceInfo, IngestItem, IngestOutcome,
+    Observation,
 };
 pub use outbox::{OutboxItem, OutboxRow, OutboxSlot, OutboxStats, ReceiptOutcome, SealWork};
 

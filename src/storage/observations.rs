@@ -81,6 +81,8 @@ pub struct Alarm {
 
 /// Alarm kind raised when a bound device stops sending vitals.
 pub const ALARM_DEVICE_SILENT: &str = "device_silent";
+/// Alarm kind raised when the data directory runs short of space (nothing is dropped).
+pub const ALARM_DISK_PRESSURE: &str = "disk_pressure";
 
 /// Seals an observation value (8 bytes, f64 big-endian) for row `id`.
 pub(super) fn seal_value(dk: &DataKey, id: i64, value: f64) -> Result<Vec<u8>> {
@@ -682,6 +684,44 @@ impl Db {
         }
         tx.commit()?;
         Ok(raised)
+    }
+
+    /// Raises (when `active` and none is open) or clears (when not `active`) the appliance-wide
+    /// alarm `kind`; audited. Returns whether the alarm state changed.
+    pub fn set_appliance_alarm(&mut self, kind: &str, active: bool, detail: &str) -> Result<bool> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let now = now_ms();
+        let open: Option<i64> = tx
+            .query_row(
+                "SELECT id FROM alarms WHERE kind = ?1 AND device_id IS NULL AND case_id IS NULL AND cleared_at IS NULL",
+                [kind],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let action = match (active, open) {
+            (true, None) => {
+                tx.execute(
+                    "INSERT INTO alarms (kind, raised_at, detail) VALUES (?1, ?2, ?3)",
+                    params![kind, now, detail],
+                )?;
+                "alarm.raise"
+            }
+            (false, Some(id)) => {
+                tx.execute(
+                    "UPDATE alarms SET cleared_at = ?1 WHERE id = ?2",
+                    params![now, id],
+                )?;
+                "alarm.clear"
+            }
+            _ => return Ok(false),
+        };
+        let ev = AuditEvent::new(&Actor::system(), action, "appliance", Outcome::Success)
+            .details(serde_json::json!({ "kind": kind, "detail": detail }));
+        audit::append(&tx, &self.st, &ev, now)?;
+        tx.commit()?;
+        Ok(true)
     }
 
     /// Open (not cleared) alarms.

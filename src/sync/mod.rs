@@ -321,6 +321,7 @@ pub async fn sealer(
     let telemetry_every = Duration::from_secs(cfg.sync.telemetry_interval_secs);
     let mut next_telemetry = Instant::now() + telemetry_every;
     let mut next_purge = Instant::now();
+    let mut next_disk_check = Instant::now();
     let retention_ms = (cfg.sync.retention_hours * 3_600_000.0) as i64;
     loop {
         tokio::select! {
@@ -338,6 +339,10 @@ pub async fn sealer(
             queue_telemetry(&store, &cfg.appliance_id, &keys, &metrics).await?;
             wake_forwarder.notify_one();
         }
+        if Instant::now() >= next_disk_check {
+            next_disk_check = Instant::now() + Duration::from_secs(60);
+            check_disk(&cfg, &store).await?;
+        }
         if Instant::now() >= next_purge {
             next_purge = Instant::now()
                 + Duration::from_secs(60.min(cfg.sync.retention_hours as u64 * 3600).max(1));
@@ -353,6 +358,36 @@ pub async fn sealer(
             }
         }
     }
+}
+
+/// Raises or clears the disk-pressure alarm for the data directory. Nothing is ever dropped to
+/// make room: PHI waits in the outbox, and the alarm asks a human to act.
+async fn check_disk(cfg: &Config, store: &Store) -> Result<(), SyncError> {
+    let limit = cfg.sync.disk_alarm_free_mib.saturating_mul(1 << 20);
+    let free = match crate::host::free_bytes(&cfg.data_dir) {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::warn!(error = %e, dir = %cfg.data_dir.display(), "cannot read free disk space");
+            return Ok(());
+        }
+    };
+    let active = free < limit;
+    let detail = format!(
+        "{} MiB free in {} (alarm below {} MiB)",
+        free >> 20,
+        cfg.data_dir.display(),
+        cfg.sync.disk_alarm_free_mib
+    );
+    let d = detail.clone();
+    let changed = store
+        .call(move |db| db.set_appliance_alarm(crate::storage::ALARM_DISK_PRESSURE, active, &d))
+        .await?;
+    if changed && active {
+        tracing::error!(%detail, "ALARM disk pressure: make room; nothing is dropped");
+    } else if changed {
+        tracing::info!(%detail, "disk pressure cleared");
+    }
+    Ok(())
 }
 
 /// What the connection half hands to the forwarding half.
