@@ -2,7 +2,8 @@
 # Installs what the tests need (idempotently), then runs every test.
 #
 #   ./scripts/test.sh            unit + integration tests (what CI runs)
-#   ./scripts/test.sh --soak     long runs: store kill -9 loop 500 rounds, ingest kill -9 200 rounds
+#   ./scripts/test.sh --soak     long runs: store kill -9 loop 500 rounds, ingest kill -9 200 rounds,
+#                                sync outage/kill -9 schedule 200 rounds
 #   ./scripts/test.sh --fuzz     also fuzz the SenML parser for FUZZ_SECONDS (default 120)
 #
 # Tests start their own real services (SQLCipher files in temp dirs today; brokers, dbus-daemon
@@ -39,6 +40,7 @@ export RUST_BACKTRACE=1
 if [ "$SOAK" -eq 1 ]; then
     export HEMA3N_KILL9_ROUNDS="${HEMA3N_KILL9_ROUNDS:-500}"
     export HEMA3N_INGEST_KILL9_ROUNDS="${HEMA3N_INGEST_KILL9_ROUNDS:-200}"
+    export HEMA3N_SYNC_ROUNDS="${HEMA3N_SYNC_ROUNDS:-200}"
 fi
 
 log "building"
