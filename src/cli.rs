@@ -278,6 +278,90 @@ pub fn check(cfg: &Config, cfg_files: &[PathBuf]) -> CmdResult {
         code = 1;
         writeln!(out, "FAIL    audit log: {}", rep.findings[0])?;
     }
+    code = code.max(check_sync(cfg, &db, &mut out)?);
+    Ok(code)
+}
+
+/// `check`: receiver keys, outbox custody, cloud broker reachability (TCP) and TLS files.
+fn check_sync(cfg: &Config, db: &Db, out: &mut impl Write) -> Result<u8, Failure> {
+    let mut code = 0;
+    match crate::sync::ReceiverKeys::load(cfg) {
+        Ok(Some(k)) => writeln!(
+            out,
+            "ok      receiver keys of {} (envelope key {}, receipt key {})",
+            k.receiver_id,
+            hex::encode(k.hpke.key_id()),
+            k.signing.key_id()
+        )?,
+        Ok(None) => writeln!(
+            out,
+            "info    sync off: no receiver keys (hema3n-edge keys import-receiver FILE)"
+        )?,
+        Err(e) => {
+            code = EXIT_CONFIG;
+            writeln!(out, "FAIL    receiver keys: {e}")?;
+        }
+    }
+    let s = db.outbox_stats()?;
+    writeln!(
+        out,
+        "ok      outbox: {} queued, {} awaiting receipt, {} receipted, {} purged",
+        s.queued, s.sent, s.receipted, s.purged
+    )?;
+    match cfg.sync.broker() {
+        Ok(Some(b)) => {
+            if let Some(ca) = &cfg.sync.ca_file
+                && b.tls
+            {
+                let key = cfg
+                    .sync
+                    .client_cert
+                    .as_ref()
+                    .map(|_| {
+                        KeySources::from_env(&cfg.keys.dir).read(crate::sync::CLOUD_CLIENT_KEY)
+                    })
+                    .transpose();
+                let tls = key.map_err(|e| e.to_string()).and_then(|k| {
+                    let client = cfg
+                        .sync
+                        .client_cert
+                        .as_deref()
+                        .zip(k.as_ref().map(|(_, k)| k.as_slice()));
+                    crate::tls::client_config(ca, client).map_err(|e| e.to_string())
+                });
+                match tls {
+                    Ok(_) => writeln!(
+                        out,
+                        "ok      cloud TLS files (CA, client certificate and key)"
+                    )?,
+                    Err(e) => {
+                        code = EXIT_CONFIG;
+                        writeln!(out, "FAIL    cloud TLS: {e}")?;
+                    }
+                }
+            }
+            let addr = format!("{}:{}", b.host, b.port);
+            let reach = std::net::ToSocketAddrs::to_socket_addrs(&addr)
+                .ok()
+                .and_then(|mut a| a.next())
+                .map(|a| {
+                    std::net::TcpStream::connect_timeout(&a, std::time::Duration::from_secs(3))
+                });
+            match reach {
+                Some(Ok(_)) => writeln!(out, "ok      cloud broker {addr} reachable")?,
+                // Offline is the normal state of an ambulance: not a failure.
+                _ => writeln!(
+                    out,
+                    "info    cloud broker {addr} not reachable now (offline?)"
+                )?,
+            }
+        }
+        Ok(None) => writeln!(out, "info    no cloud broker configured (bundles are kept)")?,
+        Err(e) => {
+            code = EXIT_CONFIG;
+            writeln!(out, "FAIL    sync config: {e}")?;
+        }
+    }
     Ok(code)
 }
 

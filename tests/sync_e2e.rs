@@ -36,6 +36,14 @@ fn closed_cases_reach_the_cloud_exactly_once_through_outages_and_kill9() {
     let r = Receiver::init(&pki, &cloud);
     r.pair(&a);
     enable_sync(&a, &pki, &cloud, "");
+    let check = a.ok(&["check"]);
+    for want in [
+        "ok      receiver keys of test-cloud",
+        "ok      cloud TLS files",
+        "reachable",
+    ] {
+        assert!(check.contains(want), "{want}:\n{check}");
+    }
     let cases: Vec<String> = a
         .soak(rounds as u64 * 4, "Custody")
         .into_iter()
