@@ -192,3 +192,85 @@ fn disk_pressure_raises_an_alarm_and_nothing_is_dropped() {
     );
     assert!(daemon.stop().success(), "{}", a.daemon_log());
 }
+
+#[test]
+fn a_patient_reaching_esi_2_sends_a_minimum_necessary_prealert_first() {
+    let pki = Pki::new();
+    let (cloud, _) = pki.broker();
+    let onboard = Broker::start();
+    let a = Appliance::with_broker(
+        &onboard.url(),
+        &format!(
+            "[triage]\nonnxruntime_library = \"{}\"\nmodel_dir = \"{}\"\ndebounce_ms = 50\n",
+            common::ort_lib().display(),
+            common::model_dir().display()
+        ),
+    );
+    let r = Receiver::init(&pki, &cloud);
+    r.pair(&a);
+    enable_sync(&a, &pki, &cloud, "");
+    a.ok(&["devices", "add", "mon-1"]);
+    let case = a.soak(1, "Prealert")[0].1.clone();
+    a.ok(&["devices", "bind", "mon-1", &case]);
+    let mut recv = r.spawn();
+    let mut daemon = a.start_daemon();
+    a.ok(&[
+        "simulate",
+        "--broker",
+        &onboard.url(),
+        "--device-prefix",
+        "mon-",
+        "--scenario",
+        "shock",
+        "--count",
+        "20",
+        "--interval-ms",
+        "20",
+        "--scenario-secs",
+        "1",
+    ]);
+    wait_for(60, "pre-alert receipted", || {
+        (a.query_i64(&format!(
+            "SELECT count(*) FROM outbox WHERE case_id = '{case}' AND kind = 'prealert' AND state = 'receipted'"
+        )) == 1)
+            .then_some(())
+    });
+    // Closing the case afterwards sends the full bundle; the pre-alert came first.
+    a.ok(&["cases", "close", &case]);
+    wait_for(60, "case bundle receipted", || {
+        (a.query_i64(&format!(
+            "SELECT count(*) FROM outbox WHERE case_id = '{case}' AND kind = 'bundle' AND state = 'receipted'"
+        )) == 1)
+            .then_some(())
+    });
+    assert_eq!(
+        a.query_i64(&format!(
+            "SELECT count(*) FROM outbox WHERE case_id = '{case}' AND kind = 'prealert'"
+        )),
+        1,
+        "one pre-alert per case"
+    );
+    let listed = r.ok(&["bundles"]);
+    let pre = listed
+        .lines()
+        .find(|l| l.ends_with("\tprealert"))
+        .expect("pre-alert stored by the receiver");
+    let mut it = pre.split('\t');
+    let (app, bid) = (it.next().unwrap(), it.next().unwrap());
+    let body = r.ok(&["bundles", &format!("{app}/{bid}")]);
+    assert!(body.contains("RiskAssessment") && body.contains("urn:hema3n:esi"));
+    // Minimum necessary: no patient name, no direct identifiers (the chief complaint stays).
+    assert!(
+        !body.contains("\"family\"") && !body.contains("us-ssn"),
+        "{body}"
+    );
+    let f = r.tmp.path().join("prealert.json");
+    std::fs::write(&f, &body).unwrap();
+    let report = fhir_validate(&[f]);
+    assert!(
+        report.contains("RiskAssessment=1") && report.contains("Observation="),
+        "{report}"
+    );
+    assert!(daemon.stop().success(), "{}", a.daemon_log());
+    assert!(recv.stop().success(), "{}", r.log());
+}
