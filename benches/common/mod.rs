@@ -5,8 +5,10 @@ use std::time::{Duration, Instant};
 
 use rusqlite::Connection;
 
+/// Small sizes: asked for with `HEMA3N_BENCH_QUICK`, or implied when the binary runs under
+/// `cargo test --all-targets` (only `cargo bench` passes `--bench`), where it is a smoke test.
 pub fn quick() -> bool {
-    std::env::var_os("HEMA3N_BENCH_QUICK").is_some()
+    std::env::var_os("HEMA3N_BENCH_QUICK").is_some() || !std::env::args().any(|a| a == "--bench")
 }
 
 /// `BENCH name value=… unit=… baseline=… ratio=…` (SYSTEM.md §8).
