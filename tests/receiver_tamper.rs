@@ -57,7 +57,7 @@ fn tampered_replayed_and_misaddressed_envelopes_are_handled_as_specified() {
     let mut pubc = TestClient::connect(plain_port, "tamper-publisher", None);
     pubc.subscribe("hema3n/v1/edge/+/receipts");
     wait_for(20, "receiver subscribed", || {
-        r.log().contains("connected to cloud broker").then_some(())
+        r.log().contains("subscribed to bundles").then_some(())
     });
     let topic = format!("hema3n/v1/edge/{app}/bundles");
 

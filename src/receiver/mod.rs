@@ -370,6 +370,9 @@ async fn session(
                         lost = Some(e.to_string());
                     }
                 }
+                Ok(Event::Incoming(Packet::SubAck(_))) => {
+                    tracing::info!(filter, "subscribed to bundles");
+                }
                 Ok(Event::Incoming(Packet::Publish(p))) => pending.push(p),
                 Ok(_) => {}
                 Err(e) => lost = Some(e.to_string()),
