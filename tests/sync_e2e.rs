@@ -274,3 +274,48 @@ fn a_patient_reaching_esi_2_sends_a_minimum_necessary_prealert_first() {
     assert!(daemon.stop().success(), "{}", a.daemon_log());
     assert!(recv.stop().success(), "{}", r.log());
 }
+
+#[test]
+fn a_case_that_cannot_be_sealed_is_reported_and_does_not_hold_up_the_others() {
+    let pki = Pki::new();
+    let (cloud, _) = pki.broker();
+    let onboard = Broker::start();
+    let a = Appliance::with_broker(&onboard.url(), "[triage]\nenabled = false\n");
+    let r = Receiver::init(&pki, &cloud);
+    r.pair(&a); // no cloud broker: seal and hold
+    let ids: Vec<String> = a.soak(2, "Sealing").into_iter().map(|(_, c)| c).collect();
+    let (bad, good) = (&ids[0], &ids[1]);
+    // Move the good case's chief-complaint ciphertext onto the bad case: it must fail to open.
+    {
+        let db = a.open();
+        db.raw_connection_for_tests()
+            .execute(
+                "UPDATE cases SET chief_complaint = (SELECT chief_complaint FROM cases WHERE id = ?2) WHERE id = ?1",
+                [bad, good],
+            )
+            .unwrap();
+    }
+    a.ok(&["cases", "close", bad]);
+    a.ok(&["cases", "close", good]);
+    let mut daemon = a.start_daemon();
+    wait_for(30, "the good case sealed", || {
+        (a.query_i64(&format!(
+            "SELECT count(*) FROM outbox WHERE case_id = '{good}' AND kind = 'bundle'"
+        )) == 1)
+            .then_some(())
+    });
+    wait_for(30, "the bad case reported", || {
+        a.daemon_log()
+            .contains("cannot seal this case")
+            .then_some(())
+    });
+    assert!(a.daemon_log().contains(bad.as_str()));
+    assert_eq!(
+        a.query_i64(&format!(
+            "SELECT count(*) FROM outbox WHERE case_id = '{bad}'"
+        )),
+        0
+    );
+    assert!(daemon.running(), "the daemon keeps running");
+    assert!(daemon.stop().success(), "{}", a.daemon_log());
+}

@@ -239,38 +239,50 @@ fn meta(appliance_id: &str, slot: &crate::storage::OutboxSlot) -> EnvelopeMeta {
     }
 }
 
-/// Seals whatever needs sealing now. Returns how many envelopes were queued.
+/// Seals whatever needs sealing now (one pass). Returns how many envelopes were queued.
+///
+/// A case that cannot be sealed (a field fails authentication, a key version is missing) is
+/// logged once (case id and error: never PHI), remembered in `failed` and skipped until restart:
+/// one bad record must not stop every other case from leaving. Storage failures end the task.
 pub async fn seal_pending(
     store: &Store,
     appliance_id: &str,
     keys: &ReceiverKeys,
+    failed: &mut HashSet<(String, BundleKind)>,
 ) -> Result<usize, StoreError> {
     let mut n = 0;
-    loop {
-        let work = store.call(|db| db.seal_work(32)).await?;
-        if work.is_empty() {
-            return Ok(n);
-        }
-        for w in work {
-            let (aid, k) = (appliance_id.to_string(), keys.clone());
-            let case = w.case_id.clone();
-            let r = store
-                .call(move |db| {
-                    db.enqueue_case_bundle(&Actor::system(), &case, w.kind, |x, slot, signer| {
-                        seal_case(&aid, &k, x, slot, signer)
-                    })
+    let work = store
+        .call(|db| db.seal_work(64))
+        .await?
+        .into_iter()
+        .filter(|w| !failed.contains(&(w.case_id.clone(), w.kind)))
+        .collect::<Vec<_>>();
+    for w in work {
+        let (aid, k) = (appliance_id.to_string(), keys.clone());
+        let case = w.case_id.clone();
+        let r = store
+            .call(move |db| {
+                db.enqueue_case_bundle(&Actor::system(), &case, w.kind, |x, slot, signer| {
+                    seal_case(&aid, &k, x, slot, signer)
                 })
-                .await;
-            match r {
-                Ok(bid) => {
-                    n += 1;
-                    tracing::info!(bundle_id = %bid, case_id = %w.case_id, kind = w.kind.as_str(), "bundle sealed and queued");
-                }
-                Err(StoreError::Erased { .. }) | Err(StoreError::NotFound { .. }) => {}
-                Err(e) => return Err(e),
+            })
+            .await;
+        match r {
+            Ok(bid) => {
+                n += 1;
+                tracing::info!(bundle_id = %bid, case_id = %w.case_id, kind = w.kind.as_str(), "bundle sealed and queued");
+            }
+            Err(StoreError::Erased { .. }) | Err(StoreError::NotFound { .. }) => {}
+            Err(e @ (StoreError::Sqlite(_) | StoreError::Closed | StoreError::Io { .. })) => {
+                return Err(e);
+            }
+            Err(e) => {
+                tracing::error!(case_id = %w.case_id, kind = w.kind.as_str(), error = %e, "cannot seal this case; skipped until restart");
+                failed.insert((w.case_id, w.kind));
             }
         }
     }
+    Ok(n)
 }
 
 /// Queues one telemetry envelope: appliance health counters, no PHI.
@@ -323,13 +335,14 @@ pub async fn sealer(
     let mut next_purge = Instant::now();
     let mut next_disk_check = Instant::now();
     let retention_ms = (cfg.sync.retention_hours * 3_600_000.0) as i64;
+    let mut failed = HashSet::new();
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             _ = wake_sealer.notified() => {}
             _ = shutdown.changed() => return Ok(()),
         }
-        let n = seal_pending(&store, &cfg.appliance_id, &keys).await?;
+        let n = seal_pending(&store, &cfg.appliance_id, &keys, &mut failed).await?;
         if n > 0 {
             metrics.sealed.fetch_add(n as u64, Ordering::Relaxed);
             wake_forwarder.notify_one();
