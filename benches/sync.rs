@@ -10,7 +10,7 @@ use hema3n_edge::config::Config;
 use hema3n_edge::crypto::keyring::{KeySources, Keyring};
 use hema3n_edge::crypto::seal::{self, BundleKind, EnvelopeMeta, RecipientSecretKey};
 use hema3n_edge::crypto::sign::SigningKey;
-use hema3n_edge::model::{CaseExport, ExportReading, Patient};
+use hema3n_edge::model::{CaseExport, Observation, Patient};
 use hema3n_edge::storage::Db;
 use hema3n_edge::sync::{ReceiverKeys, fhir};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
@@ -38,7 +38,8 @@ fn case(samples: i64) -> CaseExport {
             ("pain", 6.0),
             ("glucose", 120.0),
         ] {
-            readings.push(ExportReading {
+            readings.push(Observation {
+                id: readings.len() as i64,
                 device_id: Some("mon-1".into()),
                 code: code.into(),
                 value: v,
@@ -268,13 +269,7 @@ fn main() {
         let t = Instant::now();
         for _ in 0..n {
             db.enqueue_telemetry(|slot, signer| {
-                let m = EnvelopeMeta {
-                    kind: slot.kind,
-                    bundle_id: *slot.bundle_id.as_bytes(),
-                    seq: slot.seq,
-                    created_at_ms: slot.created_at_ms as u64,
-                    appliance_id: "hema3n-dev".into(),
-                };
+                let m = hema3n_edge::sync::envelope_meta("hema3n-dev", slot);
                 seal::seal(&m, &body, &keys.hpke, signer).map_err(|e| e.to_string())
             })
             .unwrap();

@@ -310,25 +310,8 @@ fn check_sync(cfg: &Config, db: &Db, out: &mut impl Write) -> Result<u8, Failure
     )?;
     match cfg.sync.broker() {
         Ok(Some(b)) => {
-            if let Some(ca) = &cfg.sync.ca_file
-                && b.tls
-            {
-                let key = cfg
-                    .sync
-                    .client_cert
-                    .as_ref()
-                    .map(|_| {
-                        KeySources::from_env(&cfg.keys.dir).read(crate::sync::CLOUD_CLIENT_KEY)
-                    })
-                    .transpose();
-                let tls = key.map_err(|e| e.to_string()).and_then(|k| {
-                    let client = cfg
-                        .sync
-                        .client_cert
-                        .as_deref()
-                        .zip(k.as_ref().map(|(_, k)| k.as_slice()));
-                    crate::tls::client_config(ca, client).map_err(|e| e.to_string())
-                });
+            if b.tls {
+                let tls = crate::sync::cloud_tls(cfg, true);
                 match tls {
                     Ok(_) => writeln!(
                         out,

@@ -310,29 +310,12 @@ pub struct BrokerUrl {
 
 /// Parses `mqtts://host[:port]` (8883) or `mqtt://host[:port]` (1883).
 pub fn parse_broker_url(url: &str) -> Option<BrokerUrl> {
-    if let Some(rest) = url.strip_prefix("mqtts://") {
-        let (host, port) = parse_mqtt_url(&format!("mqtt://{rest}"))?;
-        let port = if rest
-            .trim_end_matches('/')
-            .rsplit_once(':')
-            .is_some_and(|(h, _)| !h.ends_with(']') || h.starts_with('['))
-        {
-            port
-        } else {
-            8883
-        };
-        return Some(BrokerUrl {
-            host,
-            port,
-            tls: true,
-        });
-    }
-    let (host, port) = parse_mqtt_url(url)?;
-    Some(BrokerUrl {
-        host,
-        port,
-        tls: false,
-    })
+    let (rest, tls, default_port) = match url.strip_prefix("mqtts://") {
+        Some(rest) => (rest, true, 8883),
+        None => (url.strip_prefix("mqtt://")?, false, 1883),
+    };
+    let (host, port) = host_port(rest, default_port)?;
+    Some(BrokerUrl { host, port, tls })
 }
 
 impl SyncConfig {
@@ -363,11 +346,15 @@ impl SyncConfig {
 
 /// Parses `mqtt://host[:port]` (port 1883 by default).
 pub fn parse_mqtt_url(url: &str) -> Option<(String, u16)> {
-    let rest = url.strip_prefix("mqtt://")?;
+    host_port(url.strip_prefix("mqtt://")?, 1883)
+}
+
+/// `host[:port][/]` after the scheme; `default_port` when none is given.
+fn host_port(rest: &str, default_port: u16) -> Option<(String, u16)> {
     let rest = rest.trim_end_matches('/');
     let (host, port) = match rest.rsplit_once(':') {
         Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => (h, p.parse().ok()?),
-        _ => (rest, 1883),
+        _ => (rest, default_port),
     };
     let host = host.trim_start_matches('[').trim_end_matches(']');
     (!host.is_empty()).then(|| (host.to_string(), port))

@@ -480,9 +480,11 @@ pub fn age_years(dob: &str, now_ms: i64) -> Option<f64> {
     (age >= 0.0).then_some(age)
 }
 
-/// One reading as exported in a case bundle.
+/// A decrypted vital-sign reading of a case (read by the crew and exported in bundles).
 #[derive(Debug, Clone, PartialEq)]
-pub struct ExportReading {
+pub struct Observation {
+    /// Row id in the store.
+    pub id: i64,
     pub device_id: Option<String>,
     /// Vital name from the vocabulary (`heart_rate`, …).
     pub code: String,
@@ -533,7 +535,7 @@ pub struct CaseExport {
     pub onset: Option<String>,
     /// `(device id, kind)` of every device with readings in the bundle.
     pub devices: Vec<(String, String)>,
-    pub readings: Vec<ExportReading>,
+    pub readings: Vec<Observation>,
     pub triage: Option<StoredTriage>,
     pub audit: Vec<ExportAudit>,
     pub checkpoint: Option<ExportCheckpoint>,

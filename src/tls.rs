@@ -7,6 +7,8 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use zeroize::Zeroizing;
+
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
@@ -79,4 +81,20 @@ pub fn client_config(
         }
     };
     Ok(Arc::new(cfg))
+}
+
+/// TLS for an MQTT broker: `None` for a plain one; otherwise trust only `ca_file` and, when a
+/// client certificate is configured, present it with the PEM key `read_key` returns (mTLS).
+pub fn for_broker<E: From<TlsError>>(
+    tls: bool,
+    ca_file: Option<&Path>,
+    client_cert: Option<&Path>,
+    read_key: impl FnOnce() -> Result<Zeroizing<Vec<u8>>, E>,
+) -> Result<Option<ClientConfig>, E> {
+    let (true, Some(ca)) = (tls, ca_file) else {
+        return Ok(None);
+    };
+    let key = client_cert.map(|_| read_key()).transpose()?;
+    let client = client_cert.zip(key.as_deref().map(Vec::as_slice));
+    Ok(Some(client_config(ca, client)?))
 }

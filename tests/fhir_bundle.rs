@@ -6,13 +6,14 @@
 mod common;
 
 use hema3n_edge::model::{
-    Address, CaseExport, ExportAudit, ExportCheckpoint, ExportReading, Insurance, Patient, Sex,
+    Address, CaseExport, ExportAudit, ExportCheckpoint, Insurance, Observation, Patient, Sex,
     StoredTriage, TriageRecord,
 };
 use hema3n_edge::sync::fhir::{self, Profile};
 
-fn reading(device: Option<&str>, code: &str, value: f64, t: i64) -> ExportReading {
-    ExportReading {
+fn reading(device: Option<&str>, code: &str, value: f64, t: i64) -> Observation {
+    Observation {
+        id: t,
         device_id: device.map(str::to_string),
         code: code.into(),
         value,

@@ -262,20 +262,12 @@ pub async fn run(
     let keys = Keys::load(&cfg.keys_dir)?;
     let mut db = ReceiverDb::open(&cfg.database, &keys.db_key, &keys.db_key_path)?;
     let broker = cfg.broker_url()?;
-    let tls = match (&cfg.ca_file, broker.tls) {
-        (Some(ca), true) => {
-            let key = match &cfg.client_cert {
-                Some(_) => Some(KeySources::from_env(&cfg.keys_dir).read(CLIENT_KEY)?.1),
-                None => None,
-            };
-            let client = cfg
-                .client_cert
-                .as_deref()
-                .zip(key.as_deref().map(|k| k.as_slice()));
-            Some(crate::tls::client_config(ca, client)?)
-        }
-        _ => None,
-    };
+    let tls = crate::tls::for_broker(
+        broker.tls,
+        cfg.ca_file.as_deref(),
+        cfg.client_cert.as_deref(),
+        || Ok::<_, ReceiverError>(KeySources::from_env(&cfg.keys_dir).read(CLIENT_KEY)?.1),
+    )?;
     let client_id = cfg.client_id.clone().unwrap_or_else(|| {
         format!(
             "hema3n-receiver-{}",
@@ -439,14 +431,8 @@ fn process(
     for (i, p) in batch.iter().enumerate() {
         let topic = String::from_utf8_lossy(&p.topic).to_string();
         let sha = crate::crypto::sha256(&p.payload);
-        match open_one(keys, db, key_cache, &topic, &p.payload) {
-            Ok(b) => accepted.push((
-                i,
-                ReceivedBundle {
-                    envelope_sha256: sha,
-                    ..b
-                },
-            )),
+        match open_one(keys, db, key_cache, &topic, &p.payload, sha) {
+            Ok(b) => accepted.push((i, b)),
             Err((app, code, msg)) => {
                 tracing::warn!(topic = %topic, appliance_id = app.as_deref().unwrap_or("?"), code, reason = %msg, "envelope rejected");
                 rejects.push((topic, app, code.to_string(), msg, sha));
@@ -480,12 +466,9 @@ fn process(
                 continue;
             }
         };
-        let bundle_id = *uuid::Uuid::parse_str(&b.bundle_id)
-            .expect("bundle id came from 16 bytes")
-            .as_bytes();
         let receipt = Receipt {
             status,
-            bundle_id,
+            bundle_id: *b.bundle_id.as_bytes(),
             envelope_sha256: b.envelope_sha256,
             seq: b.seq,
             receipted_at_ms: crate::model::now_ms().max(0) as u64,
@@ -529,6 +512,7 @@ fn open_one(
     key_cache: &mut HashMap<String, PublicKey>,
     topic: &str,
     payload: &[u8],
+    envelope_sha256: [u8; 32],
 ) -> Result<ReceivedBundle, Reject> {
     let Some(topic_app) = transport::appliance_of_bundles_topic(topic) else {
         return Err((None, "BAD_TOPIC", "not a bundles topic".into()));
@@ -591,11 +575,11 @@ fn open_one(
     let h = &parsed.header;
     Ok(ReceivedBundle {
         appliance_id: app,
-        bundle_id: uuid::Uuid::from_bytes(h.bundle_id).to_string(),
+        bundle_id: uuid::Uuid::from_bytes(h.bundle_id),
         seq: h.seq,
         kind: h.kind.as_str().into(),
         created_at_ms: h.created_at_ms as i64,
-        envelope_sha256: [0; 32],
+        envelope_sha256,
         body,
     })
 }

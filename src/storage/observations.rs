@@ -57,17 +57,7 @@ pub struct DeviceInfo {
     pub unbound_readings: u64,
 }
 
-/// A decrypted observation.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Observation {
-    pub id: i64,
-    pub device_id: Option<String>,
-    pub code: String,
-    pub value: f64,
-    pub device_time_ms: i64,
-    pub recv_time_ms: i64,
-    pub source: String,
-}
+pub use crate::model::Observation;
 
 /// An alarm row.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -83,6 +73,31 @@ pub struct Alarm {
 pub const ALARM_DEVICE_SILENT: &str = "device_silent";
 /// Alarm kind raised when the data directory runs short of space (nothing is dropped).
 pub const ALARM_DISK_PRESSURE: &str = "disk_pressure";
+
+/// Decrypted readings of a case, oldest first (no audit: callers audit their access).
+pub(super) fn read_case_observations(
+    conn: &Connection,
+    dk: &DataKey,
+    case_id: &str,
+) -> Result<Vec<Observation>> {
+    let rows: Vec<(i64, Option<String>, String, Vec<u8>, i64, i64, String)> = conn
+        .prepare_cached("SELECT id, device_id, code, value, device_time, recv_time, source FROM observations WHERE case_id = ?1 ORDER BY device_time, id")?
+        .query_map([case_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?)))?
+        .collect::<Result<_, _>>()?;
+    let mut out = Vec::with_capacity(rows.len());
+    for (id, device_id, code, ct, dt, rt, source) in rows {
+        out.push(Observation {
+            value: open_value(dk, id, &ct)?,
+            id,
+            device_id,
+            code,
+            device_time_ms: dt,
+            recv_time_ms: rt,
+            source,
+        });
+    }
+    Ok(out)
+}
 
 /// Seals an observation value (8 bytes, f64 big-endian) for row `id`.
 pub(super) fn seal_value(dk: &DataKey, id: i64, value: f64) -> Result<Vec<u8>> {
@@ -745,23 +760,7 @@ impl Db {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let (territory, dk) = self.st.live_case(&tx, case_id)?;
-        let rows: Vec<(i64, Option<String>, String, Vec<u8>, i64, i64, String)> = tx
-            .prepare("SELECT id, device_id, code, value, device_time, recv_time, source FROM observations WHERE case_id = ?1 ORDER BY device_time, id")?
-            .query_map([case_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?)))?
-            .collect::<Result<_, _>>()?;
-        let mut out = Vec::with_capacity(rows.len());
-        for (id, device_id, code, ct, dt, rt, source) in rows {
-            let value = open_value(&dk, id, &ct)?;
-            out.push(Observation {
-                id,
-                device_id,
-                code,
-                value,
-                device_time_ms: dt,
-                recv_time_ms: rt,
-                source,
-            });
-        }
+        let out = read_case_observations(&tx, &dk, case_id)?;
         let ev = AuditEvent::new(
             actor,
             "observation.read",

@@ -11,9 +11,7 @@ use rusqlite::{OptionalExtension, TransactionBehavior, params};
 use super::{Db, Result, State, StoreError, audit, triage::read_triage};
 use crate::crypto::seal::BundleKind;
 use crate::crypto::sign::SigningKey;
-use crate::model::{
-    Actor, AuditEvent, CaseExport, ExportAudit, ExportCheckpoint, ExportReading, Outcome, now_ms,
-};
+use crate::model::{Actor, AuditEvent, CaseExport, ExportAudit, ExportCheckpoint, Outcome, now_ms};
 
 /// Identity of a row being created: what the sealer puts in the envelope header.
 #[derive(Debug, Clone)]
@@ -125,29 +123,27 @@ impl Db {
     /// Cases that need a bundle (closed, none queued yet) or a pre-alert (open, latest triage
     /// ESI 1-2, none queued yet), oldest first.
     pub fn seal_work(&self, limit: usize) -> Result<Vec<SealWork>> {
+        const QUERIES: [(&str, BundleKind); 2] = [
+            (
+                "SELECT c.id FROM cases c WHERE c.status = 'closed' AND c.erased_at IS NULL \
+                 AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.case_id = c.id AND o.kind = 'bundle') \
+                 ORDER BY c.closed_at LIMIT ?1",
+                BundleKind::Bundle,
+            ),
+            (
+                "SELECT c.id FROM cases c WHERE c.status != 'closed' AND c.erased_at IS NULL \
+                 AND (SELECT t.final_esi FROM triage_results t WHERE t.case_id = c.id ORDER BY t.id DESC LIMIT 1) <= 2 \
+                 AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.case_id = c.id AND o.kind = 'prealert') \
+                 ORDER BY c.created_at LIMIT ?1",
+                BundleKind::Prealert,
+            ),
+        ];
         let mut out = Vec::new();
-        let mut st = self.conn.prepare_cached(
-            "SELECT c.id FROM cases c WHERE c.status = 'closed' AND c.erased_at IS NULL \
-             AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.case_id = c.id AND o.kind = 'bundle') \
-             ORDER BY c.closed_at LIMIT ?1",
-        )?;
-        for id in st.query_map([limit as i64], |r| r.get::<_, String>(0))? {
-            out.push(SealWork {
-                case_id: id?,
-                kind: BundleKind::Bundle,
-            });
-        }
-        let mut st = self.conn.prepare_cached(
-            "SELECT c.id FROM cases c WHERE c.status != 'closed' AND c.erased_at IS NULL \
-             AND (SELECT t.final_esi FROM triage_results t WHERE t.case_id = c.id ORDER BY t.id DESC LIMIT 1) <= 2 \
-             AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.case_id = c.id AND o.kind = 'prealert') \
-             ORDER BY c.created_at LIMIT ?1",
-        )?;
-        for id in st.query_map([limit as i64], |r| r.get::<_, String>(0))? {
-            out.push(SealWork {
-                case_id: id?,
-                kind: BundleKind::Prealert,
-            });
+        for (sql, kind) in QUERIES {
+            let mut st = self.conn.prepare_cached(sql)?;
+            for id in st.query_map([limit as i64], |r| r.get::<_, String>(0))? {
+                out.push(SealWork { case_id: id?, kind });
+            }
         }
         // Pre-alerts first.
         out.sort_by_key(|w| w.kind as u8);
@@ -474,27 +470,13 @@ impl Db {
 
 /// Everything a bundle carries, decrypted, inside `tx` (the caller audits the export).
 fn case_export(st: &mut State, tx: &rusqlite::Connection, case_id: &str) -> Result<CaseExport> {
-    let (case, _) = st.read_case(tx, case_id)?;
-    let (_, dk) = st.live_case(tx, case_id)?;
+    let (case, dk_id) = st.read_case(tx, case_id)?;
+    let dk = st.data_key(tx, dk_id, "case", case_id)?;
     let patient = match &case.patient_id {
         Some(pid) => Some(st.read_patient(tx, pid)?.patient),
         None => None,
     };
-    let rows: Vec<(i64, Option<String>, String, Vec<u8>, i64, i64, String)> = tx
-        .prepare_cached("SELECT id, device_id, code, value, device_time, recv_time, source FROM observations WHERE case_id = ?1 ORDER BY device_time, id")?
-        .query_map([case_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?)))?
-        .collect::<Result<_, _>>()?;
-    let mut readings = Vec::with_capacity(rows.len());
-    for (id, device_id, code, ct, dt, rt, source) in rows {
-        readings.push(ExportReading {
-            value: super::observations::open_value(&dk, id, &ct)?,
-            device_id,
-            code,
-            device_time_ms: dt,
-            recv_time_ms: rt,
-            source,
-        });
-    }
+    let readings = super::observations::read_case_observations(tx, &dk, case_id)?;
     let mut devices: Vec<(String, String)> = tx
         .prepare_cached(
             "SELECT d.id, d.kind FROM devices d WHERE d.id IN (SELECT DISTINCT device_id FROM observations WHERE case_id = ?1) ORDER BY d.id",

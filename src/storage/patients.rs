@@ -570,24 +570,20 @@ impl Db {
             row_id: &id,
         };
         let mut n = 0;
-        let cc = seal_opt(
-            &dk,
-            loc("chief_complaint"),
-            d.chief_complaint.as_deref().map(str::as_bytes),
-            &mut n,
-        )?;
-        let me = seal_opt(
-            &dk,
-            loc("mechanism"),
-            d.mechanism.as_deref().map(str::as_bytes),
-            &mut n,
-        )?;
-        let on = seal_opt(
-            &dk,
-            loc("onset"),
-            d.onset.as_deref().map(str::as_bytes),
-            &mut n,
-        )?;
+        let mut sealed = [None, None, None];
+        for (out, (column, value)) in sealed.iter_mut().zip([
+            ("chief_complaint", &d.chief_complaint),
+            ("mechanism", &d.mechanism),
+            ("onset", &d.onset),
+        ]) {
+            *out = seal_opt(
+                &dk,
+                loc(column),
+                value.as_deref().map(str::as_bytes),
+                &mut n,
+            )?;
+        }
+        let [cc, me, on] = sealed;
         tx.execute(
             "INSERT INTO cases (id, territory, patient_id, dk_id, status, created_at, created_by, chief_complaint, mechanism, onset) \
              VALUES (?1, ?2, ?3, ?4, 'open', ?5, ?6, ?7, ?8, ?9)",

@@ -55,7 +55,7 @@ CREATE TABLE alarms (
 #[derive(Debug, Clone)]
 pub struct ReceivedBundle {
     pub appliance_id: String,
-    pub bundle_id: String,
+    pub bundle_id: uuid::Uuid,
     pub seq: u64,
     pub kind: String,
     pub created_at_ms: i64,
@@ -138,11 +138,12 @@ impl ReceiverDb {
         let now = now_ms();
         let mut out = Vec::with_capacity(items.len());
         for b in items {
+            let bundle_id = b.bundle_id.to_string();
             let existing: Option<Vec<u8>> = tx
                 .prepare_cached(
                     "SELECT envelope_sha256 FROM bundles WHERE appliance_id = ?1 AND bundle_id = ?2",
                 )?
-                .query_row(params![b.appliance_id, b.bundle_id], |r| r.get(0))
+                .query_row(params![b.appliance_id, bundle_id], |r| r.get(0))
                 .optional()?;
             let o = match existing {
                 None => {
@@ -152,7 +153,7 @@ impl ReceiverDb {
                     )?
                     .execute(params![
                         b.appliance_id,
-                        b.bundle_id,
+                        bundle_id,
                         b.seq as i64,
                         b.kind,
                         b.envelope_sha256.to_vec(),
@@ -166,7 +167,7 @@ impl ReceiverDb {
                     tx.prepare_cached(
                         "UPDATE bundles SET resends = resends + 1 WHERE appliance_id = ?1 AND bundle_id = ?2",
                     )?
-                    .execute(params![b.appliance_id, b.bundle_id])?;
+                    .execute(params![b.appliance_id, bundle_id])?;
                     StoreOutcome::Duplicate
                 }
                 Some(sha) => {
@@ -175,7 +176,7 @@ impl ReceiverDb {
                         params![
                             now,
                             b.appliance_id,
-                            b.bundle_id,
+                            bundle_id,
                             format!(
                                 "stored envelope sha256 {} differs from received {}",
                                 hex::encode(sha),

@@ -10,7 +10,7 @@ use base64::Engine;
 use serde_json::{Value, json};
 
 use crate::ingest::vocab;
-use crate::model::{CaseExport, ExportReading, Sex, iso8601_ms};
+use crate::model::{CaseExport, Observation, Sex, iso8601_ms};
 
 /// Which bundle to build.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,9 +88,8 @@ fn display(vital: &str) -> &'static str {
 
 fn observation(
     bundle_id: &str,
-    x: &CaseExport,
     i: usize,
-    r: &ExportReading,
+    r: &Observation,
     patient: &str,
     encounter: &str,
 ) -> Option<(String, Value)> {
@@ -129,7 +128,6 @@ fn observation(
         Some(d) => o["device"] = reference(&rid(bundle_id, &format!("device/{d}"))),
         None => o["method"] = json!({ "text": "manual entry by crew" }),
     }
-    let _ = x;
     Some((id, o))
 }
 
@@ -276,11 +274,11 @@ pub fn build(x: &CaseExport, bundle_id: &str, profile: Profile, now_ms: i64) -> 
         ));
     }
 
-    let readings: Vec<&ExportReading> = match profile {
+    let readings: Vec<&Observation> = match profile {
         Profile::Case => x.readings.iter().collect(),
         Profile::Prealert => {
             // Latest reading of each vital.
-            let mut latest: Vec<&ExportReading> = vec![];
+            let mut latest: Vec<&Observation> = vec![];
             for r in &x.readings {
                 match latest.iter_mut().find(|l| l.code == r.code) {
                     Some(l) if l.device_time_ms < r.device_time_ms => *l = r,
@@ -292,7 +290,7 @@ pub fn build(x: &CaseExport, bundle_id: &str, profile: Profile, now_ms: i64) -> 
         }
     };
     for (i, r) in readings.into_iter().enumerate() {
-        if let Some(o) = observation(bundle_id, x, i, r, &patient, &encounter) {
+        if let Some(o) = observation(bundle_id, i, r, &patient, &encounter) {
             entries.push(o);
         }
     }
@@ -481,7 +479,7 @@ fn xml_escape(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{ExportReading, Patient, StoredTriage, TriageRecord};
+    use crate::model::{Observation, Patient, StoredTriage, TriageRecord};
 
     fn export() -> CaseExport {
         CaseExport {
@@ -503,7 +501,8 @@ mod tests {
             onset: None,
             devices: vec![("mon-1".into(), "monitor".into())],
             readings: vec![
-                ExportReading {
+                Observation {
+                    id: 1,
                     device_id: Some("mon-1".into()),
                     code: "heart_rate".into(),
                     value: 120.0,
@@ -511,7 +510,8 @@ mod tests {
                     recv_time_ms: 1_700_000_100_010,
                     source: "device".into(),
                 },
-                ExportReading {
+                Observation {
+                    id: 2,
                     device_id: Some("mon-1".into()),
                     code: "heart_rate".into(),
                     value: 130.0,

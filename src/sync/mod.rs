@@ -128,6 +128,20 @@ impl ReceiverKeys {
     }
 }
 
+/// TLS for the cloud broker as `[sync]` configures it (mTLS key: credential `cloud-client.key`).
+pub fn cloud_tls(cfg: &Config, tls: bool) -> Result<Option<crate::tls::ClientConfig>, SyncError> {
+    crate::tls::for_broker(
+        tls,
+        cfg.sync.ca_file.as_deref(),
+        cfg.sync.client_cert.as_deref(),
+        || {
+            Ok(KeySources::from_env(&cfg.keys.dir)
+                .read(CLOUD_CLIENT_KEY)?
+                .1)
+        },
+    )
+}
+
 /// Where the link is, for health, D-Bus and metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
@@ -226,10 +240,17 @@ fn seal_case(
     let bid = slot.bundle_id.to_string();
     let bundle = fhir::build(export, &bid, profile, slot.created_at_ms);
     let plaintext = serde_json::to_vec(&bundle).map_err(|e| e.to_string())?;
-    seal::seal(&meta(appliance_id, slot), &plaintext, &keys.hpke, signer).map_err(|e| e.to_string())
+    seal::seal(
+        &envelope_meta(appliance_id, slot),
+        &plaintext,
+        &keys.hpke,
+        signer,
+    )
+    .map_err(|e| e.to_string())
 }
 
-fn meta(appliance_id: &str, slot: &crate::storage::OutboxSlot) -> EnvelopeMeta {
+/// The envelope header fields of an outbox slot.
+pub fn envelope_meta(appliance_id: &str, slot: &crate::storage::OutboxSlot) -> EnvelopeMeta {
     EnvelopeMeta {
         kind: slot.kind,
         bundle_id: *slot.bundle_id.as_bytes(),
@@ -311,7 +332,7 @@ pub async fn queue_telemetry(
     store
         .call(move |db| {
             db.enqueue_telemetry(|slot, signer| {
-                seal::seal(&meta(&aid, slot), &plaintext, &k.hpke, signer)
+                seal::seal(&envelope_meta(&aid, slot), &plaintext, &k.hpke, signer)
                     .map_err(|e| e.to_string())
             })
         })
@@ -465,26 +486,7 @@ impl Forwarder {
             .broker()
             .map_err(|e| SyncError::Config(e.to_string()))?
             .ok_or_else(|| SyncError::Config("sync.cloud_broker is not set".into()))?;
-        let tls = match (&self.cfg.sync.ca_file, broker.tls) {
-            (Some(ca), true) => {
-                let key = match &self.cfg.sync.client_cert {
-                    Some(_) => Some(
-                        KeySources::from_env(&self.cfg.keys.dir)
-                            .read(CLOUD_CLIENT_KEY)?
-                            .1,
-                    ),
-                    None => None,
-                };
-                let client = self
-                    .cfg
-                    .sync
-                    .client_cert
-                    .as_deref()
-                    .zip(key.as_deref().map(|k| k.as_slice()));
-                Some(crate::tls::client_config(ca, client)?)
-            }
-            _ => None,
-        };
+        let tls = cloud_tls(&self.cfg, broker.tls)?;
         let client_id = self
             .cfg
             .sync
@@ -613,10 +615,7 @@ impl Forwarder {
                 }
                 _ = tick.tick() => {
                     s.flush_acks(&client);
-                    if !s.to_mark_sent.is_empty() {
-                        let ids = std::mem::take(&mut s.to_mark_sent);
-                        self.store.call(move |db| db.outbox_mark_sent(&ids)).await?;
-                    }
+                    self.flush_sent(&mut s).await?;
                     let now = Instant::now();
                     let before = s.in_flight.len();
                     s.in_flight.retain(|_, t| now.duration_since(*t) < timeout);
@@ -641,15 +640,21 @@ impl Forwarder {
                     }
                 }
                 _ = self.shutdown.changed() => {
-                    if !s.to_mark_sent.is_empty() {
-                        let ids = std::mem::take(&mut s.to_mark_sent);
-                        let _ = self.store.call(move |db| db.outbox_mark_sent(&ids)).await;
-                    }
+                    let _ = self.flush_sent(&mut s).await;
                     let _ = client.try_disconnect();
                     return Ok(Exit::Shutdown);
                 }
             }
         }
+    }
+
+    /// Records the PUBACKs seen since the last flush (`sent`, audited).
+    async fn flush_sent(&self, s: &mut Session) -> Result<(), StoreError> {
+        if s.to_mark_sent.is_empty() {
+            return Ok(());
+        }
+        let ids = std::mem::take(&mut s.to_mark_sent);
+        self.store.call(move |db| db.outbox_mark_sent(&ids)).await
     }
 
     /// Publishes queued rows up to the window, highest priority first.
@@ -740,10 +745,7 @@ impl Forwarder {
         }
         if !valid.is_empty() {
             // Marks for PUBACKs we saw must land first so `sent` precedes `receipted` in the trail.
-            if !s.to_mark_sent.is_empty() {
-                let ids = std::mem::take(&mut s.to_mark_sent);
-                self.store.call(move |db| db.outbox_mark_sent(&ids)).await?;
-            }
+            self.flush_sent(s).await?;
             let ids: Vec<String> = valid.iter().map(|v| v.0.clone()).collect();
             let outcomes = self
                 .store
