@@ -177,8 +177,15 @@ fn ingest_run(
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     let (rate, p99) = rt.block_on(async {
         let mut tasks = tokio::task::JoinSet::new();
-        let metrics =
-            hema3n_edge::app::spawn_ingest(&cfg, &store, &mut tasks, &shutdown_rx, None).unwrap();
+        let metrics = hema3n_edge::app::spawn_ingest(
+            &cfg,
+            &store,
+            &mut tasks,
+            &shutdown_rx,
+            None,
+            &hema3n_edge::events::Bus::default(),
+        )
+        .unwrap();
         while metrics.subscribed.load(Ordering::Relaxed) == 0 {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }

@@ -22,8 +22,10 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+use crate::api::{self, ApiState, auth::SystemClock};
 use crate::config::Config;
 use crate::crypto::keyring::{KeySources, Keyring};
+use crate::events::Bus;
 use crate::ingest::{self, IngestMetrics};
 use crate::model::now_ms;
 use crate::storage::{Db, Store, StoreError};
@@ -46,13 +48,16 @@ pub enum RunError {
     /// Sync is configured but cannot start (receiver keys, TLS files): exit 78.
     #[error("sync setup: {0}")]
     SyncSetup(String),
+    /// The tablet API cannot start (certificate, key, listen address): exit 78.
+    #[error("api setup: {0}")]
+    ApiSetup(String),
 }
 
 impl RunError {
     pub fn exit_code(&self) -> u8 {
         match self {
             RunError::Setup(e) if e.is_config() => 78,
-            RunError::SyncSetup(_) => 78,
+            RunError::SyncSetup(_) | RunError::ApiSetup(_) => 78,
             _ => 1,
         }
     }
@@ -92,6 +97,7 @@ pub fn spawn_ingest(
     tasks: &mut JoinSet<TaskResult>,
     shutdown: &watch::Receiver<bool>,
     retriage: Option<tokio::sync::mpsc::UnboundedSender<String>>,
+    bus: &Bus,
 ) -> Result<Arc<IngestMetrics>, String> {
     let metrics = Arc::new(IngestMetrics::default());
     let (client, eventloop) = ingest::client(cfg, MQTT_REQUESTS).map_err(|e| e.to_string())?;
@@ -119,20 +125,32 @@ pub fn spawn_ingest(
             ingest::batcher(in_rx, batch_tx, c, m).await,
         )
     });
-    let (c, m, st) = (cfg.clone(), metrics.clone(), store.clone());
+    let (c, m, st, b) = (cfg.clone(), metrics.clone(), store.clone(), bus.clone());
     tasks.spawn(async move {
         name(
             "ingest-committer",
-            ingest::committer(batch_rx, st, client, c, m, drained_tx, retriage).await,
+            ingest::committer(batch_rx, st, client, c, m, drained_tx, retriage, b).await,
         )
     });
-    let (st, sd) = (store.clone(), shutdown.clone());
+    let (st, sd, b) = (store.clone(), shutdown.clone(), bus.clone());
     let gap = Duration::from_secs(cfg.ingest.device_silent_secs.max(1));
-    tasks.spawn(async move { name("device-silence", ingest::silence_monitor(st, gap, sd).await) });
+    tasks.spawn(async move {
+        name(
+            "device-silence",
+            ingest::silence_monitor(st, gap, b, sd).await,
+        )
+    });
     let (m, sd) = (metrics.clone(), shutdown.clone());
     let every = Duration::from_secs(cfg.ingest.summary_every_secs.max(1));
     tasks.spawn(async move { name("ingest-summary", ingest::summary(m, every, sd).await) });
     Ok(metrics)
+}
+
+/// What sync exposes to the rest of the daemon.
+pub struct SyncHandles {
+    pub metrics: Arc<SyncMetrics>,
+    /// Wakes the sealer (a case was closed).
+    pub wake_sealer: Arc<tokio::sync::Notify>,
 }
 
 /// Spawns the sealer (when the receiver keys are installed) and the forwarder (when a cloud
@@ -142,7 +160,7 @@ pub fn spawn_sync(
     store: &Store,
     tasks: &mut JoinSet<TaskResult>,
     shutdown: &watch::Receiver<bool>,
-) -> Result<Option<Arc<SyncMetrics>>, RunError> {
+) -> Result<Option<SyncHandles>, RunError> {
     let keys = sync::ReceiverKeys::load(cfg).map_err(|e| RunError::SyncSetup(e.to_string()))?;
     let broker = cfg
         .sync
@@ -170,10 +188,11 @@ pub fn spawn_sync(
         shutdown.clone(),
     );
     let wf = wake_forwarder.clone();
+    let ws = wake_sealer.clone();
     tasks.spawn(async move {
         (
             "sync-sealer",
-            sync::sealer(c, st, k, m, wake_sealer, wf, sd)
+            sync::sealer(c, st, k, m, ws, wf, sd)
                 .await
                 .map_err(|e| format!("{e}: {}", source_chain(&e))),
         )
@@ -204,7 +223,10 @@ pub fn spawn_sync(
             .store(sync::LinkState::Disabled as u8, Ordering::Relaxed);
         tracing::info!("sync: bundles are sealed and queued; no cloud broker configured");
     }
-    Ok(Some(metrics))
+    Ok(Some(SyncHandles {
+        metrics,
+        wake_sealer,
+    }))
 }
 
 fn source_chain(e: &dyn std::error::Error) -> String {
@@ -306,14 +328,15 @@ async fn serve(
         shutdown_rx.clone(),
         model_status.to_string(),
     ));
+    let bus = Bus::default();
     let retriage = if cfg.triage.enabled {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        let (st, sd) = (store.clone(), shutdown_rx.clone());
+        let (st, sd, b) = (store.clone(), shutdown_rx.clone(), bus.clone());
         let debounce = Duration::from_millis(cfg.triage.debounce_ms);
         tasks.spawn(async move {
             (
                 "retriage",
-                service::retriage_loop(rx, st, triager, debounce, sd).await,
+                service::retriage_loop(rx, st, triager, debounce, b, sd).await,
             )
         });
         Some(tx)
@@ -321,14 +344,54 @@ async fn serve(
         drop(triager);
         None
     };
-    spawn_sync(cfg, &store, &mut tasks, &shutdown_rx)?;
-    if cfg.ingest.enabled {
-        spawn_ingest(cfg, &store, &mut tasks, &shutdown_rx, retriage).map_err(|reason| {
-            RunError::Task {
+    let sync = spawn_sync(cfg, &store, &mut tasks, &shutdown_rx)?;
+    let ingest = if cfg.ingest.enabled {
+        Some(
+            spawn_ingest(
+                cfg,
+                &store,
+                &mut tasks,
+                &shutdown_rx,
+                retriage.clone(),
+                &bus,
+            )
+            .map_err(|reason| RunError::Task {
                 task: "ingest",
                 reason,
-            }
-        })?;
+            })?,
+        )
+    } else {
+        None
+    };
+    if cfg.api.enabled {
+        let acceptor = api::acceptor(cfg).map_err(|e| RunError::ApiSetup(e.to_string()))?;
+        let listener = api::bind(cfg)
+            .await
+            .map_err(|e| RunError::ApiSetup(e.to_string()))?;
+        let mut st = ApiState::new(
+            cfg.clone(),
+            store.clone(),
+            Arc::new(SystemClock),
+            bus.clone(),
+            shutdown_rx.clone(),
+        )
+        .await
+        .map_err(RunError::Setup)?;
+        st.ingest = ingest;
+        st.triage_status = Arc::from(model_status);
+        st.retriage = retriage;
+        if let Some(s) = &sync {
+            st.sync = Some(s.metrics.clone());
+            st.wake_sealer = Some(s.wake_sealer.clone());
+        }
+        let (st2, sd) = (st.clone(), shutdown_rx.clone());
+        tasks.spawn(async move {
+            (
+                "api-sessions",
+                api::auth::sweeper(st2, Duration::from_secs(15), sd).await,
+            )
+        });
+        tasks.spawn(async move { ("api", api::serve(listener, acceptor, st).await) });
     }
     drop(store);
 

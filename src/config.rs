@@ -59,6 +59,7 @@ pub struct Config {
     pub ingest: IngestConfig,
     pub triage: TriageConfig,
     pub sync: SyncConfig,
+    pub api: ApiConfig,
 }
 
 impl Default for Config {
@@ -76,6 +77,58 @@ impl Default for Config {
             ingest: IngestConfig::default(),
             triage: TriageConfig::default(),
             sync: SyncConfig::default(),
+            api: ApiConfig::default(),
+        }
+    }
+}
+
+/// `[api]`: the crew tablet's HTTPS API and web UI (SYSTEM.md §3).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    /// Serve the API and UI. Default true.
+    pub enabled: bool,
+    /// Listen address on the vehicle LAN; port 0 picks a free port (logged). Default
+    /// `0.0.0.0:8443`.
+    pub listen: String,
+    /// Certificate chain (PEM). The private key is the credential `api-tls.key`. Default
+    /// `<keys.dir>/api-cert.pem` (`init` creates a self-signed pair).
+    pub cert_file: Option<PathBuf>,
+    /// Idle logoff, seconds. Default 600 (10 min).
+    pub idle_timeout_secs: u64,
+    /// Absolute session lifetime, seconds. Default 43200 (12 h).
+    pub session_lifetime_secs: u64,
+    /// Break-glass time box, minutes. Default 60.
+    pub break_glass_minutes: u64,
+    /// Failed logins in a row before back-off starts. Default 3.
+    pub login_backoff_after: u32,
+    /// Longest back-off between login attempts, seconds (never a permanent lock). Default 300.
+    pub login_backoff_max_secs: u64,
+    /// Largest request body, bytes (413 PAYLOAD_TOO_LARGE above). Default 65536.
+    pub max_body_bytes: usize,
+    /// Requests served at once; more get 503 BUSY with Retry-After. Default 64.
+    pub max_concurrent: usize,
+    /// Live streams (SSE) open at once. Default 32.
+    pub max_streams: usize,
+    /// Keep-alive comment interval on live streams, seconds. Default 15.
+    pub stream_keepalive_secs: u64,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            enabled: true,
+            listen: "0.0.0.0:8443".into(),
+            cert_file: None,
+            idle_timeout_secs: 600,
+            session_lifetime_secs: 12 * 3600,
+            break_glass_minutes: 60,
+            login_backoff_after: 3,
+            login_backoff_max_secs: 300,
+            max_body_bytes: 64 * 1024,
+            max_concurrent: 64,
+            max_streams: 32,
+            stream_keepalive_secs: 15,
         }
     }
 }
@@ -537,6 +590,22 @@ impl Config {
             });
         }
         self.mqtt.host_port()?;
+        if self.api.listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(ConfigError::Invalid {
+                field: "api.listen",
+                reason: format!("`{}` is not an address:port", self.api.listen),
+            });
+        }
+        if self.api.idle_timeout_secs == 0
+            || self.api.session_lifetime_secs < self.api.idle_timeout_secs
+            || self.api.max_concurrent == 0
+            || self.api.max_body_bytes < 1024
+        {
+            return Err(ConfigError::Invalid {
+                field: "api",
+                reason: "idle_timeout_secs > 0, session_lifetime_secs ≥ idle_timeout_secs, max_concurrent > 0, max_body_bytes ≥ 1024".into(),
+            });
+        }
         self.sync.broker()?;
         if self.sync.window == 0 || self.sync.retention_hours < 0.0 {
             return Err(ConfigError::Invalid {
@@ -578,6 +647,14 @@ impl Config {
             });
         }
         Ok(())
+    }
+
+    /// The tablet API's certificate chain.
+    pub fn api_cert_path(&self) -> PathBuf {
+        self.api
+            .cert_file
+            .clone()
+            .unwrap_or_else(|| self.keys.dir.join("api-cert.pem"))
     }
 
     /// The database file.
@@ -630,6 +707,7 @@ fn resolve_paths(mut t: toml::Table, base: &Path) -> toml::Table {
         ("triage", "engine_cache_dir"),
         ("sync", "ca_file"),
         ("sync", "client_cert"),
+        ("api", "cert_file"),
     ] {
         if let Some(v) = t
             .get_mut(sect)

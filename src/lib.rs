@@ -16,10 +16,12 @@
 //! - [`app`]: the only place that spawns long-running tasks; `run` wires everything together.
 //! - [`cli`]: subcommands other than `run`.
 
+pub mod api;
 pub mod app;
 pub mod cli;
 pub mod config;
 pub mod crypto;
+pub mod events;
 pub mod host;
 pub mod ingest;
 pub mod model;

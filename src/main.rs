@@ -71,6 +71,11 @@ enum Cmd {
         #[command(subcommand)]
         cmd: OutboxCmd,
     },
+    /// Crew accounts for the tablet (PIN/password read from stdin, one line).
+    Users {
+        #[command(subcommand)]
+        cmd: UsersCmd,
+    },
     /// Simulated field devices publishing SenML vitals that follow clinical scenarios.
     Simulate(SimArgs),
     /// Diagnostics and soak workloads for operators and test harnesses.
@@ -114,6 +119,33 @@ enum KeysCmd {
     ImportReceiver {
         #[arg(value_name = "FILE")]
         file: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum UsersCmd {
+    /// Add a personal account; reads its PIN/password (6-128 characters) from stdin.
+    Add {
+        id: String,
+        /// Name shown on the tablet.
+        #[arg(long)]
+        name: String,
+        /// paramedic, emt, staff, supervisor or admin.
+        #[arg(long)]
+        role: String,
+        #[arg(long)]
+        territory: Option<String>,
+    },
+    /// Disable an account (its sessions end at once).
+    Disable { id: String },
+    /// Re-enable an account.
+    Enable { id: String },
+    /// Replace an account's PIN/password (stdin); its sessions end.
+    SetSecret { id: String },
+    /// List accounts (never secrets).
+    List {
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -347,6 +379,18 @@ fn main() -> ExitCode {
                 attach_unbound,
             } => cli::devices_bind(&cfg, device, case, *attach_unbound),
             DevicesCmd::Unbind { device } => cli::devices_unbind(&cfg, device),
+        },
+        Some(Cmd::Users { cmd }) => match cmd {
+            UsersCmd::Add {
+                id,
+                name,
+                role,
+                territory: t,
+            } => cli::users_add(&cfg, id, name, role, &territory(t)),
+            UsersCmd::Disable { id } => cli::users_disable(&cfg, id, true),
+            UsersCmd::Enable { id } => cli::users_disable(&cfg, id, false),
+            UsersCmd::SetSecret { id } => cli::users_set_secret(&cfg, id),
+            UsersCmd::List { json } => cli::users_list(&cfg, *json),
         },
         Some(Cmd::Cases { cmd }) => match cmd {
             CasesCmd::Open {

@@ -1,8 +1,10 @@
-//! TLS client configuration on rustls with the `ring` provider (no aws-lc, cross-compiles
-//! without target libraries). The only module that imports `rustls`.
+//! TLS on rustls with the `ring` provider (no aws-lc, cross-compiles without target
+//! libraries). The only module that imports `rustls`, `tokio-rustls` and `rcgen`.
 //!
-//! Used for the cloud broker (server authenticated by a pinned CA; the appliance authenticates
-//! with its certificate when one is configured: mTLS) and by the receiver for the same broker.
+//! - Client: the cloud broker (server authenticated by a pinned CA; the appliance authenticates
+//!   with its certificate when one is configured: mTLS), also used by the receiver.
+//! - Server: the crew tablet API (TLS 1.2/1.3, HTTP/1.1 via ALPN), and the self-signed
+//!   certificate `init` makes for a development appliance.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -97,4 +99,35 @@ pub fn for_broker<E: From<TlsError>>(
     let key = client_cert.map(|_| read_key()).transpose()?;
     let client = client_cert.zip(key.as_deref().map(Vec::as_slice));
     Ok(Some(client_config(ca, client)?))
+}
+
+/// Accepts TLS connections for the tablet API.
+pub type Acceptor = tokio_rustls::TlsAcceptor;
+/// A server-side TLS stream.
+pub type ServerStream<S> = tokio_rustls::server::TlsStream<S>;
+
+/// A server configuration presenting the chain in `cert_file` with the PEM key `key_pem`.
+pub fn server_acceptor(cert_file: &Path, key_pem: &[u8]) -> Result<Acceptor, TlsError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let chain = certs("API certificate", cert_file)?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| TlsError::Read {
+        what: "API key",
+        path: PathBuf::from("api-tls.key"),
+        why: e.to_string(),
+    })?;
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Config(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .map_err(|e| TlsError::Config(format!("{}: {e}", cert_file.display())))?;
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(cfg)))
+}
+
+/// A self-signed certificate (PEM) and its PEM private key for `names` (DNS names or IPs).
+pub fn self_signed(names: &[String]) -> Result<(String, Zeroizing<String>), TlsError> {
+    let ck = rcgen::generate_simple_self_signed(names.to_vec())
+        .map_err(|e| TlsError::Config(format!("cannot make a self-signed certificate: {e}")))?;
+    Ok((ck.cert.pem(), Zeroizing::new(ck.key_pair.serialize_pem())))
 }

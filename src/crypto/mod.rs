@@ -13,6 +13,7 @@
 pub mod blind;
 pub mod field;
 pub mod keyring;
+pub mod password;
 pub mod seal;
 pub mod sign;
 

@@ -497,8 +497,9 @@ pub async fn committer(
     metrics: Arc<IngestMetrics>,
     drained: watch::Sender<bool>,
     retriage: Option<mpsc::UnboundedSender<String>>,
+    bus: crate::events::Bus,
 ) -> Result<(), IngestError> {
-    let r = commit_loop(from_batcher, store, client, cfg, metrics, retriage).await;
+    let r = commit_loop(from_batcher, store, client, cfg, metrics, retriage, bus).await;
     let _ = drained.send(true);
     r
 }
@@ -510,6 +511,7 @@ async fn commit_loop(
     cfg: Config,
     metrics: Arc<IngestMetrics>,
     retriage: Option<mpsc::UnboundedSender<String>>,
+    bus: crate::events::Bus,
 ) -> Result<(), IngestError> {
     let require = cfg.ingest.require_registered_devices;
     let territory = cfg.default_territory.clone();
@@ -550,23 +552,24 @@ async fn commit_loop(
                 "batch committed"
             );
         }
-        if let Some(tx) = &retriage {
-            let mut cases: Vec<&String> = outcomes
-                .iter()
-                .filter_map(|o| match o {
-                    IngestOutcome::Stored {
-                        case_id: Some(c),
-                        new,
-                        ..
-                    } if *new > 0 => Some(c),
-                    _ => None,
-                })
-                .collect();
-            cases.sort();
-            cases.dedup();
-            for c in cases {
+        let mut cases: Vec<&String> = outcomes
+            .iter()
+            .filter_map(|o| match o {
+                IngestOutcome::Stored {
+                    case_id: Some(c),
+                    new,
+                    ..
+                } if *new > 0 => Some(c),
+                _ => None,
+            })
+            .collect();
+        cases.sort();
+        cases.dedup();
+        for c in cases {
+            if let Some(tx) = &retriage {
                 let _ = tx.send(c.clone());
             }
+            bus.send(crate::events::LiveEvent::Vitals { case_id: c.clone() });
         }
         // Acknowledge first: PUBACKs must never wait behind reject notifications.
         for (publish, recv_at) in &pubs {
@@ -617,6 +620,7 @@ async fn commit_loop(
 pub async fn silence_monitor(
     store: Store,
     gap: Duration,
+    bus: crate::events::Bus,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), IngestError> {
     let mut tick = tokio::time::interval(Duration::from_secs(1).min(gap));
@@ -637,6 +641,9 @@ pub async fn silence_monitor(
                 case = a.case_id.as_deref().unwrap_or(""),
                 "device silent"
             );
+            if let Some(case_id) = a.case_id {
+                bus.send(crate::events::LiveEvent::Alarm { case_id });
+            }
         }
     }
 }

@@ -9,6 +9,7 @@
 //! reported successful only after COMMIT returned.
 
 pub mod audit;
+mod crew;
 mod keys;
 mod observations;
 mod outbox;
@@ -32,6 +33,10 @@ use crate::crypto::{CryptoError, key_id};
 use crate::model::{AuditEvent, InvalidPhi};
 
 pub use audit::{Finding, VerifyReport};
+pub use crew::{
+    AuditRow, BreakGlass, BundleState, CaseAlarm, CaseParts, CaseSummary, CaseView, LoginUser,
+    Medication, SessionRow, StoredMedication, UserInfo,
+};
 pub use keys::{KeyVersionInfo, RewrapReport};
 pub use observations::{
     ALARM_DEVICE_SILENT, ALARM_DISK_PRESSURE, Alarm, DeviceInfo, IngestItem, IngestOutcome,

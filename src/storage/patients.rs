@@ -304,7 +304,13 @@ fn new_id() -> String {
 
 impl Db {
     /// Audits a failed PHI access in its own transaction (the access itself rolled back).
-    fn audit_failure(&mut self, actor: &Actor, action: &str, resource: String, err: &StoreError) {
+    pub(super) fn audit_failure(
+        &mut self,
+        actor: &Actor,
+        action: &str,
+        resource: String,
+        err: &StoreError,
+    ) {
         let code = match err {
             StoreError::Crypto(_) => "decrypt_failed",
             StoreError::NotFound { .. } => "not_found",

@@ -247,6 +247,33 @@ INSERT INTO outbox_envelopes (bundle_id, envelope)
     SELECT bundle_id, envelope FROM outbox WHERE length(envelope) > 0;
 UPDATE outbox SET envelope = X'';
 "#,
+    // v3: the crew tablet. Break-glass grants with their supervisor review, medication orders
+    // (PHI: sealed under the case key), and the break-glass grant a session carries.
+    r#"
+CREATE TABLE break_glass (
+    id          INTEGER PRIMARY KEY,
+    user_id     TEXT    NOT NULL REFERENCES users (id),
+    territory   TEXT    NOT NULL,
+    reason      TEXT    NOT NULL,
+    started_at  INTEGER NOT NULL,
+    until       INTEGER NOT NULL,
+    reviewed_at INTEGER,
+    reviewed_by TEXT,
+    review_note TEXT
+) STRICT;
+CREATE INDEX break_glass_pending ON break_glass (started_at) WHERE reviewed_at IS NULL;
+
+CREATE TABLE medications (
+    id         INTEGER PRIMARY KEY,
+    case_id    TEXT    NOT NULL REFERENCES cases (id),
+    created_at INTEGER NOT NULL,
+    created_by TEXT    NOT NULL,
+    body       BLOB    NOT NULL
+) STRICT;
+CREATE INDEX medications_by_case ON medications (case_id, id);
+
+ALTER TABLE sessions ADD COLUMN break_glass_id INTEGER REFERENCES break_glass (id);
+"#,
 ];
 
 /// The schema version this build writes.

@@ -13,7 +13,7 @@ use super::features::TEXT_BUCKETS;
 use super::rules::Vitals;
 use super::runtime::ModelRuntime;
 use super::{Decider, RULES_ONLY_DEFAULT_ESI};
-use crate::model::{Actor, CaseSnapshot, TriageRecord};
+use crate::model::{Actor, CaseSnapshot, TriageRecord, now_ms};
 use crate::storage::{Store, StoreError};
 
 type Job = (TriageInput, oneshot::Sender<TriageOutcome>);
@@ -106,6 +106,7 @@ pub async fn retriage_loop(
     store: Store,
     triager: Triager,
     debounce: Duration,
+    bus: crate::events::Bus,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), String> {
     let mut due: HashMap<String, Instant> = HashMap::new();
@@ -122,7 +123,7 @@ pub async fn retriage_loop(
                 let ready: Vec<String> = due.iter().filter(|(_, t)| **t <= now).map(|(c, _)| c.clone()).collect();
                 for case in ready {
                     due.remove(&case);
-                    match retriage(&store, &triager, &case).await {
+                    match retriage(&store, &triager, &case, &bus).await {
                         Ok(Some(level)) => {
                             if last.insert(case.clone(), level) != Some(level) {
                                 tracing::info!(case = %case, "triage level changed");
@@ -141,7 +142,12 @@ pub async fn retriage_loop(
     }
 }
 
-async fn retriage(store: &Store, triager: &Triager, case: &str) -> Result<Option<u8>, StoreError> {
+async fn retriage(
+    store: &Store,
+    triager: &Triager,
+    case: &str,
+    bus: &crate::events::Bus,
+) -> Result<Option<u8>, StoreError> {
     let c = case.to_string();
     let snap = store
         .call(move |db| db.case_snapshot(&Actor::system(), &c))
@@ -151,8 +157,19 @@ async fn retriage(store: &Store, triager: &Triager, case: &str) -> Result<Option
     };
     let rec = record_from(&outcome);
     let c = case.to_string();
-    store
-        .call(move |db| db.record_triage(&Actor::system(), &c, &rec))
+    let stored = store
+        .call(move |db| {
+            let id = db.record_triage(&Actor::system(), &c, &rec)?;
+            Ok(crate::model::StoredTriage {
+                id,
+                created_at_ms: now_ms(),
+                record: rec,
+            })
+        })
         .await?;
+    bus.send(crate::events::LiveEvent::Triage {
+        case_id: case.to_string(),
+        triage: std::sync::Arc::new(stored),
+    });
     Ok(Some(outcome.final_esi))
 }

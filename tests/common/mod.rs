@@ -39,6 +39,13 @@ impl Appliance {
             "init failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+        // Every daemon of a test run serves its API on a free port (logged), never on 8443.
+        std::fs::create_dir_all(dir.join("edge.d")).unwrap();
+        std::fs::write(
+            dir.join("edge.d").join("00-test-api.toml"),
+            "[api]\nlisten = \"127.0.0.1:0\"\n",
+        )
+        .unwrap();
         for (name, text) in dropins {
             std::fs::create_dir_all(dir.join("edge.d")).unwrap();
             std::fs::write(dir.join("edge.d").join(name), text).unwrap();
@@ -154,6 +161,7 @@ pub fn contains(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len()).any(|w| w == needle)
 }
 
+pub mod api;
 pub mod broker;
 pub mod cloud;
 pub mod mqtt;

@@ -1,0 +1,847 @@
+//! The tablet API in-process: every role × route (allow/deny), territory isolation,
+//! break-glass, sessions on a manual clock, login back-off, audit coverage and error format.
+
+mod common;
+
+use axum::http::StatusCode;
+use common::api::{Api, PIN};
+use hema3n_edge::api::routes::ROUTES;
+use hema3n_edge::model::Actor;
+use serde_json::{Value, json};
+
+const IDLE: &str = "[api]\nidle_timeout_secs = 600\nsession_lifetime_secs = 43200\n";
+
+/// Fixtures in territory `default` (and one case in `north`).
+struct Fx {
+    patient: String,
+    case: String,
+    north_case: String,
+}
+
+async fn fixtures(api: &Api) -> Fx {
+    let t = api.login("medic").await;
+    let p = api
+        .call(
+            "POST",
+            "/api/v1/patients",
+            Some(&t),
+            Some("default"),
+            Some(json!({"first_name": "Ann", "last_name": "Lee", "date_of_birth": "1950-02-03"})),
+        )
+        .await;
+    assert_eq!(p.status, StatusCode::CREATED, "{}", p.body);
+    let patient = p.body["id"].as_str().unwrap().to_string();
+    let c = api
+        .call(
+            "POST",
+            "/api/v1/cases",
+            Some(&t),
+            Some("default"),
+            Some(json!({"patient_id": patient, "chief_complaint": "chest pain"})),
+        )
+        .await;
+    assert_eq!(c.status, StatusCode::CREATED, "{}", c.body);
+    let tn = api.login("north1").await;
+    let n = api
+        .call(
+            "POST",
+            "/api/v1/cases",
+            Some(&tn),
+            Some("north"),
+            Some(json!({"chief_complaint": "fall"})),
+        )
+        .await;
+    assert_eq!(n.status, StatusCode::CREATED, "{}", n.body);
+    api.st
+        .store
+        .call(|db| {
+            for d in ["mon-1", "mon-2"] {
+                db.register_device(&Actor::cli(), d, "monitor", "default", None)?;
+            }
+            Ok(())
+        })
+        .await
+        .unwrap();
+    Fx {
+        patient,
+        case: c.body["id"].as_str().unwrap().to_string(),
+        north_case: n.body["id"].as_str().unwrap().to_string(),
+    }
+}
+
+/// Expected access, written independently of the route table: letters of the roles allowed
+/// (P paramedic, E emt, S staff, V supervisor, A admin; * = public).
+const EXPECTED: &[(&str, &str, &str)] = &[
+    ("GET", "/healthz", "*"),
+    ("GET", "/metrics", "*"),
+    ("GET", "/api/v1/openapi.json", "*"),
+    ("POST", "/api/v1/auth/login", "*"),
+    ("POST", "/api/v1/auth/logout", "PESVA"),
+    ("GET", "/api/v1/auth/me", "PESVA"),
+    ("POST", "/api/v1/auth/break-glass", "PESV"),
+    ("GET", "/api/v1/patients", "PESV"),
+    ("POST", "/api/v1/patients", "PES"),
+    ("GET", "/api/v1/patients/{id}", "PESV"),
+    ("PUT", "/api/v1/patients/{id}", "PES"),
+    ("GET", "/api/v1/cases", "PESV"),
+    ("POST", "/api/v1/cases", "PE"),
+    ("GET", "/api/v1/cases/{id}", "PEV"),
+    ("POST", "/api/v1/cases/{id}/devices", "PE"),
+    ("DELETE", "/api/v1/cases/{id}/devices/{device_id}", "PE"),
+    ("GET", "/api/v1/cases/{id}/vitals", "PEV"),
+    ("POST", "/api/v1/cases/{id}/vitals", "PE"),
+    ("GET", "/api/v1/cases/{id}/triage", "PEV"),
+    ("POST", "/api/v1/cases/{id}/medications", "P"),
+    ("GET", "/api/v1/cases/{id}/stream", "PEV"),
+    ("GET", "/api/v1/cases/{id}/handoff", "PEV"),
+    ("POST", "/api/v1/cases/{id}/close", "PE"),
+    ("GET", "/api/v1/devices", "PEA"),
+    ("GET", "/api/v1/sync", "PEVA"),
+    ("GET", "/api/v1/audit", "V"),
+    ("GET", "/api/v1/break-glass", "V"),
+    ("POST", "/api/v1/break-glass/{id}/review", "V"),
+    ("GET", "/api/v1/users", "A"),
+    ("POST", "/api/v1/users", "A"),
+    ("POST", "/api/v1/users/{id}/disable", "A"),
+];
+
+const ROLES: [(char, &str); 5] = [
+    ('P', "medic"),
+    ('E', "emt1"),
+    ('S', "staff1"),
+    ('V', "super1"),
+    ('A', "admin1"),
+];
+
+/// A concrete request for a route template.
+fn request(method: &str, path: &str, fx: &Fx) -> (String, Option<Value>) {
+    let id = if path.starts_with("/api/v1/patients/") {
+        fx.patient.clone()
+    } else if path.starts_with("/api/v1/users/") {
+        "victim".into()
+    } else if path.starts_with("/api/v1/break-glass/") {
+        "1".into()
+    } else {
+        fx.case.clone()
+    };
+    let mut p = path.replace("{id}", &id).replace("{device_id}", "mon-1");
+    if method == "GET" && p == "/api/v1/patients" {
+        p.push_str("?last_name=Lee");
+    }
+    let body = match (method, path) {
+        ("POST", "/api/v1/auth/login") => Some(json!({"user_id": "medic", "secret": PIN})),
+        ("POST", "/api/v1/auth/break-glass") => {
+            Some(json!({"reason": "unconscious patient, no id", "secret": PIN}))
+        }
+        ("POST", "/api/v1/patients") | ("PUT", "/api/v1/patients/{id}") => {
+            Some(json!({"last_name": "Lee"}))
+        }
+        ("POST", "/api/v1/cases") => Some(json!({"chief_complaint": "dyspnoea"})),
+        ("POST", "/api/v1/cases/{id}/devices") => Some(json!({"device_id": "mon-2"})),
+        ("POST", "/api/v1/cases/{id}/vitals") => {
+            Some(json!({"readings": [{"name": "heart_rate", "value": 88}]}))
+        }
+        ("POST", "/api/v1/cases/{id}/medications") => {
+            Some(json!({"name": "aspirin", "dose": "300 mg", "route": "PO"}))
+        }
+        ("POST", "/api/v1/break-glass/{id}/review") => Some(json!({"note": "justified"})),
+        ("POST", "/api/v1/users") => Some(
+            json!({"id": "new-user", "display_name": "New", "role": "emt", "secret": "pin-5931"}),
+        ),
+        _ => None,
+    };
+    (p, body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_role_on_every_route() {
+    let api = Api::new(IDLE).await;
+    let fx = fixtures(&api).await;
+    // The table under test lists exactly the routes this test expects.
+    let mut listed: Vec<(String, String)> = ROUTES
+        .iter()
+        .map(|r| (r.method.into(), r.path.into()))
+        .collect();
+    let mut expected: Vec<(String, String)> = EXPECTED
+        .iter()
+        .map(|(m, p, _)| (m.to_string(), p.to_string()))
+        .collect();
+    listed.sort();
+    expected.sort();
+    assert_eq!(listed, expected, "route table and expectations differ");
+    // A break-glass use for the review route.
+    let s = api.login("staff1").await;
+    let r = api
+        .call(
+            "POST",
+            "/api/v1/auth/break-glass",
+            Some(&s),
+            Some("default"),
+            Some(json!({"reason": "patient collapsed in the lobby", "secret": PIN})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let mut failures = Vec::new();
+    for (method, path, allowed) in EXPECTED {
+        for (letter, user) in ROLES {
+            // A fresh session per call: logout and break-glass change the session itself.
+            let token = api.login(user).await;
+            let (p, body) = request(method, path, &fx);
+            let r = api
+                .call(method, &p, Some(&token), Some("default"), body)
+                .await;
+            let ok = *allowed == "*" || allowed.contains(letter);
+            let denied = r.status == StatusCode::FORBIDDEN && r.code() == "FORBIDDEN";
+            assert!(
+                r.status != StatusCode::UNAUTHORIZED,
+                "{method} {p} as {user}: 401 {}",
+                r.body
+            );
+            if ok == denied
+                || r.status == StatusCode::NOT_FOUND
+                    && r.body["error"]["message"] == "no such route"
+            {
+                failures.push(format!(
+                    "{method} {path} as {user}: expected {}, got {} {}",
+                    if ok { "allow" } else { "deny" },
+                    r.status,
+                    r.body
+                ));
+            }
+            if ok && !denied {
+                assert!(
+                    !r.status.is_server_error(),
+                    "{method} {p} as {user}: {} {}",
+                    r.status,
+                    r.body
+                );
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    // Every denial was audited.
+    let denials = api
+        .query_i64(
+            "SELECT count(*) FROM audit_log WHERE action = 'access.denied' AND outcome = 'denied'",
+        )
+        .await;
+    let expected_denials: usize = EXPECTED
+        .iter()
+        .filter(|(_, _, a)| *a != "*")
+        .map(|(_, _, a)| 5 - a.len())
+        .sum();
+    assert_eq!(denials as usize, expected_denials);
+    // No token at all: 401 on every non-public route.
+    for (method, path, allowed) in EXPECTED.iter().filter(|(_, _, a)| *a != "*") {
+        let _ = allowed;
+        let (p, body) = request(method, path, &fx);
+        let r = api.call(method, &p, None, Some("default"), body).await;
+        assert_eq!(
+            (r.status, r.code()),
+            (StatusCode::UNAUTHORIZED, "UNAUTHORIZED"),
+            "{method} {p}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn territory_isolation_and_break_glass() {
+    let api = Api::new(IDLE).await;
+    let fx = fixtures(&api).await;
+    let t = api.login("medic").await;
+    // Header naming another territory.
+    let r = api
+        .call("GET", "/api/v1/cases", Some(&t), Some("north"), None)
+        .await;
+    assert_eq!(
+        (r.status, r.code()),
+        (StatusCode::FORBIDDEN, "TERRITORY_MISMATCH")
+    );
+    // Missing header.
+    let r = api.call("GET", "/api/v1/cases", Some(&t), None, None).await;
+    assert_eq!(
+        (r.status, r.code()),
+        (StatusCode::BAD_REQUEST, "VALIDATION_ERROR")
+    );
+    // A resource of another territory under the user's own header.
+    for path in [
+        format!("/api/v1/cases/{}", fx.north_case),
+        format!("/api/v1/cases/{}/vitals", fx.north_case),
+    ] {
+        let r = api
+            .call("GET", &path, Some(&t), Some("default"), None)
+            .await;
+        assert_eq!(
+            (r.status, r.code()),
+            (StatusCode::FORBIDDEN, "TERRITORY_MISMATCH"),
+            "{path}"
+        );
+    }
+    let tn = api.login("north1").await;
+    let r = api
+        .call(
+            "GET",
+            &format!("/api/v1/patients/{}", fx.patient),
+            Some(&tn),
+            Some("north"),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.code()),
+        (StatusCode::FORBIDDEN, "TERRITORY_MISMATCH")
+    );
+    let r = api
+        .call("GET", "/api/v1/cases", Some(&tn), Some("north"), None)
+        .await;
+    let ids: Vec<&str> = r.body["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        vec![fx.north_case.as_str()],
+        "a territory sees only its own cases"
+    );
+    let denied = api.query_i64("SELECT count(*) FROM audit_log WHERE action = 'access.denied' AND details LIKE '%territory%'").await;
+    assert_eq!(denied, 4);
+
+    // Break-glass: wrong secret and short reason refused; then granted for the other territory.
+    let bg = |reason: &str, secret: &str| json!({"reason": reason, "secret": secret});
+    let r = api
+        .call(
+            "POST",
+            "/api/v1/auth/break-glass",
+            Some(&t),
+            Some("north"),
+            Some(bg("too short", PIN)),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
+    let r = api
+        .call(
+            "POST",
+            "/api/v1/auth/break-glass",
+            Some(&t),
+            Some("north"),
+            Some(bg("mutual aid call, north crew down", "wrong-pin")),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    let r = api
+        .call(
+            "POST",
+            "/api/v1/auth/break-glass",
+            Some(&t),
+            Some("north"),
+            Some(bg("mutual aid call, north crew down", PIN)),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let until = r.body["until_ms"].as_i64().unwrap();
+    assert_eq!(
+        until,
+        common::api::T0 + 60 * 60_000,
+        "default time box is 60 min"
+    );
+    let r = api
+        .call(
+            "GET",
+            &format!("/api/v1/cases/{}", fx.north_case),
+            Some(&t),
+            Some("north"),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    // Wider reading, never writing.
+    let r = api
+        .call(
+            "POST",
+            &format!("/api/v1/cases/{}/vitals", fx.north_case),
+            Some(&t),
+            Some("north"),
+            Some(json!({"readings": [{"name": "heart_rate", "value": 80}]})),
+        )
+        .await;
+    assert_eq!((r.status, r.code()), (StatusCode::FORBIDDEN, "FORBIDDEN"));
+    // Critical audit event, audited access marked as break-glass, review queue.
+    assert_eq!(api.query_i64("SELECT count(*) FROM audit_log WHERE action = 'break_glass.start' AND details LIKE '%critical%'").await, 1);
+    assert_eq!(api.query_i64("SELECT count(*) FROM audit_log WHERE action = 'case.read' AND role = 'paramedic+break-glass' AND territory = 'north'").await, 1);
+    let v = api.login("super1").await;
+    let q = api
+        .call(
+            "GET",
+            "/api/v1/break-glass?pending=true",
+            Some(&v),
+            Some("default"),
+            None,
+        )
+        .await;
+    let uses = q.body["uses"].as_array().unwrap();
+    assert_eq!(uses.len(), 1);
+    assert_eq!(uses[0]["user_id"], "medic");
+    let id = uses[0]["id"].as_i64().unwrap();
+    let r = api
+        .call(
+            "POST",
+            &format!("/api/v1/break-glass/{id}/review"),
+            Some(&v),
+            Some("default"),
+            Some(json!({"note": "mutual aid confirmed"})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
+    let q = api
+        .call(
+            "GET",
+            "/api/v1/break-glass?pending=true",
+            Some(&v),
+            Some("default"),
+            None,
+        )
+        .await;
+    assert!(q.body["uses"].as_array().unwrap().is_empty());
+    // The grant ends with its time box.
+    // (Stay active so the idle timer does not end the session first.)
+    for step in [540_000; 6].into_iter().chain([360_000 - 1000]) {
+        api.clock.advance_ms(step);
+        let r = api
+            .call(
+                "GET",
+                &format!("/api/v1/cases/{}", fx.north_case),
+                Some(&t),
+                Some("north"),
+                None,
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    }
+    api.clock.advance_ms(2000);
+    let r = api
+        .call(
+            "GET",
+            &format!("/api/v1/cases/{}", fx.north_case),
+            Some(&t),
+            Some("north"),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.code()),
+        (StatusCode::FORBIDDEN, "TERRITORY_MISMATCH")
+    );
+    // Staff see demographics in the list, never clinical data.
+    let s = api.login("staff1").await;
+    let r = api
+        .call("GET", "/api/v1/cases", Some(&s), Some("default"), None)
+        .await;
+    let c = &r.body["cases"][0];
+    assert_eq!(c["patient_name"], "Ann Lee");
+    assert!(c["esi"].is_null());
+    // Admins see no PHI: no names, no patients.
+    let a = api.login("admin1").await;
+    let r = api
+        .call(
+            "GET",
+            &format!("/api/v1/patients/{}", fx.patient),
+            Some(&a),
+            Some("default"),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_logoff_absolute_lifetime_and_backoff() {
+    let api = Api::new("[api]\nidle_timeout_secs = 600\nsession_lifetime_secs = 1500\nlogin_backoff_after = 3\nlogin_backoff_max_secs = 300\n").await;
+    let me = |t: String| {
+        let api = &api;
+        async move {
+            api.call("GET", "/api/v1/auth/me", Some(&t), Some("default"), None)
+                .await
+                .status
+        }
+    };
+    // Idle: at timeout − 1 s the session works (and restarts its idle timer) …
+    let t = api.login("medic").await;
+    api.clock.advance_ms(599_000);
+    assert_eq!(me(t.clone()).await, StatusCode::OK);
+    // … at timeout + 1 s it is 401 and gone server-side (memory and database).
+    api.clock.advance_ms(601_000);
+    let r = api
+        .call("GET", "/api/v1/auth/me", Some(&t), Some("default"), None)
+        .await;
+    assert_eq!(
+        (r.status, r.body["error"]["details"]["reason"].as_str()),
+        (StatusCode::UNAUTHORIZED, Some("idle"))
+    );
+    assert!(!hema3n_edge::api::auth::session_exists(&api.st, &t));
+    assert_eq!(api.query_i64("SELECT count(*) FROM sessions").await, 0);
+    api.clock.advance_ms(-601_000);
+    assert_eq!(
+        me(t.clone()).await,
+        StatusCode::UNAUTHORIZED,
+        "an ended session never comes back"
+    );
+    assert_eq!(
+        api.query_i64(
+            "SELECT count(*) FROM audit_log WHERE action = 'logout' AND details LIKE '%idle%'"
+        )
+        .await,
+        1
+    );
+
+    // The sweeper ends idle sessions nobody uses.
+    let t2 = api.login("emt1").await;
+    api.clock.advance_ms(601_000);
+    assert_eq!(
+        hema3n_edge::api::auth::sweep_once(&api.st).await.unwrap(),
+        1
+    );
+    assert!(!hema3n_edge::api::auth::session_exists(&api.st, &t2));
+
+    // Absolute lifetime: active every 500 s, still ended at 1500 s.
+    let t = api.login("medic").await;
+    for _ in 0..2 {
+        api.clock.advance_ms(500_000);
+        assert_eq!(me(t.clone()).await, StatusCode::OK);
+    }
+    api.clock.advance_ms(499_000);
+    assert_eq!(me(t.clone()).await, StatusCode::OK);
+    api.clock.advance_ms(1_000);
+    let r = api
+        .call("GET", "/api/v1/auth/me", Some(&t), Some("default"), None)
+        .await;
+    assert_eq!(
+        (r.status, r.body["error"]["details"]["reason"].as_str()),
+        (StatusCode::UNAUTHORIZED, Some("expired"))
+    );
+
+    // Back-off: after 3 failures, 1 s, then doubling up to 300 s; never a permanent lock.
+    let login = |secret: &'static str| {
+        let api = &api;
+        async move {
+            api.call(
+                "POST",
+                "/api/v1/auth/login",
+                None,
+                None,
+                Some(json!({"user_id": "emt1", "secret": secret})),
+            )
+            .await
+        }
+    };
+    for _ in 0..2 {
+        assert_eq!(login("bad-pin").await.status, StatusCode::UNAUTHORIZED);
+    }
+    assert_eq!(login("bad-pin").await.status, StatusCode::UNAUTHORIZED);
+    let r = login(PIN).await;
+    assert_eq!(
+        (r.status, r.code()),
+        (StatusCode::TOO_MANY_REQUESTS, "RATE_LIMITED"),
+        "even the right PIN waits"
+    );
+    assert_eq!(r.headers.get("retry-after").unwrap(), "1");
+    api.clock.advance_ms(1_000);
+    assert_eq!(login(PIN).await.status, StatusCode::OK, "back-off over");
+    // A guesser who waits out every back-off: the waits grow, then stay at the cap.
+    let mut waits = Vec::new();
+    for _ in 0..15 {
+        let r = login("bad-pin").await;
+        if r.status == StatusCode::TOO_MANY_REQUESTS {
+            let w: i64 = r
+                .headers
+                .get("retry-after")
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .parse()
+                .unwrap();
+            waits.push(w);
+            api.clock.advance_ms(w * 1000);
+        } else {
+            assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+        }
+    }
+    let r = login(PIN).await;
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
+    let w: i64 = r
+        .headers
+        .get("retry-after")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    waits.push(w);
+    api.clock.advance_ms(w * 1000);
+    assert!(waits.windows(2).all(|w| w[1] >= w[0]), "{waits:?}");
+    assert_eq!(*waits.last().unwrap(), 300, "capped: {waits:?}");
+    let r = login(PIN).await;
+    assert_eq!(
+        r.status,
+        StatusCode::OK,
+        "the crew is never locked out for good"
+    );
+    assert!(
+        api.query_i64("SELECT count(*) FROM audit_log WHERE action = 'login.failure'")
+            .await
+            >= 15
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_phi_route_adds_exactly_its_audit_entries() {
+    let api = Api::new(IDLE).await;
+    let fx = fixtures(&api).await;
+    let t = api.login("medic").await;
+    let c = &fx.case;
+    let p = &fx.patient;
+    let cases: Vec<(&str, String, Option<Value>, Vec<&str>)> = vec![
+        (
+            "POST",
+            "/api/v1/patients".into(),
+            Some(json!({"first_name": "Bo"})),
+            vec!["patient.create"],
+        ),
+        (
+            "GET",
+            format!("/api/v1/patients/{p}"),
+            None,
+            vec!["patient.read"],
+        ),
+        (
+            "PUT",
+            format!("/api/v1/patients/{p}"),
+            Some(json!({"first_name": "Ann", "last_name": "Lee", "date_of_birth": "1950-02-03"})),
+            vec!["patient.update"],
+        ),
+        (
+            "GET",
+            "/api/v1/patients?last_name=lee".into(),
+            None,
+            vec!["patient.read", "patient.search"],
+        ),
+        ("GET", "/api/v1/cases".into(), None, vec!["case.list"]),
+        (
+            "POST",
+            "/api/v1/cases".into(),
+            Some(json!({})),
+            vec!["case.create"],
+        ),
+        ("GET", format!("/api/v1/cases/{c}"), None, vec!["case.read"]),
+        (
+            "POST",
+            format!("/api/v1/cases/{c}/devices"),
+            Some(json!({"device_id": "mon-1"})),
+            vec!["device.bind"],
+        ),
+        (
+            "DELETE",
+            format!("/api/v1/cases/{c}/devices/mon-1"),
+            None,
+            vec!["device.unbind"],
+        ),
+        (
+            "POST",
+            format!("/api/v1/cases/{c}/vitals"),
+            Some(json!({"readings": [{"name": "spo2", "value": 91}, {"name": "avpu", "vs": "V"}]})),
+            vec!["observation.create"],
+        ),
+        (
+            "GET",
+            format!("/api/v1/cases/{c}/vitals"),
+            None,
+            vec!["observation.read"],
+        ),
+        (
+            "GET",
+            format!("/api/v1/cases/{c}/triage"),
+            None,
+            vec!["triage.read"],
+        ),
+        (
+            "POST",
+            format!("/api/v1/cases/{c}/medications"),
+            Some(json!({"name": "oxygen", "dose": "15 l/min", "route": "mask"})),
+            vec!["medication.create"],
+        ),
+        (
+            "GET",
+            format!("/api/v1/cases/{c}/stream"),
+            None,
+            vec!["case.stream"],
+        ),
+        (
+            "GET",
+            format!("/api/v1/cases/{c}/handoff"),
+            None,
+            vec!["case.handoff"],
+        ),
+        (
+            "POST",
+            format!("/api/v1/cases/{c}/close"),
+            None,
+            vec!["case.close"],
+        ),
+    ];
+    for (method, path, body, want) in cases {
+        let before = api.audit_head().await;
+        let r = api
+            .call(method, &path, Some(&t), Some("default"), body)
+            .await;
+        assert!(
+            r.status.is_success(),
+            "{method} {path}: {} {}",
+            r.status,
+            r.body
+        );
+        assert_eq!(api.audit_after(before).await, want, "{method} {path}");
+    }
+    // The route table marks exactly these routes as PHI.
+    let phi: Vec<&str> = ROUTES.iter().filter(|r| r.phi).map(|r| r.path).collect();
+    assert_eq!(phi.len(), 16, "{phi:?}");
+    // A failed read is audited too.
+    let before = api.audit_head().await;
+    let r = api
+        .call(
+            "GET",
+            "/api/v1/patients/01a207a7-0000-7000-8000-000000000000",
+            Some(&t),
+            Some("default"),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.code()),
+        (StatusCode::NOT_FOUND, "PATIENT_NOT_FOUND")
+    );
+    let _ = before;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_specific_errors() {
+    let api = Api::new("[api]\nmax_body_bytes = 2048\n").await;
+    let fx = fixtures(&api).await;
+    let t = api.login("medic").await;
+    let call = |m: &'static str, p: String, b: Value| {
+        let (api, t) = (&api, t.clone());
+        async move { api.call(m, &p, Some(&t), Some("default"), Some(b)).await }
+    };
+    let r = call(
+        "POST",
+        "/api/v1/patients".into(),
+        json!({"first_name": "x".repeat(4000)}),
+    )
+    .await;
+    assert_eq!(
+        (r.status, r.code()),
+        (StatusCode::PAYLOAD_TOO_LARGE, "PAYLOAD_TOO_LARGE")
+    );
+    let r = call("POST", "/api/v1/patients".into(), json!({"nickname": "Al"})).await;
+    assert_eq!(
+        (r.status, r.code()),
+        (StatusCode::UNPROCESSABLE_ENTITY, "VALIDATION_ERROR")
+    );
+    assert!(
+        r.body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("nickname"),
+        "{}",
+        r.body
+    );
+    let r = call(
+        "POST",
+        "/api/v1/patients".into(),
+        json!({"date_of_birth": "1950-13-40"}),
+    )
+    .await;
+    assert_eq!(
+        (r.status, r.code()),
+        (StatusCode::UNPROCESSABLE_ENTITY, "INVALID_PHI")
+    );
+    assert_eq!(r.body["error"]["details"]["field"], "date_of_birth");
+    assert!(
+        !r.body.to_string().contains("1950-13-40")
+            || r.body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("date_of_birth")
+    );
+    let r = call(
+        "POST",
+        format!("/api/v1/cases/{}/vitals", fx.case),
+        json!({"readings": [{"name": "spo2", "value": 140}]}),
+    )
+    .await;
+    assert_eq!(r.code(), "VALIDATION_ERROR");
+    assert_eq!(r.body["error"]["details"]["reading"], 0);
+    let r = call(
+        "POST",
+        format!("/api/v1/cases/{}/vitals", fx.case),
+        json!({"readings": [{"name": "mood", "value": 3}]}),
+    )
+    .await;
+    assert_eq!(r.code(), "VALIDATION_ERROR");
+    let r = api
+        .call(
+            "GET",
+            "/api/v1/cases/not-a-uuid",
+            Some(&t),
+            Some("default"),
+            None,
+        )
+        .await;
+    assert_eq!(r.code(), "VALIDATION_ERROR");
+    let r = api
+        .call(
+            "GET",
+            "/api/v1/cases/01a207a7-0000-7000-8000-000000000000",
+            Some(&t),
+            Some("default"),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.code()),
+        (StatusCode::NOT_FOUND, "CASE_NOT_FOUND")
+    );
+    // Not JSON at all.
+    let req = axum::http::Request::post("/api/v1/patients")
+        .header("authorization", format!("Bearer {t}"))
+        .header("territory-id", "default")
+        .header("content-type", "application/json")
+        .body(axum::body::Body::from("{not json"))
+        .unwrap();
+    use tower::ServiceExt;
+    let resp = api.router.clone().oneshot(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    // Everything stays consistent: the store still verifies.
+    let ok = api
+        .st
+        .store
+        .call(|db| Ok(db.verify_audit()?.ok()))
+        .await
+        .unwrap();
+    assert!(ok);
+    // The OpenAPI document lists every route of the table.
+    let doc = api
+        .call("GET", "/api/v1/openapi.json", None, None, None)
+        .await
+        .body;
+    for r in ROUTES {
+        assert!(
+            doc["paths"][r.path][r.method.to_lowercase()].is_object(),
+            "{} {}",
+            r.method,
+            r.path
+        );
+    }
+    let m = api.call("GET", "/metrics", None, None, None).await;
+    assert_eq!(m.status, StatusCode::OK);
+}

@@ -1,0 +1,179 @@
+//! In-process API harness: the real router, a real SQLCipher store and a manual clock, called
+//! through tower (no socket) for the table-driven access, session and audit tests.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{Method, Request, StatusCode};
+use http_body_util::BodyExt;
+use serde_json::Value;
+use tower::ServiceExt;
+
+use hema3n_edge::api::auth::ManualClock;
+use hema3n_edge::api::{ApiState, router};
+use hema3n_edge::crypto::keyring::{self, territory_key_name};
+use hema3n_edge::crypto::password;
+use hema3n_edge::events::Bus;
+use hema3n_edge::model::Actor;
+use hema3n_edge::storage::Store;
+
+use super::Appliance;
+
+pub const PIN: &str = "pin-4829";
+pub const T0: i64 = 1_800_000_000_000;
+
+/// Accounts created by [`Api::new`]: (id, role, territory).
+pub const USERS: &[(&str, &str, &str)] = &[
+    ("medic", "paramedic", "default"),
+    ("emt1", "emt", "default"),
+    ("staff1", "staff", "default"),
+    ("super1", "supervisor", "default"),
+    ("super2", "supervisor", "default"),
+    ("admin1", "admin", "default"),
+    ("victim", "emt", "default"),
+    ("north1", "paramedic", "north"),
+];
+
+pub struct Api {
+    pub app: Appliance,
+    pub st: ApiState,
+    pub router: Router,
+    pub clock: Arc<ManualClock>,
+    _shutdown: tokio::sync::watch::Sender<bool>,
+}
+
+pub struct Reply {
+    pub status: StatusCode,
+    pub body: Value,
+    pub headers: axum::http::HeaderMap,
+}
+
+impl Reply {
+    pub fn code(&self) -> &str {
+        self.body["error"]["code"].as_str().unwrap_or("")
+    }
+}
+
+impl Api {
+    pub async fn new(dropin: &str) -> Api {
+        let app = Appliance::init_with(&[("30-api.toml", dropin)]);
+        keyring::ensure_key32(&app.key_dir(), &territory_key_name("north", 1)).unwrap();
+        let cfg = app.config();
+        let mut db = app.open();
+        let phc = password::hash_secret(PIN).unwrap();
+        for (id, role, t) in USERS {
+            db.add_user(&Actor::cli(), id, &format!("User {id}"), role, t, &phc)
+                .unwrap();
+        }
+        let (store, _thread) = Store::spawn(db, 64);
+        let clock = Arc::new(ManualClock::at(T0));
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        let st = ApiState::new(cfg, store, clock.clone(), Bus::default(), rx)
+            .await
+            .unwrap();
+        Api {
+            router: router(st.clone()),
+            app,
+            st,
+            clock,
+            _shutdown: tx,
+        }
+    }
+
+    pub async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        territory: Option<&str>,
+        body: Option<Value>,
+    ) -> Reply {
+        let mut b = Request::builder()
+            .method(Method::from_bytes(method.as_bytes()).unwrap())
+            .uri(path);
+        if let Some(t) = token {
+            b = b.header("authorization", format!("Bearer {t}"));
+        }
+        if let Some(t) = territory {
+            b = b.header("territory-id", t);
+        }
+        let req = match body {
+            Some(v) => b
+                .header("content-type", "application/json")
+                .body(Body::from(serde_json::to_vec(&v).unwrap()))
+                .unwrap(),
+            None => b.body(Body::empty()).unwrap(),
+        };
+        let resp = self.router.clone().oneshot(req).await.unwrap();
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let sse = headers
+            .get("content-type")
+            .is_some_and(|v| v.to_str().unwrap().starts_with("text/event-stream"));
+        let body = if sse {
+            // A live stream never ends: only its status and headers are inspected.
+            Value::Null
+        } else {
+            let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null)
+        };
+        Reply {
+            status,
+            body,
+            headers,
+        }
+    }
+
+    /// Logs in and returns the bearer token.
+    pub async fn login(&self, user: &str) -> String {
+        let r = self
+            .call(
+                "POST",
+                "/api/v1/auth/login",
+                None,
+                None,
+                Some(serde_json::json!({ "user_id": user, "secret": PIN })),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "login {user}: {}", r.body);
+        r.body["token"].as_str().unwrap().to_string()
+    }
+
+    /// Scalar query on the store.
+    pub async fn query_i64(&self, sql: &'static str) -> i64 {
+        self.st
+            .store
+            .call(move |db| {
+                Ok(db
+                    .raw_connection_for_tests()
+                    .query_row(sql, [], |r| r.get(0))
+                    .unwrap())
+            })
+            .await
+            .unwrap()
+    }
+
+    /// Audit actions appended after `seq`, in order.
+    pub async fn audit_after(&self, seq: i64) -> Vec<String> {
+        self.st
+            .store
+            .call(move |db| {
+                let c = db.raw_connection_for_tests();
+                let mut s = c
+                    .prepare("SELECT action FROM audit_log WHERE seq > ?1 ORDER BY seq")
+                    .unwrap();
+                Ok(s.query_map([seq], |r| r.get::<_, String>(0))
+                    .unwrap()
+                    .map(|r| r.unwrap())
+                    .collect())
+            })
+            .await
+            .unwrap()
+    }
+
+    pub async fn audit_head(&self) -> i64 {
+        self.query_i64("SELECT coalesce(max(seq), 0) FROM audit_log")
+            .await
+    }
+}
