@@ -31,6 +31,7 @@ log "checking test services"
 install_test_services
 log "checking reference tools (PyPI)"
 install_python_tools
+install_browser_tools
 install_model_tools
 export HEMA3N_ORT_LIB="${HEMA3N_ORT_LIB:-$(onnxruntime_lib)}"
 [ -n "$HEMA3N_ORT_LIB" ] || die "ONNX Runtime library missing from .tools/model"

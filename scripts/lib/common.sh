@@ -41,6 +41,22 @@ install_test_services() {
     fi
 }
 
+# Browser tests: Debian's Chromium driven by Playwright (playwright-core from npm, pinned, in
+# .tools/node; it never downloads a browser of its own).
+PLAYWRIGHT_VERSION=1.65.1
+install_browser_tools() {
+    apt_install chromium fonts-dejavu-core
+    # Node.js from Debian only when the machine has none (a vendor nodejs bundles its own npm).
+    command -v npm >/dev/null || apt_install nodejs npm
+    local dir; dir="$(repo_root)/.tools/node"
+    if [ ! -f "$dir/node_modules/playwright-core/package.json" ] \
+        || ! grep -q "\"version\": \"$PLAYWRIGHT_VERSION\"" "$dir/node_modules/playwright-core/package.json"; then
+        log "installing playwright-core@$PLAYWRIGHT_VERSION into .tools/node"
+        mkdir -p "$dir"
+        PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm install --silent --no-audit --no-fund --prefix "$dir" "playwright-core@$PLAYWRIGHT_VERSION" >/dev/null
+    fi
+}
+
 # Python packages the tests use as independent references, pinned, in .tools/python.
 install_python_tools() {
     local dir; dir="$(repo_root)/.tools/python"

@@ -256,8 +256,11 @@ pub async fn serve(
 ) -> Result<(), String> {
     let mut shutdown = st.shutdown.clone();
     let app = router(st);
-    let addr: Option<SocketAddr> = listener.local_addr().ok();
-    tracing::info!(addr = ?addr, "api listening (https)");
+    let addr = listener
+        .local_addr()
+        .map(|a: SocketAddr| a.to_string())
+        .unwrap_or_default();
+    tracing::info!(%addr, "api listening (https)");
     loop {
         let (tcp, peer) = tokio::select! {
             r = listener.accept() => match r {
