@@ -1,1 +1,475 @@
-fn main() {}
+//! Tablet API benchmarks against raw baselines measured in the same run (SYSTEM.md §8).
+//!
+//! 1. Main read routes (case view, case list, vitals history) of the real daemon over HTTPS
+//!    under 50 concurrent keep-alive clients, against a raw axum hello-world served over the
+//!    same TLS stack in this process: `BENCH api_read_p99_ms`, `BENCH api_read_rps`.
+//! 2. Vitals arrival → new triage on the tablet's live stream (SSE): a monitor publishes one
+//!    pack, the clock stops when the stream delivers the triage it caused; against a raw
+//!    broker QoS 1 publish → subscriber delivery: `BENCH triage_stream_p99_ms`.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper_util::rt::TokioIo;
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use serde_json::{Value, json};
+
+#[path = "../tests/common/broker.rs"]
+mod broker;
+mod common;
+use common::{bench_line, pct, quick};
+
+const EDGE: &str = env!("CARGO_BIN_EXE_hema3n-edge");
+const PIN: &str = "pin-7391";
+const CLIENTS: usize = 50;
+
+fn run(args: &[&str], stdin: Option<&str>) -> String {
+    let mut c = Command::new(EDGE);
+    c.args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    if let Some(s) = stdin {
+        use std::io::Write;
+        writeln!(child.stdin.take().unwrap(), "{s}").unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A daemon in a temp dir; killed on drop.
+struct Daemon {
+    child: std::process::Child,
+    dir: std::path::PathBuf,
+    port: u16,
+    _tmp: tempfile::TempDir,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Daemon {
+    fn start(dropin: &str) -> Daemon {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("state");
+        run(&["init", "--data-dir", dir.to_str().unwrap()], None);
+        std::fs::create_dir_all(dir.join("edge.d")).unwrap();
+        std::fs::write(
+            dir.join("edge.d/50-bench.toml"),
+            format!("[api]\nlisten = \"127.0.0.1:0\"\nmax_concurrent = 512\n{dropin}"),
+        )
+        .unwrap();
+        let cfg = dir.join("edge.toml");
+        let c = cfg.to_str().unwrap();
+        run(
+            &[
+                "--config",
+                c,
+                "users",
+                "add",
+                "medic1",
+                "--name",
+                "Bench",
+                "--role",
+                "paramedic",
+            ],
+            Some(PIN),
+        );
+        run(&["--config", c, "devices", "add", "mon-1"], None);
+        let log = dir.join("daemon.log");
+        let child = Command::new(EDGE)
+            .args(["--config", c, "run"])
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let port = broker::wait_for(30, "api listening", || {
+            let text = std::fs::read_to_string(&log).ok()?;
+            let line = text.lines().find(|l| l.contains("api listening"))?;
+            let rest = line.split("127.0.0.1:").nth(1)?;
+            rest.chars()
+                .take_while(char::is_ascii_digit)
+                .collect::<String>()
+                .parse()
+                .ok()
+        });
+        Daemon {
+            child,
+            dir,
+            port,
+            _tmp: tmp,
+        }
+    }
+}
+
+type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
+
+/// One keep-alive HTTPS connection trusting `cert`.
+async fn connect(port: u16, tls: &tokio_rustls::TlsConnector) -> Sender {
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    tcp.set_nodelay(true).unwrap();
+    let name = tokio_rustls::rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let s = tls.connect(name, tcp).await.unwrap();
+    let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(s))
+        .await
+        .unwrap();
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    send
+}
+
+async fn request(
+    s: &mut Sender,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<Value>,
+) -> (u16, Bytes) {
+    let mut b = hyper::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "localhost")
+        .header("territory-id", "default");
+    if let Some(t) = token {
+        b = b.header("authorization", format!("Bearer {t}"));
+    }
+    let body = match body {
+        Some(v) => {
+            b = b.header("content-type", "application/json");
+            Full::new(Bytes::from(serde_json::to_vec(&v).unwrap()))
+        }
+        None => Full::new(Bytes::new()),
+    };
+    s.ready().await.unwrap();
+    let resp = s.send_request(b.body(body).unwrap()).await.unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.into_body().collect().await.unwrap().to_bytes())
+}
+
+async fn json_req(
+    s: &mut Sender,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<Value>,
+) -> Value {
+    let (st, b) = request(s, method, path, token, body).await;
+    assert!(
+        (200..300).contains(&st),
+        "{method} {path}: {st} {}",
+        String::from_utf8_lossy(&b)
+    );
+    serde_json::from_slice(&b).unwrap_or(Value::Null)
+}
+
+/// `CLIENTS` clients loop over `paths` for `secs`: (requests/s, latencies).
+async fn load(
+    port: u16,
+    tls: &tokio_rustls::TlsConnector,
+    token: Option<String>,
+    paths: Vec<String>,
+    secs: f64,
+) -> (f64, Vec<Duration>) {
+    let mut set = tokio::task::JoinSet::new();
+    let start = Instant::now();
+    let end = start + Duration::from_secs_f64(secs);
+    for c in 0..CLIENTS {
+        let mut s = connect(port, tls).await;
+        let (paths, token) = (paths.clone(), token.clone());
+        set.spawn(async move {
+            let mut lat = Vec::new();
+            let mut i = c;
+            while Instant::now() < end {
+                let p = &paths[i % paths.len()];
+                i += 1;
+                let t = Instant::now();
+                let (st, _) = request(&mut s, "GET", p, token.as_deref(), None).await;
+                assert_eq!(st, 200, "{p}");
+                lat.push(t.elapsed());
+            }
+            lat
+        });
+    }
+    let mut all = Vec::new();
+    while let Some(r) = set.join_next().await {
+        all.extend(r.unwrap());
+    }
+    (all.len() as f64 / start.elapsed().as_secs_f64(), all)
+}
+
+/// The raw axum hello-world over the same TLS stack.
+async fn hello_world(cert: &std::path::Path, key: &[u8]) -> u16 {
+    let acceptor = hema3n_edge::tls::server_acceptor(cert, key).unwrap();
+    let app = axum::Router::new().route("/", axum::routing::get(|| async { "hello" }));
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        loop {
+            let (tcp, _) = l.accept().await.unwrap();
+            tcp.set_nodelay(true).unwrap();
+            let (acceptor, app) = (acceptor.clone(), app.clone());
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let svc = hyper_util::service::TowerToHyperService::new(app);
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tls), svc)
+                    .await;
+            });
+        }
+    });
+    port
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// Raw broker QoS 1 publish → subscriber delivery latency, sequential, p99.
+async fn raw_broker_p99(port: u16, n: usize) -> Duration {
+    let (sub, mut sev) = AsyncClient::new(MqttOptions::new("bench-raw-sub", "127.0.0.1", port), 64);
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            match sev.poll().await {
+                Ok(Event::Incoming(Packet::Publish(_))) => {
+                    let _ = tx.send(Instant::now());
+                }
+                Ok(Event::Incoming(Packet::SubAck(_))) => {
+                    let _ = tx.send(Instant::now());
+                }
+                Ok(_) => {}
+                Err(_) => return,
+            }
+        }
+    });
+    sub.subscribe("bench/raw", QoS::AtLeastOnce).await.unwrap();
+    rx.recv().await.unwrap();
+    let (publ, mut pev) =
+        AsyncClient::new(MqttOptions::new("bench-raw-pub", "127.0.0.1", port), 64);
+    tokio::spawn(async move { while pev.poll().await.is_ok() {} });
+    let mut lat = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        publ.publish("bench/raw", QoS::AtLeastOnce, false, vec![b'x'; 300])
+            .await
+            .unwrap();
+        let got = rx.recv().await.unwrap();
+        lat.push(got.duration_since(t));
+    }
+    pct(&mut lat, 0.99)
+}
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async_main());
+}
+
+async fn async_main() {
+    let secs = if quick() { 1.5 } else { 10.0 };
+    let samples = if quick() { 15 } else { 200 };
+    let mqtt = broker::Broker::start_with("allow_anonymous true\n");
+    let ort = std::env::var("HEMA3N_ORT_LIB").ok();
+    let triage = match &ort {
+        Some(lib) => format!(
+            "[triage]\nonnxruntime_library = \"{lib}\"\nmodel_dir = \"{}/edge-models/hema3n-core\"\ndebounce_ms = 1\n",
+            env!("CARGO_MANIFEST_DIR")
+        ),
+        None => "[triage]\ndebounce_ms = 1\n".into(),
+    };
+    let d = Daemon::start(&format!("{triage}[mqtt]\nbroker = \"{}\"\n", mqtt.url()));
+    let cert = d.dir.join("keys/api-cert.pem");
+    let tls =
+        tokio_rustls::TlsConnector::from(hema3n_edge::tls::client_config(&cert, None).unwrap());
+    let mut s = connect(d.port, &tls).await;
+    let login = json_req(
+        &mut s,
+        "POST",
+        "/api/v1/auth/login",
+        None,
+        Some(json!({"user_id": "medic1", "secret": PIN})),
+    )
+    .await;
+    let token = login["token"].as_str().unwrap().to_string();
+    let t = Some(token.as_str());
+    let p = json_req(
+        &mut s,
+        "POST",
+        "/api/v1/patients",
+        t,
+        Some(json!({"first_name": "Bench", "last_name": "Patient", "date_of_birth": "1960-01-01"})),
+    )
+    .await;
+    let c = json_req(
+        &mut s,
+        "POST",
+        "/api/v1/cases",
+        t,
+        Some(json!({"patient_id": p["id"], "chief_complaint": "chest pain"})),
+    )
+    .await;
+    let case = c["id"].as_str().unwrap().to_string();
+    // A realistic record: 30 min of one reading per vital every 10 s.
+    let now = hema3n_edge::model::now_ms();
+    for k in 0..18 {
+        let readings: Vec<Value> = (0..10)
+            .flat_map(|j| {
+                let at = now - (180 - (k * 10 + j)) * 10_000;
+                ["heart_rate", "resp_rate", "spo2", "sbp"]
+                    .iter()
+                    .map(move |n| json!({"name": n, "value": 80 + (j % 5), "t_ms": at}))
+            })
+            .take(32)
+            .collect();
+        json_req(
+            &mut s,
+            "POST",
+            &format!("/api/v1/cases/{case}/vitals"),
+            t,
+            Some(json!({ "readings": readings })),
+        )
+        .await;
+    }
+
+    // 1. Read routes vs raw hello-world.
+    let key = std::fs::read(d.dir.join("keys/api-tls.key")).unwrap();
+    let hw = hello_world(&cert, &key).await;
+    let (raw_rps, mut raw_lat) = load(hw, &tls, None, vec!["/".into()], secs).await;
+    let paths = vec![
+        format!("/api/v1/cases/{case}"),
+        "/api/v1/cases".to_string(),
+        format!("/api/v1/cases/{case}/vitals"),
+    ];
+    let (rps, mut lat) = load(d.port, &tls, Some(token.clone()), paths, secs).await;
+    let (p50, p99) = (pct(&mut lat, 0.5), pct(&mut lat, 0.99));
+    let (rp50, rp99) = (pct(&mut raw_lat, 0.5), pct(&mut raw_lat, 0.99));
+    println!("api reads, {CLIENTS} clients over HTTPS, {secs} s each:");
+    println!(
+        "  {:<34} {:>10} {:>10} {:>10}",
+        "", "req/s", "p50 ms", "p99 ms"
+    );
+    println!(
+        "  {:<34} {:>10.0} {:>10.2} {:>10.2}",
+        "raw axum hello-world (same TLS)",
+        raw_rps,
+        ms(rp50),
+        ms(rp99)
+    );
+    println!(
+        "  {:<34} {:>10.0} {:>10.2} {:>10.2}",
+        "case view + list + vitals (audited)",
+        rps,
+        ms(p50),
+        ms(p99)
+    );
+    bench_line("api_read_p99_ms", ms(p99), "ms", ms(rp99));
+    bench_line("api_read_rps", rps, "req/s", raw_rps);
+
+    // 2. Vitals arrival → triage on the live stream.
+    json_req(
+        &mut s,
+        "POST",
+        &format!("/api/v1/cases/{case}/devices"),
+        t,
+        Some(json!({"device_id": "mon-1", "attach_unbound": false})),
+    )
+    .await;
+    let mut sse = connect(d.port, &tls).await;
+    let req = hyper::Request::get(format!("/api/v1/cases/{case}/stream"))
+        .header("host", "localhost")
+        .header("territory-id", "default")
+        .header("authorization", format!("Bearer {token}"))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = sse.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let (etx, mut erx) = tokio::sync::mpsc::unbounded_channel::<(String, Instant)>();
+    let mut body = resp.into_body();
+    tokio::spawn(async move {
+        let mut buf = String::new();
+        while let Some(f) = body.frame().await {
+            let Ok(f) = f else { return };
+            if let Some(d) = f.data_ref() {
+                buf.push_str(&String::from_utf8_lossy(d));
+                while let Some(i) = buf.find("\n\n") {
+                    let block: String = buf.drain(..i + 2).collect();
+                    if let Some(ev) = block.lines().find_map(|l| l.strip_prefix("event:")) {
+                        let _ = etx.send((ev.trim().to_string(), Instant::now()));
+                    }
+                }
+            }
+        }
+    });
+    let (dev, mut dev_ev) = AsyncClient::new(MqttOptions::new("mon-1", "127.0.0.1", mqtt.port), 64);
+    tokio::spawn(async move { while dev_ev.poll().await.is_ok() {} });
+    let mut lat = Vec::with_capacity(samples);
+    for i in 0..samples {
+        let at = hema3n_edge::model::now_ms();
+        let pack = json!([
+            {"bn": "mon-1:", "bt": at as f64 / 1000.0, "n": "heart_rate", "u": "beat/min", "v": 90 + (i % 40)},
+            {"n": "resp_rate", "u": "1/min", "v": 18 + (i % 10)},
+            {"n": "spo2", "u": "%", "v": 95 - (i % 6)},
+            {"n": "sbp", "u": "mmHg", "v": 120 - (i % 30)},
+        ]);
+        while erx.try_recv().is_ok() {}
+        let t0 = Instant::now();
+        dev.publish(
+            "hema3n/v1/devices/mon-1/vitals",
+            QoS::AtLeastOnce,
+            false,
+            pack.to_string(),
+        )
+        .await
+        .unwrap();
+        let got = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                let (ev, at) = erx.recv().await.unwrap();
+                if ev == "triage" {
+                    return at;
+                }
+            }
+        })
+        .await
+        .expect("a triage on the stream within 10 s");
+        lat.push(got.duration_since(t0));
+    }
+    let raw = raw_broker_p99(mqtt.port, samples).await;
+    let p99 = pct(&mut lat, 0.99);
+    println!(
+        "vitals arrival → triage on the live stream ({samples} packs, model {}):",
+        if ort.is_some() {
+            "on"
+        } else {
+            "off: rules only"
+        }
+    );
+    println!(
+        "  p50 {:.2} ms, p99 {:.2} ms; raw broker publish → delivery p99 {:.2} ms",
+        ms(pct(&mut lat, 0.5)),
+        ms(p99),
+        ms(raw)
+    );
+    bench_line("triage_stream_p99_ms", ms(p99), "ms", ms(raw));
+}
