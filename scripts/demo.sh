@@ -85,6 +85,9 @@ start_cloud() {
 log "starting the cloud broker on 127.0.0.1:$CPORT"
 start_cloud
 
+APORT=8443
+python3 -c 'import socket,sys; s=socket.socket(); s.bind(("127.0.0.1",8443))' 2>/dev/null \
+    || APORT="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
 log "initialising $STATE"
 "$BIN" init --data-dir "$STATE" --appliance-id demo-ambulance-1
 export HEMA3N_CONFIG="$STATE/edge.toml"
@@ -102,7 +105,17 @@ device_silent_secs = 15
 onnxruntime_library = "$(onnxruntime_lib)"
 model_dir = "$ROOT/edge-models/hema3n-core"
 variant = "fp32"
+
+[api]
+listen = "127.0.0.1:$APORT"
 CONF
+
+# Demo crew accounts (PINs are for this loopback demo only; real crews choose their own).
+DEMO_PIN=284613
+for u in "medic1 paramedic Demo-Paramedic" "emt1 emt Demo-EMT" "desk1 staff Demo-Staff" "super1 supervisor Demo-Supervisor" "admin1 admin Demo-Admin"; do
+    set -- $u
+    "$BIN" users list | grep -q "^$1 " || echo "$DEMO_PIN" | "$BIN" users add "$1" --role "$2" --name "${3//-/ }" >/dev/null
+done
 
 log "initialising the cloud receiver in $DEMO/cloud and exchanging public keys"
 "$RBIN" init --data-dir "$DEMO/cloud" --broker "mqtt://127.0.0.1:$CPORT" --receiver-id demo-cloud >/dev/null
@@ -145,6 +158,9 @@ log "starting 3 simulated monitors (demo-mon-1 follows haemorrhagic shock; 5 % f
 cat <<TXT
 
   HEMA3N Edge demo is running.
+    crew tablet    : https://127.0.0.1:$APORT/   (self-signed certificate: accept it once)
+    demo logins    : medic1 (paramedic), emt1, desk1 (staff), super1 (supervisor), admin1
+                     PIN $DEMO_PIN, territory "default"; the demo case follows demo-mon-1 live
     data directory : $STATE   (encrypted database, keys 0600)
     broker         : mqtt://127.0.0.1:$PORT
     demo case      : $CASE   (monitor demo-mon-1 bound to it)

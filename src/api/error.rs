@@ -169,9 +169,7 @@ impl From<StoreError> for ApiError {
                 )
             }
             StoreError::Closed => ApiError::busy("the store is shutting down"),
-            StoreError::Sqlite(rusqlite_err) if rusqlite_err.to_string().contains("locked") => {
-                ApiError::busy("the store is busy")
-            }
+            _ if e.is_busy() => ApiError::busy("the store is busy"),
             _ => {
                 tracing::error!(error = %e, "store error serving an API request");
                 ApiError::internal()

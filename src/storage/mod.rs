@@ -129,6 +129,15 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// True when another writer held the database lock past the busy timeout (retry later).
+    pub fn is_busy(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Sqlite(rusqlite::Error::SqliteFailure(f, _))
+                if matches!(f.code, rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+        )
+    }
+
     /// True for errors that a restart cannot fix: wrong/missing keys, plaintext or corrupt
     /// database. The daemon exits 78 on these so systemd does not restart-loop.
     pub fn is_config(&self) -> bool {
