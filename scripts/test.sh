@@ -50,6 +50,9 @@ cargo build --locked --all-targets
 log "running tests"
 cargo test --locked --all-targets -- --test-threads="$(nproc)"
 
+log "checking the appliance packaging (systemd units, Yocto layer, provisioning)"
+./scripts/check-appliance.sh
+
 log "checking the aarch64 build with the CUDA and TensorRT execution providers"
 ./scripts/build-aarch64.sh --check --features cuda,tensorrt
 

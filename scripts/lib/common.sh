@@ -57,6 +57,15 @@ install_browser_tools() {
     fi
 }
 
+# The Yocto recipe linter, pinned, in .tools/oelint.
+install_yocto_lint() {
+    local dir; dir="$(repo_root)/.tools/oelint"
+    if [ ! -d "$dir/oelint_adv" ]; then
+        log "installing oelint-adv==9.11.2 into .tools/oelint"
+        python3 -m pip install --quiet --disable-pip-version-check --target "$dir" oelint-adv==9.11.2
+    fi
+}
+
 # Python packages the tests use as independent references, pinned, in .tools/python.
 install_python_tools() {
     local dir; dir="$(repo_root)/.tools/python"

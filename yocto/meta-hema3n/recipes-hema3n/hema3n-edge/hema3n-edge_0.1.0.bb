@@ -1,0 +1,62 @@
+SUMMARY = "HEMA3N Edge appliance daemon"
+DESCRIPTION = "In-ambulance vitals ingest over MQTT, ONNX Runtime triage behind a rules floor, \
+               encrypted SQLCipher PHI store, crew tablet HTTPS API and sealed FHIR sync to the cloud."
+HOMEPAGE = "https://github.com/hema3n/hema3n-edge"
+BUGTRACKER = "https://github.com/hema3n/hema3n-edge/issues"
+SECTION = "console/network"
+LICENSE = "CLOSED"
+CVE_PRODUCT = "hema3n-edge"
+
+# SQLCipher and OpenSSL are vendored and built from source by their build scripts.
+DEPENDS += "perl-native"
+
+SRC_URI = "git://github.com/hema3n/hema3n-edge.git;protocol=https;branch=main \
+           file://edge.toml \
+"
+SRCREV = "4ab37a4ceb801b95a2ad513b573c01e4aa107764"
+
+S = "${UNPACKDIR}/git"
+
+require ${BPN}-crates.inc
+
+inherit cargo cargo-update-recipe-crates systemd
+
+# The Orin's execution providers; ONNX Runtime itself is loaded at run time (ort load-dynamic).
+CARGO_BUILD_FLAGS += "--features cuda,tensorrt --bin hema3n-edge"
+
+do_install:append() {
+    install -d ${D}${systemd_system_unitdir}
+    install -m 0644 ${S}/systemd/hema3n-edge.service ${D}${systemd_system_unitdir}/
+    install -d ${D}${nonarch_libdir}/sysusers.d ${D}${nonarch_libdir}/tmpfiles.d
+    install -m 0644 ${S}/systemd/hema3n-edge.sysusers.conf ${D}${nonarch_libdir}/sysusers.d/hema3n-edge.conf
+    install -m 0644 ${S}/systemd/hema3n-edge.tmpfiles.conf ${D}${nonarch_libdir}/tmpfiles.d/hema3n-edge.conf
+    install -d ${D}${sysconfdir}/hema3n/edge.d
+    install -m 0644 ${UNPACKDIR}/edge.toml ${D}${sysconfdir}/hema3n/edge.toml
+    install -d ${D}${datadir}/hema3n/models/hema3n-core
+    install -m 0644 ${S}/edge-models/hema3n-core/manifest.toml ${D}${datadir}/hema3n/models/hema3n-core/
+    install -m 0644 ${S}/edge-models/hema3n-core/*.onnx ${D}${datadir}/hema3n/models/hema3n-core/
+    install -m 0644 ${S}/edge-models/hema3n-core/MODEL_CARD.md ${D}${datadir}/hema3n/models/hema3n-core/
+    install -d ${D}${sysconfdir}/mosquitto/conf.d ${D}${sysconfdir}/mosquitto/hema3n
+    install -m 0644 ${S}/systemd/mosquitto/hema3n.conf ${D}${sysconfdir}/mosquitto/conf.d/hema3n.conf
+    install -m 0644 ${S}/systemd/mosquitto/hema3n.acl ${D}${sysconfdir}/mosquitto/hema3n/acl
+}
+
+PACKAGES =+ "${PN}-mosquitto ${PN}-model"
+
+SYSTEMD_SERVICE:${PN} = "hema3n-edge.service"
+
+CONFFILES:${PN} = "${sysconfdir}/hema3n/edge.toml"
+FILES:${PN} += "${systemd_system_unitdir}/hema3n-edge.service \
+                ${nonarch_libdir}/sysusers.d/hema3n-edge.conf \
+                ${nonarch_libdir}/tmpfiles.d/hema3n-edge.conf \
+                ${sysconfdir}/hema3n \
+"
+FILES:${PN}-model += "${datadir}/hema3n/models"
+FILES:${PN}-mosquitto += "${sysconfdir}/mosquitto/conf.d/hema3n.conf ${sysconfdir}/mosquitto/hema3n"
+
+# ONNX Runtime with the TensorRT execution provider and TensorRT come from meta-tegra
+# (meta-tegra-community for onnxruntime); the daemon falls back to CPU with a logged reason.
+RDEPENDS:${PN} = "${PN}-model ${PN}-mosquitto onnxruntime tensorrt-core"
+RDEPENDS:${PN}-mosquitto = "mosquitto"
+
+COMPATIBLE_MACHINE = "(tegra)"
