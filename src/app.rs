@@ -151,6 +151,10 @@ pub struct SyncHandles {
     pub metrics: Arc<SyncMetrics>,
     /// Wakes the sealer (a case was closed).
     pub wake_sealer: Arc<tokio::sync::Notify>,
+    /// Wakes the forwarder (sync now).
+    pub wake_forwarder: Arc<tokio::sync::Notify>,
+    /// Connectivity for the forwarder (the NetworkManager follower feeds it).
+    pub connectivity: Option<watch::Sender<sync::Connectivity>>,
 }
 
 /// Spawns the sealer (when the receiver keys are installed) and the forwarder (when a cloud
@@ -197,21 +201,22 @@ pub fn spawn_sync(
                 .map_err(|e| format!("{e}: {}", source_chain(&e))),
         )
     });
+    let mut connectivity = None;
     if broker.is_some() {
         // NetworkManager follower → forwarder; `Unknown` until a follower reports.
-        let (_conn_tx, conn_rx) = watch::channel(sync::Connectivity::Unknown);
+        let (conn_tx, conn_rx) = watch::channel(sync::Connectivity::Unknown);
+        connectivity = Some(conn_tx);
         let fw = sync::Forwarder {
             cfg: cfg.clone(),
             store: store.clone(),
             keys,
             metrics: metrics.clone(),
-            wake: wake_forwarder,
+            wake: wake_forwarder.clone(),
             connectivity: conn_rx,
             shutdown: shutdown.clone(),
         };
         tasks.spawn(async move {
             let r = fw.run().await;
-            drop(_conn_tx);
             (
                 "sync-forwarder",
                 r.map_err(|e| format!("{e}: {}", source_chain(&e))),
@@ -226,6 +231,8 @@ pub fn spawn_sync(
     Ok(Some(SyncHandles {
         metrics,
         wake_sealer,
+        wake_forwarder,
+        connectivity,
     }))
 }
 
@@ -344,7 +351,21 @@ async fn serve(
         drop(triager);
         None
     };
-    let sync = spawn_sync(cfg, &store, &mut tasks, &shutdown_rx)?;
+    let mut sync = spawn_sync(cfg, &store, &mut tasks, &shutdown_rx)?;
+    if cfg.dbus.enabled {
+        let ctx = crate::dbus::Ctx {
+            store: store.clone(),
+            model: model_status.to_string(),
+            sync: sync.as_ref().map(|s| s.metrics.clone()),
+            wake: sync
+                .as_ref()
+                .map(|s| vec![s.wake_sealer.clone(), s.wake_forwarder.clone()])
+                .unwrap_or_default(),
+        };
+        let conn = sync.as_mut().and_then(|s| s.connectivity.take());
+        let (c, b, sd) = (cfg.dbus.clone(), bus.clone(), shutdown_rx.clone());
+        tasks.spawn(async move { ("dbus", crate::dbus::run(c, ctx, b, conn, sd).await) });
+    }
     let ingest = if cfg.ingest.enabled {
         Some(
             spawn_ingest(

@@ -60,6 +60,7 @@ pub struct Config {
     pub triage: TriageConfig,
     pub sync: SyncConfig,
     pub api: ApiConfig,
+    pub dbus: DbusConfig,
 }
 
 impl Default for Config {
@@ -78,6 +79,30 @@ impl Default for Config {
             triage: TriageConfig::default(),
             sync: SyncConfig::default(),
             api: ApiConfig::default(),
+            dbus: DbusConfig::default(),
+        }
+    }
+}
+
+/// `[dbus]`: the `org.hema3n.Edge1` service and the NetworkManager follower.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DbusConfig {
+    /// Serve `org.hema3n.Edge1`. Without a reachable bus the daemon logs why and runs on.
+    /// Default true.
+    pub enabled: bool,
+    /// `system`, `session` or a D-Bus address (`unix:path=…`). Default `system`.
+    pub address: Option<String>,
+    /// Start and stop cloud sync with NetworkManager's connectivity. Default true.
+    pub follow_network_manager: bool,
+}
+
+impl Default for DbusConfig {
+    fn default() -> Self {
+        DbusConfig {
+            enabled: true,
+            address: None,
+            follow_network_manager: true,
         }
     }
 }

@@ -22,8 +22,11 @@ pub enum LiveEvent {
         case_id: String,
         triage: Arc<StoredTriage>,
     },
-    /// An alarm was raised or cleared on the case.
-    Alarm { case_id: String },
+    /// An alarm was raised (with it) or cleared (without) on the case.
+    Alarm {
+        case_id: String,
+        alarm: Option<crate::storage::Alarm>,
+    },
     /// The case changed state (closed, bundle sent or receipted).
     Case { case_id: String },
 }
@@ -33,7 +36,7 @@ impl LiveEvent {
         match self {
             LiveEvent::Vitals { case_id }
             | LiveEvent::Triage { case_id, .. }
-            | LiveEvent::Alarm { case_id }
+            | LiveEvent::Alarm { case_id, .. }
             | LiveEvent::Case { case_id } => case_id,
         }
     }

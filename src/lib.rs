@@ -21,6 +21,7 @@ pub mod app;
 pub mod cli;
 pub mod config;
 pub mod crypto;
+pub mod dbus;
 pub mod events;
 pub mod host;
 pub mod ingest;

@@ -242,13 +242,6 @@ impl Sessions {
         Ok((s.row.clone(), s.user.clone()))
     }
 
-    /// True while the token is valid, without counting as activity (live streams).
-    pub fn alive(&self, hash: &[u8; 32], now: i64, idle_ms: i64) -> bool {
-        let map = self.map.lock().expect("sessions lock");
-        map.get(hash)
-            .is_some_and(|s| now < s.row.expires_at_ms && now - s.row.last_seen_ms <= idle_ms)
-    }
-
     fn remove(&self, hash: &[u8; 32]) -> Option<SessionRow> {
         self.map
             .lock()
@@ -713,6 +706,32 @@ pub async fn break_glass(
         axum::Json(json!({ "break_glass_id": id, "until_ms": until, "territory": c.territory })),
     )
         .into_response())
+}
+
+/// Ends a session whose idle time or lifetime ran out (audited), for callers that hold a token
+/// without making requests (live streams). Returns false when the session is still valid.
+pub async fn end_if_expired(st: &ApiState, hash: &[u8; 32]) -> bool {
+    let now = st.clock.now_ms();
+    match st.sessions.check(hash, now, st.idle_ms(), false) {
+        Ok(_) => false,
+        Err(Invalid::Unknown) => true,
+        Err(Invalid::Idle(row)) | Err(Invalid::Expired(row)) => {
+            let reason = if now < row.expires_at_ms {
+                "idle"
+            } else {
+                "expired"
+            };
+            if let Err(e) = st
+                .store
+                .call(move |db| db.end_sessions(&[(row, reason)], now))
+                .await
+            {
+                tracing::warn!(error = %e, "cannot record the end of a session");
+            }
+            st.metrics.logoffs.fetch_add(1, Ordering::Relaxed);
+            true
+        }
+    }
 }
 
 /// Drops the in-memory sessions of a user (disabled by an admin).

@@ -1024,8 +1024,7 @@ async fn next_event(l: &mut Live) -> Option<Event> {
                 Err(RecvError::Closed) => return None,
             },
             _ = l.check.tick() => {
-                let now = l.st.clock.now_ms();
-                if !l.st.sessions.alive(&l.token_hash, now, l.st.idle_ms()) {
+                if auth::end_if_expired(&l.st, &l.token_hash).await {
                     l.done = true;
                     return Some(Event::default().event("logoff").data("{}"));
                 }

@@ -641,8 +641,11 @@ pub async fn silence_monitor(
                 case = a.case_id.as_deref().unwrap_or(""),
                 "device silent"
             );
-            if let Some(case_id) = a.case_id {
-                bus.send(crate::events::LiveEvent::Alarm { case_id });
+            if let Some(case_id) = a.case_id.clone() {
+                bus.send(crate::events::LiveEvent::Alarm {
+                    case_id,
+                    alarm: Some(a),
+                });
             }
         }
     }

@@ -67,6 +67,7 @@ pub struct Alarm {
     pub case_id: Option<String>,
     pub device_id: Option<String>,
     pub raised_at_ms: i64,
+    pub acked_at_ms: Option<i64>,
 }
 
 /// Alarm kind raised when a bound device stops sending vitals.
@@ -695,6 +696,7 @@ impl Db {
                 case_id: Some(case),
                 device_id: Some(device),
                 raised_at_ms: now,
+                acked_at_ms: None,
             });
         }
         tx.commit()?;
@@ -741,7 +743,7 @@ impl Db {
 
     /// Open (not cleared) alarms.
     pub fn open_alarms(&self) -> Result<Vec<Alarm>> {
-        let mut st = self.conn.prepare("SELECT id, kind, case_id, device_id, raised_at FROM alarms WHERE cleared_at IS NULL ORDER BY id")?;
+        let mut st = self.conn.prepare("SELECT id, kind, case_id, device_id, raised_at, acked_at FROM alarms WHERE cleared_at IS NULL ORDER BY id")?;
         let rows = st.query_map([], |r| {
             Ok(Alarm {
                 id: r.get(0)?,
@@ -749,9 +751,27 @@ impl Db {
                 case_id: r.get(2)?,
                 device_id: r.get(3)?,
                 raised_at_ms: r.get(4)?,
+                acked_at_ms: r.get(5)?,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Acknowledges an open alarm (audited). False when it is not open or already acknowledged.
+    pub fn acknowledge_alarm(&mut self, actor: &Actor, id: i64) -> Result<bool> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let n = tx.execute(
+            "UPDATE alarms SET acked_at = ?1, acked_by = ?2 WHERE id = ?3 AND cleared_at IS NULL AND acked_at IS NULL",
+            params![now_ms(), actor.id, id],
+        )?;
+        if n == 1 {
+            let ev = AuditEvent::new(actor, "alarm.ack", format!("alarm/{id}"), Outcome::Success);
+            audit::append(&tx, &self.st, &ev, now_ms())?;
+        }
+        tx.commit()?;
+        Ok(n == 1)
     }
 
     /// Decrypted vitals of a case, oldest first (audited as one read).
