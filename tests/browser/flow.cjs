@@ -99,13 +99,13 @@ async function login(page, user) {
   // The sealed bundle reaches the cloud receiver and its signed receipt comes back.
   for (let i = 0; i < 60; i++) {
     const s = await page.getByTestId('sync-state').innerText();
-    if (s.includes('receipted')) break;
+    if (/bundle:\s*receipted/.test(s)) break;
     await page.waitForTimeout(500);
     await page.reload();
     await page.getByTestId('sync-state').waitFor();
   }
   const sync = await page.getByTestId('sync-state').innerText();
-  if (!sync.includes('receipted')) throw new Error(`sync state: ${sync}`);
+  if (!/bundle:\s*receipted/.test(sync)) throw new Error(`sync state: ${sync}`);
   await shot(page, 'case-closed-receipted');
   await page.getByTestId('nav-cases').click();
   await page.getByTestId('case-row').first().waitFor();
