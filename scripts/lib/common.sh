@@ -34,7 +34,7 @@ install_build_deps() {
 
 # Services the integration tests start on loopback (never as system services).
 install_test_services() {
-    apt_install mosquitto openssl
+    apt_install mosquitto openssl dbus
     # Debian starts the packaged broker on :1883; tests use their own instances on free ports.
     if command -v systemctl >/dev/null && systemctl is-active --quiet mosquitto 2>/dev/null; then
         as_root systemctl stop mosquitto || true
