@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 
 use common::broker::{Broker, wait_for};
-use common::cloud::{Pki, Receiver, enable_sync};
+use common::cloud::synced_appliance;
 use common::{Appliance, BIN, model_dir, ort_lib};
 
 const PIN: &str = "pin-7391";
@@ -60,19 +60,14 @@ fn crew_flow_in_chromium() {
         "playwright-core or chromium missing: run ./scripts/test.sh (installs both)"
     );
     let broker = Broker::start();
-    let pki = Pki::new();
-    let (cloud, _) = pki.broker();
-    let receiver = Receiver::init(&pki, &cloud);
-    let a = Appliance::with_broker(
-        &broker.url(),
+    let (a, receiver, _cloud, _pki) = synced_appliance(
+        &broker,
         &format!(
             "[triage]\nonnxruntime_library = \"{}\"\nmodel_dir = \"{}\"\ndebounce_ms = 50\n[api]\nidle_timeout_secs = {IDLE_SECS}\n",
             ort_lib().display(),
             model_dir().display()
         ),
     );
-    receiver.pair(&a);
-    enable_sync(&a, &pki, &cloud, "");
     let _rx = receiver.spawn();
     add_user(&a, "medic1", "paramedic");
     add_user(&a, "desk1", "staff");

@@ -7,9 +7,8 @@ use std::io::BufRead;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::Appliance;
 use common::broker::Broker;
-use common::cloud::{Pki, Receiver, enable_sync};
+use common::cloud::synced_appliance;
 use futures_util::StreamExt;
 
 /// A private bus; killed on drop.
@@ -128,18 +127,13 @@ async fn network_manager_drives_sync_and_edge1_works() {
         .unwrap();
 
     let broker = Broker::start();
-    let pki = Pki::new();
-    let (cloud, _) = pki.broker();
-    let receiver = Receiver::init(&pki, &cloud);
-    let a = Appliance::with_broker(
-        &broker.url(),
+    let (a, receiver, _cloud, _pki) = synced_appliance(
+        &broker,
         &format!(
             "[dbus]\naddress = \"{}\"\n[ingest]\ndevice_silent_secs = 1\n",
             bus.address
         ),
     );
-    receiver.pair(&a);
-    enable_sync(&a, &pki, &cloud, "");
     let _rx = receiver.spawn();
     let _daemon = a.start_daemon();
 

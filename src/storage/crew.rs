@@ -8,7 +8,7 @@
 use rusqlite::{OptionalExtension, TransactionBehavior, params};
 use serde::Serialize;
 
-use super::observations::{read_case_observations, seal_value};
+use super::observations::{read_case_observations, read_case_observations_after, seal_value};
 use super::triage::read_triage;
 use super::{Db, Result, StoreError, audit};
 use crate::crypto::field::FieldLoc;
@@ -762,9 +762,7 @@ impl Db {
     /// (`case.stream`); not audited again per push.
     pub fn case_vitals_after(&mut self, case_id: &str, after_id: i64) -> Result<Vec<Observation>> {
         let (_, dk) = self.st.live_case(&self.conn, case_id)?;
-        let mut all = read_case_observations(&self.conn, &dk, case_id)?;
-        all.retain(|o| o.id > after_id);
-        Ok(all)
+        read_case_observations_after(&self.conn, &dk, case_id, after_id)
     }
 
     /// Audits the opening of a live stream on a case.

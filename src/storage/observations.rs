@@ -81,9 +81,20 @@ pub(super) fn read_case_observations(
     dk: &DataKey,
     case_id: &str,
 ) -> Result<Vec<Observation>> {
+    read_case_observations_after(conn, dk, case_id, 0)
+}
+
+/// Like [`read_case_observations`], only rows with an id above `after_id` (live streams: only
+/// the new readings are read and decrypted).
+pub(super) fn read_case_observations_after(
+    conn: &Connection,
+    dk: &DataKey,
+    case_id: &str,
+    after_id: i64,
+) -> Result<Vec<Observation>> {
     let rows: Vec<(i64, Option<String>, String, Vec<u8>, i64, i64, String)> = conn
-        .prepare_cached("SELECT id, device_id, code, value, device_time, recv_time, source FROM observations WHERE case_id = ?1 ORDER BY device_time, id")?
-        .query_map([case_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?)))?
+        .prepare_cached("SELECT id, device_id, code, value, device_time, recv_time, source FROM observations WHERE case_id = ?1 AND id > ?2 ORDER BY device_time, id")?
+        .query_map(rusqlite::params![case_id, after_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?)))?
         .collect::<Result<_, _>>()?;
     let mut out = Vec::with_capacity(rows.len());
     for (id, device_id, code, ct, dt, rt, source) in rows {

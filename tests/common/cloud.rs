@@ -269,6 +269,19 @@ pub fn enable_sync(a: &Appliance, pki: &Pki, cloud: &Broker, extra: &str) {
     std::fs::write(a.dir.join("edge.d/30-sync.toml"), text).unwrap();
 }
 
+/// An appliance on `broker` (with the `extra` drop-in TOML) that syncs over mTLS to a fresh cloud
+/// broker and a paired receiver: (appliance, receiver, cloud broker, PKI). The receiver is not
+/// started.
+pub fn synced_appliance(broker: &Broker, extra: &str) -> (Appliance, Receiver, Broker, Pki) {
+    let pki = Pki::new();
+    let (cloud, _) = pki.broker();
+    let receiver = Receiver::init(&pki, &cloud);
+    let a = Appliance::with_broker(&broker.url(), extra);
+    receiver.pair(&a);
+    enable_sync(&a, &pki, &cloud, "");
+    (a, receiver, cloud, pki)
+}
+
 /// A child process SIGKILLed when dropped.
 pub struct Proc(pub Child);
 
