@@ -6,8 +6,10 @@
 #                                sync outage/kill -9 schedule 200 rounds
 #   ./scripts/test.sh --fuzz     also fuzz the SenML parser for FUZZ_SECONDS (default 120)
 #
-# Tests start their own real services (SQLCipher files in temp dirs today; brokers, dbus-daemon
-# and a browser as those capabilities land) on loopback and tear them down.
+# Tests start their own real services (SQLCipher files in temp dirs, mosquitto brokers, a private
+# dbus-daemon, Chromium driven by Playwright) on loopback and random ports and tear them down.
+# Then: appliance packaging gates, the aarch64 release build (+ --version under qemu-user) and a
+# quick run of every benchmark harness.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$ROOT"
@@ -20,7 +22,7 @@ for arg in "$@"; do
     case "$arg" in
         --soak) SOAK=1 ;;
         --fuzz) FUZZ=1 ;;
-        -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
         *) die "unknown option $arg (try --help)" ;;
     esac
 done
@@ -53,8 +55,8 @@ cargo test --locked --all-targets -- --test-threads="$(nproc)"
 log "checking the appliance packaging (systemd units, Yocto layer, provisioning)"
 ./scripts/check-appliance.sh
 
-log "checking the aarch64 build with the CUDA and TensorRT execution providers"
-./scripts/build-aarch64.sh --check --features cuda,tensorrt
+log "building the aarch64 release binary with the CUDA and TensorRT execution providers"
+./scripts/build-aarch64.sh --features cuda,tensorrt
 
 log "smoke-running the benchmark harness (quick sizes)"
 HEMA3N_BENCH_QUICK=1 ./scripts/bench.sh --debug all >/tmp/hema3n-bench-smoke.log 2>&1 || { cat /tmp/hema3n-bench-smoke.log; die "bench smoke run failed"; }

@@ -51,6 +51,7 @@ fn only_owning_modules_import_their_libraries() {
         ("argon2::", &["crypto/password.rs"]),
         ("libc::", &["host.rs"]),
         ("sd_notify", &["systemd.rs"]),
+        ("zbus", &["dbus.rs"]),
         ("tracing_journald", &["systemd.rs"]),
         ("rumqttc", &["ingest/", "sync/", "receiver/"]),
         ("ort::", &["triage/runtime.rs"]),

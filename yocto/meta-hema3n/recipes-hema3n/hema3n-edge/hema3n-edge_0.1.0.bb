@@ -13,7 +13,9 @@ DEPENDS += "perl-native"
 SRC_URI = "git://github.com/hema3n/hema3n-edge.git;protocol=https;branch=main \
            file://edge.toml \
 "
-SRCREV = "4ab37a4ceb801b95a2ad513b573c01e4aa107764"
+# Pinned for reproducible builds. `scripts/yocto-crates.sh --srcrev REV` moves the pin and
+# regenerates the crate list from REV's Cargo.lock; scripts/test.sh checks that they match.
+SRCREV = "39c05b3be6d69321f25a22c5e3eb8a22f612f0a9"
 
 S = "${UNPACKDIR}/git"
 
@@ -30,6 +32,8 @@ do_install:append() {
     install -d ${D}${nonarch_libdir}/sysusers.d ${D}${nonarch_libdir}/tmpfiles.d
     install -m 0644 ${S}/systemd/hema3n-edge.sysusers.conf ${D}${nonarch_libdir}/sysusers.d/hema3n-edge.conf
     install -m 0644 ${S}/systemd/hema3n-edge.tmpfiles.conf ${D}${nonarch_libdir}/tmpfiles.d/hema3n-edge.conf
+    install -d ${D}${datadir}/dbus-1/system.d
+    install -m 0644 ${S}/systemd/org.hema3n.Edge1.conf ${D}${datadir}/dbus-1/system.d/
     install -d ${D}${sysconfdir}/hema3n/edge.d
     install -m 0644 ${UNPACKDIR}/edge.toml ${D}${sysconfdir}/hema3n/edge.toml
     install -d ${D}${datadir}/hema3n/models/hema3n-core
@@ -49,6 +53,7 @@ CONFFILES:${PN} = "${sysconfdir}/hema3n/edge.toml"
 FILES:${PN} += "${systemd_system_unitdir}/hema3n-edge.service \
                 ${nonarch_libdir}/sysusers.d/hema3n-edge.conf \
                 ${nonarch_libdir}/tmpfiles.d/hema3n-edge.conf \
+                ${datadir}/dbus-1/system.d/org.hema3n.Edge1.conf \
                 ${sysconfdir}/hema3n \
 "
 FILES:${PN}-model += "${datadir}/hema3n/models"
@@ -56,7 +61,7 @@ FILES:${PN}-mosquitto += "${sysconfdir}/mosquitto/conf.d/hema3n.conf ${sysconfdi
 
 # ONNX Runtime with the TensorRT execution provider and TensorRT come from meta-tegra
 # (meta-tegra-community for onnxruntime); the daemon falls back to CPU with a logged reason.
-RDEPENDS:${PN} = "${PN}-model ${PN}-mosquitto onnxruntime tensorrt-core"
+RDEPENDS:${PN} = "${PN}-model ${PN}-mosquitto dbus onnxruntime tensorrt-core"
 RDEPENDS:${PN}-mosquitto = "mosquitto"
 
 COMPATIBLE_MACHINE = "(tegra)"
