@@ -22,7 +22,10 @@ for u in hema3n-edge hema3n-receiver; do
     # verify checks that ExecStart exists: point it at the freshly built binary.
     sed "s#/usr/bin/$u#$BINDIR/$u#g" "systemd/$u.service" >"$TMP/$u.service"
 done
-(cd "$TMP" && systemd-analyze verify --man=no ./hema3n-edge.service ./hema3n-receiver.service)
+# verify exits 0 on warnings: any output at all is a failure.
+VERIFY_OUT="$(cd "$TMP" && systemd-analyze verify --man=no ./hema3n-edge.service ./hema3n-receiver.service 2>&1)" \
+    || { echo "$VERIFY_OUT"; die "systemd-analyze verify failed"; }
+[ -z "$VERIFY_OUT" ] || { echo "$VERIFY_OUT"; die "systemd-analyze verify printed warnings"; }
 for u in hema3n-edge hema3n-receiver; do
     score="$(cd "$TMP" && systemd-analyze security --offline=true "./$u.service" 2>/dev/null | sed -n 's/.*Overall exposure level for [^:]*: \([0-9.]*\).*/\1/p')"
     [ -n "$score" ] || die "no exposure score for $u"
