@@ -327,11 +327,14 @@ async fn serve(
         Some(w) => (w / 2).min(Duration::from_millis(cfg.daemon.health_interval_ms)),
         None => Duration::from_millis(cfg.daemon.health_interval_ms),
     };
+    // The health task feeds the watchdog only after READY=1 has been sent.
+    let (ready_tx, ready_rx) = watch::channel(false);
     tasks.spawn(health(
         store.clone(),
         health_every,
         every,
         beats.clone(),
+        ready_rx,
         shutdown_rx.clone(),
         model_status.to_string(),
     ));
@@ -418,6 +421,7 @@ async fn serve(
 
     let ready_ms = started.elapsed().as_millis() as u64;
     systemd::ready(&format!("running: store open; triage {model_status}"));
+    let _ = ready_tx.send(true);
     tracing::info!(ready_ms, "ready");
 
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -487,9 +491,14 @@ async fn health(
     every: Duration,
     checkpoint_every: Duration,
     beats: Arc<Heartbeats>,
+    mut ready: watch::Receiver<bool>,
     mut shutdown: watch::Receiver<bool>,
     model_status: String,
 ) -> (&'static str, Result<(), String>) {
+    tokio::select! {
+        r = ready.wait_for(|r| *r) => if r.is_err() { return ("health", Ok(())) },
+        _ = shutdown.changed() => return ("health", Ok(())),
+    }
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let stale_after = (checkpoint_every.min(Duration::from_secs(5)) * 3).as_millis() as i64;

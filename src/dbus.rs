@@ -166,9 +166,9 @@ trait NetworkManager {
 
 async fn connect(cfg: &DbusConfig) -> zbus::Result<Connection> {
     let b = match cfg.address.as_deref() {
-        None | Some("system") => zbus::connection::Builder::system()?,
-        Some("session") => zbus::connection::Builder::session()?,
-        Some(a) => zbus::connection::Builder::address(a)?,
+        None | Some("system") => zbus::connection::Builder::system(),
+        Some("session") => zbus::connection::Builder::session(),
+        Some(a) => zbus::connection::Builder::address(a),
     };
     b.build().await
 }

@@ -114,14 +114,11 @@ where
 async fn network_manager_drives_sync_and_edge1_works() {
     let bus = dbus_daemon();
     let nm = zbus::connection::Builder::address(bus.address.as_str())
-        .unwrap()
         .name("org.freedesktop.NetworkManager")
-        .unwrap()
         .serve_at(
             "/org/freedesktop/NetworkManager",
             FakeNm { connectivity: 1 },
         )
-        .unwrap()
         .build()
         .await
         .unwrap();
@@ -138,7 +135,6 @@ async fn network_manager_drives_sync_and_edge1_works() {
     let _daemon = a.start_daemon();
 
     let client = zbus::connection::Builder::address(bus.address.as_str())
-        .unwrap()
         .build()
         .await
         .unwrap();
