@@ -15,7 +15,7 @@ SRC_URI = "git://github.com/hema3n/hema3n-edge.git;protocol=https;branch=main \
 "
 # Pinned for reproducible builds. `scripts/yocto-crates.sh --srcrev REV` moves the pin and
 # regenerates the crate list from REV's Cargo.lock; scripts/test.sh checks that they match.
-SRCREV = "39c05b3be6d69321f25a22c5e3eb8a22f612f0a9"
+SRCREV = "2c5cccdfd4442f29032ad3e729bc8d04a4ea4d40"
 
 S = "${UNPACKDIR}/git"
 
