@@ -465,3 +465,64 @@ fn crypto_erase_destroys_a_case_and_its_patient_but_nothing_else() {
     assert!(wrapped.is_none(), "the data key itself is gone");
     assert!(db.verify_audit().unwrap().ok());
 }
+
+/// Commits never wait for a WAL checkpoint: a background connection copies committed frames
+/// into the database file while the writer goes on (the inline threshold is a 64 MiB safety
+/// net), and the final checkpoint at close leaves an empty WAL.
+#[test]
+fn wal_is_checkpointed_beside_the_writer_and_emptied_at_close() {
+    use hema3n_edge::storage::Store;
+    let a = Appliance::init();
+    let db = a.open();
+    let path = a.db_path();
+    let mut wal = path.as_os_str().to_owned();
+    wal.push("-wal");
+    let wal = std::path::PathBuf::from(wal);
+    let len = |p: &std::path::Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+    let before = len(&path);
+    let (store, thread) = Store::spawn(db, 64);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        for i in 0..300 {
+            store
+                .call(move |db| {
+                    let p = Patient {
+                        last_name: Some(format!("Walker{i}")),
+                        ..Default::default()
+                    };
+                    db.create_patient(&Actor::system(), "default", &p)
+                })
+                .await
+                .unwrap();
+        }
+    });
+    // 300 small transactions stay far below the inline threshold: only the background
+    // checkpointer can move their pages into the main file.
+    assert!(len(&wal) > 0, "the writes went to the WAL");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while len(&path) <= before {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "database file still {before} bytes 10 s after the last commit: no background checkpoint"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    drop(store);
+    thread.join().unwrap();
+    assert_eq!(len(&wal), 0, "close truncates the WAL");
+    let mut db = a.open();
+    let found = db
+        .search_patients(
+            &Actor::system(),
+            "default",
+            &PatientQuery {
+                last_name: Some("Walker299".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(found.len(), 1);
+}
