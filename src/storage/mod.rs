@@ -3,9 +3,7 @@
 //! - [`Db`] owns one SQLCipher connection plus the keyring; every method is one transaction,
 //!   and every PHI access writes its audit entry inside that same transaction.
 //! - [`Store`] is the async handle: a single owner thread runs jobs sent over a bounded channel
-//!   and answers on a oneshot. No database lock is ever held in async code. Beside it a
-//!   `wal-checkpoint` thread copies committed WAL frames into the database on its own connection,
-//!   so no commit (and no acknowledgement waiting on it) pays for a checkpoint.
+//!   and answers on a oneshot. No database lock is ever held in async code.
 //!
 //! Invariants: PHI columns hold only field ciphertexts; nothing here logs PHI; a write is
 //! reported successful only after COMMIT returned.
@@ -304,23 +302,6 @@ impl Db {
         audit::verify(&self.conn, &self.st.keys, &self.st.appliance_id)
     }
 
-    /// Opens the second connection that [`Store::spawn`] gives its WAL checkpointer thread, and
-    /// raises this connection's automatic checkpoint threshold to a safety net: copying WAL
-    /// frames into the database (decrypt, re-encrypt, HMAC, fsync of the main file) then happens
-    /// beside the writer instead of inside whichever commit crossed 1000 pages — that commit's
-    /// acknowledgements used to wait for it.
-    fn open_wal_checkpointer(&self) -> Result<Connection> {
-        let conn = open_keyed(
-            &self.path,
-            &self.st.keys.db_key,
-            &self.st.keys.db_key_path,
-            5_000,
-        )?;
-        self.conn
-            .pragma_update(None, "wal_autocheckpoint", WAL_SAFETY_NET_PAGES)?;
-        Ok(conn)
-    }
-
     /// Checkpoints the WAL into the main file (used at shutdown).
     pub fn wal_checkpoint(&self) -> Result<()> {
         self.conn
@@ -507,17 +488,9 @@ impl Store {
             .name("storage".into())
             .spawn(move || {
                 let mut db = db;
-                let checkpointer = match db.open_wal_checkpointer() {
-                    Ok(conn) => Some(WalCheckpointer::spawn(conn)),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "no WAL checkpointer connection; commits checkpoint inline");
-                        None
-                    }
-                };
                 while let Some(job) = rx.blocking_recv() {
                     job(&mut db);
                 }
-                drop(checkpointer);
                 if let Err(e) = db.wal_checkpoint() {
                     tracing::warn!(error = %e, "final WAL checkpoint failed");
                 }
@@ -539,64 +512,6 @@ impl Store {
         });
         self.jobs.send(job).await.map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?
-    }
-}
-
-/// WAL pages above which a commit checkpoints inline anyway (the background checkpointer
-/// normally keeps the WAL far below: it runs every [`WAL_CHECKPOINT_EVERY`]).
-const WAL_SAFETY_NET_PAGES: i64 = 16_384;
-/// How often the background checkpointer copies committed WAL frames into the database.
-const WAL_CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
-
-/// Background thread running `PRAGMA wal_checkpoint(PASSIVE)` on its own connection: it never
-/// waits for the writer and the writer never waits for it. Stops (and is joined) on drop.
-struct WalCheckpointer {
-    stop: Option<std::sync::mpsc::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl WalCheckpointer {
-    fn spawn(conn: Connection) -> WalCheckpointer {
-        let (stop, stopped) = std::sync::mpsc::channel::<()>();
-        let thread = std::thread::Builder::new()
-            .name("wal-checkpoint".into())
-            .spawn(move || {
-                let mut failing = false;
-                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
-                    stopped.recv_timeout(WAL_CHECKPOINT_EVERY)
-                {
-                    // (busy, WAL frames, frames checkpointed); busy = 1 only if another
-                    // checkpoint ran at the same moment, which the next round makes up for.
-                    let r = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
-                        Ok((r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
-                    });
-                    match r {
-                        Ok((wal, done)) => {
-                            failing = false;
-                            tracing::trace!(wal, done, "WAL checkpoint");
-                        }
-                        Err(e) if !failing => {
-                            failing = true;
-                            tracing::warn!(error = %e, "background WAL checkpoint failed; commits checkpoint inline above the safety net");
-                        }
-                        Err(_) => {}
-                    }
-                }
-            })
-            .expect("spawn WAL checkpointer thread");
-        WalCheckpointer {
-            stop: Some(stop),
-            thread: Some(thread),
-        }
-    }
-}
-
-impl Drop for WalCheckpointer {
-    fn drop(&mut self) {
-        drop(self.stop.take());
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
     }
 }
 

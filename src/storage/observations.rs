@@ -300,9 +300,6 @@ impl Db {
             .prepare_cached("SELECT coalesce(max(id), 0) + 1 FROM observations")?
             .query_row([], |r| r.get(0))?;
         let mut sealed_per_dk: HashMap<i64, u64> = HashMap::new();
-        // Devices that sent stored vitals → latest arrival: their row and "device silent" alarm
-        // are updated once per batch, not once per message (a batch holds hundreds from a few).
-        let mut heard: HashMap<&str, i64> = HashMap::new();
         for item in items {
             match item {
                 IngestItem::Presence {
@@ -399,8 +396,14 @@ impl Db {
                             dups += 1;
                         }
                     }
-                    let seen = heard.entry(device_id.as_str()).or_insert(*recv_ms);
-                    *seen = (*seen).max(*recv_ms);
+                    tx.prepare_cached(
+                        "UPDATE devices SET last_seen_at = ?1, last_vitals_at = ?1 WHERE id = ?2",
+                    )?
+                    .execute(params![recv_ms, device_id])?;
+                    tx.prepare_cached(
+                        "UPDATE alarms SET cleared_at = ?1 WHERE kind = 'device_silent' AND device_id = ?2 AND cleared_at IS NULL",
+                    )?
+                    .execute(params![now, device_id])?;
                     let target = match &case_id {
                         Some(c) => format!("case/{c}"),
                         None => format!("device/{device_id}"),
@@ -418,17 +421,6 @@ impl Db {
                     });
                 }
             }
-        }
-        for (device_id, recv_ms) in heard {
-            tx.prepare_cached(
-                "UPDATE devices SET last_seen_at = max(coalesce(last_seen_at, 0), ?1), \
-                 last_vitals_at = max(coalesce(last_vitals_at, 0), ?1) WHERE id = ?2",
-            )?
-            .execute(params![recv_ms, device_id])?;
-            tx.prepare_cached(
-                "UPDATE alarms SET cleared_at = ?1 WHERE kind = 'device_silent' AND device_id = ?2 AND cleared_at IS NULL",
-            )?
-            .execute(params![now, device_id])?;
         }
         for (dk, n) in sealed_per_dk {
             self.st.count_invocations(&tx, dk, n)?;
