@@ -22,7 +22,8 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use crate::api::{self, ApiState, auth::SystemClock};
+use crate::api::session::SystemClock;
+use crate::api::{self, ApiState};
 use crate::config::Config;
 use crate::crypto::keyring::{KeySources, Keyring};
 use crate::events::Bus;
@@ -412,7 +413,13 @@ async fn serve(
         tasks.spawn(async move {
             (
                 "api-sessions",
-                api::auth::sweeper(st2, Duration::from_secs(15), sd).await,
+                api::guard::SessionSweeper {
+                    st: st2,
+                    every: Duration::from_secs(15),
+                }
+                .run(sd)
+                .await
+                .map_err(|e| e.to_string()),
             )
         });
         tasks.spawn(async move { ("api", api::serve(listener, acceptor, st).await) });

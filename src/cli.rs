@@ -894,7 +894,7 @@ fn read_secret() -> Result<String, Failure> {
 
 /// `users add`: a personal account; the PIN/password is read from stdin (one line).
 pub fn users_add(cfg: &Config, id: &str, name: &str, role: &str, territory: &str) -> CmdResult {
-    crate::api::routes::validate_user(id, name, role, territory).map_err(|e| Failure {
+    let role = crate::model::validate_user(id, name, role, territory).map_err(|e| Failure {
         code: 65,
         error: anyhow::anyhow!(e),
     })?;

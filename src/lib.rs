@@ -32,3 +32,4 @@ pub mod sync;
 pub mod systemd;
 pub mod tls;
 pub mod triage;
+pub mod vocab;

@@ -33,6 +33,76 @@ impl Actor {
     }
 }
 
+/// The role of a personal account (SYSTEM.md §3). What each role may do is the API's policy
+/// (`api::policy`); the database holds the same closed set (a `CHECK` constraint).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Full clinical record, medications.
+    Paramedic,
+    /// Clinical record, no medication orders.
+    Emt,
+    /// Demographics only.
+    Staff,
+    /// Reads, audit review, break-glass review.
+    Supervisor,
+    /// The appliance and its accounts, no PHI.
+    Admin,
+}
+
+impl Role {
+    /// Every role, in the order the documentation lists them.
+    pub const ALL: [Role; 5] = [
+        Role::Paramedic,
+        Role::Emt,
+        Role::Staff,
+        Role::Supervisor,
+        Role::Admin,
+    ];
+
+    /// The wire and database name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Paramedic => "paramedic",
+            Role::Emt => "emt",
+            Role::Staff => "staff",
+            Role::Supervisor => "supervisor",
+            Role::Admin => "admin",
+        }
+    }
+
+    /// Parses a wire/database name; `None` for anything else (case-sensitive).
+    pub fn parse(name: &str) -> Option<Role> {
+        Role::ALL.into_iter().find(|r| r.as_str() == name)
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Checks a new account's fields (the API's `POST /api/v1/users` and the CLI's `users add`)
+/// and returns its role.
+pub fn validate_user(
+    id: &str,
+    display_name: &str,
+    role: &str,
+    territory: &str,
+) -> Result<Role, String> {
+    if !is_valid_ident(id) || !is_valid_ident(territory) {
+        return Err("user id and territory must match [A-Za-z0-9._-]{1,64}".into());
+    }
+    if display_name.trim().is_empty() || display_name.len() > 100 {
+        return Err("display name must have 1 to 100 bytes".into());
+    }
+    Role::parse(role).ok_or_else(|| {
+        let names: Vec<&str> = Role::ALL.iter().map(|r| r.as_str()).collect();
+        format!("role must be one of {}", names.join(", "))
+    })
+}
+
 /// Outcome of an audited action.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {

@@ -5,7 +5,7 @@ mod common;
 
 use axum::http::StatusCode;
 use common::api::{Api, PIN};
-use hema3n_edge::api::routes::ROUTES;
+use hema3n_edge::api::policy::ROUTES;
 use hema3n_edge::model::Actor;
 use serde_json::{Value, json};
 
@@ -479,7 +479,7 @@ async fn idle_logoff_absolute_lifetime_and_backoff() {
         (r.status, r.body["error"]["details"]["reason"].as_str()),
         (StatusCode::UNAUTHORIZED, Some("idle"))
     );
-    assert!(!hema3n_edge::api::auth::session_exists(&api.st, &t));
+    assert!(!hema3n_edge::api::guard::session_exists(&api.st, &t));
     assert_eq!(api.query_i64("SELECT count(*) FROM sessions").await, 0);
     api.clock.advance_ms(-601_000);
     assert_eq!(
@@ -499,10 +499,10 @@ async fn idle_logoff_absolute_lifetime_and_backoff() {
     let t2 = api.login("emt1").await;
     api.clock.advance_ms(601_000);
     assert_eq!(
-        hema3n_edge::api::auth::sweep_once(&api.st).await.unwrap(),
+        hema3n_edge::api::guard::sweep_once(&api.st).await.unwrap(),
         1
     );
-    assert!(!hema3n_edge::api::auth::session_exists(&api.st, &t2));
+    assert!(!hema3n_edge::api::guard::session_exists(&api.st, &t2));
 
     // Absolute lifetime: active every 500 s, still ended at 1500 s.
     let t = api.login("medic").await;
@@ -788,6 +788,49 @@ async fn bad_input_gets_specific_errors() {
     )
     .await;
     assert_eq!(r.code(), "VALIDATION_ERROR");
+    // The same vocabulary check as SenML ingest: scores are whole numbers (refused over MQTT
+    // as OUT_OF_RANGE, see ingest::senml's tests), and nothing of a refused batch is stored.
+    for (name, value) in [("gcs_total", 14.5), ("pain", 3.2), ("gcs_motor", 5.5)] {
+        let r = call(
+            "POST",
+            format!("/api/v1/cases/{}/vitals", fx.case),
+            json!({"readings": [{"name": "heart_rate", "value": 80}, {"name": name, "value": value}]}),
+        )
+        .await;
+        assert_eq!(
+            (r.status, r.code()),
+            (StatusCode::UNPROCESSABLE_ENTITY, "VALIDATION_ERROR"),
+            "{name} {value}: {}",
+            r.body
+        );
+        assert_eq!(r.body["error"]["details"]["reading"], 1);
+        assert!(
+            r.body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("whole numbers"),
+            "{}",
+            r.body
+        );
+    }
+    let stored = api
+        .call(
+            "GET",
+            &format!("/api/v1/cases/{}/vitals", fx.case),
+            Some(&t),
+            Some("default"),
+            None,
+        )
+        .await;
+    assert!(
+        stored.body["vitals"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|o| o["name"] != "heart_rate"),
+        "a refused batch stored nothing: {}",
+        stored.body
+    );
     let r = api
         .call(
             "GET",

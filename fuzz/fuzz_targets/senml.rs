@@ -2,7 +2,7 @@
 #![no_main]
 
 use hema3n_edge::ingest::senml::{Limits, parse_pack};
-use hema3n_edge::ingest::vocab;
+use hema3n_edge::vocab;
 use libfuzzer_sys::fuzz_target;
 
 const NOW: i64 = 1_800_000_000_000;

@@ -18,7 +18,6 @@
 pub mod senml;
 pub mod simulate;
 pub mod topics;
-pub mod vocab;
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -13,8 +13,8 @@
 
 use serde_json::Value;
 
-use super::vocab::{self, AVPU_LEVELS};
 pub use crate::model::{Reading, Reject, RejectCode};
+use crate::vocab;
 
 /// Limits applied while parsing.
 #[derive(Debug, Clone, Copy)]
@@ -221,13 +221,13 @@ pub fn parse_pack(payload: &[u8], recv_ms: i64, lim: &Limits) -> Result<Vec<Read
                     at,
                 ));
             }
-            AVPU_LEVELS.iter().position(|l| *l == vs).ok_or_else(|| {
+            vocab::avpu_level(vs).ok_or_else(|| {
                 Reject::new(
                     RejectCode::BadValue,
                     format!("`{}` is not one of A, C, V, P, U", truncate(vs, 8)),
                     at,
                 )
-            })? as f64
+            })?
         } else {
             if ["vb", "vd", "s"].iter().any(|k| obj.contains_key(*k))
                 || (obj.contains_key("vs") && !obj.contains_key("v"))
@@ -266,23 +266,9 @@ pub fn parse_pack(payload: &[u8], recv_ms: i64, lim: &Limits) -> Result<Vec<Read
                     ));
                 }
             }
-            if !(vital.min..=vital.max).contains(&v) || (vital.integer && v.fract() != 0.0) {
-                return Err(Reject::new(
-                    RejectCode::OutOfRange,
-                    format!(
-                        "`{name}` is outside the plausible range {}-{}{}",
-                        vital.min,
-                        vital.max,
-                        if vital.integer {
-                            " (whole numbers)"
-                        } else {
-                            ""
-                        }
-                    ),
-                    at,
-                ));
-            }
-            v
+            vital
+                .check(v)
+                .map_err(|e| Reject::new(RejectCode::OutOfRange, e.to_string(), at))?
         };
         out.push(Reading {
             code: vital.name,

@@ -5,6 +5,7 @@
 //! Authorization is decided by `api`; these functions enforce data rules (territory of a case,
 //! closed cases, vocabulary) and write the audit entry in the same transaction as the access.
 
+use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSql, ToSqlOutput, ValueRef};
 use rusqlite::{OptionalExtension, TransactionBehavior, params};
 use serde::Serialize;
 
@@ -13,7 +14,7 @@ use super::triage::read_triage;
 use super::{Db, Result, StoreError, audit};
 use crate::crypto::field::FieldLoc;
 use crate::model::{
-    Actor, AuditEvent, Case, Observation, Outcome, StoredPatient, StoredTriage, now_ms,
+    Actor, AuditEvent, Case, Observation, Outcome, Role, StoredPatient, StoredTriage, now_ms,
 };
 
 /// A personal account as listed by `users list` (no secrets).
@@ -21,10 +22,25 @@ use crate::model::{
 pub struct UserInfo {
     pub id: String,
     pub display_name: String,
-    pub role: String,
+    pub role: Role,
     pub territory: String,
     pub created_at_ms: i64,
     pub disabled: bool,
+}
+
+/// Roles are stored by name; the `users.role` CHECK constraint holds the same closed set.
+impl ToSql for Role {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(ToSqlOutput::from(self.as_str()))
+    }
+}
+
+impl FromSql for Role {
+    fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
+        let name = value.as_str()?;
+        Role::parse(name)
+            .ok_or_else(|| FromSqlError::Other(format!("unknown role `{name}`").into()))
+    }
 }
 
 /// What login needs to know about an account.
@@ -201,7 +217,7 @@ impl Db {
         actor: &Actor,
         id: &str,
         display_name: &str,
-        role: &str,
+        role: Role,
         territory: &str,
         secret_hash: &str,
     ) -> Result<()> {

@@ -9,8 +9,8 @@
 use base64::Engine;
 use serde_json::{Value, json};
 
-use crate::ingest::vocab;
 use crate::model::{CaseExport, Observation, Sex, iso8601_ms};
+use crate::vocab;
 
 /// Which bundle to build.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -27,7 +27,7 @@ pub struct Vitals {
 }
 
 impl Vitals {
-    /// Sets the vital named `code` (vocabulary name, see `ingest::vocab`); AVPU takes its
+    /// Sets the vital named `code` (vocabulary name, see `vocab`); AVPU takes its
     /// ACVPU index. Unknown names are ignored.
     pub fn set(&mut self, code: &str, value: f64) {
         let x = Some(value);

@@ -10,12 +10,12 @@ use http_body_util::BodyExt;
 use serde_json::Value;
 use tower::ServiceExt;
 
-use hema3n_edge::api::auth::ManualClock;
+use hema3n_edge::api::session::ManualClock;
 use hema3n_edge::api::{ApiState, router};
 use hema3n_edge::crypto::keyring::{self, territory_key_name};
 use hema3n_edge::crypto::password;
 use hema3n_edge::events::Bus;
-use hema3n_edge::model::Actor;
+use hema3n_edge::model::{Actor, Role};
 use hema3n_edge::storage::Store;
 
 use super::Appliance;
@@ -63,8 +63,15 @@ impl Api {
         let mut db = app.open();
         let phc = password::hash_secret(PIN).unwrap();
         for (id, role, t) in USERS {
-            db.add_user(&Actor::cli(), id, &format!("User {id}"), role, t, &phc)
-                .unwrap();
+            db.add_user(
+                &Actor::cli(),
+                id,
+                &format!("User {id}"),
+                Role::parse(role).unwrap(),
+                t,
+                &phc,
+            )
+            .unwrap();
         }
         let (store, _thread) = Store::spawn(db, 64);
         let clock = Arc::new(ManualClock::at(T0));

@@ -1,0 +1,287 @@
+//! Enforcing the policy on every request: the bearer session is checked (idle and absolute
+//! expiry), the `Territory-Id` header and the route's permission are checked against
+//! [`policy`](super::policy), and every denial is audited. Also the session lifetimes that run
+//! without a request: the sweeper task and the check live streams make.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{HeaderMap, Method};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+use tokio::sync::watch;
+
+use super::error::{ApiError, ApiResult};
+use super::policy::{self, Access, BREAK_GLASS_PATH, BREAK_GLASS_PERMS, Perm};
+use super::session::Invalid;
+use super::state::ApiState;
+use crate::crypto::password;
+use crate::model::{Actor, is_valid_ident};
+use crate::storage::{SessionRow, StoreError, UserInfo};
+
+/// Who is calling, attached to authenticated requests.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub user: UserInfo,
+    /// The actor written into audit entries; its role is suffixed `+break-glass` while a grant
+    /// is used.
+    pub actor: Actor,
+    /// Territory the request works in (the user's own, or another one under break-glass).
+    pub territory: String,
+    pub token_hash: [u8; 32],
+    pub break_glass: Option<(i64, i64)>,
+}
+
+impl Caller {
+    /// Whether the caller's role (or active break-glass grant) holds `p`.
+    pub fn can(&self, p: Perm) -> bool {
+        policy::allows(self.user.role, self.break_glass.is_some(), p)
+    }
+}
+
+/// The session sweeper: ends idle and expired sessions (audited) and persists last-seen times,
+/// once per `every`, and once more at shutdown.
+pub struct SessionSweeper {
+    pub st: ApiState,
+    pub every: Duration,
+}
+
+impl SessionSweeper {
+    /// Runs until `shutdown` changes; a store failure ends the task (and with it the daemon).
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) -> Result<(), StoreError> {
+        let mut tick = tokio::time::interval(self.every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let stop = tokio::select! {
+                _ = tick.tick() => false,
+                _ = shutdown.changed() => true,
+            };
+            sweep_once(&self.st).await?;
+            if stop {
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// One sweep (also used by tests with a manual clock).
+pub async fn sweep_once(st: &ApiState) -> Result<usize, StoreError> {
+    let now = st.clock.now_ms();
+    let (ended, seen) = st.sessions.sweep(now, st.idle_ms());
+    let n = ended.len();
+    if !ended.is_empty() || !seen.is_empty() {
+        st.store
+            .call(move |db| {
+                let e: Vec<(SessionRow, &str)> = ended;
+                db.end_sessions(&e, now)?;
+                db.touch_sessions(&seen)
+            })
+            .await?;
+    }
+    Ok(n)
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let v = headers
+        .get(axum::http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
+    let t = v.strip_prefix("Bearer ")?.trim();
+    (!t.is_empty() && t.len() <= 128).then_some(t)
+}
+
+/// Authenticates and authorizes every request under `/api/v1` (except the public routes), by
+/// the route table: unknown routes and unlisted roles are denied.
+pub async fn guard(State(st): State<ApiState>, mut req: Request, next: Next) -> Response {
+    let path = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|m| m.as_str().to_string());
+    let Some(path) = path else {
+        // No route matched: let the router answer 404/405.
+        return next.run(req).await;
+    };
+    let access = policy::route_access(req.method().as_str(), &path);
+    match guard_inner(&st, req.method().clone(), &path, access, req.headers()).await {
+        Ok(Some(caller)) => {
+            req.extensions_mut().insert(caller);
+            next.run(req).await
+        }
+        Ok(None) => next.run(req).await,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn guard_inner(
+    st: &ApiState,
+    method: Method,
+    path: &str,
+    access: Option<Access>,
+    headers: &HeaderMap,
+) -> ApiResult<Option<Caller>> {
+    let access = match access {
+        Some(Access::Public) => return Ok(None),
+        Some(a) => a,
+        None => {
+            tracing::warn!(%method, path, "route missing from the route table: denied");
+            return Err(ApiError::forbidden("this route is not open to any role"));
+        }
+    };
+    let token = bearer(headers)
+        .ok_or_else(|| ApiError::unauthorized("missing bearer token; log in first"))?;
+    let hash = password::token_hash(token);
+    let now = st.clock.now_ms();
+    let (row, user) = match st.sessions.check(&hash, now, st.idle_ms(), true) {
+        Ok(v) => v,
+        Err(Invalid::Unknown) => {
+            return Err(ApiError::unauthorized(
+                "session unknown or ended; log in again",
+            ));
+        }
+        Err(Invalid::Idle(row)) | Err(Invalid::Expired(row)) => {
+            let idle = now < row.expires_at_ms;
+            let r = row.clone();
+            let reason = if idle { "idle" } else { "expired" };
+            st.store
+                .call(move |db| db.end_sessions(&[(r, reason)], now))
+                .await?;
+            st.metrics.logoffs.fetch_add(1, Ordering::Relaxed);
+            return Err(ApiError::unauthorized(if idle {
+                "logged off after inactivity; log in again"
+            } else {
+                "session lifetime reached; log in again"
+            })
+            .details(json!({ "reason": reason })));
+        }
+    };
+    let header_territory = headers
+        .get("territory-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let Some(territory) = header_territory else {
+        return Err(ApiError::bad_request("missing Territory-Id header"));
+    };
+    let mut caller = Caller {
+        actor: Actor {
+            id: user.id.clone(),
+            role: if row.break_glass.is_some() {
+                format!("{}+break-glass", user.role)
+            } else {
+                user.role.to_string()
+            },
+        },
+        territory: territory.clone(),
+        token_hash: hash,
+        break_glass: row.break_glass,
+        user,
+    };
+    let deny = |caller: &Caller, why: &'static str, err: ApiError| {
+        let (actor, t, action) = (
+            caller.actor.clone(),
+            caller.user.territory.clone(),
+            format!("{method} {path}"),
+        );
+        let st = st.clone();
+        async move {
+            st.store
+                .call(move |db| db.audit_denied(&actor, "access.denied", &action, &t, why))
+                .await?;
+            st.metrics.denials.fetch_add(1, Ordering::Relaxed);
+            Err::<Option<Caller>, ApiError>(err)
+        }
+    };
+    if territory != caller.user.territory {
+        // Another territory only under break-glass (or to ask for it).
+        let may = caller.break_glass.is_some() || path == BREAK_GLASS_PATH;
+        if !may || !is_valid_ident(&territory) {
+            return deny(&caller, "territory", ApiError::territory()).await;
+        }
+    }
+    if let Access::Perm(p) = access {
+        // Across territories (break-glass) only reading is granted.
+        let foreign = territory != caller.user.territory && path != BREAK_GLASS_PATH;
+        if foreign && !BREAK_GLASS_PERMS.contains(&p) {
+            return deny(
+                &caller,
+                "role",
+                ApiError::forbidden("break-glass grants read access only in another territory"),
+            )
+            .await;
+        }
+        if !caller.can(p) {
+            return deny(
+                &caller,
+                "role",
+                ApiError::forbidden(format!(
+                    "role `{}` may not use {method} {path}",
+                    caller.user.role
+                )),
+            )
+            .await;
+        }
+    }
+    caller.territory = territory;
+    Ok(Some(caller))
+}
+
+/// Checks that a patient or case belongs to the caller's territory (denials audited).
+pub async fn in_territory(
+    st: &ApiState,
+    caller: &Caller,
+    kind: &'static str,
+    id: &str,
+) -> ApiResult<()> {
+    let i = id.to_string();
+    let t = st.store.call(move |db| db.territory_of(kind, &i)).await?;
+    match t {
+        None => Err(ApiError::not_found(kind, id)),
+        Some(t) if t == caller.territory => Ok(()),
+        Some(_) => {
+            let (actor, territory, res) = (
+                caller.actor.clone(),
+                caller.territory.clone(),
+                format!("{kind}/{id}"),
+            );
+            st.store
+                .call(move |db| {
+                    db.audit_denied(&actor, "access.denied", &res, &territory, "territory")
+                })
+                .await?;
+            st.metrics.denials.fetch_add(1, Ordering::Relaxed);
+            Err(ApiError::territory())
+        }
+    }
+}
+
+/// Ends a session whose idle time or lifetime ran out (audited), for callers that hold a token
+/// without making requests (live streams). Returns false when the session is still valid.
+pub async fn end_if_expired(st: &ApiState, hash: &[u8; 32]) -> bool {
+    let now = st.clock.now_ms();
+    match st.sessions.check(hash, now, st.idle_ms(), false) {
+        Ok(_) => false,
+        Err(Invalid::Unknown) => true,
+        Err(Invalid::Idle(row)) | Err(Invalid::Expired(row)) => {
+            let reason = if now < row.expires_at_ms {
+                "idle"
+            } else {
+                "expired"
+            };
+            if let Err(e) = st
+                .store
+                .call(move |db| db.end_sessions(&[(row, reason)], now))
+                .await
+            {
+                tracing::warn!(error = %e, "cannot record the end of a session");
+            }
+            st.metrics.logoffs.fetch_add(1, Ordering::Relaxed);
+            true
+        }
+    }
+}
+
+/// For tests: whether a session with this token still exists server-side.
+pub fn session_exists(st: &ApiState, token: &str) -> bool {
+    super::session::session_exists(&st.sessions, token)
+}

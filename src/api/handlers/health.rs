@@ -1,0 +1,53 @@
+//! Unauthenticated operations routes: `/healthz`, `/metrics`, `/api/v1/openapi.json`.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use crate::api::error::ApiResult;
+use crate::api::state::ApiState;
+use crate::api::wire::Json;
+use crate::api::{metrics, openapi};
+
+pub async fn healthz(State(st): State<ApiState>) -> Response {
+    let store = st.store.call(|db| db.ping()).await;
+    let sync = st
+        .sync
+        .as_ref()
+        .map(|m| m.state().as_str())
+        .unwrap_or("disabled");
+    let body = json!({
+        "status": if store.is_ok() { "ok" } else { "degraded" },
+        "store": if store.is_ok() { "ok" } else { "unavailable" },
+        "triage": &*st.triage_status,
+        "sync": sync,
+        "sessions": st.sessions.len(),
+    });
+    let code = if store.is_ok() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, axum::Json(body)).into_response()
+}
+
+pub async fn metrics(State(st): State<ApiState>) -> ApiResult<Response> {
+    let snap = st
+        .store
+        .call(|db| Ok((db.outbox_stats()?, db.open_alarms()?, db.triage_count()?)))
+        .await?;
+    let text = metrics::metrics_text(&st, &snap.0, &snap.1, snap.2);
+    Ok((
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response())
+}
+
+pub async fn openapi() -> Json {
+    axum::Json(openapi::document())
+}

@@ -1,0 +1,12 @@
+//! The handlers, one file per resource. Each handler trusts the guard for authentication and
+//! the route's permission, and checks territory (`guard::in_territory`) and its own input.
+
+pub mod appliance;
+pub mod auth;
+pub mod cases;
+pub mod clinical;
+pub mod health;
+pub mod patients;
+pub mod review;
+pub mod stream;
+pub mod users;

@@ -1,0 +1,55 @@
+//! Supervisor review: the audit trail and break-glass uses.
+
+use axum::Extension;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use serde_json::json;
+
+use crate::api::error::{ApiError, ApiResult};
+use crate::api::guard::Caller;
+use crate::api::state::ApiState;
+use crate::api::wire::{AuditQuery, Body, Json, PendingQuery, ReviewBody, ok};
+
+pub async fn audit(
+    State(st): State<ApiState>,
+    Extension(c): Extension<Caller>,
+    Query(q): Query<AuditQuery>,
+) -> ApiResult<Json> {
+    let a = c.actor.clone();
+    let limit = q.limit.unwrap_or(100).clamp(1, 500);
+    let rows = st
+        .store
+        .call(move |db| db.audit_entries(&a, limit, q.before))
+        .await?;
+    ok(json!({ "entries": rows }))
+}
+
+pub async fn break_glass_list(
+    State(st): State<ApiState>,
+    Query(q): Query<PendingQuery>,
+) -> ApiResult<Json> {
+    let pending = q.pending.unwrap_or(false);
+    let rows = st
+        .store
+        .call(move |db| db.break_glass_list(pending))
+        .await?;
+    ok(json!({ "uses": rows }))
+}
+
+pub async fn break_glass_review(
+    State(st): State<ApiState>,
+    Extension(c): Extension<Caller>,
+    Path(id): Path<i64>,
+    Body(b): Body<ReviewBody>,
+) -> ApiResult<StatusCode> {
+    if b.note.trim().is_empty() || b.note.len() > 1000 {
+        return Err(ApiError::validation(
+            "a review note of 1 to 1000 bytes is required",
+        ));
+    }
+    let a = c.actor.clone();
+    st.store
+        .call(move |db| db.break_glass_review(&a, id, b.note.trim()))
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,501 @@
+//! The security policy of the tablet API, in one leaf module (no axum, no IO): roles and their
+//! permissions, what a break-glass grant adds, and the route table.
+//!
+//! [`ROUTES`] is the single source of truth for who may call what: the guard (`guard.rs`) looks
+//! every request up in it (a route missing from it is denied to everybody), the router
+//! (`routes.rs`) must serve exactly its rows, and the OpenAPI document is generated from it.
+
+pub use crate::model::Role;
+
+/// Permissions a route can require.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Perm {
+    /// Read demographics (patients, names in the case list).
+    PatientRead,
+    /// Register and edit patients.
+    PatientWrite,
+    /// See the case list.
+    CaseList,
+    /// Read the clinical record (vitals, triage, medications, alarms, handoff).
+    ClinicalRead,
+    /// Open cases, bind devices, enter vitals, close cases.
+    ClinicalWrite,
+    /// Medication orders.
+    Medication,
+    /// Bound/unbound field devices.
+    DeviceRead,
+    /// Sync and outbox state (no PHI).
+    SyncRead,
+    /// Read the audit trail.
+    AuditReview,
+    /// Review break-glass uses.
+    BreakGlassReview,
+    /// Ask for break-glass access.
+    BreakGlass,
+    /// Manage accounts (no PHI).
+    Admin,
+}
+
+impl Perm {
+    /// Every permission.
+    pub const ALL: [Perm; 12] = [
+        Perm::PatientRead,
+        Perm::PatientWrite,
+        Perm::CaseList,
+        Perm::ClinicalRead,
+        Perm::ClinicalWrite,
+        Perm::Medication,
+        Perm::DeviceRead,
+        Perm::SyncRead,
+        Perm::AuditReview,
+        Perm::BreakGlassReview,
+        Perm::BreakGlass,
+        Perm::Admin,
+    ];
+
+    /// The name the API shows (`GET /api/v1/auth/me`, the OpenAPI `x-access` note).
+    pub fn name(self) -> &'static str {
+        match self {
+            Perm::PatientRead => "PatientRead",
+            Perm::PatientWrite => "PatientWrite",
+            Perm::CaseList => "CaseList",
+            Perm::ClinicalRead => "ClinicalRead",
+            Perm::ClinicalWrite => "ClinicalWrite",
+            Perm::Medication => "Medication",
+            Perm::DeviceRead => "DeviceRead",
+            Perm::SyncRead => "SyncRead",
+            Perm::AuditReview => "AuditReview",
+            Perm::BreakGlassReview => "BreakGlassReview",
+            Perm::BreakGlass => "BreakGlass",
+            Perm::Admin => "Admin",
+        }
+    }
+}
+
+/// Permissions of a role. Anything not listed is denied.
+pub fn role_perms(role: Role) -> &'static [Perm] {
+    use Perm::*;
+    match role {
+        Role::Paramedic => &[
+            PatientRead,
+            PatientWrite,
+            CaseList,
+            ClinicalRead,
+            ClinicalWrite,
+            Medication,
+            DeviceRead,
+            SyncRead,
+            BreakGlass,
+        ],
+        Role::Emt => &[
+            PatientRead,
+            PatientWrite,
+            CaseList,
+            ClinicalRead,
+            ClinicalWrite,
+            DeviceRead,
+            SyncRead,
+            BreakGlass,
+        ],
+        Role::Staff => &[PatientRead, PatientWrite, CaseList, BreakGlass],
+        Role::Supervisor => &[
+            PatientRead,
+            CaseList,
+            ClinicalRead,
+            SyncRead,
+            AuditReview,
+            BreakGlassReview,
+            BreakGlass,
+        ],
+        Role::Admin => &[Admin, DeviceRead, SyncRead],
+    }
+}
+
+/// What an active break-glass grant adds: reading (never writing) clinical data and records of
+/// another territory.
+pub const BREAK_GLASS_PERMS: [Perm; 3] = [Perm::PatientRead, Perm::CaseList, Perm::ClinicalRead];
+
+/// Who may call a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// No login (login itself, health, metrics, OpenAPI, the UI).
+    Public,
+    /// Any logged-in user.
+    Authenticated,
+    /// Users whose role (or break-glass grant) has the permission.
+    Perm(Perm),
+}
+
+/// One row of the route table.
+#[derive(Debug, Clone, Copy)]
+pub struct RouteSpec {
+    pub method: &'static str,
+    pub path: &'static str,
+    pub access: Access,
+    /// Reads or writes PHI (every call is audited).
+    pub phi: bool,
+    pub summary: &'static str,
+    /// Request body schema name in the OpenAPI document, if any.
+    pub body: Option<&'static str>,
+}
+
+pub const BREAK_GLASS_PATH: &str = "/api/v1/auth/break-glass";
+
+const fn r(
+    method: &'static str,
+    path: &'static str,
+    access: Access,
+    phi: bool,
+    summary: &'static str,
+    body: Option<&'static str>,
+) -> RouteSpec {
+    RouteSpec {
+        method,
+        path,
+        access,
+        phi,
+        summary,
+        body,
+    }
+}
+
+use Access::{Authenticated, Public};
+use Perm::*;
+
+/// Every API route.
+pub const ROUTES: &[RouteSpec] = &[
+    r(
+        "GET",
+        "/healthz",
+        Public,
+        false,
+        "Liveness and component state",
+        None,
+    ),
+    r(
+        "GET",
+        "/metrics",
+        Public,
+        false,
+        "Prometheus metrics (no PHI)",
+        None,
+    ),
+    r(
+        "GET",
+        "/api/v1/openapi.json",
+        Public,
+        false,
+        "This document",
+        None,
+    ),
+    r(
+        "POST",
+        "/api/v1/auth/login",
+        Public,
+        false,
+        "Log in with a personal user id and PIN/password; returns a bearer token",
+        Some("Login"),
+    ),
+    r(
+        "POST",
+        "/api/v1/auth/logout",
+        Authenticated,
+        false,
+        "End this session",
+        None,
+    ),
+    r(
+        "GET",
+        "/api/v1/auth/me",
+        Authenticated,
+        false,
+        "The caller, territory, permissions and break-glass state",
+        None,
+    ),
+    r(
+        "POST",
+        BREAK_GLASS_PATH,
+        Access::Perm(BreakGlass),
+        false,
+        "Break-glass: re-authenticate with a reason for time-boxed wider read access",
+        Some("BreakGlass"),
+    ),
+    r(
+        "GET",
+        "/api/v1/patients",
+        Access::Perm(PatientRead),
+        true,
+        "Search patients by last_name, date_of_birth, mrn (blind indexes)",
+        None,
+    ),
+    r(
+        "POST",
+        "/api/v1/patients",
+        Access::Perm(PatientWrite),
+        true,
+        "Register a patient (partial data allowed)",
+        Some("Patient"),
+    ),
+    r(
+        "GET",
+        "/api/v1/patients/{id}",
+        Access::Perm(PatientRead),
+        true,
+        "Read a patient",
+        None,
+    ),
+    r(
+        "PUT",
+        "/api/v1/patients/{id}",
+        Access::Perm(PatientWrite),
+        true,
+        "Replace a patient's demographics",
+        Some("Patient"),
+    ),
+    r(
+        "GET",
+        "/api/v1/cases",
+        Access::Perm(CaseList),
+        true,
+        "Cases of the territory (names for demographics roles, ESI for clinical roles)",
+        None,
+    ),
+    r(
+        "POST",
+        "/api/v1/cases",
+        Access::Perm(ClinicalWrite),
+        true,
+        "Open a case",
+        Some("CaseCreate"),
+    ),
+    r(
+        "GET",
+        "/api/v1/cases/{id}",
+        Access::Perm(ClinicalRead),
+        true,
+        "The case: patient, devices, alarms, triage, medications, vitals, sync state",
+        None,
+    ),
+    r(
+        "POST",
+        "/api/v1/cases/{id}/devices",
+        Access::Perm(ClinicalWrite),
+        true,
+        "Bind a field device to the case",
+        Some("Bind"),
+    ),
+    r(
+        "DELETE",
+        "/api/v1/cases/{id}/devices/{device_id}",
+        Access::Perm(ClinicalWrite),
+        true,
+        "Unbind a device",
+        None,
+    ),
+    r(
+        "GET",
+        "/api/v1/cases/{id}/vitals",
+        Access::Perm(ClinicalRead),
+        true,
+        "Vitals history, oldest first",
+        None,
+    ),
+    r(
+        "POST",
+        "/api/v1/cases/{id}/vitals",
+        Access::Perm(ClinicalWrite),
+        true,
+        "Enter vitals by hand",
+        Some("ManualVitals"),
+    ),
+    r(
+        "GET",
+        "/api/v1/cases/{id}/triage",
+        Access::Perm(ClinicalRead),
+        true,
+        "Triage results, newest first, with reasons",
+        None,
+    ),
+    r(
+        "POST",
+        "/api/v1/cases/{id}/medications",
+        Access::Perm(Medication),
+        true,
+        "Record a medication order",
+        Some("Medication"),
+    ),
+    r(
+        "GET",
+        "/api/v1/cases/{id}/stream",
+        Access::Perm(ClinicalRead),
+        true,
+        "Live events (SSE): vitals, triage, alarm, case",
+        None,
+    ),
+    r(
+        "GET",
+        "/api/v1/cases/{id}/handoff",
+        Access::Perm(ClinicalRead),
+        true,
+        "Handoff summary for the receiving hospital",
+        None,
+    ),
+    r(
+        "POST",
+        "/api/v1/cases/{id}/close",
+        Access::Perm(ClinicalWrite),
+        true,
+        "Close the case; it is sealed and queued for the cloud",
+        None,
+    ),
+    r(
+        "GET",
+        "/api/v1/devices",
+        Access::Perm(DeviceRead),
+        false,
+        "Field devices, presence and binding",
+        None,
+    ),
+    r(
+        "GET",
+        "/api/v1/sync",
+        Access::Perm(SyncRead),
+        false,
+        "Cloud link state and outbox counts",
+        None,
+    ),
+    r(
+        "GET",
+        "/api/v1/audit",
+        Access::Perm(AuditReview),
+        false,
+        "Audit trail, newest first (?before=seq&limit=n)",
+        None,
+    ),
+    r(
+        "GET",
+        "/api/v1/break-glass",
+        Access::Perm(BreakGlassReview),
+        false,
+        "Break-glass uses (?pending=true for the review queue)",
+        None,
+    ),
+    r(
+        "POST",
+        "/api/v1/break-glass/{id}/review",
+        Access::Perm(BreakGlassReview),
+        false,
+        "Close a break-glass review",
+        Some("Review"),
+    ),
+    r(
+        "GET",
+        "/api/v1/users",
+        Access::Perm(Admin),
+        false,
+        "Accounts",
+        None,
+    ),
+    r(
+        "POST",
+        "/api/v1/users",
+        Access::Perm(Admin),
+        false,
+        "Add an account",
+        Some("UserCreate"),
+    ),
+    r(
+        "POST",
+        "/api/v1/users/{id}/disable",
+        Access::Perm(Admin),
+        false,
+        "Disable an account and end its sessions",
+        None,
+    ),
+];
+
+/// The access rule of a route, or `None` when it is not in the table (denied).
+pub fn route_access(method: &str, path: &str) -> Option<Access> {
+    if !path.starts_with("/api/") && path != "/healthz" && path != "/metrics" {
+        // The UI's static assets.
+        return Some(Access::Public);
+    }
+    ROUTES
+        .iter()
+        .find(|r| r.path == path && r.method == method)
+        .map(|r| r.access)
+}
+
+/// Whether a role, with or without an active break-glass grant, holds a permission.
+pub fn allows(role: Role, break_glass: bool, p: Perm) -> bool {
+    role_perms(role).contains(&p) || (break_glass && BREAK_GLASS_PERMS.contains(&p))
+}
+
+/// The permission names a caller holds, sorted (what `GET /api/v1/auth/me` shows).
+pub fn permission_names(role: Role, break_glass: bool) -> Vec<&'static str> {
+    let mut names: Vec<&str> = Perm::ALL
+        .into_iter()
+        .filter(|p| allows(role, break_glass, *p))
+        .map(Perm::name)
+        .collect();
+    names.sort_unstable();
+    names
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_permission_a_route_needs_is_held_by_some_role() {
+        for r in ROUTES {
+            if let Access::Perm(p) = r.access {
+                assert!(
+                    Role::ALL.iter().any(|role| role_perms(*role).contains(&p)),
+                    "{} {} needs {} which no role holds",
+                    r.method,
+                    r.path,
+                    p.name()
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn routes_are_unique_and_unknown_routes_are_denied() {
+        for (i, a) in ROUTES.iter().enumerate() {
+            assert!(
+                ROUTES[i + 1..]
+                    .iter()
+                    .all(|b| (b.method, b.path) != (a.method, a.path)),
+                "{} {} listed twice",
+                a.method,
+                a.path
+            );
+        }
+        assert_eq!(route_access("GET", "/api/v1/nothing"), None);
+        assert_eq!(route_access("DELETE", "/api/v1/patients"), None);
+        assert_eq!(route_access("GET", "/index.html"), Some(Access::Public));
+    }
+
+    #[test]
+    fn break_glass_adds_reading_only() {
+        for p in BREAK_GLASS_PERMS {
+            assert!(matches!(
+                p,
+                Perm::PatientRead | Perm::CaseList | Perm::ClinicalRead
+            ));
+        }
+        assert!(!allows(Role::Staff, true, Perm::ClinicalWrite));
+        assert!(allows(Role::Staff, true, Perm::ClinicalRead));
+        assert!(!allows(Role::Staff, false, Perm::ClinicalRead));
+        assert!(!allows(Role::Admin, true, Perm::Medication));
+    }
+
+    #[test]
+    fn permission_names_are_the_variant_names() {
+        for p in Perm::ALL {
+            assert_eq!(p.name(), format!("{p:?}"));
+        }
+    }
+}

@@ -1,0 +1,109 @@
+//! Serving HTTPS: the TLS acceptor (certificate file + credential `api-tls.key`), the listener,
+//! and our own accept loop on tokio-rustls (HTTP/1.1 by hyper, one task per connection, TLS
+//! handshakes time-boxed, connections finish their request at shutdown).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use hyper_util::rt::TokioIo;
+use hyper_util::service::TowerToHyperService;
+
+use super::state::ApiState;
+use crate::config::Config;
+
+/// Credential holding the API's TLS private key (PEM).
+pub const API_TLS_KEY: &str = "api-tls.key";
+
+/// Why the API cannot start. Recovery: fix the named file or address.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("api TLS: {0}")]
+    Tls(#[from] crate::tls::TlsError),
+    #[error("api TLS key: {0}")]
+    Key(#[from] crate::crypto::keyring::KeyError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The TLS acceptor for `cfg` (certificate file + credential `api-tls.key`).
+pub fn acceptor(cfg: &Config) -> Result<crate::tls::Acceptor, ServeError> {
+    let (_, key) = crate::crypto::keyring::KeySources::from_env(&cfg.keys.dir).read(API_TLS_KEY)?;
+    Ok(crate::tls::server_acceptor(&cfg.api_cert_path(), &key)?)
+}
+
+/// Binds the listener (so that setup errors surface before READY=1).
+pub async fn bind(cfg: &Config) -> Result<tokio::net::TcpListener, ServeError> {
+    tokio::net::TcpListener::bind(&cfg.api.listen)
+        .await
+        .map_err(|e| ServeError::Bind {
+            addr: cfg.api.listen.clone(),
+            source: e,
+        })
+}
+
+/// TLS handshakes that take longer than this are dropped.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves HTTPS on `listener` until shutdown; then stops accepting and lets connections finish
+/// their current request.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    acceptor: crate::tls::Acceptor,
+    st: ApiState,
+) -> Result<(), String> {
+    let mut shutdown = st.shutdown.clone();
+    let app = super::routes::router(st);
+    let addr = listener
+        .local_addr()
+        .map(|a: SocketAddr| a.to_string())
+        .unwrap_or_default();
+    tracing::info!(%addr, "api listening (https)");
+    loop {
+        let (tcp, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(v) => v,
+                Err(e) => {
+                    // EMFILE and friends: back off briefly instead of spinning.
+                    tracing::warn!(error = %e, "api accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => return Ok(()),
+        };
+        let _ = tcp.set_nodelay(true);
+        let (acceptor, app, mut shutdown) = (acceptor.clone(), app.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "api TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "api TLS handshake timed out");
+                    return;
+                }
+            };
+            let svc = TowerToHyperService::new(app);
+            let builder = hyper::server::conn::http1::Builder::new();
+            let conn = builder.serve_connection(TokioIo::new(tls), svc);
+            tokio::pin!(conn);
+            tokio::select! {
+                r = conn.as_mut() => {
+                    if let Err(e) = r {
+                        tracing::debug!(%peer, error = %e, "api connection ended with an error");
+                    }
+                }
+                _ = shutdown.changed() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(Duration::from_secs(2), conn).await;
+                }
+            }
+        });
+    }
+}

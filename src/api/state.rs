@@ -1,0 +1,86 @@
+//! What every handler shares ([`ApiState`]) and the API's counters ([`ApiMetrics`]).
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+
+use tokio::sync::{Semaphore, watch};
+
+use super::session::{Clock, Sessions};
+use crate::config::Config;
+use crate::events::Bus;
+use crate::ingest::IngestMetrics;
+use crate::storage::Store;
+use crate::sync::SyncMetrics;
+
+/// Counters of the API (exported on `/metrics`).
+#[derive(Default)]
+pub struct ApiMetrics {
+    pub requests: AtomicU64,
+    pub errors_4xx: AtomicU64,
+    pub errors_5xx: AtomicU64,
+    pub busy: AtomicU64,
+    pub logins: AtomicU64,
+    pub login_failures: AtomicU64,
+    pub logoffs: AtomicU64,
+    pub denials: AtomicU64,
+    pub break_glass: AtomicU64,
+    pub streams_open: AtomicU64,
+}
+
+/// Everything the handlers share.
+#[derive(Clone)]
+pub struct ApiState {
+    pub cfg: Arc<Config>,
+    pub store: Store,
+    pub sessions: Arc<Sessions>,
+    pub clock: Arc<dyn Clock>,
+    pub bus: Bus,
+    pub metrics: Arc<ApiMetrics>,
+    pub ingest: Option<Arc<IngestMetrics>>,
+    pub sync: Option<Arc<SyncMetrics>>,
+    /// `triage` status line (model id / RULES-ONLY), shown on `/healthz`.
+    pub triage_status: Arc<str>,
+    /// Re-triage requests (manual vitals).
+    pub retriage: Option<tokio::sync::mpsc::UnboundedSender<String>>,
+    /// Wakes the bundle sealer (a case was closed).
+    pub wake_sealer: Option<Arc<tokio::sync::Notify>>,
+    /// Requests in flight (`api.max_concurrent`); above it the API answers 503 BUSY.
+    pub(super) in_flight: Arc<Semaphore>,
+    /// Open live streams (`api.max_streams`).
+    pub(super) streams: Arc<Semaphore>,
+    /// The daemon's shutdown signal (ends the accept loop and live streams).
+    pub(super) shutdown: watch::Receiver<bool>,
+}
+
+impl ApiState {
+    /// State for `cfg`; sessions are restored from the store.
+    pub async fn new(
+        cfg: Config,
+        store: Store,
+        clock: Arc<dyn Clock>,
+        bus: Bus,
+        shutdown: watch::Receiver<bool>,
+    ) -> Result<Self, crate::storage::StoreError> {
+        let rows = store.call(|db| db.load_sessions()).await?;
+        Ok(ApiState {
+            in_flight: Arc::new(Semaphore::new(cfg.api.max_concurrent)),
+            streams: Arc::new(Semaphore::new(cfg.api.max_streams)),
+            cfg: Arc::new(cfg),
+            store,
+            sessions: Arc::new(Sessions::restore(rows)),
+            clock,
+            bus,
+            metrics: Arc::default(),
+            ingest: None,
+            sync: None,
+            triage_status: Arc::from("unknown"),
+            retriage: None,
+            wake_sealer: None,
+            shutdown,
+        })
+    }
+
+    pub fn idle_ms(&self) -> i64 {
+        self.cfg.api.idle_timeout_secs as i64 * 1000
+    }
+}

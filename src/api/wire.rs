@@ -1,0 +1,238 @@
+//! What travels on the wire: the JSON request body extractor, every request body and query
+//! type (unknown fields rejected), and the JSON shapes of the responses built from domain and
+//! storage types. Handlers never build these shapes themselves; the OpenAPI schemas
+//! (`openapi.rs`) are checked against them by `tests/api.rs`.
+
+use axum::extract::{FromRequest, Request};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+
+use super::error::{ApiError, ApiResult, Code};
+use crate::model::{CaseDetails, Observation, StoredPatient, StoredTriage};
+use crate::storage::CaseView;
+use crate::vocab;
+
+// ---- request bodies --------------------------------------------------------------------------
+
+/// A JSON request body: size-limited, unknown fields rejected, errors in the API format.
+pub struct Body<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Body<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let ct = req
+            .headers()
+            .get(axum::http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        if !ct.starts_with("application/json") {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                Code::ValidationError,
+                "the body must be JSON (Content-Type: application/json)",
+            ));
+        }
+        let bytes = axum::body::Bytes::from_request(req, state)
+            .await
+            .map_err(|r| {
+                if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    ApiError::new(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        Code::PayloadTooLarge,
+                        "request body too large",
+                    )
+                } else {
+                    ApiError::bad_request("cannot read the request body")
+                }
+            })?;
+        serde_json::from_slice(&bytes).map(Body).map_err(|e| {
+            // serde's message names the field and position; it never echoes string values.
+            let msg = e.to_string();
+            ApiError::validation(format!("invalid JSON body: {msg}"))
+                .details(serde_json::json!({ "line": e.line(), "column": e.column() }))
+        })
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoginBody {
+    pub user_id: String,
+    pub secret: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BreakGlassBody {
+    pub reason: String,
+    /// Re-authentication: the caller's PIN/password.
+    pub secret: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SearchQuery {
+    pub last_name: Option<String>,
+    pub date_of_birth: Option<String>,
+    pub mrn: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaseCreate {
+    pub patient_id: Option<String>,
+    #[serde(flatten)]
+    pub details: CaseDetails,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BindBody {
+    pub device_id: String,
+    #[serde(default = "yes")]
+    pub attach_unbound: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ManualReading {
+    pub name: String,
+    pub value: Option<f64>,
+    /// AVPU letter.
+    pub vs: Option<String>,
+    pub t_ms: Option<i64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ManualVitals {
+    pub readings: Vec<ManualReading>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamQuery {
+    /// Last vitals row id the client has; later ones are pushed.
+    pub after: Option<i64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditQuery {
+    pub before: Option<i64>,
+    pub limit: Option<usize>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PendingQuery {
+    pub pending: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReviewBody {
+    pub note: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserCreate {
+    pub id: String,
+    pub display_name: String,
+    pub role: String,
+    pub territory: Option<String>,
+    pub secret: String,
+}
+
+// ---- helpers ---------------------------------------------------------------------------------
+
+/// A JSON response body.
+pub type Json = axum::Json<Value>;
+
+/// `200 OK` with a JSON body.
+pub fn ok(v: Value) -> ApiResult<Json> {
+    Ok(axum::Json(v))
+}
+
+/// `201 Created` with a JSON body.
+pub fn created(v: Value) -> ApiResult<Response> {
+    Ok((StatusCode::CREATED, axum::Json(v)).into_response())
+}
+
+/// Refuses a path id that is not a UUID (before any lookup).
+pub fn check_id(id: &str) -> ApiResult<()> {
+    if uuid::Uuid::parse_str(id).is_err() {
+        return Err(ApiError::validation("ids are UUIDs").details(json!({ "id": id })));
+    }
+    Ok(())
+}
+
+// ---- response shapes -------------------------------------------------------------------------
+
+pub fn patient_json(p: &StoredPatient) -> Value {
+    let mut v = serde_json::to_value(&p.patient).unwrap_or(Value::Null);
+    if let Value::Object(m) = &mut v {
+        m.retain(|_, x| !x.is_null());
+        m.insert("id".into(), json!(p.id));
+        m.insert("territory".into(), json!(p.territory));
+        m.insert("created_at_ms".into(), json!(p.created_at_ms));
+        m.insert("updated_at_ms".into(), json!(p.updated_at_ms));
+    }
+    v
+}
+
+pub fn obs_json(o: &Observation) -> Value {
+    let display = if o.code == "avpu" {
+        vocab::AVPU_LEVELS
+            .get(o.value as usize)
+            .map(|s| json!(s))
+            .unwrap_or(Value::Null)
+    } else {
+        Value::Null
+    };
+    json!({
+        "id": o.id, "name": o.code, "value": o.value, "display": display,
+        "t_ms": o.device_time_ms, "received_ms": o.recv_time_ms,
+        "device_id": o.device_id, "source": o.source,
+        "unit": vocab::lookup(&o.code).and_then(|v| v.unit),
+    })
+}
+
+pub fn triage_json(t: &StoredTriage) -> Value {
+    let r = &t.record;
+    json!({
+        "id": t.id, "created_at_ms": t.created_at_ms,
+        "esi": r.final_esi, "rules_esi": r.rules_esi, "model_esi": r.model_esi,
+        "news2": r.news2, "specialty": r.specialty, "confidence": r.confidence,
+        "model_id": r.model_id, "model_hash": r.model_hash, "decider": r.decider,
+        "abstained": r.abstained, "reasons": r.reasons,
+    })
+}
+
+pub fn view_json(v: &CaseView) -> Value {
+    json!({
+        "id": v.case.id,
+        "territory": v.case.territory,
+        "status": v.case.status.as_str(),
+        "created_at_ms": v.case.created_at_ms,
+        "closed_at_ms": v.case.closed_at_ms,
+        "patient_id": v.case.patient_id,
+        "details": v.case.details,
+        "patient": v.patient.as_ref().map(patient_json),
+        "devices": v.devices,
+        "alarms": v.alarms,
+        "triage": v.triage.iter().map(triage_json).collect::<Vec<_>>(),
+        "medications": v.medications,
+        "vitals": v.vitals.iter().map(obs_json).collect::<Vec<_>>(),
+        "bundles": v.bundles,
+    })
+}
