@@ -87,7 +87,7 @@ fn start_until_ready(config: &str, dir: &std::path::Path) -> (Child, Duration) {
     sock.set_read_timeout(Some(Duration::from_secs(30)))
         .unwrap();
     let t = Instant::now();
-    let child = Command::new(EDGE)
+    let mut child = Command::new(EDGE)
         .args(["--config", config, "run"])
         .env("NOTIFY_SOCKET", &sock_path)
         .env("RUST_LOG", "warn")
@@ -97,9 +97,14 @@ fn start_until_ready(config: &str, dir: &std::path::Path) -> (Child, Duration) {
         .unwrap();
     let mut buf = [0u8; 4096];
     loop {
-        let n = sock
-            .recv(&mut buf)
-            .expect("no READY=1 within 30 s (see the daemon's config)");
+        let n = match sock.recv(&mut buf) {
+            Ok(n) => n,
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("no READY=1 within 30 s (see the daemon's config): {e}");
+            }
+        };
         if String::from_utf8_lossy(&buf[..n])
             .lines()
             .any(|l| l == "READY=1")

@@ -13,7 +13,7 @@ use hema3n_edge::triage::runtime::{LoadOptions, ModelRuntime};
 
 mod common;
 #[path = "../tests/common/mod.rs"]
-#[allow(dead_code, unused_imports)]
+#[allow(unused_imports)]
 mod harness;
 use common::{bench_line, pct, quick};
 

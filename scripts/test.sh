@@ -27,18 +27,29 @@ for arg in "$@"; do
     esac
 done
 
-log "checking build dependencies"
+stage "build dependencies (apt)"
 install_build_deps
-log "checking test services"
+
+# Cheap checks first, failing fast: formatting, lints (warnings are errors), then the tidy
+# architecture rules (tests/tidy.rs) — before any service is installed or test binary built.
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+stage "format (cargo fmt --check)"
+cargo fmt --all -- --check || die "cargo fmt --check failed: run \`cargo fmt\`"
+stage "lints (cargo clippy --all-targets -D warnings)"
+cargo clippy --all-targets --locked -- -D warnings
+stage "tidy (architecture rules)"
+cargo test --locked --test tidy -- --test-threads="$(nproc)"
+stage "unit tests (lib)"
+cargo test --locked --lib -- --test-threads="$(nproc)"
+
+stage "test services and reference tools (apt, PyPI, npm)"
 install_test_services
-log "checking reference tools (PyPI)"
 install_python_tools
 install_browser_tools
 install_model_tools
 export HEMA3N_ORT_LIB="${HEMA3N_ORT_LIB:-$(onnxruntime_lib)}"
 [ -n "$HEMA3N_ORT_LIB" ] || die "ONNX Runtime library missing from .tools/model"
 
-export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 export RUST_BACKTRACE=1
 if [ "$SOAK" -eq 1 ]; then
     export HEMA3N_KILL9_ROUNDS="${HEMA3N_KILL9_ROUNDS:-500}"
@@ -46,23 +57,24 @@ if [ "$SOAK" -eq 1 ]; then
     export HEMA3N_SYNC_ROUNDS="${HEMA3N_SYNC_ROUNDS:-200}"
 fi
 
-log "building"
+stage "build (all targets)"
 cargo build --locked --all-targets
 
-log "running tests"
+stage "integration tests"
 cargo test --locked --all-targets -- --test-threads="$(nproc)"
 
-log "checking the appliance packaging (systemd units, Yocto layer, provisioning)"
+stage "appliance packaging (systemd units, Yocto layer, provisioning)"
 ./scripts/check-appliance.sh
 
-log "building the aarch64 release binary with the CUDA and TensorRT execution providers"
+stage "aarch64 release build with the CUDA and TensorRT execution providers"
 ./scripts/build-aarch64.sh --features cuda,tensorrt
 
-log "smoke-running the benchmark harness (quick sizes)"
+stage "benchmark harness smoke run (quick sizes)"
 HEMA3N_BENCH_QUICK=1 ./scripts/bench.sh --debug all >/tmp/hema3n-bench-smoke.log 2>&1 || { cat /tmp/hema3n-bench-smoke.log; die "bench smoke run failed"; }
 grep -c '^BENCH ' /tmp/hema3n-bench-smoke.log | grep -qx '[1-9][0-9]*' || die "bench printed no BENCH lines"
 if [ "$FUZZ" -eq 1 ]; then
-    log "fuzzing the SenML parser for ${FUZZ_SECONDS:-120} s"
+    stage "fuzzing the SenML parser for ${FUZZ_SECONDS:-120} s"
     ./scripts/fuzz.sh senml "${FUZZ_SECONDS:-120}"
 fi
+stage_end
 log "all tests passed"

@@ -130,7 +130,18 @@ pub fn spawn_ingest(
     tasks.spawn(async move {
         name(
             "ingest-committer",
-            ingest::committer(batch_rx, st, client, c, m, drained_tx, retriage, b).await,
+            ingest::Committer {
+                from_batcher: batch_rx,
+                store: st,
+                client,
+                cfg: c,
+                metrics: m,
+                drained: drained_tx,
+                retriage,
+                bus: b,
+            }
+            .run()
+            .await,
         )
     });
     let (st, sd, b) = (store.clone(), shutdown.clone(), bus.clone());

@@ -714,10 +714,11 @@ fn parse_file(path: &Path, text: &str) -> Result<toml::Table, ConfigError> {
 /// Makes relative path-valued fields absolute against `base`.
 fn resolve_paths(mut t: toml::Table, base: &Path) -> toml::Table {
     fn fix(v: &mut toml::Value, base: &Path) {
-        if let toml::Value::String(s) = v {
-            if !s.is_empty() && Path::new(s.as_str()).is_relative() {
-                *s = base.join(s.as_str()).display().to_string();
-            }
+        if let toml::Value::String(s) = v
+            && !s.is_empty()
+            && Path::new(s.as_str()).is_relative()
+        {
+            *s = base.join(s.as_str()).display().to_string();
         }
     }
     if let Some(v) = t.get_mut("data_dir") {

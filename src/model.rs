@@ -238,13 +238,13 @@ impl Patient {
                 }
             }
         }
-        if let Some(d) = &self.date_of_birth {
-            if !is_valid_date(d) {
-                return Err(InvalidPhi {
-                    field: "date_of_birth",
-                    reason: "must be a calendar date YYYY-MM-DD",
-                });
-            }
+        if let Some(d) = &self.date_of_birth
+            && !is_valid_date(d)
+        {
+            return Err(InvalidPhi {
+                field: "date_of_birth",
+                reason: "must be a calendar date YYYY-MM-DD",
+            });
         }
         if let Some(s) = &self.ssn {
             let digits: String = s.chars().filter(|c| *c != '-').collect();

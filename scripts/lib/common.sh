@@ -4,6 +4,23 @@
 log() { printf '\033[1m==>\033[0m %s\n' "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 
+# Stage timing for CI logs (docs/benchmarks.md records them): `stage NAME` ends the previous
+# stage, printing `STAGE <name>: <seconds> s`, and starts NAME; `stage_end` ends the last one.
+_STAGE=""
+_STAGE_T0=0
+stage_end() {
+    if [ -n "$_STAGE" ]; then
+        printf 'STAGE %s: %d s\n' "$_STAGE" "$(($(date +%s) - _STAGE_T0))" >&2
+        _STAGE=""
+    fi
+}
+stage() {
+    stage_end
+    _STAGE="$*"
+    _STAGE_T0=$(date +%s)
+    log "$*"
+}
+
 # Run as root, or through sudo when available.
 as_root() {
     if [ "$(id -u)" -eq 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else die "need root for: $*"; fi

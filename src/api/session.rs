@@ -59,6 +59,9 @@ pub(super) enum Invalid {
     Expired(SessionRow),
 }
 
+/// A session that ended and why (`idle`, `expired`).
+pub(super) type EndedSession = (SessionRow, &'static str);
+
 /// The in-memory session table.
 #[derive(Default)]
 pub struct Sessions {
@@ -160,7 +163,7 @@ impl Sessions {
         &self,
         now: i64,
         idle_ms: i64,
-    ) -> (Vec<(SessionRow, &'static str)>, Vec<([u8; 32], i64)>) {
+    ) -> (Vec<EndedSession>, Vec<([u8; 32], i64)>) {
         let mut map = self.map.lock().expect("sessions lock");
         let mut ended = Vec::new();
         map.retain(|_, s| {

@@ -351,9 +351,8 @@ pub async fn batcher(
             Err(mpsc::error::TrySendError::Closed(_)) => return Ok(()),
             Err(mpsc::error::TrySendError::Full(_)) => {
                 if batch.len() >= max {
-                    let permit = match to_committer.reserve().await {
-                        Ok(p) => p,
-                        Err(_) => return Ok(()),
+                    let Ok(permit) = to_committer.reserve().await else {
+                        return Ok(());
                     };
                     permit.send(std::mem::take(&mut batch));
                 } else {
@@ -487,20 +486,40 @@ fn take_token(
     }
 }
 
-/// Commits batches, then acknowledges every message of a batch and publishes rejects.
-pub async fn committer(
-    from_batcher: mpsc::Receiver<Vec<Pending>>,
-    store: Store,
-    client: AsyncClient,
-    cfg: Config,
-    metrics: Arc<IngestMetrics>,
-    drained: watch::Sender<bool>,
-    retriage: Option<mpsc::UnboundedSender<String>>,
-    bus: crate::events::Bus,
-) -> Result<(), IngestError> {
-    let r = commit_loop(from_batcher, store, client, cfg, metrics, retriage, bus).await;
-    let _ = drained.send(true);
-    r
+/// The `ingest-committer` task: commits batches, then acknowledges every message of a batch and
+/// publishes rejects.
+pub struct Committer {
+    /// Parsed batches; the batcher holds the sending end.
+    pub from_batcher: mpsc::Receiver<Vec<Pending>>,
+    pub store: Store,
+    /// Acks and reject publishes go through the connection's request queue.
+    pub client: AsyncClient,
+    pub cfg: Config,
+    pub metrics: Arc<IngestMetrics>,
+    /// Set once the last ack is queued; the connection task waits for it before disconnecting.
+    pub drained: watch::Sender<bool>,
+    /// Cases whose vitals changed; the re-triage loop holds the receiving end.
+    pub retriage: Option<mpsc::UnboundedSender<String>>,
+    pub bus: crate::events::Bus,
+}
+
+impl Committer {
+    /// Runs until the batcher's channel closes (shutdown) or a commit fails.
+    pub async fn run(self) -> Result<(), IngestError> {
+        let Committer {
+            from_batcher,
+            store,
+            client,
+            cfg,
+            metrics,
+            drained,
+            retriage,
+            bus,
+        } = self;
+        let r = commit_loop(from_batcher, store, client, cfg, metrics, retriage, bus).await;
+        let _ = drained.send(true);
+        r
+    }
 }
 
 async fn commit_loop(

@@ -90,14 +90,14 @@ pub fn parse_pack(payload: &[u8], recv_ms: i64, lim: &Limits) -> Result<Vec<Read
                 at,
             ));
         }
-        if let Some(v) = obj.get("bver") {
-            if v.as_u64().is_none_or(|v| v > 10) {
-                return Err(Reject::new(
-                    RejectCode::BadSenml,
-                    "`bver` must be a SenML version number ≤ 10",
-                    at,
-                ));
-            }
+        if let Some(v) = obj.get("bver")
+            && v.as_u64().is_none_or(|v| v > 10)
+        {
+            return Err(Reject::new(
+                RejectCode::BadSenml,
+                "`bver` must be a SenML version number ≤ 10",
+                at,
+            ));
         }
         if let Some(v) = obj.get("bn") {
             bn = v

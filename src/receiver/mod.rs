@@ -84,7 +84,7 @@ pub enum ReceiverError {
     #[error("{path}: {why}")]
     Config { path: PathBuf, why: String },
     #[error(transparent)]
-    Invalid(#[from] ConfigError),
+    Invalid(Box<ConfigError>),
     /// A key is missing or malformed. Recovery: `hema3n-receiver init` or restore the key.
     #[error(transparent)]
     Key(#[from] KeyError),
@@ -94,9 +94,21 @@ pub enum ReceiverError {
     Tls(#[from] crate::tls::TlsError),
     /// The database failed. Recovery: restart; unacknowledged messages are redelivered.
     #[error(transparent)]
-    Store(#[from] crate::storage::StoreError),
+    Store(Box<crate::storage::StoreError>),
     #[error("{0}")]
     Io(String),
+}
+
+impl From<crate::storage::StoreError> for ReceiverError {
+    fn from(e: crate::storage::StoreError) -> Self {
+        ReceiverError::Store(Box::new(e))
+    }
+}
+
+impl From<ConfigError> for ReceiverError {
+    fn from(e: ConfigError) -> Self {
+        ReceiverError::Invalid(Box::new(e))
+    }
 }
 
 impl ReceiverError {

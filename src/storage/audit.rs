@@ -319,21 +319,21 @@ pub fn verify_with(
                 "MAC is invalid (chain recomputed without the audit key)".into(),
             );
         }
-        if let Some((_, cp_hash, _, _)) = checkpoints.get(&seq) {
-            if !ct_eq(cp_hash, &hash) {
-                let from = checkpoints
-                    .range(..seq)
-                    .next_back()
-                    .map(|(s, _)| s + 1)
-                    .unwrap_or(1);
-                add(
-                    &mut rep,
-                    seq,
-                    format!(
-                        "differs from its signed checkpoint (entries {from}..{seq} were rewritten)"
-                    ),
-                );
-            }
+        if let Some((_, cp_hash, _, _)) = checkpoints.get(&seq)
+            && !ct_eq(cp_hash, &hash)
+        {
+            let from = checkpoints
+                .range(..seq)
+                .next_back()
+                .map(|(s, _)| s + 1)
+                .unwrap_or(1);
+            add(
+                &mut rep,
+                seq,
+                format!(
+                    "differs from its signed checkpoint (entries {from}..{seq} were rewritten)"
+                ),
+            );
         }
         prev = hash;
         expected = seq + 1;
@@ -385,17 +385,18 @@ pub fn verify_with(
             |r| r.get(0),
         )
         .optional()?;
-    if let Some(hw) = hw {
-        if hw > last && !rep.findings.iter().any(|f| f.seq > last) {
-            add(
-                &mut rep,
-                last + 1,
-                format!(
-                    "missing: entries {}..{hw} were written and later deleted",
-                    last + 1
-                ),
-            );
-        }
+    if let Some(hw) = hw
+        && hw > last
+        && !rep.findings.iter().any(|f| f.seq > last)
+    {
+        add(
+            &mut rep,
+            last + 1,
+            format!(
+                "missing: entries {}..{hw} were written and later deleted",
+                last + 1
+            ),
+        );
     }
     rep.findings.sort_by_key(|f| f.seq);
     Ok(rep)

@@ -84,6 +84,10 @@ pub(super) fn read_case_observations(
     read_case_observations_after(conn, dk, case_id, 0)
 }
 
+/// An observations row before its value is opened: id, device, code, sealed value, device time,
+/// receive time, source.
+type ObservationRow = (i64, Option<String>, String, Vec<u8>, i64, i64, String);
+
 /// Like [`read_case_observations`], only rows with an id above `after_id` (live streams: only
 /// the new readings are read and decrypted).
 pub(super) fn read_case_observations_after(
@@ -92,7 +96,7 @@ pub(super) fn read_case_observations_after(
     case_id: &str,
     after_id: i64,
 ) -> Result<Vec<Observation>> {
-    let rows: Vec<(i64, Option<String>, String, Vec<u8>, i64, i64, String)> = conn
+    let rows: Vec<ObservationRow> = conn
         .prepare_cached("SELECT id, device_id, code, value, device_time, recv_time, source FROM observations WHERE case_id = ?1 AND id > ?2 ORDER BY device_time, id")?
         .query_map(rusqlite::params![case_id, after_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?)))?
         .collect::<Result<_, _>>()?;
@@ -140,6 +144,17 @@ struct DeviceRow {
     territory: String,
     bound_case: Option<(String, i64)>,
     holding_dk: Option<i64>,
+}
+
+/// A refused device message, as the dead-letter table keeps it.
+struct DeadLetter<'a> {
+    device: &'a str,
+    topic: &'a str,
+    recv_ms: i64,
+    reject: &'a Reject,
+    /// The raw payload (sealed under the territory's dead-letter key unless refused for size or
+    /// rate).
+    payload: &'a [u8],
 }
 
 impl State {
@@ -226,13 +241,16 @@ impl State {
     fn dead_letter(
         &mut self,
         conn: &Connection,
-        device: &str,
-        topic: &str,
-        recv_ms: i64,
-        rej: &Reject,
-        payload: &[u8],
+        letter: DeadLetter<'_>,
         territory: &str,
     ) -> Result<()> {
+        let DeadLetter {
+            device,
+            topic,
+            recv_ms,
+            reject: rej,
+            payload,
+        } = letter;
         let id: i64 = conn
             .prepare_cached("SELECT coalesce(max(id), 0) + 1 FROM dead_letters")?
             .query_row([], |r| r.get(0))?;
@@ -346,9 +364,14 @@ impl Db {
                             .as_ref()
                             .map(|d| d.territory.clone())
                             .unwrap_or_else(|| default_territory.to_string());
-                        self.st.dead_letter(
-                            &tx, device_id, topic, *recv_ms, &rej, payload, &territory,
-                        )?;
+                        let letter = DeadLetter {
+                            device: device_id,
+                            topic,
+                            recv_ms: *recv_ms,
+                            reject: &rej,
+                            payload,
+                        };
+                        self.st.dead_letter(&tx, letter, &territory)?;
                         let resource = if crate::model::is_valid_ident(device_id) {
                             format!("device/{device_id}")
                         } else {
@@ -597,27 +620,30 @@ impl Db {
             params![case_id, now_ms(), device],
         )?;
         let mut attached = 0;
-        if attach_unbound {
-            if let Some(h) = holding {
-                let from = self.st.data_key(&tx, h, "device", device)?;
-                let to = self.st.data_key(&tx, case_dk, "case", case_id)?;
-                let rows: Vec<(i64, Vec<u8>)> = tx
-                    .prepare("SELECT id, value FROM observations WHERE device_id = ?1 AND case_id IS NULL")?
-                    .query_map([device], |r| Ok((r.get(0)?, r.get(1)?)))?
-                    .collect::<Result<_, _>>()?;
-                for (id, ct) in &rows {
-                    let loc = FieldLoc {
-                        table: "observations",
-                        column: "value",
-                        row_id: &id.to_string(),
-                    };
-                    let plain = from.open(loc, ct)?;
-                    let sealed = to.seal(loc, &plain)?;
-                    tx.execute("UPDATE observations SET case_id = ?1, dk_id = ?2, value = ?3 WHERE id = ?4", params![case_id, case_dk, sealed, id])?;
-                }
-                self.st.count_invocations(&tx, case_dk, rows.len() as u64)?;
-                attached = rows.len();
+        if attach_unbound && let Some(h) = holding {
+            let from = self.st.data_key(&tx, h, "device", device)?;
+            let to = self.st.data_key(&tx, case_dk, "case", case_id)?;
+            let rows: Vec<(i64, Vec<u8>)> = tx
+                .prepare(
+                    "SELECT id, value FROM observations WHERE device_id = ?1 AND case_id IS NULL",
+                )?
+                .query_map([device], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<Result<_, _>>()?;
+            for (id, ct) in &rows {
+                let loc = FieldLoc {
+                    table: "observations",
+                    column: "value",
+                    row_id: &id.to_string(),
+                };
+                let plain = from.open(loc, ct)?;
+                let sealed = to.seal(loc, &plain)?;
+                tx.execute(
+                    "UPDATE observations SET case_id = ?1, dk_id = ?2, value = ?3 WHERE id = ?4",
+                    params![case_id, case_dk, sealed, id],
+                )?;
             }
+            self.st.count_invocations(&tx, case_dk, rows.len() as u64)?;
+            attached = rows.len();
         }
         let ev = AuditEvent::new(
             actor,

@@ -9,6 +9,9 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use super::{Result, StoreError, open_keyed, run_migrations};
 use crate::model::now_ms;
 
+/// A rejected envelope: topic, appliance id (when it could be read), code, message, SHA-256.
+pub type EnvelopeReject = (String, Option<String>, String, String, [u8; 32]);
+
 const RECEIVER_MIGRATIONS: &[&str] = &[r#"
 CREATE TABLE appliances (
     id            TEXT    PRIMARY KEY,
@@ -193,11 +196,8 @@ impl ReceiverDb {
         Ok(out)
     }
 
-    /// Records rejected envelopes `(topic, appliance id, code, message, sha256)`.
-    pub fn record_rejects(
-        &mut self,
-        rejects: &[(String, Option<String>, String, String, [u8; 32])],
-    ) -> Result<()> {
+    /// Records rejected envelopes.
+    pub fn record_rejects(&mut self, rejects: &[EnvelopeReject]) -> Result<()> {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;

@@ -9,6 +9,9 @@ use crate::model::{
     Actor, AuditEvent, CaseSnapshot, Outcome, Sex, StoredTriage, TriageRecord, now_ms,
 };
 
+/// A patient's data key id and sealed date of birth and sex.
+type PatientKeyRow = (i64, Option<Vec<u8>>, Option<Vec<u8>>);
+
 impl State {
     /// Territory and unwrapped data key of a case that exists and is not erased.
     pub(super) fn live_case(
@@ -83,7 +86,7 @@ impl Db {
             snap.chief_complaint = String::from_utf8(p).ok();
         }
         if let Some(pid) = patient_id {
-            let row: Option<(i64, Option<Vec<u8>>, Option<Vec<u8>>)> = tx
+            let row: Option<PatientKeyRow> = tx
                 .query_row(
                     "SELECT dk_id, date_of_birth, sex FROM patients WHERE id = ?1",
                     [&pid],

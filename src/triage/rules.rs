@@ -191,14 +191,14 @@ pub fn evaluate(i: &RulesInput) -> RulesResult {
             );
         }
     }
-    if let Some(hr) = v.heart_rate {
-        if hr <= 30.0 || (adult_like && hr >= 180.0) || hr >= 220.0 {
-            add(
-                "arrhythmia_extreme",
-                1,
-                format!("heart rate {hr}/min: extreme brady- or tachycardia"),
-            );
-        }
+    if let Some(hr) = v.heart_rate
+        && (hr <= 30.0 || (adult_like && hr >= 180.0) || hr >= 220.0)
+    {
+        add(
+            "arrhythmia_extreme",
+            1,
+            format!("heart rate {hr}/min: extreme brady- or tachycardia"),
+        );
     }
 
     // Decision point B: high risk, altered mentation, severe pain.

@@ -27,22 +27,22 @@ pub async fn login(State(st): State<ApiState>, Body(b): Body<LoginBody>) -> ApiR
     let id = b.user_id.clone();
     let user = st.store.call(move |db| db.login_user(&id)).await?;
     let cfg = &st.cfg.api;
-    if let Some(u) = &user {
-        if let Some(until) = u.backoff_until_ms.filter(|t| *t > now) {
-            let wait = ((until - now) as u64).div_ceil(1000);
-            let id = b.user_id.clone();
-            st.store
-                .call(move |db| db.login_failed(&id, "backoff", None, now))
-                .await?;
-            st.metrics.login_failures.fetch_add(1, Ordering::Relaxed);
-            return Err(ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                Code::RateLimited,
-                format!("too many failed logins; try again in {wait} s"),
-            )
-            .details(json!({ "retry_after_secs": wait }))
-            .retry_after(wait));
-        }
+    if let Some(u) = &user
+        && let Some(until) = u.backoff_until_ms.filter(|t| *t > now)
+    {
+        let wait = ((until - now) as u64).div_ceil(1000);
+        let id = b.user_id.clone();
+        st.store
+            .call(move |db| db.login_failed(&id, "backoff", None, now))
+            .await?;
+        st.metrics.login_failures.fetch_add(1, Ordering::Relaxed);
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            Code::RateLimited,
+            format!("too many failed logins; try again in {wait} s"),
+        )
+        .details(json!({ "retry_after_secs": wait }))
+        .retry_after(wait));
     }
     let secret = b.secret;
     let phc = user.as_ref().map(|u| u.secret_hash.clone());
