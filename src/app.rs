@@ -196,19 +196,20 @@ pub fn spawn_sync(
     // Sealer → forwarder: "new rows queued" (a Notify keeps at most one wake-up pending).
     let wake_forwarder = Arc::new(tokio::sync::Notify::new());
     let wake_sealer = Arc::new(tokio::sync::Notify::new());
-    let (c, st, k, m, sd) = (
-        cfg.clone(),
-        store.clone(),
-        keys.clone(),
-        metrics.clone(),
-        shutdown.clone(),
-    );
-    let wf = wake_forwarder.clone();
-    let ws = wake_sealer.clone();
+    let sealer = sync::Sealer {
+        cfg: cfg.clone(),
+        store: store.clone(),
+        keys: keys.clone(),
+        metrics: metrics.clone(),
+        wake_sealer: wake_sealer.clone(),
+        wake_forwarder: wake_forwarder.clone(),
+    };
+    let sd = shutdown.clone();
     tasks.spawn(async move {
         (
             "sync-sealer",
-            sync::sealer(c, st, k, m, ws, wf, sd)
+            sealer
+                .run(sd)
                 .await
                 .map_err(|e| format!("{e}: {}", source_chain(&e))),
         )
@@ -218,15 +219,16 @@ pub fn spawn_sync(
         // NetworkManager follower → forwarder; `Unknown` until a follower reports.
         let (conn_tx, conn_rx) = watch::channel(sync::Connectivity::Unknown);
         connectivity = Some(conn_tx);
-        let fw = sync::Forwarder {
-            cfg: cfg.clone(),
-            store: store.clone(),
-            keys,
-            metrics: metrics.clone(),
-            wake: wake_forwarder.clone(),
-            connectivity: conn_rx,
-            shutdown: shutdown.clone(),
-        };
+        let fw = sync::mqtt_forwarder(
+            cfg,
+            store.clone(),
+            &keys,
+            metrics.clone(),
+            wake_forwarder.clone(),
+            conn_rx,
+            shutdown.clone(),
+        )
+        .map_err(|e| RunError::SyncSetup(e.to_string()))?;
         tasks.spawn(async move {
             let r = fw.run().await;
             (
@@ -350,6 +352,14 @@ async fn serve(
         shutdown_rx.clone(),
         model_status.to_string(),
     ));
+    let disk = crate::disk::DiskWatch {
+        store: store.clone(),
+        data_dir: cfg.data_dir.clone(),
+        alarm_below_mib: cfg.sync.disk_alarm_free_mib,
+        every: Duration::from_secs(60),
+    };
+    let sd = shutdown_rx.clone();
+    tasks.spawn(async move { ("disk-watch", disk.run(sd).await.map_err(|e| e.to_string())) });
     let bus = Bus::default();
     let retriage = if cfg.triage.enabled {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();

@@ -18,10 +18,12 @@
 
 pub mod api;
 pub mod app;
+pub mod backoff;
 pub mod cli;
 pub mod config;
 pub mod crypto;
 pub mod dbus;
+pub mod disk;
 pub mod events;
 pub mod host;
 pub mod ingest;

@@ -27,6 +27,8 @@ use std::time::{Duration, Instant};
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, Publish, QoS};
 use tokio::sync::{mpsc, watch};
 
+use crate::backoff::Backoff;
+
 use crate::config::Config;
 use crate::model::{Reject, RejectCode, now_ms};
 use crate::storage::{IngestItem, IngestOutcome, Store};
@@ -173,7 +175,7 @@ pub fn client(cfg: &Config, capacity: usize) -> Result<(AsyncClient, EventLoop),
 }
 
 /// Drives the broker connection: (re)subscribes on every CONNACK, forwards publishes to the
-/// batcher, reconnects with exponential back-off. Never blocks inside the event loop except on
+/// batcher, reconnects with the shared jittered back-off ([`Backoff`]). Never blocks inside the event loop except on
 /// the bounded hand-off to the batcher (that is the backpressure).
 pub async fn connection(
     mut ev: EventLoop,
@@ -221,9 +223,10 @@ async fn forward(
     metrics: &IngestMetrics,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<(), IngestError> {
-    let min = Duration::from_millis(cfg.mqtt.reconnect_min_ms);
-    let max = Duration::from_millis(cfg.mqtt.reconnect_max_ms);
-    let mut backoff = min;
+    let mut backoff = Backoff::new(
+        Duration::from_millis(cfg.mqtt.reconnect_min_ms),
+        Duration::from_millis(cfg.mqtt.reconnect_max_ms),
+    );
     let mut was_connected = false;
     let mut subacks = 0;
     loop {
@@ -233,7 +236,7 @@ async fn forward(
         };
         match polled {
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
-                backoff = min;
+                backoff.reset();
                 was_connected = true;
                 subacks = 0;
                 metrics.connects.fetch_add(1, Ordering::Relaxed);
@@ -287,14 +290,13 @@ async fn forward(
                 if was_connected {
                     tracing::warn!(error = %e, "on-board broker connection lost; reconnecting");
                     was_connected = false;
-                } else {
-                    tracing::debug!(error = %e, retry_in = ?backoff, "on-board broker unreachable");
                 }
+                let wait = backoff.next_wait();
+                tracing::debug!(error = %e, retry_in = ?wait, "on-board broker unreachable");
                 tokio::select! {
-                    _ = tokio::time::sleep(jitter(backoff)) => {}
+                    _ = tokio::time::sleep(wait) => {}
                     _ = shutdown.changed() => return Ok(()),
                 }
-                backoff = (backoff * 2).min(max);
             }
         }
     }
@@ -303,13 +305,6 @@ async fn forward(
 /// Messages received but not yet committed above which the daemon warns: the broker's
 /// in-flight window (1000 in our configuration) normally keeps it far below.
 const OUTSTANDING_WARN: u64 = 20_000;
-
-fn jitter(d: Duration) -> Duration {
-    let mut b = [0u8; 2];
-    let _ = crate::crypto::random_bytes(&mut b);
-    let f = 0.5 + (u16::from_le_bytes(b) as f64 / u16::MAX as f64) * 0.5;
-    d.mul_f64(f)
-}
 
 struct Bucket {
     tokens: f64,

@@ -17,6 +17,7 @@ use rumqttc::v5::{AsyncClient, Event, EventLoop};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
+use crate::backoff::Backoff;
 use crate::config::{BrokerUrl, ConfigError, parse_broker_url};
 use crate::crypto::keyring::{KeyError, KeySources, write_secret};
 use crate::crypto::seal::{self, Receipt, ReceiptStatus, RecipientSecretKey};
@@ -291,7 +292,10 @@ pub async fn run(
     let filter = format!("$share/{}/hema3n/v1/edge/+/bundles", cfg.share_group);
     tracing::info!(receiver_id = %cfg.receiver_id, broker = %cfg.broker, filter = %filter, "receiver starting");
     let mut counters = Counters::default();
-    let mut backoff = Duration::from_millis(cfg.reconnect_min_ms.max(10));
+    let mut backoff = Backoff::new(
+        Duration::from_millis(cfg.reconnect_min_ms.max(10)),
+        Duration::from_millis(cfg.reconnect_max_ms.max(100)),
+    );
     loop {
         let (client, mut ev) =
             transport::client(&client_id, &broker, tls.clone(), cfg.keep_alive_secs, 4096);
@@ -310,12 +314,12 @@ pub async fn run(
         match r {
             None => return Ok(counters),
             Some(why) => {
-                tracing::warn!(reason = %why, retry_in_ms = backoff.as_millis() as u64, "cloud broker connection lost");
+                let wait = backoff.next_wait();
+                tracing::warn!(reason = %why, retry_in_ms = wait.as_millis() as u64, "cloud broker connection lost");
                 tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
+                    _ = tokio::time::sleep(wait) => {}
                     _ = shutdown.changed() => return Ok(counters),
                 }
-                backoff = (backoff * 2).min(Duration::from_millis(cfg.reconnect_max_ms.max(100)));
             }
         }
     }
@@ -332,7 +336,7 @@ async fn session(
     filter: &str,
     counters: &mut Counters,
     shutdown: &mut watch::Receiver<bool>,
-    backoff: &mut Duration,
+    backoff: &mut Backoff,
 ) -> Result<Option<String>, ReceiverError> {
     let mut key_cache: HashMap<String, PublicKey> = HashMap::new();
     let mut pending: Vec<Publish> = Vec::new();
@@ -365,7 +369,7 @@ async fn session(
         for e in events {
             match e {
                 Ok(Event::Incoming(Packet::ConnAck(a))) => {
-                    *backoff = Duration::from_millis(cfg.reconnect_min_ms.max(10));
+                    backoff.reset();
                     tracing::info!(
                         session_present = a.session_present,
                         "connected to cloud broker"

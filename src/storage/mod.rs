@@ -42,7 +42,9 @@ pub use observations::{
     ALARM_DEVICE_SILENT, ALARM_DISK_PRESSURE, Alarm, DeviceInfo, IngestItem, IngestOutcome,
     Observation,
 };
-pub use outbox::{OutboxItem, OutboxRow, OutboxSlot, OutboxStats, ReceiptOutcome, SealWork};
+pub use outbox::{
+    OutboxItem, OutboxRow, OutboxSlot, OutboxStats, ReceiptOutcome, SealWork, outbox_priority,
+};
 
 const SQLITE_MAGIC: &[u8; 16] = b"SQLite format 3\0";
 /// Unwrapped data keys kept in memory by the owner thread.

@@ -80,7 +80,9 @@ pub struct OutboxRow {
     pub purged: bool,
 }
 
-fn priority(kind: BundleKind) -> i64 {
+/// Sort key of a kind in the outbox: pre-alert before bundle before telemetry (then by
+/// sequence number).
+pub fn outbox_priority(kind: BundleKind) -> i64 {
     kind as i64
 }
 
@@ -195,7 +197,7 @@ impl Db {
             ),
             (
                 "bundle.queue",
-                serde_json::json!({ "priority": priority(kind) }),
+                serde_json::json!({ "priority": outbox_priority(kind) }),
             ),
         ] {
             let ev = AuditEvent::new(actor, action, format!("bundle/{bid}"), Outcome::Success)
@@ -585,7 +587,7 @@ fn insert_row(
             slot.bundle_id.to_string(),
             slot.seq as i64,
             case_id,
-            priority(slot.kind),
+            outbox_priority(slot.kind),
             slot.kind.as_str(),
             crate::crypto::sha256(env).to_vec(),
             slot.created_at_ms

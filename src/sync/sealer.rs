@@ -1,0 +1,194 @@
+//! The sealer: finds cases that need a bundle or a pre-alert, builds the FHIR bundle
+//! ([`fhir`](super::fhir)) and seals it in the same storage transaction that queues it; queues
+//! telemetry; crypto-erases receipted cases after the retention period.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{Notify, watch};
+
+use super::{ReceiverKeys, SyncError, SyncMetrics, fhir};
+use crate::config::Config;
+use crate::crypto::seal::{self, BundleKind, EnvelopeMeta};
+use crate::model::{Actor, now_ms};
+use crate::storage::{Store, StoreError};
+
+/// Builds and seals the FHIR bundle of `export` for `slot`.
+fn seal_case(
+    appliance_id: &str,
+    keys: &ReceiverKeys,
+    export: &crate::model::CaseExport,
+    slot: &crate::storage::OutboxSlot,
+    signer: &crate::crypto::sign::SigningKey,
+) -> Result<Vec<u8>, String> {
+    let profile = match slot.kind {
+        BundleKind::Prealert => fhir::Profile::Prealert,
+        _ => fhir::Profile::Case,
+    };
+    let bid = slot.bundle_id.to_string();
+    let bundle = fhir::build(export, &bid, profile, slot.created_at_ms);
+    let plaintext = serde_json::to_vec(&bundle).map_err(|e| e.to_string())?;
+    seal::seal(
+        &envelope_meta(appliance_id, slot),
+        &plaintext,
+        &keys.hpke,
+        signer,
+    )
+    .map_err(|e| e.to_string())
+}
+
+/// The envelope header fields of an outbox slot.
+pub fn envelope_meta(appliance_id: &str, slot: &crate::storage::OutboxSlot) -> EnvelopeMeta {
+    EnvelopeMeta {
+        kind: slot.kind,
+        bundle_id: *slot.bundle_id.as_bytes(),
+        seq: slot.seq,
+        created_at_ms: slot.created_at_ms.max(0) as u64,
+        appliance_id: appliance_id.to_string(),
+    }
+}
+
+/// Seals whatever needs sealing now (one pass). Returns how many envelopes were queued.
+///
+/// A case that cannot be sealed (a field fails authentication, a key version is missing) is
+/// logged once (case id and error: never PHI), remembered in `failed` and skipped until restart:
+/// one bad record must not stop every other case from leaving. Storage failures end the task.
+pub async fn seal_pending(
+    store: &Store,
+    appliance_id: &str,
+    keys: &ReceiverKeys,
+    failed: &mut HashSet<(String, BundleKind)>,
+) -> Result<usize, StoreError> {
+    let mut n = 0;
+    let work = store
+        .call(|db| db.seal_work(64))
+        .await?
+        .into_iter()
+        .filter(|w| !failed.contains(&(w.case_id.clone(), w.kind)))
+        .collect::<Vec<_>>();
+    for w in work {
+        let (aid, k) = (appliance_id.to_string(), keys.clone());
+        let case = w.case_id.clone();
+        let r = store
+            .call(move |db| {
+                db.enqueue_case_bundle(&Actor::system(), &case, w.kind, |x, slot, signer| {
+                    seal_case(&aid, &k, x, slot, signer)
+                })
+            })
+            .await;
+        match r {
+            Ok(bid) => {
+                n += 1;
+                tracing::info!(bundle_id = %bid, case_id = %w.case_id, kind = w.kind.as_str(), "bundle sealed and queued");
+            }
+            Err(StoreError::Erased { .. }) | Err(StoreError::NotFound { .. }) => {}
+            Err(e @ (StoreError::Sqlite(_) | StoreError::Closed | StoreError::Io { .. })) => {
+                return Err(e);
+            }
+            Err(e) => {
+                tracing::error!(case_id = %w.case_id, kind = w.kind.as_str(), error = %e, "cannot seal this case; skipped until restart");
+                failed.insert((w.case_id, w.kind));
+            }
+        }
+    }
+    Ok(n)
+}
+
+/// Queues one telemetry envelope: appliance health counters, no PHI.
+pub async fn queue_telemetry(
+    store: &Store,
+    appliance_id: &str,
+    keys: &ReceiverKeys,
+    metrics: &SyncMetrics,
+) -> Result<String, StoreError> {
+    let stats = store.call(|db| db.outbox_stats()).await?;
+    let alarms = store.call(|db| db.open_alarms()).await?.len();
+    let body = serde_json::json!({
+        "resourceType": "Parameters",
+        "parameter": [
+            { "name": "appliance_id", "valueString": appliance_id },
+            { "name": "at", "valueInstant": crate::model::iso8601_ms(now_ms()) },
+            { "name": "version", "valueString": env!("CARGO_PKG_VERSION") },
+            { "name": "outbox_queued", "valueInteger": stats.queued },
+            { "name": "outbox_sent", "valueInteger": stats.sent },
+            { "name": "open_alarms", "valueInteger": alarms },
+            { "name": "receipts", "valueInteger": metrics.receipts.load(Ordering::Relaxed) },
+        ],
+    });
+    let plaintext = serde_json::to_vec(&body).expect("json");
+    let (aid, k) = (appliance_id.to_string(), keys.clone());
+    store
+        .call(move |db| {
+            db.enqueue_telemetry(|slot, signer| {
+                seal::seal(&envelope_meta(&aid, slot), &plaintext, &k.hpke, signer)
+                    .map_err(|e| e.to_string())
+            })
+        })
+        .await
+}
+
+/// The `sync-sealer` task: seals on wake-ups and every second, queues telemetry, purges
+/// receipted cases after retention. Wakes the forwarder when it queued something.
+pub struct Sealer {
+    pub cfg: Config,
+    pub store: Store,
+    pub keys: ReceiverKeys,
+    pub metrics: Arc<SyncMetrics>,
+    /// Notified when a case closes (API) or on `sync now` (D-Bus).
+    pub wake_sealer: Arc<Notify>,
+    /// Notified when rows were queued; the forwarder waits on it.
+    pub wake_forwarder: Arc<Notify>,
+}
+
+impl Sealer {
+    /// Runs until shutdown; a storage failure ends the task (the outbox is durable).
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) -> Result<(), SyncError> {
+        let Sealer {
+            cfg,
+            store,
+            keys,
+            metrics,
+            wake_sealer,
+            wake_forwarder,
+        } = self;
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let telemetry_every = Duration::from_secs(cfg.sync.telemetry_interval_secs);
+        let mut next_telemetry = Instant::now() + telemetry_every;
+        let mut next_purge = Instant::now();
+        let retention_ms = (cfg.sync.retention_hours * 3_600_000.0) as i64;
+        let mut failed = HashSet::new();
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = wake_sealer.notified() => {}
+                _ = shutdown.changed() => return Ok(()),
+            }
+            let n = seal_pending(&store, &cfg.appliance_id, &keys, &mut failed).await?;
+            if n > 0 {
+                metrics.sealed.fetch_add(n as u64, Ordering::Relaxed);
+                wake_forwarder.notify_one();
+            }
+            if !telemetry_every.is_zero() && Instant::now() >= next_telemetry {
+                next_telemetry = Instant::now() + telemetry_every;
+                queue_telemetry(&store, &cfg.appliance_id, &keys, &metrics).await?;
+                wake_forwarder.notify_one();
+            }
+            if Instant::now() >= next_purge {
+                next_purge = Instant::now()
+                    + Duration::from_secs(60.min(cfg.sync.retention_hours as u64 * 3600).max(1));
+                let purged = store
+                    .call(move |db| db.purge_receipted(retention_ms, now_ms()))
+                    .await?;
+                if purged > 0 {
+                    metrics.purged.fetch_add(purged as u64, Ordering::Relaxed);
+                    tracing::info!(
+                        cases = purged,
+                        "receipted cases crypto-erased after retention"
+                    );
+                }
+            }
+        }
+    }
+}
