@@ -11,9 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use hema3n_edge::config::Config;
-use hema3n_edge::crypto::keyring::{KeySources, Keyring};
 use hema3n_edge::ingest::simulate::{Rng, Scenario, pack};
-use hema3n_edge::storage::{Db, Store};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 
 #[path = "../tests/common/broker.rs"]
@@ -144,7 +142,9 @@ async fn raw_broker(port: u16, total: usize) -> f64 {
     total as f64 / t.elapsed().as_secs_f64()
 }
 
-fn open_store(dir: &std::path::Path, broker: &str) -> (Config, Db) {
+/// A fresh appliance directory whose config runs only the ingest path (no API, D-Bus, triage;
+/// sync stays off without receiver keys).
+fn ingest_config(dir: &std::path::Path, broker: &str) -> Config {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_hema3n-edge"))
         .args(["init", "--data-dir"])
         .arg(dir)
@@ -156,9 +156,10 @@ fn open_store(dir: &std::path::Path, broker: &str) -> (Config, Db) {
     cfg.ingest.require_registered_devices = false;
     cfg.ingest.device_rate_per_sec = 1e9;
     cfg.ingest.device_burst = 1e9;
-    let keys = Keyring::load(KeySources::from_env(&cfg.keys.dir)).unwrap();
-    let db = Db::open(&cfg, keys).unwrap();
-    (cfg, db)
+    cfg.api.enabled = false;
+    cfg.dbus.enabled = false;
+    cfg.triage.enabled = false;
+    cfg
 }
 
 /// Runs the daemon's ingest pipeline in-process against the broker and measures one workload.
@@ -171,21 +172,12 @@ fn ingest_run(
     rate: Option<f64>,
 ) -> (f64, Duration) {
     let tmp = tempfile::tempdir().unwrap();
-    let (mut cfg, db) = open_store(&tmp.path().join(tag), &format!("mqtt://127.0.0.1:{port}"));
+    let mut cfg = ingest_config(&tmp.path().join(tag), &format!("mqtt://127.0.0.1:{port}"));
     cfg.mqtt.client_id = Some(format!("bench-edge-{tag}"));
-    let (store, storage) = Store::spawn(db, cfg.store.queue_capacity);
-    let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     let (rate, p99) = rt.block_on(async {
-        let mut tasks = tokio::task::JoinSet::new();
-        let metrics = hema3n_edge::app::spawn_ingest(
-            &cfg,
-            &store,
-            &mut tasks,
-            &shutdown_rx,
-            None,
-            &hema3n_edge::events::Bus::default(),
-        )
-        .unwrap();
+        // The daemon in-process, started by the supervisor like `hema3n-edge run`.
+        let app = hema3n_edge::app::App::start(&cfg).await.unwrap();
+        let metrics = app.ingest.clone().expect("ingest runs");
         while metrics.subscribed.load(Ordering::Relaxed) == 0 {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
@@ -227,12 +219,9 @@ fn ingest_run(
             want as f64 / batches as f64,
             metrics.latency_quantile(0.5).as_secs_f64() * 1e3
         );
-        let _ = shutdown_tx.send(true);
-        while tasks.join_next().await.is_some() {}
+        app.stop().await.unwrap();
         (want as f64 / secs, p99)
     });
-    drop(store);
-    storage.join().unwrap();
     (rate, p99)
 }
 

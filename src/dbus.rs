@@ -173,22 +173,44 @@ async fn connect(cfg: &DbusConfig) -> zbus::Result<Connection> {
     b.build().await
 }
 
-/// Serves `org.hema3n.Edge1`, re-emits bus events as signals and follows NetworkManager into
-/// `connectivity`, until shutdown. Without a bus it logs why and waits for shutdown.
-pub async fn run(
+/// The `dbus` task: serves `org.hema3n.Edge1`, re-emits bus events as signals and follows
+/// NetworkManager into `connectivity`, until shutdown. Without a bus it logs why and waits for
+/// shutdown: D-Bus is never a reason for the daemon to stop.
+pub struct Service {
+    pub cfg: DbusConfig,
+    pub ctx: Ctx,
+    pub bus: Bus,
+    /// Connectivity for the forwarder, when sync runs (it holds the receiving end).
+    pub connectivity: Option<watch::Sender<Connectivity>>,
+}
+
+impl Service {
+    /// Runs until shutdown.
+    pub async fn run(self, shutdown: watch::Receiver<bool>) {
+        let Service {
+            cfg,
+            ctx,
+            bus,
+            connectivity,
+        } = self;
+        serve(cfg, ctx, bus, connectivity, shutdown).await;
+    }
+}
+
+async fn serve(
     cfg: DbusConfig,
     ctx: Ctx,
     bus: Bus,
     connectivity: Option<watch::Sender<Connectivity>>,
     mut shutdown: watch::Receiver<bool>,
-) -> Result<(), String> {
+) {
     let mut events = bus.subscribe();
     let conn = match connect(&cfg).await {
         Ok(c) => c,
         Err(e) => {
             tracing::warn!(error = %e, "D-Bus unavailable: org.hema3n.Edge1 not served, NetworkManager not followed (sync retries on its timer)");
             let _ = shutdown.changed().await;
-            return Ok(());
+            return;
         }
     };
     let served = async {
@@ -239,10 +261,10 @@ pub async fn run(
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
                         tracing::debug!(missed = n, "D-Bus signal relay lagged");
                     }
-                    Err(_) => return Ok(()),
+                    Err(_) => return,
                 }
             }
-            _ = shutdown.changed() => return Ok(()),
+            _ = shutdown.changed() => return,
         }
     }
 }

@@ -29,6 +29,7 @@ pub mod host;
 pub mod ingest;
 pub mod model;
 pub mod receiver;
+pub mod report;
 pub mod storage;
 pub mod sync;
 pub mod systemd;

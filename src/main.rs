@@ -332,7 +332,7 @@ fn main() -> ExitCode {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     let code = e.exit_code();
-                    tracing::error!(error = %e, code, "daemon stopped");
+                    tracing::error!(error = %hema3n_edge::report::Chain(&e), code, "daemon stopped");
                     finish(Err(Failure {
                         code,
                         error: e.into(),
@@ -470,11 +470,7 @@ fn finish(r: cli::CmdResult) -> ExitCode {
         Err(Failure { code, error }) => {
             eprintln!(
                 "hema3n-edge: error: {}",
-                error
-                    .chain()
-                    .map(|c| c.to_string())
-                    .collect::<Vec<_>>()
-                    .join(": ")
+                hema3n_edge::report::Chain(error.as_ref())
             );
             ExitCode::from(code)
         }

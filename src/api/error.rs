@@ -161,7 +161,7 @@ impl From<StoreError> for ApiError {
             StoreError::Crypto(_)
             | StoreError::KeyVersionMissing { .. }
             | StoreError::NoTerritoryKey { .. } => {
-                tracing::error!(error = %e, "encryption error serving an API request");
+                tracing::error!(error = %crate::report::Chain(&e), "encryption error serving an API request");
                 ApiError::new(
                     StatusCode::INTERNAL_SERVER_ERROR,
                     Code::EncryptionError,
@@ -171,7 +171,7 @@ impl From<StoreError> for ApiError {
             StoreError::Closed => ApiError::busy("the store is shutting down"),
             _ if e.is_busy() => ApiError::busy("the store is busy"),
             _ => {
-                tracing::error!(error = %e, "store error serving an API request");
+                tracing::error!(error = %crate::report::Chain(&e), "store error serving an API request");
                 ApiError::internal()
             }
         }

@@ -31,5 +31,5 @@ mod ui;
 pub mod wire;
 
 pub use routes::router;
-pub use server::{API_TLS_KEY, ServeError, acceptor, bind, serve};
+pub use server::{API_TLS_KEY, ServeError, Server, acceptor, bind};
 pub use state::{ApiMetrics, ApiState};

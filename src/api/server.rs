@@ -48,13 +48,22 @@ pub async fn bind(cfg: &Config) -> Result<tokio::net::TcpListener, ServeError> {
 /// TLS handshakes that take longer than this are dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Serves HTTPS on `listener` until shutdown; then stops accepting and lets connections finish
-/// their current request.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    acceptor: crate::tls::Acceptor,
-    st: ApiState,
-) -> Result<(), String> {
+/// The `api` task: serves HTTPS on `listener` until shutdown; then stops accepting and lets
+/// connections finish their current request.
+pub struct Server {
+    pub listener: tokio::net::TcpListener,
+    pub acceptor: crate::tls::Acceptor,
+    pub st: ApiState,
+}
+
+impl Server {
+    /// Runs the accept loop until the API state's shutdown signal.
+    pub async fn run(self) {
+        serve(self.listener, self.acceptor, self.st).await
+    }
+}
+
+async fn serve(listener: tokio::net::TcpListener, acceptor: crate::tls::Acceptor, st: ApiState) {
     let mut shutdown = st.shutdown.clone();
     let app = super::routes::router(st);
     let addr = listener
@@ -73,7 +82,7 @@ pub async fn serve(
                     continue;
                 }
             },
-            _ = shutdown.changed() => return Ok(()),
+            _ = shutdown.changed() => return,
         };
         let _ = tcp.set_nodelay(true);
         let (acceptor, app, mut shutdown) = (acceptor.clone(), app.clone(), shutdown.clone());

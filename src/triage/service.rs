@@ -100,15 +100,39 @@ pub fn record_from(o: &TriageOutcome) -> TriageRecord {
     }
 }
 
-/// Re-triages cases after their vitals change, at most once per `debounce` per case.
-pub async fn retriage_loop(
+/// The `retriage` task: re-triages cases after their vitals change, at most once per
+/// `debounce` per case. A failed triage of one case is logged and skipped.
+pub struct Retriage {
+    /// Cases whose vitals changed (ingest committer, manual vitals).
+    pub cases: mpsc::UnboundedReceiver<String>,
+    pub store: Store,
+    pub triager: Triager,
+    pub debounce: Duration,
+    pub bus: crate::events::Bus,
+}
+
+impl Retriage {
+    /// Runs until shutdown, the senders are gone or the model thread stops.
+    pub async fn run(self, shutdown: watch::Receiver<bool>) {
+        let Retriage {
+            cases,
+            store,
+            triager,
+            debounce,
+            bus,
+        } = self;
+        retriage_loop(cases, store, triager, debounce, bus, shutdown).await;
+    }
+}
+
+async fn retriage_loop(
     mut cases: mpsc::UnboundedReceiver<String>,
     store: Store,
     triager: Triager,
     debounce: Duration,
     bus: crate::events::Bus,
     mut shutdown: watch::Receiver<bool>,
-) -> Result<(), String> {
+) {
     let mut due: HashMap<String, Instant> = HashMap::new();
     let mut last: HashMap<String, u8> = HashMap::new();
     loop {
@@ -116,7 +140,7 @@ pub async fn retriage_loop(
         tokio::select! {
             c = cases.recv() => match c {
                 Some(c) => { due.entry(c).or_insert_with(|| Instant::now() + debounce); }
-                None => return Ok(()),
+                None => return,
             },
             _ = async { tokio::time::sleep_until(next.unwrap_or_else(Instant::now)).await }, if next.is_some() => {
                 let now = Instant::now();
@@ -131,13 +155,13 @@ pub async fn retriage_loop(
                                 tracing::debug!(case = %case, "triage updated");
                             }
                         }
-                        Ok(None) => return Ok(()),
-                        Err(StoreError::Closed) => return Ok(()),
+                        Ok(None) => return,
+                        Err(StoreError::Closed) => return,
                         Err(e) => tracing::warn!(case = %case, error = %e, "triage skipped"),
                     }
                 }
             }
-            _ = shutdown.changed() => return Ok(()),
+            _ = shutdown.changed() => return,
         }
     }
 }
