@@ -155,9 +155,22 @@ impl From<StoreError> for ApiError {
                 p.to_string(),
             )
             .details(json!({ "field": p.field })),
-            StoreError::Refused(m) => {
-                ApiError::new(StatusCode::CONFLICT, Code::ValidationError, m.clone())
+            StoreError::AlreadyExists { .. }
+            | StoreError::CaseClosed { .. }
+            | StoreError::NotBound { .. }
+            | StoreError::OwnReview
+            | StoreError::AlreadyReviewed { .. }
+            | StoreError::KeyInUse { .. } => {
+                ApiError::new(StatusCode::CONFLICT, Code::ValidationError, e.to_string())
             }
+            StoreError::InvalidId { .. } | StoreError::EmptySearch => {
+                ApiError::validation(e.to_string())
+            }
+            StoreError::TerritoryMismatch { .. } => ApiError::new(
+                StatusCode::FORBIDDEN,
+                Code::TerritoryMismatch,
+                e.to_string(),
+            ),
             StoreError::Crypto(_)
             | StoreError::KeyVersionMissing { .. }
             | StoreError::NoTerritoryKey { .. } => {

@@ -18,13 +18,14 @@
 
 use std::collections::BTreeMap;
 
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use serde::Serialize;
 
 use super::{Result, State};
 use crate::crypto::keyring::Keyring;
 use crate::crypto::sign::PublicKey;
 use crate::crypto::{Mac, Sha256, ct_eq, sha256};
-use crate::model::AuditEvent;
+use crate::model::{Actor, AuditEvent, Outcome, now_ms};
 
 /// The chain's starting value for an appliance.
 pub fn genesis(appliance_id: &str) -> [u8; 32] {
@@ -400,4 +401,113 @@ pub fn verify_with(
     }
     rep.findings.sort_by_key(|f| f.seq);
     Ok(rep)
+}
+
+/// An audit-log row for the supervisor (details never hold PHI).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AuditRow {
+    pub seq: i64,
+    pub ts_ms: i64,
+    pub actor: String,
+    pub role: String,
+    pub action: String,
+    pub resource: String,
+    pub outcome: String,
+    pub territory: String,
+    pub details: serde_json::Value,
+}
+
+impl super::Db {
+    /// Records a denied access (authorization, territory) in the audit log.
+    pub fn audit_denied(
+        &mut self,
+        actor: &Actor,
+        action: &str,
+        resource: &str,
+        territory: &str,
+        reason: &str,
+    ) -> Result<()> {
+        let ev = AuditEvent::new(actor, action, resource, Outcome::Denied)
+            .territory(territory)
+            .details(serde_json::json!({ "reason": reason }));
+        self.audit(&ev)?;
+        Ok(())
+    }
+
+    /// Audit entries, newest first, before `before_seq` (exclusive) when given. The read itself
+    /// is audited.
+    pub fn audit_entries(
+        &mut self,
+        actor: &Actor,
+        limit: usize,
+        before_seq: Option<i64>,
+    ) -> Result<Vec<AuditRow>> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let rows: Vec<AuditRow> = tx
+            .prepare_cached(
+                "SELECT seq, ts, actor, role, action, resource, outcome, territory, details FROM audit_log \
+                 WHERE seq < ?1 ORDER BY seq DESC LIMIT ?2",
+            )?
+            .query_map(params![before_seq.unwrap_or(i64::MAX), limit as i64], |r| {
+                let d: String = r.get(8)?;
+                Ok(AuditRow {
+                    seq: r.get(0)?,
+                    ts_ms: r.get(1)?,
+                    actor: r.get(2)?,
+                    role: r.get(3)?,
+                    action: r.get(4)?,
+                    resource: r.get(5)?,
+                    outcome: r.get(6)?,
+                    territory: r.get(7)?,
+                    details: serde_json::from_str(&d).unwrap_or(serde_json::Value::Null),
+                })
+            })?
+            .collect::<Result<_, _>>()?;
+        let ev = AuditEvent::new(actor, "audit.read", "audit_log", Outcome::Success)
+            .details(serde_json::json!({ "entries": rows.len() }));
+        self::append(&tx, &self.st, &ev, now_ms())?;
+        tx.commit()?;
+        Ok(rows)
+    }
+
+    /// Writes a standalone audit event (security events that touch no other row).
+    pub fn audit(&mut self, ev: &AuditEvent) -> Result<i64> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let seq = self::append(&tx, &self.st, ev, crate::model::now_ms())?;
+        tx.commit()?;
+        Ok(seq)
+    }
+
+    /// Writes many standalone audit events in one transaction (group commit).
+    pub fn audit_many(&mut self, evs: &[AuditEvent]) -> Result<i64> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let now = crate::model::now_ms();
+        let mut seq = 0;
+        for ev in evs {
+            seq = self::append(&tx, &self.st, ev, now)?;
+        }
+        tx.commit()?;
+        Ok(seq)
+    }
+
+    /// Signs a checkpoint if new entries exist and the time interval passed (or `force`).
+    pub fn checkpoint_audit_if_due(&mut self, now_ms: i64, force: bool) -> Result<Option<i64>> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let r = self::checkpoint_if_due(&tx, &self.st, now_ms, force)?;
+        tx.commit()?;
+        Ok(r)
+    }
+
+    /// Verifies the whole audit log against the audit key and the appliance public key.
+    pub fn verify_audit(&self) -> Result<VerifyReport> {
+        self::verify(&self.conn, &self.st.keys, &self.st.appliance_id)
+    }
 }

@@ -238,9 +238,10 @@ impl Db {
         key_dir: &std::path::Path,
     ) -> Result<u32> {
         if !crate::model::is_valid_ident(territory) {
-            return Err(StoreError::Refused(format!(
-                "`{territory}` is not a valid territory id"
-            )));
+            return Err(StoreError::InvalidId {
+                kind: "territory",
+                id: territory.into(),
+            });
         }
         self.st.keys.reload_territories()?;
         let loaded_max = self
@@ -262,19 +263,19 @@ impl Db {
         write_secret(key_dir, &territory_key_name(territory, next), &text)?;
         self.st.keys.reload_territories()?;
         if self.st.keys.kek(territory, next).is_none() {
-            return Err(StoreError::Refused(format!(
-                "wrote {} to {} but it is not among the key sources ({}); point keys.dir there",
-                territory_key_name(territory, next),
-                key_dir.display(),
-                self.st
+            return Err(StoreError::KeyOutsideSources {
+                file: territory_key_name(territory, next),
+                dir: key_dir.to_path_buf(),
+                sources: self
+                    .st
                     .keys
                     .sources
                     .dirs()
                     .iter()
                     .map(|d| d.display().to_string())
                     .collect::<Vec<_>>()
-                    .join(", ")
-            )));
+                    .join(", "),
+            });
         }
         let tx = self
             .conn
@@ -369,9 +370,11 @@ impl Db {
             |r| r.get(0),
         )?;
         if newer == 0 {
-            return Err(StoreError::Refused(format!(
-                "territory `{territory}` key version {version} is the current version; rotate before retiring it"
-            )));
+            return Err(StoreError::KeyInUse {
+                territory: territory.into(),
+                version,
+                why: "is the current version; rotate before retiring it".into(),
+            });
         }
         let in_use: i64 = tx.query_row(
             "SELECT count(*) FROM data_keys WHERE territory = ?1 AND kek_version = ?2 AND wrapped IS NOT NULL",
@@ -379,9 +382,13 @@ impl Db {
             |r| r.get(0),
         )?;
         if in_use > 0 {
-            return Err(StoreError::Refused(format!(
-                "territory `{territory}` key version {version} still wraps {in_use} data keys; run `hema3n-edge keys rewrap --territory {territory}` first"
-            )));
+            return Err(StoreError::KeyInUse {
+                territory: territory.into(),
+                version,
+                why: format!(
+                    "still wraps {in_use} data keys; run `hema3n-edge keys rewrap --territory {territory}` first"
+                ),
+            });
         }
         let n = tx.execute(
             "UPDATE key_versions SET retired_at = ?1 WHERE territory = ?2 AND version = ?3 AND retired_at IS NULL",

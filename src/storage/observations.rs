@@ -1,18 +1,16 @@
-//! Device registry, vitals ingest (group commit, idempotent), dead letters, presence, binding,
-//! attaching unbound readings, device-silent alarms, and reading vitals back.
-//!
-//! Readings are sealed under the bound case's data key, or under the device's holding key while
-//! unbound. Idempotence: (device, vital, device time) is unique, so a redelivered message adds
-//! nothing. One audit entry per case (or device) per batch.
+//! Observations: vitals readings (device and manual, sealed per case), the ingest batch
+//! transaction (readings, presence, dead letters in one commit), the case vitals reads.
 
-use std::collections::HashMap;
-use std::sync::Arc;
-
-use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
-
+use super::cases::open_case_only;
+use super::devices::DeviceRow;
 use super::{Db, Result, State, StoreError, audit};
 use crate::crypto::field::{DataKey, FieldLoc};
 use crate::model::{Actor, AuditEvent, Outcome, Reading, Reject, RejectCode, now_ms};
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+pub use crate::model::Observation;
 
 /// One message for [`Db::ingest_batch`].
 #[derive(Debug, Clone)]
@@ -45,36 +43,6 @@ pub enum IngestOutcome {
     Presence,
 }
 
-/// A registered device as listed by `devices list`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DeviceInfo {
-    pub id: String,
-    pub kind: String,
-    pub territory: String,
-    pub presence: String,
-    pub bound_case: Option<String>,
-    pub last_vitals_at: Option<i64>,
-    pub unbound_readings: u64,
-}
-
-pub use crate::model::Observation;
-
-/// An alarm row.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Alarm {
-    pub id: i64,
-    pub kind: String,
-    pub case_id: Option<String>,
-    pub device_id: Option<String>,
-    pub raised_at_ms: i64,
-    pub acked_at_ms: Option<i64>,
-}
-
-/// Alarm kind raised when a bound device stops sending vitals.
-pub const ALARM_DEVICE_SILENT: &str = "device_silent";
-/// Alarm kind raised when the data directory runs short of space (nothing is dropped).
-pub const ALARM_DISK_PRESSURE: &str = "disk_pressure";
-
 /// Decrypted readings of a case, oldest first (no audit: callers audit their access).
 pub(super) fn read_case_observations(
     conn: &Connection,
@@ -86,7 +54,7 @@ pub(super) fn read_case_observations(
 
 /// An observations row before its value is opened: id, device, code, sealed value, device time,
 /// receive time, source.
-type ObservationRow = (i64, Option<String>, String, Vec<u8>, i64, i64, String);
+pub(super) type ObservationRow = (i64, Option<String>, String, Vec<u8>, i64, i64, String);
 
 /// Like [`read_case_observations`], only rows with an id above `after_id` (live streams: only
 /// the new readings are read and decrypted).
@@ -136,18 +104,14 @@ pub(super) fn open_value(dk: &DataKey, id: i64, ct: &[u8]) -> Result<f64> {
     let bytes: [u8; 8] = plain
         .as_slice()
         .try_into()
-        .map_err(|_| StoreError::Refused(format!("observation {id} has a malformed value")))?;
+        .map_err(|_| StoreError::Undecodable {
+            what: format!("the value of observation {id}"),
+        })?;
     Ok(f64::from_be_bytes(bytes))
 }
 
-struct DeviceRow {
-    territory: String,
-    bound_case: Option<(String, i64)>,
-    holding_dk: Option<i64>,
-}
-
 /// A refused device message, as the dead-letter table keeps it.
-struct DeadLetter<'a> {
+pub(super) struct DeadLetter<'a> {
     device: &'a str,
     topic: &'a str,
     recv_ms: i64,
@@ -159,7 +123,11 @@ struct DeadLetter<'a> {
 
 impl State {
     /// The shared data key for dead letters of unknown or invalid devices.
-    fn dead_letter_key(&mut self, conn: &Connection, territory: &str) -> Result<Arc<DataKey>> {
+    pub(super) fn dead_letter_key(
+        &mut self,
+        conn: &Connection,
+        territory: &str,
+    ) -> Result<Arc<DataKey>> {
         let id: Option<String> = conn
             .prepare_cached("SELECT value FROM meta WHERE key = 'dead_letter_dk'")?
             .query_row([], |r| r.get(0))
@@ -175,70 +143,7 @@ impl State {
         Ok(dk)
     }
 
-    fn device_row(&mut self, conn: &Connection, id: &str) -> Result<Option<DeviceRow>> {
-        let row: Option<(String, Option<String>, Option<i64>)> = conn
-            .prepare_cached("SELECT territory, bound_case, holding_dk_id FROM devices WHERE id = ?1 AND removed_at IS NULL")?
-            .query_row([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-            .optional()?;
-        let Some((territory, bound, holding)) = row else {
-            return Ok(None);
-        };
-        let bound_case = match bound {
-            Some(c) => {
-                let dk: Option<i64> = conn
-                    .prepare_cached("SELECT dk_id FROM cases WHERE id = ?1 AND erased_at IS NULL")?
-                    .query_row([&c], |r| r.get(0))
-                    .optional()?;
-                dk.map(|dk| (c, dk))
-            }
-            None => None,
-        };
-        Ok(Some(DeviceRow {
-            territory,
-            bound_case,
-            holding_dk: holding,
-        }))
-    }
-
-    /// Registers a device seen for the first time (only when registration is not required).
-    fn auto_register(
-        &mut self,
-        conn: &Connection,
-        id: &str,
-        territory: &str,
-        now: i64,
-    ) -> Result<DeviceRow> {
-        conn.execute(
-            "INSERT INTO devices (id, kind, territory, registered_at) VALUES (?1, 'monitor', ?2, ?3) \
-             ON CONFLICT (id) DO UPDATE SET removed_at = NULL",
-            params![id, territory, now],
-        )?;
-        Ok(DeviceRow {
-            territory: territory.into(),
-            bound_case: None,
-            holding_dk: None,
-        })
-    }
-
-    fn holding_key(
-        &mut self,
-        conn: &Connection,
-        device: &str,
-        row: &mut DeviceRow,
-    ) -> Result<Arc<DataKey>> {
-        if let Some(id) = row.holding_dk {
-            return self.data_key(conn, id, "device", device);
-        }
-        let dk = self.new_data_key(conn, &row.territory.clone(), &format!("device/{device}"))?;
-        conn.execute(
-            "UPDATE devices SET holding_dk_id = ?1 WHERE id = ?2",
-            params![dk.id(), device],
-        )?;
-        row.holding_dk = Some(dk.id());
-        Ok(dk)
-    }
-
-    fn dead_letter(
+    pub(super) fn dead_letter(
         &mut self,
         conn: &Connection,
         letter: DeadLetter<'_>,
@@ -465,352 +370,6 @@ impl Db {
         Ok(out)
     }
 
-    /// Registers a device. `credential_hash` is its broker password hash (mosquitto format).
-    pub fn register_device(
-        &mut self,
-        actor: &Actor,
-        id: &str,
-        kind: &str,
-        territory: &str,
-        credential_hash: Option<&str>,
-    ) -> Result<()> {
-        if !crate::model::is_valid_ident(id) {
-            return Err(StoreError::Refused(format!(
-                "`{id}` is not a valid device id ([A-Za-z0-9._-]{{1,64}})"
-            )));
-        }
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let live: Option<Option<i64>> = tx
-            .query_row("SELECT removed_at FROM devices WHERE id = ?1", [id], |r| {
-                r.get(0)
-            })
-            .optional()?;
-        match live {
-            Some(None) => {
-                return Err(StoreError::Refused(format!(
-                    "device `{id}` is already registered"
-                )));
-            }
-            Some(Some(_)) => {
-                tx.execute(
-                    "UPDATE devices SET removed_at = NULL, kind = ?2, territory = ?3, credential_hash = ?4, registered_at = ?5 WHERE id = ?1",
-                    params![id, kind, territory, credential_hash, now_ms()],
-                )?;
-            }
-            None => {
-                tx.execute(
-                    "INSERT INTO devices (id, kind, territory, registered_at, credential_hash) VALUES (?1, ?2, ?3, ?4, ?5)",
-                    params![id, kind, territory, now_ms(), credential_hash],
-                )?;
-            }
-        }
-        let ev = AuditEvent::new(
-            actor,
-            "device.register",
-            format!("device/{id}"),
-            Outcome::Success,
-        )
-        .territory(territory);
-        audit::append(&tx, &self.st, &ev, now_ms())?;
-        tx.commit()?;
-        Ok(())
-    }
-
-    /// Removes a device: it can no longer publish; it is unbound; its readings stay.
-    pub fn remove_device(&mut self, actor: &Actor, id: &str) -> Result<()> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let n = tx.execute(
-            "UPDATE devices SET removed_at = ?1, bound_case = NULL, bound_at = NULL, credential_hash = NULL WHERE id = ?2 AND removed_at IS NULL",
-            params![now_ms(), id],
-        )?;
-        if n == 0 {
-            return Err(StoreError::NotFound {
-                kind: "device",
-                id: id.into(),
-            });
-        }
-        let ev = AuditEvent::new(
-            actor,
-            "device.remove",
-            format!("device/{id}"),
-            Outcome::Success,
-        );
-        audit::append(&tx, &self.st, &ev, now_ms())?;
-        tx.commit()?;
-        Ok(())
-    }
-
-    /// Registered devices.
-    pub fn list_devices(&self) -> Result<Vec<DeviceInfo>> {
-        let mut st = self.conn.prepare(
-            "SELECT d.id, d.kind, d.territory, d.presence, d.bound_case, d.last_vitals_at, \
-             (SELECT count(*) FROM observations o WHERE o.device_id = d.id AND o.case_id IS NULL) \
-             FROM devices d WHERE d.removed_at IS NULL ORDER BY d.id",
-        )?;
-        let rows = st.query_map([], |r| {
-            Ok(DeviceInfo {
-                id: r.get(0)?,
-                kind: r.get(1)?,
-                territory: r.get(2)?,
-                presence: r.get(3)?,
-                bound_case: r.get(4)?,
-                last_vitals_at: r.get(5)?,
-                unbound_readings: r.get::<_, i64>(6)? as u64,
-            })
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
-    }
-
-    /// `(device id, credential hash)` of every registered device with a credential.
-    pub fn device_credentials(&self) -> Result<Vec<(String, String)>> {
-        let mut st = self.conn.prepare("SELECT id, credential_hash FROM devices WHERE removed_at IS NULL AND credential_hash IS NOT NULL ORDER BY id")?;
-        let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
-        Ok(rows.collect::<Result<_, _>>()?)
-    }
-
-    /// Binds a device to an open case of the same territory; new readings go to that case.
-    /// With `attach_unbound`, readings kept while the device was unbound are moved to the case
-    /// (re-encrypted under the case key). Returns how many were attached.
-    pub fn bind_device(
-        &mut self,
-        actor: &Actor,
-        device: &str,
-        case_id: &str,
-        attach_unbound: bool,
-    ) -> Result<usize> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let (dterr, holding): (String, Option<i64>) = tx
-            .query_row(
-                "SELECT territory, holding_dk_id FROM devices WHERE id = ?1 AND removed_at IS NULL",
-                [device],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .optional()?
-            .ok_or_else(|| StoreError::NotFound {
-                kind: "device",
-                id: device.into(),
-            })?;
-        let (cterr, status, case_dk): (String, String, i64) = tx
-            .query_row(
-                "SELECT territory, status, dk_id FROM cases WHERE id = ?1 AND erased_at IS NULL",
-                [case_id],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-            )
-            .optional()?
-            .ok_or_else(|| StoreError::NotFound {
-                kind: "case",
-                id: case_id.into(),
-            })?;
-        if cterr != dterr {
-            return Err(StoreError::Refused(format!(
-                "device `{device}` belongs to territory `{dterr}`, the case to `{cterr}`"
-            )));
-        }
-        if status == "closed" {
-            return Err(StoreError::Refused(format!("case {case_id} is closed")));
-        }
-        tx.execute(
-            "UPDATE devices SET bound_case = ?1, bound_at = ?2 WHERE id = ?3",
-            params![case_id, now_ms(), device],
-        )?;
-        let mut attached = 0;
-        if attach_unbound && let Some(h) = holding {
-            let from = self.st.data_key(&tx, h, "device", device)?;
-            let to = self.st.data_key(&tx, case_dk, "case", case_id)?;
-            let rows: Vec<(i64, Vec<u8>)> = tx
-                .prepare(
-                    "SELECT id, value FROM observations WHERE device_id = ?1 AND case_id IS NULL",
-                )?
-                .query_map([device], |r| Ok((r.get(0)?, r.get(1)?)))?
-                .collect::<Result<_, _>>()?;
-            for (id, ct) in &rows {
-                let loc = FieldLoc {
-                    table: "observations",
-                    column: "value",
-                    row_id: &id.to_string(),
-                };
-                let plain = from.open(loc, ct)?;
-                let sealed = to.seal(loc, &plain)?;
-                tx.execute(
-                    "UPDATE observations SET case_id = ?1, dk_id = ?2, value = ?3 WHERE id = ?4",
-                    params![case_id, case_dk, sealed, id],
-                )?;
-            }
-            self.st.count_invocations(&tx, case_dk, rows.len() as u64)?;
-            attached = rows.len();
-        }
-        let ev = AuditEvent::new(
-            actor,
-            "device.bind",
-            format!("case/{case_id}"),
-            Outcome::Success,
-        )
-        .territory(&cterr)
-        .details(serde_json::json!({ "device": device, "attached_readings": attached }));
-        audit::append(&tx, &self.st, &ev, now_ms())?;
-        tx.commit()?;
-        Ok(attached)
-    }
-
-    /// Unbinds a device; its later readings are held under its holding key.
-    pub fn unbind_device(&mut self, actor: &Actor, device: &str) -> Result<()> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let bound: Option<Option<String>> = tx
-            .query_row(
-                "SELECT bound_case FROM devices WHERE id = ?1 AND removed_at IS NULL",
-                [device],
-                |r| r.get(0),
-            )
-            .optional()?;
-        let case = bound.ok_or_else(|| StoreError::NotFound {
-            kind: "device",
-            id: device.into(),
-        })?;
-        let Some(case) = case else {
-            return Err(StoreError::Refused(format!(
-                "device `{device}` is not bound"
-            )));
-        };
-        tx.execute(
-            "UPDATE devices SET bound_case = NULL, bound_at = NULL WHERE id = ?1",
-            [device],
-        )?;
-        tx.execute("UPDATE alarms SET cleared_at = ?1 WHERE kind = 'device_silent' AND device_id = ?2 AND cleared_at IS NULL", params![now_ms(), device])?;
-        let ev = AuditEvent::new(
-            actor,
-            "device.unbind",
-            format!("case/{case}"),
-            Outcome::Success,
-        )
-        .details(serde_json::json!({ "device": device }));
-        audit::append(&tx, &self.st, &ev, now_ms())?;
-        tx.commit()?;
-        Ok(())
-    }
-
-    /// Raises a device-silent alarm for every bound device without vitals for `gap_ms`
-    /// (and without an open alarm). Returns the alarms raised now.
-    pub fn raise_silent_device_alarms(&mut self, now: i64, gap_ms: i64) -> Result<Vec<Alarm>> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let silent: Vec<(String, String)> = tx
-            .prepare_cached(
-                "SELECT d.id, d.bound_case FROM devices d WHERE d.bound_case IS NOT NULL AND d.removed_at IS NULL \
-                 AND coalesce(d.last_vitals_at, d.bound_at) < ?1 \
-                 AND NOT EXISTS (SELECT 1 FROM alarms a WHERE a.kind = 'device_silent' AND a.device_id = d.id AND a.cleared_at IS NULL)",
-            )?
-            .query_map([now - gap_ms], |r| Ok((r.get(0)?, r.get(1)?)))?
-            .collect::<Result<_, _>>()?;
-        let mut raised = Vec::new();
-        for (device, case) in silent {
-            tx.execute(
-                "INSERT INTO alarms (kind, case_id, device_id, raised_at, detail) VALUES ('device_silent', ?1, ?2, ?3, ?4)",
-                params![case, device, now, format!("no vitals for {} s", gap_ms / 1000)],
-            )?;
-            let id = tx.last_insert_rowid();
-            let ev = AuditEvent::new(
-                &Actor::system(),
-                "alarm.raise",
-                format!("case/{case}"),
-                Outcome::Success,
-            )
-            .details(
-                serde_json::json!({ "alarm": id, "kind": ALARM_DEVICE_SILENT, "device": device }),
-            );
-            audit::append(&tx, &self.st, &ev, now)?;
-            raised.push(Alarm {
-                id,
-                kind: ALARM_DEVICE_SILENT.into(),
-                case_id: Some(case),
-                device_id: Some(device),
-                raised_at_ms: now,
-                acked_at_ms: None,
-            });
-        }
-        tx.commit()?;
-        Ok(raised)
-    }
-
-    /// Raises (when `active` and none is open) or clears (when not `active`) the appliance-wide
-    /// alarm `kind`; audited. Returns whether the alarm state changed.
-    pub fn set_appliance_alarm(&mut self, kind: &str, active: bool, detail: &str) -> Result<bool> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let now = now_ms();
-        let open: Option<i64> = tx
-            .query_row(
-                "SELECT id FROM alarms WHERE kind = ?1 AND device_id IS NULL AND case_id IS NULL AND cleared_at IS NULL",
-                [kind],
-                |r| r.get(0),
-            )
-            .optional()?;
-        let action = match (active, open) {
-            (true, None) => {
-                tx.execute(
-                    "INSERT INTO alarms (kind, raised_at, detail) VALUES (?1, ?2, ?3)",
-                    params![kind, now, detail],
-                )?;
-                "alarm.raise"
-            }
-            (false, Some(id)) => {
-                tx.execute(
-                    "UPDATE alarms SET cleared_at = ?1 WHERE id = ?2",
-                    params![now, id],
-                )?;
-                "alarm.clear"
-            }
-            _ => return Ok(false),
-        };
-        let ev = AuditEvent::new(&Actor::system(), action, "appliance", Outcome::Success)
-            .details(serde_json::json!({ "kind": kind, "detail": detail }));
-        audit::append(&tx, &self.st, &ev, now)?;
-        tx.commit()?;
-        Ok(true)
-    }
-
-    /// Open (not cleared) alarms.
-    pub fn open_alarms(&self) -> Result<Vec<Alarm>> {
-        let mut st = self.conn.prepare("SELECT id, kind, case_id, device_id, raised_at, acked_at FROM alarms WHERE cleared_at IS NULL ORDER BY id")?;
-        let rows = st.query_map([], |r| {
-            Ok(Alarm {
-                id: r.get(0)?,
-                kind: r.get(1)?,
-                case_id: r.get(2)?,
-                device_id: r.get(3)?,
-                raised_at_ms: r.get(4)?,
-                acked_at_ms: r.get(5)?,
-            })
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
-    }
-
-    /// Acknowledges an open alarm (audited). False when it is not open or already acknowledged.
-    pub fn acknowledge_alarm(&mut self, actor: &Actor, id: i64) -> Result<bool> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let n = tx.execute(
-            "UPDATE alarms SET acked_at = ?1, acked_by = ?2 WHERE id = ?3 AND cleared_at IS NULL AND acked_at IS NULL",
-            params![now_ms(), actor.id, id],
-        )?;
-        if n == 1 {
-            let ev = AuditEvent::new(actor, "alarm.ack", format!("alarm/{id}"), Outcome::Success);
-            audit::append(&tx, &self.st, &ev, now_ms())?;
-        }
-        tx.commit()?;
-        Ok(n == 1)
-    }
-
     /// Decrypted vitals of a case, oldest first (audited as one read).
     pub fn case_vitals(&mut self, actor: &Actor, case_id: &str) -> Result<Vec<Observation>> {
         let tx = self
@@ -829,6 +388,70 @@ impl Db {
         audit::append(&tx, &self.st, &ev, now_ms())?;
         tx.commit()?;
         Ok(out)
+    }
+
+    /// Readings of a case after row `after_id`, for a live stream whose opening was audited
+    /// (`case.stream`); not audited again per push.
+    pub fn case_vitals_after(&mut self, case_id: &str, after_id: i64) -> Result<Vec<Observation>> {
+        let (_, dk) = self.st.live_case(&self.conn, case_id)?;
+        read_case_observations_after(&self.conn, &dk, case_id, after_id)
+    }
+
+    /// Manual vitals entered by the crew: `(vital name, value, time)`; validated by the caller
+    /// against the vocabulary. Returns the new row ids.
+    pub fn add_manual_vitals(
+        &mut self,
+        actor: &Actor,
+        case_id: &str,
+        readings: &[(String, f64, i64)],
+    ) -> Result<Vec<i64>> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let (territory, dk) = self.st.live_case(&tx, case_id)?;
+        open_case_only(&tx, case_id)?;
+        let now = now_ms();
+        let mut ids = Vec::with_capacity(readings.len());
+        for (code, value, at) in readings {
+            let id: i64 = tx.query_row(
+                "SELECT coalesce(max(id), 0) + 1 FROM observations",
+                [],
+                |r| r.get(0),
+            )?;
+            let ct = seal_value(&dk, id, *value)?;
+            tx.execute(
+                "INSERT INTO observations (id, case_id, device_id, dk_id, code, value, device_time, recv_time, source) \
+                 VALUES (?1, ?2, NULL, ?3, ?4, ?5, ?6, ?7, 'manual')",
+                params![id, case_id, dk.id(), code, ct, at, now],
+            )?;
+            ids.push(id);
+        }
+        self.st.count_invocations(&tx, dk.id(), ids.len() as u64)?;
+        let ev = AuditEvent::new(
+            actor,
+            "observation.create",
+            format!("case/{case_id}"),
+            Outcome::Success,
+        )
+        .territory(&territory)
+        .details(serde_json::json!({ "readings": ids.len(), "source": "manual" }));
+        audit::append(&tx, &self.st, &ev, now)?;
+        tx.commit()?;
+        Ok(ids)
+    }
+
+    /// Audits the opening of a live stream on a case.
+    pub fn audit_stream_open(&mut self, actor: &Actor, case_id: &str) -> Result<()> {
+        let territory = self.territory_of("case", case_id)?.unwrap_or_default();
+        let ev = AuditEvent::new(
+            actor,
+            "case.stream",
+            format!("case/{case_id}"),
+            Outcome::Success,
+        )
+        .territory(&territory);
+        self.audit(&ev)?;
+        Ok(())
     }
 
     /// Counts of dead letters per reject code (for metrics and tests).

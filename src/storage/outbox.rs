@@ -87,41 +87,12 @@ pub fn outbox_priority(kind: BundleKind) -> i64 {
 }
 
 fn kind_of(s: &str) -> Result<BundleKind> {
-    BundleKind::parse(s).ok_or_else(|| StoreError::Refused(format!("outbox kind {s} unknown")))
+    BundleKind::parse(s).ok_or_else(|| StoreError::Undecodable {
+        what: format!("outbox kind {s}"),
+    })
 }
 
 impl Db {
-    /// Closes a case (audited). Its bundle is sealed and queued by the sync task.
-    pub fn close_case(&mut self, actor: &Actor, case_id: &str) -> Result<()> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let (territory, _) = self.st.live_case(&tx, case_id)?;
-        let n = tx.execute(
-            "UPDATE cases SET status = 'closed', closed_at = ?1 WHERE id = ?2 AND status != 'closed'",
-            params![now_ms(), case_id],
-        )?;
-        if n == 0 {
-            return Err(StoreError::Refused(format!(
-                "case {case_id} is already closed"
-            )));
-        }
-        tx.execute(
-            "UPDATE devices SET bound_case = NULL, bound_at = NULL WHERE bound_case = ?1",
-            [case_id],
-        )?;
-        let ev = AuditEvent::new(
-            actor,
-            "case.close",
-            format!("case/{case_id}"),
-            Outcome::Success,
-        )
-        .territory(&territory);
-        audit::append(&tx, &self.st, &ev, now_ms())?;
-        tx.commit()?;
-        Ok(())
-    }
-
     /// Cases that need a bundle (closed, none queued yet) or a pre-alert (open, latest triage
     /// ESI 1-2, none queued yet), oldest first.
     pub fn seal_work(&self, limit: usize) -> Result<Vec<SealWork>> {
@@ -180,8 +151,9 @@ impl Db {
         }
         let export = case_export(&mut self.st, &tx, case_id)?;
         let slot = next_slot(&tx, kind)?;
-        let env = seal(&export, &slot, &self.st.keys.signing).map_err(|why| {
-            StoreError::Refused(format!("sealing the {} failed: {why}", kind.as_str()))
+        let env = seal(&export, &slot, &self.st.keys.signing).map_err(|why| StoreError::Seal {
+            kind: kind.as_str(),
+            why,
         })?;
         let bid = slot.bundle_id.to_string();
         insert_row(&tx, &slot, Some(case_id), &env)?;
@@ -218,8 +190,10 @@ impl Db {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let slot = next_slot(&tx, BundleKind::Telemetry)?;
-        let env = seal(&slot, &self.st.keys.signing)
-            .map_err(|why| StoreError::Refused(format!("sealing telemetry failed: {why}")))?;
+        let env = seal(&slot, &self.st.keys.signing).map_err(|why| StoreError::Seal {
+            kind: "telemetry",
+            why,
+        })?;
         insert_row(&tx, &slot, None, &env)?;
         tx.commit()?;
         Ok(slot.bundle_id.to_string())
@@ -260,9 +234,10 @@ impl Db {
         for (bundle_id, seq, kind, attempts) in picked {
             let (envelope, sha): (Vec<u8>, Vec<u8>) =
                 st.query_row([&bundle_id], |r| Ok((r.get(0)?, r.get(1)?)))?;
-            let envelope_sha256: [u8; 32] = sha
-                .try_into()
-                .map_err(|_| StoreError::Refused("outbox envelope hash is not 32 bytes".into()))?;
+            let envelope_sha256: [u8; 32] =
+                sha.try_into().map_err(|_| StoreError::Undecodable {
+                    what: "an outbox envelope hash".into(),
+                })?;
             out.push(OutboxItem {
                 bundle_id,
                 seq: seq as u64,

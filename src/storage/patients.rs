@@ -6,9 +6,7 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use super::{Db, Result, State, StoreError, audit};
 use crate::crypto::blind::BlindField;
 use crate::crypto::field::{DataKey, FieldLoc};
-use crate::model::{
-    Actor, AuditEvent, Case, CaseDetails, CaseStatus, Outcome, Patient, StoredPatient, now_ms,
-};
+use crate::model::{Actor, AuditEvent, Outcome, Patient, StoredPatient, now_ms};
 
 /// Search terms; every given term must match (blind-index equality).
 #[derive(Debug, Clone, Default)]
@@ -28,7 +26,7 @@ const PATIENT_TEXT_COLUMNS: [&str; 7] = [
     "mrn",
 ];
 
-fn seal_opt(
+pub(super) fn seal_opt(
     dk: &DataKey,
     loc: FieldLoc<'_>,
     v: Option<&[u8]>,
@@ -43,16 +41,22 @@ fn seal_opt(
     }
 }
 
-fn open_opt(dk: &DataKey, loc: FieldLoc<'_>, v: Option<Vec<u8>>) -> Result<Option<Vec<u8>>> {
+pub(super) fn open_opt(
+    dk: &DataKey,
+    loc: FieldLoc<'_>,
+    v: Option<Vec<u8>>,
+) -> Result<Option<Vec<u8>>> {
     v.map(|c| dk.open(loc, &c)).transpose().map_err(Into::into)
 }
 
-fn utf8(table: &str, column: &'static str, v: Option<Vec<u8>>) -> Result<Option<String>> {
+pub(super) fn utf8(
+    table: &str,
+    column: &'static str,
+    v: Option<Vec<u8>>,
+) -> Result<Option<String>> {
     v.map(|b| {
-        String::from_utf8(b).map_err(|_| {
-            StoreError::Refused(format!(
-                "{table}.{column} holds invalid UTF-8 after decryption"
-            ))
+        String::from_utf8(b).map_err(|_| StoreError::Undecodable {
+            what: format!("{table}.{column} (invalid UTF-8 after decryption)"),
         })
     })
     .transpose()
@@ -192,8 +196,8 @@ impl State {
         let json = |col: &'static str, v: Option<Vec<u8>>| -> Result<Option<serde_json::Value>> {
             open_opt(&dk, loc(col), v)?
                 .map(|b| {
-                    serde_json::from_slice(&b).map_err(|_| {
-                        StoreError::Refused(format!("patients.{col} is not valid JSON"))
+                    serde_json::from_slice(&b).map_err(|_| StoreError::Undecodable {
+                        what: format!("patients.{col} (not JSON)"),
                     })
                 })
                 .transpose()
@@ -203,8 +207,8 @@ impl State {
             json("insurance", c8)?,
             json("sex", c9)?,
         );
-        let bad = |c: &str| {
-            StoreError::Refused(format!("patients.{c} does not match the patient schema"))
+        let bad = |c: &str| StoreError::Undecodable {
+            what: format!("patients.{c} (not the patient schema)"),
         };
         let mut t = texts.into_iter();
         let patient = Patient {
@@ -227,69 +231,6 @@ impl State {
             patient,
         })
     }
-
-    pub(super) fn read_case(&mut self, conn: &Connection, id: &str) -> Result<(Case, i64)> {
-        type Row = (
-            String,
-            Option<String>,
-            i64,
-            String,
-            i64,
-            Option<i64>,
-            Option<i64>,
-            [Option<Vec<u8>>; 3],
-        );
-        let row: Option<Row> = conn
-            .prepare_cached(
-                "SELECT territory, patient_id, dk_id, status, created_at, closed_at, erased_at, chief_complaint, mechanism, onset \
-                 FROM cases WHERE id = ?1",
-            )?
-            .query_row([id], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, [r.get(7)?, r.get(8)?, r.get(9)?]))
-            })
-            .optional()?;
-        let (territory, patient_id, dk_id, status, created, closed, erased, cols) = row
-            .ok_or_else(|| StoreError::NotFound {
-                kind: "case",
-                id: id.into(),
-            })?;
-        if erased.is_some() {
-            return Err(StoreError::Erased {
-                kind: "case",
-                id: id.into(),
-            });
-        }
-        let dk = self.data_key(conn, dk_id, "case", id)?;
-        let loc = |column| FieldLoc {
-            table: "cases",
-            column,
-            row_id: id,
-        };
-        let [a, b, c] = cols;
-        let details = CaseDetails {
-            chief_complaint: utf8(
-                "cases",
-                "chief_complaint",
-                open_opt(&dk, loc("chief_complaint"), a)?,
-            )?,
-            mechanism: utf8("cases", "mechanism", open_opt(&dk, loc("mechanism"), b)?)?,
-            onset: utf8("cases", "onset", open_opt(&dk, loc("onset"), c)?)?,
-        };
-        let status = CaseStatus::parse(&status)
-            .ok_or_else(|| StoreError::Refused(format!("case {id} has unknown status")))?;
-        Ok((
-            Case {
-                id: id.into(),
-                territory,
-                patient_id,
-                status,
-                created_at_ms: created,
-                closed_at_ms: closed,
-                details,
-            },
-            dk_id,
-        ))
-    }
 }
 
 fn de<T: serde::de::DeserializeOwned>(
@@ -298,7 +239,7 @@ fn de<T: serde::de::DeserializeOwned>(
     v.map(serde_json::from_value).transpose()
 }
 
-fn new_id() -> String {
+pub(super) fn new_id() -> String {
     uuid::Uuid::now_v7().to_string()
 }
 
@@ -492,9 +433,7 @@ impl Db {
             }
         }
         if args.is_empty() {
-            return Err(StoreError::Refused(
-                "a patient search needs at least one of last name, date of birth, MRN".into(),
-            ));
+            return Err(StoreError::EmptySearch);
         }
         sql.push_str(" ORDER BY created_at DESC LIMIT 50");
         let tx = self
@@ -531,144 +470,5 @@ impl Db {
         audit::append(&tx, &self.st, &ev, now_ms())?;
         tx.commit()?;
         Ok(out)
-    }
-
-    /// Opens a case, optionally for an existing patient of the same territory.
-    pub fn create_case(
-        &mut self,
-        actor: &Actor,
-        territory: &str,
-        patient_id: Option<&str>,
-        d: &CaseDetails,
-    ) -> Result<String> {
-        let id = new_id();
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        if let Some(pid) = patient_id {
-            let t: Option<String> = tx
-                .query_row("SELECT territory FROM patients WHERE id = ?1", [pid], |r| {
-                    r.get(0)
-                })
-                .optional()?;
-            match t {
-                None => {
-                    return Err(StoreError::NotFound {
-                        kind: "patient",
-                        id: pid.into(),
-                    });
-                }
-                Some(t) if t != territory => {
-                    return Err(StoreError::NotFound {
-                        kind: "patient",
-                        id: pid.into(),
-                    });
-                }
-                Some(_) => {}
-            }
-        }
-        let dk = self
-            .st
-            .new_data_key(&tx, territory, &format!("case/{id}"))?;
-        let loc = |column| FieldLoc {
-            table: "cases",
-            column,
-            row_id: &id,
-        };
-        let mut n = 0;
-        let mut sealed = [None, None, None];
-        for (out, (column, value)) in sealed.iter_mut().zip([
-            ("chief_complaint", &d.chief_complaint),
-            ("mechanism", &d.mechanism),
-            ("onset", &d.onset),
-        ]) {
-            *out = seal_opt(
-                &dk,
-                loc(column),
-                value.as_deref().map(str::as_bytes),
-                &mut n,
-            )?;
-        }
-        let [cc, me, on] = sealed;
-        tx.execute(
-            "INSERT INTO cases (id, territory, patient_id, dk_id, status, created_at, created_by, chief_complaint, mechanism, onset) \
-             VALUES (?1, ?2, ?3, ?4, 'open', ?5, ?6, ?7, ?8, ?9)",
-            params![id, territory, patient_id, dk.id(), now_ms(), actor.id, cc, me, on],
-        )?;
-        self.st.count_invocations(&tx, dk.id(), n)?;
-        let ev = AuditEvent::new(actor, "case.create", format!("case/{id}"), Outcome::Success)
-            .territory(territory);
-        audit::append(&tx, &self.st, &ev, now_ms())?;
-        tx.commit()?;
-        Ok(id)
-    }
-
-    /// Reads and decrypts a case (audited).
-    pub fn get_case(&mut self, actor: &Actor, id: &str) -> Result<Case> {
-        let r = (|| {
-            let tx = self
-                .conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let (c, _) = self.st.read_case(&tx, id)?;
-            let ev = AuditEvent::new(actor, "case.read", format!("case/{id}"), Outcome::Success)
-                .territory(&c.territory);
-            audit::append(&tx, &self.st, &ev, now_ms())?;
-            tx.commit()?;
-            Ok(c)
-        })();
-        if let Err(e) = &r {
-            self.audit_failure(actor, "case.read", format!("case/{id}"), e);
-        }
-        r
-    }
-
-    /// Crypto-erases a case: destroys its data key (and its patient's, when no other live case
-    /// refers to that patient), then truncates the WAL so no old page survives in it.
-    pub fn erase_case(&mut self, actor: &Actor, id: &str) -> Result<()> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let (territory, dk_id, patient_id, erased): (String, i64, Option<String>, Option<i64>) = tx
-            .query_row(
-                "SELECT territory, dk_id, patient_id, erased_at FROM cases WHERE id = ?1",
-                [id],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
-            )
-            .optional()?
-            .ok_or_else(|| StoreError::NotFound {
-                kind: "case",
-                id: id.into(),
-            })?;
-        if erased.is_some() {
-            return Err(StoreError::Erased {
-                kind: "case",
-                id: id.into(),
-            });
-        }
-        Db::destroy_data_key(&mut self.st, &tx, dk_id)?;
-        tx.execute("UPDATE cases SET erased_at = ?1, chief_complaint = NULL, mechanism = NULL, onset = NULL WHERE id = ?2", params![now_ms(), id])?;
-        let mut erased_patient = false;
-        if let Some(pid) = &patient_id {
-            let others: i64 = tx.query_row(
-                "SELECT count(*) FROM cases WHERE patient_id = ?1 AND id != ?2 AND erased_at IS NULL",
-                params![pid, id],
-                |r| r.get(0),
-            )?;
-            if others == 0 {
-                let pdk: i64 =
-                    tx.query_row("SELECT dk_id FROM patients WHERE id = ?1", [pid], |r| {
-                        r.get(0)
-                    })?;
-                Db::destroy_data_key(&mut self.st, &tx, pdk)?;
-                erased_patient = true;
-            }
-        }
-        let ev = AuditEvent::new(actor, "case.erase", format!("case/{id}"), Outcome::Success)
-            .territory(&territory)
-            .details(serde_json::json!({ "patient_erased": erased_patient }));
-        audit::append(&tx, &self.st, &ev, now_ms())?;
-        tx.commit()?;
-        self.wal_checkpoint()?;
-        Ok(())
     }
 }

@@ -272,3 +272,14 @@ pub(super) fn read_triage(
     }
     Ok(out)
 }
+
+impl Db {
+    /// Triage results stored (metrics).
+    pub fn triage_count(&self) -> Result<u64> {
+        Ok(self
+            .conn
+            .query_row("SELECT count(*) FROM triage_results", [], |r| {
+                r.get::<_, i64>(0)
+            })? as u64)
+    }
+}

@@ -1,0 +1,444 @@
+//! Personal accounts, sessions and break-glass: the `users`, `sessions` and `break_glass`
+//! tables. Secrets are stored only as Argon2id PHC strings; tokens only as SHA-256.
+
+use super::{Db, Result, StoreError, audit};
+use crate::model::{Actor, AuditEvent, Outcome, Role, now_ms};
+use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSql, ToSqlOutput, ValueRef};
+use rusqlite::{OptionalExtension, TransactionBehavior, params};
+use serde::Serialize;
+
+/// A personal account as listed by `users list` (no secrets).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct UserInfo {
+    pub id: String,
+    pub display_name: String,
+    pub role: Role,
+    pub territory: String,
+    pub created_at_ms: i64,
+    pub disabled: bool,
+}
+
+/// Roles are stored by name; the `users.role` CHECK constraint holds the same closed set.
+impl ToSql for Role {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(ToSqlOutput::from(self.as_str()))
+    }
+}
+
+impl FromSql for Role {
+    fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
+        let name = value.as_str()?;
+        Role::parse(name)
+            .ok_or_else(|| FromSqlError::Other(format!("unknown role `{name}`").into()))
+    }
+}
+
+/// What login needs to know about an account.
+#[derive(Debug, Clone)]
+pub struct LoginUser {
+    pub info: UserInfo,
+    /// PHC string of the PIN/password hash.
+    pub secret_hash: String,
+    pub failed_count: u32,
+    pub backoff_until_ms: Option<i64>,
+}
+
+/// A persisted session (the token itself is never stored, only its SHA-256).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionRow {
+    pub token_hash: [u8; 32],
+    pub user_id: String,
+    pub created_at_ms: i64,
+    pub last_seen_ms: i64,
+    pub expires_at_ms: i64,
+    pub break_glass: Option<(i64, i64)>,
+}
+
+/// A break-glass use and its review state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BreakGlass {
+    pub id: i64,
+    pub user_id: String,
+    pub territory: String,
+    pub reason: String,
+    pub started_at_ms: i64,
+    pub until_ms: i64,
+    pub reviewed_at_ms: Option<i64>,
+    pub reviewed_by: Option<String>,
+    pub review_note: Option<String>,
+}
+
+impl Db {
+    /// Adds a personal account; `secret_hash` is a PHC string from `crypto::password`.
+    pub fn add_user(
+        &mut self,
+        actor: &Actor,
+        id: &str,
+        display_name: &str,
+        role: Role,
+        territory: &str,
+        secret_hash: &str,
+    ) -> Result<()> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let exists: bool = tx
+            .query_row("SELECT 1 FROM users WHERE id = ?1", [id], |_| Ok(true))
+            .optional()?
+            .unwrap_or(false);
+        if exists {
+            return Err(StoreError::AlreadyExists {
+                kind: "user",
+                id: id.into(),
+            });
+        }
+        tx.execute(
+            "INSERT INTO users (id, display_name, role, territory, secret_hash, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![id, display_name, role, territory, secret_hash, now_ms()],
+        )?;
+        let ev = AuditEvent::new(actor, "user.add", format!("user/{id}"), Outcome::Success)
+            .territory(territory)
+            .details(serde_json::json!({ "role": role }));
+        audit::append(&tx, &self.st, &ev, now_ms())?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Disables (or re-enables) an account; a disabled account's sessions end at once.
+    pub fn set_user_disabled(&mut self, actor: &Actor, id: &str, disabled: bool) -> Result<()> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let n = tx.execute(
+            "UPDATE users SET disabled_at = ?1, failed_count = 0, backoff_until = NULL WHERE id = ?2",
+            params![disabled.then(now_ms), id],
+        )?;
+        if n == 0 {
+            return Err(StoreError::NotFound {
+                kind: "user",
+                id: id.into(),
+            });
+        }
+        if disabled {
+            tx.execute("DELETE FROM sessions WHERE user_id = ?1", [id])?;
+        }
+        let action = if disabled {
+            "user.disable"
+        } else {
+            "user.enable"
+        };
+        let ev = AuditEvent::new(actor, action, format!("user/{id}"), Outcome::Success);
+        audit::append(&tx, &self.st, &ev, now_ms())?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Replaces an account's PIN/password hash and clears its back-off.
+    pub fn set_user_secret(&mut self, actor: &Actor, id: &str, secret_hash: &str) -> Result<()> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let n = tx.execute(
+            "UPDATE users SET secret_hash = ?1, failed_count = 0, backoff_until = NULL WHERE id = ?2",
+            params![secret_hash, id],
+        )?;
+        if n == 0 {
+            return Err(StoreError::NotFound {
+                kind: "user",
+                id: id.into(),
+            });
+        }
+        tx.execute("DELETE FROM sessions WHERE user_id = ?1", [id])?;
+        let ev = AuditEvent::new(actor, "user.secret", format!("user/{id}"), Outcome::Success);
+        audit::append(&tx, &self.st, &ev, now_ms())?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn list_users(&self) -> Result<Vec<UserInfo>> {
+        let mut st = self.conn.prepare(
+            "SELECT id, display_name, role, territory, created_at, disabled_at IS NOT NULL FROM users ORDER BY id",
+        )?;
+        let rows = st.query_map([], |r| {
+            Ok(UserInfo {
+                id: r.get(0)?,
+                display_name: r.get(1)?,
+                role: r.get(2)?,
+                territory: r.get(3)?,
+                created_at_ms: r.get(4)?,
+                disabled: r.get(5)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    pub fn login_user(&self, id: &str) -> Result<Option<LoginUser>> {
+        Ok(self
+            .conn
+            .prepare_cached(
+                "SELECT id, display_name, role, territory, created_at, disabled_at IS NOT NULL, secret_hash, failed_count, backoff_until \
+                 FROM users WHERE id = ?1",
+            )?
+            .query_row([id], |r| {
+                Ok(LoginUser {
+                    info: UserInfo {
+                        id: r.get(0)?,
+                        display_name: r.get(1)?,
+                        role: r.get(2)?,
+                        territory: r.get(3)?,
+                        created_at_ms: r.get(4)?,
+                        disabled: r.get(5)?,
+                    },
+                    secret_hash: r.get(6)?,
+                    failed_count: r.get::<_, i64>(7)? as u32,
+                    backoff_until_ms: r.get(8)?,
+                })
+            })
+            .optional()?)
+    }
+
+    /// Records a failed login: counts it, sets the back-off end, audits it (`reason` is a code,
+    /// never the submitted secret). Unknown user ids are audited too.
+    pub fn login_failed(
+        &mut self,
+        user_id: &str,
+        reason: &str,
+        backoff_until_ms: Option<i64>,
+        now: i64,
+    ) -> Result<()> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let territory: Option<String> = tx
+            .query_row(
+                "UPDATE users SET failed_count = failed_count + 1, backoff_until = coalesce(?1, backoff_until) WHERE id = ?2 RETURNING territory",
+                params![backoff_until_ms, user_id],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let actor = Actor {
+            id: user_id.into(),
+            role: "unknown".into(),
+        };
+        let mut ev = AuditEvent::new(
+            &actor,
+            "login.failure",
+            format!("user/{user_id}"),
+            Outcome::Failure,
+        )
+        .details(serde_json::json!({ "reason": reason, "backoff_until": backoff_until_ms }));
+        if let Some(t) = &territory {
+            ev = ev.territory(t);
+        }
+        audit::append(&tx, &self.st, &ev, now)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Records a successful login and persists its session, in one transaction.
+    pub fn login_succeeded(
+        &mut self,
+        actor: &Actor,
+        territory: &str,
+        s: &SessionRow,
+    ) -> Result<()> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.execute(
+            "UPDATE users SET failed_count = 0, backoff_until = NULL WHERE id = ?1",
+            [&s.user_id],
+        )?;
+        tx.execute(
+            "INSERT INTO sessions (token_hash, user_id, created_at, last_seen_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![&s.token_hash[..], s.user_id, s.created_at_ms, s.last_seen_ms, s.expires_at_ms],
+        )?;
+        let ev = AuditEvent::new(
+            actor,
+            "login.success",
+            format!("user/{}", s.user_id),
+            Outcome::Success,
+        )
+        .territory(territory);
+        audit::append(&tx, &self.st, &ev, s.created_at_ms)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Ends sessions (logout, idle or absolute expiry); audited per session with `reason`.
+    pub fn end_sessions(&mut self, ended: &[(SessionRow, &str)], now: i64) -> Result<()> {
+        if ended.is_empty() {
+            return Ok(());
+        }
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        for (s, reason) in ended {
+            tx.execute(
+                "DELETE FROM sessions WHERE token_hash = ?1",
+                [&s.token_hash[..]],
+            )?;
+            let actor = Actor {
+                id: s.user_id.clone(),
+                role: "session".into(),
+            };
+            let ev = AuditEvent::new(
+                &actor,
+                "logout",
+                format!("user/{}", s.user_id),
+                Outcome::Success,
+            )
+            .details(serde_json::json!({ "reason": reason }));
+            audit::append(&tx, &self.st, &ev, now)?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Persists last-seen times of live sessions (batched by the session sweeper).
+    pub fn touch_sessions(&mut self, seen: &[([u8; 32], i64)]) -> Result<()> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        for (h, t) in seen {
+            tx.execute(
+                "UPDATE sessions SET last_seen_at = max(last_seen_at, ?1) WHERE token_hash = ?2",
+                params![t, &h[..]],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Sessions that survive a restart (of enabled users).
+    pub fn load_sessions(&self) -> Result<Vec<(SessionRow, UserInfo)>> {
+        let mut st = self.conn.prepare(
+            "SELECT s.token_hash, s.user_id, s.created_at, s.last_seen_at, s.expires_at, s.break_glass_id, s.break_glass_until, \
+             u.display_name, u.role, u.territory, u.created_at FROM sessions s JOIN users u ON u.id = s.user_id WHERE u.disabled_at IS NULL",
+        )?;
+        let rows = st.query_map([], |r| {
+            let h: Vec<u8> = r.get(0)?;
+            let bg: Option<i64> = r.get(5)?;
+            let bgu: Option<i64> = r.get(6)?;
+            Ok((
+                SessionRow {
+                    token_hash: h.as_slice().try_into().unwrap_or([0; 32]),
+                    user_id: r.get(1)?,
+                    created_at_ms: r.get(2)?,
+                    last_seen_ms: r.get(3)?,
+                    expires_at_ms: r.get(4)?,
+                    break_glass: bg.zip(bgu),
+                },
+                UserInfo {
+                    id: r.get(1)?,
+                    display_name: r.get(7)?,
+                    role: r.get(8)?,
+                    territory: r.get(9)?,
+                    created_at_ms: r.get(10)?,
+                    disabled: false,
+                },
+            ))
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Starts a break-glass grant for a session: a critical audit event and a review item.
+    pub fn break_glass_start(
+        &mut self,
+        actor: &Actor,
+        token_hash: &[u8; 32],
+        territory: &str,
+        reason: &str,
+        now: i64,
+        until: i64,
+    ) -> Result<i64> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.execute(
+            "INSERT INTO break_glass (user_id, territory, reason, started_at, until) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![actor.id, territory, reason, now, until],
+        )?;
+        let id = tx.last_insert_rowid();
+        tx.execute(
+            "UPDATE sessions SET break_glass_id = ?1, break_glass_until = ?2 WHERE token_hash = ?3",
+            params![id, until, &token_hash[..]],
+        )?;
+        let ev = AuditEvent::new(
+            actor,
+            "break_glass.start",
+            format!("break_glass/{id}"),
+            Outcome::Success,
+        )
+        .territory(territory)
+        .details(serde_json::json!({ "severity": "critical", "until": until }));
+        audit::append(&tx, &self.st, &ev, now)?;
+        tx.commit()?;
+        Ok(id)
+    }
+
+    /// Break-glass uses, newest first; only unreviewed ones with `pending`.
+    pub fn break_glass_list(&self, pending: bool) -> Result<Vec<BreakGlass>> {
+        let sql = format!(
+            "SELECT id, user_id, territory, reason, started_at, until, reviewed_at, reviewed_by, review_note FROM break_glass {} ORDER BY id DESC LIMIT 500",
+            if pending {
+                "WHERE reviewed_at IS NULL"
+            } else {
+                ""
+            }
+        );
+        let mut st = self.conn.prepare(&sql)?;
+        let rows = st.query_map([], |r| {
+            Ok(BreakGlass {
+                id: r.get(0)?,
+                user_id: r.get(1)?,
+                territory: r.get(2)?,
+                reason: r.get(3)?,
+                started_at_ms: r.get(4)?,
+                until_ms: r.get(5)?,
+                reviewed_at_ms: r.get(6)?,
+                reviewed_by: r.get(7)?,
+                review_note: r.get(8)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// A supervisor closes a review item (audited). Reviewing one's own use is refused.
+    pub fn break_glass_review(&mut self, actor: &Actor, id: i64, note: &str) -> Result<()> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let row: Option<(String, String, Option<i64>)> = tx
+            .query_row(
+                "SELECT user_id, territory, reviewed_at FROM break_glass WHERE id = ?1",
+                [id],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()?;
+        let (user, territory, reviewed) = row.ok_or_else(|| StoreError::NotFound {
+            kind: "break-glass use",
+            id: id.to_string(),
+        })?;
+        if user == actor.id {
+            return Err(StoreError::OwnReview);
+        }
+        if reviewed.is_some() {
+            return Err(StoreError::AlreadyReviewed { id });
+        }
+        tx.execute(
+            "UPDATE break_glass SET reviewed_at = ?1, reviewed_by = ?2, review_note = ?3 WHERE id = ?4",
+            params![now_ms(), actor.id, note, id],
+        )?;
+        let ev = AuditEvent::new(
+            actor,
+            "break_glass.review",
+            format!("break_glass/{id}"),
+            Outcome::Success,
+        )
+        .territory(&territory);
+        audit::append(&tx, &self.st, &ev, now_ms())?;
+        tx.commit()?;
+        Ok(())
+    }
+}

@@ -1,0 +1,176 @@
+//! The store's errors ([`StoreError`]): each variant says how the caller recovers;
+//! [`StoreError::is_config`] tells "fix the setup" (exit 78) from runtime failures.
+
+use std::path::PathBuf;
+
+use crate::crypto::CryptoError;
+use crate::crypto::keyring::KeyError;
+use crate::model::InvalidPhi;
+
+/// Errors of the store. [`StoreError::is_config`] tells the ones that mean "fix the setup"
+/// (exit 78) from runtime failures.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The file is an unencrypted SQLite database. Recovery: none automatic; PHI must not be
+    /// stored in it. Move it away and let the daemon create an encrypted one.
+    #[error(
+        "database {path} is an unencrypted SQLite file; refusing to use it for PHI (move it away; a new encrypted database will be created)"
+    )]
+    Plaintext { path: PathBuf },
+    /// The database key does not open the file. Recovery: restore the right `db.key`.
+    #[error("database key `db.key` from {key_path} (key id {key_id}) does not open {path}{}; restore the db.key this database was created with (never delete the database)", expected.as_ref().map(|e| format!(": the database was created with key id {e}")).unwrap_or_default())]
+    WrongKey {
+        path: PathBuf,
+        key_path: PathBuf,
+        key_id: String,
+        expected: Option<String>,
+    },
+    /// The key matches but the file does not decode. Recovery: restore from backup.
+    #[error(
+        "database {path} is corrupt or not an HEMA3N database ({detail}); restore it from backup"
+    )]
+    Corrupt { path: PathBuf, detail: String },
+    /// The linked SQLite has no SQLCipher. Recovery: rebuild; this is a packaging bug.
+    #[error("the linked SQLite library has no SQLCipher support")]
+    NoCipher,
+    /// The database is newer than this binary. Recovery: install the newer release.
+    #[error("database schema version {found} is newer than this build supports ({supported})")]
+    TooNew { found: i64, supported: i64 },
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    #[error(transparent)]
+    Crypto(#[from] CryptoError),
+    #[error("invalid PHI: {0}")]
+    InvalidPhi(#[from] InvalidPhi),
+    #[error("{kind} {id} not found")]
+    NotFound { kind: &'static str, id: String },
+    /// The case's data key was destroyed; its PHI is gone by design.
+    #[error("{kind} {id} was crypto-erased")]
+    Erased { kind: &'static str, id: String },
+    /// No key for a territory is loaded. Recovery: provision `territory.<T>.v1.key`.
+    #[error("no key for territory `{territory}` is loaded; provision territory.{territory}.v1.key")]
+    NoTerritoryKey { territory: String },
+    /// A data key names a territory key version that is not loaded.
+    #[error(
+        "territory `{territory}` key version {version} is needed but not loaded; restore territory.{territory}.v{version}.key"
+    )]
+    KeyVersionMissing { territory: String, version: u32 },
+    /// A loaded territory key differs from the one the database recorded for that version.
+    #[error(
+        "territory `{territory}` key version {version} (key id {loaded}) differs from the key this database recorded (key id {recorded}); restore the original key file"
+    )]
+    KeyMismatch {
+        territory: String,
+        version: u32,
+        loaded: String,
+        recorded: String,
+    },
+    /// The record exists already (an account, a device). Recovery: use the existing one or
+    /// choose another id.
+    #[error("{kind} `{id}` already exists")]
+    AlreadyExists { kind: &'static str, id: String },
+    /// The case is closed: nothing can be added to it, bound to it or closed again. Recovery:
+    /// open a new case.
+    #[error("case {case_id} is closed")]
+    CaseClosed { case_id: String },
+    /// An identifier is malformed. Recovery: use one matching `[A-Za-z0-9._-]{1,64}`.
+    #[error("`{id}` is not a valid {kind} id ([A-Za-z0-9._-]{{1,64}})")]
+    InvalidId { kind: &'static str, id: String },
+    /// A device of one territory and a case of another. Recovery: bind a device of the case's
+    /// territory.
+    #[error(
+        "device `{device}` belongs to territory `{device_territory}`, the case to `{case_territory}`"
+    )]
+    TerritoryMismatch {
+        device: String,
+        device_territory: String,
+        case_territory: String,
+    },
+    /// The device is bound to no case. Recovery: none needed.
+    #[error("device `{device}` is not bound")]
+    NotBound { device: String },
+    /// A supervisor tried to review their own break-glass use. Recovery: another supervisor
+    /// reviews it.
+    #[error("a break-glass use must be reviewed by another supervisor")]
+    OwnReview,
+    /// The break-glass use was reviewed already. Recovery: none needed.
+    #[error("break-glass use {id} is already reviewed")]
+    AlreadyReviewed { id: i64 },
+    /// A patient search named no criterion. Recovery: give a last name, a date of birth or an
+    /// MRN.
+    #[error("a patient search needs at least one of last name, date of birth, MRN")]
+    EmptySearch,
+    /// A territory key version cannot be retired yet. Recovery: `keys rotate` (when it is the
+    /// current version) or `keys rewrap --territory T` (while it still wraps data keys) first.
+    #[error("territory `{territory}` key version {version} {why}")]
+    KeyInUse {
+        territory: String,
+        version: u32,
+        why: String,
+    },
+    /// A rotated key was written where the keyring does not read. Recovery: point `keys.dir`
+    /// at the directory named.
+    #[error(
+        "wrote {file} to {dir} but it is not among the key sources ({sources}); point keys.dir there"
+    )]
+    KeyOutsideSources {
+        file: String,
+        dir: PathBuf,
+        sources: String,
+    },
+    /// A stored value does not decode: corruption or a bug, never the caller's input.
+    /// Recovery: restore the database from backup and report it.
+    #[error("{what} does not decode")]
+    Undecodable { what: String },
+    /// Sealing an envelope failed (the sealer logs the case and skips it). Recovery: none at
+    /// the caller; the log names the cause.
+    #[error("sealing the {kind} failed: {why}")]
+    Seal { kind: &'static str, why: String },
+    #[error("cannot create data directory {path}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("migration to schema version {version} failed")]
+    Migration {
+        version: i64,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("database error")]
+    Sqlite(#[from] rusqlite::Error),
+    /// The storage thread is gone (shutting down or crashed). Recovery: retry after restart.
+    #[error("storage thread is not running")]
+    Closed,
+}
+
+impl StoreError {
+    /// True when another writer held the database lock past the busy timeout (retry later).
+    pub fn is_busy(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Sqlite(rusqlite::Error::SqliteFailure(f, _))
+                if matches!(f.code, rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+        )
+    }
+
+    /// True for errors that a restart cannot fix: wrong/missing keys, plaintext or corrupt
+    /// database. The daemon exits 78 on these so systemd does not restart-loop.
+    pub fn is_config(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Plaintext { .. }
+                | StoreError::WrongKey { .. }
+                | StoreError::Corrupt { .. }
+                | StoreError::NoCipher
+                | StoreError::TooNew { .. }
+                | StoreError::Key(_)
+                | StoreError::NoTerritoryKey { .. }
+                | StoreError::KeyMismatch { .. }
+                | StoreError::Io { .. }
+        )
+    }
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
