@@ -1,8 +1,8 @@
 //! Cases: the `cases` and `medications` tables — open, list, read (the audited composite view
 //! the tablet shows), close, crypto-erase; the territory a patient or case belongs to.
 
-use super::observations::read_case_observations;
 use super::patients::{new_id, open_opt, seal_opt, utf8};
+use super::readings::read_case_observations;
 use super::{Db, Result, State, StoreError, audit, triage::read_triage};
 use crate::crypto::field::FieldLoc;
 use crate::model::{

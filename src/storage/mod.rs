@@ -7,7 +7,7 @@
 //!
 //! One file per aggregate, each owning its tables: `accounts` (users, sessions, break-glass),
 //! `patients`, `cases` (cases, medications, the case view), `devices`, `alarms`,
-//! `observations` (readings, the ingest batch, dead letters), `triage`, `outbox` (custody:
+//! `observations` (readings, the ingest batch, dead letters), `readings` (the row codec), `triage`, `outbox` (custody:
 //! sealing, receipts, purge), `audit` (the hash chain and its checkpoints), `keys` (key
 //! versions, data keys, rotation), `receiver` (the cloud receiver's own database); `open`
 //! (keying, refusal of plaintext or mis-keyed files, migrations), `schema`, `error`.
@@ -25,6 +25,7 @@ mod observations;
 mod open;
 mod outbox;
 mod patients;
+mod readings;
 pub mod receiver;
 pub mod schema;
 mod store;

@@ -453,7 +453,7 @@ fn case_export(st: &mut State, tx: &rusqlite::Connection, case_id: &str) -> Resu
         Some(pid) => Some(st.read_patient(tx, pid)?.patient),
         None => None,
     };
-    let readings = super::observations::read_case_observations(tx, &dk, case_id)?;
+    let readings = super::readings::read_case_observations(tx, &dk, case_id)?;
     let mut devices: Vec<(String, String)> = tx
         .prepare_cached(
             "SELECT d.id, d.kind FROM devices d WHERE d.id IN (SELECT DISTINCT device_id FROM observations WHERE case_id = ?1) ORDER BY d.id",

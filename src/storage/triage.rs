@@ -72,7 +72,7 @@ impl Db {
                 continue; // two devices at the same instant: the newest row wins
             }
             snap.latest
-                .push((code, super::observations::open_value(&dk, id, &ct)?));
+                .push((code, super::readings::open_value(&dk, id, &ct)?));
         }
         if let Some(ct) = cc {
             let p = dk.open(

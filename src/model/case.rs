@@ -1,0 +1,259 @@
+//! The case and what it holds: status, details, device readings and their rejects, the
+//! triage record, observations, and the export that becomes the FHIR bundle.
+
+use serde::{Deserialize, Serialize};
+
+use super::{Patient, Sex};
+
+/// Lifecycle of a case (an ambulance encounter).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CaseStatus {
+    Open,
+    HandedOff,
+    Closed,
+}
+
+impl CaseStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CaseStatus::Open => "open",
+            CaseStatus::HandedOff => "handed_off",
+            CaseStatus::Closed => "closed",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "open" => CaseStatus::Open,
+            "handed_off" => CaseStatus::HandedOff,
+            "closed" => CaseStatus::Closed,
+            _ => return None,
+        })
+    }
+}
+
+/// Clinical context of a case entered by the crew (PHI: encrypted at rest).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaseDetails {
+    pub chief_complaint: Option<String>,
+    pub mechanism: Option<String>,
+    /// Symptom onset, RFC 3339 or unix milliseconds as text.
+    pub onset: Option<String>,
+}
+
+/// A case as read back from the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Case {
+    pub id: String,
+    pub territory: String,
+    pub patient_id: Option<String>,
+    pub status: CaseStatus,
+    pub created_at_ms: i64,
+    pub closed_at_ms: Option<i64>,
+    pub details: CaseDetails,
+}
+
+/// Why a pack was rejected: a stable machine code, a human message and the record index.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reject {
+    pub code: RejectCode,
+    pub message: String,
+    /// 0-based index of the offending record, when one record is at fault.
+    pub record: Option<usize>,
+}
+
+impl Reject {
+    pub fn new(code: RejectCode, message: impl Into<String>, record: Option<usize>) -> Self {
+        Reject {
+            code,
+            message: message.into(),
+            record,
+        }
+    }
+
+    /// The JSON published on `…/rejects`: `{"code", "message", "record"}`.
+    pub fn to_json(&self) -> String {
+        serde_json::json!({ "code": self.code.as_str(), "message": self.message, "record": self.record }).to_string()
+    }
+}
+
+/// Stable reject codes (documented in README, Contract A).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RejectCode {
+    BadEncoding,
+    BadJson,
+    BadSenml,
+    EmptyPack,
+    TooManyRecords,
+    PayloadTooLarge,
+    UnknownName,
+    WrongUnit,
+    MissingValue,
+    BadValue,
+    UnsupportedValue,
+    OutOfRange,
+    MissingTime,
+    TimeInFuture,
+    TimeTooOld,
+    MustUnderstand,
+    UnknownDevice,
+    BadDeviceId,
+    RateLimited,
+}
+
+impl RejectCode {
+    pub const ALL: [RejectCode; 19] = [
+        RejectCode::BadEncoding,
+        RejectCode::BadJson,
+        RejectCode::BadSenml,
+        RejectCode::EmptyPack,
+        RejectCode::TooManyRecords,
+        RejectCode::PayloadTooLarge,
+        RejectCode::UnknownName,
+        RejectCode::WrongUnit,
+        RejectCode::MissingValue,
+        RejectCode::BadValue,
+        RejectCode::UnsupportedValue,
+        RejectCode::OutOfRange,
+        RejectCode::MissingTime,
+        RejectCode::TimeInFuture,
+        RejectCode::TimeTooOld,
+        RejectCode::MustUnderstand,
+        RejectCode::UnknownDevice,
+        RejectCode::BadDeviceId,
+        RejectCode::RateLimited,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RejectCode::BadEncoding => "BAD_ENCODING",
+            RejectCode::BadJson => "BAD_JSON",
+            RejectCode::BadSenml => "BAD_SENML",
+            RejectCode::EmptyPack => "EMPTY_PACK",
+            RejectCode::TooManyRecords => "TOO_MANY_RECORDS",
+            RejectCode::PayloadTooLarge => "PAYLOAD_TOO_LARGE",
+            RejectCode::UnknownName => "UNKNOWN_NAME",
+            RejectCode::WrongUnit => "WRONG_UNIT",
+            RejectCode::MissingValue => "MISSING_VALUE",
+            RejectCode::BadValue => "BAD_VALUE",
+            RejectCode::UnsupportedValue => "UNSUPPORTED_VALUE",
+            RejectCode::OutOfRange => "OUT_OF_RANGE",
+            RejectCode::MissingTime => "MISSING_TIME",
+            RejectCode::TimeInFuture => "TIME_IN_FUTURE",
+            RejectCode::TimeTooOld => "TIME_TOO_OLD",
+            RejectCode::MustUnderstand => "MUST_UNDERSTAND",
+            RejectCode::UnknownDevice => "UNKNOWN_DEVICE",
+            RejectCode::BadDeviceId => "BAD_DEVICE_ID",
+            RejectCode::RateLimited => "RATE_LIMITED",
+        }
+    }
+}
+
+/// One validated vital-sign reading from a device pack or manual entry.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reading {
+    /// Vocabulary name.
+    pub code: &'static str,
+    /// Numeric value; AVPU is stored as its index in [`AVPU_LEVELS`].
+    pub value: f64,
+    /// Device time, Unix milliseconds.
+    pub device_time_ms: i64,
+}
+
+/// What triage needs from a case's record: latest reading per vital, demographics, complaint.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CaseSnapshot {
+    /// `(vital name, value)` — the latest reading of each vital by device time.
+    pub latest: Vec<(String, f64)>,
+    pub age_years: Option<f64>,
+    pub sex: Option<Sex>,
+    pub chief_complaint: Option<String>,
+}
+
+/// A triage result to store with its case.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TriageRecord {
+    pub final_esi: u8,
+    pub rules_esi: u8,
+    pub model_esi: Option<u8>,
+    pub news2: Option<u8>,
+    pub specialty: Option<String>,
+    pub confidence: Option<f32>,
+    pub model_id: Option<String>,
+    pub model_hash: Option<String>,
+    /// `model`, `rules_override` or `rules_only`.
+    pub decider: &'static str,
+    pub abstained: Option<String>,
+    /// Human-readable reasons (PHI: stored encrypted).
+    pub reasons: Vec<String>,
+}
+
+/// A stored triage result.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredTriage {
+    pub id: i64,
+    pub created_at_ms: i64,
+    pub record: TriageRecord,
+}
+
+/// A decrypted vital-sign reading of a case (read by the crew and exported in bundles).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Observation {
+    /// Row id in the store.
+    pub id: i64,
+    pub device_id: Option<String>,
+    /// Vital name from the vocabulary (`heart_rate`, …).
+    pub code: String,
+    pub value: f64,
+    pub device_time_ms: i64,
+    pub recv_time_ms: i64,
+    /// `device` or `manual`.
+    pub source: String,
+}
+
+/// One audit-log entry about the case, as exported (no details: they stay on the appliance).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExportAudit {
+    pub seq: i64,
+    pub ts_ms: i64,
+    pub actor: String,
+    pub role: String,
+    pub action: String,
+    pub resource: String,
+    pub outcome: String,
+    pub hash: [u8; 32],
+}
+
+/// The latest signed audit checkpoint at export time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExportCheckpoint {
+    pub seq: i64,
+    pub ts_ms: i64,
+    pub hash: [u8; 32],
+    pub key_id: String,
+    pub signature: Vec<u8>,
+}
+
+/// Everything a sealed case bundle carries, decrypted, gathered in one storage transaction.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CaseExport {
+    pub appliance_id: String,
+    pub case_id: String,
+    pub territory: String,
+    /// `open`, `handed_off` or `closed`.
+    pub status: String,
+    pub created_at_ms: i64,
+    pub closed_at_ms: Option<i64>,
+    pub patient_id: Option<String>,
+    pub patient: Option<Patient>,
+    pub chief_complaint: Option<String>,
+    pub mechanism: Option<String>,
+    pub onset: Option<String>,
+    /// `(device id, kind)` of every device with readings in the bundle.
+    pub devices: Vec<(String, String)>,
+    pub readings: Vec<Observation>,
+    pub triage: Option<StoredTriage>,
+    pub audit: Vec<ExportAudit>,
+    pub checkpoint: Option<ExportCheckpoint>,
+}

@@ -1,0 +1,126 @@
+//! Plain domain types shared by every module: no IO here.
+//!
+//! The patient shape follows the seed record (SYSTEM.md §3) plus `mrn` and `sex`, which search
+//! and triage need. Unknown fields are rejected wherever these types are deserialised.
+//!
+//! Files: `people` (actors, roles, audit events), `patient`, `case` (status, readings,
+//! triage, observations, export).
+
+mod case;
+mod patient;
+mod people;
+
+pub use case::{
+    Case, CaseDetails, CaseExport, CaseSnapshot, CaseStatus, ExportAudit, ExportCheckpoint,
+    Observation, Reading, Reject, RejectCode, StoredTriage, TriageRecord,
+};
+pub use patient::{
+    Address, Insurance, InvalidPhi, Patient, Sex, StoredPatient, age_years, is_valid_date,
+};
+pub use people::{Actor, AuditEvent, Outcome, Role, validate_user};
+
+/// RFC 3339 UTC timestamp with milliseconds (`2026-11-23T08:15:00.123Z`) from Unix ms.
+pub fn iso8601_ms(ms: i64) -> String {
+    let days = ms.div_euclid(86_400_000);
+    let rem = ms.rem_euclid(86_400_000);
+    // civil-from-days (Howard Hinnant).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3_600_000,
+        rem / 60_000 % 60,
+        rem / 1000 % 60,
+        rem % 1000
+    )
+}
+
+/// Valid territory, device and appliance identifiers: `[A-Za-z0-9._-]{1,64}`.
+pub fn is_valid_ident(s: &str) -> bool {
+    (1..=64).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+}
+
+/// Wall-clock milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates_are_calendar_checked() {
+        for ok in ["2000-02-29", "1999-12-31", "2024-01-01"] {
+            assert!(is_valid_date(ok), "{ok}");
+        }
+        for bad in [
+            "1900-02-29",
+            "2023-02-29",
+            "2023-13-01",
+            "2023-04-31",
+            "23-01-01",
+            "2023/01/01",
+            "2023-1-01",
+        ] {
+            assert!(!is_valid_date(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn partial_patients_validate_and_bad_fields_are_named() {
+        assert!(Patient::default().validate().is_ok());
+        let p = Patient {
+            ssn: Some("123-45-678".into()),
+            ..Default::default()
+        };
+        assert_eq!(p.validate().unwrap_err().field, "ssn");
+        let p = Patient {
+            address: Some(Address {
+                zip: Some("1234".into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert_eq!(p.validate().unwrap_err().field, "address.zip");
+        let p = Patient {
+            email: Some("a@b".into()),
+            ..Default::default()
+        };
+        assert_eq!(p.validate().unwrap_err().field, "email");
+    }
+
+    #[test]
+    fn ages_from_birth_dates() {
+        let now = 1_700_000_000_000; // 2023-11-14
+        assert!((age_years("1970-01-01", now).unwrap() - 53.87).abs() < 0.01);
+        assert!(age_years("2023-11-01", now).unwrap() < 0.05);
+        assert_eq!(age_years("2030-01-01", now), None);
+        assert_eq!(age_years("bad", now), None);
+    }
+
+    #[test]
+    fn iso_timestamps() {
+        assert_eq!(iso8601_ms(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(iso8601_ms(1_700_000_000_123), "2023-11-14T22:13:20.123Z");
+        assert_eq!(iso8601_ms(951_782_400_000), "2000-02-29T00:00:00.000Z");
+    }
+
+    #[test]
+    fn unknown_patient_fields_are_rejected() {
+        let e = serde_json::from_str::<Patient>(r#"{"last_name":"X","nickname":"Y"}"#).unwrap_err();
+        assert!(e.to_string().contains("nickname"));
+    }
+}
