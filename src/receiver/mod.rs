@@ -23,6 +23,7 @@ use crate::crypto::keyring::{KeyError, KeySources, write_secret};
 use crate::crypto::seal::{self, Receipt, ReceiptStatus, RecipientSecretKey};
 use crate::crypto::sign::{PublicKey, SigningKey};
 use crate::storage::receiver::{ReceivedBundle, ReceiverDb, StoreOutcome};
+use crate::storage::{Owned, Owner};
 use crate::sync::{ReceiverKeys, transport};
 
 pub const HPKE_KEY: &str = "receiver-hpke.key";
@@ -267,13 +268,22 @@ pub struct Counters {
     pub rejects: u64,
 }
 
+impl Counters {
+    fn add(&mut self, d: &Counters) {
+        self.stored += d.stored;
+        self.duplicates += d.duplicates;
+        self.conflicts += d.conflicts;
+        self.rejects += d.rejects;
+    }
+}
+
 /// Runs the receiver until `shutdown`.
 pub async fn run(
     cfg: ReceiverConfig,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<Counters, ReceiverError> {
     let keys = Keys::load(&cfg.keys_dir)?;
-    let mut db = ReceiverDb::open(&cfg.database, &keys.db_key, &keys.db_key_path)?;
+    let db = ReceiverDb::open(&cfg.database, &keys.db_key, &keys.db_key_path)?;
     let broker = cfg.broker_url()?;
     let tls = crate::tls::for_broker(
         broker.tls,
@@ -291,6 +301,64 @@ pub async fn run(
     });
     let filter = format!("$share/{}/hema3n/v1/edge/+/bundles", cfg.share_group);
     tracing::info!(receiver_id = %cfg.receiver_id, broker = %cfg.broker, filter = %filter, "receiver starting");
+    // Verifying, opening and storing run on the database's owner thread (`receiver-db`), never
+    // in this async loop, which only moves packets and acks.
+    let (custody, thread) = Owner::spawn(
+        Custody {
+            db,
+            keys,
+            key_cache: HashMap::new(),
+        },
+        CUSTODY_QUEUE,
+    );
+    let r = serve(
+        &cfg,
+        &custody,
+        &client_id,
+        &broker,
+        tls,
+        &filter,
+        &mut shutdown,
+    )
+    .await;
+    drop(custody);
+    let joined = tokio::task::spawn_blocking(move || thread.join()).await;
+    if !matches!(joined, Ok(Ok(()))) {
+        return Err(ReceiverError::Io(
+            "the receiver database thread panicked".into(),
+        ));
+    }
+    r
+}
+
+/// Jobs queued for the receiver's database thread (one per batch of envelopes).
+const CUSTODY_QUEUE: usize = 4;
+
+/// The receiver's database and keys, held by one thread.
+struct Custody {
+    db: ReceiverDb,
+    keys: Keys,
+    /// Appliance public keys already read from the database.
+    key_cache: HashMap<String, PublicKey>,
+}
+
+impl Owned for Custody {
+    const THREAD: &'static str = "receiver-db";
+    fn close(&mut self) {
+        tracing::info!("receiver database closed");
+    }
+}
+
+/// Connections to the cloud broker until shutdown, reconnecting with the shared back-off.
+async fn serve(
+    cfg: &ReceiverConfig,
+    custody: &Owner<Custody>,
+    client_id: &str,
+    broker: &crate::config::BrokerUrl,
+    tls: Option<crate::tls::ClientConfig>,
+    filter: &str,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<Counters, ReceiverError> {
     let mut counters = Counters::default();
     let mut backoff = Backoff::new(
         Duration::from_millis(cfg.reconnect_min_ms.max(10)),
@@ -298,19 +366,13 @@ pub async fn run(
     );
     loop {
         let (client, mut ev) =
-            transport::client(&client_id, &broker, tls.clone(), cfg.keep_alive_secs, 4096);
-        let r = session(
-            &cfg,
-            &keys,
-            &mut db,
-            &client,
-            &mut ev,
-            &filter,
-            &mut counters,
-            &mut shutdown,
-            &mut backoff,
-        )
-        .await?;
+            transport::client(client_id, broker, tls.clone(), cfg.keep_alive_secs, 4096);
+        let link = Link {
+            client: &client,
+            ev: &mut ev,
+            filter,
+        };
+        let r = session(cfg, custody, link, &mut counters, shutdown, &mut backoff).await?;
         match r {
             None => return Ok(counters),
             Some(why) => {
@@ -325,20 +387,24 @@ pub async fn run(
     }
 }
 
+/// One connection to the cloud broker.
+struct Link<'a> {
+    client: &'a AsyncClient,
+    ev: &'a mut EventLoop,
+    /// The shared subscription.
+    filter: &'a str,
+}
+
 /// One connection. `Ok(None)` on shutdown, `Ok(Some(reason))` when the connection was lost.
-#[allow(clippy::too_many_arguments)]
 async fn session(
     cfg: &ReceiverConfig,
-    keys: &Keys,
-    db: &mut ReceiverDb,
-    client: &AsyncClient,
-    ev: &mut EventLoop,
-    filter: &str,
+    custody: &Owner<Custody>,
+    link: Link<'_>,
     counters: &mut Counters,
     shutdown: &mut watch::Receiver<bool>,
     backoff: &mut Backoff,
 ) -> Result<Option<String>, ReceiverError> {
-    let mut key_cache: HashMap<String, PublicKey> = HashMap::new();
+    let Link { client, ev, filter } = link;
     let mut pending: Vec<Publish> = Vec::new();
     // Receipts and acks waiting for room in the client's request queue (in order).
     let mut out: VecDeque<Out> = VecDeque::new();
@@ -388,7 +454,9 @@ async fn session(
         }
         if !pending.is_empty() {
             let batch = std::mem::take(&mut pending);
-            process(keys, db, &batch, &mut key_cache, counters, &mut out)?;
+            let (outs, delta) = custody.call(move |c| Ok(process(c, &batch))).await??;
+            counters.add(&delta);
+            out.extend(outs);
             flush(client, &mut out);
         }
         if let Some(why) = lost {
@@ -432,16 +500,19 @@ fn flush(client: &AsyncClient, out: &mut VecDeque<Out>) {
     }
 }
 
-/// Verifies, opens and stores a batch; queues the receipts (after the commit) and then the
-/// acks on `out`.
+/// On the database thread: verifies, opens and stores a batch; returns the receipts (made after
+/// the commit) and then the acks, in the order to send them, and what happened.
 fn process(
-    keys: &Keys,
-    db: &mut ReceiverDb,
+    custody: &mut Custody,
     batch: &[Publish],
-    key_cache: &mut HashMap<String, PublicKey>,
-    counters: &mut Counters,
-    out: &mut VecDeque<Out>,
-) -> Result<(), ReceiverError> {
+) -> Result<(Vec<Out>, Counters), ReceiverError> {
+    let Custody {
+        db,
+        keys,
+        key_cache,
+    } = custody;
+    let mut counters = Counters::default();
+    let mut out = Vec::new();
     let mut accepted: Vec<(usize, ReceivedBundle)> = Vec::new();
     let mut rejects = Vec::new();
     for (i, p) in batch.iter().enumerate() {
@@ -508,16 +579,16 @@ fn process(
             content_type: Some("application/vnd.hema3n.receipt.v1".into()),
             ..Default::default()
         };
-        out.push_back(Out::Receipt {
+        out.push(Out::Receipt {
             topic,
             bytes: receipt,
             props,
         });
     }
     for p in batch {
-        out.push_back(Out::Ack(p.clone()));
+        out.push(Out::Ack(p.clone()));
     }
-    Ok(())
+    Ok((out, counters))
 }
 
 type Reject = (Option<String>, &'static str, String);

@@ -1,49 +1,76 @@
-//! [`Store`]: the async handle of the database. One owner thread runs jobs sent over a
-//! bounded channel and answers each on a oneshot; no database lock is ever held in async code.
+//! The owner thread of a database: one thread holds the value (a [`Db`], the receiver's
+//! database) and runs jobs sent over a bounded channel, answering each on a oneshot. Async
+//! code reaches it only through [`Owner::call`]; no database lock is ever held in async code.
 
 use tokio::sync::{mpsc, oneshot};
 
 use super::{Db, Result, StoreError};
 
-type Job = Box<dyn FnOnce(&mut Db) + Send>;
-
-/// Async handle to the storage owner thread. Cloning is cheap; the thread ends when the last
-/// handle is dropped, after checkpointing the WAL.
-#[derive(Clone)]
-pub struct Store {
-    /// Jobs for the owner thread, which holds the receiving end.
-    jobs: mpsc::Sender<Job>,
+/// What an owner thread holds.
+pub trait Owned: Send + 'static {
+    /// The thread's name (shown by `ps`, `top -H`, the journal).
+    const THREAD: &'static str;
+    /// Runs on the thread after the last handle is gone (e.g. a final WAL checkpoint).
+    fn close(&mut self);
 }
 
-impl Store {
-    /// Moves `db` onto its own thread. Returns the handle and the thread to join at shutdown.
-    pub fn spawn(db: Db, capacity: usize) -> (Store, std::thread::JoinHandle<()>) {
-        let (tx, mut rx) = mpsc::channel::<Job>(capacity);
+type Job<T> = Box<dyn FnOnce(&mut T) + Send>;
+
+/// Async handle to an owner thread. Cloning is cheap; the thread ends when the last handle is
+/// dropped, after [`Owned::close`].
+pub struct Owner<T> {
+    /// Jobs for the owner thread, which holds the receiving end.
+    jobs: mpsc::Sender<Job<T>>,
+}
+
+impl<T> Clone for Owner<T> {
+    fn clone(&self) -> Self {
+        Owner {
+            jobs: self.jobs.clone(),
+        }
+    }
+}
+
+/// The appliance's store: its [`Db`] on the `storage` thread.
+pub type Store = Owner<Db>;
+
+impl Owned for Db {
+    const THREAD: &'static str = "storage";
+    fn close(&mut self) {
+        if let Err(e) = self.wal_checkpoint() {
+            tracing::warn!(error = %e, "final WAL checkpoint failed");
+        }
+        tracing::info!("storage closed");
+    }
+}
+
+impl<T: Owned> Owner<T> {
+    /// Moves `value` onto its own thread with a queue of `capacity` jobs. Returns the handle
+    /// and the thread to join at shutdown.
+    pub fn spawn(value: T, capacity: usize) -> (Owner<T>, std::thread::JoinHandle<()>) {
+        let (tx, mut rx) = mpsc::channel::<Job<T>>(capacity);
         let handle = std::thread::Builder::new()
-            .name("storage".into())
+            .name(T::THREAD.into())
             .spawn(move || {
-                let mut db = db;
+                let mut value = value;
                 while let Some(job) = rx.blocking_recv() {
-                    job(&mut db);
+                    job(&mut value);
                 }
-                if let Err(e) = db.wal_checkpoint() {
-                    tracing::warn!(error = %e, "final WAL checkpoint failed");
-                }
-                tracing::info!("storage closed");
+                value.close();
             })
-            .expect("spawn storage thread");
-        (Store { jobs: tx }, handle)
+            .expect("spawn an owner thread");
+        (Owner { jobs: tx }, handle)
     }
 
     /// Runs `f` on the owner thread and returns its result. Waits when the queue is full.
     pub async fn call<R, F>(&self, f: F) -> Result<R>
     where
         R: Send + 'static,
-        F: FnOnce(&mut Db) -> Result<R> + Send + 'static,
+        F: FnOnce(&mut T) -> Result<R> + Send + 'static,
     {
         let (reply, rx) = oneshot::channel();
-        let job: Job = Box::new(move |db| {
-            let _ = reply.send(f(db));
+        let job: Job<T> = Box::new(move |v| {
+            let _ = reply.send(f(v));
         });
         self.jobs.send(job).await.map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?
