@@ -1,20 +1,25 @@
 //! HEMA3N Edge: the in-ambulance appliance daemon and its CLI.
 //!
-//! Codemap (see README.md for the invariants):
+//! Codemap (README.md has the same map and the invariants tidy enforces):
+//! - [`app`]: the supervisor — the only place that spawns long-running tasks and creates the
+//!   channels between them; `serve(config, shutdown)`, staged shutdown, watchdog health.
 //! - [`config`]: base TOML + drop-ins, validated; no secrets.
-//! - [`model`]: plain domain types.
+//! - [`model`]: plain domain types (people, patient, case); [`vocab`]: the vital-sign
+//!   vocabulary and its one value check.
 //! - [`crypto`]: the only user of `ring` and `hpke`: field encryption, key hierarchy, blind
 //!   indexes, signing, sealed bundle envelopes and receipts.
-//! - [`storage`]: the only user of `rusqlite`: SQLCipher store, migrations, repos, audit chain.
+//! - [`storage`]: the only user of `rusqlite`: one file per aggregate, the owner thread.
 //! - [`ingest`]: field devices over MQTT (Contract A).
 //! - [`triage`]: rules engine and the ONNX model (the only user of `ort`).
-//! - [`sync`]: FHIR bundles, the outbox forwarder and custody receipts (Contract C).
+//! - [`sync`]: FHIR bundles, the sealer, the forwarder state machine (Contract C).
 //! - [`receiver`]: the cloud receiver behind `hema3n-receiver`.
-//! - [`tls`]: the only user of `rustls`.
-//! - [`host`]: free disk space (the only user of `libc`).
-//! - [`systemd`]: sd_notify, watchdog, journald detection.
-//! - [`app`]: the only place that spawns long-running tasks; `run` wires everything together.
-//! - [`cli`]: subcommands other than `run`.
+//! - [`api`]: the crew tablet's HTTPS API and UI (the only user of `axum` and `hyper`).
+//! - [`events`]: the live-event bus (ingest, triage, alarms → tablet streams, D-Bus signals).
+//! - [`dbus`]: `org.hema3n.Edge1` and the NetworkManager follower (the only user of `zbus`).
+//! - [`disk`]: the disk-pressure alarm; [`host`]: free disk space (the only user of `libc`).
+//! - [`backoff`]: the one reconnect back-off; [`report`]: the one error-chain printer.
+//! - [`tls`]: the only user of `rustls`; [`systemd`]: sd_notify, watchdog, journald.
+//! - [`cli`]: the command line and every subcommand other than `run`.
 
 pub mod api;
 pub mod app;

@@ -3,15 +3,19 @@
 //! Each returns the process exit code: 0 ok, 1 failure, 78 setup/configuration error; this file
 //! holds the shared failure type.
 
+mod args;
 mod audit;
 mod debug;
+mod dispatch;
 mod keys;
 mod records;
 mod setup;
 mod users;
 
+pub use args::Args;
 pub use audit::{audit_checkpoint, audit_verify};
 pub use debug::{debug_bundle_vectors, debug_soak, simulate};
+pub use dispatch::main;
 pub use keys::{
     keys_export_public, keys_import_receiver, keys_list, keys_retire, keys_rewrap, keys_rotate,
 };

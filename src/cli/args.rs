@@ -1,0 +1,275 @@
+//! The command line: every subcommand and flag of `hema3n-edge` (clap definitions only).
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "hema3n-edge",
+    version,
+    about = "HEMA3N Edge appliance daemon and administration CLI"
+)]
+pub struct Args {
+    /// Base configuration file; drop-ins are read from `edge.d/` beside it.
+    #[arg(long, global = true, env = "HEMA3N_CONFIG", value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// Print the effective configuration (defaults, file and drop-ins merged) and exit.
+    #[arg(long, global = true)]
+    pub print_config: bool,
+    #[command(subcommand)]
+    pub cmd: Option<Cmd>,
+}
+
+#[derive(Subcommand)]
+pub enum Cmd {
+    /// Run the daemon (systemd Type=notify).
+    Run,
+    /// Create a data directory with keys, config and database for a development machine.
+    Init {
+        #[arg(long, value_name = "DIR")]
+        data_dir: PathBuf,
+        /// Appliance (vehicle) id written into the new config.
+        #[arg(long, default_value = "hema3n-dev")]
+        appliance_id: String,
+        /// Default territory; its first key version is created.
+        #[arg(long, default_value = "default")]
+        territory: String,
+    },
+    /// Diagnose configuration, keys and database.
+    Check,
+    /// Key management.
+    Keys {
+        #[command(subcommand)]
+        cmd: KeysCmd,
+    },
+    /// Audit log tools.
+    Audit {
+        #[command(subcommand)]
+        cmd: AuditCmd,
+    },
+    /// Field devices: registry, broker credentials, binding to cases.
+    Devices {
+        #[command(subcommand)]
+        cmd: DevicesCmd,
+    },
+    /// Triage results of a case.
+    Triage {
+        #[command(subcommand)]
+        cmd: TriageCmd,
+    },
+    /// Cases: open one, close one (its bundle is then sealed and queued for the cloud).
+    Cases {
+        #[command(subcommand)]
+        cmd: CasesCmd,
+    },
+    /// The outbox of sealed bundles and its custody state.
+    Outbox {
+        #[command(subcommand)]
+        cmd: OutboxCmd,
+    },
+    /// Crew accounts for the tablet (PIN/password read from stdin, one line).
+    Users {
+        #[command(subcommand)]
+        cmd: UsersCmd,
+    },
+    /// Simulated field devices publishing SenML vitals that follow clinical scenarios.
+    Simulate(SimArgs),
+    /// Diagnostics and soak workloads for operators and test harnesses.
+    #[command(hide = true)]
+    Debug {
+        #[command(subcommand)]
+        cmd: DebugCmd,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum KeysCmd {
+    /// Create a new territory key version and re-wrap data keys under it.
+    Rotate {
+        #[arg(long)]
+        territory: Option<String>,
+        /// Only create the version; leave re-wrapping to `keys rewrap`.
+        #[arg(long)]
+        no_rewrap: bool,
+    },
+    /// Re-wrap every data key of a territory under its current key version.
+    Rewrap {
+        #[arg(long)]
+        territory: Option<String>,
+    },
+    /// Retire an old territory key version once no data key uses it.
+    Retire {
+        #[arg(long)]
+        territory: Option<String>,
+        #[arg(long)]
+        version: u32,
+    },
+    /// List territory key versions and their use.
+    List,
+    /// Print the appliance public signing key (PEM).
+    ExportPublic {
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
+    /// Install the cloud receiver's public keys (from `hema3n-receiver export-public`).
+    ImportReceiver {
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum UsersCmd {
+    /// Add a personal account; reads its PIN/password (6-128 characters) from stdin.
+    Add {
+        id: String,
+        /// Name shown on the tablet.
+        #[arg(long)]
+        name: String,
+        /// paramedic, emt, staff, supervisor or admin.
+        #[arg(long)]
+        role: String,
+        #[arg(long)]
+        territory: Option<String>,
+    },
+    /// Disable an account (its sessions end at once).
+    Disable { id: String },
+    /// Re-enable an account.
+    Enable { id: String },
+    /// Replace an account's PIN/password (stdin); its sessions end.
+    SetSecret { id: String },
+    /// List accounts (never secrets).
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum CasesCmd {
+    /// Open a case (optionally with a chief complaint); prints its id.
+    Open {
+        #[arg(long)]
+        territory: Option<String>,
+        #[arg(long)]
+        chief_complaint: Option<String>,
+    },
+    /// Close a case: the daemon seals its FHIR bundle and sends it to the cloud.
+    Close { case: String },
+}
+
+#[derive(Subcommand)]
+pub enum OutboxCmd {
+    /// Counts by custody state (queued, sent, receipted, purged) and the oldest pending row.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// The most recent rows, newest first.
+    List {
+        #[arg(long, default_value_t = 20)]
+        last: usize,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum AuditCmd {
+    /// Verify the hash chain, MACs, signed checkpoints and head; exit 1 naming the first bad entry.
+    Verify {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Sign a checkpoint over the current head now.
+    Checkpoint,
+}
+
+#[derive(Subcommand)]
+pub enum DevicesCmd {
+    /// Register a device and print its broker password (once).
+    Add {
+        id: String,
+        #[arg(long, default_value = "monitor")]
+        kind: String,
+        #[arg(long)]
+        territory: Option<String>,
+    },
+    /// Remove a device (its readings are kept).
+    Remove { id: String },
+    /// List registered devices.
+    List,
+    /// Bind a device to a case; `--attach-unbound` moves readings it sent while unbound.
+    Bind {
+        device: String,
+        case: String,
+        #[arg(long)]
+        attach_unbound: bool,
+    },
+    /// Unbind a device from its case.
+    Unbind { device: String },
+}
+
+#[derive(Subcommand)]
+pub enum TriageCmd {
+    /// Show the latest triage of a case with its reasons.
+    Show {
+        case: String,
+        /// How many results to list (newest first).
+        #[arg(long, default_value_t = 1)]
+        last: usize,
+    },
+}
+
+#[derive(clap::Args)]
+pub struct SimArgs {
+    /// On-board broker; default: mqtt.broker from the config.
+    #[arg(long)]
+    pub broker: Option<String>,
+    #[arg(long, default_value_t = 1)]
+    pub devices: usize,
+    #[arg(long, default_value = "sim-")]
+    pub device_prefix: String,
+    /// stable, sepsis, shock, hypoglycaemia, head-injury, or mixed (one per device in turn).
+    #[arg(long, default_value = "mixed")]
+    pub scenario: String,
+    /// Milliseconds between packs of one device (0 = as fast as the broker accepts).
+    #[arg(long, default_value_t = 1000)]
+    pub interval_ms: u64,
+    /// Packs per device (0 = until --duration-secs, or forever).
+    #[arg(long, default_value_t = 0)]
+    pub count: u64,
+    #[arg(long)]
+    pub duration_secs: Option<u64>,
+    /// Seconds a scenario takes from its start to its end state.
+    #[arg(long, default_value_t = 600.0)]
+    pub scenario_secs: f64,
+    /// Readings per pack, 1-11.
+    #[arg(long, default_value_t = 11)]
+    pub readings_per_pack: usize,
+    /// Comma-separated: bad-units, garbage, duplicates, clock-skew.
+    #[arg(long, value_delimiter = ',')]
+    pub faults: Vec<String>,
+    /// Probability that a pack carries one of the faults.
+    #[arg(long, default_value_t = 0.1)]
+    pub fault_rate: f64,
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Broker credentials for every simulated device (user = device id when omitted).
+    #[arg(long)]
+    pub username: Option<String>,
+    #[arg(long, env = "HEMA3N_SIM_PASSWORD", hide_env_values = true)]
+    pub password: Option<String>,
+}
+
+#[derive(Subcommand)]
+pub enum DebugCmd {
+    /// Print fresh envelope and receipt test vectors for docs/bundle-format.md.
+    BundleVectors,
+    /// Write patients and cases, printing each id after COMMIT (0 = until killed).
+    Soak {
+        #[arg(long, default_value_t = 0)]
+        count: u64,
+        #[arg(long, default_value = "Soakington")]
+        last_name: String,
+    },
+}

@@ -1,0 +1,206 @@
+//! Dispatch: loads the configuration (or prints it), starts logging, runs the subcommand and
+//! turns its result into the exit code (errors printed with their whole cause chain).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use super::args::*;
+use super::{self as cli, EXIT_CONFIG, Failure};
+use crate::config::{Config, DEFAULT_CONFIG_PATH};
+
+/// Runs the command `args` names and returns the process exit code.
+pub fn main(args: Args) -> ExitCode {
+    if let Some(Cmd::Init {
+        data_dir,
+        appliance_id,
+        territory,
+    }) = &args.cmd
+    {
+        crate::systemd::init_logging(&Default::default());
+        return finish(cli::init(data_dir, appliance_id, territory));
+    }
+    let (path, explicit) = match &args.config {
+        Some(p) => (p.clone(), true),
+        None => (PathBuf::from(DEFAULT_CONFIG_PATH), false),
+    };
+    let (cfg, prov) = match Config::load(&path, explicit) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!(
+                "hema3n-edge: configuration error: {}",
+                anyhow::Error::from(e)
+                    .chain()
+                    .map(|c| c.to_string())
+                    .collect::<Vec<_>>()
+                    .join(": ")
+            );
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    if args.print_config {
+        let from = if prov.files.is_empty() {
+            "embedded defaults".into()
+        } else {
+            prov.files
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        print!("# effective configuration from: {from}\n{}", cfg.to_toml());
+        return ExitCode::SUCCESS;
+    }
+    crate::systemd::init_logging(&cfg.log);
+    let territory = |t: &Option<String>| t.clone().unwrap_or_else(|| cfg.default_territory.clone());
+    let r = match &args.cmd {
+        None => {
+            eprintln!("hema3n-edge: no command given; try `hema3n-edge --help`");
+            return ExitCode::from(2);
+        }
+        Some(Cmd::Init { .. }) => unreachable!("handled above"),
+        Some(Cmd::Run) => {
+            return match crate::app::run(cfg) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    let code = e.exit_code();
+                    tracing::error!(error = %crate::report::Chain(&e), code, "daemon stopped");
+                    finish(Err(Failure {
+                        code,
+                        error: e.into(),
+                    }))
+                }
+            };
+        }
+        Some(Cmd::Check) => cli::check(&cfg, &prov.files),
+        Some(Cmd::Keys { cmd }) => match cmd {
+            KeysCmd::Rotate {
+                territory: t,
+                no_rewrap,
+            } => cli::keys_rotate(&cfg, &territory(t), *no_rewrap),
+            KeysCmd::Rewrap { territory: t } => cli::keys_rewrap(&cfg, &territory(t)),
+            KeysCmd::Retire {
+                territory: t,
+                version,
+            } => cli::keys_retire(&cfg, &territory(t), *version),
+            KeysCmd::List => cli::keys_list(&cfg),
+            KeysCmd::ExportPublic { out } => cli::keys_export_public(&cfg, out.as_deref()),
+            KeysCmd::ImportReceiver { file } => cli::keys_import_receiver(&cfg, file),
+        },
+        Some(Cmd::Audit { cmd }) => match cmd {
+            AuditCmd::Verify { json } => cli::audit_verify(&cfg, *json),
+            AuditCmd::Checkpoint => cli::audit_checkpoint(&cfg),
+        },
+        Some(Cmd::Debug {
+            cmd: DebugCmd::BundleVectors,
+        }) => cli::debug_bundle_vectors(),
+        Some(Cmd::Debug {
+            cmd: DebugCmd::Soak { count, last_name },
+        }) => cli::debug_soak(&cfg, *count, last_name),
+        Some(Cmd::Devices { cmd }) => match cmd {
+            DevicesCmd::Add {
+                id,
+                kind,
+                territory: t,
+            } => cli::devices_add(&cfg, id, kind, &territory(t)),
+            DevicesCmd::Remove { id } => cli::devices_remove(&cfg, id),
+            DevicesCmd::List => cli::devices_list(&cfg),
+            DevicesCmd::Bind {
+                device,
+                case,
+                attach_unbound,
+            } => cli::devices_bind(&cfg, device, case, *attach_unbound),
+            DevicesCmd::Unbind { device } => cli::devices_unbind(&cfg, device),
+        },
+        Some(Cmd::Users { cmd }) => match cmd {
+            UsersCmd::Add {
+                id,
+                name,
+                role,
+                territory: t,
+            } => cli::users_add(&cfg, id, name, role, &territory(t)),
+            UsersCmd::Disable { id } => cli::users_disable(&cfg, id, true),
+            UsersCmd::Enable { id } => cli::users_disable(&cfg, id, false),
+            UsersCmd::SetSecret { id } => cli::users_set_secret(&cfg, id),
+            UsersCmd::List { json } => cli::users_list(&cfg, *json),
+        },
+        Some(Cmd::Cases { cmd }) => match cmd {
+            CasesCmd::Open {
+                territory: t,
+                chief_complaint,
+            } => cli::cases_open(&cfg, &territory(t), chief_complaint.as_deref()),
+            CasesCmd::Close { case } => cli::cases_close(&cfg, case),
+        },
+        Some(Cmd::Outbox { cmd }) => match cmd {
+            OutboxCmd::Status { json } => cli::outbox_status(&cfg, *json),
+            OutboxCmd::List { last } => cli::outbox_list(&cfg, *last),
+        },
+        Some(Cmd::Triage {
+            cmd: TriageCmd::Show { case, last },
+        }) => cli::triage_show(&cfg, case, *last),
+        Some(Cmd::Simulate(a)) => match sim_options(&cfg, a) {
+            Ok(o) => cli::simulate(o),
+            Err(e) => Err(Failure { code: 2, error: e }),
+        },
+    };
+    finish(r)
+}
+
+fn sim_options(cfg: &Config, a: &SimArgs) -> anyhow::Result<crate::ingest::simulate::SimOptions> {
+    use crate::ingest::simulate::{Fault, Scenario, SimOptions};
+    let url = a.broker.clone().unwrap_or_else(|| cfg.mqtt.broker.clone());
+    let (host, port) = crate::config::parse_mqtt_url(&url)
+        .ok_or_else(|| anyhow::anyhow!("--broker `{url}` is not mqtt://host:port"))?;
+    let scenario = match a.scenario.as_str() {
+        "mixed" => None,
+        s => Some(Scenario::parse(s).ok_or_else(|| {
+            anyhow::anyhow!(
+                "unknown scenario `{s}` (stable, sepsis, shock, hypoglycaemia, head-injury, mixed)"
+            )
+        })?),
+    };
+    let faults = a
+        .faults
+        .iter()
+        .filter(|f| !f.is_empty())
+        .map(|f| {
+            Fault::parse(f).ok_or_else(|| {
+                anyhow::anyhow!("unknown fault `{f}` (bad-units, garbage, duplicates, clock-skew)")
+            })
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    if !(1..=11).contains(&a.readings_per_pack) {
+        anyhow::bail!("--readings-per-pack must be 1-11");
+    }
+    Ok(SimOptions {
+        host,
+        port,
+        devices: a.devices,
+        device_prefix: a.device_prefix.clone(),
+        scenario,
+        interval: std::time::Duration::from_millis(a.interval_ms),
+        count: a.count,
+        duration: a.duration_secs.map(std::time::Duration::from_secs),
+        scenario_secs: a.scenario_secs.max(1.0),
+        readings_per_pack: a.readings_per_pack,
+        faults,
+        fault_rate: a.fault_rate.clamp(0.0, 1.0),
+        seed: a.seed,
+        credentials: a
+            .password
+            .clone()
+            .map(|p| (a.username.clone().unwrap_or_default(), p)),
+    })
+}
+
+fn finish(r: cli::CmdResult) -> ExitCode {
+    match r {
+        Ok(code) => ExitCode::from(code),
+        Err(Failure { code, error }) => {
+            eprintln!(
+                "hema3n-edge: error: {}",
+                crate::report::Chain(error.as_ref())
+            );
+            ExitCode::from(code)
+        }
+    }
+}

@@ -1,0 +1,230 @@
+//! Custody on the receiver's database thread: verify, open and store a batch of envelopes in
+//! one transaction, then sign the receipts; rejects are stored with their reason and never
+//! receipted.
+
+use crate::crypto::seal::{self, Receipt, ReceiptStatus};
+use crate::crypto::sign::PublicKey;
+use crate::storage::Owned;
+use crate::storage::receiver::{ReceivedBundle, ReceiverDb, StoreOutcome};
+use crate::sync::transport;
+use rumqttc::v5::mqttbytes::v5::{Publish, PublishProperties};
+use std::collections::HashMap;
+
+use super::{Keys, ReceiverError};
+
+/// Counters of one receiver run.
+#[derive(Debug, Default, Clone)]
+pub struct Counters {
+    pub stored: u64,
+    pub duplicates: u64,
+    pub conflicts: u64,
+    pub rejects: u64,
+}
+
+impl Counters {
+    pub(super) fn add(&mut self, d: &Counters) {
+        self.stored += d.stored;
+        self.duplicates += d.duplicates;
+        self.conflicts += d.conflicts;
+        self.rejects += d.rejects;
+    }
+}
+
+/// Jobs queued for the receiver's database thread (one per batch of envelopes).
+pub(super) const CUSTODY_QUEUE: usize = 4;
+
+/// The receiver's database and keys, held by one thread.
+pub(super) struct Custody {
+    pub(super) db: ReceiverDb,
+    pub(super) keys: Keys,
+    /// Appliance public keys already read from the database.
+    pub(super) key_cache: HashMap<String, PublicKey>,
+}
+
+impl Owned for Custody {
+    const THREAD: &'static str = "receiver-db";
+    fn close(&mut self) {
+        tracing::info!("receiver database closed");
+    }
+}
+
+/// A request for the event loop, queued until the client has room.
+pub(super) enum Out {
+    Receipt {
+        topic: String,
+        bytes: Vec<u8>,
+        props: PublishProperties,
+    },
+    Ack(Publish),
+}
+
+/// On the database thread: verifies, opens and stores a batch; returns the receipts (made after
+/// the commit) and then the acks, in the order to send them, and what happened.
+pub(super) fn process(
+    custody: &mut Custody,
+    batch: &[Publish],
+) -> Result<(Vec<Out>, Counters), ReceiverError> {
+    let Custody {
+        db,
+        keys,
+        key_cache,
+    } = custody;
+    let mut counters = Counters::default();
+    let mut out = Vec::new();
+    let mut accepted: Vec<(usize, ReceivedBundle)> = Vec::new();
+    let mut rejects = Vec::new();
+    for (i, p) in batch.iter().enumerate() {
+        let topic = String::from_utf8_lossy(&p.topic).to_string();
+        let sha = crate::crypto::sha256(&p.payload);
+        match open_one(keys, db, key_cache, &topic, &p.payload, sha) {
+            Ok(b) => accepted.push((i, b)),
+            Err((app, code, msg)) => {
+                tracing::warn!(topic = %topic, appliance_id = app.as_deref().unwrap_or("?"), code, reason = %msg, "envelope rejected");
+                rejects.push((topic, app, code.to_string(), msg, sha));
+            }
+        }
+    }
+    if !rejects.is_empty() {
+        counters.rejects += rejects.len() as u64;
+        db.record_rejects(&rejects)?;
+    }
+    let items: Vec<ReceivedBundle> = accepted.iter().map(|(_, b)| b.clone()).collect();
+    let outcomes = if items.is_empty() {
+        vec![]
+    } else {
+        db.store_batch(&items)?
+    };
+    // Committed: now receipts, then acks.
+    for ((i, b), o) in accepted.iter().zip(outcomes) {
+        let status = match o {
+            StoreOutcome::Stored => {
+                counters.stored += 1;
+                ReceiptStatus::Stored
+            }
+            StoreOutcome::Duplicate => {
+                counters.duplicates += 1;
+                ReceiptStatus::Duplicate
+            }
+            StoreOutcome::Conflict => {
+                counters.conflicts += 1;
+                tracing::error!(appliance_id = %b.appliance_id, bundle_id = %b.bundle_id, "ALARM: same bundle id with different content; not receipted");
+                continue;
+            }
+        };
+        let receipt = Receipt {
+            status,
+            bundle_id: *b.bundle_id.as_bytes(),
+            envelope_sha256: b.envelope_sha256,
+            seq: b.seq,
+            receipted_at_ms: crate::model::now_ms().max(0) as u64,
+            signer_key_id: [0; 8],
+            appliance_id: b.appliance_id.clone(),
+        }
+        .sign(&keys.signing)
+        .map_err(|e| ReceiverError::Io(e.to_string()))?;
+        let p = &batch[*i];
+        let topic = p
+            .properties
+            .as_ref()
+            .and_then(|pp| pp.response_topic.clone())
+            .filter(|t| *t == transport::receipts_topic(&b.appliance_id))
+            .unwrap_or_else(|| transport::receipts_topic(&b.appliance_id));
+        let props = PublishProperties {
+            correlation_data: p
+                .properties
+                .as_ref()
+                .and_then(|pp| pp.correlation_data.clone()),
+            content_type: Some("application/vnd.hema3n.receipt.v1".into()),
+            ..Default::default()
+        };
+        out.push(Out::Receipt {
+            topic,
+            bytes: receipt,
+            props,
+        });
+    }
+    for p in batch {
+        out.push(Out::Ack(p.clone()));
+    }
+    Ok((out, counters))
+}
+
+pub(super) type Reject = (Option<String>, &'static str, String);
+
+pub(super) fn open_one(
+    keys: &Keys,
+    db: &ReceiverDb,
+    key_cache: &mut HashMap<String, PublicKey>,
+    topic: &str,
+    payload: &[u8],
+    envelope_sha256: [u8; 32],
+) -> Result<ReceivedBundle, Reject> {
+    let Some(topic_app) = transport::appliance_of_bundles_topic(topic) else {
+        return Err((None, "BAD_TOPIC", "not a bundles topic".into()));
+    };
+    let parsed =
+        seal::parse(payload).map_err(|e| (Some(topic_app.to_string()), e.code(), e.to_string()))?;
+    let app = parsed.header.appliance_id.clone();
+    if app != topic_app {
+        return Err((
+            Some(topic_app.to_string()),
+            "TOPIC_MISMATCH",
+            format!("envelope names appliance {app}, published under {topic_app}"),
+        ));
+    }
+    if !key_cache.contains_key(&app) {
+        let pem = db
+            .appliance_key(&app)
+            .map_err(|e| (Some(app.clone()), "STORE_ERROR", e.to_string()))?;
+        match pem.as_deref().and_then(PublicKey::from_pem) {
+            Some(k) => {
+                key_cache.insert(app.clone(), k);
+            }
+            None => {
+                return Err((
+                    Some(app.clone()),
+                    "UNKNOWN_APPLIANCE",
+                    format!("no active key registered for appliance {app}"),
+                ));
+            }
+        }
+    }
+    let key = &key_cache[&app];
+    parsed
+        .verify(key)
+        .map_err(|e| (Some(app.clone()), e.code(), e.to_string()))?;
+    let body = parsed
+        .open(&keys.hpke)
+        .map_err(|e| (Some(app.clone()), e.code(), e.to_string()))?;
+    // Checks the JSON and reads only the resource type (no tree is built).
+    #[derive(serde::Deserialize)]
+    struct Head<'a> {
+        #[serde(rename = "resourceType", borrow)]
+        resource_type: Option<std::borrow::Cow<'a, str>>,
+    }
+    let head: Head<'_> = serde_json::from_slice(&body).map_err(|e| {
+        (
+            Some(app.clone()),
+            "BAD_PAYLOAD",
+            format!("plaintext is not a JSON object: {e}"),
+        )
+    })?;
+    let rt = head.resource_type.as_deref();
+    if !matches!(rt, Some("Bundle") | Some("Parameters")) {
+        return Err((
+            Some(app.clone()),
+            "BAD_PAYLOAD",
+            "plaintext is not a FHIR Bundle or Parameters resource".into(),
+        ));
+    }
+    let h = &parsed.header;
+    Ok(ReceivedBundle {
+        appliance_id: app,
+        bundle_id: uuid::Uuid::from_bytes(h.bundle_id),
+        seq: h.seq,
+        kind: h.kind.as_str().into(),
+        created_at_ms: h.created_at_ms as i64,
+        envelope_sha256,
+        body,
+    })
+}
