@@ -888,3 +888,100 @@ async fn bad_input_gets_specific_errors() {
     let m = api.call("GET", "/metrics", None, None, None).await;
     assert_eq!(m.status, StatusCode::OK);
 }
+
+/// The OpenAPI document describes what the API really answers: every route, called by a role
+/// allowed to, replies with the documented status and a body that matches the documented
+/// schema (no missing, mistyped or undocumented property).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_reply_matches_its_documented_schema() {
+    use hema3n_edge::api::openapi::{Reply, reply};
+    let api = Api::new(IDLE).await;
+    let fx = fixtures(&api).await;
+    // Content for the lists: a triage result and a break-glass use to review.
+    let case = fx.case.clone();
+    api.st
+        .store
+        .call(move |db| {
+            let rec = hema3n_edge::model::TriageRecord {
+                final_esi: 2,
+                rules_esi: 2,
+                model_esi: Some(3),
+                news2: Some(5),
+                specialty: Some("cardiology".into()),
+                confidence: Some(0.7),
+                model_id: Some("hema3n-core".into()),
+                model_hash: Some("ab".repeat(32)),
+                decider: "rules_override",
+                abstained: None,
+                reasons: vec!["NEWS2 5".into()],
+            };
+            db.record_triage(&Actor::system(), &case, &rec).map(|_| ())
+        })
+        .await
+        .unwrap();
+    let s = api.login("staff1").await;
+    let r = api
+        .call(
+            "POST",
+            "/api/v1/auth/break-glass",
+            Some(&s),
+            Some("default"),
+            Some(json!({"reason": "patient collapsed in the lobby", "secret": PIN})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let doc = api
+        .call("GET", "/api/v1/openapi.json", None, None, None)
+        .await
+        .body;
+    // Writes first (so the reads have content), then reads, then what ends things.
+    let rank = |m: &str, p: &str| match (m, p) {
+        (_, p) if p.ends_with("/close") || p.ends_with("/logout") || p.ends_with("/disable") => 3,
+        ("DELETE", _) => 2,
+        ("GET", _) => 1,
+        _ => 0,
+    };
+    let mut order: Vec<&(&str, &str, &str)> = EXPECTED.iter().collect();
+    order.sort_by_key(|(m, p, _)| rank(m, p));
+    let mut checked = 0;
+    for (method, path, allowed) in order {
+        let user = if *allowed == "*" {
+            "medic"
+        } else {
+            let letter = allowed.chars().next().unwrap();
+            ROLES.iter().find(|(l, _)| *l == letter).unwrap().1
+        };
+        let token = api.login(user).await;
+        let (mut p, body) = request(method, path, &fx);
+        if *method == "DELETE" {
+            // Unbind the device the bind route bound.
+            p = p.replace("mon-1", "mon-2");
+        }
+        let r = api
+            .call(method, &p, Some(&token), Some("default"), body)
+            .await;
+        let documented = reply(method, path).unwrap_or_else(|| panic!("{method} {path}"));
+        let (status, schema) = match documented {
+            Reply::Json(s) => (StatusCode::OK, Some(s)),
+            Reply::Created(s) => (StatusCode::CREATED, Some(s)),
+            Reply::NoContent => (StatusCode::NO_CONTENT, None),
+            Reply::Text | Reply::EventStream => (StatusCode::OK, None),
+        };
+        assert_eq!(r.status, status, "{method} {p} as {user}: {}", r.body);
+        let op = &doc["paths"][path][method.to_lowercase()]["responses"];
+        assert!(
+            op[status.as_str()].is_object(),
+            "{method} {path}: {status} undocumented"
+        );
+        if let Some(name) = schema {
+            let errs = common::schema::check(
+                &doc,
+                &json!({ "$ref": format!("#/components/schemas/{name}") }),
+                &r.body,
+            );
+            assert!(errs.is_empty(), "{method} {p}: {errs:?}\n{}", r.body);
+            checked += 1;
+        }
+    }
+    assert!(checked >= 20, "only {checked} JSON replies checked");
+}

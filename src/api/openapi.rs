@@ -6,10 +6,27 @@ use serde_json::{Map, Value, json};
 use super::error::Code;
 use super::policy::{self, Access, ROUTES, Role};
 
+/// The properties of the patient body (request shape).
+fn schemas_patient_properties() -> Map<String, Value> {
+    let text = json!({ "type": "string" });
+    let s = |props: Value| json!({ "type": "object", "additionalProperties": false, "properties": props, "required": [] });
+    json!({
+        "first_name": text, "last_name": text,
+        "date_of_birth": { "type": "string", "pattern": "^\\d{4}-\\d{2}-\\d{2}$" },
+        "ssn": text, "email": text, "phone": text, "mrn": text,
+        "sex": { "enum": ["male", "female", "other", "unknown"] },
+        "address": s(json!({ "street": text, "city": text, "state": text, "zip": text })),
+        "insurance": s(json!({ "carrier": text, "policy_number": text, "group_number": text })),
+    })
+    .as_object()
+    .expect("object")
+    .clone()
+}
+
 fn schemas() -> Value {
     let s = |props: Value, required: &[&str]| json!({ "type": "object", "additionalProperties": false, "properties": props, "required": required });
     let text = json!({ "type": "string" });
-    json!({
+    let mut all = json!({
         "Error": s(json!({
             "status": { "const": "error" },
             "error": s(json!({
@@ -19,14 +36,7 @@ fn schemas() -> Value {
         }), &["status", "error"]),
         "Login": s(json!({ "user_id": text, "secret": text }), &["user_id", "secret"]),
         "BreakGlass": s(json!({ "reason": { "type": "string", "minLength": 10, "maxLength": 500 }, "secret": text }), &["reason", "secret"]),
-        "Patient": s(json!({
-            "first_name": text, "last_name": text,
-            "date_of_birth": { "type": "string", "pattern": "^\\d{4}-\\d{2}-\\d{2}$" },
-            "ssn": text, "email": text, "phone": text, "mrn": text,
-            "sex": { "enum": ["male", "female", "other", "unknown"] },
-            "address": s(json!({ "street": text, "city": text, "state": text, "zip": text }), &[]),
-            "insurance": s(json!({ "carrier": text, "policy_number": text, "group_number": text }), &[]),
-        }), &[]),
+        "Patient": { "type": "object", "additionalProperties": false, "properties": schemas_patient_properties() },
         "CaseCreate": s(json!({ "patient_id": { "type": "string", "format": "uuid" }, "chief_complaint": text, "mechanism": text, "onset": text }), &[]),
         "Bind": s(json!({ "device_id": text, "attach_unbound": { "type": "boolean", "default": true } }), &["device_id"]),
         "ManualVitals": s(json!({ "readings": { "type": "array", "minItems": 1, "maxItems": 32, "items": s(json!({
@@ -36,7 +46,180 @@ fn schemas() -> Value {
         "Medication": s(json!({ "name": text, "dose": text, "route": text, "note": text }), &["name", "dose", "route"]),
         "Review": s(json!({ "note": text }), &["note"]),
         "UserCreate": s(json!({ "id": text, "display_name": text, "role": { "enum": Role::ALL.map(Role::as_str) }, "territory": text, "secret": { "type": "string", "minLength": 6 } }), &["id", "display_name", "role", "secret"]),
+    });
+    let replies = reply_schemas();
+    for (k, v) in replies.as_object().expect("object") {
+        all.as_object_mut()
+            .expect("object")
+            .insert(k.clone(), v.clone());
+    }
+    all
+}
+
+/// The JSON shapes the API answers with (built in `wire.rs` and the handlers; tests/api.rs
+/// checks every route's real response against these).
+fn reply_schemas() -> Value {
+    // Every property listed is required; `null` is allowed where the type says so.
+    let s = |props: Value| {
+        let required: Vec<String> = props.as_object().expect("object").keys().cloned().collect();
+        json!({ "type": "object", "additionalProperties": false, "properties": props, "required": required })
+    };
+    let r = |name: &str| json!({ "$ref": format!("#/components/schemas/{name}") });
+    let list = |name: &str| json!({ "type": "array", "items": r(name) });
+    let or_null = |name: &str| json!({ "anyOf": [r(name), { "type": "null" }] });
+    let (text, int, num, boolean) = (
+        json!({ "type": "string" }),
+        json!({ "type": "integer" }),
+        json!({ "type": "number" }),
+        json!({ "type": "boolean" }),
+    );
+    let ntext = json!({ "type": ["string", "null"] });
+    let nint = json!({ "type": ["integer", "null"] });
+    let nnum = json!({ "type": ["number", "null"] });
+    let nobject = json!({ "type": ["object", "null"] });
+    let texts = json!({ "type": "array", "items": text });
+    // A stored patient: the request shape (nulls omitted) plus its bookkeeping.
+    let mut patient = schemas_patient_properties();
+    for (k, v) in [
+        ("id", &text),
+        ("territory", &text),
+        ("created_at_ms", &int),
+        ("updated_at_ms", &int),
+    ] {
+        patient.insert(k.into(), v.clone());
+    }
+    json!({
+        "Health": s(json!({ "status": text, "store": text, "triage": text, "sync": text, "sessions": int })),
+        "User": s(json!({ "id": text, "display_name": text, "role": { "enum": Role::ALL.map(Role::as_str) }, "territory": text, "created_at_ms": int, "disabled": boolean })),
+        "Session": s(json!({ "token": text, "expires_at_ms": int, "idle_timeout_secs": int, "user": r("User") })),
+        "Me": s(json!({ "user": r("User"), "territory": text, "permissions": texts, "break_glass_until_ms": nint, "idle_timeout_secs": int })),
+        "BreakGlassGrant": s(json!({ "break_glass_id": int, "until_ms": int, "territory": text })),
+        "CreatedId": s(json!({ "id": text })),
+        "CreatedRow": s(json!({ "id": int })),
+        "StoredPatient": {
+            "type": "object", "additionalProperties": false, "properties": patient,
+            "required": ["id", "territory", "created_at_ms", "updated_at_ms"]
+        },
+        "PatientList": s(json!({ "patients": list("StoredPatient") })),
+        "CaseSummary": s(json!({ "id": text, "status": text, "created_at_ms": int, "patient_id": ntext, "patient_name": ntext, "esi": nint, "devices": texts })),
+        "CaseList": s(json!({ "cases": list("CaseSummary") })),
+        "Reading": s(json!({ "id": int, "name": text, "value": num, "display": ntext, "t_ms": int, "received_ms": int, "device_id": ntext, "source": text, "unit": ntext })),
+        "Triage": s(json!({ "id": int, "created_at_ms": int, "esi": int, "rules_esi": int, "model_esi": nint, "news2": nint, "specialty": ntext, "confidence": nnum, "model_id": ntext, "model_hash": ntext, "decider": text, "abstained": ntext, "reasons": texts })),
+        "CaseAlarm": s(json!({ "id": int, "kind": text, "device_id": ntext, "raised_at_ms": int, "detail": text })),
+        "StoredMedication": s(json!({ "id": int, "created_at_ms": int, "created_by": text, "name": text, "dose": text, "route": text, "note": ntext })),
+        "BundleState": s(json!({ "bundle_id": text, "kind": text, "state": text, "attempts": int, "created_at_ms": int, "sent_at_ms": nint, "receipted_at_ms": nint })),
+        "CaseDetails": s(json!({ "chief_complaint": ntext, "mechanism": ntext, "onset": ntext })),
+        "Case": s(json!({
+            "id": text, "territory": text, "status": text, "created_at_ms": int, "closed_at_ms": nint,
+            "patient_id": ntext, "details": r("CaseDetails"), "patient": or_null("StoredPatient"),
+            "devices": texts, "alarms": list("CaseAlarm"), "triage": list("Triage"),
+            "medications": list("StoredMedication"), "vitals": list("Reading"), "bundles": list("BundleState"),
+        })),
+        "Handoff": s(json!({
+            "case_id": text, "status": text, "opened_at_ms": int, "patient": or_null("StoredPatient"),
+            "age_years": nint, "chief_complaint": ntext, "mechanism": ntext, "onset": ntext,
+            "latest_vitals": list("Reading"), "triage": or_null("Triage"), "medications": list("StoredMedication"),
+            "alarms": list("CaseAlarm"), "devices": texts, "readings": int,
+        })),
+        "Bound": s(json!({ "attached_readings": int })),
+        "ReadingList": s(json!({ "vitals": list("Reading") })),
+        "ReadingIds": s(json!({ "ids": { "type": "array", "items": int } })),
+        "TriageList": s(json!({ "triage": list("Triage") })),
+        "Closed": s(json!({ "id": text, "status": { "const": "closed" } })),
+        "Device": s(json!({ "id": text, "kind": text, "presence": text, "bound_case": ntext, "last_vitals_at_ms": nint, "unbound_readings": int })),
+        "DeviceList": s(json!({ "devices": list("Device") })),
+        "Outbox": s(json!({ "queued": int, "sent": int, "receipted": int, "purged": int, "queued_bytes": int, "oldest_pending_ms": nint })),
+        "SyncStatus": s(json!({ "link": text, "last_receipt_ms": nint, "outbox": r("Outbox") })),
+        "AuditEntry": s(json!({ "seq": int, "ts_ms": int, "actor": text, "role": text, "action": text, "resource": text, "outcome": text, "territory": text, "details": nobject })),
+        "AuditList": s(json!({ "entries": list("AuditEntry") })),
+        "BreakGlassUse": s(json!({ "id": int, "user_id": text, "territory": text, "reason": text, "started_at_ms": int, "until_ms": int, "reviewed_at_ms": nint, "reviewed_by": ntext, "review_note": ntext })),
+        "BreakGlassUses": s(json!({ "uses": list("BreakGlassUse") })),
+        "UserList": s(json!({ "users": list("User") })),
+        "OpenApi": { "type": "object", "required": ["openapi", "paths", "components"] },
     })
+}
+
+/// What a route answers on success.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reply {
+    /// `200` with a JSON body of this schema.
+    Json(&'static str),
+    /// `201` with a JSON body of this schema.
+    Created(&'static str),
+    /// `204`, no body.
+    NoContent,
+    /// `200` Prometheus text.
+    Text,
+    /// `200` server-sent events.
+    EventStream,
+}
+
+/// The success reply of every route in [`ROUTES`] (the document generator refuses a route
+/// missing here).
+pub const REPLIES: &[(&str, &str, Reply)] = &[
+    ("GET", "/healthz", Reply::Json("Health")),
+    ("GET", "/metrics", Reply::Text),
+    ("GET", "/api/v1/openapi.json", Reply::Json("OpenApi")),
+    ("POST", "/api/v1/auth/login", Reply::Json("Session")),
+    ("POST", "/api/v1/auth/logout", Reply::NoContent),
+    ("GET", "/api/v1/auth/me", Reply::Json("Me")),
+    (
+        "POST",
+        "/api/v1/auth/break-glass",
+        Reply::Created("BreakGlassGrant"),
+    ),
+    ("GET", "/api/v1/patients", Reply::Json("PatientList")),
+    ("POST", "/api/v1/patients", Reply::Created("CreatedId")),
+    ("GET", "/api/v1/patients/{id}", Reply::Json("StoredPatient")),
+    ("PUT", "/api/v1/patients/{id}", Reply::NoContent),
+    ("GET", "/api/v1/cases", Reply::Json("CaseList")),
+    ("POST", "/api/v1/cases", Reply::Created("CreatedId")),
+    ("GET", "/api/v1/cases/{id}", Reply::Json("Case")),
+    ("POST", "/api/v1/cases/{id}/devices", Reply::Json("Bound")),
+    (
+        "DELETE",
+        "/api/v1/cases/{id}/devices/{device_id}",
+        Reply::NoContent,
+    ),
+    (
+        "GET",
+        "/api/v1/cases/{id}/vitals",
+        Reply::Json("ReadingList"),
+    ),
+    (
+        "POST",
+        "/api/v1/cases/{id}/vitals",
+        Reply::Created("ReadingIds"),
+    ),
+    (
+        "GET",
+        "/api/v1/cases/{id}/triage",
+        Reply::Json("TriageList"),
+    ),
+    (
+        "POST",
+        "/api/v1/cases/{id}/medications",
+        Reply::Created("CreatedRow"),
+    ),
+    ("GET", "/api/v1/cases/{id}/stream", Reply::EventStream),
+    ("GET", "/api/v1/cases/{id}/handoff", Reply::Json("Handoff")),
+    ("POST", "/api/v1/cases/{id}/close", Reply::Json("Closed")),
+    ("GET", "/api/v1/devices", Reply::Json("DeviceList")),
+    ("GET", "/api/v1/sync", Reply::Json("SyncStatus")),
+    ("GET", "/api/v1/audit", Reply::Json("AuditList")),
+    ("GET", "/api/v1/break-glass", Reply::Json("BreakGlassUses")),
+    ("POST", "/api/v1/break-glass/{id}/review", Reply::NoContent),
+    ("GET", "/api/v1/users", Reply::Json("UserList")),
+    ("POST", "/api/v1/users", Reply::Created("CreatedId")),
+    ("POST", "/api/v1/users/{id}/disable", Reply::NoContent),
+];
+
+/// The success reply documented for a route.
+pub fn reply(method: &str, path: &str) -> Option<Reply> {
+    REPLIES
+        .iter()
+        .find(|(m, p, _)| *m == method && *p == path)
+        .map(|(_, _, r)| *r)
 }
 
 /// The OpenAPI document of every route in the table.
@@ -90,17 +273,35 @@ pub fn document() -> Value {
             );
         }
         let err = json!({ "description": "error", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Error" } } } });
-        let ok_type = if r.path.ends_with("/stream") {
-            "text/event-stream"
-        } else if r.path == "/metrics" {
-            "text/plain"
-        } else {
-            "application/json"
+        let ok = match reply(r.method, r.path).unwrap_or_else(|| {
+            panic!(
+                "{} {} has no documented reply (openapi::REPLIES)",
+                r.method, r.path
+            )
+        }) {
+            Reply::Json(schema) => (
+                "200",
+                json!({ "description": "success", "content": { "application/json": { "schema": { "$ref": format!("#/components/schemas/{schema}") } } } }),
+            ),
+            Reply::Created(schema) => (
+                "201",
+                json!({ "description": "created", "content": { "application/json": { "schema": { "$ref": format!("#/components/schemas/{schema}") } } } }),
+            ),
+            Reply::NoContent => ("204", json!({ "description": "done, no body" })),
+            Reply::Text => (
+                "200",
+                json!({ "description": "Prometheus text exposition 0.0.4", "content": { "text/plain": { "schema": { "type": "string" } } } }),
+            ),
+            Reply::EventStream => (
+                "200",
+                json!({ "description": "events: vitals, triage, alarm, case, logoff, resync", "content": { "text/event-stream": { "schema": { "type": "string" } } } }),
+            ),
         };
-        op.insert(
-            "responses".into(),
-            json!({ "2XX": { "description": "success", "content": { ok_type: {} } }, "4XX": err, "5XX": err }),
-        );
+        let mut responses = Map::new();
+        responses.insert(ok.0.into(), ok.1);
+        responses.insert("4XX".into(), err.clone());
+        responses.insert("5XX".into(), err);
+        op.insert("responses".into(), Value::Object(responses));
         paths
             .entry(r.path.to_string())
             .or_insert_with(|| json!({}))

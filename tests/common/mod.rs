@@ -165,6 +165,7 @@ pub mod api;
 pub mod broker;
 pub mod cloud;
 pub mod mqtt;
+pub mod schema;
 
 impl Appliance {
     /// An appliance whose daemon talks to `broker_url`, with extra drop-in TOML.
