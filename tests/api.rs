@@ -153,6 +153,21 @@ fn request(method: &str, path: &str, fx: &Fx) -> (String, Option<Value>) {
     (p, body)
 }
 
+/// A break-glass use by `staff1` (for the review routes).
+async fn staff_break_glass(api: &Api) {
+    let s = api.login("staff1").await;
+    let r = api
+        .call(
+            "POST",
+            "/api/v1/auth/break-glass",
+            Some(&s),
+            Some("default"),
+            Some(json!({"reason": "patient collapsed in the lobby", "secret": PIN})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_role_on_every_route() {
     let api = Api::new(IDLE).await;
@@ -170,17 +185,7 @@ async fn every_role_on_every_route() {
     expected.sort();
     assert_eq!(listed, expected, "route table and expectations differ");
     // A break-glass use for the review route.
-    let s = api.login("staff1").await;
-    let r = api
-        .call(
-            "POST",
-            "/api/v1/auth/break-glass",
-            Some(&s),
-            Some("default"),
-            Some(json!({"reason": "patient collapsed in the lobby", "secret": PIN})),
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    staff_break_glass(&api).await;
     let mut failures = Vec::new();
     for (method, path, allowed) in EXPECTED {
         for (letter, user) in ROLES {
@@ -919,17 +924,7 @@ async fn every_reply_matches_its_documented_schema() {
         })
         .await
         .unwrap();
-    let s = api.login("staff1").await;
-    let r = api
-        .call(
-            "POST",
-            "/api/v1/auth/break-glass",
-            Some(&s),
-            Some("default"),
-            Some(json!({"reason": "patient collapsed in the lobby", "secret": PIN})),
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    staff_break_glass(&api).await;
     let doc = api
         .call("GET", "/api/v1/openapi.json", None, None, None)
         .await
