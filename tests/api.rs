@@ -916,7 +916,7 @@ async fn every_reply_matches_its_documented_schema() {
                 confidence: Some(0.7),
                 model_id: Some("hema3n-core".into()),
                 model_hash: Some("ab".repeat(32)),
-                decider: "rules_override",
+                decider: hema3n_edge::model::Decider::RulesOverride,
                 abstained: None,
                 reasons: vec!["NEWS2 5".into()],
             };

@@ -109,7 +109,7 @@ fn full_case() -> CaseExport {
                 confidence: Some(0.71),
                 model_id: Some("hema3n-core-1.0.0".into()),
                 model_hash: Some("ab".repeat(32)),
-                decider: "rules_override",
+                decider: hema3n_edge::model::Decider::RulesOverride,
                 abstained: None,
                 reasons: vec![
                     "NEWS2 7 (≥ 7: emergency response)".into(),

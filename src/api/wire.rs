@@ -213,7 +213,7 @@ pub fn triage_json(t: &StoredTriage) -> Value {
         "id": t.id, "created_at_ms": t.created_at_ms,
         "esi": r.final_esi, "rules_esi": r.rules_esi, "model_esi": r.model_esi,
         "news2": r.news2, "specialty": r.specialty, "confidence": r.confidence,
-        "model_id": r.model_id, "model_hash": r.model_hash, "decider": r.decider,
+        "model_id": r.model_id, "model_hash": r.model_hash, "decider": r.decider.as_str(),
         "abstained": r.abstained, "reasons": r.reasons,
     })
 }

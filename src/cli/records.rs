@@ -158,7 +158,7 @@ pub fn triage_show(cfg: &Config, case: &str, n: usize) -> CmdResult {
             "{}ESI {} (decided by {}; rules allow at most ESI {}{}{})",
             if i == 0 { "latest: " } else { "earlier: " },
             r.final_esi,
-            r.decider.replace('_', " "),
+            r.decider.as_str().replace('_', " "),
             r.rules_esi,
             r.news2.map(|n| format!("; NEWS2 {n}")).unwrap_or_default(),
             r.model_esi

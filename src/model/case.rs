@@ -171,6 +171,36 @@ pub struct CaseSnapshot {
     pub chief_complaint: Option<String>,
 }
 
+/// Who decided the final triage level.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Decider {
+    /// The model's proposal stood (it was at least as acute as the rules require).
+    Model,
+    /// The rules raised the model's proposal to their ceiling.
+    RulesOverride,
+    /// The model abstained; the rules (or the rules-only default) decided.
+    RulesOnly,
+}
+
+impl Decider {
+    /// The stored and wire name (`model`, `rules_override`, `rules_only`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Decider::Model => "model",
+            Decider::RulesOverride => "rules_override",
+            Decider::RulesOnly => "rules_only",
+        }
+    }
+
+    /// Parses a stored name; `None` for anything else.
+    pub fn parse(name: &str) -> Option<Decider> {
+        [Decider::Model, Decider::RulesOverride, Decider::RulesOnly]
+            .into_iter()
+            .find(|d| d.as_str() == name)
+    }
+}
+
 /// A triage result to store with its case.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TriageRecord {
@@ -182,8 +212,7 @@ pub struct TriageRecord {
     pub confidence: Option<f32>,
     pub model_id: Option<String>,
     pub model_hash: Option<String>,
-    /// `model`, `rules_override` or `rules_only`.
-    pub decider: &'static str,
+    pub decider: Decider,
     pub abstained: Option<String>,
     /// Human-readable reasons (PHI: stored encrypted).
     pub reasons: Vec<String>,

@@ -11,8 +11,8 @@ mod patient;
 mod people;
 
 pub use case::{
-    Case, CaseDetails, CaseExport, CaseSnapshot, CaseStatus, ExportAudit, ExportCheckpoint,
-    Observation, Reading, Reject, RejectCode, StoredTriage, TriageRecord,
+    Case, CaseDetails, CaseExport, CaseSnapshot, CaseStatus, Decider, ExportAudit,
+    ExportCheckpoint, Observation, Reading, Reject, RejectCode, StoredTriage, TriageRecord,
 };
 pub use patient::{
     Address, Insurance, InvalidPhi, Patient, Sex, StoredPatient, age_years, is_valid_date,

@@ -6,7 +6,7 @@ use rusqlite::{OptionalExtension, TransactionBehavior, params};
 use super::{Db, Result, State, StoreError, audit};
 use crate::crypto::field::FieldLoc;
 use crate::model::{
-    Actor, AuditEvent, CaseSnapshot, Outcome, Sex, StoredTriage, TriageRecord, now_ms,
+    Actor, AuditEvent, CaseSnapshot, Decider, Outcome, Sex, StoredTriage, TriageRecord, now_ms,
 };
 
 /// A patient's data key id and sealed date of birth and sex.
@@ -164,7 +164,7 @@ impl Db {
              model_id, model_hash, decider, abstained, reasons) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
             params![
                 id, case_id, now_ms(), t.final_esi, t.rules_esi, t.model_esi, t.news2, t.specialty, t.confidence.map(f64::from),
-                t.model_id, t.model_hash, t.decider, t.abstained, reasons
+                t.model_id, t.model_hash, t.decider.as_str(), t.abstained, reasons
             ],
         )?;
         let ev = AuditEvent::new(
@@ -174,7 +174,9 @@ impl Db {
             Outcome::Success,
         )
         .territory(&territory)
-        .details(serde_json::json!({ "triage": id, "decider": t.decider, "model": t.model_id }));
+        .details(
+            serde_json::json!({ "triage": id, "decider": t.decider.as_str(), "model": t.model_id }),
+        );
         audit::append(&tx, &self.st, &ev, now_ms())?;
         tx.commit()?;
         Ok(id)
@@ -247,11 +249,9 @@ pub(super) fn read_triage(
             &ct,
         )?;
         let reasons: Vec<String> = serde_json::from_slice(&plain).unwrap_or_default();
-        let decider = match decider.as_str() {
-            "model" => "model",
-            "rules_override" => "rules_override",
-            _ => "rules_only",
-        };
+        let decider = Decider::parse(&decider).ok_or_else(|| StoreError::Undecodable {
+            what: format!("the decider of triage {id}"),
+        })?;
         out.push(StoredTriage {
             id,
             created_at_ms: at,

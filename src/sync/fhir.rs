@@ -331,7 +331,7 @@ pub fn build(x: &CaseExport, bundle_id: &str, profile: Profile, now_ms: i64) -> 
         }
         let mut method_text = format!(
             "decider {}; rules ESI {}{}",
-            rec.decider,
+            rec.decider.as_str(),
             rec.rules_esi,
             rec.news2
                 .map(|n| format!("; NEWS2 {n}"))
@@ -350,7 +350,7 @@ pub fn build(x: &CaseExport, bundle_id: &str, profile: Profile, now_ms: i64) -> 
             "resourceType": "RiskAssessment",
             "id": id,
             "status": "final",
-            "method": { "coding": [{ "system": SYS_TRIAGE, "code": rec.decider }], "text": method_text },
+            "method": { "coding": [{ "system": SYS_TRIAGE, "code": rec.decider.as_str() }], "text": method_text },
             "code": { "coding": [{ "system": SYS_TRIAGE, "code": "esi", "display": "Emergency Severity Index" }] },
             "subject": reference(&patient),
             "encounter": reference(&encounter),
@@ -532,7 +532,7 @@ mod tests {
                     confidence: Some(0.8),
                     model_id: Some("hema3n-core-1.0.0".into()),
                     model_hash: Some("ab".repeat(32)),
-                    decider: "rules_override",
+                    decider: crate::model::Decider::RulesOverride,
                     abstained: None,
                     reasons: vec!["NEWS2 5".into()],
                 },

@@ -20,16 +20,7 @@ pub use rules::{Reason, RulesInput, RulesResult, Vitals, evaluate};
 /// rules found nothing more acute: "needs a full evaluation", never a low-acuity guess.
 pub const RULES_ONLY_DEFAULT_ESI: u8 = 3;
 
-/// Who decided the final level.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Decider {
-    /// The model's proposal stood (it was at least as acute as the rules require).
-    Model,
-    /// The rules raised the model's proposal to their ceiling.
-    RulesOverride,
-    /// The model abstained; the rules (or the rules-only default) decided.
-    RulesOnly,
-}
+pub use crate::model::Decider;
 
 /// The final ESI level from the rules' ceiling and the model's proposal (if any).
 pub fn combine(ceiling: u8, model: Option<u8>) -> (u8, Decider) {

@@ -8,11 +8,11 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
+use super::RULES_ONLY_DEFAULT_ESI;
 use super::engine::{TriageInput, TriageOutcome, compute};
 use super::features::TEXT_BUCKETS;
 use super::rules::Vitals;
 use super::runtime::ModelRuntime;
-use super::{Decider, RULES_ONLY_DEFAULT_ESI};
 use crate::model::{Actor, CaseSnapshot, TriageRecord, now_ms};
 use crate::storage::{Store, StoreError};
 
@@ -80,11 +80,7 @@ pub fn record_from(o: &TriageOutcome) -> TriageRecord {
         confidence: o.model.as_ref().map(|m| m.confidence),
         model_id: o.model_id.clone(),
         model_hash: o.model_sha256.clone(),
-        decider: match o.decider {
-            Decider::Model => "model",
-            Decider::RulesOverride => "rules_override",
-            Decider::RulesOnly => "rules_only",
-        },
+        decider: o.decider,
         abstained: o.abstained.clone(),
         reasons: if o.rules.reasons.is_empty() {
             vec![format!(
