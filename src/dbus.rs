@@ -253,7 +253,7 @@ async fn serve(
                     }
                     Ok(LiveEvent::Alarm { case_id, alarm }) => {
                         if let Some(a) = alarm {
-                            let _ = Edge1::alarm_raised(em, a.id, &a.kind, &case_id, a.device_id.as_deref().unwrap_or("")).await;
+                            let _ = Edge1::alarm_raised(em, a.id, a.kind.as_str(), &case_id, a.device_id.as_deref().unwrap_or("")).await;
                             let _ = iface.get().await.alarms_changed(em).await;
                         }
                     }

@@ -52,7 +52,9 @@ impl DiskWatch {
         let d = detail.clone();
         let changed = self
             .store
-            .call(move |db| db.set_appliance_alarm(crate::storage::ALARM_DISK_PRESSURE, active, &d))
+            .call(move |db| {
+                db.set_appliance_alarm(crate::model::AlarmKind::DiskPressure, active, &d)
+            })
             .await?;
         if changed && active {
             tracing::error!(%detail, "ALARM disk pressure: make room; nothing is dropped");

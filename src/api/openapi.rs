@@ -45,7 +45,7 @@ fn schemas() -> Value {
         }), &["name"]) } }), &["readings"]),
         "Medication": s(json!({ "name": text, "dose": text, "route": text, "note": text }), &["name", "dose", "route"]),
         "Review": s(json!({ "note": text }), &["note"]),
-        "UserCreate": s(json!({ "id": text, "display_name": text, "role": { "enum": Role::ALL.map(Role::as_str) }, "territory": text, "secret": { "type": "string", "minLength": 6 } }), &["id", "display_name", "role", "secret"]),
+        "UserCreate": s(json!({ "id": text, "display_name": text, "role": { "enum": Role::ALL.iter().map(|r| r.as_str()).collect::<Vec<_>>() }, "territory": text, "secret": { "type": "string", "minLength": 6 } }), &["id", "display_name", "role", "secret"]),
     });
     let replies = reply_schemas();
     for (k, v) in replies.as_object().expect("object") {
@@ -90,7 +90,7 @@ fn reply_schemas() -> Value {
     }
     json!({
         "Health": s(json!({ "status": text, "store": text, "triage": text, "sync": text, "sessions": int })),
-        "User": s(json!({ "id": text, "display_name": text, "role": { "enum": Role::ALL.map(Role::as_str) }, "territory": text, "created_at_ms": int, "disabled": boolean })),
+        "User": s(json!({ "id": text, "display_name": text, "role": { "enum": Role::ALL.iter().map(|r| r.as_str()).collect::<Vec<_>>() }, "territory": text, "created_at_ms": int, "disabled": boolean })),
         "Session": s(json!({ "token": text, "expires_at_ms": int, "idle_timeout_secs": int, "user": r("User") })),
         "Me": s(json!({ "user": r("User"), "territory": text, "permissions": texts, "break_glass_until_ms": nint, "idle_timeout_secs": int })),
         "BreakGlassGrant": s(json!({ "break_glass_id": int, "until_ms": int, "territory": text })),
@@ -233,7 +233,8 @@ pub fn document() -> Value {
             Access::Authenticated => (json!([{ "bearer": [] }]), "any role".to_string()),
             Access::Perm(p) => {
                 let roles: Vec<&str> = Role::ALL
-                    .into_iter()
+                    .iter()
+                    .copied()
                     .filter(|role| policy::role_perms(*role).contains(&p))
                     .map(Role::as_str)
                     .collect();

@@ -171,33 +171,15 @@ pub struct CaseSnapshot {
     pub chief_complaint: Option<String>,
 }
 
-/// Who decided the final triage level.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Decider {
-    /// The model's proposal stood (it was at least as acute as the rules require).
-    Model,
-    /// The rules raised the model's proposal to their ceiling.
-    RulesOverride,
-    /// The model abstained; the rules (or the rules-only default) decided.
-    RulesOnly,
-}
-
-impl Decider {
-    /// The stored and wire name (`model`, `rules_override`, `rules_only`).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Decider::Model => "model",
-            Decider::RulesOverride => "rules_override",
-            Decider::RulesOnly => "rules_only",
-        }
-    }
-
-    /// Parses a stored name; `None` for anything else.
-    pub fn parse(name: &str) -> Option<Decider> {
-        [Decider::Model, Decider::RulesOverride, Decider::RulesOnly]
-            .into_iter()
-            .find(|d| d.as_str() == name)
+named_enum! {
+    /// Who decided the final triage level.
+    pub enum Decider {
+        /// The model's proposal stood (it was at least as acute as the rules require).
+        Model = "model",
+        /// The rules raised the model's proposal to their ceiling.
+        RulesOverride = "rules_override",
+        /// The model abstained; the rules (or the rules-only default) decided.
+        RulesOnly = "rules_only",
     }
 }
 

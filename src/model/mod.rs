@@ -4,12 +4,52 @@
 //! and triage need. Unknown fields are rejected wherever these types are deserialised.
 //!
 //! Files: `people` (actors, roles, audit events), `patient`, `case` (status, readings,
-//! triage, observations, export).
+//! triage, observations, export), `appliance` (device presence, alarm kinds, outbox states).
 
+/// A closed code set stored and sent by name: defines the enum with `ALL`, `as_str`, `parse`,
+/// `Display` and a `Serialize` as its name. The database holds the same set (a `CHECK`
+/// constraint); storage maps names with `as_str`/`parse`.
+macro_rules! named_enum {
+    ($(#[$m:meta])* pub enum $name:ident { $($(#[$vm:meta])* $v:ident = $s:literal,)+ }) => {
+        $(#[$m])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum $name { $($(#[$vm])* $v,)+ }
+
+        impl $name {
+            /// Every value, in declaration order.
+            pub const ALL: &'static [$name] = &[$($name::$v,)+];
+
+            /// The stored and wire name.
+            pub fn as_str(self) -> &'static str {
+                match self { $($name::$v => $s,)+ }
+            }
+
+            /// Parses a stored or wire name (case-sensitive); `None` for anything else.
+            pub fn parse(name: &str) -> Option<$name> {
+                Self::ALL.iter().copied().find(|v| v.as_str() == name)
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl serde::Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(self.as_str())
+            }
+        }
+    };
+}
+
+mod appliance;
 mod case;
 mod patient;
 mod people;
 
+pub use appliance::{AlarmKind, OutboxState, Presence};
 pub use case::{
     Case, CaseDetails, CaseExport, CaseSnapshot, CaseStatus, Decider, ExportAudit,
     ExportCheckpoint, Observation, Reading, Reject, RejectCode, StoredTriage, TriageRecord,

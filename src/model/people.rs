@@ -1,8 +1,6 @@
 //! Who acts and how it is audited: [`Actor`], [`Role`] (and the account-field check),
 //! [`Outcome`], [`AuditEvent`].
 
-use serde::{Deserialize, Serialize};
-
 use super::is_valid_ident;
 
 /// Who performed an action, as recorded in the audit log.
@@ -33,53 +31,20 @@ impl Actor {
     }
 }
 
-/// The role of a personal account (SYSTEM.md §3). What each role may do is the API's policy
-/// (`api::policy`); the database holds the same closed set (a `CHECK` constraint).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    /// Full clinical record, medications.
-    Paramedic,
-    /// Clinical record, no medication orders.
-    Emt,
-    /// Demographics only.
-    Staff,
-    /// Reads, audit review, break-glass review.
-    Supervisor,
-    /// The appliance and its accounts, no PHI.
-    Admin,
-}
-
-impl Role {
-    /// Every role, in the order the documentation lists them.
-    pub const ALL: [Role; 5] = [
-        Role::Paramedic,
-        Role::Emt,
-        Role::Staff,
-        Role::Supervisor,
-        Role::Admin,
-    ];
-
-    /// The wire and database name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Paramedic => "paramedic",
-            Role::Emt => "emt",
-            Role::Staff => "staff",
-            Role::Supervisor => "supervisor",
-            Role::Admin => "admin",
-        }
-    }
-
-    /// Parses a wire/database name; `None` for anything else (case-sensitive).
-    pub fn parse(name: &str) -> Option<Role> {
-        Role::ALL.into_iter().find(|r| r.as_str() == name)
-    }
-}
-
-impl std::fmt::Display for Role {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
+named_enum! {
+    /// The role of a personal account (SYSTEM.md §3). What each role may do is the API's policy
+    /// (`api::policy`); the database holds the same closed set (a `CHECK` constraint).
+    pub enum Role {
+        /// Full clinical record, medications.
+        Paramedic = "paramedic",
+        /// Clinical record, no medication orders.
+        Emt = "emt",
+        /// Demographics only.
+        Staff = "staff",
+        /// Reads, audit review, break-glass review.
+        Supervisor = "supervisor",
+        /// The appliance and its accounts, no PHI.
+        Admin = "admin",
     }
 }
 

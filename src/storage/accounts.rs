@@ -3,7 +3,6 @@
 
 use super::{Db, Result, StoreError, audit};
 use crate::model::{Actor, AuditEvent, Outcome, Role, now_ms};
-use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSql, ToSqlOutput, ValueRef};
 use rusqlite::{OptionalExtension, TransactionBehavior, params};
 use serde::Serialize;
 
@@ -16,21 +15,6 @@ pub struct UserInfo {
     pub territory: String,
     pub created_at_ms: i64,
     pub disabled: bool,
-}
-
-/// Roles are stored by name; the `users.role` CHECK constraint holds the same closed set.
-impl ToSql for Role {
-    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
-        Ok(ToSqlOutput::from(self.as_str()))
-    }
-}
-
-impl FromSql for Role {
-    fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
-        let name = value.as_str()?;
-        Role::parse(name)
-            .ok_or_else(|| FromSqlError::Other(format!("unknown role `{name}`").into()))
-    }
 }
 
 /// What login needs to know about an account.

@@ -2,25 +2,19 @@
 //! pressure), listing and acknowledgement.
 
 use super::{Db, Result, audit};
-use crate::model::{Actor, AuditEvent, Outcome, now_ms};
+use crate::model::{Actor, AlarmKind, AuditEvent, Outcome, now_ms};
 use rusqlite::{OptionalExtension, TransactionBehavior, params};
 
 /// An alarm row.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Alarm {
     pub id: i64,
-    pub kind: String,
+    pub kind: AlarmKind,
     pub case_id: Option<String>,
     pub device_id: Option<String>,
     pub raised_at_ms: i64,
     pub acked_at_ms: Option<i64>,
 }
-
-/// Alarm kind raised when a bound device stops sending vitals.
-pub const ALARM_DEVICE_SILENT: &str = "device_silent";
-
-/// Alarm kind raised when the data directory runs short of space (nothing is dropped).
-pub const ALARM_DISK_PRESSURE: &str = "disk_pressure";
 
 impl Db {
     /// Raises a device-silent alarm for every bound device without vitals for `gap_ms`
@@ -40,8 +34,14 @@ impl Db {
         let mut raised = Vec::new();
         for (device, case) in silent {
             tx.execute(
-                "INSERT INTO alarms (kind, case_id, device_id, raised_at, detail) VALUES ('device_silent', ?1, ?2, ?3, ?4)",
-                params![case, device, now, format!("no vitals for {} s", gap_ms / 1000)],
+                "INSERT INTO alarms (kind, case_id, device_id, raised_at, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![
+                    AlarmKind::DeviceSilent,
+                    case,
+                    device,
+                    now,
+                    format!("no vitals for {} s", gap_ms / 1000)
+                ],
             )?;
             let id = tx.last_insert_rowid();
             let ev = AuditEvent::new(
@@ -51,12 +51,12 @@ impl Db {
                 Outcome::Success,
             )
             .details(
-                serde_json::json!({ "alarm": id, "kind": ALARM_DEVICE_SILENT, "device": device }),
+                serde_json::json!({ "alarm": id, "kind": AlarmKind::DeviceSilent, "device": device }),
             );
             audit::append(&tx, &self.st, &ev, now)?;
             raised.push(Alarm {
                 id,
-                kind: ALARM_DEVICE_SILENT.into(),
+                kind: AlarmKind::DeviceSilent,
                 case_id: Some(case),
                 device_id: Some(device),
                 raised_at_ms: now,
@@ -69,7 +69,12 @@ impl Db {
 
     /// Raises (when `active` and none is open) or clears (when not `active`) the appliance-wide
     /// alarm `kind`; audited. Returns whether the alarm state changed.
-    pub fn set_appliance_alarm(&mut self, kind: &str, active: bool, detail: &str) -> Result<bool> {
+    pub fn set_appliance_alarm(
+        &mut self,
+        kind: AlarmKind,
+        active: bool,
+        detail: &str,
+    ) -> Result<bool> {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;

@@ -6,8 +6,8 @@ use super::readings::read_case_observations;
 use super::{Db, Result, State, StoreError, audit, triage::read_triage};
 use crate::crypto::field::FieldLoc;
 use crate::model::{
-    Actor, AuditEvent, Case, CaseDetails, CaseStatus, Observation, Outcome, StoredPatient,
-    StoredTriage, now_ms,
+    Actor, AlarmKind, AuditEvent, Case, CaseDetails, CaseStatus, Observation, OutboxState, Outcome,
+    StoredPatient, StoredTriage, now_ms,
 };
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use serde::Serialize;
@@ -30,7 +30,7 @@ pub struct CaseSummary {
 pub struct BundleState {
     pub bundle_id: String,
     pub kind: String,
-    pub state: String,
+    pub state: OutboxState,
     pub attempts: i64,
     pub created_at_ms: i64,
     pub sent_at_ms: Option<i64>,
@@ -41,7 +41,7 @@ pub struct BundleState {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct CaseAlarm {
     pub id: i64,
-    pub kind: String,
+    pub kind: AlarmKind,
     pub device_id: Option<String>,
     pub raised_at_ms: i64,
     pub detail: String,

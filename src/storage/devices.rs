@@ -3,7 +3,7 @@
 
 use super::{Db, Result, State, StoreError, audit};
 use crate::crypto::field::{DataKey, FieldLoc};
-use crate::model::{Actor, AuditEvent, Outcome, now_ms};
+use crate::model::{Actor, AuditEvent, Outcome, Presence, now_ms};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use std::sync::Arc;
 
@@ -13,7 +13,7 @@ pub struct DeviceInfo {
     pub id: String,
     pub kind: String,
     pub territory: String,
-    pub presence: String,
+    pub presence: Presence,
     pub bound_case: Option<String>,
     pub last_vitals_at: Option<i64>,
     pub unbound_readings: u64,

@@ -18,6 +18,7 @@ mod accounts;
 mod alarms;
 pub mod audit;
 mod cases;
+mod codes;
 mod devices;
 mod error;
 mod keys;
@@ -43,7 +44,7 @@ use crate::crypto::keyring::Keyring;
 use crate::model::AuditEvent;
 
 pub use accounts::{BreakGlass, LoginUser, SessionRow, UserInfo};
-pub use alarms::{ALARM_DEVICE_SILENT, ALARM_DISK_PRESSURE, Alarm};
+pub use alarms::Alarm;
 pub use audit::{AuditRow, Finding, VerifyReport};
 pub use cases::{
     BundleState, CaseAlarm, CaseParts, CaseSummary, CaseView, Medication, StoredMedication,

@@ -11,7 +11,9 @@ use rusqlite::{OptionalExtension, TransactionBehavior, params};
 use super::{Db, Result, State, StoreError, audit, triage::read_triage};
 use crate::crypto::seal::BundleKind;
 use crate::crypto::sign::SigningKey;
-use crate::model::{Actor, AuditEvent, CaseExport, ExportAudit, ExportCheckpoint, Outcome, now_ms};
+use crate::model::{
+    Actor, AuditEvent, CaseExport, ExportAudit, ExportCheckpoint, OutboxState, Outcome, now_ms,
+};
 
 /// Identity of a row being created: what the sealer puts in the envelope header.
 #[derive(Debug, Clone)]
@@ -72,7 +74,7 @@ pub struct OutboxRow {
     pub seq: u64,
     pub kind: String,
     pub case_id: Option<String>,
-    pub state: String,
+    pub state: OutboxState,
     pub attempts: i64,
     pub created_at_ms: i64,
     pub sent_at_ms: Option<i64>,
