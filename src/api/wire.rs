@@ -6,13 +6,16 @@
 use axum::extract::{FromRequest, Request};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::error::{ApiError, ApiResult, Code};
+use crate::model::{AlarmKind, OutboxState, Role};
 use crate::model::{CaseDetails, Observation, StoredPatient, StoredTriage};
-use crate::storage::CaseView;
+use crate::storage::{
+    AuditRow, BreakGlass, BundleState, CaseAlarm, CaseSummary, CaseView, StoredMedication, UserInfo,
+};
 use crate::vocab;
 
 // ---- request bodies --------------------------------------------------------------------------
@@ -229,10 +232,201 @@ pub fn view_json(v: &CaseView) -> Value {
         "details": v.case.details,
         "patient": v.patient.as_ref().map(patient_json),
         "devices": v.devices,
-        "alarms": v.alarms,
+        "alarms": replies::<_, AlarmReply<'_>>(&v.alarms),
         "triage": v.triage.iter().map(triage_json).collect::<Vec<_>>(),
-        "medications": v.medications,
+        "medications": replies::<_, MedicationReply<'_>>(&v.medications),
         "vitals": v.vitals.iter().map(obs_json).collect::<Vec<_>>(),
-        "bundles": v.bundles,
+        "bundles": replies::<_, BundleReply<'_>>(&v.bundles),
     })
+}
+
+// ---- response types (the API's own, apart from storage rows; schemas in openapi.rs) ------
+
+/// An account as the API shows it (no secrets).
+#[derive(Debug, Serialize)]
+pub struct UserReply<'a> {
+    pub id: &'a str,
+    pub display_name: &'a str,
+    pub role: Role,
+    pub territory: &'a str,
+    pub created_at_ms: i64,
+    pub disabled: bool,
+}
+
+impl<'a> From<&'a UserInfo> for UserReply<'a> {
+    fn from(u: &'a UserInfo) -> Self {
+        UserReply {
+            id: &u.id,
+            display_name: &u.display_name,
+            role: u.role,
+            territory: &u.territory,
+            created_at_ms: u.created_at_ms,
+            disabled: u.disabled,
+        }
+    }
+}
+
+/// One line of the case list.
+#[derive(Debug, Serialize)]
+pub struct CaseListItem<'a> {
+    pub id: &'a str,
+    pub status: &'a str,
+    pub created_at_ms: i64,
+    pub patient_id: Option<&'a str>,
+    pub patient_name: Option<&'a str>,
+    pub esi: Option<u8>,
+    pub devices: &'a [String],
+}
+
+impl<'a> From<&'a CaseSummary> for CaseListItem<'a> {
+    fn from(c: &'a CaseSummary) -> Self {
+        CaseListItem {
+            id: &c.id,
+            status: &c.status,
+            created_at_ms: c.created_at_ms,
+            patient_id: c.patient_id.as_deref(),
+            patient_name: c.patient_name.as_deref(),
+            esi: c.esi,
+            devices: &c.devices,
+        }
+    }
+}
+
+/// An open alarm of a case.
+#[derive(Debug, Serialize)]
+pub struct AlarmReply<'a> {
+    pub id: i64,
+    pub kind: AlarmKind,
+    pub device_id: Option<&'a str>,
+    pub raised_at_ms: i64,
+    pub detail: &'a str,
+}
+
+impl<'a> From<&'a CaseAlarm> for AlarmReply<'a> {
+    fn from(a: &'a CaseAlarm) -> Self {
+        AlarmReply {
+            id: a.id,
+            kind: a.kind,
+            device_id: a.device_id.as_deref(),
+            raised_at_ms: a.raised_at_ms,
+            detail: &a.detail,
+        }
+    }
+}
+
+/// A recorded medication.
+#[derive(Debug, Serialize)]
+pub struct MedicationReply<'a> {
+    pub id: i64,
+    pub created_at_ms: i64,
+    pub created_by: &'a str,
+    pub name: &'a str,
+    pub dose: &'a str,
+    pub route: &'a str,
+    pub note: Option<&'a str>,
+}
+
+impl<'a> From<&'a StoredMedication> for MedicationReply<'a> {
+    fn from(m: &'a StoredMedication) -> Self {
+        MedicationReply {
+            id: m.id,
+            created_at_ms: m.created_at_ms,
+            created_by: &m.created_by,
+            name: &m.medication.name,
+            dose: &m.medication.dose,
+            route: &m.medication.route,
+            note: m.medication.note.as_deref(),
+        }
+    }
+}
+
+/// Where a case's bundle is in custody.
+#[derive(Debug, Serialize)]
+pub struct BundleReply<'a> {
+    pub bundle_id: &'a str,
+    pub kind: &'a str,
+    pub state: OutboxState,
+    pub attempts: i64,
+    pub created_at_ms: i64,
+    pub sent_at_ms: Option<i64>,
+    pub receipted_at_ms: Option<i64>,
+}
+
+impl<'a> From<&'a BundleState> for BundleReply<'a> {
+    fn from(b: &'a BundleState) -> Self {
+        BundleReply {
+            bundle_id: &b.bundle_id,
+            kind: &b.kind,
+            state: b.state,
+            attempts: b.attempts,
+            created_at_ms: b.created_at_ms,
+            sent_at_ms: b.sent_at_ms,
+            receipted_at_ms: b.receipted_at_ms,
+        }
+    }
+}
+
+/// An audit-log entry for the supervisor (details never hold PHI).
+#[derive(Debug, Serialize)]
+pub struct AuditReply<'a> {
+    pub seq: i64,
+    pub ts_ms: i64,
+    pub actor: &'a str,
+    pub role: &'a str,
+    pub action: &'a str,
+    pub resource: &'a str,
+    pub outcome: &'a str,
+    pub territory: &'a str,
+    pub details: &'a Value,
+}
+
+impl<'a> From<&'a AuditRow> for AuditReply<'a> {
+    fn from(r: &'a AuditRow) -> Self {
+        AuditReply {
+            seq: r.seq,
+            ts_ms: r.ts_ms,
+            actor: &r.actor,
+            role: &r.role,
+            action: &r.action,
+            resource: &r.resource,
+            outcome: &r.outcome,
+            territory: &r.territory,
+            details: &r.details,
+        }
+    }
+}
+
+/// A break-glass use and its review.
+#[derive(Debug, Serialize)]
+pub struct BreakGlassReply<'a> {
+    pub id: i64,
+    pub user_id: &'a str,
+    pub territory: &'a str,
+    pub reason: &'a str,
+    pub started_at_ms: i64,
+    pub until_ms: i64,
+    pub reviewed_at_ms: Option<i64>,
+    pub reviewed_by: Option<&'a str>,
+    pub review_note: Option<&'a str>,
+}
+
+impl<'a> From<&'a BreakGlass> for BreakGlassReply<'a> {
+    fn from(b: &'a BreakGlass) -> Self {
+        BreakGlassReply {
+            id: b.id,
+            user_id: &b.user_id,
+            territory: &b.territory,
+            reason: &b.reason,
+            started_at_ms: b.started_at_ms,
+            until_ms: b.until_ms,
+            reviewed_at_ms: b.reviewed_at_ms,
+            reviewed_by: b.reviewed_by.as_deref(),
+            review_note: b.review_note.as_deref(),
+        }
+    }
+}
+
+/// Maps storage rows to their reply type.
+pub fn replies<'a, R, W: From<&'a R>>(rows: &'a [R]) -> Vec<W> {
+    rows.iter().map(W::from).collect()
 }

@@ -39,7 +39,7 @@ pub struct SessionRow {
 }
 
 /// A break-glass use and its review state.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BreakGlass {
     pub id: i64,
     pub user_id: String,

@@ -19,7 +19,6 @@
 use std::collections::BTreeMap;
 
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
-use serde::Serialize;
 
 use super::{Result, State};
 use crate::crypto::keyring::Keyring;
@@ -404,7 +403,7 @@ pub fn verify_with(
 }
 
 /// An audit-log row for the supervisor (details never hold PHI).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct AuditRow {
     pub seq: i64,
     pub ts_ms: i64,

@@ -14,7 +14,7 @@ use serde::Serialize;
 
 /// One line of the case list. `patient_name` and `esi` are only filled for callers allowed to see
 /// them (`names` / `clinical`).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct CaseSummary {
     pub id: String,
     pub status: String,
@@ -26,7 +26,7 @@ pub struct CaseSummary {
 }
 
 /// Custody state of a case's bundles.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BundleState {
     pub bundle_id: String,
     pub kind: String,
@@ -38,7 +38,7 @@ pub struct BundleState {
 }
 
 /// An open alarm on a case.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CaseAlarm {
     pub id: i64,
     pub kind: AlarmKind,
@@ -80,12 +80,11 @@ pub struct Medication {
     pub note: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct StoredMedication {
     pub id: i64,
     pub created_at_ms: i64,
     pub created_by: String,
-    #[serde(flatten)]
     pub medication: Medication,
 }
 

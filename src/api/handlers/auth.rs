@@ -11,7 +11,7 @@ use crate::api::error::{ApiError, ApiResult, Code};
 use crate::api::guard::Caller;
 use crate::api::policy;
 use crate::api::state::ApiState;
-use crate::api::wire::{Body, BreakGlassBody, LoginBody};
+use crate::api::wire::{Body, BreakGlassBody, LoginBody, UserReply};
 use crate::crypto::password;
 use crate::model::{Actor, is_valid_ident};
 use crate::storage::SessionRow;
@@ -103,7 +103,7 @@ pub async fn login(State(st): State<ApiState>, Body(b): Body<LoginBody>) -> ApiR
         "token": token,
         "expires_at_ms": row.expires_at_ms,
         "idle_timeout_secs": cfg.idle_timeout_secs,
-        "user": u.info,
+        "user": UserReply::from(&u.info),
     }))
     .into_response())
 }
@@ -129,7 +129,7 @@ pub async fn me(
 ) -> axum::Json<serde_json::Value> {
     let perms = policy::permission_names(c.user.role, c.break_glass.is_some());
     axum::Json(json!({
-        "user": c.user,
+        "user": UserReply::from(&c.user),
         "territory": c.territory,
         "permissions": perms,
         "break_glass_until_ms": c.break_glass.map(|(_, u)| u),

@@ -11,8 +11,8 @@ use crate::api::guard::{Caller, in_territory};
 use crate::api::policy::Perm;
 use crate::api::state::ApiState;
 use crate::api::wire::{
-    BindBody, Body, CaseCreate, Json, check_id, created, obs_json, ok, patient_json, triage_json,
-    view_json,
+    AlarmReply, BindBody, Body, CaseCreate, CaseListItem, Json, MedicationReply, check_id, created,
+    obs_json, ok, patient_json, replies, triage_json, view_json,
 };
 use crate::events::LiveEvent;
 use crate::model::{Observation, is_valid_ident};
@@ -34,7 +34,7 @@ pub async fn list_cases(
         .store
         .call(move |db| db.list_cases(&a, &t, p, 200))
         .await?;
-    ok(json!({ "cases": cases }))
+    ok(json!({ "cases": replies::<_, CaseListItem<'_>>(&cases) }))
 }
 
 pub async fn create_case(
@@ -120,8 +120,8 @@ pub async fn handoff(
         "onset": v.case.details.onset,
         "latest_vitals": latest.iter().map(|o| obs_json(o)).collect::<Vec<_>>(),
         "triage": v.triage.first().map(triage_json),
-        "medications": v.medications,
-        "alarms": v.alarms,
+        "medications": replies::<_, MedicationReply<'_>>(&v.medications),
+        "alarms": replies::<_, AlarmReply<'_>>(&v.alarms),
         "devices": v.devices,
         "readings": v.vitals.len(),
     }))

@@ -8,7 +8,9 @@ use serde_json::json;
 use crate::api::error::{ApiError, ApiResult};
 use crate::api::guard::Caller;
 use crate::api::state::ApiState;
-use crate::api::wire::{AuditQuery, Body, Json, PendingQuery, ReviewBody, ok};
+use crate::api::wire::{
+    AuditQuery, AuditReply, Body, BreakGlassReply, Json, PendingQuery, ReviewBody, ok, replies,
+};
 
 pub async fn audit(
     State(st): State<ApiState>,
@@ -21,7 +23,7 @@ pub async fn audit(
         .store
         .call(move |db| db.audit_entries(&a, limit, q.before))
         .await?;
-    ok(json!({ "entries": rows }))
+    ok(json!({ "entries": replies::<_, AuditReply<'_>>(&rows) }))
 }
 
 pub async fn break_glass_list(
@@ -33,7 +35,7 @@ pub async fn break_glass_list(
         .store
         .call(move |db| db.break_glass_list(pending))
         .await?;
-    ok(json!({ "uses": rows }))
+    ok(json!({ "uses": replies::<_, BreakGlassReply<'_>>(&rows) }))
 }
 
 pub async fn break_glass_review(

@@ -9,12 +9,12 @@ use serde_json::json;
 use crate::api::error::{ApiError, ApiResult};
 use crate::api::guard::Caller;
 use crate::api::state::ApiState;
-use crate::api::wire::{Body, Json, UserCreate, created, ok};
+use crate::api::wire::{Body, Json, UserCreate, UserReply, created, ok, replies};
 use crate::model::validate_user;
 
 pub async fn users(State(st): State<ApiState>) -> ApiResult<Json> {
     let u = st.store.call(|db| db.list_users()).await?;
-    ok(json!({ "users": u }))
+    ok(json!({ "users": replies::<_, UserReply<'_>>(&u) }))
 }
 
 pub async fn add_user(
