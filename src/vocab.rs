@@ -88,6 +88,11 @@ pub fn avpu_level(letter: &str) -> Option<f64> {
         .map(|i| i as f64)
 }
 
+/// The AVPU letter of a stored level (its index in [`AVPU_LEVELS`]), or `None` past the end.
+pub fn avpu_letter(level: f64) -> Option<&'static str> {
+    AVPU_LEVELS.get(level as usize).copied()
+}
+
 /// A numeric value the vocabulary refuses. The caller reports it to whoever sent the value
 /// (MQTT reject `OUT_OF_RANGE`, API `VALIDATION_ERROR`) and stores nothing of it.
 #[derive(Debug, Clone, Copy, PartialEq, thiserror::Error)]
@@ -160,5 +165,9 @@ mod tests {
         assert_eq!(avpu_level("U"), Some(4.0));
         assert_eq!(avpu_level("a"), None);
         assert_eq!(avpu_level("X"), None);
+        for l in AVPU_LEVELS {
+            assert_eq!(avpu_letter(avpu_level(l).unwrap()), Some(l));
+        }
+        assert_eq!(avpu_letter(5.0), None);
     }
 }

@@ -157,10 +157,6 @@ const SPAWN_ALLOWED: &[(&str, &str)] = &[
         "the field-device simulator (a CLI tool, not the daemon)",
     ),
     (
-        "receiver/mod.rs",
-        "the receiver's own supervisor: its database owner thread and shutdown signal",
-    ),
-    (
         "bin/hema3n-receiver.rs",
         "the receiver binary's signal handler",
     ),

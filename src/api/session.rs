@@ -96,6 +96,14 @@ impl Sessions {
         self.len() == 0
     }
 
+    /// Whether a session with this token still exists server-side (tests and diagnostics).
+    pub fn contains_token(&self, token: &str) -> bool {
+        self.map
+            .lock()
+            .expect("sessions lock")
+            .contains_key(&password::token_hash(token))
+    }
+
     pub(super) fn insert(&self, row: SessionRow, user: UserInfo) {
         self.map.lock().expect("sessions lock").insert(
             row.token_hash,
@@ -192,15 +200,6 @@ impl Sessions {
             .collect();
         (ended, seen)
     }
-}
-
-/// Whether a session with this token still exists server-side (tests and diagnostics).
-pub fn session_exists(sessions: &Sessions, token: &str) -> bool {
-    sessions
-        .map
-        .lock()
-        .expect("sessions lock")
-        .contains_key(&password::token_hash(token))
 }
 
 /// The clock the API runs on.

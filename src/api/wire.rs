@@ -195,10 +195,7 @@ pub fn patient_json(p: &StoredPatient) -> Value {
 
 pub fn obs_json(o: &Observation) -> Value {
     let display = if o.code == "avpu" {
-        vocab::AVPU_LEVELS
-            .get(o.value as usize)
-            .map(|s| json!(s))
-            .unwrap_or(Value::Null)
+        vocab::avpu_letter(o.value).map_or(Value::Null, |s| json!(s))
     } else {
         Value::Null
     };

@@ -322,12 +322,8 @@ impl Threads {
     /// Returns false when the storage thread panicked.
     async fn join(self) -> bool {
         let Threads { storage, model } = self;
-        let joined = tokio::task::spawn_blocking(move || {
-            let _ = model.join();
-            storage.join()
-        })
-        .await;
-        matches!(joined, Ok(Ok(())))
+        crate::storage::join_owner(model).await;
+        crate::storage::join_owner(storage).await
     }
 }
 

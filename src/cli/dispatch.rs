@@ -28,11 +28,7 @@ pub fn main(args: Args) -> ExitCode {
         Err(e) => {
             eprintln!(
                 "hema3n-edge: configuration error: {}",
-                anyhow::Error::from(e)
-                    .chain()
-                    .map(|c| c.to_string())
-                    .collect::<Vec<_>>()
-                    .join(": ")
+                crate::report::Chain(&e)
             );
             return ExitCode::from(EXIT_CONFIG);
         }

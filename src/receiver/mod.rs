@@ -75,8 +75,7 @@ pub async fn run(
     )
     .await;
     drop(custody);
-    let joined = tokio::task::spawn_blocking(move || thread.join()).await;
-    if !matches!(joined, Ok(Ok(()))) {
+    if !crate::storage::join_owner(thread).await {
         return Err(ReceiverError::Io(
             "the receiver database thread panicked".into(),
         ));

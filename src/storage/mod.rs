@@ -182,4 +182,4 @@ impl Db {
 pub use open::db_key_fingerprint;
 pub(crate) use open::{open_keyed, run_migrations};
 pub use patients::PatientQuery;
-pub use store::{Owned, Owner, Store};
+pub use store::{Owned, Owner, Store, join as join_owner};

@@ -31,6 +31,15 @@ impl<T> Clone for Owner<T> {
     }
 }
 
+/// Waits, off the async workers, for an owner thread to end (it ends once every handle is
+/// gone and [`Owned::close`] ran). Returns false when it panicked.
+pub async fn join(thread: std::thread::JoinHandle<()>) -> bool {
+    matches!(
+        tokio::task::spawn_blocking(move || thread.join()).await,
+        Ok(Ok(()))
+    )
+}
+
 /// The appliance's store: its [`Db`] on the `storage` thread.
 pub type Store = Owner<Db>;
 

@@ -114,10 +114,7 @@ fn observation(
         "issued": iso8601_ms(r.recv_time_ms),
     });
     if v.name == "avpu" {
-        let level = vocab::AVPU_LEVELS
-            .get(r.value as usize)
-            .copied()
-            .unwrap_or("U");
+        let level = vocab::avpu_letter(r.value).unwrap_or("U");
         o["valueCodeableConcept"] = json!({ "text": level });
     } else {
         let (unit, code) = ucum(v.name);
