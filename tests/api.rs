@@ -899,7 +899,7 @@ async fn bad_input_gets_specific_errors() {
 /// schema (no missing, mistyped or undocumented property).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_reply_matches_its_documented_schema() {
-    use hema3n_edge::api::openapi::{Reply, reply};
+    use hema3n_edge::api::policy::{Reply, route};
     let api = Api::new(IDLE).await;
     let fx = fixtures(&api).await;
     // Content for the lists: a triage result and a break-glass use to review.
@@ -955,7 +955,9 @@ async fn every_reply_matches_its_documented_schema() {
         let r = api
             .call(method, &p, Some(&token), Some("default"), body)
             .await;
-        let documented = reply(method, path).unwrap_or_else(|| panic!("{method} {path}"));
+        let documented = route(method, path)
+            .unwrap_or_else(|| panic!("{method} {path}"))
+            .reply;
         let (status, schema) = match documented {
             Reply::Json(s) => (StatusCode::OK, Some(s)),
             Reply::Created(s) => (StatusCode::CREATED, Some(s)),

@@ -4,7 +4,7 @@
 use serde_json::{Map, Value, json};
 
 use super::error::Code;
-use super::policy::{self, Access, ROUTES, Role};
+use super::policy::{self, Access, ROUTES, Reply, Role};
 
 /// The properties of the patient body (request shape).
 fn schemas_patient_properties() -> Map<String, Value> {
@@ -139,89 +139,6 @@ fn reply_schemas() -> Value {
     })
 }
 
-/// What a route answers on success.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Reply {
-    /// `200` with a JSON body of this schema.
-    Json(&'static str),
-    /// `201` with a JSON body of this schema.
-    Created(&'static str),
-    /// `204`, no body.
-    NoContent,
-    /// `200` Prometheus text.
-    Text,
-    /// `200` server-sent events.
-    EventStream,
-}
-
-/// The success reply of every route in [`ROUTES`] (the document generator refuses a route
-/// missing here).
-pub const REPLIES: &[(&str, &str, Reply)] = &[
-    ("GET", "/healthz", Reply::Json("Health")),
-    ("GET", "/metrics", Reply::Text),
-    ("GET", "/api/v1/openapi.json", Reply::Json("OpenApi")),
-    ("POST", "/api/v1/auth/login", Reply::Json("Session")),
-    ("POST", "/api/v1/auth/logout", Reply::NoContent),
-    ("GET", "/api/v1/auth/me", Reply::Json("Me")),
-    (
-        "POST",
-        "/api/v1/auth/break-glass",
-        Reply::Created("BreakGlassGrant"),
-    ),
-    ("GET", "/api/v1/patients", Reply::Json("PatientList")),
-    ("POST", "/api/v1/patients", Reply::Created("CreatedId")),
-    ("GET", "/api/v1/patients/{id}", Reply::Json("StoredPatient")),
-    ("PUT", "/api/v1/patients/{id}", Reply::NoContent),
-    ("GET", "/api/v1/cases", Reply::Json("CaseList")),
-    ("POST", "/api/v1/cases", Reply::Created("CreatedId")),
-    ("GET", "/api/v1/cases/{id}", Reply::Json("Case")),
-    ("POST", "/api/v1/cases/{id}/devices", Reply::Json("Bound")),
-    (
-        "DELETE",
-        "/api/v1/cases/{id}/devices/{device_id}",
-        Reply::NoContent,
-    ),
-    (
-        "GET",
-        "/api/v1/cases/{id}/vitals",
-        Reply::Json("ReadingList"),
-    ),
-    (
-        "POST",
-        "/api/v1/cases/{id}/vitals",
-        Reply::Created("ReadingIds"),
-    ),
-    (
-        "GET",
-        "/api/v1/cases/{id}/triage",
-        Reply::Json("TriageList"),
-    ),
-    (
-        "POST",
-        "/api/v1/cases/{id}/medications",
-        Reply::Created("CreatedRow"),
-    ),
-    ("GET", "/api/v1/cases/{id}/stream", Reply::EventStream),
-    ("GET", "/api/v1/cases/{id}/handoff", Reply::Json("Handoff")),
-    ("POST", "/api/v1/cases/{id}/close", Reply::Json("Closed")),
-    ("GET", "/api/v1/devices", Reply::Json("DeviceList")),
-    ("GET", "/api/v1/sync", Reply::Json("SyncStatus")),
-    ("GET", "/api/v1/audit", Reply::Json("AuditList")),
-    ("GET", "/api/v1/break-glass", Reply::Json("BreakGlassUses")),
-    ("POST", "/api/v1/break-glass/{id}/review", Reply::NoContent),
-    ("GET", "/api/v1/users", Reply::Json("UserList")),
-    ("POST", "/api/v1/users", Reply::Created("CreatedId")),
-    ("POST", "/api/v1/users/{id}/disable", Reply::NoContent),
-];
-
-/// The success reply documented for a route.
-pub fn reply(method: &str, path: &str) -> Option<Reply> {
-    REPLIES
-        .iter()
-        .find(|(m, p, _)| *m == method && *p == path)
-        .map(|(_, _, r)| *r)
-}
-
 /// The OpenAPI document of every route in the table.
 pub fn document() -> Value {
     let mut paths: Map<String, Value> = Map::new();
@@ -274,12 +191,7 @@ pub fn document() -> Value {
             );
         }
         let err = json!({ "description": "error", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Error" } } } });
-        let ok = match reply(r.method, r.path).unwrap_or_else(|| {
-            panic!(
-                "{} {} has no documented reply (openapi::REPLIES)",
-                r.method, r.path
-            )
-        }) {
+        let ok = match r.reply {
             Reply::Json(schema) => (
                 "200",
                 json!({ "description": "success", "content": { "application/json": { "schema": { "$ref": format!("#/components/schemas/{schema}") } } } }),

@@ -137,6 +137,23 @@ pub struct RouteSpec {
     pub summary: &'static str,
     /// Request body schema name in the OpenAPI document, if any.
     pub body: Option<&'static str>,
+    /// What it answers on success (status and schema in the OpenAPI document).
+    pub reply: Reply,
+}
+
+/// What a route answers on success.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reply {
+    /// `200` with a JSON body of this schema.
+    Json(&'static str),
+    /// `201` with a JSON body of this schema.
+    Created(&'static str),
+    /// `204`, no body.
+    NoContent,
+    /// `200` Prometheus text.
+    Text,
+    /// `200` server-sent events.
+    EventStream,
 }
 
 pub const BREAK_GLASS_PATH: &str = "/api/v1/auth/break-glass";
@@ -148,6 +165,7 @@ const fn r(
     phi: bool,
     summary: &'static str,
     body: Option<&'static str>,
+    reply: Reply,
 ) -> RouteSpec {
     RouteSpec {
         method,
@@ -156,11 +174,18 @@ const fn r(
         phi,
         summary,
         body,
+        reply,
     }
+}
+
+/// The route-table row of `method path`.
+pub fn route(method: &str, path: &str) -> Option<&'static RouteSpec> {
+    ROUTES.iter().find(|r| r.path == path && r.method == method)
 }
 
 use Access::{Authenticated, Public};
 use Perm::*;
+use Reply::{Created, EventStream, Json, NoContent, Text};
 
 /// Every API route.
 pub const ROUTES: &[RouteSpec] = &[
@@ -171,6 +196,7 @@ pub const ROUTES: &[RouteSpec] = &[
         false,
         "Liveness and component state",
         None,
+        Json("Health"),
     ),
     r(
         "GET",
@@ -179,6 +205,7 @@ pub const ROUTES: &[RouteSpec] = &[
         false,
         "Prometheus metrics (no PHI)",
         None,
+        Text,
     ),
     r(
         "GET",
@@ -187,6 +214,7 @@ pub const ROUTES: &[RouteSpec] = &[
         false,
         "This document",
         None,
+        Json("OpenApi"),
     ),
     r(
         "POST",
@@ -195,6 +223,7 @@ pub const ROUTES: &[RouteSpec] = &[
         false,
         "Log in with a personal user id and PIN/password; returns a bearer token",
         Some("Login"),
+        Json("Session"),
     ),
     r(
         "POST",
@@ -203,6 +232,7 @@ pub const ROUTES: &[RouteSpec] = &[
         false,
         "End this session",
         None,
+        NoContent,
     ),
     r(
         "GET",
@@ -211,6 +241,7 @@ pub const ROUTES: &[RouteSpec] = &[
         false,
         "The caller, territory, permissions and break-glass state",
         None,
+        Json("Me"),
     ),
     r(
         "POST",
@@ -219,6 +250,7 @@ pub const ROUTES: &[RouteSpec] = &[
         false,
         "Break-glass: re-authenticate with a reason for time-boxed wider read access",
         Some("BreakGlass"),
+        Created("BreakGlassGrant"),
     ),
     r(
         "GET",
@@ -227,6 +259,7 @@ pub const ROUTES: &[RouteSpec] = &[
         true,
         "Search patients by last_name, date_of_birth, mrn (blind indexes)",
         None,
+        Json("PatientList"),
     ),
     r(
         "POST",
@@ -235,6 +268,7 @@ pub const ROUTES: &[RouteSpec] = &[
         true,
         "Register a patient (partial data allowed)",
         Some("Patient"),
+        Created("CreatedId"),
     ),
     r(
         "GET",
@@ -243,6 +277,7 @@ pub const ROUTES: &[RouteSpec] = &[
         true,
         "Read a patient",
         None,
+        Json("StoredPatient"),
     ),
     r(
         "PUT",
@@ -251,6 +286,7 @@ pub const ROUTES: &[RouteSpec] = &[
         true,
         "Replace a patient's demographics",
         Some("Patient"),
+        NoContent,
     ),
     r(
         "GET",
@@ -259,6 +295,7 @@ pub const ROUTES: &[RouteSpec] = &[
         true,
         "Cases of the territory (names for demographics roles, ESI for clinical roles)",
         None,
+        Json("CaseList"),
     ),
     r(
         "POST",
@@ -267,6 +304,7 @@ pub const ROUTES: &[RouteSpec] = &[
         true,
         "Open a case",
         Some("CaseCreate"),
+        Created("CreatedId"),
     ),
     r(
         "GET",
@@ -275,6 +313,7 @@ pub const ROUTES: &[RouteSpec] = &[
         true,
         "The case: patient, devices, alarms, triage, medications, vitals, sync state",
         None,
+        Json("Case"),
     ),
     r(
         "POST",
@@ -283,6 +322,7 @@ pub const ROUTES: &[RouteSpec] = &[
         true,
         "Bind a field device to the case",
         Some("Bind"),
+        Json("Bound"),
     ),
     r(
         "DELETE",
@@ -291,6 +331,7 @@ pub const ROUTES: &[RouteSpec] = &[
         true,
         "Unbind a device",
         None,
+        NoContent,
     ),
     r(
         "GET",
@@ -299,6 +340,7 @@ pub const ROUTES: &[RouteSpec] = &[
         true,
         "Vitals history, oldest first",
         None,
+        Json("ReadingList"),
     ),
     r(
         "POST",
@@ -307,6 +349,7 @@ pub const ROUTES: &[RouteSpec] = &[
         true,
         "Enter vitals by hand",
         Some("ManualVitals"),
+        Created("ReadingIds"),
     ),
     r(
         "GET",
@@ -315,6 +358,7 @@ pub const ROUTES: &[RouteSpec] = &[
         true,
         "Triage results, newest first, with reasons",
         None,
+        Json("TriageList"),
     ),
     r(
         "POST",
@@ -323,6 +367,7 @@ pub const ROUTES: &[RouteSpec] = &[
         true,
         "Record a medication order",
         Some("Medication"),
+        Created("CreatedRow"),
     ),
     r(
         "GET",
@@ -331,6 +376,7 @@ pub const ROUTES: &[RouteSpec] = &[
         true,
         "Live events (SSE): vitals, triage, alarm, case",
         None,
+        EventStream,
     ),
     r(
         "GET",
@@ -339,6 +385,7 @@ pub const ROUTES: &[RouteSpec] = &[
         true,
         "Handoff summary for the receiving hospital",
         None,
+        Json("Handoff"),
     ),
     r(
         "POST",
@@ -347,6 +394,7 @@ pub const ROUTES: &[RouteSpec] = &[
         true,
         "Close the case; it is sealed and queued for the cloud",
         None,
+        Json("Closed"),
     ),
     r(
         "GET",
@@ -355,6 +403,7 @@ pub const ROUTES: &[RouteSpec] = &[
         false,
         "Field devices, presence and binding",
         None,
+        Json("DeviceList"),
     ),
     r(
         "GET",
@@ -363,6 +412,7 @@ pub const ROUTES: &[RouteSpec] = &[
         false,
         "Cloud link state and outbox counts",
         None,
+        Json("SyncStatus"),
     ),
     r(
         "GET",
@@ -371,6 +421,7 @@ pub const ROUTES: &[RouteSpec] = &[
         false,
         "Audit trail, newest first (?before=seq&limit=n)",
         None,
+        Json("AuditList"),
     ),
     r(
         "GET",
@@ -379,6 +430,7 @@ pub const ROUTES: &[RouteSpec] = &[
         false,
         "Break-glass uses (?pending=true for the review queue)",
         None,
+        Json("BreakGlassUses"),
     ),
     r(
         "POST",
@@ -387,6 +439,7 @@ pub const ROUTES: &[RouteSpec] = &[
         false,
         "Close a break-glass review",
         Some("Review"),
+        NoContent,
     ),
     r(
         "GET",
@@ -395,6 +448,7 @@ pub const ROUTES: &[RouteSpec] = &[
         false,
         "Accounts",
         None,
+        Json("UserList"),
     ),
     r(
         "POST",
@@ -403,6 +457,7 @@ pub const ROUTES: &[RouteSpec] = &[
         false,
         "Add an account",
         Some("UserCreate"),
+        Created("CreatedId"),
     ),
     r(
         "POST",
@@ -411,6 +466,7 @@ pub const ROUTES: &[RouteSpec] = &[
         false,
         "Disable an account and end its sessions",
         None,
+        NoContent,
     ),
 ];
 
@@ -420,10 +476,7 @@ pub fn route_access(method: &str, path: &str) -> Option<Access> {
         // The UI's static assets.
         return Some(Access::Public);
     }
-    ROUTES
-        .iter()
-        .find(|r| r.path == path && r.method == method)
-        .map(|r| r.access)
+    route(method, path).map(|r| r.access)
 }
 
 /// Whether a role, with or without an active break-glass grant, holds a permission.
