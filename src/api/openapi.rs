@@ -160,7 +160,7 @@ pub fn document() -> Value {
                     json!([{ "bearer": [] }]),
                     format!(
                         "{}: {}{}",
-                        p.name(),
+                        p.as_str(),
                         roles.join(", "),
                         if bg {
                             " (others under break-glass)"

@@ -7,68 +7,34 @@
 
 pub use crate::model::Role;
 
-/// Permissions a route can require.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Perm {
-    /// Read demographics (patients, names in the case list).
-    PatientRead,
-    /// Register and edit patients.
-    PatientWrite,
-    /// See the case list.
-    CaseList,
-    /// Read the clinical record (vitals, triage, medications, alarms, handoff).
-    ClinicalRead,
-    /// Open cases, bind devices, enter vitals, close cases.
-    ClinicalWrite,
-    /// Medication orders.
-    Medication,
-    /// Bound/unbound field devices.
-    DeviceRead,
-    /// Sync and outbox state (no PHI).
-    SyncRead,
-    /// Read the audit trail.
-    AuditReview,
-    /// Review break-glass uses.
-    BreakGlassReview,
-    /// Ask for break-glass access.
-    BreakGlass,
-    /// Manage accounts (no PHI).
-    Admin,
-}
-
-impl Perm {
-    /// Every permission.
-    pub const ALL: [Perm; 12] = [
-        Perm::PatientRead,
-        Perm::PatientWrite,
-        Perm::CaseList,
-        Perm::ClinicalRead,
-        Perm::ClinicalWrite,
-        Perm::Medication,
-        Perm::DeviceRead,
-        Perm::SyncRead,
-        Perm::AuditReview,
-        Perm::BreakGlassReview,
-        Perm::BreakGlass,
-        Perm::Admin,
-    ];
-
-    /// The name the API shows (`GET /api/v1/auth/me`, the OpenAPI `x-access` note).
-    pub fn name(self) -> &'static str {
-        match self {
-            Perm::PatientRead => "PatientRead",
-            Perm::PatientWrite => "PatientWrite",
-            Perm::CaseList => "CaseList",
-            Perm::ClinicalRead => "ClinicalRead",
-            Perm::ClinicalWrite => "ClinicalWrite",
-            Perm::Medication => "Medication",
-            Perm::DeviceRead => "DeviceRead",
-            Perm::SyncRead => "SyncRead",
-            Perm::AuditReview => "AuditReview",
-            Perm::BreakGlassReview => "BreakGlassReview",
-            Perm::BreakGlass => "BreakGlass",
-            Perm::Admin => "Admin",
-        }
+crate::model::named_enum! {
+    /// Permissions a route can require. Their names are what the API shows
+    /// (`GET /api/v1/auth/me`, the OpenAPI `x-access` note).
+    pub enum Perm {
+        /// Read demographics (patients, names in the case list).
+        PatientRead = "PatientRead",
+        /// Register and edit patients.
+        PatientWrite = "PatientWrite",
+        /// See the case list.
+        CaseList = "CaseList",
+        /// Read the clinical record (vitals, triage, medications, alarms, handoff).
+        ClinicalRead = "ClinicalRead",
+        /// Open cases, bind devices, enter vitals, close cases.
+        ClinicalWrite = "ClinicalWrite",
+        /// Medication orders.
+        Medication = "Medication",
+        /// Bound/unbound field devices.
+        DeviceRead = "DeviceRead",
+        /// Sync and outbox state (no PHI).
+        SyncRead = "SyncRead",
+        /// Read the audit trail.
+        AuditReview = "AuditReview",
+        /// Review break-glass uses.
+        BreakGlassReview = "BreakGlassReview",
+        /// Ask for break-glass access.
+        BreakGlass = "BreakGlass",
+        /// Manage accounts (no PHI).
+        Admin = "Admin",
     }
 }
 
@@ -487,9 +453,9 @@ pub fn allows(role: Role, break_glass: bool, p: Perm) -> bool {
 /// The permission names a caller holds, sorted (what `GET /api/v1/auth/me` shows).
 pub fn permission_names(role: Role, break_glass: bool) -> Vec<&'static str> {
     let mut names: Vec<&str> = Perm::ALL
-        .into_iter()
-        .filter(|p| allows(role, break_glass, *p))
-        .map(Perm::name)
+        .iter()
+        .filter(|p| allows(role, break_glass, **p))
+        .map(|p| p.as_str())
         .collect();
     names.sort_unstable();
     names
@@ -508,7 +474,7 @@ mod tests {
                     "{} {} needs {} which no role holds",
                     r.method,
                     r.path,
-                    p.name()
+                    p.as_str()
                 );
             }
         }
@@ -548,7 +514,7 @@ mod tests {
     #[test]
     fn permission_names_are_the_variant_names() {
         for p in Perm::ALL {
-            assert_eq!(p.name(), format!("{p:?}"));
+            assert_eq!(p.as_str(), format!("{p:?}"));
         }
     }
 }

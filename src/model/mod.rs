@@ -43,6 +43,7 @@ macro_rules! named_enum {
         }
     };
 }
+pub(crate) use named_enum;
 
 mod appliance;
 mod case;
