@@ -278,7 +278,6 @@ impl<T: Transport, O: Outbox> Forwarder<T, O> {
                 for e in batch {
                     match e {
                         LinkEvent::Connected { session_present } => {
-                            c.session.connected = true;
                             self.settings.backoff.reset();
                             self.metrics.connects.fetch_add(1, Ordering::Relaxed);
                             tracing::info!(session_present, "connected to cloud broker");
@@ -319,13 +318,13 @@ impl<T: Transport, O: Outbox> Forwarder<T, O> {
                 if expired > 0 {
                     self.metrics.republished.fetch_add(expired as u64, Ordering::Relaxed);
                 }
-                if c.session.connected && c.session.subscribed {
+                if c.session.subscribed {
                     self.fill(c).await?;
                 }
                 Ok(Step::Continue)
             }
             _ = self.wake.notified() => {
-                if c.session.connected && c.session.subscribed {
+                if c.session.subscribed {
                     self.fill(c).await?;
                 }
                 Ok(Step::Continue)

@@ -25,9 +25,8 @@ pub struct Session<A> {
     receipts: Vec<(Vec<u8>, A)>,
     /// Receipts committed and waiting for room in the request queue to be acknowledged.
     acks: VecDeque<A>,
-    /// CONNACK seen.
-    pub connected: bool,
-    /// SUBACK of the receipts topic seen: publishing may start.
+    /// SUBACK of the receipts topic seen (it follows our subscribe on CONNACK): publishing may
+    /// start.
     pub subscribed: bool,
     /// The last fill found more queued than the window had room for.
     pub backlog: bool,
@@ -43,7 +42,6 @@ impl<A> Session<A> {
             to_mark_sent: Vec::new(),
             receipts: Vec::new(),
             acks: VecDeque::new(),
-            connected: false,
             subscribed: false,
             backlog: false,
         }
