@@ -139,6 +139,13 @@ fn reply_schemas() -> Value {
     })
 }
 
+/// The OpenAPI document as served: built once (it depends only on the route table and the
+/// schemas, which are compiled in), then the same bytes for every request.
+pub fn document_json() -> &'static str {
+    static DOC: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    DOC.get_or_init(|| document().to_string())
+}
+
 /// The OpenAPI document of every route in the table.
 pub fn document() -> Value {
     let mut paths: Map<String, Value> = Map::new();

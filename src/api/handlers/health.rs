@@ -7,7 +7,6 @@ use serde_json::json;
 
 use crate::api::error::ApiResult;
 use crate::api::state::ApiState;
-use crate::api::wire::Json;
 use crate::api::{metrics, openapi};
 
 pub async fn healthz(State(st): State<ApiState>) -> Response {
@@ -48,6 +47,10 @@ pub async fn metrics(State(st): State<ApiState>) -> ApiResult<Response> {
         .into_response())
 }
 
-pub async fn openapi() -> Json {
-    axum::Json(openapi::document())
+pub async fn openapi() -> Response {
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        openapi::document_json(),
+    )
+        .into_response()
 }
