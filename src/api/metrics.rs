@@ -103,6 +103,12 @@ pub fn metrics_text(st: &ApiState, outbox: &OutboxStats, alarms: &[Alarm], triag
             "Redelivered readings absorbed",
             &[(String::new(), g(&i.duplicates))],
         );
+        m(
+            "hema3n_ingest_shaped_total",
+            "counter",
+            "Messages held back by per-device rate shaping (stored later)",
+            &[(String::new(), g(&i.shaped))],
+        );
         let rejects: Vec<(String, f64)> = i
             .rejects()
             .into_iter()

@@ -11,6 +11,16 @@ use super::{CmdResult, Failure, open_db};
 /// `devices add`: registers a device with a fresh broker password (printed once) and rewrites
 /// the mosquitto password file when `mqtt.password_file` is set.
 pub fn devices_add(cfg: &Config, id: &str, kind: &str, territory: &str) -> CmdResult {
+    // A device must never share the daemon's broker account (it would take over its ACL).
+    let daemon_user = cfg.mqtt.username.as_deref().unwrap_or("hema3n-edge");
+    if id == daemon_user || id == "hema3n-edge" {
+        return Err(Failure {
+            code: 2,
+            error: anyhow::anyhow!(
+                "`{id}` is the daemon's own broker account; choose another device id"
+            ),
+        });
+    }
     let mut db = open_db(cfg)?;
     let password = crate::crypto::random_password().map_err(|e| Failure {
         code: 1,

@@ -206,9 +206,10 @@ pub struct MqttConfig {
     pub username: Option<String>,
     /// Keep-alive, seconds. Default 30.
     pub keep_alive_secs: u64,
-    /// Largest MQTT packet accepted from the broker, bytes. Keep it above the broker's
-    /// `message_size_limit` so an oversized publish is refused by the broker, not by us
-    /// dropping the connection. Default 1048576.
+    /// Largest MQTT packet the daemon sends to the broker, bytes. Packets *from* the broker
+    /// are read up to the protocol's maximum, so that an oversized publish queued for the
+    /// daemon's session is dead-lettered instead of wedging it; every broker configuration
+    /// the project ships caps messages below this (`message_size_limit`). Default 1048576.
     pub max_packet_bytes: usize,
     /// Reconnect back-off bounds, milliseconds. Defaults 200 and 10000.
     pub reconnect_min_ms: u64,
@@ -377,11 +378,18 @@ pub struct IngestConfig {
     pub max_age_secs: u64,
     /// Upper bound of messages committed in one transaction (group commit). Default 4096.
     pub batch_max_messages: usize,
-    /// Sustained vitals messages per second allowed per device; excess is rejected with
-    /// RATE_LIMITED so one device cannot starve the others. Default 200.
+    /// Sustained vitals messages per second processed per device. Messages beyond it are
+    /// *shaped*, not refused: they wait (unacknowledged, so the broker's in-flight window
+    /// bounds them) until the device's bucket refills, so a backlog replayed after a restart
+    /// or a device's offline buffer is stored in full. Default 200.
     pub device_rate_per_sec: f64,
     /// Burst allowance of that token bucket. Default 1000.
     pub device_burst: f64,
+    /// Bytes of shaped messages held in memory across devices. Only QoS 0 traffic (which the
+    /// broker's window does not bound) can exceed it; such messages are dead-lettered as
+    /// RATE_LIMITED with their payload kept encrypted. Default 67108864 (64 MiB, above the
+    /// broker's 1000-message window at 64 KiB each).
+    pub shaping_max_bytes: usize,
     /// Only devices registered with `hema3n-edge devices add` may publish; others get
     /// UNKNOWN_DEVICE. Default true.
     pub require_registered_devices: bool,
@@ -403,6 +411,7 @@ impl Default for IngestConfig {
             batch_max_messages: 4096,
             device_rate_per_sec: 200.0,
             device_burst: 1000.0,
+            shaping_max_bytes: 64 << 20,
             require_registered_devices: true,
             device_silent_secs: 30,
             summary_every_secs: 60,

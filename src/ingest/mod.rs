@@ -69,6 +69,8 @@ pub struct IngestMetrics {
     pub committed_messages: AtomicU64,
     pub readings: AtomicU64,
     pub duplicates: AtomicU64,
+    /// Messages held back by per-device rate shaping (stored later, not refused).
+    pub shaped: AtomicU64,
     pub batches: AtomicU64,
     pub connects: AtomicU64,
     /// Times the daemon finished subscribing (2 SUBACKs) since start.
@@ -89,6 +91,7 @@ impl Default for IngestMetrics {
             committed_messages: AtomicU64::new(0),
             readings: AtomicU64::new(0),
             duplicates: AtomicU64::new(0),
+            shaped: AtomicU64::new(0),
             batches: AtomicU64::new(0),
             connects: AtomicU64::new(0),
             subscribed: AtomicU64::new(0),
@@ -148,6 +151,9 @@ impl IngestMetrics {
     }
 }
 
+/// The largest packet MQTT can frame (remaining length 268,435,455 plus a 5-byte header).
+pub const MQTT_MAX_PACKET: usize = 268_435_460;
+
 /// Builds the daemon's broker client: persistent session, manual acks, QoS 1.
 pub fn client(cfg: &Config, capacity: usize) -> Result<(AsyncClient, EventLoop), IngestError> {
     let (host, port) = cfg
@@ -163,7 +169,10 @@ pub fn client(cfg: &Config, capacity: usize) -> Result<(AsyncClient, EventLoop),
     o.set_keep_alive(Duration::from_secs(cfg.mqtt.keep_alive_secs.max(5)))
         .set_clean_session(false)
         .set_manual_acks(true)
-        .set_max_packet_size(cfg.mqtt.max_packet_bytes, cfg.mqtt.max_packet_bytes)
+        // Incoming: anything the protocol allows, so that one oversized publish queued for our
+        // persistent session is read and dead-lettered (PAYLOAD_TOO_LARGE) instead of failing
+        // every reconnect forever. The broker's `message_size_limit` keeps them small.
+        .set_max_packet_size(MQTT_MAX_PACKET, cfg.mqtt.max_packet_bytes)
         .set_inflight(1024);
     if let Some(user) = &cfg.mqtt.username {
         let sources = crate::crypto::keyring::KeySources::from_env(&cfg.keys.dir);

@@ -74,6 +74,7 @@ impl Summary {
                 received = metrics.received.load(Ordering::Relaxed),
                 readings = metrics.readings.load(Ordering::Relaxed),
                 duplicates = metrics.duplicates.load(Ordering::Relaxed),
+                shaped = metrics.shaped.load(Ordering::Relaxed),
                 rejects,
                 batches = metrics.batches.load(Ordering::Relaxed),
                 commit_p99_us = metrics.latency_quantile(0.99).as_micros() as u64,

@@ -48,15 +48,15 @@ pub fn parse_pack(payload: &[u8], recv_ms: i64, lim: &Limits) -> Result<Vec<Read
             None,
         )
     })?;
-    let doc: Value = serde_json::from_str(text)
+    let doc: Node = serde_json::from_str(text)
         .map_err(|e| Reject::new(RejectCode::BadJson, format!("invalid JSON: {e}"), None))?;
-    let records = doc.as_array().ok_or_else(|| {
-        Reject::new(
+    let Node::List(records) = doc else {
+        return Err(Reject::new(
             RejectCode::BadSenml,
             "a SenML pack is a JSON array of records",
             None,
-        )
-    })?;
+        ));
+    };
     if records.is_empty() {
         return Err(Reject::new(
             RejectCode::EmptyPack,
@@ -76,13 +76,28 @@ pub fn parse_pack(payload: &[u8], recv_ms: i64, lim: &Limits) -> Result<Vec<Read
         ));
     }
     let mut out = Vec::with_capacity(records.len());
-    let (mut bn, mut bt, mut bu): (String, Option<f64>, Option<String>) =
+    // Only the part of `bn` after its last separator can contribute to a name.
+    let (mut bn_tail, mut bt, mut bu): (String, Option<f64>, Option<String>) =
         (String::new(), None, None);
     for (i, rec) in records.iter().enumerate() {
         let at = Some(i);
-        let obj = rec.as_object().ok_or_else(|| {
-            Reject::new(RejectCode::BadSenml, "a record must be a JSON object", at)
-        })?;
+        let obj = match rec {
+            Node::Object(obj) => obj,
+            Node::Duplicate(k) => {
+                return Err(Reject::new(
+                    RejectCode::BadSenml,
+                    format!("field `{}` appears twice in one record", truncate(k, 16)),
+                    at,
+                ));
+            }
+            Node::List(_) | Node::Scalar => {
+                return Err(Reject::new(
+                    RejectCode::BadSenml,
+                    "a record must be a JSON object",
+                    at,
+                ));
+            }
+        };
         if let Some(k) = obj.keys().find(|k| k.ends_with('_')) {
             return Err(Reject::new(
                 RejectCode::MustUnderstand,
@@ -100,10 +115,10 @@ pub fn parse_pack(payload: &[u8], recv_ms: i64, lim: &Limits) -> Result<Vec<Read
             ));
         }
         if let Some(v) = obj.get("bn") {
-            bn = v
+            let bn = v
                 .as_str()
-                .ok_or_else(|| Reject::new(RejectCode::BadSenml, "`bn` must be a string", at))?
-                .to_string();
+                .ok_or_else(|| Reject::new(RejectCode::BadSenml, "`bn` must be a string", at))?;
+            bn_tail = tail(bn).to_string();
         }
         if let Some(v) = obj.get("bt") {
             bt =
@@ -125,9 +140,19 @@ pub fn parse_pack(payload: &[u8], recv_ms: i64, lim: &Limits) -> Result<Vec<Read
                 at,
             ));
         }
-        let has_value = ["v", "vs", "vb", "vd", "s"]
+        let values = ["v", "vs", "vb", "vd"]
             .iter()
-            .any(|k| obj.contains_key(*k));
+            .filter(|k| obj.contains_key(**k))
+            .count();
+        if values > 1 {
+            // RFC 8428 §4.2: a record carries at most one value field.
+            return Err(Reject::new(
+                RejectCode::BadSenml,
+                "a record carries exactly one of `v`, `vs`, `vb`, `vd`",
+                at,
+            ));
+        }
+        let has_value = values > 0 || obj.contains_key("s");
         if !has_value && !obj.contains_key("n") {
             // A record carrying only base fields.
             continue;
@@ -138,8 +163,19 @@ pub fn parse_pack(payload: &[u8], recv_ms: i64, lim: &Limits) -> Result<Vec<Read
                 .as_str()
                 .ok_or_else(|| Reject::new(RejectCode::BadSenml, "`n` must be a string", at))?,
         };
-        let full = format!("{bn}{n}");
-        let name = full.rsplit([':', '/']).next().unwrap_or_default();
+        // The name is the part of `bn + n` after the last separator, built without copying
+        // `bn` (which may be long) for every record.
+        let joined;
+        let name = if n.contains([':', '/']) || bn_tail.is_empty() {
+            tail(n)
+        } else {
+            joined = if bn_tail.len() + n.len() <= MAX_NAME {
+                format!("{bn_tail}{n}")
+            } else {
+                String::new()
+            };
+            joined.as_str()
+        };
         let vital = vocab::lookup(name).ok_or_else(|| {
             Reject::new(
                 RejectCode::UnknownName,
@@ -180,27 +216,39 @@ pub fn parse_pack(payload: &[u8], recv_ms: i64, lim: &Limits) -> Result<Vec<Read
                 at,
             ));
         }
-        let device_ms = (secs * 1000.0).round() as i64;
-        if device_ms > recv_ms + lim.max_future_ms {
+        // Bounds are checked in floating point before any conversion: a time such as
+        // `bt = -1e20` must be refused, not saturated into an integer that overflows later.
+        let device_ms_f = (secs * 1000.0).round();
+        if device_ms_f.is_nan() {
+            return Err(Reject::new(
+                RejectCode::BadSenml,
+                format!("`{name}` time is not a number"),
+                at,
+            ));
+        }
+        let recv_f = recv_ms as f64;
+        if device_ms_f > recv_f + lim.max_future_ms as f64 {
             return Err(Reject::new(
                 RejectCode::TimeInFuture,
                 format!(
                     "`{name}` time is {} s ahead of the appliance clock",
-                    (device_ms - recv_ms) / 1000
+                    seconds_between(recv_f, device_ms_f)
                 ),
                 at,
             ));
         }
-        if device_ms < recv_ms - lim.max_age_ms {
+        if device_ms_f < recv_f - lim.max_age_ms as f64 {
             return Err(Reject::new(
                 RejectCode::TimeTooOld,
                 format!(
                     "`{name}` time is {} s older than the appliance clock allows",
-                    (recv_ms - device_ms) / 1000
+                    seconds_between(device_ms_f, recv_f)
                 ),
                 at,
             ));
         }
+        // Within [recv - max_age, recv + max_future], so well inside i64.
+        let device_ms = device_ms_f as i64;
         let value = if vital.name == "avpu" {
             if obj.contains_key("v") {
                 return Err(Reject::new(
@@ -284,6 +332,84 @@ pub fn parse_pack(payload: &[u8], recv_ms: i64, lim: &Limits) -> Result<Vec<Read
         ));
     }
     Ok(out)
+}
+
+/// Longest vocabulary name we could ever match (names are short identifiers).
+const MAX_NAME: usize = 64;
+
+/// `b - a` in whole seconds for a message, bounded so that absurd times print sanely.
+fn seconds_between(a_ms: f64, b_ms: f64) -> String {
+    let s = ((b_ms - a_ms) / 1000.0).floor();
+    if s > 1e12 {
+        "more than 10^12".into()
+    } else {
+        format!("{s:.0}")
+    }
+}
+
+/// The part of a name after its last `:` or `/`.
+fn tail(s: &str) -> &str {
+    s.rsplit([':', '/']).next().unwrap_or_default()
+}
+
+/// A JSON document as the pack decoder sees it: objects keep their fields unless a key repeats
+/// (RFC 8259 leaves the meaning of a repeated key open, so a device must not send one).
+enum Node {
+    List(Vec<Node>),
+    Object(serde_json::Map<String, Value>),
+    Duplicate(String),
+    Scalar,
+}
+
+impl<'de> serde::Deserialize<'de> for Node {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Node;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("JSON")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut a: A) -> Result<Node, A::Error> {
+                let mut out = Vec::new();
+                while let Some(n) = a.next_element::<Node>()? {
+                    out.push(n);
+                }
+                Ok(Node::List(out))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut a: A) -> Result<Node, A::Error> {
+                let mut obj = serde_json::Map::new();
+                let mut dup = None;
+                while let Some(k) = a.next_key::<String>()? {
+                    let v: Value = a.next_value()?;
+                    if obj.contains_key(&k) {
+                        dup.get_or_insert(k);
+                    } else {
+                        obj.insert(k, v);
+                    }
+                }
+                Ok(dup.map_or(Node::Object(obj), Node::Duplicate))
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Node, E> {
+                Ok(Node::Scalar)
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Node, E> {
+                Ok(Node::Scalar)
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Node, E> {
+                Ok(Node::Scalar)
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Node, E> {
+                Ok(Node::Scalar)
+            }
+            fn visit_str<E>(self, _: &str) -> Result<Node, E> {
+                Ok(Node::Scalar)
+            }
+            fn visit_unit<E>(self) -> Result<Node, E> {
+                Ok(Node::Scalar)
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 fn finite(v: &Value) -> Option<f64> {
@@ -433,6 +559,92 @@ mod tests {
         let j: serde_json::Value = serde_json::from_str(&e.to_json()).unwrap();
         assert_eq!(j["code"], "OUT_OF_RANGE");
         assert_eq!(j["record"], 1);
+    }
+
+    #[test]
+    fn extreme_times_are_refused_without_overflow() {
+        // Review #24 and the live poison packs: these saturated or overflowed before.
+        let packs = [
+            (
+                r#"[{"bt":-1e20,"n":"heart_rate","u":"beat/min","v":70}]"#,
+                "TIME_TOO_OLD",
+            ),
+            (
+                r#"[{"bt":-1e16,"n":"heart_rate","u":"beat/min","v":70}]"#,
+                "TIME_TOO_OLD",
+            ),
+            (
+                r#"[{"n":"heart_rate","u":"beat/min","v":70,"t":-1e20}]"#,
+                "TIME_TOO_OLD",
+            ),
+            (
+                r#"[{"bt":-1e308,"n":"heart_rate","u":"beat/min","v":70,"t":-1e308}]"#,
+                "TIME_TOO_OLD",
+            ),
+            (
+                r#"[{"bt":1e308,"n":"heart_rate","u":"beat/min","v":70,"t":1e308}]"#,
+                "TIME_IN_FUTURE",
+            ),
+            (
+                r#"[{"bt":1e20,"n":"heart_rate","u":"beat/min","v":70}]"#,
+                "TIME_IN_FUTURE",
+            ),
+            (
+                r#"[{"bt":1e308,"n":"heart_rate","u":"beat/min","v":70,"t":-1e308}]"#,
+                "MISSING_TIME",
+            ),
+        ];
+        for (p, want) in packs {
+            assert_eq!(code(p), want, "{p}");
+        }
+        // Extreme limits and receive times do not overflow either.
+        let lim = Limits {
+            max_records: 1,
+            max_future_ms: i64::MAX,
+            max_age_ms: i64::MAX,
+        };
+        let r = parse_pack(
+            br#"[{"bt":-1e20,"n":"heart_rate","u":"beat/min","v":70}]"#,
+            i64::MAX,
+            &lim,
+        );
+        assert!(r.is_err() || r.unwrap()[0].device_time_ms < 0);
+    }
+
+    #[test]
+    fn duplicate_keys_and_two_value_fields_are_refused() {
+        let t = r#""t":1800000000"#;
+        for p in [
+            format!(r#"[{{"n":"heart_rate","u":"beat/min","v":70,"v":180,{t}}}]"#),
+            format!(r#"[{{"n":"heart_rate","n":"spo2","u":"beat/min","v":70,{t}}}]"#),
+            format!(r#"[{{"n":"heart_rate","u":"beat/min","v":70,"vs":"A",{t}}}]"#),
+            format!(r#"[{{"n":"avpu","v":1,"vs":"A",{t}}}]"#),
+            format!(r#"[{{"n":"spo2","u":"%","v":97,"vd":"AA",{t}}}]"#),
+        ] {
+            let e = parse(&p).unwrap_err();
+            assert_eq!((e.code, e.record), (RejectCode::BadSenml, Some(0)), "{p}");
+        }
+        assert!(
+            parse(&format!(
+                r#"[{{"n":"avpu","vs":"A",{t}}},{{"n":"avpu","vs":"V","t":1800000001}}]"#
+            ))
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn a_long_base_name_is_not_copied_into_every_record() {
+        // 50 KB `bn` without separators: the name cannot match, and no per-record copy is made.
+        let bn = "x".repeat(50_000);
+        let p =
+            format!(r#"[{{"bn":"{bn}","n":"heart_rate","u":"beat/min","v":70,"t":1800000000}}]"#);
+        assert_eq!(code(&p), "UNKNOWN_NAME");
+        let p =
+            format!(r#"[{{"bn":"{bn}:","n":"heart_rate","u":"beat/min","v":70,"t":1800000000}}]"#);
+        assert!(parse(&p).is_ok());
+        let p =
+            r#"[{"bn":"urn:dev:mon-1:heart","n":"_rate","u":"beat/min","v":70,"t":1800000000}]"#;
+        assert_eq!(parse(p).unwrap()[0].code, "heart_rate");
     }
 
     #[test]

@@ -100,10 +100,15 @@ pub enum RejectCode {
     UnknownDevice,
     BadDeviceId,
     RateLimited,
+    /// The store refused this message for a reason of its own (e.g. the device's territory has
+    /// no key): the message is kept as a dead letter, the rest of its batch commits.
+    StoreRefused,
+    /// Parsing this message panicked (a bug): it is dead-lettered, the rest flow.
+    Internal,
 }
 
 impl RejectCode {
-    pub const ALL: [RejectCode; 19] = [
+    pub const ALL: [RejectCode; 21] = [
         RejectCode::BadEncoding,
         RejectCode::BadJson,
         RejectCode::BadSenml,
@@ -123,6 +128,8 @@ impl RejectCode {
         RejectCode::UnknownDevice,
         RejectCode::BadDeviceId,
         RejectCode::RateLimited,
+        RejectCode::StoreRefused,
+        RejectCode::Internal,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -146,6 +153,8 @@ impl RejectCode {
             RejectCode::UnknownDevice => "UNKNOWN_DEVICE",
             RejectCode::BadDeviceId => "BAD_DEVICE_ID",
             RejectCode::RateLimited => "RATE_LIMITED",
+            RejectCode::StoreRefused => "STORE_REFUSED",
+            RejectCode::Internal => "INTERNAL_ERROR",
         }
     }
 }

@@ -108,6 +108,12 @@ impl Db {
                 id: id.into(),
             });
         }
+        // A device whose readings could not be sealed is refused here, not at its first pack.
+        if !self.st.keys.territories.contains_key(territory) {
+            return Err(StoreError::NoTerritoryKey {
+                territory: territory.into(),
+            });
+        }
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;

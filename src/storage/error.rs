@@ -146,6 +146,25 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// True when the failure is the database's or the process's (disk full, I/O, corrupt file,
+    /// storage thread gone) rather than the data's: retrying other work will fail the same way.
+    /// Data-dependent errors (a missing territory key, an erased record, a refused seal) concern
+    /// one item and let a batch continue with the others.
+    pub fn is_systemic(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Sqlite(_)
+                | StoreError::Closed
+                | StoreError::Io { .. }
+                | StoreError::Migration { .. }
+                | StoreError::Plaintext { .. }
+                | StoreError::WrongKey { .. }
+                | StoreError::Corrupt { .. }
+                | StoreError::NoCipher
+                | StoreError::TooNew { .. }
+        )
+    }
+
     /// True when another writer held the database lock past the busy timeout (retry later).
     pub fn is_busy(&self) -> bool {
         matches!(

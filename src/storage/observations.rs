@@ -16,7 +16,8 @@ pub use crate::model::Observation;
 /// One message for [`Db::ingest_batch`].
 #[derive(Debug, Clone)]
 pub enum IngestItem {
-    /// A vitals publish, already parsed (or rejected) by the ingest pipeline.
+    /// A vitals publish, already parsed (or rejected) by the ingest pipeline. `payload` is the
+    /// raw message (empty when over the size limit), kept sealed if the message is refused.
     Vitals {
         device_id: String,
         topic: String,
@@ -50,8 +51,7 @@ pub(super) struct DeadLetter<'a> {
     topic: &'a str,
     recv_ms: i64,
     reject: &'a Reject,
-    /// The raw payload (sealed under the territory's dead-letter key unless refused for size or
-    /// rate).
+    /// The raw payload (sealed under the territory's dead-letter key unless refused for size).
     payload: &'a [u8],
 }
 
@@ -93,12 +93,9 @@ impl State {
         let id: i64 = conn
             .prepare_cached("SELECT coalesce(max(id), 0) + 1 FROM dead_letters")?
             .query_row([], |r| r.get(0))?;
-        // Oversized and rate-limited payloads are not kept (that is the point of the limit).
-        let keep = !payload.is_empty()
-            && !matches!(
-                rej.code,
-                RejectCode::PayloadTooLarge | RejectCode::RateLimited
-            );
+        // Oversized payloads are not kept (that is the point of the limit); everything else is,
+        // sealed, so that a refused message can be inspected and, if it was valid, re-ingested.
+        let keep = !payload.is_empty() && rej.code != RejectCode::PayloadTooLarge;
         let (dk_id, sealed) = if keep {
             let dk = self.dead_letter_key(conn, territory)?;
             let ct = dk.seal(
@@ -133,6 +130,92 @@ impl State {
             sealed
         ])?;
         Ok(())
+    }
+}
+
+/// One accepted pack for [`State::store_readings`].
+struct StoreReadings<'a> {
+    device_id: &'a str,
+    row: &'a mut DeviceRow,
+    readings: &'a [Reading],
+    recv_ms: i64,
+    now: i64,
+    next_id: &'a mut i64,
+    sealed_per_dk: &'a mut HashMap<i64, u64>,
+}
+
+impl State {
+    /// Dead-letters a refused message and audits the refusal.
+    fn refuse(
+        &mut self,
+        conn: &Connection,
+        letter: DeadLetter<'_>,
+        territory: &str,
+        now: i64,
+    ) -> Result<()> {
+        let (device_id, code, record) = (letter.device, letter.reject.code, letter.reject.record);
+        self.dead_letter(conn, letter, territory)?;
+        let resource = if crate::model::is_valid_ident(device_id) {
+            format!("device/{device_id}")
+        } else {
+            "device/?".into()
+        };
+        let ev = AuditEvent::new(&Actor::system(), "vitals.reject", resource, Outcome::Denied)
+            .territory(territory)
+            .details(serde_json::json!({ "code": code.as_str(), "record": record }));
+        audit::append(conn, self, &ev, now)?;
+        Ok(())
+    }
+
+    /// Seals and inserts one accepted pack's readings under the bound case's key or the
+    /// device's holding key. Returns `(case, new, duplicates)`.
+    fn store_readings(
+        &mut self,
+        conn: &Connection,
+        p: StoreReadings<'_>,
+    ) -> Result<(Option<String>, usize, usize)> {
+        let StoreReadings {
+            device_id,
+            row,
+            readings,
+            recv_ms,
+            now,
+            next_id,
+            sealed_per_dk,
+        } = p;
+        let (dk, case_id) = match &row.bound_case {
+            Some((c, dk)) => (self.data_key(conn, *dk, "case", c)?, Some(c.clone())),
+            None => (self.holding_key(conn, device_id, row)?, None),
+        };
+        let (mut new, mut dups) = (0, 0);
+        for r in readings {
+            let id = *next_id;
+            let ct = seal_value(&dk, id, r.value)?;
+            let n = conn
+                .prepare_cached(
+                    "INSERT INTO observations (id, case_id, device_id, dk_id, code, value, device_time, recv_time, source) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'device') \
+                     ON CONFLICT (device_id, code, device_time) WHERE device_id IS NOT NULL DO NOTHING",
+                )?
+                .execute(params![id, case_id, device_id, dk.id(), r.code, ct, r.device_time_ms, recv_ms])?;
+            // Counted even if this pack is later undone: over-counting nonces is safe.
+            *sealed_per_dk.entry(dk.id()).or_default() += 1;
+            if n == 1 {
+                new += 1;
+                *next_id += 1;
+            } else {
+                dups += 1;
+            }
+        }
+        conn.prepare_cached(
+            "UPDATE devices SET last_seen_at = ?1, last_vitals_at = ?1 WHERE id = ?2",
+        )?
+        .execute(params![recv_ms, device_id])?;
+        conn.prepare_cached(
+            "UPDATE alarms SET cleared_at = ?1 WHERE kind = 'device_silent' AND device_id = ?2 AND cleared_at IS NULL",
+        )?
+        .execute(params![now, device_id])?;
+        Ok((case_id, new, dups))
     }
 }
 
@@ -198,89 +281,84 @@ impl Db {
                             devices.insert(device_id.clone(), Some(row));
                         }
                     }
-                    if let Some(rej) = reject {
-                        let territory = devices[device_id]
-                            .as_ref()
-                            .map(|d| d.territory.clone())
-                            .unwrap_or_else(|| default_territory.to_string());
-                        let letter = DeadLetter {
-                            device: device_id,
-                            topic,
-                            recv_ms: *recv_ms,
-                            reject: &rej,
-                            payload,
-                        };
-                        self.st.dead_letter(&tx, letter, &territory)?;
-                        let resource = if crate::model::is_valid_ident(device_id) {
-                            format!("device/{device_id}")
-                        } else {
-                            "device/?".into()
-                        };
-                        let ev = AuditEvent::new(
-                            &Actor::system(),
-                            "vitals.reject",
-                            resource,
-                            Outcome::Denied,
-                        )
-                        .territory(&territory)
-                        .details(
-                            serde_json::json!({ "code": rej.code.as_str(), "record": rej.record }),
-                        );
-                        audit::append(&tx, &self.st, &ev, now)?;
-                        out.push(IngestOutcome::Rejected(rej));
-                        continue;
-                    }
-                    let readings = parsed.as_ref().expect("not rejected");
-                    let mut row = devices
-                        .get_mut(device_id)
-                        .and_then(Option::take)
-                        .expect("registered");
-                    let (dk, case_id) = match &row.bound_case {
-                        Some((c, dk)) => (self.st.data_key(&tx, *dk, "case", c)?, Some(c.clone())),
-                        None => (self.st.holding_key(&tx, device_id, &mut row)?, None),
-                    };
-                    let (mut new, mut dups) = (0, 0);
-                    for r in readings {
-                        let id = next_id;
-                        let ct = seal_value(&dk, id, r.value)?;
-                        let n = tx
-                            .prepare_cached(
-                                "INSERT INTO observations (id, case_id, device_id, dk_id, code, value, device_time, recv_time, source) \
-                                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'device') \
-                                 ON CONFLICT (device_id, code, device_time) WHERE device_id IS NOT NULL DO NOTHING",
-                            )?
-                            .execute(params![id, case_id, device_id, dk.id(), r.code, ct, r.device_time_ms, recv_ms])?;
-                        *sealed_per_dk.entry(dk.id()).or_default() += 1;
-                        if n == 1 {
-                            new += 1;
-                            next_id += 1;
-                        } else {
-                            dups += 1;
+                    let (rej, territory) = match reject {
+                        Some(rej) => {
+                            let territory = devices[device_id]
+                                .as_ref()
+                                .map_or(default_territory, |d| d.territory.as_str())
+                                .to_string();
+                            (rej, territory)
                         }
-                    }
-                    tx.prepare_cached(
-                        "UPDATE devices SET last_seen_at = ?1, last_vitals_at = ?1 WHERE id = ?2",
-                    )?
-                    .execute(params![recv_ms, device_id])?;
-                    tx.prepare_cached(
-                        "UPDATE alarms SET cleared_at = ?1 WHERE kind = 'device_silent' AND device_id = ?2 AND cleared_at IS NULL",
-                    )?
-                    .execute(params![now, device_id])?;
-                    let target = match &case_id {
-                        Some(c) => format!("case/{c}"),
-                        None => format!("device/{device_id}"),
+                        None => {
+                            let readings = parsed.as_ref().expect("not rejected");
+                            let mut row = devices
+                                .get_mut(device_id)
+                                .and_then(Option::take)
+                                .expect("registered");
+                            // One pack's data-dependent failure (its territory has no key, say)
+                            // must not stop the batch for every other device: it is undone and
+                            // dead-lettered.
+                            tx.execute_batch("SAVEPOINT ingest_item")?;
+                            let first_id = next_id;
+                            let stored = self.st.store_readings(
+                                &tx,
+                                StoreReadings {
+                                    device_id,
+                                    row: &mut row,
+                                    readings,
+                                    recv_ms: *recv_ms,
+                                    now,
+                                    next_id: &mut next_id,
+                                    sealed_per_dk: &mut sealed_per_dk,
+                                },
+                            );
+                            match stored {
+                                Ok((case_id, new, dups)) => {
+                                    tx.execute_batch("RELEASE ingest_item")?;
+                                    let target = match &case_id {
+                                        Some(c) => format!("case/{c}"),
+                                        None => format!("device/{device_id}"),
+                                    };
+                                    let e = per_target
+                                        .entry((target, row.territory.clone()))
+                                        .or_default();
+                                    e.0 += new;
+                                    e.1 += dups;
+                                    devices.insert(device_id.clone(), Some(row));
+                                    out.push(IngestOutcome::Stored {
+                                        case_id,
+                                        new,
+                                        duplicates: dups,
+                                    });
+                                    continue;
+                                }
+                                Err(e) if e.is_systemic() => return Err(e),
+                                Err(e) => {
+                                    tx.execute_batch(
+                                        "ROLLBACK TO ingest_item; RELEASE ingest_item",
+                                    )?;
+                                    next_id = first_id;
+                                    let fresh = self.st.device_row(&tx, device_id)?;
+                                    devices.insert(device_id.clone(), fresh);
+                                    tracing::warn!(device = %device_id, error = %e, "vitals pack refused by the store");
+                                    // The device's territory may be the cause (no key): the
+                                    // letter is kept under the default territory's key.
+                                    let rej =
+                                        Reject::new(RejectCode::StoreRefused, e.to_string(), None);
+                                    (rej, default_territory.to_string())
+                                }
+                            }
+                        }
                     };
-                    let e = per_target
-                        .entry((target, row.territory.clone()))
-                        .or_default();
-                    e.0 += new;
-                    e.1 += dups;
-                    devices.insert(device_id.clone(), Some(row));
-                    out.push(IngestOutcome::Stored {
-                        case_id,
-                        new,
-                        duplicates: dups,
-                    });
+                    let letter = DeadLetter {
+                        device: device_id,
+                        topic,
+                        recv_ms: *recv_ms,
+                        reject: &rej,
+                        payload,
+                    };
+                    self.st.refuse(&tx, letter, &territory, now)?;
+                    out.push(IngestOutcome::Rejected(rej));
                 }
             }
         }

@@ -20,7 +20,7 @@ impl TestClient {
         let mut o = MqttOptions::new(id, "127.0.0.1", port);
         o.set_keep_alive(Duration::from_secs(10))
             .set_inflight(500)
-            .set_max_packet_size(1 << 20, 1 << 20);
+            .set_max_packet_size(4 << 20, 4 << 20);
         if let Some((u, p)) = creds {
             o.set_credentials(u, p);
         }
