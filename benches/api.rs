@@ -97,16 +97,7 @@ impl Daemon {
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap();
-        let port = broker::wait_for(30, "api listening", || {
-            let text = std::fs::read_to_string(&log).ok()?;
-            let line = text.lines().find(|l| l.contains("api listening"))?;
-            let rest = line.split("127.0.0.1:").nth(1)?;
-            rest.chars()
-                .take_while(char::is_ascii_digit)
-                .collect::<String>()
-                .parse()
-                .ok()
-        });
+        let port = broker::wait_api_port(&log);
         Daemon {
             child,
             dir,

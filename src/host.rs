@@ -1,4 +1,5 @@
-//! Facts about the host the daemon runs on (free disk space for the disk-pressure alarm).
+//! Facts about the host the daemon runs on (free disk space for the disk-pressure alarm) and
+//! the one process limit it adjusts (open files).
 //! The only module that imports `libc`.
 
 use std::ffi::CString;
@@ -19,6 +20,33 @@ pub fn free_bytes(path: &Path) -> std::io::Result<u64> {
     // SAFETY: statvfs returned 0, so it initialised the struct.
     let st = unsafe { st.assume_init() };
     Ok(st.f_bavail * st.f_frsize)
+}
+
+/// Raises the soft limit on open files to the hard limit (the unit sets `LimitNOFILE=16384`;
+/// a shell's default soft limit is often 1024). Returns the soft limit now in force. The API's
+/// connection cap (`api.max_connections`) must stay well below it so that broker, cloud and
+/// watchdog sockets can always be opened.
+pub fn raise_open_files_limit() -> std::io::Result<u64> {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    if r.rlim_cur < r.rlim_max {
+        let want = libc::rlimit {
+            rlim_cur: r.rlim_max,
+            rlim_max: r.rlim_max,
+        };
+        // SAFETY: as above.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &want) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        r.rlim_cur = r.rlim_max;
+    }
+    Ok(r.rlim_cur)
 }
 
 #[cfg(test)]

@@ -38,20 +38,6 @@ fn add_user(a: &Appliance, id: &str, role: &str) {
     );
 }
 
-/// `api listening (https) addr=127.0.0.1:PORT` from the daemon log.
-pub fn api_port(a: &Appliance) -> u16 {
-    wait_for(30, "api listening", || {
-        let log = a.daemon_log();
-        let line = log.lines().rev().find(|l| l.contains("api listening"))?;
-        let rest = line.split("127.0.0.1:").nth(1)?;
-        rest.chars()
-            .take_while(char::is_ascii_digit)
-            .collect::<String>()
-            .parse()
-            .ok()
-    })
-}
-
 #[test]
 fn crew_flow_in_chromium() {
     let node_modules = Path::new(env!("CARGO_MANIFEST_DIR")).join(".tools/node/node_modules");
@@ -73,7 +59,7 @@ fn crew_flow_in_chromium() {
     add_user(&a, "desk1", "staff");
     a.ok(&["devices", "add", "mon-1"]);
     let _daemon = a.start_daemon();
-    let port = api_port(&a);
+    let port = a.api_port();
     // The monitor publishes before the crew binds it (its readings wait, encrypted, unbound).
     let mut sim = Command::new(BIN)
         .args(["--config"])

@@ -46,6 +46,7 @@ fn only_owning_modules_import_their_libraries() {
         ("axum::", &["api/"]),
         ("hyper::", &["api/"]),
         ("hyper_util::", &["api/"]),
+        ("http_body_util::", &["api/"]),
         ("argon2::", &["crypto/password.rs"]),
         ("libc::", &["host.rs"]),
         ("sd_notify", &["systemd.rs"]),

@@ -22,11 +22,13 @@ pub enum Code {
     RateLimited,
     PayloadTooLarge,
     Busy,
+    /// The request body did not arrive within `api.body_timeout_secs`.
+    RequestTimeout,
     Internal,
 }
 
 impl Code {
-    pub const ALL: [Code; 12] = [
+    pub const ALL: [Code; 13] = [
         Code::PatientNotFound,
         Code::CaseNotFound,
         Code::InvalidPhi,
@@ -38,6 +40,7 @@ impl Code {
         Code::RateLimited,
         Code::PayloadTooLarge,
         Code::Busy,
+        Code::RequestTimeout,
         Code::Internal,
     ];
     pub fn as_str(self) -> &'static str {
@@ -53,6 +56,7 @@ impl Code {
             Code::RateLimited => "RATE_LIMITED",
             Code::PayloadTooLarge => "PAYLOAD_TOO_LARGE",
             Code::Busy => "BUSY",
+            Code::RequestTimeout => "REQUEST_TIMEOUT",
             Code::Internal => "INTERNAL",
         }
     }

@@ -19,7 +19,7 @@ use super::session::Invalid;
 use super::state::ApiState;
 use crate::crypto::password;
 use crate::model::{Actor, is_valid_ident};
-use crate::storage::{SessionRow, StoreError, UserInfo};
+use crate::storage::{Grant, SessionRow, StoreError, UserInfo};
 
 /// Who is calling, attached to authenticated requests.
 #[derive(Debug, Clone)]
@@ -31,13 +31,29 @@ pub struct Caller {
     /// Territory the request works in (the user's own, or another one under break-glass).
     pub territory: String,
     pub token_hash: [u8; 32],
-    pub break_glass: Option<(i64, i64)>,
+    pub break_glass: Option<Grant>,
 }
 
 impl Caller {
+    /// Whether a break-glass grant covers the territory of this request.
+    pub fn uses_grant(&self) -> bool {
+        self.break_glass
+            .as_ref()
+            .is_some_and(|g| g.territory == self.territory)
+    }
+
+    /// When this caller's access to `p` ends because it rests on a break-glass grant (another
+    /// territory, or a role that needs the grant), or `None` when it does not.
+    pub fn grant_bound(&self, p: Perm) -> Option<i64> {
+        let own = self.territory == self.user.territory && policy::allows(self.user.role, false, p);
+        (!own && self.uses_grant())
+            .then(|| self.break_glass.as_ref().map(|g| g.until_ms))
+            .flatten()
+    }
+
     /// Whether the caller's role (or active break-glass grant) holds `p`.
     pub fn can(&self, p: Perm) -> bool {
-        policy::allows(self.user.role, self.break_glass.is_some(), p)
+        policy::allows(self.user.role, self.uses_grant(), p)
     }
 }
 
@@ -156,6 +172,11 @@ async fn guard_inner(
             .details(json!({ "reason": reason })));
         }
     };
+    if revoked(st, &hash).await? {
+        return Err(ApiError::unauthorized(
+            "session ended by an administrator; log in again",
+        ));
+    }
     let header_territory = headers
         .get("territory-id")
         .and_then(|v| v.to_str().ok())
@@ -194,7 +215,12 @@ async fn guard_inner(
     };
     if territory != caller.user.territory {
         // Another territory only under break-glass (or to ask for it).
-        let may = caller.break_glass.is_some() || path == BREAK_GLASS_PATH;
+        // A grant opens the one territory it was asked for, not every other one.
+        let granted = caller
+            .break_glass
+            .as_ref()
+            .is_some_and(|g| g.territory == territory);
+        let may = granted || path == BREAK_GLASS_PATH;
         if !may || !is_valid_ident(&territory) {
             return deny(&caller, "territory", ApiError::territory()).await;
         }
@@ -260,7 +286,7 @@ pub async fn in_territory(
 pub async fn end_if_expired(st: &ApiState, hash: &[u8; 32]) -> bool {
     let now = st.clock.now_ms();
     match st.sessions.check(hash, now, st.idle_ms(), false) {
-        Ok(_) => false,
+        Ok(_) => revoked(st, hash).await.unwrap_or(true),
         Err(Invalid::Unknown) => true,
         Err(Invalid::Idle(row)) | Err(Invalid::Expired(row)) => {
             let reason = if now < row.expires_at_ms {
@@ -279,6 +305,18 @@ pub async fn end_if_expired(st: &ApiState, hash: &[u8; 32]) -> bool {
             true
         }
     }
+}
+
+/// True when a session valid in memory was ended in the database (by the CLI, or the user was
+/// disabled there); it is then dropped from memory too.
+async fn revoked(st: &ApiState, hash: &[u8; 32]) -> ApiResult<bool> {
+    let h = *hash;
+    if st.store.call(move |db| db.session_live(&h)).await? {
+        return Ok(false);
+    }
+    st.sessions.remove(hash);
+    tracing::info!("session revoked outside the API (CLI); ended");
+    Ok(true)
 }
 
 /// For tests: whether a session with this token still exists server-side.

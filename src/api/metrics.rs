@@ -46,6 +46,7 @@ pub fn metrics_text(st: &ApiState, outbox: &OutboxStats, alarms: &[Alarm], triag
         &[
             ("{outcome=\"success\"}".into(), g(&a.logins)),
             ("{outcome=\"failure\"}".into(), g(&a.login_failures)),
+            ("{outcome=\"throttled\"}".into(), g(&a.login_throttled)),
         ],
     );
     m(

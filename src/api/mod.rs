@@ -14,8 +14,15 @@
 //!   accept loop).
 //! - `ui`: the web UI, compiled into the binary.
 //!
-//! Limits: request bodies (`api.max_body_bytes`, 413), requests in flight (`api.max_concurrent`,
-//! 503 + Retry-After), live streams (`api.max_streams`), TLS handshakes (10 s).
+//! - [`throttle`]: secret-guess limits per (account, source), account and source.
+//!
+//! Limits, so that no LAN host can take the tablet away from a crew: open connections
+//! (`api.max_connections`; the accept loop waits above it), TLS handshakes (10 s), request
+//! headers and idle keep-alive (`api.header_timeout_secs`), request bodies (size
+//! `api.max_body_bytes` → 413, time `api.body_timeout_secs` → 408; read *before* a request
+//! permit is taken), requests in flight (`api.max_concurrent`, and per source address
+//! `api.max_concurrent_per_source`, → 503 + Retry-After; `/healthz` and the UI's static files
+//! take no permit), live streams (`api.max_streams`).
 
 pub mod error;
 pub mod guard;
@@ -27,6 +34,7 @@ pub mod routes;
 pub mod server;
 pub mod session;
 pub mod state;
+pub mod throttle;
 mod ui;
 pub mod wire;
 

@@ -16,6 +16,7 @@ use super::handlers::{appliance, auth, cases, clinical, health, patients, review
 use super::policy::BREAK_GLASS_PATH;
 use super::state::ApiState;
 use super::ui;
+use super::wire::Source;
 
 /// The API's axum routes: a handler for every row of [`ROUTES`](super::policy::ROUTES) (the
 /// api tests check the two agree).
@@ -70,24 +71,16 @@ pub fn api_routes() -> Router<ApiState> {
         .route("/api/v1/users/{id}/disable", post(users::disable_user))
 }
 
-/// Sheds load above `api.max_concurrent` requests in flight (live streams excepted) and counts
-/// responses.
+/// Reads the body first (bounded in size and time), then sheds load above
+/// `api.max_concurrent` requests in flight or `api.max_concurrent_per_source` from one address
+/// (live streams, `/healthz` and the UI's static files take no permit), and counts responses.
+/// A client that trickles its body holds a connection, never a permit.
 async fn limit(State(st): State<ApiState>, req: Request, next: Next) -> Response {
     st.metrics.requests.fetch_add(1, Ordering::Relaxed);
-    let stream = req.uri().path().ends_with("/stream");
-    let permit = if stream {
-        None
-    } else {
-        match st.in_flight.clone().try_acquire_owned() {
-            Ok(p) => Some(p),
-            Err(_) => {
-                st.metrics.busy.fetch_add(1, Ordering::Relaxed);
-                return ApiError::busy("the appliance is busy; retry shortly").into_response();
-            }
-        }
+    let mut r = match buffer_body(&st, req).await {
+        Ok(req) => with_permit(&st, req, next).await,
+        Err(e) => e.into_response(),
     };
-    let mut r = next.run(req).await;
-    drop(permit);
     let s = r.status();
     if s.is_client_error() {
         st.metrics.errors_4xx.fetch_add(1, Ordering::Relaxed);
@@ -105,6 +98,105 @@ async fn limit(State(st): State<ApiState>, req: Request, next: Next) -> Response
         "no-referrer".parse().expect("static header"),
     );
     r
+}
+
+async fn with_permit(st: &ApiState, req: Request, next: Next) -> Response {
+    let path = req.uri().path();
+    let free = path == "/healthz"
+        || path.ends_with("/stream")
+        || (req.method() == axum::http::Method::GET
+            && !path.starts_with("/api/")
+            && path != "/metrics");
+    if free {
+        return next.run(req).await;
+    }
+    let source = Source::of(req.extensions()).0;
+    let Some(_source_slot) = SourceSlot::take(st, source) else {
+        st.metrics.busy.fetch_add(1, Ordering::Relaxed);
+        return ApiError::busy("too many requests in flight from this address; retry shortly")
+            .into_response();
+    };
+    let Ok(_permit) = st.in_flight.clone().try_acquire_owned() else {
+        st.metrics.busy.fetch_add(1, Ordering::Relaxed);
+        return ApiError::busy("the appliance is busy; retry shortly").into_response();
+    };
+    next.run(req).await
+}
+
+/// One of a source address's `api.max_concurrent_per_source` request slots.
+struct SourceSlot {
+    map: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>,
+    source: std::net::IpAddr,
+}
+
+impl SourceSlot {
+    fn take(st: &ApiState, source: std::net::IpAddr) -> Option<SourceSlot> {
+        let mut m = st.per_source.lock().expect("per-source lock");
+        let n = m.entry(source).or_default();
+        if *n >= st.cfg.api.max_concurrent_per_source {
+            return None;
+        }
+        *n += 1;
+        Some(SourceSlot {
+            map: st.per_source.clone(),
+            source,
+        })
+    }
+}
+
+impl Drop for SourceSlot {
+    fn drop(&mut self) {
+        let mut m = self.map.lock().expect("per-source lock");
+        if let Some(n) = m.get_mut(&self.source) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.source);
+            }
+        }
+    }
+}
+
+/// Reads the whole body within `api.body_timeout_secs` and `api.max_body_bytes`, so that the
+/// handler gets it from memory.
+async fn buffer_body(st: &ApiState, req: Request) -> Result<Request, ApiError> {
+    use http_body_util::BodyExt;
+    let (parts, body) = req.into_parts();
+    if parts.method == axum::http::Method::GET || parts.method == axum::http::Method::HEAD {
+        return Ok(Request::from_parts(parts, body));
+    }
+    let limit = st.cfg.api.max_body_bytes;
+    let declared = parts
+        .headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            Code::PayloadTooLarge,
+            "request body too large",
+        )
+    };
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    let read = http_body_util::Limited::new(body, limit).collect();
+    let timeout = std::time::Duration::from_secs(st.cfg.api.body_timeout_secs);
+    match tokio::time::timeout(timeout, read).await {
+        Err(_) => Err(ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            Code::RequestTimeout,
+            format!(
+                "the request body did not arrive within {} s",
+                timeout.as_secs()
+            ),
+        )),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+        Ok(Err(_)) => Err(ApiError::bad_request("cannot read the request body")),
+        Ok(Ok(c)) => Ok(Request::from_parts(
+            parts,
+            axum::body::Body::from(c.to_bytes()),
+        )),
+    }
 }
 
 /// The whole application: UI, API, health, metrics.

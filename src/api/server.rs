@@ -65,6 +65,10 @@ impl Server {
 
 async fn serve(listener: tokio::net::TcpListener, acceptor: crate::tls::Acceptor, st: ApiState) {
     let mut shutdown = st.shutdown.clone();
+    let header_timeout = Duration::from_secs(st.cfg.api.header_timeout_secs.max(1));
+    let connections = std::sync::Arc::new(tokio::sync::Semaphore::new(
+        st.cfg.api.max_connections.max(1),
+    ));
     let app = super::routes::router(st);
     let addr = listener
         .local_addr()
@@ -72,6 +76,12 @@ async fn serve(listener: tokio::net::TcpListener, acceptor: crate::tls::Acceptor
         .unwrap_or_default();
     tracing::info!(%addr, "api listening (https)");
     loop {
+        // At the connection cap, wait for one to end (new clients queue in the kernel) rather
+        // than accept sockets we cannot serve; idle ones end within the header timeout.
+        let slot = tokio::select! {
+            s = connections.clone().acquire_owned() => s.expect("never closed"),
+            _ = shutdown.changed() => return,
+        };
         let (tcp, peer) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(v) => v,
@@ -85,8 +95,13 @@ async fn serve(listener: tokio::net::TcpListener, acceptor: crate::tls::Acceptor
             _ = shutdown.changed() => return,
         };
         let _ = tcp.set_nodelay(true);
-        let (acceptor, app, mut shutdown) = (acceptor.clone(), app.clone(), shutdown.clone());
+        let (acceptor, mut shutdown) = (acceptor.clone(), shutdown.clone());
+        // The client's address reaches handlers and limits as `ConnectInfo`.
+        let app = app
+            .clone()
+            .layer(axum::Extension(axum::extract::ConnectInfo(peer)));
         tokio::spawn(async move {
+            let _slot = slot;
             let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => {
@@ -99,7 +114,12 @@ async fn serve(listener: tokio::net::TcpListener, acceptor: crate::tls::Acceptor
                 }
             };
             let svc = TowerToHyperService::new(app);
-            let builder = hyper::server::conn::http1::Builder::new();
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            // Without a timer hyper drops its header timeout; with it, a connection that sends
+            // no request head within the timeout (also idle between requests) is closed.
+            builder
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(header_timeout);
             let conn = builder.serve_connection(TokioIo::new(tls), svc);
             tokio::pin!(conn);
             tokio::select! {

@@ -139,7 +139,11 @@ impl Sessions {
             s.row.last_seen_ms = now;
             s.dirty = true;
         }
-        if s.row.break_glass.is_some_and(|(_, until)| now >= until) {
+        if s.row
+            .break_glass
+            .as_ref()
+            .is_some_and(|g| now >= g.until_ms)
+        {
             s.row.break_glass = None;
         }
         Ok((s.row.clone(), s.user.clone()))
@@ -160,7 +164,7 @@ impl Sessions {
             .retain(|_, s| s.user.id != user);
     }
 
-    pub(super) fn set_break_glass(&self, hash: &[u8; 32], grant: (i64, i64)) {
+    pub(super) fn set_break_glass(&self, hash: &[u8; 32], grant: crate::storage::Grant) {
         if let Some(s) = self.map.lock().expect("sessions lock").get_mut(hash) {
             s.row.break_glass = Some(grant);
         }

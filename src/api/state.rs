@@ -21,6 +21,8 @@ pub struct ApiMetrics {
     pub busy: AtomicU64,
     pub logins: AtomicU64,
     pub login_failures: AtomicU64,
+    /// Login and break-glass attempts refused by the throttle (429), not audited one by one.
+    pub login_throttled: AtomicU64,
     pub logoffs: AtomicU64,
     pub denials: AtomicU64,
     pub break_glass: AtomicU64,
@@ -48,6 +50,11 @@ pub struct ApiState {
     pub(super) in_flight: Arc<Semaphore>,
     /// Open live streams (`api.max_streams`).
     pub(super) streams: Arc<Semaphore>,
+    /// Requests in flight per source address (`api.max_concurrent_per_source`).
+    pub(super) per_source:
+        Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>,
+    /// Secret-guess throttle (login, break-glass).
+    pub throttle: Arc<super::throttle::Throttle>,
     /// The daemon's shutdown signal (ends the accept loop and live streams).
     pub(super) shutdown: watch::Receiver<bool>,
 }
@@ -65,6 +72,14 @@ impl ApiState {
         Ok(ApiState {
             in_flight: Arc::new(Semaphore::new(cfg.api.max_concurrent)),
             streams: Arc::new(Semaphore::new(cfg.api.max_streams)),
+            per_source: Arc::default(),
+            throttle: Arc::new(super::throttle::Throttle::new(super::throttle::Limits {
+                backoff_after: cfg.api.login_backoff_after,
+                backoff_max_secs: cfg.api.login_backoff_max_secs,
+                failures_per_day: cfg.api.login_failures_per_day,
+                trusted_failures_per_day: cfg.api.login_trusted_failures_per_day,
+                source_failures_per_hour: cfg.api.login_source_failures_per_hour,
+            })),
             cfg: Arc::new(cfg),
             store,
             sessions: Arc::new(Sessions::restore(rows)),

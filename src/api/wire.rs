@@ -20,6 +20,31 @@ use crate::vocab;
 
 // ---- request bodies --------------------------------------------------------------------------
 
+/// The client's address (from the connection; unspecified when a test calls the router
+/// directly). Keys the per-source limits and the secret-guess throttle.
+#[derive(Debug, Clone, Copy)]
+pub struct Source(pub std::net::IpAddr);
+
+impl Source {
+    pub fn of(ext: &axum::http::Extensions) -> Source {
+        Source(
+            ext.get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+                .map_or(std::net::IpAddr::from([0, 0, 0, 0]), |c| c.0.ip()),
+        )
+    }
+}
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Source {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(Source::of(&parts.extensions))
+    }
+}
+
 /// A JSON request body: size-limited, unknown fields rejected, errors in the API format.
 pub struct Body<T>(pub T);
 

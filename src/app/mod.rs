@@ -158,6 +158,15 @@ impl App {
     /// Opens the store and the model, starts every task, sends READY=1.
     pub async fn start(cfg: &Config) -> Result<App, RunError> {
         let started = Instant::now();
+        match crate::host::raise_open_files_limit() {
+            Ok(n) if (n as usize) < cfg.api.max_connections.saturating_mul(2) => tracing::warn!(
+                open_files = n,
+                max_connections = cfg.api.max_connections,
+                "the open-files limit leaves little room above the API's connection cap; raise LimitNOFILE or lower api.max_connections"
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot raise the open-files limit"),
+        }
         let keys = Keyring::load(KeySources::from_env(&cfg.keys.dir))
             .map_err(|e| RunError::Setup(e.into()))?;
         let db = Db::open(cfg, keys).map_err(RunError::Setup)?;

@@ -48,10 +48,28 @@ pub struct ApiConfig {
     pub session_lifetime_secs: u64,
     /// Break-glass time box, minutes. Default 60.
     pub break_glass_minutes: u64,
-    /// Failed logins in a row before back-off starts. Default 3.
+    /// Failed logins in a row, per account *and source address*, before back-off starts.
+    /// Default 3.
     pub login_backoff_after: u32,
-    /// Longest back-off between login attempts, seconds (never a permanent lock). Default 300.
+    /// Longest back-off of one (account, source) pair, seconds. Default 300.
     pub login_backoff_max_secs: u64,
+    /// Wrong secrets accepted per account per rolling 24 h from sources where the account has
+    /// not signed in during the last 30 days (beyond: 429). Default 10.
+    pub login_failures_per_day: u32,
+    /// The same per (account, source where it signed in before). Default 20.
+    pub login_trusted_failures_per_day: u32,
+    /// Wrong secrets accepted per source address per hour, all accounts together. Default 60.
+    pub login_source_failures_per_hour: u32,
+    /// Open client connections; more wait in the kernel's accept queue. Default 4096 (the unit
+    /// sets `LimitNOFILE=16384`).
+    pub max_connections: usize,
+    /// A connection must send a request's headers within this time, also while idle between
+    /// requests (then it is closed), seconds. Default 10.
+    pub header_timeout_secs: u64,
+    /// A request body must arrive within this time (408 above), seconds. Default 10.
+    pub body_timeout_secs: u64,
+    /// Requests served at once from one source address (503 BUSY above). Default 16.
+    pub max_concurrent_per_source: usize,
     /// Largest request body, bytes (413 PAYLOAD_TOO_LARGE above). Default 65536.
     pub max_body_bytes: usize,
     /// Requests served at once; more get 503 BUSY with Retry-After. Default 64.
@@ -73,6 +91,13 @@ impl Default for ApiConfig {
             break_glass_minutes: 60,
             login_backoff_after: 3,
             login_backoff_max_secs: 300,
+            login_failures_per_day: 10,
+            login_trusted_failures_per_day: 20,
+            login_source_failures_per_hour: 60,
+            max_connections: 4096,
+            header_timeout_secs: 10,
+            body_timeout_secs: 10,
+            max_concurrent_per_source: 16,
             max_body_bytes: 64 * 1024,
             max_concurrent: 64,
             max_streams: 32,

@@ -35,7 +35,16 @@ pub struct SessionRow {
     pub created_at_ms: i64,
     pub last_seen_ms: i64,
     pub expires_at_ms: i64,
-    pub break_glass: Option<(i64, i64)>,
+    pub break_glass: Option<Grant>,
+}
+
+/// An active break-glass grant of a session: read access in the one territory it names, until
+/// `until_ms`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    pub id: i64,
+    pub until_ms: i64,
+    pub territory: String,
 }
 
 /// A break-glass use and its review state.
@@ -294,16 +303,33 @@ impl Db {
         Ok(())
     }
 
+    /// Whether the session `hash` still exists for an enabled user. The CLI ends sessions in
+    /// the database (`users disable`, `users set-secret`); the running daemon asks this on every
+    /// request so that such a revocation takes effect at once.
+    pub fn session_live(&self, hash: &[u8; 32]) -> Result<bool> {
+        Ok(self
+            .conn
+            .prepare_cached(
+                "SELECT 1 FROM sessions s JOIN users u ON u.id = s.user_id \
+                 WHERE s.token_hash = ?1 AND u.disabled_at IS NULL",
+            )?
+            .query_row([&hash[..]], |_| Ok(()))
+            .optional()?
+            .is_some())
+    }
+
     /// Sessions that survive a restart (of enabled users).
     pub fn load_sessions(&self) -> Result<Vec<(SessionRow, UserInfo)>> {
         let mut st = self.conn.prepare(
             "SELECT s.token_hash, s.user_id, s.created_at, s.last_seen_at, s.expires_at, s.break_glass_id, s.break_glass_until, \
-             u.display_name, u.role, u.territory, u.created_at FROM sessions s JOIN users u ON u.id = s.user_id WHERE u.disabled_at IS NULL",
+             u.display_name, u.role, u.territory, u.created_at, b.territory FROM sessions s JOIN users u ON u.id = s.user_id \
+             LEFT JOIN break_glass b ON b.id = s.break_glass_id WHERE u.disabled_at IS NULL",
         )?;
         let rows = st.query_map([], |r| {
             let h: Vec<u8> = r.get(0)?;
             let bg: Option<i64> = r.get(5)?;
             let bgu: Option<i64> = r.get(6)?;
+            let bgt: Option<String> = r.get(11)?;
             Ok((
                 SessionRow {
                     token_hash: h.as_slice().try_into().unwrap_or([0; 32]),
@@ -311,7 +337,14 @@ impl Db {
                     created_at_ms: r.get(2)?,
                     last_seen_ms: r.get(3)?,
                     expires_at_ms: r.get(4)?,
-                    break_glass: bg.zip(bgu),
+                    break_glass: bg
+                        .zip(bgu)
+                        .zip(bgt)
+                        .map(|((id, until_ms), territory)| Grant {
+                            id,
+                            until_ms,
+                            territory,
+                        }),
                 },
                 UserInfo {
                     id: r.get(1)?,

@@ -43,7 +43,7 @@ use crate::crypto::field::DataKey;
 use crate::crypto::keyring::Keyring;
 use crate::model::AuditEvent;
 
-pub use accounts::{BreakGlass, LoginUser, SessionRow, UserInfo};
+pub use accounts::{BreakGlass, Grant, LoginUser, SessionRow, UserInfo};
 pub use alarms::Alarm;
 pub use audit::{AuditRow, Finding, VerifyReport};
 pub use cases::{

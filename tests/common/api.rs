@@ -96,6 +96,20 @@ impl Api {
         territory: Option<&str>,
         body: Option<Value>,
     ) -> Reply {
+        self.call_from([0, 0, 0, 0], method, path, token, territory, body)
+            .await
+    }
+
+    /// [`Api::call`] as a client at address `ip` (as the server's accept loop sets it).
+    pub async fn call_from(
+        &self,
+        ip: [u8; 4],
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        territory: Option<&str>,
+        body: Option<Value>,
+    ) -> Reply {
         let mut b = Request::builder()
             .method(Method::from_bytes(method.as_bytes()).unwrap())
             .uri(path);
@@ -112,6 +126,11 @@ impl Api {
                 .unwrap(),
             None => b.body(Body::empty()).unwrap(),
         };
+        let mut req = req;
+        req.extensions_mut()
+            .insert(axum::extract::ConnectInfo(std::net::SocketAddr::from((
+                ip, 40_000,
+            ))));
         let resp = self.router.clone().oneshot(req).await.unwrap();
         let status = resp.status();
         let headers = resp.headers().clone();
@@ -130,6 +149,24 @@ impl Api {
             body,
             headers,
         }
+    }
+
+    /// `POST /api/v1/auth/break-glass` with `token` in `territory`.
+    pub async fn break_glass(
+        &self,
+        token: &str,
+        territory: &str,
+        reason: &str,
+        secret: &str,
+    ) -> Reply {
+        self.call(
+            "POST",
+            "/api/v1/auth/break-glass",
+            Some(token),
+            Some(territory),
+            Some(serde_json::json!({ "reason": reason, "secret": secret })),
+        )
+        .await
     }
 
     /// Logs in and returns the bearer token.

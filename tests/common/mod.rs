@@ -213,6 +213,11 @@ impl Appliance {
         d
     }
 
+    /// The API port from the daemon log's `api listening (https) addr=127.0.0.1:PORT`.
+    pub fn api_port(&self) -> u16 {
+        broker::wait_api_port(&self.tmp.path().join("daemon.log"))
+    }
+
     pub fn daemon_log(&self) -> String {
         std::fs::read_to_string(self.tmp.path().join("daemon.log")).unwrap_or_default()
     }

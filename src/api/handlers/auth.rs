@@ -11,39 +11,30 @@ use crate::api::error::{ApiError, ApiResult, Code};
 use crate::api::guard::Caller;
 use crate::api::policy;
 use crate::api::state::ApiState;
-use crate::api::wire::{Body, BreakGlassBody, LoginBody, UserReply};
+use crate::api::throttle::{Attempt, Wait};
+use crate::api::wire::{Body, BreakGlassBody, LoginBody, Source, UserReply};
 use crate::crypto::password;
 use crate::model::{Actor, is_valid_ident};
 use crate::storage::SessionRow;
 
-/// `POST /api/v1/auth/login`.
-pub async fn login(State(st): State<ApiState>, Body(b): Body<LoginBody>) -> ApiResult<Response> {
+/// `POST /api/v1/auth/login`. Throttled per (account, source), account and source before the
+/// secret is checked (see [`throttle`](crate::api::throttle)); a throttled attempt is counted
+/// on `/metrics`, not audited (the failures that armed the throttle were).
+pub async fn login(
+    State(st): State<ApiState>,
+    Source(source): Source,
+    Body(b): Body<LoginBody>,
+) -> ApiResult<Response> {
     if !is_valid_ident(&b.user_id) || b.secret.len() > password::MAX_SECRET_LEN * 4 {
         return Err(ApiError::validation(
             "user_id must match [A-Za-z0-9._-]{1,64}",
         ));
     }
     let now = st.clock.now_ms();
+    let attempt = begin_attempt(&st, &b.user_id, source, now)?;
     let id = b.user_id.clone();
     let user = st.store.call(move |db| db.login_user(&id)).await?;
     let cfg = &st.cfg.api;
-    if let Some(u) = &user
-        && let Some(until) = u.backoff_until_ms.filter(|t| *t > now)
-    {
-        let wait = ((until - now) as u64).div_ceil(1000);
-        let id = b.user_id.clone();
-        st.store
-            .call(move |db| db.login_failed(&id, "backoff", None, now))
-            .await?;
-        st.metrics.login_failures.fetch_add(1, Ordering::Relaxed);
-        return Err(ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            Code::RateLimited,
-            format!("too many failed logins; try again in {wait} s"),
-        )
-        .details(json!({ "retry_after_secs": wait }))
-        .retry_after(wait));
-    }
     let secret = b.secret;
     let phc = user.as_ref().map(|u| u.secret_hash.clone());
     let ok = tokio::task::spawn_blocking(move || match phc {
@@ -65,21 +56,15 @@ pub async fn login(State(st): State<ApiState>, Body(b): Body<LoginBody>) -> ApiR
             Some(u) if u.info.disabled => "disabled",
             Some(_) => "wrong_secret",
         };
-        let backoff = user.as_ref().and_then(|u| {
-            let n = u.failed_count + 1;
-            (n >= cfg.login_backoff_after).then(|| {
-                let exp = (n - cfg.login_backoff_after).min(20);
-                let secs = (1u64 << exp).min(cfg.login_backoff_max_secs);
-                now + secs as i64 * 1000
-            })
-        });
+        attempt.failed(now);
         let id = b.user_id.clone();
         st.store
-            .call(move |db| db.login_failed(&id, reason, backoff, now))
+            .call(move |db| db.login_failed(&id, reason, None, now))
             .await?;
         st.metrics.login_failures.fetch_add(1, Ordering::Relaxed);
         return Err(ApiError::unauthorized("unknown user or wrong PIN/password"));
     };
+    attempt.succeeded(now);
     let (token, hash) = password::new_token().map_err(|_| ApiError::internal())?;
     let row = SessionRow {
         token_hash: hash,
@@ -127,12 +112,12 @@ pub async fn me(
     State(st): State<ApiState>,
     axum::Extension(c): axum::Extension<Caller>,
 ) -> axum::Json<serde_json::Value> {
-    let perms = policy::permission_names(c.user.role, c.break_glass.is_some());
+    let perms = policy::permission_names(c.user.role, c.uses_grant());
     axum::Json(json!({
         "user": UserReply::from(&c.user),
         "territory": c.territory,
         "permissions": perms,
-        "break_glass_until_ms": c.break_glass.map(|(_, u)| u),
+        "break_glass_until_ms": c.break_glass.as_ref().map(|g| g.until_ms),
         "idle_timeout_secs": st.cfg.api.idle_timeout_secs,
     }))
 }
@@ -141,6 +126,7 @@ pub async fn me(
 /// across territories, named by `Territory-Id`) for `api.break_glass_minutes`.
 pub async fn break_glass(
     State(st): State<ApiState>,
+    Source(source): Source,
     axum::Extension(c): axum::Extension<Caller>,
     Body(b): Body<BreakGlassBody>,
 ) -> ApiResult<Response> {
@@ -150,24 +136,34 @@ pub async fn break_glass(
             "a break-glass reason of 10 to 500 characters is required",
         ));
     }
+    let now = st.clock.now_ms();
+    let attempt = begin_attempt(&st, &c.user.id, source, now)?;
     let id = c.user.id.clone();
     let u = st
         .store
         .call(move |db| db.login_user(&id))
         .await?
         .ok_or_else(|| ApiError::unauthorized("account gone"))?;
+    let disabled = u.info.disabled;
     let (phc, secret) = (u.secret_hash, b.secret);
     let ok = tokio::task::spawn_blocking(move || password::verify_secret(&phc, &secret))
         .await
         .map_err(|_| ApiError::internal())?;
-    let now = st.clock.now_ms();
-    if !ok {
+    if !ok || disabled {
+        attempt.failed(now);
         let id = c.user.id.clone();
+        let reason = if disabled {
+            "disabled"
+        } else {
+            "break_glass_reauth"
+        };
         st.store
-            .call(move |db| db.login_failed(&id, "break_glass_reauth", None, now))
+            .call(move |db| db.login_failed(&id, reason, None, now))
             .await?;
+        st.metrics.login_failures.fetch_add(1, Ordering::Relaxed);
         return Err(ApiError::unauthorized("re-authentication failed"));
     }
+    attempt.succeeded(now);
     let until = now + st.cfg.api.break_glass_minutes as i64 * 60_000;
     let (actor, hash, territory) = (
         Actor {
@@ -181,7 +177,14 @@ pub async fn break_glass(
         .store
         .call(move |db| db.break_glass_start(&actor, &hash, &territory, &reason, now, until))
         .await?;
-    st.sessions.set_break_glass(&c.token_hash, (id, until));
+    st.sessions.set_break_glass(
+        &c.token_hash,
+        crate::storage::Grant {
+            id,
+            until_ms: until,
+            territory: c.territory.clone(),
+        },
+    );
     st.metrics.break_glass.fetch_add(1, Ordering::Relaxed);
     tracing::warn!(user = %c.user.id, break_glass = id, "break-glass access granted; queued for supervisor review");
     Ok((
@@ -189,4 +192,25 @@ pub async fn break_glass(
         axum::Json(json!({ "break_glass_id": id, "until_ms": until, "territory": c.territory })),
     )
         .into_response())
+}
+
+/// Reserves a secret-guess attempt or answers 429 with the wait.
+fn begin_attempt(
+    st: &ApiState,
+    account: &str,
+    source: std::net::IpAddr,
+    now: i64,
+) -> ApiResult<Attempt> {
+    st.throttle
+        .begin(account, source, now)
+        .map_err(|Wait(wait)| {
+            st.metrics.login_throttled.fetch_add(1, Ordering::Relaxed);
+            ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                Code::RateLimited,
+                format!("too many failed attempts; try again in {wait} s"),
+            )
+            .details(json!({ "retry_after_secs": wait }))
+            .retry_after(wait)
+        })
 }

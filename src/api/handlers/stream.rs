@@ -22,6 +22,8 @@ struct Live {
     st: ApiState,
     case_id: String,
     token_hash: [u8; 32],
+    /// The stream rests on a break-glass grant that ends then (ms).
+    grant_until: Option<i64>,
     after: i64,
     rx: tokio::sync::broadcast::Receiver<LiveEvent>,
     check: tokio::time::Interval,
@@ -61,6 +63,7 @@ pub async fn stream(
         st: st.clone(),
         case_id: id,
         token_hash: c.token_hash,
+        grant_until: c.grant_bound(crate::api::policy::Perm::ClinicalRead),
         after: q.after.unwrap_or(i64::MAX),
         rx,
         check: tokio::time::interval(Duration::from_secs(1)),
@@ -122,6 +125,10 @@ async fn next_event(l: &mut Live) -> Option<Event> {
                 Err(RecvError::Closed) => return None,
             },
             _ = l.check.tick() => {
+                if l.grant_until.is_some_and(|u| l.st.clock.now_ms() >= u) {
+                    l.done = true;
+                    return Some(Event::default().event("grant_expired").data("{}"));
+                }
                 if guard::end_if_expired(&l.st, &l.token_hash).await {
                     l.done = true;
                     return Some(Event::default().event("logoff").data("{}"));

@@ -1,0 +1,256 @@
+//! The tablet API against a LAN attacker, in-process on a manual clock: lockout by wrong PINs
+//! from another address, parallel guessing, user enumeration, break-glass guessing, CLI
+//! revocation, break-glass bound to its territory and streams ending with the grant.
+//! (Connection floods and slow bodies against the real daemon over TLS: tests/api_flood.rs.)
+
+mod common;
+
+use axum::http::StatusCode;
+use common::api::{Api, PIN};
+use hema3n_edge::model::Actor;
+use serde_json::json;
+
+const IDLE: &str = "[api]\nidle_timeout_secs = 600\nsession_lifetime_secs = 43200\n";
+const TABLET: [u8; 4] = [10, 0, 0, 10];
+const ATTACKER: [u8; 4] = [10, 0, 0, 66];
+
+async fn login_from(api: &Api, ip: [u8; 4], user: &str, secret: &str) -> common::api::Reply {
+    api.call_from(
+        ip,
+        "POST",
+        "/api/v1/auth/login",
+        None,
+        None,
+        Some(json!({"user_id": user, "secret": secret})),
+    )
+    .await
+}
+
+fn retry_after(r: &common::api::Reply) -> i64 {
+    r.headers
+        .get("retry-after")
+        .map_or(0, |v| v.to_str().unwrap().parse().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_pins_from_another_address_never_lock_the_crew_out() {
+    // Review #3: back-off per account, checked before the PIN, let anyone lock a crew out.
+    let api = Api::new(IDLE).await;
+    assert_eq!(
+        login_from(&api, TABLET, "medic", PIN).await.status,
+        StatusCode::OK
+    );
+    // A day of an attacker waiting out every back-off, the crew signing in between.
+    for round in 0..140 {
+        let r = login_from(&api, ATTACKER, "medic", "000000").await;
+        assert!(
+            [StatusCode::UNAUTHORIZED, StatusCode::TOO_MANY_REQUESTS].contains(&r.status),
+            "{}",
+            r.body
+        );
+        let r = login_from(&api, TABLET, "medic", PIN).await;
+        assert_eq!(r.status, StatusCode::OK, "round {round}: {}", r.body);
+        api.clock.advance_ms(retry_after(&r).max(600) * 1000);
+    }
+    // The attacker got the stated budget of guesses for the day, no more.
+    let guesses = api
+        .query_i64(
+            "SELECT count(*) FROM audit_log WHERE action = 'login.failure' AND actor = 'medic'",
+        )
+        .await;
+    assert!((1..=10).contains(&guesses), "{guesses} guesses in a day");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parallel_guesses_pass_one_at_a_time_and_accounts_cannot_be_enumerated() {
+    // Review #4: 32 parallel guesses all passed one back-off window.
+    let api = Api::new(IDLE).await;
+    let replies = futures_util::future::join_all(
+        (0..32).map(|_| login_from(&api, ATTACKER, "emt1", "bad-pin")),
+    )
+    .await;
+    let wrong = replies
+        .iter()
+        .filter(|r| r.status == StatusCode::UNAUTHORIZED)
+        .count();
+    assert!(wrong <= 3, "{wrong} of 32 parallel guesses were checked");
+    // Spread over many addresses: the account's budget still holds.
+    let replies = futures_util::future::join_all(
+        (0..64u8).map(|i| login_from(&api, [10, 1, 0, i], "super1", "bad-pin")),
+    )
+    .await;
+    let wrong = replies
+        .iter()
+        .filter(|r| r.status == StatusCode::UNAUTHORIZED)
+        .count();
+    assert!(wrong <= 10, "{wrong} guesses from 64 addresses");
+    // A known and an unknown id answer the same sequence.
+    let seq = |user: &'static str| {
+        let api = &api;
+        async move {
+            let mut out = Vec::new();
+            for _ in 0..6 {
+                out.push(login_from(api, [10, 2, 0, 1], user, "bad-pin").await.status);
+            }
+            out
+        }
+    };
+    let known = seq("staff1").await;
+    let unknown = seq("nosuch").await;
+    assert_eq!(known, unknown);
+    assert!(known.contains(&StatusCode::TOO_MANY_REQUESTS));
+    // Throttled attempts are counted, not each written to the audit log.
+    let rows = api
+        .query_i64("SELECT count(*) FROM audit_log WHERE action = 'login.failure'")
+        .await;
+    assert!(rows <= 3 + 10 + 6, "{rows} audit rows");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn break_glass_guessing_is_throttled_and_a_disabled_user_cannot_break_glass() {
+    // Review #5: 200 wrong break-glass PINs were never throttled.
+    let api = Api::new(IDLE).await;
+    let t = api.login("medic").await;
+    let mut statuses = Vec::new();
+    for i in 0..200 {
+        let r = api
+            .break_glass(
+                &t,
+                "north",
+                "unconscious, no ID on scene",
+                &format!("{i:06}"),
+            )
+            .await;
+        statuses.push(r.status);
+    }
+    let wrong = statuses
+        .iter()
+        .filter(|s| **s == StatusCode::UNAUTHORIZED)
+        .count();
+    assert!(wrong <= 20, "{wrong} break-glass guesses checked");
+    assert!(statuses.contains(&StatusCode::TOO_MANY_REQUESTS));
+    // Review #6: a disabled user's token is dead at once, break-glass included.
+    let v = api.login("victim").await;
+    let st = api.st.clone();
+    st.store
+        .call(|db| db.set_user_disabled(&Actor::cli(), "victim", true))
+        .await
+        .unwrap();
+    let r = api
+        .call("GET", "/api/v1/cases", Some(&v), Some("default"), None)
+        .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.body);
+    let r = api
+        .break_glass(&v, "default", "patient collapsed in the lobby", PIN)
+        .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_secret_change_ends_live_sessions_at_once() {
+    let api = Api::new(IDLE).await;
+    let t = api.login("emt1").await;
+    let r = api
+        .call("GET", "/api/v1/cases", Some(&t), Some("default"), None)
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let phc = hema3n_edge::crypto::password::hash_secret("new-pin-7391").unwrap();
+    api.st
+        .store
+        .call(move |db| db.set_user_secret(&Actor::cli(), "emt1", &phc))
+        .await
+        .unwrap();
+    let r = api
+        .call("GET", "/api/v1/cases", Some(&t), Some("default"), None)
+        .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert!(
+        r.body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("administrator")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grant_opens_only_its_territory_and_its_stream_ends_with_it() {
+    let api = Api::new(IDLE).await;
+    let t = api.login("medic").await;
+    let r = api
+        .break_glass(&t, "north", "unconscious, no ID on scene", PIN)
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let r = api
+        .call("GET", "/api/v1/cases", Some(&t), Some("north"), None)
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    // Review #7a: another territory than the one named stays closed.
+    let r = api
+        .call("GET", "/api/v1/cases", Some(&t), Some("east"), None)
+        .await;
+    assert_eq!(
+        (r.status, r.code()),
+        (StatusCode::FORBIDDEN, "TERRITORY_MISMATCH")
+    );
+    // Review #7b: a stream opened under the grant ends when the grant does, although the
+    // session stays alive.
+    let north_case = api
+        .st
+        .store
+        .call(|db| {
+            db.create_case(
+                &Actor::cli(),
+                "north",
+                None,
+                &hema3n_edge::model::CaseDetails::default(),
+            )
+        })
+        .await
+        .unwrap();
+    let mut body = open_stream(&api, &t, "north", &north_case).await;
+    let minutes = api.st.cfg.api.break_glass_minutes as i64;
+    for _ in 0..(minutes / 9 + 1) {
+        api.clock.advance_ms(9 * 60_000);
+        let r = api
+            .call("GET", "/api/v1/auth/me", Some(&t), Some("default"), None)
+            .await;
+        assert_eq!(r.status, StatusCode::OK);
+    }
+    let ev = next_named_event(&mut body).await;
+    assert_eq!(ev, "grant_expired");
+}
+
+async fn open_stream(api: &Api, token: &str, territory: &str, case: &str) -> axum::body::Body {
+    use tower::ServiceExt;
+    let req = axum::http::Request::builder()
+        .uri(format!("/api/v1/cases/{case}/stream"))
+        .header("authorization", format!("Bearer {token}"))
+        .header("territory-id", territory)
+        .body(axum::body::Body::empty())
+        .unwrap();
+    let resp = api.router.clone().oneshot(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    resp.into_body()
+}
+
+/// The next SSE event name (skipping keep-alive comments), within 10 s.
+async fn next_named_event(body: &mut axum::body::Body) -> String {
+    use http_body_util::BodyExt;
+    let deadline = std::time::Duration::from_secs(10);
+    tokio::time::timeout(deadline, async {
+        loop {
+            let frame = body.frame().await.expect("stream open").unwrap();
+            if let Ok(data) = frame.into_data() {
+                let text = String::from_utf8_lossy(&data).to_string();
+                if let Some(name) = text
+                    .lines()
+                    .find_map(|l| l.strip_prefix("event: ").or(l.strip_prefix("event:")))
+                {
+                    return name.trim().to_string();
+                }
+            }
+        }
+    })
+    .await
+    .expect("an event within 10 s")
+}
