@@ -51,6 +51,14 @@ fn the_documented_envelope_and_receipt_vectors_hold() {
     );
 
     let (h, pt) = seal::verify_and_open(&env, &app, &rsk).expect("vector opens");
+    // Its high-S twin differs only in the signature's `s`, verifies as plain ECDSA, and must be
+    // refused (canonical signatures).
+    let twin = hx(&v, "envelope_high_s_twin");
+    assert_eq!(twin[..twin.len() - 32], env[..env.len() - 32]);
+    let at = twin.len() - 64;
+    app.verify_any_s(&twin[..at], &twin[at..])
+        .expect("the twin is valid ECDSA");
+    assert!(seal::verify_and_open(&twin, &app, &rsk).is_err());
     assert_eq!(pt, v["plaintext"].as_bytes());
     assert_eq!(h.appliance_id, v["appliance_id"]);
     assert_eq!(h.kind, BundleKind::Bundle);

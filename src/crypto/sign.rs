@@ -1,5 +1,11 @@
 //! The appliance signing key: ECDSA P-256 with SHA-256 (ES256, fixed-width r||s signatures),
 //! stored as PKCS#8 so that it can later move into a TPM or HSM without a format change.
+//!
+//! Signatures are canonical: `s ≤ n/2` ("low-S"). We produce only those and require them on
+//! every envelope and receipt, because for any valid (r, s) the twin (r, n − s) is valid too:
+//! without the rule, anyone who reads one envelope could publish a byte-different twin with
+//! another hash first (review 2026-11-30). Local audit checkpoints written before the rule are
+//! still checked with [`PublicKey::verify_any_s`].
 
 use ring::rand::SystemRandom;
 use ring::signature::{
@@ -14,6 +20,35 @@ const P256_SPKI_PREFIX: [u8; 26] = [
     0x30, 0x59, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x08, 0x2a,
     0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07, 0x03, 0x42, 0x00,
 ];
+
+/// The order n of the P-256 group, big-endian.
+const P256_N: [u8; 32] = [
+    0xff, 0xff, 0xff, 0xff, 0x00, 0x00, 0x00, 0x00, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+    0xbc, 0xe6, 0xfa, 0xad, 0xa7, 0x17, 0x9e, 0x84, 0xf3, 0xb9, 0xca, 0xc2, 0xfc, 0x63, 0x25, 0x51,
+];
+/// ⌊n/2⌋, big-endian: the largest canonical `s`.
+const P256_HALF_N: [u8; 32] = [
+    0x7f, 0xff, 0xff, 0xff, 0x80, 0x00, 0x00, 0x00, 0x7f, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+    0xde, 0x73, 0x7d, 0x56, 0xd3, 0x8b, 0xcf, 0x42, 0x79, 0xdc, 0xe5, 0x61, 0x7e, 0x31, 0x92, 0xa8,
+];
+
+/// Whether a 64-byte r||s signature has `s ≤ n/2` (anything else is not canonical).
+pub fn is_low_s(sig: &[u8]) -> bool {
+    sig.len() == 64 && sig[32..] <= P256_HALF_N[..]
+}
+
+/// Replaces a high `s` by `n − s` (the same signature in canonical form); no-op otherwise.
+pub fn canonicalize(sig: &mut [u8]) {
+    if sig.len() != 64 || is_low_s(sig) {
+        return;
+    }
+    let mut borrow = 0i16;
+    for i in (0..32).rev() {
+        let d = P256_N[i] as i16 - sig[32 + i] as i16 - borrow;
+        borrow = i16::from(d < 0);
+        sig[32 + i] = d.rem_euclid(256) as u8;
+    }
+}
 
 /// The appliance's ES256 key pair.
 pub struct SigningKey {
@@ -42,14 +77,16 @@ impl SigningKey {
         Ok(SigningKey { pair, rng })
     }
 
-    /// Signs `msg`; the result is 64 bytes (r || s).
+    /// Signs `msg`; the result is 64 bytes (r || s) with a low `s`.
     pub fn sign(&self, msg: &[u8]) -> Result<Vec<u8>, CryptoError> {
-        Ok(self
+        let mut sig = self
             .pair
             .sign(&self.rng, msg)
             .map_err(|_| CryptoError::Rng)?
             .as_ref()
-            .to_vec())
+            .to_vec();
+        canonicalize(&mut sig);
+        Ok(sig)
     }
 
     pub fn public(&self) -> PublicKey {
@@ -67,7 +104,16 @@ impl PublicKey {
         hex::encode(&super::sha256(&self.0)[..8])
     }
 
+    /// Verifies a canonical (low-S) signature; a high-S one is refused even if it would verify.
     pub fn verify(&self, msg: &[u8], sig: &[u8]) -> Result<(), CryptoError> {
+        if !is_low_s(sig) {
+            return Err(CryptoError::BadSignature);
+        }
+        self.verify_any_s(msg, sig)
+    }
+
+    /// Verifies either form (only for local records signed before signatures were canonical).
+    pub fn verify_any_s(&self, msg: &[u8], sig: &[u8]) -> Result<(), CryptoError> {
         UnparsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, &self.0)
             .verify(msg, sig)
             .map_err(|_| CryptoError::BadSignature)
@@ -122,6 +168,49 @@ mod tests {
         assert_eq!(pubk, k.public());
         pubk.verify(b"checkpoint", &sig).unwrap();
         assert!(pubk.verify(b"checkpoinT", &sig).is_err());
+    }
+
+    #[test]
+    fn signatures_are_low_s_and_the_high_s_twin_is_refused() {
+        let der = SigningKey::generate_pkcs8().unwrap();
+        let k = SigningKey::from_pkcs8("t", &der).unwrap();
+        let pubk = k.public();
+        let mut twins = 0;
+        for i in 0..64u32 {
+            let msg = i.to_be_bytes();
+            let sig = k.sign(&msg).unwrap();
+            assert!(is_low_s(&sig), "signature {i} is high-S");
+            pubk.verify(&msg, &sig).unwrap();
+            // The twin (r, n - s): valid ECDSA, but not canonical.
+            let mut twin = sig.clone();
+            let mut borrow = 0i16;
+            for j in (0..32).rev() {
+                let d = P256_N[j] as i16 - sig[32 + j] as i16 - borrow;
+                borrow = i16::from(d < 0);
+                twin[32 + j] = d.rem_euclid(256) as u8;
+            }
+            if twin != sig {
+                twins += 1;
+                pubk.verify_any_s(&msg, &twin).unwrap();
+                assert!(pubk.verify(&msg, &twin).is_err());
+                let mut back = twin.clone();
+                canonicalize(&mut back);
+                assert_eq!(back, sig);
+            }
+        }
+        assert_eq!(twins, 64);
+    }
+
+    #[test]
+    fn the_half_order_bound_is_exact() {
+        let mut sig = [0u8; 64];
+        sig[32..].copy_from_slice(&P256_HALF_N);
+        assert!(is_low_s(&sig));
+        sig[63] += 1;
+        assert!(!is_low_s(&sig));
+        canonicalize(&mut sig);
+        // n - (n/2 + 1) = n/2 (n is odd).
+        assert_eq!(sig[32..], P256_HALF_N[..]);
     }
 
     #[test]

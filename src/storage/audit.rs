@@ -245,7 +245,7 @@ pub fn verify_with(
                 seq,
                 format!("checkpoint is signed by unknown key {kid}"),
             ),
-            Some(p) if p.verify(&msg, sig).is_err() => {
+            Some(p) if p.verify_any_s(&msg, sig).is_err() => {
                 add(&mut rep, seq, "checkpoint signature is invalid".into())
             }
             Some(_) => {}

@@ -110,6 +110,10 @@ impl Db {
                     [&st.appliance_id],
                 )?;
             }
+            if version == 4 {
+                let n = outbox::canonicalize_pending(tx)?;
+                tracing::info!(envelopes = n, "envelope signatures made canonical (low-S)");
+            }
             let ev = AuditEvent::new(
                 &crate::model::Actor::system(),
                 "store.migrate",

@@ -576,3 +576,110 @@ fn insert_row(
     )?;
     Ok(())
 }
+
+/// Migration v4: rewrites the signature of every envelope not yet receipted into its canonical
+/// (low-S) form and updates its hash (the receiver refuses high-S signatures). The signature
+/// is an envelope's last 64 bytes. Returns how many envelopes changed.
+pub(super) fn canonicalize_pending(conn: &rusqlite::Connection) -> Result<usize> {
+    let rows: Vec<(String, Vec<u8>)> = conn
+        .prepare(
+            "SELECT e.bundle_id, e.envelope FROM outbox_envelopes e JOIN outbox o ON o.bundle_id = e.bundle_id \
+             WHERE o.state != 'receipted'",
+        )?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut changed = 0;
+    for (id, mut env) in rows {
+        let Some(at) = env.len().checked_sub(64) else {
+            continue;
+        };
+        if crate::crypto::sign::is_low_s(&env[at..]) {
+            continue;
+        }
+        crate::crypto::sign::canonicalize(&mut env[at..]);
+        let hash = crate::crypto::sha256(&env);
+        conn.execute(
+            "UPDATE outbox_envelopes SET envelope = ?1 WHERE bundle_id = ?2",
+            rusqlite::params![env, id],
+        )?;
+        conn.execute(
+            "UPDATE outbox SET envelope_sha256 = ?1 WHERE bundle_id = ?2",
+            rusqlite::params![&hash[..], id],
+        )?;
+        changed += 1;
+    }
+    Ok(changed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::sign::{SigningKey, is_low_s};
+
+    #[test]
+    fn migration_v4_makes_pending_envelope_signatures_canonical() {
+        let conn = rusqlite::Connection::open_in_memory().unwrap();
+        conn.execute_batch(
+            "CREATE TABLE outbox (bundle_id TEXT PRIMARY KEY, state TEXT, envelope_sha256 BLOB);
+             CREATE TABLE outbox_envelopes (bundle_id TEXT PRIMARY KEY, envelope BLOB);",
+        )
+        .unwrap();
+        let key = SigningKey::from_pkcs8("t", &SigningKey::generate_pkcs8().unwrap()).unwrap();
+        // A signed "envelope" whose signature is turned into its high-S twin, as an older
+        // build could have produced it.
+        let mut env = b"header and ciphertext".to_vec();
+        let sig = key.sign(&env).unwrap();
+        let mut high = sig.clone();
+        high[32..].copy_from_slice(&twin_s(&sig[32..]));
+        assert!(!is_low_s(&high));
+        env.extend_from_slice(&high);
+        for (id, state) in [("a", "queued"), ("b", "receipted")] {
+            conn.execute(
+                "INSERT INTO outbox VALUES (?1, ?2, ?3)",
+                params![id, state, &crate::crypto::sha256(&env)[..]],
+            )
+            .unwrap();
+            conn.execute(
+                "INSERT INTO outbox_envelopes VALUES (?1, ?2)",
+                params![id, env],
+            )
+            .unwrap();
+        }
+        assert_eq!(canonicalize_pending(&conn).unwrap(), 1);
+        let (new, hash): (Vec<u8>, Vec<u8>) = conn
+            .query_row(
+                "SELECT e.envelope, o.envelope_sha256 FROM outbox_envelopes e JOIN outbox o USING (bundle_id) WHERE bundle_id = 'a'",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        let at = new.len() - 64;
+        assert_eq!(new[at..], sig[..]);
+        key.public().verify(&new[..at], &new[at..]).unwrap();
+        assert_eq!(hash, crate::crypto::sha256(&new).to_vec());
+        // Receipted rows are history: untouched. A second run changes nothing.
+        let old: Vec<u8> = conn
+            .query_row(
+                "SELECT envelope FROM outbox_envelopes WHERE bundle_id = 'b'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(old, env);
+        assert_eq!(canonicalize_pending(&conn).unwrap(), 0);
+    }
+
+    /// n − s for P-256 (independent of the implementation under test: Python-checked constant).
+    fn twin_s(s: &[u8]) -> [u8; 32] {
+        let n = hex::decode("ffffffff00000000ffffffffffffffffbce6faada7179e84f3b9cac2fc632551")
+            .unwrap();
+        let mut out = [0u8; 32];
+        let mut borrow = 0i16;
+        for i in (0..32).rev() {
+            let d = n[i] as i16 - s[i] as i16 - borrow;
+            borrow = i16::from(d < 0);
+            out[i] = d.rem_euclid(256) as u8;
+        }
+        out
+    }
+}

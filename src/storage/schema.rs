@@ -274,6 +274,12 @@ CREATE INDEX medications_by_case ON medications (case_id, id);
 
 ALTER TABLE sessions ADD COLUMN break_glass_id INTEGER REFERENCES break_glass (id);
 "#,
+    // v4: canonical (low-S) envelope signatures. Unreceipted envelopes sealed before are
+    // rewritten by the migration hook (`storage::outbox::canonicalize_pending`): same signature,
+    // canonical form, new envelope hash.
+    r#"
+SELECT 1;
+"#,
 ];
 
 /// The schema version this build writes.
