@@ -8,7 +8,6 @@ use crate::storage::Owned;
 use crate::storage::receiver::{ReceivedBundle, ReceiverDb, StoreOutcome};
 use crate::sync::transport;
 use rumqttc::v5::mqttbytes::v5::{Publish, PublishProperties};
-use std::collections::HashMap;
 
 use super::{Keys, ReceiverError};
 
@@ -37,8 +36,8 @@ pub(super) const CUSTODY_QUEUE: usize = 4;
 pub(super) struct Custody {
     pub(super) db: ReceiverDb,
     pub(super) keys: Keys,
-    /// Appliance public keys already read from the database.
-    pub(super) key_cache: HashMap<String, PublicKey>,
+    /// Envelopes above this size are refused unread (`TOO_LARGE`).
+    pub(super) max_envelope_bytes: usize,
 }
 
 impl Owned for Custody {
@@ -67,7 +66,7 @@ pub(super) fn process(
     let Custody {
         db,
         keys,
-        key_cache,
+        max_envelope_bytes,
     } = custody;
     let mut counters = Counters::default();
     let mut out = Vec::new();
@@ -76,7 +75,20 @@ pub(super) fn process(
     for (i, p) in batch.iter().enumerate() {
         let topic = String::from_utf8_lossy(&p.topic).to_string();
         let sha = crate::crypto::sha256(&p.payload);
-        match open_one(keys, db, key_cache, &topic, &p.payload, sha) {
+        let opened = if p.payload.len() > *max_envelope_bytes {
+            Err((
+                transport::appliance_of_bundles_topic(&topic).map(str::to_string),
+                "TOO_LARGE",
+                format!(
+                    "{} bytes exceed receiver.max_envelope_bytes ({})",
+                    p.payload.len(),
+                    max_envelope_bytes
+                ),
+            ))
+        } else {
+            open_one(keys, db, &topic, &p.payload, sha)
+        };
+        match opened {
             Ok(b) => accepted.push((i, b)),
             Err((app, code, msg)) => {
                 tracing::warn!(topic = %topic, appliance_id = app.as_deref().unwrap_or("?"), code, reason = %msg, "envelope rejected");
@@ -154,7 +166,6 @@ pub(super) type Reject = (Option<String>, &'static str, String);
 pub(super) fn open_one(
     keys: &Keys,
     db: &ReceiverDb,
-    key_cache: &mut HashMap<String, PublicKey>,
     topic: &str,
     payload: &[u8],
     envelope_sha256: [u8; 32],
@@ -172,24 +183,19 @@ pub(super) fn open_one(
             format!("envelope names appliance {app}, published under {topic_app}"),
         ));
     }
-    if !key_cache.contains_key(&app) {
-        let pem = db
-            .appliance_key(&app)
-            .map_err(|e| (Some(app.clone()), "STORE_ERROR", e.to_string()))?;
-        match pem.as_deref().and_then(PublicKey::from_pem) {
-            Some(k) => {
-                key_cache.insert(app.clone(), k);
-            }
-            None => {
-                return Err((
-                    Some(app.clone()),
-                    "UNKNOWN_APPLIANCE",
-                    format!("no active key registered for appliance {app}"),
-                ));
-            }
-        }
-    }
-    let key = &key_cache[&app];
+    // Read for every envelope, never cached: a revocation or key replacement holds for the
+    // next envelope (review #15). One indexed lookup beside an ECDSA verify and an HPKE open.
+    let pem = db
+        .appliance_key(&app)
+        .map_err(|e| (Some(app.clone()), "STORE_ERROR", e.to_string()))?;
+    let Some(key) = pem.as_deref().and_then(PublicKey::from_pem) else {
+        return Err((
+            Some(app.clone()),
+            "UNKNOWN_APPLIANCE",
+            format!("no active key registered for appliance {app}"),
+        ));
+    };
+    let key = &key;
     parsed
         .verify(key)
         .map_err(|e| (Some(app.clone()), e.code(), e.to_string()))?;

@@ -7,7 +7,7 @@
 //! Keys (0600 files in `keys_dir`, or systemd credentials): `receiver-hpke.key` (X25519, hex),
 //! `receiver-signing.p8` (ES256 PKCS#8), `receiver-db.key` (SQLCipher, hex).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::time::Duration;
 
 use rumqttc::v5::mqttbytes::QoS;
@@ -60,7 +60,7 @@ pub async fn run(
         Custody {
             db,
             keys,
-            key_cache: HashMap::new(),
+            max_envelope_bytes: cfg.max_envelope_bytes,
         },
         CUSTODY_QUEUE,
     );
@@ -152,11 +152,18 @@ async fn session(
                 return Ok(None);
             }
         };
+        // A batch is bounded in messages and in bytes (envelopes are held until committed).
+        let size = |r: &Result<Event, rumqttc::v5::ConnectionError>| match r {
+            Ok(Event::Incoming(Packet::Publish(p))) => p.payload.len(),
+            _ => 0,
+        };
+        let mut bytes = size(&first);
         let mut events = vec![first];
-        while events.len() < cfg.batch_max {
+        while events.len() < cfg.batch_max && bytes < cfg.batch_max_bytes {
             match tokio::time::timeout(Duration::ZERO, ev.poll()).await {
                 Ok(r) => {
                     let err = r.is_err();
+                    bytes += size(&r);
                     events.push(r);
                     if err {
                         break;

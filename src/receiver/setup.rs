@@ -39,6 +39,12 @@ pub struct ReceiverConfig {
     pub share_group: String,
     /// Largest batch committed in one transaction. Default 512.
     pub batch_max: usize,
+    /// Envelope bytes collected into one batch (the batch closes once it reaches this). Default
+    /// 67108864 (64 MiB).
+    pub batch_max_bytes: usize,
+    /// Largest envelope accepted; larger ones are refused unread with `TOO_LARGE` (the cloud
+    /// broker's `message_size_limit` should be at most this). Default 16777216 (16 MiB).
+    pub max_envelope_bytes: usize,
     pub keep_alive_secs: u64,
     /// Reconnect back-off bounds, milliseconds. Defaults 200 and 10000.
     pub reconnect_min_ms: u64,
@@ -58,6 +64,8 @@ impl Default for ReceiverConfig {
             client_id: None,
             share_group: "receivers".into(),
             batch_max: 512,
+            batch_max_bytes: 64 << 20,
+            max_envelope_bytes: 16 << 20,
             keep_alive_secs: 30,
             reconnect_min_ms: 200,
             reconnect_max_ms: 10_000,
