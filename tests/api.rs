@@ -100,9 +100,10 @@ const EXPECTED: &[(&str, &str, &str)] = &[
     ("GET", "/api/v1/audit", "V"),
     ("GET", "/api/v1/break-glass", "V"),
     ("POST", "/api/v1/break-glass/{id}/review", "V"),
-    ("GET", "/api/v1/users", "A"),
+    ("GET", "/api/v1/users", "VA"),
     ("POST", "/api/v1/users", "A"),
     ("POST", "/api/v1/users/{id}/disable", "A"),
+    ("POST", "/api/v1/users/{id}/approve", "V"),
 ];
 
 const ROLES: [(char, &str); 5] = [
@@ -117,6 +118,9 @@ const ROLES: [(char, &str); 5] = [
 fn request(method: &str, path: &str, fx: &Fx) -> (String, Option<Value>) {
     let id = if path.starts_with("/api/v1/patients/") {
         fx.patient.clone()
+    } else if path == "/api/v1/users/{id}/approve" {
+        // Created (pending approval) by the admin's POST /api/v1/users.
+        "new-user".into()
     } else if path.starts_with("/api/v1/users/") {
         "victim".into()
     } else if path.starts_with("/api/v1/break-glass/") {

@@ -136,9 +136,7 @@ async fn break_glass_guessing_is_throttled_and_a_disabled_user_cannot_break_glas
         .call(|db| db.set_user_disabled(&Actor::cli(), "victim", true))
         .await
         .unwrap();
-    let r = api
-        .call("GET", "/api/v1/cases", Some(&v), Some("default"), None)
-        .await;
+    let r = api.get(&v, "/api/v1/cases").await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.body);
     let r = api
         .break_glass(&v, "default", "patient collapsed in the lobby", PIN)
@@ -150,9 +148,7 @@ async fn break_glass_guessing_is_throttled_and_a_disabled_user_cannot_break_glas
 async fn cli_secret_change_ends_live_sessions_at_once() {
     let api = Api::new(IDLE).await;
     let t = api.login("emt1").await;
-    let r = api
-        .call("GET", "/api/v1/cases", Some(&t), Some("default"), None)
-        .await;
+    let r = api.get(&t, "/api/v1/cases").await;
     assert_eq!(r.status, StatusCode::OK);
     let phc = hema3n_edge::crypto::password::hash_secret("new-pin-7391").unwrap();
     api.st
@@ -160,9 +156,7 @@ async fn cli_secret_change_ends_live_sessions_at_once() {
         .call(move |db| db.set_user_secret(&Actor::cli(), "emt1", &phc))
         .await
         .unwrap();
-    let r = api
-        .call("GET", "/api/v1/cases", Some(&t), Some("default"), None)
-        .await;
+    let r = api.get(&t, "/api/v1/cases").await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
     assert!(
         r.body["error"]["message"]
@@ -211,9 +205,7 @@ async fn a_grant_opens_only_its_territory_and_its_stream_ends_with_it() {
     let minutes = api.st.cfg.api.break_glass_minutes as i64;
     for _ in 0..(minutes / 9 + 1) {
         api.clock.advance_ms(9 * 60_000);
-        let r = api
-            .call("GET", "/api/v1/auth/me", Some(&t), Some("default"), None)
-            .await;
+        let r = api.get(&t, "/api/v1/auth/me").await;
         assert_eq!(r.status, StatusCode::OK);
     }
     let ev = next_named_event(&mut body).await;
@@ -253,4 +245,85 @@ async fn next_named_event(body: &mut axum::body::Body) -> String {
     })
     .await
     .expect("an event within 10 s")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_alone_cannot_mint_a_clinical_login_or_reach_other_territories() {
+    // Review #8.
+    let api = Api::new(IDLE).await;
+    let admin = api.login("admin1").await;
+    let ghost =
+        json!({"id": "ghost", "display_name": "G", "role": "paramedic", "secret": "pin-5931"});
+    let r = api.post(&admin, "/api/v1/users", Some(ghost)).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let r = login_from(&api, TABLET, "ghost", "pin-5931").await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "pending approval");
+    // Another territory: neither created there nor disabled there.
+    let north = json!({"id": "ghost2", "display_name": "G", "role": "paramedic", "territory": "north", "secret": "pin-5931"});
+    let r = api.post(&admin, "/api/v1/users", Some(north)).await;
+    assert_eq!(
+        (r.status, r.code()),
+        (StatusCode::FORBIDDEN, "TERRITORY_MISMATCH")
+    );
+    let r = api.post(&admin, "/api/v1/users/north1/disable", None).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    // The list shows the pending account to its territory's supervisor, who approves it.
+    let sup = api.login("super1").await;
+    let r = api.get(&sup, "/api/v1/users").await;
+    let users = r.body["users"].as_array().unwrap();
+    assert!(users.iter().all(|u| u["territory"] == "default"));
+    assert!(
+        users
+            .iter()
+            .any(|u| u["id"] == "ghost" && u["pending_approval"] == true)
+    );
+    let r = api.post(&sup, "/api/v1/users/ghost/approve", None).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
+    let r = login_from(&api, TABLET, "ghost", "pin-5931").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    // Approval is once, for pending accounts only.
+    let r = api.post(&sup, "/api/v1/users/victim/approve", None).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_supervisor_reviews_only_their_own_territory() {
+    // Review #18.
+    let api = Api::new(IDLE).await;
+    let n = api.login("north1").await;
+    let r = api
+        .break_glass(&n, "east", "mutual aid into east, crew down", PIN)
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let foreign = r.body["break_glass_id"].as_i64().unwrap();
+    let m = api.login("medic").await;
+    let r = api
+        .break_glass(&m, "north", "mutual aid into north, crew down", PIN)
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    let own = r.body["break_glass_id"].as_i64().unwrap();
+    let sup = api.login("super1").await;
+    let r = api.get(&sup, "/api/v1/break-glass").await;
+    let ids: Vec<i64> = r.body["uses"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(ids, vec![own], "only the use by one of default's users");
+    let r = api
+        .post(
+            &sup,
+            &format!("/api/v1/break-glass/{foreign}/review"),
+            Some(json!({"note": "not mine"})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    let r = api.get(&sup, "/api/v1/audit?limit=500").await;
+    let entries = r.body["entries"].as_array().unwrap();
+    assert!(!entries.is_empty());
+    assert!(
+        entries.iter().all(|e| e["territory"] == "default"),
+        "another territory's trail leaked"
+    );
 }

@@ -90,7 +90,7 @@ fn reply_schemas() -> Value {
     }
     json!({
         "Health": s(json!({ "status": text, "store": text, "triage": text, "sync": text, "sessions": int })),
-        "User": s(json!({ "id": text, "display_name": text, "role": { "enum": Role::ALL.iter().map(|r| r.as_str()).collect::<Vec<_>>() }, "territory": text, "created_at_ms": int, "disabled": boolean })),
+        "User": s(json!({ "id": text, "display_name": text, "role": { "enum": Role::ALL.iter().map(|r| r.as_str()).collect::<Vec<_>>() }, "territory": text, "created_at_ms": int, "disabled": boolean, "pending_approval": boolean })),
         "Session": s(json!({ "token": text, "expires_at_ms": int, "idle_timeout_secs": int, "user": r("User") })),
         "Me": s(json!({ "user": r("User"), "territory": text, "permissions": texts, "break_glass_until_ms": nint, "idle_timeout_secs": int })),
         "BreakGlassGrant": s(json!({ "break_glass_id": int, "until_ms": int, "territory": text })),

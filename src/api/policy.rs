@@ -35,6 +35,10 @@ crate::model::named_enum! {
         BreakGlass = "BreakGlass",
         /// Manage accounts (no PHI).
         Admin = "Admin",
+        /// List the accounts of one's territory.
+        UserRead = "UserRead",
+        /// Approve an account an admin created with a PHI-reading role.
+        UserApprove = "UserApprove",
     }
 }
 
@@ -72,8 +76,10 @@ pub fn role_perms(role: Role) -> &'static [Perm] {
             AuditReview,
             BreakGlassReview,
             BreakGlass,
+            UserRead,
+            UserApprove,
         ],
-        Role::Admin => &[Admin, DeviceRead, SyncRead],
+        Role::Admin => &[Admin, UserRead, DeviceRead, SyncRead],
     }
 }
 
@@ -410,9 +416,9 @@ pub const ROUTES: &[RouteSpec] = &[
     r(
         "GET",
         "/api/v1/users",
-        Access::Perm(Admin),
+        Access::Perm(UserRead),
         false,
-        "Accounts",
+        "Accounts of the caller's territory",
         None,
         Json("UserList"),
     ),
@@ -421,7 +427,7 @@ pub const ROUTES: &[RouteSpec] = &[
         "/api/v1/users",
         Access::Perm(Admin),
         false,
-        "Add an account",
+        "Add an account (roles that read PHI wait for a supervisor's approval)",
         Some("UserCreate"),
         Created("CreatedId"),
     ),
@@ -431,6 +437,15 @@ pub const ROUTES: &[RouteSpec] = &[
         Access::Perm(Admin),
         false,
         "Disable an account and end its sessions",
+        None,
+        NoContent,
+    ),
+    r(
+        "POST",
+        "/api/v1/users/{id}/approve",
+        Access::Perm(UserApprove),
+        false,
+        "Approve an account waiting for a supervisor (created by an admin)",
         None,
         NoContent,
     ),

@@ -69,6 +69,7 @@ pub fn api_routes() -> Router<ApiState> {
         )
         .route("/api/v1/users", get(users::users).post(users::add_user))
         .route("/api/v1/users/{id}/disable", post(users::disable_user))
+        .route("/api/v1/users/{id}/approve", post(users::approve_user))
 }
 
 /// Reads the body first (bounded in size and time), then sheds load above

@@ -273,6 +273,7 @@ pub struct UserReply<'a> {
     pub territory: &'a str,
     pub created_at_ms: i64,
     pub disabled: bool,
+    pub pending_approval: bool,
 }
 
 impl<'a> From<&'a UserInfo> for UserReply<'a> {
@@ -284,6 +285,7 @@ impl<'a> From<&'a UserInfo> for UserReply<'a> {
             territory: &u.territory,
             created_at_ms: u.created_at_ms,
             disabled: u.disabled,
+            pending_approval: u.pending_approval,
         }
     }
 }

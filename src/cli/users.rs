@@ -55,7 +55,7 @@ pub fn users_disable(cfg: &Config, id: &str, disabled: bool) -> CmdResult {
 /// `users list`.
 pub fn users_list(cfg: &Config, json: bool) -> CmdResult {
     let db = open_db(cfg)?;
-    let users = db.list_users()?;
+    let users = db.list_users(None)?;
     if json {
         println!(
             "{}",
@@ -73,7 +73,13 @@ pub fn users_list(cfg: &Config, json: bool) -> CmdResult {
             u.id,
             u.role,
             u.territory,
-            if u.disabled { "disabled" } else { "active" },
+            if u.pending_approval {
+                "pending"
+            } else if u.disabled {
+                "disabled"
+            } else {
+                "active"
+            },
             u.display_name
         );
     }

@@ -15,6 +15,9 @@ pub struct UserInfo {
     pub territory: String,
     pub created_at_ms: i64,
     pub disabled: bool,
+    /// Created over the API by an admin with a role that reads PHI: disabled until a supervisor
+    /// of its territory approves it.
+    pub pending_approval: bool,
 }
 
 /// What login needs to know about an account.
@@ -72,6 +75,32 @@ impl Db {
         territory: &str,
         secret_hash: &str,
     ) -> Result<()> {
+        self.insert_user(
+            actor,
+            (id, display_name, role, territory),
+            secret_hash,
+            false,
+        )
+    }
+
+    /// Adds an account `(id, display name, role, territory)` that stays disabled until a
+    /// supervisor of its territory approves it ([`Db::approve_user`]).
+    pub fn add_user_pending(
+        &mut self,
+        actor: &Actor,
+        user: (&str, &str, Role, &str),
+        secret_hash: &str,
+    ) -> Result<()> {
+        self.insert_user(actor, user, secret_hash, true)
+    }
+
+    fn insert_user(
+        &mut self,
+        actor: &Actor,
+        (id, display_name, role, territory): (&str, &str, Role, &str),
+        secret_hash: &str,
+        pending: bool,
+    ) -> Result<()> {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -85,14 +114,16 @@ impl Db {
                 id: id.into(),
             });
         }
+        let now = now_ms();
         tx.execute(
-            "INSERT INTO users (id, display_name, role, territory, secret_hash, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![id, display_name, role, territory, secret_hash, now_ms()],
+            "INSERT INTO users (id, display_name, role, territory, secret_hash, created_at, disabled_at, pending_approval) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            params![id, display_name, role, territory, secret_hash, now, pending.then_some(now), pending],
         )?;
         let ev = AuditEvent::new(actor, "user.add", format!("user/{id}"), Outcome::Success)
             .territory(territory)
-            .details(serde_json::json!({ "role": role }));
-        audit::append(&tx, &self.st, &ev, now_ms())?;
+            .details(serde_json::json!({ "role": role, "pending_approval": pending }));
+        audit::append(&tx, &self.st, &ev, now)?;
         tx.commit()?;
         Ok(())
     }
@@ -148,11 +179,13 @@ impl Db {
         Ok(())
     }
 
-    pub fn list_users(&self) -> Result<Vec<UserInfo>> {
+    /// Accounts, all of them or those of one territory.
+    pub fn list_users(&self, territory: Option<&str>) -> Result<Vec<UserInfo>> {
         let mut st = self.conn.prepare(
-            "SELECT id, display_name, role, territory, created_at, disabled_at IS NOT NULL FROM users ORDER BY id",
+            "SELECT id, display_name, role, territory, created_at, disabled_at IS NOT NULL, pending_approval FROM users \
+             WHERE ?1 IS NULL OR territory = ?1 ORDER BY id",
         )?;
-        let rows = st.query_map([], |r| {
+        let rows = st.query_map([territory], |r| {
             Ok(UserInfo {
                 id: r.get(0)?,
                 display_name: r.get(1)?,
@@ -160,17 +193,52 @@ impl Db {
                 territory: r.get(3)?,
                 created_at_ms: r.get(4)?,
                 disabled: r.get(5)?,
+                pending_approval: r.get(6)?,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Enables an account waiting for approval, if it belongs to `approver_territory` (others
+    /// are not found).
+    pub fn approve_user(
+        &mut self,
+        actor: &Actor,
+        approver_territory: &str,
+        id: &str,
+    ) -> Result<()> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let n = tx.execute(
+            "UPDATE users SET disabled_at = NULL, pending_approval = 0 \
+             WHERE id = ?1 AND territory = ?2 AND pending_approval = 1",
+            params![id, approver_territory],
+        )?;
+        if n == 0 {
+            return Err(StoreError::NotFound {
+                kind: "account awaiting approval",
+                id: id.into(),
+            });
+        }
+        let ev = AuditEvent::new(
+            actor,
+            "user.approve",
+            format!("user/{id}"),
+            Outcome::Success,
+        )
+        .territory(approver_territory);
+        audit::append(&tx, &self.st, &ev, now_ms())?;
+        tx.commit()?;
+        Ok(())
     }
 
     pub fn login_user(&self, id: &str) -> Result<Option<LoginUser>> {
         Ok(self
             .conn
             .prepare_cached(
-                "SELECT id, display_name, role, territory, created_at, disabled_at IS NOT NULL, secret_hash, failed_count, backoff_until \
-                 FROM users WHERE id = ?1",
+                "SELECT id, display_name, role, territory, created_at, disabled_at IS NOT NULL, secret_hash, failed_count, backoff_until, \
+                 pending_approval FROM users WHERE id = ?1",
             )?
             .query_row([id], |r| {
                 Ok(LoginUser {
@@ -181,6 +249,7 @@ impl Db {
                         territory: r.get(3)?,
                         created_at_ms: r.get(4)?,
                         disabled: r.get(5)?,
+                        pending_approval: r.get(9)?,
                     },
                     secret_hash: r.get(6)?,
                     failed_count: r.get::<_, i64>(7)? as u32,
@@ -353,6 +422,7 @@ impl Db {
                     territory: r.get(9)?,
                     created_at_ms: r.get(10)?,
                     disabled: false,
+                    pending_approval: false,
                 },
             ))
         })?;
@@ -395,17 +465,20 @@ impl Db {
     }
 
     /// Break-glass uses, newest first; only unreviewed ones with `pending`.
-    pub fn break_glass_list(&self, pending: bool) -> Result<Vec<BreakGlass>> {
+    /// Break-glass uses that concern `territory`: into it, or by one of its users.
+    pub fn break_glass_list(&self, territory: &str, pending: bool) -> Result<Vec<BreakGlass>> {
         let sql = format!(
-            "SELECT id, user_id, territory, reason, started_at, until, reviewed_at, reviewed_by, review_note FROM break_glass {} ORDER BY id DESC LIMIT 500",
+            "SELECT b.id, b.user_id, b.territory, b.reason, b.started_at, b.until, b.reviewed_at, b.reviewed_by, b.review_note \
+             FROM break_glass b JOIN users u ON u.id = b.user_id WHERE (b.territory = ?1 OR u.territory = ?1) {} \
+             ORDER BY b.id DESC LIMIT 500",
             if pending {
-                "WHERE reviewed_at IS NULL"
+                "AND b.reviewed_at IS NULL"
             } else {
                 ""
             }
         );
         let mut st = self.conn.prepare(&sql)?;
-        let rows = st.query_map([], |r| {
+        let rows = st.query_map([territory], |r| {
             Ok(BreakGlass {
                 id: r.get(0)?,
                 user_id: r.get(1)?,
@@ -422,14 +495,22 @@ impl Db {
     }
 
     /// A supervisor closes a review item (audited). Reviewing one's own use is refused.
-    pub fn break_glass_review(&mut self, actor: &Actor, id: i64, note: &str) -> Result<()> {
+    /// Reviews a use that concerns the supervisor's `reviewer_territory` (others are not found).
+    pub fn break_glass_review(
+        &mut self,
+        actor: &Actor,
+        reviewer_territory: &str,
+        id: i64,
+        note: &str,
+    ) -> Result<()> {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let row: Option<(String, String, Option<i64>)> = tx
             .query_row(
-                "SELECT user_id, territory, reviewed_at FROM break_glass WHERE id = ?1",
-                [id],
+                "SELECT b.user_id, b.territory, b.reviewed_at FROM break_glass b JOIN users u ON u.id = b.user_id \
+                 WHERE b.id = ?1 AND (b.territory = ?2 OR u.territory = ?2)",
+                params![id, reviewer_territory],
                 |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
             )
             .optional()?;

@@ -435,9 +435,11 @@ impl super::Db {
 
     /// Audit entries, newest first, before `before_seq` (exclusive) when given. The read itself
     /// is audited.
+    /// The newest audit entries of `territory` (a supervisor sees their own territory's trail).
     pub fn audit_entries(
         &mut self,
         actor: &Actor,
+        territory: &str,
         limit: usize,
         before_seq: Option<i64>,
     ) -> Result<Vec<AuditRow>> {
@@ -447,9 +449,9 @@ impl super::Db {
         let rows: Vec<AuditRow> = tx
             .prepare_cached(
                 "SELECT seq, ts, actor, role, action, resource, outcome, territory, details FROM audit_log \
-                 WHERE seq < ?1 ORDER BY seq DESC LIMIT ?2",
+                 WHERE seq < ?1 AND territory = ?3 ORDER BY seq DESC LIMIT ?2",
             )?
-            .query_map(params![before_seq.unwrap_or(i64::MAX), limit as i64], |r| {
+            .query_map(params![before_seq.unwrap_or(i64::MAX), limit as i64, territory], |r| {
                 let d: String = r.get(8)?;
                 Ok(AuditRow {
                     seq: r.get(0)?,

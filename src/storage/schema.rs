@@ -280,6 +280,11 @@ ALTER TABLE sessions ADD COLUMN break_glass_id INTEGER REFERENCES break_glass (i
     r#"
 SELECT 1;
 "#,
+    // v5: accounts an admin creates over the API with a PHI-reading role wait for a
+    // supervisor's approval (disabled until then).
+    r#"
+ALTER TABLE users ADD COLUMN pending_approval INTEGER NOT NULL DEFAULT 0;
+"#,
 ];
 
 /// The schema version this build writes.

@@ -151,6 +151,18 @@ impl Api {
         }
     }
 
+    /// `GET path` with `token` in territory `default`.
+    pub async fn get(&self, token: &str, path: &str) -> Reply {
+        self.call("GET", path, Some(token), Some("default"), None)
+            .await
+    }
+
+    /// `POST path` with `token` in territory `default`.
+    pub async fn post(&self, token: &str, path: &str, body: Option<Value>) -> Reply {
+        self.call("POST", path, Some(token), Some("default"), body)
+            .await
+    }
+
     /// `POST /api/v1/auth/break-glass` with `token` in `territory`.
     pub async fn break_glass(
         &self,

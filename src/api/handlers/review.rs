@@ -17,23 +17,26 @@ pub async fn audit(
     Extension(c): Extension<Caller>,
     Query(q): Query<AuditQuery>,
 ) -> ApiResult<Json> {
-    let a = c.actor.clone();
+    let (a, t) = (c.actor.clone(), c.user.territory.clone());
     let limit = q.limit.unwrap_or(100).clamp(1, 500);
     let rows = st
         .store
-        .call(move |db| db.audit_entries(&a, limit, q.before))
+        .call(move |db| db.audit_entries(&a, &t, limit, q.before))
         .await?;
     ok(json!({ "entries": replies::<_, AuditReply<'_>>(&rows) }))
 }
 
+/// Uses into the supervisor's territory or by its users (never other territories').
 pub async fn break_glass_list(
     State(st): State<ApiState>,
+    Extension(c): Extension<Caller>,
     Query(q): Query<PendingQuery>,
 ) -> ApiResult<Json> {
     let pending = q.pending.unwrap_or(false);
+    let t = c.user.territory.clone();
     let rows = st
         .store
-        .call(move |db| db.break_glass_list(pending))
+        .call(move |db| db.break_glass_list(&t, pending))
         .await?;
     ok(json!({ "uses": replies::<_, BreakGlassReply<'_>>(&rows) }))
 }
@@ -49,9 +52,9 @@ pub async fn break_glass_review(
             "a review note of 1 to 1000 bytes is required",
         ));
     }
-    let a = c.actor.clone();
+    let (a, t) = (c.actor.clone(), c.user.territory.clone());
     st.store
-        .call(move |db| db.break_glass_review(&a, id, b.note.trim()))
+        .call(move |db| db.break_glass_review(&a, &t, id, b.note.trim()))
         .await?;
     Ok(StatusCode::NO_CONTENT)
 }
