@@ -327,3 +327,128 @@ async fn a_supervisor_reviews_only_their_own_territory() {
         "another territory's trail leaked"
     );
 }
+
+/// Stores one heart-rate reading of `device` at device time `t`, received at `recv`.
+async fn hr(api: &Api, device: &'static str, t: i64, recv: i64, v: f64) {
+    use hema3n_edge::model::Reading;
+    use hema3n_edge::storage::IngestItem;
+    let item = IngestItem::Vitals {
+        device_id: device.into(),
+        topic: format!("hema3n/v1/devices/{device}/vitals"),
+        recv_ms: recv,
+        parsed: Ok(vec![Reading {
+            code: "heart_rate",
+            value: v,
+            device_time_ms: t,
+        }]),
+        payload: Vec::new(),
+    };
+    api.st
+        .store
+        .call(move |db| db.ingest_batch(&[item], true, "default"))
+        .await
+        .unwrap();
+}
+
+async fn open_case(api: &Api) -> String {
+    api.st
+        .store
+        .call(|db| {
+            db.create_case(
+                &Actor::cli(),
+                "default",
+                None,
+                &hema3n_edge::model::CaseDetails::default(),
+            )
+        })
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reading_dated_ahead_does_not_hide_later_ones() {
+    // Review #11: one reading at now + 23 h pinned triage and the handoff to it for 23 h.
+    let api = Api::new(IDLE).await;
+    let now = hema3n_edge::model::now_ms();
+    let case = open_case(&api).await;
+    let c = case.clone();
+    api.st
+        .store
+        .call(move |db| {
+            db.register_device(&Actor::cli(), "mon-1", "monitor", "default", None)?;
+            db.bind_device(&Actor::cli(), "mon-1", &c, false)
+        })
+        .await
+        .unwrap();
+    hr(&api, "mon-1", now + 23 * 3_600_000, now, 70.0).await;
+    hr(&api, "mon-1", now + 60_000, now + 60_000, 180.0).await;
+    let c = case.clone();
+    let snap = api
+        .st
+        .store
+        .call(move |db| db.case_snapshot(&Actor::cli(), &c))
+        .await
+        .unwrap();
+    assert_eq!(snap.latest, vec![("heart_rate".to_string(), 180.0)]);
+    let t = api.login("medic").await;
+    let r = api.get(&t, &format!("/api/v1/cases/{case}/handoff")).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let hr_latest: Vec<&serde_json::Value> = r.body["latest_vitals"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|o| o["name"] == "heart_rate" || o["code"] == "heart_rate")
+        .collect();
+    assert_eq!(hr_latest.len(), 1, "{}", r.body);
+    assert_eq!(hr_latest[0]["value"], 180.0, "{}", r.body);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binding_never_takes_the_previous_patients_readings_or_another_open_case() {
+    // Review #12.
+    let api = Api::new(IDLE).await;
+    let now = hema3n_edge::model::now_ms();
+    let (a, b) = (open_case(&api).await, open_case(&api).await);
+    let t = api.login("medic").await;
+    api.st
+        .store
+        .call(|db| db.register_device(&Actor::cli(), "mon-2", "monitor", "default", None))
+        .await
+        .unwrap();
+    let bind = |case: &str| format!("/api/v1/cases/{case}/devices");
+    let r = api
+        .post(&t, &bind(&a), Some(json!({"device_id": "mon-2"})))
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    for i in 0..5 {
+        hr(&api, "mon-2", now + i * 1000, now + i * 1000, 70.0).await;
+    }
+    // Bound to open case A: another case cannot take it silently.
+    let r = api
+        .post(&t, &bind(&b), Some(json!({"device_id": "mon-2"})))
+        .await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.body);
+    // A is closed (the device unbinds) while the monitor stays on patient A.
+    let r = api
+        .post(&t, &format!("/api/v1/cases/{a}/close"), None)
+        .await;
+    assert!(r.status.is_success(), "{}", r.body);
+    for i in 5..10 {
+        hr(&api, "mon-2", now + i * 1000, now + i * 1000, 72.0).await;
+    }
+    let r = api
+        .post(&t, &bind(&b), Some(json!({"device_id": "mon-2"})))
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(
+        r.body["attached_readings"], 0,
+        "nothing attached by default"
+    );
+    let r = api.get(&t, &format!("/api/v1/cases/{b}/vitals")).await;
+    assert_eq!(
+        r.body["vitals"].as_array().map_or(0, Vec::len),
+        0,
+        "{}",
+        r.body
+    );
+}

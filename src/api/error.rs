@@ -162,6 +162,7 @@ impl From<StoreError> for ApiError {
             StoreError::AlreadyExists { .. }
             | StoreError::CaseClosed { .. }
             | StoreError::NotBound { .. }
+            | StoreError::AlreadyBound { .. }
             | StoreError::OwnReview
             | StoreError::AlreadyReviewed { .. }
             | StoreError::KeyInUse { .. } => {

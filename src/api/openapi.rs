@@ -38,7 +38,7 @@ fn schemas() -> Value {
         "BreakGlass": s(json!({ "reason": { "type": "string", "minLength": 10, "maxLength": 500 }, "secret": text }), &["reason", "secret"]),
         "Patient": { "type": "object", "additionalProperties": false, "properties": schemas_patient_properties() },
         "CaseCreate": s(json!({ "patient_id": { "type": "string", "format": "uuid" }, "chief_complaint": text, "mechanism": text, "onset": text }), &[]),
-        "Bind": s(json!({ "device_id": text, "attach_unbound": { "type": "boolean", "default": true } }), &["device_id"]),
+        "Bind": s(json!({ "device_id": text, "attach_unbound": { "type": "boolean", "default": false } }), &["device_id"]),
         "ManualVitals": s(json!({ "readings": { "type": "array", "minItems": 1, "maxItems": 32, "items": s(json!({
             "name": { "enum": crate::vocab::VITALS.iter().map(|v| v.name).collect::<Vec<_>>() },
             "value": { "type": "number" }, "vs": { "enum": crate::vocab::AVPU_LEVELS }, "t_ms": { "type": "integer" }

@@ -121,12 +121,10 @@ pub struct CaseCreate {
 #[serde(deny_unknown_fields)]
 pub struct BindBody {
     pub device_id: String,
-    #[serde(default = "yes")]
+    /// Also move the device's unbound readings of the last 15 minutes (since its last case)
+    /// into this case. Default false: a monitor may still carry the previous patient's data.
+    #[serde(default)]
     pub attach_unbound: bool,
-}
-
-fn yes() -> bool {
-    true
 }
 
 #[derive(Deserialize)]

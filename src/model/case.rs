@@ -232,6 +232,15 @@ pub struct Observation {
     pub source: String,
 }
 
+impl Observation {
+    /// When the reading counts as taken for "latest" questions (triage, handoff): its device
+    /// time, but never later than its arrival. One reading from a device whose clock runs a day
+    /// ahead must not hide every real reading after it (review 2026-11-30 #11).
+    pub fn effective_time_ms(&self) -> i64 {
+        self.device_time_ms.min(self.recv_time_ms)
+    }
+}
+
 /// One audit-log entry about the case, as exported (no details: they stay on the appliance).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExportAudit {

@@ -92,6 +92,10 @@ impl State {
     }
 }
 
+/// How far back `attach_unbound` reaches when binding a device: readings taken while the crew
+/// set up, not a previous patient's.
+pub const ATTACH_WINDOW_MS: i64 = 15 * 60 * 1000;
+
 impl Db {
     /// Registers a device. `credential_hash` is its broker password hash (mosquitto format).
     pub fn register_device(
@@ -221,11 +225,11 @@ impl Db {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let (dterr, holding): (String, Option<i64>) = tx
+        let (dterr, holding, bound): (String, Option<i64>, Option<String>) = tx
             .query_row(
-                "SELECT territory, holding_dk_id FROM devices WHERE id = ?1 AND removed_at IS NULL",
+                "SELECT territory, holding_dk_id, bound_case FROM devices WHERE id = ?1 AND removed_at IS NULL",
                 [device],
-                |r| Ok((r.get(0)?, r.get(1)?)),
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
             )
             .optional()?
             .ok_or_else(|| StoreError::NotFound {
@@ -255,6 +259,13 @@ impl Db {
                 case_id: case_id.into(),
             });
         }
+        // Moving a monitor off another patient's open case must be an explicit unbind there.
+        if let Some(other) = bound.filter(|b| b != case_id) {
+            return Err(StoreError::AlreadyBound {
+                device: device.into(),
+                case_id: other,
+            });
+        }
         tx.execute(
             "UPDATE devices SET bound_case = ?1, bound_at = ?2 WHERE id = ?3",
             params![case_id, now_ms(), device],
@@ -263,11 +274,20 @@ impl Db {
         if attach_unbound && let Some(h) = holding {
             let from = self.st.data_key(&tx, h, "device", device)?;
             let to = self.st.data_key(&tx, case_dk, "case", case_id)?;
+            // Only readings that can be this patient's: received after the device's last
+            // reading on any case (a monitor left on the previous patient keeps sending as
+            // unbound) and within the last `ATTACH_WINDOW_MS`.
+            let since: i64 = tx.query_row(
+                "SELECT coalesce(max(recv_time), 0) FROM observations WHERE device_id = ?1 AND case_id IS NOT NULL",
+                [device],
+                |r| r.get(0),
+            )?;
+            let since = since.max(now_ms() - ATTACH_WINDOW_MS);
             let rows: Vec<(i64, Vec<u8>)> = tx
                 .prepare(
-                    "SELECT id, value FROM observations WHERE device_id = ?1 AND case_id IS NULL",
+                    "SELECT id, value FROM observations WHERE device_id = ?1 AND case_id IS NULL AND recv_time > ?2",
                 )?
-                .query_map([device], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .query_map(params![device, since], |r| Ok((r.get(0)?, r.get(1)?)))?
                 .collect::<Result<_, _>>()?;
             for (id, ct) in &rows {
                 let loc = FieldLoc {

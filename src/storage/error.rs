@@ -87,6 +87,9 @@ pub enum StoreError {
         case_territory: String,
     },
     /// The device is bound to no case. Recovery: none needed.
+    /// The device is bound to another open case. Recovery: unbind it there first.
+    #[error("device `{device}` is bound to open case {case_id}; unbind it there first")]
+    AlreadyBound { device: String, case_id: String },
     #[error("device `{device}` is not bound")]
     NotBound { device: String },
     /// A supervisor tried to review their own break-glass use. Recovery: another supervisor

@@ -59,18 +59,16 @@ impl Db {
         let dk = self.st.data_key(&tx, dk_id, "case", case_id)?;
         let rows: Vec<(i64, String, Vec<u8>)> = tx
             .prepare_cached(
-                "SELECT o.id, o.code, o.value FROM observations o \
-                 JOIN (SELECT code, max(device_time) AS t FROM observations WHERE case_id = ?1 GROUP BY code) m \
-                   ON o.code = m.code AND o.device_time = m.t \
-                 WHERE o.case_id = ?1 ORDER BY o.code, o.id DESC",
+                // Latest by effective time (device time, capped at arrival; see
+                // `Observation::effective_time_ms`), newest row first on ties.
+                "SELECT id, code, value FROM (SELECT id, code, value, row_number() OVER \
+                 (PARTITION BY code ORDER BY min(device_time, recv_time) DESC, id DESC) AS rn \
+                 FROM observations WHERE case_id = ?1) WHERE rn = 1 ORDER BY code",
             )?
             .query_map([case_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
             .collect::<Result<_, _>>()?;
         let mut snap = CaseSnapshot::default();
         for (id, code, ct) in rows {
-            if snap.latest.last().is_some_and(|(c, _)| *c == code) {
-                continue; // two devices at the same instant: the newest row wins
-            }
             snap.latest
                 .push((code, super::readings::open_value(&dk, id, &ct)?));
         }

@@ -96,13 +96,15 @@ pub async fn handoff(
     Path(id): Path<String>,
 ) -> ApiResult<Json> {
     let v = case_view(&st, &c, id, "case.handoff").await?;
-    let mut latest: Vec<&Observation> = Vec::new();
-    for o in v.vitals.iter().rev() {
-        if !latest.iter().any(|l| l.code == o.code) {
-            latest.push(o);
+    // Latest per vital by effective time (a clock running ahead cannot pin a stale value).
+    let mut latest: std::collections::BTreeMap<&str, &Observation> = Default::default();
+    for o in &v.vitals {
+        let e = latest.entry(o.code.as_str()).or_insert(o);
+        if (o.effective_time_ms(), o.id) > (e.effective_time_ms(), e.id) {
+            *e = o;
         }
     }
-    latest.sort_by(|a, b| a.code.cmp(&b.code));
+    let latest: Vec<&Observation> = latest.into_values().collect();
     let age = v
         .patient
         .as_ref()
