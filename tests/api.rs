@@ -888,19 +888,7 @@ async fn every_reply_matches_its_documented_schema() {
     api.st
         .store
         .call(move |db| {
-            let rec = hema3n_edge::model::TriageRecord {
-                final_esi: 2,
-                rules_esi: 2,
-                model_esi: Some(3),
-                news2: Some(5),
-                specialty: Some("cardiology".into()),
-                confidence: Some(0.7),
-                model_id: Some("hema3n-core".into()),
-                model_hash: Some("ab".repeat(32)),
-                decider: hema3n_edge::model::Decider::RulesOverride,
-                abstained: None,
-                reasons: vec!["NEWS2 5".into()],
-            };
+            let rec = common::api::sample_triage("cardiology");
             db.record_triage(&Actor::system(), &case, &rec).map(|_| ())
         })
         .await

@@ -291,8 +291,14 @@ async fn a_supervisor_reviews_only_their_own_territory() {
     // Review #18.
     let api = Api::new(IDLE).await;
     let n = api.login("north1").await;
+    // Into a territory this appliance holds no key for: nothing to read there, refused.
     let r = api
         .break_glass(&n, "east", "mutual aid into east, crew down", PIN)
+        .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.body);
+    // A use that concerns only north (by a north user, into north).
+    let r = api
+        .break_glass(&n, "north", "unknown patient, own territory", PIN)
         .await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
     let foreign = r.body["break_glass_id"].as_i64().unwrap();
@@ -365,12 +371,9 @@ async fn open_case(api: &Api) -> String {
         .unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_reading_dated_ahead_does_not_hide_later_ones() {
-    // Review #11: one reading at now + 23 h pinned triage and the handoff to it for 23 h.
-    let api = Api::new(IDLE).await;
-    let now = hema3n_edge::model::now_ms();
-    let case = open_case(&api).await;
+/// An open case with monitor `mon-1` registered and bound to it.
+async fn case_with_monitor(api: &Api) -> String {
+    let case = open_case(api).await;
     let c = case.clone();
     api.st
         .store
@@ -380,6 +383,15 @@ async fn a_reading_dated_ahead_does_not_hide_later_ones() {
         })
         .await
         .unwrap();
+    case
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reading_dated_ahead_does_not_hide_later_ones() {
+    // Review #11: one reading at now + 23 h pinned triage and the handoff to it for 23 h.
+    let api = Api::new(IDLE).await;
+    let now = hema3n_edge::model::now_ms();
+    let case = case_with_monitor(&api).await;
     hr(&api, "mon-1", now + 23 * 3_600_000, now, 70.0).await;
     hr(&api, "mon-1", now + 60_000, now + 60_000, 180.0).await;
     let c = case.clone();
@@ -451,4 +463,65 @@ async fn binding_never_takes_the_previous_patients_readings_or_another_open_case
         "{}",
         r.body
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crypto_erase_leaves_no_plaintext_clinical_trace_and_break_glass_text_is_sealed() {
+    // Review #17.
+    let api = Api::new(IDLE).await;
+    let now = hema3n_edge::model::now_ms();
+    let case = case_with_monitor(&api).await;
+    let c = case.clone();
+    api.st
+        .store
+        .call(move |db| {
+            let rec = common::api::sample_triage("psychiatry");
+            db.record_triage(&Actor::system(), &c, &rec).map(|_| ())
+        })
+        .await
+        .unwrap();
+    hr(&api, "mon-1", now, now, 130.0).await;
+    // A break-glass reason naming the patient, reviewed with a note naming them again.
+    let n = api.login("north1").await;
+    let r = api
+        .break_glass(&n, "default", "Zebediah Quarrington, found on scene", PIN)
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let sup = api.login("super1").await;
+    let id = r.body["break_glass_id"].as_i64().unwrap();
+    let r = api
+        .post(
+            &sup,
+            &format!("/api/v1/break-glass/{id}/review"),
+            Some(json!({"note": "Quarrington family confirmed"})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
+    // The reviewer still reads both texts.
+    let r = api.get(&sup, "/api/v1/break-glass").await;
+    let use_ = &r.body["uses"][0];
+    assert_eq!(use_["reason"], "Zebediah Quarrington, found on scene");
+    assert_eq!(use_["review_note"], "Quarrington family confirmed");
+    let c = case.clone();
+    api.st
+        .store
+        .call(move |db| {
+            db.close_case(&Actor::cli(), &c)?;
+            db.erase_case(&Actor::cli(), &c)
+        })
+        .await
+        .unwrap();
+    for (sql, what) in [
+        ("SELECT count(*) FROM triage_results", "triage rows"),
+        (
+            "SELECT count(*) FROM observations WHERE device_id = 'mon-1'",
+            "vital rows",
+        ),
+        (
+            "SELECT count(*) FROM break_glass WHERE reason != '' OR review_note IS NOT NULL",
+            "plaintext break-glass text",
+        ),
+    ] {
+        assert_eq!(api.query_i64(sql).await, 0, "{what} left after erase");
+    }
 }

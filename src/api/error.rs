@@ -168,9 +168,9 @@ impl From<StoreError> for ApiError {
             | StoreError::KeyInUse { .. } => {
                 ApiError::new(StatusCode::CONFLICT, Code::ValidationError, e.to_string())
             }
-            StoreError::InvalidId { .. } | StoreError::EmptySearch => {
-                ApiError::validation(e.to_string())
-            }
+            StoreError::InvalidId { .. }
+            | StoreError::EmptySearch
+            | StoreError::UnknownTerritory { .. } => ApiError::validation(e.to_string()),
             StoreError::TerritoryMismatch { .. } => ApiError::new(
                 StatusCode::FORBIDDEN,
                 Code::TerritoryMismatch,

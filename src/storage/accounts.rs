@@ -2,6 +2,7 @@
 //! tables. Secrets are stored only as Argon2id PHC strings; tokens only as SHA-256.
 
 use super::{Db, Result, StoreError, audit};
+use crate::crypto::field::FieldLoc;
 use crate::model::{Actor, AuditEvent, Outcome, Role, now_ms};
 use rusqlite::{OptionalExtension, TransactionBehavior, params};
 use serde::Serialize;
@@ -442,11 +443,17 @@ impl Db {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        if !self.st.keys.territories.contains_key(territory) {
+            return Err(StoreError::UnknownTerritory {
+                territory: territory.into(),
+            });
+        }
         tx.execute(
-            "INSERT INTO break_glass (user_id, territory, reason, started_at, until) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![actor.id, territory, reason, now, until],
+            "INSERT INTO break_glass (user_id, territory, reason, started_at, until) VALUES (?1, ?2, '', ?3, ?4)",
+            params![actor.id, territory, now, until],
         )?;
         let id = tx.last_insert_rowid();
+        seal_text(&mut self.st, &tx, (id, territory), "reason", reason)?;
         tx.execute(
             "UPDATE sessions SET break_glass_id = ?1, break_glass_until = ?2 WHERE token_hash = ?3",
             params![id, until, &token_hash[..]],
@@ -466,9 +473,9 @@ impl Db {
 
     /// Break-glass uses, newest first; only unreviewed ones with `pending`.
     /// Break-glass uses that concern `territory`: into it, or by one of its users.
-    pub fn break_glass_list(&self, territory: &str, pending: bool) -> Result<Vec<BreakGlass>> {
+    pub fn break_glass_list(&mut self, territory: &str, pending: bool) -> Result<Vec<BreakGlass>> {
         let sql = format!(
-            "SELECT b.id, b.user_id, b.territory, b.reason, b.started_at, b.until, b.reviewed_at, b.reviewed_by, b.review_note \
+            "SELECT b.id, b.user_id, b.territory, b.dk_id, b.sealed_reason, b.started_at, b.until, b.reviewed_at, b.reviewed_by, b.sealed_note \
              FROM break_glass b JOIN users u ON u.id = b.user_id WHERE (b.territory = ?1 OR u.territory = ?1) {} \
              ORDER BY b.id DESC LIMIT 500",
             if pending {
@@ -477,25 +484,61 @@ impl Db {
                 ""
             }
         );
-        let mut st = self.conn.prepare(&sql)?;
-        let rows = st.query_map([territory], |r| {
-            Ok(BreakGlass {
-                id: r.get(0)?,
-                user_id: r.get(1)?,
-                territory: r.get(2)?,
-                reason: r.get(3)?,
-                started_at_ms: r.get(4)?,
-                until_ms: r.get(5)?,
-                reviewed_at_ms: r.get(6)?,
-                reviewed_by: r.get(7)?,
-                review_note: r.get(8)?,
-            })
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        type Row = (BreakGlass, Option<i64>, Option<Vec<u8>>, Option<Vec<u8>>);
+        let rows: Vec<Row> = self
+            .conn
+            .prepare(&sql)?
+            .query_map([territory], |r| {
+                Ok((
+                    BreakGlass {
+                        id: r.get(0)?,
+                        user_id: r.get(1)?,
+                        territory: r.get(2)?,
+                        reason: String::new(),
+                        started_at_ms: r.get(5)?,
+                        until_ms: r.get(6)?,
+                        reviewed_at_ms: r.get(7)?,
+                        reviewed_by: r.get(8)?,
+                        review_note: None,
+                    },
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(9)?,
+                ))
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        let mut out = Vec::with_capacity(rows.len());
+        for (mut b, dk_id, reason, note) in rows {
+            if let Some(dk_id) = dk_id {
+                let dk =
+                    self.st
+                        .data_key(&self.conn, dk_id, "break-glass use", &b.id.to_string())?;
+                let id = b.id.to_string();
+                let open = |column: &'static str, ct: &[u8]| -> Result<String> {
+                    let plain = dk.open(
+                        FieldLoc {
+                            table: "break_glass",
+                            column,
+                            row_id: &id,
+                        },
+                        ct,
+                    )?;
+                    Ok(String::from_utf8_lossy(&plain).into_owned())
+                };
+                if let Some(ct) = reason {
+                    b.reason = open("reason", &ct)?;
+                }
+                if let Some(ct) = note {
+                    b.review_note = Some(open("review_note", &ct)?);
+                }
+            }
+            out.push(b);
+        }
+        Ok(out)
     }
 
-    /// A supervisor closes a review item (audited). Reviewing one's own use is refused.
-    /// Reviews a use that concerns the supervisor's `reviewer_territory` (others are not found).
+    /// A supervisor closes a review item (audited); reviewing one's own use is refused. Only a
+    /// use that concerns the supervisor's `reviewer_territory` (others are not found).
     pub fn break_glass_review(
         &mut self,
         actor: &Actor,
@@ -525,9 +568,10 @@ impl Db {
             return Err(StoreError::AlreadyReviewed { id });
         }
         tx.execute(
-            "UPDATE break_glass SET reviewed_at = ?1, reviewed_by = ?2, review_note = ?3 WHERE id = ?4",
-            params![now_ms(), actor.id, note, id],
+            "UPDATE break_glass SET reviewed_at = ?1, reviewed_by = ?2 WHERE id = ?3",
+            params![now_ms(), actor.id, id],
         )?;
+        seal_text(&mut self.st, &tx, (id, &territory), "review_note", note)?;
         let ev = AuditEvent::new(
             actor,
             "break_glass.review",
@@ -539,4 +583,63 @@ impl Db {
         tx.commit()?;
         Ok(())
     }
+}
+
+/// Seals a break-glass free-text column (`reason`, `review_note`) of use `id` under the use's
+/// own data key (created on first use, wrapped by the territory's key).
+fn seal_text(
+    st: &mut super::State,
+    conn: &rusqlite::Connection,
+    (id, territory): (i64, &str),
+    column: &'static str,
+    text: &str,
+) -> Result<()> {
+    let dk_id: Option<i64> =
+        conn.query_row("SELECT dk_id FROM break_glass WHERE id = ?1", [id], |r| {
+            r.get(0)
+        })?;
+    let dk = match dk_id {
+        Some(d) => st.data_key(conn, d, "break-glass use", &id.to_string())?,
+        None => {
+            let dk = st.new_data_key(conn, territory, &format!("break_glass/{id}"))?;
+            conn.execute(
+                "UPDATE break_glass SET dk_id = ?1 WHERE id = ?2",
+                params![dk.id(), id],
+            )?;
+            dk
+        }
+    };
+    let ct = dk.seal(
+        FieldLoc {
+            table: "break_glass",
+            column,
+            row_id: &id.to_string(),
+        },
+        text.as_bytes(),
+    )?;
+    st.count_invocations(conn, dk.id(), 1)?;
+    let sql = match column {
+        "reason" => "UPDATE break_glass SET sealed_reason = ?1, reason = '' WHERE id = ?2",
+        _ => "UPDATE break_glass SET sealed_note = ?1, review_note = NULL WHERE id = ?2",
+    };
+    conn.execute(sql, params![ct, id])?;
+    Ok(())
+}
+
+/// Migration v6: seals the plaintext reasons and notes of existing break-glass uses.
+pub(super) fn seal_break_glass_text(
+    st: &mut super::State,
+    conn: &rusqlite::Connection,
+) -> Result<usize> {
+    let rows: Vec<(i64, String, String, Option<String>)> = conn
+        .prepare("SELECT id, territory, reason, review_note FROM break_glass WHERE sealed_reason IS NULL")?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    for (id, territory, reason, note) in &rows {
+        seal_text(st, conn, (*id, territory), "reason", reason)?;
+        if let Some(n) = note {
+            seal_text(st, conn, (*id, territory), "review_note", n)?;
+        }
+    }
+    Ok(rows.len())
 }

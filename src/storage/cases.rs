@@ -514,6 +514,15 @@ impl Db {
         }
         Db::destroy_data_key(&mut self.st, &tx, dk_id)?;
         tx.execute("UPDATE cases SET erased_at = ?1, chief_complaint = NULL, mechanism = NULL, onset = NULL WHERE id = ?2", params![now_ms(), id])?;
+        // What the case's key protected is gone; so is what it left in plaintext beside it
+        // (vital codes and times, ESI, NEWS2, specialty, medication metadata, alarms).
+        for table in ["observations", "triage_results", "medications", "alarms"] {
+            tx.execute(&format!("DELETE FROM {table} WHERE case_id = ?1"), [id])?;
+        }
+        tx.execute(
+            "UPDATE devices SET bound_case = NULL WHERE bound_case = ?1",
+            [id],
+        )?;
         let mut erased_patient = false;
         if let Some(pid) = &patient_id {
             let others: i64 = tx.query_row(

@@ -87,6 +87,9 @@ pub enum StoreError {
         case_territory: String,
     },
     /// The device is bound to no case. Recovery: none needed.
+    /// A territory this appliance holds no key for (so no records either).
+    #[error("territory `{territory}` is not kept on this appliance")]
+    UnknownTerritory { territory: String },
     /// The device is bound to another open case. Recovery: unbind it there first.
     #[error("device `{device}` is bound to open case {case_id}; unbind it there first")]
     AlreadyBound { device: String, case_id: String },

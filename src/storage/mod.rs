@@ -101,7 +101,7 @@ impl Db {
     }
 
     fn migrate(&mut self) -> Result<()> {
-        let st = &self.st;
+        let st = &mut self.st;
         run_migrations(&mut self.conn, schema::MIGRATIONS, |tx, version| {
             if version == 1 {
                 audit::init_head(tx, &st.appliance_id)?;
@@ -113,6 +113,10 @@ impl Db {
             if version == 4 {
                 let n = outbox::canonicalize_pending(tx)?;
                 tracing::info!(envelopes = n, "envelope signatures made canonical (low-S)");
+            }
+            if version == 6 {
+                let n = accounts::seal_break_glass_text(st, tx)?;
+                tracing::info!(uses = n, "break-glass reasons sealed");
             }
             let ev = AuditEvent::new(
                 &crate::model::Actor::system(),

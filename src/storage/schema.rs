@@ -285,6 +285,14 @@ SELECT 1;
     r#"
 ALTER TABLE users ADD COLUMN pending_approval INTEGER NOT NULL DEFAULT 0;
 "#,
+    // v6: break-glass reasons and review notes are free text that often names the patient:
+    // sealed under a data key of their own (`reason`/`review_note` stay empty). Existing rows
+    // are sealed by the migration hook (`storage::accounts::seal_break_glass_text`).
+    r#"
+ALTER TABLE break_glass ADD COLUMN dk_id INTEGER REFERENCES data_keys (id);
+ALTER TABLE break_glass ADD COLUMN sealed_reason BLOB;
+ALTER TABLE break_glass ADD COLUMN sealed_note BLOB;
+"#,
 ];
 
 /// The schema version this build writes.

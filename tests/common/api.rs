@@ -233,3 +233,20 @@ impl Api {
             .await
     }
 }
+
+/// A model-decided-then-overridden triage result (ESI 2, NEWS2 5) with `specialty`.
+pub fn sample_triage(specialty: &str) -> hema3n_edge::model::TriageRecord {
+    hema3n_edge::model::TriageRecord {
+        final_esi: 2,
+        rules_esi: 2,
+        model_esi: Some(3),
+        news2: Some(5),
+        specialty: Some(specialty.into()),
+        confidence: Some(0.7),
+        model_id: Some("hema3n-core".into()),
+        model_hash: Some("ab".repeat(32)),
+        decider: hema3n_edge::model::Decider::RulesOverride,
+        abstained: None,
+        reasons: vec!["NEWS2 5".into()],
+    }
+}
