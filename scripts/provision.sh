@@ -69,7 +69,8 @@ mkdir -p "$ETC/edge.d" "$KEYS" "$STATE"
 
 # 1. Keys, config and database through the daemon's own init (keys 0600, never overwritten).
 log "initialising keys and database for $APPLIANCE (territory $TERRITORY)"
-"$BIN" init --data-dir "$STATE" --appliance-id "$APPLIANCE" --territory "$TERRITORY" >/dev/null
+"$BIN" init --data-dir "$STATE" --appliance-id "$APPLIANCE" --territory "$TERRITORY" \
+    --lan-name "$HOST" >/dev/null
 # init keeps keys beside the state; the appliance reads them from /etc/hema3n/keys or credentials.
 for f in "$STATE"/keys/*; do
     name="$(basename "$f")"

@@ -67,11 +67,14 @@ fn raise_nofile(need: u64) {
 }
 
 async fn tls(s: &Served) -> TlsStream<tokio::net::TcpStream> {
-    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", s.port))
-        .await
-        .unwrap();
-    let name = tokio_rustls::rustls::pki_types::ServerName::try_from("localhost").unwrap();
-    s.tls.connect(name, tcp).await.unwrap()
+    tls_as(s, "localhost").await.unwrap()
+}
+
+/// A TLS connection that checks the server's certificate against `name`.
+async fn tls_as(s: &Served, name: &str) -> std::io::Result<TlsStream<tokio::net::TcpStream>> {
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", s.port)).await?;
+    let name = tokio_rustls::rustls::pki_types::ServerName::try_from(name.to_string()).unwrap();
+    s.tls.connect(name, tcp).await
 }
 
 /// One request on a fresh connection: (status, body).
@@ -154,6 +157,10 @@ async fn the_crew_logs_in_while_slow_bodies_and_a_thousand_idle_connections_are_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_connections_and_trickled_bodies_are_timed_out() {
     let s = serve("[api]\nheader_timeout_secs = 1\nbody_timeout_secs = 1\n");
+    // The tablet reaches the appliance by its vehicle LAN name, which the certificate names
+    // (review #21); a name it does not hold fails verification.
+    assert!(tls_as(&s, "hema3n-dev.vehicle.lan").await.is_ok());
+    assert!(tls_as(&s, "other.vehicle.lan").await.is_err());
     // An idle connection is closed by the server.
     let mut c = tls(&s).await;
     let mut buf = [0u8; 64];

@@ -98,6 +98,10 @@ async fn limit(State(st): State<ApiState>, req: Request, next: Next) -> Response
         "referrer-policy",
         "no-referrer".parse().expect("static header"),
     );
+    h.insert(
+        "strict-transport-security",
+        "max-age=31536000".parse().expect("static header"),
+    );
     r
 }
 

@@ -35,6 +35,10 @@ pub enum Cmd {
         /// Default territory; its first key version is created.
         #[arg(long, default_value = "default")]
         territory: String,
+        /// Host name of the appliance on the vehicle LAN, for the tablet's self-signed
+        /// certificate (repeatable). Default `<appliance-id>.vehicle.lan`.
+        #[arg(long, value_name = "NAME")]
+        lan_name: Vec<String>,
     },
     /// Diagnose configuration, keys and database.
     Check,

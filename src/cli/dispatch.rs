@@ -14,10 +14,11 @@ pub fn main(args: Args) -> ExitCode {
         data_dir,
         appliance_id,
         territory,
+        lan_name,
     }) = &args.cmd
     {
         crate::systemd::init_logging(&Default::default());
-        return finish(cli::init(data_dir, appliance_id, territory));
+        return finish(cli::init(data_dir, appliance_id, territory, lan_name));
     }
     let (path, explicit) = match &args.config {
         Some(p) => (p.clone(), true),

@@ -13,7 +13,12 @@ use super::{CmdResult, EXIT_CONFIG, Failure, open_db};
 
 /// `init --data-dir DIR`: creates DIR, its keys (0600, never overwritten), `DIR/edge.toml` and
 /// the database. Safe to run again.
-pub fn init(data_dir: &Path, appliance_id: &str, territory: &str) -> CmdResult {
+pub fn init(
+    data_dir: &Path,
+    appliance_id: &str,
+    territory: &str,
+    lan_names: &[String],
+) -> CmdResult {
     let bad = |m: String| Failure {
         code: EXIT_CONFIG,
         error: anyhow::anyhow!(m),
@@ -83,18 +88,22 @@ pub fn init(data_dir: &Path, appliance_id: &str, territory: &str) -> CmdResult {
     )?;
     let cert = cfg.api_cert_path();
     if !cert.exists() && !key_dir.join(crate::api::API_TLS_KEY).exists() {
-        let names = vec![
-            "localhost".to_string(),
-            "127.0.0.1".to_string(),
-            "::1".to_string(),
-        ];
+        // The tablet reaches the appliance by its LAN name: the certificate must name it, or
+        // crews learn to click through a name-mismatch warning (review #21).
+        let mut names: Vec<String> = if lan_names.is_empty() {
+            vec![format!("{}.vehicle.lan", appliance_id.to_ascii_lowercase())]
+        } else {
+            lan_names.to_vec()
+        };
+        names.extend(["localhost", "127.0.0.1", "::1"].map(String::from));
         let (pem, key) = crate::tls::self_signed(&names).map_err(|e| bad(e.to_string()))?;
         keyring::write_secret(&key_dir, crate::api::API_TLS_KEY, key.as_bytes())?;
         std::fs::write(&cert, pem)?;
         writeln!(
             out,
-            "created self-signed tablet certificate {} (localhost; replace it with one for the vehicle LAN)",
-            cert.display()
+            "created self-signed tablet certificate {} for {} (install the fleet CA's certificate for the same name in production)",
+            cert.display(),
+            names.join(", ")
         )?;
     } else {
         writeln!(out, "kept    tablet certificate {}", cert.display())?;
