@@ -63,6 +63,9 @@ cargo build --locked --all-targets
 stage "integration tests"
 cargo test --locked --all-targets -- --test-threads="$(nproc)"
 
+stage "API contract (schemathesis against the served OpenAPI document)"
+./scripts/contract.sh "$ROOT/target/debug/hema3n-edge"
+
 stage "appliance packaging (systemd units, Yocto layer, provisioning)"
 ./scripts/check-appliance.sh
 

@@ -100,6 +100,20 @@ install_python_tools() {
     fi
 }
 
+# schemathesis (API contract fuzzing, scripts/contract.sh) in .tools/schemathesis. hypothesis
+# is pinned with it: newer releases break schemathesis 4.1's strategies.
+contract_tools_dir() { echo "$(repo_root)/.tools/schemathesis"; }
+install_contract_tools() {
+    local dir; dir="$(contract_tools_dir)"
+    if [ ! -f "$dir/.installed-4.1.4" ]; then
+        log "installing schemathesis==4.1.4 (API contract checks) into .tools/schemathesis"
+        rm -rf "$dir"
+        python3 -m pip install --quiet --disable-pip-version-check --target "$dir" \
+            "schemathesis==4.1.4" "hypothesis==6.136.9"
+        touch "$dir/.installed-4.1.4"
+    fi
+}
+
 # The model pipeline's pinned Python requirements (and the ONNX Runtime library the daemon
 # loads at run time) in .tools/model.
 install_model_tools() {

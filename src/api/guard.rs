@@ -119,7 +119,19 @@ pub async fn guard(State(st): State<ApiState>, mut req: Request, next: Next) -> 
         // No route matched: let the router answer 404/405.
         return next.run(req).await;
     };
-    let access = policy::route_access(req.method().as_str(), &path);
+    // HEAD is served by the GET route of a path.
+    let method = if req.method() == Method::HEAD {
+        "GET"
+    } else {
+        req.method().as_str()
+    };
+    let access = policy::route_access(method, &path);
+    if access.is_none() {
+        let allowed = policy::methods_of(&path);
+        if !allowed.is_empty() {
+            return method_not_allowed(&allowed);
+        }
+    }
     match guard_inner(&st, req.method().clone(), &path, access, req.headers()).await {
         Ok(Some(caller)) => {
             req.extensions_mut().insert(caller);
@@ -128,6 +140,21 @@ pub async fn guard(State(st): State<ApiState>, mut req: Request, next: Next) -> 
         Ok(None) => next.run(req).await,
         Err(e) => e.into_response(),
     }
+}
+
+/// 405 with the `Allow` header, for a known path asked with a method it does not serve.
+fn method_not_allowed(allowed: &[&str]) -> Response {
+    let allow = allowed.join(", ");
+    let mut r = ApiError::new(
+        axum::http::StatusCode::METHOD_NOT_ALLOWED,
+        super::error::Code::ValidationError,
+        format!("this path answers {allow}"),
+    )
+    .into_response();
+    if let Ok(v) = allow.parse() {
+        r.headers_mut().insert(axum::http::header::ALLOW, v);
+    }
+    r
 }
 
 async fn guard_inner(

@@ -7,20 +7,103 @@ use super::error::Code;
 use super::policy::{self, Access, ROUTES, Reply, Role};
 
 /// The properties of the patient body (request shape).
+/// Free text of a record field: at most 64 characters (the store allows 256 bytes), no control
+/// characters (what `Patient::validate` refuses).
+fn field_text() -> Value {
+    json!({ "type": "string", "maxLength": 64, "pattern": "^[^\\u0000-\\u001f\\u007f-\\u009f]*$" })
+}
+
+/// Lets every optional property of an object schema (and of nested ones) be `null`, as the
+/// request types read it (`Option` fields). `attach_unbound` is a plain boolean with a default.
+fn nullable_optionals(schema: &mut Value) {
+    if let Some(items) = schema.get_mut("items") {
+        nullable_optionals(items);
+    }
+    for k in ["oneOf", "anyOf", "allOf"] {
+        if let Some(list) = schema.get_mut(k).and_then(Value::as_array_mut) {
+            list.iter_mut().for_each(nullable_optionals);
+        }
+    }
+    let required: Vec<String> = schema["required"]
+        .as_array()
+        .map(|r| r.iter().filter_map(|v| v.as_str().map(String::from)).collect())
+        .unwrap_or_default();
+    let Some(props) = schema.get_mut("properties").and_then(Value::as_object_mut) else {
+        return;
+    };
+    for (name, prop) in props.iter_mut() {
+        nullable_optionals(prop);
+        if !required.contains(name) && name != "attach_unbound" {
+            *prop = json!({ "anyOf": [prop.clone(), { "type": "null" }] });
+        }
+    }
+}
+
+/// `min` to `max` characters without control characters.
+fn field_text_n(min: usize, max: usize) -> Value {
+    json!({ "type": "string", "minLength": min, "maxLength": max, "pattern": "^[^\\u0000-\\u001f\\u007f-\\u009f]*$" })
+}
+
+/// A field's text rule plus a pattern of its own (both must hold).
+fn field_pattern(pattern: &str) -> Value {
+    json!({ "allOf": [field_text(), { "type": "string", "pattern": pattern }] })
+}
+
+/// An identifier (`[A-Za-z0-9._-]{1,64}`): user, device and territory ids.
+pub(crate) fn ident() -> Value {
+    json!({ "type": "string", "pattern": "^[A-Za-z0-9._-]{1,64}$" })
+}
+
 fn schemas_patient_properties() -> Map<String, Value> {
-    let text = json!({ "type": "string" });
+    let text = field_text();
     let s = |props: Value| json!({ "type": "object", "additionalProperties": false, "properties": props, "required": [] });
     json!({
         "first_name": text, "last_name": text,
-        "date_of_birth": { "type": "string", "pattern": "^\\d{4}-\\d{2}-\\d{2}$" },
-        "ssn": text, "email": text, "phone": text, "mrn": text,
+        "date_of_birth": { "type": "string", "format": "date",
+            "pattern": "^(18[89][0-9]|19[0-9][0-9]|20[0-9][0-9]|21[0-9][0-9]|2200)-(0[1-9]|1[0-2])-(0[1-9]|1[0-9]|2[0-8])$" },
+        "ssn": field_pattern("^-*([0-9]-*){9}$"),
+        "email": field_pattern("^[^@ ]+@[^ ]*[.][^ ]*$"),
+        "phone": field_pattern("^[ +().-]*([0-9][ +().-]*){7,15}$"),
+        "mrn": text,
         "sex": { "enum": ["male", "female", "other", "unknown"] },
-        "address": s(json!({ "street": text, "city": text, "state": text, "zip": text })),
+        "address": s(json!({ "street": text, "city": text, "state": text, "zip": field_pattern("^[0-9]{5}(-[0-9]{4})?$") })),
         "insurance": s(json!({ "carrier": text, "policy_number": text, "group_number": text })),
     })
     .as_object()
     .expect("object")
     .clone()
+}
+
+/// Text of at most `n` characters with something besides white space in it.
+fn nonblank(n: usize) -> Value {
+    json!({ "type": "string", "maxLength": n, "pattern": "\\S" })
+}
+
+/// Short free text (what the handlers accept: ≤ 200 bytes; 50 characters always fit).
+fn short() -> Value {
+    json!({ "type": "string", "maxLength": 50 })
+}
+
+/// One manual reading per vital: its value range (whole numbers for scores), or AVPU's letter.
+/// `t_ms` defaults to now and must lie within the last 7 days.
+fn manual_reading_schemas() -> Vec<Value> {
+    crate::vocab::VITALS
+        .iter()
+        .map(|v| {
+            let value = if v.unit.is_none() {
+                json!({ "vs": { "enum": crate::vocab::AVPU_LEVELS } })
+            } else if v.integer {
+                json!({ "value": { "type": "integer", "minimum": v.min, "maximum": v.max } })
+            } else {
+                json!({ "value": { "type": "number", "minimum": v.min, "maximum": v.max } })
+            };
+            let key = if v.unit.is_none() { "vs" } else { "value" };
+            let mut props = value.as_object().expect("object").clone();
+            props.insert("name".into(), json!({ "const": v.name }));
+            props.insert("t_ms".into(), json!({ "type": "integer" }));
+            json!({ "type": "object", "additionalProperties": false, "properties": props, "required": ["name", key] })
+        })
+        .collect()
 }
 
 fn schemas() -> Value {
@@ -34,19 +117,21 @@ fn schemas() -> Value {
                 "message": text, "details": { "type": "object" }
             }), &["code", "message", "details"]),
         }), &["status", "error"]),
-        "Login": s(json!({ "user_id": text, "secret": text }), &["user_id", "secret"]),
-        "BreakGlass": s(json!({ "reason": { "type": "string", "minLength": 10, "maxLength": 500 }, "secret": text }), &["reason", "secret"]),
+        "Login": s(json!({ "user_id": ident(), "secret": { "type": "string", "maxLength": crate::crypto::password::MAX_SECRET_LEN } }), &["user_id", "secret"]),
+        // 10 to 500 characters, no control characters, not only white space.
+        "BreakGlass": s(json!({ "reason": { "allOf": [field_text_n(10, 500), { "type": "string", "pattern": "\\S" }] }, "secret": { "type": "string", "maxLength": crate::crypto::password::MAX_SECRET_LEN } }), &["reason", "secret"]),
         "Patient": { "type": "object", "additionalProperties": false, "properties": schemas_patient_properties() },
-        "CaseCreate": s(json!({ "patient_id": { "type": "string", "format": "uuid" }, "chief_complaint": text, "mechanism": text, "onset": text }), &[]),
-        "Bind": s(json!({ "device_id": text, "attach_unbound": { "type": "boolean", "default": false } }), &["device_id"]),
-        "ManualVitals": s(json!({ "readings": { "type": "array", "minItems": 1, "maxItems": 32, "items": s(json!({
-            "name": { "enum": crate::vocab::VITALS.iter().map(|v| v.name).collect::<Vec<_>>() },
-            "value": { "type": "number" }, "vs": { "enum": crate::vocab::AVPU_LEVELS }, "t_ms": { "type": "integer" }
-        }), &["name"]) } }), &["readings"]),
-        "Medication": s(json!({ "name": text, "dose": text, "route": text, "note": text }), &["name", "dose", "route"]),
-        "Review": s(json!({ "note": text }), &["note"]),
-        "UserCreate": s(json!({ "id": text, "display_name": text, "role": { "enum": Role::ALL.iter().map(|r| r.as_str()).collect::<Vec<_>>() }, "territory": text, "secret": { "type": "string", "minLength": 6 } }), &["id", "display_name", "role", "secret"]),
+        "CaseCreate": s(json!({ "patient_id": { "type": "string", "format": "uuid" }, "chief_complaint": short(), "mechanism": short(), "onset": short() }), &[]),
+        "Bind": s(json!({ "device_id": ident(), "attach_unbound": { "type": "boolean", "default": false } }), &["device_id"]),
+        "ManualVitals": s(json!({ "readings": { "type": "array", "minItems": 1, "maxItems": 32, "items": { "oneOf": manual_reading_schemas() } } }), &["readings"]),
+        "Medication": s(json!({ "name": nonblank(50), "dose": short(), "route": short(), "note": short() }), &["name", "dose", "route"]),
+        "Review": s(json!({ "note": nonblank(1000) }), &["note"]),
+        "UserCreate": s(json!({ "id": ident(), "display_name": nonblank(25), "role": { "enum": Role::ALL.iter().map(|r| r.as_str()).collect::<Vec<_>>() }, "territory": ident(), "secret": { "type": "string", "minLength": 6, "maxLength": 128 } }), &["id", "display_name", "role", "secret"]),
     });
+    // Request bodies: an optional field may also be sent as `null` (serde reads it as absent).
+    for body in all.as_object_mut().expect("object").values_mut() {
+        nullable_optionals(body);
+    }
     let replies = reply_schemas();
     for (k, v) in replies.as_object().expect("object") {
         all.as_object_mut()
@@ -184,11 +269,19 @@ pub fn document() -> Value {
         let mut params = Vec::new();
         for seg in r.path.split('/') {
             if let Some(name) = seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
-                params.push(json!({ "name": name, "in": "path", "required": true, "schema": { "type": "string" } }));
+                let schema = match (name, r.path) {
+                    ("id", p) if p.starts_with("/api/v1/break-glass/") => {
+                        json!({ "type": "integer", "minimum": 1 })
+                    }
+                    ("id", p) if p.starts_with("/api/v1/users/") => ident(),
+                    ("id", _) => json!({ "type": "string", "format": "uuid" }),
+                    _ => ident(),
+                };
+                params.push(json!({ "name": name, "in": "path", "required": true, "schema": schema }));
             }
         }
         if r.access != Access::Public {
-            params.push(json!({ "name": "Territory-Id", "in": "header", "required": true, "schema": { "type": "string" } }));
+            params.push(json!({ "name": "Territory-Id", "in": "header", "required": true, "schema": ident() }));
         }
         op.insert("parameters".into(), Value::Array(params));
         if let Some(b) = r.body {

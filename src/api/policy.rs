@@ -451,6 +451,15 @@ pub const ROUTES: &[RouteSpec] = &[
     ),
 ];
 
+/// The methods the route table serves on `path` (empty for paths it does not list).
+pub fn methods_of(path: &str) -> Vec<&'static str> {
+    ROUTES
+        .iter()
+        .filter(|r| r.path == path)
+        .map(|r| r.method)
+        .collect()
+}
+
 /// The access rule of a route, or `None` when it is not in the table (denied).
 pub fn route_access(method: &str, path: &str) -> Option<Access> {
     if !path.starts_with("/api/") && path != "/healthz" && path != "/metrics" {

@@ -130,12 +130,17 @@ pub async fn break_glass(
     axum::Extension(c): axum::Extension<Caller>,
     Body(b): Body<BreakGlassBody>,
 ) -> ApiResult<Response> {
-    let reason = b.reason.trim().to_string();
-    if reason.chars().count() < 10 || reason.len() > 500 {
+    // As documented: 10 to 500 characters, no control characters, not only white space.
+    let n = b.reason.chars().count();
+    if !(10..=500).contains(&n)
+        || b.reason.chars().any(char::is_control)
+        || b.reason.trim().is_empty()
+    {
         return Err(ApiError::validation(
-            "a break-glass reason of 10 to 500 characters is required",
+            "a break-glass reason of 10 to 500 characters (no control characters) is required",
         ));
     }
+    let reason = b.reason.trim().to_string();
     let now = st.clock.now_ms();
     let attempt = begin_attempt(&st, &c.user.id, source, now)?;
     let id = c.user.id.clone();

@@ -47,9 +47,9 @@ pub async fn break_glass_review(
     Path(id): Path<i64>,
     Body(b): Body<ReviewBody>,
 ) -> ApiResult<StatusCode> {
-    if b.note.trim().is_empty() || b.note.len() > 1000 {
+    if b.note.trim().is_empty() || b.note.chars().count() > 1000 {
         return Err(ApiError::validation(
-            "a review note of 1 to 1000 bytes is required",
+            "a review note of 1 to 1000 characters is required",
         ));
     }
     let (a, t) = (c.actor.clone(), c.user.territory.clone());
