@@ -525,3 +525,78 @@ async fn crypto_erase_leaves_no_plaintext_clinical_trace_and_break_glass_text_is
         assert_eq!(api.query_i64(sql).await, 0, "{what} left after erase");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn editing_a_vital_code_an_esi_or_an_orderer_with_the_database_key_is_detected() {
+    // Review #23: the associated data bound only the value's own location.
+    let api = Api::new(IDLE).await;
+    let now = hema3n_edge::model::now_ms();
+    let case = case_with_monitor(&api).await;
+    hr(&api, "mon-1", now, now, 130.0).await;
+    let c = case.clone();
+    api.st
+        .store
+        .call(move |db| {
+            db.record_triage(
+                &Actor::system(),
+                &c,
+                &common::api::sample_triage("cardiology"),
+            )
+            .map(|_| ())
+        })
+        .await
+        .unwrap();
+    let t = api.login("medic").await;
+    let r = api
+        .post(
+            &t,
+            &format!("/api/v1/cases/{case}/medications"),
+            Some(json!({"name": "aspirin", "dose": "300 mg", "route": "PO"})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    for path in ["vitals", "triage", ""] {
+        let p = format!("/api/v1/cases/{case}/{path}");
+        assert_eq!(
+            api.get(&t, p.trim_end_matches('/')).await.status,
+            StatusCode::OK
+        );
+    }
+    // An insider with db.key (no territory keys) edits the plaintext columns beside the values.
+    // Each edit is undone before the next, so each read fails for its own edit only.
+    let edits = [
+        (
+            "UPDATE observations SET code = 'resp_rate' WHERE device_id = 'mon-1'",
+            "UPDATE observations SET code = 'heart_rate' WHERE device_id = 'mon-1'",
+            "vitals",
+        ),
+        (
+            "UPDATE triage_results SET final_esi = 5",
+            "UPDATE triage_results SET final_esi = 2",
+            "triage",
+        ),
+        (
+            "UPDATE medications SET created_by = 'emt1'",
+            "UPDATE medications SET created_by = 'medic'",
+            "",
+        ),
+    ];
+    let sql = |q: &str| {
+        let db = api.app.open();
+        db.raw_connection_for_tests().execute(q, []).unwrap();
+    };
+    for (edit, undo, path) in edits {
+        let p = format!("/api/v1/cases/{case}/{path}");
+        let p = p.trim_end_matches('/');
+        sql(edit);
+        let r = api.get(&t, p).await;
+        assert_eq!(
+            (r.status, r.code()),
+            (StatusCode::INTERNAL_SERVER_ERROR, "ENCRYPTION_ERROR"),
+            "{edit} went unnoticed: {}",
+            r.body
+        );
+        sql(undo);
+        assert_eq!(api.get(&t, p).await.status, StatusCode::OK, "after {undo}");
+    }
+}

@@ -26,7 +26,11 @@ fn nullable_optionals(schema: &mut Value) {
     }
     let required: Vec<String> = schema["required"]
         .as_array()
-        .map(|r| r.iter().filter_map(|v| v.as_str().map(String::from)).collect())
+        .map(|r| {
+            r.iter()
+                .filter_map(|v| v.as_str().map(String::from))
+                .collect()
+        })
         .unwrap_or_default();
     let Some(props) = schema.get_mut("properties").and_then(Value::as_object_mut) else {
         return;
@@ -277,7 +281,9 @@ pub fn document() -> Value {
                     ("id", _) => json!({ "type": "string", "format": "uuid" }),
                     _ => ident(),
                 };
-                params.push(json!({ "name": name, "in": "path", "required": true, "schema": schema }));
+                params.push(
+                    json!({ "name": name, "in": "path", "required": true, "schema": schema }),
+                );
             }
         }
         if r.access != Access::Public {

@@ -421,7 +421,7 @@ impl Db {
                     .query_map([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
                     .collect::<Result<_, _>>()?;
                 for (mid, at, by, ct) in meds {
-                    let plain = dk.open(med_loc(&mid.to_string()), &ct)?;
+                    let plain = dk.open(med_loc(&super::readings::med_row(mid, &by)), &ct)?;
                     let medication =
                         serde_json::from_slice(&plain).map_err(|_| StoreError::Undecodable {
                             what: format!("medication {mid}"),
@@ -561,7 +561,7 @@ impl Db {
             |r| r.get(0),
         )?;
         let body = dk.seal(
-            med_loc(&id.to_string()),
+            med_loc(&super::readings::med_row(id, &actor.id)),
             &serde_json::to_vec(m).expect("medication serialises"),
         )?;
         self.st.count_invocations(&tx, dk.id(), 1)?;

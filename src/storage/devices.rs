@@ -283,17 +283,18 @@ impl Db {
                 |r| r.get(0),
             )?;
             let since = since.max(now_ms() - ATTACH_WINDOW_MS);
-            let rows: Vec<(i64, Vec<u8>)> = tx
+            let rows: Vec<(i64, Vec<u8>, String, i64)> = tx
                 .prepare(
-                    "SELECT id, value FROM observations WHERE device_id = ?1 AND case_id IS NULL AND recv_time > ?2",
+                    "SELECT id, value, code, device_time FROM observations WHERE device_id = ?1 AND case_id IS NULL AND recv_time > ?2",
                 )?
-                .query_map(params![device, since], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .query_map(params![device, since], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
                 .collect::<Result<_, _>>()?;
-            for (id, ct) in &rows {
+            for (id, ct, code, t) in &rows {
+                let row = super::readings::obs_row(*id, code, *t);
                 let loc = FieldLoc {
                     table: "observations",
                     column: "value",
-                    row_id: &id.to_string(),
+                    row_id: &row,
                 };
                 let plain = from.open(loc, ct)?;
                 let sealed = to.seal(loc, &plain)?;

@@ -118,6 +118,10 @@ impl Db {
                 let n = accounts::seal_break_glass_text(st, tx)?;
                 tracing::info!(uses = n, "break-glass reasons sealed");
             }
+            if version == 7 {
+                let n = readings::bind_semantic_columns(st, tx)?;
+                tracing::info!(values = n, "sealed values bound to their semantic columns");
+            }
             let ev = AuditEvent::new(
                 &crate::model::Actor::system(),
                 "store.migrate",

@@ -190,7 +190,7 @@ impl State {
         let (mut new, mut dups) = (0, 0);
         for r in readings {
             let id = *next_id;
-            let ct = seal_value(&dk, id, r.value)?;
+            let ct = seal_value(&dk, (id, r.code, r.device_time_ms), r.value)?;
             let n = conn
                 .prepare_cached(
                     "INSERT INTO observations (id, case_id, device_id, dk_id, code, value, device_time, recv_time, source) \
@@ -430,7 +430,7 @@ impl Db {
                 [],
                 |r| r.get(0),
             )?;
-            let ct = seal_value(&dk, id, *value)?;
+            let ct = seal_value(&dk, (id, code, *at), *value)?;
             tx.execute(
                 "INSERT INTO observations (id, case_id, device_id, dk_id, code, value, device_time, recv_time, source) \
                  VALUES (?1, ?2, NULL, ?3, ?4, ?5, ?6, ?7, 'manual')",

@@ -36,7 +36,7 @@ pub(super) fn read_case_observations_after(
     let mut out = Vec::with_capacity(rows.len());
     for (id, device_id, code, ct, dt, rt, source) in rows {
         out.push(Observation {
-            value: open_value(dk, id, &ct)?,
+            value: open_value(dk, (id, &code, dt), &ct)?,
             id,
             device_id,
             code,
@@ -49,21 +49,61 @@ pub(super) fn read_case_observations_after(
 }
 
 /// Seals an observation value (8 bytes, f64 big-endian) for row `id`.
-pub(super) fn seal_value(dk: &DataKey, id: i64, value: f64) -> Result<Vec<u8>> {
+/// The associated data's row part of an observation value: its id *and* the plaintext columns
+/// that give the value its meaning (vital code, device time). Swapping `heart_rate` for
+/// `resp_rate` or moving a reading in time with the database key alone makes the value fail
+/// to open instead of silently changing the record (review 2026-11-30 #23).
+pub(super) fn obs_row(id: i64, code: &str, device_time: i64) -> String {
+    format!("{id}|{code}|{device_time}")
+}
+
+/// The associated data's row part of a triage result's sealed reasons: its id and the plaintext
+/// levels beside it (final, rules and model ESI, NEWS2, specialty, decider), so that lowering
+/// an ESI with the database key alone makes the result fail to open (review 2026-11-30 #23).
+pub(super) fn triage_row(
+    id: i64,
+    (final_esi, rules_esi, model_esi, news2): (u8, u8, Option<u8>, Option<u8>),
+    specialty: Option<&str>,
+    decider: &str,
+) -> String {
+    format!(
+        "{id}|{final_esi}|{rules_esi}|{}|{}|{}|{decider}",
+        model_esi.map_or(String::new(), |v| v.to_string()),
+        news2.map_or(String::new(), |v| v.to_string()),
+        specialty.unwrap_or("")
+    )
+}
+
+/// The row part of a medication's associated data: id and who ordered it (review #23).
+pub(super) fn med_row(id: i64, created_by: &str) -> String {
+    format!("{id}|{created_by}")
+}
+
+pub(super) fn seal_value(
+    dk: &DataKey,
+    (id, code, device_time): (i64, &str, i64),
+    value: f64,
+) -> Result<Vec<u8>> {
+    let row = obs_row(id, code, device_time);
     let loc = FieldLoc {
         table: "observations",
         column: "value",
-        row_id: &id.to_string(),
+        row_id: &row,
     };
     Ok(dk.seal(loc, &value.to_be_bytes())?)
 }
 
 /// Opens an observation value sealed by [`seal_value`].
-pub(super) fn open_value(dk: &DataKey, id: i64, ct: &[u8]) -> Result<f64> {
+pub(super) fn open_value(
+    dk: &DataKey,
+    (id, code, device_time): (i64, &str, i64),
+    ct: &[u8],
+) -> Result<f64> {
+    let row = obs_row(id, code, device_time);
     let loc = FieldLoc {
         table: "observations",
         column: "value",
-        row_id: &id.to_string(),
+        row_id: &row,
     };
     let plain = dk.open(loc, ct)?;
     let bytes: [u8; 8] = plain
@@ -73,4 +113,88 @@ pub(super) fn open_value(dk: &DataKey, id: i64, ct: &[u8]) -> Result<f64> {
             what: format!("the value of observation {id}"),
         })?;
     Ok(f64::from_be_bytes(bytes))
+}
+
+/// Migration v7: re-seals every value whose associated data now binds its semantic columns
+/// (observation code and device time; triage levels; medication orderer), from the old form
+/// (row id only). Rows under destroyed (crypto-erased) keys stay as they are: nobody can open
+/// them either way. Returns how many values were re-sealed.
+pub(super) fn bind_semantic_columns(st: &mut super::State, conn: &Connection) -> Result<usize> {
+    type Reseal = (&'static str, &'static str, i64, i64, Vec<u8>, String);
+    let mut todo: Vec<Reseal> = Vec::new();
+    let mut q = conn.prepare("SELECT id, dk_id, value, code, device_time FROM observations")?;
+    let mut rows = q.query([])?;
+    while let Some(r) = rows.next()? {
+        let (id, dk, ct, code, t): (i64, i64, Vec<u8>, String, i64) =
+            (r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?);
+        todo.push(("observations", "value", id, dk, ct, obs_row(id, &code, t)));
+    }
+    drop(rows);
+    let mut q = conn.prepare(
+        "SELECT t.id, c.dk_id, t.reasons, t.final_esi, t.rules_esi, t.model_esi, t.news2, t.specialty, t.decider \
+         FROM triage_results t JOIN cases c ON c.id = t.case_id",
+    )?;
+    let mut rows = q.query([])?;
+    while let Some(r) = rows.next()? {
+        let id: i64 = r.get(0)?;
+        let spec: Option<String> = r.get(7)?;
+        let decider: String = r.get(8)?;
+        let row = triage_row(
+            id,
+            (r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?),
+            spec.as_deref(),
+            &decider,
+        );
+        todo.push(("triage_results", "reasons", id, r.get(1)?, r.get(2)?, row));
+    }
+    drop(rows);
+    let mut q = conn.prepare(
+        "SELECT m.id, c.dk_id, m.body, m.created_by FROM medications m JOIN cases c ON c.id = m.case_id",
+    )?;
+    let mut rows = q.query([])?;
+    while let Some(r) = rows.next()? {
+        let id: i64 = r.get(0)?;
+        let by: String = r.get(3)?;
+        todo.push((
+            "medications",
+            "body",
+            id,
+            r.get(1)?,
+            r.get(2)?,
+            med_row(id, &by),
+        ));
+    }
+    drop(rows);
+    let mut n = 0;
+    for (table, column, id, dk_id, ct, row) in todo {
+        let dk = match st.data_key(conn, dk_id, table, &id.to_string()) {
+            Ok(dk) => dk,
+            Err(e) if e.is_systemic() => return Err(e),
+            Err(_) => continue, // destroyed by crypto-erase: unreadable already
+        };
+        let old = id.to_string();
+        let plain = dk.open(
+            FieldLoc {
+                table,
+                column,
+                row_id: &old,
+            },
+            &ct,
+        )?;
+        let new = dk.seal(
+            FieldLoc {
+                table,
+                column,
+                row_id: &row,
+            },
+            &plain,
+        )?;
+        st.count_invocations(conn, dk.id(), 1)?;
+        conn.execute(
+            &format!("UPDATE {table} SET {column} = ?1 WHERE id = ?2"),
+            rusqlite::params![new, id],
+        )?;
+        n += 1;
+    }
+    Ok(n)
 }

@@ -293,6 +293,12 @@ ALTER TABLE break_glass ADD COLUMN dk_id INTEGER REFERENCES data_keys (id);
 ALTER TABLE break_glass ADD COLUMN sealed_reason BLOB;
 ALTER TABLE break_glass ADD COLUMN sealed_note BLOB;
 "#,
+    // v7: sealed values bind the plaintext columns that give them meaning (observation code and
+    // device time, triage levels, medication orderer) into their associated data; existing
+    // values are re-sealed by the migration hook (`storage::readings::bind_semantic_columns`).
+    r#"
+SELECT 1;
+"#,
 ];
 
 /// The schema version this build writes.

@@ -57,20 +57,20 @@ impl Db {
             });
         }
         let dk = self.st.data_key(&tx, dk_id, "case", case_id)?;
-        let rows: Vec<(i64, String, Vec<u8>)> = tx
+        let rows: Vec<(i64, String, Vec<u8>, i64)> = tx
             .prepare_cached(
                 // Latest by effective time (device time, capped at arrival; see
                 // `Observation::effective_time_ms`), newest row first on ties.
-                "SELECT id, code, value FROM (SELECT id, code, value, row_number() OVER \
+                "SELECT id, code, value, device_time FROM (SELECT id, code, value, device_time, row_number() OVER \
                  (PARTITION BY code ORDER BY min(device_time, recv_time) DESC, id DESC) AS rn \
                  FROM observations WHERE case_id = ?1) WHERE rn = 1 ORDER BY code",
             )?
-            .query_map([case_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+            .query_map([case_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
             .collect::<Result<_, _>>()?;
         let mut snap = CaseSnapshot::default();
-        for (id, code, ct) in rows {
-            snap.latest
-                .push((code, super::readings::open_value(&dk, id, &ct)?));
+        for (id, code, ct, t) in rows {
+            let v = super::readings::open_value(&dk, (id, &code, t), &ct)?;
+            snap.latest.push((code, v));
         }
         if let Some(ct) = cc {
             let p = dk.open(
@@ -148,11 +148,17 @@ impl Db {
             [],
             |r| r.get(0),
         )?;
+        let row = super::readings::triage_row(
+            id,
+            (t.final_esi, t.rules_esi, t.model_esi, t.news2),
+            t.specialty.as_deref(),
+            t.decider.as_str(),
+        );
         let reasons = dk.seal(
             FieldLoc {
                 table: "triage_results",
                 column: "reasons",
-                row_id: &id.to_string(),
+                row_id: &row,
             },
             &serde_json::to_vec(&t.reasons).expect("strings serialise"),
         )?;
@@ -238,11 +244,13 @@ pub(super) fn read_triage(
         .collect::<Result<_, _>>()?;
     let mut out = Vec::with_capacity(rows.len());
     for (id, at, fin, rules, model, news2, spec, conf, mid, mh, decider, abst, ct) in rows {
+        let row =
+            super::readings::triage_row(id, (fin, rules, model, news2), spec.as_deref(), &decider);
         let plain = dk.open(
             FieldLoc {
                 table: "triage_results",
                 column: "reasons",
-                row_id: &id.to_string(),
+                row_id: &row,
             },
             &ct,
         )?;
