@@ -600,3 +600,61 @@ async fn editing_a_vital_code_an_esi_or_an_orderer_with_the_database_key_is_dete
         assert_eq!(api.get(&t, p).await.status, StatusCode::OK, "after {undo}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_record_is_final_and_an_erased_patient_cannot_start_a_case() {
+    // Review #19.
+    let api = Api::new(IDLE).await;
+    let t = api.login("medic").await;
+    let r = api
+        .post(
+            &t,
+            "/api/v1/patients",
+            Some(json!({"last_name": "Lee", "phone": "555-0100"})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let p = r.body["id"].as_str().unwrap().to_string();
+    let r = api
+        .post(&t, "/api/v1/cases", Some(json!({"patient_id": p})))
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let case = r.body["id"].as_str().unwrap().to_string();
+    // While the case is open the crew may correct the demographics.
+    let put = |phone: &'static str| {
+        let (api, t, p) = (&api, &t, &p);
+        async move {
+            api.call(
+                "PUT",
+                &format!("/api/v1/patients/{p}"),
+                Some(t),
+                Some("default"),
+                Some(json!({"last_name": "Lee", "phone": phone})),
+            )
+            .await
+        }
+    };
+    assert!(put("555-0101").await.status.is_success());
+    let r = api
+        .post(&t, &format!("/api/v1/cases/{case}/close"), None)
+        .await;
+    assert!(r.status.is_success(), "{}", r.body);
+    let r = put("555-0102").await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.body);
+    // After custody the case is crypto-erased (and the patient with it).
+    let c = case.clone();
+    api.st
+        .store
+        .call(move |db| db.erase_case(&Actor::cli(), &c))
+        .await
+        .unwrap();
+    let r = api
+        .post(&t, "/api/v1/cases", Some(json!({"patient_id": p})))
+        .await;
+    assert_eq!(
+        (r.status, r.code()),
+        (StatusCode::NOT_FOUND, "PATIENT_NOT_FOUND"),
+        "{}",
+        r.body
+    );
+}

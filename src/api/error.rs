@@ -163,6 +163,7 @@ impl From<StoreError> for ApiError {
             | StoreError::CaseClosed { .. }
             | StoreError::NotBound { .. }
             | StoreError::AlreadyBound { .. }
+            | StoreError::RecordFinal { .. }
             | StoreError::OwnReview
             | StoreError::AlreadyReviewed { .. }
             | StoreError::KeyInUse { .. } => {

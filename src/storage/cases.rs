@@ -256,6 +256,13 @@ impl Db {
                 }
                 Some(_) => {}
             }
+            // A patient whose key was destroyed (crypto-erased after custody) cannot start a
+            // case: it could never be sealed (review #19).
+            let pdk: i64 =
+                tx.query_row("SELECT dk_id FROM patients WHERE id = ?1", [pid], |r| {
+                    r.get(0)
+                })?;
+            self.st.data_key(&tx, pdk, "patient", pid)?;
         }
         let dk = self
             .st

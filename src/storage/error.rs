@@ -87,6 +87,10 @@ pub enum StoreError {
         case_territory: String,
     },
     /// The device is bound to no case. Recovery: none needed.
+    /// Every case of the patient is closed (its bundle sealed). Recovery: correct the record
+    /// at the receiving hospital, or open a new case.
+    #[error("patient {id}: every case is closed and sent; the record is final here")]
+    RecordFinal { id: String },
     /// A territory this appliance holds no key for (so no records either).
     #[error("territory `{territory}` is not kept on this appliance")]
     UnknownTerritory { territory: String },

@@ -348,6 +348,17 @@ impl Db {
                     kind: "patient",
                     id: id.into(),
                 })?;
+            // Once every case of the patient is closed, its bundle is sealed and on its way: an
+            // edit here would never reach the hospital (review #19). Corrections then belong to
+            // the receiving record.
+            let (cases, open): (i64, i64) = tx.query_row(
+                "SELECT count(*), coalesce(sum(status = 'open'), 0) FROM cases WHERE patient_id = ?1",
+                [id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?;
+            if cases > 0 && open == 0 {
+                return Err(StoreError::RecordFinal { id: id.into() });
+            }
             let dk = self.st.data_key(&tx, dk_id, "patient", id)?;
             self.st.write_patient(&tx, id, &territory, &dk, p, false)?;
             let ev = AuditEvent::new(
