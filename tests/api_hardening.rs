@@ -213,6 +213,17 @@ async fn a_grant_opens_only_its_territory_and_its_stream_ends_with_it() {
 }
 
 async fn open_stream(api: &Api, token: &str, territory: &str, case: &str) -> axum::body::Body {
+    let (status, body) = try_stream(api, token, territory, case).await;
+    assert_eq!(status, StatusCode::OK);
+    body
+}
+
+async fn try_stream(
+    api: &Api,
+    token: &str,
+    territory: &str,
+    case: &str,
+) -> (StatusCode, axum::body::Body) {
     use tower::ServiceExt;
     let req = axum::http::Request::builder()
         .uri(format!("/api/v1/cases/{case}/stream"))
@@ -221,8 +232,7 @@ async fn open_stream(api: &Api, token: &str, territory: &str, case: &str) -> axu
         .body(axum::body::Body::empty())
         .unwrap();
     let resp = api.router.clone().oneshot(req).await.unwrap();
-    assert_eq!(resp.status(), StatusCode::OK);
-    resp.into_body()
+    (resp.status(), resp.into_body())
 }
 
 /// The next SSE event name (skipping keep-alive comments), within 10 s.
@@ -657,4 +667,24 @@ async fn a_closed_record_is_final_and_an_erased_patient_cannot_start_a_case() {
         "{}",
         r.body
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_session_cannot_take_every_live_stream() {
+    // Review #28: api.max_streams was global only.
+    let api = Api::new(IDLE).await;
+    let case = open_case(&api).await;
+    let a = api.login("medic").await;
+    let per_session = api.st.cfg.api.max_streams_per_session;
+    let mut held = Vec::new();
+    for _ in 0..per_session {
+        held.push(open_stream(&api, &a, "default", &case).await);
+    }
+    let (status, _) = try_stream(&api, &a, "default", &case).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    let b = api.login("emt1").await;
+    let _other = open_stream(&api, &b, "default", &case).await;
+    // A stream that ends gives its slot back.
+    held.pop();
+    let _again = open_stream(&api, &a, "default", &case).await;
 }

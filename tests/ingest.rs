@@ -551,6 +551,43 @@ fn poison_packs_and_an_oversized_queued_message_neither_restart_nor_wedge_the_da
 }
 
 #[test]
+fn a_qos0_flood_is_bounded_and_qos1_vitals_still_arrive() {
+    // Review #14a: QoS 0 bypasses the broker's window; the daemon queued it without bound.
+    let broker = Broker::start();
+    let a = Appliance::with_broker(&broker.url(), "[ingest]\nqos0_backlog = 5\n");
+    for d in ["flood-0", "calm-1"] {
+        a.ok(&["devices", "add", d]);
+    }
+    let mut daemon = a.start_daemon();
+    let mut flood = TestClient::connect(broker.port, "flood-0", None);
+    let mut calm = TestClient::connect(broker.port, "calm-1", None);
+    let now = now_ms();
+    for i in 0..5000 {
+        flood.publish_qos0("hema3n/v1/devices/flood-0/vitals", hr_pack(now + i, 80));
+        if i % 250 == 0 {
+            calm.publish("hema3n/v1/devices/calm-1/vitals", hr_pack(now + i, 70));
+        }
+    }
+    calm.flush();
+    wait_eq(30, "every QoS 1 reading stored", 20, || {
+        count(
+            &a,
+            "SELECT count(*) FROM observations WHERE device_id = 'calm-1'",
+        )
+    });
+    wait_for(30, "the QoS 0 flood counted and logged", || {
+        a.daemon_log().contains("QoS 0 flood").then_some(())
+    });
+    let stored = count(
+        &a,
+        "SELECT count(*) FROM observations WHERE device_id = 'flood-0'",
+    );
+    assert!(stored < 5000, "nothing was bounded: {stored} stored");
+    assert!(daemon.running());
+    daemon.kill9();
+}
+
+#[test]
 fn devices_add_refuses_a_territory_without_a_key_and_the_daemons_own_account() {
     let a = Appliance::init();
     let out = a.run(&["devices", "add", "mon-9", "--territory", "nroth"]);

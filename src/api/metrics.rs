@@ -110,6 +110,12 @@ pub fn metrics_text(st: &ApiState, outbox: &OutboxStats, alarms: &[Alarm], triag
             "Messages held back by per-device rate shaping (stored later)",
             &[(String::new(), g(&i.shaped))],
         );
+        m(
+            "hema3n_ingest_qos0_dropped_total",
+            "counter",
+            "QoS 0 publishes dropped while the pipeline was full",
+            &[(String::new(), g(&i.qos0_dropped))],
+        );
         let rejects: Vec<(String, f64)> = i
             .rejects()
             .into_iter()

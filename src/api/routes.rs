@@ -116,7 +116,10 @@ async fn with_permit(st: &ApiState, req: Request, next: Next) -> Response {
         return next.run(req).await;
     }
     let source = Source::of(req.extensions()).0;
-    let Some(_source_slot) = SourceSlot::take(st, source) else {
+    let Some(_source_slot) = st
+        .per_source
+        .take(source, st.cfg.api.max_concurrent_per_source)
+    else {
         st.metrics.busy.fetch_add(1, Ordering::Relaxed);
         return ApiError::busy("too many requests in flight from this address; retry shortly")
             .into_response();
@@ -126,39 +129,6 @@ async fn with_permit(st: &ApiState, req: Request, next: Next) -> Response {
         return ApiError::busy("the appliance is busy; retry shortly").into_response();
     };
     next.run(req).await
-}
-
-/// One of a source address's `api.max_concurrent_per_source` request slots.
-struct SourceSlot {
-    map: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>,
-    source: std::net::IpAddr,
-}
-
-impl SourceSlot {
-    fn take(st: &ApiState, source: std::net::IpAddr) -> Option<SourceSlot> {
-        let mut m = st.per_source.lock().expect("per-source lock");
-        let n = m.entry(source).or_default();
-        if *n >= st.cfg.api.max_concurrent_per_source {
-            return None;
-        }
-        *n += 1;
-        Some(SourceSlot {
-            map: st.per_source.clone(),
-            source,
-        })
-    }
-}
-
-impl Drop for SourceSlot {
-    fn drop(&mut self) {
-        let mut m = self.map.lock().expect("per-source lock");
-        if let Some(n) = m.get_mut(&self.source) {
-            *n -= 1;
-            if *n == 0 {
-                m.remove(&self.source);
-            }
-        }
-    }
 }
 
 /// Reads the whole body within `api.body_timeout_secs` and `api.max_body_bytes`, so that the

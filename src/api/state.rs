@@ -51,8 +51,9 @@ pub struct ApiState {
     /// Open live streams (`api.max_streams`).
     pub(super) streams: Arc<Semaphore>,
     /// Requests in flight per source address (`api.max_concurrent_per_source`).
-    pub(super) per_source:
-        Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>,
+    pub(super) per_source: Arc<Slots<std::net::IpAddr>>,
+    /// Live streams per session (`api.max_streams_per_session`).
+    pub(super) streams_per_session: Arc<Slots<[u8; 32]>>,
     /// Secret-guess throttle (login, break-glass).
     pub throttle: Arc<super::throttle::Throttle>,
     /// The daemon's shutdown signal (ends the accept loop and live streams).
@@ -73,6 +74,7 @@ impl ApiState {
             in_flight: Arc::new(Semaphore::new(cfg.api.max_concurrent)),
             streams: Arc::new(Semaphore::new(cfg.api.max_streams)),
             per_source: Arc::default(),
+            streams_per_session: Arc::default(),
             throttle: Arc::new(super::throttle::Throttle::new(super::throttle::Limits {
                 backoff_after: cfg.api.login_backoff_after,
                 backoff_max_secs: cfg.api.login_backoff_max_secs,
@@ -97,5 +99,48 @@ impl ApiState {
 
     pub fn idle_ms(&self) -> i64 {
         self.cfg.api.idle_timeout_secs as i64 * 1000
+    }
+}
+
+/// Counted slots per key (a source address, a session): at most `max` held at once per key.
+pub(super) struct Slots<K>(std::sync::Mutex<std::collections::HashMap<K, usize>>);
+
+impl<K> Default for Slots<K> {
+    fn default() -> Self {
+        Slots(std::sync::Mutex::new(std::collections::HashMap::new()))
+    }
+}
+
+impl<K: std::hash::Hash + Eq + Clone> Slots<K> {
+    /// Takes one of `key`'s slots, or `None` when it holds `max` already.
+    pub(super) fn take(self: &Arc<Self>, key: K, max: usize) -> Option<Slot<K>> {
+        let mut m = self.0.lock().expect("slots lock");
+        let n = m.entry(key.clone()).or_default();
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(Slot {
+            slots: self.clone(),
+            key,
+        })
+    }
+}
+
+/// A held slot; released on drop.
+pub(super) struct Slot<K: std::hash::Hash + Eq + Clone> {
+    slots: Arc<Slots<K>>,
+    key: K,
+}
+
+impl<K: std::hash::Hash + Eq + Clone> Drop for Slot<K> {
+    fn drop(&mut self) {
+        let mut m = self.slots.0.lock().expect("slots lock");
+        if let Some(n) = m.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.key);
+            }
+        }
     }
 }

@@ -399,6 +399,25 @@ mod tests {
     }
 
     #[test]
+    fn sync_over_tls_needs_a_client_certificate() {
+        // Review #26: mqtts:// without client_cert connected with no client authentication.
+        let mut c = SyncConfig {
+            cloud_broker: Some("mqtts://cloud.example:8883".into()),
+            ca_file: Some("ca.pem".into()),
+            ..SyncConfig::default()
+        };
+        assert!(matches!(
+            c.broker(),
+            Err(ConfigError::Invalid {
+                field: "sync.client_cert",
+                ..
+            })
+        ));
+        c.client_cert = Some("client.pem".into());
+        assert!(c.broker().unwrap().is_some_and(|b| b.tls));
+    }
+
+    #[test]
     fn mqtt_urls_parse() {
         assert_eq!(
             parse_mqtt_url("mqtt://127.0.0.1:1884"),

@@ -76,6 +76,8 @@ pub struct ApiConfig {
     pub max_concurrent: usize,
     /// Live streams (SSE) open at once. Default 32.
     pub max_streams: usize,
+    /// Live streams one session may hold open. Default 4.
+    pub max_streams_per_session: usize,
     /// Keep-alive comment interval on live streams, seconds. Default 15.
     pub stream_keepalive_secs: u64,
 }
@@ -101,6 +103,7 @@ impl Default for ApiConfig {
             max_body_bytes: 64 * 1024,
             max_concurrent: 64,
             max_streams: 32,
+            max_streams_per_session: 4,
             stream_keepalive_secs: 15,
         }
     }
@@ -367,6 +370,14 @@ impl SyncConfig {
                 reason: "mqtts:// needs the CA that signs the cloud broker's certificate".into(),
             });
         }
+        // The cloud broker knows appliances by their client certificate (SYSTEM.md §4): without
+        // one the appliance would connect with no client authentication at all.
+        if b.tls && self.client_cert.is_none() {
+            return Err(ConfigError::Invalid {
+                field: "sync.client_cert",
+                reason: "mqtts:// needs the appliance's client certificate (mutual TLS; key: credential cloud-client.key)".into(),
+            });
+        }
         Ok(Some(b))
     }
 }
@@ -415,6 +426,9 @@ pub struct IngestConfig {
     /// RATE_LIMITED with their payload kept encrypted. Default 67108864 (64 MiB, above the
     /// broker's 1000-message window at 64 KiB each).
     pub shaping_max_bytes: usize,
+    /// Messages received but not yet committed above which QoS 0 publishes are dropped (and
+    /// counted): QoS 0 bypasses the broker's in-flight window. Default 20000.
+    pub qos0_backlog: u64,
     /// Only devices registered with `hema3n-edge devices add` may publish; others get
     /// UNKNOWN_DEVICE. Default true.
     pub require_registered_devices: bool,
@@ -437,6 +451,7 @@ impl Default for IngestConfig {
             device_rate_per_sec: 200.0,
             device_burst: 1000.0,
             shaping_max_bytes: 64 << 20,
+            qos0_backlog: 20_000,
             require_registered_devices: true,
             device_silent_secs: 30,
             summary_every_secs: 60,

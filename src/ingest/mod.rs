@@ -71,6 +71,8 @@ pub struct IngestMetrics {
     pub duplicates: AtomicU64,
     /// Messages held back by per-device rate shaping (stored later, not refused).
     pub shaped: AtomicU64,
+    /// QoS 0 publishes dropped because the pipeline was full (a QoS 0 flood).
+    pub qos0_dropped: AtomicU64,
     pub batches: AtomicU64,
     pub connects: AtomicU64,
     /// Times the daemon finished subscribing (2 SUBACKs) since start.
@@ -92,6 +94,7 @@ impl Default for IngestMetrics {
             readings: AtomicU64::new(0),
             duplicates: AtomicU64::new(0),
             shaped: AtomicU64::new(0),
+            qos0_dropped: AtomicU64::new(0),
             batches: AtomicU64::new(0),
             connects: AtomicU64::new(0),
             subscribed: AtomicU64::new(0),

@@ -64,6 +64,13 @@ impl TestClient {
         self.published += 1;
     }
 
+    /// Publishes at QoS 0 (no acknowledgement).
+    pub fn publish_qos0(&mut self, topic: &str, payload: impl Into<Vec<u8>>) {
+        self.client
+            .publish(topic, QoS::AtMostOnce, false, payload)
+            .unwrap();
+    }
+
     /// Waits until the broker acknowledged everything published so far.
     pub fn flush(&self) {
         let p = self.published;

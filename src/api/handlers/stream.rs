@@ -30,6 +30,7 @@ struct Live {
     shutdown: tokio::sync::watch::Receiver<bool>,
     done: bool,
     _permit: tokio::sync::OwnedSemaphorePermit,
+    _session_slot: crate::api::state::Slot<[u8; 32]>,
 }
 
 impl Drop for Live {
@@ -46,6 +47,11 @@ pub async fn stream(
 ) -> ApiResult<Response> {
     check_id(&id)?;
     in_territory(&st, &c, "case", &id).await?;
+    // One session cannot take every stream from the other crews (review #28).
+    let session_slot = st
+        .streams_per_session
+        .take(c.token_hash, st.cfg.api.max_streams_per_session)
+        .ok_or_else(|| ApiError::busy("this session has too many live streams open"))?;
     let permit = st
         .streams
         .clone()
@@ -69,6 +75,7 @@ pub async fn stream(
         check: tokio::time::interval(Duration::from_secs(1)),
         done: false,
         _permit: permit,
+        _session_slot: session_slot,
     };
     let s = futures_util::stream::unfold(live, |mut l| async move {
         let ev = next_event(&mut l).await?;
