@@ -41,6 +41,14 @@ PYTHONPATH="$ROOT/.tools/oelint" python3 -m oelint_adv --quiet --relpaths \
     --suppress oelint.vars.homepageping --suppress oelint.var.bbclassextend \
     $(find yocto/meta-hema3n -name '*.bb' -o -name '*.bbappend' | sort)
 
+log "provisioning refuses to encrypt credentials into another machine's image"
+mkdir -p "$TMP/image"
+if out="$(./scripts/provision.sh --appliance-id CHECK-0 --root "$TMP/image" --bin "$BINDIR/hema3n-edge" 2>&1)"; then
+    die "provision.sh encrypted credentials into an image root"
+fi
+grep -q "only be made on the vehicle itself" <<<"$out" || die "provision.sh refused for another reason: $out"
+[ -z "$(ls -A "$TMP/image")" ] || die "provision.sh wrote into the image before refusing"
+
 log "provisioning into a scratch root"
 ./scripts/provision.sh --appliance-id CHECK-1 --root "$TMP/root" --bin "$BINDIR/hema3n-edge" \
     --plain-keys --device mon-1 >/dev/null 2>&1 || die "provision.sh failed"

@@ -56,6 +56,12 @@ HOST="${HOST:-$APPLIANCE.vehicle.lan}"
 BIN="${BIN:-$(command -v hema3n-edge || echo "$ROOT/usr/bin/hema3n-edge")}"
 [ -x "$BIN" ] || die "hema3n-edge binary not found (pass --bin)"
 command -v openssl >/dev/null || die "openssl is required"
+# systemd-creds binds a credential to the machine that encrypts it (its credential secret or
+# TPM): encrypting into another machine's image would leave that vehicle unable to decrypt its
+# own keys. Images are provisioned with --plain-keys; the vehicle encrypts on itself (--root /).
+if [ "$PLAIN" -eq 0 ] && [ "$(cd "$ROOT" && pwd -P)" != "/" ]; then
+    die "encrypted credentials can only be made on the vehicle itself: provision an image with --plain-keys, then run this script with --root / on the vehicle"
+fi
 if [ "$PLAIN" -eq 0 ] && ! command -v systemd-creds >/dev/null; then
     die "systemd-creds not found: use --plain-keys to keep keys as 0600 files"
 fi

@@ -688,3 +688,35 @@ async fn one_session_cannot_take_every_live_stream() {
     held.pop();
     let _again = open_stream(&api, &a, "default", &case).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_stay_on_loopback_and_the_case_list_accounts_for_each_name_shown() {
+    // Review #26: login counters let a LAN host watch crews sign in.
+    let api = Api::new(IDLE).await;
+    let r = api
+        .call_from([10, 0, 0, 66], "GET", "/metrics", None, None, None)
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    let r = api
+        .call_from([127, 0, 0, 1], "GET", "/metrics", None, None, None)
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    // Review #27: the case list showed names under one `case/*` entry.
+    let t = api.login("medic").await;
+    let r = api
+        .post(&t, "/api/v1/patients", Some(json!({"last_name": "Okafor"})))
+        .await;
+    let p = r.body["id"].as_str().unwrap().to_string();
+    let r = api
+        .post(&t, "/api/v1/cases", Some(json!({"patient_id": p})))
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    let head = api.audit_head().await;
+    assert_eq!(api.get(&t, "/api/v1/cases").await.status, StatusCode::OK);
+    let details = api
+        .query_text(&format!(
+            "SELECT details FROM audit_log WHERE seq > {head} AND action = 'case.list'"
+        ))
+        .await;
+    assert!(details.contains(&p), "{details}");
+}

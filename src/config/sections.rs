@@ -76,6 +76,9 @@ pub struct ApiConfig {
     pub max_concurrent: usize,
     /// Live streams (SSE) open at once. Default 32.
     pub max_streams: usize,
+    /// Serve `/metrics` to the vehicle LAN, not only to loopback (its counters show crew
+    /// logins). Default false.
+    pub metrics_from_lan: bool,
     /// Live streams one session may hold open. Default 4.
     pub max_streams_per_session: usize,
     /// Keep-alive comment interval on live streams, seconds. Default 15.
@@ -104,6 +107,7 @@ impl Default for ApiConfig {
             max_concurrent: 64,
             max_streams: 32,
             max_streams_per_session: 4,
+            metrics_from_lan: false,
             stream_keepalive_secs: 15,
         }
     }

@@ -378,7 +378,15 @@ impl Db {
         }
         let ev = AuditEvent::new(actor, "case.list", "case/*", Outcome::Success)
             .territory(territory)
-            .details(serde_json::json!({ "cases": out.len(), "clinical": parts.clinical, "demographics": parts.demographics }));
+            .details(serde_json::json!({
+                "cases": out.len(), "clinical": parts.clinical, "demographics": parts.demographics,
+                // Accounting of disclosures: whose names this list showed (review #27).
+                "patients_shown": if parts.demographics {
+                    out.iter().filter_map(|c| c.patient_id.as_deref()).collect::<Vec<_>>()
+                } else {
+                    Vec::new()
+                },
+            }));
         audit::append(&tx, &self.st, &ev, now_ms())?;
         tx.commit()?;
         Ok(out)

@@ -228,6 +228,25 @@ impl Api {
             .unwrap()
     }
 
+    /// Text query on the store (first column of the first row, rows joined by newlines).
+    pub async fn query_text(&self, sql: &str) -> String {
+        let sql = sql.to_string();
+        self.st
+            .store
+            .call(move |db| {
+                let conn = db.raw_connection_for_tests();
+                let mut q = conn.prepare(&sql).unwrap();
+                let rows: Vec<String> = q
+                    .query_map([], |r| r.get(0))
+                    .unwrap()
+                    .map(Result::unwrap)
+                    .collect();
+                Ok(rows.join("\n"))
+            })
+            .await
+            .unwrap()
+    }
+
     pub async fn audit_head(&self) -> i64 {
         self.query_i64("SELECT coalesce(max(seq), 0) FROM audit_log")
             .await

@@ -31,7 +31,17 @@ pub async fn healthz(State(st): State<ApiState>) -> Response {
     (code, axum::Json(body)).into_response()
 }
 
-pub async fn metrics(State(st): State<ApiState>) -> ApiResult<Response> {
+/// `GET /metrics`: loopback only unless `api.metrics_from_lan` (the login and session counters
+/// would let a LAN host watch crews sign in, review #26).
+pub async fn metrics(
+    State(st): State<ApiState>,
+    crate::api::wire::Source(source): crate::api::wire::Source,
+) -> ApiResult<Response> {
+    if !source.is_loopback() && !source.is_unspecified() && !st.cfg.api.metrics_from_lan {
+        return Err(crate::api::error::ApiError::forbidden(
+            "metrics are served to loopback only (api.metrics_from_lan)",
+        ));
+    }
     let snap = st
         .store
         .call(|db| Ok((db.outbox_stats()?, db.open_alarms()?, db.triage_count()?)))

@@ -374,6 +374,11 @@ function onEvent(id, st, ev, data) {
     render();
   } else if (ev === 'logoff') {
     loggedOff('Logged off after inactivity');
+  } else if (ev === 'grant_expired') {
+    // The break-glass time box ended: this record is no longer open to us.
+    stopStream();
+    location.hash = '#/';
+    banner('Break-glass access ended', true);
   }
 }
 
