@@ -1,5 +1,6 @@
 //! The real daemon's HTTPS API over TLS on loopback under a connection flood and slow clients
-//! (review #1, #2): the crew can still log in and `/healthz` answers.
+//! (review #1, #2): the crew can still log in and `/healthz` answers; and lockout from another
+//! source (review #3) over TLS, two loopback addresses standing for two hosts.
 
 mod common;
 
@@ -70,6 +71,18 @@ async fn tls(s: &Served) -> TlsStream<tokio::net::TcpStream> {
     tls_as(s, "localhost").await.unwrap()
 }
 
+/// A TLS connection from the loopback address `from` (127.0.0.0/8: each is another source).
+async fn tls_from(s: &Served, from: [u8; 4]) -> TlsStream<tokio::net::TcpStream> {
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.bind(std::net::SocketAddr::from((from, 0))).unwrap();
+    let tcp = sock
+        .connect(std::net::SocketAddr::from(([127, 0, 0, 1], s.port)))
+        .await
+        .unwrap();
+    let name = tokio_rustls::rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    s.tls.connect(name, tcp).await.unwrap()
+}
+
 /// A TLS connection that checks the server's certificate against `name`.
 async fn tls_as(s: &Served, name: &str) -> std::io::Result<TlsStream<tokio::net::TcpStream>> {
     let tcp = tokio::net::TcpStream::connect(("127.0.0.1", s.port)).await?;
@@ -79,7 +92,18 @@ async fn tls_as(s: &Served, name: &str) -> std::io::Result<TlsStream<tokio::net:
 
 /// One request on a fresh connection: (status, body).
 async fn request(s: &Served, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
-    let io = tls(s).await;
+    request_from(s, [127, 0, 0, 1], method, path, body).await
+}
+
+/// [`request`] from the loopback address `from`.
+async fn request_from(
+    s: &Served,
+    from: [u8; 4],
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+) -> (u16, String) {
+    let io = tls_from(s, from).await;
     let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
         .await
         .unwrap();
@@ -180,6 +204,36 @@ async fn idle_connections_and_trickled_bodies_are_timed_out() {
     let text = String::from_utf8_lossy(&got);
     assert!(text.starts_with("HTTP/1.1 408"), "{text}");
     assert!(text.contains("REQUEST_TIMEOUT"), "{text}");
+    let mut d = s.daemon;
+    assert!(d.running());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_pins_from_another_source_do_not_lock_the_crew_out_over_tls() {
+    // Review #3 against the real daemon: two loopback addresses are two sources.
+    let s = serve("");
+    let (tablet, attacker) = ([127, 0, 0, 10], [127, 0, 0, 66]);
+    let login = |secret: &str| format!(r#"{{"user_id":"medic","secret":"{secret}"}}"#);
+    let (status, body) =
+        request_from(&s, tablet, "POST", "/api/v1/auth/login", Some(&login(PIN))).await;
+    assert_eq!(status, 200, "{body}");
+    let mut refused = 0;
+    for _ in 0..20 {
+        let (status, _) = request_from(
+            &s,
+            attacker,
+            "POST",
+            "/api/v1/auth/login",
+            Some(&login("000000")),
+        )
+        .await;
+        assert!(status == 401 || status == 429, "{status}");
+        refused += usize::from(status == 429);
+    }
+    assert!(refused > 0, "the attacker was never throttled");
+    let (status, body) =
+        request_from(&s, tablet, "POST", "/api/v1/auth/login", Some(&login(PIN))).await;
+    assert_eq!(status, 200, "the crew's own tablet was locked out: {body}");
     let mut d = s.daemon;
     assert!(d.running());
 }
