@@ -68,7 +68,11 @@ impl Daemon {
         std::fs::create_dir_all(dir.join("edge.d")).unwrap();
         std::fs::write(
             dir.join("edge.d/50-bench.toml"),
-            format!("[api]\nlisten = \"127.0.0.1:0\"\nmax_concurrent = 512\n{dropin}"),
+            // All bench clients share one address (loopback): lift the per-source cap that
+            // protects the crew from one LAN host.
+            format!(
+                "[api]\nlisten = \"127.0.0.1:0\"\nmax_concurrent = 512\nmax_concurrent_per_source = 512\n{dropin}"
+            ),
         )
         .unwrap();
         let cfg = dir.join("edge.toml");
