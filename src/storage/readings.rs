@@ -198,3 +198,136 @@ pub(super) fn bind_semantic_columns(st: &mut super::State, conn: &Connection) ->
     }
     Ok(n)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Actor, CaseDetails, Decider, TriageRecord};
+    use crate::storage::{CaseParts, Db, Medication};
+
+    /// A database as `init` creates it, opened with its keys.
+    fn open(dir: &std::path::Path) -> Db {
+        let state = dir.join("state");
+        crate::cli::init(&state, "t-1", "default", &[]).expect("init");
+        let (cfg, _) = crate::config::Config::load(&state.join("edge.toml"), true).unwrap();
+        let keys = crate::crypto::keyring::Keyring::load(
+            crate::crypto::keyring::KeySources::from_env(&cfg.keys.dir),
+        )
+        .unwrap();
+        Db::open(&cfg, keys).unwrap()
+    }
+
+    /// Re-seals one value with the associated data of schema ≤ 6 (the row id only), as an
+    /// older build wrote it.
+    fn to_old_form(
+        db: &mut Db,
+        (table, column, id, dk_id): (&'static str, &'static str, i64, i64),
+        row: &str,
+    ) {
+        let ct: Vec<u8> = db
+            .conn
+            .query_row(
+                &format!("SELECT {column} FROM {table} WHERE id = ?1"),
+                [id],
+                |r| r.get(0),
+            )
+            .unwrap();
+        let dk = db.st.data_key(&db.conn, dk_id, table, "test").unwrap();
+        let plain = dk
+            .open(
+                FieldLoc {
+                    table,
+                    column,
+                    row_id: row,
+                },
+                &ct,
+            )
+            .unwrap();
+        let old = dk
+            .seal(
+                FieldLoc {
+                    table,
+                    column,
+                    row_id: &id.to_string(),
+                },
+                &plain,
+            )
+            .unwrap();
+        db.conn
+            .execute(
+                &format!("UPDATE {table} SET {column} = ?1 WHERE id = ?2"),
+                rusqlite::params![old, id],
+            )
+            .unwrap();
+    }
+
+    #[test]
+    fn migration_v7_re_seals_values_written_by_older_builds() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut db = open(dir.path());
+        let a = Actor::cli();
+        let case = db
+            .create_case(&a, "default", None, &CaseDetails::default())
+            .unwrap();
+        let now = crate::model::now_ms();
+        let obs = db
+            .add_manual_vitals(&a, &case, &[("heart_rate".into(), 88.0, now)])
+            .unwrap()[0];
+        let rec = TriageRecord {
+            final_esi: 2,
+            rules_esi: 2,
+            model_esi: None,
+            news2: Some(6),
+            specialty: Some("cardiology".into()),
+            confidence: None,
+            model_id: None,
+            model_hash: None,
+            decider: Decider::RulesOnly,
+            abstained: None,
+            reasons: vec!["NEWS2 6".into()],
+        };
+        let tri = db.record_triage(&a, &case, &rec).unwrap();
+        let med = Medication {
+            name: "aspirin".into(),
+            dose: "300 mg".into(),
+            route: "PO".into(),
+            note: None,
+        };
+        let mid = db.add_medication(&a, &case, &med).unwrap();
+        let dk: i64 = db
+            .conn
+            .query_row("SELECT dk_id FROM cases WHERE id = ?1", [&case], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        // Back to the form an older build wrote: the current reads now fail…
+        to_old_form(
+            &mut db,
+            ("observations", "value", obs, dk),
+            &obs_row(obs, "heart_rate", now),
+        );
+        to_old_form(
+            &mut db,
+            ("triage_results", "reasons", tri, dk),
+            &triage_row(tri, (2, 2, None, Some(6)), Some("cardiology"), "rules_only"),
+        );
+        to_old_form(
+            &mut db,
+            ("medications", "body", mid, dk),
+            &med_row(mid, &a.id),
+        );
+        let parts = CaseParts {
+            clinical: true,
+            demographics: false,
+        };
+        assert!(db.case_view(&a, &case, parts, "case.read").is_err());
+        // …and the migration makes every one readable again, under the new binding.
+        let n = bind_semantic_columns(&mut db.st, &db.conn).unwrap();
+        assert_eq!(n, 3);
+        let v = db.case_view(&a, &case, parts, "case.read").unwrap();
+        assert_eq!(v.vitals.len(), 1);
+        assert_eq!(v.vitals[0].value, 88.0);
+        assert_eq!(v.triage[0].record.reasons, vec!["NEWS2 6".to_string()]);
+        assert_eq!(v.medications[0].medication, med);
+    }
+}
