@@ -357,7 +357,7 @@ async fn hr(api: &Api, device: &'static str, t: i64, recv: i64, v: f64) {
             value: v,
             device_time_ms: t,
         }]),
-        payload: Vec::new(),
+        payload: Default::default(),
     };
     api.st
         .store

@@ -291,7 +291,8 @@ impl Parse<'_> {
                     metrics.reject(r.code);
                 }
                 // Kept for accepted packs too: the store may still refuse one (its territory
-                // has no key) and then dead-letters it with the payload.
+                // has no key) and then dead-letters it with the payload. A shared buffer, not a
+                // copy: the publish holds the same bytes until its ack.
                 let keep = m.publish.payload.len() <= cfg.ingest.max_payload_bytes;
                 IngestItem::Vitals {
                     device_id: device.to_string(),
@@ -299,9 +300,9 @@ impl Parse<'_> {
                     recv_ms: m.recv_ms,
                     parsed,
                     payload: if keep {
-                        m.publish.payload.to_vec()
+                        m.publish.payload.clone()
                     } else {
-                        Vec::new()
+                        Default::default()
                     },
                 }
             }
@@ -313,7 +314,7 @@ impl Parse<'_> {
                     topic: topic.clone(),
                     recv_ms: m.recv_ms,
                     parsed: Err(Reject::new(RejectCode::BadSenml, "unexpected topic", None)),
-                    payload: Vec::new(),
+                    payload: Default::default(),
                 }
             }
         };

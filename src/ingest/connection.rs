@@ -123,20 +123,17 @@ async fn forward(
                 tracing::trace!(topic = %p.topic, bytes = p.payload.len(), "publish received");
                 metrics.received.fetch_add(1, Ordering::Relaxed);
                 // QoS 0 bypasses the broker's in-flight window that bounds this pipeline: past
-                // `ingest.qos0_backlog` messages not yet committed, QoS 0 publishes (at most once by the
-                // device's own choice) are dropped, counted and logged, never queued without
-                // bound (review #14a). QoS 1 is never dropped here.
-                if p.qos == rumqttc::QoS::AtMostOnce {
-                    let backlog = metrics.received.load(Ordering::Relaxed)
-                        - metrics.committed_messages.load(Ordering::Relaxed)
-                        - metrics.qos0_dropped.load(Ordering::Relaxed);
-                    if backlog > cfg.ingest.qos0_backlog {
-                        let n = metrics.qos0_dropped.fetch_add(1, Ordering::Relaxed) + 1;
-                        if n.is_power_of_two() {
-                            tracing::warn!(dropped = n, topic = %p.topic, "QoS 0 flood: publishes dropped while the pipeline is full (devices should publish vitals at QoS 1)");
-                        }
-                        continue;
+                // `ingest.qos0_backlog` messages not yet committed, QoS 0 publishes (at most
+                // once by the device's own choice) are dropped, counted and logged, never
+                // queued without bound (review #14a). QoS 1 is never dropped here.
+                if p.qos == rumqttc::QoS::AtMostOnce
+                    && metrics.outstanding() > cfg.ingest.qos0_backlog
+                {
+                    let n = metrics.qos0_dropped.fetch_add(1, Ordering::Relaxed) + 1;
+                    if n.is_power_of_two() {
+                        tracing::warn!(dropped = n, topic = %p.topic, "QoS 0 flood: publishes dropped while the pipeline is full (devices should publish vitals at QoS 1)");
                     }
+                    continue;
                 }
                 let item = Inbound {
                     publish: p,
@@ -146,9 +143,7 @@ async fn forward(
                 if to_batcher.send(item).is_err() {
                     return Ok(());
                 }
-                let outstanding = metrics.received.load(Ordering::Relaxed)
-                    - metrics.committed_messages.load(Ordering::Relaxed)
-                    - metrics.qos0_dropped.load(Ordering::Relaxed);
+                let outstanding = metrics.outstanding();
                 if outstanding == OUTSTANDING_WARN {
                     tracing::warn!(
                         outstanding,

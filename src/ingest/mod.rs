@@ -113,6 +113,13 @@ impl IngestMetrics {
         self.rejects[i].fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Messages received and neither committed nor dropped: what the pipeline holds now.
+    pub fn outstanding(&self) -> u64 {
+        self.received.load(Ordering::Relaxed)
+            - self.committed_messages.load(Ordering::Relaxed)
+            - self.qos0_dropped.load(Ordering::Relaxed)
+    }
+
     /// Rejects per code (non-zero only).
     pub fn rejects(&self) -> Vec<(RejectCode, u64)> {
         RejectCode::ALL

@@ -23,7 +23,7 @@ pub enum IngestItem {
         topic: String,
         recv_ms: i64,
         parsed: std::result::Result<Vec<Reading>, Reject>,
-        payload: Vec<u8>,
+        payload: bytes::Bytes,
     },
     /// A retained `status` publish (`online` / `offline`).
     Presence {
