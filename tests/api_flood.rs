@@ -49,22 +49,14 @@ fn serve(dropin: &str) -> Served {
     }
 }
 
-/// Raises this process's open-files limit (the daemon it spawns inherits it).
+/// Raises this process's open-files limit (the daemon it spawns inherits it), as the daemon
+/// does for itself.
 fn raise_nofile(need: u64) {
-    let mut r = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: plain struct out-parameter.
-    assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) }, 0);
+    let n = hema3n_edge::host::raise_open_files_limit().unwrap();
     assert!(
-        r.rlim_max >= need,
-        "this test needs {need} open files; the hard limit is {}",
-        r.rlim_max
+        n >= need,
+        "this test needs {need} open files; the hard limit is {n}"
     );
-    r.rlim_cur = r.rlim_max;
-    // SAFETY: as above.
-    assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &r) }, 0);
 }
 
 async fn tls(s: &Served) -> TlsStream<tokio::net::TcpStream> {

@@ -7,10 +7,13 @@ use super::error::Code;
 use super::policy::{self, Access, ROUTES, Reply, Role};
 
 /// The properties of the patient body (request shape).
+/// No control characters (Unicode Cc, what `char::is_control` refuses).
+const NO_CONTROL: &str = "^[^\\u0000-\\u001f\\u007f-\\u009f]*$";
+
 /// Free text of a record field: at most 64 characters (the store allows 256 bytes), no control
 /// characters (what `Patient::validate` refuses).
 fn field_text() -> Value {
-    json!({ "type": "string", "maxLength": 64, "pattern": "^[^\\u0000-\\u001f\\u007f-\\u009f]*$" })
+    json!({ "type": "string", "maxLength": 64, "pattern": NO_CONTROL })
 }
 
 /// Lets every optional property of an object schema (and of nested ones) be `null`, as the
@@ -45,7 +48,7 @@ fn nullable_optionals(schema: &mut Value) {
 
 /// `min` to `max` characters without control characters.
 fn field_text_n(min: usize, max: usize) -> Value {
-    json!({ "type": "string", "minLength": min, "maxLength": max, "pattern": "^[^\\u0000-\\u001f\\u007f-\\u009f]*$" })
+    json!({ "type": "string", "minLength": min, "maxLength": max, "pattern": NO_CONTROL })
 }
 
 /// A field's text rule plus a pattern of its own (both must hold).

@@ -470,6 +470,14 @@ pub fn route_access(method: &str, path: &str) -> Option<Access> {
 }
 
 /// Whether a role, with or without an active break-glass grant, holds a permission.
+/// Whether a role reads PHI without break-glass (accounts with such roles that an admin
+/// creates wait for a supervisor's approval).
+pub fn reads_phi(role: Role) -> bool {
+    role_perms(role)
+        .iter()
+        .any(|p| matches!(p, Perm::PatientRead | Perm::ClinicalRead))
+}
+
 pub fn allows(role: Role, break_glass: bool, p: Perm) -> bool {
     role_perms(role).contains(&p) || (break_glass && BREAK_GLASS_PERMS.contains(&p))
 }

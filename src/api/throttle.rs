@@ -102,7 +102,6 @@ struct Account {
     /// Failures (and in-flight attempts) from untrusted sources in the last day.
     day: VecDeque<i64>,
     in_flight: u32,
-    touched: i64,
 }
 
 /// The throttle shared by the login and break-glass handlers.
@@ -173,7 +172,6 @@ impl Throttle {
             }
         } else {
             let acc = inner.accounts.entry(account.to_string()).or_default();
-            acc.touched = now;
             prune(&mut acc.day, now - DAY_MS);
             if acc.day.len() + acc.in_flight as usize >= l.failures_per_day as usize {
                 return Err(wait_for_slot(&acc.day, now, DAY_MS));

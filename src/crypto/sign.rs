@@ -39,9 +39,14 @@ pub fn is_low_s(sig: &[u8]) -> bool {
 
 /// Replaces a high `s` by `n − s` (the same signature in canonical form); no-op otherwise.
 pub fn canonicalize(sig: &mut [u8]) {
-    if sig.len() != 64 || is_low_s(sig) {
-        return;
+    if sig.len() == 64 && !is_low_s(sig) {
+        flip_s(sig);
     }
+}
+
+/// Replaces `s` of a 64-byte r||s signature by `n − s`: the other of the two signatures ECDSA
+/// accepts for the same message (low ↔ high). Tests use it to make the twin a forger would.
+pub fn flip_s(sig: &mut [u8]) {
     let mut borrow = 0i16;
     for i in (0..32).rev() {
         let d = P256_N[i] as i16 - sig[32 + i] as i16 - borrow;
@@ -183,12 +188,7 @@ mod tests {
             pubk.verify(&msg, &sig).unwrap();
             // The twin (r, n - s): valid ECDSA, but not canonical.
             let mut twin = sig.clone();
-            let mut borrow = 0i16;
-            for j in (0..32).rev() {
-                let d = P256_N[j] as i16 - sig[32 + j] as i16 - borrow;
-                borrow = i16::from(d < 0);
-                twin[32 + j] = d.rem_euclid(256) as u8;
-            }
+            flip_s(&mut twin);
             if twin != sig {
                 twins += 1;
                 pubk.verify_any_s(&msg, &twin).unwrap();

@@ -630,7 +630,7 @@ mod tests {
         let mut env = b"header and ciphertext".to_vec();
         let sig = key.sign(&env).unwrap();
         let mut high = sig.clone();
-        high[32..].copy_from_slice(&twin_s(&sig[32..]));
+        crate::crypto::sign::flip_s(&mut high);
         assert!(!is_low_s(&high));
         env.extend_from_slice(&high);
         for (id, state) in [("a", "queued"), ("b", "receipted")] {
@@ -667,19 +667,5 @@ mod tests {
             .unwrap();
         assert_eq!(old, env);
         assert_eq!(canonicalize_pending(&conn).unwrap(), 0);
-    }
-
-    /// n − s for P-256 (independent of the implementation under test: Python-checked constant).
-    fn twin_s(s: &[u8]) -> [u8; 32] {
-        let n = hex::decode("ffffffff00000000ffffffffffffffffbce6faada7179e84f3b9cac2fc632551")
-            .unwrap();
-        let mut out = [0u8; 32];
-        let mut borrow = 0i16;
-        for i in (0..32).rev() {
-            let d = n[i] as i16 - s[i] as i16 - borrow;
-            borrow = i16::from(d < 0);
-            out[i] = d.rem_euclid(256) as u8;
-        }
-        out
     }
 }

@@ -96,11 +96,12 @@ impl Api {
         territory: Option<&str>,
         body: Option<Value>,
     ) -> Reply {
-        self.call_from([0, 0, 0, 0], method, path, token, territory, body)
+        self.call_from([127, 0, 0, 1], method, path, token, territory, body)
             .await
     }
 
-    /// [`Api::call`] as a client at address `ip` (as the server's accept loop sets it).
+    /// [`Api::call`] as a client at address `ip` (as the server's accept loop sets it); `call`
+    /// is a client on the appliance itself (loopback).
     pub async fn call_from(
         &self,
         ip: [u8; 4],

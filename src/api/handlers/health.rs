@@ -37,7 +37,7 @@ pub async fn metrics(
     State(st): State<ApiState>,
     crate::api::wire::Source(source): crate::api::wire::Source,
 ) -> ApiResult<Response> {
-    if !source.is_loopback() && !source.is_unspecified() && !st.cfg.api.metrics_from_lan {
+    if !source.is_loopback() && !st.cfg.api.metrics_from_lan {
         return Err(crate::api::error::ApiError::forbidden(
             "metrics are served to loopback only (api.metrics_from_lan)",
         ));

@@ -12,7 +12,7 @@ use crate::api::error::{ApiError, ApiResult};
 use crate::api::guard::Caller;
 use crate::api::state::ApiState;
 use crate::api::wire::{Body, Json, UserCreate, UserReply, created, ok, replies};
-use crate::model::{Role, validate_user};
+use crate::model::validate_user;
 
 pub async fn users(State(st): State<ApiState>, Extension(c): Extension<Caller>) -> ApiResult<Json> {
     let t = c.user.territory.clone();
@@ -39,8 +39,8 @@ pub async fn add_user(
         .map_err(|_| ApiError::internal())?
         .map_err(|_| ApiError::internal())?;
     let (a, id) = (c.actor.clone(), b.id.clone());
-    // Any role that may read PHI (all but admin) needs a supervisor's approval.
-    let pending = role != Role::Admin;
+    // Any role that may read PHI needs a supervisor's approval.
+    let pending = crate::api::policy::reads_phi(role);
     st.store
         .call(move |db| {
             if pending {
