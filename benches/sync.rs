@@ -68,6 +68,8 @@ fn case(samples: i64) -> CaseExport {
         devices: vec![("mon-1".into(), "monitor".into())],
         readings,
         triage: None,
+        record: Default::default(),
+        people: vec![],
         audit: vec![],
         checkpoint: None,
     }

@@ -16,6 +16,11 @@ struct Fx {
     patient: String,
     case: String,
     north_case: String,
+    /// Care-record events of `case`: one to correct, one to mark entered-in-error.
+    entry: String,
+    entry_void: String,
+    /// A manual reading of `case`.
+    reading: i64,
 }
 
 async fn fixtures(api: &Api) -> Fx {
@@ -62,10 +67,34 @@ async fn fixtures(api: &Api) -> Fx {
         })
         .await
         .unwrap();
+    let case = c.body["id"].as_str().unwrap().to_string();
+    let mut entries = vec![];
+    for flow in [2, 4] {
+        let r = api
+            .post(
+                &t,
+                &format!("/api/v1/cases/{case}/record/oxygen"),
+                Some(json!({"at_ms": hema3n_edge::model::now_ms(), "action": "start", "flow_l_min": flow, "device": "nasal_cannula"})),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+        entries.push(r.body["entry_id"].as_str().unwrap().to_string());
+    }
+    let r = api
+        .post(
+            &t,
+            &format!("/api/v1/cases/{case}/vitals"),
+            Some(json!({"readings": [{"name": "resp_rate", "value": 16}]})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
     Fx {
         patient,
-        case: c.body["id"].as_str().unwrap().to_string(),
+        case,
         north_case: n.body["id"].as_str().unwrap().to_string(),
+        entry: entries[0].clone(),
+        entry_void: entries[1].clone(),
+        reading: r.body["ids"][0].as_i64().unwrap(),
     }
 }
 
@@ -91,7 +120,33 @@ const EXPECTED: &[(&str, &str, &str)] = &[
     ("GET", "/api/v1/cases/{id}/vitals", "PEV"),
     ("POST", "/api/v1/cases/{id}/vitals", "PE"),
     ("GET", "/api/v1/cases/{id}/triage", "PEV"),
-    ("POST", "/api/v1/cases/{id}/medications", "P"),
+    ("PATCH", "/api/v1/cases/{id}", "PE"),
+    ("GET", "/api/v1/record/codes", "PEV"),
+    ("GET", "/api/v1/cases/{id}/record", "PEV"),
+    ("PATCH", "/api/v1/cases/{id}/record/incident", "PE"),
+    ("PATCH", "/api/v1/cases/{id}/record/times", "PE"),
+    ("PATCH", "/api/v1/cases/{id}/record/scene", "PE"),
+    ("PATCH", "/api/v1/cases/{id}/record/situation", "PE"),
+    ("PATCH", "/api/v1/cases/{id}/record/history", "PE"),
+    ("PATCH", "/api/v1/cases/{id}/record/disposition", "PE"),
+    ("PATCH", "/api/v1/cases/{id}/record/narrative", "PE"),
+    ("PATCH", "/api/v1/cases/{id}/record/spo2_scale", "P"),
+    ("POST", "/api/v1/cases/{id}/record/oxygen", "PE"),
+    ("POST", "/api/v1/cases/{id}/record/procedure", "PE"),
+    ("POST", "/api/v1/cases/{id}/record/medication", "P"),
+    ("POST", "/api/v1/cases/{id}/record/assessment", "PE"),
+    ("PUT", "/api/v1/cases/{id}/record/entries/{entry_id}", "PE"),
+    (
+        "POST",
+        "/api/v1/cases/{id}/record/entries/{entry_id}/entered-in-error",
+        "PE",
+    ),
+    (
+        "POST",
+        "/api/v1/cases/{id}/vitals/{reading_id}/entered-in-error",
+        "PE",
+    ),
+    ("PATCH", "/api/v1/patients/{id}", "PES"),
     ("GET", "/api/v1/cases/{id}/stream", "PEV"),
     ("GET", "/api/v1/cases/{id}/handoff", "PEV"),
     ("POST", "/api/v1/cases/{id}/close", "PE"),
@@ -128,7 +183,16 @@ fn request(method: &str, path: &str, fx: &Fx) -> (String, Option<Value>) {
     } else {
         fx.case.clone()
     };
-    let mut p = path.replace("{id}", &id).replace("{device_id}", "mon-1");
+    let entry = if path.ends_with("/entered-in-error") {
+        &fx.entry_void
+    } else {
+        &fx.entry
+    };
+    let mut p = path
+        .replace("{id}", &id)
+        .replace("{device_id}", "mon-1")
+        .replace("{entry_id}", entry)
+        .replace("{reading_id}", &fx.reading.to_string());
     if method == "GET" && p == "/api/v1/patients" {
         p.push_str("?last_name=Lee");
     }
@@ -145,8 +209,39 @@ fn request(method: &str, path: &str, fx: &Fx) -> (String, Option<Value>) {
         ("POST", "/api/v1/cases/{id}/vitals") => {
             Some(json!({"readings": [{"name": "heart_rate", "value": 88}]}))
         }
-        ("POST", "/api/v1/cases/{id}/medications") => {
-            Some(json!({"name": "aspirin", "dose": "300 mg", "route": "PO"}))
+        ("PATCH", "/api/v1/cases/{id}") => Some(json!({"mechanism": "fall from standing"})),
+        ("PATCH", "/api/v1/patients/{id}") => Some(json!({"first_name": "Anne"})),
+        ("PATCH", "/api/v1/cases/{id}/record/incident") => Some(json!({"unit": "M12"})),
+        ("PATCH", "/api/v1/cases/{id}/record/times") => {
+            Some(json!({"on_scene_ms": hema3n_edge::model::now_ms()}))
+        }
+        ("PATCH", "/api/v1/cases/{id}/record/scene") => Some(json!({"patient_count": 1})),
+        ("PATCH", "/api/v1/cases/{id}/record/situation") => {
+            Some(json!({"primary_impression": {"code": "J44.1"}}))
+        }
+        ("PATCH", "/api/v1/cases/{id}/record/history") => Some(json!({"no_known_allergies": true})),
+        ("PATCH", "/api/v1/cases/{id}/record/disposition") => {
+            Some(json!({"destination": "General Hospital"}))
+        }
+        ("PATCH", "/api/v1/cases/{id}/record/narrative") => Some(json!({"text": "found sitting"})),
+        ("PATCH", "/api/v1/cases/{id}/record/spo2_scale") => {
+            Some(json!({"scale2": true, "reason": "documented hypercapnia"}))
+        }
+        ("POST", "/api/v1/cases/{id}/record/oxygen")
+        | ("PUT", "/api/v1/cases/{id}/record/entries/{entry_id}") => Some(
+            json!({"at_ms": hema3n_edge::model::now_ms(), "action": "change", "flow_l_min": 6, "device": "simple_mask"}),
+        ),
+        ("POST", "/api/v1/cases/{id}/record/procedure") => Some(
+            json!({"at_ms": hema3n_edge::model::now_ms(), "procedure": "iv_access", "successful": true}),
+        ),
+        ("POST", "/api/v1/cases/{id}/record/medication") => Some(
+            json!({"at_ms": hema3n_edge::model::now_ms(), "medication": "aspirin", "dose": 300, "dose_unit": "mg", "route": "oral"}),
+        ),
+        ("POST", "/api/v1/cases/{id}/record/assessment") => {
+            Some(json!({"at_ms": hema3n_edge::model::now_ms(), "pain": 3}))
+        }
+        ("POST", p) if p.ends_with("/entered-in-error") => {
+            Some(json!({"reason": "recorded on the wrong case"}))
         }
         ("POST", "/api/v1/break-glass/{id}/review") => Some(json!({"note": "justified"})),
         ("POST", "/api/v1/users") => Some(
@@ -155,6 +250,24 @@ fn request(method: &str, path: &str, fx: &Fx) -> (String, Option<Value>) {
         _ => None,
     };
     (p, body)
+}
+
+/// Calls a route of [`EXPECTED`] as `token` in `default`; a correction names the version it
+/// corrects (the fixture entry's first).
+async fn call_route(
+    api: &Api,
+    method: &str,
+    p: &str,
+    path: &str,
+    token: &str,
+    body: Option<Value>,
+) -> common::api::Reply {
+    let headers: &[(&str, &str)] = if path.ends_with("/record/entries/{entry_id}") {
+        &[("if-match", "\"1\"")]
+    } else {
+        &[]
+    };
+    api.send(method, p, token, body, headers).await
 }
 
 /// A break-glass use by `staff1` (for the review routes).
@@ -190,9 +303,7 @@ async fn every_role_on_every_route() {
             // A fresh session per call: logout and break-glass change the session itself.
             let token = api.login(user).await;
             let (p, body) = request(method, path, &fx);
-            let r = api
-                .call(method, &p, Some(&token), Some("default"), body)
-                .await;
+            let r = call_route(&api, method, &p, path, &token, body).await;
             let ok = *allowed == "*" || allowed.contains(letter);
             let denied = r.status == StatusCode::FORBIDDEN && r.code() == "FORBIDDEN";
             assert!(
@@ -651,10 +762,57 @@ async fn each_phi_route_adds_exactly_its_audit_entries() {
             vec!["triage.read"],
         ),
         (
+            "PATCH",
+            format!("/api/v1/cases/{c}"),
+            Some(json!({"onset": "20 min ago"})),
+            vec!["case.update"],
+        ),
+        (
+            "PATCH",
+            format!("/api/v1/patients/{p}"),
+            Some(json!({"estimated_age_years": 70})),
+            vec!["patient.update"],
+        ),
+        (
+            "GET",
+            format!("/api/v1/cases/{c}/record"),
+            None,
+            vec!["record.read"],
+        ),
+        (
+            "PATCH",
+            format!("/api/v1/cases/{c}/record/times"),
+            Some(json!({"on_scene_ms": hema3n_edge::model::now_ms()})),
+            vec!["record.create"],
+        ),
+        (
+            "PATCH",
+            format!("/api/v1/cases/{c}/record/times"),
+            Some(json!({"at_patient_ms": hema3n_edge::model::now_ms() + 1})),
+            vec!["record.update"],
+        ),
+        (
             "POST",
-            format!("/api/v1/cases/{c}/medications"),
-            Some(json!({"name": "oxygen", "dose": "15 l/min", "route": "mask"})),
-            vec!["medication.create"],
+            format!("/api/v1/cases/{c}/record/medication"),
+            Some(
+                json!({"at_ms": hema3n_edge::model::now_ms(), "medication": "oxygen", "dose": 15, "dose_unit": "l_min", "route": "inhalation"}),
+            ),
+            vec!["record.create"],
+        ),
+        (
+            "POST",
+            format!(
+                "/api/v1/cases/{c}/record/entries/{}/entered-in-error",
+                fx.entry_void
+            ),
+            Some(json!({"reason": "wrong case"})),
+            vec!["record.entered_in_error"],
+        ),
+        (
+            "POST",
+            format!("/api/v1/cases/{c}/vitals/{}/entered-in-error", fx.reading),
+            Some(json!({"reason": "artefact"})),
+            vec!["observation.entered_in_error"],
         ),
         (
             "GET",
@@ -690,7 +848,7 @@ async fn each_phi_route_adds_exactly_its_audit_entries() {
     }
     // The route table marks exactly these routes as PHI.
     let phi: Vec<&str> = ROUTES.iter().filter(|r| r.phi).map(|r| r.path).collect();
-    assert_eq!(phi.len(), 16, "{phi:?}");
+    assert_eq!(phi.len(), 33, "{phi:?}");
     // A failed read is audited too.
     let before = api.audit_head().await;
     let r = api
@@ -921,9 +1079,7 @@ async fn every_reply_matches_its_documented_schema() {
             // Unbind the device the bind route bound.
             p = p.replace("mon-1", "mon-2");
         }
-        let r = api
-            .call(method, &p, Some(&token), Some("default"), body)
-            .await;
+        let r = call_route(&api, method, &p, path, &token, body).await;
         let documented = route(method, path)
             .unwrap_or_else(|| panic!("{method} {path}"))
             .reply;

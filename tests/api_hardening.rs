@@ -491,6 +491,18 @@ async fn crypto_erase_leaves_no_plaintext_clinical_trace_and_break_glass_text_is
         .await
         .unwrap();
     hr(&api, "mon-1", now, now, 130.0).await;
+    // Care-record entries, and a submit key.
+    let m = api.login("medic").await;
+    let r = api
+        .send(
+            "POST",
+            &format!("/api/v1/cases/{case}/record/oxygen"),
+            &m,
+            Some(json!({"at_ms": now, "action": "start", "flow_l_min": 2, "device": "nasal_cannula"})),
+            &[("idempotency-key", "erase-test-0001")],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
     // A break-glass reason naming the patient, reviewed with a note naming them again.
     let n = api.login("north1").await;
     let r = api
@@ -523,6 +535,8 @@ async fn crypto_erase_leaves_no_plaintext_clinical_trace_and_break_glass_text_is
         .unwrap();
     for (sql, what) in [
         ("SELECT count(*) FROM triage_results", "triage rows"),
+        ("SELECT count(*) FROM record_entries", "care-record rows"),
+        ("SELECT count(*) FROM request_keys", "request keys"),
         (
             "SELECT count(*) FROM observations WHERE device_id = 'mon-1'",
             "vital rows",
@@ -537,7 +551,7 @@ async fn crypto_erase_leaves_no_plaintext_clinical_trace_and_break_glass_text_is
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn editing_a_vital_code_an_esi_or_an_orderer_with_the_database_key_is_detected() {
+async fn editing_a_vital_code_an_esi_or_a_record_entry_with_the_database_key_is_detected() {
     // Review #23: the associated data bound only the value's own location.
     let api = Api::new(IDLE).await;
     let now = hema3n_edge::model::now_ms();
@@ -560,12 +574,12 @@ async fn editing_a_vital_code_an_esi_or_an_orderer_with_the_database_key_is_dete
     let r = api
         .post(
             &t,
-            &format!("/api/v1/cases/{case}/medications"),
-            Some(json!({"name": "aspirin", "dose": "300 mg", "route": "PO"})),
+            &format!("/api/v1/cases/{case}/record/medication"),
+            Some(json!({"at_ms": now, "medication": "aspirin", "dose": 300, "dose_unit": "mg", "route": "oral"})),
         )
         .await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
-    for path in ["vitals", "triage", ""] {
+    for path in ["vitals", "triage", "record", ""] {
         let p = format!("/api/v1/cases/{case}/{path}");
         assert_eq!(
             api.get(&t, p.trim_end_matches('/')).await.status,
@@ -586,9 +600,19 @@ async fn editing_a_vital_code_an_esi_or_an_orderer_with_the_database_key_is_dete
             "triage",
         ),
         (
-            "UPDATE medications SET created_by = 'emt1'",
-            "UPDATE medications SET created_by = 'medic'",
+            "UPDATE record_entries SET recorded_by = 'emt1'",
+            "UPDATE record_entries SET recorded_by = 'medic'",
             "",
+        ),
+        (
+            "UPDATE record_entries SET kind = 'procedure'",
+            "UPDATE record_entries SET kind = 'medication'",
+            "record",
+        ),
+        (
+            "UPDATE record_entries SET state = 'entered_in_error'",
+            "UPDATE record_entries SET state = 'recorded'",
+            "record",
         ),
     ];
     let sql = |q: &str| {

@@ -7,10 +7,11 @@ use common::Appliance;
 use hema3n_edge::storage::Db;
 use hema3n_edge::storage::audit::{EntryFields, entry_hash, entry_mac};
 
-/// A log of 2 migration/init entries + 2 per soak line, checkpoint every 10 entries.
+/// A log of one entry per schema migration + 2 per soak line, checkpoint every 10 entries (the
+/// soak length keeps entries after the last checkpoint).
 fn build_log() -> (Appliance, i64) {
     let a = Appliance::init_with(&[("10-audit.toml", "[audit]\ncheckpoint_every_entries = 10\n")]);
-    a.soak(16, "Audit");
+    a.soak(17, "Audit");
     let db = a.open();
     let rep = db.verify_audit().unwrap();
     assert!(rep.ok(), "{:?}", rep.findings);

@@ -88,6 +88,7 @@ fn full_case() -> CaseExport {
             }),
             mrn: Some("MRN-99".into()),
             sex: Some(Sex::Female),
+            estimated_age_years: None,
         }),
         chief_complaint: Some("chest pain & dyspnoea".into()),
         mechanism: Some("fall < 1 m".into()),
@@ -117,6 +118,11 @@ fn full_case() -> CaseExport {
                 ],
             },
         }),
+        record: common::record::sample_record(t0),
+        people: vec![
+            ("crew-7".into(), "Sam Medic".into()),
+            ("crew-8".into(), "Alex Tech".into()),
+        ],
         audit: (1..=4)
             .map(|i| ExportAudit {
                 seq: i,
@@ -185,13 +191,66 @@ fn case_and_prealert_bundles_validate_as_fhir_r4() {
         "Coverage=1",
         "Encounter=1",
         "Device=3",
-        "Observation=16",
+        // 16 vitals + 2 oxygen flows + SpO2 scale 2 + advance directive + 5 assessment findings.
+        "Observation=25",
         "RiskAssessment=1",
         "AuditEvent=5",
         "Provenance=1",
+        // The care record.
+        "Practitioner=2",
+        "PractitionerRole=2",
+        "Location=2",
+        "Condition=4",
+        "AllergyIntolerance=1",
+        "MedicationStatement=2",
+        "MedicationAdministration=1",
+        "Procedure=1",
     ] {
-        assert!(case.contains(want), "{want} missing: {case}");
+        assert!(case.contains(&format!(" {want}")), "{want} missing: {case}");
     }
+    let text = std::fs::read_to_string(&files[0]).unwrap();
+    let bundle: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let of = |t: &str| -> Vec<serde_json::Value> {
+        bundle["entry"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["resource"].clone())
+            .filter(|r| r["resourceType"] == t)
+            .collect()
+    };
+    // The medication given is there, RxNorm-coded with its dose; the one entered in error is not.
+    let ma = &of("MedicationAdministration")[0];
+    assert_eq!(ma["medicationCodeableConcept"]["coding"][0]["code"], "435");
+    assert_eq!(ma["dosage"]["dose"]["value"], 5.0);
+    assert!(
+        !text.contains("\"1191\""),
+        "entered-in-error aspirin exported"
+    );
+    // Oxygen flow in L/min, UCUM, LOINC 3151-8.
+    let o2: Vec<_> = of("Observation")
+        .into_iter()
+        .filter(|o| o["code"]["coding"][0]["code"] == "3151-8")
+        .collect();
+    assert_eq!(o2.len(), 2);
+    assert_eq!(o2[1]["valueQuantity"]["value"], 4.0);
+    assert_eq!(o2[1]["valueQuantity"]["code"], "L/min");
+    // Times, scene, destination and impression.
+    let enc = &of("Encounter")[0];
+    assert!(enc["extension"].as_array().unwrap().len() == 8, "{enc}");
+    assert!(enc["hospitalization"]["destination"]["reference"].is_string());
+    assert!(
+        enc["text"]["div"]
+            .as_str()
+            .unwrap()
+            .contains("COPD &amp; worsening")
+    );
+    let cond = of("Condition");
+    assert!(
+        cond.iter()
+            .any(|c| c["code"]["coding"][0]["code"] == "J44.1")
+    );
+    assert_eq!(of("Procedure")[0]["code"]["coding"][0]["code"], "392230005");
     let pre = lines[1];
     assert!(
         pre.contains("Observation=14") && !pre.contains("AuditEvent"),

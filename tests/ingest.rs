@@ -56,7 +56,7 @@ fn vitals_flow_from_simulated_devices_into_bound_cases_with_presence_alarms_and_
 
     // Decrypted vitals are the simulated ones, LOINC vocabulary only, device-timed.
     let mut db = a.open();
-    let v = db.case_vitals(&Actor::cli(), &case).unwrap();
+    let (v, _) = db.case_vitals(&Actor::cli(), &case).unwrap();
     assert_eq!(v.len(), 55);
     let by_code: BTreeMap<&str, usize> = v.iter().fold(BTreeMap::new(), |mut m, o| {
         *m.entry(o.code.as_str()).or_default() += 1;
@@ -99,7 +99,7 @@ fn vitals_flow_from_simulated_devices_into_bound_cases_with_presence_alarms_and_
     let out = a.ok(&["devices", "bind", "loose-1", &case, "--attach-unbound"]);
     assert!(out.contains("attached 22 unbound readings"), "{out}");
     assert_eq!(
-        a.open().case_vitals(&Actor::cli(), &case).unwrap().len(),
+        a.open().case_vitals(&Actor::cli(), &case).unwrap().0.len(),
         77
     );
     // Vitals resumed → the alarm clears.

@@ -432,7 +432,10 @@ fn the_codemap_agrees_with_the_tree() {
 #[test]
 fn source_files_stay_small() {
     // Files allowed above the guide, and why (tables of data, or a reason to keep together).
-    const LARGE: &[(&str, &str)] = &[];
+    const LARGE: &[(&str, &str)] = &[(
+        "api/policy.rs",
+        "the route table: one row per route (9 lines each once formatted), kept in one place so the guard, the router and the OpenAPI document read the same rows",
+    )];
     for f in rust_files(&src()) {
         let r = rel(&f);
         // Test modules at the end of a file do not count.

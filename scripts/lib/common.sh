@@ -100,6 +100,19 @@ install_python_tools() {
     fi
 }
 
+# NEMSIS v3.5.1 validation, by tools nobody on this team wrote: `xmlschema` (XML Schema 1.1)
+# and SaxonC-HE (`saxonche`, XSLT 2 for the national Schematron), pinned, in .tools/nemsis.
+install_nemsis_tools() {
+    local dir; dir="$(repo_root)/.tools/nemsis"
+    if [ ! -f "$dir/.installed-1" ]; then
+        log "installing xmlschema==3.4.3 and saxonche==12.5.0 (NEMSIS validators) into .tools/nemsis"
+        rm -rf "$dir"
+        python3 -m pip install --quiet --disable-pip-version-check --target "$dir" \
+            "xmlschema==3.4.3" "saxonche==12.5.0"
+        touch "$dir/.installed-1"
+    fi
+}
+
 # schemathesis (API contract fuzzing, scripts/contract.sh) in .tools/schemathesis. hypothesis
 # is pinned with it: newer releases break schemathesis 4.1's strategies.
 contract_tools_dir() { echo "$(repo_root)/.tools/schemathesis"; }

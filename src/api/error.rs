@@ -24,11 +24,15 @@ pub enum Code {
     Busy,
     /// The request body did not arrive within `api.body_timeout_secs`.
     RequestTimeout,
+    /// `If-Match` named an older version than the current one (HTTP 412).
+    Stale,
+    /// A write that must say which version it edits sent no `If-Match` (HTTP 428).
+    PreconditionRequired,
     Internal,
 }
 
 impl Code {
-    pub const ALL: [Code; 13] = [
+    pub const ALL: [Code; 15] = [
         Code::PatientNotFound,
         Code::CaseNotFound,
         Code::InvalidPhi,
@@ -41,6 +45,8 @@ impl Code {
         Code::PayloadTooLarge,
         Code::Busy,
         Code::RequestTimeout,
+        Code::Stale,
+        Code::PreconditionRequired,
         Code::Internal,
     ];
     pub fn as_str(self) -> &'static str {
@@ -57,6 +63,8 @@ impl Code {
             Code::PayloadTooLarge => "PAYLOAD_TOO_LARGE",
             Code::Busy => "BUSY",
             Code::RequestTimeout => "REQUEST_TIMEOUT",
+            Code::Stale => "STALE",
+            Code::PreconditionRequired => "PRECONDITION_REQUIRED",
             Code::Internal => "INTERNAL",
         }
     }
@@ -168,6 +176,13 @@ impl From<StoreError> for ApiError {
             | StoreError::AlreadyReviewed { .. }
             | StoreError::KeyInUse { .. } => {
                 ApiError::new(StatusCode::CONFLICT, Code::ValidationError, e.to_string())
+            }
+            StoreError::InvalidRecord(f) => {
+                ApiError::validation(f.to_string()).details(json!({ "field": f.field }))
+            }
+            StoreError::Stale { current, .. } => {
+                ApiError::new(StatusCode::PRECONDITION_FAILED, Code::Stale, e.to_string())
+                    .details(json!({ "current_version": current }))
             }
             StoreError::InvalidId { .. }
             | StoreError::EmptySearch

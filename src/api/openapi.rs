@@ -73,6 +73,7 @@ fn schemas_patient_properties() -> Map<String, Value> {
         "phone": field_pattern("^[ +().-]*([0-9][ +().-]*){7,15}$"),
         "mrn": text,
         "sex": { "enum": ["male", "female", "other", "unknown"] },
+        "estimated_age_years": { "type": "integer", "minimum": 0, "maximum": 120 },
         "address": s(json!({ "street": text, "city": text, "state": text, "zip": field_pattern("^[0-9]{5}(-[0-9]{4})?$") })),
         "insurance": s(json!({ "carrier": text, "policy_number": text, "group_number": text })),
     })
@@ -131,10 +132,14 @@ fn schemas() -> Value {
         "CaseCreate": s(json!({ "patient_id": { "type": "string", "format": "uuid" }, "chief_complaint": short(), "mechanism": short(), "onset": short() }), &[]),
         "Bind": s(json!({ "device_id": ident(), "attach_unbound": { "type": "boolean", "default": false } }), &["device_id"]),
         "ManualVitals": s(json!({ "readings": { "type": "array", "minItems": 1, "maxItems": 32, "items": { "oneOf": manual_reading_schemas() } } }), &["readings"]),
-        "Medication": s(json!({ "name": nonblank(50), "dose": short(), "route": short(), "note": short() }), &["name", "dose", "route"]),
         "Review": s(json!({ "note": nonblank(1000) }), &["note"]),
         "UserCreate": s(json!({ "id": ident(), "display_name": nonblank(25), "role": { "enum": Role::ALL.iter().map(|r| r.as_str()).collect::<Vec<_>>() }, "territory": ident(), "secret": { "type": "string", "minLength": 6, "maxLength": 128 } }), &["id", "display_name", "role", "secret"]),
     });
+    for (k, v) in record_request_schemas().as_object().expect("object") {
+        all.as_object_mut()
+            .expect("object")
+            .insert(k.clone(), v.clone());
+    }
     // Request bodies: an optional field may also be sent as `null` (serde reads it as absent).
     for body in all.as_object_mut().expect("object").values_mut() {
         nullable_optionals(body);
@@ -146,6 +151,113 @@ fn schemas() -> Value {
             .insert(k.clone(), v.clone());
     }
     all
+}
+
+/// Record text of at most `bytes` bytes (the handler's limit): a quarter as many characters
+/// always fit; not blank; no control characters but newline and tab.
+fn record_text(bytes: usize) -> Value {
+    json!({ "allOf": [
+        { "type": "string", "minLength": 1, "maxLength": bytes / 4, "pattern": "^[^\\u0000-\\u0008\\u000b-\\u001f\\u007f-\\u009f]*$" },
+        { "type": "string", "pattern": "\\S" },
+    ] })
+}
+
+/// `{"enum": [names]}` of a code list.
+fn names<T: Copy>(all: &[T], name: fn(T) -> &'static str) -> Value {
+    json!({ "enum": all.iter().map(|v| name(*v)).collect::<Vec<_>>() })
+}
+
+/// Bodies of the care-record routes (`model::record`). Merge patches: every property is
+/// optional and `null` clears it.
+fn record_request_schemas() -> Value {
+    use crate::model::record::{self as rec, codes as c};
+    let s = |props: Value, required: &[&str]| json!({ "type": "object", "additionalProperties": false, "properties": props, "required": required });
+    let t = json!({ "type": "integer" });
+    let b = json!({ "type": "boolean" });
+    let text = record_text(rec::MAX_TEXT);
+    let texts = json!({ "type": "array", "maxItems": rec::MAX_ITEMS, "items": text });
+    let impression = s(
+        json!({ "code": { "enum": c::IMPRESSIONS.iter().map(|i| i.code).collect::<Vec<_>>() }, "note": text }),
+        &["code"],
+    );
+    let times: Map<String, Value> = rec::Times::default()
+        .ordered()
+        .iter()
+        .map(|(k, _)| (k.to_string(), t.clone()))
+        .collect();
+    let events = json!({
+        "OxygenEvent": s(json!({
+            "at_ms": t, "action": names(c::OxygenAction::ALL, c::OxygenAction::as_str),
+            "flow_l_min": { "type": "number", "minimum": 0.1, "maximum": 60 },
+            "device": names(c::OxygenDevice::ALL, c::OxygenDevice::as_str),
+        }), &["at_ms", "action"]),
+        "ProcedureEvent": s(json!({
+            "at_ms": t, "procedure": names(c::ProcedureCode::ALL, c::ProcedureCode::as_str),
+            "site": record_text(100), "size": record_text(50),
+            "attempts": { "type": "integer", "minimum": 1, "maximum": 20 }, "successful": b,
+            "performer": ident(), "note": text,
+        }), &["at_ms", "procedure", "successful"]),
+        "MedicationEvent": s(json!({
+            "at_ms": t, "medication": names(c::MedicationCode::ALL, c::MedicationCode::as_str),
+            "dose": { "type": "number", "exclusiveMinimum": 0, "maximum": 100000 },
+            "dose_unit": names(c::DoseUnit::ALL, c::DoseUnit::as_str),
+            "route": names(c::MedRoute::ALL, c::MedRoute::as_str),
+            "response": names(c::MedResponse::ALL, c::MedResponse::as_str),
+            "performer": ident(), "note": text,
+        }), &["at_ms", "medication", "dose", "dose_unit", "route"]),
+        "AssessmentEvent": s(json!({
+            "at_ms": t,
+            "gcs_eye": { "type": "integer", "minimum": 1, "maximum": 4 },
+            "gcs_verbal": { "type": "integer", "minimum": 1, "maximum": 5 },
+            "gcs_motor": { "type": "integer", "minimum": 1, "maximum": 6 },
+            "pupils": names(c::Pupils::ALL, c::Pupils::as_str),
+            "skin": names(c::Skin::ALL, c::Skin::as_str),
+            "befast": s(json!({ "balance": b, "eyes": b, "face": b, "arm": b, "speech": b }), &["balance", "eyes", "face", "arm", "speech"]),
+            "pain": { "type": "integer", "minimum": 0, "maximum": 10 },
+        }), &["at_ms"]),
+    });
+    let r = |n: &str| json!({ "$ref": format!("#/components/schemas/{n}") });
+    let mut out = json!({
+        "CaseDetailsPatch": s(json!({ "chief_complaint": record_text(2000), "mechanism": record_text(2000), "onset": record_text(2000) }), &[]),
+        "PatientPatch": { "type": "object", "additionalProperties": false, "properties": schemas_patient_properties() },
+        "IncidentPatch": s(json!({
+            "incident_number": record_text(50), "run_number": record_text(50), "unit": record_text(50),
+            "crew": { "type": "array", "maxItems": 8, "items": s(json!({ "account": ident(), "role": names(c::CrewRole::ALL, c::CrewRole::as_str) }), &["account", "role"]) },
+        }), &[]),
+        "TimesPatch": s(Value::Object(times), &[]),
+        "ScenePatch": s(json!({
+            "latitude": { "type": "number", "minimum": -90, "maximum": 90 },
+            "longitude": { "type": "number", "minimum": -180, "maximum": 180 },
+            "address": text, "description": text,
+            "patient_count": { "type": "integer", "minimum": 1, "maximum": 1000 }, "mass_casualty": b,
+        }), &[]),
+        "SituationPatch": s(json!({
+            "symptom_onset_ms": t, "last_known_well_ms": t, "primary_impression": impression,
+            "secondary_impressions": { "type": "array", "maxItems": 10, "items": impression }, "possible_injury": b,
+        }), &[]),
+        "HistoryPatch": s(json!({
+            "no_known_allergies": b, "allergies": texts, "medical_history": texts, "current_medications": texts,
+            "advance_directive": names(c::AdvanceDirective::ALL, c::AdvanceDirective::as_str),
+        }), &[]),
+        "DispositionPatch": s(json!({
+            "patient_disposition": names(c::PatientDisposition::ALL, c::PatientDisposition::as_str),
+            "transport": names(c::TransportDisposition::ALL, c::TransportDisposition::as_str),
+            "transport_mode": names(c::TransportMode::ALL, c::TransportMode::as_str),
+            "destination": record_text(200),
+            "destination_reason": names(c::DestinationReason::ALL, c::DestinationReason::as_str),
+            "transfer_to": record_text(200),
+        }), &[]),
+        "NarrativePatch": s(json!({ "text": record_text(rec::MAX_NARRATIVE) }), &[]),
+        "Spo2ScalePatch": s(json!({ "scale2": b, "reason": text }), &[]),
+        "EventCorrection": { "anyOf": [r("OxygenEvent"), r("ProcedureEvent"), r("MedicationEvent"), r("AssessmentEvent")] },
+        "EnteredInError": s(json!({ "reason": record_text(500) }), &["reason"]),
+    });
+    for (k, v) in events.as_object().expect("object") {
+        out.as_object_mut()
+            .expect("object")
+            .insert(k.clone(), v.clone());
+    }
+    out
 }
 
 /// The JSON shapes the API answers with (built in `wire.rs` and the handlers; tests/api.rs
@@ -177,10 +289,11 @@ fn reply_schemas() -> Value {
         ("territory", &text),
         ("created_at_ms", &int),
         ("updated_at_ms", &int),
+        ("version", &int),
     ] {
         patient.insert(k.into(), v.clone());
     }
-    json!({
+    let mut out = json!({
         "Health": s(json!({ "status": text, "store": text, "triage": text, "sync": text, "sessions": int })),
         "User": s(json!({ "id": text, "display_name": text, "role": { "enum": Role::ALL.iter().map(|r| r.as_str()).collect::<Vec<_>>() }, "territory": text, "created_at_ms": int, "disabled": boolean, "pending_approval": boolean })),
         "Session": s(json!({ "token": text, "expires_at_ms": int, "idle_timeout_secs": int, "user": r("User") })),
@@ -190,7 +303,7 @@ fn reply_schemas() -> Value {
         "CreatedRow": s(json!({ "id": int })),
         "StoredPatient": {
             "type": "object", "additionalProperties": false, "properties": patient,
-            "required": ["id", "territory", "created_at_ms", "updated_at_ms"]
+            "required": ["id", "territory", "created_at_ms", "updated_at_ms", "version"]
         },
         "PatientList": s(json!({ "patients": list("StoredPatient") })),
         "CaseSummary": s(json!({ "id": text, "status": text, "created_at_ms": int, "patient_id": ntext, "patient_name": ntext, "esi": nint, "devices": texts })),
@@ -198,23 +311,23 @@ fn reply_schemas() -> Value {
         "Reading": s(json!({ "id": int, "name": text, "value": num, "display": ntext, "t_ms": int, "received_ms": int, "device_id": ntext, "source": text, "unit": ntext })),
         "Triage": s(json!({ "id": int, "created_at_ms": int, "esi": int, "rules_esi": int, "model_esi": nint, "news2": nint, "specialty": ntext, "confidence": nnum, "model_id": ntext, "model_hash": ntext, "decider": text, "abstained": ntext, "reasons": texts })),
         "CaseAlarm": s(json!({ "id": int, "kind": text, "device_id": ntext, "raised_at_ms": int, "detail": text })),
-        "StoredMedication": s(json!({ "id": int, "created_at_ms": int, "created_by": text, "name": text, "dose": text, "route": text, "note": ntext })),
         "BundleState": s(json!({ "bundle_id": text, "kind": text, "state": text, "attempts": int, "created_at_ms": int, "sent_at_ms": nint, "receipted_at_ms": nint })),
         "CaseDetails": s(json!({ "chief_complaint": ntext, "mechanism": ntext, "onset": ntext })),
         "Case": s(json!({
             "id": text, "territory": text, "status": text, "created_at_ms": int, "closed_at_ms": nint,
-            "patient_id": ntext, "details": r("CaseDetails"), "patient": or_null("StoredPatient"),
+            "patient_id": ntext, "details": r("CaseDetails"), "version": int, "patient": or_null("StoredPatient"),
             "devices": texts, "alarms": list("CaseAlarm"), "triage": list("Triage"),
-            "medications": list("StoredMedication"), "vitals": list("Reading"), "bundles": list("BundleState"),
+            "record": list("EntryVersion"), "vitals": list("Reading"), "bundles": list("BundleState"),
         })),
         "Handoff": s(json!({
             "case_id": text, "status": text, "opened_at_ms": int, "patient": or_null("StoredPatient"),
             "age_years": nint, "chief_complaint": ntext, "mechanism": ntext, "onset": ntext,
-            "latest_vitals": list("Reading"), "triage": or_null("Triage"), "medications": list("StoredMedication"),
+            "latest_vitals": list("Reading"), "triage": or_null("Triage"), "medications": { "type": "array", "items": { "type": "object" } },
+            "oxygen": { "type": "array", "items": { "type": "object" } },
             "alarms": list("CaseAlarm"), "devices": texts, "readings": int,
         })),
         "Bound": s(json!({ "attached_readings": int })),
-        "ReadingList": s(json!({ "vitals": list("Reading") })),
+        "ReadingList": s(json!({ "vitals": list("Reading"), "entered_in_error": list("VoidedReading") })),
         "ReadingIds": s(json!({ "ids": { "type": "array", "items": int } })),
         "TriageList": s(json!({ "triage": list("Triage") })),
         "Closed": s(json!({ "id": text, "status": { "const": "closed" } })),
@@ -228,7 +341,28 @@ fn reply_schemas() -> Value {
         "BreakGlassUses": s(json!({ "uses": list("BreakGlassUse") })),
         "UserList": s(json!({ "users": list("User") })),
         "OpenApi": { "type": "object", "required": ["openapi", "paths", "components"] },
-    })
+    });
+    // The care record's replies (a second literal: one would exceed the macro's recursion).
+    let record = json!({
+        "Version": s(json!({ "version": int })),
+        "EntryWritten": s(json!({ "entry_id": text, "kind": text, "version": int, "recorded_at_ms": int, "replayed": boolean })),
+        "EntryVersion": s(json!({
+            "entry_id": text, "kind": text, "version": int, "state": { "enum": ["recorded", "entered_in_error"] },
+            "recorded_at_ms": int, "recorded_by": text, "content": {}, "reason": ntext,
+        })),
+        "Record": s(json!({
+            "entries": list("EntryVersion"), "history": list("EntryVersion"),
+            "oxygen": s(json!({ "on_oxygen": boolean, "spo2_scale2": boolean })),
+        })),
+        "RecordCodes": { "type": "object", "additionalProperties": { "type": "array", "items": s(json!({ "value": text, "label": text })) } },
+        "VoidedReading": s(json!({ "id": int, "name": text, "value": num, "t_ms": int, "voided_at_ms": int, "voided_by": text, "reason": text })),
+    });
+    for (k, v) in record.as_object().expect("object") {
+        out.as_object_mut()
+            .expect("object")
+            .insert(k.clone(), v.clone());
+    }
+    out
 }
 
 /// The OpenAPI document as served: built once (it depends only on the route table and the

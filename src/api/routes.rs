@@ -8,11 +8,13 @@ use axum::extract::{Request, State};
 use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
+use axum::routing::{delete, get, patch, post, put};
 
 use super::error::{ApiError, Code};
 use super::guard;
-use super::handlers::{appliance, auth, cases, clinical, health, patients, review, stream, users};
+use super::handlers::{
+    appliance, auth, cases, clinical, health, patients, record, review, stream, users,
+};
 use super::policy::BREAK_GLASS_PATH;
 use super::state::ApiState;
 use super::ui;
@@ -35,13 +37,77 @@ pub fn api_routes() -> Router<ApiState> {
         )
         .route(
             "/api/v1/patients/{id}",
-            get(patients::get_patient).put(patients::update_patient),
+            get(patients::get_patient)
+                .put(patients::update_patient)
+                .patch(record::patch_patient),
         )
         .route(
             "/api/v1/cases",
             get(cases::list_cases).post(cases::create_case),
         )
-        .route("/api/v1/cases/{id}", get(cases::get_case))
+        .route(
+            "/api/v1/cases/{id}",
+            get(cases::get_case).patch(record::patch_case),
+        )
+        .route("/api/v1/record/codes", get(record::codes))
+        .route("/api/v1/cases/{id}/record", get(record::get_record))
+        .route(
+            "/api/v1/cases/{id}/record/incident",
+            patch(record::patch_incident),
+        )
+        .route(
+            "/api/v1/cases/{id}/record/times",
+            patch(record::patch_times),
+        )
+        .route(
+            "/api/v1/cases/{id}/record/scene",
+            patch(record::patch_scene),
+        )
+        .route(
+            "/api/v1/cases/{id}/record/situation",
+            patch(record::patch_situation),
+        )
+        .route(
+            "/api/v1/cases/{id}/record/history",
+            patch(record::patch_history),
+        )
+        .route(
+            "/api/v1/cases/{id}/record/disposition",
+            patch(record::patch_disposition),
+        )
+        .route(
+            "/api/v1/cases/{id}/record/narrative",
+            patch(record::patch_narrative),
+        )
+        .route(
+            "/api/v1/cases/{id}/record/spo2_scale",
+            patch(record::patch_spo2_scale),
+        )
+        .route("/api/v1/cases/{id}/record/oxygen", post(record::add_oxygen))
+        .route(
+            "/api/v1/cases/{id}/record/procedure",
+            post(record::add_procedure),
+        )
+        .route(
+            "/api/v1/cases/{id}/record/medication",
+            post(record::add_medication),
+        )
+        .route(
+            "/api/v1/cases/{id}/record/assessment",
+            post(record::add_assessment),
+        )
+        .route(
+            "/api/v1/cases/{id}/record/entries/{entry_id}",
+            put(record::correct_entry),
+        )
+        .route(
+            "/api/v1/cases/{id}/record/entries/{entry_id}/entered-in-error",
+            post(record::void_entry),
+        )
+        .route(
+            "/api/v1/cases/{id}/vitals/{reading_id}/entered-in-error",
+            post(record::void_reading),
+        )
         .route("/api/v1/cases/{id}/devices", post(cases::bind_device))
         .route(
             "/api/v1/cases/{id}/devices/{device_id}",
@@ -52,10 +118,6 @@ pub fn api_routes() -> Router<ApiState> {
             get(clinical::get_vitals).post(clinical::add_vitals),
         )
         .route("/api/v1/cases/{id}/triage", get(clinical::get_triage))
-        .route(
-            "/api/v1/cases/{id}/medications",
-            post(clinical::add_medication),
-        )
         .route("/api/v1/cases/{id}/stream", get(stream::stream))
         .route("/api/v1/cases/{id}/handoff", get(cases::handoff))
         .route("/api/v1/cases/{id}/close", post(cases::close_case))

@@ -14,7 +14,7 @@ use super::error::{ApiError, ApiResult, Code};
 use crate::model::{AlarmKind, OutboxState, Role};
 use crate::model::{CaseDetails, Observation, StoredPatient, StoredTriage};
 use crate::storage::{
-    AuditRow, BreakGlass, BundleState, CaseAlarm, CaseSummary, CaseView, StoredMedication, UserInfo,
+    AuditRow, BreakGlass, BundleState, CaseAlarm, CaseSummary, CaseView, UserInfo,
 };
 use crate::vocab;
 
@@ -212,6 +212,7 @@ pub fn patient_json(p: &StoredPatient) -> Value {
         m.insert("territory".into(), json!(p.territory));
         m.insert("created_at_ms".into(), json!(p.created_at_ms));
         m.insert("updated_at_ms".into(), json!(p.updated_at_ms));
+        m.insert("version".into(), json!(p.version));
     }
     v
 }
@@ -250,11 +251,12 @@ pub fn view_json(v: &CaseView) -> Value {
         "closed_at_ms": v.case.closed_at_ms,
         "patient_id": v.case.patient_id,
         "details": v.case.details,
+        "version": v.case.version,
         "patient": v.patient.as_ref().map(patient_json),
         "devices": v.devices,
         "alarms": replies::<_, AlarmReply<'_>>(&v.alarms),
         "triage": v.triage.iter().map(triage_json).collect::<Vec<_>>(),
-        "medications": replies::<_, MedicationReply<'_>>(&v.medications),
+        "record": v.record.latest(),
         "vitals": v.vitals.iter().map(obs_json).collect::<Vec<_>>(),
         "bundles": replies::<_, BundleReply<'_>>(&v.bundles),
     })
@@ -332,32 +334,6 @@ impl<'a> From<&'a CaseAlarm> for AlarmReply<'a> {
             device_id: a.device_id.as_deref(),
             raised_at_ms: a.raised_at_ms,
             detail: &a.detail,
-        }
-    }
-}
-
-/// A recorded medication.
-#[derive(Debug, Serialize)]
-pub struct MedicationReply<'a> {
-    pub id: i64,
-    pub created_at_ms: i64,
-    pub created_by: &'a str,
-    pub name: &'a str,
-    pub dose: &'a str,
-    pub route: &'a str,
-    pub note: Option<&'a str>,
-}
-
-impl<'a> From<&'a StoredMedication> for MedicationReply<'a> {
-    fn from(m: &'a StoredMedication) -> Self {
-        MedicationReply {
-            id: m.id,
-            created_at_ms: m.created_at_ms,
-            created_by: &m.created_by,
-            name: &m.medication.name,
-            dose: &m.medication.dose,
-            route: &m.medication.route,
-            note: m.medication.note.as_deref(),
         }
     }
 }

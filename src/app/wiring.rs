@@ -130,6 +130,7 @@ pub fn retriage(
         store: store.clone(),
         triager,
         debounce: Duration::from_millis(cfg.triage.debounce_ms),
+        hold: Duration::from_secs(cfg.triage.deescalate_hold_secs),
         bus: bus.clone(),
     };
     let sd = sup.shutdown(Stage::Ingest);

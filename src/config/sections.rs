@@ -484,6 +484,9 @@ pub struct TriageConfig {
     pub intra_threads: usize,
     /// Vitals changes of one case within this window cause one re-triage, ms. Default 250.
     pub debounce_ms: u64,
+    /// A less acute level replaces the shown one only after the improvement has held this
+    /// long, s (a more acute level is shown at once). Default 120.
+    pub deescalate_hold_secs: u64,
     /// The model abstains unless this many of heart rate, respiratory rate, SpO2 and systolic BP
     /// are measured. Default 3.
     pub min_core_vitals: usize,
@@ -500,6 +503,7 @@ impl Default for TriageConfig {
             engine_cache_dir: None,
             intra_threads: 1,
             debounce_ms: 250,
+            deescalate_hold_secs: 120,
             min_core_vitals: 3,
         }
     }

@@ -42,6 +42,34 @@ pub struct CaseDetails {
     pub onset: Option<String>,
 }
 
+impl CaseDetails {
+    /// Each text at most 2000 bytes, not blank, no control characters but newlines and tabs.
+    pub fn validate(&self) -> Result<(), super::record::FieldError> {
+        for (field, v) in [
+            ("chief_complaint", &self.chief_complaint),
+            ("mechanism", &self.mechanism),
+            ("onset", &self.onset),
+        ] {
+            if let Some(v) = v {
+                let why = if v.len() > 2000 {
+                    "is longer than 2000 bytes"
+                } else if v.trim().is_empty() {
+                    "is blank (send null to clear it)"
+                } else if v.chars().any(|c| c.is_control() && c != '\n' && c != '\t') {
+                    "contains control characters"
+                } else {
+                    continue;
+                };
+                return Err(super::record::FieldError {
+                    field: field.into(),
+                    message: why.into(),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
 /// A case as read back from the store.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Case {
@@ -52,6 +80,8 @@ pub struct Case {
     pub created_at_ms: i64,
     pub closed_at_ms: Option<i64>,
     pub details: CaseDetails,
+    /// Incremented by every change of the details (`ETag` / `If-Match`).
+    pub version: i64,
 }
 
 /// Why a pack was rejected: a stable machine code, a human message and the record index.
@@ -178,6 +208,10 @@ pub struct CaseSnapshot {
     pub age_years: Option<f64>,
     pub sex: Option<Sex>,
     pub chief_complaint: Option<String>,
+    /// On supplemental oxygen now (the record's latest oxygen event is not a stop).
+    pub on_oxygen: bool,
+    /// NEWS2 SpO2 scale 2 set by a clinician for this patient.
+    pub spo2_scale2: bool,
 }
 
 named_enum! {
@@ -283,6 +317,10 @@ pub struct CaseExport {
     pub devices: Vec<(String, String)>,
     pub readings: Vec<Observation>,
     pub triage: Option<StoredTriage>,
+    /// The care record (every version; exports use the current entries).
+    pub record: super::record::CaseRecord,
+    /// Display names of the accounts the record names (crew, performers, authors).
+    pub people: Vec<(String, String)>,
     pub audit: Vec<ExportAudit>,
     pub checkpoint: Option<ExportCheckpoint>,
 }

@@ -49,6 +49,7 @@ mod appliance;
 mod case;
 mod patient;
 mod people;
+pub mod record;
 
 pub use appliance::{AlarmKind, OutboxState, Presence};
 pub use case::{

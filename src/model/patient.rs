@@ -46,6 +46,9 @@ pub struct Patient {
     /// Medical record number at the receiving system, if known.
     pub mrn: Option<String>,
     pub sex: Option<Sex>,
+    /// For a patient whose birth date is not known (an unidentified patient): the crew's
+    /// estimate, whole years (0–120).
+    pub estimated_age_years: Option<u32>,
 }
 
 /// A validation problem in PHI input: which field and why (never the value itself).
@@ -85,6 +88,12 @@ impl Patient {
                     });
                 }
             }
+        }
+        if self.estimated_age_years.is_some_and(|a| a > 120) {
+            return Err(InvalidPhi {
+                field: "estimated_age_years",
+                reason: "must be 0 to 120",
+            });
         }
         if let Some(d) = &self.date_of_birth
             && !is_valid_date(d)
@@ -182,6 +191,8 @@ pub struct StoredPatient {
     pub territory: String,
     pub created_at_ms: i64,
     pub updated_at_ms: i64,
+    /// Incremented by every change (`ETag` / `If-Match`).
+    pub version: i64,
     pub patient: Patient,
 }
 

@@ -1,16 +1,16 @@
-//! Cases: the `cases` and `medications` tables — open, list, read (the audited composite view
+//! Cases: the `cases` table — open, list, read (the audited composite view
 //! the tablet shows), close, crypto-erase; the territory a patient or case belongs to.
 
 use super::patients::{new_id, open_opt, seal_opt, utf8};
 use super::readings::read_case_observations;
 use super::{Db, Result, State, StoreError, audit, triage::read_triage};
 use crate::crypto::field::FieldLoc;
+use crate::model::record::CaseRecord;
 use crate::model::{
     Actor, AlarmKind, AuditEvent, Case, CaseDetails, CaseStatus, Observation, OutboxState, Outcome,
     StoredPatient, StoredTriage, now_ms,
 };
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
-use serde::Serialize;
 
 /// One line of the case list. `patient_name` and `esi` are only filled for callers allowed to see
 /// them (`names` / `clinical`).
@@ -55,7 +55,8 @@ pub struct CaseView {
     pub devices: Vec<String>,
     pub alarms: Vec<CaseAlarm>,
     pub triage: Vec<StoredTriage>,
-    pub medications: Vec<StoredMedication>,
+    /// The care record (sections and events, every version).
+    pub record: CaseRecord,
     pub vitals: Vec<Observation>,
     pub bundles: Vec<BundleState>,
 }
@@ -63,50 +64,10 @@ pub struct CaseView {
 /// Which parts of a case read the caller may see.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CaseParts {
-    /// Clinical record: vitals, triage, medications, alarms, complaint.
+    /// Clinical record: vitals, triage, the care record, alarms, complaint.
     pub clinical: bool,
     /// Demographics of the case's patient.
     pub demographics: bool,
-}
-
-/// A medication given or ordered (PHI: sealed under the case key).
-#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Medication {
-    pub name: String,
-    pub dose: String,
-    pub route: String,
-    #[serde(default)]
-    pub note: Option<String>,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct StoredMedication {
-    pub id: i64,
-    pub created_at_ms: i64,
-    pub created_by: String,
-    pub medication: Medication,
-}
-
-pub(super) fn med_loc(row_id: &str) -> FieldLoc<'_> {
-    FieldLoc {
-        table: "medications",
-        column: "body",
-        row_id,
-    }
-}
-
-pub(super) fn open_case_only(conn: &rusqlite::Connection, case_id: &str) -> Result<()> {
-    let status: String =
-        conn.query_row("SELECT status FROM cases WHERE id = ?1", [case_id], |r| {
-            r.get(0)
-        })?;
-    if status == "closed" {
-        return Err(StoreError::CaseClosed {
-            case_id: case_id.into(),
-        });
-    }
-    Ok(())
 }
 
 pub(super) fn case_devices(conn: &rusqlite::Connection, case_id: &str) -> Result<Vec<String>> {
@@ -148,17 +109,18 @@ impl State {
             Option<i64>,
             Option<i64>,
             [Option<Vec<u8>>; 3],
+            i64,
         );
         let row: Option<Row> = conn
             .prepare_cached(
-                "SELECT territory, patient_id, dk_id, status, created_at, closed_at, erased_at, chief_complaint, mechanism, onset \
-                 FROM cases WHERE id = ?1",
+                "SELECT territory, patient_id, dk_id, status, created_at, closed_at, erased_at, chief_complaint, mechanism, onset, \
+                 version FROM cases WHERE id = ?1",
             )?
             .query_row([id], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, [r.get(7)?, r.get(8)?, r.get(9)?]))
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, [r.get(7)?, r.get(8)?, r.get(9)?], r.get(10)?))
             })
             .optional()?;
-        let (territory, patient_id, dk_id, status, created, closed, erased, cols) = row
+        let (territory, patient_id, dk_id, status, created, closed, erased, cols, version) = row
             .ok_or_else(|| StoreError::NotFound {
                 kind: "case",
                 id: id.into(),
@@ -197,6 +159,7 @@ impl State {
                 created_at_ms: created,
                 closed_at_ms: closed,
                 details,
+                version,
             },
             dk_id,
         ))
@@ -413,8 +376,8 @@ impl Db {
             };
             let devices = case_devices(&tx, id)?;
             let bundles = case_bundles(&tx, id)?;
-            let (mut alarms, mut triage, mut medications, mut vitals) =
-                (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+            let (mut alarms, mut triage, mut record, mut vitals) =
+                (Vec::new(), Vec::new(), CaseRecord::default(), Vec::new());
             if parts.clinical {
                 let dk = self.st.data_key(&tx, dk_id, "case", id)?;
                 alarms = tx
@@ -431,23 +394,7 @@ impl Db {
                     .collect::<Result<_, _>>()?;
                 triage = read_triage(&tx, &dk, id, 20)?;
                 vitals = read_case_observations(&tx, &dk, id)?;
-                let meds: Vec<(i64, i64, String, Vec<u8>)> = tx
-                    .prepare_cached("SELECT id, created_at, created_by, body FROM medications WHERE case_id = ?1 ORDER BY id")?
-                    .query_map([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
-                    .collect::<Result<_, _>>()?;
-                for (mid, at, by, ct) in meds {
-                    let plain = dk.open(med_loc(&super::readings::med_row(mid, &by)), &ct)?;
-                    let medication =
-                        serde_json::from_slice(&plain).map_err(|_| StoreError::Undecodable {
-                            what: format!("medication {mid}"),
-                        })?;
-                    medications.push(StoredMedication {
-                        id: mid,
-                        created_at_ms: at,
-                        created_by: by,
-                        medication,
-                    });
-                }
+                record = super::record::read_entries(&tx, &dk, id, None)?;
             } else {
                 case.details = Default::default();
             }
@@ -462,7 +409,7 @@ impl Db {
                 devices,
                 alarms,
                 triage,
-                medications,
+                record,
                 vitals,
                 bundles,
             })
@@ -531,7 +478,14 @@ impl Db {
         tx.execute("UPDATE cases SET erased_at = ?1, chief_complaint = NULL, mechanism = NULL, onset = NULL WHERE id = ?2", params![now_ms(), id])?;
         // What the case's key protected is gone; so is what it left in plaintext beside it
         // (vital codes and times, ESI, NEWS2, specialty, medication metadata, alarms).
-        for table in ["observations", "triage_results", "medications", "alarms"] {
+        for table in [
+            "observations",
+            "triage_results",
+            "medications",
+            "alarms",
+            "record_entries",
+            "request_keys",
+        ] {
             tx.execute(&format!("DELETE FROM {table} WHERE case_id = ?1"), [id])?;
         }
         tx.execute(
@@ -561,39 +515,5 @@ impl Db {
         tx.commit()?;
         self.wal_checkpoint()?;
         Ok(())
-    }
-
-    /// Records a medication order on an open case.
-    pub fn add_medication(&mut self, actor: &Actor, case_id: &str, m: &Medication) -> Result<i64> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let (territory, dk) = self.st.live_case(&tx, case_id)?;
-        open_case_only(&tx, case_id)?;
-        let id: i64 = tx.query_row(
-            "SELECT coalesce(max(id), 0) + 1 FROM medications",
-            [],
-            |r| r.get(0),
-        )?;
-        let body = dk.seal(
-            med_loc(&super::readings::med_row(id, &actor.id)),
-            &serde_json::to_vec(m).expect("medication serialises"),
-        )?;
-        self.st.count_invocations(&tx, dk.id(), 1)?;
-        tx.execute(
-            "INSERT INTO medications (id, case_id, created_at, created_by, body) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![id, case_id, now_ms(), actor.id, body],
-        )?;
-        let ev = AuditEvent::new(
-            actor,
-            "medication.create",
-            format!("case/{case_id}"),
-            Outcome::Success,
-        )
-        .territory(&territory)
-        .details(serde_json::json!({ "medication": id }));
-        audit::append(&tx, &self.st, &ev, now_ms())?;
-        tx.commit()?;
-        Ok(id)
     }
 }

@@ -108,6 +108,15 @@ pub enum StoreError {
     AlreadyReviewed { id: i64 },
     /// A patient search named no criterion. Recovery: give a last name, a date of birth or an
     /// MRN.
+    /// A record entry failed validation. Recovery: fix the named field.
+    #[error("{0}")]
+    InvalidRecord(crate::model::record::FieldError),
+    /// The client edited an older version than the current one (`If-Match`). Recovery: read
+    /// the current version, re-apply the change, send again.
+    #[error(
+        "{what} changed since you read it (now version {current}); reload and apply your change again"
+    )]
+    Stale { what: String, current: i64 },
     #[error("a patient search needs at least one of last name, date of birth, MRN")]
     EmptySearch,
     /// A territory key version cannot be retired yet. Recovery: `keys rotate` (when it is the

@@ -20,6 +20,7 @@ pub mod audit;
 mod cases;
 mod codes;
 mod devices;
+mod edits;
 mod error;
 mod keys;
 mod observations;
@@ -28,6 +29,7 @@ mod outbox;
 mod patients;
 mod readings;
 pub mod receiver;
+mod record;
 pub mod schema;
 mod store;
 mod triage;
@@ -46,10 +48,9 @@ use crate::model::AuditEvent;
 pub use accounts::{BreakGlass, Grant, LoginUser, SessionRow, UserInfo};
 pub use alarms::Alarm;
 pub use audit::{AuditRow, Finding, VerifyReport};
-pub use cases::{
-    BundleState, CaseAlarm, CaseParts, CaseSummary, CaseView, Medication, StoredMedication,
-};
+pub use cases::{BundleState, CaseAlarm, CaseParts, CaseSummary, CaseView};
 pub use devices::DeviceInfo;
+pub use edits::VoidedReading;
 pub use error::{Result, StoreError};
 pub use keys::{KeyVersionInfo, RewrapReport};
 pub use observations::{IngestItem, IngestOutcome, Observation};
@@ -117,6 +118,13 @@ impl Db {
             if version == 6 {
                 let n = accounts::seal_break_glass_text(st, tx)?;
                 tracing::info!(uses = n, "break-glass reasons sealed");
+            }
+            if version == 8 {
+                let n = record::legacy_medications_to_record(st, tx)?;
+                tracing::info!(
+                    medications = n,
+                    "free-text medications carried into the care record"
+                );
             }
             if version == 7 {
                 let n = readings::bind_semantic_columns(st, tx)?;
@@ -194,4 +202,5 @@ impl Db {
 pub use open::db_key_fingerprint;
 pub(crate) use open::{open_keyed, run_migrations};
 pub use patients::PatientQuery;
+pub use record::{EntryWritten, REQUEST_KEY_TTL_MS, WriteOpts, valid_request_key};
 pub use store::{Owned, Owner, Store, join as join_owner};

@@ -1,9 +1,9 @@
 //! Observations: vitals readings (device and manual, sealed per case), the ingest batch
 //! transaction (readings, presence, dead letters in one commit), the case vitals reads.
 
-use super::cases::open_case_only;
 use super::devices::DeviceRow;
 use super::readings::{read_case_observations, read_case_observations_after, seal_value};
+use super::record::open_case_only;
 use super::{Db, Result, State, audit};
 use crate::crypto::field::{DataKey, FieldLoc};
 use crate::model::{Actor, AuditEvent, Outcome, Reading, Reject, RejectCode, now_ms};
@@ -383,12 +383,17 @@ impl Db {
     }
 
     /// Decrypted vitals of a case, oldest first (audited as one read).
-    pub fn case_vitals(&mut self, actor: &Actor, case_id: &str) -> Result<Vec<Observation>> {
+    pub fn case_vitals(
+        &mut self,
+        actor: &Actor,
+        case_id: &str,
+    ) -> Result<(Vec<Observation>, Vec<super::edits::VoidedReading>)> {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let (territory, dk) = self.st.live_case(&tx, case_id)?;
         let out = read_case_observations(&tx, &dk, case_id)?;
+        let voided = super::edits::voided_readings(&tx, &dk, case_id)?;
         let ev = AuditEvent::new(
             actor,
             "observation.read",
@@ -396,10 +401,10 @@ impl Db {
             Outcome::Success,
         )
         .territory(&territory)
-        .details(serde_json::json!({ "readings": out.len() }));
+        .details(serde_json::json!({ "readings": out.len() + voided.len() }));
         audit::append(&tx, &self.st, &ev, now_ms())?;
         tx.commit()?;
-        Ok(out)
+        Ok((out, voided))
     }
 
     /// Readings of a case after row `after_id`, for a live stream whose opening was audited
@@ -416,10 +421,15 @@ impl Db {
         actor: &Actor,
         case_id: &str,
         readings: &[(String, f64, i64)],
+        request_key: Option<&str>,
     ) -> Result<Vec<i64>> {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        // A repeated submit (same client request key) stores nothing and answers as before.
+        if let Some(r) = super::record::replay(&tx, &actor.id, request_key)? {
+            return serde_json::from_value(r).map_err(|_| super::record::key_reused());
+        }
         let (territory, dk) = self.st.live_case(&tx, case_id)?;
         open_case_only(&tx, case_id)?;
         let now = now_ms();
@@ -448,6 +458,13 @@ impl Db {
         .territory(&territory)
         .details(serde_json::json!({ "readings": ids.len(), "source": "manual" }));
         audit::append(&tx, &self.st, &ev, now)?;
+        super::record::remember(
+            &tx,
+            &actor.id,
+            request_key,
+            case_id,
+            &serde_json::json!(ids),
+        )?;
         tx.commit()?;
         Ok(ids)
     }

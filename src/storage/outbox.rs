@@ -470,6 +470,8 @@ fn case_export(st: &mut State, tx: &rusqlite::Connection, case_id: &str) -> Resu
         }
     }
     let triage = read_triage(tx, &dk, case_id, 1)?.into_iter().next();
+    let record = super::record::read_entries(tx, &dk, case_id, None)?;
+    let people = super::record::people_of(tx, &record)?;
     let mut resources = vec![format!("case/{case_id}")];
     if let Some(p) = &case.patient_id {
         resources.push(format!("patient/{p}"));
@@ -534,6 +536,8 @@ fn case_export(st: &mut State, tx: &rusqlite::Connection, case_id: &str) -> Resu
         devices,
         readings,
         triage,
+        record,
+        people,
         audit,
         checkpoint,
     })

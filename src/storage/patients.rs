@@ -92,7 +92,7 @@ impl State {
             &p.phone,
             &p.mrn,
         ];
-        let mut sealed: Vec<Option<Vec<u8>>> = Vec::with_capacity(10);
+        let mut sealed: Vec<Option<Vec<u8>>> = Vec::with_capacity(11);
         for (col, v) in PATIENT_TEXT_COLUMNS.iter().zip(texts) {
             sealed.push(seal_opt(
                 dk,
@@ -119,6 +119,12 @@ impl State {
             json_bytes(&p.sex).as_deref(),
             &mut n,
         )?);
+        sealed.push(seal_opt(
+            dk,
+            loc("estimated_age"),
+            json_bytes(&p.estimated_age_years).as_deref(),
+            &mut n,
+        )?);
         let bi = &self.keys.index;
         let bi_last = p
             .last_name
@@ -136,33 +142,33 @@ impl State {
         if created {
             conn.prepare_cached(
                 "INSERT INTO patients (id, territory, dk_id, created_at, updated_at, first_name, last_name, date_of_birth, ssn, \
-                 email, phone, mrn, address, insurance, sex, bi_last_name, bi_dob, bi_mrn) \
-                 VALUES (?1, ?2, ?3, ?4, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
+                 email, phone, mrn, address, insurance, sex, bi_last_name, bi_dob, bi_mrn, estimated_age) \
+                 VALUES (?1, ?2, ?3, ?4, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)",
             )?
             .execute(params![
                 id, territory, dk.id(), now, sealed[0], sealed[1], sealed[2], sealed[3], sealed[4], sealed[5], sealed[6],
-                sealed[7], sealed[8], sealed[9], bi_last, bi_dob, bi_mrn
+                sealed[7], sealed[8], sealed[9], bi_last, bi_dob, bi_mrn, sealed[10]
             ])?;
         } else {
             conn.prepare_cached(
                 "UPDATE patients SET updated_at = ?2, first_name = ?3, last_name = ?4, date_of_birth = ?5, ssn = ?6, email = ?7, \
-                 phone = ?8, mrn = ?9, address = ?10, insurance = ?11, sex = ?12, bi_last_name = ?13, bi_dob = ?14, bi_mrn = ?15 \
-                 WHERE id = ?1",
+                 phone = ?8, mrn = ?9, address = ?10, insurance = ?11, sex = ?12, bi_last_name = ?13, bi_dob = ?14, bi_mrn = ?15, \
+                 estimated_age = ?16, version = version + 1 WHERE id = ?1",
             )?
             .execute(params![
                 id, now, sealed[0], sealed[1], sealed[2], sealed[3], sealed[4], sealed[5], sealed[6], sealed[7], sealed[8],
-                sealed[9], bi_last, bi_dob, bi_mrn
+                sealed[9], bi_last, bi_dob, bi_mrn, sealed[10]
             ])?;
         }
         self.count_invocations(conn, dk.id(), n)
     }
 
     pub(super) fn read_patient(&mut self, conn: &Connection, id: &str) -> Result<StoredPatient> {
-        type Row = (String, i64, i64, i64, [Option<Vec<u8>>; 10]);
+        type Row = (String, i64, i64, i64, [Option<Vec<u8>>; 11], i64);
         let row: Option<Row> = conn
             .prepare_cached(
                 "SELECT territory, dk_id, created_at, updated_at, first_name, last_name, date_of_birth, ssn, email, phone, mrn, \
-                 address, insurance, sex FROM patients WHERE id = ?1",
+                 address, insurance, sex, estimated_age, version FROM patients WHERE id = ?1",
             )?
             .query_row([id], |r| {
                 Ok((
@@ -170,11 +176,12 @@ impl State {
                     r.get(1)?,
                     r.get(2)?,
                     r.get(3)?,
-                    [r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?, r.get(8)?, r.get(9)?, r.get(10)?, r.get(11)?, r.get(12)?, r.get(13)?],
+                    [r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?, r.get(8)?, r.get(9)?, r.get(10)?, r.get(11)?, r.get(12)?, r.get(13)?, r.get(14)?],
+                    r.get(15)?,
                 ))
             })
             .optional()?;
-        let (territory, dk_id, created, updated, cols) =
+        let (territory, dk_id, created, updated, cols, version) =
             row.ok_or_else(|| StoreError::NotFound {
                 kind: "patient",
                 id: id.into(),
@@ -185,7 +192,7 @@ impl State {
             column,
             row_id: id,
         };
-        let [c0, c1, c2, c3, c4, c5, c6, c7, c8, c9] = cols;
+        let [c0, c1, c2, c3, c4, c5, c6, c7, c8, c9, c10] = cols;
         let mut texts = Vec::with_capacity(7);
         for (col, v) in PATIENT_TEXT_COLUMNS
             .iter()
@@ -202,10 +209,11 @@ impl State {
                 })
                 .transpose()
         };
-        let (address, insurance, sex) = (
+        let (address, insurance, sex, estimated_age) = (
             json("address", c7)?,
             json("insurance", c8)?,
             json("sex", c9)?,
+            json("estimated_age", c10)?,
         );
         let bad = |c: &str| StoreError::Undecodable {
             what: format!("patients.{c} (not the patient schema)"),
@@ -222,12 +230,14 @@ impl State {
             address: de(address).map_err(|_| bad("address"))?,
             insurance: de(insurance).map_err(|_| bad("insurance"))?,
             sex: de(sex).map_err(|_| bad("sex"))?,
+            estimated_age_years: de(estimated_age).map_err(|_| bad("estimated_age"))?,
         };
         Ok(StoredPatient {
             id: id.into(),
             territory,
             created_at_ms: created,
             updated_at_ms: updated,
+            version,
             patient,
         })
     }
@@ -332,6 +342,19 @@ impl Db {
 
     /// Replaces a patient's demographics.
     pub fn update_patient(&mut self, actor: &Actor, id: &str, p: &Patient) -> Result<()> {
+        self.update_patient_checked(actor, id, p, None, &[])
+    }
+
+    /// Replaces a patient's demographics if the stored version is still `expected` (when
+    /// given); `fields` (names only) go into the audit entry.
+    pub(super) fn update_patient_checked(
+        &mut self,
+        actor: &Actor,
+        id: &str,
+        p: &Patient,
+        expected: Option<i64>,
+        fields: &[String],
+    ) -> Result<()> {
         p.validate()?;
         let r = (|| {
             let tx = self
@@ -359,15 +382,30 @@ impl Db {
             if cases > 0 && open == 0 {
                 return Err(StoreError::RecordFinal { id: id.into() });
             }
+            let version: i64 =
+                tx.query_row("SELECT version FROM patients WHERE id = ?1", [id], |r| {
+                    r.get(0)
+                })?;
+            if let Some(e) = expected
+                && e != version
+            {
+                return Err(StoreError::Stale {
+                    what: format!("patient {id}"),
+                    current: version,
+                });
+            }
             let dk = self.st.data_key(&tx, dk_id, "patient", id)?;
             self.st.write_patient(&tx, id, &territory, &dk, p, false)?;
-            let ev = AuditEvent::new(
+            let mut ev = AuditEvent::new(
                 actor,
                 "patient.update",
                 format!("patient/{id}"),
                 Outcome::Success,
             )
             .territory(&territory);
+            if expected.is_some() {
+                ev = ev.details(serde_json::json!({ "fields": fields, "version": version + 1 }));
+            }
             audit::append(&tx, &self.st, &ev, now_ms())?;
             tx.commit()?;
             Ok(())

@@ -30,7 +30,7 @@ pub(super) fn read_case_observations_after(
     after_id: i64,
 ) -> Result<Vec<Observation>> {
     let rows: Vec<ObservationRow> = conn
-        .prepare_cached("SELECT id, device_id, code, value, device_time, recv_time, source FROM observations WHERE case_id = ?1 AND id > ?2 ORDER BY device_time, id")?
+        .prepare_cached("SELECT id, device_id, code, value, device_time, recv_time, source FROM observations WHERE case_id = ?1 AND id > ?2 AND voided_at IS NULL ORDER BY device_time, id")?
         .query_map(rusqlite::params![case_id, after_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?)))?
         .collect::<Result<_, _>>()?;
     let mut out = Vec::with_capacity(rows.len());
@@ -203,7 +203,7 @@ pub(super) fn bind_semantic_columns(st: &mut super::State, conn: &Connection) ->
 mod tests {
     use super::*;
     use crate::model::{Actor, CaseDetails, Decider, TriageRecord};
-    use crate::storage::{CaseParts, Db, Medication};
+    use crate::storage::{CaseParts, Db};
 
     /// A database as `init` creates it, opened with its keys.
     fn open(dir: &std::path::Path) -> Db {
@@ -271,7 +271,7 @@ mod tests {
             .unwrap();
         let now = crate::model::now_ms();
         let obs = db
-            .add_manual_vitals(&a, &case, &[("heart_rate".into(), 88.0, now)])
+            .add_manual_vitals(&a, &case, &[("heart_rate".into(), 88.0, now)], None)
             .unwrap()[0];
         let rec = TriageRecord {
             final_esi: 2,
@@ -287,18 +287,30 @@ mod tests {
             reasons: vec!["NEWS2 6".into()],
         };
         let tri = db.record_triage(&a, &case, &rec).unwrap();
-        let med = Medication {
-            name: "aspirin".into(),
-            dose: "300 mg".into(),
-            route: "PO".into(),
-            note: None,
-        };
-        let mid = db.add_medication(&a, &case, &med).unwrap();
         let dk: i64 = db
             .conn
             .query_row("SELECT dk_id FROM cases WHERE id = ?1", [&case], |r| {
                 r.get(0)
             })
+            .unwrap();
+        // A free-text medication as schema ≤ 7 stored it (its table stays for the migration).
+        let mid = 1;
+        let key = db.st.data_key(&db.conn, dk, "case", &case).unwrap();
+        let body = key
+            .seal(
+                FieldLoc {
+                    table: "medications",
+                    column: "body",
+                    row_id: &med_row(mid, &a.id),
+                },
+                br#"{"name":"aspirin","dose":"300 mg","route":"PO","note":null}"#,
+            )
+            .unwrap();
+        db.conn
+            .execute(
+                "INSERT INTO medications (id, case_id, created_at, created_by, body) VALUES (?1, ?2, ?3, ?4, ?5)",
+                rusqlite::params![mid, case, now, a.id, body],
+            )
             .unwrap();
         // Back to the form an older build wrote: the current reads now fail…
         to_old_form(
@@ -328,6 +340,19 @@ mod tests {
         assert_eq!(v.vitals.len(), 1);
         assert_eq!(v.vitals[0].value, 88.0);
         assert_eq!(v.triage[0].record.reasons, vec!["NEWS2 6".to_string()]);
-        assert_eq!(v.medications[0].medication, med);
+        // v8 then carries the free-text medication into the care record, text and time kept.
+        let n = super::super::record::legacy_medications_to_record(&mut db.st, &db.conn).unwrap();
+        assert_eq!(n, 1);
+        let v = db.case_view(&a, &case, parts, "case.read").unwrap();
+        let meds = v.record.current("medication");
+        assert_eq!(meds.len(), 1);
+        assert_eq!(meds[0].content["note"], "aspirin 300 mg PO");
+        assert_eq!(meds[0].content["at_ms"], now);
+        assert_eq!(meds[0].recorded_by, a.id);
+        let left: i64 = db
+            .conn
+            .query_row("SELECT count(*) FROM medications", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(left, 0);
     }
 }

@@ -299,6 +299,46 @@ ALTER TABLE break_glass ADD COLUMN sealed_note BLOB;
     r#"
 SELECT 1;
 "#,
+    // v8: the patient care record. Every change to a record entry (a section such as times or
+    // history, or an event such as oxygen, a procedure, a medication, an assessment) is a new
+    // immutable version; the latest version of an entry is current, and a version may mark the
+    // entry entered-in-error. Bodies are sealed under the case key with the row's plaintext
+    // columns in the associated data. `request_keys` makes client submits idempotent;
+    // observations can be marked entered-in-error (reason sealed); patients and cases carry a
+    // version for optimistic concurrency (`ETag`/`If-Match`).
+    r#"
+CREATE TABLE record_entries (
+    id          INTEGER PRIMARY KEY,
+    case_id     TEXT    NOT NULL REFERENCES cases (id),
+    entry_id    TEXT    NOT NULL,
+    kind        TEXT    NOT NULL CHECK (kind IN ('incident', 'times', 'scene', 'situation', 'history',
+                    'disposition', 'narrative', 'spo2_scale', 'oxygen', 'procedure', 'medication', 'assessment')),
+    version     INTEGER NOT NULL CHECK (version >= 1),
+    state       TEXT    NOT NULL CHECK (state IN ('recorded', 'entered_in_error')),
+    recorded_at INTEGER NOT NULL,
+    recorded_by TEXT    NOT NULL,
+    body        BLOB    NOT NULL,
+    UNIQUE (case_id, entry_id, version)
+) STRICT;
+
+CREATE TABLE request_keys (
+    actor      TEXT    NOT NULL,
+    key        TEXT    NOT NULL,
+    case_id    TEXT    NOT NULL,
+    created_at INTEGER NOT NULL,
+    result     TEXT    NOT NULL,
+    PRIMARY KEY (actor, key)
+) STRICT;
+CREATE INDEX request_keys_by_case ON request_keys (case_id);
+CREATE INDEX request_keys_by_age ON request_keys (created_at);
+
+ALTER TABLE observations ADD COLUMN voided_at INTEGER;
+ALTER TABLE observations ADD COLUMN voided_by TEXT;
+ALTER TABLE observations ADD COLUMN void_reason BLOB;
+ALTER TABLE patients ADD COLUMN version INTEGER NOT NULL DEFAULT 1;
+ALTER TABLE patients ADD COLUMN estimated_age BLOB;
+ALTER TABLE cases ADD COLUMN version INTEGER NOT NULL DEFAULT 1;
+"#,
 ];
 
 /// The schema version this build writes.

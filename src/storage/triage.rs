@@ -6,11 +6,8 @@ use rusqlite::{OptionalExtension, TransactionBehavior, params};
 use super::{Db, Result, State, StoreError, audit};
 use crate::crypto::field::FieldLoc;
 use crate::model::{
-    Actor, AuditEvent, CaseSnapshot, Decider, Outcome, Sex, StoredTriage, TriageRecord, now_ms,
+    Actor, AuditEvent, CaseSnapshot, Decider, Outcome, StoredTriage, TriageRecord, now_ms,
 };
-
-/// A patient's data key id and sealed date of birth and sex.
-type PatientKeyRow = (i64, Option<Vec<u8>>, Option<Vec<u8>>);
 
 impl State {
     /// Territory and unwrapped data key of a case that exists and is not erased.
@@ -63,7 +60,7 @@ impl Db {
                 // `Observation::effective_time_ms`), newest row first on ties.
                 "SELECT id, code, value, device_time FROM (SELECT id, code, value, device_time, row_number() OVER \
                  (PARTITION BY code ORDER BY min(device_time, recv_time) DESC, id DESC) AS rn \
-                 FROM observations WHERE case_id = ?1) WHERE rn = 1 ORDER BY code",
+                 FROM observations WHERE case_id = ?1 AND voided_at IS NULL) WHERE rn = 1 ORDER BY code",
             )?
             .query_map([case_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
             .collect::<Result<_, _>>()?;
@@ -84,46 +81,25 @@ impl Db {
             snap.chief_complaint = String::from_utf8(p).ok();
         }
         if let Some(pid) = patient_id {
-            let row: Option<PatientKeyRow> = tx
-                .query_row(
-                    "SELECT dk_id, date_of_birth, sex FROM patients WHERE id = ?1",
-                    [&pid],
-                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-                )
-                .optional()?;
-            if let Some((pdk, dob, sex)) = row {
-                match self.st.data_key(&tx, pdk, "patient", &pid) {
-                    Ok(pk) => {
-                        if let Some(ct) = dob {
-                            let d = pk.open(
-                                FieldLoc {
-                                    table: "patients",
-                                    column: "date_of_birth",
-                                    row_id: &pid,
-                                },
-                                &ct,
-                            )?;
-                            snap.age_years = std::str::from_utf8(&d)
-                                .ok()
-                                .and_then(|d| crate::model::age_years(d, now_ms()));
-                        }
-                        if let Some(ct) = sex {
-                            let s = pk.open(
-                                FieldLoc {
-                                    table: "patients",
-                                    column: "sex",
-                                    row_id: &pid,
-                                },
-                                &ct,
-                            )?;
-                            snap.sex = serde_json::from_slice::<Sex>(&s).ok();
-                        }
-                    }
-                    Err(StoreError::Erased { .. }) => {}
-                    Err(e) => return Err(e),
+            match self.st.read_patient(&tx, &pid) {
+                Ok(p) => {
+                    let p = p.patient;
+                    // A known birth date wins over the crew's estimate.
+                    snap.age_years = p
+                        .date_of_birth
+                        .as_deref()
+                        .and_then(|d| crate::model::age_years(d, now_ms()))
+                        .or(p.estimated_age_years.map(f64::from));
+                    snap.sex = p.sex;
                 }
+                Err(StoreError::Erased { .. } | StoreError::NotFound { .. }) => {}
+                Err(e) => return Err(e),
             }
         }
+        let o2 = super::record::read_entries(&tx, &dk, case_id, Some(&["oxygen", "spo2_scale"]))?
+            .oxygen_state(now_ms());
+        snap.on_oxygen = o2.on_oxygen;
+        snap.spo2_scale2 = o2.scale2;
         let ev = AuditEvent::new(
             actor,
             "case.triage_read",

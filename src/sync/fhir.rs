@@ -1,7 +1,7 @@
 //! FHIR R4 (4.0.1) `Bundle` of type `collection` built from a [`CaseExport`]: Patient,
 //! Coverage, Encounter, Devices, LOINC-coded vital-sign Observations with device references, the
-//! triage as a RiskAssessment, Provenance, and the case's audit trail as AuditEvents with the
-//! latest signed audit checkpoint. Pure: no IO, no clock.
+//! triage as a RiskAssessment, the care record (`fhir_record`), Provenance, and the case's
+//! audit trail as AuditEvents with the latest signed audit checkpoint. Pure: no IO, no clock.
 //!
 //! Every resource gets a stable UUID (derived from the bundle id and the resource's role), and
 //! every reference is a `urn:uuid:` full URL inside the bundle, so the bundle is self-contained.
@@ -9,6 +9,7 @@
 use base64::Engine;
 use serde_json::{Value, json};
 
+use super::fhir_record::xml_escape;
 use crate::model::{CaseExport, Observation, Sex, iso8601_ms};
 use crate::vocab;
 
@@ -255,7 +256,20 @@ pub fn build(x: &CaseExport, bundle_id: &str, profile: Profile, now_ms: i64) -> 
         enc["text"] = json!({ "status": "generated",
             "div": format!("<div xmlns=\"http://www.w3.org/1999/xhtml\">{}</div>", xml_escape(&notes.join("; "))) });
     }
+    let record = match profile {
+        Profile::Case => {
+            let rid_of = |role: &str| rid(bundle_id, role);
+            let ctx = super::fhir_record::Ctx {
+                rid: &rid_of,
+                patient: &patient,
+                encounter: &encounter,
+            };
+            super::fhir_record::build(x, &ctx, &mut enc).resources
+        }
+        Profile::Prealert => Vec::new(),
+    };
     entries.push((encounter.clone(), enc));
+    entries.extend(record);
 
     for (d, kind) in &x.devices {
         let id = rid(bundle_id, &format!("device/{d}"));
@@ -467,12 +481,6 @@ pub fn build(x: &CaseExport, bundle_id: &str, profile: Profile, now_ms: i64) -> 
     })
 }
 
-fn xml_escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -534,6 +542,8 @@ mod tests {
                     reasons: vec!["NEWS2 5".into()],
                 },
             }),
+            record: Default::default(),
+            people: vec![],
             audit: vec![],
             checkpoint: None,
         }

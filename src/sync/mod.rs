@@ -16,6 +16,7 @@
 //! storage is the source of truth, so nothing is held only in memory.
 
 pub mod fhir;
+mod fhir_record;
 pub mod forwarder;
 #[cfg(test)]
 mod forwarder_tests;

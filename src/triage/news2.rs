@@ -59,6 +59,16 @@ pub struct News2 {
     pub risk: Risk,
 }
 
+/// A measured value as a clinician reads it: whole numbers without decimals, others to one
+/// decimal place (temperature).
+pub fn display_value(v: f64) -> String {
+    if (v - v.round()).abs() < 0.05 {
+        format!("{}", v.round() as i64)
+    } else {
+        format!("{v:.1}")
+    }
+}
+
 pub fn score_resp_rate(rr: f64) -> u8 {
     if rr <= 8.0 {
         3

@@ -298,6 +298,21 @@ pub fn evaluate(i: &RulesInput) -> RulesResult {
         } else {
             format!(" (partial: {} not measured)", n.missing.join(", "))
         };
+        // What scored, so a reader sees e.g. "on oxygen +2" without recomputing.
+        let parts: Vec<String> = n
+            .subscores
+            .iter()
+            .filter(|s| s.score > 0)
+            .map(|s| match s.parameter {
+                "air_or_oxygen" => format!("on oxygen +{}", s.score),
+                p => format!("{p} {} +{}", news2::display_value(s.value), s.score),
+            })
+            .collect();
+        let partial = if parts.is_empty() {
+            partial
+        } else {
+            format!(" — {}{partial}", parts.join(", "))
+        };
         match n.risk {
             Risk::High => add(
                 "news2_high",

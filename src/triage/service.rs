@@ -63,8 +63,8 @@ pub fn input_from(s: &CaseSnapshot) -> TriageInput {
         vitals: v,
         age_years: s.age_years,
         sex: s.sex,
-        on_oxygen: false,
-        spo2_scale2: false,
+        on_oxygen: s.on_oxygen,
+        spo2_scale2: s.spo2_scale2,
         chief_complaint: s.chief_complaint.clone(),
     }
 }
@@ -82,17 +82,36 @@ pub fn record_from(o: &TriageOutcome) -> TriageRecord {
         model_hash: o.model_sha256.clone(),
         decider: o.decider,
         abstained: o.abstained.clone(),
-        reasons: if o.rules.reasons.is_empty() {
-            vec![format!(
-                "no danger findings in the vital signs; ESI {RULES_ONLY_DEFAULT_ESI} unless the model proposes otherwise"
-            )]
-        } else {
-            o.rules
-                .reasons
-                .iter()
-                .map(|r| format!("ESI ≤ {}: {}", r.esi, r.text))
-                .collect()
-        },
+        reasons: model_reason(o).into_iter().chain(rule_reasons(o)).collect(),
+    }
+}
+
+/// When the model set a more acute level than the rules required, the reason for that level.
+fn model_reason(o: &TriageOutcome) -> Option<String> {
+    let m = o.model.as_ref()?;
+    (o.final_esi < o.rules.ceiling).then(|| {
+        format!(
+            "ESI {}: the model proposes a more acute level than the rules' ESI {} ({}, confidence {:.0} %)",
+            o.final_esi,
+            o.rules.ceiling,
+            m.specialty,
+            m.confidence * 100.0
+        )
+    })
+}
+
+/// Each rule's reason with its own level.
+fn rule_reasons(o: &TriageOutcome) -> Vec<String> {
+    if o.rules.reasons.is_empty() {
+        vec![format!(
+            "no danger findings in the vital signs; ESI {RULES_ONLY_DEFAULT_ESI} unless the model proposes otherwise"
+        )]
+    } else {
+        o.rules
+            .reasons
+            .iter()
+            .map(|r| format!("ESI ≤ {}: {}", r.esi, r.text))
+            .collect()
     }
 }
 
@@ -104,6 +123,8 @@ pub struct Retriage {
     pub store: Store,
     pub triager: Triager,
     pub debounce: Duration,
+    /// How long an improvement must hold before a less acute level is stored and shown.
+    pub hold: Duration,
     pub bus: crate::events::Bus,
 }
 
@@ -115,9 +136,38 @@ impl Retriage {
             store,
             triager,
             debounce,
+            hold,
             bus,
         } = self;
-        retriage_loop(cases, store, triager, debounce, bus, shutdown).await;
+        retriage_loop(cases, store, triager, (debounce, hold), bus, shutdown).await;
+    }
+}
+
+/// Whether a new level may replace the stored one: more acute (lower ESI) at once; less acute
+/// only once the improvement has held for `hold` (`improving` is when it started). Holding a
+/// more acute level never under-triages; it stops the shown level flickering (1 ↔ 2) while
+/// vitals hover at a band edge.
+pub fn may_store(
+    stored: Option<u8>,
+    new: u8,
+    improving: &mut Option<Instant>,
+    now: Instant,
+    hold: Duration,
+) -> bool {
+    match stored {
+        Some(s) if new > s => {
+            let since = *improving.get_or_insert(now);
+            if now.duration_since(since) >= hold {
+                *improving = None;
+                true
+            } else {
+                false
+            }
+        }
+        _ => {
+            *improving = None;
+            true
+        }
     }
 }
 
@@ -125,17 +175,23 @@ async fn retriage_loop(
     mut cases: mpsc::UnboundedReceiver<String>,
     store: Store,
     triager: Triager,
-    debounce: Duration,
+    (debounce, hold): (Duration, Duration),
     bus: crate::events::Bus,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut due: HashMap<String, Instant> = HashMap::new();
-    let mut last: HashMap<String, u8> = HashMap::new();
+    // Per case: the stored level and since when a less acute level has been computed.
+    let mut last: HashMap<String, (u8, Option<Instant>)> = HashMap::new();
     loop {
         let next = due.values().min().copied();
         tokio::select! {
             c = cases.recv() => match c {
-                Some(c) => { due.entry(c).or_insert_with(|| Instant::now() + debounce); }
+                Some(c) => {
+                    // New vitals are triaged within the debounce, also when a hold re-check
+                    // is due later (an escalation is never held).
+                    let at = Instant::now() + debounce;
+                    due.entry(c).and_modify(|t| *t = (*t).min(at)).or_insert(at);
+                }
                 None => return,
             },
             _ = async { tokio::time::sleep_until(next.unwrap_or_else(Instant::now)).await }, if next.is_some() => {
@@ -143,13 +199,24 @@ async fn retriage_loop(
                 let ready: Vec<String> = due.iter().filter(|(_, t)| **t <= now).map(|(c, _)| c.clone()).collect();
                 for case in ready {
                     due.remove(&case);
-                    match retriage(&store, &triager, &case, &bus).await {
-                        Ok(Some(level)) => {
-                            if last.insert(case.clone(), level) != Some(level) {
+                    let entry = last.get(&case).copied();
+                    let mut improving = entry.and_then(|(_, i)| i);
+                    let stored = entry.map(|(l, _)| l);
+                    let gate = |level: u8| may_store(stored, level, &mut improving, now, hold);
+                    match retriage(&store, &triager, &case, &bus, gate).await {
+                        Ok(Some((level, true))) => {
+                            if stored != Some(level) {
                                 tracing::info!(case = %case, "triage level changed");
                             } else {
                                 tracing::debug!(case = %case, "triage updated");
                             }
+                            last.insert(case, (level, None));
+                        }
+                        Ok(Some((_, false))) => {
+                            // Held: look again when the hold ends, even without new vitals.
+                            let since = improving.unwrap_or(now);
+                            due.insert(case.clone(), since + hold);
+                            last.insert(case, (stored.unwrap_or(5), improving));
                         }
                         Ok(None) => return,
                         Err(StoreError::Closed) => return,
@@ -162,12 +229,15 @@ async fn retriage_loop(
     }
 }
 
+/// Triages a case; stores and announces the result when `gate(level)` allows. `None` when the
+/// model thread is gone; else the level and whether it was stored.
 async fn retriage(
     store: &Store,
     triager: &Triager,
     case: &str,
     bus: &crate::events::Bus,
-) -> Result<Option<u8>, StoreError> {
+    mut gate: impl FnMut(u8) -> bool,
+) -> Result<Option<(u8, bool)>, StoreError> {
     let c = case.to_string();
     let snap = store
         .call(move |db| db.case_snapshot(&Actor::system(), &c))
@@ -175,6 +245,9 @@ async fn retriage(
     let Some(outcome) = triager.triage(input_from(&snap)).await else {
         return Ok(None);
     };
+    if !gate(outcome.final_esi) {
+        return Ok(Some((outcome.final_esi, false)));
+    }
     let rec = record_from(&outcome);
     let c = case.to_string();
     let stored = store
@@ -191,5 +264,66 @@ async fn retriage(
         case_id: case.to_string(),
         triage: std::sync::Arc::new(stored),
     });
-    Ok(Some(outcome.final_esi))
+    Ok(Some((outcome.final_esi, true)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escalation_is_immediate_and_deescalation_waits_for_the_hold() {
+        let hold = Duration::from_secs(120);
+        let t0 = Instant::now();
+        let mut imp = None;
+        assert!(
+            may_store(None, 3, &mut imp, t0, hold),
+            "first level is stored"
+        );
+        assert!(
+            may_store(Some(3), 2, &mut imp, t0, hold),
+            "more acute at once"
+        );
+        assert!(
+            !may_store(Some(2), 3, &mut imp, t0, hold),
+            "less acute is held"
+        );
+        assert_eq!(imp, Some(t0));
+        assert!(!may_store(
+            Some(2),
+            3,
+            &mut imp,
+            t0 + Duration::from_secs(119),
+            hold
+        ));
+        assert!(
+            may_store(Some(2), 3, &mut imp, t0 + hold, hold),
+            "after the hold"
+        );
+        assert_eq!(imp, None);
+        // A relapse during the hold resets it.
+        assert!(!may_store(Some(2), 3, &mut imp, t0, hold));
+        assert!(may_store(
+            Some(2),
+            2,
+            &mut imp,
+            t0 + Duration::from_secs(60),
+            hold
+        ));
+        assert_eq!(imp, None);
+        assert!(!may_store(
+            Some(2),
+            3,
+            &mut imp,
+            t0 + Duration::from_secs(61),
+            hold
+        ));
+        assert!(!may_store(
+            Some(2),
+            3,
+            &mut imp,
+            t0 + Duration::from_secs(180),
+            hold
+        ));
+    }
 }

@@ -111,9 +111,46 @@ impl Api {
         territory: Option<&str>,
         body: Option<Value>,
     ) -> Reply {
+        self.request(ip, method, path, (token, territory), body, &[])
+            .await
+    }
+
+    /// `method path` with `token` in territory `default`, from loopback, with extra headers
+    /// (`If-Match`, `Idempotency-Key`).
+    pub async fn send(
+        &self,
+        method: &str,
+        path: &str,
+        token: &str,
+        body: Option<Value>,
+        headers: &[(&str, &str)],
+    ) -> Reply {
+        self.request(
+            [127, 0, 0, 1],
+            method,
+            path,
+            (Some(token), Some("default")),
+            body,
+            headers,
+        )
+        .await
+    }
+
+    async fn request(
+        &self,
+        ip: [u8; 4],
+        method: &str,
+        path: &str,
+        (token, territory): (Option<&str>, Option<&str>),
+        body: Option<Value>,
+        headers: &[(&str, &str)],
+    ) -> Reply {
         let mut b = Request::builder()
             .method(Method::from_bytes(method.as_bytes()).unwrap())
             .uri(path);
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
         if let Some(t) = token {
             b = b.header("authorization", format!("Bearer {t}"));
         }

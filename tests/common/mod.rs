@@ -165,6 +165,7 @@ pub mod api;
 pub mod broker;
 pub mod cloud;
 pub mod mqtt;
+pub mod record;
 pub mod schema;
 
 impl Appliance {

@@ -11,8 +11,8 @@ use crate::api::guard::{Caller, in_territory};
 use crate::api::policy::Perm;
 use crate::api::state::ApiState;
 use crate::api::wire::{
-    AlarmReply, BindBody, Body, CaseCreate, CaseListItem, Json, MedicationReply, check_id, created,
-    obs_json, ok, patient_json, replies, triage_json, view_json,
+    AlarmReply, BindBody, Body, CaseCreate, CaseListItem, Json, check_id, created, obs_json, ok,
+    patient_json, replies, triage_json, view_json,
 };
 use crate::events::LiveEvent;
 use crate::model::{Observation, is_valid_ident};
@@ -85,9 +85,14 @@ pub async fn get_case(
     State(st): State<ApiState>,
     Extension(c): Extension<Caller>,
     Path(id): Path<String>,
-) -> ApiResult<Json> {
+) -> ApiResult<Response> {
     let v = case_view(&st, &c, id, "case.read").await?;
-    ok(view_json(&v))
+    let mut r = axum::response::IntoResponse::into_response(axum::Json(view_json(&v)));
+    r.headers_mut().insert(
+        axum::http::header::ETAG,
+        super::record::etag(v.case.version),
+    );
+    Ok(r)
 }
 
 pub async fn handoff(
@@ -122,7 +127,8 @@ pub async fn handoff(
         "onset": v.case.details.onset,
         "latest_vitals": latest.iter().map(|o| obs_json(o)).collect::<Vec<_>>(),
         "triage": v.triage.first().map(triage_json),
-        "medications": replies::<_, MedicationReply<'_>>(&v.medications),
+        "medications": v.record.current("medication").iter().map(|e| &e.content).collect::<Vec<_>>(),
+        "oxygen": v.record.current("oxygen").iter().map(|e| &e.content).collect::<Vec<_>>(),
         "alarms": replies::<_, AlarmReply<'_>>(&v.alarms),
         "devices": v.devices,
         "readings": v.vitals.len(),

@@ -1,5 +1,5 @@
 //! A case's clinical entries: vitals history and manual vitals (checked by the one vocabulary
-//! check SenML ingest uses), the triage history and medications.
+//! check SenML ingest uses) and the triage history.
 
 use axum::Extension;
 use axum::extract::{Path, State};
@@ -11,7 +11,6 @@ use crate::api::guard::{Caller, in_territory};
 use crate::api::state::ApiState;
 use crate::api::wire::{Body, Json, ManualVitals, check_id, created, obs_json, ok, triage_json};
 use crate::events::LiveEvent;
-use crate::storage::Medication;
 use crate::vocab;
 
 pub async fn get_vitals(
@@ -22,17 +21,22 @@ pub async fn get_vitals(
     check_id(&id)?;
     in_territory(&st, &c, "case", &id).await?;
     let a = c.actor.clone();
-    let v = st.store.call(move |db| db.case_vitals(&a, &id)).await?;
-    ok(json!({ "vitals": v.iter().map(obs_json).collect::<Vec<_>>() }))
+    let (v, voided) = st.store.call(move |db| db.case_vitals(&a, &id)).await?;
+    ok(json!({
+        "vitals": v.iter().map(obs_json).collect::<Vec<_>>(),
+        "entered_in_error": voided,
+    }))
 }
 
 pub async fn add_vitals(
     State(st): State<ApiState>,
     Extension(c): Extension<Caller>,
     Path(id): Path<String>,
+    headers: axum::http::HeaderMap,
     Body(b): Body<ManualVitals>,
 ) -> ApiResult<Response> {
     check_id(&id)?;
+    let key = super::record::request_key(&headers)?;
     if b.readings.is_empty() || b.readings.len() > 32 {
         return Err(ApiError::validation("send 1 to 32 readings"));
     }
@@ -68,7 +72,7 @@ pub async fn add_vitals(
     let (a, case) = (c.actor.clone(), id.clone());
     let ids = st
         .store
-        .call(move |db| db.add_manual_vitals(&a, &case, &rows))
+        .call(move |db| db.add_manual_vitals(&a, &case, &rows, key.as_deref()))
         .await?;
     st.bus.send(LiveEvent::Vitals {
         case_id: id.clone(),
@@ -92,32 +96,4 @@ pub async fn get_triage(
         .call(move |db| db.triage_history(&a, &id, 50))
         .await?;
     ok(json!({ "triage": t.iter().map(triage_json).collect::<Vec<_>>() }))
-}
-
-pub async fn add_medication(
-    State(st): State<ApiState>,
-    Extension(c): Extension<Caller>,
-    Path(id): Path<String>,
-    Body(m): Body<Medication>,
-) -> ApiResult<Response> {
-    check_id(&id)?;
-    let fields = [
-        Some(&m.name),
-        Some(&m.dose),
-        Some(&m.route),
-        m.note.as_ref(),
-    ];
-    if m.name.trim().is_empty() || fields.iter().flatten().any(|f| f.len() > 200) {
-        return Err(ApiError::validation(
-            "medication name is required; fields are at most 200 bytes",
-        ));
-    }
-    in_territory(&st, &c, "case", &id).await?;
-    let (a, case) = (c.actor.clone(), id.clone());
-    let mid = st
-        .store
-        .call(move |db| db.add_medication(&a, &case, &m))
-        .await?;
-    st.bus.send(LiveEvent::Case { case_id: id });
-    created(json!({ "id": mid }))
 }

@@ -7,6 +7,7 @@ pub mod cases;
 pub mod clinical;
 pub mod health;
 pub mod patients;
+pub mod record;
 pub mod review;
 pub mod stream;
 pub mod users;

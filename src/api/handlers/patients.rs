@@ -53,12 +53,15 @@ pub async fn get_patient(
     State(st): State<ApiState>,
     Extension(c): Extension<Caller>,
     Path(id): Path<String>,
-) -> ApiResult<Json> {
+) -> ApiResult<Response> {
     check_id(&id)?;
     in_territory(&st, &c, "patient", &id).await?;
     let a = c.actor.clone();
     let p = st.store.call(move |db| db.get_patient(&a, &id)).await?;
-    ok(patient_json(&p))
+    let mut r = axum::response::IntoResponse::into_response(axum::Json(patient_json(&p)));
+    r.headers_mut()
+        .insert(axum::http::header::ETAG, super::record::etag(p.version));
+    Ok(r)
 }
 
 pub async fn update_patient(
