@@ -123,6 +123,7 @@ const EXPECTED: &[(&str, &str, &str)] = &[
     ("PATCH", "/api/v1/cases/{id}", "PE"),
     ("GET", "/api/v1/record/codes", "PEV"),
     ("GET", "/api/v1/cases/{id}/record", "PEV"),
+    ("GET", "/api/v1/cases/{id}/nemsis", "PEV"),
     ("PATCH", "/api/v1/cases/{id}/record/incident", "PE"),
     ("PATCH", "/api/v1/cases/{id}/record/times", "PE"),
     ("PATCH", "/api/v1/cases/{id}/record/scene", "PE"),
@@ -211,9 +212,14 @@ fn request(method: &str, path: &str, fx: &Fx) -> (String, Option<Value>) {
         }
         ("PATCH", "/api/v1/cases/{id}") => Some(json!({"mechanism": "fall from standing"})),
         ("PATCH", "/api/v1/patients/{id}") => Some(json!({"first_name": "Anne"})),
-        ("PATCH", "/api/v1/cases/{id}/record/incident") => Some(json!({"unit": "M12"})),
+        ("PATCH", "/api/v1/cases/{id}/record/incident") => Some(
+            json!({"unit": "M12", "dispatch_reason": "chest_pain", "response_mode": "emergent"}),
+        ),
         ("PATCH", "/api/v1/cases/{id}/record/times") => {
-            Some(json!({"on_scene_ms": hema3n_edge::model::now_ms()}))
+            let now = hema3n_edge::model::now_ms();
+            Some(
+                json!({"dispatched_ms": now - 600_000, "on_scene_ms": now - 60_000, "in_service_ms": now}),
+            )
         }
         ("PATCH", "/api/v1/cases/{id}/record/scene") => Some(json!({"patient_count": 1})),
         ("PATCH", "/api/v1/cases/{id}/record/situation") => {
@@ -848,7 +854,7 @@ async fn each_phi_route_adds_exactly_its_audit_entries() {
     }
     // The route table marks exactly these routes as PHI.
     let phi: Vec<&str> = ROUTES.iter().filter(|r| r.phi).map(|r| r.path).collect();
-    assert_eq!(phi.len(), 33, "{phi:?}");
+    assert_eq!(phi.len(), 34, "{phi:?}");
     // A failed read is audited too.
     let before = api.audit_head().await;
     let r = api
@@ -1087,7 +1093,7 @@ async fn every_reply_matches_its_documented_schema() {
             Reply::Json(s) => (StatusCode::OK, Some(s)),
             Reply::Created(s) => (StatusCode::CREATED, Some(s)),
             Reply::NoContent => (StatusCode::NO_CONTENT, None),
-            Reply::Text | Reply::EventStream => (StatusCode::OK, None),
+            Reply::Text | Reply::EventStream | Reply::Xml => (StatusCode::OK, None),
         };
         assert_eq!(r.status, status, "{method} {p} as {user}: {}", r.body);
         let op = &doc["paths"][path][method.to_lowercase()]["responses"];

@@ -5,147 +5,8 @@
 
 mod common;
 
-use hema3n_edge::model::{
-    Address, CaseExport, ExportAudit, ExportCheckpoint, Insurance, Observation, Patient, Sex,
-    StoredTriage, TriageRecord,
-};
+use common::record::full_case;
 use hema3n_edge::sync::fhir::{self, Profile};
-
-fn reading(device: Option<&str>, code: &str, value: f64, t: i64) -> Observation {
-    Observation {
-        id: t,
-        device_id: device.map(str::to_string),
-        code: code.into(),
-        value,
-        device_time_ms: t,
-        recv_time_ms: t + 40,
-        source: if device.is_some() { "device" } else { "manual" }.into(),
-    }
-}
-
-fn full_case() -> CaseExport {
-    let t0 = 1_800_000_000_000;
-    let mut readings = vec![];
-    for (i, code) in [
-        "heart_rate",
-        "resp_rate",
-        "spo2",
-        "sbp",
-        "dbp",
-        "temp",
-        "etco2",
-        "glucose",
-        "gcs_total",
-        "gcs_eye",
-        "gcs_verbal",
-        "gcs_motor",
-        "avpu",
-        "pain",
-    ]
-    .iter()
-    .enumerate()
-    {
-        let v = match *code {
-            "temp" => 38.4,
-            "avpu" => 1.0,
-            "gcs_total" => 13.0,
-            "gcs_eye" => 3.0,
-            "gcs_verbal" => 4.0,
-            "gcs_motor" => 6.0,
-            "pain" => 7.0,
-            "spo2" => 91.0,
-            _ => 100.0 + i as f64,
-        };
-        readings.push(reading(Some("mon-1"), code, v, t0 + i as i64 * 1000));
-    }
-    readings.push(reading(Some("spo2-2"), "spo2", 90.0, t0 + 60_000));
-    readings.push(reading(None, "glucose", 54.0, t0 + 90_000));
-    CaseExport {
-        appliance_id: "amb-0042".into(),
-        case_id: "01900000-0000-7000-8000-0000000000aa".into(),
-        territory: "north".into(),
-        status: "closed".into(),
-        created_at_ms: t0 - 60_000,
-        closed_at_ms: Some(t0 + 1_800_000),
-        patient_id: Some("01900000-0000-7000-8000-0000000000bb".into()),
-        patient: Some(Patient {
-            first_name: Some("Ada".into()),
-            last_name: Some("O'Neil <Jr>".into()),
-            date_of_birth: Some("1948-02-29".into()),
-            ssn: Some("123-45-6789".into()),
-            email: Some("ada@example.org".into()),
-            phone: Some("+1 555 0100".into()),
-            address: Some(Address {
-                street: Some("1 Main St".into()),
-                city: Some("Springfield".into()),
-                state: Some("IL".into()),
-                zip: Some("62701".into()),
-            }),
-            insurance: Some(Insurance {
-                carrier: Some("Acme Health".into()),
-                policy_number: Some("P-1".into()),
-                group_number: Some("G-7".into()),
-            }),
-            mrn: Some("MRN-99".into()),
-            sex: Some(Sex::Female),
-            estimated_age_years: None,
-        }),
-        chief_complaint: Some("chest pain & dyspnoea".into()),
-        mechanism: Some("fall < 1 m".into()),
-        onset: Some("30 min".into()),
-        devices: vec![
-            ("mon-1".into(), "monitor".into()),
-            ("spo2-2".into(), "pulse_oximeter".into()),
-        ],
-        readings,
-        triage: Some(StoredTriage {
-            id: 3,
-            created_at_ms: t0 + 95_000,
-            record: TriageRecord {
-                final_esi: 2,
-                rules_esi: 2,
-                model_esi: Some(3),
-                news2: Some(7),
-                specialty: Some("cardiology".into()),
-                confidence: Some(0.71),
-                model_id: Some("hema3n-core-1.0.0".into()),
-                model_hash: Some("ab".repeat(32)),
-                decider: hema3n_edge::model::Decider::RulesOverride,
-                abstained: None,
-                reasons: vec![
-                    "NEWS2 7 (≥ 7: emergency response)".into(),
-                    "SpO2 90 % < 92 %".into(),
-                ],
-            },
-        }),
-        record: common::record::sample_record(t0),
-        people: vec![
-            ("crew-7".into(), "Sam Medic".into()),
-            ("crew-8".into(), "Alex Tech".into()),
-        ],
-        audit: (1..=4)
-            .map(|i| ExportAudit {
-                seq: i,
-                ts_ms: t0 + i * 10,
-                actor: "crew-7".into(),
-                role: "paramedic".into(),
-                action: ["case.create", "patient.read", "case.close", "case.export"]
-                    [i as usize - 1]
-                    .into(),
-                resource: "case/01900000-0000-7000-8000-0000000000aa".into(),
-                outcome: "success".into(),
-                hash: [i as u8; 32],
-            })
-            .collect(),
-        checkpoint: Some(ExportCheckpoint {
-            seq: 4,
-            ts_ms: t0 + 50,
-            hash: [9; 32],
-            key_id: "cc48f02355cdb1d6".into(),
-            signature: vec![7; 64],
-        }),
-    }
-}
 
 #[test]
 fn case_and_prealert_bundles_validate_as_fhir_r4() {
@@ -237,7 +98,7 @@ fn case_and_prealert_bundles_validate_as_fhir_r4() {
     assert_eq!(o2[1]["valueQuantity"]["code"], "L/min");
     // Times, scene, destination and impression.
     let enc = &of("Encounter")[0];
-    assert!(enc["extension"].as_array().unwrap().len() == 8, "{enc}");
+    assert!(enc["extension"].as_array().unwrap().len() == 9, "{enc}");
     assert!(enc["hospitalization"]["destination"]["reference"].is_string());
     assert!(
         enc["text"]["div"]

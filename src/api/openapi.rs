@@ -221,7 +221,11 @@ fn record_request_schemas() -> Value {
         "CaseDetailsPatch": s(json!({ "chief_complaint": record_text(2000), "mechanism": record_text(2000), "onset": record_text(2000) }), &[]),
         "PatientPatch": { "type": "object", "additionalProperties": false, "properties": schemas_patient_properties() },
         "IncidentPatch": s(json!({
-            "incident_number": record_text(50), "run_number": record_text(50), "unit": record_text(50),
+            "incident_number": { "allOf": [record_text(200), { "type": "string", "minLength": 3, "maxLength": 50, "pattern": "\\S.*\\S.*\\S" }] },
+            "run_number": { "allOf": [record_text(200), { "type": "string", "minLength": 3, "maxLength": 50, "pattern": "\\S.*\\S.*\\S" }] },
+            "unit": { "allOf": [record_text(100), { "type": "string", "maxLength": 25 }] },
+            "dispatch_reason": names(c::DispatchReason::ALL, c::DispatchReason::as_str),
+            "response_mode": names(c::ResponseMode::ALL, c::ResponseMode::as_str),
             "crew": { "type": "array", "maxItems": 8, "items": s(json!({ "account": ident(), "role": names(c::CrewRole::ALL, c::CrewRole::as_str) }), &["account", "role"]) },
         }), &[]),
         "TimesPatch": s(Value::Object(times), &[]),
@@ -234,6 +238,7 @@ fn record_request_schemas() -> Value {
         "SituationPatch": s(json!({
             "symptom_onset_ms": t, "last_known_well_ms": t, "primary_impression": impression,
             "secondary_impressions": { "type": "array", "maxItems": 10, "items": impression }, "possible_injury": b,
+            "cardiac_arrest": names(c::CardiacArrest::ALL, c::CardiacArrest::as_str),
         }), &[]),
         "HistoryPatch": s(json!({
             "no_known_allergies": b, "allergies": texts, "medical_history": texts, "current_medications": texts,
@@ -447,6 +452,10 @@ pub fn document() -> Value {
             Reply::Text => (
                 "200",
                 json!({ "description": "Prometheus text exposition 0.0.4", "content": { "text/plain": { "schema": { "type": "string" } } } }),
+            ),
+            Reply::Xml => (
+                "200",
+                json!({ "description": "XML document", "content": { "application/xml": { "schema": { "type": "string" } } } }),
             ),
             Reply::EventStream => (
                 "200",

@@ -126,6 +126,8 @@ pub enum Reply {
     Text,
     /// `200` server-sent events.
     EventStream,
+    /// `200` an XML document (the NEMSIS export).
+    Xml,
 }
 
 pub const BREAK_GLASS_PATH: &str = "/api/v1/auth/break-glass";
@@ -457,6 +459,15 @@ pub const ROUTES: &[RouteSpec] = &[
         "Merge-patch demographics (If-Match: the patient's ETag)",
         Some("PatientPatch"),
         Json("Version"),
+    ),
+    r(
+        "GET",
+        "/api/v1/cases/{id}/nemsis",
+        Access::Perm(ClinicalRead),
+        true,
+        "The case as a NEMSIS v3.5.1 EMSDataSet document (audited as a disclosure); 422 lists what the record lacks",
+        None,
+        Reply::Xml,
     ),
     r(
         "POST",

@@ -51,6 +51,7 @@ pub fn api_routes() -> Router<ApiState> {
         )
         .route("/api/v1/record/codes", get(record::codes))
         .route("/api/v1/cases/{id}/record", get(record::get_record))
+        .route("/api/v1/cases/{id}/nemsis", get(record::nemsis))
         .route(
             "/api/v1/cases/{id}/record/incident",
             patch(record::patch_incident),

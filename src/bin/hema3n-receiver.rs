@@ -54,10 +54,14 @@ enum Cmd {
     Appliances(AppCmd),
     /// Stored bundles, resends, rejects by code and conflict alarms (JSON).
     Stats,
-    /// Lists stored bundles, or prints one bundle's FHIR JSON.
+    /// Lists stored bundles, or prints one bundle's FHIR JSON (or, with `--nemsis`, the
+    /// NEMSIS v3.5.1 document a case bundle carries, for submission to the state).
     Bundles {
         /// `APPLIANCE_ID/BUNDLE_ID` to print.
         show: Option<String>,
+        /// Print the bundle's NEMSIS document instead of its FHIR JSON.
+        #[arg(long, requires = "show")]
+        nemsis: bool,
     },
 }
 
@@ -209,7 +213,7 @@ fn run(cli: Cli) -> Result<(), ReceiverError> {
             );
             Ok(())
         }
-        Cmd::Bundles { show } => {
+        Cmd::Bundles { show, nemsis } => {
             let cfg = load(&cli.config)?;
             let db = open_db(&cfg)?;
             match show {
@@ -225,7 +229,16 @@ fn run(cli: Cli) -> Result<(), ReceiverError> {
                     let body = db
                         .bundle_body(a, b)?
                         .ok_or_else(|| ReceiverError::Io(format!("no bundle {s}")))?;
-                    println!("{}", String::from_utf8_lossy(&body));
+                    if nemsis {
+                        let v: serde_json::Value = serde_json::from_slice(&body).map_err(|e| {
+                            ReceiverError::Io(format!("bundle {s} is not JSON: {e}"))
+                        })?;
+                        let doc = hema3n_edge::sync::nemsis_document(&v)
+                            .map_err(|why| ReceiverError::Io(format!("bundle {s}: {why}")))?;
+                        print!("{}", String::from_utf8_lossy(&doc));
+                    } else {
+                        println!("{}", String::from_utf8_lossy(&body));
+                    }
                 }
             }
             Ok(())

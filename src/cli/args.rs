@@ -62,7 +62,8 @@ pub enum Cmd {
         #[command(subcommand)]
         cmd: TriageCmd,
     },
-    /// Cases: open one, close one (its bundle is then sealed and queued for the cloud).
+    /// Cases: open one, close one (its bundle is then sealed and queued for the cloud), export
+    /// one as NEMSIS.
     Cases {
         #[command(subcommand)]
         cmd: CasesCmd,
@@ -161,6 +162,14 @@ pub enum CasesCmd {
     },
     /// Close a case: the daemon seals its FHIR bundle and sends it to the cloud.
     Close { case: String },
+    /// Write the case as a NEMSIS v3.5.1 EMSDataSet document (audited as a disclosure);
+    /// exits 1 naming what the record lacks if NEMSIS requires it.
+    ExportNemsis {
+        case: String,
+        /// File to write (created with mode 0600); default standard output.
+        #[arg(long)]
+        out: Option<std::path::PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]

@@ -126,6 +126,9 @@ pub fn main(args: Args) -> ExitCode {
                 chief_complaint,
             } => cli::cases_open(&cfg, &territory(t), chief_complaint.as_deref()),
             CasesCmd::Close { case } => cli::cases_close(&cfg, case),
+            CasesCmd::ExportNemsis { case, out } => {
+                cli::cases_export_nemsis(&cfg, case, out.as_deref())
+            }
         },
         Some(Cmd::Outbox { cmd }) => match cmd {
             OutboxCmd::Status { json } => cli::outbox_status(&cfg, *json),

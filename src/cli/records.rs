@@ -154,6 +154,32 @@ pub fn cases_close(cfg: &Config, case: &str) -> CmdResult {
     Ok(0)
 }
 
+/// `cases export-nemsis CASE [--out F]`: the NEMSIS v3.5.1 document of a case (a disclosure,
+/// audited), to a new 0600 file or standard output.
+pub fn cases_export_nemsis(cfg: &Config, case: &str, out: Option<&std::path::Path>) -> CmdResult {
+    let mut db = open_db(cfg)?;
+    let x = db.disclose_case(&Actor::cli(), case, "nemsis-3.5.1")?;
+    let doc = crate::sync::nemsis::export(&x, &cfg.nemsis).map_err(|e| Failure {
+        code: 1,
+        error: e.into(),
+    })?;
+    match out {
+        Some(path) => {
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path)?;
+            f.write_all(doc.as_bytes())?;
+            f.sync_all()?;
+            eprintln!("wrote {} ({} bytes)", path.display(), doc.len());
+        }
+        None => print!("{doc}"),
+    }
+    Ok(0)
+}
+
 /// `triage show CASE`: the latest triage results of a case (audited read).
 pub fn triage_show(cfg: &Config, case: &str, n: usize) -> CmdResult {
     let mut db = open_db(cfg)?;

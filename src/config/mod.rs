@@ -14,8 +14,8 @@ mod sections;
 
 pub use sections::{
     ApiConfig, AuditConfig, BrokerUrl, DaemonConfig, DbusConfig, IngestConfig, KeysConfig,
-    LogConfig, LogFormat, MqttConfig, StoreConfig, SyncConfig, TriageConfig, parse_broker_url,
-    parse_mqtt_url,
+    LogConfig, LogFormat, MqttConfig, NemsisConfig, StoreConfig, SyncConfig, TriageConfig,
+    parse_broker_url, parse_mqtt_url,
 };
 
 /// Default location of the base configuration file.
@@ -69,6 +69,7 @@ pub struct Config {
     pub sync: SyncConfig,
     pub api: ApiConfig,
     pub dbus: DbusConfig,
+    pub nemsis: NemsisConfig,
 }
 
 impl Default for Config {
@@ -88,6 +89,7 @@ impl Default for Config {
             sync: SyncConfig::default(),
             api: ApiConfig::default(),
             dbus: DbusConfig::default(),
+            nemsis: NemsisConfig::default(),
         }
     }
 }
@@ -159,6 +161,12 @@ impl Config {
                 reason: "must match [A-Za-z0-9._-]{1,64}".into(),
             });
         }
+        self.nemsis
+            .validate()
+            .map_err(|reason| ConfigError::Invalid {
+                field: "nemsis",
+                reason,
+            })?;
         if self.audit.checkpoint_every_entries == 0 || self.audit.checkpoint_every_secs == 0 {
             return Err(ConfigError::Invalid {
                 field: "audit",

@@ -7,6 +7,76 @@ use serde::{Deserialize, Serialize};
 
 use super::ConfigError;
 
+/// `[nemsis]`: the agency an appliance reports for in NEMSIS v3.5.1 exports (numbers the state
+/// EMS office assigns).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NemsisConfig {
+    /// dAgency.02 / eResponse.01, the EMS agency number (1-15 characters). Default `HEMA3N-DEV`.
+    pub agency_number: String,
+    /// dAgency.01, the agency's unique state id (1-50 characters). Default `HEMA3N-DEV`.
+    pub agency_state_id: String,
+    /// dAgency.04, the agency's state as a 2-digit ANSI (FIPS) code. Default `49` (Utah, as
+    /// in NEMSIS's own samples; set yours).
+    pub state_code: String,
+    /// eResponse.02, the agency's name. Default unset.
+    pub agency_name: Option<String>,
+    /// eResponse.07, the unit's equipment: `als`, `bls` or `critical_care`. Default `als`.
+    pub unit_level: String,
+    /// eResponse.13, the vehicle number (1-25 characters). Default: the appliance id, cut
+    /// to 25 characters.
+    pub vehicle_number: Option<String>,
+}
+
+impl Default for NemsisConfig {
+    fn default() -> Self {
+        NemsisConfig {
+            agency_number: "HEMA3N-DEV".into(),
+            agency_state_id: "HEMA3N-DEV".into(),
+            state_code: "49".into(),
+            agency_name: None,
+            unit_level: "als".into(),
+            vehicle_number: None,
+        }
+    }
+}
+
+impl NemsisConfig {
+    /// eResponse.07's code for `unit_level`.
+    pub fn unit_level_code(&self) -> Option<&'static str> {
+        Some(match self.unit_level.as_str() {
+            "als" => "2207015",
+            "bls" => "2207017",
+            "critical_care" => "2207019",
+            _ => return None,
+        })
+    }
+
+    pub(super) fn validate(&self) -> Result<(), String> {
+        let len = |v: &str, lo: usize, hi: usize| (lo..=hi).contains(&v.chars().count());
+        if !len(&self.agency_number, 1, 15) {
+            return Err("nemsis.agency_number must have 1-15 characters".into());
+        }
+        if !len(&self.agency_state_id, 1, 50) {
+            return Err("nemsis.agency_state_id must have 1-50 characters".into());
+        }
+        if self.state_code.len() != 2 || !self.state_code.bytes().all(|b| b.is_ascii_digit()) {
+            return Err("nemsis.state_code must be a 2-digit ANSI state code".into());
+        }
+        if self.unit_level_code().is_none() {
+            return Err("nemsis.unit_level must be als, bls or critical_care".into());
+        }
+        if self
+            .vehicle_number
+            .as_deref()
+            .is_some_and(|v| !len(v, 1, 25))
+        {
+            return Err("nemsis.vehicle_number must have 1-25 characters".into());
+        }
+        Ok(())
+    }
+}
+
 /// `[dbus]`: the `org.hema3n.Edge1` service and the NetworkManager follower.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]

@@ -319,8 +319,9 @@ pub struct CaseExport {
     pub triage: Option<StoredTriage>,
     /// The care record (every version; exports use the current entries).
     pub record: super::record::CaseRecord,
-    /// Display names of the accounts the record names (crew, performers, authors).
-    pub people: Vec<(String, String)>,
+    /// `(account id, display name, role)` of the accounts the record names (crew,
+    /// performers, authors).
+    pub people: Vec<(String, String, String)>,
     pub audit: Vec<ExportAudit>,
     pub checkpoint: Option<ExportCheckpoint>,
 }

@@ -50,6 +50,8 @@ pub struct Incident {
     pub incident_number: Option<String>,
     pub run_number: Option<String>,
     pub unit: Option<String>,
+    pub dispatch_reason: Option<codes::DispatchReason>,
+    pub response_mode: Option<codes::ResponseMode>,
     pub crew: Option<Vec<CrewMember>>,
 }
 
@@ -123,6 +125,7 @@ pub struct Situation {
     pub primary_impression: Option<Impression>,
     pub secondary_impressions: Option<Vec<Impression>>,
     pub possible_injury: Option<bool>,
+    pub cardiac_arrest: Option<codes::CardiacArrest>,
 }
 
 /// History: allergies, conditions, current medications, advance directive.

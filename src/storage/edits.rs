@@ -224,4 +224,30 @@ impl Db {
         tx.commit()?;
         Ok(())
     }
+
+    /// Everything a case holds, decrypted, for an export that leaves the appliance (NEMSIS):
+    /// audited as a disclosure by `actor`, naming the format.
+    pub fn disclose_case(
+        &mut self,
+        actor: &Actor,
+        case_id: &str,
+        format: &str,
+    ) -> Result<crate::model::CaseExport> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        self.st.live_case(&tx, case_id)?;
+        let x = super::outbox::case_export(&mut self.st, &tx, case_id)?;
+        let ev = AuditEvent::new(
+            actor,
+            "case.disclose",
+            format!("case/{case_id}"),
+            Outcome::Success,
+        )
+        .territory(&x.territory)
+        .details(serde_json::json!({ "format": format, "purpose": "disclosure" }));
+        audit::append(&tx, &self.st, &ev, now_ms())?;
+        tx.commit()?;
+        Ok(x)
+    }
 }

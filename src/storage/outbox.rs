@@ -448,7 +448,11 @@ impl Db {
 }
 
 /// Everything a bundle carries, decrypted, inside `tx` (the caller audits the export).
-fn case_export(st: &mut State, tx: &rusqlite::Connection, case_id: &str) -> Result<CaseExport> {
+pub(super) fn case_export(
+    st: &mut State,
+    tx: &rusqlite::Connection,
+    case_id: &str,
+) -> Result<CaseExport> {
     let (case, dk_id) = st.read_case(tx, case_id)?;
     let dk = st.data_key(tx, dk_id, "case", case_id)?;
     let patient = match &case.patient_id {

@@ -142,9 +142,12 @@ pub(super) fn open_case_only(conn: &rusqlite::Connection, case_id: &str) -> Resu
     Ok(())
 }
 
-/// `(account id, display name)` of every account the record's current entries name: crew,
-/// performers and authors (for the bundle's Practitioners and the NEMSIS crew list).
-pub(super) fn people_of(conn: &Connection, rec: &CaseRecord) -> Result<Vec<(String, String)>> {
+/// `(account id, display name, role)` of every account the record's current entries name:
+/// crew, performers and authors (for the bundle's Practitioners and the NEMSIS crew list).
+pub(super) fn people_of(
+    conn: &Connection,
+    rec: &CaseRecord,
+) -> Result<Vec<(String, String, String)>> {
     let mut ids: Vec<String> = Vec::new();
     for v in rec.latest() {
         ids.push(v.recorded_by.clone());
@@ -162,11 +165,12 @@ pub(super) fn people_of(conn: &Connection, rec: &CaseRecord) -> Result<Vec<(Stri
     ids.dedup();
     let mut out = Vec::with_capacity(ids.len());
     for id in ids {
-        let name: Option<String> = conn
-            .prepare_cached("SELECT display_name FROM users WHERE id = ?1")?
-            .query_row([&id], |r| r.get(0))
+        let row: Option<(String, String)> = conn
+            .prepare_cached("SELECT display_name, role FROM users WHERE id = ?1")?
+            .query_row([&id], |r| Ok((r.get(0)?, r.get(1)?)))
             .optional()?;
-        out.push((id.clone(), name.unwrap_or(id)));
+        let (name, role) = row.unwrap_or_else(|| (id.clone(), String::new()));
+        out.push((id, name, role));
     }
     Ok(out)
 }

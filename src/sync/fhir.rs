@@ -226,6 +226,18 @@ fn patient_resource(x: &CaseExport, id: &str, profile: Profile) -> Vec<(String, 
 
 /// Builds the bundle. `bundle_id` is the envelope's UUIDv7 (text form); `now_ms` the build time.
 pub fn build(x: &CaseExport, bundle_id: &str, profile: Profile, now_ms: i64) -> Value {
+    build_with_nemsis(x, bundle_id, profile, now_ms, None)
+}
+
+/// [`build`], with the case's NEMSIS v3.5.1 document (or why there is none) as a
+/// DocumentReference, so the cloud can submit it to the state.
+pub fn build_with_nemsis(
+    x: &CaseExport,
+    bundle_id: &str,
+    profile: Profile,
+    now_ms: i64,
+    nemsis: Option<&Result<String, super::nemsis::Incomplete>>,
+) -> Value {
     let patient = rid(bundle_id, "patient");
     let encounter = rid(bundle_id, "encounter");
     let mut entries: Vec<(String, Value)> = patient_resource(x, &patient, profile);
@@ -454,6 +466,15 @@ pub fn build(x: &CaseExport, bundle_id: &str, profile: Profile, now_ms: i64) -> 
         }
     }
 
+    if let Some(doc) = nemsis {
+        let rid_of = |role: &str| rid(bundle_id, role);
+        let ctx = super::fhir_record::Ctx {
+            rid: &rid_of,
+            patient: &patient,
+            encounter: &encounter,
+        };
+        entries.push(super::fhir_record::nemsis_reference(&ctx, doc, now_ms));
+    }
     let prov = rid(bundle_id, "provenance");
     let targets: Vec<Value> = entries.iter().map(|(id, _)| reference(id)).collect();
     entries.push((

@@ -22,6 +22,8 @@ const SYS_USER: &str = "urn:hema3n:user";
 const SYS_INCIDENT: &str = "urn:hema3n:incident";
 const SYS_RUN: &str = "urn:hema3n:run";
 const SYS_ENTRY: &str = "urn:hema3n:record-entry";
+/// Identifier system of the DocumentReference that carries the NEMSIS document.
+pub const SYS_NEMSIS: &str = "urn:hema3n:nemsis";
 /// Extension holding one NEMSIS eTimes time on the Encounter.
 pub const EXT_ETIME: &str = "urn:hema3n:fhir:etime";
 
@@ -57,7 +59,7 @@ pub(super) fn build(x: &CaseExport, c: &Ctx<'_>, enc: &mut Value) -> RecordParts
 
     // People: one Practitioner per account the record names.
     let practitioner = |acct: &str| (c.rid)(&format!("practitioner/{acct}"));
-    for (acct, name) in &x.people {
+    for (acct, name, _) in &x.people {
         let id = practitioner(acct);
         out.push((
             id.clone(),
@@ -69,7 +71,7 @@ pub(super) fn build(x: &CaseExport, c: &Ctx<'_>, enc: &mut Value) -> RecordParts
         ));
     }
     let who = |acct: &str| -> Value {
-        if x.people.iter().any(|(a, _)| a == acct) {
+        if x.people.iter().any(|(a, _, _)| a == acct) {
             reference(&practitioner(acct))
         } else {
             json!({ "identifier": { "system": SYS_USER, "value": acct } })
@@ -480,4 +482,83 @@ pub(super) fn build(x: &CaseExport, c: &Ctx<'_>, enc: &mut Value) -> RecordParts
         }
     }
     RecordParts { resources: out }
+}
+
+/// The DocumentReference carrying the case's NEMSIS v3.5.1 document (base64, with its SHA-256
+/// and size), or, when the record lacked what NEMSIS requires, saying so.
+pub(super) fn nemsis_reference(
+    c: &Ctx<'_>,
+    doc: &Result<String, super::nemsis::Incomplete>,
+    now_ms: i64,
+) -> (String, Value) {
+    use base64::Engine;
+    let id = (c.rid)("document/nemsis");
+    let mut d = json!({
+        "resourceType": "DocumentReference", "id": id, "status": "current",
+        "identifier": [{ "system": SYS_NEMSIS, "value": "EMSDataSet-3.5.1" }],
+        "type": { "text": "NEMSIS v3.5.1 EMSDataSet" },
+        "subject": reference(c.patient), "date": iso8601_ms(now_ms),
+        "context": { "encounter": [reference(c.encounter)] },
+    });
+    match doc {
+        Ok(xml) => {
+            let sha = crate::crypto::sha256(xml.as_bytes());
+            d["identifier"]
+                .as_array_mut()
+                .expect("identifiers")
+                .push(json!({ "system": "urn:hema3n:sha256", "value": hex(&sha) }));
+            d["content"] = json!([{ "attachment": {
+                "contentType": "application/xml", "title": "EMSDataSet.xml",
+                "size": xml.len(),
+                "data": base64::engine::general_purpose::STANDARD.encode(xml.as_bytes()),
+            } }]);
+        }
+        Err(e) => {
+            d["docStatus"] = json!("preliminary");
+            d["description"] = json!(e.to_string());
+            d["content"] = json!([{ "attachment": { "contentType": "application/xml", "title": "EMSDataSet.xml (not built)" } }]);
+        }
+    }
+    (id, d)
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// The NEMSIS document a case bundle carries (checked against its SHA-256), or why it has none.
+pub fn nemsis_document(bundle: &Value) -> Result<Vec<u8>, String> {
+    use base64::Engine;
+    let doc = bundle["entry"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| &e["resource"])
+        .find(|r| {
+            r["resourceType"] == "DocumentReference"
+                && r["identifier"]
+                    .as_array()
+                    .is_some_and(|ids| ids.iter().any(|i| i["system"] == SYS_NEMSIS))
+        })
+        .ok_or("this bundle carries no NEMSIS document (a pre-alert, or built before schema 8)")?;
+    let Some(data) = doc["content"][0]["attachment"]["data"].as_str() else {
+        return Err(doc["description"]
+            .as_str()
+            .unwrap_or("the NEMSIS document was not built")
+            .to_string());
+    };
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(data)
+        .map_err(|e| format!("the NEMSIS attachment is not base64: {e}"))?;
+    let want = doc["identifier"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|i| i["system"] == "urn:hema3n:sha256")
+        .and_then(|i| i["value"].as_str())
+        .ok_or("the NEMSIS attachment has no SHA-256")?;
+    if hex(&crate::crypto::sha256(&bytes)) != want {
+        return Err("the NEMSIS attachment does not match its SHA-256".into());
+    }
+    Ok(bytes)
 }

@@ -17,6 +17,8 @@
 
 pub mod fhir;
 mod fhir_record;
+pub mod nemsis;
+pub use fhir_record::nemsis_document;
 pub mod forwarder;
 #[cfg(test)]
 mod forwarder_tests;

@@ -22,13 +22,28 @@ fn seal_case(
     export: &crate::model::CaseExport,
     slot: &crate::storage::OutboxSlot,
     signer: &crate::crypto::sign::SigningKey,
+    agency: &crate::config::NemsisConfig,
 ) -> Result<Vec<u8>, String> {
-    let profile = match slot.kind {
-        BundleKind::Prealert => fhir::Profile::Prealert,
-        _ => fhir::Profile::Case,
-    };
     let bid = slot.bundle_id.to_string();
-    let bundle = fhir::build(export, &bid, profile, slot.created_at_ms);
+    let bundle = match slot.kind {
+        BundleKind::Prealert => {
+            fhir::build(export, &bid, fhir::Profile::Prealert, slot.created_at_ms)
+        }
+        _ => {
+            // The case bundle carries its NEMSIS document (or why it has none).
+            let doc = super::nemsis::export(export, agency);
+            if let Err(e) = &doc {
+                tracing::warn!(case_id = %export.case_id, missing = ?e.missing, "no NEMSIS document in the case bundle: the record is incomplete");
+            }
+            fhir::build_with_nemsis(
+                export,
+                &bid,
+                fhir::Profile::Case,
+                slot.created_at_ms,
+                Some(&doc),
+            )
+        }
+    };
     let plaintext = serde_json::to_vec(&bundle).map_err(|e| e.to_string())?;
     seal::seal(
         &envelope_meta(appliance_id, slot),
@@ -60,6 +75,7 @@ pub async fn seal_pending(
     appliance_id: &str,
     keys: &ReceiverKeys,
     failed: &mut HashSet<(String, BundleKind)>,
+    agency: &crate::config::NemsisConfig,
 ) -> Result<usize, StoreError> {
     let mut n = 0;
     let work = store
@@ -69,12 +85,12 @@ pub async fn seal_pending(
         .filter(|w| !failed.contains(&(w.case_id.clone(), w.kind)))
         .collect::<Vec<_>>();
     for w in work {
-        let (aid, k) = (appliance_id.to_string(), keys.clone());
+        let (aid, k, ag) = (appliance_id.to_string(), keys.clone(), agency.clone());
         let case = w.case_id.clone();
         let r = store
             .call(move |db| {
                 db.enqueue_case_bundle(&Actor::system(), &case, w.kind, |x, slot, signer| {
-                    seal_case(&aid, &k, x, slot, signer)
+                    seal_case(&aid, &k, x, slot, signer, &ag)
                 })
             })
             .await;
@@ -165,7 +181,8 @@ impl Sealer {
                 _ = wake_sealer.notified() => {}
                 _ = shutdown.changed() => return Ok(()),
             }
-            let n = seal_pending(&store, &cfg.appliance_id, &keys, &mut failed).await?;
+            let n =
+                seal_pending(&store, &cfg.appliance_id, &keys, &mut failed, &cfg.nemsis).await?;
             if n > 0 {
                 metrics.sealed.fetch_add(n as u64, Ordering::Relaxed);
                 wake_forwarder.notify_one();

@@ -45,7 +45,10 @@ pub struct Api {
 
 pub struct Reply {
     pub status: StatusCode,
+    /// The body as JSON (`Null` when it is not JSON).
     pub body: Value,
+    /// The body as text (XML, Prometheus text; empty for a live stream).
+    pub text: String,
     pub headers: axum::http::HeaderMap,
 }
 
@@ -175,16 +178,20 @@ impl Api {
         let sse = headers
             .get("content-type")
             .is_some_and(|v| v.to_str().unwrap().starts_with("text/event-stream"));
-        let body = if sse {
+        let (body, text) = if sse {
             // A live stream never ends: only its status and headers are inspected.
-            Value::Null
+            (Value::Null, String::new())
         } else {
             let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-            serde_json::from_slice(&bytes).unwrap_or(Value::Null)
+            (
+                serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+                String::from_utf8_lossy(&bytes).into_owned(),
+            )
         };
         Reply {
             status,
             body,
+            text,
             headers,
         }
     }

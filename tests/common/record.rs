@@ -2,6 +2,10 @@
 //! API calls of a full call (for tests through the daemon).
 
 use hema3n_edge::model::record::{CaseRecord, EntryState, EntryVersion};
+use hema3n_edge::model::{
+    Address, CaseExport, ExportAudit, ExportCheckpoint, Insurance, Observation, Patient, Sex,
+    StoredTriage, TriageRecord,
+};
 use serde_json::{Value, json};
 
 fn version(entry: &str, kind: &str, v: i64, at: i64, content: Value) -> EntryVersion {
@@ -29,6 +33,7 @@ pub fn sample_record(t0: i64) -> CaseRecord {
             t0,
             json!({
                 "incident_number": "INC-2026-0042", "run_number": "R-17", "unit": "M12",
+            "dispatch_reason": "breathing_problem", "response_mode": "emergent",
                 "crew": [{"account": "crew-7", "role": "primary"}, {"account": "crew-8", "role": "driver"}],
             }),
         ),
@@ -41,6 +46,7 @@ pub fn sample_record(t0: i64) -> CaseRecord {
                 "call_received_ms": t0 - 12 * min, "dispatched_ms": t0 - 11 * min, "en_route_ms": t0 - 10 * min,
                 "on_scene_ms": t0 - 2 * min, "at_patient_ms": t0 - min, "left_scene_ms": t0 + 20 * min,
                 "at_destination_ms": t0 + 35 * min, "transfer_of_care_ms": t0 + 38 * min,
+            "in_service_ms": t0 + 50 * min,
             }),
         ),
         version(
@@ -167,4 +173,236 @@ pub fn sample_record(t0: i64) -> CaseRecord {
     wrong.reason = Some("wrong patient's chart".into());
     versions.push(wrong);
     CaseRecord { versions }
+}
+
+fn reading(device: Option<&str>, code: &str, value: f64, t: i64) -> Observation {
+    Observation {
+        id: t,
+        device_id: device.map(str::to_string),
+        code: code.into(),
+        value,
+        device_time_ms: t,
+        recv_time_ms: t + 40,
+        source: if device.is_some() { "device" } else { "manual" }.into(),
+    }
+}
+
+/// A full case as the store exports it: demographics, insurance, vitals from two devices and
+/// manual entry, triage, the care record of [`sample_record`], audit trail and checkpoint.
+pub fn full_case() -> CaseExport {
+    let t0 = 1_800_000_000_000;
+    let mut readings = vec![];
+    for (i, code) in [
+        "heart_rate",
+        "resp_rate",
+        "spo2",
+        "sbp",
+        "dbp",
+        "temp",
+        "etco2",
+        "glucose",
+        "gcs_total",
+        "gcs_eye",
+        "gcs_verbal",
+        "gcs_motor",
+        "avpu",
+        "pain",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let v = match *code {
+            "temp" => 38.4,
+            "avpu" => 1.0,
+            "gcs_total" => 13.0,
+            "gcs_eye" => 3.0,
+            "gcs_verbal" => 4.0,
+            "gcs_motor" => 6.0,
+            "pain" => 7.0,
+            "spo2" => 91.0,
+            _ => 100.0 + i as f64,
+        };
+        readings.push(reading(Some("mon-1"), code, v, t0 + i as i64 * 1000));
+    }
+    readings.push(reading(Some("spo2-2"), "spo2", 90.0, t0 + 60_000));
+    readings.push(reading(None, "glucose", 54.0, t0 + 90_000));
+    CaseExport {
+        appliance_id: "amb-0042".into(),
+        case_id: "01900000-0000-7000-8000-0000000000aa".into(),
+        territory: "north".into(),
+        status: "closed".into(),
+        created_at_ms: t0 - 60_000,
+        closed_at_ms: Some(t0 + 1_800_000),
+        patient_id: Some("01900000-0000-7000-8000-0000000000bb".into()),
+        patient: Some(Patient {
+            first_name: Some("Ada".into()),
+            last_name: Some("O'Neil <Jr>".into()),
+            date_of_birth: Some("1948-02-29".into()),
+            ssn: Some("123-45-6789".into()),
+            email: Some("ada@example.org".into()),
+            phone: Some("+1 555 0100".into()),
+            address: Some(Address {
+                street: Some("1 Main St".into()),
+                city: Some("Springfield".into()),
+                state: Some("IL".into()),
+                zip: Some("62701".into()),
+            }),
+            insurance: Some(Insurance {
+                carrier: Some("Acme Health".into()),
+                policy_number: Some("P-1".into()),
+                group_number: Some("G-7".into()),
+            }),
+            mrn: Some("MRN-99".into()),
+            sex: Some(Sex::Female),
+            estimated_age_years: None,
+        }),
+        chief_complaint: Some("chest pain & dyspnoea".into()),
+        mechanism: Some("fall < 1 m".into()),
+        onset: Some("30 min".into()),
+        devices: vec![
+            ("mon-1".into(), "monitor".into()),
+            ("spo2-2".into(), "pulse_oximeter".into()),
+        ],
+        readings,
+        triage: Some(StoredTriage {
+            id: 3,
+            created_at_ms: t0 + 95_000,
+            record: TriageRecord {
+                final_esi: 2,
+                rules_esi: 2,
+                model_esi: Some(3),
+                news2: Some(7),
+                specialty: Some("cardiology".into()),
+                confidence: Some(0.71),
+                model_id: Some("hema3n-core-1.0.0".into()),
+                model_hash: Some("ab".repeat(32)),
+                decider: hema3n_edge::model::Decider::RulesOverride,
+                abstained: None,
+                reasons: vec![
+                    "NEWS2 7 (≥ 7: emergency response)".into(),
+                    "SpO2 90 % < 92 %".into(),
+                ],
+            },
+        }),
+        record: sample_record(t0),
+        people: vec![
+            ("crew-7".into(), "Sam Medic".into(), "paramedic".into()),
+            ("crew-8".into(), "Alex Tech".into(), "emt".into()),
+        ],
+        audit: (1..=4)
+            .map(|i| ExportAudit {
+                seq: i,
+                ts_ms: t0 + i * 10,
+                actor: "crew-7".into(),
+                role: "paramedic".into(),
+                action: ["case.create", "patient.read", "case.close", "case.export"]
+                    [i as usize - 1]
+                    .into(),
+                resource: "case/01900000-0000-7000-8000-0000000000aa".into(),
+                outcome: "success".into(),
+                hash: [i as u8; 32],
+            })
+            .collect(),
+        checkpoint: Some(ExportCheckpoint {
+            seq: 4,
+            ts_ms: t0 + 50,
+            hash: [9; 32],
+            key_id: "cc48f02355cdb1d6".into(),
+            signature: vec![7; 64],
+        }),
+    }
+}
+
+/// What the official NEMSIS v3.5.1 XSD and national Schematron say about one document.
+#[derive(Debug)]
+pub struct NemsisReport {
+    pub file: String,
+    pub xsd_errors: Vec<String>,
+    pub errors: Vec<String>,
+    pub warnings: Vec<String>,
+}
+
+/// Validates NEMSIS documents with third-party tools (tests/nemsis_validate.py: `xmlschema` and
+/// SaxonC-HE, installed into .tools/nemsis by scripts/test.sh) against the files in
+/// ../shared/standards/nemsis-3.5.1.
+pub fn nemsis_validate(files: &[std::path::PathBuf]) -> Vec<NemsisReport> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let tools = root.join(".tools/nemsis");
+    assert!(
+        tools.join("xmlschema").exists() && tools.join("saxonche").exists(),
+        "NEMSIS validators missing: run ./scripts/test.sh (installs xmlschema and saxonche into .tools/nemsis)"
+    );
+    // The official files live beside the project (never copied into it); a checkout elsewhere
+    // names them with HEMA3N_NEMSIS_DIR.
+    let standard = std::env::var_os("HEMA3N_NEMSIS_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| root.join("../shared/standards/nemsis-3.5.1"));
+    assert!(
+        standard.join("xsd/EMSDataSet_v3.xsd").exists(),
+        "NEMSIS standard files missing at {} (set HEMA3N_NEMSIS_DIR)",
+        standard.display()
+    );
+    let out = std::process::Command::new("python3")
+        .arg(root.join("tests/nemsis_validate.py"))
+        .arg(&standard)
+        .args(files)
+        .env("PYTHONPATH", &tools)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let reports: Vec<NemsisReport> = stdout
+        .lines()
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).unwrap();
+            let list = |k: &str| -> Vec<String> {
+                v[k].as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|x| x.as_str().unwrap().to_string())
+                    .collect()
+            };
+            NemsisReport {
+                file: v["file"].as_str().unwrap().to_string(),
+                xsd_errors: list("xsd_errors"),
+                errors: list("errors"),
+                warnings: list("warnings"),
+            }
+        })
+        .collect();
+    assert_eq!(
+        reports.len(),
+        files.len(),
+        "validator output:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    reports
+}
+
+/// Validates NEMSIS documents and fails on any XSD or Schematron `[ERROR]`/`[FATAL]`; prints
+/// each document's counts and warnings.
+pub fn assert_nemsis_valid(files: &[std::path::PathBuf]) -> Vec<NemsisReport> {
+    let reports = nemsis_validate(files);
+    let mut failed = vec![];
+    for r in &reports {
+        println!(
+            "{}: {} XSD errors, {} Schematron errors, {} warnings",
+            r.file,
+            r.xsd_errors.len(),
+            r.errors.len(),
+            r.warnings.len()
+        );
+        for w in &r.warnings {
+            println!("  {w}");
+        }
+        if !r.xsd_errors.is_empty() || !r.errors.is_empty() {
+            failed.push(format!(
+                "{}:\n  {}\n  {}",
+                r.file,
+                r.xsd_errors.join("\n  "),
+                r.errors.join("\n  ")
+            ));
+        }
+    }
+    assert!(failed.is_empty(), "{}", failed.join("\n"));
+    reports
 }

@@ -372,3 +372,28 @@ pub async fn patch_patient(
     r.headers_mut().insert(header::ETAG, etag(v));
     Ok(r)
 }
+
+/// `GET /api/v1/cases/{id}/nemsis`: the case as a NEMSIS v3.5.1 `EMSDataSet` document, audited
+/// as a disclosure; `422` names the fields NEMSIS requires that the record lacks.
+pub async fn nemsis(
+    State(st): State<ApiState>,
+    Extension(c): Extension<Caller>,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    check_id(&id)?;
+    in_territory(&st, &c, "case", &id).await?;
+    let a = c.actor.clone();
+    let x = st
+        .store
+        .call(move |db| db.disclose_case(&a, &id, "nemsis-3.5.1"))
+        .await?;
+    let doc = crate::sync::nemsis::export(&x, &st.cfg.nemsis).map_err(|e| {
+        ApiError::validation(e.to_string()).details(json!({ "missing": e.missing }))
+    })?;
+    let mut r = doc.into_response();
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/xml; charset=utf-8"),
+    );
+    Ok(r)
+}

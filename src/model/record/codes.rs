@@ -38,6 +38,49 @@ coded! {
 }
 
 coded! {
+    /// eDispatch.01: the complaint reported by dispatch.
+    pub enum DispatchReason {
+        AbdominalPain = ("abdominal_pain", "2301001", "Abdominal pain"),
+        AllergicReaction = ("allergic_reaction", "2301003", "Allergic reaction"),
+        BreathingProblem = ("breathing_problem", "2301013", "Breathing problem"),
+        CardiacArrest = ("cardiac_arrest", "2301019", "Cardiac arrest / death"),
+        ChestPain = ("chest_pain", "2301021", "Chest pain (non-traumatic)"),
+        Seizure = ("seizure", "2301025", "Convulsions / seizure"),
+        Diabetic = ("diabetic", "2301027", "Diabetic problem"),
+        Fall = ("fall", "2301033", "Fall"),
+        Overdose = ("overdose", "2301053", "Overdose / poisoning"),
+        Psychiatric = ("psychiatric", "2301059", "Psychiatric problem"),
+        SickPerson = ("sick_person", "2301061", "Sick person"),
+        Stroke = ("stroke", "2301067", "Stroke / CVA"),
+        TrafficIncident = ("traffic_incident", "2301069", "Traffic incident"),
+        TraumaticInjury = ("traumatic_injury", "2301073", "Traumatic injury"),
+        Unconscious = ("unconscious", "2301077", "Unconscious / fainting"),
+        Unknown = ("unknown", "2301079", "Unknown problem / person down"),
+        AlteredMentalStatus = ("altered_mental_status", "2301085", "Altered mental status"),
+        Other = ("other", "2301051", "No other appropriate choice"),
+    }
+}
+
+coded! {
+    /// eResponse.23: how the unit drove to the scene.
+    pub enum ResponseMode {
+        Emergent = ("emergent", "2223001", "Emergent (lights and siren)"),
+        Downgraded = ("downgraded", "2223003", "Emergent, downgraded"),
+        NonEmergent = ("non_emergent", "2223005", "Non-emergent"),
+        Upgraded = ("upgraded", "2223007", "Non-emergent, upgraded"),
+    }
+}
+
+coded! {
+    /// eArrest.01.
+    pub enum CardiacArrest {
+        No = ("no", "3001001", "No"),
+        BeforeEms = ("before_ems", "3001003", "Yes, before EMS arrival"),
+        AfterEms = ("after_ems", "3001005", "Yes, after EMS arrival"),
+    }
+}
+
+coded! {
     /// eHistory.05.
     pub enum AdvanceDirective {
         None = ("none", "3105005", "None"),
@@ -308,6 +351,9 @@ pub fn impression(code: &str) -> Option<&'static ImpressionCode> {
 pub fn catalogue() -> serde_json::Value {
     serde_json::json!({
         "crew_role": CrewRole::options(),
+        "dispatch_reason": DispatchReason::options(),
+        "response_mode": ResponseMode::options(),
+        "cardiac_arrest": CardiacArrest::options(),
         "advance_directive": AdvanceDirective::options(),
         "patient_disposition": PatientDisposition::options(),
         "transport_disposition": TransportDisposition::options(),

@@ -133,12 +133,16 @@ impl Section {
         Ok(match self {
             Section::Incident => {
                 let x: Incident = parse(v)?;
-                for (f, s) in [
-                    ("incident_number", &x.incident_number),
-                    ("run_number", &x.run_number),
-                    ("unit", &x.unit),
+                // NEMSIS lengths: incident and response numbers 3-50, vehicle 1-25.
+                for (f, s, min, max) in [
+                    ("incident_number", &x.incident_number, 3, 50),
+                    ("run_number", &x.run_number, 3, 50),
+                    ("unit", &x.unit, 1, 25),
                 ] {
-                    text(f, s, 50)?;
+                    text(f, s, max)?;
+                    if s.as_ref().is_some_and(|v| v.trim().len() < min) {
+                        return Err(bad(f, format!("needs at least {min} characters")));
+                    }
                 }
                 if let Some(crew) = &x.crew {
                     if crew.len() > 8 {
