@@ -50,6 +50,23 @@ fn news2_agrees_with_an_independent_scorer_on_100k_random_vitals() {
         cases.push(i);
     }
     drop(f);
+    // Supplemental oxygen and SpO2 scale 2 (alone and together) are covered, not only air.
+    let both = cases
+        .iter()
+        .filter(|c| c.on_oxygen && c.spo2_scale2)
+        .count();
+    let o2 = cases
+        .iter()
+        .filter(|c| c.on_oxygen && !c.spo2_scale2)
+        .count();
+    let s2 = cases
+        .iter()
+        .filter(|c| !c.on_oxygen && c.spo2_scale2)
+        .count();
+    assert!(
+        both > 10_000 && o2 > 20_000 && s2 > 15_000,
+        "{both} {o2} {s2}"
+    );
     let st = std::process::Command::new("python3")
         .arg(root.join("tests/news2_reference.py"))
         .arg(&inp)

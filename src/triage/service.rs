@@ -143,19 +143,26 @@ impl Retriage {
     }
 }
 
-/// Whether a new level may replace the stored one: more acute (lower ESI) at once; less acute
-/// only once the improvement has held for `hold` (`improving` is when it started). Holding a
-/// more acute level never under-triages; it stops the shown level flickering (1 ↔ 2) while
-/// vitals hover at a band edge.
+/// How acute a triage result is, for comparing two: ESI (lower is more acute), then NEWS2.
+pub type Acuity = (u8, Option<u8>);
+
+fn less_acute(new: Acuity, stored: Acuity) -> bool {
+    new.0 > stored.0 || (new.0 == stored.0 && new.1.unwrap_or(0) < stored.1.unwrap_or(0))
+}
+
+/// Whether a new result may replace the stored one: a more acute one (lower ESI, or a higher
+/// NEWS2 at the same ESI) at once; a less acute one only once the improvement has held for
+/// `hold` (`improving` is when it started). Holding the more acute result never under-triages;
+/// it stops the shown level flickering (1 ↔ 2) while vitals hover at a band edge.
 pub fn may_store(
-    stored: Option<u8>,
-    new: u8,
+    stored: Option<Acuity>,
+    new: Acuity,
     improving: &mut Option<Instant>,
     now: Instant,
     hold: Duration,
 ) -> bool {
     match stored {
-        Some(s) if new > s => {
+        Some(s) if less_acute(new, s) => {
             let since = *improving.get_or_insert(now);
             if now.duration_since(since) >= hold {
                 *improving = None;
@@ -180,8 +187,8 @@ async fn retriage_loop(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut due: HashMap<String, Instant> = HashMap::new();
-    // Per case: the stored level and since when a less acute level has been computed.
-    let mut last: HashMap<String, (u8, Option<Instant>)> = HashMap::new();
+    // Per case: the stored acuity and since when a less acute result has been computed.
+    let mut last: HashMap<String, (Acuity, Option<Instant>)> = HashMap::new();
     loop {
         let next = due.values().min().copied();
         tokio::select! {
@@ -202,10 +209,10 @@ async fn retriage_loop(
                     let entry = last.get(&case).copied();
                     let mut improving = entry.and_then(|(_, i)| i);
                     let stored = entry.map(|(l, _)| l);
-                    let gate = |level: u8| may_store(stored, level, &mut improving, now, hold);
+                    let gate = |a: Acuity| may_store(stored, a, &mut improving, now, hold);
                     match retriage(&store, &triager, &case, &bus, gate).await {
                         Ok(Some((level, true))) => {
-                            if stored != Some(level) {
+                            if stored.map(|s| s.0) != Some(level.0) {
                                 tracing::info!(case = %case, "triage level changed");
                             } else {
                                 tracing::debug!(case = %case, "triage updated");
@@ -216,7 +223,7 @@ async fn retriage_loop(
                             // Held: look again when the hold ends, even without new vitals.
                             let since = improving.unwrap_or(now);
                             due.insert(case.clone(), since + hold);
-                            last.insert(case, (stored.unwrap_or(5), improving));
+                            last.insert(case, (stored.unwrap_or((5, None)), improving));
                         }
                         Ok(None) => return,
                         Err(StoreError::Closed) => return,
@@ -236,8 +243,8 @@ async fn retriage(
     triager: &Triager,
     case: &str,
     bus: &crate::events::Bus,
-    mut gate: impl FnMut(u8) -> bool,
-) -> Result<Option<(u8, bool)>, StoreError> {
+    mut gate: impl FnMut(Acuity) -> bool,
+) -> Result<Option<(Acuity, bool)>, StoreError> {
     let c = case.to_string();
     let snap = store
         .call(move |db| db.case_snapshot(&Actor::system(), &c))
@@ -245,8 +252,12 @@ async fn retriage(
     let Some(outcome) = triager.triage(input_from(&snap)).await else {
         return Ok(None);
     };
-    if !gate(outcome.final_esi) {
-        return Ok(Some((outcome.final_esi, false)));
+    let acuity = (
+        outcome.final_esi,
+        outcome.rules.news2.as_ref().map(|n| n.total),
+    );
+    if !gate(acuity) {
+        return Ok(Some((acuity, false)));
     }
     let rec = record_from(&outcome);
     let c = case.to_string();
@@ -264,7 +275,7 @@ async fn retriage(
         case_id: case.to_string(),
         triage: std::sync::Arc::new(stored),
     });
-    Ok(Some((outcome.final_esi, true)))
+    Ok(Some((acuity, true)))
 }
 
 #[cfg(test)]
@@ -276,53 +287,71 @@ mod tests {
         let hold = Duration::from_secs(120);
         let t0 = Instant::now();
         let mut imp = None;
+        let (e2, e3) = ((2, Some(7)), (3, Some(5)));
         assert!(
-            may_store(None, 3, &mut imp, t0, hold),
-            "first level is stored"
+            may_store(None, e3, &mut imp, t0, hold),
+            "first result is stored"
         );
         assert!(
-            may_store(Some(3), 2, &mut imp, t0, hold),
+            may_store(Some(e3), e2, &mut imp, t0, hold),
             "more acute at once"
         );
         assert!(
-            !may_store(Some(2), 3, &mut imp, t0, hold),
+            !may_store(Some(e2), e3, &mut imp, t0, hold),
             "less acute is held"
         );
         assert_eq!(imp, Some(t0));
         assert!(!may_store(
-            Some(2),
-            3,
+            Some(e2),
+            e3,
             &mut imp,
             t0 + Duration::from_secs(119),
             hold
         ));
         assert!(
-            may_store(Some(2), 3, &mut imp, t0 + hold, hold),
+            may_store(Some(e2), e3, &mut imp, t0 + hold, hold),
             "after the hold"
         );
         assert_eq!(imp, None);
         // A relapse during the hold resets it.
-        assert!(!may_store(Some(2), 3, &mut imp, t0, hold));
+        assert!(!may_store(Some(e2), e3, &mut imp, t0, hold));
         assert!(may_store(
-            Some(2),
-            2,
+            Some(e2),
+            e2,
             &mut imp,
             t0 + Duration::from_secs(60),
             hold
         ));
         assert_eq!(imp, None);
         assert!(!may_store(
-            Some(2),
-            3,
+            Some(e2),
+            e3,
             &mut imp,
             t0 + Duration::from_secs(61),
             hold
         ));
         assert!(!may_store(
-            Some(2),
-            3,
+            Some(e2),
+            e3,
             &mut imp,
             t0 + Duration::from_secs(180),
+            hold
+        ));
+        // At the same ESI a lower NEWS2 is an improvement too; a higher one is not.
+        let mut imp = None;
+        assert!(!may_store(
+            Some((2, Some(7))),
+            (2, Some(5)),
+            &mut imp,
+            t0,
+            hold
+        ));
+        let mut imp = None;
+        assert!(may_store(
+            Some((2, Some(5))),
+            (2, Some(7)),
+            &mut imp,
+            t0,
             hold
         ));
     }

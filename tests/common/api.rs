@@ -60,6 +60,16 @@ impl Reply {
 
 impl Api {
     pub async fn new(dropin: &str) -> Api {
+        Self::build(dropin, None).await
+    }
+
+    /// [`Api::new`] with the daemon's re-triage loop (rules only; `hold` before a less acute
+    /// level is stored) fed by the API's writes.
+    pub async fn with_retriage(dropin: &str, hold: std::time::Duration) -> Api {
+        Self::build(dropin, Some(hold)).await
+    }
+
+    async fn build(dropin: &str, retriage: Option<std::time::Duration>) -> Api {
         let app = Appliance::init_with(&[("30-api.toml", dropin)]);
         keyring::ensure_key32(&app.key_dir(), &territory_key_name("north", 1)).unwrap();
         let cfg = app.config();
@@ -79,9 +89,25 @@ impl Api {
         let (store, _thread) = Store::spawn(db, 64);
         let clock = Arc::new(ManualClock::at(T0));
         let (tx, rx) = tokio::sync::watch::channel(false);
-        let st = ApiState::new(cfg, store, clock.clone(), Bus::default(), rx)
+        let bus = Bus::default();
+        let mut st = ApiState::new(cfg, store.clone(), clock.clone(), bus.clone(), rx.clone())
             .await
             .unwrap();
+        if let Some(hold) = retriage {
+            use hema3n_edge::triage::service::{Retriage, spawn_model_thread};
+            let (tx, cases) = tokio::sync::mpsc::unbounded_channel();
+            st.retriage = Some(tx);
+            let (triager, _model) = spawn_model_thread(None, 3, 16);
+            let task = Retriage {
+                cases,
+                store,
+                triager,
+                debounce: std::time::Duration::from_millis(10),
+                hold,
+                bus,
+            };
+            tokio::spawn(task.run(rx));
+        }
         Api {
             router: router(st.clone()),
             app,
