@@ -103,6 +103,7 @@ fn crew_flow_in_chromium() {
         .env("H3N_TERRITORY", "default")
         .env("H3N_IDLE_SECS", IDLE_SECS.to_string())
         .env("H3N_SHOTS", &shots)
+        .env("H3N_CASE_FILE", a.tmp.path().join("case-id"))
         .output()
         .unwrap();
     let _ = sim.kill();
@@ -143,4 +144,73 @@ fn crew_flow_in_chromium() {
         a.query_i64("SELECT count(*) FROM cases WHERE status = 'closed'"),
         1
     );
+    // The receipted bundle in the cloud holds every part of the call the crew recorded.
+    let case = std::fs::read_to_string(a.tmp.path().join("case-id")).unwrap();
+    let list = receiver.ok(&["bundles"]);
+    let row = list
+        .lines()
+        .find(|l| l.ends_with("\tbundle"))
+        .unwrap_or_else(|| panic!("no case bundle in the receiver:\n{list}"));
+    let id = row.split('\t').take(2).collect::<Vec<_>>().join("/");
+    let body: serde_json::Value = serde_json::from_str(&receiver.ok(&["bundles", &id])).unwrap();
+    assert!(
+        body.to_string().contains(case.trim()),
+        "bundle of another case"
+    );
+    let kinds: Vec<String> = body["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["resource"]["resourceType"].as_str().unwrap().to_string())
+        .collect();
+    for want in [
+        "Patient",
+        "Encounter",
+        "Condition",
+        "AllergyIntolerance",
+        "MedicationAdministration",
+        "Procedure",
+        "Location",
+        "Practitioner",
+        "DocumentReference",
+    ] {
+        assert!(kinds.iter().any(|k| k == want), "{want} missing: {kinds:?}");
+    }
+    let text = body.to_string();
+    for want in [
+        "Grace",
+        "J44.1",
+        "penicillin",
+        "\"435\"",
+        "392230005",
+        "3151-8",
+        "Logan Regional Hospital",
+        "Dr. R. Patel",
+        "urn:hema3n:fhir:etime:transfer_of_care",
+    ] {
+        assert!(
+            text.contains(want),
+            "{want} missing from the receipted bundle"
+        );
+    }
+    // The hand-entered glucose marked entered-in-error did not travel (the monitor's did).
+    let glucose = hema3n_edge::vocab::lookup("glucose").unwrap().loinc;
+    let manual_glucose = body["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| &e["resource"])
+        .filter(|r| r["resourceType"] == "Observation" && r["code"]["coding"][0]["code"] == glucose)
+        .filter(|r| r.get("device").is_none())
+        .count();
+    assert_eq!(manual_glucose, 0, "entered-in-error reading in the bundle");
+    let f = a.tmp.path().join("receipted.json");
+    std::fs::write(&f, body.to_string()).unwrap();
+    common::cloud::fhir_validate(&[f]);
+    // And its NEMSIS document, as the agency submits it from the cloud.
+    let xml = receiver.ok(&["bundles", &id, "--nemsis"]);
+    let f = a.tmp.path().join("receipted-nemsis.xml");
+    std::fs::write(&f, &xml).unwrap();
+    common::record::assert_nemsis_valid(&[f]);
+    assert!(xml.contains("<eSituation.11>J44.1</eSituation.11>"));
 }

@@ -176,6 +176,7 @@ async fn guard_inner(
         .ok_or_else(|| ApiError::unauthorized("missing bearer token; log in first"))?;
     let hash = password::token_hash(token);
     let now = st.clock.now_ms();
+
     let (row, user) = match st.sessions.check(&hash, now, st.idle_ms(), true) {
         Ok(v) => v,
         Err(Invalid::Unknown) => {
@@ -313,14 +314,31 @@ pub async fn in_territory(
 pub async fn end_if_expired(st: &ApiState, hash: &[u8; 32]) -> bool {
     let now = st.clock.now_ms();
     match st.sessions.check(hash, now, st.idle_ms(), false) {
-        Ok(_) => revoked(st, hash).await.unwrap_or(true),
-        Err(Invalid::Unknown) => true,
+        Ok(_) => match revoked(st, hash).await {
+            Ok(r) => r,
+            Err(e) => {
+                // A store that cannot answer now (busy, shutting down) ends nobody's session:
+                // the next request or tick asks again (a crew is never locked out by load).
+                tracing::warn!(code = e.code.as_str(), "session check deferred");
+                false
+            }
+        },
+        Err(Invalid::Unknown) => {
+            tracing::info!("live stream of an ended session closes");
+            true
+        }
         Err(Invalid::Idle(row)) | Err(Invalid::Expired(row)) => {
             let reason = if now < row.expires_at_ms {
                 "idle"
             } else {
                 "expired"
             };
+            tracing::info!(
+                reason,
+                h = hash[0],
+                idle_for_ms = now - row.last_seen_ms,
+                "live stream's session ended"
+            );
             if let Err(e) = st
                 .store
                 .call(move |db| db.end_sessions(&[(row, reason)], now))

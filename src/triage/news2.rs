@@ -59,13 +59,13 @@ pub struct News2 {
     pub risk: Risk,
 }
 
-/// A measured value as a clinician reads it: whole numbers without decimals, others to one
-/// decimal place (temperature).
-pub fn display_value(v: f64) -> String {
-    if (v - v.round()).abs() < 0.05 {
-        format!("{}", v.round() as i64)
-    } else {
+/// A measured value as a clinician reads it: temperature to 0.1 °C, every other NEWS2
+/// parameter in whole units (SpO2 94 %, not 94.1 %).
+pub fn display_value(parameter: &str, v: f64) -> String {
+    if parameter == "temp" {
         format!("{v:.1}")
+    } else {
+        format!("{}", v.round() as i64)
     }
 }
 

@@ -305,7 +305,7 @@ pub fn evaluate(i: &RulesInput) -> RulesResult {
             .filter(|s| s.score > 0)
             .map(|s| match s.parameter {
                 "air_or_oxygen" => format!("on oxygen +{}", s.score),
-                p => format!("{p} {} +{}", news2::display_value(s.value), s.score),
+                p => format!("{p} {} +{}", news2::display_value(p, s.value), s.score),
             })
             .collect();
         let partial = if parts.is_empty() {

@@ -1,14 +1,19 @@
 // Crew tablet end to end in headless Chromium (Debian's), driven by playwright-core.
 // Started by tests/browser.rs, which runs the daemon, broker, simulator and cloud receiver.
-// Env: H3N_URL, H3N_USER, H3N_PIN, H3N_STAFF, H3N_TERRITORY, H3N_IDLE_SECS, H3N_SHOTS (dir).
+// A full call as a crew records it, in landscape (1280×800), then the closed case and the case
+// list again in portrait (800×1280); regressions of the 2026-11-30 walk-through on the way.
+// Env: H3N_URL, H3N_USER, H3N_PIN, H3N_STAFF, H3N_TERRITORY, H3N_IDLE_SECS, H3N_SHOTS (dir),
+// H3N_CASE_FILE (where the case id is written for the Rust side).
 'use strict';
 const { chromium } = require('playwright-core');
+const fs = require('fs');
 const path = require('path');
 
 const env = (k) => { const v = process.env[k]; if (!v) throw new Error(`missing ${k}`); return v; };
 const URL = env('H3N_URL');
 const SHOTS = process.env.H3N_SHOTS;
 const step = (m) => console.log(`[browser] ${m}`);
+const check = (ok, what) => { if (!ok) throw new Error(what); };
 
 async function shot(page, name) {
   if (SHOTS) await page.screenshot({ path: path.join(SHOTS, `${name}.png`), fullPage: true });
@@ -23,6 +28,25 @@ async function login(page, user) {
   await page.getByTestId('who').waitFor();
 }
 
+async function tab(page, name) {
+  await page.getByTestId(`tab-${name}`).click();
+}
+
+// Taps "Now" for a call time and waits for it to show.
+async function now(page, key) {
+  await tab(page, 'times');
+  await page.getByTestId(`now-${key}`).click();
+  await page.waitForFunction((k) => {
+    const t = document.querySelector(`[data-testid=time-${k}]`);
+    return t && t.innerText.trim() !== '—';
+  }, key);
+}
+
+// The y of an element's top edge in the viewport (to check what is on the first screen).
+const topOf = (page, sel) => page.evaluate((s) => document.querySelector(s).getBoundingClientRect().top, sel);
+
+let failurePage = null;
+
 (async () => {
   const browser = await chromium.launch({
     executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
@@ -33,37 +57,57 @@ async function login(page, user) {
   // A 10" tablet in landscape.
   const ctx = await browser.newContext({ ignoreHTTPSErrors: true, viewport: { width: 1280, height: 800 }, deviceScaleFactor: 1 });
   const page = await ctx.newPage();
+  failurePage = page;
   page.setDefaultTimeout(30000);
-  page.on('dialog', (d) => d.accept());
+  page.on('console', (m) => { if (m.type() === 'error' || m.type() === 'warning') console.log(`[browser] console: ${m.text()}`); });
+  page.on('framenavigated', (f) => { if (f === page.mainFrame()) console.log(`[browser] at ${f.url().replace(/^https:\/\/[^/]+/, '')}`); });
+  // Confirmations are accepted; a reason prompt gets a reason.
+  page.on('dialog', (d) => d.accept(d.type() === 'prompt' ? 'recorded on the wrong patient' : undefined));
   const errors = [];
   page.on('pageerror', (e) => errors.push(String(e)));
 
-  step('login');
+  step('a mistyped territory is said on the login form');
   await page.goto(URL);
-  await page.getByTestId('login-user').waitFor();
-  await shot(page, 'login');
+  await page.getByTestId('login-user').fill(env('H3N_USER'));
+  await page.getByTestId('login-pin').fill(env('H3N_PIN'));
+  await page.getByTestId('login-territory').fill('nowhere');
+  await page.getByTestId('login-submit').click();
+  await page.getByTestId('login-msg').filter({ hasText: 'territory' }).waitFor();
+  await shot(page, 'login-wrong-territory');
+
+  step('login');
   await login(page, env('H3N_USER'));
   await page.getByTestId('new-patient').waitFor();
   await shot(page, 'cases-empty');
 
-  step('register a patient with partial data');
+  step('an unknown patient with an estimated age');
   await page.getByTestId('new-patient').click();
-  await page.getByTestId('last-name').fill('Okafor');
-  await page.getByTestId('first-name').fill('Grace');
-  await page.getByTestId('dob').fill('1948-05-17');
-  await page.getByTestId('complaint').fill('short of breath, fever');
+  await page.getByTestId('pf-estimated_age_years').fill('67');
+  await page.getByTestId('pf-sex').selectOption('female');
+  await page.getByTestId('complaint').fill('short of breath, COPD on home oxygen');
   await shot(page, 'register');
   await page.getByTestId('register').click();
-  await page.getByTestId('case-title').waitFor();
-  const title = await page.getByTestId('case-title').innerText();
-  if (!title.includes('Grace Okafor')) throw new Error(`case title: ${title}`);
+  await page.getByTestId('case-title').filter({ hasText: 'Unknown patient' }).waitFor();
+  const caseId = page.url().split('/').pop();
+  if (process.env.H3N_CASE_FILE) fs.writeFileSync(process.env.H3N_CASE_FILE, caseId);
 
-  step('bind the simulated monitor');
+  step('dispatch and scene times, one tap each');
+  for (const k of ['call_received_ms', 'dispatched_ms', 'en_route_ms', 'on_scene_ms', 'at_patient_ms']) await now(page, k);
+  await shot(page, 'times');
+
+  step('incident');
+  await tab(page, 'incident');
+  await page.getByTestId('in-number').fill('INC-2026-0042');
+  await page.getByTestId('in-reason').selectOption('breathing_problem');
+  await page.getByTestId('in-mode').selectOption('emergent');
+  await page.getByTestId('in-save').click();
+  await page.getByTestId('in-number').and(page.locator('[value="INC-2026-0042"]')).waitFor();
+
+  step('bind the simulated monitor; live vitals and triage arrive');
+  await tab(page, 'devices');
   await page.getByTestId('bind-device').selectOption('mon-1');
   await page.getByTestId('bind-submit').click();
   await page.getByTestId('bound-device').filter({ hasText: 'mon-1' }).waitFor();
-
-  step('live vitals arrive over the stream');
   const hr = page.getByTestId('tile-heart_rate');
   await hr.waitFor();
   const first = await hr.innerText();
@@ -72,64 +116,183 @@ async function login(page, user) {
     return t && t.innerText !== before;
   }, first, { timeout: 20000 });
   for (const v of ['spo2', 'resp_rate', 'sbp']) await page.getByTestId(`value-${v}`).waitFor();
-
-  step('triage appears with its reasons');
+  // Values at clinical precision: no 93.15266 %.
+  const spo2 = await page.getByTestId('value-spo2').innerText();
+  check(/^\d+$/.test(spo2.trim()), `SpO2 shown as ${spo2}`);
   await page.getByTestId('triage-esi').waitFor();
-  const esi = await page.getByTestId('triage-esi').innerText();
-  if (!/^ESI [1-5]$/.test(esi)) throw new Error(`triage level: ${esi}`);
-  await page.locator('[data-testid=triage-reasons] li').first().waitFor();
+  check(/^ESI [1-5]$/.test(await page.getByTestId('triage-esi').innerText()), 'triage level');
+  // The key vitals are on the first screen in landscape.
+  check(await topOf(page, '[data-testid=tile-heart_rate]') < 800, 'first vital below the fold (landscape)');
   await shot(page, 'case-live');
 
-  step('manual vitals entry');
+  step('oxygen: NEWS2 and the triage reasons change on screen');
+  await tab(page, 'oxygen');
+  await page.getByTestId('o2-flow').selectOption('2');
+  await page.getByTestId('o2-device').selectOption('nasal_cannula');
+  await page.getByTestId('o2-save').click();
+  await page.getByTestId('oxygen-state').filter({ hasText: 'On supplemental oxygen' }).waitFor();
+  await page.getByTestId('triage-reasons').filter({ hasText: 'on oxygen +2' }).waitFor({ timeout: 20000 });
+  await shot(page, 'oxygen');
+
+  step('IV access');
+  await tab(page, 'procedure');
+  await page.getByTestId('pr-code').selectOption('iv_access');
+  await page.getByTestId('pr-site').fill('left forearm');
+  await page.getByTestId('pr-save').click();
+  await page.getByTestId('entry-procedure').first().waitFor();
+
+  step('a medication: ten rapid taps on Record store one entry');
+  await tab(page, 'medication');
+  await page.getByTestId('md-med').selectOption('salbutamol');
+  await page.getByTestId('md-dose').fill('5');
+  await page.getByTestId('md-unit').selectOption('mg');
+  await page.getByTestId('md-route').selectOption('nebulizer');
+  await page.evaluate(() => { const b = document.querySelector('[data-testid=md-save]'); for (let i = 0; i < 10; i++) b.click(); });
+  await page.getByTestId('entry-medication').first().waitFor();
+  // Whatever is still in flight has landed once the form is free again.
+  await page.waitForFunction(() => !document.querySelector('#md').dataset.busy);
+  await tab(page, 'medication');
+  check(await page.getByTestId('entry-medication').count() === 1, 'one tap → one medication');
+
+  step('impression, history and allergies');
+  await tab(page, 'situation');
+  await page.getByTestId('si-primary').fill('J44.1');
+  await page.getByTestId('si-save').click();
+  await page.locator('#panel').filter({ hasText: 'COPD exacerbation' }).waitFor();
+  await tab(page, 'history');
+  await page.getByTestId('hi-allergies').fill('penicillin');
+  await page.getByTestId('hi-history').fill('COPD, hypertension');
+  await page.getByTestId('hi-save').click();
+  await page.getByTestId('hi-allergies').and(page.locator('[value="penicillin"]')).waitFor();
+
+  step('the patient is identified and edited');
+  await page.getByTestId('edit-patient').click();
+  await page.getByTestId('pf-first_name').fill('Grace');
+  await page.getByTestId('pf-last_name').fill('Okafor');
+  await page.getByTestId('pf-date_of_birth').fill('1959-05-17');
+  await page.getByTestId('patient-save').click();
+  await page.getByTestId('case-title').filter({ hasText: 'Grace Okafor' }).waitFor();
+
+  step('an empty manual vital is refused; an entered-in-error vital leaves the screen');
+  await tab(page, 'vitals');
   await page.getByTestId('mv-name').selectOption('glucose');
+  await page.getByTestId('mv-save').click();
+  await page.getByTestId('mv-error').filter({ hasText: 'Enter a value' }).waitFor();
+  await page.getByTestId('mv-value').fill('6a');
+  await page.getByTestId('mv-save').click();
+  await page.getByTestId('mv-error').filter({ hasText: 'number' }).waitFor();
   await page.getByTestId('mv-value').fill('64');
   await page.getByTestId('mv-save').click();
   await page.getByTestId('value-glucose').filter({ hasText: '64' }).waitFor();
+  await tab(page, 'vitals');
+  await page.getByTestId('eie-vital').first().click();
+  // The hand-entered 64 leaves the tile (the monitor's own glucose shows again) and the list.
+  await page.waitForFunction(() => {
+    const t = document.querySelector('[data-testid=tile-glucose]');
+    return !t || !t.innerText.includes('manual');
+  });
+  await page.getByTestId('manual-vital').waitFor({ state: 'detached' });
+  await shot(page, 'vitals-entered-in-error');
 
-  step('handoff summary');
+  step('left scene, destination, transfer of care');
+  await now(page, 'left_scene_ms');
+  await tab(page, 'disposition');
+  await page.getByTestId('di-patient').selectOption('care_provided');
+  await page.getByTestId('di-transport').selectOption('this_unit');
+  await page.getByTestId('di-destination').fill('Logan Regional Hospital');
+  await page.getByTestId('di-to').fill('Dr. R. Patel');
+  await page.getByTestId('di-save').click();
+  await page.getByTestId('di-destination').and(page.locator('[value="Logan Regional Hospital"]')).waitFor();
+  for (const k of ['at_destination_ms', 'transfer_of_care_ms', 'in_service_ms']) await now(page, k);
+
+  step('handoff summary with clinical labels');
   await page.getByTestId('handoff').click();
   await page.getByTestId('handoff-title').waitFor();
+  const hv = await page.getByTestId('handoff-vitals').innerText();
+  check(!/\d\.\d{3,}/.test(hv), `unrounded values in handoff: ${hv}`);
+  check(/SpO₂/.test(hv) && !/\bspo2\b/.test(hv), `raw vital names in handoff: ${hv}`);
   await shot(page, 'handoff');
   await page.goBack();
   await page.getByTestId('case-title').waitFor();
 
-  step('close the case and see its sync state');
+  step('twenty navigations between cases leave the tab responsive');
+  for (let i = 0; i < 10; i++) {
+    await page.getByTestId('nav-cases').click();
+    await page.getByTestId('case-row').first().click();
+    await page.getByTestId('case-title').waitFor();
+  }
+  const ms = await page.evaluate(async () => {
+    const t0 = performance.now();
+    const r = await fetch('/api/v1/auth/me', { headers: { Authorization: `Bearer ${sessionStorage.getItem('h3n.token')}`, 'Territory-Id': sessionStorage.getItem('h3n.territory') } });
+    if (!r.ok) throw new Error(`me: ${r.status}`);
+    return performance.now() - t0;
+  });
+  check(ms < 1000, `a request took ${ms} ms after 20 navigations`);
+
+  step('close the case; the bundle is receipted by the cloud');
   await page.getByTestId('close-case').click();
   await page.getByTestId('case-status').filter({ hasText: 'closed' }).waitFor();
-  // The sealed bundle reaches the cloud receiver and its signed receipt comes back.
+  await tab(page, 'devices');
   for (let i = 0; i < 60; i++) {
     const s = await page.getByTestId('sync-state').innerText();
     if (/bundle:\s*receipted/.test(s)) break;
     await page.waitForTimeout(500);
     await page.reload();
-    await page.getByTestId('sync-state').waitFor();
+    await page.getByTestId('case-title').waitFor();
+    await tab(page, 'devices');
   }
   const sync = await page.getByTestId('sync-state').innerText();
-  if (!/bundle:\s*receipted/.test(sync)) throw new Error(`sync state: ${sync}`);
+  check(/bundle:\s*receipted/.test(sync), `sync state: ${sync}`);
   await shot(page, 'case-closed-receipted');
-  await page.getByTestId('nav-cases').click();
-  await page.getByTestId('case-row').first().waitFor();
-  await shot(page, 'cases');
 
-  step('idle logoff returns to the login screen');
+  step('portrait: the key vitals still on the first screen');
+  const pctx = await browser.newContext({ ignoreHTTPSErrors: true, viewport: { width: 800, height: 1280 }, deviceScaleFactor: 1 });
+  const pp = await pctx.newPage();
+  pp.setDefaultTimeout(30000);
+  pp.on('pageerror', (e) => errors.push(String(e)));
+  await login(pp, env('H3N_USER'));
+  await pp.goto(`${URL}#/case/${caseId}`);
+  await pp.getByTestId('tile-heart_rate').waitFor();
+  check(await topOf(pp, '[data-testid=tile-heart_rate]') < 1280, 'first vital below the fold (portrait)');
+  await shot(pp, 'case-portrait');
+  await pp.goto(`${URL}#/cases`);
+  await pp.getByTestId('case-row').first().waitFor();
+  await shot(pp, 'cases-portrait');
+  await pctx.close();
+
+  step('idle logoff: warned first, then back on the same case after signing in');
+  await page.goto(`${URL}#/case/${caseId}`);
+  await page.getByTestId('case-title').waitFor();
   const idle = Number(env('H3N_IDLE_SECS'));
+  await page.getByTestId('idle-warn').waitFor({ state: 'visible', timeout: idle * 1000 });
+  await shot(page, 'idle-warning');
   await page.getByTestId('login-user').waitFor({ timeout: (idle + 10) * 1000 });
   const banner = await page.locator('#banner').innerText();
-  if (!/inactivity/i.test(banner)) throw new Error(`banner after idle: ${banner}`);
+  check(/inactivity/i.test(banner), `banner after idle: ${banner}`);
   await shot(page, 'idle-logoff');
-  // The old token is dead server-side too.
   const token = await page.evaluate(() => sessionStorage.getItem('h3n.token'));
-  if (token) throw new Error('token kept after logoff');
+  check(!token, 'token kept after logoff');
+  await page.getByTestId('login-user').fill(env('H3N_USER'));
+  await page.getByTestId('login-pin').fill(env('H3N_PIN'));
+  await page.getByTestId('login-territory').fill(env('H3N_TERRITORY'));
+  await page.getByTestId('login-submit').click();
+  await page.getByTestId('case-title').filter({ hasText: 'Grace Okafor' }).waitFor();
 
   step('staff cannot open clinical data');
+  await page.getByTestId('logout').click();
   await login(page, env('H3N_STAFF'));
   await page.getByTestId('case-row').first().click();
   await page.getByTestId('forbidden').waitFor();
-  if (await page.getByTestId('vitals').count() !== 0) throw new Error('staff saw vitals');
-  if (await page.getByTestId('triage').count() !== 0) throw new Error('staff saw triage');
+  check(await page.getByTestId('vitals').count() === 0, 'staff saw vitals');
+  check(await page.getByTestId('triage').count() === 0, 'staff saw triage');
   await shot(page, 'staff-forbidden');
 
-  if (errors.length) throw new Error(`page errors: ${errors.join('; ')}`);
+  check(!errors.length, `page errors: ${errors.join('; ')}`);
   await browser.close();
   step('ok');
-})().catch((e) => { console.error(`[browser] FAILED: ${e.stack || e}`); process.exit(1); });
+})().catch(async (e) => {
+  console.error(`[browser] FAILED: ${e.stack || e}`);
+  // What the screen showed when it failed.
+  if (failurePage) await shot(failurePage, 'FAILED').catch(() => {});
+  process.exit(1);
+});

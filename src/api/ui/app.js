@@ -30,52 +30,104 @@ class HttpError extends Error {
   constructor(status, body) {
     super((body && body.error && body.error.message) || `HTTP ${status}`);
     this.status = status;
+    this.body = body;
     this.code = body && body.error && body.error.code;
   }
 }
 
-async function api(method, path, body) {
+// `opts.key`: send an Idempotency-Key (one per user action: a double tap stores once);
+// `opts.ifMatch`: the version edited; `opts.text`: the reply is not JSON. The ETag of the reply
+// is returned as `etag` on object replies.
+async function api(method, path, body, opts = {}) {
   const headers = { 'Territory-Id': S.territory || '' };
   if (S.token) headers.Authorization = `Bearer ${S.token}`;
   if (body !== undefined) headers['Content-Type'] = 'application/json';
+  if (opts.key) headers['Idempotency-Key'] = opts.key;
+  if (opts.ifMatch != null) headers['If-Match'] = `"${opts.ifMatch}"`;
   const r = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
   if (r.status === 204) return null;
+  if (opts.text && r.ok) return r.text();
   const data = await r.json().catch(() => null);
   if (r.status === 401 && !path.endsWith('/auth/login')) {
     loggedOff((data && data.error && data.error.message) || 'Session ended; log in again');
     throw new HttpError(401, data);
   }
   if (!r.ok) throw new HttpError(r.status, data);
+  const etag = r.headers.get('ETag');
+  if (data && typeof data === 'object' && etag) Object.defineProperty(data, 'etag', { value: Number(etag.replace(/"/g, '')) });
   return data;
+}
+
+const newKey = () => (crypto.randomUUID ? crypto.randomUUID() : `${Date.now()}-${Math.random().toString(36).slice(2)}`);
+
+// Runs one form submit: the button is disabled while it is in flight (a glove's double tap
+// sends nothing twice), one request key per action, errors next to the form's own message slot.
+async function submitOnce(form, fn) {
+  const btns = form.querySelectorAll('button');
+  const msg = form.querySelector('.err');
+  if (form.dataset.busy) return;
+  form.dataset.busy = '1';
+  btns.forEach((b) => { b.disabled = true; });
+  if (msg) msg.textContent = '';
+  try { await fn(newKey()); }
+  catch (e) {
+    if (e.status === 401) return;
+    const field = e.body && e.body.error && e.body.error.details && e.body.error.details.field;
+    if (msg) msg.textContent = e.message + (field ? '' : '');
+    else banner(e.message, true);
+  } finally {
+    delete form.dataset.busy;
+    btns.forEach((b) => { b.disabled = false; });
+  }
 }
 
 function loggedOff(msg) {
   stopStream();
+  // After signing in again, the same user returns to the screen they were on.
+  if (S.me && location.hash.startsWith('#/case')) {
+    sessionStorage.setItem('h3n.return', JSON.stringify({ user: S.me.user.id, hash: location.hash }));
+  }
   S.token = null; S.me = null;
   sessionStorage.removeItem('h3n.token');
   $('#bar').hidden = true;
-  location.hash = '#/login';
-  render().then(() => banner(msg, true));
+  $('#idle-warn').hidden = true;
+  // Shown by the render the hash change starts (one render, the message survives it).
+  S.pending = msg;
+  if (location.hash === '#/login') render(); else location.hash = '#/login';
 }
 
-// ---- idle logoff (client side mirror of the server's timer) ---------------------------------
-['pointerdown', 'keydown', 'touchstart'].forEach((e) => addEventListener(e, () => { S.lastInput = Date.now(); }, { passive: true }));
+// ---- idle logoff (client side mirror of the server's timer), warned one minute before ------
+// Typing with an on-screen keyboard may send no keydown: input and change count too.
+['pointerdown', 'keydown', 'touchstart', 'input', 'change'].forEach((e) => addEventListener(e, () => { S.lastInput = Date.now(); }, { passive: true, capture: true }));
 function armIdle() {
   clearInterval(S.idleTimer);
   S.idleTimer = setInterval(() => {
     if (!S.token || !S.me) return;
-    if (Date.now() - S.lastInput > S.me.idle_timeout_secs * 1000) {
+    const left = S.me.idle_timeout_secs * 1000 - (Date.now() - S.lastInput);
+    const warn = $('#idle-warn');
+    if (left <= 0) {
       api('POST', '/api/v1/auth/logout').catch(() => {});
       loggedOff('Logged off after inactivity');
+    } else if (left <= Math.min(60, S.me.idle_timeout_secs / 2) * 1000) {
+      warn.hidden = false;
+      $('#idle-left').textContent = Math.ceil(left / 1000);
+    } else {
+      warn.hidden = true;
     }
   }, 1000);
 }
+$('#stay').addEventListener('click', async () => {
+  S.lastInput = Date.now();
+  $('#idle-warn').hidden = true;
+  try { await api('GET', '/api/v1/auth/me'); } catch (e) { /* 401 handled */ }
+});
 
 // ---- screens --------------------------------------------------------------------------------
 const routes = [
   [/^#\/login$/, loginScreen],
   [/^#\/cases$/, casesScreen],
   [/^#\/new$/, newScreen],
+  [/^#\/patient\/([0-9a-f-]+)$/, patientScreen],
   [/^#\/case\/([0-9a-f-]+)$/, caseScreen],
   [/^#\/handoff\/([0-9a-f-]+)$/, handoffScreen],
   [/^#\/audit$/, auditScreen],
@@ -95,6 +147,7 @@ async function render() {
     const m = hash.match(re);
     if (m) {
       try { await fn(...m.slice(1)); } catch (e) { if (e.status !== 401) showError(e); }
+      if (S.pending) { banner(S.pending, true); S.pending = null; }
       return;
     }
   }
@@ -148,8 +201,23 @@ async function loginScreen() {
       sessionStorage.setItem('h3n.token', S.token);
       sessionStorage.setItem('h3n.territory', S.territory);
       S.me = null; S.lastInput = Date.now();
-      location.hash = '#/cases';
-      await render();
+      // A mistyped territory is said here, on the login form.
+      try { S.me = await api('GET', '/api/v1/auth/me'); } catch (e) {
+        // No session is left behind for a territory the user cannot use.
+        const asked = S.territory;
+        S.territory = r.user.territory;
+        await api('POST', '/api/v1/auth/logout').catch(() => {});
+        S.territory = asked;
+        S.token = null; sessionStorage.removeItem('h3n.token');
+        $('#login-msg').textContent = e.code === 'TERRITORY_MISMATCH' ? `You have no access to territory “${S.territory}”: check the territory.` : e.message;
+        return;
+      }
+      showBar();
+      const back = JSON.parse(sessionStorage.getItem('h3n.return') || 'null');
+      sessionStorage.removeItem('h3n.return');
+      const next = back && back.user === r.user.id ? back.hash : '#/cases';
+      // One render: by the hash change, or here when the hash stays the same.
+      if (location.hash === next) await render(); else location.hash = next;
     } catch (e) {
       $('#login-msg').textContent = e.message;
     }
@@ -164,31 +232,44 @@ async function casesScreen() {
       <span><strong>${esc(c.patient_name || 'Unnamed patient')}</strong><br>
       <span class="muted">${esc(c.status)} · opened ${fmtTime(c.created_at_ms)} · ${c.devices.length ? esc(c.devices.join(', ')) : 'no device'}</span></span>
     </a>`).join('');
-  view().innerHTML = `<div class="row"><h1 style="flex:1">Cases</h1>
+  view().innerHTML = `<div class="row"><h1 class="grow">Cases</h1>
     ${can('PatientWrite') ? '<a class="btn primary" href="#/new" data-testid="new-patient">+ New patient</a>' : ''}</div>
     <div class="list">${rows || '<p>No cases yet.</p>'}</div>`;
+}
+
+const PATIENT_FIELDS = [['first_name', 'First name', 'text'], ['last_name', 'Last name', 'text'], ['date_of_birth', 'Date of birth', 'date'],
+  ['estimated_age_years', 'Estimated age (years)', 'number'], ['mrn', 'MRN', 'text'], ['phone', 'Phone', 'tel']];
+
+function patientForm(p = {}) {
+  return PATIENT_FIELDS.map(([k, label, type]) => `<div><label for="pf-${k}">${label}</label>
+      <input id="pf-${k}" data-testid="pf-${k}" type="${type}" ${type === 'number' ? 'min="0" max="120" inputmode="numeric"' : ''} value="${esc(p[k] ?? '')}"></div>`).join('') +
+    `<div><label for="pf-sex">Sex</label><select id="pf-sex" data-testid="pf-sex">${['', 'female', 'male', 'other', 'unknown'].map((v) => `<option value="${v}" ${p.sex === v ? 'selected' : ''}>${v || '—'}</option>`).join('')}</select></div>`;
+}
+
+function readPatientForm() {
+  const p = {};
+  for (const [k, , type] of PATIENT_FIELDS) {
+    const v = $('#pf-' + k).value.trim();
+    p[k] = v === '' ? null : (type === 'number' ? Number(v) : v);
+  }
+  p.sex = $('#pf-sex').value || null;
+  return p;
 }
 
 async function newScreen() {
   view().innerHTML = `
     <h1>New patient</h1>
-    <p class="muted">Everything is optional: register now, complete later.</p>
-    <form id="np" class="grid">
-      <div><label for="fn">First name</label><input id="fn" data-testid="first-name"></div>
-      <div><label for="ln">Last name</label><input id="ln" data-testid="last-name"></div>
-      <div><label for="dob">Date of birth</label><input id="dob" type="date" data-testid="dob"></div>
-      <div><label for="sex">Sex</label><select id="sex" data-testid="sex"><option value="">—</option><option>female</option><option>male</option><option>other</option><option>unknown</option></select></div>
-      <div style="grid-column: 1 / -1"><label for="cc">Chief complaint</label><input id="cc" data-testid="complaint"></div>
-      <div style="grid-column: 1 / -1">${can('ClinicalWrite') ? '<button class="primary" type="submit" data-testid="register">Register and open case</button>' : '<button class="primary" type="submit" data-testid="register">Register patient</button>'}</div>
+    <p class="muted">Everything is optional: register now, complete later (Patient → Edit on the case).</p>
+    <form id="np">
+      <div class="grid">${patientForm()}
+      <div class="full"><label for="cc">Chief complaint</label><input id="cc" data-testid="complaint"></div></div>
+      <p class="row">${can('ClinicalWrite') ? '<button class="primary" type="submit" data-testid="register">Register and open case</button>' : '<button class="primary" type="submit" data-testid="register">Register patient</button>'}
+      <span class="err" data-testid="np-error"></span></p>
     </form>`;
-  $('#np').addEventListener('submit', async (ev) => {
+  $('#np').addEventListener('submit', (ev) => {
     ev.preventDefault();
-    const p = {};
-    for (const [k, id] of [['first_name', 'fn'], ['last_name', 'ln'], ['date_of_birth', 'dob'], ['sex', 'sex']]) {
-      const v = $('#' + id).value.trim();
-      if (v) p[k] = v;
-    }
-    try {
+    submitOnce($('#np'), async () => {
+      const p = Object.fromEntries(Object.entries(readPatientForm()).filter(([, v]) => v != null));
       const pat = await api('POST', '/api/v1/patients', p);
       if (!can('ClinicalWrite')) { banner('Patient registered'); location.hash = '#/cases'; return; }
       const body = { patient_id: pat.id };
@@ -196,7 +277,27 @@ async function newScreen() {
       if (cc) body.chief_complaint = cc;
       const c = await api('POST', '/api/v1/cases', body);
       location.hash = `#/case/${c.id}`;
-    } catch (e) { if (e.status !== 401) banner(e.message, true); }
+    });
+  });
+}
+
+async function patientScreen(id) {
+  const p = await api('GET', `/api/v1/patients/${id}`);
+  const back = sessionStorage.getItem('h3n.case') || '';
+  view().innerHTML = `<h1>Patient</h1>
+    <form id="pe"><div class="grid">${patientForm(p)}</div>
+    <p class="row"><button class="primary" type="submit" data-testid="patient-save">Save</button>
+    ${back ? `<a class="btn" href="#/case/${esc(back)}" data-testid="patient-back">Back to case</a>` : '<a class="btn" href="#/cases">Back</a>'}
+    <span class="err" data-testid="pe-error"></span></p></form>`;
+  $('#pe').addEventListener('submit', (ev) => {
+    ev.preventDefault();
+    submitOnce($('#pe'), async () => {
+      // Only what changed, against the version shown (another tablet's edit is not lost).
+      const now = readPatientForm(), patch = {};
+      for (const [k, v] of Object.entries(now)) if ((p[k] ?? null) !== v) patch[k] = v;
+      await api('PATCH', `/api/v1/patients/${id}`, patch, { ifMatch: p.version });
+      location.hash = back ? `#/case/${back}` : '#/cases';
+    });
   });
 }
 
@@ -225,59 +326,288 @@ function triageHtml(t) {
     <ul class="reasons" data-testid="triage-reasons">${t.reasons.map((r) => `<li>${esc(r)}</li>`).join('')}</ul>`;
 }
 
+const VITAL_LABEL = Object.fromEntries(VITALS.map(([n, l, u]) => [n, [l, u]]));
+// Clinical precision: temperature to 0.1 °C, everything else whole numbers.
+const fmtVital = (name, v) => (name === 'avpu' ? AVPU[v] || '?' : name === 'temp' ? Number(v).toFixed(1) : String(Math.round(v)));
+const TIMES = [['call_received_ms', 'Call received'], ['dispatched_ms', 'Dispatched'], ['en_route_ms', 'En route'], ['on_scene_ms', 'On scene'],
+  ['at_patient_ms', 'At patient'], ['left_scene_ms', 'Left scene'], ['at_destination_ms', 'At destination'], ['transfer_of_care_ms', 'Transfer of care'], ['in_service_ms', 'Back in service']];
+const label = (list, v) => ((S.codes[list] || []).find((o) => o.value === v) || { label: v ?? '—' }).label;
+const opts = (list, cur, blank = true) => (blank ? '<option value="">—</option>' : '') + (S.codes[list] || []).map((o) => `<option value="${esc(o.value)}" ${o.value === cur ? 'selected' : ''}>${esc(o.label)}</option>`).join('');
+const toLocal = (ms) => { if (!ms) return ''; const d = new Date(ms - new Date(ms).getTimezoneOffset() * 60000); return d.toISOString().slice(0, 16); };
+
 async function caseScreen(id) {
+  if (!S.codes) S.codes = await api('GET', '/api/v1/record/codes');
+  sessionStorage.setItem('h3n.case', id);
   const c = await api('GET', `/api/v1/cases/${id}`);
-  const st = { c, vitals: c.vitals, lastId: c.vitals.reduce((m, o) => Math.max(m, o.id), 0) };
+  const st = { id, c, vitals: c.vitals, lastId: c.vitals.reduce((m, o) => Math.max(m, o.id), 0), tab: S.tab || 'times' };
   const p = c.patient || {};
   const closed = c.status === 'closed';
+  const age = p.date_of_birth ? `${Math.floor((Date.now() - Date.parse(p.date_of_birth)) / 31557600000)} y` : (p.estimated_age_years != null ? `~${p.estimated_age_years} y (est.)` : '');
   view().innerHTML = `
-    <div class="row"><h1 style="flex:1" data-testid="case-title">${esc([p.first_name, p.last_name].filter(Boolean).join(' ') || 'Unnamed patient')}
-      <span class="muted">${esc(p.date_of_birth || '')} ${esc(p.sex || '')}</span></h1>
+    <div class="row"><h1 class="grow" data-testid="case-title">${esc([p.first_name, p.last_name].filter(Boolean).join(' ') || 'Unknown patient')}
+      <span class="muted">${esc(age)} ${esc(p.sex || '')}</span></h1>
+      ${c.patient_id && can('PatientWrite') && !closed ? `<a class="btn" href="#/patient/${esc(c.patient_id)}" data-testid="edit-patient">Edit patient</a>` : ''}
       <span class="pill" data-testid="case-status">${esc(c.status)}</span>
       <a class="btn" href="#/handoff/${esc(id)}" data-testid="handoff">Handoff</a>
-      ${closed ? '' : '<button class="warn" id="close" data-testid="close-case">Close case</button>'}</div>
-    <p class="muted">${esc(c.details.chief_complaint || '')}</p>
+      ${closed || !can('ClinicalWrite') ? '' : '<button class="warn" id="close" data-testid="close-case">Close case</button>'}</div>
+    <p class="err" id="close-err" data-testid="close-error"></p>
     <div id="alarms"></div>
-    <h2>Triage</h2><div id="triage" data-testid="triage">${triageHtml(c.triage[0])}</div>
-    <h2>Vitals</h2><div id="tiles" class="grid" data-testid="vitals"></div>
-    <h2>Devices</h2><div id="devs"></div>
-    ${closed ? '' : `<h2>Manual vitals</h2>
-    <form id="mv" class="row">
-      <select id="mv-name" data-testid="mv-name">${VITALS.map(([n, l]) => `<option value="${n}">${l}</option>`).join('')}</select>
-      <input id="mv-value" data-testid="mv-value" placeholder="value" style="max-width:200px">
-      <button type="submit" data-testid="mv-save">Save</button></form>`}
-    ${can('Medication') && !closed ? `<h2>Medications</h2><form id="med" class="row">
-      <input id="med-name" placeholder="drug" style="max-width:260px"><input id="med-dose" placeholder="dose" style="max-width:160px">
-      <input id="med-route" placeholder="route" style="max-width:140px"><button type="submit" data-testid="med-save">Record</button></form>` : ''}
-    <ul id="meds">${c.medications.map((m) => `<li>${esc(m.name)} ${esc(m.dose)} ${esc(m.route)} · ${fmtTime(m.created_at_ms)} · ${esc(m.created_by)}</li>`).join('')}</ul>
-    <h2>Sync</h2><div id="bundles" data-testid="sync-state"></div>`;
+    <div class="first">
+      <section><div id="triage" data-testid="triage">${triageHtml(c.triage[0])}</div></section>
+      <section><div id="tiles" class="grid tiles" data-testid="vitals"></div></section>
+    </div>
+    <nav class="tabs" id="tabs">${[['times', 'Times'], ['vitals', 'Vitals'], ['oxygen', 'Oxygen'], ['procedure', 'Interventions'], ['medication', 'Medications'],
+      ['assessment', 'Assessment'], ['situation', 'Impression'], ['history', 'History'], ['incident', 'Incident'], ['disposition', 'Disposition'], ['narrative', 'Narrative'], ['devices', 'Devices & sync']]
+      .map(([t, l]) => `<button type="button" data-tab="${t}" data-testid="tab-${t}">${l}</button>`).join('')}</nav>
+    <div id="panel"></div>`;
   drawTiles(st);
   drawAlarms(c.alarms);
-  drawBundles(c);
-  await drawDevices(id, c);
-  if (!closed) {
+  if (!closed && can('ClinicalWrite')) {
     $('#close').addEventListener('click', async () => {
       if (!confirm('Close this case? It will be sealed and sent to the hospital cloud.')) return;
-      await api('POST', `/api/v1/cases/${id}/close`);
-      await render();
-    });
-    $('#mv').addEventListener('submit', async (ev) => {
-      ev.preventDefault();
-      const name = $('#mv-name').value, raw = $('#mv-value').value.trim();
-      const reading = name === 'avpu' ? { name, vs: raw.toUpperCase() } : { name, value: Number(raw) };
-      try { await api('POST', `/api/v1/cases/${id}/vitals`, { readings: [reading] }); $('#mv-value').value = ''; banner('Saved'); }
-      catch (e) { if (e.status !== 401) banner(e.message, true); }
-    });
-    const med = $('#med');
-    if (med) med.addEventListener('submit', async (ev) => {
-      ev.preventDefault();
-      try {
-        await api('POST', `/api/v1/cases/${id}/medications`, { name: $('#med-name').value, dose: $('#med-dose').value, route: $('#med-route').value });
-        await render();
-      } catch (e) { if (e.status !== 401) banner(e.message, true); }
+      try { await api('POST', `/api/v1/cases/${id}/close`); await render(); }
+      catch (e) { if (e.status !== 401) $('#close-err').textContent = e.message; }
     });
   }
+  document.querySelectorAll('[data-tab]').forEach((b) => b.addEventListener('click', () => { st.tab = S.tab = b.dataset.tab; drawPanel(st); }));
+  await refreshRecord(st);
   startStream(id, st);
+}
+
+// Re-reads the case and its record and redraws in place: no new live stream.
+async function refreshCase(st) {
+  st.c = await api('GET', `/api/v1/cases/${st.id}`);
+  st.vitals = st.c.vitals;
+  drawTiles(st);
+  drawAlarms(st.c.alarms);
+  if (st.c.triage[0]) $('#triage').innerHTML = triageHtml(st.c.triage[0]);
+  await refreshRecord(st);
+}
+
+async function refreshRecord(st) {
+  st.rec = await api('GET', `/api/v1/cases/${st.id}/record`);
+  drawPanel(st);
+}
+
+const current = (st, kind) => st.rec.entries.filter((e) => e.kind === kind && e.state === 'recorded');
+const section = (st, kind) => { const e = current(st, kind)[0]; return { v: e ? e.content : {}, version: e ? e.version : 0 }; };
+
+function entryList(st, kind, summary) {
+  const rows = st.rec.entries.filter((e) => e.kind === kind).sort((a, b) => (a.content.at_ms || 0) - (b.content.at_ms || 0));
+  if (!rows.length) return '<p class="muted">None recorded.</p>';
+  const closed = st.c.status === 'closed';
+  return `<ul class="entries">${rows.map((e) => `<li data-testid="entry-${kind}" class="${e.state === 'entered_in_error' ? 'eie' : ''}">
+    <span>${fmtTime(e.content.at_ms)} · ${esc(summary(e.content))} · ${esc(e.recorded_by)}${e.state === 'entered_in_error' ? ` · entered in error: ${esc(e.reason)}` : ''}</span>
+    ${e.state === 'recorded' && !closed && can('ClinicalWrite') ? `<button type="button" data-eie="${esc(e.entry_id)}" data-testid="eie-${kind}">Entered in error</button>` : ''}</li>`).join('')}</ul>`;
+}
+
+function drawPanel(st) {
+  document.querySelectorAll('[data-tab]').forEach((b) => b.classList.toggle('on', b.dataset.tab === st.tab));
+  const closed = st.c.status === 'closed';
+  const write = can('ClinicalWrite') && !closed;
+  const P = $('#panel');
+  const form = (id, inner, button = 'Save') => `<form id="${id}" class="card">${inner}
+    ${write ? `<p class="row"><button class="primary" type="submit" data-testid="${id}-save">${button}</button><span class="err" data-testid="${id}-error"></span></p>` : ''}</form>`;
+  const t = st.tab;
+  if (t === 'times') {
+    const { v } = section(st, 'times');
+    P.innerHTML = `<div class="times">${TIMES.map(([k, l]) => `<div class="time card"><div><strong>${l}</strong><br><span data-testid="time-${k}">${v[k] ? fmtTime(v[k]) : '—'}</span></div>
+      ${write ? `<div class="row"><button type="button" class="primary" data-now="${k}" data-testid="now-${k}">Now</button>
+      <input type="datetime-local" step="1" data-at="${k}" value="${toLocal(v[k])}" aria-label="${l} (correct)"><button type="button" data-set="${k}">Set</button></div>` : ''}</div>`).join('')}</div>
+      <p class="err" id="times-err" data-testid="times-error"></p>`;
+    const send = (patch, btn) => submitOnce(btn.closest('.time'), async (key) => {
+      try { await api('PATCH', `/api/v1/cases/${st.id}/record/times`, patch, { key }); await refreshRecord(st); }
+      catch (e) { if (e.status !== 401) $('#times-err').textContent = e.message; }
+    });
+    P.querySelectorAll('[data-now]').forEach((b) => b.addEventListener('click', () => send({ [b.dataset.now]: Date.now() }, b)));
+    P.querySelectorAll('[data-set]').forEach((b) => b.addEventListener('click', () => {
+      const inp = P.querySelector(`[data-at="${b.dataset.set}"]`);
+      if (!inp.value) { $('#times-err').textContent = 'Pick a date and time first'; return; }
+      send({ [b.dataset.set]: new Date(inp.value).getTime() }, b);
+    }));
+    return;
+  }
+  if (t === 'vitals') {
+    const manual = st.vitals.filter((o) => o.source === 'manual').slice(-10);
+    P.innerHTML = (write ? `<form id="mv" class="card row" novalidate>
+      <select id="mv-name" data-testid="mv-name">${VITALS.map(([n, l]) => `<option value="${n}">${l}</option>`).join('')}</select>
+      <input id="mv-value" data-testid="mv-value" placeholder="value" inputmode="decimal" class="narrow">
+      <button type="submit" class="primary" data-testid="mv-save">Save</button><span class="err" data-testid="mv-error"></span></form>` : '') +
+      `<h2>Entered by hand</h2><ul class="entries">${manual.map((o) => `<li data-testid="manual-vital"><span>${fmtTime(o.t_ms)} · ${esc(VITAL_LABEL[o.name] ? VITAL_LABEL[o.name][0] : o.name)} ${esc(fmtVital(o.name, o.value))} ${esc(o.unit || '')}</span>
+        ${write ? `<button type="button" data-void-reading="${o.id}" data-testid="eie-vital">Entered in error</button>` : ''}</li>`).join('') || '<li class="muted">None.</li>'}</ul>`;
+    const f = $('#mv');
+    if (f) f.addEventListener('submit', (ev) => {
+      ev.preventDefault();
+      const name = $('#mv-name').value, raw = $('#mv-value').value.trim();
+      // Refused before it is sent: empty or not a number never becomes 0.
+      if (!raw) { f.querySelector('.err').textContent = 'Enter a value'; return; }
+      if (name !== 'avpu' && !/^-?\d+(\.\d+)?$/.test(raw)) { f.querySelector('.err').textContent = 'Enter a number'; return; }
+      const reading = name === 'avpu' ? { name, vs: raw.toUpperCase() } : { name, value: Number(raw) };
+      submitOnce(f, async (key) => { await api('POST', `/api/v1/cases/${st.id}/vitals`, { readings: [reading] }, { key }); $('#mv-value').value = ''; await refreshCase(st); });
+    });
+    P.querySelectorAll('[data-void-reading]').forEach((b) => b.addEventListener('click', async () => {
+      const reason = prompt('Why is this reading in error? (kept in the history, left out of triage and handoff)');
+      if (!reason) return;
+      try { await api('POST', `/api/v1/cases/${st.id}/vitals/${b.dataset.voidReading}/entered-in-error`, { reason }); await refreshCase(st); }
+      catch (e) { if (e.status !== 401) banner(e.message, true); }
+    }));
+    return;
+  }
+  const onSubmit = (id, build, path, method = 'POST') => {
+    const f = $('#' + id);
+    if (!f) return;
+    f.addEventListener('submit', (ev) => {
+      ev.preventDefault();
+      submitOnce(f, async (key) => { await api(method, `/api/v1/cases/${st.id}/${path}`, build(f), { key }); await refreshRecord(st); });
+    });
+  };
+  const val = (f, n) => { const x = f.querySelector(`[name=${n}]`); const v = x.type === 'checkbox' ? x.checked : x.value.trim(); return v === '' ? null : v; };
+  const num = (f, n) => { const v = val(f, n); return v == null ? null : Number(v); };
+  const list = (f, n) => { const v = val(f, n); return v == null ? null : v.split(/[,;\n]/).map((x) => x.trim()).filter(Boolean); };
+  const eieHandlers = () => P.querySelectorAll('[data-eie]').forEach((b) => b.addEventListener('click', async () => {
+    const reason = prompt('Why is this entry in error? (kept in the history, left out of triage, handoff and exports)');
+    if (!reason) return;
+    try { await api('POST', `/api/v1/cases/${st.id}/record/entries/${b.dataset.eie}/entered-in-error`, { reason }, { key: newKey() }); await refreshRecord(st); }
+    catch (e) { if (e.status !== 401) banner(e.message, true); }
+  }));
+  if (t === 'oxygen') {
+    const sc = section(st, 'spo2_scale').v;
+    P.innerHTML = `<p data-testid="oxygen-state"><strong>${st.rec.oxygen.on_oxygen ? 'On supplemental oxygen' : 'On room air'}</strong>${st.rec.oxygen.spo2_scale2 ? ' · SpO₂ scale 2 in use' : ''}</p>` +
+      form('o2', `<div class="grid"><div><label>Flow (L/min)</label><select name="flow" data-testid="o2-flow">${[1, 2, 3, 4, 6, 8, 10, 12, 15].map((x) => `<option>${x}</option>`).join('')}</select></div>
+        <div><label>Device</label><select name="device" data-testid="o2-device">${opts('oxygen_device', 'nasal_cannula', false)}</select></div>
+        <div><label>Action</label><select name="action" data-testid="o2-action">${opts('oxygen_action', st.rec.oxygen.on_oxygen ? 'change' : 'start', false)}</select></div></div>`, 'Record oxygen') +
+      entryList(st, 'oxygen', (o) => `${label('oxygen_action', o.action)}${o.flow_l_min ? ` ${o.flow_l_min} L/min` : ''}${o.device ? ' ' + label('oxygen_device', o.device) : ''}`) +
+      (can('Medication') && !closed ? form('s2', `<label class="chk"><input type="checkbox" name="scale2" data-testid="s2-on" ${sc.scale2 ? 'checked' : ''}> Use SpO₂ scale 2 (confirmed hypercapnic respiratory failure)</label>
+        <label>Reason</label><input name="reason" data-testid="s2-reason" value="${esc(sc.reason || '')}">`, 'Save scale') : '');
+    onSubmit('o2', (f) => { const a = val(f, 'action'); return a === 'stop' ? { at_ms: Date.now(), action: a } : { at_ms: Date.now(), action: a, flow_l_min: num(f, 'flow'), device: val(f, 'device') }; }, 'record/oxygen');
+    onSubmit('s2', (f) => ({ scale2: val(f, 'scale2'), reason: val(f, 'reason') }), 'record/spo2_scale', 'PATCH');
+    eieHandlers();
+    return;
+  }
+  if (t === 'procedure') {
+    P.innerHTML = form('pr', `<div class="grid"><div><label>Intervention</label><select name="procedure" data-testid="pr-code">${opts('procedure', 'iv_access', false)}</select></div>
+      <div><label>Site</label><input name="site" data-testid="pr-site"></div><div><label>Size</label><input name="size"></div>
+      <div><label>Attempts</label><select name="attempts">${[1, 2, 3, 4, 5].map((x) => `<option>${x}</option>`).join('')}</select></div>
+      <div><label>Successful</label><select name="successful" data-testid="pr-success"><option value="true">Yes</option><option value="false">No</option></select></div></div>`, 'Record intervention') +
+      entryList(st, 'procedure', (x) => `${label('procedure', x.procedure)}${x.site ? ' · ' + x.site : ''} · ${x.successful ? 'successful' : 'unsuccessful'} (${x.attempts} attempt${x.attempts > 1 ? 's' : ''})`);
+    onSubmit('pr', (f) => ({ at_ms: Date.now(), procedure: val(f, 'procedure'), site: val(f, 'site'), size: val(f, 'size'), attempts: num(f, 'attempts'), successful: val(f, 'successful') === 'true' }), 'record/procedure');
+    eieHandlers();
+    return;
+  }
+  if (t === 'medication') {
+    P.innerHTML = (can('Medication') && !closed ? `<form id="md" class="card"><div class="grid"><div><label>Medication</label><select name="medication" data-testid="md-med">${opts('medication', 'salbutamol', false)}</select></div>
+      <div><label>Dose</label><input name="dose" data-testid="md-dose" inputmode="decimal"></div>
+      <div><label>Unit</label><select name="dose_unit" data-testid="md-unit">${opts('dose_unit', 'mg', false)}</select></div>
+      <div><label>Route</label><select name="route" data-testid="md-route">${opts('med_route', 'iv', false)}</select></div>
+      <div><label>Response</label><select name="response">${opts('med_response', '')}</select></div>
+      <div><label>Note (name, if other)</label><input name="note"></div></div>
+      <p class="row"><button class="primary" type="submit" data-testid="md-save">Record medication</button><span class="err" data-testid="md-error"></span></p></form>`
+      : '<p class="muted">Medications are recorded by a paramedic.</p>') +
+      entryList(st, 'medication', (m) => `${m.medication === 'other' ? m.note || 'other' : label('medication', m.medication)}${m.dose != null ? ` ${m.dose} ${label('dose_unit', m.dose_unit)}` : ''}${m.route ? ' ' + label('med_route', m.route) : ''}${m.response ? ' · ' + label('med_response', m.response) : ''}`);
+    const f = $('#md');
+    if (f) f.addEventListener('submit', (ev) => {
+      ev.preventDefault();
+      const dose = val(f, 'dose');
+      if (!dose || !/^\d+(\.\d+)?$/.test(dose)) { f.querySelector('.err').textContent = 'Enter the dose as a number'; return; }
+      submitOnce(f, async (key) => {
+        await api('POST', `/api/v1/cases/${st.id}/record/medication`, { at_ms: Date.now(), medication: val(f, 'medication'), dose: Number(dose), dose_unit: val(f, 'dose_unit'), route: val(f, 'route'), response: val(f, 'response'), note: val(f, 'note') }, { key });
+        await refreshRecord(st);
+      });
+    });
+    eieHandlers();
+    return;
+  }
+  if (t === 'assessment') {
+    const sel = (n, lo, hi) => `<select name="${n}" data-testid="as-${n}"><option value="">—</option>${Array.from({ length: hi - lo + 1 }, (_, i) => `<option>${lo + i}</option>`).join('')}</select>`;
+    P.innerHTML = form('as', `<div class="grid"><div><label>GCS eyes</label>${sel('gcs_eye', 1, 4)}</div><div><label>GCS verbal</label>${sel('gcs_verbal', 1, 5)}</div>
+      <div><label>GCS motor</label>${sel('gcs_motor', 1, 6)}</div><div><label>Pain (0–10)</label>${sel('pain', 0, 10)}</div>
+      <div><label>Pupils</label><select name="pupils">${opts('pupils', '')}</select></div><div><label>Skin</label><select name="skin">${opts('skin', '')}</select></div></div>
+      <fieldset><legend>BE-FAST (tick positive findings)</legend><div class="row">${['balance', 'eyes', 'face', 'arm', 'speech'].map((k) => `<label class="chk"><input type="checkbox" name="bf_${k}"> ${k}</label>`).join('')}
+      <label class="chk"><input type="checkbox" name="bf_done" data-testid="as-befast"> screen done</label></div></fieldset>`, 'Record assessment') +
+      entryList(st, 'assessment', (a) => [a.gcs_eye && `GCS ${a.gcs_eye + a.gcs_verbal + a.gcs_motor} (E${a.gcs_eye}V${a.gcs_verbal}M${a.gcs_motor})`, a.pupils && 'pupils ' + label('pupils', a.pupils),
+        a.skin && 'skin ' + label('skin', a.skin), a.befast && `BE-FAST ${Object.values(a.befast).some(Boolean) ? 'positive' : 'negative'}`, a.pain != null && `pain ${a.pain}/10`].filter(Boolean).join(' · '));
+    onSubmit('as', (f) => {
+      const b = { at_ms: Date.now() };
+      for (const n of ['gcs_eye', 'gcs_verbal', 'gcs_motor', 'pain']) { const v = num(f, n); if (v != null) b[n] = v; }
+      for (const n of ['pupils', 'skin']) { const v = val(f, n); if (v) b[n] = v; }
+      if (val(f, 'bf_done')) b.befast = Object.fromEntries(['balance', 'eyes', 'face', 'arm', 'speech'].map((k) => [k, !!val(f, 'bf_' + k)]));
+      return b;
+    }, 'record/assessment');
+    eieHandlers();
+    return;
+  }
+  const patchSection = (id, kind, build) => {
+    const f = $('#' + id);
+    if (!f) return;
+    const { version } = section(st, kind);
+    f.addEventListener('submit', (ev) => {
+      ev.preventDefault();
+      submitOnce(f, async (key) => { await api('PATCH', `/api/v1/cases/${st.id}/record/${kind}`, build(f), { key, ifMatch: version }); await refreshRecord(st); });
+    });
+  };
+  if (t === 'situation') {
+    const { v } = section(st, 'situation');
+    const imp = (S.codes.impression || []);
+    P.innerHTML = form('si', `<datalist id="imps">${imp.map((o) => `<option value="${esc(o.value)}">${esc(o.label)}</option>`).join('')}</datalist>
+      <div class="grid"><div><label>Primary impression (search)</label><input name="primary" list="imps" data-testid="si-primary" value="${esc(v.primary_impression ? v.primary_impression.code : '')}"></div>
+      <div><label>Secondary impression</label><input name="secondary" list="imps" value="${esc(v.secondary_impressions && v.secondary_impressions[0] ? v.secondary_impressions[0].code : '')}"></div>
+      <div><label>Possible injury</label><select name="injury"><option value="">—</option><option value="true" ${v.possible_injury === true ? 'selected' : ''}>Yes</option><option value="false" ${v.possible_injury === false ? 'selected' : ''}>No</option></select></div>
+      <div><label>Cardiac arrest</label><select name="arrest">${opts('cardiac_arrest', v.cardiac_arrest)}</select></div>
+      <div><label>Symptom onset</label><input type="datetime-local" name="onset" value="${toLocal(v.symptom_onset_ms)}"></div>
+      <div><label>Last known well</label><input type="datetime-local" name="lkw" value="${toLocal(v.last_known_well_ms)}"></div></div>
+      <p class="muted">${v.primary_impression ? esc(label('impression', v.primary_impression.code)) : ''}</p>`);
+    patchSection('si', 'situation', (f) => {
+      const ms = (n) => { const x = val(f, n); return x ? new Date(x).getTime() : null; };
+      const pr = val(f, 'primary'), se = val(f, 'secondary'), inj = val(f, 'injury');
+      return { primary_impression: pr ? { code: pr } : null, secondary_impressions: se ? [{ code: se }] : null, possible_injury: inj == null ? null : inj === 'true', cardiac_arrest: val(f, 'arrest'), symptom_onset_ms: ms('onset'), last_known_well_ms: ms('lkw') };
+    });
+    return;
+  }
+  if (t === 'history') {
+    const { v } = section(st, 'history');
+    P.innerHTML = form('hi', `<label class="chk"><input type="checkbox" name="nkda" data-testid="hi-nkda" ${v.no_known_allergies ? 'checked' : ''}> No known drug allergies</label>
+      <div class="grid"><div><label>Allergies (comma separated)</label><input name="allergies" data-testid="hi-allergies" value="${esc((v.allergies || []).join(', '))}"></div>
+      <div><label>Medical / surgical history</label><input name="history" data-testid="hi-history" value="${esc((v.medical_history || []).join(', '))}"></div>
+      <div><label>Current medications</label><input name="meds" value="${esc((v.current_medications || []).join(', '))}"></div>
+      <div><label>Advance directive</label><select name="ad">${opts('advance_directive', v.advance_directive)}</select></div></div>`);
+    patchSection('hi', 'history', (f) => ({ no_known_allergies: val(f, 'nkda') || null, allergies: list(f, 'allergies'), medical_history: list(f, 'history'), current_medications: list(f, 'meds'), advance_directive: val(f, 'ad') }));
+    return;
+  }
+  if (t === 'incident') {
+    const { v } = section(st, 'incident');
+    P.innerHTML = form('in', `<div class="grid"><div><label>Incident number</label><input name="inc" data-testid="in-number" value="${esc(v.incident_number || '')}"></div>
+      <div><label>Run number</label><input name="run" value="${esc(v.run_number || '')}"></div><div><label>Unit</label><input name="unit" value="${esc(v.unit || '')}"></div>
+      <div><label>Dispatch reason</label><select name="reason" data-testid="in-reason">${opts('dispatch_reason', v.dispatch_reason)}</select></div>
+      <div><label>Response mode</label><select name="mode" data-testid="in-mode">${opts('response_mode', v.response_mode)}</select></div>
+      <div><label>My role</label><select name="role">${opts('crew_role', ((v.crew || []).find((m) => m.account === S.me.user.id) || {}).role || 'primary', false)}</select></div></div>`);
+    patchSection('in', 'incident', (f) => {
+      const crew = (v.crew || []).filter((m) => m.account !== S.me.user.id).concat([{ account: S.me.user.id, role: val(f, 'role') }]);
+      return { incident_number: val(f, 'inc'), run_number: val(f, 'run'), unit: val(f, 'unit'), dispatch_reason: val(f, 'reason'), response_mode: val(f, 'mode'), crew };
+    });
+    return;
+  }
+  if (t === 'disposition') {
+    const { v } = section(st, 'disposition');
+    P.innerHTML = form('di', `<div class="grid"><div><label>Patient disposition</label><select name="pd" data-testid="di-patient">${opts('patient_disposition', v.patient_disposition)}</select></div>
+      <div><label>Transport</label><select name="tr" data-testid="di-transport">${opts('transport_disposition', v.transport)}</select></div>
+      <div><label>Transport mode</label><select name="tm">${opts('transport_mode', v.transport_mode)}</select></div>
+      <div><label>Destination</label><input name="dest" data-testid="di-destination" value="${esc(v.destination || '')}"></div>
+      <div><label>Reason for destination</label><select name="why">${opts('destination_reason', v.destination_reason)}</select></div>
+      <div><label>Care handed to</label><input name="to" data-testid="di-to" value="${esc(v.transfer_to || '')}"></div></div>`);
+    patchSection('di', 'disposition', (f) => ({ patient_disposition: val(f, 'pd'), transport: val(f, 'tr'), transport_mode: val(f, 'tm'), destination: val(f, 'dest'), destination_reason: val(f, 'why'), transfer_to: val(f, 'to') }));
+    return;
+  }
+  if (t === 'narrative') {
+    const { v } = section(st, 'narrative');
+    P.innerHTML = form('na', `<textarea name="text" rows="8" data-testid="na-text">${esc(v.text || '')}</textarea>`);
+    patchSection('na', 'narrative', (f) => ({ text: val(f, 'text') }));
+    return;
+  }
+  if (t === 'devices') {
+    P.innerHTML = '<h2>Devices</h2><div id="devs"></div><h2>Sync</h2><div id="bundles" data-testid="sync-state"></div>';
+    drawBundles(st.c);
+    drawDevices(st.id, st.c, st);
+  }
 }
 
 function drawTiles(st) {
@@ -286,10 +616,9 @@ function drawTiles(st) {
   $('#tiles').innerHTML = VITALS.filter(([n]) => byName[n]).map(([n, label, unit, [lo, hi]]) => {
     const pts = byName[n].slice(-120);
     const last = pts[pts.length - 1];
-    const shown = n === 'avpu' ? AVPU[last.value] || '?' : (Math.round(last.value * 10) / 10);
     const abn = n === 'avpu' ? last.value > 0 : (last.value < lo || last.value > hi);
     return `<div class="tile${abn ? ' abn' : ''}" data-testid="tile-${n}"><div class="n">${label} <span class="muted">${unit}</span></div>
-      <div class="v" data-testid="value-${n}">${esc(shown)}</div>${n === 'avpu' ? '' : spark(pts)}
+      <div class="v" data-testid="value-${n}">${esc(fmtVital(n, last.value))}</div>${n === 'avpu' ? '' : spark(pts)}
       <div class="muted">${fmtTime(last.t_ms)} · ${esc(last.device_id || 'manual')}</div></div>`;
   }).join('') || '<p data-testid="no-vitals">No vitals yet.</p>';
 }
@@ -305,24 +634,26 @@ function drawBundles(c) {
     : (rows ? `<ul>${rows}</ul>` : '<p class="muted">Sent to the cloud when the case is closed.</p>');
 }
 
-async function drawDevices(id, c) {
+async function drawDevices(id, c, st) {
   let free = [];
   if (can('DeviceRead') && c.status !== 'closed') {
     try { free = (await api('GET', '/api/v1/devices')).devices.filter((d) => !d.bound_case); } catch (e) { /* ignore */ }
   }
   $('#devs').innerHTML = `<div class="row">${c.devices.map((d) => `<span class="pill" data-testid="bound-device">${esc(d)}</span>
       ${c.status === 'closed' ? '' : `<button data-unbind="${esc(d)}">Unbind ${esc(d)}</button>`}`).join('') || '<span class="muted">No device bound.</span>'}</div>
-    ${free.length ? `<form id="bind" class="row" style="margin-top:8px"><select id="bind-dev" data-testid="bind-device">${free.map((d) => `<option value="${esc(d.id)}">${esc(d.id)} (${esc(d.presence)})</option>`).join('')}</select>
+    ${free.length ? `<form id="bind" class="row spaced"><select id="bind-dev" data-testid="bind-device">${free.map((d) => `<option value="${esc(d.id)}">${esc(d.id)} (${esc(d.presence)})</option>`).join('')}</select>
       <button type="submit" class="primary" data-testid="bind-submit">Bind device</button></form>` : ''}`;
   const f = $('#bind');
-  if (f) f.addEventListener('submit', async (ev) => {
+  if (f) f.addEventListener('submit', (ev) => {
     ev.preventDefault();
-    await api('POST', `/api/v1/cases/${id}/devices`, { device_id: $('#bind-dev').value });
-    await render();
+    submitOnce(f, async () => {
+      await api('POST', `/api/v1/cases/${id}/devices`, { device_id: $('#bind-dev').value });
+      await refreshCase(st);
+    });
   });
   document.querySelectorAll('[data-unbind]').forEach((b) => b.addEventListener('click', async () => {
-    await api('DELETE', `/api/v1/cases/${id}/devices/${encodeURIComponent(b.dataset.unbind)}`);
-    await render();
+    try { await api('DELETE', `/api/v1/cases/${id}/devices/${encodeURIComponent(b.dataset.unbind)}`); await refreshCase(st); }
+    catch (e) { if (e.status !== 401) banner(e.message, true); }
   }));
 }
 
@@ -370,7 +701,10 @@ function onEvent(id, st, ev, data) {
     document.querySelectorAll('[data-testid=alarm]').forEach((a) => { for (const d of speaking) if (d && a.textContent.includes(`Device ${d} silent`)) a.remove(); });
   } else if (ev === 'triage') {
     $('#triage').innerHTML = triageHtml(JSON.parse(data));
-  } else if (ev === 'alarm' || ev === 'case' || ev === 'resync') {
+  } else if (ev === 'alarm' || ev === 'case') {
+    // Refreshed in place: the live stream stays the one open for this case.
+    refreshCase(st).catch(() => {});
+  } else if (ev === 'resync') {
     render();
   } else if (ev === 'logoff') {
     loggedOff('Logged off after inactivity');
@@ -393,9 +727,10 @@ async function handoffScreen(id) {
     <p><strong>Age:</strong> ${esc(h.age_years ?? '—')} · <strong>Sex:</strong> ${esc(p.sex || '—')} · <strong>DOB:</strong> ${esc(p.date_of_birth || '—')} · <strong>MRN:</strong> ${esc(p.mrn || '—')}</p>
     <p><strong>Complaint:</strong> ${esc(h.chief_complaint || '—')} · <strong>Mechanism:</strong> ${esc(h.mechanism || '—')} · <strong>Onset:</strong> ${esc(h.onset || '—')}</p>
     <h2>Triage</h2>${triageHtml(h.triage)}
-    <h2>Latest vitals</h2><table><tr><th>Vital</th><th>Value</th><th>Time</th><th>Source</th></tr>
-    ${h.latest_vitals.map((o) => `<tr><td>${esc(o.name)}</td><td>${esc(o.display ?? o.value)} ${esc(o.unit || '')}</td><td>${fmtTime(o.t_ms)}</td><td>${esc(o.device_id || o.source)}</td></tr>`).join('')}</table>
-    <h2>Medications</h2><ul>${h.medications.map((m) => `<li>${esc(m.name)} ${esc(m.dose)} ${esc(m.route)} at ${fmtTime(m.created_at_ms)}</li>`).join('') || '<li>None recorded</li>'}</ul>
+    <h2>Latest vitals</h2><table data-testid="handoff-vitals"><tr><th>Vital</th><th>Value</th><th>Time</th><th>Source</th></tr>
+    ${h.latest_vitals.map((o) => `<tr><td>${esc(VITAL_LABEL[o.name] ? VITAL_LABEL[o.name][0] : o.name)}</td><td>${esc(fmtVital(o.name, o.value))} ${esc(VITAL_LABEL[o.name] ? VITAL_LABEL[o.name][1] : '')}</td><td>${fmtTime(o.t_ms)}</td><td>${esc(o.device_id || o.source)}</td></tr>`).join('')}</table>
+    <h2>Oxygen</h2><ul>${h.oxygen.map((o) => `<li>${fmtTime(o.at_ms)} ${esc(o.action)}${o.flow_l_min ? ` ${esc(o.flow_l_min)} L/min` : ''}</li>`).join('') || '<li>None</li>'}</ul>
+    <h2>Medications</h2><ul data-testid="handoff-meds">${h.medications.map((m) => `<li>${fmtTime(m.at_ms)} ${esc(m.medication === 'other' ? m.note : m.medication)}${m.dose != null ? ` ${esc(m.dose)} ${esc(m.dose_unit)}` : ''} ${esc(m.route || '')}</li>`).join('') || '<li>None recorded</li>'}</ul>
     <p class="muted">${esc(h.readings)} readings · case opened ${fmtTime(h.opened_at_ms)} · status ${esc(h.status)}</p>
     <p><a class="btn" href="#/case/${esc(id)}">Back to case</a> <button id="print">Print</button></p>`;
   $('#print').addEventListener('click', () => print());
@@ -412,7 +747,7 @@ async function reviewScreen() {
   view().innerHTML = `<h1>Break-glass review</h1>${r.uses.map((u) => `<div class="card" data-testid="bg-item">
       <p><strong>${esc(u.user_id)}</strong> · territory ${esc(u.territory)} · ${new Date(u.started_at_ms).toLocaleString()} until ${fmtTime(u.until_ms)}</p>
       <p>Reason: ${esc(u.reason)}</p>
-      <form class="row" data-review="${u.id}"><input placeholder="review note" required style="max-width:480px"><button type="submit">Mark reviewed</button></form></div>`).join('') || '<p data-testid="bg-empty">Nothing to review.</p>'}`;
+      <form class="row" data-review="${u.id}"><input placeholder="review note" required class="wide"><button type="submit">Mark reviewed</button></form></div>`).join('') || '<p data-testid="bg-empty">Nothing to review.</p>'}`;
   document.querySelectorAll('[data-review]').forEach((f) => f.addEventListener('submit', async (ev) => {
     ev.preventDefault();
     try { await api('POST', `/api/v1/break-glass/${f.dataset.review}/review`, { note: $('input', f).value }); await render(); }
