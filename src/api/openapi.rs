@@ -421,12 +421,43 @@ pub fn document() -> Value {
                     }
                     ("id", p) if p.starts_with("/api/v1/users/") => ident(),
                     ("id", _) => json!({ "type": "string", "format": "uuid" }),
+                    // An event's UUID, or a section's name.
+                    ("entry_id", _) => json!({ "anyOf": [
+                        { "type": "string", "format": "uuid" },
+                        { "enum": crate::model::record::Section::ALL.iter().map(|s| s.as_str()).collect::<Vec<_>>() },
+                    ] }),
+                    ("reading_id", _) => {
+                        json!({ "type": "integer", "minimum": 1, "maximum": i64::MAX })
+                    }
                     _ => ident(),
                 };
                 params.push(
                     json!({ "name": name, "in": "path", "required": true, "schema": schema }),
                 );
             }
+        }
+        // Optimistic concurrency and idempotent submits of the care record.
+        let record = r.path.starts_with("/api/v1/cases/{id}/record/")
+            || r.path.starts_with("/api/v1/patients/{id}")
+            || r.path == "/api/v1/cases/{id}";
+        let version = json!({ "type": "string", "pattern": "^(W/)?\"[0-9]{1,9}\"$" });
+        if record && matches!(r.method, "PATCH" | "PUT")
+            || r.path
+                .ends_with("/record/entries/{entry_id}/entered-in-error")
+        {
+            params.push(json!({
+                "name": "If-Match", "in": "header", "required": r.method == "PUT", "schema": version,
+                "description": "The ETag of the version edited; a newer current version answers 412 STALE",
+            }));
+        }
+        if (record && r.method != "GET")
+            || r.path == "/api/v1/cases/{id}/vitals" && r.method == "POST"
+        {
+            params.push(json!({
+                "name": "Idempotency-Key", "in": "header", "required": false,
+                "schema": { "type": "string", "pattern": "^[A-Za-z0-9_-]{8,64}$" },
+                "description": "One key per user action: a repeated submit stores nothing new and answers as the first did",
+            }));
         }
         if r.access != Access::Public {
             params.push(json!({ "name": "Territory-Id", "in": "header", "required": true, "schema": ident() }));

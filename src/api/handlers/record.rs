@@ -274,7 +274,10 @@ pub struct VoidBody {
 }
 
 fn check_reason(r: &str) -> ApiResult<()> {
-    if r.trim().is_empty() || r.len() > 500 || r.chars().any(char::is_control) {
+    if r.trim().is_empty()
+        || r.len() > 500
+        || r.chars().any(|c| c.is_control() && c != '\n' && c != '\t')
+    {
         return Err(ApiError::validation("reason: 1 to 500 bytes of text")
             .details(json!({ "field": "reason" })));
     }
@@ -303,10 +306,14 @@ pub async fn void_entry(
 pub async fn void_reading(
     State(st): State<ApiState>,
     Extension(c): Extension<Caller>,
-    Path((id, reading)): Path<(String, i64)>,
+    Path((id, reading)): Path<(String, String)>,
     Body(b): Body<VoidBody>,
 ) -> ApiResult<StatusCode> {
     check_id(&id)?;
+    let reading: i64 = reading.parse().ok().filter(|r| *r > 0).ok_or_else(|| {
+        ApiError::validation("reading ids are positive integers")
+            .details(json!({ "field": "reading_id" }))
+    })?;
     check_reason(&b.reason)?;
     in_territory(&st, &c, "case", &id).await?;
     let (a, case) = (c.actor.clone(), id.clone());
