@@ -289,10 +289,10 @@ async fn async_main() {
     let ort = std::env::var("HEMA3N_ORT_LIB").ok();
     let triage = match &ort {
         Some(lib) => format!(
-            "[triage]\nonnxruntime_library = \"{lib}\"\nmodel_dir = \"{}/edge-models/hema3n-core\"\ndebounce_ms = 1\n",
+            "[triage]\nonnxruntime_library = \"{lib}\"\nmodel_dir = \"{}/edge-models/hema3n-core\"\ndebounce_ms = 1\ndeescalate_hold_secs = 0\n",
             env!("CARGO_MANIFEST_DIR")
         ),
-        None => "[triage]\ndebounce_ms = 1\n".into(),
+        None => "[triage]\ndebounce_ms = 1\ndeescalate_hold_secs = 0\n".into(),
     };
     let d = Daemon::start(&format!("{triage}[mqtt]\nbroker = \"{}\"\n", mqtt.url()));
     let cert = d.dir.join("keys/api-cert.pem");

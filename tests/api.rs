@@ -124,6 +124,9 @@ const EXPECTED: &[(&str, &str, &str)] = &[
     ("GET", "/api/v1/record/codes", "PEV"),
     ("GET", "/api/v1/cases/{id}/record", "PEV"),
     ("GET", "/api/v1/cases/{id}/nemsis", "PEV"),
+    ("GET", "/api/v1/cases/{id}/drafts", "PE"),
+    ("PUT", "/api/v1/cases/{id}/drafts/{form}", "PE"),
+    ("DELETE", "/api/v1/cases/{id}/drafts/{form}", "PE"),
     ("PATCH", "/api/v1/cases/{id}/record/incident", "PE"),
     ("PATCH", "/api/v1/cases/{id}/record/times", "PE"),
     ("PATCH", "/api/v1/cases/{id}/record/scene", "PE"),
@@ -193,7 +196,8 @@ fn request(method: &str, path: &str, fx: &Fx) -> (String, Option<Value>) {
         .replace("{id}", &id)
         .replace("{device_id}", "mon-1")
         .replace("{entry_id}", entry)
-        .replace("{reading_id}", &fx.reading.to_string());
+        .replace("{reading_id}", &fx.reading.to_string())
+        .replace("{form}", "narrative");
     if method == "GET" && p == "/api/v1/patients" {
         p.push_str("?last_name=Lee");
     }
@@ -230,6 +234,7 @@ fn request(method: &str, path: &str, fx: &Fx) -> (String, Option<Value>) {
             Some(json!({"destination": "General Hospital"}))
         }
         ("PATCH", "/api/v1/cases/{id}/record/narrative") => Some(json!({"text": "found sitting"})),
+        ("PUT", "/api/v1/cases/{id}/drafts/{form}") => Some(json!({"text": "found sitting in"})),
         ("PATCH", "/api/v1/cases/{id}/record/spo2_scale") => {
             Some(json!({"scale2": true, "reason": "documented hypercapnia"}))
         }
@@ -854,7 +859,7 @@ async fn each_phi_route_adds_exactly_its_audit_entries() {
     }
     // The route table marks exactly these routes as PHI.
     let phi: Vec<&str> = ROUTES.iter().filter(|r| r.phi).map(|r| r.path).collect();
-    assert_eq!(phi.len(), 34, "{phi:?}");
+    assert_eq!(phi.len(), 37, "{phi:?}");
     // A failed read is audited too.
     let before = api.audit_head().await;
     let r = api

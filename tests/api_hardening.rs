@@ -503,6 +503,16 @@ async fn crypto_erase_leaves_no_plaintext_clinical_trace_and_break_glass_text_is
         )
         .await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let r = api
+        .send(
+            "PUT",
+            &format!("/api/v1/cases/{case}/drafts/narrative"),
+            &m,
+            Some(json!({"text": "half-typed"})),
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
     // A break-glass reason naming the patient, reviewed with a note naming them again.
     let n = api.login("north1").await;
     let r = api
@@ -537,6 +547,7 @@ async fn crypto_erase_leaves_no_plaintext_clinical_trace_and_break_glass_text_is
         ("SELECT count(*) FROM triage_results", "triage rows"),
         ("SELECT count(*) FROM record_entries", "care-record rows"),
         ("SELECT count(*) FROM request_keys", "request keys"),
+        ("SELECT count(*) FROM drafts", "drafts"),
         (
             "SELECT count(*) FROM observations WHERE device_id = 'mon-1'",
             "vital rows",

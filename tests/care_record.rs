@@ -532,3 +532,45 @@ async fn bad_record_input_names_the_field_and_stores_nothing() {
     assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(api.query_i64("SELECT count(*) FROM observations").await, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unsaved_form_survives_a_logoff_sealed_and_per_user() {
+    let api = Api::new(IDLE).await;
+    let t = api.login("medic").await;
+    let case = open_case(&api, &t).await;
+    let path = format!("/api/v1/cases/{case}/drafts/narrative");
+    let text = "Zebediah found at the bus stop, half-typed";
+    let r = api
+        .send("PUT", &path, &t, Some(json!({"text": text})), &[])
+        .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
+    // Sealed at rest: the text is not in the row.
+    let raw = api.query_text("SELECT hex(body) FROM drafts LIMIT 1").await;
+    assert!(
+        !raw.contains(&hex(text.as_bytes())),
+        "draft stored in plaintext"
+    );
+    // The same user after signing in again gets it back; another crew member does not see it.
+    let t2 = api.login("medic").await;
+    let r = api.get(&t2, &format!("/api/v1/cases/{case}/drafts")).await;
+    assert_eq!(r.body["drafts"][0]["form"], "narrative");
+    assert_eq!(r.body["drafts"][0]["body"]["text"], text);
+    let e = api.login("emt1").await;
+    let r = api.get(&e, &format!("/api/v1/cases/{case}/drafts")).await;
+    assert_eq!(r.body["drafts"], json!([]));
+    // Bounded; dropped once submitted.
+    let big = json!({"text": "x".repeat(20_000)});
+    let r = api.send("PUT", &path, &t2, Some(big), &[]).await;
+    assert_eq!(
+        (r.status, r.code()),
+        (StatusCode::UNPROCESSABLE_ENTITY, "VALIDATION_ERROR")
+    );
+    let r = api.send("DELETE", &path, &t2, None, &[]).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    let r = api.get(&t2, &format!("/api/v1/cases/{case}/drafts")).await;
+    assert_eq!(r.body["drafts"], json!([]));
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02X}")).collect()
+}

@@ -256,6 +256,9 @@ fn record_request_schemas() -> Value {
         "Spo2ScalePatch": s(json!({ "scale2": b, "reason": text }), &[]),
         "EventCorrection": { "anyOf": [r("OxygenEvent"), r("ProcedureEvent"), r("MedicationEvent"), r("AssessmentEvent")] },
         "EnteredInError": s(json!({ "reason": record_text(500) }), &["reason"]),
+        // A form's fields by name (what the tablet had typed); the handler's limit is 16 KiB.
+        "Draft": { "type": "object", "maxProperties": 8, "propertyNames": { "pattern": "^[a-z0-9_]{1,32}$" },
+            "additionalProperties": { "type": ["string", "number", "boolean", "null"], "maxLength": 400 } },
     });
     for (k, v) in events.as_object().expect("object") {
         out.as_object_mut()
@@ -360,6 +363,7 @@ fn reply_schemas() -> Value {
             "oxygen": s(json!({ "on_oxygen": boolean, "spo2_scale2": boolean })),
         })),
         "RecordCodes": { "type": "object", "additionalProperties": { "type": "array", "items": s(json!({ "value": text, "label": text })) } },
+        "Drafts": s(json!({ "drafts": { "type": "array", "items": s(json!({ "form": text, "saved_at_ms": int, "body": { "type": "object" } })) } })),
         "VoidedReading": s(json!({ "id": int, "name": text, "value": num, "t_ms": int, "voided_at_ms": int, "voided_by": text, "reason": text })),
     });
     for (k, v) in record.as_object().expect("object") {
@@ -426,6 +430,7 @@ pub fn document() -> Value {
                         { "type": "string", "format": "uuid" },
                         { "enum": crate::model::record::Section::ALL.iter().map(|s| s.as_str()).collect::<Vec<_>>() },
                     ] }),
+                    ("form", _) => json!({ "type": "string", "pattern": "^[a-z0-9_]{1,32}$" }),
                     ("reading_id", _) => {
                         json!({ "type": "integer", "minimum": 1, "maximum": i64::MAX })
                     }

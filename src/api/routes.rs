@@ -52,6 +52,11 @@ pub fn api_routes() -> Router<ApiState> {
         .route("/api/v1/record/codes", get(record::codes))
         .route("/api/v1/cases/{id}/record", get(record::get_record))
         .route("/api/v1/cases/{id}/nemsis", get(record::nemsis))
+        .route("/api/v1/cases/{id}/drafts", get(record::get_drafts))
+        .route(
+            "/api/v1/cases/{id}/drafts/{form}",
+            put(record::put_draft).delete(record::drop_draft),
+        )
         .route(
             "/api/v1/cases/{id}/record/incident",
             patch(record::patch_incident),

@@ -485,6 +485,7 @@ impl Db {
             "alarms",
             "record_entries",
             "request_keys",
+            "drafts",
         ] {
             tx.execute(&format!("DELETE FROM {table} WHERE case_id = ?1"), [id])?;
         }

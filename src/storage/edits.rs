@@ -1,6 +1,7 @@
 //! Edits beside the record entries: merge patches of a case's details and a patient's
 //! demographics under their versions (`If-Match`), and vital-sign readings marked
-//! entered-in-error (reason sealed; kept in the vitals history, left out of everything else).
+//! entered-in-error (reason sealed; kept in the vitals history, left out of everything else),
+//! the case export for disclosures, and the tablet's unsaved forms (drafts).
 
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use serde::Serialize;
@@ -249,5 +250,107 @@ impl Db {
         audit::append(&tx, &self.st, &ev, now_ms())?;
         tx.commit()?;
         Ok(x)
+    }
+
+    /// Keeps a user's unsaved form of a case (sealed; the form name and body are the tablet's).
+    pub fn save_draft(
+        &mut self,
+        actor: &Actor,
+        case_id: &str,
+        form: &str,
+        body: &Value,
+    ) -> Result<()> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let (territory, dk) = self.st.live_case(&tx, case_id)?;
+        open_case_only(&tx, case_id)?;
+        let now = now_ms();
+        let sealed = dk.seal(
+            draft_loc(&draft_row(&actor.id, case_id, form)),
+            &serde_json::to_vec(body).expect("json"),
+        )?;
+        self.st.count_invocations(&tx, dk.id(), 1)?;
+        tx.execute(
+            "INSERT OR REPLACE INTO drafts (user_id, case_id, form, updated_at, body) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![actor.id, case_id, form, now, sealed],
+        )?;
+        let ev = AuditEvent::new(
+            actor,
+            "draft.save",
+            format!("case/{case_id}"),
+            Outcome::Success,
+        )
+        .territory(&territory)
+        .details(serde_json::json!({ "form": form }));
+        audit::append(&tx, &self.st, &ev, now)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The caller's own drafts of a case: `(form, saved at, body)` (audited read).
+    pub fn drafts(&mut self, actor: &Actor, case_id: &str) -> Result<Vec<(String, i64, Value)>> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let (territory, dk) = self.st.live_case(&tx, case_id)?;
+        let rows: Vec<(String, i64, Vec<u8>)> = tx
+            .prepare_cached("SELECT form, updated_at, body FROM drafts WHERE user_id = ?1 AND case_id = ?2 ORDER BY form")?
+            .query_map(params![actor.id, case_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+            .collect::<Result<_, _>>()?;
+        let mut out = Vec::with_capacity(rows.len());
+        for (form, at, ct) in rows {
+            let plain = dk.open(draft_loc(&draft_row(&actor.id, case_id, &form)), &ct)?;
+            let v = serde_json::from_slice(&plain).map_err(|_| StoreError::Undecodable {
+                what: format!("draft {form}"),
+            })?;
+            out.push((form, at, v));
+        }
+        let ev = AuditEvent::new(
+            actor,
+            "draft.read",
+            format!("case/{case_id}"),
+            Outcome::Success,
+        )
+        .territory(&territory)
+        .details(serde_json::json!({ "drafts": out.len() }));
+        audit::append(&tx, &self.st, &ev, now_ms())?;
+        tx.commit()?;
+        Ok(out)
+    }
+
+    /// Drops a user's draft of a form (after it was submitted, or discarded).
+    pub fn drop_draft(&mut self, actor: &Actor, case_id: &str, form: &str) -> Result<()> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let (territory, _) = self.st.live_case(&tx, case_id)?;
+        let n = tx.execute(
+            "DELETE FROM drafts WHERE user_id = ?1 AND case_id = ?2 AND form = ?3",
+            params![actor.id, case_id, form],
+        )?;
+        let ev = AuditEvent::new(
+            actor,
+            "draft.drop",
+            format!("case/{case_id}"),
+            Outcome::Success,
+        )
+        .territory(&territory)
+        .details(serde_json::json!({ "form": form, "dropped": n }));
+        audit::append(&tx, &self.st, &ev, now_ms())?;
+        tx.commit()?;
+        Ok(())
+    }
+}
+
+fn draft_row(user: &str, case_id: &str, form: &str) -> String {
+    format!("{user}|{case_id}|{form}")
+}
+
+fn draft_loc(row: &str) -> FieldLoc<'_> {
+    FieldLoc {
+        table: "drafts",
+        column: "body",
+        row_id: row,
     }
 }

@@ -339,6 +339,18 @@ ALTER TABLE patients ADD COLUMN version INTEGER NOT NULL DEFAULT 1;
 ALTER TABLE patients ADD COLUMN estimated_age BLOB;
 ALTER TABLE cases ADD COLUMN version INTEGER NOT NULL DEFAULT 1;
 "#,
+    // v9: unsaved tablet forms (drafts), per user, case and form, sealed under the case key,
+    // so that nothing half-entered is lost to an idle logoff; erased with the case.
+    r#"
+CREATE TABLE drafts (
+    user_id    TEXT    NOT NULL,
+    case_id    TEXT    NOT NULL REFERENCES cases (id),
+    form       TEXT    NOT NULL,
+    updated_at INTEGER NOT NULL,
+    body       BLOB    NOT NULL,
+    PRIMARY KEY (user_id, case_id, form)
+) STRICT;
+"#,
 ];
 
 /// The schema version this build writes.

@@ -260,9 +260,15 @@ let failurePage = null;
   await shot(pp, 'cases-portrait');
   await pctx.close();
 
-  step('idle logoff: warned first, then back on the same case after signing in');
-  await page.goto(`${URL}#/case/${caseId}`);
+  step('idle logoff: warned first, then back on the same case, unsaved typing restored');
+  // A second case, open, with a narrative typed and not saved when the crew walks away.
+  await page.goto(`${URL}#/new`);
+  await page.getByTestId('complaint').fill('second patient');
+  await page.getByTestId('register').click();
   await page.getByTestId('case-title').waitFor();
+  await tab(page, 'narrative');
+  const typed = 'Found sitting on the kerb, speaking full sentences';
+  await page.getByTestId('na-text').fill(typed);
   const idle = Number(env('H3N_IDLE_SECS'));
   await page.getByTestId('idle-warn').waitFor({ state: 'visible', timeout: idle * 1000 });
   await shot(page, 'idle-warning');
@@ -276,7 +282,12 @@ let failurePage = null;
   await page.getByTestId('login-pin').fill(env('H3N_PIN'));
   await page.getByTestId('login-territory').fill(env('H3N_TERRITORY'));
   await page.getByTestId('login-submit').click();
-  await page.getByTestId('case-title').filter({ hasText: 'Grace Okafor' }).waitFor();
+  await page.getByTestId('draft-restored').waitFor();
+  const restored = await page.getByTestId('na-text').inputValue();
+  check(restored === typed, `restored narrative: ${restored}`);
+  await shot(page, 'draft-restored');
+  await page.getByTestId('na-save').click();
+  await page.getByTestId('draft-restored').waitFor({ state: 'detached' });
 
   step('staff cannot open clinical data');
   await page.getByTestId('logout').click();

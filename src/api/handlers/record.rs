@@ -404,3 +404,77 @@ pub async fn nemsis(
     );
     Ok(r)
 }
+
+/// Longest draft a tablet may keep per form (serialised JSON).
+const MAX_DRAFT_BYTES: usize = 16 * 1024;
+
+fn check_form(form: &str) -> ApiResult<()> {
+    let ok = (1..=32).contains(&form.len())
+        && form
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(
+            ApiError::validation("form names are 1-32 of a-z, 0-9 and _")
+                .details(json!({ "field": "form" })),
+        )
+    }
+}
+
+/// `GET /api/v1/cases/{id}/drafts`: the caller's unsaved forms of the case.
+pub async fn get_drafts(
+    State(st): State<ApiState>,
+    Extension(c): Extension<Caller>,
+    Path(id): Path<String>,
+) -> ApiResult<Json> {
+    check_id(&id)?;
+    in_territory(&st, &c, "case", &id).await?;
+    let a = c.actor.clone();
+    let d = st.store.call(move |db| db.drafts(&a, &id)).await?;
+    ok(json!({
+        "drafts": d.into_iter().map(|(form, at, body)| json!({ "form": form, "saved_at_ms": at, "body": body })).collect::<Vec<_>>(),
+    }))
+}
+
+/// `PUT /api/v1/cases/{id}/drafts/{form}`: keeps an unsaved form (sealed) until it is submitted
+/// or dropped, so an idle logoff loses nothing.
+pub async fn put_draft(
+    State(st): State<ApiState>,
+    Extension(c): Extension<Caller>,
+    Path((id, form)): Path<(String, String)>,
+    Body(body): Body<Value>,
+) -> ApiResult<StatusCode> {
+    check_id(&id)?;
+    check_form(&form)?;
+    need_object(&body)?;
+    if body.to_string().len() > MAX_DRAFT_BYTES {
+        return Err(
+            ApiError::validation(format!("a draft is at most {MAX_DRAFT_BYTES} bytes"))
+                .details(json!({ "field": "body" })),
+        );
+    }
+    in_territory(&st, &c, "case", &id).await?;
+    let a = c.actor.clone();
+    st.store
+        .call(move |db| db.save_draft(&a, &id, &form, &body))
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `DELETE /api/v1/cases/{id}/drafts/{form}`.
+pub async fn drop_draft(
+    State(st): State<ApiState>,
+    Extension(c): Extension<Caller>,
+    Path((id, form)): Path<(String, String)>,
+) -> ApiResult<StatusCode> {
+    check_id(&id)?;
+    check_form(&form)?;
+    in_territory(&st, &c, "case", &id).await?;
+    let a = c.actor.clone();
+    st.store
+        .call(move |db| db.drop_draft(&a, &id, &form))
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}

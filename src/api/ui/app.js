@@ -109,6 +109,7 @@ function armIdle() {
       api('POST', '/api/v1/auth/logout').catch(() => {});
       loggedOff('Logged off after inactivity');
     } else if (left <= Math.min(60, S.me.idle_timeout_secs / 2) * 1000) {
+      if (warn.hidden) saveDrafts();
       warn.hidden = false;
       $('#idle-left').textContent = Math.ceil(left / 1000);
     } else {
@@ -339,7 +340,14 @@ async function caseScreen(id) {
   if (!S.codes) S.codes = await api('GET', '/api/v1/record/codes');
   sessionStorage.setItem('h3n.case', id);
   const c = await api('GET', `/api/v1/cases/${id}`);
-  const st = { id, c, vitals: c.vitals, lastId: c.vitals.reduce((m, o) => Math.max(m, o.id), 0), tab: S.tab || 'times' };
+  const st = { id, c, vitals: c.vitals, lastId: c.vitals.reduce((m, o) => Math.max(m, o.id), 0), tab: S.tab || 'times', dirty: {}, drafts: {} };
+  // Unsaved forms kept across a logoff (server-side, sealed), restored into their forms.
+  if (can('ClinicalWrite') && c.status !== 'closed') {
+    try { for (const d of (await api('GET', `/api/v1/cases/${id}/drafts`)).drafts) st.drafts[d.form] = d; } catch (e) { /* none */ }
+    const first = Object.values(st.drafts)[0];
+    if (first && first.body.tab) st.tab = first.body.tab;
+  }
+  S.caseState = st;
   const p = c.patient || {};
   const closed = c.status === 'closed';
   const age = p.date_of_birth ? `${Math.floor((Date.now() - Date.parse(p.date_of_birth)) / 31557600000)} y` : (p.estimated_age_years != null ? `~${p.estimated_age_years} y (est.)` : '');
@@ -401,7 +409,51 @@ function entryList(st, kind, summary) {
     ${e.state === 'recorded' && !closed && can('ClinicalWrite') ? `<button type="button" data-eie="${esc(e.entry_id)}" data-testid="eie-${kind}">Entered in error</button>` : ''}</li>`).join('')}</ul>`;
 }
 
+// Fills a panel form from its draft, and keeps track of what is typed and not yet saved.
+function trackForms(st) {
+  document.querySelectorAll('#panel form[id]').forEach((f) => {
+    const d = st.drafts[f.id];
+    if (d) {
+      for (const [k, v] of Object.entries(d.body)) {
+        const el = f.querySelector(`[name="${k}"]`);
+        if (el) { if (el.type === 'checkbox') el.checked = !!v; else el.value = v ?? ''; }
+      }
+      f.insertAdjacentHTML('afterbegin', `<p class="note" data-testid="draft-restored">Restored what you had typed at ${fmtTime(d.saved_at_ms)} (not saved yet).</p>`);
+      st.dirty[f.id] = d.body;
+    }
+    f.addEventListener('input', () => {
+      const v = { tab: st.tab };
+      f.querySelectorAll('[name]').forEach((el) => { v[el.name] = el.type === 'checkbox' ? el.checked : el.value; });
+      st.dirty[f.id] = v;
+    });
+  });
+}
+
+// Saves every form with unsaved input (before an idle logoff, when the tab is hidden).
+async function saveDrafts() {
+  const st = S.caseState;
+  if (!st || !S.token || !location.hash.startsWith('#/case/')) return;
+  for (const [form, body] of Object.entries(st.dirty)) {
+    if (Object.keys(body).length < 2) continue;
+    try { await api('PUT', `/api/v1/cases/${st.id}/drafts/${form}`, body); } catch (e) { /* kept in the tab */ }
+  }
+}
+addEventListener('pagehide', () => { saveDrafts(); });
+
+async function dropDraft(st, form) {
+  delete st.dirty[form];
+  if (st.drafts[form]) {
+    delete st.drafts[form];
+    try { await api('DELETE', `/api/v1/cases/${st.id}/drafts/${form}`); } catch (e) { /* stale draft is harmless */ }
+  }
+}
+
 function drawPanel(st) {
+  drawPanelInner(st);
+  trackForms(st);
+}
+
+function drawPanelInner(st) {
   document.querySelectorAll('[data-tab]').forEach((b) => b.classList.toggle('on', b.dataset.tab === st.tab));
   const closed = st.c.status === 'closed';
   const write = can('ClinicalWrite') && !closed;
@@ -458,7 +510,7 @@ function drawPanel(st) {
     if (!f) return;
     f.addEventListener('submit', (ev) => {
       ev.preventDefault();
-      submitOnce(f, async (key) => { await api(method, `/api/v1/cases/${st.id}/${path}`, build(f), { key }); await refreshRecord(st); });
+      submitOnce(f, async (key) => { await api(method, `/api/v1/cases/${st.id}/${path}`, build(f), { key }); await dropDraft(st, id); await refreshRecord(st); });
     });
   };
   const val = (f, n) => { const x = f.querySelector(`[name=${n}]`); const v = x.type === 'checkbox' ? x.checked : x.value.trim(); return v === '' ? null : v; };
@@ -511,6 +563,7 @@ function drawPanel(st) {
       if (!dose || !/^\d+(\.\d+)?$/.test(dose)) { f.querySelector('.err').textContent = 'Enter the dose as a number'; return; }
       submitOnce(f, async (key) => {
         await api('POST', `/api/v1/cases/${st.id}/record/medication`, { at_ms: Date.now(), medication: val(f, 'medication'), dose: Number(dose), dose_unit: val(f, 'dose_unit'), route: val(f, 'route'), response: val(f, 'response'), note: val(f, 'note') }, { key });
+        await dropDraft(st, 'md');
         await refreshRecord(st);
       });
     });
@@ -542,7 +595,7 @@ function drawPanel(st) {
     const { version } = section(st, kind);
     f.addEventListener('submit', (ev) => {
       ev.preventDefault();
-      submitOnce(f, async (key) => { await api('PATCH', `/api/v1/cases/${st.id}/record/${kind}`, build(f), { key, ifMatch: version }); await refreshRecord(st); });
+      submitOnce(f, async (key) => { await api('PATCH', `/api/v1/cases/${st.id}/record/${kind}`, build(f), { key, ifMatch: version }); await dropDraft(st, id); await refreshRecord(st); });
     });
   };
   if (t === 'situation') {
