@@ -261,11 +261,15 @@ let failurePage = null;
   await pctx.close();
 
   step('idle logoff: warned first, then back on the same case, unsaved typing restored');
-  // A second case, open, with a narrative typed and not saved when the crew walks away.
+  // The patient calls again: found by name, a new case for her; a narrative typed and not
+  // saved when the crew walks away.
   await page.goto(`${URL}#/new`);
-  await page.getByTestId('complaint').fill('second patient');
-  await page.getByTestId('register').click();
-  await page.getByTestId('case-title').waitFor();
+  await page.getByTestId('ps-last').fill('Okafor');
+  await page.getByTestId('complaint').fill('dyspnoea again');
+  await page.getByTestId('ps-search').click();
+  await page.getByTestId('ps-open').first().click();
+  await page.getByTestId('case-status').filter({ hasText: 'open' }).waitFor();
+  await page.getByTestId('case-title').filter({ hasText: 'Grace Okafor' }).waitFor();
   await tab(page, 'narrative');
   const typed = 'Found sitting on the kerb, speaking full sentences';
   await page.getByTestId('na-text').fill(typed);

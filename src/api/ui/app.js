@@ -259,14 +259,40 @@ function readPatientForm() {
 
 async function newScreen() {
   view().innerHTML = `
+    <h1>Known patient?</h1>
+    <form id="ps" class="card"><div class="grid">
+      <div><label for="ps-last">Last name</label><input id="ps-last" data-testid="ps-last"></div>
+      <div><label for="ps-dob">Date of birth</label><input id="ps-dob" type="date"></div>
+      <div><label for="ps-mrn">MRN</label><input id="ps-mrn"></div></div>
+      <p class="row"><button type="submit" data-testid="ps-search">Search</button><span class="err" data-testid="ps-error"></span></p>
+      <ul class="entries" id="ps-hits" data-testid="ps-hits"></ul></form>
     <h1>New patient</h1>
-    <p class="muted">Everything is optional: register now, complete later (Patient → Edit on the case).</p>
+    <p class="muted">Everything is optional: register now, complete later (Edit patient on the case).</p>
     <form id="np">
       <div class="grid">${patientForm()}
       <div class="full"><label for="cc">Chief complaint</label><input id="cc" data-testid="complaint"></div></div>
       <p class="row">${can('ClinicalWrite') ? '<button class="primary" type="submit" data-testid="register">Register and open case</button>' : '<button class="primary" type="submit" data-testid="register">Register patient</button>'}
       <span class="err" data-testid="np-error"></span></p>
     </form>`;
+  $('#ps').addEventListener('submit', (ev) => {
+    ev.preventDefault();
+    submitOnce($('#ps'), async () => {
+      const q = new URLSearchParams();
+      for (const [k, id] of [['last_name', 'ps-last'], ['date_of_birth', 'ps-dob'], ['mrn', 'ps-mrn']]) { const v = $('#' + id).value.trim(); if (v) q.set(k, v); }
+      if (![...q.keys()].length) { $('#ps .err').textContent = 'Enter a last name, a date of birth or an MRN'; return; }
+      const r = await api('GET', `/api/v1/patients?${q}`);
+      $('#ps-hits').innerHTML = r.patients.map((p) => `<li data-testid="ps-hit"><span><strong>${esc([p.first_name, p.last_name].filter(Boolean).join(' ') || 'Unnamed')}</strong>
+        ${esc(p.date_of_birth || (p.estimated_age_years != null ? '~' + p.estimated_age_years + ' y' : ''))} ${esc(p.sex || '')} ${p.mrn ? 'MRN ' + esc(p.mrn) : ''}</span>
+        ${can('ClinicalWrite') ? `<button type="button" class="primary" data-open="${esc(p.id)}" data-testid="ps-open">Open a case</button>` : ''}</li>`).join('') || '<li class="muted">No patient found.</li>';
+      document.querySelectorAll('[data-open]').forEach((b) => b.addEventListener('click', () => submitOnce($('#ps'), async () => {
+        const body = { patient_id: b.dataset.open };
+        const cc = $('#cc').value.trim();
+        if (cc) body.chief_complaint = cc;
+        const c = await api('POST', '/api/v1/cases', body);
+        location.hash = `#/case/${c.id}`;
+      })));
+    });
+  });
   $('#np').addEventListener('submit', (ev) => {
     ev.preventDefault();
     submitOnce($('#np'), async () => {
