@@ -4,6 +4,8 @@
 
 mod common;
 
+use serde_json::json;
+
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
 use std::process::Stdio;
@@ -59,6 +61,50 @@ fn sentinel_patient_name_is_in_no_file_and_no_log() {
         "blind-index search finds all sentinel patients"
     );
     assert_eq!(found[0].patient.last_name.as_deref(), Some(SENTINEL));
+    // The care record too: sections, an event, a correction history, a draft, the NEMSIS export.
+    let case = &ids[0].1;
+    let who = Actor::cli();
+    let o = hema3n_edge::storage::WriteOpts::default();
+    use hema3n_edge::model::record::{EventKind, Section};
+    db.patch_section(
+        &who,
+        case,
+        Section::Narrative,
+        &json!({"text": format!("{SENTINEL} narrative")}),
+        o,
+    )
+    .unwrap();
+    db.patch_section(
+        &who,
+        case,
+        Section::History,
+        &json!({"allergies": [SENTINEL], "medical_history": [SENTINEL]}),
+        o,
+    )
+    .unwrap();
+    db.patch_section(
+        &who,
+        case,
+        Section::Disposition,
+        &json!({"destination": SENTINEL, "transfer_to": SENTINEL}),
+        o,
+    )
+    .unwrap();
+    let now = hema3n_edge::model::now_ms();
+    let w = db
+        .add_event(
+            &who,
+            case,
+            EventKind::Procedure,
+            &json!({"at_ms": now, "procedure": "iv_access", "successful": true, "note": SENTINEL}),
+            o,
+        )
+        .unwrap();
+    db.void_entry(&who, case, &w.entry_id, SENTINEL, o).unwrap();
+    db.save_draft(&who, case, "narrative", &json!({"text": SENTINEL}))
+        .unwrap();
+    let x = db.disclose_case(&who, case, "nemsis-3.5.1").unwrap();
+    assert_eq!(x.record.versions.len(), 5);
     drop(db);
     std::process::Command::new("kill")
         .arg("-TERM")
