@@ -186,6 +186,8 @@ fn crew_flow_in_chromium() {
         "3151-8",
         "Logan Regional Hospital",
         "Dr. R. Patel",
+        "12 Elm St, Logan UT",
+        "\"latitude\":41.7365",
         "urn:hema3n:fhir:etime:transfer_of_care",
     ] {
         assert!(

@@ -55,7 +55,11 @@ let failurePage = null;
       '--disable-component-update', '--disable-sync', '--disable-dev-shm-usage'],
   });
   // A 10" tablet in landscape.
-  const ctx = await browser.newContext({ ignoreHTTPSErrors: true, viewport: { width: 1280, height: 800 }, deviceScaleFactor: 1 });
+  const ctx = await browser.newContext({
+    ignoreHTTPSErrors: true, viewport: { width: 1280, height: 800 }, deviceScaleFactor: 1,
+    // The crew allows the tablet's location (a scene in Logan, UT).
+    permissions: ['geolocation'], geolocation: { latitude: 41.7365, longitude: -111.8338, accuracy: 12 },
+  });
   const page = await ctx.newPage();
   failurePage = page;
   page.setDefaultTimeout(30000);
@@ -102,6 +106,14 @@ let failurePage = null;
   await page.getByTestId('in-mode').selectOption('emergent');
   await page.getByTestId('in-save').click();
   await page.getByTestId('in-number').and(page.locator('[value="INC-2026-0042"]')).waitFor();
+
+  step('scene from the tablet location');
+  await tab(page, 'scene');
+  await page.getByTestId('sc-geo').click();
+  await page.waitForFunction(() => document.querySelector('[data-testid=sc-lat]').value !== '');
+  await page.getByTestId('sc-address').fill('12 Elm St, Logan UT');
+  await page.getByTestId('sc-save').click();
+  await page.getByTestId('sc-lat').and(page.locator('[value="41.7365"]')).waitFor();
 
   step('bind the simulated monitor; live vitals and triage arrive');
   await tab(page, 'devices');

@@ -391,7 +391,7 @@ async function caseScreen(id) {
       <section><div id="tiles" class="grid tiles" data-testid="vitals"></div></section>
     </div>
     <nav class="tabs" id="tabs">${[['times', 'Times'], ['vitals', 'Vitals'], ['oxygen', 'Oxygen'], ['procedure', 'Interventions'], ['medication', 'Medications'],
-      ['assessment', 'Assessment'], ['situation', 'Impression'], ['history', 'History'], ['incident', 'Incident'], ['disposition', 'Disposition'], ['narrative', 'Narrative'], ['devices', 'Devices & sync']]
+      ['assessment', 'Assessment'], ['scene', 'Scene'], ['situation', 'Impression'], ['history', 'History'], ['incident', 'Incident'], ['disposition', 'Disposition'], ['narrative', 'Narrative'], ['devices', 'Devices & sync']]
       .map(([t, l]) => `<button type="button" data-tab="${t}" data-testid="tab-${t}">${l}</button>`).join('')}</nav>
     <div id="panel"></div>`;
   drawTiles(st);
@@ -639,6 +639,31 @@ function drawPanelInner(st) {
       const ms = (n) => { const x = val(f, n); return x ? new Date(x).getTime() : null; };
       const pr = val(f, 'primary'), se = val(f, 'secondary'), inj = val(f, 'injury');
       return { primary_impression: pr ? { code: pr } : null, secondary_impressions: se ? [{ code: se }] : null, possible_injury: inj == null ? null : inj === 'true', cardiac_arrest: val(f, 'arrest'), symptom_onset_ms: ms('onset'), last_known_well_ms: ms('lkw') };
+    });
+    return;
+  }
+  if (t === 'scene') {
+    const { v } = section(st, 'scene');
+    P.innerHTML = form('sc', `<div class="grid"><div><label>Latitude</label><input name="lat" data-testid="sc-lat" inputmode="decimal" value="${esc(v.latitude ?? '')}"></div>
+      <div><label>Longitude</label><input name="lon" data-testid="sc-lon" inputmode="decimal" value="${esc(v.longitude ?? '')}"></div>
+      <div><label>Address</label><input name="address" data-testid="sc-address" value="${esc(v.address || '')}"></div>
+      <div><label>Description</label><input name="description" value="${esc(v.description || '')}"></div>
+      <div><label>Patients at scene</label><input name="count" inputmode="numeric" value="${esc(v.patient_count ?? '')}"></div>
+      <div><label class="chk"><input type="checkbox" name="mci" ${v.mass_casualty ? 'checked' : ''}> Mass-casualty incident</label></div></div>
+      ${write ? '<p><button type="button" id="geo" data-testid="sc-geo">Use this tablet\'s location</button> <span class="muted" id="geo-msg"></span></p>' : ''}`);
+    const g = $('#geo');
+    // Only when the crew allows it: the browser asks; without it, address and description.
+    if (g) g.addEventListener('click', () => {
+      if (!navigator.geolocation) { $('#geo-msg').textContent = 'No location on this tablet: enter the address'; return; }
+      navigator.geolocation.getCurrentPosition((p) => {
+        $('#sc [name=lat]').value = p.coords.latitude.toFixed(6);
+        $('#sc [name=lon]').value = p.coords.longitude.toFixed(6);
+        $('#geo-msg').textContent = `±${Math.round(p.coords.accuracy)} m`;
+      }, (e) => { $('#geo-msg').textContent = `Location not available (${e.message}): enter the address`; }, { timeout: 10000 });
+    });
+    patchSection('sc', 'scene', (f) => {
+      const n = (k) => { const x = val(f, k); return x == null ? null : Number(x); };
+      return { latitude: n('lat'), longitude: n('lon'), address: val(f, 'address'), description: val(f, 'description'), patient_count: n('count'), mass_casualty: val(f, 'mci') };
     });
     return;
   }
