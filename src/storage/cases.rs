@@ -70,6 +70,30 @@ pub struct CaseParts {
     pub demographics: bool,
 }
 
+/// Seals a case's details (chief complaint, mechanism, onset) for its row, counting the
+/// sealings in `n`: the one place both opening and editing a case write them.
+pub(super) fn seal_details(
+    dk: &crate::crypto::field::DataKey,
+    case_id: &str,
+    d: &CaseDetails,
+    n: &mut u64,
+) -> Result<[Option<Vec<u8>>; 3]> {
+    let mut sealed = [None, None, None];
+    for (out, (column, value)) in sealed.iter_mut().zip([
+        ("chief_complaint", &d.chief_complaint),
+        ("mechanism", &d.mechanism),
+        ("onset", &d.onset),
+    ]) {
+        let loc = FieldLoc {
+            table: "cases",
+            column,
+            row_id: case_id,
+        };
+        *out = seal_opt(dk, loc, value.as_deref().map(str::as_bytes), n)?;
+    }
+    Ok(sealed)
+}
+
 pub(super) fn case_devices(conn: &rusqlite::Connection, case_id: &str) -> Result<Vec<String>> {
     Ok(conn
         .prepare_cached(
@@ -230,26 +254,8 @@ impl Db {
         let dk = self
             .st
             .new_data_key(&tx, territory, &format!("case/{id}"))?;
-        let loc = |column| FieldLoc {
-            table: "cases",
-            column,
-            row_id: &id,
-        };
         let mut n = 0;
-        let mut sealed = [None, None, None];
-        for (out, (column, value)) in sealed.iter_mut().zip([
-            ("chief_complaint", &d.chief_complaint),
-            ("mechanism", &d.mechanism),
-            ("onset", &d.onset),
-        ]) {
-            *out = seal_opt(
-                &dk,
-                loc(column),
-                value.as_deref().map(str::as_bytes),
-                &mut n,
-            )?;
-        }
-        let [cc, me, on] = sealed;
+        let [cc, me, on] = seal_details(&dk, &id, d, &mut n)?;
         tx.execute(
             "INSERT INTO cases (id, territory, patient_id, dk_id, status, created_at, created_by, chief_complaint, mechanism, onset) \
              VALUES (?1, ?2, ?3, ?4, 'open', ?5, ?6, ?7, ?8, ?9)",
@@ -394,7 +400,7 @@ impl Db {
                     .collect::<Result<_, _>>()?;
                 triage = read_triage(&tx, &dk, id, 20)?;
                 vitals = read_case_observations(&tx, &dk, id)?;
-                record = super::record::read_entries(&tx, &dk, id, None)?;
+                record = super::record::read_entries(&tx, &dk, id, super::record::Which::All)?;
             } else {
                 case.details = Default::default();
             }

@@ -97,24 +97,7 @@ impl Db {
         d.validate().map_err(StoreError::InvalidRecord)?;
         let dk = self.st.data_key(&tx, dk_id, "case", case_id)?;
         let mut n = 0;
-        let mut sealed = Vec::with_capacity(3);
-        for (column, value) in [
-            ("chief_complaint", &d.chief_complaint),
-            ("mechanism", &d.mechanism),
-            ("onset", &d.onset),
-        ] {
-            let loc = FieldLoc {
-                table: "cases",
-                column,
-                row_id: case_id,
-            };
-            sealed.push(super::patients::seal_opt(
-                &dk,
-                loc,
-                value.as_deref().map(str::as_bytes),
-                &mut n,
-            )?);
-        }
+        let sealed = super::cases::seal_details(&dk, case_id, &d, &mut n)?;
         self.st.count_invocations(&tx, dk.id(), n)?;
         tx.execute(
             "UPDATE cases SET chief_complaint = ?1, mechanism = ?2, onset = ?3, version = version + 1 WHERE id = ?4",

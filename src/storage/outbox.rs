@@ -474,7 +474,7 @@ pub(super) fn case_export(
         }
     }
     let triage = read_triage(tx, &dk, case_id, 1)?.into_iter().next();
-    let record = super::record::read_entries(tx, &dk, case_id, None)?;
+    let record = super::record::read_entries(tx, &dk, case_id, super::record::Which::All)?;
     let people = super::record::people_of(tx, &record)?;
     let mut resources = vec![format!("case/{case_id}")];
     if let Some(p) = &case.patient_id {

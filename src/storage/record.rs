@@ -70,12 +70,30 @@ fn loc(row: &str) -> FieldLoc<'_> {
 
 type EntryRow = (i64, String, String, i64, String, i64, String, Vec<u8>);
 
-/// Reads and opens every version of a case's entries, optionally of some kinds only.
+/// Which of a case's entries to open (only those are decrypted).
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Which<'a> {
+    All,
+    Kinds(&'a [&'a str]),
+    Entry(&'a str),
+}
+
+impl Which<'_> {
+    fn wants(&self, entry_id: &str, kind: &str) -> bool {
+        match self {
+            Which::All => true,
+            Which::Kinds(k) => k.contains(&kind),
+            Which::Entry(e) => *e == entry_id,
+        }
+    }
+}
+
+/// Reads and opens every version of a case's entries (or of those `which` names).
 pub(super) fn read_entries(
     conn: &Connection,
     dk: &DataKey,
     case_id: &str,
-    kinds: Option<&[&str]>,
+    which: Which<'_>,
 ) -> Result<CaseRecord> {
     let rows: Vec<EntryRow> = conn
         .prepare_cached(
@@ -88,7 +106,7 @@ pub(super) fn read_entries(
         .collect::<Result<_, _>>()?;
     let mut versions: Vec<EntryVersion> = Vec::new();
     for (id, entry_id, kind, version, state, at, by, ct) in rows {
-        if kinds.is_some_and(|k| !k.contains(&kind.as_str())) {
+        if !which.wants(&entry_id, &kind) {
             continue;
         }
         let state = EntryState::parse(&state).ok_or_else(|| StoreError::Undecodable {
@@ -249,14 +267,64 @@ struct Change {
     fields: Vec<String>,
 }
 
+/// One new version of an entry, before its body is sealed.
+struct NewVersion<'a> {
+    case_id: &'a str,
+    entry_id: &'a str,
+    kind: &'a str,
+    version: i64,
+    state: EntryState,
+    at: i64,
+    by: &'a str,
+}
+
+/// Seals `body` with the row's plaintext columns in its associated data and inserts the row:
+/// the one place a record version is written (API writes and the v8 migration).
+fn insert_version(
+    st: &mut super::State,
+    conn: &Connection,
+    dk: &DataKey,
+    v: &NewVersion<'_>,
+    body: &Value,
+) -> Result<()> {
+    let id: i64 = conn.query_row(
+        "SELECT coalesce(max(id), 0) + 1 FROM record_entries",
+        [],
+        |r| r.get(0),
+    )?;
+    let row = entry_row(
+        id, v.case_id, v.entry_id, v.kind, v.version, v.state, v.by, v.at,
+    );
+    let sealed = dk.seal(loc(&row), &serde_json::to_vec(body).expect("json"))?;
+    st.count_invocations(conn, dk.id(), 1)?;
+    conn.execute(
+        "INSERT INTO record_entries (id, case_id, entry_id, kind, version, state, recorded_at, recorded_by, body) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        params![id, v.case_id, v.entry_id, v.kind, v.version, v.state.as_str(), v.at, v.by, sealed],
+    )?;
+    Ok(())
+}
+
 impl Db {
+    /// The kind of an entry of a case (its plaintext column: nothing is decrypted or audited),
+    /// for permission checks before a change.
+    pub fn entry_kind(&self, case_id: &str, entry_id: &str) -> Result<Option<String>> {
+        Ok(self
+            .conn
+            .prepare_cached(
+                "SELECT kind FROM record_entries WHERE case_id = ?1 AND entry_id = ?2 LIMIT 1",
+            )?
+            .query_row(params![case_id, entry_id], |r| r.get(0))
+            .optional()?)
+    }
+
     /// The case's record (every version of every entry), audited as a read.
     pub fn case_record(&mut self, actor: &Actor, case_id: &str) -> Result<CaseRecord> {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let (territory, dk) = self.st.live_case(&tx, case_id)?;
-        let rec = read_entries(&tx, &dk, case_id, None)?;
+        let rec = read_entries(&tx, &dk, case_id, Which::All)?;
         let ev = AuditEvent::new(
             actor,
             "record.read",
@@ -278,7 +346,7 @@ impl Db {
         patch: &Value,
         o: WriteOpts<'_>,
     ) -> Result<EntryWritten> {
-        self.write_entry(actor, case_id, o, |rec, bounds| {
+        self.write_entry(actor, case_id, o, section.as_str(), |rec, bounds| {
             let cur = rec
                 .latest()
                 .into_iter()
@@ -317,11 +385,12 @@ impl Db {
         body: &Value,
         o: WriteOpts<'_>,
     ) -> Result<EntryWritten> {
-        self.write_entry(actor, case_id, o, |_, bounds| {
+        let entry = new_id();
+        self.write_entry(actor, case_id, o, &entry, |_, bounds| {
             kind.validate(body.clone(), bounds)
                 .map_err(StoreError::InvalidRecord)?;
             Ok(Change {
-                entry_id: new_id(),
+                entry_id: entry.clone(),
                 kind: kind.as_str(),
                 state: EntryState::Recorded,
                 fields: changed_fields(&Value::Null, body),
@@ -340,7 +409,7 @@ impl Db {
         body: &Value,
         o: WriteOpts<'_>,
     ) -> Result<EntryWritten> {
-        self.write_entry(actor, case_id, o, |rec, bounds| {
+        self.write_entry(actor, case_id, o, entry_id, |rec, bounds| {
             let cur = current_of(rec, entry_id)?;
             let kind = EventKind::parse(&cur.kind).ok_or_else(|| StoreError::InvalidId {
                 kind: "event entry (sections are patched)",
@@ -369,7 +438,7 @@ impl Db {
         reason: &str,
         o: WriteOpts<'_>,
     ) -> Result<EntryWritten> {
-        self.write_entry(actor, case_id, o, |rec, _| {
+        self.write_entry(actor, case_id, o, entry_id, |rec, _| {
             let cur = current_of(rec, entry_id)?;
             let kind = Section::parse(&cur.kind)
                 .map(Section::as_str)
@@ -386,12 +455,14 @@ impl Db {
         })
     }
 
-    /// One write: replay check, case checks, read, change, seal, insert, audit, commit.
+    /// One write of `entry`: replay check, case checks, read that entry's versions (only those
+    /// are decrypted), change, seal, insert, audit, commit.
     fn write_entry(
         &mut self,
         actor: &Actor,
         case_id: &str,
         o: WriteOpts<'_>,
+        entry: &str,
         change: impl FnOnce(&CaseRecord, &Bounds) -> Result<Change>,
     ) -> Result<EntryWritten> {
         let tx = self
@@ -415,15 +486,10 @@ impl Db {
             now_ms: now,
             case_created_ms: created,
         };
-        let rec = read_entries(&tx, &dk, case_id, None)?;
+        let rec = read_entries(&tx, &dk, case_id, Which::Entry(entry))?;
         let c = change(&rec, &bounds)?;
-        let current = rec
-            .versions
-            .iter()
-            .filter(|v| v.entry_id == c.entry_id)
-            .map(|v| v.version)
-            .max()
-            .unwrap_or(0);
+        debug_assert_eq!(c.entry_id, entry);
+        let current = rec.versions.iter().map(|v| v.version).max().unwrap_or(0);
         if let Some(m) = o.if_match
             && m != current
         {
@@ -433,28 +499,16 @@ impl Db {
             });
         }
         let version = current + 1;
-        let id: i64 = tx.query_row(
-            "SELECT coalesce(max(id), 0) + 1 FROM record_entries",
-            [],
-            |r| r.get(0),
-        )?;
-        let row = entry_row(
-            id,
+        let v = NewVersion {
             case_id,
-            &c.entry_id,
-            c.kind,
+            entry_id: &c.entry_id,
+            kind: c.kind,
             version,
-            c.state,
-            &actor.id,
-            now,
-        );
-        let sealed = dk.seal(loc(&row), &serde_json::to_vec(&c.body).expect("json"))?;
-        self.st.count_invocations(&tx, dk.id(), 1)?;
-        tx.execute(
-            "INSERT INTO record_entries (id, case_id, entry_id, kind, version, state, recorded_at, recorded_by, body) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-            params![id, case_id, c.entry_id, c.kind, version, c.state.as_str(), now, actor.id, sealed],
-        )?;
+            state: c.state,
+            at: now,
+            by: &actor.id,
+        };
+        insert_version(&mut self.st, &tx, &dk, &v, &c.body)?;
         let written = EntryWritten {
             entry_id: c.entry_id.clone(),
             kind: c.kind.to_string(),
@@ -528,29 +582,18 @@ pub(super) fn legacy_medications_to_record(
             text = format!("{text} — {note}");
         }
         let content = serde_json::json!({ "at_ms": at, "medication": "other", "note": text });
-        let id: i64 = conn.query_row(
-            "SELECT coalesce(max(id), 0) + 1 FROM record_entries",
-            [],
-            |r| r.get(0),
-        )?;
-        let entry = new_id();
-        let row = entry_row(
-            id,
-            &case_id,
-            &entry,
-            "medication",
-            1,
-            EntryState::Recorded,
-            &by,
+        let v = NewVersion {
+            case_id: &case_id,
+            entry_id: &new_id(),
+            kind: "medication",
+            version: 1,
+            state: EntryState::Recorded,
             at,
-        );
-        let sealed = dk.seal(loc(&row), &serde_json::to_vec(&content).expect("json"))?;
-        st.count_invocations(conn, dk.id(), 2)?;
-        conn.execute(
-            "INSERT INTO record_entries (id, case_id, entry_id, kind, version, state, recorded_at, recorded_by, body) \
-             VALUES (?1, ?2, ?3, 'medication', 1, 'recorded', ?4, ?5, ?6)",
-            params![id, case_id, entry, at, by, sealed],
-        )?;
+            by: &by,
+        };
+        // The opening above, the sealing in `insert_version`.
+        st.count_invocations(conn, dk.id(), 1)?;
+        insert_version(st, conn, &dk, &v, &content)?;
         conn.execute("DELETE FROM medications WHERE id = ?1", [mid])?;
         n += 1;
     }

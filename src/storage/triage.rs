@@ -96,8 +96,13 @@ impl Db {
                 Err(e) => return Err(e),
             }
         }
-        let o2 = super::record::read_entries(&tx, &dk, case_id, Some(&["oxygen", "spo2_scale"]))?
-            .oxygen_state(now_ms());
+        let o2 = super::record::read_entries(
+            &tx,
+            &dk,
+            case_id,
+            super::record::Which::Kinds(&["oxygen", "spo2_scale"]),
+        )?
+        .oxygen_state(now_ms());
         snap.on_oxygen = o2.on_oxygen;
         snap.spo2_scale2 = o2.scale2;
         let ev = AuditEvent::new(

@@ -506,7 +506,7 @@ pub(super) fn nemsis_reference(
             d["identifier"]
                 .as_array_mut()
                 .expect("identifiers")
-                .push(json!({ "system": "urn:hema3n:sha256", "value": hex(&sha) }));
+                .push(json!({ "system": "urn:hema3n:sha256", "value": hex::encode(sha) }));
             d["content"] = json!([{ "attachment": {
                 "contentType": "application/xml", "title": "EMSDataSet.xml",
                 "size": xml.len(),
@@ -520,10 +520,6 @@ pub(super) fn nemsis_reference(
         }
     }
     (id, d)
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 /// The NEMSIS document a case bundle carries (checked against its SHA-256), or why it has none.
@@ -557,7 +553,7 @@ pub fn nemsis_document(bundle: &Value) -> Result<Vec<u8>, String> {
         .find(|i| i["system"] == "urn:hema3n:sha256")
         .and_then(|i| i["value"].as_str())
         .ok_or("the NEMSIS attachment has no SHA-256")?;
-    if hex(&crate::crypto::sha256(&bytes)) != want {
+    if hex::encode(crate::crypto::sha256(&bytes)) != want {
         return Err("the NEMSIS attachment does not match its SHA-256".into());
     }
     Ok(bytes)

@@ -129,15 +129,16 @@ pub fn export(x: &CaseExport, agency: &NemsisConfig) -> Result<String, Incomplet
         "eResponse.07",
         agency.unit_level_code().expect("validated config"),
     );
-    for tag in [
-        "eResponse.08",
-        "eResponse.09",
-        "eResponse.10",
-        "eResponse.11",
-        "eResponse.12",
-    ] {
-        w.nv(tag, NOT_RECORDED);
-    }
+    w.nvs(
+        &[
+            "eResponse.08",
+            "eResponse.09",
+            "eResponse.10",
+            "eResponse.11",
+            "eResponse.12",
+        ],
+        NOT_RECORDED,
+    );
     let vehicle: String = agency
         .vehicle_number
         .clone()
@@ -276,9 +277,7 @@ pub fn export(x: &CaseExport, agency: &NemsisConfig) -> Result<String, Incomplet
     if let Some(a) = &scene.address {
         w.val("eScene.15", a);
     }
-    w.nv("eScene.18", NOT_RECORDED);
-    w.nv("eScene.19", NOT_RECORDED);
-    w.nv("eScene.21", NOT_RECORDED);
+    w.nvs(&["eScene.18", "eScene.19", "eScene.21"], NOT_RECORDED);
     w.close("eScene");
 
     // eSituation.
@@ -331,9 +330,7 @@ pub fn export(x: &CaseExport, agency: &NemsisConfig) -> Result<String, Incomplet
         NOT_APPLICABLE
     };
     w.open("eInjury");
-    w.nv("eInjury.01", inv);
-    w.nv("eInjury.03", inv);
-    w.nv("eInjury.04", inv);
+    w.nvs(&["eInjury.01", "eInjury.03", "eInjury.04"], inv);
     w.close("eInjury");
 
     // eArrest.
@@ -417,17 +414,19 @@ pub fn export(x: &CaseExport, agency: &NemsisConfig) -> Result<String, Incomplet
         .collect();
     if meds.is_empty() && oxygen.is_empty() {
         w.open("eMedications.MedicationGroup");
-        for tag in ["eMedications.01", "eMedications.02", "eMedications.03"] {
-            w.nv(tag, NOT_APPLICABLE);
-        }
+        w.nvs(
+            &["eMedications.01", "eMedications.02", "eMedications.03"],
+            NOT_APPLICABLE,
+        );
         w.nv("eMedications.04", NOT_APPLICABLE);
         w.open("eMedications.DosageGroup");
         w.nv("eMedications.05", NOT_APPLICABLE);
         w.nv("eMedications.06", NOT_APPLICABLE);
         w.close("eMedications.DosageGroup");
-        for tag in ["eMedications.07", "eMedications.08", "eMedications.10"] {
-            w.nv(tag, NOT_APPLICABLE);
-        }
+        w.nvs(
+            &["eMedications.07", "eMedications.08", "eMedications.10"],
+            NOT_APPLICABLE,
+        );
         w.close("eMedications.MedicationGroup");
     }
     for (v, m) in &meds {
@@ -457,18 +456,19 @@ pub fn export(x: &CaseExport, agency: &NemsisConfig) -> Result<String, Incomplet
     let procs = r.events::<Procedure>(EventKind::Procedure);
     if procs.is_empty() {
         w.open("eProcedures.ProcedureGroup");
-        for tag in [
-            "eProcedures.01",
-            "eProcedures.02",
-            "eProcedures.03",
-            "eProcedures.05",
-            "eProcedures.06",
-            "eProcedures.07",
-            "eProcedures.08",
-            "eProcedures.10",
-        ] {
-            w.nv(tag, NOT_APPLICABLE);
-        }
+        w.nvs(
+            &[
+                "eProcedures.01",
+                "eProcedures.02",
+                "eProcedures.03",
+                "eProcedures.05",
+                "eProcedures.06",
+                "eProcedures.07",
+                "eProcedures.08",
+                "eProcedures.10",
+            ],
+            NOT_APPLICABLE,
+        );
         w.close("eProcedures.ProcedureGroup");
     }
     for (v, pr) in &procs {
@@ -510,9 +510,7 @@ pub fn export(x: &CaseExport, agency: &NemsisConfig) -> Result<String, Incomplet
     w.nv("eOutcome.12", NOT_RECORDED);
     w.nv("eOutcome.20", NOT_RECORDED);
     w.close("eOutcome.HospitalProceduresGroup");
-    w.nv("eOutcome.13", NOT_RECORDED);
-    w.nv("eOutcome.16", NOT_RECORDED);
-    w.nv("eOutcome.18", NOT_RECORDED);
+    w.nvs(&["eOutcome.13", "eOutcome.16", "eOutcome.18"], NOT_RECORDED);
     w.close("eOutcome");
 
     w.depth -= 1;

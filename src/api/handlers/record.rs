@@ -121,12 +121,13 @@ type EntryOp = Box<
         + Send,
 >;
 
-/// The common path of every entry write: checks, territory, the store call with the request
-/// key and version, live refresh (and re-triage), the reply with its `ETag`.
+/// The common path of every entry write: checks, territory (then, for a change to an existing
+/// `entry`, who may change it), the store call with the request key and version, live refresh
+/// (and re-triage), the reply with its `ETag`.
 async fn write_entry(
     (st, c, id): (ApiState, Caller, String),
     h: &HeaderMap,
-    status: StatusCode,
+    (status, entry): (StatusCode, Option<&str>),
     body: &Value,
     op: EntryOp,
 ) -> ApiResult<Response> {
@@ -134,6 +135,9 @@ async fn write_entry(
     need_object(body)?;
     let (m, key) = (if_match(h)?, request_key(h)?);
     in_territory(&st, &c, "case", &id).await?;
+    if let Some(e) = entry {
+        may_change_entry(&st, &c, &id, e).await?;
+    }
     let a = c.actor.clone();
     let w = st
         .store
@@ -160,7 +164,7 @@ async fn patch_section(
     let case = id.clone();
     let body = patch.clone();
     let op: EntryOp = Box::new(move |db, a, o| db.patch_section(a, &case, section, &body, o));
-    write_entry((st, c, id), &h, StatusCode::OK, &patch, op).await
+    write_entry((st, c, id), &h, (StatusCode::OK, None), &patch, op).await
 }
 
 async fn add_event(
@@ -180,7 +184,7 @@ async fn add_event(
     let case = id.clone();
     let b = body.clone();
     let op: EntryOp = Box::new(move |db, a, o| db.add_event(a, &case, kind, &b, o));
-    write_entry((st, c, id), &h, StatusCode::CREATED, &body, op).await
+    write_entry((st, c, id), &h, (StatusCode::CREATED, None), &body, op).await
 }
 
 /// One handler per section and per event kind (the route table gives each its own
@@ -215,17 +219,13 @@ entry_handlers! {
 }
 
 /// Medication entries need the `Medication` permission also to correct or void them.
+/// (Only the entry's plaintext kind is looked up: nothing decrypted, nothing audited twice.)
 async fn may_change_entry(st: &ApiState, c: &Caller, case: &str, entry: &str) -> ApiResult<()> {
     if role_perms(c.user.role).contains(&Perm::Medication) {
         return Ok(());
     }
-    let (a, case, e) = (c.actor.clone(), case.to_string(), entry.to_string());
-    let rec = st.store.call(move |db| db.case_record(&a, &case)).await?;
-    let kind = rec
-        .versions
-        .iter()
-        .find(|v| v.entry_id == e)
-        .map(|v| v.kind.clone());
+    let (case, e) = (case.to_string(), entry.to_string());
+    let kind = st.store.call(move |db| db.entry_kind(&case, &e)).await?;
     if matches!(kind.as_deref(), Some("medication" | "spo2_scale")) {
         return Err(ApiError::forbidden(
             "medication entries and the SpO2 scale are changed by a paramedic",
@@ -260,11 +260,9 @@ pub async fn correct_entry(
             "a correction names the version it corrects: send If-Match with the entry's ETag",
         ));
     }
-    in_territory(&st, &c, "case", &id).await?;
-    may_change_entry(&st, &c, &id, &entry).await?;
-    let (case, b) = (id.clone(), body.clone());
-    let op: EntryOp = Box::new(move |db, a, o| db.correct_event(a, &case, &entry, &b, o));
-    write_entry((st, c, id), &h, StatusCode::OK, &body, op).await
+    let (case, b, e) = (id.clone(), body.clone(), entry.clone());
+    let op: EntryOp = Box::new(move |db, a, o| db.correct_event(a, &case, &e, &b, o));
+    write_entry((st, c, id), &h, (StatusCode::OK, Some(&entry)), &body, op).await
 }
 
 #[derive(Deserialize)]
@@ -295,11 +293,16 @@ pub async fn void_entry(
     check_id(&id)?;
     check_entry_id(&entry)?;
     check_reason(&b.reason)?;
-    in_territory(&st, &c, "case", &id).await?;
-    may_change_entry(&st, &c, &id, &entry).await?;
-    let case = id.clone();
-    let op: EntryOp = Box::new(move |db, a, o| db.void_entry(a, &case, &entry, &b.reason, o));
-    write_entry((st, c, id), &h, StatusCode::OK, &json!({}), op).await
+    let (case, e) = (id.clone(), entry.clone());
+    let op: EntryOp = Box::new(move |db, a, o| db.void_entry(a, &case, &e, &b.reason, o));
+    write_entry(
+        (st, c, id),
+        &h,
+        (StatusCode::OK, Some(&entry)),
+        &json!({}),
+        op,
+    )
+    .await
 }
 
 /// `POST /api/v1/cases/{id}/vitals/{reading_id}/entered-in-error`.
@@ -353,9 +356,14 @@ pub async fn patch_case(
         // The chief complaint is a triage input.
         let _ = tx.send(id);
     }
+    Ok(versioned(v))
+}
+
+/// `{"version": v}` with its `ETag`.
+fn versioned(v: i64) -> Response {
     let mut r = axum::Json(json!({ "version": v })).into_response();
     r.headers_mut().insert(header::ETAG, etag(v));
-    Ok(r)
+    r
 }
 
 /// `PATCH /api/v1/patients/{id}`: merge patch of the demographics.
@@ -375,9 +383,7 @@ pub async fn patch_patient(
         .store
         .call(move |db| db.patch_patient(&a, &pid, &patch, m))
         .await?;
-    let mut r = axum::Json(json!({ "version": v })).into_response();
-    r.headers_mut().insert(header::ETAG, etag(v));
-    Ok(r)
+    Ok(versioned(v))
 }
 
 /// `GET /api/v1/cases/{id}/nemsis`: the case as a NEMSIS v3.5.1 `EMSDataSet` document, audited

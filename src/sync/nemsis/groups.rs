@@ -61,24 +61,25 @@ pub(super) fn arrest(w: &mut Xml, arrest: Option<CardiacArrest>) {
         _ => NOT_RECORDED,
     };
     w.opt("eArrest.01", arrest.map(|a| a.nemsis()), NOT_RECORDED);
-    for tag in [
-        "eArrest.02",
-        "eArrest.03",
-        "eArrest.04",
-        "eArrest.07",
-        "eArrest.09",
-        "eArrest.11",
-        "eArrest.12",
-        "eArrest.14",
-        "eArrest.16",
-        "eArrest.17",
-        "eArrest.18",
-        "eArrest.20",
-        "eArrest.21",
-        "eArrest.22",
-    ] {
-        w.nv(tag, nv);
-    }
+    w.nvs(
+        &[
+            "eArrest.02",
+            "eArrest.03",
+            "eArrest.04",
+            "eArrest.07",
+            "eArrest.09",
+            "eArrest.11",
+            "eArrest.12",
+            "eArrest.14",
+            "eArrest.16",
+            "eArrest.17",
+            "eArrest.18",
+            "eArrest.20",
+            "eArrest.21",
+            "eArrest.22",
+        ],
+        nv,
+    );
     w.close("eArrest");
 }
 
@@ -96,9 +97,7 @@ pub(super) fn vitals_group(
     w.opt("eVitals.01", t.map(dt), NOT_RECORDED);
     w.val("eVitals.02", NO);
     w.open("eVitals.CardiacRhythmGroup");
-    w.nv("eVitals.03", NOT_RECORDED);
-    w.nv("eVitals.04", NOT_RECORDED);
-    w.nv("eVitals.05", NOT_RECORDED);
+    w.nvs(&["eVitals.03", "eVitals.04", "eVitals.05"], NOT_RECORDED);
     w.close("eVitals.CardiacRhythmGroup");
     w.open("eVitals.BloodPressureGroup");
     w.opt("eVitals.06", int(get("sbp")), NOT_RECORDED);
@@ -216,9 +215,10 @@ pub(super) fn disposition(w: &mut Xml, x: &CaseExport, d: &Disposition) {
             dest.chars().take(100).collect::<String>(),
         );
     }
-    w.nv("eDisposition.05", tnv);
-    w.nv("eDisposition.06", tnv);
-    w.nv("eDisposition.07", tnv);
+    w.nvs(
+        &["eDisposition.05", "eDisposition.06", "eDisposition.07"],
+        tnv,
+    );
     w.close("eDisposition.DestinationGroup");
     w.open("eDisposition.IncidentDispositionGroup");
     let contact = d.patient_disposition.is_some() || x.patient.is_some();
@@ -259,9 +259,10 @@ pub(super) fn disposition(w: &mut Xml, x: &CaseExport, d: &Disposition) {
             .map(|r| r.nemsis()),
         tnv,
     );
-    w.nv("eDisposition.21", tnv);
-    w.nv("eDisposition.22", tnv);
-    w.nv("eDisposition.23", tnv);
+    w.nvs(
+        &["eDisposition.21", "eDisposition.22", "eDisposition.23"],
+        tnv,
+    );
     w.open("eDisposition.HospitalTeamActivationGroup");
     w.nv("eDisposition.24", tnv);
     w.nv("eDisposition.25", tnv);

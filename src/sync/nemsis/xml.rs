@@ -38,6 +38,12 @@ impl Xml {
         self.indent();
         let _ = writeln!(self.out, "<{tag} xsi:nil=\"true\" NV=\"{nv}\"/>");
     }
+    /// Several nil elements with the same NOT value, in order.
+    pub(super) fn nvs(&mut self, tags: &[&str], nv: &str) {
+        for tag in tags {
+            self.nv(tag, nv);
+        }
+    }
     /// The value, or the NOT value when absent.
     pub(super) fn opt(&mut self, tag: &str, v: Option<impl std::fmt::Display>, nv: &str) {
         match v {
