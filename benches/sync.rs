@@ -72,6 +72,7 @@ fn case(samples: i64) -> CaseExport {
         people: vec![],
         audit: vec![],
         checkpoint: None,
+        prealert: Default::default(),
     }
 }
 

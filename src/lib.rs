@@ -12,6 +12,7 @@
 //! - [`ingest`]: field devices over MQTT (Contract A).
 //! - [`triage`]: rules engine and the ONNX model (the only user of `ort`).
 //! - [`sync`]: FHIR bundles, the sealer, the forwarder state machine (Contract C).
+//! - [`handoff`]: the hospital handoff (MIST/SBAR) and its PDF (the only user of `krilla`).
 //! - [`receiver`]: the cloud receiver behind `hema3n-receiver`.
 //! - [`api`]: the crew tablet's HTTPS API and UI (the only user of `axum` and `hyper`).
 //! - [`events`]: the live-event bus (ingest, triage, alarms → tablet streams, D-Bus signals).
@@ -30,6 +31,7 @@ pub mod crypto;
 pub mod dbus;
 pub mod disk;
 pub mod events;
+pub mod handoff;
 pub mod host;
 pub mod ingest;
 pub mod model;

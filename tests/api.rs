@@ -153,6 +153,8 @@ const EXPECTED: &[(&str, &str, &str)] = &[
     ("PATCH", "/api/v1/patients/{id}", "PES"),
     ("GET", "/api/v1/cases/{id}/stream", "PEV"),
     ("GET", "/api/v1/cases/{id}/handoff", "PEV"),
+    ("GET", "/api/v1/cases/{id}/handoff/pdf", "PEV"),
+    ("POST", "/api/v1/cases/{id}/transfer", "PE"),
     ("POST", "/api/v1/cases/{id}/close", "PE"),
     ("GET", "/api/v1/devices", "PEA"),
     ("GET", "/api/v1/sync", "PEVA"),
@@ -234,6 +236,13 @@ fn request(method: &str, path: &str, fx: &Fx) -> (String, Option<Value>) {
             Some(json!({"destination": "General Hospital"}))
         }
         ("PATCH", "/api/v1/cases/{id}/record/narrative") => Some(json!({"text": "found sitting"})),
+        ("POST", "/api/v1/cases/{id}/transfer") => {
+            // After on scene, before in service (the times fixture above).
+            let at = hema3n_edge::model::now_ms() - 30_000;
+            Some(
+                json!({"receiving_clinician": "Dr Ada Grey", "receiving_role": "ED attending", "at_ms": at}),
+            )
+        }
         ("PUT", "/api/v1/cases/{id}/drafts/{form}") => Some(json!({"text": "found sitting in"})),
         ("PATCH", "/api/v1/cases/{id}/record/spo2_scale") => {
             Some(json!({"scale2": true, "reason": "documented hypercapnia"}))
@@ -838,6 +847,18 @@ async fn each_phi_route_adds_exactly_its_audit_entries() {
             vec!["case.handoff"],
         ),
         (
+            "GET",
+            format!("/api/v1/cases/{c}/handoff/pdf?format=sbar"),
+            None,
+            vec!["case.disclose"],
+        ),
+        (
+            "POST",
+            format!("/api/v1/cases/{c}/transfer"),
+            Some(json!({"receiving_clinician": "Dr Ada Grey"})),
+            vec!["record.create", "record.update", "case.transfer"],
+        ),
+        (
             "POST",
             format!("/api/v1/cases/{c}/close"),
             None,
@@ -859,7 +880,7 @@ async fn each_phi_route_adds_exactly_its_audit_entries() {
     }
     // The route table marks exactly these routes as PHI.
     let phi: Vec<&str> = ROUTES.iter().filter(|r| r.phi).map(|r| r.path).collect();
-    assert_eq!(phi.len(), 37, "{phi:?}");
+    assert_eq!(phi.len(), 39, "{phi:?}");
     // A failed read is audited too.
     let before = api.audit_head().await;
     let r = api
@@ -1098,7 +1119,7 @@ async fn every_reply_matches_its_documented_schema() {
             Reply::Json(s) => (StatusCode::OK, Some(s)),
             Reply::Created(s) => (StatusCode::CREATED, Some(s)),
             Reply::NoContent => (StatusCode::NO_CONTENT, None),
-            Reply::Text | Reply::EventStream | Reply::Xml => (StatusCode::OK, None),
+            Reply::Text | Reply::EventStream | Reply::Xml | Reply::Pdf => (StatusCode::OK, None),
         };
         assert_eq!(r.status, status, "{method} {p} as {user}: {}", r.body);
         let op = &doc["paths"][path][method.to_lowercase()]["responses"];

@@ -251,7 +251,15 @@ fn record_request_schemas() -> Value {
             "destination": record_text(200),
             "destination_reason": names(c::DestinationReason::ALL, c::DestinationReason::as_str),
             "transfer_to": record_text(200),
+            "transfer_to_role": record_text(200),
+            "eta_ms": t,
+            "alerts": { "type": "array", "maxItems": c::PreArrivalAlert::ALL.len(), "uniqueItems": true,
+                "items": names(c::PreArrivalAlert::ALL, c::PreArrivalAlert::as_str) },
         }), &[]),
+        "Transfer": s(json!({
+            "receiving_clinician": record_text(200),
+            "receiving_role": record_text(200), "at_ms": t,
+        }), &["receiving_clinician"]),
         "NarrativePatch": s(json!({ "text": record_text(rec::MAX_NARRATIVE) }), &[]),
         "Spo2ScalePatch": s(json!({ "scale2": b, "reason": text }), &[]),
         "EventCorrection": { "anyOf": [r("OxygenEvent"), r("ProcedureEvent"), r("MedicationEvent"), r("AssessmentEvent")] },
@@ -327,13 +335,6 @@ fn reply_schemas() -> Value {
             "devices": texts, "alarms": list("CaseAlarm"), "triage": list("Triage"),
             "record": list("EntryVersion"), "vitals": list("Reading"), "bundles": list("BundleState"),
         })),
-        "Handoff": s(json!({
-            "case_id": text, "status": text, "opened_at_ms": int, "patient": or_null("StoredPatient"),
-            "age_years": nint, "chief_complaint": ntext, "mechanism": ntext, "onset": ntext,
-            "latest_vitals": list("Reading"), "triage": or_null("Triage"), "medications": { "type": "array", "items": { "type": "object" } },
-            "oxygen": { "type": "array", "items": { "type": "object" } },
-            "alarms": list("CaseAlarm"), "devices": texts, "readings": int,
-        })),
         "Bound": s(json!({ "attached_readings": int })),
         "ReadingList": s(json!({ "vitals": list("Reading"), "entered_in_error": list("VoidedReading") })),
         "ReadingIds": s(json!({ "ids": { "type": "array", "items": int } })),
@@ -349,6 +350,25 @@ fn reply_schemas() -> Value {
         "BreakGlassUses": s(json!({ "uses": list("BreakGlassUse") })),
         "UserList": s(json!({ "users": list("User") })),
         "OpenApi": { "type": "object", "required": ["openapi", "paths", "components"] },
+    });
+    // The handoff's replies (a literal of their own, for the same reason).
+    let handoff_part = json!({
+        "HandoffBlock": s(json!({ "letter": text, "title": text, "lines": texts })),
+        "Handoff": s(json!({
+            "case_id": text, "status": text, "suggested": { "enum": ["mist", "sbar"] }, "patient": text,
+            "chief_complaint": ntext, "started_at_ms": int,
+            "times": { "type": "array", "items": s(json!({ "label": text, "at_ms": int })) },
+            "latest": { "type": "array", "items": s(json!({ "code": text, "label": text, "text": text, "at_ms": int })) },
+            "trend": { "type": "array", "items": s(json!({ "code": text, "label": text, "unit": text,
+                "points": { "type": "array", "items": { "type": "array", "items": num, "minItems": 2, "maxItems": 2 } } })) },
+            "interventions": { "type": "array", "items": s(json!({ "at_ms": int, "kind": text, "text": text })) },
+            "allergies": text,
+            "triage": { "anyOf": [{ "type": "null" }, s(json!({ "esi": int, "news2": nint, "decider": text, "reasons": texts, "at_ms": int, "model_note": ntext }))] },
+            "destination": ntext, "eta_ms": nint, "alerts": texts,
+            "transfer": s(json!({ "from": texts, "to": ntext, "to_role": ntext, "at_ms": nint })),
+            "mist": list("HandoffBlock"), "sbar": list("HandoffBlock"),
+        })),
+        "Transferred": s(json!({ "id": text, "status": { "const": "handed_off" }, "disposition": r("EntryWritten"), "times": r("EntryWritten") })),
     });
     // The care record's replies (a second literal: one would exceed the macro's recursion).
     let record = json!({
@@ -366,7 +386,12 @@ fn reply_schemas() -> Value {
         "Drafts": s(json!({ "drafts": { "type": "array", "items": s(json!({ "form": text, "saved_at_ms": int, "body": { "type": "object" } })) } })),
         "VoidedReading": s(json!({ "id": int, "name": text, "value": num, "t_ms": int, "voided_at_ms": int, "voided_by": text, "reason": text })),
     });
-    for (k, v) in record.as_object().expect("object") {
+    for (k, v) in record
+        .as_object()
+        .into_iter()
+        .chain(handoff_part.as_object())
+        .flatten()
+    {
         out.as_object_mut()
             .expect("object")
             .insert(k.clone(), v.clone());
@@ -492,6 +517,10 @@ pub fn document() -> Value {
             Reply::Xml => (
                 "200",
                 json!({ "description": "XML document", "content": { "application/xml": { "schema": { "type": "string" } } } }),
+            ),
+            Reply::Pdf => (
+                "200",
+                json!({ "description": "PDF document", "content": { "application/pdf": { "schema": { "type": "string", "format": "binary" } } } }),
             ),
             Reply::EventStream => (
                 "200",

@@ -128,6 +128,8 @@ pub enum Reply {
     EventStream,
     /// `200` an XML document (the NEMSIS export).
     Xml,
+    /// `200` a PDF document (the handoff).
+    Pdf,
 }
 
 pub const BREAK_GLASS_PATH: &str = "/api/v1/auth/break-glass";
@@ -555,9 +557,27 @@ pub const ROUTES: &[RouteSpec] = &[
         "/api/v1/cases/{id}/handoff",
         Access::Perm(ClinicalRead),
         true,
-        "Handoff summary for the receiving hospital",
+        "Handoff for the receiving hospital: MIST and SBAR (the suggested one named), times, vitals trend, interventions, allergies, triage and its reasons",
         None,
         Json("Handoff"),
+    ),
+    r(
+        "GET",
+        "/api/v1/cases/{id}/handoff/pdf",
+        Access::Perm(ClinicalRead),
+        true,
+        "The handoff document as a PDF (`?format=mist|sbar`, else the suggested one); audited as a disclosure",
+        None,
+        Reply::Pdf,
+    ),
+    r(
+        "POST",
+        "/api/v1/cases/{id}/transfer",
+        Access::Perm(ClinicalWrite),
+        true,
+        "Record the transfer of care (receiving clinician, time); the case becomes handed_off",
+        Some("Transfer"),
+        Json("Transferred"),
     ),
     r(
         "POST",

@@ -13,7 +13,7 @@ use axum::routing::{delete, get, patch, post, put};
 use super::error::{ApiError, Code};
 use super::guard;
 use super::handlers::{
-    appliance, auth, cases, clinical, health, patients, record, review, stream, users,
+    appliance, auth, cases, clinical, handoff, health, patients, record, review, stream, users,
 };
 use super::policy::BREAK_GLASS_PATH;
 use super::state::ApiState;
@@ -125,7 +125,9 @@ pub fn api_routes() -> Router<ApiState> {
         )
         .route("/api/v1/cases/{id}/triage", get(clinical::get_triage))
         .route("/api/v1/cases/{id}/stream", get(stream::stream))
-        .route("/api/v1/cases/{id}/handoff", get(cases::handoff))
+        .route("/api/v1/cases/{id}/handoff", get(handoff::get_handoff))
+        .route("/api/v1/cases/{id}/handoff/pdf", get(handoff::handoff_pdf))
+        .route("/api/v1/cases/{id}/transfer", post(handoff::transfer))
         .route("/api/v1/cases/{id}/close", post(cases::close_case))
         .route("/api/v1/devices", get(appliance::devices))
         .route("/api/v1/sync", get(appliance::sync_status))

@@ -228,13 +228,22 @@ impl App {
         wiring::disk(cfg, &store, &mut sup);
 
         let bus = Bus::default();
+        // Closed cases, stored triage and record changes wake the sealer (pre-alerts, bundles).
+        let wake_sealer = Arc::new(tokio::sync::Notify::new());
         let retriage = if cfg.triage.enabled {
-            Some(wiring::retriage(cfg, &store, &mut sup, triager, &bus))
+            Some(wiring::retriage(
+                cfg,
+                &store,
+                &mut sup,
+                triager,
+                &bus,
+                &wake_sealer,
+            ))
         } else {
             drop(triager);
             None
         };
-        let mut sync = match wiring::sync(cfg, &store, &mut sup) {
+        let mut sync = match wiring::sync(cfg, &store, &mut sup, wake_sealer) {
             Ok(s) => s,
             Err(e) => return Err(abandon(sup, store, threads, e).await),
         };

@@ -122,6 +122,7 @@ pub fn retriage(
     sup: &mut Supervisor,
     triager: crate::triage::service::Triager,
     bus: &Bus,
+    wake_sealer: &Arc<Notify>,
 ) -> mpsc::UnboundedSender<String> {
     // Case ids only, deduplicated by the loop's debounce: unbounded is bounded by open cases.
     let (tx, rx) = mpsc::unbounded_channel();
@@ -132,6 +133,7 @@ pub fn retriage(
         debounce: Duration::from_millis(cfg.triage.debounce_ms),
         hold: Duration::from_secs(cfg.triage.deescalate_hold_secs),
         bus: bus.clone(),
+        stored: Some(wake_sealer.clone()),
     };
     let sd = sup.shutdown(Stage::Ingest);
     sup.spawn(Stage::Ingest, "retriage", async move {
@@ -144,7 +146,7 @@ pub fn retriage(
 /// What sync exposes to the rest of the daemon.
 pub struct SyncHandles {
     pub metrics: Arc<SyncMetrics>,
-    /// Wakes the sealer (a case was closed).
+    /// Wakes the sealer (a case was closed or handed over, a triage or disposition changed).
     pub wake_sealer: Arc<Notify>,
     /// Wakes the forwarder (sync now).
     pub wake_forwarder: Arc<Notify>,
@@ -158,6 +160,7 @@ pub fn sync(
     cfg: &Config,
     store: &Store,
     sup: &mut Supervisor,
+    wake_sealer: Arc<Notify>,
 ) -> Result<Option<SyncHandles>, RunError> {
     let keys = sync::ReceiverKeys::load(cfg).map_err(|e| RunError::SyncSetup(e.to_string()))?;
     let broker = cfg
@@ -177,7 +180,6 @@ pub fn sync(
     let metrics = Arc::new(SyncMetrics::default());
     // Sealer → forwarder: "new rows queued" (a Notify keeps at most one wake-up pending).
     let wake_forwarder = Arc::new(Notify::new());
-    let wake_sealer = Arc::new(Notify::new());
     let sealer = sync::Sealer {
         cfg: cfg.clone(),
         store: store.clone(),

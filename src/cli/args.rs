@@ -170,6 +170,16 @@ pub enum CasesCmd {
         #[arg(long)]
         out: Option<std::path::PathBuf>,
     },
+    /// Write the hospital handoff document (PDF) of a case (audited as a disclosure).
+    HandoffPdf {
+        case: String,
+        /// File to write (created with mode 0600).
+        #[arg(long)]
+        out: std::path::PathBuf,
+        /// `mist` (trauma) or `sbar` (medical); default: what the record suggests.
+        #[arg(long)]
+        format: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]

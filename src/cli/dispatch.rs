@@ -129,6 +129,9 @@ pub fn main(args: Args) -> ExitCode {
             CasesCmd::ExportNemsis { case, out } => {
                 cli::cases_export_nemsis(&cfg, case, out.as_deref())
             }
+            CasesCmd::HandoffPdf { case, out, format } => {
+                cli::cases_handoff_pdf(&cfg, case, out, format.as_deref())
+            }
         },
         Some(Cmd::Outbox { cmd }) => match cmd {
             OutboxCmd::Status { json } => cli::outbox_status(&cfg, *json),

@@ -163,6 +163,12 @@ pub fn cases_export_nemsis(cfg: &Config, case: &str, out: Option<&std::path::Pat
         code: 1,
         error: e.into(),
     })?;
+    write_out(out, doc.as_bytes())?;
+    Ok(0)
+}
+
+/// Writes an export to a new 0600 file (synced), or to standard output.
+fn write_out(out: Option<&std::path::Path>, bytes: &[u8]) -> std::io::Result<()> {
     match out {
         Some(path) => {
             use std::os::unix::fs::OpenOptionsExt;
@@ -171,12 +177,45 @@ pub fn cases_export_nemsis(cfg: &Config, case: &str, out: Option<&std::path::Pat
                 .create_new(true)
                 .mode(0o600)
                 .open(path)?;
-            f.write_all(doc.as_bytes())?;
+            f.write_all(bytes)?;
             f.sync_all()?;
-            eprintln!("wrote {} ({} bytes)", path.display(), doc.len());
+            eprintln!("wrote {} ({} bytes)", path.display(), bytes.len());
         }
-        None => print!("{doc}"),
+        None => std::io::stdout().write_all(bytes)?,
     }
+    Ok(())
+}
+
+/// `cases handoff-pdf CASE --out F [--format mist|sbar]`: the handoff document of a case (a
+/// disclosure, audited), the structure the record suggests unless one is named.
+pub fn cases_handoff_pdf(
+    cfg: &Config,
+    case: &str,
+    out: &std::path::Path,
+    format: Option<&str>,
+) -> CmdResult {
+    let format = match format {
+        None => None,
+        Some(f) => Some(crate::handoff::Format::parse(f).ok_or_else(|| Failure {
+            code: 2,
+            error: anyhow::anyhow!("--format is `mist` or `sbar`, not `{f}`"),
+        })?),
+    };
+    let mut db = open_db(cfg)?;
+    let what = format!(
+        "handoff-pdf-{}",
+        format.map(|f| f.as_str()).unwrap_or("suggested")
+    );
+    let x = db.disclose_case(&Actor::cli(), case, &what)?;
+    let now = crate::model::now_ms();
+    let h = crate::handoff::build(&x, now);
+    let pdf = crate::handoff::pdf::render(&h, format.unwrap_or(h.suggested), now).map_err(|e| {
+        Failure {
+            code: 1,
+            error: anyhow::anyhow!("the handoff document could not be rendered: {e}"),
+        }
+    })?;
+    write_out(Some(out), &pdf)?;
     Ok(0)
 }
 

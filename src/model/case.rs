@@ -324,4 +324,15 @@ pub struct CaseExport {
     pub people: Vec<(String, String, String)>,
     pub audit: Vec<ExportAudit>,
     pub checkpoint: Option<ExportCheckpoint>,
+    /// Pre-alerts of the case: what was sent and why the next one is due.
+    pub prealert: PrealertInfo,
+}
+
+/// The pre-alert history of a case, as a new pre-alert needs it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PrealertInfo {
+    /// Bundle ids of the pre-alerts already queued, oldest first (the next one replaces the last).
+    pub sent: Vec<String>,
+    /// Why a pre-alert is due now (`esi 2`, `esi 2 → 1`, `destination`, `eta`, `alert stroke`).
+    pub reasons: Vec<String>,
 }

@@ -54,7 +54,8 @@ pub mod record;
 pub use appliance::{AlarmKind, OutboxState, Presence};
 pub use case::{
     Case, CaseDetails, CaseExport, CaseSnapshot, CaseStatus, Decider, ExportAudit,
-    ExportCheckpoint, Observation, Reading, Reject, RejectCode, StoredTriage, TriageRecord,
+    ExportCheckpoint, Observation, PrealertInfo, Reading, Reject, RejectCode, StoredTriage,
+    TriageRecord,
 };
 pub use patient::{
     Address, Insurance, InvalidPhi, Patient, Sex, StoredPatient, age_years, is_valid_date,
@@ -84,6 +85,52 @@ pub fn iso8601_ms(ms: i64) -> String {
     )
 }
 
+/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's days-from-civil).
+pub fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let (yy, mm) = if m <= 2 { (y - 1, m + 9) } else { (y, m - 3) };
+    let era = yy.div_euclid(400);
+    let yoe = yy - era * 400;
+    let doy = (153 * mm + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// Unix ms of a UTC timestamp in exactly the form [`iso8601_ms`] writes
+/// (`2026-11-23T08:15:00.123Z`); `None` for anything else.
+pub fn parse_iso8601_ms(s: &str) -> Option<i64> {
+    let b = s.as_bytes();
+    if b.len() != 24
+        || &s[4..5] != "-"
+        || &s[7..8] != "-"
+        || &s[10..11] != "T"
+        || &s[13..14] != ":"
+        || &s[16..17] != ":"
+        || &s[19..20] != "."
+        || &s[23..] != "Z"
+    {
+        return None;
+    }
+    let n = |r: std::ops::Range<usize>| -> Option<i64> {
+        s.get(r)
+            .filter(|t| t.bytes().all(|c| c.is_ascii_digit()))?
+            .parse()
+            .ok()
+    };
+    let (y, mo, d, h, mi, se, ms) = (
+        n(0..4)?,
+        n(5..7)?,
+        n(8..10)?,
+        n(11..13)?,
+        n(14..16)?,
+        n(17..19)?,
+        n(20..23)?,
+    );
+    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || se > 59 {
+        return None;
+    }
+    Some(days_from_civil(y, mo, d) * 86_400_000 + ((h * 60 + mi) * 60 + se) * 1000 + ms)
+}
+
 /// Valid territory, device and appliance identifiers: `[A-Za-z0-9._-]{1,64}`.
 pub fn is_valid_ident(s: &str) -> bool {
     (1..=64).contains(&s.len())
@@ -102,6 +149,25 @@ pub fn now_ms() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn iso8601_ms_parses_back() {
+        for ms in [0, 1_800_000_123_456, 951_782_400_000, 4_102_444_799_999] {
+            assert_eq!(
+                parse_iso8601_ms(&iso8601_ms(ms)),
+                Some(ms),
+                "{}",
+                iso8601_ms(ms)
+            );
+        }
+        for bad in [
+            "2026-11-23T08:15:00Z",
+            "2026-13-23T08:15:00.000Z",
+            "2026-11-23 08:15:00.000Z",
+        ] {
+            assert_eq!(parse_iso8601_ms(bad), None, "{bad}");
+        }
+    }
 
     #[test]
     fn dates_are_calendar_checked() {

@@ -206,13 +206,7 @@ pub fn age_years(dob: &str, now_ms: i64) -> Option<f64> {
         dob[5..7].parse::<i64>().ok()?,
         dob[8..10].parse::<i64>().ok()?,
     );
-    // Days since 1970-01-01 (civil-from-days inverse, Howard Hinnant's algorithm).
-    let (yy, mm) = if m <= 2 { (y - 1, m + 9) } else { (y, m - 3) };
-    let era = yy.div_euclid(400);
-    let yoe = yy - era * 400;
-    let doy = (153 * mm + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
+    let days = super::days_from_civil(y, m, d);
     let age = (now_ms / 86_400_000 - days) as f64 / 365.2425;
     (age >= 0.0).then_some(age)
 }

@@ -149,8 +149,14 @@ pub struct Disposition {
     pub transport_mode: Option<codes::TransportMode>,
     pub destination: Option<String>,
     pub destination_reason: Option<codes::DestinationReason>,
+    /// Expected arrival at the destination (sent in the pre-alert).
+    pub eta_ms: Option<i64>,
+    /// Time-critical conditions the crew flagged to the destination (pre-alert, eDisposition.24).
+    pub alerts: Option<Vec<codes::PreArrivalAlert>>,
     /// Name of the clinician who took over care.
     pub transfer_to: Option<String>,
+    /// Role or unit of that clinician (e.g. "ED charge nurse").
+    pub transfer_to_role: Option<String>,
 }
 
 /// The free-text narrative.

@@ -209,27 +209,50 @@ impl Db {
         Ok(())
     }
 
-    /// Everything a case holds, decrypted, for an export that leaves the appliance (NEMSIS):
-    /// audited as a disclosure by `actor`, naming the format.
+    /// The kind of an entry of a case (its plaintext column: nothing is decrypted or audited),
+    /// for permission checks before a change.
+    pub fn entry_kind(&self, case_id: &str, entry_id: &str) -> Result<Option<String>> {
+        Ok(self
+            .conn
+            .prepare_cached(
+                "SELECT kind FROM record_entries WHERE case_id = ?1 AND entry_id = ?2 LIMIT 1",
+            )?
+            .query_row(params![case_id, entry_id], |r| r.get(0))
+            .optional()?)
+    }
+
+    /// Everything a case holds, decrypted, for an export that leaves the appliance (NEMSIS, the
+    /// handoff PDF): audited as a disclosure by `actor`, naming the format.
     pub fn disclose_case(
         &mut self,
         actor: &Actor,
         case_id: &str,
         format: &str,
     ) -> Result<crate::model::CaseExport> {
+        self.gather_case(
+            actor,
+            case_id,
+            "case.disclose",
+            serde_json::json!({ "format": format, "purpose": "disclosure" }),
+        )
+    }
+
+    /// Everything a case holds, decrypted, audited as `action` with `details`.
+    pub(super) fn gather_case(
+        &mut self,
+        actor: &Actor,
+        case_id: &str,
+        action: &str,
+        details: Value,
+    ) -> Result<crate::model::CaseExport> {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         self.st.live_case(&tx, case_id)?;
-        let x = super::outbox::case_export(&mut self.st, &tx, case_id)?;
-        let ev = AuditEvent::new(
-            actor,
-            "case.disclose",
-            format!("case/{case_id}"),
-            Outcome::Success,
-        )
-        .territory(&x.territory)
-        .details(serde_json::json!({ "format": format, "purpose": "disclosure" }));
+        let x = super::outbox::case_export(&mut self.st, &tx, case_id, false)?;
+        let ev = AuditEvent::new(actor, action, format!("case/{case_id}"), Outcome::Success)
+            .territory(&x.territory)
+            .details(details);
         audit::append(&tx, &self.st, &ev, now_ms())?;
         tx.commit()?;
         Ok(x)

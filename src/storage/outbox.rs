@@ -106,10 +106,9 @@ impl Db {
                 BundleKind::Bundle,
             ),
             (
-                "SELECT c.id FROM cases c WHERE c.status != 'closed' AND c.erased_at IS NULL \
-                 AND (SELECT t.final_esi FROM triage_results t WHERE t.case_id = c.id ORDER BY t.id DESC LIMIT 1) <= 2 \
-                 AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.case_id = c.id AND o.kind = 'prealert') \
-                 ORDER BY c.created_at LIMIT ?1",
+                "SELECT c.id FROM prealerts p JOIN cases c ON c.id = p.case_id \
+                 WHERE p.bundle_id IS NULL AND c.status = 'open' AND c.erased_at IS NULL \
+                 ORDER BY p.due_at LIMIT ?1",
                 BundleKind::Prealert,
             ),
         ];
@@ -141,17 +140,28 @@ impl Db {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        // A case has one case bundle; pre-alerts form a chain, one per due link.
         let exists: Option<String> = tx
             .query_row(
-                "SELECT bundle_id FROM outbox WHERE case_id = ?1 AND kind = ?2",
+                "SELECT bundle_id FROM outbox WHERE case_id = ?1 AND kind = ?2 ORDER BY seq DESC LIMIT 1",
                 params![case_id, kind.as_str()],
                 |r| r.get(0),
             )
             .optional()?;
-        if let Some(b) = exists {
-            return Ok(b);
+        let wanted = match kind {
+            BundleKind::Prealert => super::prealerts::due(&tx, case_id)?,
+            _ => exists.is_none(),
+        };
+        if let (false, Some(b)) = (wanted, &exists) {
+            return Ok(b.clone());
         }
-        let export = case_export(&mut self.st, &tx, case_id)?;
+        if !wanted {
+            return Err(StoreError::NotFound {
+                kind: "due pre-alert of case",
+                id: case_id.to_string(),
+            });
+        }
+        let export = case_export(&mut self.st, &tx, case_id, true)?;
         let slot = next_slot(&tx, kind)?;
         let env = seal(&export, &slot, &self.st.keys.signing).map_err(|why| StoreError::Seal {
             kind: kind.as_str(),
@@ -160,10 +170,18 @@ impl Db {
         let bid = slot.bundle_id.to_string();
         insert_row(&tx, &slot, Some(case_id), &env)?;
         let now = now_ms();
+        if kind == BundleKind::Prealert {
+            let esi = export
+                .triage
+                .as_ref()
+                .map(|t| i64::from(t.record.final_esi));
+            super::prealerts::mark_sent(&tx, case_id, &bid, esi, now)?;
+        }
         for (action, details) in [
             (
                 "bundle.create",
-                serde_json::json!({ "case": case_id, "kind": kind.as_str() }),
+                serde_json::json!({ "case": case_id, "kind": kind.as_str(),
+                    "reasons": export.prealert.reasons, "replaces": export.prealert.sent.last() }),
             ),
             (
                 "bundle.seal",
@@ -447,11 +465,14 @@ impl Db {
     }
 }
 
-/// Everything a bundle carries, decrypted, inside `tx` (the caller audits the export).
+/// Everything a bundle carries, decrypted, inside `tx`. With `audit_as_export` the gathering
+/// is audited as the system's `case.export` (bundles); otherwise the caller audits what it does
+/// with it (a disclosure, a handoff read).
 pub(super) fn case_export(
     st: &mut State,
     tx: &rusqlite::Connection,
     case_id: &str,
+    audit_as_export: bool,
 ) -> Result<CaseExport> {
     let (case, dk_id) = st.read_case(tx, case_id)?;
     let dk = st.data_key(tx, dk_id, "case", case_id)?;
@@ -516,15 +537,17 @@ pub(super) fn case_export(
             },
         )
         .optional()?;
-    let ev = AuditEvent::new(
-        &Actor::system(),
-        "case.export",
-        format!("case/{case_id}"),
-        Outcome::Success,
-    )
-    .territory(&case.territory)
-    .details(serde_json::json!({ "readings": readings.len() }));
-    audit::append(tx, st, &ev, now_ms())?;
+    if audit_as_export {
+        let ev = AuditEvent::new(
+            &Actor::system(),
+            "case.export",
+            format!("case/{case_id}"),
+            Outcome::Success,
+        )
+        .territory(&case.territory)
+        .details(serde_json::json!({ "readings": readings.len() }));
+        audit::append(tx, st, &ev, now_ms())?;
+    }
     Ok(CaseExport {
         appliance_id: st.appliance_id.clone(),
         case_id: case_id.into(),
@@ -544,6 +567,7 @@ pub(super) fn case_export(
         people,
         audit,
         checkpoint,
+        prealert: super::prealerts::info(tx, case_id)?,
     })
 }
 

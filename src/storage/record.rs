@@ -11,7 +11,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::patients::new_id;
-use super::{Db, Result, StoreError, audit};
+use super::{Db, Result, State, StoreError, audit};
 use crate::crypto::field::{DataKey, FieldLoc};
 use crate::model::record::{
     Bounds, CaseRecord, EntryState, EntryVersion, EventKind, Section, merge_patch,
@@ -258,7 +258,7 @@ pub(super) fn changed_fields(old: &Value, new: &Value) -> Vec<String> {
 }
 
 /// What one write changes: the entry, its new content (or reason), and the audit action.
-struct Change {
+pub(super) struct Change {
     entry_id: String,
     kind: &'static str,
     state: EntryState,
@@ -306,18 +306,6 @@ fn insert_version(
 }
 
 impl Db {
-    /// The kind of an entry of a case (its plaintext column: nothing is decrypted or audited),
-    /// for permission checks before a change.
-    pub fn entry_kind(&self, case_id: &str, entry_id: &str) -> Result<Option<String>> {
-        Ok(self
-            .conn
-            .prepare_cached(
-                "SELECT kind FROM record_entries WHERE case_id = ?1 AND entry_id = ?2 LIMIT 1",
-            )?
-            .query_row(params![case_id, entry_id], |r| r.get(0))
-            .optional()?)
-    }
-
     /// The case's record (every version of every entry), audited as a read.
     pub fn case_record(&mut self, actor: &Actor, case_id: &str) -> Result<CaseRecord> {
         let tx = self
@@ -346,34 +334,13 @@ impl Db {
         patch: &Value,
         o: WriteOpts<'_>,
     ) -> Result<EntryWritten> {
-        self.write_entry(actor, case_id, o, section.as_str(), |rec, bounds| {
-            let cur = rec
-                .latest()
-                .into_iter()
-                .find(|v| v.entry_id == section.as_str())
-                .cloned();
-            let mut content = match &cur {
-                Some(v) if v.state == EntryState::Recorded => v.content.clone(),
-                _ => Value::Object(Default::default()),
-            };
-            let before = content.clone();
-            merge_patch(&mut content, patch);
-            section
-                .validate(content.clone(), bounds)
-                .map_err(StoreError::InvalidRecord)?;
-            Ok(Change {
-                entry_id: section.as_str().to_string(),
-                kind: section.as_str(),
-                state: EntryState::Recorded,
-                fields: changed_fields(&before, &content),
-                body: content,
-                action: if cur.is_some() {
-                    "record.update"
-                } else {
-                    "record.create"
-                },
-            })
-        })
+        self.write_entry(
+            actor,
+            case_id,
+            o,
+            section.as_str(),
+            section_change(section, patch),
+        )
     }
 
     /// Adds an event (oxygen, procedure, medication, assessment).
@@ -474,48 +441,7 @@ impl Db {
             w.replayed = true;
             return Ok(w);
         }
-        let (territory, dk) = self.st.live_case(&tx, case_id)?;
-        open_case_only(&tx, case_id)?;
-        let created: i64 = tx.query_row(
-            "SELECT created_at FROM cases WHERE id = ?1",
-            [case_id],
-            |r| r.get(0),
-        )?;
-        let now = now_ms();
-        let bounds = Bounds {
-            now_ms: now,
-            case_created_ms: created,
-        };
-        let rec = read_entries(&tx, &dk, case_id, Which::Entry(entry))?;
-        let c = change(&rec, &bounds)?;
-        debug_assert_eq!(c.entry_id, entry);
-        let current = rec.versions.iter().map(|v| v.version).max().unwrap_or(0);
-        if let Some(m) = o.if_match
-            && m != current
-        {
-            return Err(StoreError::Stale {
-                what: format!("{} {}", c.kind, c.entry_id),
-                current,
-            });
-        }
-        let version = current + 1;
-        let v = NewVersion {
-            case_id,
-            entry_id: &c.entry_id,
-            kind: c.kind,
-            version,
-            state: c.state,
-            at: now,
-            by: &actor.id,
-        };
-        insert_version(&mut self.st, &tx, &dk, &v, &c.body)?;
-        let written = EntryWritten {
-            entry_id: c.entry_id.clone(),
-            kind: c.kind.to_string(),
-            version,
-            recorded_at_ms: now,
-            replayed: false,
-        };
+        let written = write_in(&mut self.st, &tx, actor, case_id, o.if_match, entry, change)?;
         remember(
             &tx,
             &actor.id,
@@ -523,15 +449,111 @@ impl Db {
             case_id,
             &serde_json::to_value(&written).expect("json"),
         )?;
-        let ev = AuditEvent::new(actor, c.action, format!("case/{case_id}"), Outcome::Success)
-            .territory(&territory)
-            .details(serde_json::json!({
-                "kind": c.kind, "entry": c.entry_id, "version": version, "fields": c.fields,
-            }));
-        audit::append(&tx, &self.st, &ev, now)?;
         tx.commit()?;
         Ok(written)
     }
+}
+
+/// The change a merge patch of `section` makes: merged into the current content, validated
+/// after the merge.
+pub(super) fn section_change(
+    section: Section,
+    patch: &Value,
+) -> impl FnOnce(&CaseRecord, &Bounds) -> Result<Change> + '_ {
+    move |rec, bounds| {
+        let cur = rec
+            .latest()
+            .into_iter()
+            .find(|v| v.entry_id == section.as_str())
+            .cloned();
+        let mut content = match &cur {
+            Some(v) if v.state == EntryState::Recorded => v.content.clone(),
+            _ => Value::Object(Default::default()),
+        };
+        let before = content.clone();
+        merge_patch(&mut content, patch);
+        section
+            .validate(content.clone(), bounds)
+            .map_err(StoreError::InvalidRecord)?;
+        Ok(Change {
+            entry_id: section.as_str().to_string(),
+            kind: section.as_str(),
+            state: EntryState::Recorded,
+            fields: changed_fields(&before, &content),
+            body: content,
+            action: if cur.is_some() {
+                "record.update"
+            } else {
+                "record.create"
+            },
+        })
+    }
+}
+
+/// Writes one new version of `entry` inside `tx`: checks the case is live and open, applies
+/// `change` to the entry's current content, checks `if_match`, seals, audits.
+pub(super) fn write_in(
+    st: &mut State,
+    tx: &Connection,
+    actor: &Actor,
+    case_id: &str,
+    if_match: Option<i64>,
+    entry: &str,
+    change: impl FnOnce(&CaseRecord, &Bounds) -> Result<Change>,
+) -> Result<EntryWritten> {
+    let (territory, dk) = st.live_case(tx, case_id)?;
+    open_case_only(tx, case_id)?;
+    let created: i64 = tx.query_row(
+        "SELECT created_at FROM cases WHERE id = ?1",
+        [case_id],
+        |r| r.get(0),
+    )?;
+    let now = now_ms();
+    let bounds = Bounds {
+        now_ms: now,
+        case_created_ms: created,
+    };
+    let rec = read_entries(tx, &dk, case_id, Which::Entry(entry))?;
+    let c = change(&rec, &bounds)?;
+    debug_assert_eq!(c.entry_id, entry);
+    let current = rec.versions.iter().map(|v| v.version).max().unwrap_or(0);
+    if let Some(m) = if_match
+        && m != current
+    {
+        return Err(StoreError::Stale {
+            what: format!("{} {}", c.kind, c.entry_id),
+            current,
+        });
+    }
+    let version = current + 1;
+    let v = NewVersion {
+        case_id,
+        entry_id: &c.entry_id,
+        kind: c.kind,
+        version,
+        state: c.state,
+        at: now,
+        by: &actor.id,
+    };
+    insert_version(st, tx, &dk, &v, &c.body)?;
+    if c.kind == Section::Disposition.as_str() {
+        let before = rec.latest().first().map(|v| (v.state, &v.content));
+        super::prealerts::on_disposition(tx, case_id, before, (c.state, &c.body), now)?;
+    }
+    let written = EntryWritten {
+        entry_id: c.entry_id.clone(),
+        kind: c.kind.to_string(),
+        version,
+        recorded_at_ms: now,
+        replayed: false,
+    };
+    let ev = AuditEvent::new(actor, c.action, format!("case/{case_id}"), Outcome::Success)
+        .territory(&territory)
+        .details(serde_json::json!({
+            "kind": c.kind, "entry": c.entry_id, "version": version, "fields": c.fields,
+        }));
+    audit::append(tx, st, &ev, now)?;
+    Ok(written)
 }
 
 /// Migration v8: the free-text medication list of schema ≤ 7 becomes medication entries of

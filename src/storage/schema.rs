@@ -351,6 +351,33 @@ CREATE TABLE drafts (
     PRIMARY KEY (user_id, case_id, form)
 ) STRICT;
 "#,
+    // v10: hospital pre-alerts as a chain per case. A row without a bundle is due (the sealer's
+    // work list); queuing the pre-alert fills in the bundle and the ESI it carried. Reasons are
+    // JSON arrays of short codes (`esi 2`, `destination`, `alert stroke`): no PHI. Existing
+    // pre-alerts become the first link; open ESI 1-2 cases without one become due.
+    r#"
+CREATE TABLE prealerts (
+    case_id   TEXT    NOT NULL REFERENCES cases (id),
+    seq       INTEGER NOT NULL CHECK (seq >= 1),
+    reasons   TEXT    NOT NULL,
+    due_at    INTEGER NOT NULL,
+    bundle_id TEXT    UNIQUE,
+    esi       INTEGER,
+    sent_at   INTEGER,
+    PRIMARY KEY (case_id, seq)
+) STRICT;
+CREATE INDEX prealerts_due ON prealerts (bundle_id) WHERE bundle_id IS NULL;
+INSERT INTO prealerts (case_id, seq, reasons, due_at, bundle_id, esi, sent_at)
+    SELECT o.case_id, 1, '["esi"]', o.created_at, o.bundle_id,
+           (SELECT t.final_esi FROM triage_results t WHERE t.case_id = o.case_id AND t.created_at <= o.created_at ORDER BY t.id DESC LIMIT 1),
+           o.created_at
+    FROM outbox o WHERE o.kind = 'prealert';
+INSERT INTO prealerts (case_id, seq, reasons, due_at)
+    SELECT c.id, 1, '["esi"]', c.created_at FROM cases c
+    WHERE c.status = 'open' AND c.erased_at IS NULL
+      AND (SELECT t.final_esi FROM triage_results t WHERE t.case_id = c.id ORDER BY t.id DESC LIMIT 1) <= 2
+      AND NOT EXISTS (SELECT 1 FROM prealerts p WHERE p.case_id = c.id);
+"#,
 ];
 
 /// The schema version this build writes.

@@ -163,6 +163,7 @@ impl Db {
             serde_json::json!({ "triage": id, "decider": t.decider.as_str(), "model": t.model_id }),
         );
         audit::append(&tx, &self.st, &ev, now_ms())?;
+        super::prealerts::on_triage(&tx, case_id, i64::from(t.final_esi), now_ms())?;
         tx.commit()?;
         Ok(id)
     }

@@ -87,15 +87,16 @@ fn display(vital: &str) -> &'static str {
     }
 }
 
-fn observation(
+/// The parts every vital-sign Observation shares: id, code, category, subject, device.
+fn vital_base(
     bundle_id: &str,
-    i: usize,
+    role: &str,
     r: &Observation,
     patient: &str,
     encounter: &str,
-) -> Option<(String, Value)> {
+) -> Option<(String, Value, &'static vocab::Vital)> {
     let v = vocab::lookup(&r.code)?;
-    let id = rid(bundle_id, &format!("observation/{i}"));
+    let id = rid(bundle_id, role);
     let mut coding = vec![json!({ "system": LOINC, "code": v.loinc, "display": display(v.name) })];
     if v.name == "spo2" {
         coding.push(json!({ "system": LOINC, "code": "59408-5",
@@ -111,9 +112,31 @@ fn observation(
         "code": { "coding": coding, "text": v.name },
         "subject": reference(patient),
         "encounter": reference(encounter),
-        "effectiveDateTime": iso8601_ms(r.device_time_ms),
-        "issued": iso8601_ms(r.recv_time_ms),
     });
+    match &r.device_id {
+        Some(d) => o["device"] = reference(&rid(bundle_id, &format!("device/{d}"))),
+        None => o["method"] = json!({ "text": "manual entry by crew" }),
+    }
+    Some((id, o, v))
+}
+
+/// One reading as its own Observation.
+fn observation(
+    bundle_id: &str,
+    i: usize,
+    r: &Observation,
+    patient: &str,
+    encounter: &str,
+) -> Option<(String, Value)> {
+    let (id, mut o, v) = vital_base(
+        bundle_id,
+        &format!("observation/{i}"),
+        r,
+        patient,
+        encounter,
+    )?;
+    o["effectiveDateTime"] = json!(iso8601_ms(r.device_time_ms));
+    o["issued"] = json!(iso8601_ms(r.recv_time_ms));
     if v.name == "avpu" {
         let level = vocab::avpu_letter(r.value).unwrap_or("U");
         o["valueCodeableConcept"] = json!({ "text": level });
@@ -122,10 +145,30 @@ fn observation(
         o["valueQuantity"] =
             json!({ "value": r.value, "unit": unit, "system": UCUM, "code": code });
     }
-    match &r.device_id {
-        Some(d) => o["device"] = reference(&rid(bundle_id, &format!("device/{d}"))),
-        None => o["method"] = json!({ "text": "manual entry by crew" }),
-    }
+    Some((id, o))
+}
+
+/// A device's regular run of one vital as one SampledData Observation
+/// ([`fhir_series`](super::fhir_series)). AVPU is sampled as its ACVPU level (0 = A … 4 = U).
+fn sampled_observation(
+    bundle_id: &str,
+    i: usize,
+    run: &super::fhir_series::Run<'_>,
+    patient: &str,
+    encounter: &str,
+) -> Option<(String, Value)> {
+    let first = run.readings[0];
+    let (id, mut o, v) = vital_base(bundle_id, &format!("series/{i}"), first, patient, encounter)?;
+    let (unit, code) = match v.name {
+        "avpu" => ("ACVPU level (0 A, 1 C, 2 V, 3 P, 4 U)", "{ACVPU}"),
+        n => ucum(n),
+    };
+    let last = run.readings[run.readings.len() - 1];
+    let fields = super::fhir_series::period_fields(run);
+    o["effectivePeriod"] = fields["effectivePeriod"].clone();
+    o["extension"] = fields["extension"].clone();
+    o["issued"] = json!(iso8601_ms(last.recv_time_ms));
+    o["valueSampledData"] = super::fhir_series::sampled(run, unit, code);
     Some((id, o))
 }
 
@@ -224,20 +267,40 @@ fn patient_resource(x: &CaseExport, id: &str, profile: Profile) -> Vec<(String, 
     out
 }
 
-/// Builds the bundle. `bundle_id` is the envelope's UUIDv7 (text form); `now_ms` the build time.
-pub fn build(x: &CaseExport, bundle_id: &str, profile: Profile, now_ms: i64) -> Value {
-    build_with_nemsis(x, bundle_id, profile, now_ms, None)
+/// How vital-sign readings go into a case bundle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Series {
+    /// Regular device runs as SampledData, the rest individual (the default).
+    #[default]
+    Sampled,
+    /// One Observation per reading (the format before compaction; kept for comparison).
+    Individual,
 }
 
-/// [`build`], with the case's NEMSIS v3.5.1 document (or why there is none) as a
-/// DocumentReference, so the cloud can submit it to the state.
-pub fn build_with_nemsis(
+/// What a bundle may carry besides the case itself.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Extras<'a> {
+    /// The case's NEMSIS v3.5.1 document (or why there is none), as a DocumentReference.
+    pub nemsis: Option<&'a Result<String, super::nemsis::Incomplete>>,
+    /// The handoff document (PDF), as a DocumentReference with its SHA-256.
+    pub handoff_pdf: Option<&'a [u8]>,
+    pub series: Series,
+}
+
+/// Builds the bundle. `bundle_id` is the envelope's UUIDv7 (text form); `now_ms` the build time.
+pub fn build(x: &CaseExport, bundle_id: &str, profile: Profile, now_ms: i64) -> Value {
+    build_with(x, bundle_id, profile, now_ms, &Extras::default())
+}
+
+/// [`build`], with [`Extras`].
+pub fn build_with(
     x: &CaseExport,
     bundle_id: &str,
     profile: Profile,
     now_ms: i64,
-    nemsis: Option<&Result<String, super::nemsis::Incomplete>>,
+    extras: &Extras<'_>,
 ) -> Value {
+    let series = extras.series;
     let patient = rid(bundle_id, "patient");
     let encounter = rid(bundle_id, "encounter");
     let mut entries: Vec<(String, Value)> = patient_resource(x, &patient, profile);
@@ -312,10 +375,15 @@ pub fn build_with_nemsis(
             latest
         }
     };
-    for (i, r) in readings.into_iter().enumerate() {
-        if let Some(o) = observation(bundle_id, i, r, &patient, &encounter) {
-            entries.push(o);
-        }
+    let (runs, single) = match (profile, series) {
+        (Profile::Case, Series::Sampled) => super::fhir_series::split(&x.readings),
+        _ => (vec![], readings),
+    };
+    for (i, run) in runs.iter().enumerate() {
+        entries.extend(sampled_observation(bundle_id, i, run, &patient, &encounter));
+    }
+    for (i, r) in single.into_iter().enumerate() {
+        entries.extend(observation(bundle_id, i, r, &patient, &encounter));
     }
 
     if let Some(t) = &x.triage {
@@ -466,14 +534,22 @@ pub fn build_with_nemsis(
         }
     }
 
-    if let Some(doc) = nemsis {
+    {
         let rid_of = |role: &str| rid(bundle_id, role);
         let ctx = super::fhir_record::Ctx {
             rid: &rid_of,
             patient: &patient,
             encounter: &encounter,
         };
-        entries.push(super::fhir_record::nemsis_reference(&ctx, doc, now_ms));
+        if let Some(doc) = extras.nemsis {
+            entries.push(super::fhir_record::nemsis_reference(&ctx, doc, now_ms));
+        }
+        if let Some(pdf) = extras.handoff_pdf {
+            entries.push(super::fhir_handoff::pdf_reference(&ctx, pdf, now_ms));
+        }
+        if profile == Profile::Prealert {
+            entries.extend(super::fhir_handoff::prealert_resources(&ctx, x, now_ms));
+        }
     }
     let prov = rid(bundle_id, "provenance");
     let targets: Vec<Value> = entries.iter().map(|(id, _)| reference(id)).collect();
@@ -567,6 +643,7 @@ mod tests {
             people: vec![],
             audit: vec![],
             checkpoint: None,
+            prealert: Default::default(),
         }
     }
 

@@ -524,6 +524,21 @@ pub(super) fn nemsis_reference(
 
 /// The NEMSIS document a case bundle carries (checked against its SHA-256), or why it has none.
 pub fn nemsis_document(bundle: &Value) -> Result<Vec<u8>, String> {
+    attached_document(bundle, SYS_NEMSIS, "NEMSIS").map_err(|e| {
+        e.unwrap_or_else(|| {
+            "this bundle carries no NEMSIS document (a pre-alert, or built before schema 8)".into()
+        })
+    })
+}
+
+/// The inline attachment of the DocumentReference identified in `system`, checked against the
+/// SHA-256 it records. `Err(None)` when there is no such document; `Err(Some(why))` when it is
+/// unusable (its description says why it was not built, or the data does not match).
+pub(super) fn attached_document(
+    bundle: &Value,
+    system: &str,
+    what: &str,
+) -> Result<Vec<u8>, Option<String>> {
     use base64::Engine;
     let doc = bundle["entry"]
         .as_array()
@@ -534,27 +549,31 @@ pub fn nemsis_document(bundle: &Value) -> Result<Vec<u8>, String> {
             r["resourceType"] == "DocumentReference"
                 && r["identifier"]
                     .as_array()
-                    .is_some_and(|ids| ids.iter().any(|i| i["system"] == SYS_NEMSIS))
+                    .is_some_and(|ids| ids.iter().any(|i| i["system"] == system))
         })
-        .ok_or("this bundle carries no NEMSIS document (a pre-alert, or built before schema 8)")?;
+        .ok_or(None)?;
     let Some(data) = doc["content"][0]["attachment"]["data"].as_str() else {
-        return Err(doc["description"]
-            .as_str()
-            .unwrap_or("the NEMSIS document was not built")
-            .to_string());
+        return Err(Some(
+            doc["description"]
+                .as_str()
+                .map(str::to_string)
+                .unwrap_or_else(|| format!("the {what} document was not built")),
+        ));
     };
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(data)
-        .map_err(|e| format!("the NEMSIS attachment is not base64: {e}"))?;
+        .map_err(|e| format!("the {what} attachment is not base64: {e}"))?;
     let want = doc["identifier"]
         .as_array()
         .into_iter()
         .flatten()
         .find(|i| i["system"] == "urn:hema3n:sha256")
         .and_then(|i| i["value"].as_str())
-        .ok_or("the NEMSIS attachment has no SHA-256")?;
+        .ok_or(format!("the {what} attachment has no SHA-256"))?;
     if hex::encode(crate::crypto::sha256(&bytes)) != want {
-        return Err("the NEMSIS attachment does not match its SHA-256".into());
+        return Err(Some(format!(
+            "the {what} attachment does not match its SHA-256"
+        )));
     }
     Ok(bytes)
 }

@@ -16,7 +16,10 @@
 //! storage is the source of truth, so nothing is held only in memory.
 
 pub mod fhir;
+mod fhir_handoff;
 mod fhir_record;
+pub mod fhir_series;
+pub use fhir_handoff::handoff_pdf;
 pub mod nemsis;
 pub use fhir_record::nemsis_document;
 pub mod forwarder;

@@ -1,6 +1,9 @@
-//! The sealer: finds cases that need a bundle or a pre-alert, builds the FHIR bundle
-//! ([`fhir`](super::fhir)) and seals it in the same storage transaction that queues it; queues
-//! telemetry; crypto-erases receipted cases after the retention period.
+//! The sealer: finds cases that need a bundle or a pre-alert (a new link of the case's pre-alert
+//! chain), builds the FHIR bundle ([`fhir`](super::fhir); case bundles with the NEMSIS and
+//! handoff documents) and seals it in the same storage transaction that queues it; queues
+//! telemetry; crypto-erases receipted cases after the retention period. It wakes when a case
+//! closes, when triage or the disposition changes (a pre-alert may be due), on `sync now`, and
+//! once a second.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -30,17 +33,29 @@ fn seal_case(
             fhir::build(export, &bid, fhir::Profile::Prealert, slot.created_at_ms)
         }
         _ => {
-            // The case bundle carries its NEMSIS document (or why it has none).
+            // The case bundle carries its NEMSIS document (or why it has none) and the
+            // handoff document.
             let doc = super::nemsis::export(export, agency);
             if let Err(e) = &doc {
                 tracing::warn!(case_id = %export.case_id, missing = ?e.missing, "no NEMSIS document in the case bundle: the record is incomplete");
             }
-            fhir::build_with_nemsis(
+            let handoff = crate::handoff::build(export, slot.created_at_ms);
+            let pdf = crate::handoff::pdf::render(&handoff, handoff.suggested, slot.created_at_ms)
+                .inspect_err(|e| {
+                    tracing::error!(case_id = %export.case_id, error = %e, "handoff PDF not rendered; the bundle goes without it");
+                })
+                .ok();
+            let extras = fhir::Extras {
+                nemsis: Some(&doc),
+                handoff_pdf: pdf.as_deref(),
+                ..Default::default()
+            };
+            fhir::build_with(
                 export,
                 &bid,
                 fhir::Profile::Case,
                 slot.created_at_ms,
-                Some(&doc),
+                &extras,
             )
         }
     };

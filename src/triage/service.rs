@@ -126,6 +126,8 @@ pub struct Retriage {
     /// How long an improvement must hold before a less acute level is stored and shown.
     pub hold: Duration,
     pub bus: crate::events::Bus,
+    /// Notified after a result is stored: the sealer, which may owe a pre-alert (no polling).
+    pub stored: Option<std::sync::Arc<tokio::sync::Notify>>,
 }
 
 impl Retriage {
@@ -138,8 +140,10 @@ impl Retriage {
             debounce,
             hold,
             bus,
+            stored,
         } = self;
-        retriage_loop(cases, store, triager, (debounce, hold), bus, shutdown).await;
+        let out = Outputs { bus, stored };
+        retriage_loop(cases, store, triager, (debounce, hold), out, shutdown).await;
     }
 }
 
@@ -178,12 +182,18 @@ pub fn may_store(
     }
 }
 
+/// Where a stored result is announced.
+struct Outputs {
+    bus: crate::events::Bus,
+    stored: Option<std::sync::Arc<tokio::sync::Notify>>,
+}
+
 async fn retriage_loop(
     mut cases: mpsc::UnboundedReceiver<String>,
     store: Store,
     triager: Triager,
     (debounce, hold): (Duration, Duration),
-    bus: crate::events::Bus,
+    out: Outputs,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut due: HashMap<String, Instant> = HashMap::new();
@@ -210,7 +220,7 @@ async fn retriage_loop(
                     let mut improving = entry.and_then(|(_, i)| i);
                     let stored = entry.map(|(l, _)| l);
                     let gate = |a: Acuity| may_store(stored, a, &mut improving, now, hold);
-                    match retriage(&store, &triager, &case, &bus, gate).await {
+                    match retriage(&store, &triager, &case, &out, gate).await {
                         Ok(Some((level, true))) => {
                             if stored.map(|s| s.0) != Some(level.0) {
                                 tracing::info!(case = %case, "triage level changed");
@@ -242,7 +252,7 @@ async fn retriage(
     store: &Store,
     triager: &Triager,
     case: &str,
-    bus: &crate::events::Bus,
+    out: &Outputs,
     mut gate: impl FnMut(Acuity) -> bool,
 ) -> Result<Option<(Acuity, bool)>, StoreError> {
     let c = case.to_string();
@@ -271,7 +281,10 @@ async fn retriage(
             })
         })
         .await?;
-    bus.send(crate::events::LiveEvent::Triage {
+    if let Some(w) = &out.stored {
+        w.notify_one();
+    }
+    out.bus.send(crate::events::LiveEvent::Triage {
         case_id: case.to_string(),
         triage: std::sync::Arc::new(stored),
     });

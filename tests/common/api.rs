@@ -105,6 +105,7 @@ impl Api {
                 debounce: std::time::Duration::from_millis(10),
                 hold,
                 bus,
+                stored: None,
             };
             tokio::spawn(task.run(rx));
         }

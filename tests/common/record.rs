@@ -310,6 +310,7 @@ pub fn full_case() -> CaseExport {
             key_id: "cc48f02355cdb1d6".into(),
             signature: vec![7; 64],
         }),
+        prealert: Default::default(),
     }
 }
 

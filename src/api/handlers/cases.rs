@@ -1,4 +1,4 @@
-//! `/api/v1/cases`: list, open, read, hand off and close cases; bind and unbind devices.
+//! `/api/v1/cases`: list, open, read and close cases; bind and unbind devices.
 
 use axum::Extension;
 use axum::extract::{Path, State};
@@ -11,11 +11,10 @@ use crate::api::guard::{Caller, in_territory};
 use crate::api::policy::Perm;
 use crate::api::state::ApiState;
 use crate::api::wire::{
-    AlarmReply, BindBody, Body, CaseCreate, CaseListItem, Json, check_id, created, obs_json, ok,
-    patient_json, replies, triage_json, view_json,
+    BindBody, Body, CaseCreate, CaseListItem, Json, check_id, created, ok, replies, view_json,
 };
 use crate::events::LiveEvent;
-use crate::model::{Observation, is_valid_ident};
+use crate::model::is_valid_ident;
 use crate::storage::{CaseParts, CaseView};
 
 fn parts(c: &Caller) -> CaseParts {
@@ -93,46 +92,6 @@ pub async fn get_case(
         super::record::etag(v.case.version),
     );
     Ok(r)
-}
-
-pub async fn handoff(
-    State(st): State<ApiState>,
-    Extension(c): Extension<Caller>,
-    Path(id): Path<String>,
-) -> ApiResult<Json> {
-    let v = case_view(&st, &c, id, "case.handoff").await?;
-    // Latest per vital by effective time (a clock running ahead cannot pin a stale value).
-    let mut latest: std::collections::BTreeMap<&str, &Observation> = Default::default();
-    for o in &v.vitals {
-        let e = latest.entry(o.code.as_str()).or_insert(o);
-        if (o.effective_time_ms(), o.id) > (e.effective_time_ms(), e.id) {
-            *e = o;
-        }
-    }
-    let latest: Vec<&Observation> = latest.into_values().collect();
-    let age = v
-        .patient
-        .as_ref()
-        .and_then(|p| p.patient.date_of_birth.as_deref())
-        .and_then(|d| crate::model::age_years(d, st.clock.now_ms()))
-        .map(|a| a.floor() as i64);
-    ok(json!({
-        "case_id": v.case.id,
-        "status": v.case.status.as_str(),
-        "opened_at_ms": v.case.created_at_ms,
-        "patient": v.patient.as_ref().map(patient_json),
-        "age_years": age,
-        "chief_complaint": v.case.details.chief_complaint,
-        "mechanism": v.case.details.mechanism,
-        "onset": v.case.details.onset,
-        "latest_vitals": latest.iter().map(|o| obs_json(o)).collect::<Vec<_>>(),
-        "triage": v.triage.first().map(triage_json),
-        "medications": v.record.current("medication").iter().map(|e| &e.content).collect::<Vec<_>>(),
-        "oxygen": v.record.current("oxygen").iter().map(|e| &e.content).collect::<Vec<_>>(),
-        "alarms": replies::<_, AlarmReply<'_>>(&v.alarms),
-        "devices": v.devices,
-        "readings": v.vitals.len(),
-    }))
 }
 
 pub async fn bind_device(

@@ -5,6 +5,7 @@ pub mod appliance;
 pub mod auth;
 pub mod cases;
 pub mod clinical;
+pub mod handoff;
 pub mod health;
 pub mod patients;
 pub mod record;

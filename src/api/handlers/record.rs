@@ -84,6 +84,12 @@ fn changed(st: &ApiState, case_id: &str, kind: &str) {
     {
         let _ = tx.send(case_id.to_string());
     }
+    // A new destination, ETA or time-critical flag may make a pre-alert due.
+    if kind == "disposition"
+        && let Some(w) = &st.wake_sealer
+    {
+        w.notify_one();
+    }
 }
 
 /// `GET /api/v1/record/codes`: the quick-pick lists.

@@ -136,6 +136,21 @@ coded! {
 }
 
 coded! {
+    /// eDisposition.24: the destination team the crew alerted before arrival (a time-critical
+    /// condition). Each one sent re-sends the pre-alert.
+    pub enum PreArrivalAlert {
+        Stroke = ("stroke", "4224015", "Stroke alert"),
+        Stemi = ("stemi", "4224013", "STEMI alert"),
+        Trauma = ("trauma", "4224017", "Trauma alert"),
+        Sepsis = ("sepsis", "4224019", "Sepsis alert"),
+        CardiacArrest = ("cardiac_arrest", "4224005", "Cardiac arrest alert"),
+        PediatricTrauma = ("pediatric_trauma", "4224011", "Pediatric trauma alert"),
+        Obstetrics = ("obstetrics", "4224007", "Obstetric alert"),
+        Other = ("other", "4224009", "Other team alert"),
+    }
+}
+
+coded! {
     /// Oxygen events (recorded in NEMSIS as the medication oxygen, RxNorm 7806).
     pub enum OxygenAction {
         Start = ("start", "start", "Started"),
@@ -359,6 +374,7 @@ pub fn catalogue() -> serde_json::Value {
         "transport_disposition": TransportDisposition::options(),
         "transport_mode": TransportMode::options(),
         "destination_reason": DestinationReason::options(),
+        "pre_arrival_alert": PreArrivalAlert::options(),
         "oxygen_action": OxygenAction::options(),
         "oxygen_device": OxygenDevice::options(),
         "procedure": ProcedureCode::options(),

@@ -231,6 +231,22 @@ impl Section {
                 let x: Disposition = parse(v)?;
                 text("destination", &x.destination, 200)?;
                 text("transfer_to", &x.transfer_to, 200)?;
+                text("transfer_to_role", &x.transfer_to_role, 200)?;
+                if let Some(t) = x.eta_ms {
+                    // An arrival estimate lies ahead, but not by more than a day.
+                    if t > b.now_ms + 86_400_000 {
+                        return Err(bad("eta_ms", "is more than 24 hours ahead"));
+                    }
+                    if t < b.case_created_ms {
+                        return Err(bad("eta_ms", "is before the case was opened"));
+                    }
+                }
+                if let Some(a) = &x.alerts {
+                    let mut seen = std::collections::HashSet::new();
+                    if !a.iter().all(|k| seen.insert(*k)) {
+                        return Err(bad("alerts", "lists an alert twice"));
+                    }
+                }
                 SectionBody::Disposition(x)
             }
             Section::Narrative => {
