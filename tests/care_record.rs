@@ -155,7 +155,8 @@ async fn an_entered_in_error_vital_leaves_triage_and_handoff() {
     let (_, esi, _) = next_triage(&mut rx, &case).await;
     assert!(esi > 2, "the withdrawn reading no longer drives triage");
     let h = api.get(&t, &format!("/api/v1/cases/{case}/handoff")).await;
-    assert_eq!(h.body["latest_vitals"], json!([]));
+    assert_eq!(h.body["latest"], json!([]));
+    assert_eq!(h.body["trend"], json!([]));
     let v = api.get(&t, &format!("/api/v1/cases/{case}/vitals")).await;
     assert_eq!(v.body["vitals"], json!([]));
     assert_eq!(v.body["entered_in_error"][0]["reason"], "probe artefact");

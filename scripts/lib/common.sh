@@ -51,7 +51,8 @@ install_build_deps() {
 
 # Services the integration tests start on loopback (never as system services).
 install_test_services() {
-    apt_install mosquitto openssl dbus
+    # poppler-utils: pdftotext/pdffonts/pdftoppm read the handoff PDF independently.
+    apt_install mosquitto openssl dbus poppler-utils
     # Debian starts the packaged broker on :1883; tests use their own instances on free ports.
     if command -v systemctl >/dev/null && systemctl is-active --quiet mosquitto 2>/dev/null; then
         as_root systemctl stop mosquitto || true

@@ -63,6 +63,15 @@ enum Cmd {
         #[arg(long, requires = "show")]
         nemsis: bool,
     },
+    /// Pre-alerts by case: the latest (destination, ETA, ESI, time-critical flags) and the
+    /// chain of those it replaced. `--watch` keeps printing cases as new pre-alerts arrive.
+    Prealerts {
+        #[arg(long)]
+        watch: bool,
+        /// One JSON object per case.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -212,6 +221,39 @@ fn run(cli: Cli) -> Result<(), ReceiverError> {
                 serde_json::to_string(&db.stats()?).expect("stats serialise")
             );
             Ok(())
+        }
+        Cmd::Prealerts { watch, json } => {
+            use hema3n_edge::receiver::prealerts::{chains, describe};
+            let cfg = load(&cli.config)?;
+            let db = open_db(&cfg)?;
+            let mut seen = i64::MIN;
+            loop {
+                let fresh = db.prealerts(seen)?;
+                if let Some(m) = fresh.iter().map(|r| r.received_at_ms).max() {
+                    seen = m;
+                }
+                // Whole chains of the cases that changed (or of every case, the first time).
+                let cases: Vec<(String, String)> = fresh
+                    .iter()
+                    .map(|r| (r.appliance_id.clone(), r.summary.case_id.clone()))
+                    .collect();
+                for c in chains(db.prealerts(i64::MIN)?) {
+                    if !cases.contains(&(c.appliance_id.clone(), c.case_id.clone())) {
+                        continue;
+                    }
+                    if json {
+                        println!("{}", serde_json::to_string(&c).expect("json"));
+                    } else {
+                        println!("{}", describe(&c));
+                    }
+                }
+                if !watch {
+                    return Ok(());
+                }
+                use std::io::Write;
+                let _ = std::io::stdout().flush();
+                std::thread::sleep(std::time::Duration::from_secs(1));
+            }
         }
         Cmd::Bundles { show, nemsis } => {
             let cfg = load(&cli.config)?;

@@ -319,9 +319,19 @@ pub fn build(x: &CaseExport, now_ms: i64) -> Handoff {
         .into_iter()
         .map(|(_, a)| format!("{}: {}", at(a.at_ms), text::assessment(&a)))
         .collect();
-    let signs: Vec<String> = latest
-        .iter()
-        .map(|v| format!("{} {} at {}", v.label, v.text, clock(v.at_ms)))
+    // Latest vitals, those taken at the same minute on one line.
+    let mut signs: Vec<(String, Vec<String>)> = vec![];
+    for v in &latest {
+        let at = clock(v.at_ms);
+        let item = format!("{} {}", v.label, v.text);
+        match signs.iter_mut().find(|(t, _)| *t == at) {
+            Some((_, items)) => items.push(item),
+            None => signs.push((at, vec![item])),
+        }
+    }
+    let signs: Vec<String> = signs
+        .into_iter()
+        .map(|(at, items)| format!("{at}: {}", items.join(", ")))
         .collect();
     let triage_line = triage.as_ref().map(text::triage_text);
     let treatment: Vec<String> = interventions

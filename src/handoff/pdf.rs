@@ -219,26 +219,24 @@ pub fn layout(h: &Handoff, format: Format, now_ms: i64) -> Layout {
         chart(&mut l, h);
     }
 
-    let timed =
-        |t: i64, what: &str| format!("{}  {}  {what}", clock(t), elapsed(h.started_at_ms, t));
-    let interventions: Vec<String> = h
-        .interventions
-        .iter()
-        .map(|t| timed(t.at_ms, &t.text))
-        .collect();
-    let times: Vec<String> = h.times.iter().map(|t| timed(t.at_ms, t.label)).collect();
-    for (title, lines) in [
-        ("Interventions and medications", interventions),
-        ("Times", times),
-    ] {
-        if lines.is_empty() {
-            continue;
-        }
+    // Interventions and medications are in the blocks (Treatment, Assessment) with their times;
+    // the call's times run as one wrapped line.
+    if !h.times.is_empty() {
         l.room(40.0);
-        l.text(MARGIN, 12.0, true, INK, title);
-        for line in &lines {
-            l.text(MARGIN + 8.0, 9.5, false, INK, line);
-        }
+        l.text(MARGIN, 12.0, true, INK, "Times");
+        let line: Vec<String> = h
+            .times
+            .iter()
+            .map(|t| {
+                format!(
+                    "{} {} ({})",
+                    t.label,
+                    clock(t.at_ms),
+                    elapsed(h.started_at_ms, t.at_ms)
+                )
+            })
+            .collect();
+        l.text(MARGIN + 8.0, 9.5, false, INK, &line.join("  \u{b7}  "));
         l.gap(4.0);
     }
     l.rule();

@@ -328,6 +328,21 @@ pub struct CaseExport {
     pub prealert: PrealertInfo,
 }
 
+/// What a received pre-alert says, as the cloud lists it (`hema3n-receiver prealerts`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PrealertSummary {
+    pub case_id: String,
+    /// The bundle id of the pre-alert this one replaces.
+    pub replaces: Option<String>,
+    pub esi: Option<u8>,
+    pub destination: Option<String>,
+    pub eta_ms: Option<i64>,
+    /// Labels of the time-critical conditions flagged.
+    pub alerts: Vec<String>,
+    /// Why it was sent (`esi 2`, `esi 2 → 1`, `destination`, `eta`, `alert stroke`).
+    pub reasons: Vec<String>,
+}
+
 /// The pre-alert history of a case, as a new pre-alert needs it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PrealertInfo {

@@ -54,8 +54,8 @@ pub mod record;
 pub use appliance::{AlarmKind, OutboxState, Presence};
 pub use case::{
     Case, CaseDetails, CaseExport, CaseSnapshot, CaseStatus, Decider, ExportAudit,
-    ExportCheckpoint, Observation, PrealertInfo, Reading, Reject, RejectCode, StoredTriage,
-    TriageRecord,
+    ExportCheckpoint, Observation, PrealertInfo, PrealertSummary, Reading, Reject, RejectCode,
+    StoredTriage, TriageRecord,
 };
 pub use patient::{
     Address, Insurance, InvalidPhi, Patient, Sex, StoredPatient, age_years, is_valid_date,

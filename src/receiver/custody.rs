@@ -224,7 +224,15 @@ pub(super) fn open_one(
         ));
     }
     let h = &parsed.header;
+    // A pre-alert is also listed by case, so the hospital sees the latest and its chain.
+    let prealert = match h.kind {
+        seal::BundleKind::Prealert => serde_json::from_slice(&body)
+            .ok()
+            .and_then(|v| crate::sync::prealert_summary(&v)),
+        _ => None,
+    };
     Ok(ReceivedBundle {
+        prealert,
         appliance_id: app,
         bundle_id: uuid::Uuid::from_bytes(h.bundle_id),
         seq: h.seq,

@@ -22,6 +22,7 @@ use crate::storage::receiver::ReceiverDb;
 use crate::sync::transport;
 
 mod custody;
+pub mod prealerts;
 mod setup;
 
 pub use custody::Counters;

@@ -12,7 +12,8 @@ use crate::model::now_ms;
 /// A rejected envelope: topic, appliance id (when it could be read), code, message, SHA-256.
 pub type EnvelopeReject = (String, Option<String>, String, String, [u8; 32]);
 
-const RECEIVER_MIGRATIONS: &[&str] = &[r#"
+const RECEIVER_MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE appliances (
     id            TEXT    PRIMARY KEY,
     public_key    TEXT    NOT NULL,
@@ -52,7 +53,23 @@ CREATE TABLE alarms (
     bundle_id    TEXT    NOT NULL,
     detail       TEXT    NOT NULL
 ) STRICT;
-"#];
+"#,
+    // v2: pre-alerts by case (what each says, and which one it replaces), so the hospital
+    // sees the latest pre-alert of a case and its chain.
+    r#"
+CREATE TABLE prealerts (
+    appliance_id TEXT    NOT NULL,
+    bundle_id    TEXT    NOT NULL,
+    case_id      TEXT    NOT NULL,
+    replaces     TEXT,
+    created_at   INTEGER NOT NULL,
+    received_at  INTEGER NOT NULL,
+    summary      TEXT    NOT NULL,
+    PRIMARY KEY (appliance_id, bundle_id)
+) STRICT;
+CREATE INDEX prealerts_by_case ON prealerts (appliance_id, case_id, created_at);
+"#,
+];
 
 /// A verified, opened bundle ready to store.
 #[derive(Debug, Clone)]
@@ -64,6 +81,18 @@ pub struct ReceivedBundle {
     pub created_at_ms: i64,
     pub envelope_sha256: [u8; 32],
     pub body: Vec<u8>,
+    /// What a pre-alert says (for the pre-alert list).
+    pub prealert: Option<crate::model::PrealertSummary>,
+}
+
+/// A received pre-alert.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct PrealertRow {
+    pub appliance_id: String,
+    pub bundle_id: String,
+    pub created_at_ms: i64,
+    pub received_at_ms: i64,
+    pub summary: crate::model::PrealertSummary,
 }
 
 /// What storing a bundle did.
@@ -164,6 +193,21 @@ impl ReceiverDb {
                         now,
                         b.body
                     ])?;
+                    if let Some(p) = &b.prealert {
+                        tx.prepare_cached(
+                            "INSERT INTO prealerts (appliance_id, bundle_id, case_id, replaces, created_at, received_at, summary) \
+                             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                        )?
+                        .execute(params![
+                            b.appliance_id,
+                            bundle_id,
+                            p.case_id,
+                            p.replaces,
+                            b.created_at_ms,
+                            now,
+                            serde_json::to_string(p).expect("json"),
+                        ])?;
+                    }
                     StoreOutcome::Stored
                 }
                 Some(sha) if sha.as_slice() == b.envelope_sha256.as_slice() => {
@@ -194,6 +238,27 @@ impl ReceiverDb {
         }
         tx.commit()?;
         Ok(out)
+    }
+
+    /// Pre-alerts received after `since_ms` (by arrival), oldest first.
+    pub fn prealerts(&self, since_ms: i64) -> Result<Vec<PrealertRow>> {
+        let rows = self
+            .conn
+            .prepare_cached(
+                "SELECT appliance_id, bundle_id, created_at, received_at, summary FROM prealerts \
+                 WHERE received_at > ?1 ORDER BY received_at, created_at",
+            )?
+            .query_map([since_ms], |r| {
+                Ok(PrealertRow {
+                    appliance_id: r.get(0)?,
+                    bundle_id: r.get(1)?,
+                    created_at_ms: r.get(2)?,
+                    received_at_ms: r.get(3)?,
+                    summary: serde_json::from_str(&r.get::<_, String>(4)?).unwrap_or_default(),
+                })
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(rows)
     }
 
     /// Records rejected envelopes.

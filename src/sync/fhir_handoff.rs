@@ -16,6 +16,8 @@ pub const SYS_HANDOFF: &str = "urn:hema3n:handoff";
 pub const SYS_BUNDLE: &str = "urn:hema3n:bundle";
 /// Extension on the pre-alert Composition: expected arrival at the destination.
 pub const EXT_ETA: &str = "urn:hema3n:fhir:eta";
+/// Extension on the pre-alert Composition, one per reason it was sent (`esi 2 → 1`, …).
+pub const EXT_REASON: &str = "urn:hema3n:fhir:prealert-reason";
 const SYS_SHA256: &str = "urn:hema3n:sha256";
 
 fn reference(id: &str) -> Value {
@@ -111,8 +113,19 @@ pub(super) fn prealert_resources(c: &Ctx<'_>, x: &CaseExport, now_ms: i64) -> Ve
     if !section_entries.is_empty() {
         comp["section"][0]["entry"] = json!(section_entries);
     }
-    if let Some(t) = d.eta_ms {
-        comp["extension"] = json!([{ "url": EXT_ETA, "valueDateTime": iso8601_ms(t) }]);
+    let mut ext: Vec<Value> = d
+        .eta_ms
+        .map(|t| json!({ "url": EXT_ETA, "valueDateTime": iso8601_ms(t) }))
+        .into_iter()
+        .collect();
+    ext.extend(
+        x.prealert
+            .reasons
+            .iter()
+            .map(|r| json!({ "url": EXT_REASON, "valueString": r })),
+    );
+    if !ext.is_empty() {
+        comp["extension"] = json!(ext);
     }
     if let Some(prev) = x.prealert.sent.last() {
         comp["relatesTo"] = json!([{ "code": "replaces",
@@ -120,4 +133,58 @@ pub(super) fn prealert_resources(c: &Ctx<'_>, x: &CaseExport, now_ms: i64) -> Ve
     }
     out.push((id, comp));
     out
+}
+
+/// What a pre-alert bundle says (`None` when it is not one of ours).
+pub fn prealert_summary(bundle: &Value) -> Option<crate::model::PrealertSummary> {
+    let res: Vec<&Value> = bundle["entry"]
+        .as_array()?
+        .iter()
+        .map(|e| &e["resource"])
+        .collect();
+    let of = |t: &'static str| res.iter().copied().filter(move |r| r["resourceType"] == t);
+    let comp = of("Composition").next()?;
+    let case_id = of("Encounter")
+        .next()?
+        .get("identifier")?
+        .as_array()?
+        .iter()
+        .find(|i| i["system"] == "urn:hema3n:case")?["value"]
+        .as_str()?
+        .to_string();
+    let ext = |url: &'static str| {
+        comp["extension"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(move |e| e["url"] == url)
+    };
+    Some(crate::model::PrealertSummary {
+        case_id,
+        replaces: comp["relatesTo"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|r| r["code"] == "replaces")
+            .and_then(|r| r["targetIdentifier"]["value"].as_str())
+            .map(str::to_string),
+        esi: of("RiskAssessment")
+            .next()
+            .and_then(|r| r["prediction"][0]["outcome"]["coding"][0]["code"].as_str())
+            .and_then(|c| c.parse().ok()),
+        destination: of("Location")
+            .next()
+            .and_then(|l| l["name"].as_str())
+            .map(str::to_string),
+        eta_ms: ext(EXT_ETA)
+            .next()
+            .and_then(|e| e["valueDateTime"].as_str())
+            .and_then(crate::model::parse_iso8601_ms),
+        alerts: of("Flag")
+            .filter_map(|f| f["code"]["text"].as_str().map(str::to_string))
+            .collect(),
+        reasons: ext(EXT_REASON)
+            .filter_map(|e| e["valueString"].as_str().map(str::to_string))
+            .collect(),
+    })
 }

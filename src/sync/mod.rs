@@ -19,7 +19,7 @@ pub mod fhir;
 mod fhir_handoff;
 mod fhir_record;
 pub mod fhir_series;
-pub use fhir_handoff::handoff_pdf;
+pub use fhir_handoff::{handoff_pdf, prealert_summary};
 pub mod nemsis;
 pub use fhir_record::nemsis_document;
 pub mod forwarder;
