@@ -104,6 +104,7 @@ fn crew_flow_in_chromium() {
         .env("H3N_IDLE_SECS", IDLE_SECS.to_string())
         .env("H3N_SHOTS", &shots)
         .env("H3N_CASE_FILE", a.tmp.path().join("case-id"))
+        .env("H3N_PDF_FILE", a.tmp.path().join("handoff.pdf"))
         .output()
         .unwrap();
     let _ = sim.kill();
@@ -215,4 +216,35 @@ fn crew_flow_in_chromium() {
     std::fs::write(&f, &xml).unwrap();
     common::record::assert_nemsis_valid(&[f]);
     assert!(xml.contains("<eSituation.11>J44.1</eSituation.11>"));
+    // The handoff document the crew downloaded says what the hospital needs.
+    let pdf = std::fs::read(a.tmp.path().join("handoff.pdf")).expect("the PDF was downloaded");
+    let text = common::pdf_text(&pdf);
+    for want in [
+        "SBAR",
+        "Triage ESI",
+        "Salbutamol",
+        "IV access",
+        "Call received",
+        "Logan Regional Hospital",
+        "penicillin",
+    ] {
+        assert!(
+            text.contains(want),
+            "{want} missing from the handoff PDF:\n{text}"
+        );
+    }
+    assert!(
+        a.query_i64(
+            "SELECT count(*) FROM audit_log WHERE action = 'case.disclose' AND details LIKE '%handoff-pdf-sbar%'"
+        ) == 1,
+        "the download is audited as a disclosure"
+    );
+    // The receipted bundle carries the handoff as handed over (SHA-256 checked on the way out).
+    let carried = hema3n_edge::sync::handoff_pdf(&body).expect("handoff PDF in the bundle");
+    let text = common::pdf_text(&carried);
+    assert!(
+        text.contains("Dr. R. Patel") && text.contains("ED attending"),
+        "transfer of care missing from the carried PDF:\n{text}"
+    );
+    common::pdf_first_page_png(&carried, &shots.join("handoff-pdf.png"));
 }

@@ -75,20 +75,8 @@ fn key(r: &Rebuilt) -> (String, Option<String>, i64, i64, u64) {
 }
 
 fn pdftotext(pdf: &[u8], dir: &std::path::Path, name: &str) -> String {
-    let f = dir.join(format!("{name}.pdf"));
-    std::fs::write(&f, pdf).unwrap();
-    let out = Command::new("pdftotext")
-        .args(["-layout"])
-        .arg(&f)
-        .arg("-")
-        .output()
-        .expect("pdftotext (poppler-utils) is installed by scripts/test.sh");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
+    std::fs::write(dir.join(format!("{name}.pdf")), pdf).unwrap();
+    common::pdf_text(pdf)
 }
 
 #[test]

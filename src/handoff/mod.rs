@@ -370,6 +370,12 @@ pub fn build(x: &CaseExport, now_ms: i64) -> Handoff {
                     .iter()
                     .cloned()
                     .chain(
+                        x.chief_complaint
+                            .iter()
+                            .filter(|_| x.mechanism.is_none())
+                            .map(|c| format!("reported: {c}")),
+                    )
+                    .chain(
                         incident
                             .dispatch_reason
                             .map(|d| format!("dispatched as: {}", d.label())),

@@ -204,14 +204,11 @@ pub(super) fn assessment(a: &Assessment) -> String {
     }
 }
 
-/// `ESI 2 · NEWS2 7 — reasons`.
+/// `Triage ESI 2, NEWS2 7` (the reasons are listed with the triage itself).
 pub(super) fn triage_text(t: &TriageLine) -> String {
     let mut s = format!("Triage ESI {}", t.esi);
     if let Some(n) = t.news2 {
         s.push_str(&format!(", NEWS2 {n}"));
-    }
-    if !t.reasons.is_empty() {
-        s.push_str(&format!(" — {}", t.reasons.join("; ")));
     }
     s
 }

@@ -61,6 +61,19 @@ pub struct News2 {
 
 /// A measured value as a clinician reads it: temperature to 0.1 °C, every other NEWS2
 /// parameter in whole units (SpO2 94 %, not 94.1 %).
+/// What a clinician calls a NEWS2 parameter (reasons are read on the tablet and in handoffs).
+pub fn parameter_label(parameter: &str) -> &str {
+    match parameter {
+        "resp_rate" => "RR",
+        "spo2" => "SpO2",
+        "spo2 (scale 2)" => "SpO2 (scale 2)",
+        "air_or_oxygen" => "air or oxygen",
+        "sbp" => "SBP",
+        "heart_rate" => "HR",
+        p => p,
+    }
+}
+
 pub fn display_value(parameter: &str, v: f64) -> String {
     if parameter == "temp" {
         format!("{v:.1}")

@@ -296,7 +296,12 @@ pub fn evaluate(i: &RulesInput) -> RulesResult {
         let partial = if n.missing.is_empty() {
             String::new()
         } else {
-            format!(" (partial: {} not measured)", n.missing.join(", "))
+            let m: Vec<&str> = n
+                .missing
+                .iter()
+                .map(|p| news2::parameter_label(p))
+                .collect();
+            format!(" (partial: {} not measured)", m.join(", "))
         };
         // What scored, so a reader sees e.g. "on oxygen +2" without recomputing.
         let parts: Vec<String> = n
@@ -305,7 +310,12 @@ pub fn evaluate(i: &RulesInput) -> RulesResult {
             .filter(|s| s.score > 0)
             .map(|s| match s.parameter {
                 "air_or_oxygen" => format!("on oxygen +{}", s.score),
-                p => format!("{p} {} +{}", news2::display_value(p, s.value), s.score),
+                p => format!(
+                    "{} {} +{}",
+                    news2::parameter_label(p),
+                    news2::display_value(p, s.value),
+                    s.score
+                ),
             })
             .collect();
         let partial = if parts.is_empty() {

@@ -206,26 +206,50 @@ let failurePage = null;
   await page.getByTestId('manual-vital').waitFor({ state: 'detached' });
   await shot(page, 'vitals-entered-in-error');
 
-  step('left scene, destination, transfer of care');
+  step('left scene, destination and ETA');
   await now(page, 'left_scene_ms');
   await tab(page, 'disposition');
   await page.getByTestId('di-patient').selectOption('care_provided');
   await page.getByTestId('di-transport').selectOption('this_unit');
   await page.getByTestId('di-destination').fill('Logan Regional Hospital');
-  await page.getByTestId('di-to').fill('Dr. R. Patel');
+  const eta = new Date(Date.now() + 10 * 60000);
+  await page.getByTestId('di-eta').fill(new Date(eta - eta.getTimezoneOffset() * 60000).toISOString().slice(0, 16));
   await page.getByTestId('di-save').click();
   await page.getByTestId('di-destination').and(page.locator('[value="Logan Regional Hospital"]')).waitFor();
-  for (const k of ['at_destination_ms', 'transfer_of_care_ms', 'in_service_ms']) await now(page, k);
+  await now(page, 'at_destination_ms');
 
-  step('handoff summary with clinical labels');
+  step('handoff: SBAR for a medical call, MIST on request, the PDF, transfer of care');
   await page.getByTestId('handoff').click();
-  await page.getByTestId('handoff-title').waitFor();
-  const hv = await page.getByTestId('handoff-vitals').innerText();
-  check(!/\d\.\d{3,}/.test(hv), `unrounded values in handoff: ${hv}`);
-  check(/SpO₂/.test(hv) && !/\bspo2\b/.test(hv), `raw vital names in handoff: ${hv}`);
-  await shot(page, 'handoff');
-  await page.goBack();
+  const blocks = page.getByTestId('handoff-blocks');
+  await blocks.waitFor();
+  check(await blocks.getAttribute('data-format') === 'sbar', 'a medical call suggests SBAR');
+  const sb = await blocks.innerText();
+  for (const w of ['Situation', 'Background', 'Assessment', 'Recommendation', 'Salbutamol', 'IV access', 'Oxygen', 'Logan Regional Hospital']) {
+    check(sb.includes(w), `SBAR lacks ${w}: ${sb}`);
+  }
+  check(!/\d\.\d{3,}/.test(sb), `unrounded values in handoff: ${sb}`);
+  check(!/\b(spo2|heart_rate|resp_rate)\b/.test(sb), `raw vital names in handoff: ${sb}`);
+  check(/penicillin/.test(await page.getByTestId('handoff-allergies').innerText()), 'allergies on the handoff');
+  check((await page.getByTestId('handoff-reasons').innerText()).trim() !== '', 'triage reasons on the handoff');
+  check(/Call received/.test(await page.getByTestId('handoff-times').innerText()), 'times on the handoff');
+  check(await page.locator('[data-testid=handoff-trend] polyline').count() >= 3, 'vitals trend drawn');
+  await shot(page, 'handoff-sbar');
+  await page.getByTestId('handoff-mist').click();
+  await page.locator('[data-testid=handoff-blocks][data-format=mist]').waitFor();
+  check(/Mechanism/.test(await page.getByTestId('handoff-blocks').innerText()), 'MIST on request');
+  await page.getByTestId('handoff-sbar').click();
+  await page.locator('[data-testid=handoff-blocks][data-format=sbar]').waitFor();
+  const [dl] = await Promise.all([page.waitForEvent('download'), page.getByTestId('handoff-pdf').click()]);
+  if (process.env.H3N_PDF_FILE) await dl.saveAs(process.env.H3N_PDF_FILE);
+  await page.getByTestId('transfer-name').fill('Dr. R. Patel');
+  await page.getByTestId('transfer-role').fill('ED attending');
+  await page.getByTestId('transfer-submit').click();
+  await page.getByTestId('handoff-status').filter({ hasText: 'handed off' }).waitFor();
+  await page.getByTestId('handoff-transfer').filter({ hasText: 'Dr. R. Patel' }).waitFor();
+  await shot(page, 'handoff-handed-off');
+  await page.goto(`${URL}#/case/${caseId}`);
   await page.getByTestId('case-title').waitFor();
+  await now(page, 'in_service_ms');
 
   step('twenty navigations between cases leave the tab responsive');
   for (let i = 0; i < 10; i++) {
@@ -257,6 +281,26 @@ let failurePage = null;
   check(/bundle:\s*receipted/.test(sync), `sync state: ${sync}`);
   await shot(page, 'case-closed-receipted');
 
+  step('a trauma call suggests MIST');
+  await page.goto(`${URL}#/cases`);
+  await page.getByTestId('new-patient').click();
+  await page.getByTestId('pf-estimated_age_years').fill('34');
+  await page.getByTestId('pf-sex').selectOption('male');
+  await page.getByTestId('complaint').fill('fell 3 m from a ladder, painful right thigh');
+  await page.getByTestId('register').click();
+  await page.getByTestId('case-title').filter({ hasText: 'Unknown patient' }).waitFor();
+  const traumaId = page.url().split('/').pop();
+  await tab(page, 'situation');
+  await page.getByTestId('si-primary').fill('S72.90XA');
+  await page.locator('#si select[name=injury]').selectOption('true');
+  await page.getByTestId('si-save').click();
+  await page.locator('#panel').filter({ hasText: 'Fracture of femur' }).waitFor();
+  await page.goto(`${URL}#/handoff/${traumaId}`);
+  await page.locator('[data-testid=handoff-blocks][data-format=mist]').waitFor();
+  const mi = await page.getByTestId('handoff-blocks').innerText();
+  for (const w of ['Mechanism', 'Injuries', 'Fracture of femur', 'Signs', 'Treatment']) check(mi.includes(w), `MIST lacks ${w}: ${mi}`);
+  await shot(page, 'handoff-mist');
+
   step('portrait: the key vitals still on the first screen');
   const pctx = await browser.newContext({ ignoreHTTPSErrors: true, viewport: { width: 800, height: 1280 }, deviceScaleFactor: 1 });
   const pp = await pctx.newPage();
@@ -267,6 +311,11 @@ let failurePage = null;
   await pp.getByTestId('tile-heart_rate').waitFor();
   check(await topOf(pp, '[data-testid=tile-heart_rate]') < 1280, 'first vital below the fold (portrait)');
   await shot(pp, 'case-portrait');
+  for (const [id, fmt] of [[caseId, 'sbar'], [traumaId, 'mist']]) {
+    await pp.goto(`${URL}#/handoff/${id}`);
+    await pp.locator(`[data-testid=handoff-blocks][data-format=${fmt}]`).waitFor();
+    await shot(pp, `handoff-${fmt}-portrait`);
+  }
   await pp.goto(`${URL}#/cases`);
   await pp.getByTestId('case-row').first().waitFor();
   await shot(pp, 'cases-portrait');

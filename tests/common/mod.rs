@@ -293,3 +293,37 @@ pub fn ort_lib() -> PathBuf {
 pub fn model_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("edge-models/hema3n-core")
 }
+
+/// The text of a PDF as poppler's `pdftotext -layout` reads it (an independent reader).
+pub fn pdf_text(pdf: &[u8]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("doc.pdf");
+    std::fs::write(&f, pdf).unwrap();
+    let out = Command::new("pdftotext")
+        .arg("-layout")
+        .arg(&f)
+        .arg("-")
+        .output()
+        .expect("pdftotext (poppler-utils) is installed by scripts/test.sh");
+    assert!(
+        out.status.success(),
+        "pdftotext: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// The first page of a PDF rendered by poppler's `pdftoppm` to `png` (without the extension
+/// poppler adds).
+pub fn pdf_first_page_png(pdf: &[u8], png: &Path) {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("doc.pdf");
+    std::fs::write(&f, pdf).unwrap();
+    let st = Command::new("pdftoppm")
+        .args(["-png", "-r", "80", "-singlefile", "-f", "1", "-l", "1"])
+        .arg(&f)
+        .arg(png.with_extension(""))
+        .status()
+        .expect("pdftoppm (poppler-utils) is installed by scripts/test.sh");
+    assert!(st.success() && png.exists(), "pdftoppm failed");
+}

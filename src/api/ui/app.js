@@ -697,8 +697,14 @@ function drawPanelInner(st) {
       <div><label>Transport mode</label><select name="tm">${opts('transport_mode', v.transport_mode)}</select></div>
       <div><label>Destination</label><input name="dest" data-testid="di-destination" value="${esc(v.destination || '')}"></div>
       <div><label>Reason for destination</label><select name="why">${opts('destination_reason', v.destination_reason)}</select></div>
-      <div><label>Care handed to</label><input name="to" data-testid="di-to" value="${esc(v.transfer_to || '')}"></div></div>`);
-    patchSection('di', 'disposition', (f) => ({ patient_disposition: val(f, 'pd'), transport: val(f, 'tr'), transport_mode: val(f, 'tm'), destination: val(f, 'dest'), destination_reason: val(f, 'why'), transfer_to: val(f, 'to') }));
+      <div><label>ETA at destination</label><input type="datetime-local" name="eta" data-testid="di-eta" value="${esc(toLocal(v.eta_ms))}"></div>
+      <div><label>Care handed to</label><input name="to" data-testid="di-to" value="${esc(v.transfer_to || '')}"></div></div>
+      <fieldset><legend>Pre-alert the destination team (re-sends the pre-alert)</legend>${(S.codes.pre_arrival_alert || []).map((o) => `<label class="chk"><input type="checkbox" name="al-${esc(o.value)}" data-testid="di-alert-${esc(o.value)}" ${(v.alerts || []).includes(o.value) ? 'checked' : ''}>${esc(o.label)}</label>`).join('')}</fieldset>`);
+    patchSection('di', 'disposition', (f) => {
+      const eta = val(f, 'eta');
+      const alerts = (S.codes.pre_arrival_alert || []).map((o) => o.value).filter((a) => f.querySelector(`[name="al-${a}"]`).checked);
+      return { patient_disposition: val(f, 'pd'), transport: val(f, 'tr'), transport_mode: val(f, 'tm'), destination: val(f, 'dest'), destination_reason: val(f, 'why'), transfer_to: val(f, 'to'), eta_ms: eta ? new Date(eta).getTime() : null, alerts: alerts.length ? alerts : null };
+    });
     return;
   }
   if (t === 'narrative') {
@@ -824,20 +830,79 @@ function stopStream() {
   if (S.stream) { S.stream.abort(); S.stream = null; }
 }
 
+// Key vitals over the call as vector lines on one 0-based axis (they share tens to hundreds).
+const TREND_COLOURS = { heart_rate: '#c81e2d', sbp: '#145ac8', spo2: '#1e8c3c', resp_rate: '#963caa', etco2: '#c87800' };
+function trendSvg(trend) {
+  const pts = trend.flatMap((s) => s.points);
+  if (!pts.length) return '<p class="muted">No vitals recorded.</p>';
+  const t0 = Math.min(...pts.map((p) => p[0])), t1 = Math.max(...pts.map((p) => p[0]), t0 + 60000);
+  const top = Math.max(100, Math.ceil(Math.max(...pts.map((p) => p[1])) / 50) * 50);
+  const X = (t) => 40 + (t - t0) / (t1 - t0) * 740, Y = (v) => 190 - v / top * 180;
+  const grid = [];
+  for (let g = 0; g <= top; g += 50) grid.push(`<line x1="40" x2="780" y1="${Y(g)}" y2="${Y(g)}" class="grid"/><text x="4" y="${Y(g) + 5}">${g}</text>`);
+  const lines = trend.map((s) => `<polyline data-code="${esc(s.code)}" stroke="${TREND_COLOURS[s.code] || '#000'}" points="${s.points.map((p) => `${X(p[0]).toFixed(1)},${Y(p[1]).toFixed(1)}`).join(' ')}"/>`).join('');
+  const legend = trend.map((s) => `<span class="key"><i class="sw" data-code="${esc(s.code)}"></i>${esc(s.label)} (${esc(s.unit)})</span>`).join(' ');
+  return `<svg viewBox="0 0 790 215" class="trend" role="img" aria-label="Vitals trend">${grid.join('')}${lines}
+    <text x="40" y="210">${fmtTime(t0)}</text><text x="700" y="210">${fmtTime(t1)}</text></svg><p class="legend">${legend}</p>`;
+}
+
 async function handoffScreen(id) {
   const h = await api('GET', `/api/v1/cases/${id}/handoff`);
-  const p = h.patient || {};
-  view().innerHTML = `<h1 data-testid="handoff-title">Handoff: ${esc([p.first_name, p.last_name].filter(Boolean).join(' ') || 'Unnamed patient')}</h1>
-    <p><strong>Age:</strong> ${esc(h.age_years ?? '—')} · <strong>Sex:</strong> ${esc(p.sex || '—')} · <strong>DOB:</strong> ${esc(p.date_of_birth || '—')} · <strong>MRN:</strong> ${esc(p.mrn || '—')}</p>
-    <p><strong>Complaint:</strong> ${esc(h.chief_complaint || '—')} · <strong>Mechanism:</strong> ${esc(h.mechanism || '—')} · <strong>Onset:</strong> ${esc(h.onset || '—')}</p>
-    <h2>Triage</h2>${triageHtml(h.triage)}
-    <h2>Latest vitals</h2><table data-testid="handoff-vitals"><tr><th>Vital</th><th>Value</th><th>Time</th><th>Source</th></tr>
-    ${h.latest_vitals.map((o) => `<tr><td>${esc(VITAL_LABEL[o.name] ? VITAL_LABEL[o.name][0] : o.name)}</td><td>${esc(fmtVital(o.name, o.value))} ${esc(VITAL_LABEL[o.name] ? VITAL_LABEL[o.name][1] : '')}</td><td>${fmtTime(o.t_ms)}</td><td>${esc(o.device_id || o.source)}</td></tr>`).join('')}</table>
-    <h2>Oxygen</h2><ul>${h.oxygen.map((o) => `<li>${fmtTime(o.at_ms)} ${esc(o.action)}${o.flow_l_min ? ` ${esc(o.flow_l_min)} L/min` : ''}</li>`).join('') || '<li>None</li>'}</ul>
-    <h2>Medications</h2><ul data-testid="handoff-meds">${h.medications.map((m) => `<li>${fmtTime(m.at_ms)} ${esc(m.medication === 'other' ? m.note : m.medication)}${m.dose != null ? ` ${esc(m.dose)} ${esc(m.dose_unit)}` : ''} ${esc(m.route || '')}</li>`).join('') || '<li>None recorded</li>'}</ul>
-    <p class="muted">${esc(h.readings)} readings · case opened ${fmtTime(h.opened_at_ms)} · status ${esc(h.status)}</p>
-    <p><a class="btn" href="#/case/${esc(id)}">Back to case</a> <button id="print">Print</button></p>`;
-  $('#print').addEventListener('click', () => print());
+  const fmt = S.handoffFormat && S.handoffFormat[id] || h.suggested;
+  const t = h.triage;
+  const blocks = (fmt === 'mist' ? h.mist : h.sbar).map((b) => `<section class="block"><h2><span class="letter">${esc(b.letter)}</span> ${esc(b.title)}</h2>
+    <ul>${b.lines.map((l) => `<li>${esc(l)}</li>`).join('')}</ul></section>`).join('');
+  const tr = h.transfer;
+  const handed = tr.to ? `Handed over by ${esc(tr.from.join(', ') || 'the crew')} to <strong>${esc(tr.to)}</strong>${tr.to_role ? ` (${esc(tr.to_role)})` : ''}${tr.at_ms ? ` at ${fmtTime(tr.at_ms)}` : ''}` : 'Not yet handed over';
+  view().innerHTML = `<div class="row"><h1 class="grow" data-testid="handoff-title">Handoff: ${esc(h.patient)}</h1>
+      <span class="pill" data-testid="handoff-status">${esc(h.status.replace('_', ' '))}</span></div>
+    <div class="first"><div class="card">${t ? `<div class="row"><span class="esi big l${t.esi}" data-testid="handoff-esi">${t.esi}</span><div><strong>ESI ${t.esi}</strong>${t.news2 != null ? `<br>NEWS2 ${t.news2}` : ''}</div></div>
+        <ul class="reasons" data-testid="handoff-reasons">${t.reasons.map((r) => `<li>${esc(r)}</li>`).join('')}</ul>${t.model_note ? `<p class="muted">${esc(t.model_note)}</p>` : ''}` : '<p>No triage yet</p>'}</div>
+      <div class="card"><p><strong>Complaint:</strong> ${esc(h.chief_complaint || '—')}</p>
+        <p class="allergies" data-testid="handoff-allergies"><strong>Allergies:</strong> ${esc(h.allergies)}</p>
+        ${h.alerts.length ? `<p class="alarm" data-testid="handoff-alerts">${esc(h.alerts.join(', '))}</p>` : ''}
+        <p><strong>Destination:</strong> ${esc(h.destination || '—')}${h.eta_ms ? ` · ETA ${fmtTime(h.eta_ms)}` : ''}</p></div></div>
+    <div class="row spaced"><span class="pill">Suggested: ${esc(h.suggested.toUpperCase())}</span>
+      <button type="button" data-fmt="mist" data-testid="handoff-mist" class="${fmt === 'mist' ? 'primary' : ''}">MIST (trauma)</button>
+      <button type="button" data-fmt="sbar" data-testid="handoff-sbar" class="${fmt === 'sbar' ? 'primary' : ''}">SBAR (medical)</button>
+      <button type="button" id="pdf" data-testid="handoff-pdf">Download PDF</button></div>
+    <div class="blocks" data-testid="handoff-blocks" data-format="${esc(fmt)}">${blocks}</div>
+    <h2>Vitals trend</h2><div data-testid="handoff-trend">${trendSvg(h.trend)}</div>
+    <h2>Times</h2><ul class="times-list" data-testid="handoff-times">${h.times.map((x) => `<li><strong>${fmtTime(x.at_ms)}</strong> ${esc(x.label)}</li>`).join('') || '<li>None recorded</li>'}</ul>
+    <h2>Transfer of care</h2><p data-testid="handoff-transfer">${handed}</p>
+    ${can('ClinicalWrite') && h.status !== 'closed' ? `<form id="xfer" class="card row" novalidate><input name="to" placeholder="Receiving clinician" data-testid="transfer-name" value="${esc(tr.to || '')}">
+      <input name="role" placeholder="Role (e.g. ED charge nurse)" data-testid="transfer-role" value="${esc(tr.to_role || '')}">
+      <button class="primary" type="submit" data-testid="transfer-submit">Record transfer of care</button><span class="err" data-testid="transfer-error"></span></form>` : ''}
+    <p><a class="btn" href="#/case/${esc(id)}">Back to case</a></p>`;
+  view().querySelectorAll('[data-fmt]').forEach((b) => b.addEventListener('click', () => {
+    S.handoffFormat = { ...(S.handoffFormat || {}), [id]: b.dataset.fmt };
+    handoffScreen(id).catch(showError);
+  }));
+  $('#pdf').addEventListener('click', () => downloadPdf(id, fmt).catch(showError));
+  const f = $('#xfer');
+  if (f) f.addEventListener('submit', (ev) => {
+    ev.preventDefault();
+    const to = f.querySelector('[name=to]').value.trim(), role = f.querySelector('[name=role]').value.trim();
+    if (!to) { f.querySelector('.err').textContent = 'Name the clinician who takes over care'; return; }
+    submitOnce(f, async (key) => {
+      await api('POST', `/api/v1/cases/${id}/transfer`, { receiving_clinician: to, receiving_role: role || null }, { key });
+      await handoffScreen(id);
+    });
+  });
+}
+
+// The PDF needs the session's token, so it is fetched and handed to the browser as a file.
+async function downloadPdf(id, fmt) {
+  const r = await fetch(`/api/v1/cases/${id}/handoff/pdf?format=${fmt}`, { headers: { Authorization: `Bearer ${S.token}`, 'Territory-Id': S.territory || '' } });
+  if (!r.ok) { const d = await r.json().catch(() => null); throw new HttpError(r.status, d); }
+  const url = URL.createObjectURL(await r.blob());
+  const a = document.createElement('a');
+  a.href = url;
+  a.download = `handoff-${id}.pdf`;
+  document.body.appendChild(a);
+  a.click();
+  a.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 60000);
 }
 
 async function auditScreen() {
