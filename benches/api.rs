@@ -19,6 +19,7 @@ use serde_json::{Value, json};
 #[path = "../tests/common/broker.rs"]
 mod broker;
 mod common;
+use common::https::{connect, json_req, request};
 use common::{bench_line, pct, quick};
 
 const EDGE: &str = env!("CARGO_BIN_EXE_hema3n-edge");
@@ -109,69 +110,6 @@ impl Daemon {
             _tmp: tmp,
         }
     }
-}
-
-type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
-
-/// One keep-alive HTTPS connection trusting `cert`.
-async fn connect(port: u16, tls: &tokio_rustls::TlsConnector) -> Sender {
-    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .unwrap();
-    tcp.set_nodelay(true).unwrap();
-    let name = tokio_rustls::rustls::pki_types::ServerName::try_from("localhost").unwrap();
-    let s = tls.connect(name, tcp).await.unwrap();
-    let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(s))
-        .await
-        .unwrap();
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    send
-}
-
-async fn request(
-    s: &mut Sender,
-    method: &str,
-    path: &str,
-    token: Option<&str>,
-    body: Option<Value>,
-) -> (u16, Bytes) {
-    let mut b = hyper::Request::builder()
-        .method(method)
-        .uri(path)
-        .header("host", "localhost")
-        .header("territory-id", "default");
-    if let Some(t) = token {
-        b = b.header("authorization", format!("Bearer {t}"));
-    }
-    let body = match body {
-        Some(v) => {
-            b = b.header("content-type", "application/json");
-            Full::new(Bytes::from(serde_json::to_vec(&v).unwrap()))
-        }
-        None => Full::new(Bytes::new()),
-    };
-    s.ready().await.unwrap();
-    let resp = s.send_request(b.body(body).unwrap()).await.unwrap();
-    let status = resp.status().as_u16();
-    (status, resp.into_body().collect().await.unwrap().to_bytes())
-}
-
-async fn json_req(
-    s: &mut Sender,
-    method: &str,
-    path: &str,
-    token: Option<&str>,
-    body: Option<Value>,
-) -> Value {
-    let (st, b) = request(s, method, path, token, body).await;
-    assert!(
-        (200..300).contains(&st),
-        "{method} {path}: {st} {}",
-        String::from_utf8_lossy(&b)
-    );
-    serde_json::from_slice(&b).unwrap_or(Value::Null)
 }
 
 /// `CLIENTS` clients loop over `paths` for `secs`: (requests/s, latencies).

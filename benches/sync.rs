@@ -1,7 +1,11 @@
 //! `scripts/bench.sh sync`: sealing and opening cost of a case bundle, and the outbox drain after
 //! reconnect — N queued envelopes published by the real daemon to a mosquitto on loopback, opened
 //! and stored by the real `hema3n-receiver`, each receipted and applied — next to the raw QoS 1
-//! publish throughput of envelopes of the same size to the same broker, measured in the same run.
+//! publish throughput of envelopes of the same size to the same broker, measured in the same run;
+//! the 1,320-reading case bundle against one Observation per reading (`BENCH bundle_fhir_kb`,
+//! `BENCH bundle_build_ms`); and pre-alert latency from a stored ESI 2 triage to the sealed
+//! envelope queued and to its receipt, against a raw publish → receive of the same size
+//! (`BENCH prealert_queue_p99_ms`, `BENCH prealert_receipt_p99_ms`).
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -136,7 +140,9 @@ fn main() {
         .unwrap_or(if quick() { 300 } else { 10_000 });
     let edge = env!("CARGO_BIN_EXE_hema3n-edge");
     let recv_bin = env!("CARGO_BIN_EXE_hema3n-receiver");
-    let broker = broker::Broker::start_with("allow_anonymous true\nmessage_size_limit 16777216\n");
+    let broker = broker::Broker::start_with(
+        "allow_anonymous true\nmessage_size_limit 16777216\nset_tcp_nodelay true\n",
+    );
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -165,11 +171,43 @@ fn main() {
         size = env.len();
         plain = body.len();
     }
+    // The same case with one Observation per reading (the format before compaction).
+    let individual = fhir::Extras {
+        series: fhir::Series::Individual,
+        ..Default::default()
+    };
+    let mut each_build = vec![];
+    let mut each_len = 0;
+    for _ in 0..iters.min(60) {
+        let t = Instant::now();
+        let body = serde_json::to_vec(&fhir::build_with(
+            &x,
+            "b",
+            fhir::Profile::Case,
+            1,
+            &individual,
+        ))
+        .unwrap();
+        each_build.push(t.elapsed());
+        each_len = body.len();
+    }
     let us = |d: Duration| d.as_secs_f64() * 1e6;
     println!(
-        "## sync: case bundle of {} readings, FHIR JSON {plain} B, envelope {size} B",
+        "## sync: case bundle of {} readings, FHIR JSON {plain} B (one Observation per reading: {each_len} B), envelope {size} B",
         x.readings.len()
     );
+    let (b_ms, each_ms) = (
+        pct(&mut build, 0.5).as_secs_f64() * 1e3,
+        pct(&mut each_build, 0.5).as_secs_f64() * 1e3,
+    );
+    // Baselines: the same case built one Observation per reading, in this run.
+    bench_line(
+        "bundle_fhir_kb",
+        plain as f64 / 1e3,
+        "kB",
+        each_len as f64 / 1e3,
+    );
+    bench_line("bundle_build_ms", b_ms, "ms", each_ms);
     println!(
         "FHIR build + serialise p50   {:>10.0} µs",
         us(pct(&mut build, 0.5))
@@ -252,11 +290,35 @@ fn main() {
     std::fs::write(
         adir.join("edge.d/50-bench.toml"),
         format!(
-            "[ingest]\nenabled = false\n[triage]\nenabled = false\n[sync]\ncloud_broker = \"{}\"\nallow_plaintext = true\ntelemetry_interval_secs = 0\nwindow = 512\n",
+            // Rules-only triage (no model: the levels follow the vitals) and the API for the
+            // pre-alert part; nothing else runs during the drain.
+            "[ingest]\nenabled = false\n[triage]\nmodel_dir = \"/nonexistent/hema3n-models\"\ndebounce_ms = 0\n[api]\nlisten = \"127.0.0.1:0\"\n[sync]\ncloud_broker = \"{}\"\nallow_plaintext = true\ntelemetry_interval_secs = 0\nwindow = 512\n",
             broker.url()
         ),
     )
     .unwrap();
+    {
+        let mut c = Command::new(edge)
+            .args([
+                "--config",
+                ac,
+                "users",
+                "add",
+                "medic1",
+                "--name",
+                "Bench",
+                "--role",
+                "paramedic",
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        writeln!(c.stdin.take().unwrap(), "{PIN}").unwrap();
+        assert!(c.wait().unwrap().success(), "users add");
+    }
     let (cfg, _) = Config::load(&acfg, true).unwrap();
     let keys = ReceiverKeys::load(&cfg).unwrap().unwrap();
     // The drain uses a typical short case (4 sets of vitals, ~40 KB of FHIR JSON).
@@ -294,10 +356,12 @@ fn main() {
     // Let the receiver subscribe before the backlog arrives (its first-ever subscription).
     std::thread::sleep(Duration::from_millis(500));
     let t = Instant::now();
+    let log = adir.join("daemon.log");
     let mut daemon = Command::new(edge)
         .args(["--config", ac, "run"])
-        .env("RUST_LOG", "warn")
-        .stderr(Stdio::null())
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
     let db = Db::open(
@@ -337,8 +401,158 @@ fn main() {
         cpu(daemon.id()),
         cpu(receiver.id())
     );
+
+    prealerts(&rt, &db, &adir, &log, broker.port);
+
     let _ = daemon.kill();
     let _ = daemon.wait();
     let _ = receiver.kill();
     let _ = receiver.wait();
+}
+
+const PIN: &str = "pin-7391";
+
+/// Pre-alert latency on the real daemon: a crew enters SpO2 91 % for a new case (ESI 2 by the
+/// rules); from the stored triage to the sealed pre-alert queued in the outbox (the audit
+/// entry written after sealing), and to the receiver's receipt applied. Against a raw QoS 1
+/// publish → subscriber delivery of a payload of the pre-alert envelope's size, same broker.
+fn prealerts(
+    rt: &tokio::runtime::Runtime,
+    db: &Db,
+    adir: &std::path::Path,
+    log: &std::path::Path,
+    broker_port: u16,
+) {
+    use common::https::{connect, json_req};
+    use serde_json::json;
+    let n = if quick() { 5 } else { 50 };
+    let port = broker::wait_api_port(log);
+    let cert = adir.join("keys/api-cert.pem");
+    let conn = db.raw_connection_for_tests();
+    let q = |sql: &str| -> i64 { conn.query_row(sql, [], |r| r.get(0)).unwrap() };
+    let mut cases = vec![];
+    rt.block_on(async {
+        let tls = tokio_rustls::TlsConnector::from(hema3n_edge::tls::client_config(&cert, None).unwrap());
+        let mut s = connect(port, &tls).await;
+        let login = json_req(&mut s, "POST", "/api/v1/auth/login", None, Some(json!({"user_id": "medic1", "secret": PIN}))).await;
+        let token = login["token"].as_str().unwrap().to_string();
+        for _ in 0..n {
+            let c = json_req(&mut s, "POST", "/api/v1/cases", Some(&token), Some(json!({"chief_complaint": "bench"}))).await;
+            let id = c["id"].as_str().unwrap().to_string();
+            json_req(&mut s, "POST", &format!("/api/v1/cases/{id}/vitals"), Some(&token),
+                Some(json!({"readings": [{"name": "spo2", "value": 91}]}))).await;
+            // One at a time: the latency of a pre-alert, not of a queue of them.
+            let t = Instant::now();
+            while q(&format!("SELECT count(*) FROM outbox WHERE case_id = '{id}' AND kind = 'prealert' AND state = 'receipted'")) == 0 {
+                assert!(t.elapsed() < Duration::from_secs(60), "pre-alert of {id} not receipted");
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            cases.push(id);
+        }
+    });
+    let (mut queued, mut receipted) = (vec![], vec![]);
+    for id in &cases {
+        let triaged = q(&format!(
+            "SELECT min(created_at) FROM triage_results WHERE case_id = '{id}' AND final_esi <= 2"
+        ));
+        let bid: String = conn
+            .query_row(&format!("SELECT bundle_id FROM outbox WHERE case_id = '{id}' AND kind = 'prealert' ORDER BY seq LIMIT 1"), [], |r| r.get(0))
+            .unwrap();
+        let sealed = q(&format!(
+            "SELECT ts FROM audit_log WHERE action = 'bundle.queue' AND resource = 'bundle/{bid}'"
+        ));
+        let receipt = q(&format!(
+            "SELECT receipted_at FROM outbox WHERE bundle_id = '{bid}'"
+        ));
+        queued.push(Duration::from_millis((sealed - triaged).max(0) as u64));
+        receipted.push(Duration::from_millis((receipt - triaged).max(0) as u64));
+    }
+    // Envelope size as sealed (receipted envelopes may already be purged after retention).
+    let details: String = conn
+        .query_row(
+            "SELECT details FROM audit_log WHERE action = 'bundle.seal' ORDER BY seq DESC LIMIT 1",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    let size = serde_json::from_str::<serde_json::Value>(&details).unwrap()["bytes"]
+        .as_u64()
+        .unwrap() as usize;
+    let mut raw = rt.block_on(raw_roundtrips(broker_port, n, size));
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    let raw_p99 = ms(pct(&mut raw, 0.99));
+    println!(
+        "## pre-alerts: {n} cases, envelope {size} B; raw publish → receive p50 {:.2} ms p99 {raw_p99:.2} ms",
+        ms(pct(&mut raw, 0.5))
+    );
+    println!(
+        "triage stored → pre-alert queued  p50 {:>6.1} ms",
+        ms(pct(&mut queued, 0.5))
+    );
+    println!(
+        "triage stored → receipt applied   p50 {:>6.1} ms",
+        ms(pct(&mut receipted, 0.5))
+    );
+    bench_line(
+        "prealert_queue_p99_ms",
+        ms(pct(&mut queued, 0.99)),
+        "ms",
+        raw_p99,
+    );
+    bench_line(
+        "prealert_receipt_p99_ms",
+        ms(pct(&mut receipted, 0.99)),
+        "ms",
+        raw_p99,
+    );
+}
+
+/// `n` QoS 1 publishes of `size` bytes, one at a time, each timed until a subscriber on the
+/// same broker has it.
+async fn raw_roundtrips(port: u16, n: usize, size: usize) -> Vec<Duration> {
+    let mut so = MqttOptions::new("bench-rt-sub", "127.0.0.1", port);
+    so.set_max_packet_size(1 << 24, 1 << 24);
+    let (sub, mut sev) = AsyncClient::new(so, 64);
+    sub.subscribe("bench/raw/rt", QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    loop {
+        if let Ok(Event::Incoming(Packet::SubAck(_))) = sev.poll().await {
+            break;
+        }
+    }
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            match sev.poll().await {
+                Ok(Event::Incoming(Packet::Publish(_))) => {
+                    if tx.send(Instant::now()).is_err() {
+                        return;
+                    }
+                }
+                Ok(_) => {}
+                Err(_) => return,
+            }
+        }
+    });
+    let mut po = MqttOptions::new("bench-rt-pub", "127.0.0.1", port);
+    po.set_max_packet_size(1 << 24, 1 << 24);
+    let (publ, mut pev) = AsyncClient::new(po, 64);
+    tokio::spawn(async move { while pev.poll().await.is_ok() {} });
+    let payload = vec![0x5a_u8; size];
+    let mut out = vec![];
+    // The first delivery sets up both sessions: not timed.
+    publ.publish("bench/raw/rt", QoS::AtLeastOnce, false, payload.clone())
+        .await
+        .unwrap();
+    rx.recv().await.unwrap();
+    for _ in 0..n {
+        let t = Instant::now();
+        publ.publish("bench/raw/rt", QoS::AtLeastOnce, false, payload.clone())
+            .await
+            .unwrap();
+        let got = rx.recv().await.unwrap();
+        out.push(got - t);
+    }
+    out
 }

@@ -61,6 +61,7 @@ persistence_location $DEMO/broker/
 max_inflight_messages 1000
 max_queued_messages 1000000
 message_size_limit 262144
+set_tcp_nodelay true
 $USER_LINE
 CONF
 log "starting mosquitto on 127.0.0.1:$PORT"
@@ -76,6 +77,7 @@ persistence true
 persistence_location $DEMO/cloud-broker/
 max_queued_messages 1000000
 message_size_limit 16777216
+set_tcp_nodelay true
 $USER_LINE
 CONF
 start_cloud() {

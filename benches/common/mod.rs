@@ -1,6 +1,8 @@
 //! Helpers shared by the benchmarks: output format and raw SQLite/SQLCipher baselines.
 #![allow(dead_code)]
 
+pub mod https;
+
 use std::time::{Duration, Instant};
 
 use rusqlite::Connection;

@@ -53,6 +53,12 @@ pub fn client(
         .set_manual_acks(true)
         .set_max_packet_size(Some(MAX_PACKET_BYTES))
         .set_connection_timeout(10);
+    // Envelopes, receipts and acks are small writes in quick succession: without TCP_NODELAY
+    // each one after the first waits for the peer's delayed ACK (~40 ms a hop), which made a
+    // pre-alert's receipt take ~80 ms on loopback.
+    let mut net = rumqttc::NetworkOptions::new();
+    net.set_tcp_nodelay(true);
+    o.set_network_options(net);
     if let Some(t) = tls {
         o.set_transport(Transport::Tls(TlsConfiguration::Rustls(t)));
     }

@@ -134,7 +134,7 @@ fn spawn(dir: &Path, port: u16, extra: &str) -> Child {
         format!(
             "listener {port} 127.0.0.1\npersistence true\npersistence_location {d}/\nlog_dest file {d}/mosquitto.log\n\
              log_type error\nlog_type warning\nlog_type notice\nlog_type information\nmax_inflight_messages 1000\nmax_queued_messages 1000000\n\
-             message_size_limit 262144\n{user}{extra}",
+             message_size_limit 262144\nset_tcp_nodelay true\n{user}{extra}",
             d = dir.display(),
             user = user_line()
         ),

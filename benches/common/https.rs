@@ -1,0 +1,72 @@
+//! An HTTPS client for the benchmarks that drive the daemon's tablet API (api, sync).
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper_util::rt::TokioIo;
+use serde_json::Value;
+
+/// The sending half of one HTTP/1.1 connection.
+pub type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
+
+/// One keep-alive HTTPS connection trusting `cert`.
+pub async fn connect(port: u16, tls: &tokio_rustls::TlsConnector) -> Sender {
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    tcp.set_nodelay(true).unwrap();
+    let name = tokio_rustls::rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let s = tls.connect(name, tcp).await.unwrap();
+    let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(s))
+        .await
+        .unwrap();
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    send
+}
+
+/// One request: status and body.
+pub async fn request(
+    s: &mut Sender,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<Value>,
+) -> (u16, Bytes) {
+    let mut b = hyper::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "localhost")
+        .header("territory-id", "default");
+    if let Some(t) = token {
+        b = b.header("authorization", format!("Bearer {t}"));
+    }
+    let body = match body {
+        Some(v) => {
+            b = b.header("content-type", "application/json");
+            Full::new(Bytes::from(serde_json::to_vec(&v).unwrap()))
+        }
+        None => Full::new(Bytes::new()),
+    };
+    s.ready().await.unwrap();
+    let resp = s.send_request(b.body(body).unwrap()).await.unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.into_body().collect().await.unwrap().to_bytes())
+}
+
+/// One request that must succeed: its JSON body.
+pub async fn json_req(
+    s: &mut Sender,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<Value>,
+) -> Value {
+    let (st, b) = request(s, method, path, token, body).await;
+    assert!(
+        (200..300).contains(&st),
+        "{method} {path}: {st} {}",
+        String::from_utf8_lossy(&b)
+    );
+    serde_json::from_slice(&b).unwrap_or(Value::Null)
+}
