@@ -415,14 +415,14 @@ async fn a_reading_dated_ahead_does_not_hide_later_ones() {
     let t = api.login("medic").await;
     let r = api.get(&t, &format!("/api/v1/cases/{case}/handoff")).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
-    let hr_latest: Vec<&serde_json::Value> = r.body["latest_vitals"]
+    let hr_latest: Vec<&serde_json::Value> = r.body["latest"]
         .as_array()
         .unwrap()
         .iter()
-        .filter(|o| o["name"] == "heart_rate" || o["code"] == "heart_rate")
+        .filter(|o| o["code"] == "heart_rate")
         .collect();
     assert_eq!(hr_latest.len(), 1, "{}", r.body);
-    assert_eq!(hr_latest[0]["value"], 180.0, "{}", r.body);
+    assert_eq!(hr_latest[0]["text"], "180/min", "{}", r.body);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
