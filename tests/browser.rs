@@ -246,5 +246,23 @@ fn crew_flow_in_chromium() {
         text.contains("Dr. R. Patel") && text.contains("ED attending"),
         "transfer of care missing from the carried PDF:\n{text}"
     );
+    // It states the triage reasons the bundle's RiskAssessment records (both built at close).
+    let reasons: Vec<String> = body["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| &e["resource"])
+        .filter(|r| r["resourceType"] == "RiskAssessment")
+        .flat_map(|r| r["note"].as_array().cloned().unwrap_or_default())
+        .filter_map(|n| n["text"].as_str().map(str::to_string))
+        .collect();
+    assert!(!reasons.is_empty(), "the triage has reasons");
+    for r in &reasons {
+        let head: String = r.chars().take(25).collect();
+        assert!(
+            text.contains(&head),
+            "reason `{r}` missing from the carried PDF:\n{text}"
+        );
+    }
     common::pdf_first_page_png(&carried, &shots.join("handoff-pdf.png"));
 }
