@@ -19,32 +19,13 @@ use serde_json::{Value, json};
 #[path = "../tests/common/broker.rs"]
 mod broker;
 mod common;
-use common::https::{connect, json_req, request};
-use common::{bench_line, pct, quick};
+#[path = "../tests/common/https.rs"]
+mod https;
+use common::{PIN, add_medic, bench_line, pct, quick, run};
+use https::{connect, json_req, request};
 
 const EDGE: &str = env!("CARGO_BIN_EXE_hema3n-edge");
-const PIN: &str = "pin-7391";
 const CLIENTS: usize = 50;
-
-fn run(args: &[&str], stdin: Option<&str>) -> String {
-    let mut c = Command::new(EDGE);
-    c.args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = c.spawn().unwrap();
-    if let Some(s) = stdin {
-        use std::io::Write;
-        writeln!(child.stdin.take().unwrap(), "{s}").unwrap();
-    }
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 /// A daemon in a temp dir; killed on drop.
 struct Daemon {
@@ -65,7 +46,7 @@ impl Daemon {
     fn start(dropin: &str) -> Daemon {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("state");
-        run(&["init", "--data-dir", dir.to_str().unwrap()], None);
+        run(EDGE, &["init", "--data-dir", dir.to_str().unwrap()], None);
         std::fs::create_dir_all(dir.join("edge.d")).unwrap();
         std::fs::write(
             dir.join("edge.d/50-bench.toml"),
@@ -78,21 +59,8 @@ impl Daemon {
         .unwrap();
         let cfg = dir.join("edge.toml");
         let c = cfg.to_str().unwrap();
-        run(
-            &[
-                "--config",
-                c,
-                "users",
-                "add",
-                "medic1",
-                "--name",
-                "Bench",
-                "--role",
-                "paramedic",
-            ],
-            Some(PIN),
-        );
-        run(&["--config", c, "devices", "add", "mon-1"], None);
+        add_medic(EDGE, c);
+        run(EDGE, &["--config", c, "devices", "add", "mon-1"], None);
         let log = dir.join("daemon.log");
         let child = Command::new(EDGE)
             .args(["--config", c, "run"])

@@ -22,7 +22,9 @@ use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 #[path = "../tests/common/broker.rs"]
 mod broker;
 mod common;
-use common::{bench_line, pct, quick};
+#[path = "../tests/common/https.rs"]
+mod https;
+use common::{PIN, add_medic, bench_line, pct, quick, run};
 
 /// A case of `samples` rounds of 11 vitals (120 rounds: a 30-minute transport at one set per 15 s).
 fn case(samples: i64) -> CaseExport {
@@ -123,16 +125,6 @@ async fn raw_publish(port: u16, n: usize, size: usize) -> f64 {
     n as f64 / t.elapsed().as_secs_f64()
 }
 
-fn run(bin: &str, args: &[&str]) -> String {
-    let out = Command::new(bin).args(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{bin} {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
 fn main() {
     let n = std::env::var("HEMA3N_SYNC_BENCH_N")
         .ok()
@@ -226,7 +218,7 @@ fn main() {
     // Drain: N queued envelopes, the daemon starts, the receiver receipts.
     let tmp = tempfile::tempdir().unwrap();
     let adir = tmp.path().join("edge");
-    run(edge, &["init", "--data-dir", adir.to_str().unwrap()]);
+    run(edge, &["init", "--data-dir", adir.to_str().unwrap()], None);
     let rdir = tmp.path().join("cloud");
     run(
         recv_bin,
@@ -237,6 +229,7 @@ fn main() {
             "--broker",
             &broker.url(),
         ],
+        None,
     );
     let rcfg = rdir.join("receiver.toml");
     let rc = rcfg.to_str().unwrap();
@@ -253,6 +246,7 @@ fn main() {
             "--out",
             pem.to_str().unwrap(),
         ],
+        None,
     );
     run(
         recv_bin,
@@ -264,6 +258,7 @@ fn main() {
             "hema3n-dev",
             pem.to_str().unwrap(),
         ],
+        None,
     );
     let pubf = tmp.path().join("rpub.toml");
     run(
@@ -275,6 +270,7 @@ fn main() {
             "--out",
             pubf.to_str().unwrap(),
         ],
+        None,
     );
     run(
         edge,
@@ -285,6 +281,7 @@ fn main() {
             "import-receiver",
             pubf.to_str().unwrap(),
         ],
+        None,
     );
     std::fs::create_dir_all(adir.join("edge.d")).unwrap();
     std::fs::write(
@@ -297,28 +294,7 @@ fn main() {
         ),
     )
     .unwrap();
-    {
-        let mut c = Command::new(edge)
-            .args([
-                "--config",
-                ac,
-                "users",
-                "add",
-                "medic1",
-                "--name",
-                "Bench",
-                "--role",
-                "paramedic",
-            ])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        use std::io::Write;
-        writeln!(c.stdin.take().unwrap(), "{PIN}").unwrap();
-        assert!(c.wait().unwrap().success(), "users add");
-    }
+    add_medic(edge, ac);
     let (cfg, _) = Config::load(&acfg, true).unwrap();
     let keys = ReceiverKeys::load(&cfg).unwrap().unwrap();
     // The drain uses a typical short case (4 sets of vitals, ~40 KB of FHIR JSON).
@@ -410,8 +386,6 @@ fn main() {
     let _ = receiver.wait();
 }
 
-const PIN: &str = "pin-7391";
-
 /// Pre-alert latency on the real daemon: a crew enters SpO2 91 % for a new case (ESI 2 by the
 /// rules); from the stored triage to the sealed pre-alert queued in the outbox (the audit
 /// entry written after sealing), and to the receiver's receipt applied. Against a raw QoS 1
@@ -423,7 +397,7 @@ fn prealerts(
     log: &std::path::Path,
     broker_port: u16,
 ) {
-    use common::https::{connect, json_req};
+    use https::{connect, json_req};
     use serde_json::json;
     let n = if quick() { 5 } else { 50 };
     let port = broker::wait_api_port(log);

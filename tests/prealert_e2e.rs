@@ -11,9 +11,6 @@ use common::Appliance;
 use common::broker::{Broker, wait_for};
 use common::cloud::{Pki, Receiver, enable_sync, fhir_validate};
 use hema3n_edge::model::{Actor, Role};
-use http_body_util::{BodyExt, Full};
-use hyper::body::Bytes;
-use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 use tokio_rustls::TlsConnector;
 
@@ -26,34 +23,11 @@ struct Client {
 }
 
 impl Client {
+    /// One request on a fresh connection: status and JSON body (`null` when there is none).
     async fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", self.port))
-            .await
-            .unwrap();
-        let name = tokio_rustls::rustls::pki_types::ServerName::try_from("localhost").unwrap();
-        let io = self.tls.connect(name, tcp).await.unwrap();
-        let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
-            .await
-            .unwrap();
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        let mut b = hyper::Request::builder()
-            .method(method)
-            .uri(path)
-            .header("host", "localhost")
-            .header("content-type", "application/json")
-            .header("territory-id", "default");
-        if let Some(t) = &self.token {
-            b = b.header("authorization", format!("Bearer {t}"));
-        }
-        let body = body.map(|b| b.to_string()).unwrap_or_default();
-        let resp = send
-            .send_request(b.body(Full::new(Bytes::from(body))).unwrap())
-            .await
-            .unwrap();
-        let status = resp.status().as_u16();
-        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        let mut s = common::https::connect(self.port, &self.tls).await;
+        let (status, bytes) =
+            common::https::request(&mut s, method, path, self.token.as_deref(), body).await;
         (
             status,
             serde_json::from_slice(&bytes).unwrap_or(Value::Null),

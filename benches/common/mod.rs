@@ -1,8 +1,6 @@
 //! Helpers shared by the benchmarks: output format and raw SQLite/SQLCipher baselines.
 #![allow(dead_code)]
 
-pub mod https;
-
 use std::time::{Duration, Instant};
 
 use rusqlite::Connection;
@@ -18,6 +16,51 @@ pub fn bench_line(name: &str, value: f64, unit: &str, baseline: f64) {
     println!(
         "BENCH {name} value={value:.3} unit={unit} baseline={baseline:.3} ratio={:.3}",
         value / baseline
+    );
+}
+
+/// Runs `bin` with `args` (and `stdin` as one line of input), asserting success; its stdout.
+pub fn run(bin: &str, args: &[&str], stdin: Option<&str>) -> String {
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(bin)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    if let Some(s) = stdin {
+        use std::io::Write;
+        writeln!(child.stdin.take().unwrap(), "{s}").unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{bin} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The PIN of the paramedic the benchmarks log in as.
+pub const PIN: &str = "pin-7391";
+
+/// Adds the paramedic `medic1` (PIN [`PIN`]) to the appliance configured at `config`.
+pub fn add_medic(bin: &str, config: &str) {
+    run(
+        bin,
+        &[
+            "--config",
+            config,
+            "users",
+            "add",
+            "medic1",
+            "--name",
+            "Bench",
+            "--role",
+            "paramedic",
+        ],
+        Some(PIN),
     );
 }
 

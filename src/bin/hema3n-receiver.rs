@@ -226,18 +226,29 @@ fn run(cli: Cli) -> Result<(), ReceiverError> {
             use hema3n_edge::receiver::prealerts::{chains, describe};
             let cfg = load(&cli.config)?;
             let db = open_db(&cfg)?;
-            let mut seen = i64::MIN;
+            // Every row read once; each round reads only what arrived since (the same
+            // millisecond again, as a batch may land in it after the last read).
+            let mut all: Vec<hema3n_edge::storage::receiver::PrealertRow> = vec![];
+            let mut known = std::collections::HashSet::new();
+            let mut since = i64::MIN;
             loop {
-                let fresh = db.prealerts(seen)?;
-                if let Some(m) = fresh.iter().map(|r| r.received_at_ms).max() {
-                    seen = m;
-                }
+                let fresh: Vec<_> = db
+                    .prealerts(since.saturating_sub(1))?
+                    .into_iter()
+                    .filter(|r| known.insert((r.appliance_id.clone(), r.bundle_id.clone())))
+                    .collect();
+                since = fresh
+                    .iter()
+                    .map(|r| r.received_at_ms)
+                    .max()
+                    .unwrap_or(since);
                 // Whole chains of the cases that changed (or of every case, the first time).
                 let cases: Vec<(String, String)> = fresh
                     .iter()
                     .map(|r| (r.appliance_id.clone(), r.summary.case_id.clone()))
                     .collect();
-                for c in chains(db.prealerts(i64::MIN)?) {
+                all.extend(fresh);
+                for c in chains(all.clone()) {
                     if !cases.contains(&(c.appliance_id.clone(), c.case_id.clone())) {
                         continue;
                     }

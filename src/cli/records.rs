@@ -202,19 +202,16 @@ pub fn cases_handoff_pdf(
         })?),
     };
     let mut db = open_db(cfg)?;
-    let what = format!(
-        "handoff-pdf-{}",
-        format.map(|f| f.as_str()).unwrap_or("suggested")
-    );
-    let x = db.disclose_case(&Actor::cli(), case, &what)?;
-    let now = crate::model::now_ms();
-    let h = crate::handoff::build(&x, now);
-    let pdf = crate::handoff::pdf::render(&h, format.unwrap_or(h.suggested), now).map_err(|e| {
-        Failure {
+    let x = db.disclose_case(
+        &Actor::cli(),
+        case,
+        &crate::handoff::pdf::disclosure(format),
+    )?;
+    let pdf =
+        crate::handoff::pdf::document(&x, format, crate::model::now_ms()).map_err(|e| Failure {
             code: 1,
             error: anyhow::anyhow!("the handoff document could not be rendered: {e}"),
-        }
-    })?;
+        })?;
     write_out(Some(out), &pdf)?;
     Ok(0)
 }

@@ -397,6 +397,25 @@ fn chart(l: &mut Layout, h: &Handoff) {
     l.y = y0 + legend + 16.0;
 }
 
+/// The handoff document of a case as of `now_ms`: in `format`, or the structure the record
+/// suggests (what the tablet, the CLI and the case bundle hand out).
+pub fn document(
+    x: &crate::model::CaseExport,
+    format: Option<Format>,
+    now_ms: i64,
+) -> Result<Vec<u8>, String> {
+    let h = super::build(x, now_ms);
+    render(&h, format.unwrap_or(h.suggested), now_ms)
+}
+
+/// What a disclosure of the document is audited as (`handoff-pdf-mist`, `…-suggested`).
+pub fn disclosure(format: Option<Format>) -> String {
+    format!(
+        "handoff-pdf-{}",
+        format.map(Format::as_str).unwrap_or("suggested")
+    )
+}
+
 /// The handoff as a PDF document (fonts embedded and subset).
 pub fn render(h: &Handoff, format: Format, now_ms: i64) -> Result<Vec<u8>, String> {
     let regular = Font::new(dejavu::sans::regular().into(), 0).ok_or("embedded font")?;

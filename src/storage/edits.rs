@@ -249,7 +249,7 @@ impl Db {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         self.st.live_case(&tx, case_id)?;
-        let x = super::outbox::case_export(&mut self.st, &tx, case_id, false)?;
+        let x = super::outbox::case_export(&mut self.st, &tx, case_id)?;
         let ev = AuditEvent::new(actor, action, format!("case/{case_id}"), Outcome::Success)
             .territory(&x.territory)
             .details(details);

@@ -2,7 +2,7 @@
 //! disposition and times sections and the case moved to `handed_off`, all in one transaction;
 //! and the case as the handoff screen reads it (audited as `case.handoff`).
 
-use rusqlite::TransactionBehavior;
+use rusqlite::{OptionalExtension, TransactionBehavior};
 use serde_json::json;
 
 use super::record::{EntryWritten, section_change, write_in};
@@ -55,17 +55,18 @@ impl Db {
             Section::Times.as_str(),
             section_change(Section::Times, &times),
         )?;
-        let (territory, _) = self.st.live_case(&tx, case_id)?;
-        let n = tx.execute(
-            "UPDATE cases SET status = 'handed_off', version = version + 1 \
-             WHERE id = ?1 AND status IN ('open', 'handed_off')",
-            [case_id],
-        )?;
-        if n == 0 {
-            return Err(StoreError::CaseClosed {
+        // The writes above checked the case is live and not closed.
+        let territory: String = tx
+            .query_row(
+                "UPDATE cases SET status = 'handed_off', version = version + 1 \
+                 WHERE id = ?1 AND status IN ('open', 'handed_off') RETURNING territory",
+                [case_id],
+                |r| r.get(0),
+            )
+            .optional()?
+            .ok_or_else(|| StoreError::CaseClosed {
                 case_id: case_id.into(),
-            });
-        }
+            })?;
         let ev = AuditEvent::new(
             actor,
             "case.transfer",

@@ -161,7 +161,16 @@ impl Db {
                 id: case_id.to_string(),
             });
         }
-        let export = case_export(&mut self.st, &tx, case_id, true)?;
+        let export = case_export(&mut self.st, &tx, case_id)?;
+        let ev = AuditEvent::new(
+            &Actor::system(),
+            "case.export",
+            format!("case/{case_id}"),
+            Outcome::Success,
+        )
+        .territory(&export.territory)
+        .details(serde_json::json!({ "readings": export.readings.len() }));
+        audit::append(&tx, &self.st, &ev, now_ms())?;
         let slot = next_slot(&tx, kind)?;
         let env = seal(&export, &slot, &self.st.keys.signing).map_err(|why| StoreError::Seal {
             kind: kind.as_str(),
@@ -465,14 +474,12 @@ impl Db {
     }
 }
 
-/// Everything a bundle carries, decrypted, inside `tx`. With `audit_as_export` the gathering
-/// is audited as the system's `case.export` (bundles); otherwise the caller audits what it does
-/// with it (a disclosure, a handoff read).
+/// Everything a bundle carries, decrypted, inside `tx` (the caller audits what it does with
+/// it: a bundle, a disclosure, a handoff read).
 pub(super) fn case_export(
     st: &mut State,
     tx: &rusqlite::Connection,
     case_id: &str,
-    audit_as_export: bool,
 ) -> Result<CaseExport> {
     let (case, dk_id) = st.read_case(tx, case_id)?;
     let dk = st.data_key(tx, dk_id, "case", case_id)?;
@@ -537,17 +544,6 @@ pub(super) fn case_export(
             },
         )
         .optional()?;
-    if audit_as_export {
-        let ev = AuditEvent::new(
-            &Actor::system(),
-            "case.export",
-            format!("case/{case_id}"),
-            Outcome::Success,
-        )
-        .territory(&case.territory)
-        .details(serde_json::json!({ "readings": readings.len() }));
-        audit::append(tx, st, &ev, now_ms())?;
-    }
     Ok(CaseExport {
         appliance_id: st.appliance_id.clone(),
         case_id: case_id.into(),

@@ -163,12 +163,7 @@ fn sampled_observation(
         "avpu" => ("ACVPU level (0 A, 1 C, 2 V, 3 P, 4 U)", "{ACVPU}"),
         n => ucum(n),
     };
-    let last = run.readings[run.readings.len() - 1];
-    let fields = super::fhir_series::period_fields(run);
-    o["effectivePeriod"] = fields["effectivePeriod"].clone();
-    o["extension"] = fields["extension"].clone();
-    o["issued"] = json!(iso8601_ms(last.recv_time_ms));
-    o["valueSampledData"] = super::fhir_series::sampled(run, unit, code);
+    super::fhir_series::fill(&mut o, run, unit, code);
     Some((id, o))
 }
 

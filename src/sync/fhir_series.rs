@@ -122,22 +122,22 @@ fn longest_run<'a>(s: &[&'a Observation]) -> Vec<&'a Observation> {
     out
 }
 
-/// The SampledData fields of `run` for a vital measured in `(unit, ucum code)`.
-pub fn sampled(run: &Run<'_>, unit: &str, code: &str) -> Value {
-    json!({
+/// Sets what a SampledData Observation of `run` says on `o` (a vital measured in
+/// `(unit, ucum code)`): the period it covers, the arrival offsets, the arrival of its last
+/// sample and the samples.
+pub fn fill(o: &mut Value, run: &Run<'_>, unit: &str, code: &str) {
+    o["effectivePeriod"] =
+        json!({ "start": iso8601_ms(run.start_ms()), "end": iso8601_ms(run.end_ms()) });
+    o["extension"] = json!([{ "url": EXT_ARRIVAL, "valueString": run.arrival_offsets() }]);
+    o["issued"] = json!(iso8601_ms(
+        run.readings[run.readings.len() - 1].recv_time_ms
+    ));
+    o["valueSampledData"] = json!({
         "origin": { "value": 0, "unit": unit, "system": "http://unitsofmeasure.org", "code": code },
         "period": run.period_ms,
         "dimensions": 1,
         "data": run.data(),
-    })
-}
-
-/// The time fields of a SampledData Observation for `run`.
-pub fn period_fields(run: &Run<'_>) -> Value {
-    json!({
-        "effectivePeriod": { "start": iso8601_ms(run.start_ms()), "end": iso8601_ms(run.end_ms()) },
-        "extension": [{ "url": EXT_ARRIVAL, "valueString": run.arrival_offsets() }],
-    })
+    });
 }
 
 /// One reading as rebuilt from a bundle (ids are local to the appliance and not exported).
@@ -165,13 +165,21 @@ pub fn readings_from_bundle(bundle: &Value) -> Result<Vec<Rebuilt>, String> {
         .iter()
         .map(|e| &e["resource"])
         .collect();
+    // Device identifiers by the reference a vital uses, looked up once.
+    let devices: std::collections::HashMap<String, &str> = resources
+        .iter()
+        .filter(|x| x["resourceType"] == "Device")
+        .filter_map(|d| {
+            Some((
+                format!("urn:uuid:{}", d["id"].as_str()?),
+                d["identifier"][0]["value"].as_str()?,
+            ))
+        })
+        .collect();
     let device_of = |r: &Value| -> Option<String> {
-        let url = r["device"]["reference"].as_str()?;
-        let d = resources.iter().find(|x| {
-            x["resourceType"] == "Device"
-                && format!("urn:uuid:{}", x["id"].as_str().unwrap_or("")) == url
-        })?;
-        d["identifier"][0]["value"].as_str().map(str::to_string)
+        devices
+            .get(r["device"]["reference"].as_str()?)
+            .map(|d| d.to_string())
     };
     let mut out = vec![];
     for r in &resources {

@@ -39,8 +39,7 @@ fn seal_case(
             if let Err(e) = &doc {
                 tracing::warn!(case_id = %export.case_id, missing = ?e.missing, "no NEMSIS document in the case bundle: the record is incomplete");
             }
-            let handoff = crate::handoff::build(export, slot.created_at_ms);
-            let pdf = crate::handoff::pdf::render(&handoff, handoff.suggested, slot.created_at_ms)
+            let pdf = crate::handoff::pdf::document(export, None, slot.created_at_ms)
                 .inspect_err(|e| {
                     tracing::error!(case_id = %export.case_id, error = %e, "handoff PDF not rendered; the bundle goes without it");
                 })

@@ -164,6 +164,7 @@ pub fn contains(hay: &[u8], needle: &[u8]) -> bool {
 pub mod api;
 pub mod broker;
 pub mod cloud;
+pub mod https;
 pub mod mqtt;
 pub mod record;
 pub mod schema;

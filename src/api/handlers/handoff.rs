@@ -66,16 +66,13 @@ pub async fn handoff_pdf(
     };
     in_territory(&st, &c, "case", &id).await?;
     let a = c.actor.clone();
-    let fmt = format.map(Format::as_str).unwrap_or("suggested");
-    let what = format!("handoff-pdf-{fmt}");
+    let what = handoff::pdf::disclosure(format);
     let mut x = st
         .store
         .call(move |db| db.disclose_case(&a, &id, &what))
         .await?;
     minimum_necessary(&c, &mut x);
-    let now = st.clock.now_ms();
-    let h = handoff::build(&x, now);
-    let pdf = handoff::pdf::render(&h, format.unwrap_or(h.suggested), now).map_err(|e| {
+    let pdf = handoff::pdf::document(&x, format, st.clock.now_ms()).map_err(|e| {
         tracing::error!(error = %e, "the handoff document could not be rendered");
         ApiError::internal()
     })?;

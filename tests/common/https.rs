@@ -1,4 +1,4 @@
-//! An HTTPS client for the benchmarks that drive the daemon's tablet API (api, sync).
+//! An HTTPS client for the tests and benchmarks that drive the real daemon's tablet API.
 
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
