@@ -70,17 +70,24 @@ pub(crate) fn open_keyed(
         path: path.to_path_buf(),
         detail: e.to_string(),
     })?;
-    let cipher: Option<String> = conn
-        .query_row("PRAGMA cipher_version", [], |r| r.get(0))
-        .ok();
-    if cipher.as_deref().unwrap_or("").is_empty() {
-        return Err(StoreError::NoCipher);
+    // Keying sets up SQLCipher's crypto provider (OpenSSL); two threads doing it at once made
+    // `PRAGMA key` fail once in a test run ("An error occurred with PRAGMA key or rekey").
+    // Opening is rare (start-up, the CLI, tests), so keying is serialised per process.
+    static KEYING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    {
+        let _one_at_a_time = KEYING.lock().unwrap_or_else(|p| p.into_inner());
+        let cipher: Option<String> = conn
+            .query_row("PRAGMA cipher_version", [], |r| r.get(0))
+            .ok();
+        if cipher.as_deref().unwrap_or("").is_empty() {
+            return Err(StoreError::NoCipher);
+        }
+        let key_sql = zeroize::Zeroizing::new(format!(
+            "PRAGMA key = \"x'{}'\";",
+            hex::encode(key.as_ref())
+        ));
+        conn.execute_batch(&key_sql)?;
     }
-    let key_sql = zeroize::Zeroizing::new(format!(
-        "PRAGMA key = \"x'{}'\";",
-        hex::encode(key.as_ref())
-    ));
-    conn.execute_batch(&key_sql)?;
     let db_key_id = db_key_fingerprint(key);
     let sidecar = keyid_path(path);
     let recorded = std::fs::read_to_string(&sidecar)
