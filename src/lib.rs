@@ -12,6 +12,8 @@
 //! - [`ingest`]: field devices over MQTT (Contract A).
 //! - [`triage`]: rules engine and the ONNX model (the only user of `ort`).
 //! - [`sync`]: FHIR bundles, the sealer, the forwarder state machine (Contract C).
+//! - [`media`]: attachment content by its bytes: type, completeness, metadata stripping, the
+//!   DICOM PHI split (the only user of `dicom-*`), thumbnails.
 //! - [`handoff`]: the hospital handoff (MIST/SBAR) and its PDF (the only user of `krilla`).
 //! - [`receiver`]: the cloud receiver behind `hema3n-receiver`.
 //! - [`api`]: the crew tablet's HTTPS API and UI (the only user of `axum` and `hyper`).
@@ -34,6 +36,7 @@ pub mod events;
 pub mod handoff;
 pub mod host;
 pub mod ingest;
+pub mod media;
 pub mod model;
 pub mod receiver;
 pub mod report;

@@ -21,6 +21,9 @@ struct Fx {
     entry_void: String,
     /// A manual reading of `case`.
     reading: i64,
+    /// A stored photo of `case`, and one whose upload is under way (1 MiB announced).
+    photo: String,
+    upload: String,
 }
 
 async fn fixtures(api: &Api) -> Fx {
@@ -88,7 +91,23 @@ async fn fixtures(api: &Api) -> Fx {
         )
         .await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let a = api
+        .attach(&t, &case, "scene_photo", &common::png_image(64, 48), 4096)
+        .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    assert_eq!(a.body["state"], "stored", "{}", a.body);
+    let photo = a.body["id"].as_str().unwrap().to_string();
+    let u = api
+        .post(
+            &t,
+            &format!("/api/v1/cases/{case}/attachments"),
+            Some(json!({"kind": "wound", "size": 1 << 20})),
+        )
+        .await;
+    assert_eq!(u.status, StatusCode::CREATED, "{}", u.body);
     Fx {
+        photo,
+        upload: u.body["id"].as_str().unwrap().to_string(),
         patient,
         case,
         north_case: n.body["id"].as_str().unwrap().to_string(),
@@ -154,6 +173,20 @@ const EXPECTED: &[(&str, &str, &str)] = &[
     ("GET", "/api/v1/cases/{id}/stream", "PEV"),
     ("GET", "/api/v1/cases/{id}/handoff", "PEV"),
     ("GET", "/api/v1/cases/{id}/handoff/pdf", "PEV"),
+    ("GET", "/api/v1/cases/{id}/attachments", "PEV"),
+    ("POST", "/api/v1/cases/{id}/attachments", "PE"),
+    ("GET", "/api/v1/cases/{id}/attachments/{aid}", "PEV"),
+    (
+        "PATCH",
+        "/api/v1/cases/{id}/attachments/{aid}/content",
+        "PE",
+    ),
+    ("GET", "/api/v1/cases/{id}/attachments/{aid}/content", "PEV"),
+    (
+        "GET",
+        "/api/v1/cases/{id}/attachments/{aid}/thumbnail",
+        "PEV",
+    ),
     ("POST", "/api/v1/cases/{id}/transfer", "PE"),
     ("POST", "/api/v1/cases/{id}/close", "PE"),
     ("GET", "/api/v1/devices", "PEA"),
@@ -199,7 +232,15 @@ fn request(method: &str, path: &str, fx: &Fx) -> (String, Option<Value>) {
         .replace("{device_id}", "mon-1")
         .replace("{entry_id}", entry)
         .replace("{reading_id}", &fx.reading.to_string())
-        .replace("{form}", "narrative");
+        .replace("{form}", "narrative")
+        .replace(
+            "{aid}",
+            if method == "PATCH" {
+                &fx.upload
+            } else {
+                &fx.photo
+            },
+        );
     if method == "GET" && p == "/api/v1/patients" {
         p.push_str("?last_name=Lee");
     }
@@ -212,6 +253,9 @@ fn request(method: &str, path: &str, fx: &Fx) -> (String, Option<Value>) {
             Some(json!({"last_name": "Lee"}))
         }
         ("POST", "/api/v1/cases") => Some(json!({"chief_complaint": "dyspnoea"})),
+        ("POST", "/api/v1/cases/{id}/attachments") => {
+            Some(json!({"kind": "ecg", "caption": "12-lead", "size": 1000}))
+        }
         ("POST", "/api/v1/cases/{id}/devices") => Some(json!({"device_id": "mon-2"})),
         ("POST", "/api/v1/cases/{id}/vitals") => {
             Some(json!({"readings": [{"name": "heart_rate", "value": 88}]}))
@@ -282,6 +326,43 @@ async fn call_route(
     token: &str,
     body: Option<Value>,
 ) -> common::api::Reply {
+    if method == "PATCH" && path.ends_with("/content") {
+        // The next piece of the fixture upload: a PNG's first bytes, then anything.
+        let aid = p.split('/').nth(6).unwrap().to_string();
+        let received = api
+            .st
+            .store
+            .call(move |db| {
+                Ok(db
+                    .raw_connection_for_tests()
+                    .query_row(
+                        "SELECT received FROM attachments WHERE id = ?1",
+                        [&aid],
+                        |r| r.get::<_, i64>(0),
+                    )
+                    .unwrap())
+            })
+            .await
+            .unwrap();
+        let piece = if received == 0 {
+            common::png_image(32, 32)[..200].to_vec()
+        } else {
+            vec![7u8; 100]
+        };
+        let off = received.to_string();
+        return api
+            .send_bytes(
+                method,
+                p,
+                token,
+                piece,
+                &[
+                    ("content-type", "application/offset+octet-stream"),
+                    ("upload-offset", &off),
+                ],
+            )
+            .await;
+    }
     let headers: &[(&str, &str)] = if path.ends_with("/record/entries/{entry_id}") {
         &[("if-match", "\"1\"")]
     } else {
@@ -853,6 +934,36 @@ async fn each_phi_route_adds_exactly_its_audit_entries() {
             vec!["case.disclose"],
         ),
         (
+            "GET",
+            format!("/api/v1/cases/{c}/attachments"),
+            None,
+            vec!["attachment.list"],
+        ),
+        (
+            "GET",
+            format!("/api/v1/cases/{c}/attachments/{}", fx.photo),
+            None,
+            vec!["attachment.read"],
+        ),
+        (
+            "GET",
+            format!("/api/v1/cases/{c}/attachments/{}/content", fx.photo),
+            None,
+            vec!["attachment.view"],
+        ),
+        (
+            "GET",
+            format!("/api/v1/cases/{c}/attachments/{}/thumbnail", fx.photo),
+            None,
+            vec!["attachment.view"],
+        ),
+        (
+            "POST",
+            format!("/api/v1/cases/{c}/attachments"),
+            Some(json!({"kind": "other", "size": 10})),
+            vec!["attachment.create"],
+        ),
+        (
             "POST",
             format!("/api/v1/cases/{c}/transfer"),
             Some(json!({"receiving_clinician": "Dr Ada Grey"})),
@@ -880,7 +991,7 @@ async fn each_phi_route_adds_exactly_its_audit_entries() {
     }
     // The route table marks exactly these routes as PHI.
     let phi: Vec<&str> = ROUTES.iter().filter(|r| r.phi).map(|r| r.path).collect();
-    assert_eq!(phi.len(), 39, "{phi:?}");
+    assert_eq!(phi.len(), 45, "{phi:?}");
     // A failed read is audited too.
     let before = api.audit_head().await;
     let r = api
@@ -1119,7 +1230,9 @@ async fn every_reply_matches_its_documented_schema() {
             Reply::Json(s) => (StatusCode::OK, Some(s)),
             Reply::Created(s) => (StatusCode::CREATED, Some(s)),
             Reply::NoContent => (StatusCode::NO_CONTENT, None),
-            Reply::Text | Reply::EventStream | Reply::Xml | Reply::Pdf => (StatusCode::OK, None),
+            Reply::Text | Reply::EventStream | Reply::Xml | Reply::Pdf | Reply::File => {
+                (StatusCode::OK, None)
+            }
         };
         assert_eq!(r.status, status, "{method} {p} as {user}: {}", r.body);
         let op = &doc["paths"][path][method.to_lowercase()]["responses"];

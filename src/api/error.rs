@@ -177,6 +177,29 @@ impl From<StoreError> for ApiError {
             | StoreError::KeyInUse { .. } => {
                 ApiError::new(StatusCode::CONFLICT, Code::ValidationError, e.to_string())
             }
+            StoreError::Media(m) => {
+                let status = match m {
+                    crate::media::MediaError::Unsupported { .. }
+                    | crate::media::MediaError::DicomNoPreamble => {
+                        StatusCode::UNSUPPORTED_MEDIA_TYPE
+                    }
+                    _ => StatusCode::UNPROCESSABLE_ENTITY,
+                };
+                ApiError::new(status, Code::ValidationError, m.to_string())
+                    .details(json!({ "reason": m.code() }))
+            }
+            StoreError::AttachmentTooLarge { .. } => ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                Code::PayloadTooLarge,
+                e.to_string(),
+            ),
+            StoreError::UploadOffset { expected, .. } => {
+                ApiError::new(StatusCode::CONFLICT, Code::ValidationError, e.to_string())
+                    .details(json!({ "received": expected }))
+            }
+            StoreError::AttachmentState { .. } => {
+                ApiError::new(StatusCode::CONFLICT, Code::ValidationError, e.to_string())
+            }
             StoreError::InvalidRecord(f) => {
                 ApiError::validation(f.to_string()).details(json!({ "field": f.field }))
             }
@@ -193,6 +216,7 @@ impl From<StoreError> for ApiError {
                 e.to_string(),
             ),
             StoreError::Crypto(_)
+            | StoreError::AttachmentTruncated { .. }
             | StoreError::KeyVersionMissing { .. }
             | StoreError::NoTerritoryKey { .. } => {
                 tracing::error!(error = %crate::report::Chain(&e), "encryption error serving an API request");

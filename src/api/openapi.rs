@@ -260,6 +260,11 @@ fn record_request_schemas() -> Value {
             "receiving_clinician": record_text(200),
             "receiving_role": record_text(200), "at_ms": t,
         }), &["receiving_clinician"]),
+        "AttachmentCreate": s(json!({
+            "kind": names(crate::model::AttachmentKind::ALL, crate::model::AttachmentKind::as_str),
+            "caption": record_text(500), "filename": record_text(500),
+            "size": { "type": "integer", "minimum": 1 },
+        }), &["kind", "size"]),
         "NarrativePatch": s(json!({ "text": record_text(rec::MAX_NARRATIVE) }), &[]),
         "Spo2ScalePatch": s(json!({ "scale2": b, "reason": text }), &[]),
         "EventCorrection": { "anyOf": [r("OxygenEvent"), r("ProcedureEvent"), r("MedicationEvent"), r("AssessmentEvent")] },
@@ -386,10 +391,28 @@ fn reply_schemas() -> Value {
         "Drafts": s(json!({ "drafts": { "type": "array", "items": s(json!({ "form": text, "saved_at_ms": int, "body": { "type": "object" } })) } })),
         "VoidedReading": s(json!({ "id": int, "name": text, "value": num, "t_ms": int, "voided_at_ms": int, "voided_by": text, "reason": text })),
     });
+    // Attachments (a separate literal: one json! of every schema exceeds the macro's depth).
+    let mut item = json!({
+        "id": text, "case_id": text,
+        "kind": { "enum": crate::model::AttachmentKind::ALL.iter().map(|k| k.as_str()).collect::<Vec<_>>() },
+        "state": { "enum": ["uploading", "stored"] }, "caption": ntext, "filename": ntext,
+        "size": int, "received": int,
+        "media_type": { "enum": [null, "image/jpeg", "image/png", "application/pdf", "application/dicom"] },
+        "sha256": ntext, "orientation": nint, "width": nint, "height": nint, "has_thumbnail": boolean,
+        "stripped": texts, "created_at_ms": int, "created_by": text, "stored_at_ms": nint,
+        "sync": { "enum": [null, "pending", "receipted"] },
+    });
+    let list_item = s(item.clone());
+    item["piece_bytes"] = int.clone();
+    let attachment_part = json!({
+        "Attachment": s(item),
+        "AttachmentList": s(json!({ "attachments": { "type": "array", "items": list_item } })),
+    });
     for (k, v) in record
         .as_object()
         .into_iter()
         .chain(handoff_part.as_object())
+        .chain(attachment_part.as_object())
         .flatten()
     {
         out.as_object_mut()
@@ -492,8 +515,20 @@ pub fn document() -> Value {
         if r.access != Access::Public {
             params.push(json!({ "name": "Territory-Id", "in": "header", "required": true, "schema": ident() }));
         }
+        if r.body == Some("AttachmentPiece") {
+            params.push(json!({
+                "name": "Upload-Offset", "in": "header", "required": true,
+                "schema": { "type": "integer", "minimum": 0 },
+                "description": "Bytes of the file stored so far (`received`); another offset answers 409 with the right one",
+            }));
+        }
         op.insert("parameters".into(), Value::Array(params));
-        if let Some(b) = r.body {
+        if r.body == Some("AttachmentPiece") {
+            op.insert(
+                "requestBody".into(),
+                json!({ "required": true, "content": { "application/offset+octet-stream": { "schema": { "type": "string", "format": "binary" } } } }),
+            );
+        } else if let Some(b) = r.body {
             op.insert(
                 "requestBody".into(),
                 json!({ "required": true, "content": { "application/json": { "schema": { "$ref": format!("#/components/schemas/{b}") } } } }),
@@ -522,6 +557,14 @@ pub fn document() -> Value {
                 "200",
                 json!({ "description": "PDF document", "content": { "application/pdf": { "schema": { "type": "string", "format": "binary" } } } }),
             ),
+            Reply::File => {
+                let bin = json!({ "schema": { "type": "string", "format": "binary" } });
+                (
+                    "200",
+                    json!({ "description": "the file", "content": {
+                        "image/jpeg": bin, "image/png": bin, "application/pdf": bin, "application/dicom": bin } }),
+                )
+            }
             Reply::EventStream => (
                 "200",
                 json!({ "description": "events: vitals, triage, alarm, case, logoff, resync", "content": { "text/event-stream": { "schema": { "type": "string" } } } }),

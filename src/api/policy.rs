@@ -130,6 +130,8 @@ pub enum Reply {
     Xml,
     /// `200` a PDF document (the handoff).
     Pdf,
+    /// `200` an attached file or thumbnail (JPEG, PNG, PDF or DICOM, by its bytes).
+    File,
 }
 
 pub const BREAK_GLASS_PATH: &str = "/api/v1/auth/break-glass";
@@ -578,6 +580,60 @@ pub const ROUTES: &[RouteSpec] = &[
         "Record the transfer of care (receiving clinician, time); the case becomes handed_off",
         Some("Transfer"),
         Json("Transferred"),
+    ),
+    r(
+        "GET",
+        "/api/v1/cases/{id}/attachments",
+        Access::Perm(ClinicalRead),
+        true,
+        "Attachments of the case (photos, ECG strips, signed forms, ultrasound): kind, caption, size, type, SHA-256, what was stripped, sync state",
+        None,
+        Json("AttachmentList"),
+    ),
+    r(
+        "POST",
+        "/api/v1/cases/{id}/attachments",
+        Access::Perm(ClinicalWrite),
+        true,
+        "Announce an attachment (kind, caption, file name, size); then send its bytes with PATCH …/content",
+        Some("AttachmentCreate"),
+        Created("Attachment"),
+    ),
+    r(
+        "GET",
+        "/api/v1/cases/{id}/attachments/{aid}",
+        Access::Perm(ClinicalRead),
+        true,
+        "One attachment; `received` is where an interrupted upload resumes",
+        None,
+        Json("Attachment"),
+    ),
+    r(
+        "PATCH",
+        "/api/v1/cases/{id}/attachments/{aid}/content",
+        Access::Perm(ClinicalWrite),
+        true,
+        "Upload the next piece at `Upload-Offset` (raw bytes, committed before the answer); the last piece stores the file: type recognised by its bytes, photo metadata stripped, DICOM PHI split off",
+        Some("AttachmentPiece"),
+        Json("Attachment"),
+    ),
+    r(
+        "GET",
+        "/api/v1/cases/{id}/attachments/{aid}/content",
+        Access::Perm(ClinicalRead),
+        true,
+        "The attached file (metadata stripped; a DICOM object re-joined with its PHI); audited as a view",
+        None,
+        Reply::File,
+    ),
+    r(
+        "GET",
+        "/api/v1/cases/{id}/attachments/{aid}/thumbnail",
+        Access::Perm(ClinicalRead),
+        true,
+        "A small JPEG of a photo attachment; audited as a view",
+        None,
+        Reply::File,
     ),
     r(
         "POST",

@@ -13,7 +13,8 @@ use axum::routing::{delete, get, patch, post, put};
 use super::error::{ApiError, Code};
 use super::guard;
 use super::handlers::{
-    appliance, auth, cases, clinical, handoff, health, patients, record, review, stream, users,
+    appliance, attachments, auth, cases, clinical, handoff, health, patients, record, review,
+    stream, users,
 };
 use super::policy::BREAK_GLASS_PATH;
 use super::state::ApiState;
@@ -128,6 +129,25 @@ pub fn api_routes() -> Router<ApiState> {
         .route("/api/v1/cases/{id}/handoff", get(handoff::get_handoff))
         .route("/api/v1/cases/{id}/handoff/pdf", get(handoff::handoff_pdf))
         .route("/api/v1/cases/{id}/transfer", post(handoff::transfer))
+        .route(
+            "/api/v1/cases/{id}/attachments",
+            get(attachments::list_attachments).post(attachments::create_attachment),
+        )
+        .route(
+            "/api/v1/cases/{id}/attachments/{aid}",
+            get(attachments::get_attachment),
+        )
+        .route(
+            "/api/v1/cases/{id}/attachments/{aid}/content",
+            get(attachments::content).patch(
+                // `limit` bounds upload pieces by `attachments.max_piece_kib` instead.
+                patch(attachments::upload_piece).layer(axum::extract::DefaultBodyLimit::disable()),
+            ),
+        )
+        .route(
+            "/api/v1/cases/{id}/attachments/{aid}/thumbnail",
+            get(attachments::thumbnail),
+        )
         .route("/api/v1/cases/{id}/close", post(cases::close_case))
         .route("/api/v1/devices", get(appliance::devices))
         .route("/api/v1/sync", get(appliance::sync_status))
@@ -148,7 +168,23 @@ pub fn api_routes() -> Router<ApiState> {
 /// A client that trickles its body holds a connection, never a permit.
 async fn limit(State(st): State<ApiState>, req: Request, next: Next) -> Response {
     st.metrics.requests.fetch_add(1, Ordering::Relaxed);
-    let mut r = match buffer_body(&st, req).await {
+    // An attachment piece may be larger than other bodies: only a few are read at once.
+    let upload = req.method() == axum::http::Method::PATCH
+        && req.uri().path().starts_with("/api/v1/cases/")
+        && req.uri().path().ends_with("/content");
+    let _upload_slot = if upload {
+        match st.uploads.clone().try_acquire_owned() {
+            Ok(p) => Some(p),
+            Err(_) => {
+                st.metrics.busy.fetch_add(1, Ordering::Relaxed);
+                return ApiError::busy("other uploads are in progress; retry shortly")
+                    .into_response();
+            }
+        }
+    } else {
+        None
+    };
+    let mut r = match buffer_body(&st, req, upload).await {
         Ok(req) => with_permit(&st, req, next).await,
         Err(e) => e.into_response(),
     };
@@ -201,15 +237,19 @@ async fn with_permit(st: &ApiState, req: Request, next: Next) -> Response {
     next.run(req).await
 }
 
-/// Reads the whole body within `api.body_timeout_secs` and `api.max_body_bytes`, so that the
-/// handler gets it from memory.
-async fn buffer_body(st: &ApiState, req: Request) -> Result<Request, ApiError> {
+/// Reads the whole body within `api.body_timeout_secs` and `api.max_body_bytes` (an attachment
+/// piece: `attachments.max_piece_kib`), so that the handler gets it from memory.
+async fn buffer_body(st: &ApiState, req: Request, upload: bool) -> Result<Request, ApiError> {
     use http_body_util::BodyExt;
     let (parts, body) = req.into_parts();
     if parts.method == axum::http::Method::GET || parts.method == axum::http::Method::HEAD {
         return Ok(Request::from_parts(parts, body));
     }
-    let limit = st.cfg.api.max_body_bytes;
+    let limit = if upload {
+        st.cfg.attachments.max_piece_bytes()
+    } else {
+        st.cfg.api.max_body_bytes
+    };
     let declared = parts
         .headers
         .get(axum::http::header::CONTENT_LENGTH)

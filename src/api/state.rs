@@ -50,6 +50,8 @@ pub struct ApiState {
     pub(super) in_flight: Arc<Semaphore>,
     /// Open live streams (`api.max_streams`).
     pub(super) streams: Arc<Semaphore>,
+    /// Attachment upload pieces being read (`attachments.concurrent_uploads`).
+    pub(super) uploads: Arc<Semaphore>,
     /// Requests in flight per source address (`api.max_concurrent_per_source`).
     pub(super) per_source: Arc<Slots<std::net::IpAddr>>,
     /// Live streams per session (`api.max_streams_per_session`).
@@ -73,6 +75,7 @@ impl ApiState {
         Ok(ApiState {
             in_flight: Arc::new(Semaphore::new(cfg.api.max_concurrent)),
             streams: Arc::new(Semaphore::new(cfg.api.max_streams)),
+            uploads: Arc::new(Semaphore::new(cfg.attachments.concurrent_uploads)),
             per_source: Arc::default(),
             streams_per_session: Arc::default(),
             throttle: Arc::new(super::throttle::Throttle::new(super::throttle::Limits {

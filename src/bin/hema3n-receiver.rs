@@ -63,6 +63,15 @@ enum Cmd {
         #[arg(long, requires = "show")]
         nemsis: bool,
     },
+    /// Attachments received (photos, ECG strips, forms, ultrasound): one JSON object per line;
+    /// or, with `--export APPLIANCE_ID/ATTACHMENT_ID --out FILE`, writes a complete
+    /// attachment's file (its SHA-256 verified on arrival).
+    Attachments {
+        #[arg(long, value_name = "APPLIANCE_ID/ATTACHMENT_ID", requires = "out")]
+        export: Option<String>,
+        #[arg(long, requires = "export")]
+        out: Option<PathBuf>,
+    },
     /// Pre-alerts by case: the latest (destination, ETA, ESI, time-critical flags) and the
     /// chain of those it replaced. `--watch` keeps printing cases as new pre-alerts arrive.
     Prealerts {
@@ -208,6 +217,31 @@ fn run(cli: Cli) -> Result<(), ReceiverError> {
                             .map(|k| k.key_id())
                             .unwrap_or_default();
                         println!("{id}\tkey {kid}{}", if revoked { "\trevoked" } else { "" });
+                    }
+                }
+            }
+            Ok(())
+        }
+        Cmd::Attachments { export, out } => {
+            let cfg = load(&cli.config)?;
+            let db = open_db(&cfg)?;
+            match (export, out) {
+                (Some(which), Some(out)) => {
+                    let (app, id) = which.split_once('/').ok_or_else(|| {
+                        ReceiverError::Io("--export takes APPLIANCE_ID/ATTACHMENT_ID".into())
+                    })?;
+                    let tmp = out.with_extension("partial");
+                    let mut f = std::fs::File::create(&tmp)
+                        .map_err(|e| ReceiverError::Io(format!("{}: {e}", tmp.display())))?;
+                    let n = db.export_attachment(app, id, &mut f)?;
+                    f.sync_all()
+                        .and_then(|_| std::fs::rename(&tmp, &out))
+                        .map_err(|e| ReceiverError::Io(format!("{}: {e}", out.display())))?;
+                    println!("wrote {n} bytes to {}", out.display());
+                }
+                _ => {
+                    for a in db.attachments()? {
+                        println!("{}", serde_json::to_string(&a).expect("json"));
                     }
                 }
             }

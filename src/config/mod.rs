@@ -10,7 +10,10 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+mod attachments;
 mod sections;
+
+pub use attachments::AttachmentsConfig;
 
 pub use sections::{
     ApiConfig, AuditConfig, BrokerUrl, DaemonConfig, DbusConfig, IngestConfig, KeysConfig,
@@ -70,6 +73,7 @@ pub struct Config {
     pub api: ApiConfig,
     pub dbus: DbusConfig,
     pub nemsis: NemsisConfig,
+    pub attachments: AttachmentsConfig,
 }
 
 impl Default for Config {
@@ -90,6 +94,7 @@ impl Default for Config {
             api: ApiConfig::default(),
             dbus: DbusConfig::default(),
             nemsis: NemsisConfig::default(),
+            attachments: AttachmentsConfig::default(),
         }
     }
 }
@@ -161,6 +166,12 @@ impl Config {
                 reason: "must match [A-Za-z0-9._-]{1,64}".into(),
             });
         }
+        self.attachments
+            .validate()
+            .map_err(|reason| ConfigError::Invalid {
+                field: "attachments",
+                reason,
+            })?;
         self.nemsis
             .validate()
             .map_err(|reason| ConfigError::Invalid {

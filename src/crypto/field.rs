@@ -90,7 +90,13 @@ impl DataKey {
 
     /// Encrypts one field value for the given location.
     pub fn seal(&self, loc: FieldLoc<'_>, plaintext: &[u8]) -> Result<Vec<u8>, CryptoError> {
-        let nonce = random_nonce()?;
+        self.seal_with(loc.aad(self.id), plaintext)
+            .ok_or_else(|| loc.auth_err())
+    }
+
+    /// `0x01 | id | nonce | AES-256-GCM(plaintext, aad) | tag`; `None` if sealing failed.
+    pub(super) fn seal_with(&self, aad: Vec<u8>, plaintext: &[u8]) -> Option<Vec<u8>> {
+        let nonce = random_nonce().ok()?;
         let mut out = Vec::with_capacity(HEADER_LEN + plaintext.len() + TAG_LEN);
         out.push(FORMAT_V1);
         out.extend_from_slice(&self.id.to_be_bytes());
@@ -100,12 +106,33 @@ impl DataKey {
             .key
             .seal_in_place_separate_tag(
                 Nonce::assume_unique_for_key(nonce),
-                Aad::from(loc.aad(self.id)),
+                Aad::from(aad),
                 &mut out[HEADER_LEN..],
             )
-            .map_err(|_| loc.auth_err())?;
+            .ok()?;
         out.extend_from_slice(tag.as_ref());
-        Ok(out)
+        Some(out)
+    }
+
+    /// Opens what [`DataKey::seal_with`] made under `aad` (its header already checked).
+    pub(super) fn open_with(&self, aad: Vec<u8>, ciphertext: &[u8]) -> Option<Vec<u8>> {
+        if ciphertext.len() < HEADER_LEN + TAG_LEN {
+            return None;
+        }
+        let mut nonce = [0u8; NONCE_LEN];
+        nonce.copy_from_slice(&ciphertext[9..HEADER_LEN]);
+        let mut body = ciphertext[HEADER_LEN..].to_vec();
+        let n = self
+            .key
+            .open_in_place(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(aad),
+                &mut body,
+            )
+            .ok()?
+            .len();
+        body.truncate(n);
+        Some(body)
     }
 
     /// Decrypts one field value, checking that it belongs to this location and data key.
@@ -121,20 +148,8 @@ impl DataKey {
                 expected: self.id,
             });
         }
-        let mut nonce = [0u8; NONCE_LEN];
-        nonce.copy_from_slice(&ciphertext[9..HEADER_LEN]);
-        let mut body = ciphertext[HEADER_LEN..].to_vec();
-        let n = self
-            .key
-            .open_in_place(
-                Nonce::assume_unique_for_key(nonce),
-                Aad::from(loc.aad(self.id)),
-                &mut body,
-            )
-            .map_err(|_| loc.auth_err())?
-            .len();
-        body.truncate(n);
-        Ok(body)
+        self.open_with(loc.aad(self.id), ciphertext)
+            .ok_or_else(|| loc.auth_err())
     }
 
     /// Wraps this data key under a territory key-encryption key.

@@ -3,6 +3,8 @@
 //!
 //! - [`field`]: AES-256-GCM field encryption whose associated data binds table, column, row id
 //!   and data-key id, and the wrapping of per-case/per-patient data keys under territory keys.
+//! - [`chunk`]: attachment content in fixed-size AES-256-GCM chunks bound to attachment,
+//!   index and count.
 //! - [`blind`]: HMAC-SHA256 blind indexes over normalised search terms.
 //! - [`sign`]: ECDSA P-256 (ES256) appliance signing key, used for audit checkpoints.
 //! - [`keyring`]: the set of long-lived keys loaded from credentials.
@@ -11,6 +13,7 @@
 //! Invariant: no function here logs, and no error carries plaintext or key bytes.
 
 pub mod blind;
+pub mod chunk;
 pub mod field;
 pub mod keyring;
 pub mod password;
@@ -67,6 +70,13 @@ pub enum CryptoError {
     /// A signature did not verify.
     #[error("signature does not verify")]
     BadSignature,
+    /// An attachment chunk failed authentication: swapped with another chunk, reordered, moved
+    /// from another attachment, edited, or counted differently. Recovery: none for this file;
+    /// treat as tampering and audit it.
+    #[error(
+        "chunk {index} of attachment {attachment} failed authentication (swapped, reordered, moved or edited)"
+    )]
+    ChunkAuth { attachment: String, index: u32 },
     /// The system random generator failed (never expected on Linux).
     #[error("system random generator failed")]
     Rng,

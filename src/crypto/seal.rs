@@ -99,7 +99,7 @@ impl SealError {
     }
 }
 
-/// What an envelope carries, in priority order (lower number = sent first).
+/// What an envelope carries (its header byte). Sending order is [`BundleKind::priority`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum BundleKind {
     /// Hospital pre-alert: triage summary as soon as a case first reaches ESI 1-2.
@@ -108,7 +108,12 @@ pub enum BundleKind {
     Bundle = 2,
     /// Appliance health (no PHI).
     Telemetry = 3,
+    /// One part (at most [`ATTACHMENT_PART_BYTES`] of content) of an attachment.
+    Attachment = 4,
 }
+
+/// Content bytes one attachment envelope carries at most, so that no envelope exceeds 1 MiB.
+pub const ATTACHMENT_PART_BYTES: usize = 768 * 1024;
 
 impl BundleKind {
     pub fn from_u8(v: u8) -> Option<Self> {
@@ -116,6 +121,7 @@ impl BundleKind {
             1 => Some(Self::Prealert),
             2 => Some(Self::Bundle),
             3 => Some(Self::Telemetry),
+            4 => Some(Self::Attachment),
             _ => None,
         }
     }
@@ -124,6 +130,16 @@ impl BundleKind {
             Self::Prealert => "prealert",
             Self::Bundle => "bundle",
             Self::Telemetry => "telemetry",
+            Self::Attachment => "attachment",
+        }
+    }
+    /// Sending order (lower first): pre-alerts, case bundles, attachments, telemetry.
+    pub fn priority(self) -> i64 {
+        match self {
+            Self::Prealert => 1,
+            Self::Bundle => 2,
+            Self::Attachment => 3,
+            Self::Telemetry => 4,
         }
     }
     pub fn parse(s: &str) -> Option<Self> {
@@ -131,6 +147,7 @@ impl BundleKind {
             "prealert" => Some(Self::Prealert),
             "bundle" => Some(Self::Bundle),
             "telemetry" => Some(Self::Telemetry),
+            "attachment" => Some(Self::Attachment),
             _ => None,
         }
     }

@@ -4,7 +4,8 @@
 //! and triage need. Unknown fields are rejected wherever these types are deserialised.
 //!
 //! Files: `people` (actors, roles, audit events), `patient`, `case` (status, readings,
-//! triage, observations, export), `appliance` (device presence, alarm kinds, outbox states).
+//! triage, observations, export), `appliance` (device presence, alarm kinds, outbox states),
+//! `attachment` (kinds, file types, listing).
 
 /// A closed code set stored and sent by name: defines the enum with `ALL`, `as_str`, `parse`,
 /// `Display` and a `Serialize` as its name. The database holds the same set (a `CHECK`
@@ -46,12 +47,16 @@ macro_rules! named_enum {
 pub(crate) use named_enum;
 
 mod appliance;
+mod attachment;
 mod case;
 mod patient;
 mod people;
 pub mod record;
 
 pub use appliance::{AlarmKind, OutboxState, Presence};
+pub use attachment::{
+    AttachmentInfo, AttachmentKind, AttachmentLimits, AttachmentState, MediaType, PartHeader,
+};
 pub use case::{
     Case, CaseDetails, CaseExport, CaseSnapshot, CaseStatus, Decider, ExportAudit,
     ExportCheckpoint, Observation, PrealertInfo, PrealertSummary, Reading, Reject, RejectCode,

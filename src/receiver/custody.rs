@@ -202,6 +202,23 @@ pub(super) fn open_one(
     let body = parsed
         .open(&keys.hpke)
         .map_err(|e| (Some(app.clone()), e.code(), e.to_string()))?;
+    let h = &parsed.header;
+    if h.kind == seal::BundleKind::Attachment {
+        let (part, data) = crate::sync::attachment_wire::decode(&body)
+            .map_err(|e| (Some(app.clone()), "BAD_PAYLOAD", e.to_string()))?;
+        let data_at = body.len() - data.len();
+        return Ok(ReceivedBundle {
+            prealert: None,
+            attachment: Some((part, data_at)),
+            appliance_id: app,
+            bundle_id: uuid::Uuid::from_bytes(h.bundle_id),
+            seq: h.seq,
+            kind: h.kind.as_str().into(),
+            created_at_ms: h.created_at_ms as i64,
+            envelope_sha256,
+            body,
+        });
+    }
     // Checks the JSON and reads only the resource type (no tree is built).
     #[derive(serde::Deserialize)]
     struct Head<'a> {
@@ -223,7 +240,6 @@ pub(super) fn open_one(
             "plaintext is not a FHIR Bundle or Parameters resource".into(),
         ));
     }
-    let h = &parsed.header;
     // A pre-alert is also listed by case, so the hospital sees the latest and its chain.
     let prealert = match h.kind {
         seal::BundleKind::Prealert => serde_json::from_slice(&body)
@@ -233,6 +249,7 @@ pub(super) fn open_one(
     };
     Ok(ReceivedBundle {
         prealert,
+        attachment: None,
         appliance_id: app,
         bundle_id: uuid::Uuid::from_bytes(h.bundle_id),
         seq: h.seq,

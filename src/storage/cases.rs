@@ -483,8 +483,14 @@ impl Db {
         Db::destroy_data_key(&mut self.st, &tx, dk_id)?;
         tx.execute("UPDATE cases SET erased_at = ?1, chief_complaint = NULL, mechanism = NULL, onset = NULL WHERE id = ?2", params![now_ms(), id])?;
         // What the case's key protected is gone; so is what it left in plaintext beside it
-        // (vital codes and times, ESI, NEWS2, specialty, medication metadata, alarms).
+        // (vital codes and times, ESI, NEWS2, specialty, medication metadata, alarms,
+        // attachment kinds and sizes), and the sealed attachment chunks with it.
+        tx.execute(
+            "DELETE FROM attachment_chunks WHERE attachment_id IN (SELECT id FROM attachments WHERE case_id = ?1)",
+            [id],
+        )?;
         for table in [
+            "attachments",
             "observations",
             "triage_results",
             "medications",

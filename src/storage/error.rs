@@ -157,6 +157,30 @@ pub enum StoreError {
         #[source]
         source: rusqlite::Error,
     },
+    /// Attachment content was refused by its bytes (type, kind, truncation, malformed).
+    /// Nothing of it is kept. Recovery: attach the complete file of an accepted type.
+    #[error("{0}")]
+    Media(#[from] crate::media::MediaError),
+    /// An attachment limit would be exceeded. Recovery: a smaller file, or raise
+    /// `[attachments]` limits.
+    #[error("{what}")]
+    AttachmentTooLarge { what: String },
+    /// An upload piece does not continue where the stored bytes end. Recovery: ask for the
+    /// attachment's `received` offset and resume from there.
+    #[error("the upload continues at byte {expected}, not {got}")]
+    UploadOffset { expected: u64, got: u64 },
+    /// The attachment is still arriving (or already stored) for what was asked. Recovery:
+    /// finish the upload first, or nothing (it is stored).
+    #[error("attachment {id} is {state}")]
+    AttachmentState { id: String, state: &'static str },
+    /// Stored content chunks are missing or extra: rows were deleted or added behind the
+    /// daemon's back. Recovery: none for this file; treat as tampering.
+    #[error("attachment {id} has {found} of its {expected} content chunks (truncated or padded)")]
+    AttachmentTruncated {
+        id: String,
+        found: u64,
+        expected: u64,
+    },
     #[error("database error")]
     Sqlite(#[from] rusqlite::Error),
     /// The storage thread is gone (shutting down or crashed). Recovery: retry after restart.

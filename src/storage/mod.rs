@@ -6,16 +6,21 @@
 //!   bounded channel and answers on a oneshot. No database lock is ever held in async code.
 //!
 //! One file per aggregate, each owning its tables: `accounts` (users, sessions, break-glass),
+//! `attachments` (sealed content chunks, views) with `attachment_upload` (resumable uploads,
+//! storing a completed one) and `attachment_sync` (queuing its parts),
 //! `patients`, `cases` (cases, medications, the case view), `devices`, `alarms`,
 //! `observations` (readings, the ingest batch, dead letters), `readings` (the row codec), `triage`, `outbox` (custody:
 //! sealing, receipts, purge), `audit` (the hash chain and its checkpoints), `keys` (key
-//! versions, data keys, rotation), `receiver` (the cloud receiver's own database); `open`
+//! versions, data keys, rotation), `receiver` (the cloud receiver's own database) with `receiver_files` (its attachments); `open`
 //! (keying, refusal of plaintext or mis-keyed files, migrations), `schema`, `error`.
 //!
 //! Invariants: PHI columns hold only field ciphertexts; nothing here logs PHI; a write is
 //! reported successful only after COMMIT returned.
 mod accounts;
 mod alarms;
+mod attachment_sync;
+mod attachment_upload;
+mod attachments;
 pub mod audit;
 mod cases;
 mod codes;
@@ -31,6 +36,7 @@ mod patients;
 mod prealerts;
 mod readings;
 pub mod receiver;
+pub mod receiver_files;
 mod record;
 pub mod schema;
 mod store;
@@ -49,6 +55,9 @@ use crate::model::AuditEvent;
 
 pub use accounts::{BreakGlass, Grant, LoginUser, SessionRow, UserInfo};
 pub use alarms::Alarm;
+pub use attachment_sync::AttachmentPart;
+pub use attachment_upload::NewAttachment;
+pub use attachments::{AttachmentOpen, CHUNK_BYTES, Rendition};
 pub use audit::{AuditRow, Finding, VerifyReport};
 pub use cases::{BundleState, CaseAlarm, CaseParts, CaseSummary, CaseView};
 pub use devices::DeviceInfo;

@@ -82,10 +82,10 @@ pub struct OutboxRow {
     pub purged: bool,
 }
 
-/// Sort key of a kind in the outbox: pre-alert before bundle before telemetry (then by
+/// Sort key of a kind in the outbox: pre-alert, bundle, attachment, telemetry (then by
 /// sequence number).
 pub fn outbox_priority(kind: BundleKind) -> i64 {
-    kind as i64
+    kind.priority()
 }
 
 fn kind_of(s: &str) -> Result<BundleKind> {
@@ -120,7 +120,7 @@ impl Db {
             }
         }
         // Pre-alerts first.
-        out.sort_by_key(|w| w.kind as u8);
+        out.sort_by_key(|w| w.kind.priority());
         out.truncate(limit);
         Ok(out)
     }
@@ -366,14 +366,18 @@ impl Db {
         Ok(out)
     }
 
-    /// Crypto-erases cases whose bundle was receipted more than `retention_ms` ago, drops their
-    /// envelopes, and audits each purge. Returns how many cases were purged.
+    /// Crypto-erases cases whose bundle was receipted more than `retention_ms` ago and whose
+    /// attachments are all receipted too, drops their envelopes, and audits each purge.
+    /// Returns how many cases were purged.
     pub fn purge_receipted(&mut self, retention_ms: i64, now: i64) -> Result<usize> {
         let due: Vec<(String, Option<String>)> = self
             .conn
             .prepare_cached(
-                "SELECT o.bundle_id, o.case_id FROM outbox o WHERE o.state = 'receipted' AND o.kind != 'prealert' \
+                "SELECT o.bundle_id, o.case_id FROM outbox o WHERE o.state = 'receipted' AND o.kind NOT IN ('prealert', 'attachment') \
                  AND o.receipted_at <= ?1 AND EXISTS (SELECT 1 FROM outbox_envelopes e WHERE e.bundle_id = o.bundle_id) \
+                 AND NOT EXISTS (SELECT 1 FROM outbox p WHERE p.case_id = o.case_id AND p.kind = 'attachment' AND p.state != 'receipted') \
+                 AND NOT EXISTS (SELECT 1 FROM attachments a WHERE a.case_id = o.case_id AND a.state = 'stored' \
+                     AND NOT EXISTS (SELECT 1 FROM outbox p WHERE p.attachment_id = a.id)) \
                  ORDER BY o.seq LIMIT 256",
             )?
             .query_map([now - retention_ms], |r| Ok((r.get(0)?, r.get(1)?)))?
@@ -567,7 +571,7 @@ pub(super) fn case_export(
     })
 }
 
-fn next_slot(tx: &rusqlite::Connection, kind: BundleKind) -> Result<OutboxSlot> {
+pub(super) fn next_slot(tx: &rusqlite::Connection, kind: BundleKind) -> Result<OutboxSlot> {
     let seq: i64 = tx.query_row("SELECT coalesce(max(seq), 0) + 1 FROM outbox", [], |r| {
         r.get(0)
     })?;
@@ -579,7 +583,7 @@ fn next_slot(tx: &rusqlite::Connection, kind: BundleKind) -> Result<OutboxSlot> 
     })
 }
 
-fn insert_row(
+pub(super) fn insert_row(
     tx: &rusqlite::Connection,
     slot: &OutboxSlot,
     case_id: Option<&str>,

@@ -69,6 +69,37 @@ CREATE TABLE prealerts (
 ) STRICT;
 CREATE INDEX prealerts_by_case ON prealerts (appliance_id, case_id, created_at);
 "#,
+    // v3: attachments arrive as parts (one envelope each, stored as bundles of kind
+    // `attachment`); an attachment is `complete` once every part is here and the whole file's
+    // SHA-256 matches, `corrupt` (with an alarm) when it does not.
+    r#"
+CREATE TABLE attachments (
+    appliance_id  TEXT    NOT NULL,
+    attachment_id TEXT    NOT NULL,
+    case_id       TEXT    NOT NULL,
+    kind          TEXT    NOT NULL,
+    media_type    TEXT    NOT NULL,
+    size          INTEGER NOT NULL,
+    sha256        TEXT    NOT NULL,
+    parts         INTEGER NOT NULL,
+    caption       TEXT,
+    filename      TEXT,
+    created_at    INTEGER NOT NULL,
+    state         TEXT    NOT NULL CHECK (state IN ('partial', 'complete', 'corrupt')),
+    completed_at  INTEGER,
+    PRIMARY KEY (appliance_id, attachment_id)
+) STRICT;
+CREATE TABLE attachment_parts (
+    appliance_id  TEXT    NOT NULL,
+    attachment_id TEXT    NOT NULL,
+    part          INTEGER NOT NULL,
+    bundle_id     TEXT    NOT NULL,
+    offset        INTEGER NOT NULL,
+    length        INTEGER NOT NULL,
+    data_at       INTEGER NOT NULL,
+    PRIMARY KEY (appliance_id, attachment_id, part)
+) STRICT;
+"#,
 ];
 
 /// A verified, opened bundle ready to store.
@@ -83,6 +114,9 @@ pub struct ReceivedBundle {
     pub body: Vec<u8>,
     /// What a pre-alert says (for the pre-alert list).
     pub prealert: Option<crate::model::PrealertSummary>,
+    /// The header of an attachment part (kind `attachment`) and where its bytes start in
+    /// `body`.
+    pub attachment: Option<(crate::model::PartHeader, usize)>,
 }
 
 /// A received pre-alert.
@@ -193,6 +227,13 @@ impl ReceiverDb {
                         now,
                         b.body
                     ])?;
+                    if let Some((h, data_at)) = &b.attachment {
+                        let from = super::receiver_files::Source {
+                            appliance_id: &b.appliance_id,
+                            bundle_id: &bundle_id,
+                        };
+                        super::receiver_files::add_part(&tx, &from, h, *data_at, now)?;
+                    }
                     if let Some(p) = &b.prealert {
                         tx.prepare_cached(
                             "INSERT INTO prealerts (appliance_id, bundle_id, case_id, replaces, created_at, received_at, summary) \
@@ -241,6 +282,22 @@ impl ReceiverDb {
     }
 
     /// Pre-alerts received after `since_ms` (by arrival), oldest first.
+    /// Every attachment received (complete or not), newest first.
+    pub fn attachments(&self) -> Result<Vec<super::receiver_files::ReceivedAttachment>> {
+        super::receiver_files::list(&self.conn)
+    }
+
+    /// Writes a complete attachment's file to `out` (its SHA-256 verified on arrival); returns
+    /// its size. An incomplete or corrupt attachment is refused.
+    pub fn export_attachment(
+        &self,
+        appliance: &str,
+        attachment: &str,
+        out: &mut dyn std::io::Write,
+    ) -> Result<u64> {
+        super::receiver_files::export(&self.conn, appliance, attachment, out)
+    }
+
     pub fn prealerts(&self, since_ms: i64) -> Result<Vec<PrealertRow>> {
         let rows = self
             .conn

@@ -378,6 +378,80 @@ INSERT INTO prealerts (case_id, seq, reasons, due_at)
       AND (SELECT t.final_esi FROM triage_results t WHERE t.case_id = c.id ORDER BY t.id DESC LIMIT 1) <= 2
       AND NOT EXISTS (SELECT 1 FROM prealerts p WHERE p.case_id = c.id);
 "#,
+    // v11: attachments (photos, ECG strips, signed forms, ultrasound). Content is stored in
+    // fixed-size chunks sealed under the case key (`crypto::chunk`: attachment id, part, index
+    // and count in the associated data); `upload` chunks hold the raw pieces of an upload in
+    // progress (sealed, dropped when it is stored). `meta` (caption, file name, hash, what was
+    // stripped), `phi` (a DICOM object's PHI part) and `thumb` are sealed too. The outbox
+    // learns the `attachment` kind (its envelopes carry one part each) and priorities move:
+    // pre-alert 1, bundle 2, attachment 3, telemetry 4. SQLite cannot change a CHECK, so the
+    // outbox table is rebuilt, and its envelopes table with it (a table that others refer to
+    // cannot be dropped while foreign keys are enforced).
+    r#"
+CREATE TABLE attachments (
+    id            TEXT    PRIMARY KEY,
+    case_id       TEXT    NOT NULL REFERENCES cases (id),
+    kind          TEXT    NOT NULL CHECK (kind IN ('scene_photo', 'wound', 'ecg', 'signed_form', 'ultrasound', 'other')),
+    state         TEXT    NOT NULL CHECK (state IN ('uploading', 'stored')),
+    declared_size INTEGER NOT NULL CHECK (declared_size > 0),
+    received      INTEGER NOT NULL DEFAULT 0,
+    pieces        INTEGER NOT NULL DEFAULT 0,
+    media_type    TEXT,
+    size          INTEGER,
+    chunk_size    INTEGER NOT NULL,
+    chunk_count   INTEGER,
+    meta          BLOB    NOT NULL,
+    phi           BLOB,
+    thumb         BLOB,
+    created_by    TEXT    NOT NULL,
+    created_at    INTEGER NOT NULL,
+    stored_at     INTEGER
+) STRICT;
+CREATE INDEX attachments_by_case ON attachments (case_id);
+
+CREATE TABLE attachment_chunks (
+    attachment_id TEXT    NOT NULL REFERENCES attachments (id),
+    part          TEXT    NOT NULL CHECK (part IN ('upload', 'content')),
+    idx           INTEGER NOT NULL CHECK (idx >= 0),
+    body          BLOB    NOT NULL,
+    PRIMARY KEY (attachment_id, part, idx)
+) STRICT, WITHOUT ROWID;
+
+CREATE TABLE outbox_v11 (
+    bundle_id       TEXT    PRIMARY KEY,
+    seq             INTEGER NOT NULL UNIQUE,
+    case_id         TEXT    REFERENCES cases (id),
+    priority        INTEGER NOT NULL,
+    kind            TEXT    NOT NULL CHECK (kind IN ('prealert', 'bundle', 'attachment', 'telemetry')),
+    envelope        BLOB    NOT NULL,
+    envelope_sha256 BLOB    NOT NULL,
+    created_at      INTEGER NOT NULL,
+    state           TEXT    NOT NULL CHECK (state IN ('queued', 'sent', 'receipted')),
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    sent_at         INTEGER,
+    receipted_at    INTEGER,
+    receipt         BLOB,
+    attachment_id   TEXT,
+    part            INTEGER
+) STRICT;
+INSERT INTO outbox_v11 (bundle_id, seq, case_id, priority, kind, envelope, envelope_sha256, created_at,
+                        state, attempts, sent_at, receipted_at, receipt)
+    SELECT bundle_id, seq, case_id, CASE kind WHEN 'telemetry' THEN 4 ELSE priority END, kind, envelope,
+           envelope_sha256, created_at, state, attempts, sent_at, receipted_at, receipt FROM outbox;
+CREATE TABLE envelopes_v11 (bundle_id TEXT PRIMARY KEY, envelope BLOB NOT NULL) STRICT;
+INSERT INTO envelopes_v11 SELECT bundle_id, envelope FROM outbox_envelopes;
+DROP TABLE outbox_envelopes;
+DROP TABLE outbox;
+ALTER TABLE outbox_v11 RENAME TO outbox;
+CREATE TABLE outbox_envelopes (
+    bundle_id TEXT PRIMARY KEY REFERENCES outbox (bundle_id),
+    envelope  BLOB NOT NULL
+) STRICT;
+INSERT INTO outbox_envelopes SELECT bundle_id, envelope FROM envelopes_v11;
+DROP TABLE envelopes_v11;
+CREATE INDEX outbox_pending ON outbox (state, priority, seq);
+CREATE INDEX outbox_by_attachment ON outbox (attachment_id) WHERE attachment_id IS NOT NULL;
+"#,
 ];
 
 /// The schema version this build writes.

@@ -15,6 +15,7 @@
 //! Backpressure: the network slows the outbox (at most `sync.window` envelopes unreceipted);
 //! storage is the source of truth, so nothing is held only in memory.
 
+pub mod attachment_wire;
 pub mod fhir;
 mod fhir_handoff;
 mod fhir_record;

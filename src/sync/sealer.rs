@@ -1,7 +1,8 @@
 //! The sealer: finds cases that need a bundle or a pre-alert (a new link of the case's pre-alert
 //! chain), builds the FHIR bundle ([`fhir`](super::fhir); case bundles with the NEMSIS and
 //! handoff documents) and seals it in the same storage transaction that queues it; queues
-//! telemetry; crypto-erases receipted cases after the retention period. It wakes when a case
+//! telemetry; seals stored attachments part by part; crypto-erases receipted cases after the
+//! retention period (once their attachments are receipted too) and drops abandoned uploads. It wakes when a case
 //! closes, when triage or the disposition changes (a pre-alert may be due), on `sync now`, and
 //! once a second.
 
@@ -126,6 +127,50 @@ pub async fn seal_pending(
     Ok(n)
 }
 
+/// Seals and queues the parts of attachments stored since the last pass (after the case
+/// bundles and pre-alerts of this pass: they are sent first anyway, by priority). A failing
+/// attachment is logged and skipped until restart, like a case.
+async fn seal_attachments(
+    store: &Store,
+    appliance_id: &str,
+    keys: &ReceiverKeys,
+    failed: &mut HashSet<(String, BundleKind)>,
+) -> Result<usize, StoreError> {
+    let mut n = 0;
+    let work = store.call(|db| db.attachment_seal_work(16)).await?;
+    for (case, id) in work {
+        if failed.contains(&(id.clone(), BundleKind::Attachment)) {
+            continue;
+        }
+        let (aid, k) = (appliance_id.to_string(), keys.clone());
+        let (c, a) = (case.clone(), id.clone());
+        let r = store
+            .call(move |db| {
+                db.enqueue_attachment(&c, &a, |part, slot, signer| {
+                    let plaintext = super::attachment_wire::encode(part);
+                    seal::seal(&envelope_meta(&aid, slot), &plaintext, &k.hpke, signer)
+                        .map_err(|e| e.to_string())
+                })
+            })
+            .await;
+        match r {
+            Ok(ids) => {
+                n += ids.len();
+                tracing::info!(attachment = %id, case_id = %case, parts = ids.len(), "attachment sealed and queued");
+            }
+            Err(StoreError::Erased { .. }) | Err(StoreError::NotFound { .. }) => {}
+            Err(e @ (StoreError::Sqlite(_) | StoreError::Closed | StoreError::Io { .. })) => {
+                return Err(e);
+            }
+            Err(e) => {
+                tracing::error!(attachment = %id, case_id = %case, error = %e, "cannot seal this attachment; skipped until restart");
+                failed.insert((id, BundleKind::Attachment));
+            }
+        }
+    }
+    Ok(n)
+}
+
 /// Queues one telemetry envelope: appliance health counters, no PHI.
 pub async fn queue_telemetry(
     store: &Store,
@@ -195,8 +240,9 @@ impl Sealer {
                 _ = wake_sealer.notified() => {}
                 _ = shutdown.changed() => return Ok(()),
             }
-            let n =
-                seal_pending(&store, &cfg.appliance_id, &keys, &mut failed, &cfg.nemsis).await?;
+            let n = seal_pending(&store, &cfg.appliance_id, &keys, &mut failed, &cfg.nemsis)
+                .await?
+                + seal_attachments(&store, &cfg.appliance_id, &keys, &mut failed).await?;
             if n > 0 {
                 metrics.sealed.fetch_add(n as u64, Ordering::Relaxed);
                 wake_forwarder.notify_one();
@@ -212,6 +258,13 @@ impl Sealer {
                 let purged = store
                     .call(move |db| db.purge_receipted(retention_ms, now_ms()))
                     .await?;
+                let abandon_ms = (cfg.attachments.abandon_after_hours * 3_600_000) as i64;
+                let dropped = store
+                    .call(move |db| db.drop_abandoned_uploads(abandon_ms, now_ms()))
+                    .await?;
+                if dropped > 0 {
+                    tracing::info!(uploads = dropped, "unfinished attachment uploads dropped");
+                }
                 if purged > 0 {
                     metrics.purged.fetch_add(purged as u64, Ordering::Relaxed);
                     tracing::info!(

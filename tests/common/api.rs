@@ -166,6 +166,96 @@ impl Api {
         .await
     }
 
+    /// `method path` with raw bytes as the body (`content_type`), as `token` in `default`.
+    pub async fn send_bytes(
+        &self,
+        method: &str,
+        path: &str,
+        token: &str,
+        bytes: Vec<u8>,
+        headers: &[(&str, &str)],
+    ) -> Reply {
+        let mut b = Request::builder()
+            .method(Method::from_bytes(method.as_bytes()).unwrap())
+            .uri(path)
+            .header("authorization", format!("Bearer {token}"))
+            .header("territory-id", "default");
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        let mut req = b.body(Body::from(bytes)).unwrap();
+        req.extensions_mut()
+            .insert(axum::extract::ConnectInfo(std::net::SocketAddr::from((
+                [127, 0, 0, 1],
+                40_000,
+            ))));
+        let resp = self.router.clone().oneshot(req).await.unwrap();
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        Reply {
+            status,
+            body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+            text: String::from_utf8_lossy(&bytes).into_owned(),
+            headers,
+        }
+    }
+
+    /// One upload piece at `offset` of attachment `aid` of `case`.
+    pub async fn upload_piece(
+        &self,
+        token: &str,
+        case: &str,
+        aid: &str,
+        offset: u64,
+        piece: Vec<u8>,
+    ) -> Reply {
+        let off = offset.to_string();
+        self.send_bytes(
+            "PATCH",
+            &format!("/api/v1/cases/{case}/attachments/{aid}/content"),
+            token,
+            piece,
+            &[
+                ("content-type", "application/offset+octet-stream"),
+                ("upload-offset", &off),
+            ],
+        )
+        .await
+    }
+
+    /// Attaches `bytes` to `case` (announce, then pieces of `piece` bytes); the last reply.
+    pub async fn attach(
+        &self,
+        token: &str,
+        case: &str,
+        kind: &str,
+        bytes: &[u8],
+        piece: usize,
+    ) -> Reply {
+        let r = self
+            .post(
+                token,
+                &format!("/api/v1/cases/{case}/attachments"),
+                Some(serde_json::json!({"kind": kind, "caption": "test", "size": bytes.len()})),
+            )
+            .await;
+        if r.status != StatusCode::CREATED {
+            return r;
+        }
+        let aid = r.body["id"].as_str().unwrap().to_string();
+        let mut last = r;
+        for (i, c) in bytes.chunks(piece).enumerate() {
+            last = self
+                .upload_piece(token, case, &aid, (i * piece) as u64, c.to_vec())
+                .await;
+            if last.status != StatusCode::OK {
+                break;
+            }
+        }
+        last
+    }
+
     async fn request(
         &self,
         ip: [u8; 4],

@@ -328,3 +328,19 @@ pub fn pdf_first_page_png(pdf: &[u8], png: &Path) {
         .expect("pdftoppm (poppler-utils) is installed by scripts/test.sh");
     assert!(st.success() && png.exists(), "pdftoppm failed");
 }
+
+/// A real `w`×`h` RGB PNG with a `tEXt` chunk naming an author (metadata to strip).
+pub fn png_image(w: u32, h: u32) -> Vec<u8> {
+    let mut out = Vec::new();
+    {
+        let mut e = png::Encoder::new(&mut out, w, h);
+        e.set_color(png::ColorType::Rgb);
+        e.set_depth(png::BitDepth::Eight);
+        e.add_text_chunk("Author".into(), "Dr Jane Sentinel".into())
+            .unwrap();
+        let mut wr = e.write_header().unwrap();
+        let data: Vec<u8> = (0..w * h * 3).map(|i| (i % 251) as u8).collect();
+        wr.write_image_data(&data).unwrap();
+    }
+    out
+}

@@ -2,6 +2,7 @@
 //! the route's permission, and checks territory (`guard::in_territory`) and its own input.
 
 pub mod appliance;
+pub mod attachments;
 pub mod auth;
 pub mod cases;
 pub mod clinical;
