@@ -45,6 +45,7 @@ cargo test --locked --lib -- --test-threads="$(nproc)"
 stage "test services and reference tools (apt, PyPI, npm)"
 install_test_services
 install_python_tools
+install_media_tools
 install_nemsis_tools
 install_browser_tools
 install_model_tools

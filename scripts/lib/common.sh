@@ -101,6 +101,20 @@ install_python_tools() {
     fi
 }
 
+# Attachment checks by tools nobody on this team wrote: pydicom (DICOM objects made and read
+# independently) and Pillow (EXIF/GPS left in a photo), pinned, in .tools/media.
+media_tools_dir() { echo "$(repo_root)/.tools/media"; }
+install_media_tools() {
+    local dir; dir="$(media_tools_dir)"
+    if [ ! -f "$dir/.installed-1" ]; then
+        log "installing pydicom==3.0.2 and pillow==13.0.0 (attachment checks) into .tools/media"
+        rm -rf "$dir"
+        python3 -m pip install --quiet --disable-pip-version-check --target "$dir" \
+            "pydicom==3.0.2" "pillow==13.0.0"
+        touch "$dir/.installed-1"
+    fi
+}
+
 # NEMSIS v3.5.1 validation, by tools nobody on this team wrote: `xmlschema` (XML Schema 1.1)
 # and SaxonC-HE (`saxonche`, XSLT 2 for the national Schematron), pinned, in .tools/nemsis.
 install_nemsis_tools() {

@@ -49,6 +49,9 @@ pub enum Rendition {
     /// The file as attached (metadata stripped; DICOM re-joined).
     File,
     Thumbnail,
+    /// The stored content as is: for DICOM, the de-identified object without its PHI part
+    /// (for sharing beyond the treating team, and for checking the split).
+    Deidentified,
 }
 
 pub(super) fn meta_loc(id: &str) -> FieldLoc<'_> {
@@ -395,11 +398,36 @@ impl Db {
                 Some(row.dk.open_chunk(loc, &t)?)
             }
             Rendition::File if media_type == MediaType::Dicom => Some(read_file(&tx, &row)?),
-            Rendition::File => None,
+            Rendition::File => {
+                // Streamed later chunk by chunk; a missing or extra chunk is refused now.
+                let found: i64 = tx.query_row(
+                    "SELECT count(*) FROM attachment_chunks WHERE attachment_id = ?1 AND part = 'content'",
+                    [id],
+                    |r| r.get(0),
+                )?;
+                let expected = u64::from(row.chunk_count.unwrap_or(0));
+                if found as u64 != expected {
+                    return Err(StoreError::AttachmentTruncated {
+                        id: id.into(),
+                        found: found as u64,
+                        expected,
+                    });
+                }
+                None
+            }
+            Rendition::Deidentified => {
+                let mut all = Vec::new();
+                read_content(&tx, &row, |c| {
+                    all.extend_from_slice(&c);
+                    Ok(())
+                })?;
+                Some(all)
+            }
         };
         let what = match rendition {
             Rendition::File => "file",
             Rendition::Thumbnail => "thumbnail",
+            Rendition::Deidentified => "deidentified",
         };
         let ev = audit_event(
             actor,

@@ -49,6 +49,8 @@ pub struct Reply {
     pub body: Value,
     /// The body as text (XML, Prometheus text; empty for a live stream).
     pub text: String,
+    /// The body as received (binary replies: attachments, PDFs).
+    pub raw: Vec<u8>,
     pub headers: axum::http::HeaderMap,
 }
 
@@ -197,6 +199,7 @@ impl Api {
             status,
             body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
             text: String::from_utf8_lossy(&bytes).into_owned(),
+            raw: bytes.to_vec(),
             headers,
         }
     }
@@ -295,20 +298,22 @@ impl Api {
         let sse = headers
             .get("content-type")
             .is_some_and(|v| v.to_str().unwrap().starts_with("text/event-stream"));
-        let (body, text) = if sse {
+        let (body, text, raw) = if sse {
             // A live stream never ends: only its status and headers are inspected.
-            (Value::Null, String::new())
+            (Value::Null, String::new(), Vec::new())
         } else {
             let bytes = resp.into_body().collect().await.unwrap().to_bytes();
             (
                 serde_json::from_slice(&bytes).unwrap_or(Value::Null),
                 String::from_utf8_lossy(&bytes).into_owned(),
+                bytes.to_vec(),
             )
         };
         Reply {
             status,
             body,
             text,
+            raw,
             headers,
         }
     }

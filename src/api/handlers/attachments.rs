@@ -221,7 +221,7 @@ async fn serve(
         .await?;
     let media = match rendition {
         Rendition::Thumbnail => MediaType::Jpeg,
-        Rendition::File => open.media_type,
+        Rendition::File | Rendition::Deidentified => open.media_type,
     };
     let mut r = match open.whole {
         Some(bytes) => bytes.into_response(),
@@ -254,7 +254,7 @@ async fn serve(
         header::CONTENT_TYPE,
         HeaderValue::from_static(media.as_str()),
     );
-    if rendition == Rendition::File {
+    if rendition != Rendition::Thumbnail {
         if let Ok(v) = HeaderValue::from_str(&open.info.size.to_string()) {
             hs.insert(header::CONTENT_LENGTH, v);
         }
