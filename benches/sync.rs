@@ -79,6 +79,7 @@ fn case(samples: i64) -> CaseExport {
         audit: vec![],
         checkpoint: None,
         prealert: Default::default(),
+        attachments: vec![],
     }
 }
 

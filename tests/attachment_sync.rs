@@ -93,7 +93,7 @@ async fn attachments_queued_offline_follow_the_prealert_and_survive_kill9() {
     let mut daemon = a.start_daemon();
     let cert = a.dir.join("keys/api-cert.pem");
     let tls = TlsConnector::from(hema3n_edge::tls::client_config(&cert, None).unwrap());
-    let port = a.api_port();
+    let mut port = a.api_port();
     let login = hyper::Request::builder()
         .method("POST")
         .uri("/api/v1/auth/login")
@@ -254,6 +254,51 @@ async fn attachments_queued_offline_follow_the_prealert_and_survive_kill9() {
             "exported {aid}"
         );
     }
+    // The restarted daemon listens on a new port (its log's last line says which).
+    port = a.api_port();
+    // Closing the case seals its bundle, which names every attachment by id, size and SHA-256
+    // (valid FHIR R4 under the independent validator).
+    let (st, v) = send(
+        port,
+        &tls,
+        req("POST", &format!("/api/v1/cases/{case}/close"), &token)
+            .body(Full::new(Bytes::new()))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(st, 200, "{v}");
+    wait_for(120, "the case bundle receipted", || {
+        (a.query_i64("SELECT count(*) FROM outbox WHERE kind = 'bundle' AND state = 'receipted'")
+            == 1)
+            .then_some(())
+    });
+    let appliance = list[0]["appliance_id"].as_str().unwrap();
+    let bundle_id = a.query_text("SELECT bundle_id FROM outbox WHERE kind = 'bundle'");
+    let body = r.ok(&["bundles", &format!("{appliance}/{bundle_id}")]);
+    let bundle: Value = serde_json::from_str(&body).unwrap();
+    let mut named = 0;
+    for e in bundle["entry"].as_array().unwrap() {
+        let res = &e["resource"];
+        if !matches!(res["resourceType"].as_str(), Some("DocumentReference")) {
+            continue;
+        }
+        let ids = res["identifier"].as_array().unwrap();
+        let Some(att) = ids.iter().find(|i| i["system"] == "urn:hema3n:attachment") else {
+            continue;
+        };
+        let (aid, sha) = files.iter().find(|(id, _)| att["value"] == *id).unwrap();
+        assert!(
+            ids.iter()
+                .any(|i| i["system"] == "urn:hema3n:sha256" && i["value"] == *sha)
+        );
+        assert_eq!(res["content"][0]["attachment"]["size"], FILE_BYTES, "{aid}");
+        named += 1;
+    }
+    assert_eq!(named, FILES);
+    let f = r.tmp.path().join("case-bundle.json");
+    std::fs::write(&f, &body).unwrap();
+    let report = common::cloud::fhir_validate(&[f]);
+    assert!(report.contains("DocumentReference="), "{report}");
     let stats = r.stats();
     assert_eq!(
         stats["conflicts"].as_i64().unwrap_or(0),

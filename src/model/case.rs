@@ -326,6 +326,8 @@ pub struct CaseExport {
     pub checkpoint: Option<ExportCheckpoint>,
     /// Pre-alerts of the case: what was sent and why the next one is due.
     pub prealert: PrealertInfo,
+    /// Stored attachments (metadata; their bytes travel as their own envelopes).
+    pub attachments: Vec<super::AttachmentInfo>,
 }
 
 /// What a received pre-alert says, as the cloud lists it (`hema3n-receiver prealerts`).

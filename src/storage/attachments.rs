@@ -502,6 +502,25 @@ impl Db {
     }
 }
 
+/// The stored attachments of a case (for its bundle and handoff), oldest first.
+pub(super) fn stored(
+    st: &mut State,
+    conn: &rusqlite::Connection,
+    case_id: &str,
+) -> Result<Vec<AttachmentInfo>> {
+    let ids: Vec<String> = conn
+        .prepare_cached(
+            "SELECT id FROM attachments WHERE case_id = ?1 AND state = 'stored' ORDER BY created_at, id",
+        )?
+        .query_map([case_id], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    let mut out = Vec::with_capacity(ids.len());
+    for id in &ids {
+        out.push(st.attachment_row(conn, case_id, id)?.info(None));
+    }
+    Ok(out)
+}
+
 /// `pending` while some part of the attachment is not receipted, `receipted` after; `None`
 /// before it was queued.
 pub(super) fn sync_state(conn: &rusqlite::Connection, id: &str) -> Result<Option<String>> {

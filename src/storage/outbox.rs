@@ -568,6 +568,7 @@ pub(super) fn case_export(
         audit,
         checkpoint,
         prealert: super::prealerts::info(tx, case_id)?,
+        attachments: super::attachments::stored(st, tx, case_id)?,
     })
 }
 

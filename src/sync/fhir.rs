@@ -542,6 +542,9 @@ pub fn build_with(
         if let Some(pdf) = extras.handoff_pdf {
             entries.push(super::fhir_handoff::pdf_reference(&ctx, pdf, now_ms));
         }
+        if profile == Profile::Case {
+            entries.extend(super::fhir_handoff::attachment_resources(&ctx, x));
+        }
         if profile == Profile::Prealert {
             entries.extend(super::fhir_handoff::prealert_resources(&ctx, x, now_ms));
         }
@@ -639,6 +642,7 @@ mod tests {
             audit: vec![],
             checkpoint: None,
             prealert: Default::default(),
+            attachments: vec![],
         }
     }
 

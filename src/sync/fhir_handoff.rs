@@ -12,6 +12,8 @@ use crate::model::{CaseExport, iso8601_ms};
 
 /// Identifier system of the DocumentReference that carries the handoff PDF.
 pub const SYS_HANDOFF: &str = "urn:hema3n:handoff";
+/// Identifier system of an attachment (the id its envelopes carry).
+pub const SYS_ATTACHMENT: &str = "urn:hema3n:attachment";
 /// Identifier system of a bundle id (a pre-alert's `relatesTo` target).
 pub const SYS_BUNDLE: &str = "urn:hema3n:bundle";
 /// Extension on the pre-alert Composition: expected arrival at the destination.
@@ -43,6 +45,63 @@ pub(super) fn pdf_reference(c: &Ctx<'_>, pdf: &[u8], now_ms: i64) -> (String, Va
         } }],
     });
     (id, d)
+}
+
+/// One resource per stored attachment: a `Media` for a photo, a `DocumentReference` for
+/// the others. The bytes are not inline: they travel as attachment envelopes; the
+/// `urn:hema3n:attachment` identifier names the attachment, `size` and the `urn:hema3n:sha256`
+/// identifier let the receiver match the file to its record.
+pub(super) fn attachment_resources(c: &Ctx<'_>, x: &CaseExport) -> Vec<(String, Value)> {
+    use crate::model::AttachmentKind as K;
+    let mut out = vec![];
+    for a in &x.attachments {
+        let id = (c.rid)(&format!("attachment/{}", a.id));
+        let media = a
+            .media_type
+            .map_or("application/octet-stream", |m| m.as_str());
+        let mut att = json!({
+            "contentType": media, "size": a.size,
+            "creation": iso8601_ms(a.created_at_ms),
+        });
+        if let Some(t) = a.caption.as_ref().or(a.filename.as_ref()) {
+            att["title"] = json!(t);
+        }
+        let ident = json!([
+            { "system": SYS_ATTACHMENT, "value": a.id },
+            { "system": SYS_SHA256, "value": a.sha256.clone().unwrap_or_default() },
+        ]);
+        let photo = matches!(a.kind, K::ScenePhoto | K::Wound)
+            && a.media_type.is_some_and(|m| m.is_image());
+        let r = if photo {
+            let mut m = json!({
+                "resourceType": "Media", "id": id, "identifier": ident, "status": "completed",
+                "type": { "coding": [{ "system": "http://terminology.hl7.org/CodeSystem/media-type", "code": "image", "display": "Image" }] },
+                "modality": { "text": a.kind.label() },
+                "subject": reference(c.patient), "encounter": reference(c.encounter),
+                "createdDateTime": iso8601_ms(a.created_at_ms), "content": att,
+            });
+            if let (Some(w), Some(h)) = (a.width, a.height) {
+                m["width"] = json!(w);
+                m["height"] = json!(h);
+            }
+            m
+        } else {
+            let ty = match a.kind {
+                K::Ecg => {
+                    json!({ "coding": [{ "system": "http://loinc.org", "code": "11524-6", "display": "EKG study" }], "text": a.kind.label() })
+                }
+                _ => json!({ "text": a.kind.label() }),
+            };
+            json!({
+                "resourceType": "DocumentReference", "id": id, "identifier": ident, "status": "current",
+                "type": ty, "subject": reference(c.patient), "date": iso8601_ms(a.created_at_ms),
+                "context": { "encounter": [reference(c.encounter)] },
+                "content": [{ "attachment": att }],
+            })
+        };
+        out.push((id, r));
+    }
+    out
 }
 
 /// The handoff PDF a case bundle carries, checked against its SHA-256.

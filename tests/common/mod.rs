@@ -231,6 +231,14 @@ impl Appliance {
             .query_row(sql, [], |r| r.get(0))
             .unwrap()
     }
+
+    /// Text scalar query on the store.
+    pub fn query_text(&self, sql: &str) -> String {
+        let db = self.open();
+        db.raw_connection_for_tests()
+            .query_row(sql, [], |r| r.get(0))
+            .unwrap()
+    }
 }
 
 /// A daemon process that is SIGKILLed if the test ends (or panics) without stopping it.

@@ -311,6 +311,7 @@ pub fn full_case() -> CaseExport {
             signature: vec![7; 64],
         }),
         prealert: Default::default(),
+        attachments: vec![],
     }
 }
 
