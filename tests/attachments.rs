@@ -470,3 +470,75 @@ async fn no_attachment_bytes_in_the_database_or_wal_and_erasure_removes_them() {
         0
     );
 }
+
+#[test]
+fn the_cli_attaches_a_dicom_object_and_exports_both_forms() {
+    let a = common::Appliance::init();
+    let case = a.ok(&["cases", "open", "--chief-complaint", "abdominal pain"]);
+    let case = case.trim().rsplit(' ').next().unwrap().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let orig = dir.path().join("fast-exam.dcm");
+    media_py(&["dicom-make", orig.to_str().unwrap()]);
+    let bytes = std::fs::read(&orig).unwrap();
+    let out = a.ok(&[
+        "cases",
+        "attach",
+        &case,
+        orig.to_str().unwrap(),
+        "--kind",
+        "ultrasound",
+        "--caption",
+        "FAST",
+    ]);
+    assert!(
+        out.contains("application/dicom") && out.contains(&sha256_hex(&bytes)),
+        "{out}"
+    );
+    let id = out.split_whitespace().nth(1).unwrap().to_string();
+    let full = dir.path().join("full.dcm");
+    let deid = dir.path().join("deid.dcm");
+    a.ok(&[
+        "cases",
+        "attachment-export",
+        &case,
+        &id,
+        "--out",
+        full.to_str().unwrap(),
+    ]);
+    a.ok(&[
+        "cases",
+        "attachment-export",
+        &case,
+        &id,
+        "--out",
+        deid.to_str().unwrap(),
+        "--deidentified",
+    ]);
+    assert_eq!(std::fs::read(&full).unwrap(), bytes);
+    let report: Value = serde_json::from_str(&media_py(&[
+        "dicom-check",
+        deid.to_str().unwrap(),
+        orig.to_str().unwrap(),
+        full.to_str().unwrap(),
+    ]))
+    .unwrap();
+    assert_eq!(report["phi_left"], json!([]), "{report}");
+    // A wrong type is refused with its code and exit status 1; nothing is kept.
+    let txt = tmp_file(
+        dir.path(),
+        "notes.txt",
+        b"not a photo at all, just some words here",
+    );
+    let o = a.run(&[
+        "cases",
+        "attach",
+        &case,
+        txt.to_str().unwrap(),
+        "--kind",
+        "wound",
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("plain text files are not accepted"), "{err}");
+    assert_eq!(a.query_i64("SELECT count(*) FROM attachments"), 1);
+}

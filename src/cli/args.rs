@@ -170,6 +170,28 @@ pub enum CasesCmd {
         #[arg(long)]
         out: Option<std::path::PathBuf>,
     },
+    /// Attach a file to a case (JPEG/PNG photo, PDF, DICOM; recognised by its bytes, photo
+    /// metadata stripped, DICOM PHI split off); prints the attachment id and SHA-256.
+    Attach {
+        case: String,
+        file: std::path::PathBuf,
+        /// scene_photo, wound, ecg, signed_form, ultrasound or other.
+        #[arg(long)]
+        kind: String,
+        #[arg(long)]
+        caption: Option<String>,
+    },
+    /// Write a stored attachment (audited as a view); `--deidentified` writes a DICOM object
+    /// without its PHI.
+    AttachmentExport {
+        case: String,
+        attachment: String,
+        /// File to write (created with mode 0600).
+        #[arg(long)]
+        out: std::path::PathBuf,
+        #[arg(long)]
+        deidentified: bool,
+    },
     /// Write the hospital handoff document (PDF) of a case (audited as a disclosure).
     HandoffPdf {
         case: String,

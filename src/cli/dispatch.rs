@@ -129,6 +129,18 @@ pub fn main(args: Args) -> ExitCode {
             CasesCmd::ExportNemsis { case, out } => {
                 cli::cases_export_nemsis(&cfg, case, out.as_deref())
             }
+            CasesCmd::Attach {
+                case,
+                file,
+                kind,
+                caption,
+            } => cli::cases_attach(&cfg, case, file, kind, caption.as_deref()),
+            CasesCmd::AttachmentExport {
+                case,
+                attachment,
+                out,
+                deidentified,
+            } => cli::cases_attachment_export(&cfg, case, attachment, out, *deidentified),
             CasesCmd::HandoffPdf { case, out, format } => {
                 cli::cases_handoff_pdf(&cfg, case, out, format.as_deref())
             }

@@ -1,9 +1,10 @@
 //! Subcommands other than `run`, one file per group: `setup` (init, check), `keys`, `audit`,
-//! `records` (devices, cases, triage, outbox), `users`, `debug` (simulate, soak, vectors).
+//! `records` (devices, cases, triage, outbox), `attachments`, `users`, `debug` (simulate, soak, vectors).
 //! Each returns the process exit code: 0 ok, 1 failure, 78 setup/configuration error; this file
 //! holds the shared failure type.
 
 mod args;
+mod attachments;
 mod audit;
 mod debug;
 mod dispatch;
@@ -13,6 +14,7 @@ mod setup;
 mod users;
 
 pub use args::Args;
+pub use attachments::{cases_attach, cases_attachment_export};
 pub use audit::{audit_checkpoint, audit_verify};
 pub use debug::{debug_bundle_vectors, debug_soak, simulate};
 pub use dispatch::main;

@@ -168,7 +168,7 @@ pub fn cases_export_nemsis(cfg: &Config, case: &str, out: Option<&std::path::Pat
 }
 
 /// Writes an export to a new 0600 file (synced), or to standard output.
-fn write_out(out: Option<&std::path::Path>, bytes: &[u8]) -> std::io::Result<()> {
+pub(super) fn write_out(out: Option<&std::path::Path>, bytes: &[u8]) -> std::io::Result<()> {
     match out {
         Some(path) => {
             use std::os::unix::fs::OpenOptionsExt;
