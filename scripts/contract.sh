@@ -17,7 +17,12 @@ install_contract_tools
 
 DIR="$(mktemp -d)"
 PID=""
-cleanup() { [ -n "$PID" ] && kill "$PID" 2>/dev/null; wait 2>/dev/null || true; rm -rf "$DIR"; }
+cleanup() {
+    [ -n "$PID" ] && kill "$PID" 2>/dev/null; wait 2>/dev/null || true
+    # Kept for a failed run's diagnosis.
+    cp "$DIR/daemon.log" "$ROOT/target/contract-daemon.log" 2>/dev/null || true
+    rm -rf "$DIR"
+}
 trap cleanup EXIT
 "$BIN" init --data-dir "$DIR/state" >/dev/null
 mkdir -p "$DIR/state/edge.d"

@@ -526,7 +526,8 @@ pub fn document() -> Value {
         if r.body == Some("AttachmentPiece") {
             op.insert(
                 "requestBody".into(),
-                json!({ "required": true, "content": { "application/offset+octet-stream": { "schema": { "type": "string", "format": "binary" } } } }),
+                json!({ "required": true, "description": "raw bytes of the piece (`application/offset+octet-stream`, tus style, is accepted too)",
+                    "content": { "application/octet-stream": { "schema": { "type": "string", "format": "binary" } } } }),
             );
         } else if let Some(b) = r.body {
             op.insert(
