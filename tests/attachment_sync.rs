@@ -87,7 +87,9 @@ async fn attachments_queued_offline_follow_the_prealert_and_survive_kill9() {
         .unwrap();
     let r = Receiver::init(&pki, &cloud);
     r.pair(&a);
-    enable_sync(&a, &pki, &cloud, "");
+    // One envelope in flight at a time: the transfer takes long enough (one receipt round trip
+    // per part) for the kill -9 below to land in the middle of it.
+    enable_sync(&a, &pki, &cloud, "window = 1\n");
     // The cloud is unreachable: its broker is down, the receiver not started.
     cloud.pause();
     let mut daemon = a.start_daemon();

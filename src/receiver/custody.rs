@@ -203,53 +203,16 @@ pub(super) fn open_one(
         .open(&keys.hpke)
         .map_err(|e| (Some(app.clone()), e.code(), e.to_string()))?;
     let h = &parsed.header;
-    if h.kind == seal::BundleKind::Attachment {
+    let (prealert, attachment) = if h.kind == seal::BundleKind::Attachment {
         let (part, data) = crate::sync::attachment_wire::decode(&body)
             .map_err(|e| (Some(app.clone()), "BAD_PAYLOAD", e.to_string()))?;
-        let data_at = body.len() - data.len();
-        return Ok(ReceivedBundle {
-            prealert: None,
-            attachment: Some((part, data_at)),
-            appliance_id: app,
-            bundle_id: uuid::Uuid::from_bytes(h.bundle_id),
-            seq: h.seq,
-            kind: h.kind.as_str().into(),
-            created_at_ms: h.created_at_ms as i64,
-            envelope_sha256,
-            body,
-        });
-    }
-    // Checks the JSON and reads only the resource type (no tree is built).
-    #[derive(serde::Deserialize)]
-    struct Head<'a> {
-        #[serde(rename = "resourceType", borrow)]
-        resource_type: Option<std::borrow::Cow<'a, str>>,
-    }
-    let head: Head<'_> = serde_json::from_slice(&body).map_err(|e| {
-        (
-            Some(app.clone()),
-            "BAD_PAYLOAD",
-            format!("plaintext is not a JSON object: {e}"),
-        )
-    })?;
-    let rt = head.resource_type.as_deref();
-    if !matches!(rt, Some("Bundle") | Some("Parameters")) {
-        return Err((
-            Some(app.clone()),
-            "BAD_PAYLOAD",
-            "plaintext is not a FHIR Bundle or Parameters resource".into(),
-        ));
-    }
-    // A pre-alert is also listed by case, so the hospital sees the latest and its chain.
-    let prealert = match h.kind {
-        seal::BundleKind::Prealert => serde_json::from_slice(&body)
-            .ok()
-            .and_then(|v| crate::sync::prealert_summary(&v)),
-        _ => None,
+        (None, Some((part, body.len() - data.len())))
+    } else {
+        (fhir_payload(&app, h.kind, &body)?, None)
     };
     Ok(ReceivedBundle {
         prealert,
-        attachment: None,
+        attachment,
         appliance_id: app,
         bundle_id: uuid::Uuid::from_bytes(h.bundle_id),
         seq: h.seq,
@@ -257,5 +220,41 @@ pub(super) fn open_one(
         created_at_ms: h.created_at_ms as i64,
         envelope_sha256,
         body,
+    })
+}
+
+/// Checks a FHIR plaintext (a `Bundle` or `Parameters`, reading only the resource type: no
+/// tree is built) and, for a pre-alert, its summary (so the hospital sees the latest and its
+/// chain by case).
+fn fhir_payload(
+    app: &str,
+    kind: seal::BundleKind,
+    body: &[u8],
+) -> Result<Option<crate::model::PrealertSummary>, Reject> {
+    #[derive(serde::Deserialize)]
+    struct Head<'a> {
+        #[serde(rename = "resourceType", borrow)]
+        resource_type: Option<std::borrow::Cow<'a, str>>,
+    }
+    let head: Head<'_> = serde_json::from_slice(body).map_err(|e| {
+        (
+            Some(app.to_string()),
+            "BAD_PAYLOAD",
+            format!("plaintext is not a JSON object: {e}"),
+        )
+    })?;
+    let rt = head.resource_type.as_deref();
+    if !matches!(rt, Some("Bundle") | Some("Parameters")) {
+        return Err((
+            Some(app.to_string()),
+            "BAD_PAYLOAD",
+            "plaintext is not a FHIR Bundle or Parameters resource".into(),
+        ));
+    }
+    Ok(match kind {
+        seal::BundleKind::Prealert => serde_json::from_slice(body)
+            .ok()
+            .and_then(|v| crate::sync::prealert_summary(&v)),
+        _ => None,
     })
 }

@@ -38,20 +38,34 @@ fn pieces(
     row: &Row,
     mut each: impl FnMut(&[u8]) -> Result<()>,
 ) -> Result<()> {
-    let mut st = conn.prepare_cached(
-        "SELECT body FROM attachment_chunks WHERE attachment_id = ?1 AND part = 'upload' AND idx = ?2",
-    )?;
     for i in 0..row.pieces {
-        let body: Vec<u8> = st.query_row(params![row.id, i64::from(i)], |r| r.get(0))?;
-        let loc = ChunkLoc {
-            part: "upload",
-            attachment_id: &row.id,
-            index: i,
-            count: 0,
-        };
-        each(&row.dk.open_chunk(loc, &body)?)?;
+        each(&piece(conn, row, i)?)?;
     }
     Ok(())
+}
+
+/// Upload piece `i` of `row`, decrypted.
+fn piece(conn: &rusqlite::Connection, row: &Row, i: u32) -> Result<Vec<u8>> {
+    let body: Vec<u8> = conn
+        .prepare_cached(
+            "SELECT body FROM attachment_chunks WHERE attachment_id = ?1 AND part = 'upload' AND idx = ?2",
+        )?
+        .query_row(params![row.id, i64::from(i)], |r| r.get(0))?;
+    Ok(row.dk.open_chunk(upload_loc(&row.id, i), &body)?)
+}
+
+/// The first [`SNIFF_BYTES`] of the upload (fewer for a shorter file), reading only the
+/// pieces that hold them.
+fn head(conn: &rusqlite::Connection, row: &Row) -> Result<Vec<u8>> {
+    let mut head = Vec::with_capacity(SNIFF_BYTES);
+    for i in 0..row.pieces {
+        if head.len() >= SNIFF_BYTES {
+            break;
+        }
+        let p = piece(conn, row, i)?;
+        head.extend_from_slice(&p[..p.len().min(SNIFF_BYTES - head.len())]);
+    }
+    Ok(head)
 }
 
 /// Seals `data` into content chunks `first..` of `count` (`data` holds whole chunks but for the
@@ -114,13 +128,7 @@ pub(super) fn store(
     limits: &AttachmentLimits,
 ) -> Result<serde_json::Value> {
     // Recognise the type from the first bytes.
-    let mut head = Vec::with_capacity(SNIFF_BYTES);
-    pieces(tx, row, |p| {
-        if head.len() < SNIFF_BYTES {
-            head.extend_from_slice(&p[..p.len().min(SNIFF_BYTES - head.len())]);
-        }
-        Ok(())
-    })?;
+    let head = head(tx, row)?;
     let media = media::sniff(&head, row.received <= SNIFF_BYTES as u64)?;
     media::check_kind(row.kind, media)?;
     let (size, sha, facts, phi, thumb_src, removed) = if media == MediaType::Dicom {
@@ -387,7 +395,7 @@ impl Db {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let row = self.st.attachment_row(&tx, case_id, id)?;
+        let mut row = self.st.attachment_row(&tx, case_id, id)?;
         if row.state != AttachmentState::Uploading {
             return Err(StoreError::AttachmentState {
                 id: id.into(),
@@ -433,13 +441,12 @@ impl Db {
                 params![received as i64, id],
             )?;
         }
+        row.received = received;
+        row.pieces += u32::from(!piece.is_empty());
         if received < row.declared {
             tx.commit()?;
-            let mut info = row.info(None);
-            info.received = received;
-            return Ok(info);
+            return Ok(row.info(None));
         }
-        let row = self.st.attachment_row(&tx, case_id, id)?;
         match store(&tx, &mut self.st, &row, limits) {
             Ok(details) => {
                 let ev = audit_event(actor, "attachment.store", id, &row.territory, details);

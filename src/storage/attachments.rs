@@ -225,24 +225,31 @@ impl Row {
 }
 
 /// Reads the content chunks of a stored attachment in order, checking their number first.
+/// Refuses an attachment whose content chunks are more or fewer than its recorded count
+/// (rows deleted or added behind the store's back).
+fn check_count(conn: &rusqlite::Connection, id: &str, count: u32) -> Result<()> {
+    let found: i64 = conn
+        .prepare_cached(
+            "SELECT count(*) FROM attachment_chunks WHERE attachment_id = ?1 AND part = 'content'",
+        )?
+        .query_row([id], |r| r.get(0))?;
+    if found as u64 != u64::from(count) {
+        return Err(StoreError::AttachmentTruncated {
+            id: id.into(),
+            found: found as u64,
+            expected: u64::from(count),
+        });
+    }
+    Ok(())
+}
+
 pub(super) fn read_content(
     conn: &rusqlite::Connection,
     row: &Row,
     mut each: impl FnMut(Vec<u8>) -> Result<()>,
 ) -> Result<()> {
     let count = row.chunk_count.unwrap_or(0);
-    let found: i64 = conn.query_row(
-        "SELECT count(*) FROM attachment_chunks WHERE attachment_id = ?1 AND part = 'content'",
-        [&row.id],
-        |r| r.get(0),
-    )?;
-    if found as u64 != u64::from(count) {
-        return Err(StoreError::AttachmentTruncated {
-            id: row.id.clone(),
-            found: found as u64,
-            expected: u64::from(count),
-        });
-    }
+    check_count(conn, &row.id, count)?;
     let mut st = conn.prepare_cached(
         "SELECT body FROM attachment_chunks WHERE attachment_id = ?1 AND part = 'content' AND idx = ?2",
     )?;
@@ -400,19 +407,7 @@ impl Db {
             Rendition::File if media_type == MediaType::Dicom => Some(read_file(&tx, &row)?),
             Rendition::File => {
                 // Streamed later chunk by chunk; a missing or extra chunk is refused now.
-                let found: i64 = tx.query_row(
-                    "SELECT count(*) FROM attachment_chunks WHERE attachment_id = ?1 AND part = 'content'",
-                    [id],
-                    |r| r.get(0),
-                )?;
-                let expected = u64::from(row.chunk_count.unwrap_or(0));
-                if found as u64 != expected {
-                    return Err(StoreError::AttachmentTruncated {
-                        id: id.into(),
-                        found: found as u64,
-                        expected,
-                    });
-                }
+                check_count(&tx, id, row.chunk_count.unwrap_or(0))?;
                 None
             }
             Rendition::Deidentified => {
@@ -449,31 +444,39 @@ impl Db {
     /// One decrypted content chunk of a stored attachment (after [`Db::attachment_open`]
     /// audited the view). The last index also checks that no chunk was added or removed.
     pub fn attachment_chunk(&mut self, case_id: &str, id: &str, index: u32) -> Result<Vec<u8>> {
-        let row = self.st.attachment_row(&self.conn, case_id, id)?;
-        let count = row.chunk_count.unwrap_or(0);
-        let found: i64 = self.conn.query_row(
-            "SELECT count(*) FROM attachment_chunks WHERE attachment_id = ?1 AND part = 'content'",
-            [id],
-            |r| r.get(0),
-        )?;
+        // Only the count and the case key: the sealed metadata is not opened per chunk.
+        let count: Option<i64> = self
+            .conn
+            .prepare_cached(
+                "SELECT chunk_count FROM attachments WHERE id = ?1 AND case_id = ?2 AND state = 'stored'",
+            )?
+            .query_row(params![id, case_id], |r| r.get(0))
+            .optional()?
+            .ok_or_else(|| StoreError::NotFound {
+                kind: "attachment",
+                id: id.into(),
+            })?;
+        let count = count.unwrap_or(0) as u32;
+        let (_, dk) = self.st.live_case(&self.conn, case_id)?;
         let body: Option<Vec<u8>> = self
             .conn
-            .query_row(
+            .prepare_cached(
                 "SELECT body FROM attachment_chunks WHERE attachment_id = ?1 AND part = 'content' AND idx = ?2",
-                params![id, i64::from(index)],
-                |r| r.get(0),
-            )
+            )?
+            .query_row(params![id, i64::from(index)], |r| r.get(0))
             .optional()?;
-        match body {
-            Some(b) if found as u64 == u64::from(count) => {
-                Ok(row.dk.open_chunk(content_loc(id, index, count), &b)?)
-            }
-            _ => Err(StoreError::AttachmentTruncated {
+        let Some(body) = body else {
+            check_count(&self.conn, id, count)?;
+            return Err(StoreError::AttachmentTruncated {
                 id: id.into(),
-                found: found as u64,
+                found: u64::from(index),
                 expected: u64::from(count),
-            }),
+            });
+        };
+        if index + 1 == count {
+            check_count(&self.conn, id, count)?;
         }
+        Ok(dk.open_chunk(content_loc(id, index, count), &body)?)
     }
 
     /// Drops uploads not finished within `older_than_ms` (the tablet gave up); audited

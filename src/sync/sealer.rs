@@ -80,6 +80,17 @@ pub fn envelope_meta(appliance_id: &str, slot: &crate::storage::OutboxSlot) -> E
     }
 }
 
+/// What a failed seal means for the pass: the store failing ends it (`Err`), a record erased or
+/// gone since the work list was read is nothing to do (`None`), anything else concerns that
+/// record alone, which is skipped until restart (`Some`).
+fn skippable(e: StoreError) -> Result<Option<StoreError>, StoreError> {
+    match e {
+        StoreError::Erased { .. } | StoreError::NotFound { .. } => Ok(None),
+        StoreError::Sqlite(_) | StoreError::Closed | StoreError::Io { .. } => Err(e),
+        e => Ok(Some(e)),
+    }
+}
+
 /// Seals whatever needs sealing now (one pass). Returns how many envelopes were queued.
 ///
 /// A case that cannot be sealed (a field fails authentication, a key version is missing) is
@@ -114,11 +125,8 @@ pub async fn seal_pending(
                 n += 1;
                 tracing::info!(bundle_id = %bid, case_id = %w.case_id, kind = w.kind.as_str(), "bundle sealed and queued");
             }
-            Err(StoreError::Erased { .. }) | Err(StoreError::NotFound { .. }) => {}
-            Err(e @ (StoreError::Sqlite(_) | StoreError::Closed | StoreError::Io { .. })) => {
-                return Err(e);
-            }
             Err(e) => {
+                let Some(e) = skippable(e)? else { continue };
                 tracing::error!(case_id = %w.case_id, kind = w.kind.as_str(), error = %e, "cannot seal this case; skipped until restart");
                 failed.insert((w.case_id, w.kind));
             }
@@ -158,11 +166,8 @@ async fn seal_attachments(
                 n += ids.len();
                 tracing::info!(attachment = %id, case_id = %case, parts = ids.len(), "attachment sealed and queued");
             }
-            Err(StoreError::Erased { .. }) | Err(StoreError::NotFound { .. }) => {}
-            Err(e @ (StoreError::Sqlite(_) | StoreError::Closed | StoreError::Io { .. })) => {
-                return Err(e);
-            }
             Err(e) => {
+                let Some(e) = skippable(e)? else { continue };
                 tracing::error!(attachment = %id, case_id = %case, error = %e, "cannot seal this attachment; skipped until restart");
                 failed.insert((id, BundleKind::Attachment));
             }
