@@ -5,9 +5,11 @@
 # here; --no-qemu skips it) runs --version, then init, check, audit checkpoint and audit verify on
 # a scratch data dir: SQLCipher, ring's AArch64 assembly, ES256 and the audit chain on the target ISA.
 #
-#   ./scripts/build-aarch64.sh [--features cuda,tensorrt] [--check] [--no-qemu]
+#   ./scripts/build-aarch64.sh [--features cuda,tensorrt] [--profile P] [--check] [--no-qemu]
 #
-# --check only type-checks (build scripts still cross-compile the C parts).
+# --profile: cargo profile (default release, what the appliance ships; CI passes ci-target, the
+#            same code without cross-crate LTO, see Cargo.toml). --check only type-checks (build
+#            scripts still cross-compile the C parts).
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$ROOT"
@@ -18,12 +20,14 @@ TARGET=aarch64-unknown-linux-gnu
 FEATURES="cuda,tensorrt"
 MODE=build
 QEMU=1
+PROFILE=release
 while [ $# -gt 0 ]; do
     case "$1" in
         --features) FEATURES="$2"; shift ;;
+        --profile) PROFILE="$2"; shift ;;
         --check) MODE=check ;;
         --no-qemu) QEMU=0 ;;
-        -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
         *) die "unknown option $1" ;;
     esac
     shift
@@ -41,9 +45,9 @@ if [ "$MODE" = check ]; then
     cargo check --locked --target "$TARGET" --features "$FEATURES" --lib --bins
     exit 0
 fi
-log "building release hema3n-edge for $TARGET with features [$FEATURES]"
-cargo build --locked --release --target "$TARGET" --features "$FEATURES" --bin hema3n-edge
-BIN="target/$TARGET/release/hema3n-edge"
+log "building hema3n-edge ($PROFILE profile) for $TARGET with features [$FEATURES]"
+cargo build --locked --profile "$PROFILE" --target "$TARGET" --features "$FEATURES" --bin hema3n-edge
+BIN="target/$TARGET/$PROFILE/hema3n-edge"
 MACHINE="$(aarch64-linux-gnu-readelf -h "$BIN" | awk -F: '/Machine/ {gsub(/^ +/, "", $2); print $2}')"
 [ "$MACHINE" = "AArch64" ] || die "$BIN is not an AArch64 ELF (Machine: $MACHINE)"
 # Everything C is vendored and ONNX Runtime is dlopen()ed: the image must provide only glibc.

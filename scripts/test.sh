@@ -8,7 +8,7 @@
 #
 # Tests start their own real services (SQLCipher files in temp dirs, mosquitto brokers, a private
 # dbus-daemon, Chromium driven by Playwright) on loopback and random ports and tear them down.
-# Then: appliance packaging gates, the aarch64 release build (+ --version under qemu-user) and a
+# Then: appliance packaging gates, the aarch64 build (+ --version under qemu-user) and a
 # quick run of every benchmark harness.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -71,8 +71,8 @@ stage "API contract (schemathesis against the served OpenAPI document)"
 stage "appliance packaging (systemd units, Yocto layer, provisioning)"
 ./scripts/check-appliance.sh
 
-stage "aarch64 release build with the CUDA and TensorRT execution providers"
-./scripts/build-aarch64.sh --features cuda,tensorrt
+stage "aarch64 build (ci-target profile) with the CUDA and TensorRT execution providers"
+./scripts/build-aarch64.sh --features cuda,tensorrt --profile ci-target
 
 stage "benchmark harness smoke run (quick sizes)"
 HEMA3N_BENCH_QUICK=1 ./scripts/bench.sh --debug all >/tmp/hema3n-bench-smoke.log 2>&1 || { cat /tmp/hema3n-bench-smoke.log; die "bench smoke run failed"; }
