@@ -7,36 +7,15 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use axum::http::StatusCode;
 use common::api::Api;
+use common::media_py;
 use hema3n_edge::model::Actor;
 use hema3n_edge::storage::{Rendition, StoreError};
 use serde_json::{Value, json};
 
 const IDLE: &str = "[api]\nidle_timeout_secs = 600\nsession_lifetime_secs = 43200\n";
-
-fn media_py(args: &[&str]) -> String {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let tools = root.join(".tools/media");
-    assert!(
-        tools.join("pydicom").is_dir() && tools.join("PIL").is_dir(),
-        "pydicom/Pillow missing: run ./scripts/test.sh (installs them into .tools/media)"
-    );
-    let out = Command::new("python3")
-        .arg(root.join("tests/media_check.py"))
-        .args(args)
-        .env("PYTHONPATH", &tools)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "media_check.py {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
 
 async fn case(api: &Api, t: &str) -> String {
     let c = api

@@ -1,6 +1,8 @@
 //! The crew tablet in a real browser: headless Debian Chromium driven by Playwright
 //! (tests/browser/flow.cjs) against the real daemon over HTTPS, with a real broker, a simulated
 //! monitor, the ONNX model and the cloud receiver. Screenshots go to docs/screenshots/.
+//! Attachments: a camera photo with GPS EXIF and a 12-lead PDF made by Pillow (independent of
+//! our code), checked again by Pillow as the tablet showed them and as the cloud exports them.
 
 mod common;
 
@@ -9,7 +11,8 @@ use std::process::{Command, Stdio};
 
 use common::broker::{Broker, wait_for};
 use common::cloud::synced_appliance;
-use common::{Appliance, BIN, model_dir, ort_lib};
+use common::{Appliance, BIN, media_py, model_dir, ort_lib};
+use serde_json::Value;
 
 const PIN: &str = "pin-7391";
 const IDLE_SECS: u64 = 20;
@@ -49,7 +52,7 @@ fn crew_flow_in_chromium() {
     let (a, receiver, _cloud, _pki) = synced_appliance(
         &broker,
         &format!(
-            "[triage]\nonnxruntime_library = \"{}\"\nmodel_dir = \"{}\"\ndebounce_ms = 50\n[api]\nidle_timeout_secs = {IDLE_SECS}\n",
+            "[triage]\nonnxruntime_library = \"{}\"\nmodel_dir = \"{}\"\ndebounce_ms = 50\n[api]\nidle_timeout_secs = {IDLE_SECS}\n[attachments]\nmax_piece_kib = 64\n",
             ort_lib().display(),
             model_dir().display()
         ),
@@ -89,6 +92,12 @@ fn crew_flow_in_chromium() {
         (a.query_i64("SELECT count(*) FROM observations WHERE device_id = 'mon-1'") > 0)
             .then_some(())
     });
+    // A 1600×1200 camera photo with EXIF (GPS, serial, orientation 6) and XMP: pieces of 64 KiB.
+    let photo = a.tmp.path().join("scene.jpg");
+    media_py(&["photo-make", photo.to_str().unwrap(), "1600", "1200"]);
+    let ecg = a.tmp.path().join("12-lead.pdf");
+    media_py(&["ecg-pdf", ecg.to_str().unwrap()]);
+    let shown = a.tmp.path().join("shown-photo.jpg");
     let shots = std::env::var("HEMA3N_SCREENSHOTS")
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|_| a.tmp.path().join("shots"));
@@ -105,6 +114,9 @@ fn crew_flow_in_chromium() {
         .env("H3N_SHOTS", &shots)
         .env("H3N_CASE_FILE", a.tmp.path().join("case-id"))
         .env("H3N_PDF_FILE", a.tmp.path().join("handoff.pdf"))
+        .env("H3N_PHOTO", &photo)
+        .env("H3N_ECG_PDF", &ecg)
+        .env("H3N_STORED_PHOTO", &shown)
         .output()
         .unwrap();
     let _ = sim.kill();
@@ -174,6 +186,7 @@ fn crew_flow_in_chromium() {
         "Location",
         "Practitioner",
         "DocumentReference",
+        "Media",
     ] {
         assert!(kinds.iter().any(|k| k == want), "{want} missing: {kinds:?}");
     }
@@ -265,4 +278,101 @@ fn crew_flow_in_chromium() {
         );
     }
     common::pdf_first_page_png(&carried, &shots.join("handoff-pdf.png"));
+    attachments_in_the_cloud(&a, &receiver, &body, &photo, &ecg, &shown);
+}
+
+fn sha_hex(b: &[u8]) -> String {
+    hex::encode(hema3n_edge::crypto::sha256(b))
+}
+
+/// What Pillow finds in a photo: no EXIF block, tag, GPS position or XMP may be left.
+fn assert_no_photo_metadata(f: &Path, what: &str) {
+    let v: Value = serde_json::from_str(&media_py(&["photo-check", f.to_str().unwrap()])).unwrap();
+    assert_eq!(v["format"], "JPEG", "{what}: {v}");
+    assert_eq!(v["size"], serde_json::json!([1600, 1200]), "{what}: {v}");
+    assert_eq!(v["exif_tags"], 0, "{what}: {v}");
+    assert_eq!(v["gps"], false, "{what}: {v}");
+    assert_eq!(v["exif_block"], false, "{what}: {v}");
+    assert_eq!(v["xmp"], false, "{what}: {v}");
+}
+
+/// The photo and the ECG strip the crew attached from the tablet, in the cloud: complete, the
+/// same bytes the tablet showed (photo) or the crew picked (PDF), named by the case bundle.
+fn attachments_in_the_cloud(
+    a: &Appliance,
+    receiver: &common::cloud::Receiver,
+    bundle: &Value,
+    photo: &Path,
+    ecg: &Path,
+    shown: &Path,
+) {
+    // The original really carried what must go.
+    let orig: Value =
+        serde_json::from_str(&media_py(&["photo-check", photo.to_str().unwrap()])).unwrap();
+    assert!(orig["gps"] == true && orig["xmp"] == true, "{orig}");
+    assert_no_photo_metadata(shown, "the photo as the tablet showed it");
+    let list: Vec<Value> = wait_for(120, "both attachments complete in the cloud", || {
+        let l: Vec<Value> = receiver
+            .ok(&["attachments"])
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        (l.len() == 2 && l.iter().all(|x| x["state"] == "complete")).then_some(l)
+    });
+    let bundle_text = bundle.to_string();
+    for item in &list {
+        let which = format!(
+            "{}/{}",
+            item["appliance_id"].as_str().unwrap(),
+            item["attachment_id"].as_str().unwrap()
+        );
+        let out = a
+            .tmp
+            .path()
+            .join(format!("exported-{}", item["kind"].as_str().unwrap()));
+        receiver.ok(&[
+            "attachments",
+            "--export",
+            &which,
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        let got = std::fs::read(&out).unwrap();
+        let sha = item["sha256"].as_str().unwrap();
+        assert_eq!(sha_hex(&got), sha, "{which}: export vs the receiver's hash");
+        assert!(
+            bundle_text.contains(sha),
+            "the case bundle names {which} by its SHA-256"
+        );
+        match item["kind"].as_str().unwrap() {
+            "scene_photo" => {
+                assert_eq!(
+                    got,
+                    std::fs::read(shown).unwrap(),
+                    "synced photo ≠ stored photo"
+                );
+                assert_no_photo_metadata(&out, "the photo the cloud exports");
+            }
+            "ecg" => assert_eq!(
+                sha,
+                sha_hex(&std::fs::read(ecg).unwrap()),
+                "the PDF changed"
+            ),
+            other => panic!("unexpected attachment kind {other}"),
+        }
+    }
+    // Every view was audited; the refused GIF too, by its reason.
+    assert!(
+        a.query_i64(
+            "SELECT count(*) FROM audit_log WHERE action = 'attachment.view' AND actor = 'medic1'"
+        ) >= 2
+    );
+    assert_eq!(
+        a.query_i64("SELECT count(*) FROM audit_log WHERE action = 'attachment.refuse'"),
+        1
+    );
+    assert_eq!(
+        a.query_i64("SELECT count(*) FROM attachments WHERE state = 'stored'"),
+        2
+    );
 }

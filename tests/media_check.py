@@ -2,7 +2,8 @@
 
   dicom-make OUT                   a DICOM Part 10 ultrasound object full of PHI
   dicom-check DEID ORIG REJOINED   JSON: PHI values left in DEID; REJOINED equal to ORIG
-  photo-make OUT                   a JPEG with EXIF (GPS, camera serial, time) and XMP
+  photo-make OUT [W H]             a JPEG with EXIF (GPS, camera serial, time) and XMP
+  ecg-pdf OUT                      a one-page PDF of a 12-lead ECG strip (drawn, as monitors print)
   photo-check FILE                 JSON: what metadata FILE still carries
 """
 import json
@@ -73,13 +74,18 @@ def dicom_check(deid, orig, rejoined):
     }))
 
 
-def photo_make(out):
+def photo_make(out, w="640", h="480"):
     from PIL import Image
 
-    img = Image.new("RGB", (640, 480))
-    for x in range(0, 640, 8):
-        for y in range(0, 480, 8):
+    w, h = int(w), int(h)
+    img = Image.new("RGB", (w, h))
+    for x in range(0, w, 8):
+        for y in range(0, h, 8):
             img.putpixel((x, y), ((x * 3) % 256, (y * 5) % 256, 90))
+    if w * h > 640 * 480:
+        # Camera-like grain, so that a large photo is also a large file.
+        noise = Image.effect_noise((w, h), 40).convert("RGB")
+        img = Image.blend(img, noise, 0.5)
     exif = Image.Exif()
     exif[0x010F] = "SentinelCam"  # Make
     exif[0x0110] = "Model SENT-1"  # Model
@@ -90,6 +96,29 @@ def photo_make(out):
     exif[0x8825] = gps
     xmp = b'<x:xmpmeta xmlns:x="adobe:ns:meta/">SentinelXMP</x:xmpmeta>'
     img.save(out, "JPEG", exif=exif, xmp=xmp, quality=90)
+
+
+def ecg_pdf(out):
+    from PIL import Image, ImageDraw
+
+    img = Image.new("RGB", (1650, 1275), "white")
+    d = ImageDraw.Draw(img)
+    for x in range(0, 1650, 15):
+        d.line([(x, 0), (x, 1275)], fill=(255, 200, 200) if x % 75 else (240, 120, 120))
+    for y in range(0, 1275, 15):
+        d.line([(0, y), (1650, y)], fill=(255, 200, 200) if y % 75 else (240, 120, 120))
+    leads = ["I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6"]
+    for i, lead in enumerate(leads):
+        x0, y0 = 40 + (i // 3) * 400, 200 + (i % 3) * 300
+        d.text((x0, y0 - 80), lead, fill="black")
+        pts = []
+        for t in range(360):
+            beat = t % 90
+            v = -90 if beat == 20 else 30 if beat in (18, 22) else -15 if 40 <= beat < 55 else 0
+            pts.append((x0 + t, y0 + v))
+        d.line(pts, fill="black", width=2)
+    d.text((40, 20), "12-lead ECG  25 mm/s  10 mm/mV  HR 88  sinus rhythm", fill="black")
+    img.save(out, "PDF", resolution=150.0)
 
 
 def photo_check(path):
@@ -111,4 +140,4 @@ def photo_check(path):
 if __name__ == "__main__":
     cmd, args = sys.argv[1], sys.argv[2:]
     {"dicom-make": dicom_make, "dicom-check": dicom_check,
-     "photo-make": photo_make, "photo-check": photo_check}[cmd](*args)
+     "photo-make": photo_make, "photo-check": photo_check, "ecg-pdf": ecg_pdf}[cmd](*args)

@@ -3,7 +3,8 @@
 // A full call as a crew records it, in landscape (1280×800), then the closed case and the case
 // list again in portrait (800×1280); regressions of the 2026-11-30 walk-through on the way.
 // Env: H3N_URL, H3N_USER, H3N_PIN, H3N_STAFF, H3N_TERRITORY, H3N_IDLE_SECS, H3N_SHOTS (dir),
-// H3N_CASE_FILE (where the case id is written for the Rust side).
+// H3N_CASE_FILE (where the case id is written for the Rust side), H3N_PHOTO and H3N_ECG_PDF (files
+// to attach), H3N_STORED_PHOTO (where the photo as the viewer shows it is written).
 'use strict';
 const { chromium } = require('playwright-core');
 const fs = require('fs');
@@ -15,8 +16,8 @@ const SHOTS = process.env.H3N_SHOTS;
 const step = (m) => console.log(`[browser] ${m}`);
 const check = (ok, what) => { if (!ok) throw new Error(what); };
 
-async function shot(page, name) {
-  if (SHOTS) await page.screenshot({ path: path.join(SHOTS, `${name}.png`), fullPage: true });
+async function shot(page, name, fullPage = true) {
+  if (SHOTS) await page.screenshot({ path: path.join(SHOTS, `${name}.png`), fullPage });
 }
 
 async function login(page, user) {
@@ -218,6 +219,73 @@ let failurePage = null;
   await page.getByTestId('di-destination').and(page.locator('[value="Logan Regional Hospital"]')).waitFor();
   await now(page, 'at_destination_ms');
 
+  step('a scene photo from the camera: the Wi-Fi link drops mid-upload, the upload resumes');
+  await tab(page, 'attachments');
+  await page.getByTestId('att-kind').selectOption('scene_photo');
+  await page.getByTestId('att-caption').fill('Scene: kitchen, patient seated');
+  // The third piece reaches the daemon (committed) but its answer is lost on the way back.
+  let pieces = 0, dropped = 0;
+  await page.route('**/attachments/*/content', async (route) => {
+    if (route.request().method() !== 'PATCH') return route.continue();
+    pieces += 1;
+    if (pieces !== 3) return route.continue();
+    dropped += 1;
+    await route.fetch();
+    return route.abort('connectionreset');
+  });
+  await page.getByTestId('att-camera').setInputFiles(env('H3N_PHOTO'));
+  // Progress shows while the pieces go (the retry after the drop waits a moment).
+  await page.waitForFunction(() => {
+    const p = document.querySelector('[data-testid=att-progress]');
+    return p && p.value > 0 && p.value < p.max;
+  });
+  await page.getByTestId('att-item').first().waitFor();
+  await page.getByTestId('att-upload').waitFor({ state: 'detached' });
+  await page.unroute('**/attachments/*/content');
+  check(dropped === 1 && pieces > 4, `photo sent in ${pieces} pieces, ${dropped} answer dropped`);
+  check(/EXIF/.test(await page.getByTestId('att-stripped').first().innerText()), 'what was removed is shown');
+  await page.waitForFunction(() => { const i = document.querySelector('[data-testid=att-thumb]'); return i && i.complete && i.naturalWidth > 0; });
+
+  step('a 12-lead ECG PDF from a file; a GIF is refused by name');
+  await page.getByTestId('att-kind').selectOption('ecg');
+  await page.getByTestId('att-caption').fill('12-lead at scene');
+  await page.getByTestId('att-file').setInputFiles(env('H3N_ECG_PDF'));
+  await page.locator('[data-testid=att-item][data-kind=ecg]').waitFor();
+  await page.getByTestId('att-kind').selectOption('wound');
+  const gif = Buffer.concat([Buffer.from('GIF89a'), Buffer.alloc(200, 7)]);
+  await page.getByTestId('att-file').setInputFiles({ name: 'wound.gif', mimeType: 'image/gif', buffer: gif });
+  await page.getByTestId('att-error').filter({ hasText: 'GIF' }).waitFor();
+  check(await page.getByTestId('att-item').count() === 2, 'the refused GIF left nothing');
+  await shot(page, 'attachments');
+
+  step('the viewer: the photo upright, the PDF in the browser');
+  await page.locator('[data-testid=att-item][data-kind=scene_photo]').click();
+  await page.waitForFunction(() => { const i = document.querySelector('[data-testid=viewer-image]'); return i && i.complete && i.naturalWidth > 0; });
+  check(await page.getByTestId('viewer-image').getAttribute('data-orient') === '6', 'EXIF orientation kept for the viewer');
+  // The photo as the daemon serves it to the tablet, for the Rust side to check for metadata
+  // (the page's CSP keeps even its own blob: URLs out of fetch).
+  const photoId = await page.locator('[data-testid=att-item][data-kind=scene_photo]').getAttribute('data-att');
+  const stored = await page.evaluate(async ([c, a]) => {
+    const r = await fetch(`/api/v1/cases/${c}/attachments/${a}/content`, { headers: { Authorization: `Bearer ${sessionStorage.getItem('h3n.token')}`, 'Territory-Id': sessionStorage.getItem('h3n.territory') } });
+    if (!r.ok) throw new Error(`content: ${r.status}`);
+    const b = new Uint8Array(await r.arrayBuffer());
+    let s = '';
+    b.forEach((x) => { s += String.fromCharCode(x); });
+    return btoa(s);
+  }, [caseId, photoId]);
+  fs.writeFileSync(env('H3N_STORED_PHOTO'), Buffer.from(stored, 'base64'));
+  await shot(page, 'attachment-photo', false);
+  await page.getByTestId('viewer-close').click();
+  await page.locator('[data-testid=att-item][data-kind=ecg]').click();
+  const pdfSrc = await page.getByTestId('viewer-pdf').getAttribute('src');
+  await (await (await page.getByTestId('viewer-pdf').elementHandle()).contentFrame()).waitForLoadState('load');
+  check(pdfSrc.startsWith('blob:') && await page.getByTestId('att-viewer').getAttribute('data-media') === 'application/pdf', `the viewer shows the PDF: ${pdfSrc}`);
+  // Chromium's PDF viewer paints a moment after its frame loads: only the picture waits for it.
+  await page.waitForTimeout(2000);
+  await shot(page, 'attachment-pdf', false);
+  await page.getByTestId('viewer-close').click();
+  await page.getByTestId('att-viewer').waitFor({ state: 'detached' });
+
   step('handoff: SBAR for a medical call, MIST on request, the PDF, transfer of care');
   await page.getByTestId('handoff').click();
   const blocks = page.getByTestId('handoff-blocks');
@@ -361,6 +429,8 @@ let failurePage = null;
   await page.getByTestId('forbidden').waitFor();
   check(await page.getByTestId('vitals').count() === 0, 'staff saw vitals');
   check(await page.getByTestId('triage').count() === 0, 'staff saw triage');
+  const staffFiles = await page.evaluate(async (id) => (await fetch(`/api/v1/cases/${id}/attachments`, { headers: { Authorization: `Bearer ${sessionStorage.getItem('h3n.token')}`, 'Territory-Id': sessionStorage.getItem('h3n.territory') } })).status, caseId);
+  check(staffFiles === 403, `staff listing attachments: ${staffFiles}`);
   await shot(page, 'staff-forbidden');
 
   check(!errors.length, `page errors: ${errors.join('; ')}`);

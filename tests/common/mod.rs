@@ -352,3 +352,26 @@ pub fn png_image(w: u32, h: u32) -> Vec<u8> {
     }
     out
 }
+
+/// Runs `tests/media_check.py` (pydicom and Pillow from `.tools/media`): independent makers and
+/// checkers of photos, PDFs and DICOM objects. Returns its standard output.
+pub fn media_py(args: &[&str]) -> String {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let tools = root.join(".tools/media");
+    assert!(
+        tools.join("pydicom").is_dir() && tools.join("PIL").is_dir(),
+        "pydicom/Pillow missing: run ./scripts/test.sh (installs them into .tools/media)"
+    );
+    let out = Command::new("python3")
+        .arg(root.join("tests/media_check.py"))
+        .args(args)
+        .env("PYTHONPATH", &tools)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "media_check.py {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}

@@ -89,6 +89,7 @@ function loggedOff(msg) {
   }
   S.token = null; S.me = null;
   sessionStorage.removeItem('h3n.token');
+  forgetAttachments();
   $('#bar').hidden = true;
   $('#idle-warn').hidden = true;
   // Shown by the render the hash change starts (one render, the message survives it).
@@ -391,7 +392,7 @@ async function caseScreen(id) {
       <section><div id="tiles" class="grid tiles" data-testid="vitals"></div></section>
     </div>
     <nav class="tabs" id="tabs">${[['times', 'Times'], ['vitals', 'Vitals'], ['oxygen', 'Oxygen'], ['procedure', 'Interventions'], ['medication', 'Medications'],
-      ['assessment', 'Assessment'], ['scene', 'Scene'], ['situation', 'Impression'], ['history', 'History'], ['incident', 'Incident'], ['disposition', 'Disposition'], ['narrative', 'Narrative'], ['devices', 'Devices & sync']]
+      ['assessment', 'Assessment'], ['scene', 'Scene'], ['situation', 'Impression'], ['history', 'History'], ['incident', 'Incident'], ['disposition', 'Disposition'], ['narrative', 'Narrative'], ['attachments', 'Photos & files'], ['devices', 'Devices & sync']]
       .map(([t, l]) => `<button type="button" data-tab="${t}" data-testid="tab-${t}">${l}</button>`).join('')}</nav>
     <div id="panel"></div>`;
   drawTiles(st);
@@ -711,6 +712,11 @@ function drawPanelInner(st) {
     const { v } = section(st, 'narrative');
     P.innerHTML = form('na', `<textarea name="text" rows="8" data-testid="na-text">${esc(v.text || '')}</textarea>`);
     patchSection('na', 'narrative', (f) => ({ text: val(f, 'text') }));
+    return;
+  }
+  if (t === 'attachments') {
+    P.innerHTML = '<p class="muted">Loading photos and files…</p>';
+    drawAttachments(st).catch((e) => { if (e.status !== 401) showError(e); });
     return;
   }
   if (t === 'devices') {
