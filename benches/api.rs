@@ -6,6 +6,11 @@
 //! 2. Vitals arrival → new triage on the tablet's live stream (SSE): a monitor publishes one
 //!    pack, the clock stops when the stream delivers the triage it caused; against a raw
 //!    broker QoS 1 publish → subscriber delivery: `BENCH triage_stream_p99_ms`.
+//! 3. A 20 MiB document uploaded from the tablet in 1 MiB pieces (each committed, encrypted in
+//!    256 KiB chunks, before its answer) until stored, against writing and fsyncing the same
+//!    pieces to a plain file on the same disk: `BENCH attachment_ingest_mb_per_s`; the daemon's
+//!    resident memory over idle while it takes the upload, against the file's size (what holding
+//!    it whole would cost): `BENCH attachment_upload_rss_mib`.
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -177,6 +182,85 @@ async fn raw_broker_p99(port: u16, n: usize) -> Duration {
         lat.push(got.duration_since(t));
     }
     pct(&mut lat, 0.99)
+}
+
+/// Resident memory of process `pid` (VmRSS), KiB.
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// A document the size of a scanned form: PDF header and trailer around incompressible bytes.
+fn document(bytes: usize) -> Vec<u8> {
+    let mut v = b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n".to_vec();
+    let mut x = 0x9e37_79b9_7f4a_7c15_u64;
+    while v.len() < bytes - 16 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        v.extend_from_slice(&x.to_le_bytes());
+    }
+    v.truncate(bytes - 7);
+    v.extend_from_slice(b"\n%%EOF\n");
+    v
+}
+
+/// Sends `doc` as a new attachment of `case` in `piece`-byte pieces until stored.
+async fn upload(s: &mut https::Sender, token: &str, case: &str, doc: &[u8], piece: usize) {
+    let a = json_req(
+        s,
+        "POST",
+        &format!("/api/v1/cases/{case}/attachments"),
+        Some(token),
+        Some(json!({"kind": "signed_form", "caption": "bench", "size": doc.len()})),
+    )
+    .await;
+    let path = format!(
+        "/api/v1/cases/{case}/attachments/{}/content",
+        a["id"].as_str().unwrap()
+    );
+    let mut state = a["state"].as_str().unwrap().to_string();
+    for (i, p) in doc.chunks(piece).enumerate() {
+        let req = hyper::Request::patch(&path)
+            .header("host", "localhost")
+            .header("territory-id", "default")
+            .header("authorization", format!("Bearer {token}"))
+            .header("content-type", "application/offset+octet-stream")
+            .header("upload-offset", (i * piece).to_string())
+            .body(Full::new(Bytes::copy_from_slice(p)))
+            .unwrap();
+        s.ready().await.unwrap();
+        let resp = s.send_request(req).await.unwrap();
+        let st = resp.status();
+        let b = resp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(st, 200, "{}", String::from_utf8_lossy(&b));
+        state = serde_json::from_slice::<Value>(&b).unwrap()["state"]
+            .as_str()
+            .unwrap()
+            .into();
+    }
+    assert_eq!(state, "stored");
+}
+
+/// The same pieces written and fsynced one by one to a plain file in `dir`.
+fn raw_file_write(dir: &std::path::Path, doc: &[u8], piece: usize) -> Duration {
+    use std::io::Write;
+    let path = dir.join("bench-raw-upload.bin");
+    let t = Instant::now();
+    let mut f = std::fs::File::create(&path).unwrap();
+    for p in doc.chunks(piece) {
+        f.write_all(p).unwrap();
+        f.sync_data().unwrap();
+    }
+    let took = t.elapsed();
+    std::fs::remove_file(&path).unwrap();
+    took
 }
 
 fn main() {
@@ -373,4 +457,50 @@ async fn async_main() {
         ms(raw)
     );
     bench_line("triage_stream_p99_ms", ms(p99), "ms", ms(raw));
+
+    // 3. Attachment upload → committed and encrypted, against a raw file write; memory.
+    let mib = if quick() { 4 } else { 20 };
+    let doc = document(mib << 20);
+    let piece = 1 << 20;
+    let raw = raw_file_write(&d.dir, &doc, piece);
+    let pid = d.child.id();
+    let idle = rss_kib(pid);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut peak = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                peak = peak.max(rss_kib(pid));
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            peak
+        })
+    };
+    let t0 = Instant::now();
+    upload(&mut s, &token, &case, &doc, piece).await;
+    let took = t0.elapsed();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let peak = sampler.join().unwrap().max(rss_kib(pid));
+    let mb = doc.len() as f64 / 1e6;
+    let over = peak.saturating_sub(idle) as f64 / 1024.0;
+    println!("attachment upload, {mib} MiB in 1 MiB pieces over HTTPS (each piece committed):");
+    println!(
+        "  daemon {:.1} MB/s ({:.0} ms); raw write + fsync of the same pieces {:.1} MB/s",
+        mb / took.as_secs_f64(),
+        ms(took),
+        mb / raw.as_secs_f64()
+    );
+    println!(
+        "  daemon RSS idle {:.1} MiB, peak {:.1} MiB during the upload (+{over:.1} MiB)",
+        idle as f64 / 1024.0,
+        peak as f64 / 1024.0
+    );
+    bench_line(
+        "attachment_ingest_mb_per_s",
+        mb / took.as_secs_f64(),
+        "MB/s",
+        mb / raw.as_secs_f64(),
+    );
+    bench_line("attachment_upload_rss_mib", over, "MiB", mib as f64);
 }

@@ -309,4 +309,52 @@ async fn attachments_queued_offline_follow_the_prealert_and_survive_kill9() {
     );
     daemon.stop();
     recv.stop();
+    // Sentinels: no run of any file's bytes (raw, hex or base64) in a log, and none in any file
+    // of either side's data directory (databases, WAL, queues): everything at rest is sealed.
+    let bodies: Vec<Vec<u8>> = (0..FILES).map(|i| pdf(i as u64 + 1, FILE_BYTES)).collect();
+    for (what, log) in [("daemon log", a.daemon_log()), ("receiver log", r.log())] {
+        assert_no_content(what, log.as_bytes(), &bodies, true);
+    }
+    for dir in [a.dir.as_path(), r.tmp.path()] {
+        // (The `.pdf` files are this test's own exports, above.)
+        for f in files_under(dir)
+            .into_iter()
+            .filter(|f| f.extension() != Some("pdf".as_ref()))
+        {
+            let bytes = std::fs::read(&f).unwrap();
+            assert_no_content(&f.display().to_string(), &bytes, &bodies, false);
+        }
+    }
+}
+
+fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = vec![];
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(files_under(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// Fails when `hay` holds 24 bytes from the start, middle or end of any of `files` (and, for
+/// text, their hex or base64 form).
+fn assert_no_content(what: &str, hay: &[u8], files: &[Vec<u8>], text: bool) {
+    use base64::Engine;
+    let has = |needle: &[u8]| hay.windows(needle.len()).any(|w| w == needle);
+    for (i, f) in files.iter().enumerate() {
+        // Offsets that are multiples of 3, so a base64 run of the file contains the window's.
+        for at in [1002, f.len() / 2 / 3 * 3, (f.len() - 1000) / 3 * 3] {
+            let w = &f[at..at + 24];
+            assert!(!has(w), "{what} holds bytes of file {i} at {at}");
+            if text {
+                assert!(!has(hex::encode(w).as_bytes()), "{what}: hex of file {i}");
+                let b64 = base64::engine::general_purpose::STANDARD.encode(w);
+                assert!(!has(b64.as_bytes()), "{what}: base64 of file {i}");
+            }
+        }
+    }
 }

@@ -8,6 +8,7 @@ use hema3n_edge::crypto::seal::{
     self, BundleKind, EnvelopeMeta, Receipt, ReceiptStatus, RecipientSecretKey,
 };
 use hema3n_edge::crypto::sign::PublicKey;
+use hema3n_edge::sync::attachment_wire;
 
 fn doc_vectors() -> HashMap<String, String> {
     let doc = std::fs::read_to_string(concat!(
@@ -30,6 +31,35 @@ fn doc_vectors() -> HashMap<String, String> {
 
 fn hx(v: &HashMap<String, String>, k: &str) -> Vec<u8> {
     hex::decode(&v[k]).unwrap_or_else(|_| panic!("{k} is not hex"))
+}
+
+/// Sealing `pt` again with the documented ephemeral seed reproduces `env` but for the signature.
+/// Bytes 52..60 are the signer key id, which differs with the throwaway signer used here; as it
+/// is part of the header (the AAD), so does the 16-byte GCM tag at the end of the ciphertext.
+fn assert_reseals(
+    env: &[u8],
+    h: &seal::EnvelopeHeader,
+    pt: &[u8],
+    rsk: &RecipientSecretKey,
+    seed: Vec<u8>,
+) {
+    let signer = hema3n_edge::crypto::sign::SigningKey::from_pkcs8(
+        "t",
+        &hema3n_edge::crypto::sign::SigningKey::generate_pkcs8().unwrap(),
+    )
+    .unwrap();
+    let meta = EnvelopeMeta {
+        kind: h.kind,
+        bundle_id: h.bundle_id,
+        seq: h.seq,
+        created_at_ms: h.created_at_ms,
+        appliance_id: h.appliance_id.clone(),
+    };
+    let seed: [u8; 32] = seed.try_into().unwrap();
+    let again = seal::seal_with_ephemeral_seed(&meta, pt, rsk.public(), &signer, seed).unwrap();
+    let unsigned = env.len() - seal::SIG_LEN;
+    assert_eq!(again[..52], env[..52]);
+    assert_eq!(again[60..unsigned - 16], env[60..unsigned - 16]);
 }
 
 #[test]
@@ -67,25 +97,7 @@ fn the_documented_envelope_and_receipt_vectors_hold() {
     assert_eq!(seal::parse(&env).unwrap().enc().to_vec(), hx(&v, "enc"));
 
     // Re-sealing with the documented ephemeral seed reproduces everything but the signature.
-    let signer = hema3n_edge::crypto::sign::SigningKey::from_pkcs8(
-        "t",
-        &hema3n_edge::crypto::sign::SigningKey::generate_pkcs8().unwrap(),
-    )
-    .unwrap();
-    let seed: [u8; 32] = hx(&v, "ephemeral_seed").try_into().unwrap();
-    let meta = EnvelopeMeta {
-        kind: h.kind,
-        bundle_id: h.bundle_id,
-        seq: h.seq,
-        created_at_ms: h.created_at_ms,
-        appliance_id: h.appliance_id.clone(),
-    };
-    let again = seal::seal_with_ephemeral_seed(&meta, &pt, rsk.public(), &signer, seed).unwrap();
-    let unsigned = env.len() - seal::SIG_LEN;
-    // Bytes 52..60 are the signer key id, which differs with our throwaway signer; as it is
-    // part of the header (the AAD), so does the 16-byte GCM tag at the end of the ciphertext.
-    assert_eq!(again[..52], env[..52]);
-    assert_eq!(again[60..unsigned - 16], env[60..unsigned - 16]);
+    assert_reseals(&env, &h, &pt, &rsk, hx(&v, "ephemeral_seed"));
 
     let receipt = hx(&v, "receipt");
     let rc = Receipt::verify(&receipt, &PublicKey(hx(&v, "receiver_signing_public_key")))
@@ -94,6 +106,80 @@ fn the_documented_envelope_and_receipt_vectors_hold() {
     assert_eq!(rc.envelope_sha256.to_vec(), hx(&v, "envelope_sha256"));
     assert_eq!(rc.bundle_id, h.bundle_id);
     assert_eq!(rc.appliance_id, "amb-0001");
+}
+
+/// The attachment part vector (kind 4): the envelope opens to an `H3NA` plaintext whose header
+/// describes its bytes with exactly the documented fields, and re-seals like the case vector.
+#[test]
+fn the_documented_attachment_part_vector_holds() {
+    let v = doc_vectors();
+    let sk: [u8; 32] = hx(&v, "receiver_hpke_private_key").try_into().unwrap();
+    let rsk = RecipientSecretKey::from_bytes(&sk).unwrap();
+    let app = PublicKey(hx(&v, "attachment_appliance_public_key"));
+    assert_eq!(
+        seal::key_id8(&app.0).to_vec(),
+        hx(&v, "attachment_signer_key_id")
+    );
+    let env = hx(&v, "attachment_envelope");
+    assert_eq!(
+        hema3n_edge::crypto::sha256(&env).to_vec(),
+        hx(&v, "attachment_envelope_sha256")
+    );
+    let (h, pt) = seal::verify_and_open(&env, &app, &rsk).expect("vector opens");
+    assert_eq!(h.kind, BundleKind::Attachment);
+    assert_eq!((h.seq, h.created_at_ms), (8, 1_800_000_000_000));
+    assert_eq!(h.appliance_id, "amb-0001");
+    assert_eq!(pt, hx(&v, "attachment_plaintext"));
+
+    let (part, data) = attachment_wire::decode(&pt).expect("a well-formed part");
+    assert!(
+        data.starts_with(b"\x89PNG\r\n\x1a\n"),
+        "the part carries the PNG file"
+    );
+    assert_eq!(
+        (part.part, part.parts, part.offset, part.length, part.size),
+        (0, 1, 0, data.len() as u64, data.len() as u64)
+    );
+    assert_eq!(part.sha256, hex::encode(hema3n_edge::crypto::sha256(data)));
+    assert_eq!(
+        (part.media_type.as_str(), part.kind.as_str()),
+        ("image/png", "wound")
+    );
+    // The header is the documented JSON, field for field.
+    let n = u32::from_be_bytes(pt[4..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&pt[8..8 + n]).unwrap();
+    let mut fields: Vec<&str> = header
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    fields.sort_unstable();
+    assert_eq!(
+        fields,
+        [
+            "attachment",
+            "caption",
+            "case",
+            "created_at_ms",
+            "filename",
+            "kind",
+            "length",
+            "media_type",
+            "offset",
+            "part",
+            "parts",
+            "sha256",
+            "size",
+            "stripped"
+        ]
+    );
+    // A header that does not describe its bytes is refused.
+    let mut short = pt.clone();
+    short.pop();
+    assert!(attachment_wire::decode(&short).is_err());
+
+    assert_reseals(&env, &h, &pt, &rsk, hx(&v, "attachment_ephemeral_seed"));
 }
 
 #[test]
