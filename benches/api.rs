@@ -372,7 +372,9 @@ async fn async_main() {
     bench_line("api_read_p99_ms", ms(p99), "ms", ms(rp99));
     bench_line("api_read_rps", rps, "req/s", raw_rps);
 
-    // 2. Vitals arrival → triage on the live stream.
+    // 2. Vitals arrival → triage on the live stream. (A fresh connection: the daemon closes
+    // keep-alive connections left idle during the load above.)
+    let mut s = connect(d.port, &tls).await;
     json_req(
         &mut s,
         "POST",
@@ -463,6 +465,7 @@ async fn async_main() {
     let doc = document(mib << 20);
     let piece = 1 << 20;
     let raw = raw_file_write(&d.dir, &doc, piece);
+    let mut s = connect(d.port, &tls).await;
     let pid = d.child.id();
     let idle = rss_kib(pid);
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
