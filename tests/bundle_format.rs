@@ -8,7 +8,7 @@ use hema3n_edge::crypto::seal::{
     self, BundleKind, EnvelopeMeta, Receipt, ReceiptStatus, RecipientSecretKey,
 };
 use hema3n_edge::crypto::sign::PublicKey;
-use hema3n_edge::sync::attachment_wire;
+use hema3n_edge::sync::{ReceiverKeys, attachment_wire};
 
 fn doc_vectors() -> HashMap<String, String> {
     let doc = std::fs::read_to_string(concat!(
@@ -180,6 +180,104 @@ fn the_documented_attachment_part_vector_holds() {
     assert!(attachment_wire::decode(&short).is_err());
 
     assert_reseals(&env, &h, &pt, &rsk, hx(&v, "attachment_ephemeral_seed"));
+}
+
+/// The documented `receiver-public.toml` is what the appliance imports: the vector's keys, and
+/// unknown keys refused.
+#[test]
+fn the_documented_receiver_public_toml_parses() {
+    let doc = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/docs/bundle-format.md"
+    ))
+    .unwrap();
+    let toml = doc
+        .split("## receiver-public.toml")
+        .nth(1)
+        .and_then(|s| s.split("```toml\n").nth(1))
+        .and_then(|s| s.split("```").next())
+        .expect("a toml block");
+    let keys = ReceiverKeys::parse(toml).expect("the documented file parses");
+    let v = doc_vectors();
+    assert_eq!(keys.receiver_id, "test-cloud");
+    assert_eq!(
+        keys.hpke.as_bytes().to_vec(),
+        hx(&v, "receiver_hpke_public_key")
+    );
+    assert_eq!(keys.signing.0, hx(&v, "receiver_signing_public_key"));
+    // What `export-public` writes reads back the same.
+    let again = ReceiverKeys::parse(&keys.to_toml()).unwrap();
+    assert_eq!(again.signing.0, keys.signing.0);
+    assert!(ReceiverKeys::parse(&format!("{toml}extra = 1\n")).is_err());
+}
+
+/// Every length inconsistency, trailing bytes included, is `ENVELOPE_TRUNCATED`.
+#[test]
+fn length_inconsistencies_are_refused_as_envelope_truncated() {
+    let v = doc_vectors();
+    let env = hx(&v, "envelope");
+    let l = env[60] as usize;
+    let n_at = 61 + l + 32;
+    let with_n = |n: u32| {
+        let mut e = env.clone();
+        e[n_at..n_at + 4].copy_from_slice(&n.to_be_bytes());
+        e
+    };
+    let mut trailing = env.clone();
+    trailing.push(0);
+    let cases = [
+        ("a trailing byte", trailing),
+        ("one byte short", env[..env.len() - 1].to_vec()),
+        ("shorter than the fixed header", env[..60].to_vec()),
+        ("N below the GCM tag", with_n(15)),
+        ("N above 16 MiB + 16", with_n((16 << 20) + 17)),
+        ("N one more than the bytes", {
+            let n = u32::from_be_bytes(env[n_at..n_at + 4].try_into().unwrap());
+            with_n(n + 1)
+        }),
+    ];
+    for (what, e) in cases {
+        let err = seal::parse(&e)
+            .err()
+            .unwrap_or_else(|| panic!("{what} accepted"));
+        assert_eq!(err.code(), "ENVELOPE_TRUNCATED", "{what}: {err}");
+    }
+    assert!(seal::parse(&env).is_ok());
+}
+
+/// A receipt's status byte is 1 or 2; anything else, even properly signed, is refused.
+#[test]
+fn a_receipt_status_other_than_stored_or_duplicate_is_refused() {
+    use hema3n_edge::crypto::sign::SigningKey;
+    let key = SigningKey::from_pkcs8("r", &SigningKey::generate_pkcs8().unwrap()).unwrap();
+    let receipt = |status: u8| {
+        let mut b = Receipt {
+            status: ReceiptStatus::Duplicate,
+            bundle_id: [7; 16],
+            envelope_sha256: [9; 32],
+            seq: 3,
+            receipted_at_ms: 1_800_000_000_000,
+            signer_key_id: [0; 8],
+            appliance_id: "amb-0001".into(),
+        }
+        .sign(&key)
+        .unwrap();
+        b[5] = status;
+        let at = b.len() - seal::SIG_LEN;
+        let sig = key.sign(&b[..at]).unwrap();
+        b[at..].copy_from_slice(&sig);
+        b
+    };
+    let rc = Receipt::verify(&receipt(2), &key.public()).expect("status 2 verifies");
+    assert_eq!(rc.status, ReceiptStatus::Duplicate);
+    assert_eq!(
+        Receipt::verify(&receipt(1), &key.public()).unwrap().status,
+        ReceiptStatus::Stored
+    );
+    for status in [0u8, 3, 0xff] {
+        let err = Receipt::verify(&receipt(status), &key.public()).unwrap_err();
+        assert_eq!(err.code(), "BAD_KIND", "status {status}");
+    }
 }
 
 #[test]

@@ -181,7 +181,12 @@ fn tampered_replayed_and_misaddressed_envelopes_are_handled_as_specified() {
     }
     assert_eq!((stored, dups), (1, 999));
     assert!(pubc.next(2).is_none(), "a reject or conflict was receipted");
-    assert!(r.log().contains("same bundle id with different content"));
+    let log = r.log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("same bundle id with different content") && l.contains("CONFLICT")),
+        "the conflict is logged with its code"
+    );
     assert!(recv.stop().success(), "{}", r.log());
 }
 

@@ -119,7 +119,7 @@ pub(super) fn process(
             }
             StoreOutcome::Conflict => {
                 counters.conflicts += 1;
-                tracing::error!(appliance_id = %b.appliance_id, bundle_id = %b.bundle_id, "ALARM: same bundle id with different content; not receipted");
+                tracing::error!(code = "CONFLICT", appliance_id = %b.appliance_id, bundle_id = %b.bundle_id, "ALARM: same bundle id with different content; not receipted");
                 continue;
             }
         };
