@@ -49,6 +49,14 @@ fn tmp_file(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
     p
 }
 
+/// A PDF-shaped file of `n` bytes (header, varied body, trailer).
+fn pdf_bytes(n: usize) -> Vec<u8> {
+    let mut p = b"%PDF-1.7\n".to_vec();
+    p.extend((0..n - 16).map(|i| (i * 7 % 251) as u8));
+    p.extend_from_slice(b"\n%%EOF\n");
+    p
+}
+
 fn sha256_hex(b: &[u8]) -> String {
     hex::encode(hema3n_edge::crypto::sha256(b))
 }
@@ -520,4 +528,92 @@ fn the_cli_attaches_a_dicom_object_and_exports_both_forms() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("plain text files are not accepted"), "{err}");
     assert_eq!(a.query_i64("SELECT count(*) FROM attachments"), 1);
+}
+
+/// The store's connection may grow the database to `pages` pages at most (SQLite then answers
+/// SQLITE_FULL, as on a full disk).
+async fn cap_database_pages(api: &Api, pages: i64) {
+    api.st
+        .store
+        .call(move |db| {
+            db.raw_connection_for_tests()
+                .pragma_update(None, "max_page_count", pages)
+                .unwrap();
+            Ok(())
+        })
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_refuses_the_piece_by_name_and_keeps_the_case_intact() {
+    let api = Api::new(IDLE).await;
+    let t = api.login("medic").await;
+    let c = case(&api, &t).await;
+    let first = api
+        .attach(&t, &c, "ecg", &pdf_bytes(40_000), 16 * 1024)
+        .await;
+    assert_eq!(first.body["state"], "stored", "{}", first.body);
+    let doc = pdf_bytes(600_000);
+    let r = api
+        .post(
+            &t,
+            &format!("/api/v1/cases/{c}/attachments"),
+            Some(json!({"kind": "signed_form", "size": doc.len()})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let aid = r.body["id"].as_str().unwrap().to_string();
+    let piece = 64 * 1024;
+    let r = api
+        .upload_piece(&t, &c, &aid, 0, doc[..piece].to_vec())
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    // The disk fills up: no room for one more piece.
+    let pages = api
+        .query_i64("SELECT page_count FROM pragma_page_count()")
+        .await;
+    cap_database_pages(&api, pages + 2).await;
+    let r = api
+        .upload_piece(&t, &c, &aid, piece as u64, doc[piece..2 * piece].to_vec())
+        .await;
+    assert_eq!(r.status, StatusCode::INSUFFICIENT_STORAGE, "{}", r.body);
+    assert_eq!(r.body["error"]["code"], "DISK_FULL", "{}", r.body);
+    // Nothing of the refused piece is kept; the case, its stored file and the upload so far are
+    // intact and readable.
+    let info = api
+        .get(&t, &format!("/api/v1/cases/{c}/attachments/{aid}"))
+        .await;
+    assert_eq!(info.body["received"], piece, "{}", info.body);
+    let stored = first.body["id"].as_str().unwrap();
+    assert_eq!(
+        sha256_hex(&content(&api, &t, &c, stored).await),
+        first.body["sha256"].as_str().unwrap()
+    );
+    assert_eq!(
+        api.get(&t, &format!("/api/v1/cases/{c}")).await.status,
+        StatusCode::OK
+    );
+    // Room again (an administrator cleared the disk): the upload resumes where it stopped.
+    cap_database_pages(&api, 1 << 30).await;
+    let mut at = piece;
+    let mut last = info;
+    while at < doc.len() {
+        let end = (at + piece).min(doc.len());
+        last = api
+            .upload_piece(&t, &c, &aid, at as u64, doc[at..end].to_vec())
+            .await;
+        assert_eq!(last.status, StatusCode::OK, "{}", last.body);
+        at = end;
+    }
+    assert_eq!(last.body["state"], "stored", "{}", last.body);
+    assert_eq!(
+        sha256_hex(&content(&api, &t, &c, &aid).await),
+        sha256_hex(&doc)
+    );
+    assert_eq!(
+        api.query_i64("SELECT count(*) FROM attachments WHERE state = 'stored'")
+            .await,
+        2
+    );
 }

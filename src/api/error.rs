@@ -28,11 +28,13 @@ pub enum Code {
     Stale,
     /// A write that must say which version it edits sent no `If-Match` (HTTP 428).
     PreconditionRequired,
+    /// The appliance's disk is full: nothing of the request was stored (HTTP 507).
+    DiskFull,
     Internal,
 }
 
 impl Code {
-    pub const ALL: [Code; 15] = [
+    pub const ALL: [Code; 16] = [
         Code::PatientNotFound,
         Code::CaseNotFound,
         Code::InvalidPhi,
@@ -47,6 +49,7 @@ impl Code {
         Code::RequestTimeout,
         Code::Stale,
         Code::PreconditionRequired,
+        Code::DiskFull,
         Code::Internal,
     ];
     pub fn as_str(self) -> &'static str {
@@ -65,6 +68,7 @@ impl Code {
             Code::RequestTimeout => "REQUEST_TIMEOUT",
             Code::Stale => "STALE",
             Code::PreconditionRequired => "PRECONDITION_REQUIRED",
+            Code::DiskFull => "DISK_FULL",
             Code::Internal => "INTERNAL",
         }
     }
@@ -227,6 +231,14 @@ impl From<StoreError> for ApiError {
                 )
             }
             StoreError::Closed => ApiError::busy("the store is shutting down"),
+            _ if e.is_disk_full() => {
+                tracing::error!(error = %crate::report::Chain(&e), "ALARM the appliance's disk is full: a request was refused, nothing of it stored");
+                ApiError::new(
+                    StatusCode::INSUFFICIENT_STORAGE,
+                    Code::DiskFull,
+                    "the appliance's disk is full: nothing of this request was stored; what was stored before is intact (retry once an administrator has made room)",
+                )
+            }
             _ if e.is_busy() => ApiError::busy("the store is busy"),
             _ => {
                 tracing::error!(error = %crate::report::Chain(&e), "store error serving an API request");

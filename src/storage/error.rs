@@ -217,6 +217,16 @@ impl StoreError {
         )
     }
 
+    /// True when SQLite found no room on the disk (`SQLITE_FULL`): the transaction rolled back
+    /// whole, nothing of it is stored.
+    pub fn is_disk_full(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Sqlite(rusqlite::Error::SqliteFailure(f, _))
+                if f.code == rusqlite::ErrorCode::DiskFull
+        )
+    }
+
     /// True for errors that a restart cannot fix: wrong/missing keys, plaintext or corrupt
     /// database. The daemon exits 78 on these so systemd does not restart-loop.
     pub fn is_config(&self) -> bool {
