@@ -184,16 +184,9 @@ async fn raw_broker_p99(port: u16, n: usize) -> Duration {
     pct(&mut lat, 0.99)
 }
 
-/// Resident memory of process `pid` (VmRSS), KiB.
+/// Resident memory of process `pid` (VmRSS), KiB; 0 once it has gone.
 fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        })
-        .unwrap_or(0)
+    common::rss_kib(pid).unwrap_or(0)
 }
 
 /// A document the size of a scanned form: PDF header and trailer around incompressible bytes.

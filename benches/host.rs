@@ -31,14 +31,7 @@ fn run(args: &[&str]) {
 
 /// `VmRSS` of a live process, in MiB.
 fn rss_mib(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kb: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .expect("VmRSS in /proc/PID/status");
-    kb / 1024.0
+    common::rss_kib(pid).expect("VmRSS in /proc/PID/status") as f64 / 1024.0
 }
 
 /// Waits until `pid` sits in read(0, …): from `/proc/PID/syscall` (number, then arguments).

@@ -61,10 +61,6 @@ fn json_req(method: &str, path: &str, token: &str, v: Value) -> hyper::Request<F
         .unwrap()
 }
 
-fn sha_hex(b: &[u8]) -> String {
-    hex::encode(hema3n_edge::crypto::sha256(b))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn attachments_queued_offline_follow_the_prealert_and_survive_kill9() {
     let pki = Pki::new();
@@ -156,8 +152,8 @@ async fn attachments_queued_offline_follow_the_prealert_and_survive_kill9() {
             last = v;
         }
         assert_eq!(last["state"], "stored", "{last}");
-        assert_eq!(last["sha256"].as_str().unwrap(), sha_hex(&body));
-        files.push((aid, sha_hex(&body)));
+        assert_eq!(last["sha256"].as_str().unwrap(), common::sha256_hex(&body));
+        files.push((aid, common::sha256_hex(&body)));
     }
     let parts_each = FILE_BYTES.div_ceil(768 * 1024) as i64;
     wait_for(60, "every attachment part sealed and queued", || {
@@ -251,7 +247,7 @@ async fn attachments_queued_offline_follow_the_prealert_and_survive_kill9() {
             out.to_str().unwrap(),
         ]);
         assert_eq!(
-            sha_hex(&std::fs::read(&out).unwrap()),
+            common::sha256_hex(&std::fs::read(&out).unwrap()),
             *sha,
             "exported {aid}"
         );
@@ -317,7 +313,7 @@ async fn attachments_queued_offline_follow_the_prealert_and_survive_kill9() {
     }
     for dir in [a.dir.as_path(), r.tmp.path()] {
         // (The `.pdf` files are this test's own exports, above.)
-        for f in files_under(dir)
+        for f in common::files_below(dir)
             .into_iter()
             .filter(|f| f.extension() != Some("pdf".as_ref()))
         {
@@ -327,24 +323,11 @@ async fn attachments_queued_offline_follow_the_prealert_and_survive_kill9() {
     }
 }
 
-fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = vec![];
-    for e in std::fs::read_dir(dir).unwrap().flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            out.extend(files_under(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
-}
-
 /// Fails when `hay` holds 24 bytes from the start, middle or end of any of `files` (and, for
 /// text, their hex or base64 form).
 fn assert_no_content(what: &str, hay: &[u8], files: &[Vec<u8>], text: bool) {
     use base64::Engine;
-    let has = |needle: &[u8]| hay.windows(needle.len()).any(|w| w == needle);
+    let has = |needle: &[u8]| common::contains(hay, needle);
     for (i, f) in files.iter().enumerate() {
         // Offsets that are multiples of 3, so a base64 run of the file contains the window's.
         for at in [1002, f.len() / 2 / 3 * 3, (f.len() - 1000) / 3 * 3] {

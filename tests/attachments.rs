@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use axum::http::StatusCode;
 use common::api::Api;
-use common::media_py;
+use common::{media_py, sha256_hex};
 use hema3n_edge::model::Actor;
 use hema3n_edge::storage::{Rendition, StoreError};
 use serde_json::{Value, json};
@@ -55,10 +55,6 @@ fn pdf_bytes(n: usize) -> Vec<u8> {
     p.extend((0..n - 16).map(|i| (i * 7 % 251) as u8));
     p.extend_from_slice(b"\n%%EOF\n");
     p
-}
-
-fn sha256_hex(b: &[u8]) -> String {
-    hex::encode(hema3n_edge::crypto::sha256(b))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -197,17 +193,10 @@ async fn a_photo_resumes_after_a_dropped_link_and_is_stored_without_metadata() {
     let info = api
         .get(&t, &format!("/api/v1/cases/{c}/attachments/{aid}"))
         .await;
-    let mut at = info.body["received"].as_u64().unwrap() as usize;
+    let at = info.body["received"].as_u64().unwrap() as usize;
     assert_eq!(at, 2 * piece);
-    let mut last = info;
-    while at < bytes.len() {
-        let end = (at + piece).min(bytes.len());
-        last = api
-            .upload_piece(&t, &c, &aid, at as u64, bytes[at..end].to_vec())
-            .await;
-        assert_eq!(last.status, StatusCode::OK, "{}", last.body);
-        at = end;
-    }
+    let last = api.upload_from(&t, &c, &aid, &bytes, at, piece, info).await;
+    assert_eq!(last.status, StatusCode::OK, "{}", last.body);
     assert_eq!(last.body["state"], "stored", "{}", last.body);
     assert_eq!(last.body["media_type"], "image/jpeg");
     assert_eq!(last.body["orientation"], 6);
@@ -596,16 +585,10 @@ async fn a_full_disk_refuses_the_piece_by_name_and_keeps_the_case_intact() {
     );
     // Room again (an administrator cleared the disk): the upload resumes where it stopped.
     cap_database_pages(&api, 1 << 30).await;
-    let mut at = piece;
-    let mut last = info;
-    while at < doc.len() {
-        let end = (at + piece).min(doc.len());
-        last = api
-            .upload_piece(&t, &c, &aid, at as u64, doc[at..end].to_vec())
-            .await;
-        assert_eq!(last.status, StatusCode::OK, "{}", last.body);
-        at = end;
-    }
+    let last = api
+        .upload_from(&t, &c, &aid, &doc, piece, piece, info)
+        .await;
+    assert_eq!(last.status, StatusCode::OK, "{}", last.body);
     assert_eq!(last.body["state"], "stored", "{}", last.body);
     assert_eq!(
         sha256_hex(&content(&api, &t, &c, &aid).await),

@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 
 use common::broker::{Broker, wait_for};
 use common::cloud::synced_appliance;
-use common::{Appliance, BIN, media_py, model_dir, ort_lib};
+use common::{Appliance, BIN, media_py, model_dir, ort_lib, sha256_hex};
 use serde_json::Value;
 
 const PIN: &str = "pin-7391";
@@ -281,10 +281,6 @@ fn crew_flow_in_chromium() {
     attachments_in_the_cloud(&a, &receiver, &body, &photo, &ecg, &shown);
 }
 
-fn sha_hex(b: &[u8]) -> String {
-    hex::encode(hema3n_edge::crypto::sha256(b))
-}
-
 /// What Pillow finds in a photo: no EXIF block, tag, GPS position or XMP may be left.
 fn assert_no_photo_metadata(f: &Path, what: &str) {
     let v: Value = serde_json::from_str(&media_py(&["photo-check", f.to_str().unwrap()])).unwrap();
@@ -339,7 +335,11 @@ fn attachments_in_the_cloud(
         ]);
         let got = std::fs::read(&out).unwrap();
         let sha = item["sha256"].as_str().unwrap();
-        assert_eq!(sha_hex(&got), sha, "{which}: export vs the receiver's hash");
+        assert_eq!(
+            sha256_hex(&got),
+            sha,
+            "{which}: export vs the receiver's hash"
+        );
         assert!(
             bundle_text.contains(sha),
             "the case bundle names {which} by its SHA-256"
@@ -355,7 +355,7 @@ fn attachments_in_the_cloud(
             }
             "ecg" => assert_eq!(
                 sha,
-                sha_hex(&std::fs::read(ecg).unwrap()),
+                sha256_hex(&std::fs::read(ecg).unwrap()),
                 "the PDF changed"
             ),
             other => panic!("unexpected attachment kind {other}"),

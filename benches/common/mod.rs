@@ -128,3 +128,13 @@ pub fn raw_batch_commit_p99(c: &mut Connection, batches: usize) -> Duration {
     }
     pct(&mut lat, 0.99)
 }
+
+/// `VmRSS` of a live process, KiB (`None` once it has gone).
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+}

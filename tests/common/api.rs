@@ -247,14 +247,33 @@ impl Api {
             return r;
         }
         let aid = r.body["id"].as_str().unwrap().to_string();
-        let mut last = r;
-        for (i, c) in bytes.chunks(piece).enumerate() {
+        self.upload_from(token, case, &aid, bytes, 0, piece, r)
+            .await
+    }
+
+    /// Sends `bytes[from..]` of attachment `aid` in `piece`-byte pieces, stopping at the first
+    /// answer that is not 200; the last answer (`last` when nothing was left to send).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn upload_from(
+        &self,
+        token: &str,
+        case: &str,
+        aid: &str,
+        bytes: &[u8],
+        from: usize,
+        piece: usize,
+        mut last: Reply,
+    ) -> Reply {
+        let mut at = from;
+        while at < bytes.len() {
+            let end = (at + piece).min(bytes.len());
             last = self
-                .upload_piece(token, case, &aid, (i * piece) as u64, c.to_vec())
+                .upload_piece(token, case, aid, at as u64, bytes[at..end].to_vec())
                 .await;
             if last.status != StatusCode::OK {
                 break;
             }
+            at = end;
         }
         last
     }

@@ -157,6 +157,11 @@ impl Rng {
 }
 
 /// True if `needle` occurs in `hay` (bytes).
+/// Hex SHA-256, as the API, the receiver and the bundles name files.
+pub fn sha256_hex(b: &[u8]) -> String {
+    hex::encode(hema3n_edge::crypto::sha256(b))
+}
+
 pub fn contains(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len()).any(|w| w == needle)
 }

@@ -899,8 +899,7 @@ async function handoffScreen(id) {
 
 // The PDF needs the session's token, so it is fetched and handed to the browser as a file.
 async function downloadPdf(id, fmt) {
-  const r = await fetch(`/api/v1/cases/${id}/handoff/pdf?format=${fmt}`, { headers: { Authorization: `Bearer ${S.token}`, 'Territory-Id': S.territory || '' } });
-  if (!r.ok) { const d = await r.json().catch(() => null); throw new HttpError(r.status, d); }
+  const r = await authFetch(`/api/v1/cases/${id}/handoff/pdf?format=${fmt}`);
   const url = URL.createObjectURL(await r.blob());
   const a = document.createElement('a');
   a.href = url;

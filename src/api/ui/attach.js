@@ -2,8 +2,8 @@
 // Uploads go in pieces (POST …/attachments, then PATCH …/content at Upload-Offset); a dropped
 // Wi-Fi link is retried from what the daemon committed, and the bar shows the real progress.
 // Thumbnails and the viewer fetch with the session's token and show blob: URLs.
-// Loaded before app.js and calls its helpers (S, api, esc, fmtTime, can, banner, HttpError,
-// loggedOff) only once the page runs.
+// Loaded before app.js (which uses authFetch for the handoff PDF) and calls its helpers (S, api,
+// esc, fmtTime, can, banner, HttpError, loggedOff) only once the page runs.
 'use strict';
 
 const ATT_KINDS = [['scene_photo', 'Scene photo'], ['wound', 'Wound'], ['ecg', 'ECG / 12-lead'], ['signed_form', 'Signed form'],
@@ -34,7 +34,9 @@ function forgetAttachments() {
 
 const authHeaders = () => ({ Authorization: `Bearer ${S.token}`, 'Territory-Id': S.territory || '' });
 
-async function attFetch(path, init = {}) {
+// A fetch with the session's token whose reply is not JSON (files, thumbnails, the handoff
+// PDF); a 401 returns to the login screen like every other request.
+async function authFetch(path, init = {}) {
   const r = await fetch(path, { ...init, headers: { ...authHeaders(), ...(init.headers || {}) } });
   if (r.ok) return r;
   const d = await r.json().catch(() => null);
@@ -56,7 +58,7 @@ async function sendFile(caseId, info, file, onProgress) {
     onProgress(info.received);
     try {
       const end = Math.min(file.size, info.received + info.piece_bytes);
-      const r = await attFetch(`${attPath(caseId, info.id)}/content`, {
+      const r = await authFetch(`${attPath(caseId, info.id)}/content`, {
         method: 'PATCH',
         headers: { 'Content-Type': 'application/offset+octet-stream', 'Upload-Offset': String(info.received) },
         body: file.slice(info.received, end),
@@ -74,7 +76,7 @@ async function sendFile(caseId, info, file, onProgress) {
       failures += 1;
       if (failures > 8) throw new Error('The link to the ambulance keeps dropping: tap Resume when it is back');
       await pause(Math.min(8000, 250 * 2 ** failures));
-      try { info = await (await attFetch(attPath(caseId, info.id))).json(); } catch (e2) { if (e2.status === 401) throw e2; }
+      try { info = await (await authFetch(attPath(caseId, info.id))).json(); } catch (e2) { if (e2.status === 401) throw e2; }
     }
   }
   onProgress(info.size);
@@ -122,7 +124,7 @@ function drawUploads(st) {
       <span class="pct"></span>${u.error ? ` <span class="err">${esc(u.error)}</span> <button type="button" data-resume="${esc(id)}" data-testid="att-resume">Resume</button>` : ''}</div>`).join('');
   for (const [id, u] of UPLOADS) progressOf(id, u);
   box.querySelectorAll('[data-resume]').forEach((b) => b.addEventListener('click', async () => {
-    try { await resumeUpload(st, await (await attFetch(attPath(st.id, b.dataset.resume))).json()); } catch (e) { if (e.status !== 401) banner(e.message, true); }
+    try { await resumeUpload(st, await (await authFetch(attPath(st.id, b.dataset.resume))).json()); } catch (e) { if (e.status !== 401) banner(e.message, true); }
   }));
 }
 
@@ -186,14 +188,14 @@ async function drawAttachments(st) {
     if (!file || !a) return;
     if (file.size !== a.size) { banner(`${file.name} is not the interrupted file (${fmtBytes(a.size)})`, true); return; }
     UPLOADS.set(a.id, { file, name: file.name, received: a.received, size: a.size, error: null });
-    try { await resumeUpload(st, await (await attFetch(attPath(st.id, a.id))).json()); } catch (e) { if (e.status !== 401) banner(e.message, true); }
+    try { await resumeUpload(st, await (await authFetch(attPath(st.id, a.id))).json()); } catch (e) { if (e.status !== 401) banner(e.message, true); }
   }));
   P.querySelectorAll('[data-att]').forEach((b) => b.addEventListener('click', () => openViewer(st, stored.find((a) => a.id === b.dataset.att)).catch(showError)));
   // Thumbnails one after the other (each fetch is audited as a view; the tablet is on Wi-Fi).
   for (const img of P.querySelectorAll('[data-thumb]')) {
     const id = img.dataset.thumb;
     try {
-      if (!THUMBS.urls.has(id)) THUMBS.urls.set(id, URL.createObjectURL(await (await attFetch(`${attPath(st.id, id)}/thumbnail`)).blob()));
+      if (!THUMBS.urls.has(id)) THUMBS.urls.set(id, URL.createObjectURL(await (await authFetch(`${attPath(st.id, id)}/thumbnail`)).blob()));
       if (THUMBS.caseId === st.id) img.src = THUMBS.urls.get(id);
     } catch (e) { if (e.status === 401) return; img.alt = 'thumbnail not available'; }
   }
@@ -209,7 +211,7 @@ function closeViewer() {
 // Full size: a photo turned upright, a PDF in the browser's viewer, DICOM as a download.
 async function openViewer(st, a) {
   closeViewer();
-  const r = await attFetch(`${attPath(st.id, a.id)}/content`);
+  const r = await authFetch(`${attPath(st.id, a.id)}/content`);
   viewerUrl = URL.createObjectURL(await r.blob());
   const ext = { 'image/jpeg': 'jpg', 'image/png': 'png', 'application/pdf': 'pdf', 'application/dicom': 'dcm' }[a.media_type] || 'bin';
   const body = a.media_type && a.media_type.startsWith('image/')
