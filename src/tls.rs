@@ -2,7 +2,9 @@
 //! libraries). The only module that imports `rustls`, `tokio-rustls` and `rcgen`.
 //!
 //! - Client: the cloud broker (server authenticated by a pinned CA; the appliance authenticates
-//!   with its certificate when one is configured: mTLS), also used by the receiver.
+//!   with its certificate when one is configured: mTLS), also used by the receiver; and the
+//!   receiver's shared PostgreSQL store ([`PgTls`]: the server's certificate verified against
+//!   its CA and host name).
 //! - Server: the crew tablet API (TLS 1.2/1.3, HTTP/1.1 via ALPN), and the self-signed
 //!   certificate `init` makes for a development appliance.
 
@@ -130,4 +132,97 @@ pub fn self_signed(names: &[String]) -> Result<(String, Zeroizing<String>), TlsE
     let ck = rcgen::generate_simple_self_signed(names.to_vec())
         .map_err(|e| TlsError::Config(format!("cannot make a self-signed certificate: {e}")))?;
     Ok((ck.cert.pem(), Zeroizing::new(ck.key_pair.serialize_pem())))
+}
+
+/// TLS for the receiver's PostgreSQL connection (`sslmode=require` with the server's
+/// certificate and host name verified against the configured CA, i.e. `verify-full`).
+#[derive(Clone)]
+pub struct PgTls(pub ClientConfig);
+
+/// One PostgreSQL TLS handshake, for the host name the connection was opened to.
+pub struct PgTlsConnect {
+    config: ClientConfig,
+    name: rustls::pki_types::ServerName<'static>,
+}
+
+/// An established PostgreSQL TLS stream.
+pub struct PgTlsStream<S>(tokio_rustls::client::TlsStream<S>);
+
+impl<S> postgres::tls::MakeTlsConnect<S> for PgTls
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    type Stream = PgTlsStream<S>;
+    type TlsConnect = PgTlsConnect;
+    type Error = TlsError;
+
+    fn make_tls_connect(&mut self, domain: &str) -> Result<PgTlsConnect, TlsError> {
+        let name = rustls::pki_types::ServerName::try_from(domain.to_string())
+            .map_err(|e| TlsError::Config(format!("PostgreSQL host `{domain}`: {e}")))?;
+        Ok(PgTlsConnect {
+            config: self.0.clone(),
+            name,
+        })
+    }
+}
+
+impl<S> postgres::tls::TlsConnect<S> for PgTlsConnect
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    type Stream = PgTlsStream<S>;
+    type Error = std::io::Error;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = std::io::Result<PgTlsStream<S>>> + Send>,
+    >;
+
+    fn connect(self, stream: S) -> Self::Future {
+        let connector = tokio_rustls::TlsConnector::from(self.config);
+        Box::pin(async move { connector.connect(self.name, stream).await.map(PgTlsStream) })
+    }
+}
+
+impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> tokio::io::AsyncRead
+    for PgTlsStream<S>
+{
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite
+    for PgTlsStream<S>
+{
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
+impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> postgres::tls::TlsStream
+    for PgTlsStream<S>
+{
+    /// No channel binding: the server is authenticated by its certificate instead.
+    fn channel_binding(&self) -> postgres::tls::ChannelBinding {
+        postgres::tls::ChannelBinding::none()
+    }
 }

@@ -1,30 +1,18 @@
 //! The receiver under hostile input, on a real broker: every single-byte flip of an envelope is
 //! rejected (and never receipted), as are a wrong recipient and an unknown appliance; 1,000
 //! resends of one envelope store it once and are each receipted; the same bundle id with other
-//! content raises a conflict alarm and is not receipted.
+//! content raises a conflict alarm (once, however often it is resent) and is not receipted.
 
 mod common;
 
 use common::Appliance;
 use common::broker::wait_for;
-use common::cloud::{Pki, Receiver};
+use common::cloud::{Pki, Receiver, envelope_meta as meta};
 use common::mqtt::TestClient;
 use hema3n_edge::crypto::keyring::{KeySources, Keyring};
-use hema3n_edge::crypto::seal::{
-    self, BundleKind, EnvelopeMeta, Receipt, ReceiptStatus, RecipientSecretKey,
-};
+use hema3n_edge::crypto::seal::{self, Receipt, ReceiptStatus, RecipientSecretKey};
 use hema3n_edge::crypto::sign::SigningKey;
 use hema3n_edge::sync::ReceiverKeys;
-
-fn meta(appliance: &str, seq: u64) -> EnvelopeMeta {
-    EnvelopeMeta {
-        kind: BundleKind::Bundle,
-        bundle_id: *uuid::Uuid::now_v7().as_bytes(),
-        seq,
-        created_at_ms: 1_800_000_000_000,
-        appliance_id: appliance.into(),
-    }
-}
 
 const BODY: &[u8] = br#"{"resourceType":"Bundle","type":"collection","entry":[]}"#;
 
@@ -135,6 +123,8 @@ fn tampered_replayed_and_misaddressed_envelopes_are_handled_as_specified() {
         signer,
     )
     .unwrap();
+    // Sent twice: logged each time, one alarm (per distinct conflicting envelope).
+    pubc.publish(topic, conflicting.clone());
     pubc.publish(topic, conflicting);
     pubc.flush();
 
@@ -181,11 +171,23 @@ fn tampered_replayed_and_misaddressed_envelopes_are_handled_as_specified() {
     }
     assert_eq!((stored, dups), (1, 999));
     assert!(pubc.next(2).is_none(), "a reject or conflict was receipted");
-    let log = r.log();
-    assert!(
-        log.lines()
-            .any(|l| l.contains("same bundle id with different content") && l.contains("CONFLICT")),
-        "the conflict is logged with its code"
+    let conflict_lines = || {
+        r.log()
+            .lines()
+            .filter(|l| {
+                l.contains("same bundle id with different content") && l.contains("CONFLICT")
+            })
+            .count()
+    };
+    wait_for(
+        30,
+        "both conflicting envelopes logged with their code",
+        || (conflict_lines() == 2).then_some(()),
+    );
+    assert_eq!(
+        r.stats()["conflicts"],
+        1,
+        "a resent conflict raised a second alarm"
     );
     assert!(recv.stop().success(), "{}", r.log());
 }

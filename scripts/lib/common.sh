@@ -52,10 +52,15 @@ install_build_deps() {
 # Services the integration tests start on loopback (never as system services).
 install_test_services() {
     # poppler-utils: pdftotext/pdffonts/pdftoppm read the handoff PDF independently.
-    apt_install mosquitto openssl dbus poppler-utils
+    # postgresql: the receivers' shared store; tests run initdb/pg_ctl themselves.
+    apt_install mosquitto openssl dbus poppler-utils postgresql
     # Debian starts the packaged broker on :1883; tests use their own instances on free ports.
     if command -v systemctl >/dev/null && systemctl is-active --quiet mosquitto 2>/dev/null; then
         as_root systemctl stop mosquitto || true
+    fi
+    # Likewise Debian's own PostgreSQL cluster (tests start clusters of their own).
+    if command -v systemctl >/dev/null && systemctl is-active --quiet postgresql 2>/dev/null; then
+        as_root systemctl stop postgresql || true
     fi
 }
 

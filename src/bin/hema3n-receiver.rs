@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use hema3n_edge::receiver::{self, Keys, ReceiverConfig, ReceiverError};
-use hema3n_edge::storage::receiver::ReceiverDb;
+use hema3n_edge::storage::receiver::ReceiverStore;
 
 #[derive(Parser)]
 #[command(
@@ -97,13 +97,10 @@ enum AppCmd {
     List,
 }
 
-fn open_db(cfg: &ReceiverConfig) -> Result<ReceiverDb, ReceiverError> {
+/// The configured store: the embedded SQLCipher file or the shared PostgreSQL database.
+fn open_db(cfg: &ReceiverConfig) -> Result<Box<dyn ReceiverStore>, ReceiverError> {
     let keys = Keys::load(&cfg.keys_dir)?;
-    Ok(ReceiverDb::open(
-        &cfg.database,
-        &keys.db_key,
-        &keys.db_key_path,
-    )?)
+    cfg.open_store(&keys)
 }
 
 fn main() -> ExitCode {
@@ -224,7 +221,7 @@ fn run(cli: Cli) -> Result<(), ReceiverError> {
         }
         Cmd::Attachments { export, out } => {
             let cfg = load(&cli.config)?;
-            let db = open_db(&cfg)?;
+            let mut db = open_db(&cfg)?;
             match (export, out) {
                 (Some(which), Some(out)) => {
                     let (app, id) = which.split_once('/').ok_or_else(|| {
@@ -249,7 +246,7 @@ fn run(cli: Cli) -> Result<(), ReceiverError> {
         }
         Cmd::Stats => {
             let cfg = load(&cli.config)?;
-            let db = open_db(&cfg)?;
+            let mut db = open_db(&cfg)?;
             println!(
                 "{}",
                 serde_json::to_string(&db.stats()?).expect("stats serialise")
@@ -259,7 +256,7 @@ fn run(cli: Cli) -> Result<(), ReceiverError> {
         Cmd::Prealerts { watch, json } => {
             use hema3n_edge::receiver::prealerts::{chains, describe};
             let cfg = load(&cli.config)?;
-            let db = open_db(&cfg)?;
+            let mut db = open_db(&cfg)?;
             // Every row read once; each round reads only what arrived since (the same
             // millisecond again, as a batch may land in it after the last read).
             let mut all: Vec<hema3n_edge::storage::receiver::PrealertRow> = vec![];
@@ -302,7 +299,7 @@ fn run(cli: Cli) -> Result<(), ReceiverError> {
         }
         Cmd::Bundles { show, nemsis } => {
             let cfg = load(&cli.config)?;
-            let db = open_db(&cfg)?;
+            let mut db = open_db(&cfg)?;
             match show {
                 None => {
                     for (a, b, seq, kind) in db.list_bundles()? {

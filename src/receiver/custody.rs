@@ -5,7 +5,7 @@
 use crate::crypto::seal::{self, Receipt, ReceiptStatus};
 use crate::crypto::sign::PublicKey;
 use crate::storage::Owned;
-use crate::storage::receiver::{ReceivedBundle, ReceiverDb, StoreOutcome};
+use crate::storage::receiver::{ReceivedBundle, ReceiverStore, StoreOutcome};
 use crate::sync::transport;
 use rumqttc::v5::mqttbytes::v5::{Publish, PublishProperties};
 
@@ -34,7 +34,7 @@ pub(super) const CUSTODY_QUEUE: usize = 4;
 
 /// The receiver's database and keys, held by one thread.
 pub(super) struct Custody {
-    pub(super) db: ReceiverDb,
+    pub(super) db: Box<dyn ReceiverStore>,
     pub(super) keys: Keys,
     /// Envelopes above this size are refused unread (`TOO_LARGE`).
     pub(super) max_envelope_bytes: usize,
@@ -86,7 +86,13 @@ pub(super) fn process(
                 ),
             ))
         } else {
-            open_one(keys, db, &topic, &p.payload, sha)
+            match open_one(keys, db.as_mut(), &topic, &p.payload, sha) {
+                // The store could not tell whether the appliance is registered: nothing of
+                // the batch is acknowledged (the caller decides whether to retry or exit).
+                Err(Refused::Store(e)) => return Err(e.into()),
+                Err(Refused::Reject(r)) => Err(r),
+                Ok(b) => Ok(b),
+            }
         };
         match opened {
             Ok(b) => accepted.push((i, b)),
@@ -163,37 +169,51 @@ pub(super) fn process(
 
 pub(super) type Reject = (Option<String>, &'static str, String);
 
+/// Why an envelope was not opened: refused for what it is, or the store failed.
+pub(super) enum Refused {
+    Reject(Reject),
+    Store(crate::storage::StoreError),
+}
+
+impl From<Reject> for Refused {
+    fn from(r: Reject) -> Self {
+        Refused::Reject(r)
+    }
+}
+
 pub(super) fn open_one(
     keys: &Keys,
-    db: &ReceiverDb,
+    db: &mut dyn ReceiverStore,
     topic: &str,
     payload: &[u8],
     envelope_sha256: [u8; 32],
-) -> Result<ReceivedBundle, Reject> {
+) -> Result<ReceivedBundle, Refused> {
     let Some(topic_app) = transport::appliance_of_bundles_topic(topic) else {
-        return Err((None, "BAD_TOPIC", "not a bundles topic".into()));
+        return Err(Refused::Reject((
+            None,
+            "BAD_TOPIC",
+            "not a bundles topic".into(),
+        )));
     };
     let parsed =
         seal::parse(payload).map_err(|e| (Some(topic_app.to_string()), e.code(), e.to_string()))?;
     let app = parsed.header.appliance_id.clone();
     if app != topic_app {
-        return Err((
+        return Err(Refused::Reject((
             Some(topic_app.to_string()),
             "TOPIC_MISMATCH",
             format!("envelope names appliance {app}, published under {topic_app}"),
-        ));
+        )));
     }
     // Read for every envelope, never cached: a revocation or key replacement holds for the
     // next envelope (review #15). One indexed lookup beside an ECDSA verify and an HPKE open.
-    let pem = db
-        .appliance_key(&app)
-        .map_err(|e| (Some(app.clone()), "STORE_ERROR", e.to_string()))?;
+    let pem = db.appliance_key(&app).map_err(Refused::Store)?;
     let Some(key) = pem.as_deref().and_then(PublicKey::from_pem) else {
-        return Err((
+        return Err(Refused::Reject((
             Some(app.clone()),
             "UNKNOWN_APPLIANCE",
             format!("no active key registered for appliance {app}"),
-        ));
+        )));
     };
     let key = &key;
     parsed

@@ -18,7 +18,6 @@ use tokio::sync::watch;
 use crate::backoff::Backoff;
 use crate::crypto::keyring::KeySources;
 use crate::storage::Owner;
-use crate::storage::receiver::ReceiverDb;
 use crate::sync::transport;
 
 mod custody;
@@ -28,7 +27,8 @@ mod setup;
 pub use custody::Counters;
 use custody::{CUSTODY_QUEUE, Custody, Out, process};
 pub use setup::{
-    CLIENT_KEY, DB_KEY, HPKE_KEY, Keys, ReceiverConfig, ReceiverError, SIGNING_KEY, init,
+    Backend, CLIENT_KEY, DB_KEY, HPKE_KEY, Keys, PG_PASSWORD, PostgresConfig, ReceiverConfig,
+    ReceiverError, SIGNING_KEY, init,
 };
 
 /// Runs the receiver until `shutdown`.
@@ -36,8 +36,6 @@ pub async fn run(
     cfg: ReceiverConfig,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<Counters, ReceiverError> {
-    let keys = Keys::load(&cfg.keys_dir)?;
-    let db = ReceiverDb::open(&cfg.database, &keys.db_key, &keys.db_key_path)?;
     let broker = cfg.broker_url()?;
     let tls = crate::tls::for_broker(
         broker.tls,
@@ -45,26 +43,25 @@ pub async fn run(
         cfg.client_cert.as_deref(),
         || Ok::<_, ReceiverError>(KeySources::from_env(&cfg.keys_dir).read(CLIENT_KEY)?.1),
     )?;
-    let client_id = cfg.client_id.clone().unwrap_or_else(|| {
-        format!(
-            "hema3n-receiver-{}",
-            std::fs::read_to_string("/etc/hostname")
-                .unwrap_or_else(|_| "host".into())
-                .trim()
-        )
-    });
+    let client_id = cfg.instance_name();
     let filter = format!("$share/{}/hema3n/v1/edge/+/bundles", cfg.share_group);
     tracing::info!(receiver_id = %cfg.receiver_id, broker = %cfg.broker, filter = %filter, "receiver starting");
     // Verifying, opening and storing run on the database's owner thread (`receiver-db`), never
     // in this async loop, which only moves packets and acks.
-    let (custody, thread) = Owner::spawn(
-        Custody {
-            db,
-            keys,
-            max_envelope_bytes: cfg.max_envelope_bytes,
+    // The store is opened there too: the PostgreSQL driver blocks on a runtime of its own.
+    let store_cfg = cfg.clone();
+    let (custody, thread) = Owner::spawn_with(
+        move || {
+            let keys = Keys::load(&store_cfg.keys_dir)?;
+            Ok::<_, ReceiverError>(Custody {
+                db: store_cfg.open_store(&keys)?,
+                keys,
+                max_envelope_bytes: store_cfg.max_envelope_bytes,
+            })
         },
         CUSTODY_QUEUE,
-    );
+    )
+    .await?;
     let r = serve(
         &cfg,
         &custody,
@@ -196,10 +193,22 @@ async fn session(
         }
         if !pending.is_empty() {
             let batch = std::mem::take(&mut pending);
-            let (outs, delta) = custody.call(move |c| Ok(process(c, &batch))).await??;
-            counters.add(&delta);
-            out.extend(outs);
-            flush(client, &mut out);
+            match custody.call(move |c| Ok(process(c, &batch))).await? {
+                Ok((outs, delta)) => {
+                    counters.add(&delta);
+                    out.extend(outs);
+                    flush(client, &mut out);
+                }
+                // A shared database out of reach: nothing of the batch was acknowledged, so
+                // leaving the broker hands it back (to this receiver after the back-off, or to
+                // another one of the group meanwhile).
+                Err(ReceiverError::Store(e)) if e.is_transient() => {
+                    tracing::error!(error = %e, "store unavailable; leaving the broker so unacknowledged envelopes are redelivered");
+                    let _ = client.try_disconnect();
+                    return Ok(Some(format!("store unavailable: {e}")));
+                }
+                Err(e) => return Err(e),
+            }
         }
         if let Some(why) = lost {
             return Ok(Some(why));

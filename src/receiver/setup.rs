@@ -5,6 +5,8 @@ use crate::config::{BrokerUrl, ConfigError, parse_broker_url};
 use crate::crypto::keyring::{KeyError, KeySources, write_secret};
 use crate::crypto::seal::RecipientSecretKey;
 use crate::crypto::sign::SigningKey;
+use crate::storage::pg::{PgSettings, PgStore};
+use crate::storage::receiver::{ReceiverDb, ReceiverStore};
 use crate::sync::ReceiverKeys;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -18,14 +20,64 @@ pub const DB_KEY: &str = "receiver-db.key";
 /// Credential with the receiver's TLS client key (PEM), when the broker requires mTLS.
 pub const CLIENT_KEY: &str = "receiver-client.key";
 
+/// Credential with the PostgreSQL password (`store = "postgres"`), when the server asks for one.
+pub const PG_PASSWORD: &str = "receiver-pg.password";
+
+/// Where the receiver keeps what it receives.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// An embedded SQLCipher file (`database`): one receiver.
+    #[default]
+    Sqlcipher,
+    /// A PostgreSQL database (`[postgres]`) shared by several receivers.
+    Postgres,
+}
+
+/// `[postgres]` in `receiver.toml`. The password is a credential (`receiver-pg.password`),
+/// never here.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PostgresConfig {
+    /// Host name, address, or Unix socket directory (`/run/postgresql`). Default `127.0.0.1`.
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    pub dbname: String,
+    /// TLS with the server's certificate and host name verified against `ca_file`. Default
+    /// true; false is accepted only for a loopback host or a Unix socket.
+    pub tls: bool,
+    pub ca_file: Option<PathBuf>,
+    pub connect_timeout_secs: u64,
+}
+
+impl Default for PostgresConfig {
+    fn default() -> Self {
+        PostgresConfig {
+            host: "127.0.0.1".into(),
+            port: 5432,
+            user: "hema3n_receiver".into(),
+            dbname: "hema3n".into(),
+            tls: true,
+            ca_file: None,
+            connect_timeout_secs: 10,
+        }
+    }
+}
+
 /// `receiver.toml`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ReceiverConfig {
     /// Name of this receiver deployment (shown to appliances). Default `hema3n-cloud`.
     pub receiver_id: String,
+    /// `sqlcipher` (default: the `database` file, one receiver) or `postgres` (`[postgres]`,
+    /// shared by several receivers).
+    pub store: Backend,
     /// Database (SQLCipher) file. Default `/var/lib/hema3n-receiver/receiver.db`.
     pub database: PathBuf,
+    /// The shared database, for `store = "postgres"`.
+    pub postgres: Option<PostgresConfig>,
     /// Directory of key files (credentials directory first). Default `/etc/hema3n-receiver/keys`.
     pub keys_dir: PathBuf,
     /// Cloud broker, `mqtts://host:port` or (with `allow_plaintext`) `mqtt://host:port`.
@@ -55,7 +107,9 @@ impl Default for ReceiverConfig {
     fn default() -> Self {
         ReceiverConfig {
             receiver_id: "hema3n-cloud".into(),
+            store: Backend::Sqlcipher,
             database: "/var/lib/hema3n-receiver/receiver.db".into(),
+            postgres: None,
             keys_dir: "/etc/hema3n-receiver/keys".into(),
             broker: "mqtts://127.0.0.1:8883".into(),
             allow_plaintext: false,
@@ -134,13 +188,106 @@ impl ReceiverConfig {
                 *p = base.join(&*p);
             }
         }
-        for p in [&mut c.ca_file, &mut c.client_cert].into_iter().flatten() {
+        let pg_ca = c.postgres.as_mut().and_then(|p| p.ca_file.as_mut());
+        for p in [c.ca_file.as_mut(), c.client_cert.as_mut(), pg_ca]
+            .into_iter()
+            .flatten()
+        {
             if p.is_relative() {
                 *p = base.join(&*p);
             }
         }
         c.broker_url()?;
+        c.postgres_config()?;
         Ok(c)
+    }
+
+    /// The `[postgres]` section when `store = "postgres"` (checked: TLS unless the server is
+    /// on loopback or a Unix socket; a CA for TLS); `None` for the embedded store.
+    pub fn postgres_config(&self) -> Result<Option<&PostgresConfig>, ConfigError> {
+        if self.store != Backend::Postgres {
+            return Ok(None);
+        }
+        let p = self.postgres.as_ref().ok_or_else(|| ConfigError::Invalid {
+            field: "postgres",
+            reason: "store = \"postgres\" needs a [postgres] section (host, port, user, dbname)"
+                .into(),
+        })?;
+        let local = p.host.starts_with('/')
+            || p.host == "localhost"
+            || p.host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|a| a.is_loopback());
+        if !p.tls && !local {
+            return Err(ConfigError::Invalid {
+                field: "postgres.tls",
+                reason: format!(
+                    "PostgreSQL at {} must be reached over TLS (tls = false only for loopback or a Unix socket)",
+                    p.host
+                ),
+            });
+        }
+        if p.tls && p.ca_file.is_none() {
+            return Err(ConfigError::Invalid {
+                field: "postgres.ca_file",
+                reason: "TLS to PostgreSQL needs the server's CA (ca_file)".into(),
+            });
+        }
+        Ok(Some(p))
+    }
+
+    /// This receiver instance's name: its MQTT client id (and what it records with what it
+    /// stores in a shared database).
+    pub fn instance_name(&self) -> String {
+        self.client_id.clone().unwrap_or_else(|| {
+            format!(
+                "hema3n-receiver-{}",
+                std::fs::read_to_string("/etc/hostname")
+                    .unwrap_or_else(|_| "host".into())
+                    .trim()
+            )
+        })
+    }
+
+    /// Opens the configured store (migrating it): the SQLCipher file, or the shared
+    /// PostgreSQL database with its data keys wrapped by `receiver-db.key`.
+    pub fn open_store(&self, keys: &Keys) -> Result<Box<dyn ReceiverStore>, ReceiverError> {
+        let Some(p) = self.postgres_config()? else {
+            return Ok(Box::new(ReceiverDb::open(
+                &self.database,
+                &keys.db_key,
+                &keys.db_key_path,
+            )?));
+        };
+        let src = KeySources::from_env(&self.keys_dir);
+        let password = match src.read(PG_PASSWORD) {
+            Ok((_, raw)) => {
+                let text = String::from_utf8(raw.to_vec()).map_err(|_| ReceiverError::BadKey {
+                    name: PG_PASSWORD,
+                    why: "not UTF-8".into(),
+                })?;
+                Some(zeroize::Zeroizing::new(
+                    text.trim_end_matches(['\n', '\r']).to_string(),
+                ))
+            }
+            Err(KeyError::Missing { .. }) => None,
+            Err(e) => return Err(e.into()),
+        };
+        let tls = match (&p.tls, &p.ca_file) {
+            (true, Some(ca)) => Some(crate::tls::client_config(ca, None)?),
+            _ => None,
+        };
+        let settings = PgSettings {
+            host: p.host.clone(),
+            port: p.port,
+            user: p.user.clone(),
+            dbname: p.dbname.clone(),
+            password,
+            tls,
+            connect_timeout: std::time::Duration::from_secs(p.connect_timeout_secs.max(1)),
+            receiver_name: self.instance_name(),
+        };
+        Ok(Box::new(PgStore::connect(settings, &keys.db_key)?))
     }
 
     pub fn broker_url(&self) -> Result<BrokerUrl, ConfigError> {
@@ -251,4 +398,63 @@ pub fn init(
     // Check the config we (or someone) wrote parses.
     ReceiverConfig::load(&cfg_path)?;
     Ok(cfg_path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pg(host: &str, tls: bool, ca: bool) -> ReceiverConfig {
+        ReceiverConfig {
+            store: Backend::Postgres,
+            postgres: Some(PostgresConfig {
+                host: host.into(),
+                tls,
+                ca_file: ca.then(|| "ca.pem".into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn refused(c: &ReceiverConfig) -> String {
+        c.postgres_config().unwrap_err().to_string()
+    }
+
+    #[test]
+    fn postgres_needs_tls_off_loopback_and_a_section() {
+        assert!(
+            pg("db.example", true, true)
+                .postgres_config()
+                .unwrap()
+                .is_some()
+        );
+        for local in ["127.0.0.1", "::1", "localhost", "/run/postgresql"] {
+            assert!(pg(local, false, false).postgres_config().is_ok(), "{local}");
+        }
+        assert!(refused(&pg("db.example", false, false)).contains("over TLS"));
+        assert!(refused(&pg("10.0.0.5", false, false)).contains("over TLS"));
+        assert!(refused(&pg("db.example", true, false)).contains("CA"));
+        let mut c = pg("db.example", true, true);
+        c.postgres = None;
+        assert!(refused(&c).contains("[postgres]"));
+        // The embedded store ignores the section.
+        c.store = Backend::Sqlcipher;
+        assert!(c.postgres_config().unwrap().is_none());
+    }
+
+    #[test]
+    fn the_store_is_selected_in_receiver_toml() {
+        let c: ReceiverConfig = toml::from_str(
+            "store = \"postgres\"\n[postgres]\nhost = \"/run/postgresql\"\ntls = false\n",
+        )
+        .unwrap();
+        let p = c.postgres_config().unwrap().unwrap();
+        assert_eq!(
+            (p.port, p.user.as_str(), p.dbname.as_str()),
+            (5432, "hema3n_receiver", "hema3n")
+        );
+        assert!(toml::from_str::<ReceiverConfig>("store = \"mysql\"\n").is_err());
+        assert_eq!(ReceiverConfig::default().store, Backend::Sqlcipher);
+    }
 }

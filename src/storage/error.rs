@@ -183,6 +183,16 @@ pub enum StoreError {
     },
     #[error("database error")]
     Sqlite(#[from] rusqlite::Error),
+    /// The shared PostgreSQL store failed (connection lost, server restarting, a query
+    /// refused). Recovery: the receiver leaves the broker and reconnects with back-off; what it
+    /// had not acknowledged is redelivered.
+    #[error("PostgreSQL {what}: {why}")]
+    Postgres { what: &'static str, why: String },
+    /// The PostgreSQL store cannot be used as configured (authentication refused, a schema
+    /// newer than this receiver, a data key wrapped by another receiver key). Recovery: fix
+    /// the setup (exit 78).
+    #[error("PostgreSQL setup: {0}")]
+    PostgresSetup(String),
     /// The storage thread is gone (shutting down or crashed). Recovery: retry after restart.
     #[error("storage thread is not running")]
     Closed,
@@ -197,6 +207,8 @@ impl StoreError {
         matches!(
             self,
             StoreError::Sqlite(_)
+                | StoreError::Postgres { .. }
+                | StoreError::PostgresSetup(_)
                 | StoreError::Closed
                 | StoreError::Io { .. }
                 | StoreError::Migration { .. }
@@ -241,7 +253,14 @@ impl StoreError {
                 | StoreError::NoTerritoryKey { .. }
                 | StoreError::KeyMismatch { .. }
                 | StoreError::Io { .. }
+                | StoreError::PostgresSetup(_)
         )
+    }
+
+    /// True when the store is only unavailable for now (a shared database's connection was
+    /// lost): the receiver backs off and reconnects instead of exiting.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, StoreError::Postgres { .. })
     }
 }
 

@@ -11,7 +11,7 @@
 //! `patients`, `cases` (cases, medications, the case view), `devices`, `alarms`,
 //! `observations` (readings, the ingest batch, dead letters), `readings` (the row codec), `triage`, `outbox` (custody:
 //! sealing, receipts, purge), `audit` (the hash chain and its checkpoints), `keys` (key
-//! versions, data keys, rotation), `receiver` (the cloud receiver's own database) with `receiver_files` (its attachments); `open`
+//! versions, data keys, rotation), `receiver` (the cloud receiver's store: [`receiver::ReceiverStore`], the embedded SQLCipher one) with `receiver_files` (its attachments) and `pg` (the shared PostgreSQL one, the only importer of `postgres`); `open`
 //! (keying, refusal of plaintext or mis-keyed files, migrations), `schema`, `error`.
 //!
 //! Invariants: PHI columns hold only field ciphertexts; nothing here logs PHI; a write is
@@ -33,6 +33,7 @@ mod observations;
 mod open;
 mod outbox;
 mod patients;
+pub mod pg;
 mod prealerts;
 mod readings;
 pub mod receiver;

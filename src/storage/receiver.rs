@@ -1,6 +1,8 @@
-//! The cloud receiver's store: registered appliance keys, received bundles (FHIR JSON, at rest
-//! in SQLCipher), rejects and conflict alarms. Idempotent on (appliance id, bundle id): a resend
-//! of the same envelope is a duplicate; the same id with another envelope is a conflict.
+//! The cloud receiver's store: registered appliance keys, received bundles (FHIR JSON), rejects
+//! and conflict alarms. Idempotent on (appliance id, bundle id): a resend of the same envelope
+//! is a duplicate; the same id with another envelope is a conflict, raising one alarm per
+//! distinct envelope. [`ReceiverStore`] is what the receiver needs of a store; [`ReceiverDb`]
+//! is the embedded one (one receiver, SQLCipher file), `storage::pg` the shared one.
 
 use std::path::Path;
 
@@ -100,7 +102,49 @@ CREATE TABLE attachment_parts (
     PRIMARY KEY (appliance_id, attachment_id, part)
 ) STRICT;
 "#,
+    // v4: one alarm per distinct conflicting envelope (a resent conflict raises none again).
+    r#"
+DELETE FROM alarms WHERE id NOT IN
+    (SELECT min(id) FROM alarms GROUP BY kind, appliance_id, bundle_id, detail);
+CREATE UNIQUE INDEX alarms_once ON alarms (kind, appliance_id, bundle_id, detail);
+"#,
 ];
+
+/// What the receiver needs of a store: the embedded [`ReceiverDb`] or the shared PostgreSQL
+/// store (`storage::pg::PgStore`). Every method commits before it returns.
+pub trait ReceiverStore: Send {
+    /// Registers (or replaces) an appliance's ES256 public key (PEM); clears a revocation.
+    fn add_appliance(&mut self, id: &str, pem: &str) -> Result<()>;
+    /// Revokes an appliance: its envelopes are rejected from the next one on. False when it
+    /// was not registered and active.
+    fn revoke_appliance(&mut self, id: &str) -> Result<bool>;
+    /// `(id, PEM, revoked)` of every registered appliance.
+    fn appliances(&mut self) -> Result<Vec<(String, String, bool)>>;
+    /// The active public key (PEM) of an appliance (read for every envelope, never cached).
+    fn appliance_key(&mut self, id: &str) -> Result<Option<String>>;
+    /// Stores a batch in one transaction; one outcome per bundle, in order.
+    fn store_batch(&mut self, items: &[ReceivedBundle]) -> Result<Vec<StoreOutcome>>;
+    /// Records rejected envelopes.
+    fn record_rejects(&mut self, rejects: &[EnvelopeReject]) -> Result<()>;
+    /// Counts for `hema3n-receiver stats`.
+    fn stats(&mut self) -> Result<ReceiverStats>;
+    /// The stored FHIR JSON (or attachment part) of one bundle.
+    fn bundle_body(&mut self, appliance_id: &str, bundle_id: &str) -> Result<Option<Vec<u8>>>;
+    /// `(appliance id, bundle id, seq, kind)` of every stored bundle, oldest first.
+    fn list_bundles(&mut self) -> Result<Vec<(String, String, u64, String)>>;
+    /// Pre-alerts received after `since_ms` (by arrival), oldest first.
+    fn prealerts(&mut self, since_ms: i64) -> Result<Vec<PrealertRow>>;
+    /// Every attachment received (complete or not), newest first.
+    fn attachments(&mut self) -> Result<Vec<super::receiver_files::ReceivedAttachment>>;
+    /// Writes a complete attachment's file to `out` (its SHA-256 verified on arrival); returns
+    /// its size. An incomplete or corrupt attachment is refused.
+    fn export_attachment(
+        &mut self,
+        appliance: &str,
+        attachment: &str,
+        out: &mut dyn std::io::Write,
+    ) -> Result<u64>;
+}
 
 /// A verified, opened bundle ready to store.
 #[derive(Debug, Clone)]
@@ -157,9 +201,10 @@ impl ReceiverDb {
         run_migrations(&mut conn, RECEIVER_MIGRATIONS, |_, _| Ok(()))?;
         Ok(ReceiverDb { conn })
     }
+}
 
-    /// Registers (or replaces) an appliance's ES256 public key (PEM).
-    pub fn add_appliance(&mut self, id: &str, pem: &str) -> Result<()> {
+impl ReceiverStore for ReceiverDb {
+    fn add_appliance(&mut self, id: &str, pem: &str) -> Result<()> {
         self.conn.execute(
             "INSERT INTO appliances (id, public_key, registered_at) VALUES (?1, ?2, ?3) \
              ON CONFLICT (id) DO UPDATE SET public_key = excluded.public_key, revoked_at = NULL",
@@ -168,16 +213,14 @@ impl ReceiverDb {
         Ok(())
     }
 
-    /// Revokes an appliance: its envelopes are rejected from now on.
-    pub fn revoke_appliance(&mut self, id: &str) -> Result<bool> {
+    fn revoke_appliance(&mut self, id: &str) -> Result<bool> {
         Ok(self.conn.execute(
             "UPDATE appliances SET revoked_at = ?1 WHERE id = ?2 AND revoked_at IS NULL",
             params![now_ms(), id],
         )? == 1)
     }
 
-    /// `(id, PEM, revoked)` of every registered appliance.
-    pub fn appliances(&self) -> Result<Vec<(String, String, bool)>> {
+    fn appliances(&mut self) -> Result<Vec<(String, String, bool)>> {
         let mut st = self
             .conn
             .prepare("SELECT id, public_key, revoked_at IS NOT NULL FROM appliances ORDER BY id")?;
@@ -185,8 +228,7 @@ impl ReceiverDb {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// The active public key (PEM) of an appliance.
-    pub fn appliance_key(&self, id: &str) -> Result<Option<String>> {
+    fn appliance_key(&mut self, id: &str) -> Result<Option<String>> {
         Ok(self
             .conn
             .prepare_cached(
@@ -196,8 +238,7 @@ impl ReceiverDb {
             .optional()?)
     }
 
-    /// Stores a batch in one transaction; returns one outcome per bundle, in order.
-    pub fn store_batch(&mut self, items: &[ReceivedBundle]) -> Result<Vec<StoreOutcome>> {
+    fn store_batch(&mut self, items: &[ReceivedBundle]) -> Result<Vec<StoreOutcome>> {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -260,16 +301,13 @@ impl ReceiverDb {
                 }
                 Some(sha) => {
                     tx.execute(
-                        "INSERT INTO alarms (raised_at, kind, appliance_id, bundle_id, detail) VALUES (?1, 'bundle_conflict', ?2, ?3, ?4)",
+                        "INSERT INTO alarms (raised_at, kind, appliance_id, bundle_id, detail) VALUES (?1, 'bundle_conflict', ?2, ?3, ?4) \
+                         ON CONFLICT DO NOTHING",
                         params![
                             now,
                             b.appliance_id,
                             bundle_id,
-                            format!(
-                                "stored envelope sha256 {} differs from received {}",
-                                hex::encode(sha),
-                                hex::encode(b.envelope_sha256)
-                            )
+                            conflict_detail(&sha, &b.envelope_sha256)
                         ],
                     )?;
                     StoreOutcome::Conflict
@@ -281,16 +319,12 @@ impl ReceiverDb {
         Ok(out)
     }
 
-    /// Pre-alerts received after `since_ms` (by arrival), oldest first.
-    /// Every attachment received (complete or not), newest first.
-    pub fn attachments(&self) -> Result<Vec<super::receiver_files::ReceivedAttachment>> {
+    fn attachments(&mut self) -> Result<Vec<super::receiver_files::ReceivedAttachment>> {
         super::receiver_files::list(&self.conn)
     }
 
-    /// Writes a complete attachment's file to `out` (its SHA-256 verified on arrival); returns
-    /// its size. An incomplete or corrupt attachment is refused.
-    pub fn export_attachment(
-        &self,
+    fn export_attachment(
+        &mut self,
         appliance: &str,
         attachment: &str,
         out: &mut dyn std::io::Write,
@@ -298,7 +332,7 @@ impl ReceiverDb {
         super::receiver_files::export(&self.conn, appliance, attachment, out)
     }
 
-    pub fn prealerts(&self, since_ms: i64) -> Result<Vec<PrealertRow>> {
+    fn prealerts(&mut self, since_ms: i64) -> Result<Vec<PrealertRow>> {
         let rows = self
             .conn
             .prepare_cached(
@@ -318,8 +352,7 @@ impl ReceiverDb {
         Ok(rows)
     }
 
-    /// Records rejected envelopes.
-    pub fn record_rejects(&mut self, rejects: &[EnvelopeReject]) -> Result<()> {
+    fn record_rejects(&mut self, rejects: &[EnvelopeReject]) -> Result<()> {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -334,8 +367,7 @@ impl ReceiverDb {
         Ok(())
     }
 
-    /// Counts: (bundles, resends, rejects by code, open conflict alarms).
-    pub fn stats(&self) -> Result<ReceiverStats> {
+    fn stats(&mut self) -> Result<ReceiverStats> {
         let (bundles, resends): (i64, i64) = self.conn.query_row(
             "SELECT count(*), coalesce(sum(resends), 0) FROM bundles",
             [],
@@ -357,8 +389,7 @@ impl ReceiverDb {
         })
     }
 
-    /// The stored FHIR JSON of one bundle.
-    pub fn bundle_body(&self, appliance_id: &str, bundle_id: &str) -> Result<Option<Vec<u8>>> {
+    fn bundle_body(&mut self, appliance_id: &str, bundle_id: &str) -> Result<Option<Vec<u8>>> {
         Ok(self
             .conn
             .query_row(
@@ -369,8 +400,7 @@ impl ReceiverDb {
             .optional()?)
     }
 
-    /// `(appliance id, bundle id, seq, kind)` of every stored bundle, oldest first.
-    pub fn list_bundles(&self) -> Result<Vec<(String, String, u64, String)>> {
+    fn list_bundles(&mut self) -> Result<Vec<(String, String, u64, String)>> {
         let mut st = self.conn.prepare(
             "SELECT appliance_id, bundle_id, seq, kind FROM bundles ORDER BY received_at, appliance_id, seq",
         )?;
@@ -379,6 +409,15 @@ impl ReceiverDb {
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
+}
+
+/// The detail of a conflict alarm (unique per stored and received envelope).
+pub(super) fn conflict_detail(stored: &[u8], received: &[u8; 32]) -> String {
+    format!(
+        "stored envelope sha256 {} differs from received {}",
+        hex::encode(stored),
+        hex::encode(received)
+    )
 }
 
 /// Receiver counters for `hema3n-receiver stats`.

@@ -77,18 +77,11 @@ pub(super) fn add_part(
         return Ok(());
     }
     // The last part: the parts must tile the file and hash to its SHA-256.
-    let mut sha256 = crate::crypto::Sha256::new();
-    let mut end = 0u64;
+    let mut tiles = Tiles::default();
     let tiled = each_part(tx, b.appliance_id, &h.attachment, |offset, data| {
-        if offset != end {
-            return Ok(false);
-        }
-        end += data.len() as u64;
-        sha256.update(data);
-        Ok(true)
+        Ok(tiles.push(offset, data))
     })?;
-    let digest = hex::encode(sha256.finish());
-    if tiled && end == h.size && digest == h.sha256 {
+    if tiled && tiles.make_up(h) {
         tx.execute(
             "UPDATE attachments SET state = 'complete', completed_at = ?1 WHERE appliance_id = ?2 AND attachment_id = ?3",
             params![now, b.appliance_id, h.attachment],
@@ -105,6 +98,31 @@ pub(super) fn add_part(
     Ok(())
 }
 
+/// The parts of a file in order: each must start where the previous one ended; together they
+/// must be the file the header describes (size and SHA-256).
+#[derive(Default)]
+pub(super) struct Tiles {
+    sha256: crate::crypto::Sha256,
+    end: u64,
+}
+
+impl Tiles {
+    /// Adds the next part; false when it does not start where the last one ended.
+    pub(super) fn push(&mut self, offset: u64, data: &[u8]) -> bool {
+        if offset != self.end {
+            return false;
+        }
+        self.end += data.len() as u64;
+        self.sha256.update(data);
+        true
+    }
+
+    /// Whether the parts so far make up the whole file `h` describes.
+    pub(super) fn make_up(self, h: &PartHeader) -> bool {
+        self.end == h.size && hex::encode(self.sha256.finish()) == h.sha256
+    }
+}
+
 fn raise(
     tx: &rusqlite::Transaction<'_>,
     b: &Source<'_>,
@@ -118,7 +136,8 @@ fn raise(
         params![b.appliance_id, attachment],
     )?;
     tx.execute(
-        "INSERT INTO alarms (raised_at, kind, appliance_id, bundle_id, detail) VALUES (?1, 'attachment_corrupt', ?2, ?3, ?4)",
+        "INSERT INTO alarms (raised_at, kind, appliance_id, bundle_id, detail) VALUES (?1, 'attachment_corrupt', ?2, ?3, ?4) \
+         ON CONFLICT DO NOTHING",
         params![now, b.appliance_id, b.bundle_id, format!("attachment {attachment}: {why}")],
     )?;
     Ok(())
@@ -138,16 +157,19 @@ fn each_part(
     let mut rows = st.query(params![appliance, attachment])?;
     while let Some(r) = rows.next()? {
         let (offset, at, body): (i64, i64, Vec<u8>) = (r.get(0)?, r.get(1)?, r.get(2)?);
-        let data = body
-            .get(at as usize..)
-            .ok_or_else(|| StoreError::Undecodable {
-                what: format!("a stored part of attachment {attachment}"),
-            })?;
-        if !each(offset as u64, data)? {
+        if !each(offset as u64, part_data(&body, at, attachment)?)? {
             return Ok(false);
         }
     }
     Ok(true)
+}
+
+/// A part's bytes: its stored bundle body from `data_at` on.
+pub(super) fn part_data<'a>(body: &'a [u8], data_at: i64, attachment: &str) -> Result<&'a [u8]> {
+    body.get(data_at as usize..)
+        .ok_or_else(|| StoreError::Undecodable {
+            what: format!("a stored part of attachment {attachment}"),
+        })
 }
 
 /// Every attachment received (complete or not), newest first.
@@ -194,36 +216,65 @@ pub(super) fn export(
             |r| r.get(0),
         )
         .optional()?;
-    match state.as_deref() {
-        None => {
-            return Err(StoreError::NotFound {
-                kind: "attachment",
-                id: format!("{appliance}/{attachment}"),
-            });
-        }
-        Some("complete") => {}
-        Some(_) => {
-            return Err(StoreError::AttachmentState {
-                id: attachment.into(),
-                state: "not complete (parts missing or corrupt)",
-            });
+    exportable(state.as_deref(), appliance, attachment)?;
+    let mut sink = Sink::new(out);
+    each_part(conn, appliance, attachment, |_, data| Ok(sink.write(data)))?;
+    sink.finish()
+}
+
+/// Refuses to export an attachment that is absent (`state` none) or not complete.
+pub(super) fn exportable(state: Option<&str>, appliance: &str, attachment: &str) -> Result<()> {
+    match state {
+        None => Err(StoreError::NotFound {
+            kind: "attachment",
+            id: format!("{appliance}/{attachment}"),
+        }),
+        Some("complete") => Ok(()),
+        Some(_) => Err(StoreError::AttachmentState {
+            id: attachment.into(),
+            state: "not complete (parts missing or corrupt)",
+        }),
+    }
+}
+
+/// Where an export writes the parts in order: counts the bytes, keeps the first write error.
+pub(super) struct Sink<'a> {
+    out: &'a mut dyn Write,
+    n: u64,
+    err: Option<std::io::Error>,
+}
+
+impl<'a> Sink<'a> {
+    pub(super) fn new(out: &'a mut dyn Write) -> Self {
+        Sink {
+            out,
+            n: 0,
+            err: None,
         }
     }
-    let mut n = 0u64;
-    let mut io_err = None;
-    each_part(conn, appliance, attachment, |_, data| {
-        if let Err(e) = out.write_all(data) {
-            io_err = Some(e);
-            return Ok(false);
+
+    /// Writes one part; false (stop) after a write error.
+    pub(super) fn write(&mut self, data: &[u8]) -> bool {
+        match self.out.write_all(data) {
+            Ok(()) => {
+                self.n += data.len() as u64;
+                true
+            }
+            Err(e) => {
+                self.err = Some(e);
+                false
+            }
         }
-        n += data.len() as u64;
-        Ok(true)
-    })?;
-    if let Some(e) = io_err {
-        return Err(StoreError::Io {
-            path: "export output".into(),
-            source: e,
-        });
     }
-    Ok(n)
+
+    /// The bytes written, or the write error.
+    pub(super) fn finish(self) -> Result<u64> {
+        match self.err {
+            Some(e) => Err(StoreError::Io {
+                path: "export output".into(),
+                source: e,
+            }),
+            None => Ok(self.n),
+        }
+    }
 }

@@ -57,11 +57,55 @@ impl<T: Owned> Owner<T> {
     /// Moves `value` onto its own thread with a queue of `capacity` jobs. Returns the handle
     /// and the thread to join at shutdown.
     pub fn spawn(value: T, capacity: usize) -> (Owner<T>, std::thread::JoinHandle<()>) {
+        Self::start(move || Some(value), capacity)
+    }
+
+    /// Like [`Owner::spawn`], but `make` builds the value on the owner thread itself (a value
+    /// whose construction blocks, such as a database connection whose driver runs its own
+    /// runtime, must not be built on an async worker). Returns `make`'s error, once the thread
+    /// has ended, when it fails.
+    pub async fn spawn_with<E>(
+        make: impl FnOnce() -> std::result::Result<T, E> + Send + 'static,
+        capacity: usize,
+    ) -> std::result::Result<(Owner<T>, std::thread::JoinHandle<()>), E>
+    where
+        E: From<StoreError> + Send + 'static,
+    {
+        let (ready, made) = oneshot::channel();
+        let (owner, thread) = Self::start(
+            move || match make() {
+                Ok(v) => ready.send(Ok(())).ok().map(|_| v),
+                Err(e) => {
+                    let _ = ready.send(Err(e));
+                    None
+                }
+            },
+            capacity,
+        );
+        match made.await {
+            Ok(Ok(())) => Ok((owner, thread)),
+            r => {
+                drop(owner);
+                join(thread).await;
+                Err(match r {
+                    Ok(Err(e)) => e,
+                    _ => StoreError::Closed.into(),
+                })
+            }
+        }
+    }
+
+    fn start(
+        make: impl FnOnce() -> Option<T> + Send + 'static,
+        capacity: usize,
+    ) -> (Owner<T>, std::thread::JoinHandle<()>) {
         let (tx, mut rx) = mpsc::channel::<Job<T>>(capacity);
         let handle = std::thread::Builder::new()
             .name(T::THREAD.into())
             .spawn(move || {
-                let mut value = value;
+                let Some(mut value) = make() else {
+                    return;
+                };
                 while let Some(job) = rx.blocking_recv() {
                     job(&mut value);
                 }

@@ -282,6 +282,18 @@ pub fn synced_appliance(broker: &Broker, extra: &str) -> (Appliance, Receiver, B
     (a, receiver, cloud, pki)
 }
 
+/// The header of a case bundle envelope from `appliance` with sequence number `seq` and a
+/// fresh bundle id.
+pub fn envelope_meta(appliance: &str, seq: u64) -> hema3n_edge::crypto::seal::EnvelopeMeta {
+    hema3n_edge::crypto::seal::EnvelopeMeta {
+        kind: hema3n_edge::crypto::seal::BundleKind::Bundle,
+        bundle_id: *uuid::Uuid::now_v7().as_bytes(),
+        seq,
+        created_at_ms: 1_800_000_000_000,
+        appliance_id: appliance.into(),
+    }
+}
+
 /// A child process SIGKILLed when dropped.
 pub struct Proc(pub Child);
 

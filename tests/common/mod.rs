@@ -171,6 +171,7 @@ pub mod broker;
 pub mod cloud;
 pub mod https;
 pub mod mqtt;
+pub mod pg;
 pub mod record;
 pub mod schema;
 

@@ -1,0 +1,600 @@
+//! The shared receiver store on PostgreSQL ([`PgStore`]): several receivers on one database,
+//! (appliance id, bundle id) unique across all of them, so a resend arriving at any instance is
+//! a duplicate and the same id with other content raises the conflict alarm once. The only
+//! module that imports `postgres` (its TLS goes through `tls.rs`).
+//!
+//! PHI never lies in PostgreSQL in plaintext: bundle bodies (FHIR JSON, attachment parts),
+//! pre-alert summaries and attachment captions and file names are AES-256-GCM field
+//! ciphertexts (`crypto::field`, associated data = table, column, appliance/row id) under a
+//! per-appliance data key. Data keys are wrapped by the receivers' key (`receiver-db.key`, the
+//! same file on every receiver of a deployment) and kept in `data_keys`; a data key wrapped by
+//! another key is refused, never overwritten. Schema versions: [`schema`].
+//!
+//! One connection per receiver, held by its custody thread (which stores batches in the order
+//! the broker delivered them, one at a time); a lost connection is reopened on the next call.
+
+mod files;
+mod schema;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use postgres::{Client, NoTls, Statement};
+use zeroize::Zeroizing;
+
+use super::receiver::{
+    EnvelopeReject, PrealertRow, ReceivedBundle, ReceiverStats, ReceiverStore, StoreOutcome,
+    conflict_detail,
+};
+use super::{Result, StoreError};
+use crate::crypto::field::{DataKey, FieldLoc, Kek};
+use crate::model::now_ms;
+
+/// Where and how to reach the database.
+pub struct PgSettings {
+    /// Host name, IP address, or a Unix socket directory (starting with `/`).
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    pub dbname: String,
+    /// From the `receiver-pg.password` credential, when the server asks for one.
+    pub password: Option<Zeroizing<String>>,
+    /// `None`: no TLS (loopback or a Unix socket only; the caller checks).
+    pub tls: Option<crate::tls::ClientConfig>,
+    pub connect_timeout: Duration,
+    /// This receiver's name, recorded with what it stores (`received_by`) and shown in
+    /// `pg_stat_activity`.
+    pub receiver_name: String,
+}
+
+/// Attempts of a batch transaction that PostgreSQL aborted as a deadlock or serialization
+/// failure (two receivers completing the same attachment) before giving up.
+const TX_ATTEMPTS: usize = 5;
+
+/// The receiver store on a shared PostgreSQL database.
+pub struct PgStore {
+    settings: PgSettings,
+    conn: Option<Conn>,
+    kek: Kek,
+    /// Unwrapped data keys by appliance (they never change once created).
+    keys: HashMap<String, Arc<DataKey>>,
+}
+
+/// A live connection and the statements prepared on it.
+struct Conn {
+    client: Client,
+    st: Stmts,
+}
+
+struct Stmts {
+    key: Statement,
+    insert_bundle: Statement,
+    bundle_sha: Statement,
+    resend: Statement,
+    alarm: Statement,
+    prealert: Statement,
+    reject: Statement,
+}
+
+/// Maps a driver error: the connection's loss is transient (the receiver backs off and
+/// reconnects); a refused login is a setup error; anything else names what failed.
+pub(super) fn pg_err(what: &'static str) -> impl Fn(postgres::Error) -> StoreError {
+    move |e| {
+        let code = e.code().map(|c| c.code().to_string()).unwrap_or_default();
+        let why = match e.as_db_error() {
+            Some(db) => format!("{} ({})", db.message(), db.code().code()),
+            None => e.to_string(),
+        };
+        if code.starts_with("28") || code == "3D000" {
+            StoreError::PostgresSetup(format!("{what}: {why}"))
+        } else {
+            StoreError::Postgres { what, why }
+        }
+    }
+}
+
+fn is_retryable(e: &StoreError) -> bool {
+    matches!(e, StoreError::Postgres { why, .. } if why.ends_with("(40001)") || why.ends_with("(40P01)"))
+}
+
+impl PgStore {
+    /// Connects, migrates the schema and checks the receivers' key against the data keys.
+    /// `kek` is the 32-byte `receiver-db.key`.
+    pub fn connect(settings: PgSettings, kek: &[u8; 32]) -> Result<Self> {
+        let mut s = PgStore {
+            settings,
+            conn: None,
+            kek: Kek::new(1, kek),
+            keys: HashMap::new(),
+        };
+        let mut client = s.open_client()?;
+        schema::migrate(&mut client)?;
+        // Refuse at once, not at the first bundle, to run with another deployment's key.
+        let foreign: Option<String> = client
+            .query_opt(
+                "SELECT kek_id FROM data_keys WHERE kek_id <> $1 LIMIT 1",
+                &[&s.kek.key_id],
+            )
+            .map_err(pg_err("data keys"))?
+            .map(|r| r.get(0));
+        if let Some(found) = foreign {
+            return Err(StoreError::PostgresSetup(format!(
+                "the database's data keys are wrapped by receiver key {found}, but this \
+                 receiver's receiver-db.key is {}: every receiver sharing the database needs \
+                 the same receiver-db.key",
+                s.kek.key_id
+            )));
+        }
+        s.conn = Some(Conn::prepare(client)?);
+        Ok(s)
+    }
+
+    fn open_client(&self) -> Result<Client> {
+        let s = &self.settings;
+        let mut c = postgres::Config::new();
+        c.host(&s.host)
+            .port(s.port)
+            .user(&s.user)
+            .dbname(&s.dbname)
+            .connect_timeout(s.connect_timeout)
+            .application_name(&s.receiver_name);
+        if let Some(p) = &s.password {
+            c.password(p.as_bytes());
+        }
+        let r = match &s.tls {
+            None => c
+                .ssl_mode(postgres::config::SslMode::Disable)
+                .connect(NoTls),
+            Some(t) => c
+                .ssl_mode(postgres::config::SslMode::Require)
+                .connect(crate::tls::PgTls(t.clone())),
+        };
+        r.map_err(pg_err("connect"))
+    }
+
+    /// The live connection, reopened (and its statements prepared again) after a loss.
+    fn conn(&mut self) -> Result<&mut Conn> {
+        if self.conn.as_ref().is_some_and(|c| c.client.is_closed()) {
+            self.conn = None;
+        }
+        if self.conn.is_none() {
+            let client = self.open_client()?;
+            self.conn = Some(Conn::prepare(client)?);
+            tracing::info!(host = %self.settings.host, "PostgreSQL connection reopened");
+        }
+        Ok(self.conn.as_mut().expect("connected above"))
+    }
+
+    /// Drops the connection after a driver failure so the next call opens a fresh one (a
+    /// server that is shutting down may not have closed it yet).
+    fn check<T>(&mut self, r: Result<T>) -> Result<T> {
+        if r.as_ref().is_err_and(StoreError::is_transient) {
+            self.conn = None;
+        }
+        r
+    }
+
+    /// The data key of `appliance`, created (and wrapped) on first use when `create`.
+    fn data_key(&mut self, appliance: &str, create: bool) -> Result<Arc<DataKey>> {
+        if let Some(k) = self.keys.get(appliance) {
+            return Ok(k.clone());
+        }
+        let label = format!("receiver/{appliance}");
+        let kek_id = self.kek.key_id.clone();
+        let fresh = if create {
+            let mut id = [0u8; 8];
+            crate::crypto::random_bytes(&mut id)?;
+            let dk = DataKey::from_bytes(
+                i64::from_be_bytes(id) & i64::MAX,
+                crate::crypto::random_key()?,
+            );
+            Some((dk.id(), dk.wrap(&self.kek, &label)?))
+        } else {
+            None
+        };
+        let c = self.conn()?;
+        if let Some((id, wrapped)) = &fresh {
+            // Two receivers may race here: the first insert wins and both use its key.
+            c.client
+                .execute(
+                    "INSERT INTO data_keys (appliance_id, key_id, kek_id, wrapped, created_at) \
+                     VALUES ($1, $2, $3, $4, $5) ON CONFLICT (appliance_id) DO NOTHING",
+                    &[&appliance, id, &kek_id, wrapped, &now_ms()],
+                )
+                .map_err(pg_err("data key"))?;
+        }
+        let row = c
+            .client
+            .query_opt(
+                "SELECT key_id, kek_id, wrapped FROM data_keys WHERE appliance_id = $1",
+                &[&appliance],
+            )
+            .map_err(pg_err("data key"))?
+            .ok_or_else(|| StoreError::Undecodable {
+                what: format!("appliance {appliance}'s data key (absent)"),
+            })?;
+        let (id, found_kek, wrapped): (i64, String, Vec<u8>) = (row.get(0), row.get(1), row.get(2));
+        if found_kek != kek_id {
+            return Err(StoreError::PostgresSetup(format!(
+                "appliance {appliance}'s data key is wrapped by receiver key {found_kek}, but \
+                 this receiver's receiver-db.key is {kek_id}: every receiver sharing the database \
+                 needs the same receiver-db.key"
+            )));
+        }
+        let dk = Arc::new(DataKey::unwrap(id, &wrapped, &self.kek, &label)?);
+        self.keys.insert(appliance.to_string(), dk.clone());
+        Ok(dk)
+    }
+
+    fn try_store(
+        &mut self,
+        items: &[ReceivedBundle],
+        sealed: &[Sealed],
+    ) -> Result<Vec<StoreOutcome>> {
+        let me = self.settings.receiver_name.clone();
+        let Conn { client, st } = self.conn()?;
+        let mut tx = client.transaction().map_err(pg_err("begin"))?;
+        let now = now_ms();
+        let mut out = Vec::with_capacity(items.len());
+        for (b, s) in items.iter().zip(sealed) {
+            let bundle_id = b.bundle_id.to_string();
+            let app = &b.appliance_id;
+            let sha = b.envelope_sha256.as_slice();
+            let inserted = tx
+                .execute(
+                    &st.insert_bundle,
+                    &[
+                        app,
+                        &bundle_id,
+                        &(b.seq as i64),
+                        &b.kind,
+                        &sha,
+                        &b.created_at_ms,
+                        &now,
+                        &me,
+                        &s.body,
+                    ],
+                )
+                .map_err(pg_err("store bundle"))?;
+            let o = if inserted == 1 {
+                if let Some((h, data_at)) = &b.attachment {
+                    files::add_part(
+                        &mut tx,
+                        &files::Part {
+                            b,
+                            bundle_id: &bundle_id,
+                            h,
+                            data_at: *data_at,
+                            caption: s.caption.as_deref(),
+                            filename: s.filename.as_deref(),
+                        },
+                        now,
+                        &me,
+                        &s.key,
+                    )?;
+                }
+                if let (Some(p), Some(summary)) = (&b.prealert, &s.summary) {
+                    tx.execute(
+                        &st.prealert,
+                        &[
+                            app,
+                            &bundle_id,
+                            &p.case_id,
+                            &p.replaces,
+                            &b.created_at_ms,
+                            &now,
+                            summary,
+                        ],
+                    )
+                    .map_err(pg_err("store pre-alert"))?;
+                }
+                StoreOutcome::Stored
+            } else {
+                let stored: Vec<u8> = tx
+                    .query_one(&st.bundle_sha, &[app, &bundle_id])
+                    .map_err(pg_err("read stored bundle"))?
+                    .get(0);
+                if stored.as_slice() == sha {
+                    tx.execute(&st.resend, &[app, &bundle_id])
+                        .map_err(pg_err("count resend"))?;
+                    StoreOutcome::Duplicate
+                } else {
+                    let detail = conflict_detail(&stored, &b.envelope_sha256);
+                    tx.execute(
+                        &st.alarm,
+                        &[&now, &me, &"bundle_conflict", app, &bundle_id, &detail],
+                    )
+                    .map_err(pg_err("raise alarm"))?;
+                    StoreOutcome::Conflict
+                }
+            };
+            out.push(o);
+        }
+        tx.commit().map_err(pg_err("commit"))?;
+        Ok(out)
+    }
+}
+
+/// A bundle's PHI sealed under its appliance's data key, before the transaction.
+struct Sealed {
+    key: Arc<DataKey>,
+    body: Vec<u8>,
+    summary: Option<Vec<u8>>,
+    caption: Option<Vec<u8>>,
+    filename: Option<Vec<u8>>,
+}
+
+/// The associated-data location of a sealed column: table, column, `appliance/row`.
+fn loc<'a>(table: &'static str, column: &'static str, row: &'a str) -> FieldLoc<'a> {
+    FieldLoc {
+        table,
+        column,
+        row_id: row,
+    }
+}
+
+impl Conn {
+    fn prepare(mut client: Client) -> Result<Conn> {
+        let mut p = |sql: &str| client.prepare(sql).map_err(pg_err("prepare"));
+        let st = Stmts {
+            key: p("SELECT public_key FROM appliances WHERE id = $1 AND revoked_at IS NULL")?,
+            insert_bundle: p(
+                "INSERT INTO bundles (appliance_id, bundle_id, seq, kind, envelope_sha256, created_at, \
+                 received_at, received_by, body) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+                 ON CONFLICT (appliance_id, bundle_id) DO NOTHING",
+            )?,
+            bundle_sha: p(
+                "SELECT envelope_sha256 FROM bundles WHERE appliance_id = $1 AND bundle_id = $2",
+            )?,
+            resend: p(
+                "UPDATE bundles SET resends = resends + 1 WHERE appliance_id = $1 AND bundle_id = $2",
+            )?,
+            alarm: p(
+                "INSERT INTO alarms (raised_at, raised_by, kind, appliance_id, bundle_id, detail) \
+                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+            )?,
+            prealert: p(
+                "INSERT INTO prealerts (appliance_id, bundle_id, case_id, replaces, created_at, \
+                 received_at, summary) VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
+            )?,
+            reject: p(
+                "INSERT INTO rejects (received_at, received_by, topic, appliance_id, code, message, \
+                 envelope_sha256) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            )?,
+        };
+        Ok(Conn { client, st })
+    }
+}
+
+impl ReceiverStore for PgStore {
+    fn add_appliance(&mut self, id: &str, pem: &str) -> Result<()> {
+        let c = self.conn()?;
+        let r = c
+            .client
+            .execute(
+                "INSERT INTO appliances (id, public_key, registered_at) VALUES ($1, $2, $3) \
+                 ON CONFLICT (id) DO UPDATE SET public_key = excluded.public_key, revoked_at = NULL",
+                &[&id, &pem, &now_ms()],
+            )
+            .map(|_| ())
+            .map_err(pg_err("register appliance"));
+        self.check(r)
+    }
+
+    fn revoke_appliance(&mut self, id: &str) -> Result<bool> {
+        let c = self.conn()?;
+        let r = c
+            .client
+            .execute(
+                "UPDATE appliances SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL",
+                &[&now_ms(), &id],
+            )
+            .map(|n| n == 1)
+            .map_err(pg_err("revoke appliance"));
+        self.check(r)
+    }
+
+    fn appliances(&mut self) -> Result<Vec<(String, String, bool)>> {
+        let c = self.conn()?;
+        let r = c
+            .client
+            .query(
+                "SELECT id, public_key, revoked_at IS NOT NULL FROM appliances ORDER BY id",
+                &[],
+            )
+            .map(|rows| {
+                rows.iter()
+                    .map(|r| (r.get(0), r.get(1), r.get(2)))
+                    .collect()
+            })
+            .map_err(pg_err("list appliances"));
+        self.check(r)
+    }
+
+    fn appliance_key(&mut self, id: &str) -> Result<Option<String>> {
+        let c = self.conn()?;
+        let r = c
+            .client
+            .query_opt(&c.st.key, &[&id])
+            .map(|r| r.map(|r| r.get(0)))
+            .map_err(pg_err("appliance key"));
+        self.check(r)
+    }
+
+    fn store_batch(&mut self, items: &[ReceivedBundle]) -> Result<Vec<StoreOutcome>> {
+        let mut sealed = Vec::with_capacity(items.len());
+        for b in items {
+            let key = self.data_key(&b.appliance_id, true)?;
+            let row = format!("{}/{}", b.appliance_id, b.bundle_id);
+            let seal = |col, plain: &[u8]| key.seal(loc("bundles", col, &row), plain);
+            let part = b.attachment.as_ref().map(|(h, _)| h);
+            sealed.push(Sealed {
+                body: seal("body", &b.body)?,
+                summary: b
+                    .prealert
+                    .as_ref()
+                    .map(|p| {
+                        let json = serde_json::to_string(p).expect("json");
+                        key.seal(loc("prealerts", "summary", &row), json.as_bytes())
+                    })
+                    .transpose()?,
+                caption: part
+                    .and_then(|h| h.caption.as_deref())
+                    .map(|c| {
+                        files::seal_text(&key, "caption", &b.appliance_id, part.expect("part"), c)
+                    })
+                    .transpose()?,
+                filename: part
+                    .and_then(|h| h.filename.as_deref())
+                    .map(|f| {
+                        files::seal_text(&key, "filename", &b.appliance_id, part.expect("part"), f)
+                    })
+                    .transpose()?,
+                key: key.clone(),
+            });
+        }
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let r = self.try_store(items, &sealed);
+            match r {
+                Err(e) if is_retryable(&e) && attempt < TX_ATTEMPTS => {
+                    tracing::warn!(attempt, error = %e, "PostgreSQL aborted the batch; retrying");
+                }
+                r => return self.check(r),
+            }
+        }
+    }
+
+    fn record_rejects(&mut self, rejects: &[EnvelopeReject]) -> Result<()> {
+        let me = self.settings.receiver_name.clone();
+        let Conn { client, st } = self.conn()?;
+        let r = (|| {
+            let mut tx = client.transaction()?;
+            let now = now_ms();
+            for (topic, app, code, msg, sha) in rejects {
+                tx.execute(
+                    &st.reject,
+                    &[&now, &me, topic, app, code, msg, &sha.as_slice()],
+                )?;
+            }
+            tx.commit()
+        })()
+        .map_err(pg_err("record rejects"));
+        self.check(r)
+    }
+
+    fn stats(&mut self) -> Result<ReceiverStats> {
+        let c = self.conn()?;
+        let r = (|| {
+            let r = c.client.query_one(
+                "SELECT count(*), coalesce(sum(resends), 0)::bigint FROM bundles",
+                &[],
+            )?;
+            let (bundles, resends): (i64, i64) = (r.get(0), r.get(1));
+            let rejects = c
+                .client
+                .query(
+                    "SELECT code, count(*) FROM rejects GROUP BY code ORDER BY code",
+                    &[],
+                )?
+                .iter()
+                .map(|r| (r.get::<_, String>(0), r.get::<_, i64>(1) as u64))
+                .collect();
+            let conflicts: i64 = c
+                .client
+                .query_one("SELECT count(*) FROM alarms", &[])?
+                .get(0);
+            Ok(ReceiverStats {
+                bundles: bundles as u64,
+                resends: resends as u64,
+                rejects,
+                conflicts: conflicts as u64,
+            })
+        })()
+        .map_err(pg_err("stats"));
+        self.check(r)
+    }
+
+    fn bundle_body(&mut self, appliance_id: &str, bundle_id: &str) -> Result<Option<Vec<u8>>> {
+        let c = self.conn()?;
+        let r = c
+            .client
+            .query_opt(
+                "SELECT body FROM bundles WHERE appliance_id = $1 AND bundle_id = $2",
+                &[&appliance_id, &bundle_id],
+            )
+            .map_err(pg_err("read bundle"));
+        let Some(row) = self.check(r)? else {
+            return Ok(None);
+        };
+        let key = self.data_key(appliance_id, false)?;
+        let id = format!("{appliance_id}/{bundle_id}");
+        Ok(Some(key.open(
+            loc("bundles", "body", &id),
+            &row.get::<_, Vec<u8>>(0),
+        )?))
+    }
+
+    fn list_bundles(&mut self) -> Result<Vec<(String, String, u64, String)>> {
+        let c = self.conn()?;
+        let r = c
+            .client
+            .query(
+                "SELECT appliance_id, bundle_id, seq, kind FROM bundles \
+                 ORDER BY received_at, appliance_id, seq",
+                &[],
+            )
+            .map(|rows| {
+                rows.iter()
+                    .map(|r| (r.get(0), r.get(1), r.get::<_, i64>(2) as u64, r.get(3)))
+                    .collect()
+            })
+            .map_err(pg_err("list bundles"));
+        self.check(r)
+    }
+
+    fn prealerts(&mut self, since_ms: i64) -> Result<Vec<PrealertRow>> {
+        let c = self.conn()?;
+        let r = c
+            .client
+            .query(
+                "SELECT appliance_id, bundle_id, created_at, received_at, summary FROM prealerts \
+                 WHERE received_at > $1 ORDER BY received_at, created_at",
+                &[&since_ms],
+            )
+            .map_err(pg_err("list pre-alerts"));
+        let rows = self.check(r)?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in rows {
+            let (app, bundle): (String, String) = (r.get(0), r.get(1));
+            let key = self.data_key(&app, false)?;
+            let id = format!("{app}/{bundle}");
+            let plain = key.open(loc("prealerts", "summary", &id), &r.get::<_, Vec<u8>>(4))?;
+            out.push(PrealertRow {
+                summary: serde_json::from_slice(&plain).unwrap_or_default(),
+                appliance_id: app,
+                bundle_id: bundle,
+                created_at_ms: r.get(2),
+                received_at_ms: r.get(3),
+            });
+        }
+        Ok(out)
+    }
+
+    fn attachments(&mut self) -> Result<Vec<crate::storage::receiver_files::ReceivedAttachment>> {
+        let r = files::list(self);
+        self.check(r)
+    }
+
+    fn export_attachment(
+        &mut self,
+        appliance: &str,
+        attachment: &str,
+        out: &mut dyn std::io::Write,
+    ) -> Result<u64> {
+        let r = files::export(self, appliance, attachment, out);
+        self.check(r)
+    }
+}
