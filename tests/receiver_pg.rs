@@ -64,7 +64,13 @@ fn sibling(first: &Receiver, pki: &Pki, cloud: &common::broker::Broker, pg: &Pg)
 
 /// The part envelopes of one attachment (16 KiB parts, caption and file bytes carrying the
 /// sentinel); `wrong_hash` declares a SHA-256 the parts do not make up. (bundle id, envelope)
-fn attachment(c: &Cloud, file: &[u8], id: &str, wrong_hash: bool) -> Vec<([u8; 16], Vec<u8>)> {
+fn attachment(
+    c: &Cloud,
+    file: &[u8],
+    id: &str,
+    wrong_hash: bool,
+    seq0: u64,
+) -> Vec<([u8; 16], Vec<u8>)> {
     let sha = common::sha256_hex(if wrong_hash { b"another file" } else { file });
     let chunks: Vec<&[u8]> = file.chunks(16 * 1024).collect();
     chunks
@@ -89,7 +95,7 @@ fn attachment(c: &Cloud, file: &[u8], id: &str, wrong_hash: bool) -> Vec<([u8; 1
                 offset: (i * 16 * 1024) as u64,
                 data,
             });
-            let mut m = meta(&c.app, 1000 + i as u64);
+            let mut m = meta(&c.app, seq0 + i as u64);
             m.kind = BundleKind::Attachment;
             (m.bundle_id, c.seal(&m, &plain))
         })
@@ -198,8 +204,8 @@ fn two_receivers_share_one_database_and_store_each_bundle_once() {
         uuid::Uuid::now_v7().to_string(),
     );
     let parts = [
-        attachment(&c, &file, &photo1, false),
-        attachment(&c, &file, &photo2, true),
+        attachment(&c, &file, &photo1, false, 101),
+        attachment(&c, &file, &photo2, true, 111),
     ]
     .concat();
     for (_, e) in &parts {
@@ -263,6 +269,49 @@ fn two_receivers_share_one_database_and_store_each_bundle_once() {
     ]);
     assert_eq!(std::fs::read(&out).unwrap(), file);
 
+    // Operations: each instance counts what it stored itself (together: everything); the
+    // store's view (sequence numbers 1..=120, no gaps) is the same from either.
+    let metric = |r: &Receiver, name: &str| -> f64 {
+        let (code, text) = r.http_get("/metrics");
+        assert_eq!(code, 200);
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("{name} missing from\n{text}"));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    let stored = "hema3n_receiver_envelopes_total{outcome=\"stored\"}";
+    assert_eq!(metric(&c.r, stored) + metric(&r2, stored), 120.0);
+    let per_app = |name: &str| format!("{name}{{appliance=\"{}\"}}", c.app);
+    for r in [&c.r, &r2] {
+        assert_eq!(metric(r, "hema3n_store_bundles "), 120.0);
+        assert_eq!(metric(r, &per_app("hema3n_appliance_last_sequence")), 120.0);
+        assert_eq!(metric(r, &per_app("hema3n_appliance_sequence_gaps")), 0.0);
+        let (code, health) = r.http_get("/health");
+        assert_eq!(code, 200, "{health}");
+        assert!(health.contains("\"status\":\"ok\""), "{health}");
+    }
+    // Telemetry with sequence number 125 (121..=124 never arrive): four gaps, and the
+    // appliance's own report of its outbox.
+    let mut t = meta(&c.app, 125);
+    t.kind = BundleKind::Telemetry;
+    let report = serde_json::json!({"resourceType": "Parameters", "parameter": [
+        {"name": "outbox_queued", "valueInteger": 3},
+        {"name": "open_alarms", "valueInteger": 1},
+        {"name": "oldest_unreceipted_age_secs", "valueInteger": 60}]});
+    pubc.publish(&topic, c.seal(&t, report.to_string().as_bytes()));
+    pubc.flush();
+    pubc.next(30).expect("telemetry receipt");
+    assert_eq!(metric(&r2, &per_app("hema3n_appliance_sequence_gaps")), 4.0);
+    assert_eq!(metric(&r2, &per_app("hema3n_appliance_outbox_queued")), 3.0);
+    assert_eq!(
+        metric(
+            &r2,
+            &per_app("hema3n_appliance_oldest_unreceipted_timestamp_seconds")
+        ),
+        (t.created_at_ms / 1000 - 60) as f64
+    );
+
     // Both instances took part; the alarm was raised once; the schema is at version 1.
     assert_eq!(
         c.pg.query("SELECT count(DISTINCT received_by) FROM bundles"),
@@ -321,6 +370,9 @@ fn a_database_outage_loses_nothing_and_a_foreign_key_or_newer_schema_is_refused(
     wait_for(30, "store outage noticed", || {
         c.r.log().contains("store unavailable").then_some(())
     });
+    let (code, health) = c.r.http_get("/health");
+    assert_eq!(code, 503, "{health}");
+    assert!(health.contains("degraded"), "{health}");
     assert!(
         pubc.next(1).is_none(),
         "receipted while the database was down"
@@ -339,6 +391,9 @@ fn a_database_outage_loses_nothing_and_a_foreign_key_or_newer_schema_is_refused(
         "{s}"
     );
     assert!(p.running(), "the receiver exited during the outage");
+    wait_for(30, "healthy again", || {
+        (c.r.http_get("/health").0 == 200).then_some(())
+    });
     assert!(p.stop().success(), "{}", c.r.log());
 
     // A receiver whose receiver-db.key differs cannot use (or spoil) the data keys.

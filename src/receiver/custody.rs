@@ -5,7 +5,7 @@
 use crate::crypto::seal::{self, Receipt, ReceiptStatus};
 use crate::crypto::sign::PublicKey;
 use crate::storage::Owned;
-use crate::storage::receiver::{ReceivedBundle, ReceiverStore, StoreOutcome};
+use crate::storage::receiver::{ReceivedBundle, ReceiverStore, StoreOutcome, TelemetrySummary};
 use crate::sync::transport;
 use rumqttc::v5::mqttbytes::v5::{Publish, PublishProperties};
 
@@ -18,6 +18,10 @@ pub struct Counters {
     pub duplicates: u64,
     pub conflicts: u64,
     pub rejects: u64,
+    /// Rejects by code.
+    pub by_code: std::collections::BTreeMap<String, u64>,
+    /// The largest delay from envelope creation to commit (of one batch; not summed).
+    pub max_lag_ms: i64,
 }
 
 impl Counters {
@@ -26,6 +30,10 @@ impl Counters {
         self.duplicates += d.duplicates;
         self.conflicts += d.conflicts;
         self.rejects += d.rejects;
+        for (k, v) in &d.by_code {
+            *self.by_code.entry(k.clone()).or_default() += v;
+        }
+        self.max_lag_ms = d.max_lag_ms;
     }
 }
 
@@ -98,6 +106,7 @@ pub(super) fn process(
             Ok(b) => accepted.push((i, b)),
             Err((app, code, msg)) => {
                 tracing::warn!(topic = %topic, appliance_id = app.as_deref().unwrap_or("?"), code, reason = %msg, "envelope rejected");
+                *counters.by_code.entry(code.to_string()).or_default() += 1;
                 rejects.push((topic, app, code.to_string(), msg, sha));
             }
         }
@@ -113,7 +122,11 @@ pub(super) fn process(
         db.store_batch(&items)?
     };
     // Committed: now receipts, then acks.
+    let committed_at = crate::model::now_ms();
     for ((i, b), o) in accepted.iter().zip(outcomes) {
+        if o != StoreOutcome::Conflict {
+            counters.max_lag_ms = counters.max_lag_ms.max(committed_at - b.created_at_ms);
+        }
         let status = match o {
             StoreOutcome::Stored => {
                 counters.stored += 1;
@@ -230,9 +243,13 @@ pub(super) fn open_one(
     } else {
         (fhir_payload(&app, h.kind, &body)?, None)
     };
+    let telemetry = (h.kind == seal::BundleKind::Telemetry)
+        .then(|| telemetry_summary(&body, h.created_at_ms as i64))
+        .flatten();
     Ok(ReceivedBundle {
         prealert,
         attachment,
+        telemetry,
         appliance_id: app,
         bundle_id: uuid::Uuid::from_bytes(h.bundle_id),
         seq: h.seq,
@@ -240,6 +257,25 @@ pub(super) fn open_one(
         created_at_ms: h.created_at_ms as i64,
         envelope_sha256,
         body,
+    })
+}
+
+/// The health counters of a telemetry `Parameters` resource (`None` when they are missing:
+/// the envelope is still stored).
+fn telemetry_summary(body: &[u8], created_at_ms: i64) -> Option<TelemetrySummary> {
+    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let param = |name: &str| {
+        v["parameter"]
+            .as_array()?
+            .iter()
+            .find(|p| p["name"] == name)?["valueInteger"]
+            .as_i64()
+    };
+    Some(TelemetrySummary {
+        outbox_queued: param("outbox_queued")?,
+        open_alarms: param("open_alarms")?,
+        oldest_unreceipted_ms: param("oldest_unreceipted_age_secs")
+            .map(|age| created_at_ms - age.saturating_mul(1000)),
     })
 }
 

@@ -21,6 +21,7 @@ use crate::storage::Owner;
 use crate::sync::transport;
 
 mod custody;
+mod metrics;
 pub mod prealerts;
 mod setup;
 
@@ -44,6 +45,22 @@ pub async fn run(
         || Ok::<_, ReceiverError>(KeySources::from_env(&cfg.keys_dir).read(CLIENT_KEY)?.1),
     )?;
     let client_id = cfg.instance_name();
+    // The operations endpoint binds first: a port in use is a setup error, found at start.
+    let listener = match cfg.metrics_listen.as_deref().filter(|a| !a.is_empty()) {
+        None => None,
+        Some(addr) => {
+            let l =
+                tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(|e| ReceiverError::Config {
+                        path: "metrics_listen".into(),
+                        why: format!("cannot listen on {addr}: {e}"),
+                    })?;
+            let at = l.local_addr().map(|a| a.to_string()).unwrap_or_default();
+            tracing::info!(listen = %at, "metrics and health endpoint listening");
+            Some(l)
+        }
+    };
     let filter = format!("$share/{}/hema3n/v1/edge/+/bundles", cfg.share_group);
     tracing::info!(receiver_id = %cfg.receiver_id, broker = %cfg.broker, filter = %filter, "receiver starting");
     // Verifying, opening and storing run on the database's owner thread (`receiver-db`), never
@@ -62,16 +79,31 @@ pub async fn run(
         CUSTODY_QUEUE,
     )
     .await?;
-    let r = serve(
-        &cfg,
-        &custody,
-        &client_id,
-        &broker,
-        tls,
-        &filter,
-        &mut shutdown,
-    )
-    .await;
+    let live = std::sync::Arc::new(metrics::Live::default());
+    let done = std::sync::Arc::new(tokio::sync::Notify::new());
+    let endpoint = async {
+        if let Some(l) = listener {
+            metrics::serve(l, live.clone(), custody.clone(), done.clone()).await;
+        }
+    };
+    let receive = async {
+        let r = serve(
+            &cfg,
+            &custody,
+            &live,
+            Conn {
+                client_id: &client_id,
+                broker: &broker,
+                tls,
+                filter: &filter,
+            },
+            &mut shutdown,
+        )
+        .await;
+        done.notify_one();
+        r
+    };
+    let (r, ()) = tokio::join!(receive, endpoint);
     drop(custody);
     if !crate::storage::join_owner(thread).await {
         return Err(ReceiverError::Io(
@@ -81,16 +113,29 @@ pub async fn run(
     r
 }
 
+/// Where and how to connect to the cloud broker.
+struct Conn<'a> {
+    client_id: &'a str,
+    broker: &'a crate::config::BrokerUrl,
+    tls: Option<crate::tls::ClientConfig>,
+    /// The shared subscription.
+    filter: &'a str,
+}
+
 /// Connections to the cloud broker until shutdown, reconnecting with the shared back-off.
 async fn serve(
     cfg: &ReceiverConfig,
     custody: &Owner<Custody>,
-    client_id: &str,
-    broker: &crate::config::BrokerUrl,
-    tls: Option<crate::tls::ClientConfig>,
-    filter: &str,
+    live: &metrics::Live,
+    conn: Conn<'_>,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<Counters, ReceiverError> {
+    let Conn {
+        client_id,
+        broker,
+        tls,
+        filter,
+    } = conn;
     let mut counters = Counters::default();
     let mut backoff = Backoff::new(
         Duration::from_millis(cfg.reconnect_min_ms.max(10)),
@@ -104,8 +149,17 @@ async fn serve(
             ev: &mut ev,
             filter,
         };
-        let r = session(cfg, custody, link, &mut counters, shutdown, &mut backoff).await?;
-        match r {
+        let r = session(
+            cfg,
+            custody,
+            link,
+            (&mut counters, live),
+            shutdown,
+            &mut backoff,
+        )
+        .await;
+        live.connected(false);
+        match r? {
             None => return Ok(counters),
             Some(why) => {
                 let wait = backoff.next_wait();
@@ -132,7 +186,7 @@ async fn session(
     cfg: &ReceiverConfig,
     custody: &Owner<Custody>,
     link: Link<'_>,
-    counters: &mut Counters,
+    (counters, live): (&mut Counters, &metrics::Live),
     shutdown: &mut watch::Receiver<bool>,
     backoff: &mut Backoff,
 ) -> Result<Option<String>, ReceiverError> {
@@ -175,6 +229,7 @@ async fn session(
             match e {
                 Ok(Event::Incoming(Packet::ConnAck(a))) => {
                     backoff.reset();
+                    live.connected(true);
                     tracing::info!(
                         session_present = a.session_present,
                         "connected to cloud broker"
@@ -196,6 +251,7 @@ async fn session(
             match custody.call(move |c| Ok(process(c, &batch))).await? {
                 Ok((outs, delta)) => {
                     counters.add(&delta);
+                    live.batch(&delta);
                     out.extend(outs);
                     flush(client, &mut out);
                 }

@@ -101,6 +101,9 @@ pub struct ReceiverConfig {
     /// Reconnect back-off bounds, milliseconds. Defaults 200 and 10000.
     pub reconnect_min_ms: u64,
     pub reconnect_max_ms: u64,
+    /// `GET /metrics` (Prometheus) and `GET /health` on this address; empty = off. Default
+    /// `127.0.0.1:9464` (loopback: put a scraper or proxy beside it).
+    pub metrics_listen: Option<String>,
 }
 
 impl Default for ReceiverConfig {
@@ -123,6 +126,7 @@ impl Default for ReceiverConfig {
             keep_alive_secs: 30,
             reconnect_min_ms: 200,
             reconnect_max_ms: 10_000,
+            metrics_listen: Some("127.0.0.1:9464".into()),
         }
     }
 }

@@ -108,7 +108,49 @@ DELETE FROM alarms WHERE id NOT IN
     (SELECT min(id) FROM alarms GROUP BY kind, appliance_id, bundle_id, detail);
 CREATE UNIQUE INDEX alarms_once ON alarms (kind, appliance_id, bundle_id, detail);
 "#,
+    // v5: what each appliance last sent (for /metrics): arrival, highest sequence number,
+    // bundles stored (sequence numbers are contiguous per appliance, so the difference is the
+    // gaps), and its latest telemetry.
+    r#"
+CREATE TABLE appliance_status (
+    appliance_id          TEXT    PRIMARY KEY,
+    last_seen_at          INTEGER NOT NULL,
+    last_seq              INTEGER NOT NULL,
+    received              INTEGER NOT NULL,
+    telemetry_at          INTEGER,
+    outbox_queued         INTEGER,
+    open_alarms           INTEGER,
+    oldest_unreceipted_at INTEGER
+) STRICT;
+INSERT INTO appliance_status (appliance_id, last_seen_at, last_seq, received)
+    SELECT appliance_id, max(received_at), max(seq), count(*) FROM bundles GROUP BY appliance_id;
+"#,
 ];
+
+/// SQL shared by both stores (portable: `max`/`greatest` aside) for `appliance_status`.
+pub(super) mod status_sql {
+    /// Stored: (appliance, now, seq).
+    pub const STORED: &str = "INSERT INTO appliance_status (appliance_id, last_seen_at, last_seq, received) \
+        VALUES ($1, $2, $3, 1) ON CONFLICT (appliance_id) DO UPDATE SET \
+        last_seen_at = GREATEST(appliance_status.last_seen_at, excluded.last_seen_at), \
+        last_seq = GREATEST(appliance_status.last_seq, excluded.last_seq), \
+        received = appliance_status.received + 1";
+    /// A resend: (appliance, now).
+    pub const SEEN: &str = "UPDATE appliance_status SET \
+        last_seen_at = GREATEST(last_seen_at, $2) WHERE appliance_id = $1";
+    /// Newer telemetry: (appliance, created at, outbox queued, open alarms, oldest unreceipted).
+    pub const TELEMETRY: &str = "UPDATE appliance_status SET telemetry_at = $2, outbox_queued = $3, \
+        open_alarms = $4, oldest_unreceipted_at = $5 \
+        WHERE appliance_id = $1 AND (telemetry_at IS NULL OR telemetry_at <= $2)";
+    pub const LIST: &str = "SELECT appliance_id, last_seen_at, last_seq, received, telemetry_at, \
+        outbox_queued, open_alarms, oldest_unreceipted_at FROM appliance_status ORDER BY appliance_id";
+
+    /// SQLite spells `GREATEST` as two-argument `max`, and numbered parameters `?N` (it reads
+    /// `$N` as a name, numbered by first appearance).
+    pub fn sqlite(sql: &str) -> String {
+        sql.replace("GREATEST(", "max(").replace('$', "?")
+    }
+}
 
 /// What the receiver needs of a store: the embedded [`ReceiverDb`] or the shared PostgreSQL
 /// store (`storage::pg::PgStore`). Every method commits before it returns.
@@ -134,6 +176,8 @@ pub trait ReceiverStore: Send {
     fn list_bundles(&mut self) -> Result<Vec<(String, String, u64, String)>>;
     /// Pre-alerts received after `since_ms` (by arrival), oldest first.
     fn prealerts(&mut self, since_ms: i64) -> Result<Vec<PrealertRow>>;
+    /// What each appliance last sent, by appliance id.
+    fn appliance_status(&mut self) -> Result<Vec<ApplianceStatus>>;
     /// Every attachment received (complete or not), newest first.
     fn attachments(&mut self) -> Result<Vec<super::receiver_files::ReceivedAttachment>>;
     /// Writes a complete attachment's file to `out` (its SHA-256 verified on arrival); returns
@@ -161,6 +205,40 @@ pub struct ReceivedBundle {
     /// The header of an attachment part (kind `attachment`) and where its bytes start in
     /// `body`.
     pub attachment: Option<(crate::model::PartHeader, usize)>,
+    /// What a telemetry envelope reports (no PHI).
+    pub telemetry: Option<TelemetrySummary>,
+}
+
+/// The appliance health a telemetry envelope reports.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TelemetrySummary {
+    pub outbox_queued: i64,
+    pub open_alarms: i64,
+    /// When the oldest envelope not yet receipted was queued (absent: none waits).
+    pub oldest_unreceipted_ms: Option<i64>,
+}
+
+/// What an appliance last sent, as the store knows it (all receivers sharing it).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ApplianceStatus {
+    pub appliance_id: String,
+    pub last_seen_ms: i64,
+    /// Highest sequence number stored.
+    pub last_seq: u64,
+    /// Bundles stored (every kind takes a sequence number).
+    pub received: u64,
+    pub telemetry_at_ms: Option<i64>,
+    pub outbox_queued: Option<i64>,
+    pub open_alarms: Option<i64>,
+    pub oldest_unreceipted_ms: Option<i64>,
+}
+
+impl ApplianceStatus {
+    /// Sequence numbers below the highest one that have not arrived (lost, rejected, or still
+    /// on their way).
+    pub fn gaps(&self) -> u64 {
+        self.last_seq.saturating_sub(self.received)
+    }
 }
 
 /// A received pre-alert.
@@ -290,6 +368,18 @@ impl ReceiverStore for ReceiverDb {
                             serde_json::to_string(p).expect("json"),
                         ])?;
                     }
+                    tx.prepare_cached(&status_sql::sqlite(status_sql::STORED))?
+                        .execute(params![b.appliance_id, now, b.seq as i64])?;
+                    if let Some(t) = &b.telemetry {
+                        tx.prepare_cached(&status_sql::sqlite(status_sql::TELEMETRY))?
+                            .execute(params![
+                                b.appliance_id,
+                                b.created_at_ms,
+                                t.outbox_queued,
+                                t.open_alarms,
+                                t.oldest_unreceipted_ms
+                            ])?;
+                    }
                     StoreOutcome::Stored
                 }
                 Some(sha) if sha.as_slice() == b.envelope_sha256.as_slice() => {
@@ -297,6 +387,8 @@ impl ReceiverStore for ReceiverDb {
                         "UPDATE bundles SET resends = resends + 1 WHERE appliance_id = ?1 AND bundle_id = ?2",
                     )?
                     .execute(params![b.appliance_id, bundle_id])?;
+                    tx.prepare_cached(&status_sql::sqlite(status_sql::SEEN))?
+                        .execute(params![b.appliance_id, now])?;
                     StoreOutcome::Duplicate
                 }
                 Some(sha) => {
@@ -321,6 +413,23 @@ impl ReceiverStore for ReceiverDb {
 
     fn attachments(&mut self) -> Result<Vec<super::receiver_files::ReceivedAttachment>> {
         super::receiver_files::list(&self.conn)
+    }
+
+    fn appliance_status(&mut self) -> Result<Vec<ApplianceStatus>> {
+        let mut st = self.conn.prepare(status_sql::LIST)?;
+        let rows = st.query_map([], |r| {
+            Ok(ApplianceStatus {
+                appliance_id: r.get(0)?,
+                last_seen_ms: r.get(1)?,
+                last_seq: r.get::<_, i64>(2)? as u64,
+                received: r.get::<_, i64>(3)? as u64,
+                telemetry_at_ms: r.get(4)?,
+                outbox_queued: r.get(5)?,
+                open_alarms: r.get(6)?,
+                oldest_unreceipted_ms: r.get(7)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     fn export_attachment(

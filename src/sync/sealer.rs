@@ -185,11 +185,12 @@ pub async fn queue_telemetry(
 ) -> Result<String, StoreError> {
     let stats = store.call(|db| db.outbox_stats()).await?;
     let alarms = store.call(|db| db.open_alarms()).await?.len();
-    let body = serde_json::json!({
+    let now = now_ms();
+    let mut body = serde_json::json!({
         "resourceType": "Parameters",
         "parameter": [
             { "name": "appliance_id", "valueString": appliance_id },
-            { "name": "at", "valueInstant": crate::model::iso8601_ms(now_ms()) },
+            { "name": "at", "valueInstant": crate::model::iso8601_ms(now) },
             { "name": "version", "valueString": env!("CARGO_PKG_VERSION") },
             { "name": "outbox_queued", "valueInteger": stats.queued },
             { "name": "outbox_sent", "valueInteger": stats.sent },
@@ -197,6 +198,14 @@ pub async fn queue_telemetry(
             { "name": "receipts", "valueInteger": metrics.receipts.load(Ordering::Relaxed) },
         ],
     });
+    // How long the oldest envelope has waited for its receipt (the cloud's "oldest
+    // unreceipted case"); absent when nothing waits.
+    if let Some(oldest) = stats.oldest_pending_ms {
+        let age_secs = ((now - oldest).max(0) / 1000).min(i64::from(i32::MAX));
+        body["parameter"].as_array_mut().expect("array").push(
+            serde_json::json!({ "name": "oldest_unreceipted_age_secs", "valueInteger": age_secs }),
+        );
+    }
     let plaintext = serde_json::to_vec(&body).expect("json");
     let (aid, k) = (appliance_id.to_string(), keys.clone());
     store

@@ -173,7 +173,12 @@ impl Receiver {
         let cfg = r.tmp.path().join("receiver.toml");
         let mut text = std::fs::read_to_string(&cfg)
             .unwrap()
-            .replace("reconnect_max_ms = 10000", "reconnect_max_ms = 1000");
+            .replace("reconnect_max_ms = 10000", "reconnect_max_ms = 1000")
+            // Several receivers run at once: each takes a free port (logged at start).
+            .replace(
+                "metrics_listen = \"127.0.0.1:9464\"",
+                "metrics_listen = \"127.0.0.1:0\"",
+            );
         text.push_str(&format!(
             "\nclient_cert = \"receiver.crt\"\nclient_id = \"receiver-{}\"\n",
             std::process::id()
@@ -227,6 +232,30 @@ impl Receiver {
 
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.tmp.path().join("receiver.log")).unwrap_or_default()
+    }
+
+    /// The port of the running receiver's metrics and health endpoint (from its log).
+    pub fn metrics_port(&self) -> u16 {
+        super::broker::wait_for(30, "metrics endpoint listening", || {
+            let log = self.log();
+            let line = log
+                .lines()
+                .rfind(|l| l.contains("metrics and health endpoint listening"))?;
+            let at = line.split("listen=").nth(1)?.split_whitespace().next()?;
+            at.rsplit(':').next()?.parse().ok()
+        })
+    }
+
+    /// `GET path` on the metrics endpoint: (status code, body).
+    pub fn http_get(&self, path: &str) -> (u16, String) {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.metrics_port())).unwrap();
+        write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").expect("an HTTP response");
+        let code = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+        (code, body.to_string())
     }
 
     pub fn stats(&self) -> serde_json::Value {

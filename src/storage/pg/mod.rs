@@ -24,8 +24,8 @@ use postgres::{Client, NoTls, Statement};
 use zeroize::Zeroizing;
 
 use super::receiver::{
-    EnvelopeReject, PrealertRow, ReceivedBundle, ReceiverStats, ReceiverStore, StoreOutcome,
-    conflict_detail,
+    ApplianceStatus, EnvelopeReject, PrealertRow, ReceivedBundle, ReceiverStats, ReceiverStore,
+    StoreOutcome, conflict_detail, status_sql,
 };
 use super::{Result, StoreError};
 use crate::crypto::field::{DataKey, FieldLoc, Kek};
@@ -75,6 +75,9 @@ struct Stmts {
     alarm: Statement,
     prealert: Statement,
     reject: Statement,
+    stored: Statement,
+    seen: Statement,
+    telemetry: Statement,
 }
 
 /// Maps a driver error: the connection's loss is transient (the receiver backs off and
@@ -289,6 +292,21 @@ impl PgStore {
                     )
                     .map_err(pg_err("store pre-alert"))?;
                 }
+                tx.execute(&st.stored, &[app, &now, &(b.seq as i64)])
+                    .map_err(pg_err("appliance status"))?;
+                if let Some(t) = &b.telemetry {
+                    tx.execute(
+                        &st.telemetry,
+                        &[
+                            app,
+                            &b.created_at_ms,
+                            &t.outbox_queued,
+                            &t.open_alarms,
+                            &t.oldest_unreceipted_ms,
+                        ],
+                    )
+                    .map_err(pg_err("appliance telemetry"))?;
+                }
                 StoreOutcome::Stored
             } else {
                 let stored: Vec<u8> = tx
@@ -298,6 +316,8 @@ impl PgStore {
                 if stored.as_slice() == sha {
                     tx.execute(&st.resend, &[app, &bundle_id])
                         .map_err(pg_err("count resend"))?;
+                    tx.execute(&st.seen, &[app, &now])
+                        .map_err(pg_err("appliance status"))?;
                     StoreOutcome::Duplicate
                 } else {
                     let detail = conflict_detail(&stored, &b.envelope_sha256);
@@ -358,6 +378,9 @@ impl Conn {
                 "INSERT INTO prealerts (appliance_id, bundle_id, case_id, replaces, created_at, \
                  received_at, summary) VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
             )?,
+            stored: p(status_sql::STORED)?,
+            seen: p(status_sql::SEEN)?,
+            telemetry: p(status_sql::TELEMETRY)?,
             reject: p(
                 "INSERT INTO rejects (received_at, received_by, topic, appliance_id, code, message, \
                  envelope_sha256) VALUES ($1, $2, $3, $4, $5, $6, $7)",
@@ -581,6 +604,29 @@ impl ReceiverStore for PgStore {
             });
         }
         Ok(out)
+    }
+
+    fn appliance_status(&mut self) -> Result<Vec<ApplianceStatus>> {
+        let c = self.conn()?;
+        let r = c
+            .client
+            .query(status_sql::LIST, &[])
+            .map(|rows| {
+                rows.iter()
+                    .map(|r| ApplianceStatus {
+                        appliance_id: r.get(0),
+                        last_seen_ms: r.get(1),
+                        last_seq: r.get::<_, i64>(2) as u64,
+                        received: r.get::<_, i64>(3) as u64,
+                        telemetry_at_ms: r.get(4),
+                        outbox_queued: r.get(5),
+                        open_alarms: r.get(6),
+                        oldest_unreceipted_ms: r.get(7),
+                    })
+                    .collect()
+            })
+            .map_err(pg_err("appliance status"));
+        self.check(r)
     }
 
     fn attachments(&mut self) -> Result<Vec<crate::storage::receiver_files::ReceivedAttachment>> {

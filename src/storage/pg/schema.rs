@@ -101,6 +101,16 @@ CREATE TABLE attachment_parts (
     data_at       bigint  NOT NULL,
     PRIMARY KEY (appliance_id, attachment_id, part)
 );
+CREATE TABLE appliance_status (
+    appliance_id          text   PRIMARY KEY,
+    last_seen_at          bigint NOT NULL,
+    last_seq              bigint NOT NULL,
+    received              bigint NOT NULL,
+    telemetry_at          bigint,
+    outbox_queued         bigint,
+    open_alarms           bigint,
+    oldest_unreceipted_at bigint
+);
 "#];
 
 /// Brings the database to the newest schema this receiver knows.
