@@ -361,18 +361,7 @@ fn main() {
     let rate = n as f64 / secs;
     println!("drain {n} bundles with receipts  {secs:>8.2} s  {rate:>10.0} bundles/s");
     bench_line("sync_drain_bundles_per_s", rate, "bundles/s", raw);
-    let cpu = |pid: u32| -> f64 {
-        let st = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        let f: Vec<&str> = st
-            .rsplit(')')
-            .next()
-            .unwrap_or("")
-            .split_whitespace()
-            .collect();
-        let ticks: f64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0)
-            + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
-        ticks / 100.0
-    };
+    let cpu = common::cpu_secs;
     println!(
         "CPU seconds during the run: daemon {:.1}, receiver {:.1}",
         cpu(daemon.id()),

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Benchmarks against raw baselines measured in the same run (SYSTEM.md §8).
 #
-#   ./scripts/bench.sh [--debug] [store|ingest|triage|sync|api|host|all]
+#   ./scripts/bench.sh [--debug] [store|ingest|triage|sync|receiver|api|host|all]
 #
 # Each suite prints its tables and `BENCH <name> value=… unit=… baseline=… ratio=…` lines.
 # Suites appear here as the capabilities they measure land; record results in docs/benchmarks.md.
@@ -13,7 +13,7 @@ cd "$ROOT"
 # shellcheck source=lib/common.sh
 . scripts/lib/common.sh
 
-SUITES=(store ingest triage sync api host)
+SUITES=(store ingest triage sync receiver api host)
 PROFILE=()
 WHAT=all
 for arg in "$@"; do
@@ -31,6 +31,7 @@ run_suite() {
         triage) install_model_tools; HEMA3N_ORT_LIB="${HEMA3N_ORT_LIB:-$(onnxruntime_lib)}" cargo bench --locked "${PROFILE[@]}" --bench triage ;;
         sync) install_test_services; cargo bench --locked "${PROFILE[@]}" --bench sync ;;
         api) install_test_services; install_model_tools; HEMA3N_ORT_LIB="${HEMA3N_ORT_LIB:-$(onnxruntime_lib)}" cargo bench --locked "${PROFILE[@]}" --bench api ;;
+        receiver) install_test_services; cargo bench --locked "${PROFILE[@]}" --bench receiver ;;
         host) install_test_services; install_model_tools; HEMA3N_ORT_LIB="${HEMA3N_ORT_LIB:-$(onnxruntime_lib)}" cargo bench --locked "${PROFILE[@]}" --bench host ;;
         *) die "unknown suite '$1'; available: ${SUITES[*]} all" ;;
     esac

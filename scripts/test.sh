@@ -3,11 +3,13 @@
 #
 #   ./scripts/test.sh            unit + integration tests (what CI runs)
 #   ./scripts/test.sh --soak     long runs: store kill -9 loop 500 rounds, ingest kill -9 200 rounds,
-#                                sync outage/kill -9 schedule 200 rounds
+#                                sync outage/kill -9 schedule 200 rounds, receiver group kill -9
+#                                100 rounds
 #   ./scripts/test.sh --fuzz     also fuzz the SenML parser for FUZZ_SECONDS (default 120)
 #
-# Tests start their own real services (SQLCipher files in temp dirs, mosquitto brokers, a private
-# dbus-daemon, Chromium driven by Playwright) on loopback and random ports and tear them down.
+# Tests start their own real services (SQLCipher files in temp dirs, mosquitto brokers, PostgreSQL
+# clusters, a private dbus-daemon, Chromium driven by Playwright) on loopback and random ports and
+# tear them down.
 # Then: appliance packaging gates, the aarch64 build (+ --version under qemu-user) and a
 # quick run of every benchmark harness.
 set -euo pipefail
@@ -22,7 +24,7 @@ for arg in "$@"; do
     case "$arg" in
         --soak) SOAK=1 ;;
         --fuzz) FUZZ=1 ;;
-        -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
         *) die "unknown option $arg (try --help)" ;;
     esac
 done
@@ -57,6 +59,7 @@ if [ "$SOAK" -eq 1 ]; then
     export HEMA3N_KILL9_ROUNDS="${HEMA3N_KILL9_ROUNDS:-500}"
     export HEMA3N_INGEST_KILL9_ROUNDS="${HEMA3N_INGEST_KILL9_ROUNDS:-200}"
     export HEMA3N_SYNC_ROUNDS="${HEMA3N_SYNC_ROUNDS:-200}"
+    export HEMA3N_RECEIVER_KILL9_ROUNDS="${HEMA3N_RECEIVER_KILL9_ROUNDS:-100}"
 fi
 
 stage "build (all targets)"

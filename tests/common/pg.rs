@@ -169,7 +169,8 @@ impl Pg {
     pub fn install_password(&self, keys_dir: &Path) {
         let p = keys_dir.join("receiver-pg.password");
         std::fs::write(&p, format!("{PASSWORD}\n")).unwrap();
-        super::cloud::set_private(&p);
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
     }
 
     /// One SQL statement through psql (as the receivers' role over TCP); rows as `a|b` lines.

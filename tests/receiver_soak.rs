@@ -1,0 +1,213 @@
+//! Fleet soak: 3 receivers sharing one PostgreSQL database take 10,000 bundles from 20
+//! appliances while one of them is SIGKILLed and restarted after every tenth of the stream
+//! (10 rounds; `HEMA3N_RECEIVER_KILL9_ROUNDS`, 100 under `scripts/test.sh --soak`). The
+//! publisher behaves like the appliances' forwarders: what is not receipted within a while is
+//! sent again. In the end every bundle is stored exactly once, every one was receipted, no
+//! envelope was rejected or conflicted, and no appliance shows a sequence gap.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+
+use common::Rng;
+use common::broker::wait_for;
+use common::cloud::{Pki, Proc, Receiver, envelope_meta};
+use common::mqtt::TestClient;
+use common::pg::Pg;
+use hema3n_edge::crypto::seal::{self, Receipt};
+use hema3n_edge::crypto::sign::SigningKey;
+use hema3n_edge::sync::ReceiverKeys;
+
+const APPLIANCES: usize = 20;
+
+fn env(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// A receiver of the group: `store = "postgres"`, the first one's keys, its own client id.
+fn member(
+    pki: &Pki,
+    cloud: &common::broker::Broker,
+    pg: &Pg,
+    first: Option<&Receiver>,
+    n: usize,
+) -> Receiver {
+    let r = Receiver::init(pki, cloud);
+    if let Some(f) = first {
+        for k in [
+            "receiver-hpke.key",
+            "receiver-signing.p8",
+            "receiver-db.key",
+        ] {
+            std::fs::copy(
+                f.tmp.path().join("keys").join(k),
+                r.tmp.path().join("keys").join(k),
+            )
+            .unwrap();
+        }
+    }
+    let text = std::fs::read_to_string(r.config()).unwrap();
+    let id_line = text
+        .lines()
+        .find(|l| l.starts_with("client_id"))
+        .unwrap()
+        .to_string();
+    let text = text
+        .replace("store = \"sqlcipher\"\n", "store = \"postgres\"\n")
+        .replace(
+            &id_line,
+            &format!("client_id = \"soak-{}-{n}\"", std::process::id()),
+        );
+    std::fs::write(r.config(), format!("{text}{}", pg.receiver_section())).unwrap();
+    pg.install_password(&r.tmp.path().join("keys"));
+    r
+}
+
+/// Starts a receiver and waits until it has subscribed (once more than before).
+fn start(r: &Receiver) -> Proc {
+    let count = |log: &str| log.matches("subscribed to bundles").count();
+    let before = count(&r.log());
+    let mut p = r.spawn();
+    wait_for(30, "receiver subscribed", || {
+        assert!(p.running(), "a receiver exited: {}", r.log());
+        (count(&r.log()) > before).then_some(())
+    });
+    p
+}
+
+#[test]
+fn three_receivers_survive_kill9_with_every_bundle_stored_once() {
+    let rounds = env("HEMA3N_RECEIVER_KILL9_ROUNDS", 10).max(1);
+    let total = env("HEMA3N_RECEIVER_SOAK_BUNDLES", 10_000).max(APPLIANCES);
+    let per = total / APPLIANCES;
+    let seed = 0x5eed_0001_u64 ^ u64::from(std::process::id());
+    eprintln!(
+        "receiver soak: {rounds} kill -9 rounds, {} bundles, seed {seed}",
+        per * APPLIANCES
+    );
+    let mut rng = Rng(seed | 1);
+    let t0 = std::time::Instant::now();
+
+    let pg = Pg::start();
+    let pki = Pki::new();
+    let (cloud, plain_port) = pki.broker();
+    let first = member(&pki, &cloud, &pg, None, 0);
+    let group = [
+        member(&pki, &cloud, &pg, Some(&first), 1),
+        member(&pki, &cloud, &pg, Some(&first), 2),
+    ];
+    let receivers: Vec<&Receiver> = std::iter::once(&first).chain(group.iter()).collect();
+    let pubf = first.tmp.path().join("receiver-public.toml");
+    first.ok(&["export-public", "--out", pubf.to_str().unwrap()]);
+    let rk = ReceiverKeys::parse(&std::fs::read_to_string(&pubf).unwrap()).unwrap();
+
+    // 20 appliances, registered once (the store is shared), each with its stream of envelopes.
+    let mut envelopes: Vec<(String, [u8; 16], Vec<u8>)> = Vec::with_capacity(per * APPLIANCES);
+    for a in 0..APPLIANCES {
+        let app = format!("amb-{a:02}");
+        let signer = SigningKey::from_pkcs8(&app, &SigningKey::generate_pkcs8().unwrap()).unwrap();
+        let pem = first.tmp.path().join(format!("{app}.pem"));
+        std::fs::write(&pem, signer.public().to_pem()).unwrap();
+        first.ok(&["appliances", "add", &app, pem.to_str().unwrap()]);
+        for seq in 1..=per as u64 {
+            let m = envelope_meta(&app, seq);
+            let body = format!(
+                r#"{{"resourceType":"Bundle","type":"collection","id":"{app}-{seq}","entry":[]}}"#
+            );
+            let e = seal::seal(&m, body.as_bytes(), &rk.hpke, &signer).unwrap();
+            envelopes.push((app.clone(), m.bundle_id, e));
+        }
+    }
+    // Appliances interleave in the cloud.
+    for i in (1..envelopes.len()).rev() {
+        envelopes.swap(i, (rng.next() % (i as u64 + 1)) as usize);
+    }
+    let sha: HashMap<[u8; 16], [u8; 32]> = envelopes
+        .iter()
+        .map(|(_, id, e)| (*id, hema3n_edge::crypto::sha256(e)))
+        .collect();
+
+    eprintln!(
+        "{:.1} s: {} envelopes sealed",
+        t0.elapsed().as_secs_f64(),
+        envelopes.len()
+    );
+    let mut procs: Vec<Proc> = receivers.iter().map(|r| start(r)).collect();
+    let mut pubc = TestClient::connect(plain_port, "soak-appliances", None);
+    pubc.subscribe("hema3n/v1/edge/+/receipts");
+    let mut receipted: HashSet<[u8; 16]> = HashSet::new();
+    let drain = |pubc: &TestClient, receipted: &mut HashSet<[u8; 16]>, secs: u64| {
+        while let Some((_, payload)) = pubc.next(secs) {
+            let rc = Receipt::verify(&payload, &rk.signing).expect("receipt signature");
+            assert_eq!(
+                sha.get(&rc.bundle_id),
+                Some(&rc.envelope_sha256),
+                "receipt for an envelope never sent"
+            );
+            receipted.insert(rc.bundle_id);
+        }
+    };
+
+    // The stream, with one receiver SIGKILLed and restarted after each slice.
+    let topic = |app: &str| format!("hema3n/v1/edge/{app}/bundles");
+    let slice = envelopes.len().div_ceil(rounds);
+    for (round, chunk) in envelopes.chunks(slice).enumerate() {
+        for (app, _, e) in chunk {
+            pubc.publish(&topic(app), e.clone());
+        }
+        pubc.flush();
+        let victim = (rng.next() % 3) as usize;
+        procs[victim].kill9();
+        procs[victim] = start(receivers[victim]);
+        eprintln!("round {round}: receiver {victim} killed and restarted");
+        drain(&pubc, &mut receipted, 0);
+    }
+
+    // Like an appliance's receipt timeout: resend what has no receipt yet, until all have.
+    for attempt in 0..20 {
+        drain(&pubc, &mut receipted, 5);
+        let missing: Vec<&(String, [u8; 16], Vec<u8>)> = envelopes
+            .iter()
+            .filter(|(_, id, _)| !receipted.contains(id))
+            .collect();
+        if missing.is_empty() {
+            break;
+        }
+        eprintln!(
+            "resend {attempt}: {} envelopes without a receipt",
+            missing.len()
+        );
+        for (app, _, e) in missing {
+            pubc.publish(&topic(app), e.clone());
+        }
+        pubc.flush();
+    }
+    assert_eq!(
+        receipted.len(),
+        envelopes.len(),
+        "envelopes never receipted"
+    );
+    eprintln!("{:.1} s: all receipted", t0.elapsed().as_secs_f64());
+
+    // Stored exactly once each, nothing refused, no gaps.
+    let s = first.stats();
+    eprintln!("store: {s}");
+    assert_eq!(s["bundles"], envelopes.len(), "{s}");
+    assert_eq!(s["conflicts"], 0, "{s}");
+    assert_eq!(s["rejects"].as_array().map(Vec::len), Some(0), "{s}");
+    let status = pg.query("SELECT appliance_id || ' ' || last_seq || ' ' || received FROM appliance_status ORDER BY 1");
+    let want: Vec<String> = (0..APPLIANCES)
+        .map(|a| format!("amb-{a:02} {per} {per}"))
+        .collect();
+    assert_eq!(
+        status.lines().collect::<Vec<_>>(),
+        want,
+        "a sequence gap or a double count"
+    );
+    for (i, p) in procs.iter_mut().enumerate() {
+        assert!(p.stop().success(), "receiver {i}: {}", receivers[i].log());
+    }
+}
