@@ -46,14 +46,18 @@ fn body(size: usize) -> Vec<u8> {
 }
 
 /// Raw QoS 1: `n` payloads of `size` bytes published and delivered to a subscriber; msgs/s.
-fn raw_delivery(port: u16, n: usize, size: usize) -> f64 {
-    let sub = mqtt::TestClient::connect(port, "bench-raw-sub", None);
-    let mut s = sub;
-    s.subscribe("bench/raw/#");
-    let mut p = mqtt::TestClient::connect(port, "bench-raw-pub", None);
+fn raw_delivery(port: u16, tag: &str, n: usize, size: usize) -> f64 {
+    // Client ids of their own per run: a reused id would take over (and drop) a session.
+    let mut s = mqtt::TestClient::connect(port, &format!("bench-raw-sub-{tag}"), None);
+    s.subscribe(&format!("bench/raw/{tag}/#"));
+    let mut p = mqtt::TestClient::connect(port, &format!("bench-raw-pub-{tag}"), None);
+    let (probe, topic) = (
+        format!("bench/raw/{tag}/probe"),
+        format!("bench/raw/{tag}/x"),
+    );
     // The subscription is in place once a probe comes back (probes are not counted below).
     broker::wait_for(10, "raw subscription active", || {
-        p.publish("bench/raw/probe", vec![0u8; 1]);
+        p.publish(&probe, vec![0u8; 1]);
         s.received
             .recv_timeout(std::time::Duration::from_millis(100))
             .ok()
@@ -61,14 +65,14 @@ fn raw_delivery(port: u16, n: usize, size: usize) -> f64 {
     let payload = vec![0x5a_u8; size];
     let t = Instant::now();
     for _ in 0..n {
-        p.publish("bench/raw/x", payload.clone());
+        p.publish(&topic, payload.clone());
     }
     let mut got = 0;
     while got < n {
-        let (topic, _) = s
+        let (t, _) = s
             .next(30)
             .unwrap_or_else(|| panic!("raw delivery {got} missing"));
-        got += usize::from(topic == "bench/raw/x");
+        got += usize::from(t == topic);
     }
     n as f64 / t.elapsed().as_secs_f64()
 }
@@ -220,7 +224,7 @@ fn main() {
     );
     for store in ["sqlcipher", "postgres"] {
         let (o, env_len) = run_store(recv, &broker, store, n, size);
-        let raw = raw_delivery(broker.port, n, env_len as usize);
+        let raw = raw_delivery(broker.port, store, n, env_len as usize);
         println!("raw QoS 1 publish → delivery ({env_len} B)  {raw:.0} msg/s");
         bench_line(
             &format!("receiver_{store}_bundles_per_s"),
