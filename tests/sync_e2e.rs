@@ -2,7 +2,9 @@
 //! "cloud" one with mutual TLS), and the real `hema3n-receiver`. Cases are closed while the cloud
 //! broker is down and while the daemon and the receiver are SIGKILLed at random points; in the
 //! end every bundle is stored exactly once, every outbox row is receipted, nothing is lost, and
-//! the stored bundles validate as FHIR R4 with an independent validator.
+//! the stored bundles validate as FHIR R4 with an independent validator. The appliance's
+//! telemetry (its backlog and how long the oldest envelope has waited) reaches the receiver's
+//! `/metrics`.
 
 mod common;
 
@@ -317,4 +319,52 @@ fn a_case_that_cannot_be_sealed_is_reported_and_does_not_hold_up_the_others() {
     );
     assert!(daemon.running(), "the daemon keeps running");
     assert!(daemon.stop().success(), "{}", a.daemon_log());
+}
+
+/// The appliance's telemetry reaches the receiver and its `/metrics`: the parameter names agree
+/// on both sides (docs/bundle-format.md "Telemetry"), and a telemetry envelope sealed while a case
+/// bundle waits for its receipt says how long it has waited.
+#[test]
+fn telemetry_reports_the_appliance_backlog_to_the_receivers_metrics() {
+    let onboard = Broker::start();
+    let (a, r, _cloud, _pki) =
+        common::cloud::synced_appliance(&onboard, "[triage]\nenabled = false\n");
+    std::fs::write(
+        a.dir.join("edge.d/40-telemetry.toml"),
+        "[sync]\ntelemetry_interval_secs = 1\n",
+    )
+    .unwrap();
+    let app = a.config().appliance_id;
+    let case = a.soak(1, "Telemetry")[0].1.clone();
+    a.ok(&["cases", "close", &case]);
+    // The receiver is not running yet: the bundle waits, telemetry says so.
+    let mut daemon = a.start_daemon();
+    wait_for(30, "telemetry sealed while the bundle waits", || {
+        (a.query_i64("SELECT count(*) FROM outbox WHERE kind = 'telemetry'") >= 2).then_some(())
+    });
+    let mut recv = r.spawn();
+    wait_for(60, "everything receipted", || {
+        (a.query_i64("SELECT count(*) FROM outbox WHERE kind = 'bundle' AND state = 'receipted'")
+            == 1)
+            .then_some(())
+    });
+    let metric = format!("hema3n_appliance_outbox_queued{{appliance=\"{app}\"}}");
+    wait_for(30, "the appliance's telemetry on /metrics", || {
+        r.http_get("/metrics").1.contains(&metric).then_some(())
+    });
+    // A telemetry envelope sealed before the receipt names the waiting bundle's age.
+    let telemetry: Vec<String> = r
+        .ok(&["bundles"])
+        .lines()
+        .filter(|l| l.ends_with("\ttelemetry"))
+        .map(|l| l.split('\t').nth(1).unwrap().to_string())
+        .collect();
+    assert!(!telemetry.is_empty());
+    let waited = telemetry.iter().any(|id| {
+        let body = r.ok(&["bundles", &format!("{app}/{id}")]);
+        body.contains("\"oldest_unreceipted_age_secs\"") && body.contains("\"outbox_queued\"")
+    });
+    assert!(waited, "no telemetry reported the waiting bundle");
+    assert!(daemon.stop().success(), "{}", a.daemon_log());
+    assert!(recv.stop().success(), "{}", r.log());
 }
