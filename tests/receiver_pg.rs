@@ -2,7 +2,8 @@
 //! harness as a non-root user on a free port): two instances on one shared subscription store
 //! each bundle once whichever instance a resend reaches, raise a conflict alarm once, reassemble
 //! attachments whose parts reached different instances, keep no PHI in plaintext; a database outage is survived without losing or mis-rejecting an
-//! envelope; a receiver with another `receiver-db.key`, or a newer schema, is refused.
+//! envelope; a receiver with another `receiver-db.key`, or a newer schema, is refused; TLS to the
+//! database verifies the server against the configured CA.
 
 mod common;
 
@@ -410,4 +411,36 @@ fn a_database_outage_loses_nothing_and_a_foreign_key_or_newer_schema_is_refused(
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(78), "{err}");
     assert!(err.contains("newer than this receiver"), "{err}");
+}
+
+#[test]
+fn tls_to_postgresql_verifies_the_server_against_the_configured_ca() {
+    let mut c = Cloud::new();
+    // The server now takes TCP logins over TLS only, with a certificate for 127.0.0.1 from the
+    // test PKI.
+    c.pg.require_tls(&c.pki.path("server.crt"), &c.pki.path("server.key"));
+    assert!(
+        !c.pg.plaintext_login_works(),
+        "the server let a plaintext login in"
+    );
+    let plain = std::fs::read_to_string(c.r.config()).unwrap();
+    let with_tls = |ca: &std::path::Path| {
+        plain.replace(
+            "tls = false\n",
+            &format!("tls = true\nca_file = \"{}\"\n", ca.display()),
+        )
+    };
+    // The receiver refuses plaintext to a TLS-only server ...
+    assert!(!c.r.cmd(&["stats"]).status.success());
+    // ... reaches it with the right CA ...
+    std::fs::write(c.r.config(), with_tls(&c.pki.path("ca.crt"))).unwrap();
+    let s = c.r.stats();
+    assert_eq!(s["bundles"], 0, "{s}");
+    // ... and refuses a server its CA did not sign.
+    let other = Pki::new();
+    std::fs::write(c.r.config(), with_tls(&other.path("ca.crt"))).unwrap();
+    let o = c.r.cmd(&["stats"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "connected to a server of another CA");
+    assert!(err.to_lowercase().contains("certificate"), "{err}");
 }

@@ -19,6 +19,8 @@ pub struct Pg {
     pub dir: tempfile::TempDir,
     bin: PathBuf,
     running: bool,
+    /// Extra server options (TLS).
+    opts: String,
 }
 
 /// The server binaries' directory: `$HEMA3N_PG_BIN`, else the newest `/usr/lib/postgresql/*/bin`.
@@ -63,6 +65,7 @@ impl Pg {
             dir,
             bin: bin_dir(),
             running: false,
+            opts: String::new(),
         };
         let pwfile = pg.dir.path().join("pwfile");
         std::fs::write(&pwfile, format!("{PASSWORD}\n")).unwrap();
@@ -126,9 +129,10 @@ impl Pg {
     /// Starts the server (waiting until it accepts connections).
     pub fn start_server(&mut self) {
         let opts = format!(
-            "-c listen_addresses=127.0.0.1 -p {} -k {} -c max_connections=50",
+            "-c listen_addresses=127.0.0.1 -p {} -k {} -c max_connections=50{}",
             self.port,
-            self.dir.path().join("sock").display()
+            self.dir.path().join("sock").display(),
+            self.opts
         );
         let out = self
             .as_owner("pg_ctl")
@@ -154,6 +158,54 @@ impl Pg {
             .unwrap();
         assert_ok("pg_ctl stop", &out);
         self.running = false;
+    }
+
+    /// Restarts the server with TLS (`cert`/`key` PEM) required for every TCP connection.
+    pub fn require_tls(&mut self, cert: &Path, key: &Path) {
+        self.stop_server();
+        let (c, k) = (
+            self.dir.path().join("server.crt"),
+            self.dir.path().join("server.key"),
+        );
+        std::fs::copy(cert, &c).unwrap();
+        std::fs::copy(key, &k).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&k, std::fs::Permissions::from_mode(0o600)).unwrap();
+        // Only TLS over TCP (the Unix socket stays for the harness's own tools).
+        std::fs::write(
+            self.data().join("pg_hba.conf"),
+            "local all all trust\nhostssl all all 127.0.0.1/32 scram-sha-256\n",
+        )
+        .unwrap();
+        if is_root() {
+            let st = Command::new("chown")
+                .args(["-R", "nobody:nogroup"])
+                .arg(self.dir.path())
+                .status()
+                .unwrap();
+            assert!(st.success());
+        }
+        self.opts = format!(
+            " -c ssl=on -c ssl_cert_file={} -c ssl_key_file={}",
+            c.display(),
+            k.display()
+        );
+        self.start_server();
+    }
+
+    /// psql over TCP without TLS: whether the server let it in.
+    pub fn plaintext_login_works(&self) -> bool {
+        Command::new(self.bin.join("psql"))
+            .args(["-X", "-A", "-t", "-c", "SELECT 1"])
+            .arg(format!(
+                "host=127.0.0.1 port={} user={USER} dbname={DB} sslmode=disable",
+                self.port
+            ))
+            .env("PGPASSWORD", PASSWORD)
+            .output()
+            .unwrap()
+            .status
+            .success()
     }
 
     /// The `[postgres]` section of a receiver using this cluster (TCP on loopback, password

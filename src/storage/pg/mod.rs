@@ -87,7 +87,17 @@ pub(super) fn pg_err(what: &'static str) -> impl Fn(postgres::Error) -> StoreErr
         let code = e.code().map(|c| c.code().to_string()).unwrap_or_default();
         let why = match e.as_db_error() {
             Some(db) => format!("{} ({})", db.message(), db.code().code()),
-            None => e.to_string(),
+            // The driver's message alone ("error performing TLS handshake") hides the cause
+            // (an unknown issuer, a refused connection): name the whole chain.
+            None => {
+                let mut why = e.to_string();
+                let mut src = std::error::Error::source(&e);
+                while let Some(cause) = src {
+                    why.push_str(&format!(": {cause}"));
+                    src = cause.source();
+                }
+                why
+            }
         };
         if code.starts_with("28") || code == "3D000" {
             StoreError::PostgresSetup(format!("{what}: {why}"))
