@@ -109,11 +109,7 @@ fn run_store(
     let c = cfg.to_str().unwrap();
     let _pg = (store == "postgres").then(|| {
         let pg = pg::Pg::start();
-        let text = std::fs::read_to_string(&cfg)
-            .unwrap()
-            .replace("store = \"sqlcipher\"", "store = \"postgres\"");
-        std::fs::write(&cfg, format!("{text}{}", pg.receiver_section())).unwrap();
-        pg.install_password(&dir.join("keys"));
+        pg.configure_receiver(&cfg, &dir.join("keys"));
         pg
     });
     let text = std::fs::read_to_string(&cfg).unwrap().replace(

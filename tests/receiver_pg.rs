@@ -9,7 +9,7 @@ mod common;
 
 use common::Appliance;
 use common::broker::wait_for;
-use common::cloud::{Pki, Proc, Receiver, envelope_meta as meta};
+use common::cloud::{Pki, Receiver, envelope_meta as meta};
 use common::mqtt::TestClient;
 use common::pg::Pg;
 use hema3n_edge::crypto::keyring::{KeySources, Keyring};
@@ -26,41 +26,6 @@ fn body(n: usize) -> Vec<u8> {
         r#"{{"resourceType":"Bundle","type":"collection","entry":[{{"resource":{{"resourceType":"Patient","name":[{{"family":"{SENTINEL}"}}],"id":"p{n}"}}}}]}}"#
     )
     .into_bytes()
-}
-
-/// Points a receiver at `pg` (its password as a credential).
-fn use_postgres(r: &Receiver, pg: &Pg, client_id: Option<&str>) {
-    let mut text = std::fs::read_to_string(r.config()).unwrap();
-    if let Some(id) = client_id {
-        let line = text
-            .lines()
-            .find(|l| l.starts_with("client_id"))
-            .unwrap()
-            .to_string();
-        text = text.replace(&line, &format!("client_id = \"{id}\""));
-    }
-    assert!(text.contains("store = \"sqlcipher\"\n"), "{text}");
-    let text = text.replace("store = \"sqlcipher\"\n", "store = \"postgres\"\n");
-    std::fs::write(r.config(), format!("{text}{}", pg.receiver_section())).unwrap();
-    pg.install_password(&r.tmp.path().join("keys"));
-}
-
-/// A second receiver of the same deployment: the first one's keys, its own client id.
-fn sibling(first: &Receiver, pki: &Pki, cloud: &common::broker::Broker, pg: &Pg) -> Receiver {
-    let r = Receiver::init(pki, cloud);
-    for k in [
-        "receiver-hpke.key",
-        "receiver-signing.p8",
-        "receiver-db.key",
-    ] {
-        std::fs::copy(
-            first.tmp.path().join("keys").join(k),
-            r.tmp.path().join("keys").join(k),
-        )
-        .unwrap();
-    }
-    use_postgres(&r, pg, Some(&format!("receiver-{}-b", std::process::id())));
-    r
 }
 
 /// The part envelopes of one attachment (16 KiB parts, caption and file bytes carrying the
@@ -122,7 +87,7 @@ impl Cloud {
         let (cloud, plain_port) = pki.broker();
         let a = Appliance::init();
         let r = Receiver::init(&pki, &cloud);
-        use_postgres(&r, &pg, None);
+        r.use_postgres(&pg, None);
         r.pair(&a);
         let cfg = a.config();
         let signer = Keyring::load(KeySources::from_env(&cfg.keys.dir))
@@ -157,20 +122,16 @@ impl Cloud {
     }
 }
 
-fn running(r: &Receiver) -> Proc {
-    let mut p = r.spawn();
-    wait_for(30, "receiver subscribed", || {
-        assert!(p.running(), "the receiver exited: {}", r.log());
-        r.log().contains("subscribed to bundles").then_some(())
-    });
-    p
-}
-
 #[test]
 fn two_receivers_share_one_database_and_store_each_bundle_once() {
     let c = Cloud::new();
-    let r2 = sibling(&c.r, &c.pki, &c.cloud, &c.pg);
-    let (mut p1, mut p2) = (running(&c.r), running(&r2));
+    let r2 = c.r.sibling(
+        &c.pki,
+        &c.cloud,
+        &c.pg,
+        &format!("receiver-{}-b", std::process::id()),
+    );
+    let (mut p1, mut p2) = (c.r.start(), r2.start());
     let mut pubc = c.publisher("pg-publisher");
     let topic = c.topic();
 
@@ -350,7 +311,7 @@ fn two_receivers_share_one_database_and_store_each_bundle_once() {
 #[test]
 fn a_database_outage_loses_nothing_and_a_foreign_key_or_newer_schema_is_refused() {
     let mut c = Cloud::new();
-    let mut p = running(&c.r);
+    let mut p = c.r.start();
     let mut pubc = c.publisher("pg-outage");
     let topic = c.topic();
     let first = meta(&c.app, 1);
@@ -399,7 +360,7 @@ fn a_database_outage_loses_nothing_and_a_foreign_key_or_newer_schema_is_refused(
 
     // A receiver whose receiver-db.key differs cannot use (or spoil) the data keys.
     let stranger = Receiver::init(&c.pki, &c.cloud);
-    use_postgres(&stranger, &c.pg, Some("stranger"));
+    stranger.use_postgres(&c.pg, Some("stranger"));
     let o = stranger.cmd(&["stats"]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(78), "{err}");

@@ -10,7 +10,6 @@ mod common;
 use std::collections::{HashMap, HashSet};
 
 use common::Rng;
-use common::broker::wait_for;
 use common::cloud::{Pki, Proc, Receiver, envelope_meta};
 use common::mqtt::TestClient;
 use common::pg::Pg;
@@ -25,57 +24,6 @@ fn env(name: &str, default: usize) -> usize {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-/// A receiver of the group: `store = "postgres"`, the first one's keys, its own client id.
-fn member(
-    pki: &Pki,
-    cloud: &common::broker::Broker,
-    pg: &Pg,
-    first: Option<&Receiver>,
-    n: usize,
-) -> Receiver {
-    let r = Receiver::init(pki, cloud);
-    if let Some(f) = first {
-        for k in [
-            "receiver-hpke.key",
-            "receiver-signing.p8",
-            "receiver-db.key",
-        ] {
-            std::fs::copy(
-                f.tmp.path().join("keys").join(k),
-                r.tmp.path().join("keys").join(k),
-            )
-            .unwrap();
-        }
-    }
-    let text = std::fs::read_to_string(r.config()).unwrap();
-    let id_line = text
-        .lines()
-        .find(|l| l.starts_with("client_id"))
-        .unwrap()
-        .to_string();
-    let text = text
-        .replace("store = \"sqlcipher\"\n", "store = \"postgres\"\n")
-        .replace(
-            &id_line,
-            &format!("client_id = \"soak-{}-{n}\"", std::process::id()),
-        );
-    std::fs::write(r.config(), format!("{text}{}", pg.receiver_section())).unwrap();
-    pg.install_password(&r.tmp.path().join("keys"));
-    r
-}
-
-/// Starts a receiver and waits until it has subscribed (once more than before).
-fn start(r: &Receiver) -> Proc {
-    let count = |log: &str| log.matches("subscribed to bundles").count();
-    let before = count(&r.log());
-    let mut p = r.spawn();
-    wait_for(30, "receiver subscribed", || {
-        assert!(p.running(), "a receiver exited: {}", r.log());
-        (count(&r.log()) > before).then_some(())
-    });
-    p
 }
 
 #[test]
@@ -94,10 +42,12 @@ fn three_receivers_survive_kill9_with_every_bundle_stored_once() {
     let pg = Pg::start();
     let pki = Pki::new();
     let (cloud, plain_port) = pki.broker();
-    let first = member(&pki, &cloud, &pg, None, 0);
+    let id = |n: usize| format!("soak-{}-{n}", std::process::id());
+    let first = Receiver::init(&pki, &cloud);
+    first.use_postgres(&pg, Some(&id(0)));
     let group = [
-        member(&pki, &cloud, &pg, Some(&first), 1),
-        member(&pki, &cloud, &pg, Some(&first), 2),
+        first.sibling(&pki, &cloud, &pg, &id(1)),
+        first.sibling(&pki, &cloud, &pg, &id(2)),
     ];
     let receivers: Vec<&Receiver> = std::iter::once(&first).chain(group.iter()).collect();
     let pubf = first.tmp.path().join("receiver-public.toml");
@@ -135,7 +85,7 @@ fn three_receivers_survive_kill9_with_every_bundle_stored_once() {
         t0.elapsed().as_secs_f64(),
         envelopes.len()
     );
-    let mut procs: Vec<Proc> = receivers.iter().map(|r| start(r)).collect();
+    let mut procs: Vec<Proc> = receivers.iter().map(|r| r.start()).collect();
     let mut pubc = TestClient::connect(plain_port, "soak-appliances", None);
     pubc.subscribe("hema3n/v1/edge/+/receipts");
     let mut receipted: HashSet<[u8; 16]> = HashSet::new();
@@ -161,7 +111,7 @@ fn three_receivers_survive_kill9_with_every_bundle_stored_once() {
         pubc.flush();
         let victim = (rng.next() % 3) as usize;
         procs[victim].kill9();
-        procs[victim] = start(receivers[victim]);
+        procs[victim] = receivers[victim].start();
         eprintln!("round {round}: receiver {victim} killed and restarted");
         drain(&pubc, &mut receipted, 0);
     }

@@ -54,14 +54,13 @@ install_test_services() {
     # poppler-utils: pdftotext/pdffonts/pdftoppm read the handoff PDF independently.
     # postgresql: the receivers' shared store; tests run initdb/pg_ctl themselves.
     apt_install mosquitto openssl dbus poppler-utils postgresql
-    # Debian starts the packaged broker on :1883; tests use their own instances on free ports.
-    if command -v systemctl >/dev/null && systemctl is-active --quiet mosquitto 2>/dev/null; then
-        as_root systemctl stop mosquitto || true
-    fi
-    # Likewise Debian's own PostgreSQL cluster (tests start clusters of their own).
-    if command -v systemctl >/dev/null && systemctl is-active --quiet postgresql 2>/dev/null; then
-        as_root systemctl stop postgresql || true
-    fi
+    # Debian starts the packaged broker (:1883) and cluster (:5432); tests start their own
+    # instances on free ports.
+    for svc in mosquitto postgresql; do
+        if command -v systemctl >/dev/null && systemctl is-active --quiet "$svc" 2>/dev/null; then
+            as_root systemctl stop "$svc" || true
+        fi
+    done
 }
 
 # Browser tests: Debian's Chromium driven by Playwright (playwright-core from npm, pinned, in

@@ -187,7 +187,12 @@ pub enum StoreError {
     /// refused). Recovery: the receiver leaves the broker and reconnects with back-off; what it
     /// had not acknowledged is redelivered.
     #[error("PostgreSQL {what}: {why}")]
-    Postgres { what: &'static str, why: String },
+    Postgres {
+        what: &'static str,
+        why: String,
+        /// The server's SQLSTATE, when the server answered (empty for a lost connection).
+        sqlstate: String,
+    },
     /// The PostgreSQL store cannot be used as configured (authentication refused, a schema
     /// newer than this receiver, a data key wrapped by another receiver key). Recovery: fix
     /// the setup (exit 78).

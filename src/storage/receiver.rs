@@ -128,7 +128,7 @@ INSERT INTO appliance_status (appliance_id, last_seen_at, last_seq, received)
 ];
 
 /// SQL shared by both stores (portable: `max`/`greatest` aside) for `appliance_status`.
-pub(super) mod status_sql {
+pub(in crate::storage) mod status_sql {
     /// Stored: (appliance, now, seq).
     pub const STORED: &str = "INSERT INTO appliance_status (appliance_id, last_seen_at, last_seq, received) \
         VALUES ($1, $2, $3, 1) ON CONFLICT (appliance_id) DO UPDATE SET \
@@ -147,9 +147,16 @@ pub(super) mod status_sql {
 
     /// SQLite spells `GREATEST` as two-argument `max`, and numbered parameters `?N` (it reads
     /// `$N` as a name, numbered by first appearance).
-    pub fn sqlite(sql: &str) -> String {
+    fn sqlite(sql: &str) -> String {
         sql.replace("GREATEST(", "max(").replace('$', "?")
     }
+
+    /// The SQLite spellings, made once (they are prepared for every stored bundle).
+    pub static SQLITE_STORED: std::sync::LazyLock<String> =
+        std::sync::LazyLock::new(|| sqlite(STORED));
+    pub static SQLITE_SEEN: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| sqlite(SEEN));
+    pub static SQLITE_TELEMETRY: std::sync::LazyLock<String> =
+        std::sync::LazyLock::new(|| sqlite(TELEMETRY));
 }
 
 /// What the receiver needs of a store: the embedded [`ReceiverDb`] or the shared PostgreSQL
@@ -368,10 +375,10 @@ impl ReceiverStore for ReceiverDb {
                             serde_json::to_string(p).expect("json"),
                         ])?;
                     }
-                    tx.prepare_cached(&status_sql::sqlite(status_sql::STORED))?
+                    tx.prepare_cached(&status_sql::SQLITE_STORED)?
                         .execute(params![b.appliance_id, now, b.seq as i64])?;
                     if let Some(t) = &b.telemetry {
-                        tx.prepare_cached(&status_sql::sqlite(status_sql::TELEMETRY))?
+                        tx.prepare_cached(&status_sql::SQLITE_TELEMETRY)?
                             .execute(params![
                                 b.appliance_id,
                                 b.created_at_ms,
@@ -387,7 +394,7 @@ impl ReceiverStore for ReceiverDb {
                         "UPDATE bundles SET resends = resends + 1 WHERE appliance_id = ?1 AND bundle_id = ?2",
                     )?
                     .execute(params![b.appliance_id, bundle_id])?;
-                    tx.prepare_cached(&status_sql::sqlite(status_sql::SEEN))?
+                    tx.prepare_cached(&status_sql::SQLITE_SEEN)?
                         .execute(params![b.appliance_id, now])?;
                     StoreOutcome::Duplicate
                 }

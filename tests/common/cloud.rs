@@ -258,6 +258,58 @@ impl Receiver {
         (code, body.to_string())
     }
 
+    /// This receiver on `pg` (the shared store), under `client_id` when given.
+    pub fn use_postgres(&self, pg: &super::pg::Pg, client_id: Option<&str>) {
+        if let Some(id) = client_id {
+            let text = std::fs::read_to_string(self.config()).unwrap();
+            let line = text
+                .lines()
+                .find(|l| l.starts_with("client_id"))
+                .unwrap()
+                .to_string();
+            let text = text.replace(&line, &format!("client_id = \"{id}\""));
+            std::fs::write(self.config(), text).unwrap();
+        }
+        pg.configure_receiver(&self.config(), &self.tmp.path().join("keys"));
+    }
+
+    /// Another receiver of this one's deployment on `pg`: the same keys, its own client id.
+    pub fn sibling(
+        &self,
+        pki: &Pki,
+        cloud: &Broker,
+        pg: &super::pg::Pg,
+        client_id: &str,
+    ) -> Receiver {
+        let r = Receiver::init(pki, cloud);
+        for k in [
+            "receiver-hpke.key",
+            "receiver-signing.p8",
+            "receiver-db.key",
+        ] {
+            std::fs::copy(
+                self.tmp.path().join("keys").join(k),
+                r.tmp.path().join("keys").join(k),
+            )
+            .unwrap();
+        }
+        r.use_postgres(pg, Some(client_id));
+        r
+    }
+
+    /// Starts `run` and waits until it has subscribed (once more than before: restarts append
+    /// to the same log).
+    pub fn start(&self) -> Proc {
+        let count = |log: &str| log.matches("subscribed to bundles").count();
+        let before = count(&self.log());
+        let mut p = self.spawn();
+        super::broker::wait_for(30, "receiver subscribed", || {
+            assert!(p.running(), "the receiver exited: {}", self.log());
+            (count(&self.log()) > before).then_some(())
+        });
+        p
+    }
+
     pub fn stats(&self) -> serde_json::Value {
         serde_json::from_str(&self.ok(&["stats"])).unwrap()
     }

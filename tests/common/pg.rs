@@ -208,9 +208,19 @@ impl Pg {
             .success()
     }
 
+    /// Switches the receiver configuration at `config` to this cluster (`store = "postgres"`
+    /// and its `[postgres]` section) and installs the password credential in `keys_dir`.
+    pub fn configure_receiver(&self, config: &Path, keys_dir: &Path) {
+        let text = std::fs::read_to_string(config).unwrap();
+        assert!(text.contains("store = \"sqlcipher\"\n"), "{text}");
+        let text = text.replace("store = \"sqlcipher\"\n", "store = \"postgres\"\n");
+        std::fs::write(config, format!("{text}{}", self.receiver_section())).unwrap();
+        self.install_password(keys_dir);
+    }
+
     /// The `[postgres]` section of a receiver using this cluster (TCP on loopback, password
     /// from the credential, no TLS: loopback only).
-    pub fn receiver_section(&self) -> String {
+    fn receiver_section(&self) -> String {
         format!(
             "\n[postgres]\nhost = \"127.0.0.1\"\nport = {}\nuser = \"{USER}\"\ndbname = \"{DB}\"\ntls = false\nconnect_timeout_secs = 5\n",
             self.port
@@ -218,7 +228,7 @@ impl Pg {
     }
 
     /// Writes the password credential into a receiver's keys directory.
-    pub fn install_password(&self, keys_dir: &Path) {
+    fn install_password(&self, keys_dir: &Path) {
         let p = keys_dir.join("receiver-pg.password");
         std::fs::write(&p, format!("{PASSWORD}\n")).unwrap();
         use std::os::unix::fs::PermissionsExt;

@@ -13,15 +13,15 @@
 //! One connection per receiver, held by its custody thread (which stores batches in the order
 //! the broker delivered them, one at a time); a lost connection is reopened on the next call.
 
+mod conn;
 mod files;
 mod schema;
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
 
-use postgres::{Client, NoTls, Statement};
-use zeroize::Zeroizing;
+pub use conn::PgSettings;
+use conn::{Conn, is_retryable, pg_err};
 
 use super::receiver::{
     ApplianceStatus, EnvelopeReject, PrealertRow, ReceivedBundle, ReceiverStats, ReceiverStore,
@@ -30,23 +30,6 @@ use super::receiver::{
 use super::{Result, StoreError};
 use crate::crypto::field::{DataKey, FieldLoc, Kek};
 use crate::model::now_ms;
-
-/// Where and how to reach the database.
-pub struct PgSettings {
-    /// Host name, IP address, or a Unix socket directory (starting with `/`).
-    pub host: String,
-    pub port: u16,
-    pub user: String,
-    pub dbname: String,
-    /// From the `receiver-pg.password` credential, when the server asks for one.
-    pub password: Option<Zeroizing<String>>,
-    /// `None`: no TLS (loopback or a Unix socket only; the caller checks).
-    pub tls: Option<crate::tls::ClientConfig>,
-    pub connect_timeout: Duration,
-    /// This receiver's name, recorded with what it stores (`received_by`) and shown in
-    /// `pg_stat_activity`.
-    pub receiver_name: String,
-}
 
 /// Attempts of a batch transaction that PostgreSQL aborted as a deadlock or serialization
 /// failure (two receivers completing the same attachment) before giving up.
@@ -61,56 +44,6 @@ pub struct PgStore {
     keys: HashMap<String, Arc<DataKey>>,
 }
 
-/// A live connection and the statements prepared on it.
-struct Conn {
-    client: Client,
-    st: Stmts,
-}
-
-struct Stmts {
-    key: Statement,
-    insert_bundle: Statement,
-    bundle_sha: Statement,
-    resend: Statement,
-    alarm: Statement,
-    prealert: Statement,
-    reject: Statement,
-    stored: Statement,
-    seen: Statement,
-    telemetry: Statement,
-}
-
-/// Maps a driver error: the connection's loss is transient (the receiver backs off and
-/// reconnects); a refused login is a setup error; anything else names what failed.
-pub(super) fn pg_err(what: &'static str) -> impl Fn(postgres::Error) -> StoreError {
-    move |e| {
-        let code = e.code().map(|c| c.code().to_string()).unwrap_or_default();
-        let why = match e.as_db_error() {
-            Some(db) => format!("{} ({})", db.message(), db.code().code()),
-            // The driver's message alone ("error performing TLS handshake") hides the cause
-            // (an unknown issuer, a refused connection): name the whole chain.
-            None => {
-                let mut why = e.to_string();
-                let mut src = std::error::Error::source(&e);
-                while let Some(cause) = src {
-                    why.push_str(&format!(": {cause}"));
-                    src = cause.source();
-                }
-                why
-            }
-        };
-        if code.starts_with("28") || code == "3D000" {
-            StoreError::PostgresSetup(format!("{what}: {why}"))
-        } else {
-            StoreError::Postgres { what, why }
-        }
-    }
-}
-
-fn is_retryable(e: &StoreError) -> bool {
-    matches!(e, StoreError::Postgres { why, .. } if why.ends_with("(40001)") || why.ends_with("(40P01)"))
-}
-
 impl PgStore {
     /// Connects, migrates the schema and checks the receivers' key against the data keys.
     /// `kek` is the 32-byte `receiver-db.key`.
@@ -121,7 +54,7 @@ impl PgStore {
             kek: Kek::new(1, kek),
             keys: HashMap::new(),
         };
-        let mut client = s.open_client()?;
+        let mut client = conn::open(&s.settings)?;
         schema::migrate(&mut client)?;
         // Refuse at once, not at the first bundle, to run with another deployment's key.
         let foreign: Option<String> = client
@@ -143,36 +76,13 @@ impl PgStore {
         Ok(s)
     }
 
-    fn open_client(&self) -> Result<Client> {
-        let s = &self.settings;
-        let mut c = postgres::Config::new();
-        c.host(&s.host)
-            .port(s.port)
-            .user(&s.user)
-            .dbname(&s.dbname)
-            .connect_timeout(s.connect_timeout)
-            .application_name(&s.receiver_name);
-        if let Some(p) = &s.password {
-            c.password(p.as_bytes());
-        }
-        let r = match &s.tls {
-            None => c
-                .ssl_mode(postgres::config::SslMode::Disable)
-                .connect(NoTls),
-            Some(t) => c
-                .ssl_mode(postgres::config::SslMode::Require)
-                .connect(crate::tls::PgTls(t.clone())),
-        };
-        r.map_err(pg_err("connect"))
-    }
-
     /// The live connection, reopened (and its statements prepared again) after a loss.
     fn conn(&mut self) -> Result<&mut Conn> {
         if self.conn.as_ref().is_some_and(|c| c.client.is_closed()) {
             self.conn = None;
         }
         if self.conn.is_none() {
-            let client = self.open_client()?;
+            let client = conn::open(&self.settings)?;
             self.conn = Some(Conn::prepare(client)?);
             tracing::info!(host = %self.settings.host, "PostgreSQL connection reopened");
         }
@@ -361,42 +271,6 @@ fn loc<'a>(table: &'static str, column: &'static str, row: &'a str) -> FieldLoc<
         table,
         column,
         row_id: row,
-    }
-}
-
-impl Conn {
-    fn prepare(mut client: Client) -> Result<Conn> {
-        let mut p = |sql: &str| client.prepare(sql).map_err(pg_err("prepare"));
-        let st = Stmts {
-            key: p("SELECT public_key FROM appliances WHERE id = $1 AND revoked_at IS NULL")?,
-            insert_bundle: p(
-                "INSERT INTO bundles (appliance_id, bundle_id, seq, kind, envelope_sha256, created_at, \
-                 received_at, received_by, body) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
-                 ON CONFLICT (appliance_id, bundle_id) DO NOTHING",
-            )?,
-            bundle_sha: p(
-                "SELECT envelope_sha256 FROM bundles WHERE appliance_id = $1 AND bundle_id = $2",
-            )?,
-            resend: p(
-                "UPDATE bundles SET resends = resends + 1 WHERE appliance_id = $1 AND bundle_id = $2",
-            )?,
-            alarm: p(
-                "INSERT INTO alarms (raised_at, raised_by, kind, appliance_id, bundle_id, detail) \
-                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
-            )?,
-            prealert: p(
-                "INSERT INTO prealerts (appliance_id, bundle_id, case_id, replaces, created_at, \
-                 received_at, summary) VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
-            )?,
-            stored: p(status_sql::STORED)?,
-            seen: p(status_sql::SEEN)?,
-            telemetry: p(status_sql::TELEMETRY)?,
-            reject: p(
-                "INSERT INTO rejects (received_at, received_by, topic, appliance_id, code, message, \
-                 envelope_sha256) VALUES ($1, $2, $3, $4, $5, $6, $7)",
-            )?,
-        };
-        Ok(Conn { client, st })
     }
 }
 
