@@ -78,6 +78,7 @@ fn case(samples: i64) -> CaseExport {
         people: vec![],
         audit: vec![],
         checkpoint: None,
+        audit_segment: None,
         prealert: Default::default(),
         attachments: vec![],
     }

@@ -74,20 +74,7 @@ fn rechain(db: &Db, from: i64, audit_key: Option<&[u8]>) {
     let all = rows(db);
     let mut prev = all.iter().find(|r| r.seq == from).unwrap().prev.clone();
     for r in all.iter().filter(|r| r.seq >= from) {
-        let h = entry_hash(
-            &prev,
-            &EntryFields {
-                seq: r.seq,
-                ts: r.ts,
-                actor: &r.f[0],
-                role: &r.f[1],
-                action: &r.f[2],
-                resource: &r.f[3],
-                outcome: &r.f[4],
-                territory: &r.f[5],
-                details: &r.f[6],
-            },
-        );
+        let h = entry_hash(&prev, &EntryFields::of(r.seq, r.ts, &r.f));
         c.execute(
             "UPDATE audit_log SET prev_hash = ?1, hash = ?2 WHERE seq = ?3",
             (&prev, &h[..], r.seq),

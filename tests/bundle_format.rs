@@ -8,6 +8,7 @@ use hema3n_edge::crypto::seal::{
     self, BundleKind, EnvelopeMeta, Receipt, ReceiptStatus, RecipientSecretKey,
 };
 use hema3n_edge::crypto::sign::PublicKey;
+use hema3n_edge::storage::audit::{self, EntryFields};
 use hema3n_edge::sync::{ReceiverKeys, attachment_wire};
 
 fn doc_vectors() -> HashMap<String, String> {
@@ -335,4 +336,116 @@ fn hpke_suite_passes_the_cfrg_known_answer_vectors() {
     for (o, e) in outs.iter().zip(t["exports"].as_array().unwrap()) {
         assert_eq!(o, &h(&e["exported_value"]));
     }
+}
+
+/// The entries of the documented audit-trail example ("Audit trail" table): (chain version,
+/// fields).
+fn audit_example() -> Vec<(i64, EntryFields<'static>)> {
+    const CASE: &str = "case/01900000-0000-7000-8000-0000000000c1";
+    let e = |seq: i64, actor, role, action, resource, territory, details| EntryFields {
+        seq,
+        ts: 1_800_000_000_000 + (seq - 1) * 1000,
+        actor,
+        role,
+        action,
+        resource,
+        outcome: "success",
+        territory,
+        details,
+    };
+    vec![
+        (
+            1,
+            e(1, "crew-7", "paramedic", "case.create", CASE, "north", "{}"),
+        ),
+        (
+            1,
+            e(
+                2,
+                "crew-9",
+                "emt",
+                "login.success",
+                "user/crew-9",
+                "north",
+                "",
+            ),
+        ),
+        (
+            2,
+            e(
+                3,
+                "system",
+                "system",
+                "store.migrate",
+                "appliance",
+                "",
+                r#"{"to":12}"#,
+            ),
+        ),
+        (
+            2,
+            e(
+                4,
+                "system",
+                "system",
+                "case.export",
+                CASE,
+                "north",
+                r#"{"readings":3}"#,
+            ),
+        ),
+    ]
+}
+
+/// The audit-trail vector: canonical bytes, chain hashes (v1 then v2), the segment's links and
+/// the checkpoint's signed message and signature are what the document says.
+#[test]
+fn the_documented_audit_trail_vector_holds() {
+    let v = doc_vectors();
+    let mut h = audit::genesis("amb-0001");
+    assert_eq!(h.to_vec(), hx(&v, "audit_hash_0"));
+    let mut links = Vec::new();
+    for (version, e) in audit_example() {
+        let c = audit::canonical(version, &e);
+        assert_eq!(
+            c,
+            hx(&v, &format!("audit_canonical_{}", e.seq)),
+            "entry {}",
+            e.seq
+        );
+        let parsed = audit::parse_canonical(&c).expect("canonical bytes parse");
+        assert_eq!(
+            (parsed.version, parsed.seq, parsed.ts),
+            (version, e.seq, e.ts)
+        );
+        assert_eq!(parsed.fields[2], e.action);
+        let prev = h;
+        h = audit::chain_hash(&prev, &c).unwrap();
+        assert_eq!(h, audit::entry_hash_as(version, &prev, &e));
+        assert_eq!(
+            h.to_vec(),
+            hx(&v, &format!("audit_hash_{}", e.seq)),
+            "entry {}",
+            e.seq
+        );
+        match (e.seq, version) {
+            (1 | 4, _) => {}
+            (_, 1) => {
+                links.push(1);
+                links.extend_from_slice(&(c.len() as u32).to_be_bytes());
+                links.extend_from_slice(&c);
+            }
+            _ => {
+                links.push(2);
+                links.extend_from_slice(&hema3n_edge::crypto::sha256(&c));
+            }
+        }
+    }
+    assert_eq!(links, hx(&v, "audit_segment_links"));
+    let msg = audit::checkpoint_message("amb-0001", 4, 1_800_000_004_000, &h);
+    assert_eq!(msg, hx(&v, "audit_checkpoint_message"));
+    let key = PublicKey(hx(&v, "audit_appliance_public_key"));
+    assert_eq!(key.key_id(), v["audit_key_id"]);
+    key.verify(&msg, &hx(&v, "audit_checkpoint_signature"))
+        .expect("the checkpoint signature verifies");
 }

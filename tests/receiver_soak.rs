@@ -3,7 +3,8 @@
 //! (10 rounds; `HEMA3N_RECEIVER_KILL9_ROUNDS`, 100 under `scripts/test.sh --soak`). The
 //! publisher behaves like the appliances' forwarders: what is not receipted within a while is
 //! sent again. In the end every bundle is stored exactly once, every one was receipted, no
-//! envelope was rejected or conflicted, and no appliance shows a sequence gap.
+//! envelope was rejected or conflicted, every bundle's audit trail verified against its signed
+//! checkpoint (no alarm), and no appliance shows a sequence gap.
 
 mod common;
 
@@ -13,6 +14,7 @@ use common::Rng;
 use common::cloud::{Pki, Proc, Receiver, envelope_meta};
 use common::mqtt::TestClient;
 use common::pg::Pg;
+use common::trail::Chain;
 use hema3n_edge::crypto::seal::{self, Receipt};
 use hema3n_edge::crypto::sign::SigningKey;
 use hema3n_edge::sync::ReceiverKeys;
@@ -62,12 +64,16 @@ fn three_receivers_survive_kill9_with_every_bundle_stored_once() {
         let pem = first.tmp.path().join(format!("{app}.pem"));
         std::fs::write(&pem, signer.public().to_pem()).unwrap();
         first.ok(&["appliances", "add", &app, pem.to_str().unwrap()]);
+        // Each bundle proves its case's audit trail against a checkpoint signed after it.
+        let mut chain = Chain::new(&app);
         for seq in 1..=per as u64 {
             let m = envelope_meta(&app, seq);
-            let body = format!(
-                r#"{{"resourceType":"Bundle","type":"collection","id":"{app}-{seq}","entry":[]}}"#
-            );
-            let e = seal::seal(&m, body.as_bytes(), &rk.hpke, &signer).unwrap();
+            let id = uuid::Uuid::from_bytes(m.bundle_id).to_string();
+            let body = serde_json::json!({
+                "resourceType": "Bundle", "type": "collection", "id": id,
+                "entry": chain.case_entries(&id, 3, 1, &signer),
+            });
+            let e = seal::seal(&m, &serde_json::to_vec(&body).unwrap(), &rk.hpke, &signer).unwrap();
             envelopes.push((app.clone(), m.bundle_id, e));
         }
     }
@@ -147,6 +153,12 @@ fn three_receivers_survive_kill9_with_every_bundle_stored_once() {
     eprintln!("store: {s}");
     assert_eq!(s["bundles"], envelopes.len(), "{s}");
     assert_eq!(s["conflicts"], 0, "{s}");
+    assert_eq!(s["audit_alarms"], 0, "every audit trail verifies: {s}");
+    assert_eq!(
+        pg.query("SELECT count(*) FROM audit_checkpoints").trim(),
+        envelopes.len().to_string(),
+        "one checkpoint kept per case bundle"
+    );
     assert_eq!(s["rejects"].as_array().map(Vec::len), Some(0), "{s}");
     let status = pg.query("SELECT appliance_id || ' ' || last_seq || ' ' || received FROM appliance_status ORDER BY 1");
     let want: Vec<String> = (0..APPLIANCES)

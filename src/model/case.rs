@@ -286,6 +286,22 @@ pub struct ExportAudit {
     pub resource: String,
     pub outcome: String,
     pub hash: [u8; 32],
+    /// The entry's canonical bytes (every field the chain hash covers: `storage::audit`).
+    pub canonical: Vec<u8>,
+}
+
+/// What links a case's audit entries to the checkpoint a bundle carries: the chain value
+/// before the case's first entry and, for every other entry up to the checkpoint, its leaf
+/// digest (chain v2) or its canonical bytes (chain v1). Encoding: `docs/bundle-format.md`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExportSegment {
+    /// Sequence number of the case's first entry.
+    pub from_seq: i64,
+    /// `hash_{from_seq - 1}`.
+    pub prev_hash: [u8; 32],
+    /// One item per entry in `from_seq..=checkpoint` that is not the case's, in order:
+    /// `0x02 || leaf (32 bytes)` or `0x01 || u32 BE length || canonical bytes`.
+    pub links: Vec<u8>,
 }
 
 /// The latest signed audit checkpoint at export time.
@@ -324,6 +340,9 @@ pub struct CaseExport {
     pub people: Vec<(String, String, String)>,
     pub audit: Vec<ExportAudit>,
     pub checkpoint: Option<ExportCheckpoint>,
+    /// Links `audit` to `checkpoint` (case bundles; `None` when no checkpoint follows the
+    /// case's first entry).
+    pub audit_segment: Option<ExportSegment>,
     /// Pre-alerts of the case: what was sent and why the next one is due.
     pub prealert: PrealertInfo,
     /// Stored attachments (metadata; their bytes travel as their own envelopes).

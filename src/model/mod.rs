@@ -59,8 +59,8 @@ pub use attachment::{
 };
 pub use case::{
     Case, CaseDetails, CaseExport, CaseSnapshot, CaseStatus, Decider, ExportAudit,
-    ExportCheckpoint, Observation, PrealertInfo, PrealertSummary, Reading, Reject, RejectCode,
-    StoredTriage, TriageRecord,
+    ExportCheckpoint, ExportSegment, Observation, PrealertInfo, PrealertSummary, Reading, Reject,
+    RejectCode, StoredTriage, TriageRecord,
 };
 pub use patient::{
     Address, Insurance, InvalidPhi, Patient, Sex, StoredPatient, age_years, is_valid_date,

@@ -5,11 +5,13 @@
 use crate::crypto::seal::{self, Receipt, ReceiptStatus};
 use crate::crypto::sign::PublicKey;
 use crate::storage::Owned;
-use crate::storage::receiver::{ReceivedBundle, ReceiverStore, StoreOutcome, TelemetrySummary};
+use crate::storage::receiver::{
+    AuditVerdict, ReceivedBundle, ReceiverStore, StoreOutcome, TelemetrySummary,
+};
 use crate::sync::transport;
 use rumqttc::v5::mqttbytes::v5::{Publish, PublishProperties};
 
-use super::{Keys, ReceiverError};
+use super::{Keys, ReceiverError, audit_check};
 
 /// Counters of one receiver run.
 #[derive(Debug, Default, Clone)]
@@ -22,6 +24,9 @@ pub struct Counters {
     pub by_code: std::collections::BTreeMap<String, u64>,
     /// The largest delay from envelope creation to commit (of one batch; not summed).
     pub max_lag_ms: i64,
+    /// Case bundles stored whose audit trail verified, and those with findings (alarmed).
+    pub audit_verified: u64,
+    pub audit_failed: u64,
 }
 
 impl Counters {
@@ -30,6 +35,8 @@ impl Counters {
         self.duplicates += d.duplicates;
         self.conflicts += d.conflicts;
         self.rejects += d.rejects;
+        self.audit_verified += d.audit_verified;
+        self.audit_failed += d.audit_failed;
         for (k, v) in &d.by_code {
             *self.by_code.entry(k.clone()).or_default() += v;
         }
@@ -128,8 +135,13 @@ pub(super) fn process(
             counters.max_lag_ms = counters.max_lag_ms.max(committed_at - b.created_at_ms);
         }
         let status = match o {
-            StoreOutcome::Stored => {
+            StoreOutcome::Stored { audit_alarms } => {
                 counters.stored += 1;
+                match (&b.audit, audit_alarms) {
+                    (Some(_), 0) => counters.audit_verified += 1,
+                    (Some(_), _) => counters.audit_failed += 1,
+                    (None, _) => {}
+                }
                 ReceiptStatus::Stored
             }
             StoreOutcome::Duplicate => {
@@ -246,10 +258,16 @@ pub(super) fn open_one(
     let telemetry = (h.kind == seal::BundleKind::Telemetry)
         .then(|| telemetry_summary(&body, h.created_at_ms as i64))
         .flatten();
+    let audit = if h.kind == seal::BundleKind::Bundle {
+        Some(audit_trail(db, &app, key, &body).map_err(Refused::Store)?)
+    } else {
+        None
+    };
     Ok(ReceivedBundle {
         prealert,
         attachment,
         telemetry,
+        audit,
         appliance_id: app,
         bundle_id: uuid::Uuid::from_bytes(h.bundle_id),
         seq: h.seq,
@@ -258,6 +276,31 @@ pub(super) fn open_one(
         envelope_sha256,
         body,
     })
+}
+
+/// Verifies a case bundle's audit trail against its checkpoint and the checkpoints the store
+/// has seen from the appliance. Findings never refuse the bundle (its PHI is kept): they
+/// raise alarms when it is stored.
+fn audit_trail(
+    db: &mut dyn ReceiverStore,
+    app: &str,
+    key: &PublicKey,
+    body: &[u8],
+) -> Result<AuditVerdict, crate::storage::StoreError> {
+    let t = match audit_check::parse(body) {
+        Ok(t) => t,
+        Err(f) => {
+            return Ok(AuditVerdict {
+                findings: vec![f],
+                ..Default::default()
+            });
+        }
+    };
+    let known = match t.range() {
+        Some((from, to)) => db.audit_checkpoints(app, from, to)?,
+        None => vec![],
+    };
+    Ok(audit_check::verify(app, key, &t, &known))
 }
 
 /// The health counters of a telemetry `Parameters` resource (`None` when they are missing:

@@ -211,6 +211,14 @@ pub(super) fn render(c: &Counters, live: &Live, store: Option<&StoreView>) -> St
         "Envelopes this receiver refused, by reject code (docs/bundle-format.md).",
         &labelled("code", &c.by_code),
     );
+    let audits = [("verified", c.audit_verified), ("failed", c.audit_failed)];
+    family(
+        &mut o,
+        "hema3n_receiver_audit_trails_total",
+        "counter",
+        "Case bundles this receiver stored, by whether their audit trail verified (against the signed checkpoint and the checkpoints seen before; failed ones raised audit_trail alarms).",
+        &labelled("result", audits.iter().map(|(k, v)| (k, v))),
+    );
     family(
         &mut o,
         "hema3n_receiver_broker_connected",
@@ -255,6 +263,13 @@ pub(super) fn render(c: &Counters, live: &Live, store: Option<&StoreView>) -> St
         "gauge",
         "Alarms raised: bundle conflicts and corrupt attachments.",
         &one(stats.conflicts as f64),
+    );
+    family(
+        &mut o,
+        "hema3n_store_audit_alarms",
+        "gauge",
+        "Audit-trail alarms raised (a case bundle's entries failed verification, or its checkpoint was out of order with one seen before).",
+        &one(stats.audit_alarms as f64),
     );
     family(
         &mut o,

@@ -20,6 +20,7 @@ use crate::crypto::keyring::KeySources;
 use crate::storage::Owner;
 use crate::sync::transport;
 
+mod audit_check;
 mod custody;
 mod metrics;
 pub mod prealerts;

@@ -37,6 +37,7 @@ pub mod pg;
 mod prealerts;
 mod readings;
 pub mod receiver;
+pub mod receiver_audit;
 pub mod receiver_files;
 mod record;
 pub mod schema;
@@ -149,7 +150,12 @@ impl Db {
                 format!("schema/{version}"),
                 crate::model::Outcome::Success,
             );
-            audit::append(tx, st, &ev, crate::model::now_ms())?;
+            // Before v12 the log has no `chain` column: those entries follow chain v1.
+            if version < audit::CHAIN_V2_SCHEMA {
+                audit::append_v1(tx, st, &ev, crate::model::now_ms())?;
+            } else {
+                audit::append(tx, st, &ev, crate::model::now_ms())?;
+            }
             tracing::info!(version, "database migrated");
             Ok(())
         })

@@ -11,9 +11,7 @@ use rusqlite::{OptionalExtension, TransactionBehavior, params};
 use super::{Db, Result, State, StoreError, audit, triage::read_triage};
 use crate::crypto::seal::BundleKind;
 use crate::crypto::sign::SigningKey;
-use crate::model::{
-    Actor, AuditEvent, CaseExport, ExportAudit, ExportCheckpoint, OutboxState, Outcome, now_ms,
-};
+use crate::model::{Actor, AuditEvent, CaseExport, OutboxState, Outcome, now_ms};
 
 /// Identity of a row being created: what the sealer puts in the envelope header.
 #[derive(Debug, Clone)]
@@ -161,7 +159,7 @@ impl Db {
                 id: case_id.to_string(),
             });
         }
-        let export = case_export(&mut self.st, &tx, case_id)?;
+        let mut export = case_export(&mut self.st, &tx, case_id)?;
         let ev = AuditEvent::new(
             &Actor::system(),
             "case.export",
@@ -171,6 +169,18 @@ impl Db {
         .territory(&export.territory)
         .details(serde_json::json!({ "readings": export.readings.len() }));
         audit::append(&tx, &self.st, &ev, now_ms())?;
+        if kind == BundleKind::Bundle {
+            // The bundle proves its case's trail: a checkpoint signed after the case's last
+            // entry (the export just written), and the trail read again up to it.
+            audit::checkpoint_if_due(&tx, &self.st, now_ms(), true)?;
+            let case_res = format!("case/{case_id}");
+            let patient_res = export.patient_id.as_ref().map(|p| format!("patient/{p}"));
+            let trail =
+                audit::case_trail(&tx, &trail_resources(&case_res, patient_res.as_deref()))?;
+            export.audit = trail.entries;
+            export.checkpoint = trail.checkpoint;
+            export.audit_segment = trail.segment;
+        }
         let slot = next_slot(&tx, kind)?;
         let env = seal(&export, &slot, &self.st.keys.signing).map_err(|why| StoreError::Seal {
             kind: kind.as_str(),
@@ -508,46 +518,9 @@ pub(super) fn case_export(
     let triage = read_triage(tx, &dk, case_id, 1)?.into_iter().next();
     let record = super::record::read_entries(tx, &dk, case_id, super::record::Which::All)?;
     let people = super::record::people_of(tx, &record)?;
-    let mut resources = vec![format!("case/{case_id}")];
-    if let Some(p) = &case.patient_id {
-        resources.push(format!("patient/{p}"));
-    }
-    let audit: Vec<ExportAudit> = tx
-        .prepare_cached(
-            "SELECT seq, ts, actor, role, action, resource, outcome, hash FROM audit_log \
-             WHERE resource IN (?1, ?2) ORDER BY seq",
-        )?
-        .query_map(
-            params![resources[0], resources.get(1).unwrap_or(&resources[0])],
-            |r| {
-                Ok(ExportAudit {
-                    seq: r.get(0)?,
-                    ts_ms: r.get(1)?,
-                    actor: r.get(2)?,
-                    role: r.get(3)?,
-                    action: r.get(4)?,
-                    resource: r.get(5)?,
-                    outcome: r.get(6)?,
-                    hash: r.get::<_, Vec<u8>>(7)?.try_into().unwrap_or([0; 32]),
-                })
-            },
-        )?
-        .collect::<Result<_, _>>()?;
-    let checkpoint = tx
-        .query_row(
-            "SELECT seq, ts, hash, key_id, signature FROM audit_checkpoints ORDER BY seq DESC LIMIT 1",
-            [],
-            |r| {
-                Ok(ExportCheckpoint {
-                    seq: r.get(0)?,
-                    ts_ms: r.get(1)?,
-                    hash: r.get::<_, Vec<u8>>(2)?.try_into().unwrap_or([0; 32]),
-                    key_id: r.get(3)?,
-                    signature: r.get(4)?,
-                })
-            },
-        )
-        .optional()?;
+    let case_res = format!("case/{case_id}");
+    let patient_res = case.patient_id.as_ref().map(|p| format!("patient/{p}"));
+    let trail = audit::case_trail(tx, &trail_resources(&case_res, patient_res.as_deref()))?;
     Ok(CaseExport {
         appliance_id: st.appliance_id.clone(),
         case_id: case_id.into(),
@@ -565,11 +538,16 @@ pub(super) fn case_export(
         triage,
         record,
         people,
-        audit,
-        checkpoint,
+        audit: trail.entries,
+        checkpoint: trail.checkpoint,
+        audit_segment: trail.segment,
         prealert: super::prealerts::info(tx, case_id)?,
         attachments: super::attachments::stored(st, tx, case_id)?,
     })
+}
+
+fn trail_resources<'a>(case: &'a str, patient: Option<&'a str>) -> Vec<&'a str> {
+    std::iter::once(case).chain(patient).collect()
 }
 
 pub(super) fn next_slot(tx: &rusqlite::Connection, kind: BundleKind) -> Result<OutboxSlot> {

@@ -8,6 +8,8 @@ use std::path::Path;
 
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
+use super::receiver_audit as audit_sql;
+pub use super::receiver_audit::AuditVerdict;
 use super::{Result, StoreError, open_keyed, run_migrations};
 use crate::model::now_ms;
 
@@ -125,6 +127,19 @@ CREATE TABLE appliance_status (
 INSERT INTO appliance_status (appliance_id, last_seen_at, last_seq, received)
     SELECT appliance_id, max(received_at), max(seq), count(*) FROM bundles GROUP BY appliance_id;
 "#,
+    // v6: the signed audit checkpoints case bundles carried, per appliance, for continuity
+    // (`audit_sql`).
+    r#"
+CREATE TABLE audit_checkpoints (
+    appliance_id TEXT    NOT NULL,
+    cp_seq       INTEGER NOT NULL,
+    hash         BLOB    NOT NULL,
+    env_seq      INTEGER NOT NULL,
+    bundle_id    TEXT    NOT NULL,
+    PRIMARY KEY (appliance_id, cp_seq, bundle_id)
+) STRICT;
+CREATE INDEX audit_checkpoints_by_env ON audit_checkpoints (appliance_id, env_seq);
+"#,
 ];
 
 /// SQL shared by both stores (portable: `max`/`greatest` aside) for `appliance_status`.
@@ -171,6 +186,8 @@ pub trait ReceiverStore: Send {
     fn appliances(&mut self) -> Result<Vec<(String, String, bool)>>;
     /// The active public key (PEM) of an appliance (read for every envelope, never cached).
     fn appliance_key(&mut self, id: &str) -> Result<Option<String>>;
+    /// `(checkpoint seq, hash)` of the checkpoints seen from an appliance in `from..=to`.
+    fn audit_checkpoints(&mut self, id: &str, from: i64, to: i64) -> Result<Vec<(i64, Vec<u8>)>>;
     /// Stores a batch in one transaction; one outcome per bundle, in order.
     fn store_batch(&mut self, items: &[ReceivedBundle]) -> Result<Vec<StoreOutcome>>;
     /// Records rejected envelopes.
@@ -214,6 +231,8 @@ pub struct ReceivedBundle {
     pub attachment: Option<(crate::model::PartHeader, usize)>,
     /// What a telemetry envelope reports (no PHI).
     pub telemetry: Option<TelemetrySummary>,
+    /// A case bundle's audit trail, as verified (`receiver::audit_check`).
+    pub audit: Option<AuditVerdict>,
 }
 
 /// The appliance health a telemetry envelope reports.
@@ -261,7 +280,8 @@ pub struct PrealertRow {
 /// What storing a bundle did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StoreOutcome {
-    Stored,
+    /// Stored now; with the audit-trail alarms it raised (a case bundle's findings).
+    Stored { audit_alarms: usize },
     /// Same id, same envelope: already stored (a resend).
     Duplicate,
     /// Same id, different envelope: alarm raised, not receipted.
@@ -387,7 +407,18 @@ impl ReceiverStore for ReceiverDb {
                                 t.oldest_unreceipted_ms
                             ])?;
                     }
-                    StoreOutcome::Stored
+                    let audit_alarms = match &b.audit {
+                        Some(v) => audit_sql::record_sqlite(
+                            &tx,
+                            &b.appliance_id,
+                            b.seq,
+                            &bundle_id,
+                            v,
+                            now,
+                        )?,
+                        None => 0,
+                    };
+                    StoreOutcome::Stored { audit_alarms }
                 }
                 Some(sha) if sha.as_slice() == b.envelope_sha256.as_slice() => {
                     tx.prepare_cached(
@@ -420,6 +451,12 @@ impl ReceiverStore for ReceiverDb {
 
     fn attachments(&mut self) -> Result<Vec<super::receiver_files::ReceivedAttachment>> {
         super::receiver_files::list(&self.conn)
+    }
+
+    fn audit_checkpoints(&mut self, id: &str, from: i64, to: i64) -> Result<Vec<(i64, Vec<u8>)>> {
+        let mut st = self.conn.prepare_cached(&audit_sql::SQLITE_KNOWN)?;
+        let rows = st.query_map(params![id, from, to], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     fn appliance_status(&mut self) -> Result<Vec<ApplianceStatus>> {
@@ -494,14 +531,15 @@ impl ReceiverStore for ReceiverDb {
             .prepare("SELECT code, count(*) FROM rejects GROUP BY code ORDER BY code")?
             .query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))?
             .collect::<Result<_, _>>()?;
-        let conflicts: i64 = self
-            .conn
-            .query_row("SELECT count(*) FROM alarms", [], |r| r.get(0))?;
+        let (conflicts, audit_alarms): (i64, i64) =
+            self.conn
+                .query_row(audit_sql::ALARM_COUNTS, [], |r| Ok((r.get(0)?, r.get(1)?)))?;
         Ok(ReceiverStats {
             bundles: bundles as u64,
             resends: resends as u64,
             rejects,
             conflicts: conflicts as u64,
+            audit_alarms: audit_alarms as u64,
         })
     }
 
@@ -542,5 +580,8 @@ pub struct ReceiverStats {
     pub bundles: u64,
     pub resends: u64,
     pub rejects: Vec<(String, u64)>,
+    /// Alarms other than audit findings: bundle conflicts, corrupt attachments.
     pub conflicts: u64,
+    /// Audit-trail alarms (a finding each).
+    pub audit_alarms: u64,
 }

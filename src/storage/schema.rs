@@ -452,6 +452,15 @@ DROP TABLE envelopes_v11;
 CREATE INDEX outbox_pending ON outbox (state, priority, seq);
 CREATE INDEX outbox_by_attachment ON outbox (attachment_id) WHERE attachment_id IS NOT NULL;
 "#,
+    // v12: audit chain v2 (storage::audit): entries from here on hash their canonical bytes
+    // into a leaf digest first, so a bundle can prove its case's entries against a signed
+    // checkpoint while carrying only the digests of the entries between them; `chain` says
+    // which rule an entry follows (older entries stay v1). A case's entries are found by
+    // resource.
+    r#"
+ALTER TABLE audit_log ADD COLUMN chain INTEGER NOT NULL DEFAULT 1 CHECK (chain IN (1, 2));
+CREATE INDEX audit_by_resource ON audit_log (resource, seq);
+"#,
 ];
 
 /// The schema version this build writes.

@@ -6,7 +6,6 @@
 //! Every resource gets a stable UUID (derived from the bundle id and the resource's role), and
 //! every reference is a `urn:uuid:` full URL inside the bundle, so the bundle is self-contained.
 
-use base64::Engine;
 use serde_json::{Value, json};
 
 use super::fhir_record::xml_escape;
@@ -30,7 +29,6 @@ const SYS_DEVICE: &str = "urn:hema3n:device";
 const SYS_TRIAGE: &str = "urn:hema3n:triage";
 const SYS_ESI: &str = "urn:hema3n:esi";
 const SYS_SPECIALTY: &str = "urn:hema3n:specialty";
-const SYS_AUDIT: &str = "urn:hema3n:audit";
 const LOINC: &str = "http://loinc.org";
 const UCUM: &str = "http://unitsofmeasure.org";
 
@@ -458,75 +456,9 @@ pub fn build_with(
     }
 
     if profile == Profile::Case {
-        let b64 = base64::engine::general_purpose::STANDARD;
-        for a in &x.audit {
-            let id = rid(bundle_id, &format!("audit/{}", a.seq));
-            let action = match a.action.rsplit('.').next().unwrap_or("") {
-                "create" | "queue" | "seal" | "bind" | "attach" => "C",
-                "read" | "search" | "export" => "R",
-                "update" | "close" | "triage" => "U",
-                "erase" | "purge" => "D",
-                _ => "E",
-            };
-            let outcome = match a.outcome.as_str() {
-                "success" => "0",
-                "denied" => "4",
-                _ => "8",
-            };
-            entries.push((
-                id.clone(),
-                json!({
-                    "resourceType": "AuditEvent",
-                    "id": id,
-                    "type": { "system": SYS_AUDIT, "code": a.action },
-                    "action": action,
-                    "recorded": iso8601_ms(a.ts_ms),
-                    "outcome": outcome,
-                    "agent": [{
-                        "who": { "identifier": { "system": "urn:hema3n:user", "value": a.actor } },
-                        "role": [{ "text": a.role }],
-                        "requestor": true,
-                    }],
-                    "source": { "observer": { "identifier": { "system": SYS_APPLIANCE, "value": x.appliance_id } } },
-                    "entity": [{
-                        "what": { "identifier": { "system": SYS_AUDIT, "value": a.resource } },
-                        "detail": [
-                            { "type": "seq", "valueString": a.seq.to_string() },
-                            { "type": "hash", "valueBase64Binary": b64.encode(a.hash) },
-                        ],
-                    }],
-                }),
-            ));
-        }
-        if let Some(c) = &x.checkpoint {
-            let id = rid(bundle_id, "audit/checkpoint");
-            entries.push((
-                id.clone(),
-                json!({
-                    "resourceType": "AuditEvent",
-                    "id": id,
-                    "type": { "system": SYS_AUDIT, "code": "checkpoint", "display": "signed audit-log checkpoint" },
-                    "action": "E",
-                    "recorded": iso8601_ms(c.ts_ms),
-                    "outcome": "0",
-                    "agent": [{
-                        "who": { "identifier": { "system": SYS_APPLIANCE, "value": x.appliance_id } },
-                        "requestor": false,
-                    }],
-                    "source": { "observer": { "identifier": { "system": SYS_APPLIANCE, "value": x.appliance_id } } },
-                    "entity": [{
-                        "what": { "identifier": { "system": SYS_AUDIT, "value": format!("checkpoint/{}", c.seq) } },
-                        "detail": [
-                            { "type": "seq", "valueString": c.seq.to_string() },
-                            { "type": "ts", "valueString": c.ts_ms.to_string() },
-                            { "type": "hash", "valueBase64Binary": b64.encode(c.hash) },
-                            { "type": "key_id", "valueString": c.key_id },
-                            { "type": "signature", "valueBase64Binary": b64.encode(&c.signature) },
-                        ],
-                    }],
-                }),
-            ));
-        }
+        entries.extend(super::fhir_audit::case_audit_events(x, &|role| {
+            rid(bundle_id, role)
+        }));
     }
 
     {
@@ -641,6 +573,7 @@ mod tests {
             people: vec![],
             audit: vec![],
             checkpoint: None,
+            audit_segment: None,
             prealert: Default::default(),
             attachments: vec![],
         }

@@ -17,9 +17,11 @@
 
 pub mod attachment_wire;
 pub mod fhir;
+mod fhir_audit;
 mod fhir_handoff;
 mod fhir_record;
 pub mod fhir_series;
+pub use fhir_audit::audit_events;
 pub use fhir_handoff::{handoff_pdf, prealert_summary};
 pub mod nemsis;
 pub use fhir_record::nemsis_document;

@@ -174,6 +174,7 @@ pub mod mqtt;
 pub mod pg;
 pub mod record;
 pub mod schema;
+pub mod trail;
 
 impl Appliance {
     /// An appliance whose daemon talks to `broker_url`, with extra drop-in TOML.

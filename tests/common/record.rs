@@ -301,6 +301,20 @@ pub fn full_case() -> CaseExport {
                 resource: "case/01900000-0000-7000-8000-0000000000aa".into(),
                 outcome: "success".into(),
                 hash: [i as u8; 32],
+                canonical: hema3n_edge::storage::audit::canonical(
+                    2,
+                    &hema3n_edge::storage::audit::EntryFields {
+                        seq: i,
+                        ts: t0 + i * 10,
+                        actor: "crew-7",
+                        role: "paramedic",
+                        action: "case.export",
+                        resource: "case/01900000-0000-7000-8000-0000000000aa",
+                        outcome: "success",
+                        territory: "north",
+                        details: "{}",
+                    },
+                ),
             })
             .collect(),
         checkpoint: Some(ExportCheckpoint {
@@ -309,6 +323,11 @@ pub fn full_case() -> CaseExport {
             hash: [9; 32],
             key_id: "cc48f02355cdb1d6".into(),
             signature: vec![7; 64],
+        }),
+        audit_segment: Some(hema3n_edge::model::ExportSegment {
+            from_seq: 1,
+            prev_hash: [3; 32],
+            links: vec![],
         }),
         prealert: Default::default(),
         attachments: vec![],

@@ -8,6 +8,7 @@ use postgres::{Client, NoTls, Statement};
 use zeroize::Zeroizing;
 
 use crate::storage::receiver::status_sql;
+use crate::storage::receiver_audit as audit_sql;
 use crate::storage::{Result, StoreError};
 
 /// Where and how to reach the database.
@@ -44,6 +45,9 @@ pub(super) struct Stmts {
     pub(super) stored: Statement,
     pub(super) seen: Statement,
     pub(super) telemetry: Statement,
+    pub(super) cp_known: Statement,
+    pub(super) cp_out_of_order: Statement,
+    pub(super) cp_insert: Statement,
 }
 
 /// Maps a driver error: the connection's loss is transient (the receiver backs off and
@@ -132,6 +136,9 @@ impl Conn {
             stored: p(status_sql::STORED)?,
             seen: p(status_sql::SEEN)?,
             telemetry: p(status_sql::TELEMETRY)?,
+            cp_known: p(audit_sql::KNOWN)?,
+            cp_out_of_order: p(audit_sql::OUT_OF_ORDER)?,
+            cp_insert: p(audit_sql::INSERT)?,
             reject: p(
                 "INSERT INTO rejects (received_at, received_by, topic, appliance_id, code, message, \
                  envelope_sha256) VALUES ($1, $2, $3, $4, $5, $6, $7)",

@@ -27,6 +27,7 @@ use super::receiver::{
     ApplianceStatus, EnvelopeReject, PrealertRow, ReceivedBundle, ReceiverStats, ReceiverStore,
     StoreOutcome, conflict_detail, status_sql,
 };
+use super::receiver_audit as audit_sql;
 use super::{Result, StoreError};
 use crate::crypto::field::{DataKey, FieldLoc, Kek};
 use crate::model::now_ms;
@@ -227,7 +228,34 @@ impl PgStore {
                     )
                     .map_err(pg_err("appliance telemetry"))?;
                 }
-                StoreOutcome::Stored
+                let mut audit_alarms = 0;
+                if let Some(v) = &b.audit {
+                    let mut findings = v.findings.clone();
+                    if let Some((cp, hash)) = v.checkpoint {
+                        let seq = b.seq as i64;
+                        if let Some(r) = tx
+                            .query_opt(&st.cp_out_of_order, &[app, &seq, &cp])
+                            .map_err(pg_err("audit checkpoints"))?
+                        {
+                            findings.push(audit_sql::out_of_order(cp, b.seq, r.get(0), r.get(1)));
+                        }
+                        tx.execute(
+                            &st.cp_insert,
+                            &[app, &cp, &hash.as_slice(), &seq, &bundle_id],
+                        )
+                        .map_err(pg_err("audit checkpoints"))?;
+                    }
+                    for f in &findings {
+                        audit_sql::log(app, &bundle_id, f);
+                        tx.execute(
+                            &st.alarm,
+                            &[&now, &me, &audit_sql::ALARM, app, &bundle_id, f],
+                        )
+                        .map_err(pg_err("raise alarm"))?;
+                    }
+                    audit_alarms = findings.len();
+                }
+                StoreOutcome::Stored { audit_alarms }
             } else {
                 let stored: Vec<u8> = tx
                     .query_one(&st.bundle_sha, &[app, &bundle_id])
@@ -329,6 +357,16 @@ impl ReceiverStore for PgStore {
         self.check(r)
     }
 
+    fn audit_checkpoints(&mut self, id: &str, from: i64, to: i64) -> Result<Vec<(i64, Vec<u8>)>> {
+        let c = self.conn()?;
+        let r = c
+            .client
+            .query(&c.st.cp_known, &[&id, &from, &to])
+            .map(|rows| rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+            .map_err(pg_err("audit checkpoints"));
+        self.check(r)
+    }
+
     fn store_batch(&mut self, items: &[ReceivedBundle]) -> Result<Vec<StoreOutcome>> {
         let mut sealed = Vec::with_capacity(items.len());
         for b in items {
@@ -409,15 +447,14 @@ impl ReceiverStore for PgStore {
                 .iter()
                 .map(|r| (r.get::<_, String>(0), r.get::<_, i64>(1) as u64))
                 .collect();
-            let conflicts: i64 = c
-                .client
-                .query_one("SELECT count(*) FROM alarms", &[])?
-                .get(0);
+            let a = c.client.query_one(audit_sql::ALARM_COUNTS, &[])?;
+            let (conflicts, audit_alarms): (i64, i64) = (a.get(0), a.get(1));
             Ok(ReceiverStats {
                 bundles: bundles as u64,
                 resends: resends as u64,
                 rejects,
                 conflicts: conflicts as u64,
+                audit_alarms: audit_alarms as u64,
             })
         })()
         .map_err(pg_err("stats"));

@@ -14,7 +14,8 @@ const MIGRATION_LOCK: i64 = 0x6865_6d61_336e_2d72;
 ///
 /// PHI columns (`bytea`, noted) hold field ciphertexts under the appliance's data key; the
 /// rest (ids, sequence numbers, kinds, sizes, hashes, times, reject codes) is not PHI.
-pub(super) const MIGRATIONS: &[&str] = &[r#"
+pub(super) const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE appliances (
     id            text   PRIMARY KEY,
     public_key    text   NOT NULL,
@@ -111,7 +112,21 @@ CREATE TABLE appliance_status (
     open_alarms           bigint,
     oldest_unreceipted_at bigint
 );
-"#];
+"#,
+    // v2: the signed audit checkpoints case bundles carried, per appliance, for continuity
+    // (`storage::receiver::audit_sql`).
+    r#"
+CREATE TABLE audit_checkpoints (
+    appliance_id text   NOT NULL,
+    cp_seq       bigint NOT NULL,
+    hash         bytea  NOT NULL,
+    env_seq      bigint NOT NULL,
+    bundle_id    text   NOT NULL,
+    PRIMARY KEY (appliance_id, cp_seq, bundle_id)
+);
+CREATE INDEX audit_checkpoints_by_env ON audit_checkpoints (appliance_id, env_seq);
+"#,
+];
 
 /// Brings the database to the newest schema this receiver knows.
 pub(super) fn migrate(client: &mut Client) -> Result<()> {

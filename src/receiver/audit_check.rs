@@ -1,0 +1,520 @@
+//! Verifies a case bundle's audit trail (`docs/bundle-format.md`, "Audit trail"): the
+//! checkpoint's ES256 signature under the appliance's key, each entry's canonical bytes against
+//! what its `AuditEvent` shows, and that the entries chained with the segment's links reach the
+//! signed hash; where the receiver already knows the chain's hash at a sequence number (a
+//! checkpoint of an earlier bundle), the recomputed one must equal it. Pure, apart from the
+//! lookup of known checkpoints the caller passes in.
+
+use std::collections::BTreeMap;
+
+use base64::Engine;
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::crypto::sign::PublicKey;
+use crate::storage::audit::{chain_hash, checkpoint_message, link_v2, parse_canonical};
+use crate::storage::receiver::AuditVerdict;
+
+const SYS_AUDIT: &str = "urn:hema3n:audit";
+
+/// Links of more than this many entries are refused unread (a segment of 10^6 entries is
+/// 33 MB, above any envelope size the receiver accepts).
+const MAX_LINKS: usize = 1 << 20;
+
+#[derive(Deserialize)]
+struct Bundle {
+    #[serde(default)]
+    entry: Vec<Entry>,
+}
+
+#[derive(Deserialize)]
+struct Entry {
+    resource: Option<Resource>,
+}
+
+/// Only the fields an `AuditEvent` needs; other resources' bodies are skipped unread.
+#[derive(Deserialize)]
+struct Resource {
+    #[serde(rename = "resourceType")]
+    resource_type: String,
+    #[serde(rename = "type")]
+    ty: Option<Value>,
+    agent: Option<Value>,
+    entity: Option<Value>,
+}
+
+/// One entry as the bundle shows it.
+struct Shown {
+    seq: Option<i64>,
+    action: String,
+    actor: String,
+    resource: String,
+    canonical: Option<Vec<u8>>,
+}
+
+/// The checkpoint and segment as the bundle carries them.
+#[derive(Default)]
+struct Carried {
+    seq: Option<i64>,
+    ts: Option<i64>,
+    hash: Option<Vec<u8>>,
+    key_id: Option<String>,
+    signature: Option<Vec<u8>>,
+    from: Option<i64>,
+    prev: Option<Vec<u8>>,
+    links: Option<Vec<u8>>,
+}
+
+/// A case bundle's trail, parsed.
+pub(super) struct Trail {
+    entries: Vec<Shown>,
+    checkpoint: Option<Carried>,
+}
+
+impl Trail {
+    /// The chain range whose known hashes the verifier compares (`from - 1 ..= checkpoint`).
+    pub(super) fn range(&self) -> Option<(i64, i64)> {
+        let c = self.checkpoint.as_ref()?;
+        Some((c.from? - 1, c.seq?))
+    }
+}
+
+fn details(entity: &Value) -> impl Iterator<Item = (&str, &Value)> {
+    entity[0]["detail"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|d| Some((d["type"].as_str()?, d)))
+}
+
+fn b64(v: &Value) -> Option<Vec<u8>> {
+    base64::engine::general_purpose::STANDARD
+        .decode(v["valueBase64Binary"].as_str()?)
+        .ok()
+}
+
+fn int(v: &Value) -> Option<i64> {
+    v["valueString"].as_str()?.parse().ok()
+}
+
+/// Reads the trail of a case bundle's plaintext; `Err` names what is unreadable.
+pub(super) fn parse(body: &[u8]) -> Result<Trail, String> {
+    let b: Bundle =
+        serde_json::from_slice(body).map_err(|e| format!("bundle is not readable: {e}"))?;
+    let mut t = Trail {
+        entries: Vec::new(),
+        checkpoint: None,
+    };
+    for r in b.entry.into_iter().filter_map(|e| e.resource) {
+        if r.resource_type != "AuditEvent" {
+            continue;
+        }
+        let ty = r.ty.unwrap_or_default();
+        if ty["system"] != SYS_AUDIT {
+            continue;
+        }
+        let entity = r.entity.unwrap_or_default();
+        if ty["code"] == "checkpoint" {
+            if t.checkpoint.is_some() {
+                return Err("bundle carries two audit checkpoints".into());
+            }
+            let mut c = Carried::default();
+            for (k, d) in details(&entity) {
+                match k {
+                    "seq" => c.seq = int(d),
+                    "ts" => c.ts = int(d),
+                    "hash" => c.hash = b64(d),
+                    "key_id" => c.key_id = d["valueString"].as_str().map(str::to_string),
+                    "signature" => c.signature = b64(d),
+                    "segment_from" => c.from = int(d),
+                    "segment_prev" => c.prev = b64(d),
+                    "segment_links" => c.links = b64(d),
+                    _ => {}
+                }
+            }
+            t.checkpoint = Some(c);
+            continue;
+        }
+        let mut e = Shown {
+            seq: None,
+            action: ty["code"].as_str().unwrap_or_default().to_string(),
+            actor: r
+                .agent
+                .as_ref()
+                .map_or("", |a| {
+                    a[0]["who"]["identifier"]["value"]
+                        .as_str()
+                        .unwrap_or_default()
+                })
+                .to_string(),
+            resource: entity[0]["what"]["identifier"]["value"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+            canonical: None,
+        };
+        for (k, d) in details(&entity) {
+            match k {
+                "seq" => e.seq = int(d),
+                "canonical" => e.canonical = b64(d),
+                _ => {}
+            }
+        }
+        t.entries.push(e);
+    }
+    Ok(t)
+}
+
+/// One link of the segment: a leaf digest (chain v2) or canonical bytes (chain v1).
+enum Link<'a> {
+    Leaf(&'a [u8; 32]),
+    Canonical(&'a [u8]),
+}
+
+fn split_links(mut b: &[u8]) -> Result<Vec<Link<'_>>, String> {
+    let mut out = Vec::new();
+    while let Some((&tag, rest)) = b.split_first() {
+        if out.len() >= MAX_LINKS {
+            return Err(format!("segment has more than {MAX_LINKS} links"));
+        }
+        match tag {
+            2 => {
+                let leaf = rest
+                    .first_chunk::<32>()
+                    .ok_or("segment link truncated (leaf digest)")?;
+                out.push(Link::Leaf(leaf));
+                b = &rest[32..];
+            }
+            1 => {
+                let n = rest
+                    .first_chunk::<4>()
+                    .map(|n| u32::from_be_bytes(*n) as usize)
+                    .ok_or("segment link truncated (length)")?;
+                let c = rest
+                    .get(4..4 + n)
+                    .ok_or("segment link truncated (canonical bytes)")?;
+                out.push(Link::Canonical(c));
+                b = &rest[4 + n..];
+            }
+            t => return Err(format!("segment link has unknown tag {t}")),
+        }
+    }
+    Ok(out)
+}
+
+/// Verifies `t` for `appliance_id` under `key`; `known` are `(seq, hash)` of checkpoints seen
+/// before in the trail's [`Trail::range`].
+pub(super) fn verify(
+    appliance_id: &str,
+    key: &PublicKey,
+    t: &Trail,
+    known: &[(i64, Vec<u8>)],
+) -> AuditVerdict {
+    let mut v = AuditVerdict::default();
+    let Some(c) = &t.checkpoint else {
+        v.findings
+            .push("case bundle carries no signed audit checkpoint".into());
+        return v;
+    };
+    let (Some(seq), Some(ts), Some(hash), Some(key_id), Some(sig)) =
+        (c.seq, c.ts, &c.hash, &c.key_id, &c.signature)
+    else {
+        v.findings.push(
+            "audit checkpoint lacks seq, ts, hash, key_id or signature (or one is malformed)"
+                .into(),
+        );
+        return v;
+    };
+    let Ok(hash) = <[u8; 32]>::try_from(hash.as_slice()) else {
+        v.findings
+            .push("audit checkpoint hash is not 32 bytes".into());
+        return v;
+    };
+    if *key_id != key.key_id() {
+        v.findings.push(format!(
+            "audit checkpoint {seq} is signed by key {key_id}, not the appliance's registered key {}",
+            key.key_id()
+        ));
+        return v;
+    }
+    if key
+        .verify_any_s(&checkpoint_message(appliance_id, seq, ts, &hash), sig)
+        .is_err()
+    {
+        v.findings
+            .push(format!("audit checkpoint {seq}: signature is invalid"));
+        return v;
+    }
+    v.checkpoint = Some((seq, hash));
+    if let Err(f) = chain(t, c, seq, &hash, known, &mut v.entries) {
+        v.findings.push(f);
+    }
+    v
+}
+
+/// Recomputes the chain from the segment's start to the checkpoint.
+fn chain(
+    t: &Trail,
+    c: &Carried,
+    to: i64,
+    signed: &[u8; 32],
+    known: &[(i64, Vec<u8>)],
+    verified: &mut u64,
+) -> Result<(), String> {
+    let (Some(from), Some(prev), Some(links)) = (c.from, &c.prev, &c.links) else {
+        return Err(format!(
+            "audit checkpoint {to} carries no segment (segment_from, segment_prev, segment_links): the case's entries cannot be checked"
+        ));
+    };
+    let mut own: BTreeMap<i64, &[u8]> = BTreeMap::new();
+    for e in &t.entries {
+        let (Some(seq), Some(canon)) = (e.seq, &e.canonical) else {
+            return Err(format!(
+                "audit entry {} carries no canonical bytes",
+                e.seq.map_or("?".into(), |s| s.to_string())
+            ));
+        };
+        let p = parse_canonical(canon)
+            .ok_or_else(|| format!("audit entry {seq}: canonical bytes are malformed"))?;
+        let [actor, _, action, resource, ..] = &p.fields;
+        if p.seq != seq || *action != e.action || *resource != e.resource || *actor != e.actor {
+            return Err(format!(
+                "audit entry {seq}: what the AuditEvent shows differs from its canonical bytes"
+            ));
+        }
+        if own.insert(seq, canon).is_some() {
+            return Err(format!("audit entry {seq} appears twice"));
+        }
+    }
+    if let Some((&first, _)) = own.first_key_value()
+        && first != from
+    {
+        return Err(format!(
+            "the segment starts at entry {from}, but the case's first entry is {first}"
+        ));
+    }
+    if let Some((&last, _)) = own.last_key_value()
+        && last > to
+    {
+        return Err(format!(
+            "audit entry {last} is not covered by checkpoint {to}"
+        ));
+    }
+    let links = split_links(links)?;
+    let expected = (to - from + 1).saturating_sub(own.len() as i64);
+    if links.len() as i64 != expected {
+        return Err(format!(
+            "entries {from}..{to} hold {} of the case's and {} links, not {expected}: entries were dropped or added",
+            own.len(),
+            links.len()
+        ));
+    }
+    let known: BTreeMap<i64, &[u8]> = known.iter().map(|(s, h)| (*s, h.as_slice())).collect();
+    // The first sequence number where the chain disagrees with a checkpoint seen before.
+    let mut fork = None;
+    let mut at = |seq: i64, h: &[u8]| {
+        if fork.is_none() && known.get(&seq).is_some_and(|k| *k != h) {
+            fork = Some(seq);
+        }
+    };
+    at(from - 1, prev);
+    let mut h: [u8; 32] = prev
+        .as_slice()
+        .try_into()
+        .map_err(|_| "segment_prev is not 32 bytes".to_string())?;
+    let mut links = links.into_iter();
+    for seq in from..=to {
+        h = match own.get(&seq) {
+            Some(canon) => chain_hash(&h, canon)
+                .ok_or_else(|| format!("audit entry {seq}: unknown chain version"))?,
+            None => match links.next() {
+                Some(Link::Leaf(leaf)) => link_v2(&h, leaf),
+                Some(Link::Canonical(canon)) => {
+                    if parse_canonical(canon).map(|p| p.seq) != Some(seq) {
+                        return Err(format!("segment link for entry {seq} names another entry"));
+                    }
+                    chain_hash(&h, canon)
+                        .ok_or_else(|| format!("entry {seq}: unknown chain version"))?
+                }
+                None => return Err(format!("segment ends before entry {seq}")),
+            },
+        };
+        at(seq, &h);
+    }
+    if h != *signed {
+        return Err(format!(
+            "the case's entries do not chain to signed checkpoint {to}: entries were edited, dropped or re-chained"
+        ));
+    }
+    if let Some(seq) = fork {
+        return Err(format!(
+            "two different chain heads for entry {seq}: the chain this bundle proves differs from a checkpoint seen before (entries re-chained and signed again)"
+        ));
+    }
+    *verified = own.len() as u64;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::sign::SigningKey;
+    use crate::model::{ExportAudit, ExportCheckpoint, ExportSegment};
+    use crate::storage::audit::{self, EntryFields};
+
+    const CASE: &str = "case/c1";
+
+    fn signer() -> SigningKey {
+        SigningKey::from_pkcs8("t", &SigningKey::generate_pkcs8().unwrap()).unwrap()
+    }
+
+    /// A log of `spec` (chain version, resource) entries from seq 1, the case's entries
+    /// exported, a checkpoint over the last; `edit` may change the export before encoding.
+    fn bundle(
+        spec: &[(i64, &str)],
+        sk: &SigningKey,
+        edit: impl FnOnce(&mut Vec<ExportAudit>, &mut ExportSegment),
+    ) -> (Vec<u8>, Vec<[u8; 32]>) {
+        let mut h = audit::genesis("amb-1");
+        let mut hashes = vec![h];
+        let (mut own, mut links, mut prev, mut from) = (vec![], vec![], None, 0);
+        for (i, (v, res)) in spec.iter().enumerate() {
+            let seq = i as i64 + 1;
+            let f = EntryFields {
+                seq,
+                ts: 1000 * seq,
+                actor: "crew-1",
+                role: "emt",
+                action: "case.read",
+                resource: res,
+                outcome: "success",
+                territory: "t",
+                details: "{}",
+            };
+            let c = audit::canonical(*v, &f);
+            let before = h;
+            h = audit::chain_hash(&h, &c).unwrap();
+            hashes.push(h);
+            if *res == CASE {
+                if prev.is_none() {
+                    prev = Some(before);
+                    from = seq;
+                }
+                own.push(ExportAudit {
+                    seq,
+                    ts_ms: f.ts,
+                    actor: f.actor.into(),
+                    role: f.role.into(),
+                    action: f.action.into(),
+                    resource: res.to_string(),
+                    outcome: f.outcome.into(),
+                    hash: h,
+                    canonical: c,
+                });
+            } else if prev.is_some() && *v == 1 {
+                links.push(1);
+                links.extend_from_slice(&(c.len() as u32).to_be_bytes());
+                links.extend_from_slice(&c);
+            } else if prev.is_some() {
+                links.push(2);
+                links.extend_from_slice(&crate::crypto::sha256(&c));
+            }
+        }
+        let to = spec.len() as i64;
+        let cp = ExportCheckpoint {
+            seq: to,
+            ts_ms: 99,
+            hash: h,
+            key_id: sk.public().key_id(),
+            signature: sk
+                .sign(&audit::checkpoint_message("amb-1", to, 99, &h))
+                .unwrap(),
+        };
+        let mut seg = ExportSegment {
+            from_seq: from,
+            prev_hash: prev.unwrap(),
+            links,
+        };
+        edit(&mut own, &mut seg);
+        let entry: Vec<Value> =
+            crate::sync::audit_events("amb-1", &own, Some(&cp), Some(&seg), &|r| r.to_string())
+                .into_iter()
+                .map(|(_, r)| serde_json::json!({ "resource": r }))
+                .collect();
+        let body = serde_json::json!({ "resourceType": "Bundle", "entry": entry });
+        (serde_json::to_vec(&body).unwrap(), hashes)
+    }
+
+    fn check(body: &[u8], sk: &SigningKey, known: &[(i64, Vec<u8>)]) -> AuditVerdict {
+        verify("amb-1", &sk.public(), &parse(body).unwrap(), known)
+    }
+
+    /// Case entries of both chain versions, with v1 and v2 entries of others between.
+    const MIXED: &[(i64, &str)] = &[
+        (1, "user/a"),
+        (1, CASE),
+        (1, "user/b"),
+        (2, "user/c"),
+        (2, CASE),
+        (2, "patient/p9"),
+        (2, CASE),
+    ];
+
+    #[test]
+    fn a_mixed_v1_v2_trail_verifies_and_agrees_with_known_checkpoints() {
+        let sk = signer();
+        let (body, hashes) = bundle(MIXED, &sk, |_, _| {});
+        let known = vec![(3, hashes[3].to_vec()), (7, hashes[7].to_vec())];
+        let v = check(&body, &sk, &known);
+        assert_eq!(v.findings, Vec::<String>::new());
+        assert_eq!(v.entries, 3);
+        assert_eq!(v.checkpoint, Some((7, hashes[7])));
+    }
+
+    #[test]
+    fn edited_dropped_and_forked_trails_are_each_named() {
+        let sk = signer();
+        let (edited, _) = bundle(MIXED, &sk, |own, _| {
+            let c = &mut own[1].canonical;
+            *c.last_mut().unwrap() = b']';
+        });
+        assert!(
+            check(&edited, &sk, &[]).findings[0].contains("do not chain to signed checkpoint 7")
+        );
+        let (dropped, _) = bundle(MIXED, &sk, |own, _| {
+            own.remove(1);
+        });
+        assert!(check(&dropped, &sk, &[]).findings[0].contains("dropped or added"));
+        let (good, hashes) = bundle(MIXED, &sk, |_, _| {});
+        let forked = vec![(4, crate::crypto::sha256(&hashes[4]).to_vec())];
+        let f = &check(&good, &sk, &forked).findings[0];
+        assert!(f.contains("two different chain heads for entry 4"), "{f}");
+        let (shown, _) = bundle(MIXED, &sk, |own, _| own[0].resource = "case/other".into());
+        let f = &check(&shown, &sk, &[]).findings[0];
+        assert!(f.contains("differs from its canonical bytes"), "{f}");
+    }
+
+    #[test]
+    fn a_foreign_or_broken_signature_and_a_missing_segment_are_findings() {
+        let sk = signer();
+        let (body, _) = bundle(MIXED, &sk, |_, _| {});
+        let other = signer();
+        assert!(
+            check(&body, &other, &[]).findings[0].contains("not the appliance's registered key")
+        );
+        let v = verify("amb-2", &sk.public(), &parse(&body).unwrap(), &[]);
+        assert!(
+            v.findings[0].contains("signature is invalid"),
+            "{:?}",
+            v.findings
+        );
+        assert_eq!(v.checkpoint, None);
+        let bare = br#"{"resourceType":"Bundle","entry":[]}"#;
+        assert!(check(bare, &sk, &[]).findings[0].contains("no signed audit checkpoint"));
+        let (truncated, _) = bundle(MIXED, &sk, |_, seg| {
+            seg.links.truncate(10);
+        });
+        let f = &check(&truncated, &sk, &[]).findings[0];
+        assert!(f.contains("truncated"), "{f}");
+    }
+}
