@@ -13,7 +13,7 @@ use serde_json::Value;
 
 use crate::crypto::sign::PublicKey;
 use crate::storage::audit::{chain_hash, checkpoint_message, link_v2, parse_canonical};
-use crate::storage::receiver::AuditVerdict;
+use crate::storage::receiver_audit::{AuditVerdict, KnownCheckpoint, out_of_order};
 
 const SYS_AUDIT: &str = "urn:hema3n:audit";
 
@@ -72,10 +72,12 @@ pub(super) struct Trail {
 }
 
 impl Trail {
-    /// The chain range whose known hashes the verifier compares (`from - 1 ..= checkpoint`).
+    /// The chain range whose known hashes the verifier compares (`from - 1 ..= checkpoint`;
+    /// the checkpoint alone without a segment).
     pub(super) fn range(&self) -> Option<(i64, i64)> {
         let c = self.checkpoint.as_ref()?;
-        Some((c.from? - 1, c.seq?))
+        let to = c.seq?;
+        Some((c.from.map_or(to, |f| f - 1), to))
     }
 }
 
@@ -202,13 +204,15 @@ fn split_links(mut b: &[u8]) -> Result<Vec<Link<'_>>, String> {
     Ok(out)
 }
 
-/// Verifies `t` for `appliance_id` under `key`; `known` are `(seq, hash)` of checkpoints seen
-/// before in the trail's [`Trail::range`].
+/// Verifies `t`, carried by envelope `env_seq` of `appliance_id`, under `key`; `known` are
+/// the checkpoints seen before in the trail's [`Trail::range`] and any out of order with it
+/// (`storage::receiver_audit::KNOWN`).
 pub(super) fn verify(
     appliance_id: &str,
     key: &PublicKey,
     t: &Trail,
-    known: &[(i64, Vec<u8>)],
+    env_seq: u64,
+    known: &[KnownCheckpoint],
 ) -> AuditVerdict {
     let mut v = AuditVerdict::default();
     let Some(c) = &t.checkpoint else {
@@ -249,6 +253,14 @@ pub(super) fn verify(
     if let Err(f) = chain(t, c, seq, &hash, known, &mut v.entries) {
         v.findings.push(f);
     }
+    let e = env_seq as i64;
+    if let Some(o) = known
+        .iter()
+        .find(|k| (k.env_seq < e && k.seq >= seq) || (k.env_seq > e && k.seq <= seq))
+    {
+        v.findings
+            .push(out_of_order(seq, env_seq, o.seq, o.env_seq));
+    }
     v
 }
 
@@ -258,7 +270,7 @@ fn chain(
     c: &Carried,
     to: i64,
     signed: &[u8; 32],
-    known: &[(i64, Vec<u8>)],
+    known: &[KnownCheckpoint],
     verified: &mut u64,
 ) -> Result<(), String> {
     let (Some(from), Some(prev), Some(links)) = (c.from, &c.prev, &c.links) else {
@@ -309,7 +321,7 @@ fn chain(
             links.len()
         ));
     }
-    let known: BTreeMap<i64, &[u8]> = known.iter().map(|(s, h)| (*s, h.as_slice())).collect();
+    let known: BTreeMap<i64, &[u8]> = known.iter().map(|k| (k.seq, k.hash.as_slice())).collect();
     // The first sequence number where the chain disagrees with a checkpoint seen before.
     let mut fork = None;
     let mut at = |seq: i64, h: &[u8]| {
@@ -445,8 +457,17 @@ mod tests {
         (serde_json::to_vec(&body).unwrap(), hashes)
     }
 
-    fn check(body: &[u8], sk: &SigningKey, known: &[(i64, Vec<u8>)]) -> AuditVerdict {
-        verify("amb-1", &sk.public(), &parse(body).unwrap(), known)
+    /// Verifies `body` as envelope 5; `known` are (checkpoint, hash, envelope) seen before.
+    fn check(body: &[u8], sk: &SigningKey, known: &[(i64, Vec<u8>, i64)]) -> AuditVerdict {
+        let known: Vec<KnownCheckpoint> = known
+            .iter()
+            .map(|(seq, hash, env_seq)| KnownCheckpoint {
+                seq: *seq,
+                hash: hash.clone(),
+                env_seq: *env_seq,
+            })
+            .collect();
+        verify("amb-1", &sk.public(), &parse(body).unwrap(), 5, &known)
     }
 
     /// Case entries of both chain versions, with v1 and v2 entries of others between.
@@ -464,11 +485,25 @@ mod tests {
     fn a_mixed_v1_v2_trail_verifies_and_agrees_with_known_checkpoints() {
         let sk = signer();
         let (body, hashes) = bundle(MIXED, &sk, |_, _| {});
-        let known = vec![(3, hashes[3].to_vec()), (7, hashes[7].to_vec())];
+        // An earlier bundle's checkpoint inside the range, and this one's own (a resend).
+        let known = vec![(3, hashes[3].to_vec(), 2), (7, hashes[7].to_vec(), 5)];
         let v = check(&body, &sk, &known);
         assert_eq!(v.findings, Vec::<String>::new());
         assert_eq!(v.entries, 3);
         assert_eq!(v.checkpoint, Some((7, hashes[7])));
+    }
+
+    #[test]
+    fn checkpoints_out_of_order_with_the_envelopes_are_findings() {
+        let sk = signer();
+        let (body, hashes) = bundle(MIXED, &sk, |_, _| {});
+        // Envelope 5 carries checkpoint 7, but envelope 4 already carried checkpoint 9.
+        let f = check(&body, &sk, &[(9, vec![1; 32], 4)]).findings;
+        assert_eq!(f.len(), 1, "{f:?}");
+        assert!(f[0].contains("an older checkpoint replayed"), "{f:?}");
+        // Envelope 8 carried checkpoint 7 itself (this trail sent again in a later envelope).
+        let f = check(&body, &sk, &[(7, hashes[7].to_vec(), 8)]).findings;
+        assert!(f[0].contains("checkpoints out of order"), "{f:?}");
     }
 
     #[test]
@@ -486,7 +521,7 @@ mod tests {
         });
         assert!(check(&dropped, &sk, &[]).findings[0].contains("dropped or added"));
         let (good, hashes) = bundle(MIXED, &sk, |_, _| {});
-        let forked = vec![(4, crate::crypto::sha256(&hashes[4]).to_vec())];
+        let forked = vec![(4, crate::crypto::sha256(&hashes[4]).to_vec(), 2)];
         let f = &check(&good, &sk, &forked).findings[0];
         assert!(f.contains("two different chain heads for entry 4"), "{f}");
         let (shown, _) = bundle(MIXED, &sk, |own, _| own[0].resource = "case/other".into());
@@ -502,7 +537,7 @@ mod tests {
         assert!(
             check(&body, &other, &[]).findings[0].contains("not the appliance's registered key")
         );
-        let v = verify("amb-2", &sk.public(), &parse(&body).unwrap(), &[]);
+        let v = verify("amb-2", &sk.public(), &parse(&body).unwrap(), 5, &[]);
         assert!(
             v.findings[0].contains("signature is invalid"),
             "{:?}",

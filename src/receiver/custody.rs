@@ -259,7 +259,7 @@ pub(super) fn open_one(
         .then(|| telemetry_summary(&body, h.created_at_ms as i64))
         .flatten();
     let audit = if h.kind == seal::BundleKind::Bundle {
-        Some(audit_trail(db, &app, key, &body).map_err(Refused::Store)?)
+        Some(audit_trail(db, &app, h.seq, key, &body).map_err(Refused::Store)?)
     } else {
         None
     };
@@ -284,6 +284,7 @@ pub(super) fn open_one(
 fn audit_trail(
     db: &mut dyn ReceiverStore,
     app: &str,
+    env_seq: u64,
     key: &PublicKey,
     body: &[u8],
 ) -> Result<AuditVerdict, crate::storage::StoreError> {
@@ -297,10 +298,10 @@ fn audit_trail(
         }
     };
     let known = match t.range() {
-        Some((from, to)) => db.audit_checkpoints(app, from, to)?,
+        Some((from, to)) => db.audit_checkpoints(app, from, to, env_seq)?,
         None => vec![],
     };
-    Ok(audit_check::verify(app, key, &t, &known))
+    Ok(audit_check::verify(app, key, &t, env_seq, &known))
 }
 
 /// The health counters of a telemetry `Parameters` resource (`None` when they are missing:

@@ -9,7 +9,7 @@ use std::path::Path;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use super::receiver_audit as audit_sql;
-pub use super::receiver_audit::AuditVerdict;
+pub use super::receiver_audit::{AuditVerdict, KnownCheckpoint};
 use super::{Result, StoreError, open_keyed, run_migrations};
 use crate::model::now_ms;
 
@@ -186,8 +186,16 @@ pub trait ReceiverStore: Send {
     fn appliances(&mut self) -> Result<Vec<(String, String, bool)>>;
     /// The active public key (PEM) of an appliance (read for every envelope, never cached).
     fn appliance_key(&mut self, id: &str) -> Result<Option<String>>;
-    /// `(checkpoint seq, hash)` of the checkpoints seen from an appliance in `from..=to`.
-    fn audit_checkpoints(&mut self, id: &str, from: i64, to: i64) -> Result<Vec<(i64, Vec<u8>)>>;
+    /// The checkpoints seen from an appliance that a case bundle's checkpoint `to` (range
+    /// `from..=to`, envelope sequence number `env_seq`) is compared with
+    /// (`receiver_audit::KNOWN`).
+    fn audit_checkpoints(
+        &mut self,
+        id: &str,
+        from: i64,
+        to: i64,
+        env_seq: u64,
+    ) -> Result<Vec<KnownCheckpoint>>;
     /// Stores a batch in one transaction; one outcome per bundle, in order.
     fn store_batch(&mut self, items: &[ReceivedBundle]) -> Result<Vec<StoreOutcome>>;
     /// Records rejected envelopes.
@@ -453,9 +461,21 @@ impl ReceiverStore for ReceiverDb {
         super::receiver_files::list(&self.conn)
     }
 
-    fn audit_checkpoints(&mut self, id: &str, from: i64, to: i64) -> Result<Vec<(i64, Vec<u8>)>> {
+    fn audit_checkpoints(
+        &mut self,
+        id: &str,
+        from: i64,
+        to: i64,
+        env_seq: u64,
+    ) -> Result<Vec<KnownCheckpoint>> {
         let mut st = self.conn.prepare_cached(&audit_sql::SQLITE_KNOWN)?;
-        let rows = st.query_map(params![id, from, to], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        let rows = st.query_map(params![id, from, to, env_seq as i64], |r| {
+            Ok(KnownCheckpoint {
+                seq: r.get(0)?,
+                hash: r.get(1)?,
+                env_seq: r.get(2)?,
+            })
+        })?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 

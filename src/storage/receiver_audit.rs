@@ -4,7 +4,7 @@
 //! (`receiver::audit_check` compares the hashes it recomputes with the known ones). The SQL is
 //! shared by both stores.
 
-use rusqlite::{OptionalExtension, params};
+use rusqlite::params;
 
 use super::Result;
 
@@ -19,13 +19,23 @@ pub struct AuditVerdict {
     pub findings: Vec<String>,
 }
 
-/// Known checkpoints of an appliance in a range: (appliance, from, to).
-pub const KNOWN: &str = "SELECT cp_seq, hash FROM audit_checkpoints \
-    WHERE appliance_id = $1 AND cp_seq BETWEEN $2 AND $3 ORDER BY cp_seq";
-/// A checkpoint out of order with this one: (appliance, envelope seq, checkpoint seq).
-pub const OUT_OF_ORDER: &str = "SELECT cp_seq, env_seq FROM audit_checkpoints \
-    WHERE appliance_id = $1 AND ((env_seq < $2 AND cp_seq >= $3) OR (env_seq > $2 AND cp_seq <= $3)) \
-    ORDER BY env_seq LIMIT 1";
+/// A checkpoint seen before, with the sequence number of the envelope that carried it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KnownCheckpoint {
+    pub seq: i64,
+    pub hash: Vec<u8>,
+    pub env_seq: i64,
+}
+
+/// What a new case bundle's checkpoint is compared with, in one query: the checkpoints of its
+/// appliance in the chain range it proves, and at most one out of order with it (an earlier
+/// envelope with a checkpoint at or above it, or a later one at or below it). Parameters:
+/// (appliance, range start, checkpoint seq, envelope seq).
+pub const KNOWN: &str = "SELECT cp_seq, hash, env_seq FROM audit_checkpoints \
+    WHERE appliance_id = $1 AND cp_seq BETWEEN $2 AND $3 \
+    UNION ALL SELECT * FROM (SELECT cp_seq, hash, env_seq FROM audit_checkpoints \
+    WHERE appliance_id = $1 AND ((env_seq < $4 AND cp_seq >= $3) OR (env_seq > $4 AND cp_seq <= $3)) \
+    ORDER BY env_seq LIMIT 1) AS out_of_order";
 /// (appliance, checkpoint seq, hash, envelope seq, bundle id).
 pub const INSERT: &str = "INSERT INTO audit_checkpoints (appliance_id, cp_seq, hash, env_seq, bundle_id) \
     VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING";
@@ -37,8 +47,6 @@ pub const ALARM_COUNTS: &str = "SELECT count(*) FILTER (WHERE kind <> 'audit_tra
 
 pub static SQLITE_KNOWN: std::sync::LazyLock<String> =
     std::sync::LazyLock::new(|| KNOWN.replace('$', "?"));
-pub static SQLITE_OUT_OF_ORDER: std::sync::LazyLock<String> =
-    std::sync::LazyLock::new(|| OUT_OF_ORDER.replace('$', "?"));
 pub static SQLITE_INSERT: std::sync::LazyLock<String> =
     std::sync::LazyLock::new(|| INSERT.replace('$', "?"));
 
@@ -68,8 +76,7 @@ pub fn log(appliance_id: &str, bundle_id: &str, finding: &str) {
     );
 }
 
-/// Records a stored case bundle's checkpoint and raises an alarm per finding (the verifier's
-/// and an out-of-order checkpoint); returns how many.
+/// Records a stored case bundle's checkpoint and raises an alarm per finding; returns how many.
 pub(super) fn record_sqlite(
     tx: &rusqlite::Connection,
     appliance_id: &str,
@@ -78,17 +85,8 @@ pub(super) fn record_sqlite(
     v: &AuditVerdict,
     now: i64,
 ) -> Result<usize> {
-    let mut findings = v.findings.clone();
+    let findings = &v.findings;
     if let Some((cp, hash)) = v.checkpoint {
-        let other: Option<(i64, i64)> = tx
-            .prepare_cached(&SQLITE_OUT_OF_ORDER)?
-            .query_row(params![appliance_id, seq as i64, cp], |r| {
-                Ok((r.get(0)?, r.get(1)?))
-            })
-            .optional()?;
-        if let Some((oc, oe)) = other {
-            findings.push(out_of_order(cp, seq, oc, oe));
-        }
         tx.prepare_cached(&SQLITE_INSERT)?.execute(params![
             appliance_id,
             cp,
@@ -97,7 +95,7 @@ pub(super) fn record_sqlite(
             bundle_id
         ])?;
     }
-    for f in &findings {
+    for f in findings {
         log(appliance_id, bundle_id, f);
         tx.prepare_cached(
             "INSERT INTO alarms (raised_at, kind, appliance_id, bundle_id, detail) VALUES (?1, ?2, ?3, ?4, ?5) \

@@ -46,7 +46,6 @@ pub(super) struct Stmts {
     pub(super) seen: Statement,
     pub(super) telemetry: Statement,
     pub(super) cp_known: Statement,
-    pub(super) cp_out_of_order: Statement,
     pub(super) cp_insert: Statement,
 }
 
@@ -137,7 +136,6 @@ impl Conn {
             seen: p(status_sql::SEEN)?,
             telemetry: p(status_sql::TELEMETRY)?,
             cp_known: p(audit_sql::KNOWN)?,
-            cp_out_of_order: p(audit_sql::OUT_OF_ORDER)?,
             cp_insert: p(audit_sql::INSERT)?,
             reject: p(
                 "INSERT INTO rejects (received_at, received_by, topic, appliance_id, code, message, \

@@ -27,7 +27,7 @@ use super::receiver::{
     ApplianceStatus, EnvelopeReject, PrealertRow, ReceivedBundle, ReceiverStats, ReceiverStore,
     StoreOutcome, conflict_detail, status_sql,
 };
-use super::receiver_audit as audit_sql;
+use super::receiver_audit::{self as audit_sql, KnownCheckpoint};
 use super::{Result, StoreError};
 use crate::crypto::field::{DataKey, FieldLoc, Kek};
 use crate::model::now_ms;
@@ -230,22 +230,14 @@ impl PgStore {
                 }
                 let mut audit_alarms = 0;
                 if let Some(v) = &b.audit {
-                    let mut findings = v.findings.clone();
                     if let Some((cp, hash)) = v.checkpoint {
-                        let seq = b.seq as i64;
-                        if let Some(r) = tx
-                            .query_opt(&st.cp_out_of_order, &[app, &seq, &cp])
-                            .map_err(pg_err("audit checkpoints"))?
-                        {
-                            findings.push(audit_sql::out_of_order(cp, b.seq, r.get(0), r.get(1)));
-                        }
                         tx.execute(
                             &st.cp_insert,
-                            &[app, &cp, &hash.as_slice(), &seq, &bundle_id],
+                            &[app, &cp, &hash.as_slice(), &(b.seq as i64), &bundle_id],
                         )
                         .map_err(pg_err("audit checkpoints"))?;
                     }
-                    for f in &findings {
+                    for f in &v.findings {
                         audit_sql::log(app, &bundle_id, f);
                         tx.execute(
                             &st.alarm,
@@ -253,7 +245,7 @@ impl PgStore {
                         )
                         .map_err(pg_err("raise alarm"))?;
                     }
-                    audit_alarms = findings.len();
+                    audit_alarms = v.findings.len();
                 }
                 StoreOutcome::Stored { audit_alarms }
             } else {
@@ -357,12 +349,26 @@ impl ReceiverStore for PgStore {
         self.check(r)
     }
 
-    fn audit_checkpoints(&mut self, id: &str, from: i64, to: i64) -> Result<Vec<(i64, Vec<u8>)>> {
+    fn audit_checkpoints(
+        &mut self,
+        id: &str,
+        from: i64,
+        to: i64,
+        env_seq: u64,
+    ) -> Result<Vec<KnownCheckpoint>> {
         let c = self.conn()?;
         let r = c
             .client
-            .query(&c.st.cp_known, &[&id, &from, &to])
-            .map(|rows| rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+            .query(&c.st.cp_known, &[&id, &from, &to, &(env_seq as i64)])
+            .map(|rows| {
+                rows.iter()
+                    .map(|r| KnownCheckpoint {
+                        seq: r.get(0),
+                        hash: r.get(1),
+                        env_seq: r.get(2),
+                    })
+                    .collect()
+            })
             .map_err(pg_err("audit checkpoints"));
         self.check(r)
     }
