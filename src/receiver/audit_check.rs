@@ -23,6 +23,8 @@ const MAX_LINKS: usize = 1 << 20;
 
 #[derive(Deserialize)]
 struct Bundle {
+    #[serde(rename = "resourceType")]
+    resource_type: Option<String>,
     #[serde(default)]
     entry: Vec<Entry>,
 }
@@ -67,6 +69,8 @@ struct Carried {
 
 /// A case bundle's trail, parsed.
 pub(super) struct Trail {
+    /// The plaintext's `resourceType` (read in the same pass).
+    pub(super) resource_type: Option<String>,
     entries: Vec<Shown>,
     checkpoint: Option<Carried>,
 }
@@ -104,6 +108,7 @@ pub(super) fn parse(body: &[u8]) -> Result<Trail, String> {
     let b: Bundle =
         serde_json::from_slice(body).map_err(|e| format!("bundle is not readable: {e}"))?;
     let mut t = Trail {
+        resource_type: b.resource_type,
         entries: Vec::new(),
         checkpoint: None,
     };

@@ -248,21 +248,38 @@ pub(super) fn open_one(
         .open(&keys.hpke)
         .map_err(|e| (Some(app.clone()), e.code(), e.to_string()))?;
     let h = &parsed.header;
-    let (prealert, attachment) = if h.kind == seal::BundleKind::Attachment {
-        let (part, data) = crate::sync::attachment_wire::decode(&body)
-            .map_err(|e| (Some(app.clone()), "BAD_PAYLOAD", e.to_string()))?;
-        (None, Some((part, body.len() - data.len())))
-    } else {
-        (fhir_payload(&app, h.kind, &body)?, None)
-    };
+    let (mut prealert, mut attachment, mut audit) = (None, None, None);
+    match h.kind {
+        seal::BundleKind::Attachment => {
+            let (part, data) = crate::sync::attachment_wire::decode(&body)
+                .map_err(|e| (Some(app.clone()), "BAD_PAYLOAD", e.to_string()))?;
+            attachment = Some((part, body.len() - data.len()));
+        }
+        // A case bundle: one pass over the plaintext reads its resource type and audit trail.
+        seal::BundleKind::Bundle => {
+            let verdict = match audit_check::parse(&body) {
+                Ok(t) if matches!(t.resource_type.as_deref(), Some("Bundle" | "Parameters")) => {
+                    audit_trail(db, &app, h.seq, key, &t).map_err(Refused::Store)?
+                }
+                // Not the shape a trail is read from: the resource type decides whether it is
+                // a reject (as for every kind); if not, the unreadable trail is a finding.
+                r => {
+                    fhir_payload(&app, h.kind, &body)?;
+                    AuditVerdict {
+                        findings: vec![r.err().unwrap_or_else(|| {
+                            "the bundle's entries are not readable as FHIR resources".into()
+                        })],
+                        ..Default::default()
+                    }
+                }
+            };
+            audit = Some(verdict);
+        }
+        _ => prealert = fhir_payload(&app, h.kind, &body)?,
+    }
     let telemetry = (h.kind == seal::BundleKind::Telemetry)
         .then(|| telemetry_summary(&body, h.created_at_ms as i64))
         .flatten();
-    let audit = if h.kind == seal::BundleKind::Bundle {
-        Some(audit_trail(db, &app, h.seq, key, &body).map_err(Refused::Store)?)
-    } else {
-        None
-    };
     Ok(ReceivedBundle {
         prealert,
         attachment,
@@ -286,22 +303,13 @@ fn audit_trail(
     app: &str,
     env_seq: u64,
     key: &PublicKey,
-    body: &[u8],
+    t: &audit_check::Trail,
 ) -> Result<AuditVerdict, crate::storage::StoreError> {
-    let t = match audit_check::parse(body) {
-        Ok(t) => t,
-        Err(f) => {
-            return Ok(AuditVerdict {
-                findings: vec![f],
-                ..Default::default()
-            });
-        }
-    };
     let known = match t.range() {
         Some((from, to)) => db.audit_checkpoints(app, from, to, env_seq)?,
         None => vec![],
     };
-    Ok(audit_check::verify(app, key, &t, env_seq, &known))
+    Ok(audit_check::verify(app, key, t, env_seq, &known))
 }
 
 /// The health counters of a telemetry `Parameters` resource (`None` when they are missing:
