@@ -28,14 +28,17 @@ pub struct KnownCheckpoint {
 }
 
 /// What a new case bundle's checkpoint is compared with, in one query: the checkpoints of its
-/// appliance in the chain range it proves, and at most one out of order with it (an earlier
-/// envelope with a checkpoint at or above it, or a later one at or below it). Parameters:
-/// (appliance, range start, checkpoint seq, envelope seq).
+/// appliance in the chain range it proves, and those of the envelopes just before and just after
+/// it. Checkpoints rise with envelope sequence numbers, so if any earlier envelope carried a
+/// checkpoint at or above this one, the one just before it does (unless that order was already
+/// broken, which raised its own alarm): two index seeks instead of a scan of the appliance's
+/// history. Parameters: (appliance, range start, checkpoint seq, envelope seq).
 pub const KNOWN: &str = "SELECT cp_seq, hash, env_seq FROM audit_checkpoints \
     WHERE appliance_id = $1 AND cp_seq BETWEEN $2 AND $3 \
     UNION ALL SELECT * FROM (SELECT cp_seq, hash, env_seq FROM audit_checkpoints \
-    WHERE appliance_id = $1 AND ((env_seq < $4 AND cp_seq >= $3) OR (env_seq > $4 AND cp_seq <= $3)) \
-    ORDER BY env_seq LIMIT 1) AS out_of_order";
+    WHERE appliance_id = $1 AND env_seq < $4 ORDER BY env_seq DESC LIMIT 1) AS just_before \
+    UNION ALL SELECT * FROM (SELECT cp_seq, hash, env_seq FROM audit_checkpoints \
+    WHERE appliance_id = $1 AND env_seq > $4 ORDER BY env_seq LIMIT 1) AS just_after";
 /// (appliance, checkpoint seq, hash, envelope seq, bundle id).
 pub const INSERT: &str = "INSERT INTO audit_checkpoints (appliance_id, cp_seq, hash, env_seq, bundle_id) \
     VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING";
