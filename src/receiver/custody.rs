@@ -85,7 +85,9 @@ pub(super) fn process(
     } = custody;
     let mut counters = Counters::default();
     let mut out = Vec::new();
-    let mut accepted: Vec<(usize, ReceivedBundle)> = Vec::new();
+    // Opened envelopes and where each sits in `batch` (bodies are moved, never copied).
+    let mut items: Vec<ReceivedBundle> = Vec::new();
+    let mut at: Vec<usize> = Vec::new();
     let mut rejects = Vec::new();
     for (i, p) in batch.iter().enumerate() {
         let topic = String::from_utf8_lossy(&p.topic).to_string();
@@ -110,7 +112,10 @@ pub(super) fn process(
             }
         };
         match opened {
-            Ok(b) => accepted.push((i, b)),
+            Ok(b) => {
+                items.push(b);
+                at.push(i);
+            }
             Err((app, code, msg)) => {
                 tracing::warn!(topic = %topic, appliance_id = app.as_deref().unwrap_or("?"), code, reason = %msg, "envelope rejected");
                 *counters.by_code.entry(code.to_string()).or_default() += 1;
@@ -122,7 +127,6 @@ pub(super) fn process(
         counters.rejects += rejects.len() as u64;
         db.record_rejects(&rejects)?;
     }
-    let items: Vec<ReceivedBundle> = accepted.iter().map(|(_, b)| b.clone()).collect();
     let outcomes = if items.is_empty() {
         vec![]
     } else {
@@ -130,7 +134,7 @@ pub(super) fn process(
     };
     // Committed: now receipts, then acks.
     let committed_at = crate::model::now_ms();
-    for ((i, b), o) in accepted.iter().zip(outcomes) {
+    for ((i, b), o) in at.iter().zip(&items).zip(outcomes) {
         if o != StoreOutcome::Conflict {
             counters.max_lag_ms = counters.max_lag_ms.max(committed_at - b.created_at_ms);
         }
