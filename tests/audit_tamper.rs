@@ -4,8 +4,6 @@
 mod common;
 
 use common::Appliance;
-use hema3n_edge::storage::Db;
-use hema3n_edge::storage::audit::{EntryFields, entry_hash, entry_mac};
 
 /// A log of one entry per schema migration + 2 per soak line, checkpoint every 10 entries (the
 /// soak length keeps entries after the last checkpoint).
@@ -35,65 +33,6 @@ fn verify_fails_at(a: &Appliance, seq: i64, why: &str) {
         "expected entry {seq}:\n{out}"
     );
     assert!(first.contains(why), "expected `{why}`:\n{out}");
-}
-
-struct Row {
-    seq: i64,
-    ts: i64,
-    f: [String; 7],
-    prev: Vec<u8>,
-}
-
-fn rows(db: &Db) -> Vec<Row> {
-    let c = db.raw_connection_for_tests();
-    let mut st = c.prepare("SELECT seq, ts, actor, role, action, resource, outcome, territory, details, prev_hash FROM audit_log ORDER BY seq").unwrap();
-    st.query_map([], |r| {
-        Ok(Row {
-            seq: r.get(0)?,
-            ts: r.get(1)?,
-            f: [
-                r.get(2)?,
-                r.get(3)?,
-                r.get(4)?,
-                r.get(5)?,
-                r.get(6)?,
-                r.get(7)?,
-                r.get(8)?,
-            ],
-            prev: r.get(9)?,
-        })
-    })
-    .unwrap()
-    .collect::<Result<_, _>>()
-    .unwrap()
-}
-
-/// Recomputes hashes (and, with a key, MACs) from entry `from` to the end, and the head.
-fn rechain(db: &Db, from: i64, audit_key: Option<&[u8]>) {
-    let c = db.raw_connection_for_tests();
-    let all = rows(db);
-    let mut prev = all.iter().find(|r| r.seq == from).unwrap().prev.clone();
-    for r in all.iter().filter(|r| r.seq >= from) {
-        let h = entry_hash(&prev, &EntryFields::of(r.seq, r.ts, &r.f));
-        c.execute(
-            "UPDATE audit_log SET prev_hash = ?1, hash = ?2 WHERE seq = ?3",
-            (&prev, &h[..], r.seq),
-        )
-        .unwrap();
-        if let Some(k) = audit_key {
-            c.execute(
-                "UPDATE audit_log SET mac = ?1 WHERE seq = ?2",
-                (&entry_mac(k, &h)[..], r.seq),
-            )
-            .unwrap();
-        }
-        prev = h.to_vec();
-    }
-    c.execute(
-        "UPDATE audit_head SET seq = (SELECT max(seq) FROM audit_log), hash = ?1",
-        [&prev],
-    )
-    .unwrap();
 }
 
 #[test]
@@ -160,7 +99,7 @@ fn rechaining_with_forged_hashes_is_detected() {
             "{UNLOCK} UPDATE audit_log SET actor = 'cli:mallory' WHERE seq = 14;"
         ))
         .unwrap();
-    rechain(&db, 14, None);
+    common::rechain(&db, 14, None);
     drop(db);
     verify_fails_at(&a, 14, "MAC is invalid");
 }
@@ -178,7 +117,7 @@ fn rechaining_even_with_the_audit_key_is_caught_by_signed_checkpoints() {
         .read_key32("audit.key")
         .unwrap()
         .1;
-    rechain(&db, 14, Some(key.as_ref()));
+    common::rechain(&db, 14, Some(key.as_ref()));
     // Checkpoints sit every ~10 entries (where exactly depends on how many migrations wrote
     // entries first): the rewrite is pinned to the range between the checkpoints around 14.
     let cps: Vec<i64> = db

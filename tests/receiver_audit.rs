@@ -12,7 +12,6 @@ use common::cloud::{Pki, Receiver, enable_sync, envelope_meta};
 use common::mqtt::TestClient;
 use hema3n_edge::crypto::keyring::{KeySources, Keyring};
 use hema3n_edge::crypto::seal;
-use hema3n_edge::storage::audit::{EntryFields, entry_hash, entry_mac};
 use hema3n_edge::sync::ReceiverKeys;
 
 const UNLOCK: &str =
@@ -36,48 +35,6 @@ fn finding(r: &Receiver, bundle: &str) -> String {
             .find(|l| l.contains("AUDIT_TRAIL") && l.contains(bundle))
             .map(str::to_string)
     })
-}
-
-/// Rewrites entry `from` onward as someone holding the audit key would: hashes, MACs and head
-/// recomputed (the next checkpoint the appliance signs then covers the forgery).
-fn rechain(a: &Appliance, from: i64) {
-    let key = KeySources::from_env(&a.key_dir())
-        .read_key32("audit.key")
-        .unwrap()
-        .1;
-    let db = a.open();
-    let c = db.raw_connection_for_tests();
-    let rows: Vec<(i64, i64, [String; 7])> = c
-        .prepare("SELECT seq, ts, actor, role, action, resource, outcome, territory, details FROM audit_log WHERE seq >= ?1 ORDER BY seq")
-        .unwrap()
-        .query_map([from], |r| {
-            Ok((
-                r.get(0)?,
-                r.get(1)?,
-                [r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?, r.get(8)?],
-            ))
-        })
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap();
-    let mut prev: Vec<u8> = c
-        .query_row(
-            "SELECT prev_hash FROM audit_log WHERE seq = ?1",
-            [from],
-            |r| r.get(0),
-        )
-        .unwrap();
-    for (seq, ts, f) in rows {
-        let h = entry_hash(&prev, &EntryFields::of(seq, ts, &f));
-        c.execute(
-            "UPDATE audit_log SET prev_hash = ?1, hash = ?2, mac = ?3 WHERE seq = ?4",
-            (&prev, &h[..], &entry_mac(key.as_ref(), &h)[..], seq),
-        )
-        .unwrap();
-        prev = h.to_vec();
-    }
-    c.execute("UPDATE audit_head SET hash = ?1 WHERE id = 1", [&prev])
-        .unwrap();
 }
 
 #[test]
@@ -148,8 +105,13 @@ fn tampered_trails_and_a_replayed_checkpoint_are_alarmed_and_the_bundles_kept() 
             "{UNLOCK} UPDATE audit_log SET actor = 'cli:mallory' WHERE seq = {first};"
         ))
         .unwrap();
+    // The chain recomputed with the audit key, MACs included.
+    let key = KeySources::from_env(&a.key_dir())
+        .read_key32("audit.key")
+        .unwrap()
+        .1;
+    common::rechain(&db, first, Some(key.as_ref()));
     drop(db);
-    rechain(&a, first);
     a.ok(&["cases", "close", forged]);
     let mut daemon = a.start_daemon();
     wait_for(60, "four bundles receipted", || {

@@ -338,10 +338,12 @@ pub struct CaseExport {
     /// `(account id, display name, role)` of the accounts the record names (crew,
     /// performers, authors).
     pub people: Vec<(String, String, String)>,
+    /// The case's audit trail: filled only for a case bundle, when it is sealed (empty for
+    /// pre-alerts, handoff reads and disclosures).
     pub audit: Vec<ExportAudit>,
     pub checkpoint: Option<ExportCheckpoint>,
-    /// Links `audit` to `checkpoint` (case bundles; `None` when no checkpoint follows the
-    /// case's first entry).
+    /// Links `audit` to `checkpoint` (`None` when no checkpoint follows the case's first
+    /// entry).
     pub audit_segment: Option<ExportSegment>,
     /// Pre-alerts of the case: what was sent and why the next one is due.
     pub prealert: PrealertInfo,

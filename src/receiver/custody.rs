@@ -252,35 +252,33 @@ pub(super) fn open_one(
         .open(&keys.hpke)
         .map_err(|e| (Some(app.clone()), e.code(), e.to_string()))?;
     let h = &parsed.header;
-    let (mut prealert, mut attachment, mut audit) = (None, None, None);
-    match h.kind {
+    let (prealert, attachment, audit) = match h.kind {
         seal::BundleKind::Attachment => {
             let (part, data) = crate::sync::attachment_wire::decode(&body)
                 .map_err(|e| (Some(app.clone()), "BAD_PAYLOAD", e.to_string()))?;
-            attachment = Some((part, body.len() - data.len()));
+            (None, Some((part, body.len() - data.len())), None)
         }
         // A case bundle: one pass over the plaintext reads its resource type and audit trail.
         seal::BundleKind::Bundle => {
             let verdict = match audit_check::parse(&body) {
-                Ok(t) if matches!(t.resource_type.as_deref(), Some("Bundle" | "Parameters")) => {
+                Ok(t) => {
+                    fhir_type(&app, t.resource_type.as_deref())?;
                     audit_trail(db, &app, h.seq, key, &t).map_err(Refused::Store)?
                 }
                 // Not the shape a trail is read from: the resource type decides whether it is
                 // a reject (as for every kind); if not, the unreadable trail is a finding.
-                r => {
+                Err(finding) => {
                     fhir_payload(&app, h.kind, &body)?;
                     AuditVerdict {
-                        findings: vec![r.err().unwrap_or_else(|| {
-                            "the bundle's entries are not readable as FHIR resources".into()
-                        })],
+                        findings: vec![finding],
                         ..Default::default()
                     }
                 }
             };
-            audit = Some(verdict);
+            (None, None, Some(verdict))
         }
-        _ => prealert = fhir_payload(&app, h.kind, &body)?,
-    }
+        _ => (fhir_payload(&app, h.kind, &body)?, None, None),
+    };
     let telemetry = (h.kind == seal::BundleKind::Telemetry)
         .then(|| telemetry_summary(&body, h.created_at_ms as i64))
         .flatten();
@@ -335,6 +333,18 @@ fn telemetry_summary(body: &[u8], created_at_ms: i64) -> Option<TelemetrySummary
     })
 }
 
+/// The resource type every FHIR plaintext must have: `Bundle` or `Parameters`.
+fn fhir_type(app: &str, resource_type: Option<&str>) -> Result<(), Reject> {
+    match resource_type {
+        Some("Bundle" | "Parameters") => Ok(()),
+        _ => Err((
+            Some(app.to_string()),
+            "BAD_PAYLOAD",
+            "plaintext is not a FHIR Bundle or Parameters resource".into(),
+        )),
+    }
+}
+
 /// Checks a FHIR plaintext (a `Bundle` or `Parameters`, reading only the resource type: no
 /// tree is built) and, for a pre-alert, its summary (so the hospital sees the latest and its
 /// chain by case).
@@ -355,14 +365,7 @@ fn fhir_payload(
             format!("plaintext is not a JSON object: {e}"),
         )
     })?;
-    let rt = head.resource_type.as_deref();
-    if !matches!(rt, Some("Bundle") | Some("Parameters")) {
-        return Err((
-            Some(app.to_string()),
-            "BAD_PAYLOAD",
-            "plaintext is not a FHIR Bundle or Parameters resource".into(),
-        ));
-    }
+    fhir_type(app, head.resource_type.as_deref())?;
     Ok(match kind {
         seal::BundleKind::Prealert => serde_json::from_slice(body)
             .ok()

@@ -171,12 +171,9 @@ impl Db {
         audit::append(&tx, &self.st, &ev, now_ms())?;
         if kind == BundleKind::Bundle {
             // The bundle proves its case's trail: a checkpoint signed after the case's last
-            // entry (the export just written), and the trail read again up to it.
+            // entry (the export just written), and the trail read up to it.
             audit::checkpoint_if_due(&tx, &self.st, now_ms(), true)?;
-            let case_res = format!("case/{case_id}");
-            let patient_res = export.patient_id.as_ref().map(|p| format!("patient/{p}"));
-            let trail =
-                audit::case_trail(&tx, &trail_resources(&case_res, patient_res.as_deref()))?;
+            let trail = audit::case_trail(&tx, case_id, export.patient_id.as_deref())?;
             export.audit = trail.entries;
             export.checkpoint = trail.checkpoint;
             export.audit_segment = trail.segment;
@@ -489,7 +486,8 @@ impl Db {
 }
 
 /// Everything a bundle carries, decrypted, inside `tx` (the caller audits what it does with
-/// it: a bundle, a disclosure, a handoff read).
+/// it: a bundle, a disclosure, a handoff read), but the audit trail: the case bundle's sealing
+/// reads that after signing its checkpoint.
 pub(super) fn case_export(
     st: &mut State,
     tx: &rusqlite::Connection,
@@ -518,9 +516,6 @@ pub(super) fn case_export(
     let triage = read_triage(tx, &dk, case_id, 1)?.into_iter().next();
     let record = super::record::read_entries(tx, &dk, case_id, super::record::Which::All)?;
     let people = super::record::people_of(tx, &record)?;
-    let case_res = format!("case/{case_id}");
-    let patient_res = case.patient_id.as_ref().map(|p| format!("patient/{p}"));
-    let trail = audit::case_trail(tx, &trail_resources(&case_res, patient_res.as_deref()))?;
     Ok(CaseExport {
         appliance_id: st.appliance_id.clone(),
         case_id: case_id.into(),
@@ -538,16 +533,13 @@ pub(super) fn case_export(
         triage,
         record,
         people,
-        audit: trail.entries,
-        checkpoint: trail.checkpoint,
-        audit_segment: trail.segment,
+        // Only a case bundle carries the trail, read when it is sealed (after its checkpoint).
+        audit: vec![],
+        checkpoint: None,
+        audit_segment: None,
         prealert: super::prealerts::info(tx, case_id)?,
         attachments: super::attachments::stored(st, tx, case_id)?,
     })
-}
-
-fn trail_resources<'a>(case: &'a str, patient: Option<&'a str>) -> Vec<&'a str> {
-    std::iter::once(case).chain(patient).collect()
 }
 
 pub(super) fn next_slot(tx: &rusqlite::Connection, kind: BundleKind) -> Result<OutboxSlot> {

@@ -118,6 +118,57 @@ impl Appliance {
     }
 }
 
+/// Rewrites the audit log from entry `from` on as someone holding the database key would: each
+/// entry's hash recomputed from its (possibly edited) fields under its own chain version, its
+/// MAC too when `audit_key` is given, and the head moved to the new last hash. The stored
+/// checkpoints are left as they were.
+pub fn rechain(db: &Db, from: i64, audit_key: Option<&[u8]>) {
+    use hema3n_edge::storage::audit::{EntryFields, entry_hash_as, entry_mac};
+    let c = db.raw_connection_for_tests();
+    let rows: Vec<(i64, i64, i64, [String; 7])> = c
+        .prepare("SELECT seq, ts, chain, actor, role, action, resource, outcome, territory, details FROM audit_log WHERE seq >= ?1 ORDER BY seq")
+        .unwrap()
+        .query_map([from], |r| {
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                [r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?, r.get(8)?, r.get(9)?],
+            ))
+        })
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let mut prev: Vec<u8> = c
+        .query_row(
+            "SELECT prev_hash FROM audit_log WHERE seq = ?1",
+            [from],
+            |r| r.get(0),
+        )
+        .unwrap();
+    for (seq, ts, chain, f) in rows {
+        let h = entry_hash_as(chain, &prev, &EntryFields::of(seq, ts, &f));
+        c.execute(
+            "UPDATE audit_log SET prev_hash = ?1, hash = ?2 WHERE seq = ?3",
+            (&prev, &h[..], seq),
+        )
+        .unwrap();
+        if let Some(k) = audit_key {
+            c.execute(
+                "UPDATE audit_log SET mac = ?1 WHERE seq = ?2",
+                (&entry_mac(k, &h)[..], seq),
+            )
+            .unwrap();
+        }
+        prev = h.to_vec();
+    }
+    c.execute(
+        "UPDATE audit_head SET seq = (SELECT max(seq) FROM audit_log), hash = ?1",
+        [&prev],
+    )
+    .unwrap();
+}
+
 pub fn parse_committed(out: &str) -> Vec<(String, String)> {
     out.lines()
         .filter_map(|l| {

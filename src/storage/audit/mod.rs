@@ -93,9 +93,13 @@ pub(crate) const CHAIN_V2_SCHEMA: i64 = 12;
 const TAG_V1: &[u8] = b"hema3n-audit/v1";
 const TAG_V2: &[u8] = b"hema3n-audit/v2";
 
-/// `canonical_n` of an entry under chain version `version` (1 or 2).
-pub fn canonical(version: i64, e: &EntryFields<'_>) -> Vec<u8> {
-    let fields = [
+/// Feeds `canonical_n` of an entry under chain version `version` (1 or 2) to `out`, piece by
+/// piece (the hash paths stream it; [`canonical`] collects it).
+fn write_canonical(version: i64, e: &EntryFields<'_>, out: &mut impl FnMut(&[u8])) {
+    out(if version == 1 { TAG_V1 } else { TAG_V2 });
+    out(&e.seq.to_be_bytes());
+    out(&e.ts.to_be_bytes());
+    for f in [
         e.actor,
         e.role,
         e.action,
@@ -103,16 +107,24 @@ pub fn canonical(version: i64, e: &EntryFields<'_>) -> Vec<u8> {
         e.outcome,
         e.territory,
         e.details,
-    ];
-    let mut c = Vec::with_capacity(31 + fields.iter().map(|f| 4 + f.len()).sum::<usize>());
-    c.extend_from_slice(if version == 1 { TAG_V1 } else { TAG_V2 });
-    c.extend_from_slice(&e.seq.to_be_bytes());
-    c.extend_from_slice(&e.ts.to_be_bytes());
-    for f in fields {
-        c.extend_from_slice(&(f.len() as u32).to_be_bytes());
-        c.extend_from_slice(f.as_bytes());
+    ] {
+        out(&(f.len() as u32).to_be_bytes());
+        out(f.as_bytes());
     }
+}
+
+/// `canonical_n` of an entry under chain version `version` (1 or 2).
+pub fn canonical(version: i64, e: &EntryFields<'_>) -> Vec<u8> {
+    let mut c = Vec::with_capacity(128);
+    write_canonical(version, e, &mut |b| c.extend_from_slice(b));
     c
+}
+
+/// Chain v2's leaf digest of an entry, `SHA-256(canonical_n)`.
+pub fn leaf(e: &EntryFields<'_>) -> [u8; 32] {
+    let mut h = Sha256::new();
+    write_canonical(2, e, &mut |b| h.update(b));
+    h.finish()
 }
 
 /// An entry read back from its canonical bytes.
@@ -181,12 +193,17 @@ pub fn chain_hash(prev: &[u8], canonical: &[u8]) -> Option<[u8; 32]> {
 
 /// `hash_n` of an entry written now (chain v2).
 pub fn entry_hash(prev: &[u8], e: &EntryFields<'_>) -> [u8; 32] {
-    link_v2(prev, &sha256(&canonical(CHAIN_VERSION, e)))
+    entry_hash_as(CHAIN_VERSION, prev, e)
 }
 
-/// `hash_n` of an entry under `version`.
+/// `hash_n` of an entry under `version` (a v2 entry's canonical bytes are streamed into its
+/// leaf digest, never collected: this runs for every entry appended).
 pub fn entry_hash_as(version: i64, prev: &[u8], e: &EntryFields<'_>) -> [u8; 32] {
-    chain_hash(prev, &canonical(version, e)).expect("canonical bytes carry a known tag")
+    if version == 1 {
+        chain_hash(prev, &canonical(1, e)).expect("v1 canonical bytes carry the v1 tag")
+    } else {
+        link_v2(prev, &leaf(e))
+    }
 }
 
 /// `mac_n`.

@@ -3,8 +3,7 @@
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::{EntryFields, canonical, text_fields};
-use crate::crypto::sha256;
+use super::{EntryFields, canonical, leaf, text_fields};
 use crate::model::{ExportAudit, ExportCheckpoint, ExportSegment};
 use crate::storage::Result;
 
@@ -16,9 +15,18 @@ pub struct CaseTrail {
     pub segment: Option<ExportSegment>,
 }
 
-/// The entries about `resources` (a case and its patient), the latest checkpoint and, when
-/// that checkpoint follows the first of them, the segment linking them to it.
-pub(crate) fn case_trail(conn: &Connection, resources: &[&str]) -> Result<CaseTrail> {
+/// The entries about a case and its patient, the latest checkpoint and, when that checkpoint
+/// follows the first of them, the segment linking them to it.
+pub(crate) fn case_trail(
+    conn: &Connection,
+    case_id: &str,
+    patient_id: Option<&str>,
+) -> Result<CaseTrail> {
+    let case = format!("case/{case_id}");
+    let patient = patient_id.map(|p| format!("patient/{p}"));
+    let resources: Vec<&str> = std::iter::once(case.as_str())
+        .chain(patient.as_deref())
+        .collect();
     let second = resources.get(1).unwrap_or(&resources[0]);
     let mut entries = Vec::new();
     {
@@ -62,7 +70,7 @@ pub(crate) fn case_trail(conn: &Connection, resources: &[&str]) -> Result<CaseTr
         .optional()?;
     let segment = match (entries.first(), &checkpoint) {
         (Some(first), Some(cp)) if cp.seq >= first.seq => {
-            Some(segment(conn, first.seq, cp.seq, resources)?)
+            Some(segment(conn, first.seq, cp.seq, &resources)?)
         }
         _ => None,
     };
@@ -93,14 +101,15 @@ fn segment(conn: &Connection, from: i64, to: i64, resources: &[&str]) -> Result<
         }
         let f = text_fields(r, 2)?;
         let (seq, ts, chain): (i64, i64, i64) = (r.get(0)?, r.get(1)?, r.get(9)?);
-        let c = canonical(chain, &EntryFields::of(seq, ts, &f));
+        let e = EntryFields::of(seq, ts, &f);
         if chain == 1 {
+            let c = canonical(1, &e);
             links.push(1);
             links.extend_from_slice(&(c.len() as u32).to_be_bytes());
             links.extend_from_slice(&c);
         } else {
             links.push(2);
-            links.extend_from_slice(&sha256(&c));
+            links.extend_from_slice(&leaf(&e));
         }
     }
     Ok(ExportSegment {
