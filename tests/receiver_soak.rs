@@ -196,5 +196,12 @@ fn soak(shared: bool) {
     }
     for (i, p) in procs.iter_mut().enumerate() {
         assert!(p.stop().success(), "receiver {i}: {}", receivers[i].log());
+        // Receivers take their row locks in one order: concurrent batches wait, never deadlock
+        // (each deadlock cost a second of PostgreSQL's deadlock_timeout and a retried batch).
+        let log = receivers[i].log();
+        assert!(
+            !log.contains("deadlock detected"),
+            "receiver {i} deadlocked: {log}"
+        );
     }
 }

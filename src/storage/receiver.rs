@@ -144,12 +144,12 @@ CREATE INDEX audit_checkpoints_by_env ON audit_checkpoints (appliance_id, env_se
 
 /// SQL shared by both stores (portable: `max`/`greatest` aside) for `appliance_status`.
 pub(in crate::storage) mod status_sql {
-    /// Stored: (appliance, now, seq).
+    /// Stored: (appliance, now, highest seq, how many bundles).
     pub const STORED: &str = "INSERT INTO appliance_status (appliance_id, last_seen_at, last_seq, received) \
-        VALUES ($1, $2, $3, 1) ON CONFLICT (appliance_id) DO UPDATE SET \
+        VALUES ($1, $2, $3, $4) ON CONFLICT (appliance_id) DO UPDATE SET \
         last_seen_at = GREATEST(appliance_status.last_seen_at, excluded.last_seen_at), \
         last_seq = GREATEST(appliance_status.last_seq, excluded.last_seq), \
-        received = appliance_status.received + 1";
+        received = appliance_status.received + excluded.received";
     /// A resend: (appliance, now).
     pub const SEEN: &str = "UPDATE appliance_status SET \
         last_seen_at = GREATEST(last_seen_at, $2) WHERE appliance_id = $1";
@@ -404,7 +404,7 @@ impl ReceiverStore for ReceiverDb {
                         ])?;
                     }
                     tx.prepare_cached(&status_sql::SQLITE_STORED)?
-                        .execute(params![b.appliance_id, now, b.seq as i64])?;
+                        .execute(params![b.appliance_id, now, b.seq as i64, 1])?;
                     if let Some(t) = &b.telemetry {
                         tx.prepare_cached(&status_sql::SQLITE_TELEMETRY)?
                             .execute(params![

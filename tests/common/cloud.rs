@@ -297,17 +297,39 @@ impl Receiver {
         r
     }
 
-    /// Starts `run` and waits until it has subscribed (once more than before: restarts append
-    /// to the same log).
+    /// Starts `run` and waits until it has subscribed — or, restarted on a session the broker
+    /// kept, reconnected to it (the subscription is part of that session, and the broker hands
+    /// over the envelopes queued for it before the SUBACK, so "subscribed" may come only after a
+    /// long backlog). Restarts append to the same log, so lines are counted past the old ones.
     pub fn start(&self) -> Proc {
-        let count = |log: &str| log.matches("subscribed to bundles").count();
+        let count = |log: &str| {
+            log.lines()
+                .filter(|l| {
+                    l.contains("subscribed to bundles")
+                        || (l.contains("connected to cloud broker")
+                            && l.contains("session_present=true"))
+                })
+                .count()
+        };
         let before = count(&self.log());
         let mut p = self.spawn();
-        super::broker::wait_for(30, "receiver subscribed", || {
-            assert!(p.running(), "the receiver exited: {}", self.log());
-            (count(&self.log()) > before).then_some(())
-        });
-        p
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let log = self.log();
+            assert!(p.running(), "the receiver exited: {log}");
+            if count(&log) > before {
+                return p;
+            }
+            if std::time::Instant::now() > deadline {
+                let tail: Vec<&str> = log.lines().rev().take(40).collect();
+                let tail: Vec<&str> = tail.into_iter().rev().collect();
+                panic!(
+                    "the receiver did not reach the broker within 30 s; its log ends:\n{}",
+                    tail.join("\n")
+                );
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
     }
 
     pub fn stats(&self) -> serde_json::Value {

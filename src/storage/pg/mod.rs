@@ -17,7 +17,7 @@ mod conn;
 mod files;
 mod schema;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 pub use conn::PgSettings;
@@ -25,7 +25,7 @@ use conn::{Conn, is_retryable, pg_err};
 
 use super::receiver::{
     ApplianceStatus, EnvelopeReject, PrealertRow, ReceivedBundle, ReceiverStats, ReceiverStore,
-    StoreOutcome, conflict_detail, status_sql,
+    StoreOutcome, TelemetrySummary, conflict_detail, status_sql,
 };
 use super::receiver_audit::{self as audit_sql, KnownCheckpoint};
 use super::{Result, StoreError};
@@ -160,8 +160,21 @@ impl PgStore {
         let Conn { client, st } = self.conn()?;
         let mut tx = client.transaction().map_err(pg_err("begin"))?;
         let now = now_ms();
-        let mut out = Vec::with_capacity(items.len());
-        for (b, s) in items.iter().zip(sealed) {
+        // Every receiver takes its locks in one order — bundles by (appliance, bundle id), then
+        // each appliance's status row once, by appliance id — so two receivers storing
+        // overlapping batches wait for each other instead of deadlocking (updating the status
+        // row per bundle, in arrival order, deadlocked almost every pair of concurrent batches
+        // and stalled a three-receiver soak).
+        let mut order: Vec<usize> = (0..items.len()).collect();
+        order.sort_by(|&x, &y| {
+            let (a, b) = (&items[x], &items[y]);
+            (&a.appliance_id, a.bundle_id).cmp(&(&b.appliance_id, b.bundle_id))
+        });
+        let mut status: BTreeMap<&str, StatusDelta<'_>> = BTreeMap::new();
+        let mut out: Vec<Option<StoreOutcome>> = vec![None; items.len()];
+        for i in order {
+            let (b, s) = (&items[i], &sealed[i]);
+            let delta = status.entry(b.appliance_id.as_str()).or_default();
             let bundle_id = b.bundle_id.to_string();
             let app = &b.appliance_id;
             let sha = b.envelope_sha256.as_slice();
@@ -213,20 +226,12 @@ impl PgStore {
                     )
                     .map_err(pg_err("store pre-alert"))?;
                 }
-                tx.execute(&st.stored, &[app, &now, &(b.seq as i64)])
-                    .map_err(pg_err("appliance status"))?;
-                if let Some(t) = &b.telemetry {
-                    tx.execute(
-                        &st.telemetry,
-                        &[
-                            app,
-                            &b.created_at_ms,
-                            &t.outbox_queued,
-                            &t.open_alarms,
-                            &t.oldest_unreceipted_ms,
-                        ],
-                    )
-                    .map_err(pg_err("appliance telemetry"))?;
+                delta.stored += 1;
+                delta.last_seq = delta.last_seq.max(b.seq as i64);
+                if let Some(t) = &b.telemetry
+                    && delta.telemetry.is_none_or(|(at, _)| at <= b.created_at_ms)
+                {
+                    delta.telemetry = Some((b.created_at_ms, t));
                 }
                 let mut audit_alarms = 0;
                 if let Some(v) = &b.audit {
@@ -256,8 +261,7 @@ impl PgStore {
                 if stored.as_slice() == sha {
                     tx.execute(&st.resend, &[app, &bundle_id])
                         .map_err(pg_err("count resend"))?;
-                    tx.execute(&st.seen, &[app, &now])
-                        .map_err(pg_err("appliance status"))?;
+                    delta.resent = true;
                     StoreOutcome::Duplicate
                 } else {
                     let detail = conflict_detail(&stored, &b.envelope_sha256);
@@ -269,11 +273,47 @@ impl PgStore {
                     StoreOutcome::Conflict
                 }
             };
-            out.push(o);
+            out[i] = Some(o);
+        }
+        for (app, d) in &status {
+            if d.stored > 0 {
+                tx.execute(&st.stored, &[app, &now, &d.last_seq, &d.stored])
+                    .map_err(pg_err("appliance status"))?;
+            } else if d.resent {
+                // Only resends of this appliance: it was seen all the same.
+                tx.execute(&st.seen, &[app, &now])
+                    .map_err(pg_err("appliance status"))?;
+            }
+            if let Some((at, t)) = d.telemetry {
+                tx.execute(
+                    &st.telemetry,
+                    &[
+                        app,
+                        &at,
+                        &t.outbox_queued,
+                        &t.open_alarms,
+                        &t.oldest_unreceipted_ms,
+                    ],
+                )
+                .map_err(pg_err("appliance telemetry"))?;
+            }
         }
         tx.commit().map_err(pg_err("commit"))?;
-        Ok(out)
+        Ok(out
+            .into_iter()
+            .map(|o| o.expect("every bundle has an outcome"))
+            .collect())
     }
+}
+
+/// What one batch changes in an appliance's status row, written once at the end of the batch.
+#[derive(Default)]
+struct StatusDelta<'a> {
+    stored: i64,
+    last_seq: i64,
+    resent: bool,
+    /// The newest telemetry of the batch: (created at, summary).
+    telemetry: Option<(i64, &'a TelemetrySummary)>,
 }
 
 /// A bundle's PHI sealed under its appliance's data key, before the transaction.
