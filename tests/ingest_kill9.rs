@@ -5,12 +5,9 @@
 
 mod common;
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-
 use common::Appliance;
 use common::broker::{Broker, wait_eq, wait_for};
-use common::mqtt::{TestClient, hr_pack};
+use common::mqtt::Stream;
 use hema3n_edge::ingest::simulate::Rng;
 use hema3n_edge::model::now_ms;
 
@@ -21,37 +18,14 @@ fn kill_9_during_a_stream_loses_nothing_and_duplicates_nothing() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(20);
     let broker = Broker::start();
-    let a = Appliance::with_broker(
-        &broker.url(),
-        "[ingest]\ndevice_rate_per_sec = 1000000.0\ndevice_burst = 1000000.0\n",
-    );
-    a.ok(&["devices", "add", "pump-1"]);
+    let a = Appliance::streaming(&broker);
     let mut daemon = a.start_daemon();
 
-    // The device: publishes in chunks and waits for the broker's PUBACKs, so `accepted` counts
-    // exactly the messages the broker took responsibility for.
-    let stop = Arc::new(AtomicBool::new(false));
-    let accepted = Arc::new(AtomicU64::new(0));
+    // The device: `accepted` counts exactly the messages the broker took responsibility for.
     let base = now_ms() - 60_000;
-    let port = broker.port;
-    let (s, acc) = (stop.clone(), accepted.clone());
-    let device = std::thread::spawn(move || {
-        let mut c = TestClient::connect(port, "pump-1", None);
-        let mut i = 0i64;
-        while !s.load(Ordering::SeqCst) {
-            for _ in 0..25 {
-                c.publish(
-                    "hema3n/v1/devices/pump-1/vitals",
-                    hr_pack(base + i, 40 + i % 120),
-                );
-                i += 1;
-            }
-            c.flush();
-            acc.store(i as u64, Ordering::SeqCst);
-        }
-    });
+    let device = Stream::start(broker.port, "pump-1", base);
 
-    let stored = || a.query_i64("SELECT count(*) FROM observations WHERE device_id = 'pump-1'");
+    let stored = || a.pump_readings();
     let seed = std::env::var("HEMA3N_KILL9_SEED")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -69,9 +43,7 @@ fn kill_9_during_a_stream_loses_nothing_and_duplicates_nothing() {
         daemon.kill9();
         daemon = a.spawn_daemon();
     }
-    stop.store(true, Ordering::SeqCst);
-    device.join().unwrap();
-    let total = accepted.load(Ordering::SeqCst) as i64;
+    let total = device.stop();
     assert!(total > 0);
     wait_eq(120, "every accepted message stored", total, stored);
     // Exactly once: one row per distinct device time, and the full range is present.

@@ -6,8 +6,24 @@ use std::sync::atomic::Ordering;
 use super::state::ApiState;
 use crate::storage::{Alarm, OutboxStats};
 
+/// What `/metrics` reads from the store in one call.
+pub struct StoreSnapshot<'a> {
+    pub outbox: &'a OutboxStats,
+    pub alarms: &'a [Alarm],
+    /// Triage records written.
+    pub triage: u64,
+    /// When the last backup was taken (absent: never).
+    pub last_backup_ms: Option<i64>,
+}
+
 /// Prometheus text exposition of the API, ingest, triage, outbox, alarm and session state.
-pub fn metrics_text(st: &ApiState, outbox: &OutboxStats, alarms: &[Alarm], triage: u64) -> String {
+pub fn metrics_text(st: &ApiState, store: &StoreSnapshot<'_>) -> String {
+    let StoreSnapshot {
+        outbox,
+        alarms,
+        triage,
+        last_backup_ms,
+    } = *store;
     use std::fmt::Write;
     let mut o = String::new();
     let mut m = |name: &str, kind: &str, help: &str, samples: &[(String, f64)]| {
@@ -148,6 +164,15 @@ pub fn metrics_text(st: &ApiState, outbox: &OutboxStats, alarms: &[Alarm], triag
         "counter",
         "Triage results stored",
         &[(String::new(), triage as f64)],
+    );
+    m(
+        "hema3n_backup_last_timestamp_seconds",
+        "gauge",
+        "When the last backup of the database was taken (hema3n-edge backup); 0 = never",
+        &[(
+            String::new(),
+            last_backup_ms.map_or(0.0, |ms| ms as f64 / 1000.0),
+        )],
     );
     m(
         "hema3n_outbox_bundles",

@@ -117,6 +117,8 @@ pub struct App {
     ready: tokio::sync::watch::Sender<bool>,
     threads: Threads,
     deadline: Duration,
+    /// Held while the daemon runs: a restore or a second daemon on this database refuses.
+    _lock: crate::storage::DaemonLock,
 }
 
 /// Runs the daemon until SIGTERM/SIGINT or a critical failure (the `run` subcommand).
@@ -167,6 +169,7 @@ impl App {
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "cannot raise the open-files limit"),
         }
+        let lock = crate::storage::DaemonLock::acquire(&cfg.db_path()).map_err(RunError::Setup)?;
         let keys = Keyring::load(KeySources::from_env(&cfg.keys.dir))
             .map_err(|e| RunError::Setup(e.into()))?;
         let db = Db::open(cfg, keys).map_err(RunError::Setup)?;
@@ -288,6 +291,7 @@ impl App {
             ready,
             threads,
             deadline: Duration::from_secs(cfg.daemon.shutdown_timeout_secs),
+            _lock: lock,
         })
     }
 

@@ -42,6 +42,24 @@ pub enum Cmd {
     },
     /// Diagnose configuration, keys and database.
     Check,
+    /// Write a signed, encrypted backup of the database while the daemon runs.
+    Backup {
+        /// The backup file (written atomically, 0600).
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+        /// Print the manifest as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Verify a backup completely, then replace the database with it (the daemon must be
+    /// stopped); the replaced database is kept beside it.
+    Restore {
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+        /// Only verify the file's signature and digest; change nothing.
+        #[arg(long)]
+        verify_only: bool,
+    },
     /// Key management.
     Keys {
         #[command(subcommand)]
@@ -121,6 +139,29 @@ pub enum KeysCmd {
     ImportReceiver {
         #[arg(value_name = "FILE")]
         file: PathBuf,
+    },
+    /// Create an agency escrow key pair: DIR/escrow.key (secret, keep offline) and
+    /// DIR/escrow-public.key (give to `keys escrow --to`).
+    EscrowKeygen {
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
+    /// Seal every key of this appliance to an escrow public key (HPKE) into FILE.
+    Escrow {
+        /// The escrow public key file (from `keys escrow-keygen`).
+        #[arg(long, value_name = "PUBKEY")]
+        to: PathBuf,
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
+    /// Open an escrow file with the escrow secret key and install its keys into `keys.dir`
+    /// (refuses to overwrite a different key).
+    Recover {
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+        /// The escrow secret key file.
+        #[arg(long, value_name = "FILE")]
+        escrow_key: PathBuf,
     },
 }
 

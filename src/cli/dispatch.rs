@@ -69,6 +69,8 @@ pub fn main(args: Args) -> ExitCode {
             };
         }
         Some(Cmd::Check) => cli::check(&cfg, &prov.files),
+        Some(Cmd::Backup { out, json }) => cli::backup(&cfg, out, *json),
+        Some(Cmd::Restore { file, verify_only }) => cli::restore(&cfg, file, *verify_only),
         Some(Cmd::Keys { cmd }) => match cmd {
             KeysCmd::Rotate {
                 territory: t,
@@ -82,6 +84,9 @@ pub fn main(args: Args) -> ExitCode {
             KeysCmd::List => cli::keys_list(&cfg),
             KeysCmd::ExportPublic { out } => cli::keys_export_public(&cfg, out.as_deref()),
             KeysCmd::ImportReceiver { file } => cli::keys_import_receiver(&cfg, file),
+            KeysCmd::EscrowKeygen { out } => cli::keys_escrow_keygen(out),
+            KeysCmd::Escrow { to, out } => cli::keys_escrow(&cfg, to, out),
+            KeysCmd::Recover { file, escrow_key } => cli::keys_recover(&cfg, file, escrow_key),
         },
         Some(Cmd::Audit { cmd }) => match cmd {
             AuditCmd::Verify { json } => cli::audit_verify(&cfg, *json),

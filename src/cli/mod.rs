@@ -1,4 +1,5 @@
 //! Subcommands other than `run`, one file per group: `setup` (init, check), `keys`, `audit`,
+//! `backup` (backup, restore), `escrow` (keys escrow-keygen, escrow, recover),
 //! `records` (devices, cases, triage, outbox), `attachments`, `users`, `debug` (simulate, soak, vectors).
 //! Each returns the process exit code: 0 ok, 1 failure, 78 setup/configuration error; this file
 //! holds the shared failure type.
@@ -6,8 +7,10 @@
 mod args;
 mod attachments;
 mod audit;
+mod backup;
 mod debug;
 mod dispatch;
+mod escrow;
 mod keys;
 mod records;
 mod setup;
@@ -16,8 +19,10 @@ mod users;
 pub use args::Args;
 pub use attachments::{cases_attach, cases_attachment_export};
 pub use audit::{audit_checkpoint, audit_verify};
+pub use backup::{backup, restore};
 pub use debug::{debug_bundle_vectors, debug_soak, simulate};
 pub use dispatch::main;
+pub use escrow::{keys_escrow, keys_escrow_keygen, keys_recover};
 pub use keys::{
     keys_export_public, keys_import_receiver, keys_list, keys_retire, keys_rewrap, keys_rotate,
 };

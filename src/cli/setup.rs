@@ -260,8 +260,36 @@ pub fn check(cfg: &Config, cfg_files: &[PathBuf]) -> CmdResult {
         code = 1;
         writeln!(out, "FAIL    audit log: {}", rep.findings[0])?;
     }
+    check_backup(cfg, &db, &mut out)?;
     code = code.max(check_sync(cfg, &db, &mut out)?);
     Ok(code)
+}
+
+/// `check`: the age of the last backup against `store.backup_max_age_hours` (a warning: an
+/// appliance without a recent backup still works).
+fn check_backup(cfg: &Config, db: &Db, out: &mut impl Write) -> Result<(), Failure> {
+    let limit = cfg.store.backup_max_age_hours;
+    match db.last_backup()? {
+        None => writeln!(
+            out,
+            "warn    no backup taken yet (hema3n-edge backup --out FILE)"
+        )?,
+        Some(b) => {
+            let hours = (crate::model::now_ms() - b.at_ms).max(0) as f64 / 3_600_000.0;
+            let state = if hours > limit as f64 {
+                "warn   "
+            } else {
+                "ok     "
+            };
+            writeln!(
+                out,
+                "{state} last backup {hours:.1} h ago ({}, sha256 {}; policy {limit} h)",
+                crate::model::iso8601_ms(b.at_ms),
+                &b.sha256[..16]
+            )?;
+        }
+    }
+    Ok(())
 }
 
 /// `check`: receiver keys, outbox custody, cloud broker reachability (TCP) and TLS files.

@@ -241,6 +241,9 @@ pub struct StoreConfig {
     /// Capacity of the queue in front of the storage thread; callers wait when it is full
     /// (storage writes are never dropped). Default 1024.
     pub queue_capacity: usize,
+    /// `check` warns when the last backup (`hema3n-edge backup`) is older than this many
+    /// hours, or when none was taken. Default 24.
+    pub backup_max_age_hours: u64,
 }
 
 impl Default for StoreConfig {
@@ -249,6 +252,7 @@ impl Default for StoreConfig {
             path: None,
             busy_timeout_ms: 5000,
             queue_capacity: 1024,
+            backup_max_age_hours: 24,
         }
     }
 }

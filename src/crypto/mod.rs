@@ -14,6 +14,7 @@
 
 pub mod blind;
 pub mod chunk;
+pub mod escrow;
 pub mod field;
 pub mod keyring;
 pub mod password;

@@ -181,6 +181,10 @@ pub enum StoreError {
         found: u64,
         expected: u64,
     },
+    #[error("backup: {0}")]
+    Backup(String),
+    #[error("the database is in use by a running daemon ({} is locked); stop it first (systemctl stop hema3n-edge)", lock.display())]
+    InUse { lock: PathBuf },
     #[error("database error")]
     Sqlite(#[from] rusqlite::Error),
     /// The shared PostgreSQL store failed (connection lost, server restarting, a query

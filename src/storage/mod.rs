@@ -22,6 +22,7 @@ mod attachment_sync;
 mod attachment_upload;
 mod attachments;
 pub mod audit;
+mod backup;
 mod cases;
 mod codes;
 mod devices;
@@ -61,6 +62,10 @@ pub use attachment_sync::AttachmentPart;
 pub use attachment_upload::NewAttachment;
 pub use attachments::{AttachmentOpen, CHUNK_BYTES, Rendition};
 pub use audit::{AuditRow, Finding, VerifyReport};
+pub use backup::{
+    BACKUP_FORMAT, BackupManifest, DaemonLock, LastBackup, RestoreReport, check_backup_data,
+    read_backup, restore,
+};
 pub use cases::{BundleState, CaseAlarm, CaseParts, CaseSummary, CaseView};
 pub use devices::DeviceInfo;
 pub use edits::VoidedReading;

@@ -234,6 +234,21 @@ impl Appliance {
         Self::init_with(&[("20-mqtt.toml", &text)])
     }
 
+    /// An appliance on `broker` whose device `pump-1` may publish without rate limit.
+    pub fn streaming(broker: &broker::Broker) -> Self {
+        let a = Self::with_broker(
+            &broker.url(),
+            "[ingest]\ndevice_rate_per_sec = 1000000.0\ndevice_burst = 1000000.0\n",
+        );
+        a.ok(&["devices", "add", "pump-1"]);
+        a
+    }
+
+    /// Readings stored from `pump-1`.
+    pub fn pump_readings(&self) -> i64 {
+        self.query_i64("SELECT count(*) FROM observations WHERE device_id = 'pump-1'")
+    }
+
     /// Starts `hema3n-edge run` in the background (stderr to `daemon.log` in the temp dir).
     pub fn spawn_daemon(&self) -> Daemon {
         let log = std::fs::OpenOptions::new()

@@ -98,3 +98,51 @@ pub fn hr_pack(t_ms: i64, v: i64) -> String {
         t_ms as f64 / 1000.0
     )
 }
+
+/// A device streaming single heart-rate packs (device times `base`, `base + 1`, …) in chunks
+/// of 25, each chunk flushed: [`Stream::accepted`] counts exactly the messages the broker
+/// PUBACKed, which a daemon acknowledges only after committing them.
+pub struct Stream {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    accepted: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Stream {
+    pub fn start(port: u16, device: &str, base: i64) -> Stream {
+        use std::sync::atomic::{AtomicBool, AtomicU64};
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let accepted = std::sync::Arc::new(AtomicU64::new(0));
+        let (s, acc, device) = (stop.clone(), accepted.clone(), device.to_string());
+        let thread = std::thread::spawn(move || {
+            let mut c = TestClient::connect(port, &device, None);
+            let topic = format!("hema3n/v1/devices/{device}/vitals");
+            let mut i = 0i64;
+            while !s.load(Ordering::SeqCst) {
+                for _ in 0..25 {
+                    c.publish(&topic, hr_pack(base + i, 40 + i % 120));
+                    i += 1;
+                }
+                c.flush();
+                acc.store(i as u64, Ordering::SeqCst);
+            }
+        });
+        Stream {
+            stop,
+            accepted,
+            thread: Some(thread),
+        }
+    }
+
+    /// Messages the broker acknowledged so far.
+    pub fn accepted(&self) -> i64 {
+        self.accepted.load(Ordering::SeqCst) as i64
+    }
+
+    /// Stops after the current chunk; returns every message the broker acknowledged.
+    pub fn stop(mut self) -> i64 {
+        self.stop.store(true, Ordering::SeqCst);
+        self.thread.take().unwrap().join().unwrap();
+        self.accepted()
+    }
+}

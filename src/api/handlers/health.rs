@@ -44,9 +44,22 @@ pub async fn metrics(
     }
     let snap = st
         .store
-        .call(|db| Ok((db.outbox_stats()?, db.open_alarms()?, db.triage_count()?)))
+        .call(|db| {
+            Ok((
+                db.outbox_stats()?,
+                db.open_alarms()?,
+                db.triage_count()?,
+                db.last_backup()?,
+            ))
+        })
         .await?;
-    let text = metrics::metrics_text(&st, &snap.0, &snap.1, snap.2);
+    let store = metrics::StoreSnapshot {
+        outbox: &snap.0,
+        alarms: &snap.1,
+        triage: snap.2,
+        last_backup_ms: snap.3.map(|b| b.at_ms),
+    };
+    let text = metrics::metrics_text(&st, &store);
     Ok((
         [(
             axum::http::header::CONTENT_TYPE,
