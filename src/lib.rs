@@ -20,6 +20,7 @@
 //! - [`events`]: the live-event bus (ingest, triage, alarms → tablet streams, D-Bus signals).
 //! - [`dbus`]: `org.hema3n.Edge1` and the NetworkManager follower (the only user of `zbus`).
 //! - [`disk`]: the disk-pressure alarm; [`host`]: free disk space (the only user of `libc`).
+//! - [`lifecycle`]: key ages and certificate expiry (check, `/metrics`, their alarms).
 //! - [`backoff`]: the one reconnect back-off; [`report`]: the one error-chain printer.
 //! - [`tls`]: the only user of `rustls`; [`systemd`]: sd_notify, watchdog, journald.
 //! - [`cli`]: the command line and every subcommand other than `run`.
@@ -36,6 +37,7 @@ pub mod events;
 pub mod handoff;
 pub mod host;
 pub mod ingest;
+pub mod lifecycle;
 pub mod media;
 pub mod model;
 pub mod receiver;

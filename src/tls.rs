@@ -108,6 +108,64 @@ pub type Acceptor = tokio_rustls::TlsAcceptor;
 /// A server-side TLS stream.
 pub type ServerStream<S> = tokio_rustls::server::TlsStream<S>;
 
+/// When the first certificate in the PEM file `path` expires (its `notAfter`), in ms since the
+/// epoch: for the expiry warnings of `check`, `/metrics` and the `certificate_expiring` alarm.
+pub fn certificate_not_after_ms(path: &Path) -> Result<i64, TlsError> {
+    let c = certs("certificate", path)?;
+    der_not_after_ms(&c[0]).ok_or_else(|| TlsError::Read {
+        what: "certificate",
+        path: path.into(),
+        why: "its validity does not decode".into(),
+    })
+}
+
+/// One DER element: (tag, content, what follows).
+fn der_tlv(b: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, b) = b.split_first()?;
+    let (&l0, mut b) = b.split_first()?;
+    let len = if l0 < 0x80 {
+        usize::from(l0)
+    } else {
+        let n = usize::from(l0 & 0x7f);
+        if n == 0 || n > 4 || b.len() < n {
+            return None;
+        }
+        let len = b[..n].iter().fold(0usize, |a, &x| a << 8 | usize::from(x));
+        b = &b[n..];
+        len
+    };
+    (b.len() >= len).then(|| (tag, &b[..len], &b[len..]))
+}
+
+/// `tbsCertificate.validity.notAfter` of an X.509 certificate (RFC 5280 §4.1): UTCTime
+/// (years 1950-2049) or GeneralizedTime, always in UTC (`Z`).
+fn der_not_after_ms(cert: &[u8]) -> Option<i64> {
+    let (_, cert, _) = der_tlv(cert)?;
+    let (_, mut tbs, _) = der_tlv(cert)?;
+    let (tag, _, rest) = der_tlv(tbs)?;
+    if tag == 0xa0 {
+        tbs = rest; // [0] EXPLICIT version
+    }
+    let (_, _, rest) = der_tlv(tbs)?; // serialNumber
+    let (_, _, rest) = der_tlv(rest)?; // signature
+    let (_, _, rest) = der_tlv(rest)?; // issuer
+    let (_, validity, _) = der_tlv(rest)?;
+    let (_, _, rest) = der_tlv(validity)?; // notBefore
+    let (tag, t, _) = der_tlv(rest)?;
+    let s = std::str::from_utf8(t).ok()?.strip_suffix('Z')?;
+    let (year, s) = match (tag, s.len()) {
+        (0x17, 12) => {
+            let yy: i64 = s[..2].parse().ok()?;
+            (if yy >= 50 { 1900 + yy } else { 2000 + yy }, &s[2..])
+        }
+        (0x18, 14) => (s[..4].parse().ok()?, &s[4..]),
+        _ => return None,
+    };
+    let n = |i: usize| s.get(i..i + 2)?.parse::<i64>().ok();
+    let days = crate::model::days_from_civil(year, n(0)?, n(2)?);
+    Some(((days * 24 + n(4)?) * 60 + n(6)?) * 60_000 + n(8)? * 1000)
+}
+
 /// A server configuration presenting the chain in `cert_file` with the PEM key `key_pem`.
 pub fn server_acceptor(cert_file: &Path, key_pem: &[u8]) -> Result<Acceptor, TlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -224,5 +282,38 @@ impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> postgres::tls::Tls
     /// No channel binding: the server is authenticated by its certificate instead.
     fn channel_binding(&self) -> postgres::tls::ChannelBinding {
         postgres::tls::ChannelBinding::none()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A self-signed certificate valid until `y-m-d` (rcgen writes UTCTime before 2050 and
+    /// GeneralizedTime from 2050 on, as RFC 5280 requires).
+    fn cert_until(y: i32, m: u8, d: u8) -> Vec<u8> {
+        let mut p = rcgen::CertificateParams::new(vec!["x.test".to_string()]).unwrap();
+        p.not_after = rcgen::date_time_ymd(y, m, d);
+        let key = rcgen::KeyPair::generate().unwrap();
+        p.self_signed(&key).unwrap().der().to_vec()
+    }
+
+    #[test]
+    fn not_after_reads_utc_and_generalized_time() {
+        for (y, m, d) in [(2027, 1, 31), (1999, 12, 31), (2049, 6, 1), (2051, 3, 1)] {
+            let want = crate::model::days_from_civil(y.into(), m.into(), d.into()) * 86_400_000;
+            assert_eq!(
+                der_not_after_ms(&cert_until(y, m, d)),
+                Some(want),
+                "{y}-{m}-{d}"
+            );
+        }
+        let c = cert_until(2030, 2, 2);
+        assert_eq!(
+            der_not_after_ms(&c[..c.len() / 3]),
+            None,
+            "a cut certificate"
+        );
+        assert_eq!(der_not_after_ms(b"\x30\x84\xff\xff\xff\xff"), None);
     }
 }

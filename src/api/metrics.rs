@@ -14,6 +14,7 @@ pub struct StoreSnapshot<'a> {
     pub triage: u64,
     /// When the last backup was taken (absent: never).
     pub last_backup_ms: Option<i64>,
+    pub key_versions: &'a [crate::storage::KeyVersionInfo],
 }
 
 /// Prometheus text exposition of the API, ingest, triage, outbox, alarm and session state.
@@ -23,6 +24,7 @@ pub fn metrics_text(st: &ApiState, store: &StoreSnapshot<'_>) -> String {
         alarms,
         triage,
         last_backup_ms,
+        key_versions,
     } = *store;
     use std::fmt::Write;
     let mut o = String::new();
@@ -173,6 +175,40 @@ pub fn metrics_text(st: &ApiState, store: &StoreSnapshot<'_>) -> String {
             String::new(),
             last_backup_ms.map_or(0.0, |ms| ms as f64 / 1000.0),
         )],
+    );
+    let now = crate::model::now_ms();
+    let ages = crate::lifecycle::key_ages(&st.cfg, key_versions, now);
+    m(
+        "hema3n_territory_key_created_timestamp_seconds",
+        "gauge",
+        "When the current key version of each territory was created (rotate after keys.rotate_after_days)",
+        &ages
+            .iter()
+            .map(|k| {
+                (
+                    format!(
+                        "{{territory=\"{}\",version=\"{}\"}}",
+                        k.territory, k.version
+                    ),
+                    k.created_at_ms as f64 / 1000.0,
+                )
+            })
+            .collect::<Vec<_>>(),
+    );
+    m(
+        "hema3n_tls_certificate_expiry_timestamp_seconds",
+        "gauge",
+        "notAfter of each TLS certificate in use (api, cloud_client); absent when unreadable",
+        &crate::lifecycle::certificates(&st.cfg, now)
+            .iter()
+            .filter_map(|c| {
+                let t = c.not_after_ms.as_ref().ok()?;
+                Some((
+                    format!("{{certificate=\"{}\"}}", c.name),
+                    *t as f64 / 1000.0,
+                ))
+            })
+            .collect::<Vec<_>>(),
     );
     m(
         "hema3n_outbox_bundles",

@@ -37,16 +37,30 @@ pub struct Checkpointer {
     pub store: Store,
     pub every: Duration,
     pub beats: Arc<Heartbeats>,
+    /// For the key-rotation and certificate-expiry alarms (`lifecycle`), checked at start
+    /// and every [`LIFECYCLE_EVERY`].
+    pub cfg: Arc<crate::config::Config>,
 }
+
+/// How often the checkpointer re-evaluates key ages and certificate expiry.
+const LIFECYCLE_EVERY: Duration = Duration::from_secs(600);
 
 impl Checkpointer {
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) -> Result<(), StoreError> {
         let mut tick = tokio::time::interval(self.every.min(Duration::from_secs(5)));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut lifecycle_due = tokio::time::Instant::now();
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
                 _ = shutdown.changed() => break,
+            }
+            if tokio::time::Instant::now() >= lifecycle_due {
+                lifecycle_due += LIFECYCLE_EVERY;
+                let cfg = self.cfg.clone();
+                self.store
+                    .call(move |db| crate::lifecycle::update_alarms(&cfg, db))
+                    .await?;
             }
             if let Some(seq) = self
                 .store

@@ -211,6 +211,7 @@ impl App {
             store: store.clone(),
             every,
             beats: beats.clone(),
+            cfg: Arc::new(cfg.clone()),
         };
         let sd = sup.shutdown(Stage::Storage);
         sup.spawn(Stage::Storage, "audit-checkpointer", cp.run(sd));

@@ -261,7 +261,60 @@ pub fn check(cfg: &Config, cfg_files: &[PathBuf]) -> CmdResult {
         writeln!(out, "FAIL    audit log: {}", rep.findings[0])?;
     }
     check_backup(cfg, &db, &mut out)?;
+    code = code.max(check_lifecycle(cfg, &db, &mut out)?);
     code = code.max(check_sync(cfg, &db, &mut out)?);
+    Ok(code)
+}
+
+/// `check`: territory key ages against `keys.rotate_after_days` and certificate expiry against
+/// `keys.certificate_warn_days` (warnings; an expired or unreadable certificate fails).
+fn check_lifecycle(cfg: &Config, db: &Db, out: &mut impl Write) -> Result<u8, Failure> {
+    use crate::lifecycle;
+    let now = crate::model::now_ms();
+    let mut code = 0;
+    for k in lifecycle::key_ages(cfg, &db.key_versions()?, now) {
+        writeln!(
+            out,
+            "{} territory `{}` key v{} is {} days old (rotate after {}{})",
+            if k.due { "warn   " } else { "ok     " },
+            k.territory,
+            k.version,
+            k.age_days,
+            cfg.keys.rotate_after_days,
+            if k.due {
+                ": due, hema3n-edge keys rotate"
+            } else {
+                ""
+            }
+        )?;
+    }
+    for c in lifecycle::certificates(cfg, now) {
+        match (&c.not_after_ms, c.days_left) {
+            (Ok(t), Some(d)) => {
+                let state = if d < 0 {
+                    code = 1;
+                    "FAIL   "
+                } else if c.warn {
+                    "warn   "
+                } else {
+                    "ok     "
+                };
+                writeln!(
+                    out,
+                    "{state} {} certificate {} expires {} ({d} days; warn within {})",
+                    c.name,
+                    c.path.display(),
+                    crate::model::iso8601_ms(*t),
+                    cfg.keys.certificate_warn_days
+                )?;
+            }
+            (Err(e), _) => {
+                code = 1;
+                writeln!(out, "FAIL    {} certificate: {e}", c.name)?;
+            }
+            (Ok(_), None) => {}
+        }
+    }
     Ok(code)
 }
 

@@ -219,12 +219,20 @@ pub struct KeysConfig {
     /// Directory of key files, read after `$CREDENTIALS_DIRECTORY`. Files must be mode 0600 or
     /// stricter. `keys rotate` writes new territory key versions here. Default `/etc/hema3n/keys`.
     pub dir: PathBuf,
+    /// A territory key version older than this many days is due for rotation: `check` warns
+    /// and the daemon raises `key_rotation_due`. Default 90.
+    pub rotate_after_days: u32,
+    /// Warn (`check`, alarm `certificate_expiring`) this many days before a TLS certificate
+    /// (tablet API, cloud client) expires. Default 30.
+    pub certificate_warn_days: u32,
 }
 
 impl Default for KeysConfig {
     fn default() -> Self {
         KeysConfig {
             dir: PathBuf::from("/etc/hema3n/keys"),
+            rotate_after_days: 90,
+            certificate_warn_days: 30,
         }
     }
 }

@@ -17,6 +17,10 @@ named_enum! {
         DeviceSilent = "device_silent",
         /// The data directory is short of space (nothing is dropped).
         DiskPressure = "disk_pressure",
+        /// A territory key is older than `keys.rotate_after_days`.
+        KeyRotationDue = "key_rotation_due",
+        /// A TLS certificate expires within `keys.certificate_warn_days` (or has expired).
+        CertificateExpiring = "certificate_expiring",
     }
 }
 

@@ -22,6 +22,8 @@ pub struct KeyVersionInfo {
     /// Live data keys wrapped under this version.
     pub data_keys: u64,
     pub invocations: u64,
+    /// When this version was recorded (ms).
+    pub created_at_ms: i64,
 }
 
 /// Outcome of a re-wrap pass.
@@ -207,8 +209,8 @@ impl Db {
     pub fn key_versions(&self) -> Result<Vec<KeyVersionInfo>> {
         let mut st = self.conn.prepare(
             "SELECT k.territory, k.version, k.key_id, k.retired_at IS NOT NULL, k.invocations, \
-             (SELECT count(*) FROM data_keys d WHERE d.territory = k.territory AND d.kek_version = k.version AND d.wrapped IS NOT NULL) \
-             FROM key_versions k ORDER BY k.territory, k.version",
+             (SELECT count(*) FROM data_keys d WHERE d.territory = k.territory AND d.kek_version = k.version AND d.wrapped IS NOT NULL), \
+             k.created_at FROM key_versions k ORDER BY k.territory, k.version",
         )?;
         let rows = st.query_map([], |r| {
             Ok(KeyVersionInfo {
@@ -218,6 +220,7 @@ impl Db {
                 retired: r.get(3)?,
                 invocations: r.get::<_, i64>(4)? as u64,
                 data_keys: r.get::<_, i64>(5)? as u64,
+                created_at_ms: r.get(6)?,
                 loaded: false,
             })
         })?;

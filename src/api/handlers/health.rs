@@ -50,6 +50,7 @@ pub async fn metrics(
                 db.open_alarms()?,
                 db.triage_count()?,
                 db.last_backup()?,
+                db.key_versions()?,
             ))
         })
         .await?;
@@ -58,6 +59,7 @@ pub async fn metrics(
         alarms: &snap.1,
         triage: snap.2,
         last_backup_ms: snap.3.map(|b| b.at_ms),
+        key_versions: &snap.4,
     };
     let text = metrics::metrics_text(&st, &store);
     Ok((

@@ -1,0 +1,116 @@
+//! Key and certificate lifecycle (#20 item 3, in part): a territory key older than
+//! `keys.rotate_after_days` makes `check` warn and the daemon raise `key_rotation_due`, which
+//! rotation clears; a tablet certificate within `keys.certificate_warn_days` of its expiry makes
+//! `check` warn and the daemon raise `certificate_expiring`; an expired one fails `check`.
+
+mod common;
+
+use common::Appliance;
+use common::broker::{Broker, wait_eq};
+use hema3n_edge::model::{iso8601_ms, now_ms};
+
+const DAY_MS: i64 = 86_400_000;
+
+fn open_alarms(a: &Appliance, kind: &str) -> i64 {
+    a.query_i64(&format!(
+        "SELECT count(*) FROM alarms WHERE kind = '{kind}' AND cleared_at IS NULL"
+    ))
+}
+
+#[test]
+fn a_territory_key_past_its_age_raises_the_alarm_until_it_is_rotated() {
+    let broker = Broker::start();
+    let a = Appliance::with_broker(&broker.url(), "");
+    let check = a.ok(&["check"]);
+    assert!(
+        check.contains("ok      territory `default` key v1 is 0 days old (rotate after 90)"),
+        "{check}"
+    );
+    a.open()
+        .raw_connection_for_tests()
+        .execute(
+            "UPDATE key_versions SET created_at = created_at - ?1",
+            [91 * DAY_MS],
+        )
+        .unwrap();
+    let check = a.ok(&["check"]);
+    assert!(
+        check.contains("warn    territory `default` key v1 is 91 days old (rotate after 90: due"),
+        "{check}"
+    );
+
+    let mut daemon = a.start_daemon();
+    wait_eq(30, "key_rotation_due raised", 1, || {
+        open_alarms(&a, "key_rotation_due")
+    });
+    let detail = a.query_text(
+        "SELECT detail FROM alarms WHERE kind = 'key_rotation_due' AND cleared_at IS NULL",
+    );
+    assert!(detail.contains("default v1 is 91 days old"), "{detail}");
+    assert!(daemon.stop().success());
+
+    a.ok(&["keys", "rotate", "--territory", "default"]);
+    let check = a.ok(&["check"]);
+    assert!(
+        check.contains("ok      territory `default` key v2 is 0 days old"),
+        "{check}"
+    );
+    let mut daemon = a.start_daemon();
+    wait_eq(30, "key_rotation_due cleared", 0, || {
+        open_alarms(&a, "key_rotation_due")
+    });
+    assert_eq!(
+        a.query_i64(
+            "SELECT count(*) FROM audit_log WHERE action IN ('alarm.raise', 'alarm.clear')"
+        ),
+        2,
+        "raised and cleared once each, audited"
+    );
+    assert!(daemon.stop().success());
+}
+
+/// Replaces the tablet's certificate and key with a self-signed pair valid until `until_ms`.
+fn tablet_cert_until(a: &Appliance, until_ms: i64) {
+    let day = iso8601_ms(until_ms);
+    let ymd: Vec<i32> = day[..10].split('-').map(|s| s.parse().unwrap()).collect();
+    let mut p = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    p.not_before = rcgen::date_time_ymd(2020, 1, 1);
+    p.not_after = rcgen::date_time_ymd(ymd[0], ymd[1] as u8, ymd[2] as u8);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = p.self_signed(&key).unwrap();
+    std::fs::write(a.key_dir().join("api-cert.pem"), cert.pem()).unwrap();
+    let k = a.key_dir().join("api-tls.key");
+    std::fs::remove_file(&k).unwrap();
+    std::fs::write(&k, key.serialize_pem()).unwrap();
+    common::cloud::set_private(&k);
+}
+
+#[test]
+fn a_certificate_near_its_expiry_warns_and_raises_the_alarm_and_an_expired_one_fails_check() {
+    let broker = Broker::start();
+    let a = Appliance::with_broker(&broker.url(), "");
+    let check = a.ok(&["check"]);
+    assert!(check.contains("ok      api certificate"), "{check}");
+
+    tablet_cert_until(&a, now_ms() + 12 * DAY_MS);
+    let check = a.ok(&["check"]);
+    assert!(
+        check.contains("warn    api certificate") && check.contains("warn within 30)"),
+        "{check}"
+    );
+    let mut daemon = a.start_daemon();
+    wait_eq(30, "certificate_expiring raised", 1, || {
+        open_alarms(&a, "certificate_expiring")
+    });
+    let detail = a.query_text(
+        "SELECT detail FROM alarms WHERE kind = 'certificate_expiring' AND cleared_at IS NULL",
+    );
+    assert!(detail.contains("api certificate expires in 1"), "{detail}");
+    assert!(daemon.stop().success());
+
+    tablet_cert_until(&a, now_ms() - 2 * DAY_MS);
+    let out = a.run(&["check"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("FAIL    api certificate"), "{text}");
+}
