@@ -18,15 +18,17 @@ apt_install systemd
 TMP="$(mktemp -d)"; trap 'rm -rf "$TMP"' EXIT
 
 log "systemd-analyze verify"
-for u in hema3n-edge hema3n-receiver; do
+for u in hema3n-edge hema3n-receiver hema3n-backup; do
     # verify checks that ExecStart exists: point it at the freshly built binary.
-    sed "s#/usr/bin/$u#$BINDIR/$u#g" "systemd/$u.service" >"$TMP/$u.service"
+    sed "s#/usr/bin/hema3n-#$BINDIR/hema3n-#g" "systemd/$u.service" >"$TMP/$u.service"
 done
+cp systemd/hema3n-backup.timer "$TMP/"
 # verify exits 0 on warnings: any output at all is a failure.
-VERIFY_OUT="$(cd "$TMP" && systemd-analyze verify --man=no ./hema3n-edge.service ./hema3n-receiver.service 2>&1)" \
+VERIFY_OUT="$(cd "$TMP" && systemd-analyze verify --man=no ./hema3n-edge.service ./hema3n-receiver.service \
+    ./hema3n-backup.service ./hema3n-backup.timer 2>&1)" \
     || { echo "$VERIFY_OUT"; die "systemd-analyze verify failed"; }
 [ -z "$VERIFY_OUT" ] || { echo "$VERIFY_OUT"; die "systemd-analyze verify printed warnings"; }
-for u in hema3n-edge hema3n-receiver; do
+for u in hema3n-edge hema3n-receiver hema3n-backup; do
     score="$(cd "$TMP" && systemd-analyze security --offline=true "./$u.service" 2>/dev/null | sed -n 's/.*Overall exposure level for [^:]*: \([0-9.]*\).*/\1/p')"
     [ -n "$score" ] || die "no exposure score for $u"
     log "systemd-analyze security $u.service: exposure $score (target ≤ $MAX_EXPOSURE)"

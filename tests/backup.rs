@@ -204,6 +204,31 @@ fn a_backup_with_one_changed_byte_or_of_another_appliance_is_refused_before_anyt
     assert!(err.contains("another appliance"), "{err}");
     assert_eq!(head(), before);
 
+    // A timer's run: named by time into a directory, the newest N kept.
+    let dir = a.tmp.path().join("backups");
+    for _ in 0..3 {
+        a.ok(&["backup", "--out-dir", dir.to_str().unwrap(), "--keep", "2"]);
+    }
+    let mut kept: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    kept.sort();
+    assert_eq!(kept.len(), 2, "{kept:?}");
+    assert!(
+        kept.iter()
+            .all(|n| n.starts_with("edge-hema3n-dev-2") && n.ends_with("Z.backup")),
+        "{kept:?}"
+    );
+    let newest = dir.join(&kept[1]);
+    assert!(
+        a.ok(&["restore", "--verify-only", newest.to_str().unwrap()])
+            .starts_with("OK")
+    );
+    let r = a.run(&["backup", "--keep", "2", "--out", bad.to_str().unwrap()]);
+    assert_eq!(r.status.code(), Some(78), "--keep needs --out-dir");
+    assert!(String::from_utf8_lossy(&r.stderr).contains("needs --out-dir"));
+
     // The unchanged file restores.
     let out = a.ok(&["restore", file.to_str().unwrap()]);
     assert!(out.contains("restored"), "{out}");

@@ -45,8 +45,19 @@ pub enum Cmd {
     /// Write a signed, encrypted backup of the database while the daemon runs.
     Backup {
         /// The backup file (written atomically, 0600).
-        #[arg(long, value_name = "FILE")]
-        out: PathBuf,
+        #[arg(
+            long,
+            value_name = "FILE",
+            required_unless_present = "out_dir",
+            conflicts_with = "out_dir"
+        )]
+        out: Option<PathBuf>,
+        /// Write `edge-<appliance>-<UTC time>.backup` into DIR instead (for a timer).
+        #[arg(long, value_name = "DIR")]
+        out_dir: Option<PathBuf>,
+        /// With `--out-dir`: keep only the newest N backups of this appliance there.
+        #[arg(long, value_name = "N", requires = "out_dir", value_parser = clap::value_parser!(u32).range(1..))]
+        keep: Option<u32>,
         /// Print the manifest as JSON.
         #[arg(long)]
         json: bool,

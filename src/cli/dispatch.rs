@@ -69,7 +69,12 @@ pub fn main(args: Args) -> ExitCode {
             };
         }
         Some(Cmd::Check) => cli::check(&cfg, &prov.files),
-        Some(Cmd::Backup { out, json }) => cli::backup(&cfg, out, *json),
+        Some(Cmd::Backup {
+            out,
+            out_dir,
+            keep,
+            json,
+        }) => cli::backup(&cfg, out.as_deref(), out_dir.as_deref(), *keep, *json),
         Some(Cmd::Restore { file, verify_only }) => cli::restore(&cfg, file, *verify_only),
         Some(Cmd::Keys { cmd }) => match cmd {
             KeysCmd::Rotate {
