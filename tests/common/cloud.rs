@@ -45,7 +45,9 @@ impl Pki {
                 "-out",
                 "ca.crt",
                 "-days",
-                "2",
+                // Longer than keys.certificate_warn_days: a test certificate near its expiry
+                // would (rightly) raise the certificate_expiring alarm.
+                "400",
                 "-subj",
                 "/CN=hema3n test CA",
             ],
@@ -98,7 +100,7 @@ impl Pki {
             "-out",
             &format!("{name}.crt"),
             "-days",
-            "2",
+            "400",
         ]
         .into_iter()
         .map(String::from)
