@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 
 use crate::config::Config;
-use crate::storage::KeyVersionInfo;
+use crate::storage::CurrentKeyVersion;
 
 const DAY_MS: i64 = 86_400_000;
 
@@ -26,35 +26,28 @@ pub struct CertExpiry {
     /// `api` (the tablet's HTTPS) or `cloud_client` (mTLS to the cloud broker).
     pub name: &'static str,
     pub path: PathBuf,
-    /// `notAfter` in ms, or why it could not be read.
-    pub not_after_ms: Result<i64, String>,
-    pub days_left: Option<i64>,
+    /// `notAfter` in ms and whole days left (negative once expired), or why the certificate
+    /// could not be read.
+    pub expiry: Result<(i64, i64), String>,
     /// Expired, unreadable, or within the warning window.
     pub warn: bool,
 }
 
 /// Territory key ages against `keys.rotate_after_days`.
-pub fn key_ages(cfg: &Config, versions: &[KeyVersionInfo], now: i64) -> Vec<KeyAge> {
-    let mut out: Vec<KeyAge> = Vec::new();
-    for k in versions.iter().filter(|k| !k.retired) {
-        let age_days = (now - k.created_at_ms).max(0) / DAY_MS;
-        let age = KeyAge {
-            territory: k.territory.clone(),
-            version: k.version,
-            created_at_ms: k.created_at_ms,
-            age_days,
-            due: age_days >= i64::from(cfg.keys.rotate_after_days),
-        };
-        match out.last_mut() {
-            Some(last) if last.territory == k.territory => {
-                if k.version > last.version {
-                    *last = age;
-                }
+pub fn key_ages(cfg: &Config, current: &[CurrentKeyVersion], now: i64) -> Vec<KeyAge> {
+    current
+        .iter()
+        .map(|k| {
+            let age_days = (now - k.created_at_ms).max(0) / DAY_MS;
+            KeyAge {
+                territory: k.territory.clone(),
+                version: k.version,
+                created_at_ms: k.created_at_ms,
+                age_days,
+                due: age_days >= i64::from(cfg.keys.rotate_after_days),
             }
-            _ => out.push(age),
-        }
-    }
-    out
+        })
+        .collect()
 }
 
 /// The certificates this configuration uses and their expiry.
@@ -70,18 +63,16 @@ pub fn certificates(cfg: &Config, now: i64) -> Vec<CertExpiry> {
         .into_iter()
         .filter(|(_, p)| p.exists())
         .map(|(name, path)| {
-            let not_after_ms =
-                crate::tls::certificate_not_after_ms(&path).map_err(|e| e.to_string());
-            let days_left = not_after_ms
+            let expiry = crate::tls::certificate_not_after_ms(&path)
+                .map(|t| (t, (t - now).div_euclid(DAY_MS)))
+                .map_err(|e| e.to_string());
+            let warn = !expiry
                 .as_ref()
-                .ok()
-                .map(|t| (t - now).div_euclid(DAY_MS));
-            let warn = days_left.is_none_or(|d| d < i64::from(cfg.keys.certificate_warn_days));
+                .is_ok_and(|(_, d)| *d >= i64::from(cfg.keys.certificate_warn_days));
             CertExpiry {
                 name,
                 path,
-                not_after_ms,
-                days_left,
+                expiry,
                 warn,
             }
         })
@@ -108,11 +99,10 @@ pub fn certificates_alarm(certs: &[CertExpiry]) -> Option<String> {
     let due: Vec<String> = certs
         .iter()
         .filter(|c| c.warn)
-        .map(|c| match (c.days_left, &c.not_after_ms) {
-            (Some(d), _) if d < 0 => format!("{} certificate expired {} days ago", c.name, -d),
-            (Some(d), _) => format!("{} certificate expires in {d} days", c.name),
-            (None, Err(e)) => format!("{} certificate unreadable: {e}", c.name),
-            (None, Ok(_)) => format!("{} certificate", c.name),
+        .map(|c| match &c.expiry {
+            Ok((_, d)) if *d < 0 => format!("{} certificate expired {} days ago", c.name, -d),
+            Ok((_, d)) => format!("{} certificate expires in {d} days", c.name),
+            Err(e) => format!("{} certificate unreadable: {e}", c.name),
         })
         .collect();
     (!due.is_empty()).then(|| due.join("; "))
@@ -123,7 +113,7 @@ pub fn certificates_alarm(certs: &[CertExpiry]) -> Option<String> {
 pub fn update_alarms(cfg: &Config, db: &mut crate::storage::Db) -> crate::storage::Result<()> {
     use crate::model::AlarmKind;
     let now = crate::model::now_ms();
-    let keys = keys_alarm(&key_ages(cfg, &db.key_versions()?, now));
+    let keys = keys_alarm(&key_ages(cfg, &db.current_key_versions()?, now));
     db.set_appliance_alarm(
         AlarmKind::KeyRotationDue,
         keys.is_some(),

@@ -265,6 +265,17 @@ fn soak_patients(a: &Appliance, last_name: &str) -> Vec<String> {
     ids
 }
 
+/// `keys recover SEALED --escrow-key KEY`.
+fn recover_args<'a>(sealed: &'a Path, key: &'a Path) -> [&'a str; 5] {
+    [
+        "keys",
+        "recover",
+        sealed.to_str().unwrap(),
+        "--escrow-key",
+        key.to_str().unwrap(),
+    ]
+}
+
 #[test]
 fn escrowed_keys_and_a_backup_bring_a_lost_appliance_back() {
     let a = Appliance::init();
@@ -299,25 +310,13 @@ fn escrowed_keys_and_a_backup_bring_a_lost_appliance_back() {
     // identical files — and another escrow key does not open the file.
     let other = a.tmp.path().join("other-agency");
     a.ok(&["keys", "escrow-keygen", "--out", other.to_str().unwrap()]);
-    let r = a.run(&[
-        "keys",
-        "recover",
-        sealed.to_str().unwrap(),
-        "--escrow-key",
-        other.join("escrow.key").to_str().unwrap(),
-    ]);
+    let r = a.run(&recover_args(&sealed, &other.join("escrow.key")));
     assert!(!r.status.success());
     assert!(String::from_utf8_lossy(&r.stderr).contains("sealed to escrow key"));
     std::fs::remove_file(a.key_dir().join("index.key")).unwrap();
     std::fs::write(a.key_dir().join("index.key"), [b'0'; 64]).unwrap();
     common::cloud::set_private(&a.key_dir().join("index.key"));
-    let r = a.run(&[
-        "keys",
-        "recover",
-        sealed.to_str().unwrap(),
-        "--escrow-key",
-        escrow_key.to_str().unwrap(),
-    ]);
+    let r = a.run(&recover_args(&sealed, &escrow_key));
     assert!(!r.status.success());
     let err = String::from_utf8_lossy(&r.stderr);
     assert!(err.contains("exists with another key"), "{err}");
@@ -334,13 +333,7 @@ fn escrowed_keys_and_a_backup_bring_a_lost_appliance_back() {
             std::fs::remove_file(p).unwrap();
         }
     }
-    let out = a.ok(&[
-        "keys",
-        "recover",
-        sealed.to_str().unwrap(),
-        "--escrow-key",
-        escrow_key.to_str().unwrap(),
-    ]);
+    let out = a.ok(&recover_args(&sealed, &escrow_key));
     assert!(out.contains("recovered 5 key files"), "{out}");
     let out = a.ok(&["restore", backup.to_str().unwrap()]);
     assert!(out.contains("there was no database to replace"), "{out}");

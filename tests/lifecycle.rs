@@ -11,12 +11,6 @@ use hema3n_edge::model::{iso8601_ms, now_ms};
 
 const DAY_MS: i64 = 86_400_000;
 
-fn open_alarms(a: &Appliance, kind: &str) -> i64 {
-    a.query_i64(&format!(
-        "SELECT count(*) FROM alarms WHERE kind = '{kind}' AND cleared_at IS NULL"
-    ))
-}
-
 #[test]
 fn a_territory_key_past_its_age_raises_the_alarm_until_it_is_rotated() {
     let broker = Broker::start();
@@ -40,12 +34,7 @@ fn a_territory_key_past_its_age_raises_the_alarm_until_it_is_rotated() {
     );
 
     let mut daemon = a.start_daemon();
-    wait_eq(30, "key_rotation_due raised", 1, || {
-        open_alarms(&a, "key_rotation_due")
-    });
-    let detail = a.query_text(
-        "SELECT detail FROM alarms WHERE kind = 'key_rotation_due' AND cleared_at IS NULL",
-    );
+    let detail = a.raised_alarm("key_rotation_due");
     assert!(detail.contains("default v1 is 91 days old"), "{detail}");
     assert!(daemon.stop().success());
 
@@ -57,7 +46,7 @@ fn a_territory_key_past_its_age_raises_the_alarm_until_it_is_rotated() {
     );
     let mut daemon = a.start_daemon();
     wait_eq(30, "key_rotation_due cleared", 0, || {
-        open_alarms(&a, "key_rotation_due")
+        a.open_alarms("key_rotation_due")
     });
     assert_eq!(
         a.query_i64(
@@ -99,12 +88,7 @@ fn a_certificate_near_its_expiry_warns_and_raises_the_alarm_and_an_expired_one_f
         "{check}"
     );
     let mut daemon = a.start_daemon();
-    wait_eq(30, "certificate_expiring raised", 1, || {
-        open_alarms(&a, "certificate_expiring")
-    });
-    let detail = a.query_text(
-        "SELECT detail FROM alarms WHERE kind = 'certificate_expiring' AND cleared_at IS NULL",
-    );
+    let detail = a.raised_alarm("certificate_expiring");
     assert!(detail.contains("api certificate expires in 1"), "{detail}");
     assert!(daemon.stop().success());
 

@@ -172,12 +172,7 @@ fn disk_pressure_raises_an_alarm_and_nothing_is_dropped() {
     r.pair(&a); // receiver keys installed, no cloud broker configured: seal and hold
     let case = a.soak(1, "Pressure")[0].1.clone();
     let mut daemon = a.start_daemon();
-    wait_for(30, "disk-pressure alarm", || {
-        (a.query_i64(
-            "SELECT count(*) FROM alarms WHERE kind = 'disk_pressure' AND cleared_at IS NULL",
-        ) == 1)
-            .then_some(())
-    });
+    a.raised_alarm("disk_pressure");
     a.ok(&["cases", "close", &case]);
     wait_for(30, "the bundle sealed and held despite the alarm", || {
         (a.query_i64("SELECT count(*) FROM outbox WHERE kind = 'bundle' AND state = 'queued'") == 1)

@@ -14,7 +14,7 @@ pub struct StoreSnapshot<'a> {
     pub triage: u64,
     /// When the last backup was taken (absent: never).
     pub last_backup_ms: Option<i64>,
-    pub key_versions: &'a [crate::storage::KeyVersionInfo],
+    pub key_versions: &'a [crate::storage::CurrentKeyVersion],
 }
 
 /// Prometheus text exposition of the API, ingest, triage, outbox, alarm and session state.
@@ -202,7 +202,7 @@ pub fn metrics_text(st: &ApiState, store: &StoreSnapshot<'_>) -> String {
         &crate::lifecycle::certificates(&st.cfg, now)
             .iter()
             .filter_map(|c| {
-                let t = c.not_after_ms.as_ref().ok()?;
+                let (t, _) = c.expiry.as_ref().ok()?;
                 Some((
                     format!("{{certificate=\"{}\"}}", c.name),
                     *t as f64 / 1000.0,

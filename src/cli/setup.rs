@@ -272,7 +272,7 @@ fn check_lifecycle(cfg: &Config, db: &Db, out: &mut impl Write) -> Result<u8, Fa
     use crate::lifecycle;
     let now = crate::model::now_ms();
     let mut code = 0;
-    for k in lifecycle::key_ages(cfg, &db.key_versions()?, now) {
+    for k in lifecycle::key_ages(cfg, &db.current_key_versions()?, now) {
         writeln!(
             out,
             "{} territory `{}` key v{} is {} days old (rotate after {}{})",
@@ -289,9 +289,9 @@ fn check_lifecycle(cfg: &Config, db: &Db, out: &mut impl Write) -> Result<u8, Fa
         )?;
     }
     for c in lifecycle::certificates(cfg, now) {
-        match (&c.not_after_ms, c.days_left) {
-            (Ok(t), Some(d)) => {
-                let state = if d < 0 {
+        match &c.expiry {
+            Ok((t, d)) => {
+                let state = if *d < 0 {
                     code = 1;
                     "FAIL   "
                 } else if c.warn {
@@ -308,11 +308,10 @@ fn check_lifecycle(cfg: &Config, db: &Db, out: &mut impl Write) -> Result<u8, Fa
                     cfg.keys.certificate_warn_days
                 )?;
             }
-            (Err(e), _) => {
+            Err(e) => {
                 code = 1;
                 writeln!(out, "FAIL    {} certificate: {e}", c.name)?;
             }
-            (Ok(_), None) => {}
         }
     }
     Ok(code)

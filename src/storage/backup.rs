@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use rusqlite::{Connection, OpenFlags, backup};
 use serde::{Deserialize, Serialize};
 
-use super::open::{db_key_fingerprint, keyid_path, open_keyed};
+use super::open::{apply_key, db_key_fingerprint, keyid_path, open_keyed};
 use super::{Db, Result, StoreError};
 use crate::config::Config;
 use crate::crypto::Sha256;
@@ -132,6 +132,20 @@ fn signed_message(manifest: &[u8]) -> Vec<u8> {
     [SIG_DOMAIN, manifest].concat()
 }
 
+/// The files SQLite keeps beside a database in WAL mode (moved with it, never apart).
+const COMPANIONS: [&str; 2] = ["-wal", "-shm"];
+
+/// Removes what a staged database left beside itself: WAL, shared memory, key-id sidecar.
+fn remove_companions(db: &Path) {
+    for p in COMPANIONS
+        .iter()
+        .map(|s| with_suffix(db, s))
+        .chain([keyid_path(db)])
+    {
+        let _ = std::fs::remove_file(p);
+    }
+}
+
 /// Renames `from` to `to` and makes the rename durable.
 fn rename_durable(from: &Path, to: &Path) -> Result<()> {
     std::fs::rename(from, to).map_err(io(to))?;
@@ -184,7 +198,6 @@ impl Db {
         for p in [&snapshot, &partial] {
             let _ = std::fs::remove_file(p);
         }
-        let _ = std::fs::remove_file(keyid_path(&snapshot));
         let manifest = r?;
         let tx = self
             .conn
@@ -204,7 +217,9 @@ impl Db {
                 snapshot,
                 OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE,
             )?;
-            key_connection(&dst, &self.st.keys.db_key)?;
+            // The copy's own salt is made on first write; the backup API copies decrypted pages
+            // between two connections with the same key and settings.
+            apply_key(&dst, &self.st.keys.db_key)?;
             {
                 let b = backup::Backup::new(&self.conn, &mut dst)?;
                 let mut tries = 0;
@@ -257,8 +272,9 @@ impl Db {
             w.write_all(&json)?;
             w.write_all(&(sig.len() as u16).to_be_bytes())?;
             w.write_all(&sig)?;
-            let (n, h) = hash_copy(File::open(snapshot)?, Some(w))?;
-            if n != size || h != sha {
+            // The snapshot is ours alone (0600, closed): hashed once above, copied as is.
+            let n = std::io::copy(&mut File::open(snapshot)?, w)?;
+            if n != size {
                 return Err(std::io::Error::other("the snapshot changed while copied"));
             }
             w.flush()?;
@@ -328,14 +344,6 @@ fn set_last_backup(conn: &Connection, last: &LastBackup) -> Result<()> {
          ON CONFLICT (key) DO UPDATE SET value = excluded.value",
         rusqlite::params![META_LAST_BACKUP, serde_json::to_string(last).expect("json")],
     )?;
-    Ok(())
-}
-
-/// Keys a bare connection with the raw database key (the copy's own salt is made on first
-/// write; the backup API copies decrypted pages between connections with the same settings).
-fn key_connection(conn: &Connection, key: &[u8; 32]) -> Result<()> {
-    let sql = zeroize::Zeroizing::new(format!("PRAGMA key = \"x'{}'\";", hex::encode(key)));
-    conn.execute_batch(&sql)?;
     Ok(())
 }
 
@@ -443,18 +451,11 @@ pub fn restore(cfg: &Config, file: &Path, actor: &Actor) -> Result<RestoreReport
             m.db_key_id
         )));
     }
-    drop(keys);
     let staged = with_suffix(&db_path, ".restore");
-    let r = stage(&m, &mut data, &staged, cfg);
+    let r = stage(&m, &mut data, &staged, cfg, keys);
     if r.is_err() {
-        for p in [
-            staged.clone(),
-            with_suffix(&staged, "-wal"),
-            with_suffix(&staged, "-shm"),
-            keyid_path(&staged),
-        ] {
-            let _ = std::fs::remove_file(p);
-        }
+        let _ = std::fs::remove_file(&staged);
+        remove_companions(&staged);
     }
     r?;
     // The switch: the old files aside (main file with its WAL, so they stay one database),
@@ -463,7 +464,7 @@ pub fn restore(cfg: &Config, file: &Path, actor: &Actor) -> Result<RestoreReport
         .exists()
         .then(|| with_suffix(&db_path, &format!(".pre-restore-{}", now_ms())));
     if let Some(prev) = &previous {
-        for s in ["-wal", "-shm", ""] {
+        for s in COMPANIONS.into_iter().chain([""]) {
             let from = with_suffix(&db_path, s);
             if from.exists() {
                 rename_durable(&from, &with_suffix(prev, s))?;
@@ -471,13 +472,7 @@ pub fn restore(cfg: &Config, file: &Path, actor: &Actor) -> Result<RestoreReport
         }
     }
     rename_durable(&staged, &db_path)?;
-    for p in [
-        with_suffix(&staged, "-wal"),
-        with_suffix(&staged, "-shm"),
-        keyid_path(&staged),
-    ] {
-        let _ = std::fs::remove_file(p);
-    }
+    remove_companions(&staged);
     let keys = Keyring::load(KeySources::from_env(&cfg.keys.dir))?;
     let mut db = Db::open(cfg, keys)?;
     let rep = db.verify_audit()?;
@@ -502,8 +497,14 @@ pub fn restore(cfg: &Config, file: &Path, actor: &Actor) -> Result<RestoreReport
 
 /// Writes the database part to `staged` and checks it as a database of its own: length and
 /// SHA-256, audit head as signed, integrity check, audit verify (after migrating it when this
-/// build is newer).
-fn stage(m: &BackupManifest, data: &mut impl Read, staged: &Path, cfg: &Config) -> Result<()> {
+/// build is newer). `keys` are the ones the manifest was checked against.
+fn stage(
+    m: &BackupManifest,
+    data: &mut impl Read,
+    staged: &Path,
+    cfg: &Config,
+    keys: Keyring,
+) -> Result<()> {
     {
         let mut w = BufWriter::new(create_private(staged)?);
         copy_checked(m, data, Some(&mut w)).map_err(|e| match e {
@@ -513,7 +514,6 @@ fn stage(m: &BackupManifest, data: &mut impl Read, staged: &Path, cfg: &Config) 
         w.flush().map_err(io(staged))?;
         w.get_ref().sync_all().map_err(io(staged))?;
     }
-    let keys = Keyring::load(KeySources::from_env(&cfg.keys.dir))?;
     {
         let conn = open_keyed(
             staged,

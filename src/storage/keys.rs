@@ -22,7 +22,13 @@ pub struct KeyVersionInfo {
     /// Live data keys wrapped under this version.
     pub data_keys: u64,
     pub invocations: u64,
-    /// When this version was recorded (ms).
+}
+
+/// The current (highest, not retired) version of one territory's key and when it was recorded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CurrentKeyVersion {
+    pub territory: String,
+    pub version: u32,
     pub created_at_ms: i64,
 }
 
@@ -209,8 +215,8 @@ impl Db {
     pub fn key_versions(&self) -> Result<Vec<KeyVersionInfo>> {
         let mut st = self.conn.prepare(
             "SELECT k.territory, k.version, k.key_id, k.retired_at IS NOT NULL, k.invocations, \
-             (SELECT count(*) FROM data_keys d WHERE d.territory = k.territory AND d.kek_version = k.version AND d.wrapped IS NOT NULL), \
-             k.created_at FROM key_versions k ORDER BY k.territory, k.version",
+             (SELECT count(*) FROM data_keys d WHERE d.territory = k.territory AND d.kek_version = k.version AND d.wrapped IS NOT NULL) \
+             FROM key_versions k ORDER BY k.territory, k.version",
         )?;
         let rows = st.query_map([], |r| {
             Ok(KeyVersionInfo {
@@ -220,7 +226,6 @@ impl Db {
                 retired: r.get(3)?,
                 invocations: r.get::<_, i64>(4)? as u64,
                 data_keys: r.get::<_, i64>(5)? as u64,
-                created_at_ms: r.get(6)?,
                 loaded: false,
             })
         })?;
@@ -229,6 +234,24 @@ impl Db {
             k.loaded = self.st.keys.kek(&k.territory, k.version).is_some();
         }
         Ok(out)
+    }
+
+    /// Each territory's current key version and its creation time: one row per territory
+    /// (`/metrics` and the rotation alarm read this; it counts no data keys, unlike
+    /// [`Db::key_versions`]). SQLite takes the bare columns from the row holding `max(version)`.
+    pub fn current_key_versions(&self) -> Result<Vec<CurrentKeyVersion>> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT territory, max(version), created_at FROM key_versions \
+             WHERE retired_at IS NULL GROUP BY territory ORDER BY territory",
+        )?;
+        let rows = st.query_map([], |r| {
+            Ok(CurrentKeyVersion {
+                territory: r.get(0)?,
+                version: r.get(1)?,
+                created_at_ms: r.get(2)?,
+            })
+        })?;
+        Ok(rows.collect::<std::result::Result<_, _>>()?)
     }
 
     /// Creates territory key version N+1 as a new 0600 file in `key_dir`, loads and records it.

@@ -71,7 +71,7 @@ pub use devices::DeviceInfo;
 pub use edits::VoidedReading;
 pub use error::{Result, StoreError};
 pub use handoff::TransferOfCare;
-pub use keys::{KeyVersionInfo, RewrapReport};
+pub use keys::{CurrentKeyVersion, KeyVersionInfo, RewrapReport};
 pub use observations::{IngestItem, IngestOutcome, Observation};
 pub use outbox::{
     OutboxItem, OutboxRow, OutboxSlot, OutboxStats, ReceiptOutcome, SealWork, outbox_priority,

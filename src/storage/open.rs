@@ -70,24 +70,7 @@ pub(crate) fn open_keyed(
         path: path.to_path_buf(),
         detail: e.to_string(),
     })?;
-    // Keying sets up SQLCipher's crypto provider (OpenSSL); two threads doing it at once made
-    // `PRAGMA key` fail once in a test run ("An error occurred with PRAGMA key or rekey").
-    // Opening is rare (start-up, the CLI, tests), so keying is serialised per process.
-    static KEYING: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    {
-        let _one_at_a_time = KEYING.lock().unwrap_or_else(|p| p.into_inner());
-        let cipher: Option<String> = conn
-            .query_row("PRAGMA cipher_version", [], |r| r.get(0))
-            .ok();
-        if cipher.as_deref().unwrap_or("").is_empty() {
-            return Err(StoreError::NoCipher);
-        }
-        let key_sql = zeroize::Zeroizing::new(format!(
-            "PRAGMA key = \"x'{}'\";",
-            hex::encode(key.as_ref())
-        ));
-        conn.execute_batch(&key_sql)?;
-    }
+    apply_key(&conn, key)?;
     let db_key_id = db_key_fingerprint(key);
     let sidecar = keyid_path(path);
     let recorded = std::fs::read_to_string(&sidecar)
@@ -137,6 +120,28 @@ pub(crate) fn open_keyed(
          PRAGMA secure_delete = ON; PRAGMA cipher_memory_security = OFF; PRAGMA cache_size = -16384;",
     )?;
     Ok(conn)
+}
+
+/// Keys a fresh connection with the raw 256-bit key (`x'…'`: no PBKDF2), refusing a SQLite
+/// without SQLCipher. Keying sets up SQLCipher's crypto provider (OpenSSL); two threads doing
+/// it at once made `PRAGMA key` fail once in a test run ("An error occurred with PRAGMA key or
+/// rekey"). Opening is rare (start-up, the CLI, tests, backups), so keying is serialised per
+/// process.
+pub(super) fn apply_key(conn: &Connection, key: &[u8; 32]) -> Result<()> {
+    static KEYING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = KEYING.lock().unwrap_or_else(|p| p.into_inner());
+    let cipher: Option<String> = conn
+        .query_row("PRAGMA cipher_version", [], |r| r.get(0))
+        .ok();
+    if cipher.as_deref().unwrap_or("").is_empty() {
+        return Err(StoreError::NoCipher);
+    }
+    let key_sql = zeroize::Zeroizing::new(format!(
+        "PRAGMA key = \"x'{}'\";",
+        hex::encode(key.as_ref())
+    ));
+    conn.execute_batch(&key_sql)?;
+    Ok(())
 }
 
 pub(super) fn refuse_plaintext(path: &Path) -> Result<bool> {

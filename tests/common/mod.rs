@@ -305,6 +305,21 @@ impl Appliance {
             .unwrap()
     }
 
+    /// Open (not cleared) appliance alarms of `kind`.
+    pub fn open_alarms(&self, kind: &str) -> i64 {
+        self.query_i64(&format!(
+            "SELECT count(*) FROM alarms WHERE kind = '{kind}' AND cleared_at IS NULL"
+        ))
+    }
+
+    /// Waits until exactly one alarm of `kind` is open; returns its detail.
+    pub fn raised_alarm(&self, kind: &str) -> String {
+        broker::wait_eq(30, &format!("{kind} raised"), 1, || self.open_alarms(kind));
+        self.query_text(&format!(
+            "SELECT detail FROM alarms WHERE kind = '{kind}' AND cleared_at IS NULL"
+        ))
+    }
+
     /// Text scalar query on the store.
     pub fn query_text(&self, sql: &str) -> String {
         let db = self.open();

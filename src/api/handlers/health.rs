@@ -50,7 +50,7 @@ pub async fn metrics(
                 db.open_alarms()?,
                 db.triage_count()?,
                 db.last_backup()?,
-                db.key_versions()?,
+                db.current_key_versions()?,
             ))
         })
         .await?;
