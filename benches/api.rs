@@ -272,8 +272,9 @@ async fn async_main() {
     let ort = std::env::var("HEMA3N_ORT_LIB").ok();
     let triage = match &ort {
         Some(lib) => format!(
-            "[triage]\nonnxruntime_library = \"{lib}\"\nmodel_dir = \"{}/edge-models/hema3n-core\"\ndebounce_ms = 1\ndeescalate_hold_secs = 0\n",
-            env!("CARGO_MANIFEST_DIR")
+            "[triage]\nonnxruntime_library = \"{lib}\"\nmodel_dir = \"{}/edge-models/hema3n-core\"\nmodel_signing_keys = [\"{}\"]\ndebounce_ms = 1\ndeescalate_hold_secs = 0\n",
+            env!("CARGO_MANIFEST_DIR"),
+            common::dev_model_key()
         ),
         None => "[triage]\ndebounce_ms = 1\ndeescalate_hold_secs = 0\n".into(),
     };

@@ -119,8 +119,9 @@ fn main() {
     run(&["init", "--data-dir", dir.to_str().unwrap()]);
     let model = match std::env::var("HEMA3N_ORT_LIB") {
         Ok(lib) => format!(
-            "[triage]\nonnxruntime_library = \"{lib}\"\nmodel_dir = \"{}/edge-models/hema3n-core\"\n",
-            env!("CARGO_MANIFEST_DIR")
+            "[triage]\nonnxruntime_library = \"{lib}\"\nmodel_dir = \"{}/edge-models/hema3n-core\"\nmodel_signing_keys = [\"{}\"]\n",
+            env!("CARGO_MANIFEST_DIR"),
+            common::dev_model_key()
         ),
         Err(_) => {
             println!("HEMA3N_ORT_LIB not set: start → READY is measured rules-only");

@@ -54,6 +54,7 @@ fn main() {
             library: Some(harness::ort_lib()),
             model_dir: harness::model_dir(),
             variant: Some(variant.into()),
+            trusted_keys: vec![harness::dev_model_key()],
             providers: vec!["cpu".into()],
             engine_cache_dir: std::env::temp_dir(),
             intra_threads: 1,

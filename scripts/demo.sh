@@ -106,6 +106,8 @@ device_silent_secs = 15
 [triage]
 onnxruntime_library = "$(onnxruntime_lib)"
 model_dir = "$ROOT/edge-models/hema3n-core"
+# The development key that signed the committed model (scripts/train-model.sh).
+model_signing_keys = ["$(grep -v -- ----- "$ROOT/edge-models/model-signing-dev.pub" | tr -d '\n')"]
 variant = "fp32"
 
 [api]

@@ -37,7 +37,7 @@ pub const PATH: &str = "/org/hema3n/Edge1";
 #[derive(Clone)]
 pub struct Ctx {
     pub store: Store,
-    pub model: String,
+    pub model: crate::triage::service::ModelStatus,
     pub sync: Option<Arc<SyncMetrics>>,
     /// Wakes the sealer and the forwarder (`SyncNow`).
     pub wake: Vec<Arc<Notify>>,
@@ -99,7 +99,7 @@ impl Edge1 {
 
     #[zbus(property)]
     async fn model(&self) -> String {
-        self.ctx.model.clone()
+        self.ctx.model.get()
     }
 
     /// Seals closed cases and uploads the outbox now (when connectivity allows).

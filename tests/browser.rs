@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 
 use common::broker::{Broker, wait_for};
 use common::cloud::synced_appliance;
-use common::{Appliance, BIN, media_py, model_dir, ort_lib, sha256_hex};
+use common::{Appliance, BIN, media_py, ort_lib, sha256_hex};
 use serde_json::Value;
 
 const PIN: &str = "pin-7391";
@@ -51,10 +51,11 @@ fn crew_flow_in_chromium() {
     let broker = Broker::start();
     let (a, receiver, _cloud, _pki) = synced_appliance(
         &broker,
-        &format!(
-            "[triage]\nonnxruntime_library = \"{}\"\nmodel_dir = \"{}\"\ndebounce_ms = 50\n[api]\nidle_timeout_secs = {IDLE_SECS}\n[attachments]\nmax_piece_kib = 64\n",
-            ort_lib().display(),
-            model_dir().display()
+        &common::triage_toml(
+            &ort_lib().display().to_string(),
+            &format!(
+                "debounce_ms = 50\n[api]\nidle_timeout_secs = {IDLE_SECS}\n[attachments]\nmax_piece_kib = 64\n"
+            ),
         ),
     );
     let _rx = receiver.spawn();

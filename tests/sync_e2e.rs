@@ -197,10 +197,9 @@ fn a_patient_reaching_esi_2_sends_a_minimum_necessary_prealert_first() {
     let onboard = Broker::start();
     let a = Appliance::with_broker(
         &onboard.url(),
-        &format!(
-            "[triage]\nonnxruntime_library = \"{}\"\nmodel_dir = \"{}\"\ndebounce_ms = 50\n",
-            common::ort_lib().display(),
-            common::model_dir().display()
+        &common::triage_toml(
+            &common::ort_lib().display().to_string(),
+            "debounce_ms = 50\n",
         ),
     );
     let r = Receiver::init(&pki, &cloud);

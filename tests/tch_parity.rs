@@ -17,6 +17,7 @@ fn torchscript_reference_and_onnx_runtime_agree_on_the_fixture() {
         library: Some(common::ort_lib()),
         model_dir: common::model_dir(),
         variant: Some("fp32".into()),
+        trusted_keys: vec![common::dev_model_key()],
         providers: vec!["cpu".into()],
         engine_cache_dir: std::env::temp_dir(),
         intra_threads: 1,

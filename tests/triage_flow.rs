@@ -5,7 +5,7 @@
 mod common;
 
 use common::broker::{Broker, wait_for};
-use common::{Appliance, model_dir, ort_lib};
+use common::{Appliance, dev_model_key, model_dir, ort_lib};
 
 fn triage_appliance(
     broker: &Broker,
@@ -15,32 +15,15 @@ fn triage_appliance(
     let a = Appliance::with_broker(
         &broker.url(),
         &format!(
-            "[triage]\nonnxruntime_library = \"{library}\"\nmodel_dir = \"{}\"\ndebounce_ms = 50\n",
-            models.display()
+            "[triage]\nonnxruntime_library = \"{library}\"\nmodel_dir = \"{}\"\nmodel_signing_keys = [\"{}\"]\ndebounce_ms = 50\n",
+            models.display(),
+            dev_model_key()
         ),
     );
     a.ok(&["devices", "add", "mon-1"]);
     let case = a.soak(1, "Triage")[0].1.clone();
     a.ok(&["devices", "bind", "mon-1", &case]);
     (a, case)
-}
-
-fn simulate(a: &Appliance, broker: &Broker, scenario: &str, count: u64) {
-    a.ok(&[
-        "simulate",
-        "--broker",
-        &broker.url(),
-        "--device-prefix",
-        "mon-",
-        "--scenario",
-        scenario,
-        "--count",
-        &count.to_string(),
-        "--interval-ms",
-        "20",
-        "--scenario-secs",
-        "1",
-    ]);
 }
 
 fn triage_rows(a: &Appliance, case: &str) -> i64 {
@@ -59,7 +42,7 @@ fn a_deteriorating_patient_is_retriaged_by_the_model_behind_the_rules_floor() {
         "{}",
         a.daemon_log()
     );
-    simulate(&a, &broker, "shock", 20);
+    a.simulate_monitors(&broker, "shock", 20);
     wait_for(30, "a triage result", || {
         (triage_rows(&a, &case) >= 1).then_some(())
     });
@@ -95,7 +78,7 @@ fn without_the_runtime_library_the_daemon_runs_rules_only() {
         log.contains("RULES-ONLY") && log.contains("cannot load ONNX Runtime from /nonexistent"),
         "{log}"
     );
-    simulate(&a, &broker, "sepsis", 5);
+    a.simulate_monitors(&broker, "sepsis", 5);
     wait_for(30, "a rules-only triage", || {
         (a.query_i64(&format!("SELECT count(*) FROM triage_results WHERE case_id = '{case}' AND decider = 'rules_only' AND model_id IS NULL")) >= 1).then_some(())
     });
@@ -114,6 +97,7 @@ fn a_tampered_model_is_refused_and_the_daemon_runs_rules_only() {
     let models = tempfile::tempdir().unwrap();
     for f in [
         "manifest.toml",
+        "manifest.sig",
         "hema3n-core.int8.onnx",
         "hema3n-core.fp32.onnx",
     ] {
@@ -131,7 +115,7 @@ fn a_tampered_model_is_refused_and_the_daemon_runs_rules_only() {
         "{}",
         a.daemon_log()
     );
-    simulate(&a, &broker, "stable", 5);
+    a.simulate_monitors(&broker, "stable", 5);
     wait_for(30, "a rules-only triage", || {
         (a.query_i64(&format!("SELECT count(*) FROM triage_results WHERE case_id = '{case}' AND decider = 'rules_only'")) >= 1).then_some(())
     });

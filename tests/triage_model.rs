@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 mod common;
 
-use common::ort_lib;
+use common::{dev_model_key, ort_lib};
 use hema3n_edge::model::Sex;
 use hema3n_edge::triage::features::{TEXT_BUCKETS, text_dense, text_features, vitals_features};
 use hema3n_edge::triage::rules::Vitals;
@@ -21,6 +21,7 @@ fn opts(dir: &Path, variant: &str) -> LoadOptions {
         library: Some(ort_lib()),
         model_dir: dir.to_path_buf(),
         variant: Some(variant.into()),
+        trusted_keys: vec![dev_model_key()],
         providers: vec!["tensorrt".into(), "cuda".into(), "cpu".into()],
         engine_cache_dir: std::env::temp_dir().join("hema3n-trt-test"),
         intra_threads: 1,
@@ -150,6 +151,7 @@ fn a_tampered_model_file_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
     for f in [
         "manifest.toml",
+        "manifest.sig",
         "hema3n-core.int8.onnx",
         "hema3n-core.fp32.onnx",
     ] {

@@ -12,6 +12,15 @@ pub fn quick() -> bool {
 }
 
 /// `BENCH name value=… unit=… baseline=… ratio=…` (SYSTEM.md §8).
+/// The development model-signing public key of the committed model (base64 SPKI).
+pub fn dev_model_key() -> String {
+    let pem = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("edge-models/model-signing-dev.pub"),
+    )
+    .unwrap();
+    pem.lines().filter(|l| !l.starts_with("-----")).collect()
+}
+
 pub fn bench_line(name: &str, value: f64, unit: &str, baseline: f64) {
     println!(
         "BENCH {name} value={value:.3} unit={unit} baseline={baseline:.3} ratio={:.3}",

@@ -41,7 +41,7 @@ pub struct ApiState {
     pub ingest: Option<Arc<IngestMetrics>>,
     pub sync: Option<Arc<SyncMetrics>>,
     /// `triage` status line (model id / RULES-ONLY), shown on `/healthz`.
-    pub triage_status: Arc<str>,
+    pub triage_status: crate::triage::service::ModelStatus,
     /// Re-triage requests (manual vitals).
     pub retriage: Option<tokio::sync::mpsc::UnboundedSender<String>>,
     /// Wakes the bundle sealer (a case was closed).
@@ -93,7 +93,7 @@ impl ApiState {
             metrics: Arc::default(),
             ingest: None,
             sync: None,
-            triage_status: Arc::from("unknown"),
+            triage_status: crate::triage::service::ModelStatus::new("unknown".into()),
             retriage: None,
             wake_sealer: None,
             shutdown,

@@ -88,7 +88,7 @@ pub struct Health {
     pub beats: Arc<Heartbeats>,
     /// Becomes true once READY=1 was sent.
     pub ready: watch::Receiver<bool>,
-    pub model_status: String,
+    pub model_status: crate::triage::service::ModelStatus,
 }
 
 impl Health {
@@ -120,7 +120,7 @@ impl Health {
             let status = match probe {
                 Ok(Ok(seq)) if checkpointer_age <= stale_after => {
                     systemd::watchdog();
-                    format!("running: audit head {seq}; triage {model_status}")
+                    format!("running: audit head {seq}; triage {}", model_status.get())
                 }
                 Ok(Ok(_)) => {
                     format!("degraded: audit checkpointer silent for {checkpointer_age} ms")

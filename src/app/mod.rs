@@ -31,7 +31,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub use supervisor::{Exit, Stage, Supervisor};
-pub use wiring::load_model;
+pub use wiring::{load_model, load_options, model_store};
 
 use crate::config::Config;
 use crate::crypto::keyring::{KeySources, Keyring};
@@ -41,6 +41,7 @@ use crate::report::Chain;
 use crate::storage::{Db, Store, StoreError};
 use crate::sync::{SyncError, SyncMetrics};
 use crate::systemd;
+use crate::triage::runtime::ModelRuntime;
 use crate::triage::service;
 
 /// Why a task ended. Each keeps its cause in `source()`; [`Chain`] prints all of it.
@@ -177,17 +178,13 @@ impl App {
         tracing::info!(db = %db.path().display(), schema, appliance_id = %cfg.appliance_id, "store open");
         let (store, storage_thread) = Store::spawn(db, cfg.store.queue_capacity);
         // The model loads (and warms up) before READY; without it the daemon runs rules-only.
+        let options = wiring::load_options(cfg);
         let (runtime, model_status) = if !cfg.triage.enabled {
             (None, "triage disabled".to_string())
         } else {
-            match load_model(cfg) {
+            match ModelRuntime::load(&options) {
                 Ok(rt) => {
-                    let s = format!(
-                        "model {} ({}, {})",
-                        rt.info.model_id,
-                        rt.info.variant,
-                        rt.info.provider.as_str()
-                    );
+                    let s = service::describe(&rt.info);
                     (Some(rt), s)
                 }
                 Err(e) => {
@@ -196,14 +193,27 @@ impl App {
                 }
             }
         };
+        let model_status = service::ModelStatus::new(model_status);
+        // The model thread follows `model install` / `model rollback` (audited as they happen).
+        let (changes_tx, changes) = tokio::sync::mpsc::unbounded_channel();
+        let reload = cfg.triage.enabled.then(|| service::Reload {
+            store: wiring::model_store(cfg),
+            tried: options.model_dir.clone(),
+            options,
+            status: model_status.clone(),
+            changes: changes_tx,
+        });
         let (triager, model_thread) =
-            service::spawn_model_thread(runtime, cfg.triage.min_core_vitals, TRIAGE_QUEUE);
+            service::spawn_model_thread(runtime, reload, cfg.triage.min_core_vitals, TRIAGE_QUEUE);
         let threads = Threads {
             storage: storage_thread,
             model: model_thread,
         };
 
         let mut sup = Supervisor::new();
+        if cfg.triage.enabled {
+            wiring::model_changes(&store, &mut sup, changes);
+        }
         let (ready, ready_rx) = tokio::sync::watch::channel(false);
         let beats = Arc::new(health::Heartbeats::default());
         let every = Duration::from_secs(cfg.audit.checkpoint_every_secs);
@@ -281,7 +291,10 @@ impl App {
         drop(store);
 
         let ready_ms = started.elapsed().as_millis() as u64;
-        systemd::ready(&format!("running: store open; triage {model_status}"));
+        systemd::ready(&format!(
+            "running: store open; triage {}",
+            model_status.get()
+        ));
         let _ = ready.send(true);
         tracing::info!(ready_ms, tasks = ?sup.running(), "ready");
         Ok(App {

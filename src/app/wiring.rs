@@ -13,9 +13,12 @@ use crate::api::{self, ApiState};
 use crate::config::Config;
 use crate::events::Bus;
 use crate::ingest::{self, IngestMetrics};
+use crate::model::{Actor, AuditEvent, Outcome};
 use crate::storage::Store;
 use crate::sync::{self, SyncMetrics};
+use crate::triage::installed::ModelStore;
 use crate::triage::runtime::{LoadOptions, ModelError, ModelRuntime};
+use crate::triage::service::{ModelChange, ModelStatus};
 
 /// Parsed batches waiting to commit (batcher → committer): one in flight, one forming.
 const BATCH_QUEUE: usize = 1;
@@ -26,20 +29,79 @@ const SESSION_SWEEP: Duration = Duration::from_secs(15);
 /// How often the free disk space is checked.
 const DISK_CHECK: Duration = Duration::from_secs(60);
 
-/// Loads the model for `cfg`, or explains why the daemon runs rules-only.
-pub fn load_model(cfg: &Config) -> Result<ModelRuntime, ModelError> {
-    ModelRuntime::load(&LoadOptions {
+/// The factory and installed models of `cfg`.
+pub fn model_store(cfg: &Config) -> ModelStore {
+    ModelStore {
+        root: cfg.models_dir(),
+        factory: cfg.triage.model_dir.clone(),
+    }
+}
+
+/// How to load the active model of `cfg`.
+pub fn load_options(cfg: &Config) -> LoadOptions {
+    LoadOptions {
         library: cfg.triage.onnxruntime_library.clone(),
-        model_dir: cfg.triage.model_dir.clone(),
+        model_dir: model_store(cfg).active(),
         variant: cfg.triage.variant.clone(),
+        trusted_keys: cfg.triage.model_signing_keys.clone(),
         providers: cfg.triage.execution_providers.clone(),
-        engine_cache_dir: cfg
-            .triage
-            .engine_cache_dir
-            .clone()
-            .unwrap_or_else(|| cfg.data_dir.join("trt-engines")),
+        engine_cache_dir: cfg.engine_cache_dir(),
         intra_threads: cfg.triage.intra_threads,
-    })
+    }
+}
+
+/// Loads the active model for `cfg`, or explains why the daemon runs rules-only.
+pub fn load_model(cfg: &Config) -> Result<ModelRuntime, ModelError> {
+    ModelRuntime::load(&load_options(cfg))
+}
+
+/// Writes each model switch of the model thread into the audit log (`model.activate`).
+pub fn model_changes(
+    store: &Store,
+    sup: &mut Supervisor,
+    mut changes: mpsc::UnboundedReceiver<ModelChange>,
+) {
+    let store = store.clone();
+    let mut shutdown = sup.shutdown(Stage::Storage);
+    sup.spawn(Stage::Storage, "model-changes", async move {
+        loop {
+            let c = tokio::select! {
+                c = changes.recv() => match c {
+                    Some(c) => c,
+                    // The model thread is gone (shutting down): a task must not end before
+                    // its stage is told to.
+                    None => {
+                        let _ = shutdown.changed().await;
+                        break;
+                    }
+                },
+                _ = shutdown.changed() => break,
+            };
+            let ev = match c {
+                ModelChange::Loaded(i) => AuditEvent::new(
+                    &Actor::system(),
+                    "model.activate",
+                    format!("model/{}", i.model_id),
+                    Outcome::Success,
+                )
+                .details(serde_json::json!({
+                    "dir": i.dir.display().to_string(),
+                    "variant": i.variant,
+                    "sha256": i.sha256,
+                    "provider": i.provider.as_str(),
+                })),
+                ModelChange::Refused { dir, error } => AuditEvent::new(
+                    &Actor::system(),
+                    "model.activate",
+                    format!("model-dir/{}", dir.display()),
+                    Outcome::Failure,
+                )
+                .details(serde_json::json!({ "error": error })),
+            };
+            store.call(move |db| db.audit(&ev)).await?;
+        }
+        Ok::<(), crate::storage::StoreError>(())
+    });
 }
 
 /// The disk-pressure alarm.
@@ -225,13 +287,13 @@ pub fn dbus(
     cfg: &Config,
     store: &Store,
     sup: &mut Supervisor,
-    model_status: &str,
+    model_status: &ModelStatus,
     sync: Option<&mut SyncHandles>,
     bus: &Bus,
 ) {
     let ctx = crate::dbus::Ctx {
         store: store.clone(),
-        model: model_status.to_string(),
+        model: model_status.clone(),
         sync: sync.as_ref().map(|s| s.metrics.clone()),
         wake: sync
             .as_ref()
@@ -265,7 +327,7 @@ pub async fn api(
     cfg: &Config,
     store: &Store,
     sup: &mut Supervisor,
-    model_status: &str,
+    model_status: &ModelStatus,
     bus: &Bus,
     links: ApiLinks,
 ) -> Result<std::net::SocketAddr, RunError> {
@@ -286,7 +348,7 @@ pub async fn api(
     .await
     .map_err(RunError::Setup)?;
     st.ingest = links.ingest;
-    st.triage_status = Arc::from(model_status);
+    st.triage_status = model_status.clone();
     st.retriage = links.retriage;
     st.sync = links.sync_metrics;
     st.wake_sealer = links.wake_sealer;

@@ -71,6 +71,11 @@ pub enum Cmd {
         #[arg(long)]
         verify_only: bool,
     },
+    /// Triage models: install a signed model, roll back, sign and verify packages.
+    Model {
+        #[command(subcommand)]
+        cmd: ModelCmd,
+    },
     /// Key management.
     Keys {
         #[command(subcommand)]
@@ -114,6 +119,40 @@ pub enum Cmd {
     Debug {
         #[command(subcommand)]
         cmd: DebugCmd,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum ModelCmd {
+    /// Show the active, previous and factory models and the installed packages.
+    Status,
+    /// Verify a model package (signature against the pinned keys, every artifact); default:
+    /// the active model.
+    Verify {
+        #[arg(value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
+    /// Verify a signed model package, copy it in, load-test it and make it active; the running
+    /// daemon switches at its next triage. The active model stays as `previous`.
+    Install {
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+    },
+    /// Switch back to the previous model.
+    Rollback,
+    /// Create a model-signing key pair (for the build or release machine, never an appliance).
+    Keygen {
+        /// Directory for `model-signing.key` (0600) and `model-signing.pub`.
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
+    /// Sign a model package's manifest (after checking every artifact against it).
+    Sign {
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+        /// The PEM private key from `model keygen`.
+        #[arg(long, value_name = "FILE")]
+        key: PathBuf,
     },
 }
 

@@ -76,6 +76,14 @@ pub fn main(args: Args) -> ExitCode {
             json,
         }) => cli::backup(&cfg, out.as_deref(), out_dir.as_deref(), *keep, *json),
         Some(Cmd::Restore { file, verify_only }) => cli::restore(&cfg, file, *verify_only),
+        Some(Cmd::Model { cmd }) => match cmd {
+            ModelCmd::Status => cli::model_status(&cfg),
+            ModelCmd::Verify { dir } => cli::model_verify(&cfg, dir.as_deref()),
+            ModelCmd::Install { dir } => cli::model_install(&cfg, dir),
+            ModelCmd::Rollback => cli::model_rollback(&cfg),
+            ModelCmd::Keygen { out } => cli::model_keygen(out),
+            ModelCmd::Sign { dir, key } => cli::model_sign(dir, key),
+        },
         Some(Cmd::Keys { cmd }) => match cmd {
             KeysCmd::Rotate {
                 territory: t,

@@ -1,5 +1,5 @@
 //! Subcommands other than `run`, one file per group: `setup` (init, check), `keys`, `audit`,
-//! `backup` (backup, restore), `escrow` (keys escrow-keygen, escrow, recover),
+//! `backup` (backup, restore), `escrow` (keys escrow-keygen, escrow, recover), `model`,
 //! `records` (devices, cases, triage, outbox), `attachments`, `users`, `debug` (simulate, soak, vectors).
 //! Each returns the process exit code: 0 ok, 1 failure, 78 setup/configuration error; this file
 //! holds the shared failure type.
@@ -12,6 +12,7 @@ mod debug;
 mod dispatch;
 mod escrow;
 mod keys;
+mod model;
 mod records;
 mod setup;
 mod users;
@@ -25,6 +26,9 @@ pub use dispatch::main;
 pub use escrow::{keys_escrow, keys_escrow_keygen, keys_recover};
 pub use keys::{
     keys_export_public, keys_import_receiver, keys_list, keys_retire, keys_rewrap, keys_rotate,
+};
+pub use model::{
+    model_install, model_keygen, model_rollback, model_sign, model_status, model_verify,
 };
 pub use records::{
     cases_close, cases_export_nemsis, cases_handoff_pdf, cases_open, devices_add, devices_bind,

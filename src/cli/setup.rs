@@ -233,11 +233,12 @@ pub fn check(cfg: &Config, cfg_files: &[PathBuf]) -> CmdResult {
             Ok(rt) => {
                 writeln!(
                     out,
-                    "ok      triage model {} ({}, sha256 {}) on {}",
+                    "ok      triage model {} ({}, sha256 {}) on {}, signed, from {}",
                     rt.info.model_id,
                     rt.info.variant,
                     &rt.info.sha256[..16],
-                    rt.info.provider.as_str()
+                    rt.info.provider.as_str(),
+                    rt.info.dir.display()
                 )?;
                 for f in &rt.info.fallbacks {
                     writeln!(out, "info    execution provider fallback: {f}")?;

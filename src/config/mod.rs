@@ -264,6 +264,22 @@ impl Config {
             .unwrap_or_else(|| self.keys.dir.join("api-cert.pem"))
     }
 
+    /// Installed models (`triage.models_dir`).
+    pub fn models_dir(&self) -> PathBuf {
+        self.triage
+            .models_dir
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("models"))
+    }
+
+    /// TensorRT engine cache (`triage.engine_cache_dir`).
+    pub fn engine_cache_dir(&self) -> PathBuf {
+        self.triage
+            .engine_cache_dir
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("trt-engines"))
+    }
+
     /// The database file.
     pub fn db_path(&self) -> PathBuf {
         self.store
@@ -311,6 +327,7 @@ fn resolve_paths(mut t: toml::Table, base: &Path) -> toml::Table {
         ("store", "path"),
         ("mqtt", "password_file"),
         ("triage", "model_dir"),
+        ("triage", "models_dir"),
         ("triage", "onnxruntime_library"),
         ("triage", "engine_cache_dir"),
         ("sync", "ca_file"),

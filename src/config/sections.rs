@@ -551,9 +551,16 @@ impl Default for IngestConfig {
 pub struct TriageConfig {
     /// Re-triage bound cases when their vitals change. Default true.
     pub enabled: bool,
-    /// Directory with `manifest.toml` and the model artifacts.
-    /// Default `/usr/share/hema3n/models/hema3n-core`.
+    /// The factory model: directory with `manifest.toml`, `manifest.sig` and the artifacts,
+    /// active until a model is installed. Default `/usr/share/hema3n/models/hema3n-core`.
     pub model_dir: PathBuf,
+    /// Where `model install` keeps installed models and the `current`/`previous` links.
+    /// Default `<data_dir>/models`.
+    pub models_dir: Option<PathBuf>,
+    /// Model-signing public keys (PEM or base64 SPKI) whose signature on `manifest.toml` the
+    /// appliance accepts; more than one while a signing key is replaced. Empty = no model is
+    /// trusted (rules-only). Default empty.
+    pub model_signing_keys: Vec<String>,
     /// `int8` or `fp32`; default: the manifest's default (int8).
     pub variant: Option<String>,
     /// ONNX Runtime shared library (`libonnxruntime.so.*`). Unset = rules-only mode.
@@ -579,6 +586,8 @@ impl Default for TriageConfig {
         TriageConfig {
             enabled: true,
             model_dir: PathBuf::from("/usr/share/hema3n/models/hema3n-core"),
+            models_dir: None,
+            model_signing_keys: Vec::new(),
             variant: None,
             onnxruntime_library: None,
             execution_providers: vec!["tensorrt".into(), "cuda".into(), "cpu".into()],

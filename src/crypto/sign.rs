@@ -97,6 +97,52 @@ impl SigningKey {
     pub fn public(&self) -> PublicKey {
         PublicKey(self.pair.public_key().as_ref().to_vec())
     }
+
+    /// Reads a PEM "PRIVATE KEY" (PKCS#8), as [`pkcs8_to_pem`] writes it.
+    pub fn from_pem(name: &str, pem: &str) -> Result<Self, CryptoError> {
+        let der = pem_body(pem, "PRIVATE KEY").ok_or_else(|| CryptoError::BadKey {
+            name: name.into(),
+            why: "not a PEM \"PRIVATE KEY\"".into(),
+        })?;
+        Self::from_pkcs8(name, &der)
+    }
+}
+
+/// PEM "PRIVATE KEY" of a PKCS#8 document (readable by OpenSSL), for keys kept off the
+/// appliance (model signing).
+pub fn pkcs8_to_pem(der: &[u8]) -> zeroize::Zeroizing<String> {
+    zeroize::Zeroizing::new(pem("PRIVATE KEY", der))
+}
+
+fn pem(label: &str, der: &[u8]) -> String {
+    use base64::Engine;
+    let b64 = zeroize::Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(der));
+    let mut s = format!("-----BEGIN {label}-----\n");
+    for chunk in b64.as_bytes().chunks(64) {
+        s.push_str(std::str::from_utf8(chunk).expect("base64 is ascii"));
+        s.push('\n');
+    }
+    s.push_str(&format!("-----END {label}-----\n"));
+    s
+}
+
+/// The DER inside a PEM block with `label`; a bare base64 body (one line, as in a config
+/// value) is accepted too.
+fn pem_body(text: &str, label: &str) -> Option<zeroize::Zeroizing<Vec<u8>>> {
+    use base64::Engine;
+    let text = text.trim();
+    let body: String = if text.starts_with("-----") {
+        let begin = format!("-----BEGIN {label}-----");
+        let end = format!("-----END {label}-----");
+        let inner = text.strip_prefix(&begin)?.trim_end().strip_suffix(&end)?;
+        inner.split_whitespace().collect()
+    } else {
+        text.split_whitespace().collect()
+    };
+    base64::engine::general_purpose::STANDARD
+        .decode(body)
+        .ok()
+        .map(zeroize::Zeroizing::new)
 }
 
 /// A P-256 public key as an uncompressed SEC1 point (65 bytes).
@@ -138,24 +184,12 @@ impl PublicKey {
 
     /// PEM "PUBLIC KEY" (SPKI), readable by OpenSSL.
     pub fn to_pem(&self) -> String {
-        use base64::Engine;
-        let b64 = base64::engine::general_purpose::STANDARD.encode(self.to_spki_der());
-        let mut s = String::from("-----BEGIN PUBLIC KEY-----\n");
-        for chunk in b64.as_bytes().chunks(64) {
-            s.push_str(std::str::from_utf8(chunk).expect("base64 is ascii"));
-            s.push('\n');
-        }
-        s.push_str("-----END PUBLIC KEY-----\n");
-        s
+        pem("PUBLIC KEY", &self.to_spki_der())
     }
 
-    pub fn from_pem(pem: &str) -> Option<Self> {
-        use base64::Engine;
-        let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
-        let der = base64::engine::general_purpose::STANDARD
-            .decode(body.trim())
-            .ok()?;
-        Self::from_spki_der(&der)
+    /// A PEM "PUBLIC KEY" or its bare base64 body (SPKI DER).
+    pub fn from_pem(text: &str) -> Option<Self> {
+        Self::from_spki_der(&pem_body(text, "PUBLIC KEY")?)
     }
 }
 
@@ -173,6 +207,14 @@ mod tests {
         assert_eq!(pubk, k.public());
         pubk.verify(b"checkpoint", &sig).unwrap();
         assert!(pubk.verify(b"checkpoinT", &sig).is_err());
+        // A bare base64 body (a config value) names the same key; another label does not.
+        let pem = k.public().to_pem();
+        let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+        assert_eq!(PublicKey::from_pem(&body), Some(k.public()));
+        assert_eq!(PublicKey::from_pem(&pem.replace("PUBLIC", "PRIVATE")), None);
+        let back = SigningKey::from_pem("t", &pkcs8_to_pem(&der)).unwrap();
+        assert_eq!(back.public(), k.public());
+        assert!(SigningKey::from_pem("t", &pem).is_err());
     }
 
     #[test]

@@ -6,8 +6,11 @@
 //! made, and a property test checks it over 10^6 random inputs.
 
 pub mod engine;
+pub mod error;
 pub mod features;
+pub mod installed;
 pub mod news2;
+pub mod package;
 pub mod rules;
 pub mod runtime;
 pub mod service;

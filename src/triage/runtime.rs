@@ -1,8 +1,9 @@
 //! The HEMA3N-Core inference runtime: the only module that imports `ort`.
 //!
 //! ONNX Runtime is loaded at run time from the configured library (`ort::init_from`), so a
-//! missing library is an error, never a panic. Every artifact is verified against the SHA-256 in
-//! `manifest.toml` and loaded from the verified bytes (no window between check and load).
+//! missing library is an error, never a panic. The manifest's signature is checked against the
+//! pinned model-signing keys and the artifact against the manifest's SHA-256, and the artifact is
+//! loaded from the verified bytes (no window between check and load; see [`super::package`]).
 //! Execution providers are tried in order TensorRT (INT8, engine cache keyed by the model hash
 //! and the GPU/TensorRT identity) → CUDA → CPU; every fallback is logged and reported.
 
@@ -14,41 +15,7 @@ use ort::value::TensorRef;
 
 use super::features::{N_VITALS, TEXT_BUCKETS};
 
-/// Why the model is unavailable or an inference failed. The daemon then runs rules-only.
-#[derive(Debug, thiserror::Error)]
-pub enum ModelError {
-    /// The ONNX Runtime library could not be loaded. Recovery: install it or fix
-    /// `triage.onnxruntime_library`.
-    #[error("cannot load ONNX Runtime from {path}: {reason}")]
-    Library { path: PathBuf, reason: String },
-    /// No library path is configured.
-    #[error("triage.onnxruntime_library is not set; running rules-only")]
-    NoLibrary,
-    /// The manifest is missing or malformed.
-    #[error("model manifest {path}: {reason}")]
-    Manifest { path: PathBuf, reason: String },
-    /// An artifact's bytes do not match the manifest: tampered or corrupted. Recovery: reinstall.
-    #[error(
-        "model file {file} does not match its manifest (SHA-256 {found}, expected {expected}); refusing to load it"
-    )]
-    Tampered {
-        file: PathBuf,
-        expected: String,
-        found: String,
-    },
-    #[error("cannot read model file {file}")]
-    Io {
-        file: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    /// ONNX Runtime rejected the model or the session options.
-    #[error("ONNX Runtime cannot create a session for {model_id}: {reason}")]
-    Session { model_id: String, reason: String },
-    /// A run failed (wrong input shape, missing output, …).
-    #[error("inference failed: {0}")]
-    Inference(String),
-}
+pub use super::error::ModelError;
 
 /// Which execution provider a session runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,25 +46,14 @@ pub struct ModelOutput {
 /// What `check` and health report about the runtime.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RuntimeInfo {
+    /// The package directory it was loaded from.
+    pub dir: PathBuf,
     pub model_id: String,
     pub variant: String,
     pub sha256: String,
     pub provider: Provider,
     /// One line per provider that was tried and not used, with the reason.
     pub fallbacks: Vec<String>,
-}
-
-#[derive(serde::Deserialize)]
-struct Manifest {
-    model_id: String,
-    default: String,
-    artifacts: std::collections::BTreeMap<String, Artifact>,
-}
-
-#[derive(serde::Deserialize)]
-struct Artifact {
-    file: String,
-    sha256: String,
 }
 
 static ENV: OnceLock<Result<ort::environment::Environment, String>> = OnceLock::new();
@@ -126,6 +82,8 @@ pub struct LoadOptions {
     pub model_dir: PathBuf,
     /// `int8` or `fp32`; `None` = the manifest's default.
     pub variant: Option<String>,
+    /// Pinned model-signing public keys (`triage.model_signing_keys`).
+    pub trusted_keys: Vec<String>,
     /// Provider names in preference order (`tensorrt`, `cuda`, `cpu`).
     pub providers: Vec<String>,
     /// Where TensorRT engines are cached.
@@ -145,24 +103,6 @@ impl std::fmt::Debug for ModelRuntime {
             .field("info", &self.info)
             .finish_non_exhaustive()
     }
-}
-
-/// Reads an artifact and checks it against the manifest; returns its bytes and hash.
-fn verified(dir: &Path, a: &Artifact) -> Result<(Vec<u8>, String), ModelError> {
-    let file = dir.join(&a.file);
-    let bytes = std::fs::read(&file).map_err(|e| ModelError::Io {
-        file: file.clone(),
-        source: e,
-    })?;
-    let found = hex::encode(crate::crypto::sha256(&bytes));
-    if found != a.sha256.to_ascii_lowercase() {
-        return Err(ModelError::Tampered {
-            file,
-            expected: a.sha256.clone(),
-            found,
-        });
-    }
-    Ok((bytes, found))
 }
 
 /// An identity of the GPU and TensorRT stack (Jetson model + L4T release), so a cached engine
@@ -217,27 +157,12 @@ impl ModelRuntime {
     pub fn load(o: &LoadOptions) -> Result<Self, ModelError> {
         let lib = o.library.as_ref().ok_or(ModelError::NoLibrary)?;
         let env = environment(lib)?;
-        let mpath = o.model_dir.join("manifest.toml");
-        let text = std::fs::read_to_string(&mpath).map_err(|e| ModelError::Manifest {
-            path: mpath.clone(),
-            reason: e.to_string(),
-        })?;
-        let m: Manifest = toml::from_str(&text).map_err(|e| ModelError::Manifest {
-            path: mpath.clone(),
-            reason: e.to_string(),
-        })?;
-        let variant = o.variant.clone().unwrap_or_else(|| m.default.clone());
-        let a = m
-            .artifacts
-            .get(&variant)
-            .ok_or_else(|| ModelError::Manifest {
-                path: mpath.clone(),
-                reason: format!(
-                    "no artifact `{variant}` (have: {})",
-                    m.artifacts.keys().cloned().collect::<Vec<_>>().join(", ")
-                ),
-            })?;
-        let (bytes, sha) = verified(&o.model_dir, a)?;
+        let trusted = super::package::trusted_keys(&o.trusted_keys)?;
+        let pkg = super::package::open(&o.model_dir, &trusted)?;
+        let (variant, a) = pkg.artifact(o.variant.as_deref())?;
+        let variant = variant.to_string();
+        let (bytes, sha) = pkg.read_verified(a)?;
+        let m = pkg.manifest;
         let session_err = |e: &dyn std::fmt::Display| ModelError::Session {
             model_id: m.model_id.clone(),
             reason: e.to_string(),
@@ -298,6 +223,7 @@ impl ModelRuntime {
             ))
         })?;
         let info = RuntimeInfo {
+            dir: o.model_dir.clone(),
             model_id: m.model_id,
             variant,
             sha256: sha,

@@ -3,6 +3,7 @@
 //! were just committed.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, watch};
@@ -11,8 +12,9 @@ use tokio::time::Instant;
 use super::RULES_ONLY_DEFAULT_ESI;
 use super::engine::{TriageInput, TriageOutcome, compute};
 use super::features::TEXT_BUCKETS;
+use super::installed::ModelStore;
 use super::rules::Vitals;
-use super::runtime::ModelRuntime;
+use super::runtime::{LoadOptions, ModelRuntime, RuntimeInfo};
 use crate::model::{Actor, CaseSnapshot, TriageRecord, now_ms};
 use crate::storage::{Store, StoreError};
 
@@ -25,9 +27,86 @@ pub struct Triager {
     jobs: mpsc::Sender<Job>,
 }
 
-/// Starts the thread that owns the model session (`None` = rules-only).
+/// What the model thread shows as its state (systemd STATUS, D-Bus, `/health`): follows a
+/// model switched while the daemon runs.
+#[derive(Debug, Clone, Default)]
+pub struct ModelStatus(std::sync::Arc<std::sync::RwLock<String>>);
+
+impl ModelStatus {
+    pub fn new(s: String) -> Self {
+        ModelStatus(std::sync::Arc::new(std::sync::RwLock::new(s)))
+    }
+    pub fn get(&self) -> String {
+        self.0.read().map(|s| s.clone()).unwrap_or_default()
+    }
+    fn set(&self, s: String) {
+        if let Ok(mut g) = self.0.write() {
+            *g = s;
+        }
+    }
+}
+
+/// The status text of a loaded model.
+pub fn describe(info: &RuntimeInfo) -> String {
+    format!(
+        "model {} ({}, {})",
+        info.model_id,
+        info.variant,
+        info.provider.as_str()
+    )
+}
+
+/// A model switch the model thread made or refused (for the audit log).
+#[derive(Debug)]
+pub enum ModelChange {
+    Loaded(RuntimeInfo),
+    Refused { dir: PathBuf, error: String },
+}
+
+/// How the model thread follows `model install` / `model rollback`: before each triage it
+/// compares the store's active directory with the one it last tried (one `readlink`), and loads
+/// a changed one; if that fails it keeps the model it has.
+pub struct Reload {
+    pub store: ModelStore,
+    /// Load options; `model_dir` is replaced by the active directory.
+    pub options: LoadOptions,
+    /// The directory loaded or last tried.
+    pub tried: PathBuf,
+    pub status: ModelStatus,
+    pub changes: mpsc::UnboundedSender<ModelChange>,
+}
+
+impl Reload {
+    fn check(&mut self, runtime: &mut Option<ModelRuntime>) {
+        let active = self.store.active();
+        if active == self.tried {
+            return;
+        }
+        self.tried = active.clone();
+        let mut o = self.options.clone();
+        o.model_dir = active.clone();
+        match ModelRuntime::load(&o) {
+            Ok(rt) => {
+                self.status.set(describe(&rt.info));
+                let _ = self.changes.send(ModelChange::Loaded(rt.info.clone()));
+                *runtime = Some(rt);
+            }
+            Err(e) => {
+                let error = crate::report::chain(&e);
+                tracing::error!(dir = %active.display(), %error, "the newly activated model cannot be loaded; keeping the loaded one");
+                let _ = self
+                    .changes
+                    .send(ModelChange::Refused { dir: active, error });
+            }
+        }
+    }
+}
+
+/// Starts the thread that owns the model session (`None` = rules-only), following model
+/// switches when `reload` is given.
 pub fn spawn_model_thread(
     mut runtime: Option<ModelRuntime>,
+    mut reload: Option<Reload>,
     min_core: usize,
     capacity: usize,
 ) -> (Triager, std::thread::JoinHandle<()>) {
@@ -37,6 +116,9 @@ pub fn spawn_model_thread(
         .spawn(move || {
             let mut text = Box::new([0f32; TEXT_BUCKETS]);
             while let Some((input, reply)) = rx.blocking_recv() {
+                if let Some(r) = reload.as_mut() {
+                    r.check(&mut runtime);
+                }
                 let _ = reply.send(compute(&input, runtime.as_mut(), min_core, &mut text));
             }
         })

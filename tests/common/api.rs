@@ -99,7 +99,7 @@ impl Api {
             use hema3n_edge::triage::service::{Retriage, spawn_model_thread};
             let (tx, cases) = tokio::sync::mpsc::unbounded_channel();
             st.retriage = Some(tx);
-            let (triager, _model) = spawn_model_thread(None, 3, 16);
+            let (triager, _model) = spawn_model_thread(None, None, 3, 16);
             let task = Retriage {
                 cases,
                 store,

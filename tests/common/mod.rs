@@ -244,6 +244,25 @@ impl Appliance {
         a
     }
 
+    /// `simulate`: `count` readings of `scenario` from the monitors `mon-*` (20 ms apart).
+    pub fn simulate_monitors(&self, broker: &broker::Broker, scenario: &str, count: u64) {
+        self.ok(&[
+            "simulate",
+            "--broker",
+            &broker.url(),
+            "--device-prefix",
+            "mon-",
+            "--scenario",
+            scenario,
+            "--count",
+            &count.to_string(),
+            "--interval-ms",
+            "20",
+            "--scenario-secs",
+            "1",
+        ]);
+    }
+
     /// Readings stored from `pump-1`.
     pub fn pump_readings(&self) -> i64 {
         self.query_i64("SELECT count(*) FROM observations WHERE device_id = 'pump-1'")
@@ -389,6 +408,25 @@ pub fn ort_lib() -> PathBuf {
 /// The committed model directory.
 pub fn model_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("edge-models/hema3n-core")
+}
+
+/// The development model-signing public key that signed the committed model (base64 SPKI, as
+/// `triage.model_signing_keys` takes it).
+pub fn dev_model_key() -> String {
+    let pem = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("edge-models/model-signing-dev.pub"),
+    )
+    .unwrap();
+    pem.lines().filter(|l| !l.starts_with("-----")).collect()
+}
+
+/// A `[triage]` section that loads the committed model with `library`, plus `extra` lines.
+pub fn triage_toml(library: &str, extra: &str) -> String {
+    format!(
+        "[triage]\nonnxruntime_library = \"{library}\"\nmodel_dir = \"{}\"\nmodel_signing_keys = [\"{}\"]\n{extra}",
+        model_dir().display(),
+        dev_model_key()
+    )
 }
 
 /// The text of a PDF as poppler's `pdftotext -layout` reads it (an independent reader).

@@ -19,7 +19,7 @@ pub async fn healthz(State(st): State<ApiState>) -> Response {
     let body = json!({
         "status": if store.is_ok() { "ok" } else { "degraded" },
         "store": if store.is_ok() { "ok" } else { "unavailable" },
-        "triage": &*st.triage_status,
+        "triage": st.triage_status.get(),
         "sync": sync,
         "sessions": st.sessions.len(),
     });

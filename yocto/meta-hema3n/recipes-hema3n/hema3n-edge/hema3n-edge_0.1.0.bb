@@ -26,6 +26,12 @@ inherit cargo cargo-update-recipe-crates systemd
 # The Orin's execution providers; ONNX Runtime itself is loaded at run time (ort load-dynamic).
 CARGO_BUILD_FLAGS += "--features cuda,tensorrt --bin hema3n-edge"
 
+# The model-signing public key the appliance pins (triage.model_signing_keys). A release build
+# signs edge-models/hema3n-core with the release key (`hema3n-edge model sign DIR --key K`) and
+# points this at the release public key; the default is the development key the committed model
+# is signed with, and the build warns about it.
+HEMA3N_MODEL_SIGNING_PUB ?= "${S}/edge-models/model-signing-dev.pub"
+
 do_install:append() {
     install -d ${D}${systemd_system_unitdir}
     install -m 0644 ${S}/systemd/hema3n-edge.service ${D}${systemd_system_unitdir}/
@@ -38,8 +44,16 @@ do_install:append() {
     install -m 0644 ${S}/systemd/org.hema3n.Edge1.conf ${D}${datadir}/dbus-1/system.d/
     install -d ${D}${sysconfdir}/hema3n/edge.d
     install -m 0644 ${UNPACKDIR}/edge.toml ${D}${sysconfdir}/hema3n/edge.toml
+    if [ "${HEMA3N_MODEL_SIGNING_PUB}" = "${S}/edge-models/model-signing-dev.pub" ]; then
+        bbwarn "hema3n-edge: the image trusts the DEVELOPMENT model-signing key; set HEMA3N_MODEL_SIGNING_PUB for a release"
+    fi
+    key=$(grep -v -- '-----' "${HEMA3N_MODEL_SIGNING_PUB}" | tr -d '\n')
+    printf '# Written by the hema3n-edge recipe from %s\n[triage]\nmodel_signing_keys = ["%s"]\n' \
+        "$(basename ${HEMA3N_MODEL_SIGNING_PUB})" "$key" > ${D}${sysconfdir}/hema3n/edge.d/10-model-signing.toml
+    chmod 0644 ${D}${sysconfdir}/hema3n/edge.d/10-model-signing.toml
     install -d ${D}${datadir}/hema3n/models/hema3n-core
     install -m 0644 ${S}/edge-models/hema3n-core/manifest.toml ${D}${datadir}/hema3n/models/hema3n-core/
+    install -m 0644 ${S}/edge-models/hema3n-core/manifest.sig ${D}${datadir}/hema3n/models/hema3n-core/
     install -m 0644 ${S}/edge-models/hema3n-core/*.onnx ${D}${datadir}/hema3n/models/hema3n-core/
     install -m 0644 ${S}/edge-models/hema3n-core/MODEL_CARD.md ${D}${datadir}/hema3n/models/hema3n-core/
     install -d ${D}${sysconfdir}/mosquitto/conf.d ${D}${sysconfdir}/mosquitto/hema3n
@@ -51,7 +65,7 @@ PACKAGES =+ "${PN}-mosquitto ${PN}-model"
 
 SYSTEMD_SERVICE:${PN} = "hema3n-edge.service hema3n-backup.timer"
 
-CONFFILES:${PN} = "${sysconfdir}/hema3n/edge.toml"
+CONFFILES:${PN} = "${sysconfdir}/hema3n/edge.toml ${sysconfdir}/hema3n/edge.d/10-model-signing.toml"
 FILES:${PN} += "${systemd_system_unitdir}/hema3n-edge.service \
                 ${systemd_system_unitdir}/hema3n-backup.service \
                 ${systemd_system_unitdir}/hema3n-backup.timer \
