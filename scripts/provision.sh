@@ -14,10 +14,12 @@
 #   replaced by the signed one;
 # - the daemon's broker password and one broker credential per --device (printed once, in
 #   devices.txt, 0600, for the installer to configure the monitors);
-# - every key as an encrypted systemd credential in /etc/credstore.encrypted/hema3n/
-#   (`systemd-creds encrypt`, bound to the TPM when there is one), and the unit drop-in naming the
-#   territory key credentials; with --plain-keys (no systemd-creds, or a test) keys stay as 0600
-#   files in /etc/hema3n/keys instead;
+# - every key as an encrypted systemd credential in /etc/credstore.encrypted/hema3n/, made on the
+#   vehicle itself (`hema3n-edge keys seal`: systemd-creds, bound to its TPM2 and/or credential
+#   secret) — at once with --root /, else by hema3n-seal-keys.service at the image's first boot
+#   (until then the image holds the keys as 0600 files: handle it as a secret) — and the unit
+#   drop-in naming the territory key credentials; with --plain-keys (development, tests) keys stay
+#   as 0600 files in /etc/hema3n/keys for good;
 # - /etc/hema3n/edge.toml (appliance id, territory) and the receiver's public keys.
 # Rotation and decommissioning: see README "Operations".
 set -euo pipefail
@@ -57,12 +59,12 @@ BIN="${BIN:-$(command -v hema3n-edge || echo "$ROOT/usr/bin/hema3n-edge")}"
 [ -x "$BIN" ] || die "hema3n-edge binary not found (pass --bin)"
 command -v openssl >/dev/null || die "openssl is required"
 # systemd-creds binds a credential to the machine that encrypts it (its credential secret or
-# TPM): encrypting into another machine's image would leave that vehicle unable to decrypt its
-# own keys. Images are provisioned with --plain-keys; the vehicle encrypts on itself (--root /).
-if [ "$PLAIN" -eq 0 ] && [ "$(cd "$ROOT" && pwd -P)" != "/" ]; then
-    die "encrypted credentials can only be made on the vehicle itself: provision an image with --plain-keys, then run this script with --root / on the vehicle"
-fi
-if [ "$PLAIN" -eq 0 ] && ! command -v systemd-creds >/dev/null; then
+# TPM): credentials made here for another machine's image would not open on that vehicle. So an
+# image gets its keys as files and the vehicle seals them itself at first boot; only --root /
+# (this machine is the vehicle) seals now.
+ON_VEHICLE=0
+[ "$(mkdir -p "$ROOT" && cd "$ROOT" && pwd -P)" = "/" ] && ON_VEHICLE=1
+if [ "$PLAIN" -eq 0 ] && [ "$ON_VEHICLE" -eq 1 ] && ! command -v systemd-creds >/dev/null; then
     die "systemd-creds not found: use --plain-keys to keep keys as 0600 files"
 fi
 
@@ -110,6 +112,7 @@ cat >"$ETC/edge.d/00-provision-root.toml" <<CONF
 data_dir = "$STATE"
 [keys]
 dir = "$KEYS"
+credstore = "$CREDS"
 [mqtt]
 password_file = "$ROOT/etc/mosquitto/hema3n/passwd"
 [api]
@@ -171,17 +174,13 @@ for f in "$KEYS"/territory.*.key; do
     n="$(basename "$f")"
     echo "LoadCredentialEncrypted=$n:/etc/credstore.encrypted/hema3n/$n" >>"$DROPIN/credentials.conf"
 done
-if [ "$PLAIN" -eq 0 ]; then
-    mkdir -p "$CREDS"
-    for f in "$KEYS"/*; do
-        n="$(basename "$f")"
-        case "$n" in *.pem|*.pub|*.toml) continue ;; esac
-        [ -f "$CREDS/$n" ] || systemd-creds encrypt --name="$n" "$f" "$CREDS/$n"
-        shred -u "$f"
-    done
-    log "keys are encrypted credentials in $CREDS (plaintext copies shredded)"
-else
+if [ "$PLAIN" -eq 1 ]; then
     rm -f "$DROPIN/credentials.conf"
-    log "--plain-keys: keys stay as 0600 files in $KEYS (no systemd-creds)"
+    log "--plain-keys: keys stay as 0600 files in $KEYS (development and tests only)"
+elif [ "$ON_VEHICLE" -eq 1 ]; then
+    "$BIN" "${CFG[@]}" keys seal
+    log "keys are encrypted credentials in $CREDS (plaintext overwritten and removed)"
+else
+    log "keys wait in $KEYS (0600) for hema3n-seal-keys.service to seal them on the vehicle at first boot; treat the image as secret until then"
 fi
 log "provisioned $APPLIANCE; start with: systemctl enable --now hema3n-edge"

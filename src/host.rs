@@ -1,5 +1,5 @@
-//! Facts about the host the daemon runs on (free disk space for the disk-pressure alarm) and
-//! the one process limit it adjusts (open files).
+//! Facts about the host the daemon runs on (free disk space for the disk-pressure alarm), the
+//! one process limit it adjusts (open files) and the identity an admin command drops to.
 //! The only module that imports `libc`.
 
 use std::ffi::CString;
@@ -47,6 +47,28 @@ pub fn raise_open_files_limit() -> std::io::Result<u64> {
         r.rlim_cur = r.rlim_max;
     }
     Ok(r.rlim_cur)
+}
+
+/// Whether this process runs as root (effective uid 0).
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Drops root for `uid`/`gid` for the rest of the process (no supplementary groups), so that
+/// files an admin command creates belong to the daemon's user.
+pub fn become_user(uid: u32, gid: u32) -> std::io::Result<()> {
+    // SAFETY: plain syscalls on integers; a null list with length 0 clears the groups. The
+    // order (groups, gid, then uid) is the one that keeps the right to change the others.
+    unsafe {
+        if libc::setgroups(0, std::ptr::null()) != 0
+            || libc::setgid(gid) != 0
+            || libc::setuid(uid) != 0
+        {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -1,7 +1,8 @@
-//! Host integration: sd_notify (READY, STATUS, WATCHDOG, STOPPING), watchdog interval and the
-//! choice between journald and stderr logging. The only module that imports `sd-notify` and
+//! Host integration: sd_notify (READY, STATUS, WATCHDOG, STOPPING), watchdog interval, the
+//! choice between journald and stderr logging, and `systemd-creds` (encrypted credentials). The only module that imports `sd-notify` and
 //! `tracing-journald`.
 
+use std::path::Path;
 use std::time::Duration;
 
 use sd_notify::NotifyState;
@@ -76,4 +77,55 @@ pub fn init_logging(cfg: &LogConfig) {
         .with_writer(std::io::stderr)
         .with_target(false)
         .try_init();
+}
+
+/// Runs `systemd-creds ARGS`; stdout, or the tool's own error text.
+fn creds(args: &[&std::ffi::OsStr]) -> Result<zeroize::Zeroizing<Vec<u8>>, String> {
+    let out = std::process::Command::new("systemd-creds")
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run systemd-creds: {e}"))?;
+    let stdout = zeroize::Zeroizing::new(out.stdout);
+    if out.status.success() {
+        Ok(stdout)
+    } else {
+        let err = String::from_utf8_lossy(&out.stderr);
+        let last = err
+            .lines()
+            .rfind(|l| !l.contains("not located on encrypted media"))
+            .unwrap_or("no message");
+        Err(format!("systemd-creds failed ({}): {last}", out.status))
+    }
+}
+
+/// Encrypts `input` as credential `name` into `output` (`--with-key`: `auto` = the TPM2 when
+/// there is one, and the host's credential secret).
+pub fn creds_encrypt(
+    name: &str,
+    with_key: &str,
+    input: &Path,
+    output: &Path,
+) -> Result<(), String> {
+    let name = format!("--name={name}");
+    let key = format!("--with-key={with_key}");
+    creds(&[
+        "encrypt".as_ref(),
+        name.as_ref(),
+        key.as_ref(),
+        input.as_os_str(),
+        output.as_os_str(),
+    ])
+    .map(drop)
+}
+
+/// Decrypts credential `name` from `input` into memory.
+pub fn creds_decrypt(name: &str, input: &Path) -> Result<zeroize::Zeroizing<Vec<u8>>, String> {
+    let name = format!("--name={name}");
+    creds(&[
+        "decrypt".as_ref(),
+        name.as_ref(),
+        input.as_os_str(),
+        "-".as_ref(),
+    ])
 }

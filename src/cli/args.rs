@@ -171,6 +171,14 @@ pub enum KeysCmd {
         #[arg(long)]
         territory: Option<String>,
     },
+    /// Encrypt every key file of keys.dir into keys.credstore with systemd-creds (bound to
+    /// this machine's TPM2 and/or credential secret), then destroy the plaintext. Run on the
+    /// vehicle itself: hema3n-seal-keys.service does at first boot.
+    Seal {
+        /// systemd-creds --with-key: auto, host, tpm2, host+tpm2, …
+        #[arg(long, default_value = "auto", value_name = "KEY")]
+        with_key: String,
+    },
     /// Retire an old territory key version once no data key uses it.
     Retire {
         #[arg(long)]

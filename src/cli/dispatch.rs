@@ -48,6 +48,24 @@ pub fn main(args: Args) -> ExitCode {
         return ExitCode::SUCCESS;
     }
     crate::systemd::init_logging(&cfg.log);
+    // On a provisioned appliance the keys are encrypted credentials: commands that read them
+    // decrypt them for themselves (as root) and continue as the daemon's user.
+    let needs_keys = !matches!(
+        &args.cmd,
+        None | Some(Cmd::Model { .. })
+            | Some(Cmd::Simulate(_))
+            | Some(Cmd::Keys {
+                cmd: KeysCmd::Seal { .. }
+            })
+    );
+    let _admin = if needs_keys {
+        match cli::admin_credentials(&cfg) {
+            Ok(g) => g,
+            Err(f) => return finish(Err(f)),
+        }
+    } else {
+        None
+    };
     let territory = |t: &Option<String>| t.clone().unwrap_or_else(|| cfg.default_territory.clone());
     let r = match &args.cmd {
         None => {
@@ -90,6 +108,7 @@ pub fn main(args: Args) -> ExitCode {
                 no_rewrap,
             } => cli::keys_rotate(&cfg, &territory(t), *no_rewrap),
             KeysCmd::Rewrap { territory: t } => cli::keys_rewrap(&cfg, &territory(t)),
+            KeysCmd::Seal { with_key } => cli::keys_seal(&cfg, with_key),
             KeysCmd::Retire {
                 territory: t,
                 version,

@@ -1,5 +1,6 @@
 //! Subcommands other than `run`, one file per group: `setup` (init, check), `keys`, `audit`,
-//! `backup` (backup, restore), `escrow` (keys escrow-keygen, escrow, recover), `model`,
+//! `backup` (backup, restore), `credstore` (keys seal, admin access to encrypted credentials),
+//! `escrow` (keys escrow-keygen, escrow, recover), `model`,
 //! `records` (devices, cases, triage, outbox), `attachments`, `users`, `debug` (simulate, soak, vectors).
 //! Each returns the process exit code: 0 ok, 1 failure, 78 setup/configuration error; this file
 //! holds the shared failure type.
@@ -8,6 +9,7 @@ mod args;
 mod attachments;
 mod audit;
 mod backup;
+mod credstore;
 mod debug;
 mod dispatch;
 mod escrow;
@@ -21,6 +23,7 @@ pub use args::Args;
 pub use attachments::{cases_attach, cases_attachment_export};
 pub use audit::{audit_checkpoint, audit_verify};
 pub use backup::{backup, restore};
+pub use credstore::{AdminCredentials, admin_credentials, keys_seal};
 pub use debug::{debug_bundle_vectors, debug_soak, simulate};
 pub use dispatch::main;
 pub use escrow::{keys_escrow, keys_escrow_keygen, keys_recover};

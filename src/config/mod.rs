@@ -324,6 +324,7 @@ fn resolve_paths(mut t: toml::Table, base: &Path) -> toml::Table {
     }
     for (sect, key) in [
         ("keys", "dir"),
+        ("keys", "credstore"),
         ("store", "path"),
         ("mqtt", "password_file"),
         ("triage", "model_dir"),

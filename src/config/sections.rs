@@ -219,6 +219,10 @@ pub struct KeysConfig {
     /// Directory of key files, read after `$CREDENTIALS_DIRECTORY`. Files must be mode 0600 or
     /// stricter. `keys rotate` writes new territory key versions here. Default `/etc/hema3n/keys`.
     pub dir: PathBuf,
+    /// Encrypted credentials (`systemd-creds`) of a provisioned appliance: the daemon's unit
+    /// loads them; admin commands run as root decrypt them when `dir` holds no `db.key`.
+    /// Default `/etc/credstore.encrypted/hema3n`.
+    pub credstore: PathBuf,
     /// A territory key version older than this many days is due for rotation: `check` warns
     /// and the daemon raises `key_rotation_due`. Default 90.
     pub rotate_after_days: u32,
@@ -231,6 +235,7 @@ impl Default for KeysConfig {
     fn default() -> Self {
         KeysConfig {
             dir: PathBuf::from("/etc/hema3n/keys"),
+            credstore: PathBuf::from("/etc/credstore.encrypted/hema3n"),
             rotate_after_days: 90,
             certificate_warn_days: 30,
         }

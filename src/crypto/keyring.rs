@@ -86,6 +86,15 @@ fn searched_list(v: &[PathBuf]) -> String {
         .join(", ")
 }
 
+static ADMIN_CREDENTIALS: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
+/// For the rest of this process, read keys from `dir` first: the private directory into which
+/// an admin command decrypted the appliance's encrypted credentials (what systemd does for the
+/// daemon's unit). Only the first call counts.
+pub fn use_admin_credentials(dir: PathBuf) {
+    let _ = ADMIN_CREDENTIALS.set(dir);
+}
+
 /// The ordered list of places keys are read from.
 #[derive(Debug, Clone)]
 pub struct KeySources {
@@ -93,11 +102,14 @@ pub struct KeySources {
 }
 
 impl KeySources {
-    /// `$CREDENTIALS_DIRECTORY` (if set) then `key_dir`.
+    /// `$CREDENTIALS_DIRECTORY` (if set; else the admin credentials an admin command
+    /// decrypted, see [`use_admin_credentials`]) then `key_dir`.
     pub fn from_env(key_dir: &Path) -> Self {
         let mut dirs = Vec::new();
         if let Some(c) = std::env::var_os("CREDENTIALS_DIRECTORY") {
             dirs.push(PathBuf::from(c));
+        } else if let Some(d) = ADMIN_CREDENTIALS.get() {
+            dirs.push(d.clone());
         }
         dirs.push(key_dir.to_path_buf());
         KeySources { dirs }
