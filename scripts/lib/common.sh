@@ -53,7 +53,8 @@ install_build_deps() {
 install_test_services() {
     # poppler-utils: pdftotext/pdffonts/pdftoppm read the handoff PDF independently.
     # postgresql: the receivers' shared store; tests run initdb/pg_ctl themselves.
-    apt_install mosquitto openssl dbus poppler-utils postgresql
+    # systemd: systemd-creds seals and opens the provisioned keys (tests/provisioning.rs).
+    apt_install mosquitto openssl dbus poppler-utils postgresql systemd
     # Debian starts the packaged broker (:1883) and cluster (:5432); tests start their own
     # instances on free ports.
     for svc in mosquitto postgresql; do
