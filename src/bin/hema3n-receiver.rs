@@ -85,10 +85,20 @@ enum Cmd {
 
 #[derive(Subcommand)]
 enum AppCmd {
-    /// Registers an appliance's ES256 public key (PEM from `hema3n-edge keys export-public`).
+    /// Registers an appliance's ES256 public key (PEM from `hema3n-edge keys export-public`);
+    /// replaces any key it had at once (a compromised key).
     Add {
         id: String,
         pem_file: PathBuf,
+    },
+    /// A new signing key of a registered appliance (`hema3n-edge keys rotate-signing`); the
+    /// current one stays accepted for the overlap, for envelopes and checkpoints signed before
+    /// the change.
+    AddKey {
+        id: String,
+        pem_file: PathBuf,
+        #[arg(long, default_value_t = 30)]
+        overlap_days: u32,
     },
     /// Revokes an appliance: its envelopes are rejected from now on.
     Revoke {
@@ -101,6 +111,20 @@ enum AppCmd {
 fn open_db(cfg: &ReceiverConfig) -> Result<Box<dyn ReceiverStore>, ReceiverError> {
     let keys = Keys::load(&cfg.keys_dir)?;
     cfg.open_store(&keys)
+}
+
+/// A P-256 public key from a PEM file.
+fn read_public(
+    pem_file: &std::path::Path,
+) -> Result<hema3n_edge::crypto::sign::PublicKey, ReceiverError> {
+    let pem = std::fs::read_to_string(pem_file)
+        .map_err(|e| ReceiverError::Io(format!("{}: {e}", pem_file.display())))?;
+    hema3n_edge::crypto::sign::PublicKey::from_pem(&pem).ok_or_else(|| {
+        ReceiverError::Io(format!(
+            "{} is not a P-256 public key (PEM)",
+            pem_file.display()
+        ))
+    })
 }
 
 fn main() -> ExitCode {
@@ -191,17 +215,28 @@ fn run(cli: Cli) -> Result<(), ReceiverError> {
                             "appliance id must match [A-Za-z0-9._-]{1,64}".into(),
                         ));
                     }
-                    let pem = std::fs::read_to_string(&pem_file)
-                        .map_err(|e| ReceiverError::Io(format!("{}: {e}", pem_file.display())))?;
-                    let key =
-                        hema3n_edge::crypto::sign::PublicKey::from_pem(&pem).ok_or_else(|| {
-                            ReceiverError::Io(format!(
-                                "{} is not a P-256 public key (PEM)",
-                                pem_file.display()
-                            ))
-                        })?;
+                    let key = read_public(&pem_file)?;
                     db.add_appliance(&id, &key.to_pem())?;
                     println!("registered appliance {id} (key id {})", key.key_id());
+                }
+                AppCmd::AddKey {
+                    id,
+                    pem_file,
+                    overlap_days,
+                } => {
+                    let key = read_public(&pem_file)?;
+                    let until = hema3n_edge::model::now_ms() + i64::from(overlap_days) * 86_400_000;
+                    if !db.add_appliance_key(&id, &key.to_pem(), until)? {
+                        return Err(ReceiverError::Io(format!(
+                            "no active appliance {id}, or it already has key {}",
+                            key.key_id()
+                        )));
+                    }
+                    println!(
+                        "appliance {id}: key {} is current; the previous key is accepted until {}",
+                        key.key_id(),
+                        hema3n_edge::model::iso8601_ms(until)
+                    );
                 }
                 AppCmd::Revoke { id } => {
                     if db.revoke_appliance(&id)? {
@@ -211,11 +246,21 @@ fn run(cli: Cli) -> Result<(), ReceiverError> {
                     }
                 }
                 AppCmd::List => {
-                    for (id, pem, revoked) in db.appliances()? {
-                        let kid = hema3n_edge::crypto::sign::PublicKey::from_pem(&pem)
+                    let kid = |pem: &str| {
+                        hema3n_edge::crypto::sign::PublicKey::from_pem(pem)
                             .map(|k| k.key_id())
-                            .unwrap_or_default();
-                        println!("{id}\tkey {kid}{}", if revoked { "\trevoked" } else { "" });
+                            .unwrap_or_default()
+                    };
+                    for (id, pem, revoked) in db.appliances()? {
+                        let overlap = match db.appliance_keys(&id)?.get(1) {
+                            Some(prev) => format!("\talso key {} (overlap)", kid(prev)),
+                            None => String::new(),
+                        };
+                        println!(
+                            "{id}\tkey {}{overlap}{}",
+                            kid(&pem),
+                            if revoked { "\trevoked" } else { "" }
+                        );
                     }
                 }
             }

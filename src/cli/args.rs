@@ -179,6 +179,15 @@ pub enum KeysCmd {
         #[arg(long, default_value = "auto", value_name = "KEY")]
         with_key: String,
     },
+    /// Stage a new appliance signing key and print its public key for the receiver
+    /// (`hema3n-receiver appliances add-key`); `--activate` (daemon stopped) makes it current.
+    RotateSigning {
+        /// Write the staged public key (PEM) to FILE instead of stdout.
+        #[arg(long, value_name = "FILE", conflicts_with = "activate")]
+        out: Option<PathBuf>,
+        #[arg(long)]
+        activate: bool,
+    },
     /// Retire an old territory key version once no data key uses it.
     Retire {
         #[arg(long)]

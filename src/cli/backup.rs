@@ -91,7 +91,7 @@ pub fn backup(
 pub fn restore(cfg: &Config, file: &Path, verify_only: bool) -> CmdResult {
     if verify_only {
         let keys = Keyring::load(KeySources::from_env(&cfg.keys.dir))?;
-        let (m, mut data) = storage::read_backup(file, &keys.signing.public())?;
+        let (m, mut data) = storage::read_backup(file, &storage::backup_signers(cfg, &keys))?;
         storage::check_backup_data(&m, &mut data)?;
         println!("OK: {}: {}", file.display(), describe(&m));
         return Ok(0);

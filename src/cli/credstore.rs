@@ -23,7 +23,9 @@ fn failure(code: u8, msg: String) -> Failure {
 
 /// Key files (secrets) as opposed to certificates, requests and public keys beside them.
 fn is_secret(name: &str) -> bool {
+    // A staged key (`*.next.*`) is sealed when it becomes current, under its final name.
     !name.starts_with('.')
+        && !name.contains(".next.")
         && (name.ends_with(".key") || name.ends_with(".p8") || name == "mqtt.password")
 }
 
@@ -73,9 +75,9 @@ pub fn keys_seal(cfg: &Config, with_key: &str) -> CmdResult {
     fs::set_permissions(store, fs::Permissions::from_mode(0o700))?;
     let (mut sealed, mut finished) = (0, 0);
     for (name, path) in plain {
-        let bytes = zeroize::Zeroizing::new(fs::read(&path)?);
         let dest = store.join(&name);
         if dest.exists() {
+            let bytes = zeroize::Zeroizing::new(fs::read(&path)?);
             let back = creds_decrypt(&name, &dest)
                 .map_err(|e| failure(1, format!("{}: {e}", dest.display())))?;
             if !crate::crypto::ct_eq(&back, &bytes) {
@@ -92,22 +94,7 @@ pub fn keys_seal(cfg: &Config, with_key: &str) -> CmdResult {
             finished += 1;
             continue;
         }
-        let staged = store.join(format!(".{name}.new"));
-        let _ = fs::remove_file(&staged);
-        let checked = creds_encrypt(&name, with_key, &path, &staged)
-            .and_then(|()| creds_decrypt(&name, &staged))
-            .and_then(|back| {
-                crate::crypto::ct_eq(&back, &bytes)
-                    .then_some(())
-                    .ok_or_else(|| "the credential does not decrypt to the key".to_string())
-            });
-        if let Err(e) = checked {
-            let _ = fs::remove_file(&staged);
-            return Err(failure(1, format!("sealing {}: {e}", path.display())));
-        }
-        fs::rename(&staged, &dest)?;
-        sync_dir(store)?;
-        shred(&path)?;
+        seal_file(&name, with_key, &path, store)?;
         sealed += 1;
     }
     println!(
@@ -118,13 +105,48 @@ pub fn keys_seal(cfg: &Config, with_key: &str) -> CmdResult {
     Ok(0)
 }
 
+/// Encrypts key file `path` as credential `name` in `store` (replacing one of that name), checks
+/// it by decrypting it, then destroys the plaintext.
+pub(super) fn seal_file(name: &str, with_key: &str, path: &Path, store: &Path) -> CmdResult {
+    let bytes = zeroize::Zeroizing::new(fs::read(path)?);
+    let staged = store.join(format!(".{name}.new"));
+    let _ = fs::remove_file(&staged);
+    let checked = creds_encrypt(name, with_key, path, &staged)
+        .and_then(|()| creds_decrypt(name, &staged))
+        .and_then(|back| {
+            crate::crypto::ct_eq(&back, &bytes)
+                .then_some(())
+                .ok_or_else(|| "the credential does not decrypt to the key".to_string())
+        });
+    if let Err(e) = checked {
+        let _ = fs::remove_file(&staged);
+        return Err(failure(1, format!("sealing {}: {e}", path.display())));
+    }
+    fs::rename(&staged, store.join(name))?;
+    sync_dir(store)?;
+    shred(path)?;
+    Ok(0)
+}
+
 /// Decrypted credentials of one admin command; removed (overwritten) when it ends.
 pub struct AdminCredentials {
     dir: PathBuf,
+    /// A command that stayed root (it writes key files): the data directory whose files it
+    /// created are handed back to its owner when it ends.
+    hand_back: Option<(PathBuf, u32, u32)>,
 }
 
 impl Drop for AdminCredentials {
     fn drop(&mut self) {
+        if let Some((data, uid, gid)) = &self.hand_back
+            && let Ok(rd) = fs::read_dir(data)
+        {
+            for e in rd.flatten() {
+                if e.metadata().is_ok_and(|m| m.uid() == 0) {
+                    let _ = std::os::unix::fs::chown(e.path(), Some(*uid), Some(*gid));
+                }
+            }
+        }
         if let Ok(v) = files(&self.dir, |_| true) {
             for (_, p) in v {
                 let _ = shred(&p);
@@ -137,8 +159,13 @@ impl Drop for AdminCredentials {
 /// On a provisioned appliance (no `db.key` in `keys.dir`, credentials in `keys.credstore`, not
 /// under systemd): decrypts every credential into a private directory that key lookups then use,
 /// and, when run as root, continues as the owner of `data_dir` so that nothing the command writes
-/// is root's. `None` when keys are plain files or systemd already provided them.
-pub fn admin_credentials(cfg: &Config) -> Result<Option<AdminCredentials>, Failure> {
+/// is root's — unless `stay_root` (commands that write root's key files), whose files in
+/// `data_dir` are handed back to its owner when they end. `None` when keys are plain files or
+/// systemd already provided them.
+pub fn admin_credentials(
+    cfg: &Config,
+    stay_root: bool,
+) -> Result<Option<AdminCredentials>, Failure> {
     if std::env::var_os("CREDENTIALS_DIRECTORY").is_some() || cfg.keys.dir.join(DB_KEY).exists() {
         return Ok(None);
     }
@@ -154,7 +181,10 @@ pub fn admin_credentials(cfg: &Config) -> Result<Option<AdminCredentials>, Failu
     };
     let dir = base.join(format!("hema3n-admin.{}", std::process::id()));
     fs::create_dir(&dir)?;
-    let guard = AdminCredentials { dir: dir.clone() };
+    let mut guard = AdminCredentials {
+        dir: dir.clone(),
+        hand_back: None,
+    };
     fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))?;
     for (name, path) in &creds {
         let plain = creds_decrypt(name, path).map_err(|e| {
@@ -173,6 +203,11 @@ pub fn admin_credentials(cfg: &Config) -> Result<Option<AdminCredentials>, Failu
         && m.uid() != 0
     {
         let (uid, gid) = (m.uid(), m.gid());
+        if stay_root {
+            guard.hand_back = Some((cfg.data_dir.clone(), uid, gid));
+            use_admin_credentials(dir);
+            return Ok(Some(guard));
+        }
         std::os::unix::fs::chown(&dir, Some(uid), Some(gid))?;
         for (name, _) in &creds {
             std::os::unix::fs::chown(dir.join(name), Some(uid), Some(gid))?;

@@ -58,8 +58,9 @@ pub fn main(args: Args) -> ExitCode {
                 cmd: KeysCmd::Seal { .. }
             })
     );
+    let writes_keys = matches!(&args.cmd, Some(Cmd::Keys { .. }));
     let _admin = if needs_keys {
-        match cli::admin_credentials(&cfg) {
+        match cli::admin_credentials(&cfg, writes_keys) {
             Ok(g) => g,
             Err(f) => return finish(Err(f)),
         }
@@ -109,6 +110,9 @@ pub fn main(args: Args) -> ExitCode {
             } => cli::keys_rotate(&cfg, &territory(t), *no_rewrap),
             KeysCmd::Rewrap { territory: t } => cli::keys_rewrap(&cfg, &territory(t)),
             KeysCmd::Seal { with_key } => cli::keys_seal(&cfg, with_key),
+            KeysCmd::RotateSigning { out, activate } => {
+                cli::keys_rotate_signing(&cfg, *activate, out.as_deref())
+            }
             KeysCmd::Retire {
                 territory: t,
                 version,

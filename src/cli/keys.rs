@@ -8,6 +8,70 @@ use std::path::Path;
 
 use super::{CmdResult, EXIT_CONFIG, Failure, open_db};
 
+/// The staged next appliance signing key (`keys rotate-signing`).
+const NEXT_SIGNING_KEY: &str = "appliance-signing.next.p8";
+
+/// `keys rotate-signing [--out F]` stages a new appliance signing key and prints its public
+/// half for the receiver; `--activate` (daemon stopped) makes it current: a last checkpoint
+/// under the old key, the old public half kept for `audit verify`, the change audited, the key
+/// file (or encrypted credential) replaced.
+pub fn keys_rotate_signing(cfg: &Config, activate: bool, out: Option<&Path>) -> CmdResult {
+    use crate::crypto::sign::SigningKey;
+    let next_path = cfg.keys.dir.join(NEXT_SIGNING_KEY);
+    if !activate {
+        let der = match std::fs::read(&next_path) {
+            Ok(d) => zeroize::Zeroizing::new(d),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let der = SigningKey::generate_pkcs8()?;
+                keyring::write_secret(&cfg.keys.dir, NEXT_SIGNING_KEY, &der)?;
+                der
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let next = SigningKey::from_pkcs8(NEXT_SIGNING_KEY, &der)?;
+        let pem = next.public().to_pem();
+        match out {
+            Some(p) => std::fs::write(p, &pem)?,
+            None => print!("{pem}"),
+        }
+        eprintln!(
+            "staged signing key {} in {}; register it with the receiver (hema3n-receiver appliances add-key {} FILE), then stop the daemon and run `hema3n-edge keys rotate-signing --activate`",
+            next.public().key_id(),
+            next_path.display(),
+            cfg.appliance_id
+        );
+        return Ok(0);
+    }
+    let _lock = crate::storage::DaemonLock::acquire(&cfg.db_path())?;
+    let der = zeroize::Zeroizing::new(std::fs::read(&next_path).map_err(|e| Failure {
+        code: EXIT_CONFIG,
+        error: anyhow::anyhow!(
+            "{}: {e} (stage a key first: `hema3n-edge keys rotate-signing`)",
+            next_path.display()
+        ),
+    })?);
+    let next = SigningKey::from_pkcs8(NEXT_SIGNING_KEY, &der)?;
+    let mut db = open_db(cfg)?;
+    db.retire_signing_key(&crate::model::Actor::cli(), &next.public())?;
+    drop(db);
+    let sealed = cfg.keys.credstore.join(keyring::SIGNING_KEY);
+    if sealed.exists() {
+        super::credstore::seal_file(
+            keyring::SIGNING_KEY,
+            "auto",
+            &next_path,
+            &cfg.keys.credstore,
+        )?;
+    } else {
+        std::fs::rename(&next_path, cfg.keys.dir.join(keyring::SIGNING_KEY))?;
+    }
+    println!(
+        "signing key {} is current (the former key's public half stays in the database for `audit verify`); start the daemon",
+        next.public().key_id()
+    );
+    Ok(0)
+}
+
 /// `keys rotate`: new territory key version, then (unless `no_rewrap`) re-wrap all data keys.
 pub fn keys_rotate(cfg: &Config, territory: &str, no_rewrap: bool) -> CmdResult {
     let mut db = open_db(cfg)?;

@@ -209,12 +209,13 @@ fn split_links(mut b: &[u8]) -> Result<Vec<Link<'_>>, String> {
     Ok(out)
 }
 
-/// Verifies `t`, carried by envelope `env_seq` of `appliance_id`, under `key`; `known` are
+/// Verifies `t`, carried by envelope `env_seq` of `appliance_id`, under one of the appliance's
+/// accepted `keys` (the one the checkpoint names: it may predate a key change); `known` are
 /// the checkpoints seen before in the trail's [`Trail::range`] and any out of order with it
 /// (`storage::receiver_audit::KNOWN`).
 pub(super) fn verify(
     appliance_id: &str,
-    key: &PublicKey,
+    keys: &[PublicKey],
     t: &Trail,
     env_seq: u64,
     known: &[KnownCheckpoint],
@@ -239,13 +240,13 @@ pub(super) fn verify(
             .push("audit checkpoint hash is not 32 bytes".into());
         return v;
     };
-    if *key_id != key.key_id() {
+    let Some(key) = keys.iter().find(|k| k.key_id() == *key_id) else {
         v.findings.push(format!(
-            "audit checkpoint {seq} is signed by key {key_id}, not the appliance's registered key {}",
-            key.key_id()
+            "audit checkpoint {seq} is signed by key {key_id}, not a registered key of the appliance ({})",
+            keys.iter().map(PublicKey::key_id).collect::<Vec<_>>().join(", ")
         ));
         return v;
-    }
+    };
     if key
         .verify_any_s(&checkpoint_message(appliance_id, seq, ts, &hash), sig)
         .is_err()
@@ -472,7 +473,7 @@ mod tests {
                 env_seq: *env_seq,
             })
             .collect();
-        verify("amb-1", &sk.public(), &parse(body).unwrap(), 5, &known)
+        verify("amb-1", &[sk.public()], &parse(body).unwrap(), 5, &known)
     }
 
     /// Case entries of both chain versions, with v1 and v2 entries of others between.
@@ -540,9 +541,9 @@ mod tests {
         let (body, _) = bundle(MIXED, &sk, |_, _| {});
         let other = signer();
         assert!(
-            check(&body, &other, &[]).findings[0].contains("not the appliance's registered key")
+            check(&body, &other, &[]).findings[0].contains("not a registered key of the appliance")
         );
-        let v = verify("amb-2", &sk.public(), &parse(&body).unwrap(), 5, &[]);
+        let v = verify("amb-2", &[sk.public()], &parse(&body).unwrap(), 5, &[]);
         assert!(
             v.findings[0].contains("signature is invalid"),
             "{:?}",

@@ -236,15 +236,37 @@ pub(super) fn open_one(
     }
     // Read for every envelope, never cached: a revocation or key replacement holds for the
     // next envelope (review #15). One indexed lookup beside an ECDSA verify and an HPKE open.
-    let pem = db.appliance_key(&app).map_err(Refused::Store)?;
-    let Some(key) = pem.as_deref().and_then(PublicKey::from_pem) else {
+    let accepted: Vec<PublicKey> = db
+        .appliance_keys(&app)
+        .map_err(Refused::Store)?
+        .iter()
+        .filter_map(|p| PublicKey::from_pem(p))
+        .collect();
+    if accepted.is_empty() {
         return Err(Refused::Reject((
             Some(app.clone()),
             "UNKNOWN_APPLIANCE",
             format!("no active key registered for appliance {app}"),
         )));
+    }
+    // The key the envelope names: during a key change the previous one is accepted until its
+    // overlap ends.
+    let signer = parsed.header.signer_key_id;
+    let Some(key) = accepted.iter().find(|k| seal::key_id8(&k.0) == signer) else {
+        return Err(Refused::Reject((
+            Some(app.clone()),
+            "BAD_SIGNATURE",
+            format!(
+                "envelope is signed by key {}, not a registered key of appliance {app} ({}); a new key is registered with `hema3n-receiver appliances add-key`",
+                hex::encode(signer),
+                accepted
+                    .iter()
+                    .map(|k| hex::encode(seal::key_id8(&k.0)))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        )));
     };
-    let key = &key;
     parsed
         .verify(key)
         .map_err(|e| (Some(app.clone()), e.code(), e.to_string()))?;
@@ -263,7 +285,7 @@ pub(super) fn open_one(
             let verdict = match audit_check::parse(&body) {
                 Ok(t) => {
                     fhir_type(&app, t.resource_type.as_deref())?;
-                    audit_trail(db, &app, h.seq, key, &t).map_err(Refused::Store)?
+                    audit_trail(db, &app, h.seq, &accepted, &t).map_err(Refused::Store)?
                 }
                 // Not the shape a trail is read from: the resource type decides whether it is
                 // a reject (as for every kind); if not, the unreadable trail is a finding.
@@ -304,14 +326,14 @@ fn audit_trail(
     db: &mut dyn ReceiverStore,
     app: &str,
     env_seq: u64,
-    key: &PublicKey,
+    keys: &[PublicKey],
     t: &audit_check::Trail,
 ) -> Result<AuditVerdict, crate::storage::StoreError> {
     let known = match t.range() {
         Some((from, to)) => db.audit_checkpoints(app, from, to, env_seq)?,
         None => vec![],
     };
-    Ok(audit_check::verify(app, key, t, env_seq, &known))
+    Ok(audit_check::verify(app, keys, t, env_seq, &known))
 }
 
 /// The health counters of a telemetry `Parameters` resource (`None` when they are missing:

@@ -349,7 +349,10 @@ fn set_last_backup(conn: &Connection, last: &LastBackup) -> Result<()> {
 
 /// A backup file's manifest, checked against `signer` (the appliance's public key), and the
 /// reader positioned at the start of the database part.
-pub fn read_backup(file: &Path, signer: &PublicKey) -> Result<(BackupManifest, BufReader<File>)> {
+pub fn read_backup(
+    file: &Path,
+    signers: &[PublicKey],
+) -> Result<(BackupManifest, BufReader<File>)> {
     let mut r = BufReader::new(File::open(file).map_err(io(file))?);
     let short = |_| bad(format!("{}: not a complete HEMA3N backup", file.display()));
     let mut magic = [0u8; 8];
@@ -373,14 +376,19 @@ pub fn read_backup(file: &Path, signer: &PublicKey) -> Result<(BackupManifest, B
     let mut sig = vec![0u8; u16::from_be_bytes(sl) as usize];
     r.read_exact(&mut sig).map_err(short)?;
     // The signature first: nothing of the manifest is believed before it verifies.
-    if signer.verify(&signed_message(&json), &sig).is_err() {
+    let msg = signed_message(&json);
+    if !signers.iter().any(|k| k.verify(&msg, &sig).is_ok()) {
         let claimed = serde_json::from_slice::<BackupManifest>(&json)
             .map(|m| format!(" (it names signing key {})", m.signing_key_id))
             .unwrap_or_default();
         return Err(bad(format!(
-            "{}: the manifest signature does not verify under this appliance's signing key {}{claimed}: the manifest was changed, or the backup is another appliance's",
+            "{}: the manifest signature does not verify under this appliance's signing keys ({}){claimed}: the manifest was changed, or the backup is another appliance's",
             file.display(),
-            signer.key_id()
+            signers
+                .iter()
+                .map(PublicKey::key_id)
+                .collect::<Vec<_>>()
+                .join(", ")
         )));
     }
     let m: BackupManifest =
@@ -420,6 +428,25 @@ fn copy_checked(
     Ok(())
 }
 
+/// The keys a backup of this appliance may be signed by: the current signing key and, read from
+/// the live database when it opens, the keys it replaced (`keys rotate-signing`).
+pub fn backup_signers(cfg: &Config, keys: &Keyring) -> Vec<PublicKey> {
+    let mut v = vec![keys.signing.public()];
+    let path = cfg.db_path();
+    if path.exists()
+        && let Ok(conn) = open_keyed(
+            &path,
+            &keys.db_key,
+            &keys.db_key_path,
+            cfg.store.busy_timeout_ms,
+        )
+        && let Ok(former) = super::audit::former_signing_keys(&conn)
+    {
+        v.extend(former);
+    }
+    v
+}
+
 /// Checks the database part of a backup (after [`read_backup`]) against its manifest.
 pub fn check_backup_data(m: &BackupManifest, data: &mut impl Read) -> Result<()> {
     copy_checked(m, data, None).map_err(|e| match e {
@@ -437,7 +464,7 @@ pub fn restore(cfg: &Config, file: &Path, actor: &Actor) -> Result<RestoreReport
     let db_path = cfg.db_path();
     let _lock = DaemonLock::acquire(&db_path)?;
     let keys = Keyring::load(KeySources::from_env(&cfg.keys.dir))?;
-    let (m, mut data) = read_backup(file, &keys.signing.public())?;
+    let (m, mut data) = read_backup(file, &backup_signers(cfg, &keys))?;
     if m.appliance_id != cfg.appliance_id {
         return Err(bad(format!(
             "the backup is of appliance `{}`, this is `{}`",

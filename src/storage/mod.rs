@@ -63,8 +63,8 @@ pub use attachment_upload::NewAttachment;
 pub use attachments::{AttachmentOpen, CHUNK_BYTES, Rendition};
 pub use audit::{AuditRow, Finding, VerifyReport};
 pub use backup::{
-    BACKUP_FORMAT, BackupManifest, DaemonLock, LastBackup, RestoreReport, check_backup_data,
-    read_backup, restore,
+    BACKUP_FORMAT, BackupManifest, DaemonLock, LastBackup, RestoreReport, backup_signers,
+    check_backup_data, read_backup, restore,
 };
 pub use cases::{BundleState, CaseAlarm, CaseParts, CaseSummary, CaseView};
 pub use devices::DeviceInfo;

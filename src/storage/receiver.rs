@@ -140,6 +140,11 @@ CREATE TABLE audit_checkpoints (
 ) STRICT;
 CREATE INDEX audit_checkpoints_by_env ON audit_checkpoints (appliance_id, env_seq);
 "#,
+    // A second key accepted until `previous_until` while an appliance's signing key changes.
+    r#"
+ALTER TABLE appliances ADD COLUMN previous_key TEXT;
+ALTER TABLE appliances ADD COLUMN previous_until INTEGER;
+"#,
 ];
 
 /// SQL shared by both stores (portable: `max`/`greatest` aside) for `appliance_status`.
@@ -177,15 +182,21 @@ pub(in crate::storage) mod status_sql {
 /// What the receiver needs of a store: the embedded [`ReceiverDb`] or the shared PostgreSQL
 /// store (`storage::pg::PgStore`). Every method commits before it returns.
 pub trait ReceiverStore: Send {
-    /// Registers (or replaces) an appliance's ES256 public key (PEM); clears a revocation.
+    /// Registers (or replaces) an appliance's ES256 public key (PEM); clears a revocation and
+    /// any previous key still in its overlap.
     fn add_appliance(&mut self, id: &str, pem: &str) -> Result<()>;
+    /// A new signing key for an active appliance; the one it replaces stays accepted until
+    /// `overlap_until_ms` (envelopes and checkpoints signed before the change). False when the
+    /// appliance is not registered and active, or already has this key.
+    fn add_appliance_key(&mut self, id: &str, pem: &str, overlap_until_ms: i64) -> Result<bool>;
     /// Revokes an appliance: its envelopes are rejected from the next one on. False when it
     /// was not registered and active.
     fn revoke_appliance(&mut self, id: &str) -> Result<bool>;
     /// `(id, PEM, revoked)` of every registered appliance.
     fn appliances(&mut self) -> Result<Vec<(String, String, bool)>>;
-    /// The active public key (PEM) of an appliance (read for every envelope, never cached).
-    fn appliance_key(&mut self, id: &str) -> Result<Option<String>>;
+    /// The accepted public keys (PEM) of an active appliance, current first, then the previous
+    /// one while in its overlap (read for every envelope, never cached).
+    fn appliance_keys(&mut self, id: &str) -> Result<Vec<String>>;
     /// The checkpoints seen from an appliance that a case bundle's checkpoint `to` (range
     /// `from..=to`, envelope sequence number `env_seq`) is compared with
     /// (`receiver_audit::KNOWN`).
@@ -320,10 +331,19 @@ impl ReceiverStore for ReceiverDb {
     fn add_appliance(&mut self, id: &str, pem: &str) -> Result<()> {
         self.conn.execute(
             "INSERT INTO appliances (id, public_key, registered_at) VALUES (?1, ?2, ?3) \
-             ON CONFLICT (id) DO UPDATE SET public_key = excluded.public_key, revoked_at = NULL",
+             ON CONFLICT (id) DO UPDATE SET public_key = excluded.public_key, revoked_at = NULL, \
+             previous_key = NULL, previous_until = NULL",
             params![id, pem, now_ms()],
         )?;
         Ok(())
+    }
+
+    fn add_appliance_key(&mut self, id: &str, pem: &str, overlap_until_ms: i64) -> Result<bool> {
+        Ok(self.conn.execute(
+            "UPDATE appliances SET previous_key = public_key, previous_until = ?3, public_key = ?2 \
+             WHERE id = ?1 AND revoked_at IS NULL AND public_key <> ?2",
+            params![id, pem, overlap_until_ms],
+        )? == 1)
     }
 
     fn revoke_appliance(&mut self, id: &str) -> Result<bool> {
@@ -341,14 +361,18 @@ impl ReceiverStore for ReceiverDb {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    fn appliance_key(&mut self, id: &str) -> Result<Option<String>> {
-        Ok(self
+    fn appliance_keys(&mut self, id: &str) -> Result<Vec<String>> {
+        let row: Option<(String, Option<String>)> = self
             .conn
             .prepare_cached(
-                "SELECT public_key FROM appliances WHERE id = ?1 AND revoked_at IS NULL",
+                "SELECT public_key, CASE WHEN previous_until > ?2 THEN previous_key END \
+                 FROM appliances WHERE id = ?1 AND revoked_at IS NULL",
             )?
-            .query_row([id], |r| r.get(0))
-            .optional()?)
+            .query_row(params![id, now_ms()], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?;
+        Ok(row.map_or_else(Vec::new, |(cur, prev)| {
+            std::iter::once(cur).chain(prev).collect()
+        }))
     }
 
     fn store_batch(&mut self, items: &[ReceivedBundle]) -> Result<Vec<StoreOutcome>> {
@@ -604,4 +628,36 @@ pub struct ReceiverStats {
     pub conflicts: u64,
     /// Audit-trail alarms (a finding each).
     pub audit_alarms: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_previous_key_is_accepted_only_during_its_overlap() {
+        let d = tempfile::tempdir().unwrap();
+        let mut db =
+            ReceiverDb::open(&d.path().join("r.db"), &[7; 32], &d.path().join("k")).unwrap();
+        db.add_appliance("amb-1", "old").unwrap();
+        assert_eq!(db.appliance_keys("amb-1").unwrap(), ["old"]);
+        let later = now_ms() + 60_000;
+        assert!(db.add_appliance_key("amb-1", "new", later).unwrap());
+        assert_eq!(db.appliance_keys("amb-1").unwrap(), ["new", "old"]);
+        // The same key again changes nothing; an unknown appliance gets none.
+        assert!(!db.add_appliance_key("amb-1", "new", later).unwrap());
+        assert!(!db.add_appliance_key("amb-2", "new", later).unwrap());
+        // An overlap that has ended.
+        assert!(
+            db.add_appliance_key("amb-1", "newer", now_ms() - 1)
+                .unwrap()
+        );
+        assert_eq!(db.appliance_keys("amb-1").unwrap(), ["newer"]);
+        // Replacing outright drops the overlap; revoking drops every key.
+        assert!(db.add_appliance_key("amb-1", "next", later).unwrap());
+        db.add_appliance("amb-1", "fresh").unwrap();
+        assert_eq!(db.appliance_keys("amb-1").unwrap(), ["fresh"]);
+        assert!(db.revoke_appliance("amb-1").unwrap());
+        assert!(db.appliance_keys("amb-1").unwrap().is_empty());
+    }
 }

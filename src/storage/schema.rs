@@ -461,6 +461,15 @@ CREATE INDEX outbox_by_attachment ON outbox (attachment_id) WHERE attachment_id 
 ALTER TABLE audit_log ADD COLUMN chain INTEGER NOT NULL DEFAULT 1 CHECK (chain IN (1, 2));
 CREATE INDEX audit_by_resource ON audit_log (resource, seq);
 "#,
+    // v13: public halves of the appliance's former signing keys (`keys rotate-signing`), so
+    // checkpoints signed before a key change still verify after it.
+    r#"
+CREATE TABLE signing_keys (
+    key_id     TEXT    PRIMARY KEY,
+    public_key TEXT    NOT NULL,
+    retired_at INTEGER NOT NULL
+) STRICT;
+"#,
 ];
 
 /// The schema version this build writes.

@@ -27,8 +27,8 @@ mod verify;
 
 pub use trail::CaseTrail;
 pub(crate) use trail::case_trail;
-pub(crate) use verify::verify;
 pub use verify::{Finding, VerifyReport, verify_with};
+pub(crate) use verify::{former_signing_keys, verify};
 
 use rusqlite::{Connection, TransactionBehavior, params};
 
@@ -434,6 +434,34 @@ impl super::Db {
         let r = self::checkpoint_if_due(&tx, &self.st, now_ms, force)?;
         tx.commit()?;
         Ok(r)
+    }
+
+    /// Retires the current signing key in favour of `next` (`keys rotate-signing --activate`):
+    /// signs a last checkpoint with the current key, records its public half (checkpoints it
+    /// signed keep verifying) and audits the change. Idempotent. The caller swaps the key files.
+    pub fn retire_signing_key(
+        &mut self,
+        actor: &Actor,
+        next: &crate::crypto::sign::PublicKey,
+    ) -> Result<()> {
+        let old = self.st.keys.signing.public();
+        if old == *next {
+            return Ok(());
+        }
+        self.checkpoint_audit_if_due(now_ms(), true)?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let now = crate::model::now_ms();
+        tx.execute(
+            "INSERT OR IGNORE INTO signing_keys (key_id, public_key, retired_at) VALUES (?1, ?2, ?3)",
+            params![old.key_id(), old.to_pem(), now],
+        )?;
+        let ev = AuditEvent::new(actor, "keys.rotate_signing", "appliance", Outcome::Success)
+            .details(serde_json::json!({ "retired": old.key_id(), "current": next.key_id() }));
+        self::append(&tx, &self.st, &ev, now)?;
+        tx.commit()?;
+        Ok(())
     }
 
     /// Verifies the whole audit log against the audit key and the appliance public key.

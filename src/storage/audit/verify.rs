@@ -50,8 +50,20 @@ pub(crate) fn verify(
     keys: &Keyring,
     appliance_id: &str,
 ) -> Result<VerifyReport> {
-    let public = keys.signing.public();
-    verify_with(conn, keys.audit_key.as_ref(), &[public], appliance_id)
+    let mut publics = vec![keys.signing.public()];
+    publics.extend(former_signing_keys(conn)?);
+    verify_with(conn, keys.audit_key.as_ref(), &publics, appliance_id)
+}
+
+/// Public keys the appliance signed with before its current one (`signing_keys`).
+pub(crate) fn former_signing_keys(conn: &Connection) -> Result<Vec<PublicKey>> {
+    let mut st = conn.prepare("SELECT public_key FROM signing_keys ORDER BY retired_at")?;
+    let pems = st.query_map([], |r| r.get::<_, String>(0))?;
+    let mut v = Vec::new();
+    for pem in pems {
+        v.extend(PublicKey::from_pem(&pem?));
+    }
+    Ok(v)
 }
 
 /// [`verify`] with explicit keys (the appliance's current and former public keys).

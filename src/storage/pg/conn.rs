@@ -112,7 +112,10 @@ impl Conn {
     pub(super) fn prepare(mut client: Client) -> Result<Conn> {
         let mut p = |sql: &str| client.prepare(sql).map_err(pg_err("prepare"));
         let st = Stmts {
-            key: p("SELECT public_key FROM appliances WHERE id = $1 AND revoked_at IS NULL")?,
+            key: p(
+                "SELECT public_key, CASE WHEN previous_until > $2 THEN previous_key END \
+                 FROM appliances WHERE id = $1 AND revoked_at IS NULL",
+            )?,
             insert_bundle: p(
                 "INSERT INTO bundles (appliance_id, bundle_id, seq, kind, envelope_sha256, created_at, \
                  received_at, received_by, body) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \

@@ -341,11 +341,26 @@ impl ReceiverStore for PgStore {
             .client
             .execute(
                 "INSERT INTO appliances (id, public_key, registered_at) VALUES ($1, $2, $3) \
-                 ON CONFLICT (id) DO UPDATE SET public_key = excluded.public_key, revoked_at = NULL",
+                 ON CONFLICT (id) DO UPDATE SET public_key = excluded.public_key, revoked_at = NULL, \
+                 previous_key = NULL, previous_until = NULL",
                 &[&id, &pem, &now_ms()],
             )
             .map(|_| ())
             .map_err(pg_err("register appliance"));
+        self.check(r)
+    }
+
+    fn add_appliance_key(&mut self, id: &str, pem: &str, overlap_until_ms: i64) -> Result<bool> {
+        let c = self.conn()?;
+        let r = c
+            .client
+            .execute(
+                "UPDATE appliances SET previous_key = public_key, previous_until = $3, \
+                 public_key = $2 WHERE id = $1 AND revoked_at IS NULL AND public_key <> $2",
+                &[&id, &pem, &overlap_until_ms],
+            )
+            .map(|n| n == 1)
+            .map_err(pg_err("add appliance key"));
         self.check(r)
     }
 
@@ -379,13 +394,18 @@ impl ReceiverStore for PgStore {
         self.check(r)
     }
 
-    fn appliance_key(&mut self, id: &str) -> Result<Option<String>> {
+    fn appliance_keys(&mut self, id: &str) -> Result<Vec<String>> {
         let c = self.conn()?;
         let r = c
             .client
-            .query_opt(&c.st.key, &[&id])
-            .map(|r| r.map(|r| r.get(0)))
-            .map_err(pg_err("appliance key"));
+            .query_opt(&c.st.key, &[&id, &now_ms()])
+            .map(|r| {
+                r.map_or_else(Vec::new, |r| {
+                    let prev: Option<String> = r.get(1);
+                    std::iter::once(r.get::<_, String>(0)).chain(prev).collect()
+                })
+            })
+            .map_err(pg_err("appliance keys"));
         self.check(r)
     }
 

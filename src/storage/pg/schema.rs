@@ -126,6 +126,11 @@ CREATE TABLE audit_checkpoints (
 );
 CREATE INDEX audit_checkpoints_by_env ON audit_checkpoints (appliance_id, env_seq);
 "#,
+    // v3: a second key accepted until `previous_until` while an appliance's signing key
+    // changes.
+    r#"
+ALTER TABLE appliances ADD COLUMN previous_key text, ADD COLUMN previous_until bigint;
+"#,
 ];
 
 /// Brings the database to the newest schema this receiver knows.
