@@ -188,6 +188,9 @@ pub enum KeysCmd {
         #[arg(long)]
         activate: bool,
     },
+    /// Re-encrypt the database under a new db.key (daemon stopped) and replace the key file
+    /// or its sealed credential.
+    RekeyDb,
     /// Retire an old territory key version once no data key uses it.
     Retire {
         #[arg(long)]

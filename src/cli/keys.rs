@@ -8,6 +8,50 @@ use std::path::Path;
 
 use super::{CmdResult, EXIT_CONFIG, Failure, open_db};
 
+/// The next database key while `keys rekey-db` runs (kept if it is interrupted).
+const NEXT_DB_KEY: &str = "db.key.next";
+
+/// `keys rekey-db` (daemon stopped): a new `db.key`, the database re-encrypted under it
+/// (`PRAGMA rekey`), the change audited, then the key file (or its sealed credential) replaced.
+/// The new key is written first as `db.key.next`; a run interrupted after the rekey finds the
+/// database already opening under it and only replaces the file.
+pub fn keys_rekey_db(cfg: &Config) -> CmdResult {
+    let _lock = crate::storage::DaemonLock::acquire(&cfg.db_path())?;
+    let next_path = cfg.keys.dir.join(NEXT_DB_KEY);
+    let new_key = match std::fs::read(&next_path) {
+        Ok(b) => keyring::parse_key32(NEXT_DB_KEY, &zeroize::Zeroizing::new(b))?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let k = crate::crypto::random_key()?;
+            let mut text = zeroize::Zeroizing::new(hex::encode(k.as_ref()).into_bytes());
+            text.push(b'\n');
+            keyring::write_secret(&cfg.keys.dir, NEXT_DB_KEY, &text)?;
+            k
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let sources = || KeySources::from_env(&cfg.keys.dir);
+    let mut under_new = Keyring::load(sources())?;
+    under_new.db_key = new_key.clone();
+    let id = crate::storage::db_key_fingerprint(&new_key);
+    if crate::storage::Db::open(cfg, under_new).is_ok() {
+        println!("the database already opens under db.key {id}: finishing the key file");
+    } else {
+        let mut db = open_db(cfg)?;
+        db.rekey(&Actor::cli(), &new_key)?;
+        println!("database re-encrypted under db.key {id}");
+    }
+    let sealed = cfg.keys.credstore.join(keyring::DB_KEY);
+    if sealed.exists() {
+        super::credstore::seal_file(keyring::DB_KEY, "auto", &next_path, &cfg.keys.credstore)?;
+    } else {
+        std::fs::rename(&next_path, cfg.keys.dir.join(keyring::DB_KEY))?;
+    }
+    println!(
+        "db.key replaced; older backups need the former key (escrow it, or escrow again and take a new backup now)"
+    );
+    Ok(0)
+}
+
 /// The staged next appliance signing key (`keys rotate-signing`).
 const NEXT_SIGNING_KEY: &str = "appliance-signing.next.p8";
 

@@ -212,6 +212,19 @@ impl Db {
     }
 
     /// All key versions known to the database or loaded.
+    /// Re-encrypts the database under `new_key` (`keys rekey-db`, daemon stopped) and audits
+    /// it; the caller then replaces the key file. The connection stays usable.
+    pub fn rekey(&mut self, actor: &Actor, new_key: &[u8; 32]) -> Result<()> {
+        let old = super::open::db_key_fingerprint(&self.st.keys.db_key);
+        let new = super::open::db_key_fingerprint(new_key);
+        super::open::rekey(&self.conn, &self.path, new_key)?;
+        self.audit(
+            &AuditEvent::new(actor, "keys.rekey_db", "appliance", Outcome::Success)
+                .details(serde_json::json!({ "from": old, "to": new })),
+        )?;
+        Ok(())
+    }
+
     pub fn key_versions(&self) -> Result<Vec<KeyVersionInfo>> {
         let mut st = self.conn.prepare(
             "SELECT k.territory, k.version, k.key_id, k.retired_at IS NOT NULL, k.invocations, \

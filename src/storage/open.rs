@@ -127,8 +127,9 @@ pub(crate) fn open_keyed(
 /// it at once made `PRAGMA key` fail once in a test run ("An error occurred with PRAGMA key or
 /// rekey"). Opening is rare (start-up, the CLI, tests, backups), so keying is serialised per
 /// process.
+static KEYING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 pub(super) fn apply_key(conn: &Connection, key: &[u8; 32]) -> Result<()> {
-    static KEYING: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _one_at_a_time = KEYING.lock().unwrap_or_else(|p| p.into_inner());
     let cipher: Option<String> = conn
         .query_row("PRAGMA cipher_version", [], |r| r.get(0))
@@ -142,6 +143,51 @@ pub(super) fn apply_key(conn: &Connection, key: &[u8; 32]) -> Result<()> {
     ));
     conn.execute_batch(&key_sql)?;
     Ok(())
+}
+
+/// Re-encrypts the database of `conn` under `key` (`PRAGMA rekey`, one transaction with a
+/// rollback journal: SQLCipher cannot rekey in WAL mode, so the WAL is checkpointed away first
+/// and WAL comes back after), then records the new key id beside it.
+pub(super) fn rekey(conn: &Connection, path: &Path, key: &[u8; 32]) -> Result<()> {
+    let _one_at_a_time = KEYING.lock().unwrap_or_else(|p| p.into_inner());
+    let (busy, _, _): (i64, i64, i64) =
+        conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })?;
+    if busy != 0 {
+        return Err(StoreError::Corrupt {
+            path: path.to_path_buf(),
+            detail: "another connection holds the database: stop the daemon before a rekey".into(),
+        });
+    }
+    let mode: String = conn.query_row("PRAGMA journal_mode = DELETE", [], |r| r.get(0))?;
+    if !mode.eq_ignore_ascii_case("delete") {
+        return Err(StoreError::Corrupt {
+            path: path.to_path_buf(),
+            detail: format!("cannot leave WAL for the rekey (journal_mode={mode})"),
+        });
+    }
+    let sql = zeroize::Zeroizing::new(format!(
+        "PRAGMA rekey = \"x'{}'\";",
+        hex::encode(key.as_ref())
+    ));
+    let rekeyed = conn.execute_batch(&sql);
+    let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+    rekeyed?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(StoreError::Corrupt {
+            path: path.to_path_buf(),
+            detail: format!("cannot re-enable WAL after the rekey (journal_mode={mode})"),
+        });
+    }
+    let sidecar = keyid_path(path);
+    let staged = sidecar.with_extension("keyid.new");
+    std::fs::write(&staged, format!("{}\n", db_key_fingerprint(key)))
+        .and_then(|()| std::fs::rename(&staged, &sidecar))
+        .map_err(|e| StoreError::Io {
+            path: sidecar,
+            source: e,
+        })
 }
 
 pub(super) fn refuse_plaintext(path: &Path) -> Result<bool> {
