@@ -1,13 +1,16 @@
 //! Database key rotation through the real binary and SQLCipher files: `keys rekey-db` re-encrypts
 //! the database under a new `db.key` (data stays readable, integrity check and audit verify pass,
 //! the former key no longer opens it), refuses while the daemon runs, and finishes a run that was
-//! interrupted between the rekey and the key file.
+//! interrupted between the rekey and the key file. `keys rotate-index` rebuilds every blind
+//! index under a new index key (search keeps working, the stored indexes change) and likewise
+//! finishes an interrupted run.
 
 mod common;
 
 use common::Appliance;
 use hema3n_edge::crypto::keyring::{KeySources, Keyring, parse_key32};
-use hema3n_edge::storage::{Db, StoreError};
+use hema3n_edge::model::Actor;
+use hema3n_edge::storage::{Db, PatientQuery, StoreError};
 
 fn patients(a: &Appliance) -> i64 {
     a.query_i64("SELECT count(*) FROM patients")
@@ -69,4 +72,71 @@ fn the_database_key_rotates_and_an_interrupted_rotation_finishes() {
     assert!(a.ok(&["audit", "verify"]).starts_with("OK"));
     let mut daemon = a.start_daemon();
     assert!(daemon.stop().success());
+}
+
+fn found(a: &Appliance, last_name: &str) -> usize {
+    let q = PatientQuery {
+        last_name: Some(last_name.into()),
+        ..Default::default()
+    };
+    a.open()
+        .search_patients(&Actor::cli(), "default", &q)
+        .unwrap()
+        .len()
+}
+
+fn bi_of_first(a: &Appliance) -> Vec<u8> {
+    a.open()
+        .raw_connection_for_tests()
+        .query_row(
+            "SELECT bi_last_name FROM patients ORDER BY id LIMIT 1",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap()
+}
+
+#[test]
+fn the_index_key_rotates_with_every_blind_index_rebuilt() {
+    let a = Appliance::init();
+    a.soak(3, "Indexed");
+    assert_eq!(found(&a, "Indexed"), 3);
+    let (old_key, old_bi) = (
+        std::fs::read(a.key_dir().join("index.key")).unwrap(),
+        bi_of_first(&a),
+    );
+
+    let out = a.ok(&["keys", "rotate-index"]);
+    assert!(out.contains("blind indexes of 3 patients rebuilt"), "{out}");
+    let new_key = std::fs::read(a.key_dir().join("index.key")).unwrap();
+    assert_ne!(new_key, old_key);
+    assert_ne!(bi_of_first(&a), old_bi, "the index changed with the key");
+    assert!(!a.key_dir().join("index.key.next").exists());
+    assert_eq!(found(&a, "Indexed"), 3, "search works under the new key");
+    assert_eq!(found(&a, "Other"), 0);
+    assert!(a.ok(&["audit", "verify"]).starts_with("OK"));
+    assert_eq!(
+        a.query_i64("SELECT count(*) FROM audit_log WHERE action = 'keys.rotate_index'"),
+        1
+    );
+
+    // Interrupted after the rebuild, before the key file moved: the rerun only moves the file.
+    a.ok(&["keys", "rotate-index"]);
+    let third = std::fs::read(a.key_dir().join("index.key")).unwrap();
+    std::fs::rename(
+        a.key_dir().join("index.key"),
+        a.key_dir().join("index.key.next"),
+    )
+    .unwrap();
+    std::fs::write(a.key_dir().join("index.key"), &new_key).unwrap();
+    common::cloud::set_private(&a.key_dir().join("index.key"));
+    assert_eq!(found(&a, "Indexed"), 0, "the stale key finds nothing");
+    let out = a.ok(&["keys", "rotate-index"]);
+    assert!(out.contains("already rebuilt"), "{out}");
+    assert_eq!(std::fs::read(a.key_dir().join("index.key")).unwrap(), third);
+    assert_eq!(found(&a, "Indexed"), 3);
+    assert_eq!(
+        a.query_i64("SELECT count(*) FROM audit_log WHERE action = 'keys.rotate_index'"),
+        2
+    );
 }

@@ -191,6 +191,9 @@ pub enum KeysCmd {
     /// Re-encrypt the database under a new db.key (daemon stopped) and replace the key file
     /// or its sealed credential.
     RekeyDb,
+    /// Rebuild every patient's blind indexes under a new index.key (daemon stopped) and replace
+    /// the key file or its sealed credential.
+    RotateIndex,
     /// Retire an old territory key version once no data key uses it.
     Retire {
         #[arg(long)]

@@ -111,6 +111,7 @@ pub fn main(args: Args) -> ExitCode {
             KeysCmd::Rewrap { territory: t } => cli::keys_rewrap(&cfg, &territory(t)),
             KeysCmd::Seal { with_key } => cli::keys_seal(&cfg, with_key),
             KeysCmd::RekeyDb => cli::keys_rekey_db(&cfg),
+            KeysCmd::RotateIndex => cli::keys_rotate_index(&cfg),
             KeysCmd::RotateSigning { out, activate } => {
                 cli::keys_rotate_signing(&cfg, *activate, out.as_deref())
             }

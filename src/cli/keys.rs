@@ -10,6 +10,59 @@ use super::{CmdResult, EXIT_CONFIG, Failure, open_db};
 
 /// The next database key while `keys rekey-db` runs (kept if it is interrupted).
 const NEXT_DB_KEY: &str = "db.key.next";
+/// The next blind-index key while `keys rotate-index` runs.
+const NEXT_INDEX_KEY: &str = "index.key.next";
+
+/// The staged next 32-byte key `name` in `keys.dir`, created (0600) if absent.
+fn next_key32(
+    cfg: &Config,
+    name: &str,
+) -> Result<(std::path::PathBuf, zeroize::Zeroizing<[u8; 32]>), Failure> {
+    let path = cfg.keys.dir.join(name);
+    let key = match std::fs::read(&path) {
+        Ok(b) => keyring::parse_key32(name, &zeroize::Zeroizing::new(b))?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let k = crate::crypto::random_key()?;
+            let mut text = zeroize::Zeroizing::new(hex::encode(k.as_ref()).into_bytes());
+            text.push(b'\n');
+            keyring::write_secret(&cfg.keys.dir, name, &text)?;
+            k
+        }
+        Err(e) => return Err(e.into()),
+    };
+    Ok((path, key))
+}
+
+/// Makes the staged key at `next` the key `name`: replaces its sealed credential when the
+/// appliance is sealed, else the file.
+fn install_next(cfg: &Config, name: &str, next: &Path) -> CmdResult {
+    if cfg.keys.credstore.join(name).exists() {
+        super::credstore::seal_file(name, "auto", next, &cfg.keys.credstore)
+    } else {
+        std::fs::rename(next, cfg.keys.dir.join(name))?;
+        Ok(0)
+    }
+}
+
+/// `keys rotate-index` (daemon stopped): a new blind-index key, every patient's blind indexes
+/// rebuilt under it in one transaction (audited), then `index.key` replaced. A rerun after an
+/// interruption finds the rebuild recorded and only replaces the file.
+pub fn keys_rotate_index(cfg: &Config) -> CmdResult {
+    let _lock = crate::storage::DaemonLock::acquire(&cfg.db_path())?;
+    let (next_path, new_key) = next_key32(cfg, NEXT_INDEX_KEY)?;
+    let id = crate::crypto::key_id(new_key.as_ref(), "blind-index");
+    let mut db = open_db(cfg)?;
+    if db.index_key_id()?.as_deref() == Some(id.as_str()) {
+        println!("blind indexes were already rebuilt under index key {id}: finishing the key file");
+    } else {
+        let n = db.rebuild_blind_indexes(&Actor::cli(), &new_key)?;
+        println!("blind indexes of {n} patients rebuilt under index key {id}");
+    }
+    drop(db);
+    install_next(cfg, keyring::INDEX_KEY, &next_path)?;
+    println!("index.key replaced");
+    Ok(0)
+}
 
 /// `keys rekey-db` (daemon stopped): a new `db.key`, the database re-encrypted under it
 /// (`PRAGMA rekey`), the change audited, then the key file (or its sealed credential) replaced.
@@ -17,18 +70,7 @@ const NEXT_DB_KEY: &str = "db.key.next";
 /// database already opening under it and only replaces the file.
 pub fn keys_rekey_db(cfg: &Config) -> CmdResult {
     let _lock = crate::storage::DaemonLock::acquire(&cfg.db_path())?;
-    let next_path = cfg.keys.dir.join(NEXT_DB_KEY);
-    let new_key = match std::fs::read(&next_path) {
-        Ok(b) => keyring::parse_key32(NEXT_DB_KEY, &zeroize::Zeroizing::new(b))?,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let k = crate::crypto::random_key()?;
-            let mut text = zeroize::Zeroizing::new(hex::encode(k.as_ref()).into_bytes());
-            text.push(b'\n');
-            keyring::write_secret(&cfg.keys.dir, NEXT_DB_KEY, &text)?;
-            k
-        }
-        Err(e) => return Err(e.into()),
-    };
+    let (next_path, new_key) = next_key32(cfg, NEXT_DB_KEY)?;
     let sources = || KeySources::from_env(&cfg.keys.dir);
     let mut under_new = Keyring::load(sources())?;
     under_new.db_key = new_key.clone();
@@ -40,12 +82,7 @@ pub fn keys_rekey_db(cfg: &Config) -> CmdResult {
         db.rekey(&Actor::cli(), &new_key)?;
         println!("database re-encrypted under db.key {id}");
     }
-    let sealed = cfg.keys.credstore.join(keyring::DB_KEY);
-    if sealed.exists() {
-        super::credstore::seal_file(keyring::DB_KEY, "auto", &next_path, &cfg.keys.credstore)?;
-    } else {
-        std::fs::rename(&next_path, cfg.keys.dir.join(keyring::DB_KEY))?;
-    }
+    install_next(cfg, keyring::DB_KEY, &next_path)?;
     println!(
         "db.key replaced; older backups need the former key (escrow it, or escrow again and take a new backup now)"
     );
@@ -98,17 +135,7 @@ pub fn keys_rotate_signing(cfg: &Config, activate: bool, out: Option<&Path>) -> 
     let mut db = open_db(cfg)?;
     db.retire_signing_key(&crate::model::Actor::cli(), &next.public())?;
     drop(db);
-    let sealed = cfg.keys.credstore.join(keyring::SIGNING_KEY);
-    if sealed.exists() {
-        super::credstore::seal_file(
-            keyring::SIGNING_KEY,
-            "auto",
-            &next_path,
-            &cfg.keys.credstore,
-        )?;
-    } else {
-        std::fs::rename(&next_path, cfg.keys.dir.join(keyring::SIGNING_KEY))?;
-    }
+    install_next(cfg, keyring::SIGNING_KEY, &next_path)?;
     println!(
         "signing key {} is current (the former key's public half stays in the database for `audit verify`); start the daemon",
         next.public().key_id()

@@ -225,6 +225,75 @@ impl Db {
         Ok(())
     }
 
+    /// Id of the index key the blind indexes were last rebuilt under (`keys rotate-index`);
+    /// `None` before the first rotation.
+    pub fn index_key_id(&self) -> Result<Option<String>> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT value FROM meta WHERE key = 'index_key_id'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
+    /// Recomputes every patient's blind indexes (last name, date of birth, MRN) under
+    /// `new_key` in one transaction, records the key's id and audits it (`keys rotate-index`,
+    /// daemon stopped); returns how many patients were re-indexed. A patient whose data key was
+    /// destroyed (crypto-erased) has nothing to index and keeps none.
+    pub fn rebuild_blind_indexes(&mut self, actor: &Actor, new_key: &[u8; 32]) -> Result<u64> {
+        use crate::crypto::blind::{BlindField, BlindIndexer};
+        let bi = BlindIndexer::new(zeroize::Zeroizing::new(*new_key));
+        let new_id = crate::crypto::key_id(new_key, "blind-index");
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let ids: Vec<String> = tx
+            .prepare("SELECT id FROM patients ORDER BY id")?
+            .query_map([], |r| r.get(0))?
+            .collect::<std::result::Result<_, _>>()?;
+        let (mut done, mut erased) = (0u64, 0u64);
+        for id in ids {
+            let p = match self.st.read_patient(&tx, &id) {
+                Ok(p) => p,
+                Err(StoreError::Erased { .. }) => {
+                    tx.execute(
+                        "UPDATE patients SET bi_last_name = NULL, bi_dob = NULL, bi_mrn = NULL WHERE id = ?1",
+                        [&id],
+                    )?;
+                    erased += 1;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            let t = &p.territory;
+            let ix = |f, v: &Option<String>| v.as_deref().and_then(|v| bi.index(f, t, v));
+            tx.prepare_cached(
+                "UPDATE patients SET bi_last_name = ?2, bi_dob = ?3, bi_mrn = ?4 WHERE id = ?1",
+            )?
+            .execute(params![
+                id,
+                ix(BlindField::LastName, &p.patient.last_name),
+                ix(BlindField::DateOfBirth, &p.patient.date_of_birth),
+                ix(BlindField::Mrn, &p.patient.mrn)
+            ])?;
+            done += 1;
+        }
+        tx.execute(
+            "INSERT INTO meta (key, value) VALUES ('index_key_id', ?1) \
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            [&new_id],
+        )?;
+        let ev = AuditEvent::new(actor, "keys.rotate_index", "appliance", Outcome::Success)
+            .details(
+                serde_json::json!({ "index_key": new_id, "patients": done, "erased": erased }),
+            );
+        super::audit::append(&tx, &self.st, &ev, now_ms())?;
+        tx.commit()?;
+        Ok(done)
+    }
+
     pub fn key_versions(&self) -> Result<Vec<KeyVersionInfo>> {
         let mut st = self.conn.prepare(
             "SELECT k.territory, k.version, k.key_id, k.retired_at IS NOT NULL, k.invocations, \
