@@ -140,3 +140,45 @@ fn the_index_key_rotates_with_every_blind_index_rebuilt() {
         2
     );
 }
+
+#[test]
+fn the_audit_key_rotates_and_the_former_key_still_verifies_its_entries() {
+    let a = Appliance::init();
+    a.soak(2, "Before");
+    let old = std::fs::read(a.key_dir().join("audit.key")).unwrap();
+    let out = a.ok(&["keys", "rotate-audit"]);
+    assert!(
+        out.contains("retired as audit.") && out.contains("is current"),
+        "{out}"
+    );
+    let new = std::fs::read(a.key_dir().join("audit.key")).unwrap();
+    assert_ne!(new, old);
+    assert!(!a.key_dir().join("audit.key.next").exists());
+    let retired: Vec<_> = std::fs::read_dir(a.key_dir())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("audit.") && n != "audit.key")
+        .collect();
+    assert_eq!(retired.len(), 1, "{retired:?}");
+    let retired = a.key_dir().join(&retired[0]);
+    assert_eq!(std::fs::read(&retired).unwrap(), old);
+    a.soak(2, "After");
+    assert!(a.ok(&["audit", "verify"]).starts_with("OK"));
+    assert_eq!(
+        a.query_i64("SELECT count(*) FROM audit_log WHERE action = 'keys.rotate_audit'"),
+        1
+    );
+    // Without the former key the entries it MAC'd no longer verify; the newer ones still do.
+    let kept = a.tmp.path().join("kept.key");
+    std::fs::rename(&retired, &kept).unwrap();
+    let o = a.run(&["audit", "verify"]);
+    let text = String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && text.contains("MAC is invalid"),
+        "{text}"
+    );
+    assert!(text.contains("entry 1"), "the first entry is named: {text}");
+    std::fs::rename(&kept, &retired).unwrap();
+    assert!(a.ok(&["audit", "verify"]).starts_with("OK"));
+}

@@ -194,6 +194,9 @@ pub enum KeysCmd {
     /// Rebuild every patient's blind indexes under a new index.key (daemon stopped) and replace
     /// the key file or its sealed credential.
     RotateIndex,
+    /// A new audit MAC key for the entries to come (daemon stopped); the old one is kept for
+    /// verifying the entries it MAC'd.
+    RotateAudit,
     /// Retire an old territory key version once no data key uses it.
     Retire {
         #[arg(long)]

@@ -112,6 +112,7 @@ pub fn main(args: Args) -> ExitCode {
             KeysCmd::Seal { with_key } => cli::keys_seal(&cfg, with_key),
             KeysCmd::RekeyDb => cli::keys_rekey_db(&cfg),
             KeysCmd::RotateIndex => cli::keys_rotate_index(&cfg),
+            KeysCmd::RotateAudit => cli::keys_rotate_audit(&cfg),
             KeysCmd::RotateSigning { out, activate } => {
                 cli::keys_rotate_signing(&cfg, *activate, out.as_deref())
             }

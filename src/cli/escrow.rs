@@ -65,6 +65,8 @@ pub fn keys_escrow(cfg: &Config, to: &Path, out: &Path) -> CmdResult {
     for (t, versions) in sources.territory_keys()? {
         names.extend(versions.keys().map(|v| territory_key_name(&t, *v)));
     }
+    // Former audit keys: `audit verify` needs them for the entries they MAC'd.
+    names.extend(sources.retired_audit_keys()?.into_iter().map(|(n, _)| n));
     let mut files: Vec<KeyFile> = Vec::new();
     for n in names {
         let (_, bytes) = sources.read(&n)?;

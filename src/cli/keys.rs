@@ -10,6 +10,52 @@ use super::{CmdResult, EXIT_CONFIG, Failure, open_db};
 
 /// The next database key while `keys rekey-db` runs (kept if it is interrupted).
 const NEXT_DB_KEY: &str = "db.key.next";
+/// The next audit MAC key while `keys rotate-audit` runs.
+const NEXT_AUDIT_KEY: &str = "audit.key.next";
+
+/// `keys rotate-audit` (daemon stopped): a new audit MAC key for the entries to come. The old
+/// key is kept as `audit.<key id>.key` (sealed too on a sealed vehicle: `audit verify` needs it
+/// for the entries it MAC'd), a checkpoint is signed and the rotation audited under the old key,
+/// then `audit.key` is replaced.
+pub fn keys_rotate_audit(cfg: &Config) -> CmdResult {
+    let _lock = crate::storage::DaemonLock::acquire(&cfg.db_path())?;
+    let (next_path, new_key) = next_key32(cfg, NEXT_AUDIT_KEY)?;
+    let sources = KeySources::from_env(&cfg.keys.dir);
+    let (_, old) = sources.read_key32(keyring::AUDIT_KEY)?;
+    let (old_id, new_id) = (
+        crate::crypto::key_id(old.as_ref(), "audit"),
+        crate::crypto::key_id(new_key.as_ref(), "audit"),
+    );
+    let retired = keyring::retired_audit_key_name(&old);
+    let store = &cfg.keys.credstore;
+    let sealed = store.join(keyring::AUDIT_KEY).exists();
+    if sources.find(&retired).is_err() && !store.join(&retired).exists() {
+        let mut text = zeroize::Zeroizing::new(hex::encode(old.as_ref()).into_bytes());
+        text.push(b'\n');
+        let path = keyring::write_secret(&cfg.keys.dir, &retired, &text)?;
+        if sealed {
+            super::credstore::seal_file(&retired, "auto", &path, store)?;
+        }
+        let mut db = open_db(cfg)?;
+        db.checkpoint_audit_if_due(crate::model::now_ms(), true)?;
+        db.audit(
+            &crate::model::AuditEvent::new(
+                &Actor::cli(),
+                "keys.rotate_audit",
+                "appliance",
+                crate::model::Outcome::Success,
+            )
+            .details(serde_json::json!({ "retired": old_id, "current": new_id })),
+        )?;
+        println!(
+            "audit key {old_id} retired as {retired} (kept: it verifies the entries it MAC'd)"
+        );
+    }
+    install_next(cfg, keyring::AUDIT_KEY, &next_path)?;
+    println!("audit key {new_id} is current; start the daemon");
+    Ok(0)
+}
+
 /// The next blind-index key while `keys rotate-index` runs.
 const NEXT_INDEX_KEY: &str = "index.key.next";
 

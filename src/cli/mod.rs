@@ -29,7 +29,7 @@ pub use dispatch::main;
 pub use escrow::{keys_escrow, keys_escrow_keygen, keys_recover};
 pub use keys::{
     keys_export_public, keys_import_receiver, keys_list, keys_rekey_db, keys_retire, keys_rewrap,
-    keys_rotate, keys_rotate_index, keys_rotate_signing,
+    keys_rotate, keys_rotate_audit, keys_rotate_index, keys_rotate_signing,
 };
 pub use model::{
     model_install, model_keygen, model_rollback, model_sign, model_status, model_verify,

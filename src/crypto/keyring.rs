@@ -161,26 +161,27 @@ impl KeySources {
         Ok((p, k))
     }
 
+    /// Former audit keys present in any source: (file name, key), first source wins per name.
+    pub fn retired_audit_keys(&self) -> Result<Vec<NamedKey>, KeyError> {
+        let mut names = std::collections::BTreeSet::new();
+        for d in &self.dirs {
+            names.extend(
+                file_names(d)?
+                    .into_iter()
+                    .filter(|n| is_retired_audit_key_name(n)),
+            );
+        }
+        names
+            .into_iter()
+            .map(|n| self.read_key32(&n).map(|(_, k)| (n, k)))
+            .collect()
+    }
+
     /// All territory key versions present in any source (first source wins per name).
     pub fn territory_keys(&self) -> Result<BTreeMap<String, BTreeMap<u32, Kek>>, KeyError> {
         let mut out: BTreeMap<String, BTreeMap<u32, Kek>> = BTreeMap::new();
         for d in &self.dirs {
-            let rd = match fs::read_dir(d) {
-                Ok(rd) => rd,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => {
-                    return Err(KeyError::Io {
-                        path: d.clone(),
-                        source: e,
-                    });
-                }
-            };
-            let mut names: Vec<String> = rd
-                .filter_map(|e| e.ok())
-                .filter_map(|e| e.file_name().into_string().ok())
-                .collect();
-            names.sort();
-            for name in names {
+            for name in file_names(d)? {
                 let Some((t, v)) = parse_territory_key_name(&name) else {
                     continue;
                 };
@@ -193,6 +194,40 @@ impl KeySources {
         }
         Ok(out)
     }
+}
+
+/// Sorted file names in a key source; none when it does not exist.
+fn file_names(d: &Path) -> Result<Vec<String>, KeyError> {
+    let rd = match fs::read_dir(d) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => {
+            return Err(KeyError::Io {
+                path: d.to_path_buf(),
+                source: e,
+            });
+        }
+    };
+    let mut names: Vec<String> = rd
+        .filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().into_string().ok())
+        .collect();
+    names.sort();
+    Ok(names)
+}
+
+/// A key file's name and its 32 bytes.
+pub type NamedKey = (String, Zeroizing<[u8; 32]>);
+
+/// File name of a former audit key: `audit.<key id>.key`.
+pub fn retired_audit_key_name(key: &[u8; 32]) -> String {
+    format!("audit.{}.key", key_id(key, "audit"))
+}
+
+fn is_retired_audit_key_name(n: &str) -> bool {
+    n.strip_prefix("audit.")
+        .and_then(|r| r.strip_suffix(".key"))
+        .is_some_and(|id| !id.is_empty() && id.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
 /// Parses a 32-byte key from hex text (whitespace ignored) or exactly 32 raw bytes.
@@ -285,6 +320,9 @@ pub struct Keyring {
     pub audit_key: Zeroizing<[u8; 32]>,
     /// `audit_key` prepared for HMAC.
     pub audit_mac: super::Mac,
+    /// Former audit keys (`audit.<key id>.key`, `keys rotate-audit`), for verifying entries
+    /// written before a rotation.
+    pub retired_audit_macs: Vec<super::Mac>,
     pub signing: SigningKey,
     /// territory → version → key-encryption key.
     pub territories: BTreeMap<String, BTreeMap<u32, Kek>>,
@@ -303,7 +341,13 @@ impl Keyring {
             })?;
         let territories = sources.territory_keys()?;
         let audit_mac = super::Mac::new(audit_key.as_ref());
+        let retired_audit_macs = sources
+            .retired_audit_keys()?
+            .iter()
+            .map(|(_, k)| super::Mac::new(k.as_ref()))
+            .collect();
         Ok(Keyring {
+            retired_audit_macs,
             db_key,
             db_key_path,
             index: BlindIndexer::new(index),

@@ -115,6 +115,7 @@ pub fn random_nonce() -> Result<[u8; 12], CryptoError> {
 }
 
 /// An HMAC-SHA256 key prepared once (the pads are computed at construction).
+#[derive(Clone)]
 pub struct Mac(ring::hmac::Key);
 
 impl Mac {

@@ -52,7 +52,9 @@ pub(crate) fn verify(
 ) -> Result<VerifyReport> {
     let mut publics = vec![keys.signing.public()];
     publics.extend(former_signing_keys(conn)?);
-    verify_with(conn, keys.audit_key.as_ref(), &publics, appliance_id)
+    let mut macs = vec![keys.audit_mac.clone()];
+    macs.extend(keys.retired_audit_macs.iter().cloned());
+    verify_with_macs(conn, &macs, &publics, appliance_id)
 }
 
 /// Public keys the appliance signed with before its current one (`signing_keys`).
@@ -73,7 +75,17 @@ pub fn verify_with(
     publics: &[PublicKey],
     appliance_id: &str,
 ) -> Result<VerifyReport> {
-    let audit_mac = Mac::new(audit_key);
+    verify_with_macs(conn, &[Mac::new(audit_key)], publics, appliance_id)
+}
+
+/// [`verify_with`] accepting an entry MAC under any of `macs` (the current audit key and the
+/// ones it replaced, `keys rotate-audit`).
+fn verify_with_macs(
+    conn: &Connection,
+    macs: &[Mac],
+    publics: &[PublicKey],
+    appliance_id: &str,
+) -> Result<VerifyReport> {
     let mut rep = VerifyReport::default();
     let add = |rep: &mut VerifyReport, seq: i64, what: String| {
         if rep.findings.len() < MAX_FINDINGS {
@@ -141,7 +153,7 @@ pub fn verify_with(
         let recomputed = entry_hash_as(chain, &prev_hash, &f);
         if !ct_eq(&recomputed, &hash) {
             add(&mut rep, seq, "content was edited (hash mismatch)".into());
-        } else if !ct_eq(&entry_mac_with(&audit_mac, &hash), &mac) {
+        } else if !macs.iter().any(|m| ct_eq(&entry_mac_with(m, &hash), &mac)) {
             add(
                 &mut rep,
                 seq,
