@@ -132,7 +132,10 @@ impl ModelStore {
             }
             std::fs::rename(&stage, dest).map_err(|e| store_error(dest, e))?;
             sync_dir(&self.root)?;
-            package::open(dest, trusted)
+            Ok(Package {
+                dir: dest.to_path_buf(),
+                ..staged
+            })
         })();
         if result.is_err() {
             let _ = std::fs::remove_dir_all(&stage);

@@ -27,7 +27,7 @@ mod verify;
 
 pub use trail::CaseTrail;
 pub(crate) use trail::case_trail;
-pub use verify::{Finding, VerifyReport, verify_with};
+pub use verify::{Finding, VerifyReport};
 pub(crate) use verify::{former_signing_keys, verify};
 
 use rusqlite::{Connection, TransactionBehavior, params};

@@ -54,7 +54,7 @@ pub(crate) fn verify(
     publics.extend(former_signing_keys(conn)?);
     let mut macs = vec![keys.audit_mac.clone()];
     macs.extend(keys.retired_audit_macs.iter().cloned());
-    verify_with_macs(conn, &macs, &publics, appliance_id)
+    verify_with(conn, &macs, &publics, appliance_id)
 }
 
 /// Public keys the appliance signed with before its current one (`signing_keys`).
@@ -68,19 +68,10 @@ pub(crate) fn former_signing_keys(conn: &Connection) -> Result<Vec<PublicKey>> {
     Ok(v)
 }
 
-/// [`verify`] with explicit keys (the appliance's current and former public keys).
-pub fn verify_with(
-    conn: &Connection,
-    audit_key: &[u8],
-    publics: &[PublicKey],
-    appliance_id: &str,
-) -> Result<VerifyReport> {
-    verify_with_macs(conn, &[Mac::new(audit_key)], publics, appliance_id)
-}
-
-/// [`verify_with`] accepting an entry MAC under any of `macs` (the current audit key and the
-/// ones it replaced, `keys rotate-audit`).
-fn verify_with_macs(
+/// [`verify`] with explicit keys: an entry's MAC may be under any of `macs` (the current audit
+/// key and the ones it replaced, `keys rotate-audit`), a checkpoint's signature under any of
+/// `publics` (the current and former signing keys).
+fn verify_with(
     conn: &Connection,
     macs: &[Mac],
     publics: &[PublicKey],
