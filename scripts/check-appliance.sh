@@ -19,14 +19,15 @@ apt_install systemd
 TMP="$(mktemp -d)"; trap 'rm -rf "$TMP"' EXIT
 
 log "systemd-analyze verify"
-for u in hema3n-edge hema3n-receiver hema3n-backup hema3n-seal-keys; do
+for u in hema3n-edge hema3n-receiver hema3n-backup hema3n-seal-keys hema3n-rotate-keys; do
     # verify checks that ExecStart exists: point it at the freshly built binary.
     sed "s#/usr/bin/hema3n-#$BINDIR/hema3n-#g" "systemd/$u.service" >"$TMP/$u.service"
 done
-cp systemd/hema3n-backup.timer "$TMP/"
+cp systemd/hema3n-backup.timer systemd/hema3n-rotate-keys.timer "$TMP/"
 # verify exits 0 on warnings: any output at all is a failure.
 VERIFY_OUT="$(cd "$TMP" && systemd-analyze verify --man=no ./hema3n-edge.service ./hema3n-receiver.service \
-    ./hema3n-backup.service ./hema3n-backup.timer ./hema3n-seal-keys.service 2>&1)" \
+    ./hema3n-backup.service ./hema3n-backup.timer ./hema3n-seal-keys.service \
+    ./hema3n-rotate-keys.service ./hema3n-rotate-keys.timer 2>&1)" \
     || { echo "$VERIFY_OUT"; die "systemd-analyze verify failed"; }
 [ -z "$VERIFY_OUT" ] || { echo "$VERIFY_OUT"; die "systemd-analyze verify printed warnings"; }
 for u in hema3n-edge hema3n-receiver hema3n-backup; do

@@ -88,7 +88,7 @@ pub fn keys_alarm(ages: &[KeyAge]) -> Option<String> {
         .collect();
     (!due.is_empty()).then(|| {
         format!(
-            "territory keys due for rotation: {} (hema3n-edge keys rotate --territory T)",
+            "territory keys due for rotation: {} (hema3n-rotate-keys.timer rotates them daily while keys.auto_rotate is on; by hand: hema3n-edge keys rotate --territory T)",
             due.join("; ")
         )
     })

@@ -99,6 +99,26 @@ fn creds(args: &[&std::ffi::OsStr]) -> Result<zeroize::Zeroizing<Vec<u8>>, Strin
     }
 }
 
+/// Runs `systemctl ARGS` (it waits for the jobs it starts); its own error text on failure.
+pub fn systemctl(args: &[&str]) -> Result<(), String> {
+    let out = std::process::Command::new("systemctl")
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run systemctl: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        let err = String::from_utf8_lossy(&out.stderr);
+        Err(format!(
+            "systemctl {} failed ({}): {}",
+            args.join(" "),
+            out.status,
+            err.lines().last().unwrap_or("no message")
+        ))
+    }
+}
+
 /// Encrypts `input` as credential `name` into `output` (`--with-key`: `auto` = the TPM2 when
 /// there is one, and the host's credential secret).
 pub fn creds_encrypt(

@@ -1,24 +1,32 @@
-//! Key and certificate lifecycle (#20 item 3, in part): a territory key older than
-//! `keys.rotate_after_days` makes `check` warn and the daemon raise `key_rotation_due`, which
-//! rotation clears; a tablet certificate within `keys.certificate_warn_days` of its expiry makes
+//! Key and certificate lifecycle (#20 item 3): a territory key older than
+//! `keys.rotate_after_days` makes `check` warn and the daemon raise `key_rotation_due`, which the
+//! automatic rotation (`keys rotate --if-due`, what hema3n-rotate-keys.timer runs) clears while
+//! the daemon runs; a tablet certificate within `keys.certificate_warn_days` of its expiry makes
 //! `check` warn and the daemon raise `certificate_expiring`; an expired one fails `check`.
 
 mod common;
 
 use common::Appliance;
-use common::broker::{Broker, wait_eq};
-use hema3n_edge::model::{iso8601_ms, now_ms};
+use common::broker::Broker;
+use hema3n_edge::model::{Actor, iso8601_ms, now_ms};
 
 const DAY_MS: i64 = 86_400_000;
 
 #[test]
-fn a_territory_key_past_its_age_raises_the_alarm_until_it_is_rotated() {
+fn a_territory_key_past_its_age_raises_the_alarm_until_the_timer_rotates_it() {
     let broker = Broker::start();
-    let a = Appliance::with_broker(&broker.url(), "");
+    let a = Appliance::with_broker(&broker.url(), "[triage]\nenabled = false\n");
+    let ids = a.soak(3, "Age");
     let check = a.ok(&["check"]);
     assert!(
         check.contains("ok      territory `default` key v1 is 0 days old (rotate after 90)"),
         "{check}"
+    );
+    // What hema3n-rotate-keys.timer runs daily: nothing is due yet.
+    let out = a.ok(&["keys", "rotate", "--if-due"]);
+    assert_eq!(
+        out.trim(),
+        "no territory key is due (keys.rotate_after_days = 90)"
     );
     a.open()
         .raw_connection_for_tests()
@@ -36,18 +44,54 @@ fn a_territory_key_past_its_age_raises_the_alarm_until_it_is_rotated() {
     let mut daemon = a.start_daemon();
     let detail = a.raised_alarm("key_rotation_due");
     assert!(detail.contains("default v1 is 91 days old"), "{detail}");
-    assert!(daemon.stop().success());
+    assert!(detail.contains("hema3n-rotate-keys.timer"), "{detail}");
 
-    a.ok(&["keys", "rotate", "--territory", "default"]);
+    // An admin who turned automatic rotation off keeps the alarm and the key.
+    let off = a.dir.join("edge.d/50-no-auto-rotation.toml");
+    std::fs::write(&off, "[keys]\nauto_rotate = false\n").unwrap();
+    let out = a.ok(&["keys", "rotate", "--if-due"]);
+    assert!(
+        out.contains("`default` v1 (91 days old)") && out.contains("automatic rotation is off"),
+        "{out}"
+    );
+    assert_eq!(a.query_i64("SELECT max(version) FROM key_versions"), 1);
+    std::fs::remove_file(&off).unwrap();
+
+    // Due and on, while the daemon runs (plain keys: it finds the new file itself).
+    let out = a.ok(&["keys", "rotate", "--if-due"]);
+    assert!(
+        out.contains("territory `default`: created key version v2")
+            && out.contains("territory `default`: re-wrapped 6 data keys under v2"),
+        "{out}"
+    );
+    assert_eq!(
+        a.query_i64("SELECT count(*) FROM data_keys WHERE kek_version = 1"),
+        0
+    );
+    // The alarm clears at once (the rotation re-evaluated it), audited.
+    assert_eq!(a.open_alarms("key_rotation_due"), 0);
+    assert_eq!(
+        a.query_i64("SELECT count(*) FROM audit_log WHERE action = 'keys.rotate'"),
+        1
+    );
+    // New records are wrapped under v2, old ones read under v2.
+    a.soak(1, "Age");
+    assert_eq!(
+        a.query_i64("SELECT count(*) FROM data_keys WHERE kek_version = 2"),
+        8
+    );
     let check = a.ok(&["check"]);
     assert!(
         check.contains("ok      territory `default` key v2 is 0 days old"),
         "{check}"
     );
-    let mut daemon = a.start_daemon();
-    wait_eq(30, "key_rotation_due cleared", 0, || {
-        a.open_alarms("key_rotation_due")
-    });
+    assert!(daemon.stop().success());
+    let mut db = a.open();
+    for (p, _) in &ids {
+        let got = db.get_patient(&Actor::cli(), p).unwrap();
+        assert_eq!(got.patient.last_name.as_deref(), Some("Age"));
+    }
+    drop(db);
     assert_eq!(
         a.query_i64(
             "SELECT count(*) FROM audit_log WHERE action IN ('alarm.raise', 'alarm.clear')"
@@ -55,7 +99,10 @@ fn a_territory_key_past_its_age_raises_the_alarm_until_it_is_rotated() {
         2,
         "raised and cleared once each, audited"
     );
-    assert!(daemon.stop().success());
+    // The next day's run has nothing to do.
+    let out = a.ok(&["keys", "rotate", "--if-due"]);
+    assert!(out.starts_with("no territory key is due"), "{out}");
+    assert!(a.ok(&["audit", "verify"]).starts_with("OK"));
 }
 
 /// Replaces the tablet's certificate and key with a self-signed pair valid until `until_ms`.

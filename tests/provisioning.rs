@@ -124,7 +124,7 @@ fn an_image_provisioned_elsewhere_is_sealed_at_first_boot_and_runs_on_the_vehicl
     std::fs::write(
         v.etc().join("edge.d/99-vehicle.toml"),
         format!(
-            "data_dir = \"{root}/var/lib/hema3n\"\n[keys]\ndir = \"{root}/etc/hema3n/keys\"\ncredstore = \"{root}/etc/credstore.encrypted/hema3n\"\n[mqtt]\nbroker = \"{}\"\npassword_file = \"{root}/etc/mosquitto/hema3n/passwd\"\n[api]\nlisten = \"127.0.0.1:0\"\ncert_file = \"{root}/etc/hema3n/api-cert.pem\"\n[triage]\nenabled = false\n",
+            "data_dir = \"{root}/var/lib/hema3n\"\n[keys]\ndir = \"{root}/etc/hema3n/keys\"\ncredstore = \"{root}/etc/credstore.encrypted/hema3n\"\ncredentials_dropin = \"{root}/etc/systemd/system/hema3n-edge.service.d/credentials.conf\"\n[mqtt]\nbroker = \"{}\"\npassword_file = \"{root}/etc/mosquitto/hema3n/passwd\"\n[api]\nlisten = \"127.0.0.1:0\"\ncert_file = \"{root}/etc/hema3n/api-cert.pem\"\n[triage]\nenabled = false\n",
             broker.url(),
             root = image.display()
         ),
@@ -176,6 +176,52 @@ fn an_image_provisioned_elsewhere_is_sealed_at_first_boot_and_runs_on_the_vehicl
     assert!(check.contains("ok      database"), "{check}");
     assert!(v.ok(&["audit", "verify"]).starts_with("OK"));
     assert!(daemon.stop().success());
+
+    // Automatic territory key rotation on the sealed vehicle (hema3n-rotate-keys.service runs
+    // `keys rotate --if-due --restart-unit hema3n-edge.service`; here without systemd, with the
+    // daemon stopped): the new version is sealed at once and the daemon's unit will load it.
+    assert!(
+        v.ok(&["keys", "rotate", "--if-due"])
+            .starts_with("no territory key is due")
+    );
+    let now = v.etc().join("edge.d/98-due-now.toml");
+    std::fs::write(&now, "[keys]\nrotate_after_days = 0\n").unwrap();
+    let out = v.ok(&["keys", "rotate", "--if-due"]);
+    std::fs::remove_file(&now).unwrap();
+    let v2 = "territory.default.v2.key";
+    assert!(
+        out.contains("territory `default`: created key version v2")
+            && out.contains("sealed 1 keys")
+            && out.contains(&format!("the daemon loads credential {v2}"))
+            && out.contains("territory `default`: re-wrapped 0 data keys under v2"),
+        "{out}"
+    );
+    assert!(!keys.join(v2).exists(), "plaintext left behind");
+    assert!(credstore.join(v2).is_file());
+    let dropin = std::fs::read_to_string(
+        image.join("etc/systemd/system/hema3n-edge.service.d/credentials.conf"),
+    )
+    .unwrap();
+    assert!(
+        dropin.lines().any(|l| l
+            == format!(
+                "LoadCredentialEncrypted={v2}:{}",
+                credstore.join(v2).display()
+            )),
+        "{dropin}"
+    );
+    assert!(dropin.contains("LoadCredentialEncrypted=territory.default.v1.key:"));
+    assert!(
+        v.ok(&["keys", "rotate", "--if-due"])
+            .starts_with("no territory key is due")
+    );
+    let check = v.ok(&["check"]);
+    assert!(
+        check.contains("ok      territory `default` key v2 is 0 days old"),
+        "{check}"
+    );
+    assert!(v.ok(&["audit", "verify"]).starts_with("OK"));
+
     // Admin commands leave no decrypted key behind.
     let leftovers: Vec<_> = std::fs::read_dir(std::env::temp_dir())
         .unwrap()

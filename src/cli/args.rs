@@ -158,13 +158,23 @@ pub enum ModelCmd {
 
 #[derive(Subcommand)]
 pub enum KeysCmd {
-    /// Create a new territory key version and re-wrap data keys under it.
+    /// Create a new territory key version and re-wrap data keys under it. On a sealed vehicle
+    /// the new key is sealed at once and added to the daemon unit's credentials drop-in.
     Rotate {
-        #[arg(long)]
+        #[arg(long, conflicts_with = "if_due")]
         territory: Option<String>,
+        /// Rotate every territory key older than keys.rotate_after_days (none: nothing to do),
+        /// unless keys.auto_rotate is false. What hema3n-rotate-keys.timer runs.
+        #[arg(long)]
+        if_due: bool,
         /// Only create the version; leave re-wrapping to `keys rewrap`.
         #[arg(long)]
         no_rewrap: bool,
+        /// On a sealed vehicle whose daemon runs: reload systemd and restart this unit so that
+        /// it loads the new credential, then re-wrap (without it, re-wrapping waits for an
+        /// admin, because the running daemon could not read re-wrapped data keys).
+        #[arg(long, value_name = "UNIT")]
+        restart_unit: Option<String>,
     },
     /// Re-wrap every data key of a territory under its current key version.
     Rewrap {

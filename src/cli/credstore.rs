@@ -174,10 +174,16 @@ pub fn admin_credentials(
         _ => return Ok(None),
     };
     let root = crate::host::is_root();
-    let base = if root && Path::new("/run").is_dir() {
-        PathBuf::from("/run")
-    } else {
-        std::env::temp_dir()
+    // A unit's own RuntimeDirectory= (hema3n-rotate-keys.service: /run is read-only there).
+    let runtime = std::env::var_os("RUNTIME_DIRECTORY").and_then(|v| {
+        v.to_str()
+            .and_then(|s| s.split(':').next())
+            .map(PathBuf::from)
+    });
+    let base = match runtime {
+        Some(d) if d.is_dir() => d,
+        _ if root && Path::new("/run").is_dir() => PathBuf::from("/run"),
+        _ => std::env::temp_dir(),
     };
     let dir = base.join(format!("hema3n-admin.{}", std::process::id()));
     fs::create_dir(&dir)?;

@@ -106,8 +106,17 @@ pub fn main(args: Args) -> ExitCode {
         Some(Cmd::Keys { cmd }) => match cmd {
             KeysCmd::Rotate {
                 territory: t,
+                if_due,
                 no_rewrap,
-            } => cli::keys_rotate(&cfg, &territory(t), *no_rewrap),
+                restart_unit,
+            } => {
+                let which = if *if_due {
+                    cli::Rotation::Due
+                } else {
+                    cli::Rotation::Territory(territory(t))
+                };
+                cli::keys_rotate(&cfg, which, *no_rewrap, restart_unit.as_deref())
+            }
             KeysCmd::Rewrap { territory: t } => cli::keys_rewrap(&cfg, &territory(t)),
             KeysCmd::Seal { with_key } => cli::keys_seal(&cfg, with_key),
             KeysCmd::RekeyDb => cli::keys_rekey_db(&cfg),

@@ -1,8 +1,8 @@
-//! `keys …`: rotate, rewrap, retire and list territory keys; export the appliance's public
-//! keys; import the receiver's.
+//! `keys …` other than territory keys (`territory`): rotate the database, index, audit and
+//! signing keys; export the appliance's public keys; import the receiver's.
 
 use crate::config::Config;
-use crate::crypto::keyring::{self, KeySources, Keyring, territory_key_name};
+use crate::crypto::keyring::{self, KeySources, Keyring};
 use crate::model::Actor;
 use std::path::Path;
 
@@ -186,63 +186,6 @@ pub fn keys_rotate_signing(cfg: &Config, activate: bool, out: Option<&Path>) -> 
         "signing key {} is current (the former key's public half stays in the database for `audit verify`); start the daemon",
         next.public().key_id()
     );
-    Ok(0)
-}
-
-/// `keys rotate`: new territory key version, then (unless `no_rewrap`) re-wrap all data keys.
-pub fn keys_rotate(cfg: &Config, territory: &str, no_rewrap: bool) -> CmdResult {
-    let mut db = open_db(cfg)?;
-    let actor = Actor::cli();
-    let v = db.rotate_territory_key(&actor, territory, &cfg.keys.dir)?;
-    println!(
-        "territory `{territory}`: created key version v{v} in {}",
-        cfg.keys.dir.display()
-    );
-    if !no_rewrap {
-        let r = db.rewrap(&actor, territory)?;
-        println!(
-            "territory `{territory}`: re-wrapped {} data keys under v{}",
-            r.rewrapped, r.to_version
-        );
-    }
-    Ok(0)
-}
-
-/// `keys rewrap`: moves every data key of a territory to its current key version.
-pub fn keys_rewrap(cfg: &Config, territory: &str) -> CmdResult {
-    let mut db = open_db(cfg)?;
-    let r = db.rewrap(&Actor::cli(), territory)?;
-    println!(
-        "territory `{territory}`: re-wrapped {} data keys under v{}",
-        r.rewrapped, r.to_version
-    );
-    Ok(0)
-}
-
-/// `keys retire`: marks an unused old version retired.
-pub fn keys_retire(cfg: &Config, territory: &str, version: u32) -> CmdResult {
-    let mut db = open_db(cfg)?;
-    db.retire_key_version(&Actor::cli(), territory, version)?;
-    println!(
-        "territory `{territory}` key version v{version} retired; its file {} may now be removed",
-        territory_key_name(territory, version)
-    );
-    Ok(0)
-}
-
-/// `keys list`.
-pub fn keys_list(cfg: &Config) -> CmdResult {
-    let db = open_db(cfg)?;
-    println!(
-        "{:<16} {:>7} {:<16} {:>6} {:>7} {:>9} {:>12}",
-        "territory", "version", "key id", "loaded", "retired", "data keys", "encryptions"
-    );
-    for k in db.key_versions()? {
-        println!(
-            "{:<16} {:>7} {:<16} {:>6} {:>7} {:>9} {:>12}",
-            k.territory, k.version, k.key_id, k.loaded, k.retired, k.data_keys, k.invocations
-        );
-    }
     Ok(0)
 }
 

@@ -1,4 +1,5 @@
-//! Subcommands other than `run`, one file per group: `setup` (init, check), `keys`, `audit`,
+//! Subcommands other than `run`, one file per group: `setup` (init, check), `keys`,
+//! `territory` (territory keys: rotate, rewrap, retire, list), `audit`,
 //! `backup` (backup, restore), `credstore` (keys seal, admin access to encrypted credentials),
 //! `escrow` (keys escrow-keygen, escrow, recover), `model`,
 //! `records` (devices, cases, triage, outbox), `attachments`, `users`, `debug` (simulate, soak, vectors).
@@ -17,6 +18,7 @@ mod keys;
 mod model;
 mod records;
 mod setup;
+mod territory;
 mod users;
 
 pub use args::Args;
@@ -28,8 +30,8 @@ pub use debug::{debug_bundle_vectors, debug_soak, simulate};
 pub use dispatch::main;
 pub use escrow::{keys_escrow, keys_escrow_keygen, keys_recover};
 pub use keys::{
-    keys_export_public, keys_import_receiver, keys_list, keys_rekey_db, keys_retire, keys_rewrap,
-    keys_rotate, keys_rotate_audit, keys_rotate_index, keys_rotate_signing,
+    keys_export_public, keys_import_receiver, keys_rekey_db, keys_rotate_audit, keys_rotate_index,
+    keys_rotate_signing,
 };
 pub use model::{
     model_install, model_keygen, model_rollback, model_sign, model_status, model_verify,
@@ -39,6 +41,7 @@ pub use records::{
     devices_list, devices_remove, devices_unbind, outbox_list, outbox_status, triage_show,
 };
 pub use setup::{check, init};
+pub use territory::{Rotation, keys_list, keys_retire, keys_rewrap, keys_rotate};
 pub use users::{users_add, users_disable, users_list, users_set_secret};
 
 use crate::config::Config;

@@ -226,6 +226,13 @@ pub struct KeysConfig {
     /// A territory key version older than this many days is due for rotation: `check` warns
     /// and the daemon raises `key_rotation_due`. Default 90.
     pub rotate_after_days: u32,
+    /// `keys rotate --if-due` (what `hema3n-rotate-keys.timer` runs daily) rotates every due
+    /// territory key; `false` leaves rotation to an admin (the alarm still rises). Default true.
+    pub auto_rotate: bool,
+    /// The daemon unit's drop-in that loads territory key credentials on a sealed vehicle
+    /// (`scripts/provision.sh` writes it; `keys rotate` adds each new version to it). Default
+    /// `/etc/systemd/system/hema3n-edge.service.d/credentials.conf`.
+    pub credentials_dropin: PathBuf,
     /// Warn (`check`, alarm `certificate_expiring`) this many days before a TLS certificate
     /// (tablet API, cloud client) expires. Default 30.
     pub certificate_warn_days: u32,
@@ -237,6 +244,10 @@ impl Default for KeysConfig {
             dir: PathBuf::from("/etc/hema3n/keys"),
             credstore: PathBuf::from("/etc/credstore.encrypted/hema3n"),
             rotate_after_days: 90,
+            auto_rotate: true,
+            credentials_dropin: PathBuf::from(
+                "/etc/systemd/system/hema3n-edge.service.d/credentials.conf",
+            ),
             certificate_warn_days: 30,
         }
     }

@@ -37,7 +37,7 @@ pub fn territory_key_name(territory: &str, version: u32) -> String {
     format!("territory.{territory}.v{version}.key")
 }
 
-fn parse_territory_key_name(name: &str) -> Option<(String, u32)> {
+pub fn parse_territory_key_name(name: &str) -> Option<(String, u32)> {
     let rest = name.strip_prefix("territory.")?.strip_suffix(".key")?;
     let (t, v) = rest.rsplit_once(".v")?;
     Some((t.to_string(), v.parse().ok()?))
@@ -93,6 +93,11 @@ static ADMIN_CREDENTIALS: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::ne
 /// daemon's unit). Only the first call counts.
 pub fn use_admin_credentials(dir: PathBuf) {
     let _ = ADMIN_CREDENTIALS.set(dir);
+}
+
+/// The directory [`use_admin_credentials`] set, if any.
+pub fn admin_credentials_dir() -> Option<&'static Path> {
+    ADMIN_CREDENTIALS.get().map(PathBuf::as_path)
 }
 
 /// The ordered list of places keys are read from.

@@ -38,6 +38,8 @@ do_install:append() {
     install -m 0644 ${S}/systemd/hema3n-backup.service ${D}${systemd_system_unitdir}/
     install -m 0644 ${S}/systemd/hema3n-backup.timer ${D}${systemd_system_unitdir}/
     install -m 0644 ${S}/systemd/hema3n-seal-keys.service ${D}${systemd_system_unitdir}/
+    install -m 0644 ${S}/systemd/hema3n-rotate-keys.service ${D}${systemd_system_unitdir}/
+    install -m 0644 ${S}/systemd/hema3n-rotate-keys.timer ${D}${systemd_system_unitdir}/
     install -d ${D}${nonarch_libdir}/sysusers.d ${D}${nonarch_libdir}/tmpfiles.d
     install -m 0644 ${S}/systemd/hema3n-edge.sysusers.conf ${D}${nonarch_libdir}/sysusers.d/hema3n-edge.conf
     install -m 0644 ${S}/systemd/hema3n-edge.tmpfiles.conf ${D}${nonarch_libdir}/tmpfiles.d/hema3n-edge.conf
@@ -64,13 +66,15 @@ do_install:append() {
 
 PACKAGES =+ "${PN}-mosquitto ${PN}-model"
 
-SYSTEMD_SERVICE:${PN} = "hema3n-edge.service hema3n-backup.timer hema3n-seal-keys.service"
+SYSTEMD_SERVICE:${PN} = "hema3n-edge.service hema3n-backup.timer hema3n-seal-keys.service hema3n-rotate-keys.timer"
 
 CONFFILES:${PN} = "${sysconfdir}/hema3n/edge.toml ${sysconfdir}/hema3n/edge.d/10-model-signing.toml"
 FILES:${PN} += "${systemd_system_unitdir}/hema3n-edge.service \
                 ${systemd_system_unitdir}/hema3n-backup.service \
                 ${systemd_system_unitdir}/hema3n-backup.timer \
                 ${systemd_system_unitdir}/hema3n-seal-keys.service \
+                ${systemd_system_unitdir}/hema3n-rotate-keys.service \
+                ${systemd_system_unitdir}/hema3n-rotate-keys.timer \
                 ${nonarch_libdir}/sysusers.d/hema3n-edge.conf \
                 ${nonarch_libdir}/tmpfiles.d/hema3n-edge.conf \
                 ${datadir}/dbus-1/system.d/org.hema3n.Edge1.conf \
