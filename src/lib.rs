@@ -21,6 +21,8 @@
 //! - [`dbus`]: `org.hema3n.Edge1` and the NetworkManager follower (the only user of `zbus`).
 //! - [`disk`]: the disk-pressure alarm; [`host`]: free disk space (the only user of `libc`).
 //! - [`lifecycle`]: key ages and certificate expiry (check, `/metrics`, their alarms).
+//! - [`compliance`]: the HIPAA §164.312 self-check (`check --compliance`, `/metrics`, the
+//!   supervisor view).
 //! - [`backoff`]: the one reconnect back-off; [`report`]: the one error-chain printer.
 //! - [`tls`]: the only user of `rustls`; [`systemd`]: sd_notify, watchdog, journald.
 //! - [`cli`]: the command line and every subcommand other than `run`.
@@ -29,6 +31,7 @@ pub mod api;
 pub mod app;
 pub mod backoff;
 pub mod cli;
+pub mod compliance;
 pub mod config;
 pub mod crypto;
 pub mod dbus;

@@ -194,6 +194,7 @@ const EXPECTED: &[(&str, &str, &str)] = &[
     ("GET", "/api/v1/audit", "V"),
     ("GET", "/api/v1/break-glass", "V"),
     ("POST", "/api/v1/break-glass/{id}/review", "V"),
+    ("GET", "/api/v1/compliance", "VA"),
     ("GET", "/api/v1/users", "VA"),
     ("POST", "/api/v1/users", "A"),
     ("POST", "/api/v1/users/{id}/disable", "A"),

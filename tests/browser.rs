@@ -61,6 +61,7 @@ fn crew_flow_in_chromium() {
     let _rx = receiver.spawn();
     add_user(&a, "medic1", "paramedic");
     add_user(&a, "desk1", "staff");
+    add_user(&a, "super1", "supervisor");
     a.ok(&["devices", "add", "mon-1"]);
     let _daemon = a.start_daemon();
     let port = a.api_port();
@@ -109,6 +110,7 @@ fn crew_flow_in_chromium() {
         .env("H3N_URL", format!("https://127.0.0.1:{port}/"))
         .env("H3N_USER", "medic1")
         .env("H3N_STAFF", "desk1")
+        .env("H3N_SUPERVISOR", "super1")
         .env("H3N_PIN", PIN)
         .env("H3N_TERRITORY", "default")
         .env("H3N_IDLE_SECS", IDLE_SECS.to_string())

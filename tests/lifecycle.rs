@@ -8,7 +8,7 @@ mod common;
 
 use common::Appliance;
 use common::broker::Broker;
-use hema3n_edge::model::{Actor, iso8601_ms, now_ms};
+use hema3n_edge::model::{Actor, now_ms};
 
 const DAY_MS: i64 = 86_400_000;
 
@@ -105,22 +105,6 @@ fn a_territory_key_past_its_age_raises_the_alarm_until_the_timer_rotates_it() {
     assert!(a.ok(&["audit", "verify"]).starts_with("OK"));
 }
 
-/// Replaces the tablet's certificate and key with a self-signed pair valid until `until_ms`.
-fn tablet_cert_until(a: &Appliance, until_ms: i64) {
-    let day = iso8601_ms(until_ms);
-    let ymd: Vec<i32> = day[..10].split('-').map(|s| s.parse().unwrap()).collect();
-    let mut p = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
-    p.not_before = rcgen::date_time_ymd(2020, 1, 1);
-    p.not_after = rcgen::date_time_ymd(ymd[0], ymd[1] as u8, ymd[2] as u8);
-    let key = rcgen::KeyPair::generate().unwrap();
-    let cert = p.self_signed(&key).unwrap();
-    std::fs::write(a.key_dir().join("api-cert.pem"), cert.pem()).unwrap();
-    let k = a.key_dir().join("api-tls.key");
-    std::fs::remove_file(&k).unwrap();
-    std::fs::write(&k, key.serialize_pem()).unwrap();
-    common::cloud::set_private(&k);
-}
-
 #[test]
 fn a_certificate_near_its_expiry_warns_and_raises_the_alarm_and_an_expired_one_fails_check() {
     let broker = Broker::start();
@@ -128,7 +112,7 @@ fn a_certificate_near_its_expiry_warns_and_raises_the_alarm_and_an_expired_one_f
     let check = a.ok(&["check"]);
     assert!(check.contains("ok      api certificate"), "{check}");
 
-    tablet_cert_until(&a, now_ms() + 12 * DAY_MS);
+    common::tablet_cert_until(&a, now_ms() + 12 * DAY_MS);
     let check = a.ok(&["check"]);
     assert!(
         check.contains("warn    api certificate") && check.contains("warn within 30)"),
@@ -139,7 +123,7 @@ fn a_certificate_near_its_expiry_warns_and_raises_the_alarm_and_an_expired_one_f
     assert!(detail.contains("api certificate expires in 1"), "{detail}");
     assert!(daemon.stop().success());
 
-    tablet_cert_until(&a, now_ms() - 2 * DAY_MS);
+    common::tablet_cert_until(&a, now_ms() - 2 * DAY_MS);
     let out = a.run(&["check"]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{text}");

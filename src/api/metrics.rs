@@ -210,6 +210,28 @@ pub fn metrics_text(st: &ApiState, store: &StoreSnapshot<'_>) -> String {
             })
             .collect::<Vec<_>>(),
     );
+    if let Some(r) = st.compliance.get() {
+        m(
+            "hema3n_compliance_status",
+            "gauge",
+            "HIPAA self-check item (check --compliance): 0 pass, 1 warn, 2 fail",
+            &r.items
+                .iter()
+                .map(|i| {
+                    (
+                        format!("{{item=\"{}\",safeguard=\"{}\"}}", i.id, i.safeguard),
+                        f64::from(i.status.code()),
+                    )
+                })
+                .collect::<Vec<_>>(),
+        );
+        m(
+            "hema3n_compliance_evaluated_timestamp_seconds",
+            "gauge",
+            "When the daemon last ran the HIPAA self-check (every 10 min)",
+            &[(String::new(), r.evaluated_at_ms as f64 / 1000.0)],
+        );
+    }
     m(
         "hema3n_outbox_bundles",
         "gauge",

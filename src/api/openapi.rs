@@ -354,6 +354,8 @@ fn reply_schemas() -> Value {
         "BreakGlassUse": s(json!({ "id": int, "user_id": text, "territory": text, "reason": text, "started_at_ms": int, "until_ms": int, "reviewed_at_ms": nint, "reviewed_by": ntext, "review_note": ntext })),
         "BreakGlassUses": s(json!({ "uses": list("BreakGlassUse") })),
         "UserList": s(json!({ "users": list("User") })),
+        "ComplianceItem": s(json!({ "id": text, "safeguard": text, "title": text, "status": { "enum": ["pass", "warn", "fail"] }, "evidence": texts })),
+        "ComplianceReport": s(json!({ "evaluated_at": text, "worst": { "enum": ["pass", "warn", "fail"] }, "items": list("ComplianceItem") })),
         "OpenApi": { "type": "object", "required": ["openapi", "paths", "components"] },
     });
     // The handoff's replies (a literal of their own, for the same reason).

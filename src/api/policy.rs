@@ -39,6 +39,8 @@ crate::model::named_enum! {
         UserRead = "UserRead",
         /// Approve an account an admin created with a PHI-reading role.
         UserApprove = "UserApprove",
+        /// The HIPAA self-check (settings and counts, no PHI).
+        ComplianceRead = "ComplianceRead",
     }
 }
 
@@ -78,8 +80,9 @@ pub fn role_perms(role: Role) -> &'static [Perm] {
             BreakGlass,
             UserRead,
             UserApprove,
+            ComplianceRead,
         ],
-        Role::Admin => &[Admin, UserRead, DeviceRead, SyncRead],
+        Role::Admin => &[Admin, UserRead, DeviceRead, SyncRead, ComplianceRead],
     }
 }
 
@@ -688,6 +691,15 @@ pub const ROUTES: &[RouteSpec] = &[
         "Close a break-glass review",
         Some("Review"),
         NoContent,
+    ),
+    r(
+        "GET",
+        "/api/v1/compliance",
+        Access::Perm(ComplianceRead),
+        false,
+        "The HIPAA self-check: one item per safeguard with its evidence (re-run every 10 min)",
+        None,
+        Json("ComplianceReport"),
     ),
     r(
         "GET",

@@ -157,6 +157,7 @@ pub fn api_routes() -> Router<ApiState> {
             "/api/v1/break-glass/{id}/review",
             post(review::break_glass_review),
         )
+        .route("/api/v1/compliance", get(review::compliance))
         .route("/api/v1/users", get(users::users).post(users::add_user))
         .route("/api/v1/users/{id}/disable", post(users::disable_user))
         .route("/api/v1/users/{id}/approve", post(users::approve_user))

@@ -42,6 +42,8 @@ pub struct ApiState {
     pub sync: Option<Arc<SyncMetrics>>,
     /// `triage` status line (model id / RULES-ONLY), shown on `/healthz`.
     pub triage_status: crate::triage::service::ModelStatus,
+    /// The latest HIPAA self-check (`/metrics`, `GET /api/v1/compliance`).
+    pub compliance: crate::compliance::Latest,
     /// Re-triage requests (manual vitals).
     pub retriage: Option<tokio::sync::mpsc::UnboundedSender<String>>,
     /// Wakes the bundle sealer (a case was closed).
@@ -94,6 +96,7 @@ impl ApiState {
             ingest: None,
             sync: None,
             triage_status: crate::triage::service::ModelStatus::new("unknown".into()),
+            compliance: crate::compliance::Latest::default(),
             retriage: None,
             wake_sealer: None,
             shutdown,

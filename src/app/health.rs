@@ -1,5 +1,5 @@
-//! The storage-side periodic tasks: the audit checkpointer and the health loop that feeds the
-//! systemd watchdog.
+//! The storage-side periodic tasks: the audit checkpointer, the health loop that feeds the
+//! systemd watchdog, and the HIPAA self-check (`ComplianceCheck`, on a connection of its own).
 //!
 //! What gates `WATCHDOG=1`, exactly: the health loop sends it once per interval (at most half
 //! of `WatchdogSec`), only after READY=1, and only while
@@ -140,5 +140,50 @@ impl Health {
             }
             systemd::status(&status);
         }
+    }
+}
+
+/// The daemon's `compliance` task: evaluates at start and every `every` on a blocking thread
+/// (the audit verification and quick integrity check take seconds on a large database), logs a
+/// change of the worst status.
+pub struct ComplianceCheck {
+    pub cfg: Arc<crate::config::Config>,
+    pub latest: crate::compliance::Latest,
+    pub every: Duration,
+}
+
+impl ComplianceCheck {
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) -> Result<(), StoreError> {
+        use crate::compliance::Status;
+        let mut last: Option<Status> = None;
+        loop {
+            let cfg = self.cfg.clone();
+            let job = tokio::task::spawn_blocking(move || crate::compliance::evaluate_now(&cfg));
+            tokio::select! {
+                r = job => match r {
+                    Ok(Ok(report)) => {
+                        if last != Some(report.worst) {
+                            let failing: Vec<&str> = report
+                                .items
+                                .iter()
+                                .filter(|i| i.status != Status::Pass)
+                                .map(|i| i.id)
+                                .collect();
+                            tracing::info!(worst = report.worst.as_str(), ?failing, "HIPAA self-check");
+                            last = Some(report.worst);
+                        }
+                        self.latest.set(report);
+                    }
+                    Ok(Err(e)) => tracing::warn!(error = %crate::report::Chain(&e), "HIPAA self-check could not run"),
+                    Err(e) => tracing::warn!(error = %e, "HIPAA self-check panicked"),
+                },
+                _ = shutdown.changed() => break,
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(self.every) => {}
+                _ = shutdown.changed() => break,
+            }
+        }
+        Ok(())
     }
 }

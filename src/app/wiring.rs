@@ -26,6 +26,8 @@ const BATCH_QUEUE: usize = 1;
 const MQTT_REQUESTS: usize = 8192;
 /// How often the session sweeper ends idle sessions and persists last-seen times.
 const SESSION_SWEEP: Duration = Duration::from_secs(15);
+/// How often the daemon re-runs the HIPAA self-check (`/metrics`, the supervisor view).
+const COMPLIANCE_EVERY: Duration = Duration::from_secs(600);
 /// How often the free disk space is checked.
 const DISK_CHECK: Duration = Duration::from_secs(60);
 
@@ -358,6 +360,13 @@ pub async fn api(
     };
     let sd = sup.shutdown(Stage::FrontDoors);
     sup.spawn(Stage::FrontDoors, "api-sessions", sweeper.run(sd));
+    let compliance = super::health::ComplianceCheck {
+        cfg: st.cfg.clone(),
+        latest: st.compliance.clone(),
+        every: COMPLIANCE_EVERY,
+    };
+    let sd = sup.shutdown(Stage::FrontDoors);
+    sup.spawn(Stage::FrontDoors, "compliance", compliance.run(sd));
     let server = api::Server {
         listener,
         acceptor,

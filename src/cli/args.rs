@@ -41,7 +41,16 @@ pub enum Cmd {
         lan_name: Vec<String>,
     },
     /// Diagnose configuration, keys and database.
-    Check,
+    Check {
+        /// The HIPAA Security Rule self-check instead: one item per technical safeguard
+        /// (45 CFR §164.312) plus backups and key ages, each pass/warn/fail with its evidence.
+        /// Exit 0 all pass, 1 worst is warn, 2 worst is fail.
+        #[arg(long)]
+        compliance: bool,
+        /// With --compliance: the report as JSON.
+        #[arg(long, requires = "compliance")]
+        json: bool,
+    },
     /// Write a signed, encrypted backup of the database while the daemon runs.
     Backup {
         /// The backup file (written atomically, 0600).

@@ -87,7 +87,11 @@ pub fn main(args: Args) -> ExitCode {
                 }
             };
         }
-        Some(Cmd::Check) => cli::check(&cfg, &prov.files),
+        Some(Cmd::Check {
+            compliance: true,
+            json,
+        }) => cli::check_compliance(&cfg, *json),
+        Some(Cmd::Check { .. }) => cli::check(&cfg, &prov.files),
         Some(Cmd::Backup {
             out,
             out_dir,

@@ -40,7 +40,7 @@ pub use records::{
     cases_close, cases_export_nemsis, cases_handoff_pdf, cases_open, devices_add, devices_bind,
     devices_list, devices_remove, devices_unbind, outbox_list, outbox_status, triage_show,
 };
-pub use setup::{check, init};
+pub use setup::{check, check_compliance, init};
 pub use territory::{Rotation, keys_list, keys_retire, keys_rewrap, keys_rotate};
 pub use users::{users_add, users_disable, users_list, users_set_secret};
 

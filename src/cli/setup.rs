@@ -267,6 +267,40 @@ pub fn check(cfg: &Config, cfg_files: &[PathBuf]) -> CmdResult {
     Ok(code)
 }
 
+/// `check --compliance [--json]`: the HIPAA self-check ([`crate::compliance`]); the exit code
+/// is the worst item's (0 pass, 1 warn, 2 fail).
+pub fn check_compliance(cfg: &Config, json: bool) -> CmdResult {
+    let db = open_db(cfg)?;
+    let now = crate::model::now_ms();
+    let facts = crate::compliance::gather(cfg, &db, now, true)?;
+    let report = crate::compliance::evaluate(cfg, &facts, now);
+    let mut out = std::io::stdout().lock();
+    if json {
+        serde_json::to_writer_pretty(&mut out, &report).map_err(std::io::Error::other)?;
+        writeln!(out)?;
+    } else {
+        for i in &report.items {
+            writeln!(
+                out,
+                "{:<7} {:<21} {}",
+                i.status.as_str(),
+                i.safeguard,
+                i.title
+            )?;
+            for e in &i.evidence {
+                writeln!(out, "        - {e}")?;
+            }
+        }
+        writeln!(
+            out,
+            "worst: {} ({})",
+            report.worst.as_str(),
+            report.evaluated_at
+        )?;
+    }
+    Ok(report.worst.code())
+}
+
 /// `check`: territory key ages against `keys.rotate_after_days` and certificate expiry against
 /// `keys.certificate_warn_days` (warnings; an expired or unreadable certificate fails).
 fn check_lifecycle(cfg: &Config, db: &Db, out: &mut impl Write) -> Result<u8, Failure> {

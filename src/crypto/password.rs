@@ -16,6 +16,10 @@ pub const MIN_SECRET_LEN: usize = 6;
 /// Longest accepted PIN/password (bounds hashing work per request).
 pub const MAX_SECRET_LEN: usize = 128;
 
+/// The PHC prefix of a hash made with the current parameters (a hash with another prefix was
+/// made under older, or foreign, parameters).
+pub const HASH_PARAMS_PREFIX: &str = "$argon2id$v=19$m=19456,t=2,p=1$";
+
 fn argon2() -> Argon2<'static> {
     let params =
         Params::new(19 * 1024, 2, 1, Some(32)).expect("static Argon2 parameters are valid");

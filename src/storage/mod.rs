@@ -25,6 +25,7 @@ pub mod audit;
 mod backup;
 mod cases;
 mod codes;
+mod compliance;
 mod devices;
 mod edits;
 mod error;
@@ -67,6 +68,7 @@ pub use backup::{
     check_backup_data, read_backup, restore,
 };
 pub use cases::{BundleState, CaseAlarm, CaseParts, CaseSummary, CaseView};
+pub use compliance::ComplianceFacts;
 pub use devices::DeviceInfo;
 pub use edits::VoidedReading;
 pub use error::{Result, StoreError};

@@ -432,6 +432,20 @@ let failurePage = null;
   const staffFiles = await page.evaluate(async (id) => (await fetch(`/api/v1/cases/${id}/attachments`, { headers: { Authorization: `Bearer ${sessionStorage.getItem('h3n.token')}`, 'Territory-Id': sessionStorage.getItem('h3n.territory') } })).status, caseId);
   check(staffFiles === 403, `staff listing attachments: ${staffFiles}`);
   await shot(page, 'staff-forbidden');
+  check(await page.getByTestId('nav-compliance').isHidden(), 'staff sees the compliance view');
+
+  step('the supervisor sees the HIPAA self-check');
+  await page.getByTestId('logout').click();
+  await login(page, env('H3N_SUPERVISOR'));
+  await page.getByTestId('nav-review').click();
+  const summary = await page.getByTestId('compliance-summary').innerText();
+  check(/HIPAA self-check: \d+ pass · \d+ warn · \d+ fail/.test(summary), `summary: ${summary}`);
+  await page.getByTestId('compliance-open').click();
+  await page.getByTestId('compliance-table').waitFor();
+  const items = await page.getByTestId('compliance-item').evaluateAll((rows) => rows.map((r) => `${r.dataset.item}=${r.dataset.status}`));
+  check(items.length === 10, `compliance items: ${items}`);
+  check(items.includes('automatic_logoff=pass'), `automatic logoff: ${items}`);
+  await shot(page, 'compliance');
 
   check(!errors.length, `page errors: ${errors.join('; ')}`);
   await browser.close();

@@ -92,9 +92,18 @@ impl Api {
         let clock = Arc::new(ManualClock::at(T0));
         let (tx, rx) = tokio::sync::watch::channel(false);
         let bus = Bus::default();
-        let mut st = ApiState::new(cfg, store.clone(), clock.clone(), bus.clone(), rx.clone())
-            .await
-            .unwrap();
+        let mut st = ApiState::new(
+            cfg.clone(),
+            store.clone(),
+            clock.clone(),
+            bus.clone(),
+            rx.clone(),
+        )
+        .await
+        .unwrap();
+        // What the daemon's compliance task does at start (a connection of its own).
+        st.compliance
+            .set(hema3n_edge::compliance::evaluate_now(&cfg).unwrap());
         if let Some(hold) = retriage {
             use hema3n_edge::triage::service::{Retriage, spawn_model_thread};
             let (tx, cases) = tokio::sync::mpsc::unbounded_channel();

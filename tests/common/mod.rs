@@ -501,3 +501,19 @@ pub fn media_py(args: &[&str]) -> String {
     );
     String::from_utf8(out.stdout).unwrap()
 }
+
+/// Replaces the tablet's certificate and key with a self-signed pair valid until `until_ms`.
+pub fn tablet_cert_until(a: &Appliance, until_ms: i64) {
+    let day = hema3n_edge::model::iso8601_ms(until_ms);
+    let ymd: Vec<i32> = day[..10].split('-').map(|s| s.parse().unwrap()).collect();
+    let mut p = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    p.not_before = rcgen::date_time_ymd(2020, 1, 1);
+    p.not_after = rcgen::date_time_ymd(ymd[0], ymd[1] as u8, ymd[2] as u8);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = p.self_signed(&key).unwrap();
+    std::fs::write(a.key_dir().join("api-cert.pem"), cert.pem()).unwrap();
+    let k = a.key_dir().join("api-tls.key");
+    std::fs::remove_file(&k).unwrap();
+    std::fs::write(&k, key.serialize_pem()).unwrap();
+    cloud::set_private(&k);
+}

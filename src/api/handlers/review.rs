@@ -1,4 +1,4 @@
-//! Supervisor review: the audit trail and break-glass uses.
+//! Supervisor review: the audit trail, break-glass uses and the HIPAA self-check.
 
 use axum::Extension;
 use axum::extract::{Path, Query, State};
@@ -57,4 +57,16 @@ pub async fn break_glass_review(
         .call(move |db| db.break_glass_review(&a, &t, id, b.note.trim()))
         .await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// The daemon's latest HIPAA self-check (waits for the first one, run at start).
+pub async fn compliance(State(st): State<ApiState>) -> ApiResult<Json> {
+    let r = st
+        .compliance
+        .wait(std::time::Duration::from_secs(30))
+        .await
+        .ok_or_else(|| {
+            ApiError::busy("the HIPAA self-check has not finished yet; retry shortly")
+        })?;
+    ok(serde_json::to_value(&*r).map_err(|_| ApiError::internal())?)
 }

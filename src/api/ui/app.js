@@ -134,6 +134,7 @@ const routes = [
   [/^#\/handoff\/([0-9a-f-]+)$/, handoffScreen],
   [/^#\/audit$/, auditScreen],
   [/^#\/review$/, reviewScreen],
+  [/^#\/compliance$/, complianceScreen],
 ];
 
 async function render() {
@@ -916,9 +917,31 @@ async function auditScreen() {
     ${r.entries.map((e) => `<tr><td>${e.seq}</td><td>${fmtTime(e.ts_ms)}</td><td>${esc(e.actor)}</td><td>${esc(e.role)}</td><td>${esc(e.action)}</td><td>${esc(e.resource)}</td><td>${esc(e.outcome)}</td></tr>`).join('')}</table>`;
 }
 
+// One line per verdict: how many items pass, warn and fail (the supervisor's summary).
+function complianceSummary(c) {
+  const n = (s) => c.items.filter((i) => i.status === s).length;
+  return `<p class="compliance ${c.worst}" data-testid="compliance-summary">HIPAA self-check: ${n('pass')} pass · ${n('warn')} warn · ${n('fail')} fail
+    <a href="#/compliance" class="btn ghost" data-testid="compliance-open">Details</a></p>`;
+}
+
+async function complianceScreen() {
+  const c = await api('GET', '/api/v1/compliance');
+  view().innerHTML = `<h1>HIPAA self-check</h1>${complianceSummary(c)}
+    <p>Evaluated ${esc(c.evaluated_at)} (every 10 min; <code>hema3n-edge check --compliance</code> on the appliance).</p>
+    <table data-testid="compliance-table"><tr><th>Status</th><th>Safeguard</th><th>Evidence</th></tr>
+    ${c.items.map((i) => `<tr data-testid="compliance-item" data-item="${esc(i.id)}" data-status="${esc(i.status)}">
+      <td><span class="pill compliance ${esc(i.status)}">${esc(i.status.toUpperCase())}</span></td>
+      <td><strong>${esc(i.title)}</strong><br>§${esc(i.safeguard)}</td>
+      <td><ul>${i.evidence.map((e) => `<li>${esc(e)}</li>`).join('')}</ul></td></tr>`).join('')}</table>`;
+}
+
 async function reviewScreen() {
   const r = await api('GET', '/api/v1/break-glass?pending=true');
-  view().innerHTML = `<h1>Break-glass review</h1>${r.uses.map((u) => `<div class="card" data-testid="bg-item">
+  let summary = '';
+  if (can('ComplianceRead')) {
+    try { summary = complianceSummary(await api('GET', '/api/v1/compliance')); } catch (e) { if (e.status === 401) throw e; }
+  }
+  view().innerHTML = `<h1>Break-glass review</h1>${summary}${r.uses.map((u) => `<div class="card" data-testid="bg-item">
       <p><strong>${esc(u.user_id)}</strong> · territory ${esc(u.territory)} · ${new Date(u.started_at_ms).toLocaleString()} until ${fmtTime(u.until_ms)}</p>
       <p>Reason: ${esc(u.reason)}</p>
       <form class="row" data-review="${u.id}"><input placeholder="review note" required class="wide"><button type="submit">Mark reviewed</button></form></div>`).join('') || '<p data-testid="bg-empty">Nothing to review.</p>'}`;

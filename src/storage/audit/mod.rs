@@ -464,8 +464,13 @@ impl super::Db {
         Ok(())
     }
 
-    /// Verifies the whole audit log against the audit key and the appliance public key.
+    /// Verifies the whole audit log against the audit key and the appliance public key, in one
+    /// read transaction: entries the daemon appends meanwhile are outside its snapshot, so
+    /// checkpoints, entries and head are read as of one moment.
     pub fn verify_audit(&self) -> Result<VerifyReport> {
-        self::verify(&self.conn, &self.st.keys, &self.st.appliance_id)
+        let tx = self.conn.unchecked_transaction()?;
+        let rep = self::verify(&tx, &self.st.keys, &self.st.appliance_id)?;
+        tx.commit()?;
+        Ok(rep)
     }
 }
