@@ -121,10 +121,7 @@ impl Edge1 {
             .sender()
             .map(|s| format!("dbus:{s}"))
             .unwrap_or_else(|| "dbus".into());
-        let actor = Actor {
-            id: who,
-            role: "admin".into(),
-        };
+        let actor = Actor::new(who, "admin");
         let acked = self
             .ctx
             .store

@@ -798,6 +798,7 @@ async fn each_phi_route_adds_exactly_its_audit_entries() {
     let api = Api::new(IDLE).await;
     let fx = fixtures(&api).await;
     let t = api.login("medic").await;
+    let session = hex::encode(&hema3n_edge::crypto::password::token_hash(&t)[..8]);
     let c = &fx.case;
     let p = &fx.patient;
     let cases: Vec<(&str, String, Option<Value>, Vec<&str>)> = vec![
@@ -989,7 +990,46 @@ async fn each_phi_route_adds_exactly_its_audit_entries() {
             r.body
         );
         assert_eq!(api.audit_after(before).await, want, "{method} {path}");
+        // Each entry says where the request came from and why.
+        for (action, d) in api.audit_details_after(before).await {
+            assert_eq!(d["access"]["address"], "127.0.0.1", "{action}: {d}");
+            assert_eq!(d["access"]["session"], session, "{action}: {d}");
+            let disclosure = ["case.disclose", "case.transfer"].contains(&action.as_str());
+            let purpose = if disclosure {
+                "disclosure"
+            } else {
+                "treatment"
+            };
+            assert_eq!(d["purpose"], purpose, "{action}: {d}");
+            if action.starts_with("patient.") {
+                assert!(
+                    d["phi_fields"]
+                        .as_array()
+                        .is_some_and(|f| f.contains(&json!("last_name"))),
+                    "{action}: {d}"
+                );
+            }
+        }
     }
+    // From another address, with the tablet's User-Agent.
+    let before = api.audit_head().await;
+    let r = api
+        .request(
+            [10, 0, 0, 66],
+            "GET",
+            &format!("/api/v1/patients/{p}"),
+            (Some(&t), Some("default")),
+            None,
+            &[("user-agent", "HEMA3N-Tablet/1.0\t(Android 14)")],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let got = api.audit_details_after(before).await;
+    assert_eq!(got.len(), 1);
+    assert_eq!(
+        got[0].1["access"],
+        json!({ "address": "10.0.0.66", "session": session, "agent": "HEMA3N-Tablet/1.0(Android 14)" })
+    );
     // The route table marks exactly these routes as PHI.
     let phi: Vec<&str> = ROUTES.iter().filter(|r| r.phi).map(|r| r.path).collect();
     assert_eq!(phi.len(), 45, "{phi:?}");

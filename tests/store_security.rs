@@ -339,10 +339,7 @@ fn field_ciphertext_moved_to_another_row_or_column_fails_to_decrypt() {
 fn patient_round_trips_and_is_found_by_blind_indexes() {
     let a = Appliance::init();
     let mut db = a.open();
-    let actor = Actor {
-        id: "medic-1".into(),
-        role: "paramedic".into(),
-    };
+    let actor = Actor::new("medic-1", "paramedic");
     let p = Patient {
         first_name: Some("Ana".into()),
         last_name: Some("O'Brien-Núñez".into()),

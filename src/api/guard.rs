@@ -99,6 +99,34 @@ pub async fn sweep_once(st: &ApiState) -> Result<usize, StoreError> {
     Ok(n)
 }
 
+/// Where a request comes from, for its audit entries: address, session id (a prefix of the
+/// token's hash), the tablet's `User-Agent` (control characters dropped, 160 characters at
+/// most) and the break-glass grant it rests on.
+pub fn access_context(
+    source: std::net::IpAddr,
+    headers: &HeaderMap,
+    token_hash: &[u8; 32],
+    break_glass: Option<i64>,
+) -> std::sync::Arc<crate::model::AccessContext> {
+    let agent = headers
+        .get(axum::http::header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| {
+            v.chars()
+                .filter(|c| !c.is_control())
+                .take(160)
+                .collect::<String>()
+        })
+        .filter(|v| !v.is_empty());
+    std::sync::Arc::new(crate::model::AccessContext {
+        address: source.to_string(),
+        session: hex::encode(&token_hash[..8]),
+        agent,
+        break_glass,
+        purpose: None,
+    })
+}
+
 fn bearer(headers: &HeaderMap) -> Option<&str> {
     let v = headers
         .get(axum::http::header::AUTHORIZATION)?
@@ -132,7 +160,17 @@ pub async fn guard(State(st): State<ApiState>, mut req: Request, next: Next) -> 
             return method_not_allowed(&allowed);
         }
     }
-    match guard_inner(&st, req.method().clone(), &path, access, req.headers()).await {
+    let source = super::wire::Source::of(req.extensions()).0;
+    match guard_inner(
+        &st,
+        req.method().clone(),
+        &path,
+        access,
+        req.headers(),
+        source,
+    )
+    .await
+    {
         Ok(Some(caller)) => {
             req.extensions_mut().insert(caller);
             next.run(req).await
@@ -163,6 +201,7 @@ async fn guard_inner(
     path: &str,
     access: Option<Access>,
     headers: &HeaderMap,
+    source: std::net::IpAddr,
 ) -> ApiResult<Option<Caller>> {
     let access = match access {
         Some(Access::Public) => return Ok(None),
@@ -212,6 +251,12 @@ async fn guard_inner(
     let Some(territory) = header_territory else {
         return Err(ApiError::bad_request("missing Territory-Id header"));
     };
+    let via = access_context(
+        source,
+        headers,
+        &hash,
+        row.break_glass.as_ref().map(|g| g.id),
+    );
     let mut caller = Caller {
         actor: Actor {
             id: user.id.clone(),
@@ -220,6 +265,7 @@ async fn guard_inner(
             } else {
                 user.role.to_string()
             },
+            via: Some(via),
         },
         territory: territory.clone(),
         token_hash: hash,

@@ -46,6 +46,7 @@ macro_rules! named_enum {
 }
 pub(crate) use named_enum;
 
+pub mod access;
 mod appliance;
 mod attachment;
 mod case;
@@ -65,7 +66,7 @@ pub use case::{
 pub use patient::{
     Address, Insurance, InvalidPhi, Patient, Sex, StoredPatient, age_years, is_valid_date,
 };
-pub use people::{Actor, AuditEvent, Outcome, Role, validate_user};
+pub use people::{AccessContext, Actor, AuditEvent, Outcome, Role, validate_user};
 
 /// RFC 3339 UTC timestamp with milliseconds (`2026-11-23T08:15:00.123Z`) from Unix ms.
 pub fn iso8601_ms(ms: i64) -> String {

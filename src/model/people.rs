@@ -1,6 +1,8 @@
 //! Who acts and how it is audited: [`Actor`], [`Role`] (and the account-field check),
 //! [`Outcome`], [`AuditEvent`].
 
+use std::sync::Arc;
+
 use super::is_valid_ident;
 
 /// Who performed an action, as recorded in the audit log.
@@ -10,24 +12,51 @@ pub struct Actor {
     pub id: String,
     /// Role name (`paramedic`, `emt`, `staff`, `supervisor`, `admin`, `system`).
     pub role: String,
+    /// Where and why an API request acts (absent for the appliance itself and the CLI).
+    pub via: Option<Arc<AccessContext>>,
+}
+
+/// Where an API request came from and why it acts: every audit entry it causes says so
+/// (`model::access` turns it into the entry's `access` and `purpose` details).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct AccessContext {
+    /// The client's address.
+    pub address: String,
+    /// The session: the first 16 hex digits of the token's SHA-256 (never the token).
+    pub session: String,
+    /// The tablet's `User-Agent`, shortened to 160 characters.
+    pub agent: Option<String>,
+    /// The break-glass grant the request rests on.
+    pub break_glass: Option<i64>,
+    /// The purpose the handler declares (`disclosure` for exports); else derived.
+    pub purpose: Option<&'static str>,
 }
 
 impl Actor {
-    pub fn system() -> Self {
+    pub fn new(id: impl Into<String>, role: impl Into<String>) -> Self {
         Actor {
-            id: "system".into(),
-            role: "system".into(),
+            id: id.into(),
+            role: role.into(),
+            via: None,
         }
+    }
+    pub fn system() -> Self {
+        Actor::new("system", "system")
+    }
+    /// The same actor acting for `purpose` (an export is a disclosure).
+    pub fn for_purpose(&self, purpose: &'static str) -> Self {
+        let mut a = self.clone();
+        let mut ctx = a.via.as_deref().cloned().unwrap_or_default();
+        ctx.purpose = Some(purpose);
+        a.via = Some(Arc::new(ctx));
+        a
     }
     /// The local administrator running a CLI command.
     pub fn cli() -> Self {
         let user = std::env::var("SUDO_USER")
             .or_else(|_| std::env::var("USER"))
             .unwrap_or_else(|_| "unknown".into());
-        Actor {
-            id: format!("cli:{user}"),
-            role: "admin".into(),
-        }
+        Actor::new(format!("cli:{user}"), "admin")
     }
 }
 

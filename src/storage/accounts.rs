@@ -279,10 +279,7 @@ impl Db {
                 |r| r.get(0),
             )
             .optional()?;
-        let actor = Actor {
-            id: user_id.into(),
-            role: "unknown".into(),
-        };
+        let actor = Actor::new(user_id, "unknown");
         let mut ev = AuditEvent::new(
             &actor,
             "login.failure",
@@ -341,10 +338,7 @@ impl Db {
                 "DELETE FROM sessions WHERE token_hash = ?1",
                 [&s.token_hash[..]],
             )?;
-            let actor = Actor {
-                id: s.user_id.clone(),
-                role: "session".into(),
-            };
+            let actor = Actor::new(s.user_id.clone(), "session");
             let ev = AuditEvent::new(
                 &actor,
                 "logout",

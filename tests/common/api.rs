@@ -287,7 +287,7 @@ impl Api {
         last
     }
 
-    async fn request(
+    pub async fn request(
         &self,
         ip: [u8; 4],
         method: &str,
@@ -407,17 +407,28 @@ impl Api {
 
     /// Audit actions appended after `seq`, in order.
     pub async fn audit_after(&self, seq: i64) -> Vec<String> {
+        let entries = self.audit_details_after(seq).await;
+        entries.into_iter().map(|(action, _)| action).collect()
+    }
+
+    /// Audit entries appended after `seq`, in order: action and details.
+    pub async fn audit_details_after(&self, seq: i64) -> Vec<(String, Value)> {
         self.st
             .store
             .call(move |db| {
                 let c = db.raw_connection_for_tests();
                 let mut s = c
-                    .prepare("SELECT action FROM audit_log WHERE seq > ?1 ORDER BY seq")
+                    .prepare("SELECT action, details FROM audit_log WHERE seq > ?1 ORDER BY seq")
                     .unwrap();
-                Ok(s.query_map([seq], |r| r.get::<_, String>(0))
-                    .unwrap()
-                    .map(|r| r.unwrap())
-                    .collect())
+                Ok(s.query_map([seq], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+                })
+                .unwrap()
+                .map(|r| {
+                    let (a, d) = r.unwrap();
+                    (a, serde_json::from_str(&d).unwrap_or(Value::Null))
+                })
+                .collect())
             })
             .await
             .unwrap()

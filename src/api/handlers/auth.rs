@@ -23,6 +23,7 @@ use crate::storage::SessionRow;
 pub async fn login(
     State(st): State<ApiState>,
     Source(source): Source,
+    headers: axum::http::HeaderMap,
     Body(b): Body<LoginBody>,
 ) -> ApiResult<Response> {
     if !is_valid_ident(&b.user_id) || b.secret.len() > password::MAX_SECRET_LEN * 4 {
@@ -77,6 +78,9 @@ pub async fn login(
     let actor = Actor {
         id: u.info.id.clone(),
         role: u.info.role.to_string(),
+        via: Some(crate::api::guard::access_context(
+            source, &headers, &hash, None,
+        )),
     };
     let (r, t) = (row.clone(), u.info.territory.clone());
     st.store
@@ -174,6 +178,7 @@ pub async fn break_glass(
         Actor {
             id: c.user.id.clone(),
             role: c.user.role.to_string(),
+            via: c.actor.via.clone(),
         },
         c.token_hash,
         c.territory.clone(),

@@ -261,10 +261,16 @@ fn append_as(
 ) -> Result<i64> {
     let (last, prev, cp_seq, _) = head(conn)?;
     let seq = last + 1;
-    let details = if ev.details.is_null() {
-        String::new()
+    // Where and why (`model::access`): purpose always, the PHI fields and the request's origin
+    // when there are any. Chain v1 (entries written by old migrations) keeps its bare details.
+    let details = if version == 1 {
+        if ev.details.is_null() {
+            String::new()
+        } else {
+            ev.details.to_string()
+        }
     } else {
-        ev.details.to_string()
+        crate::model::access::recorded_details(ev).to_string()
     };
     let territory = ev.territory.as_deref().unwrap_or("");
     let f = EntryFields {
