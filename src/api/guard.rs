@@ -123,7 +123,6 @@ pub fn access_context(
         session: hex::encode(&token_hash[..8]),
         agent,
         break_glass,
-        purpose: None,
     })
 }
 

@@ -158,7 +158,8 @@ impl ComplianceCheck {
         let mut last: Option<Status> = None;
         loop {
             let cfg = self.cfg.clone();
-            let job = tokio::task::spawn_blocking(move || crate::compliance::evaluate_now(&cfg));
+            let job =
+                tokio::task::spawn_blocking(move || crate::compliance::evaluate_now(&cfg, false));
             tokio::select! {
                 r = job => match r {
                     Ok(Ok(report)) => {

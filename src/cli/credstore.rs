@@ -30,7 +30,10 @@ fn is_secret(name: &str) -> bool {
 }
 
 /// Files of `dir` (sorted) that `keep` selects.
-fn files(dir: &Path, keep: impl Fn(&str) -> bool) -> std::io::Result<Vec<(String, PathBuf)>> {
+pub(super) fn files(
+    dir: &Path,
+    keep: impl Fn(&str) -> bool,
+) -> std::io::Result<Vec<(String, PathBuf)>> {
     let mut v: Vec<(String, PathBuf)> = fs::read_dir(dir)?
         .flatten()
         .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))

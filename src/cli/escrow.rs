@@ -38,9 +38,7 @@ pub fn keys_escrow_keygen(out: &Path) -> CmdResult {
         )));
     }
     let (secret, public) = escrow::generate();
-    let mut text = zeroize::Zeroizing::new(hex::encode(secret.as_ref()).into_bytes());
-    text.push(b'\n');
-    write_secret(out, "escrow.key", &text)?;
+    crate::crypto::keyring::write_key32(out, "escrow.key", &secret)?;
     std::fs::write(
         out.join("escrow-public.key"),
         format!("{}\n", hex::encode(public)),

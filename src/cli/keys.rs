@@ -30,9 +30,7 @@ pub fn keys_rotate_audit(cfg: &Config) -> CmdResult {
     let store = &cfg.keys.credstore;
     let sealed = store.join(keyring::AUDIT_KEY).exists();
     if sources.find(&retired).is_err() && !store.join(&retired).exists() {
-        let mut text = zeroize::Zeroizing::new(hex::encode(old.as_ref()).into_bytes());
-        text.push(b'\n');
-        let path = keyring::write_secret(&cfg.keys.dir, &retired, &text)?;
+        let path = keyring::write_key32(&cfg.keys.dir, &retired, &old)?;
         if sealed {
             super::credstore::seal_file(&retired, "auto", &path, store)?;
         }
@@ -69,9 +67,7 @@ fn next_key32(
         Ok(b) => keyring::parse_key32(name, &zeroize::Zeroizing::new(b))?,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let k = crate::crypto::random_key()?;
-            let mut text = zeroize::Zeroizing::new(hex::encode(k.as_ref()).into_bytes());
-            text.push(b'\n');
-            keyring::write_secret(&cfg.keys.dir, name, &text)?;
+            keyring::write_key32(&cfg.keys.dir, name, &k)?;
             k
         }
         Err(e) => return Err(e.into()),

@@ -270,10 +270,7 @@ pub fn check(cfg: &Config, cfg_files: &[PathBuf]) -> CmdResult {
 /// `check --compliance [--json]`: the HIPAA self-check ([`crate::compliance`]); the exit code
 /// is the worst item's (0 pass, 1 warn, 2 fail).
 pub fn check_compliance(cfg: &Config, json: bool) -> CmdResult {
-    let db = open_db(cfg)?;
-    let now = crate::model::now_ms();
-    let facts = crate::compliance::gather(cfg, &db, now, true)?;
-    let report = crate::compliance::evaluate(cfg, &facts, now);
+    let report = crate::compliance::evaluate_now(cfg, true)?;
     let mut out = std::io::stdout().lock();
     if json {
         serde_json::to_writer_pretty(&mut out, &report).map_err(std::io::Error::other)?;

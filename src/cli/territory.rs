@@ -10,7 +10,7 @@ use std::path::Path;
 
 use crate::config::Config;
 use crate::crypto::keyring::{
-    DB_KEY, admin_credentials_dir, parse_territory_key_name, territory_key_name, write_secret,
+    admin_credentials_dir, keys_sealed, parse_territory_key_name, territory_key_name, write_secret,
 };
 use crate::model::{Actor, now_ms};
 use crate::storage::{DaemonLock, StoreError};
@@ -25,11 +25,6 @@ pub enum Rotation {
     Due,
 }
 
-/// Keys live as encrypted credentials (`keys seal` ran), not as files in `keys.dir`.
-fn sealed(cfg: &Config) -> bool {
-    cfg.keys.credstore.join(DB_KEY).exists() && !cfg.keys.dir.join(DB_KEY).exists()
-}
-
 /// `keys rotate`: a new version of each selected territory key (sealed and added to the
 /// credentials drop-in on a sealed vehicle), the alarm re-evaluated, then (unless `no_rewrap`)
 /// every data key re-wrapped under it once the daemon can read it.
@@ -39,7 +34,7 @@ pub fn keys_rotate(
     no_rewrap: bool,
     restart_unit: Option<&str>,
 ) -> CmdResult {
-    let sealed = sealed(cfg);
+    let sealed = keys_sealed(&cfg.keys.dir, &cfg.keys.credstore);
     if sealed {
         // A run interrupted between creating a version and sealing it is finished first.
         finish_sealing(cfg)?;
@@ -48,12 +43,11 @@ pub fn keys_rotate(
     let territories = match which {
         Rotation::Territory(t) => vec![t],
         Rotation::Due => {
-            let ages = crate::lifecycle::key_ages(cfg, &db.current_key_versions()?, now_ms());
-            let due: Vec<String> = ages
-                .iter()
-                .filter(|k| k.due)
-                .map(|k| format!("`{}` v{} ({} days old)", k.territory, k.version, k.age_days))
-                .collect();
+            let due: Vec<_> =
+                crate::lifecycle::key_ages(cfg, &db.current_key_versions()?, now_ms())
+                    .into_iter()
+                    .filter(|k| k.due)
+                    .collect();
             if due.is_empty() {
                 println!(
                     "no territory key is due (keys.rotate_after_days = {})",
@@ -61,18 +55,19 @@ pub fn keys_rotate(
                 );
                 return Ok(0);
             }
+            let listed: Vec<String> = due
+                .iter()
+                .map(|k| format!("`{}` v{} ({} days old)", k.territory, k.version, k.age_days))
+                .collect();
             if !cfg.keys.auto_rotate {
                 println!(
                     "due for rotation: {}; automatic rotation is off (keys.auto_rotate = false): rotate with `keys rotate --territory T`",
-                    due.join(", ")
+                    listed.join(", ")
                 );
                 return Ok(0);
             }
-            println!("due for rotation: {}", due.join(", "));
-            ages.into_iter()
-                .filter(|k| k.due)
-                .map(|k| k.territory)
-                .collect()
+            println!("due for rotation: {}", listed.join(", "));
+            due.into_iter().map(|k| k.territory).collect()
         }
     };
     let actor = Actor::cli();
@@ -83,7 +78,7 @@ pub fn keys_rotate(
         if sealed {
             // This command keeps reading it after the plaintext is destroyed.
             if let Some(dir) = admin_credentials_dir() {
-                write_secret(dir, &name, &std::fs::read(&path)?)?;
+                write_secret(dir, &name, &zeroize::Zeroizing::new(std::fs::read(&path)?))?;
             }
         } else {
             give_to_directory_owner(&path)?;
@@ -116,10 +111,8 @@ pub fn keys_rotate(
 /// Seals territory key files left in `keys.dir` (all key files, as `keys seal` does) and makes
 /// the credentials drop-in name every sealed territory key.
 fn finish_sealing(cfg: &Config) -> CmdResult {
-    let plain = std::fs::read_dir(&cfg.keys.dir)?
-        .flatten()
-        .any(|e| parse_territory_key_name(&e.file_name().to_string_lossy()).is_some());
-    if plain {
+    let territory_key = |n: &str| parse_territory_key_name(n).is_some();
+    if !super::credstore::files(&cfg.keys.dir, territory_key)?.is_empty() {
         super::credstore::keys_seal(cfg, "auto")?;
     }
     for name in sync_dropin(&cfg.keys.credentials_dropin, &cfg.keys.credstore)? {
@@ -172,16 +165,11 @@ fn daemon_can_read_new_keys(cfg: &Config, restart_unit: Option<&str>) -> Result<
 /// `dropin` does not name yet (writing it, with its `[Service]` header, if missing); returns the
 /// names added. The file is replaced atomically.
 pub(super) fn sync_dropin(dropin: &Path, store: &Path) -> Result<Vec<String>, Failure> {
-    let mut names: Vec<String> = match std::fs::read_dir(store) {
-        Ok(rd) => rd
-            .flatten()
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|n| parse_territory_key_name(n).is_some())
-            .collect(),
+    let names = match super::credstore::files(store, |n| parse_territory_key_name(n).is_some()) {
+        Ok(v) => v.into_iter().map(|(n, _)| n),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(e.into()),
     };
-    names.sort();
     let text = match std::fs::read_to_string(dropin) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),

@@ -13,7 +13,7 @@ use serde::Serialize;
 use tokio::sync::watch;
 
 use crate::config::Config;
-use crate::crypto::keyring::{DB_KEY, KeySources, Keyring};
+use crate::crypto::keyring::{KeySources, Keyring};
 use crate::lifecycle::{CertExpiry, KeyAge};
 use crate::model::iso8601_ms;
 use crate::storage::{ComplianceFacts, Db, KeyVersionInfo, LastBackup, StoreError};
@@ -103,7 +103,7 @@ pub struct Facts {
 /// Reads the facts from the configuration, the open database and the key and certificate
 /// files. Runs the full audit verification and `integrity_check` (`quick_check` unless `full`):
 /// seconds on a large database, on a read connection of its own in the daemon.
-pub fn gather(cfg: &Config, db: &Db, now: i64, full: bool) -> Result<Facts, StoreError> {
+fn gather(cfg: &Config, db: &Db, now: i64, full: bool) -> Result<Facts, StoreError> {
     let audit = match db.verify_audit() {
         Ok(r) if r.ok() => Ok((r.entries, r.checkpoints)),
         Ok(r) => Err(r.findings[0].to_string()),
@@ -116,7 +116,7 @@ pub fn gather(cfg: &Config, db: &Db, now: i64, full: bool) -> Result<Facts, Stor
         .is_ok()
         && &header == b"SQLite format 3\0";
     let keys_sealed = std::env::var_os("CREDENTIALS_DIRECTORY").is_some()
-        || (cfg.keys.credstore.join(DB_KEY).exists() && !cfg.keys.dir.join(DB_KEY).exists());
+        || crate::crypto::keyring::keys_sealed(&cfg.keys.dir, &cfg.keys.credstore);
     // A damaged database is a finding, not a reason to print nothing: what cannot be read
     // fails the items that need it.
     let read = || -> Result<_, StoreError> {
@@ -155,12 +155,12 @@ pub fn gather(cfg: &Config, db: &Db, now: i64, full: bool) -> Result<Facts, Stor
 }
 
 /// Opens the database on a connection of its own (a WAL reader beside the daemon's writer),
-/// gathers and evaluates.
-pub fn evaluate_now(cfg: &Config) -> Result<Report, StoreError> {
+/// gathers and evaluates; `full` runs `integrity_check` instead of `quick_check` (the CLI).
+pub fn evaluate_now(cfg: &Config, full: bool) -> Result<Report, StoreError> {
     let keys = Keyring::load(KeySources::from_env(&cfg.keys.dir))?;
     let db = Db::open(cfg, keys)?;
     let now = crate::model::now_ms();
-    let facts = gather(cfg, &db, now, false)?;
+    let facts = gather(cfg, &db, now, full)?;
     Ok(evaluate(cfg, &facts, now))
 }
 
@@ -191,7 +191,7 @@ impl Latest {
 
 /// Every item from the facts.
 pub fn evaluate(cfg: &Config, f: &Facts, now: i64) -> Report {
-    let items = vec![
+    let mut items = vec![
         rules::unique_ids(f),
         rules::emergency_access(cfg, f, now),
         rules::automatic_logoff(cfg),
@@ -203,7 +203,6 @@ pub fn evaluate(cfg: &Config, f: &Facts, now: i64) -> Report {
         rules::backups(cfg, f, now),
         rules::key_ages(cfg, f),
     ];
-    let mut items = items;
     if let Some(e) = &f.db_error {
         for i in items.iter_mut().filter(|i| NEEDS_DB.contains(&i.id)) {
             i.status = Status::Fail;

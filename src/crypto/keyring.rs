@@ -297,10 +297,21 @@ pub fn ensure_key32(dir: &Path, name: &str) -> Result<bool, KeyError> {
         path: dir.join(name),
         source: e,
     })?;
-    let mut text = Zeroizing::new(hex::encode(k.as_ref()).into_bytes());
-    text.push(b'\n');
-    write_secret(dir, name, &text)?;
+    write_key32(dir, name, &k)?;
     Ok(true)
+}
+
+/// Writes a 32-byte key as a new 0600 file of hex text (the form every key file has).
+pub fn write_key32(dir: &Path, name: &str, key: &[u8; 32]) -> Result<PathBuf, KeyError> {
+    let mut text = Zeroizing::new(hex::encode(key).into_bytes());
+    text.push(b'\n');
+    write_secret(dir, name, &text)
+}
+
+/// Keys live as encrypted credentials in `credstore` (`keys seal` ran), not as files in
+/// `key_dir`.
+pub fn keys_sealed(key_dir: &Path, credstore: &Path) -> bool {
+    credstore.join(DB_KEY).exists() && !key_dir.join(DB_KEY).exists()
 }
 
 /// Creates the appliance signing key unless one exists; returns whether it was created.

@@ -64,9 +64,6 @@ pub fn phi_fields(action: &str) -> &'static [&'static str] {
 /// The purpose of use of `ev`.
 pub fn purpose(ev: &AuditEvent) -> &'static str {
     let via = ev.actor.via.as_deref();
-    if let Some(p) = via.and_then(|v| v.purpose) {
-        return p;
-    }
     if via.is_some_and(|v| v.break_glass.is_some()) {
         return BREAK_GLASS;
     }
@@ -138,10 +135,7 @@ mod tests {
                 .unwrap()
                 .contains(&json!("last_name"))
         );
-        assert_eq!(
-            purpose(&ev(&medic.for_purpose(DISCLOSURE), "record.read")),
-            "disclosure"
-        );
+        assert_eq!(purpose(&ev(&medic, "case.disclose")), "disclosure");
         let login = AuditEvent::new(&medic, "login.success", "user/medic1", Outcome::Success);
         assert_eq!(purpose(&login), "operations");
         assert_eq!(purpose(&ev(&medic, "device.bind")), "treatment");

@@ -28,8 +28,6 @@ pub struct AccessContext {
     pub agent: Option<String>,
     /// The break-glass grant the request rests on.
     pub break_glass: Option<i64>,
-    /// The purpose the handler declares (`disclosure` for exports); else derived.
-    pub purpose: Option<&'static str>,
 }
 
 impl Actor {
@@ -42,14 +40,6 @@ impl Actor {
     }
     pub fn system() -> Self {
         Actor::new("system", "system")
-    }
-    /// The same actor acting for `purpose` (an export is a disclosure).
-    pub fn for_purpose(&self, purpose: &'static str) -> Self {
-        let mut a = self.clone();
-        let mut ctx = a.via.as_deref().cloned().unwrap_or_default();
-        ctx.purpose = Some(purpose);
-        a.via = Some(Arc::new(ctx));
-        a
     }
     /// The local administrator running a CLI command.
     pub fn cli() -> Self {

@@ -7,7 +7,7 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use super::{DATA_KEY_CACHE, Db, Result, State, StoreError};
 use crate::crypto::field::{DataKey, MAX_INVOCATIONS};
-use crate::crypto::keyring::{territory_key_name, write_secret};
+use crate::crypto::keyring::territory_key_name;
 use crate::crypto::random_key;
 use crate::model::{Actor, AuditEvent, Outcome, now_ms};
 
@@ -366,9 +366,7 @@ impl Db {
         )?;
         let next = loaded_max.max(recorded_max) + 1;
         let k = random_key()?;
-        let mut text = zeroize::Zeroizing::new(hex::encode(k.as_ref()).into_bytes());
-        text.push(b'\n');
-        write_secret(key_dir, &territory_key_name(territory, next), &text)?;
+        crate::crypto::keyring::write_key32(key_dir, &territory_key_name(territory, next), &k)?;
         self.st.keys.reload_territories()?;
         if self.st.keys.kek(territory, next).is_none() {
             return Err(StoreError::KeyOutsideSources {

@@ -103,7 +103,7 @@ impl Api {
         .unwrap();
         // What the daemon's compliance task does at start (a connection of its own).
         st.compliance
-            .set(hema3n_edge::compliance::evaluate_now(&cfg).unwrap());
+            .set(hema3n_edge::compliance::evaluate_now(&cfg, false).unwrap());
         if let Some(hold) = retriage {
             use hema3n_edge::triage::service::{Retriage, spawn_model_thread};
             let (tx, cases) = tokio::sync::mpsc::unbounded_channel();
