@@ -192,6 +192,7 @@ const EXPECTED: &[(&str, &str, &str)] = &[
     ("GET", "/api/v1/devices", "PEA"),
     ("GET", "/api/v1/sync", "PEVA"),
     ("GET", "/api/v1/audit", "V"),
+    ("GET", "/api/v1/patients/{id}/disclosures", "V"),
     ("GET", "/api/v1/break-glass", "V"),
     ("POST", "/api/v1/break-glass/{id}/review", "V"),
     ("GET", "/api/v1/compliance", "VA"),
@@ -1217,6 +1218,282 @@ async fn bad_input_gets_specific_errors() {
     assert_eq!(m.status, StatusCode::OK);
 }
 
+/// The audit trail a privacy officer uses: queries scoped to the supervisor's territory (none
+/// of another territory's entries or break-glass reasons), the case list recording each
+/// patient it showed, and a patient's accounting of disclosures listing exactly the reads and
+/// disclosures of that patient's data, checked against the calls made here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_queries_are_scoped_and_the_accounting_is_exact() {
+    let api = Api::new(IDLE).await;
+    let fx = fixtures(&api).await;
+    let t = api.login("medic").await;
+    staff_break_glass(&api).await;
+    // A patient of our own, so every access to it happens below.
+    let p = api
+        .post(
+            &t,
+            "/api/v1/patients",
+            Some(json!({"first_name": "Cy", "last_name": "Doe"})),
+        )
+        .await;
+    let cy = p.body["id"].as_str().unwrap().to_string();
+    let c = api
+        .post(
+            &t,
+            "/api/v1/cases",
+            Some(json!({"patient_id": cy, "chief_complaint": "fall"})),
+        )
+        .await;
+    let cyc = c.body["id"].as_str().unwrap().to_string();
+    let s = api.login("staff1").await;
+    let tn = api.login("north1").await;
+    // (who, method, path, body, accounted action or None for an access that is not a read)
+    type Call<'a> = (&'a str, &'a str, String, Option<Value>, Option<&'a str>);
+    let calls: Vec<Call<'_>> = vec![
+        (
+            "medic",
+            "GET",
+            format!("/api/v1/patients/{cy}"),
+            None,
+            Some("patient.read"),
+        ),
+        (
+            "medic",
+            "PUT",
+            format!("/api/v1/patients/{cy}"),
+            Some(json!({"first_name": "Cy", "last_name": "Doe", "date_of_birth": "1961-04-05"})),
+            None,
+        ),
+        (
+            "medic",
+            "GET",
+            "/api/v1/cases".into(),
+            None,
+            Some("case.list"),
+        ),
+        (
+            "medic",
+            "GET",
+            format!("/api/v1/cases/{cyc}"),
+            None,
+            Some("case.read"),
+        ),
+        (
+            "staff1",
+            "GET",
+            "/api/v1/patients?last_name=doe".into(),
+            None,
+            Some("patient.read"),
+        ),
+        (
+            "medic",
+            "GET",
+            format!("/api/v1/patients/{}", fx.patient),
+            None,
+            None,
+        ),
+        (
+            "medic",
+            "POST",
+            format!("/api/v1/cases/{cyc}/vitals"),
+            Some(json!({"readings": [{"name": "heart_rate", "value": 90}]})),
+            None,
+        ),
+        (
+            "medic",
+            "GET",
+            format!("/api/v1/cases/{cyc}/vitals"),
+            None,
+            Some("observation.read"),
+        ),
+        (
+            "medic",
+            "GET",
+            format!("/api/v1/cases/{cyc}/handoff/pdf?format=sbar"),
+            None,
+            Some("case.disclose"),
+        ),
+    ];
+    let mut expected = Vec::new();
+    for (who, method, path, body, accounted) in calls {
+        let token = if who == "staff1" { &s } else { &t };
+        let r = api
+            .call(method, &path, Some(token), Some("default"), body)
+            .await;
+        assert!(
+            r.status.is_success(),
+            "{method} {path}: {} {}",
+            r.status,
+            r.body
+        );
+        if let Some(a) = accounted {
+            expected.push((a.to_string(), who.to_string()));
+        }
+    }
+    // A denied read of Cy from another territory is no disclosure.
+    let r = api
+        .call(
+            "GET",
+            &format!("/api/v1/patients/{cy}"),
+            Some(&tn),
+            Some("north"),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+
+    // The case list named both patients it showed.
+    let v = api.login("super1").await;
+    let q = api
+        .get(
+            &v,
+            &format!("/api/v1/audit?patient={}&limit=500", fx.patient),
+        )
+        .await;
+    assert_eq!(q.status, StatusCode::OK, "{}", q.body);
+    let lists: Vec<&Value> = q.body["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == "case.list")
+        .collect();
+    let shown = lists[0]["details"]["patients_shown"].as_array().unwrap();
+    assert!(
+        shown.contains(&json!(cy)) && shown.contains(&json!(fx.patient)),
+        "{shown:?}"
+    );
+
+    // The accounting: exactly the reads and disclosures above, oldest first.
+    let r = api
+        .get(&v, &format!("/api/v1/patients/{cy}/disclosures"))
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let events = r.body["entry"].as_array().unwrap();
+    let got: Vec<(String, String)> = events
+        .iter()
+        .map(|e| {
+            let res = &e["resource"];
+            (
+                res["subtype"][0]["code"].as_str().unwrap().to_string(),
+                res["agent"][0]["who"]["identifier"]["value"]
+                    .as_str()
+                    .unwrap()
+                    .to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(got, expected);
+    assert_eq!(
+        events.last().unwrap()["resource"]["type"]["code"],
+        "110106",
+        "the handoff document is a disclosure (DICOM Export)"
+    );
+    assert!(
+        events
+            .iter()
+            .all(|e| e["resource"]["agent"][0]["network"]["address"] == "127.0.0.1")
+    );
+    // CSV: the same accesses, and the exports were audited.
+    let r = api
+        .get(&v, &format!("/api/v1/patients/{cy}/disclosures?format=csv"))
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.headers["content-type"], "text/csv; charset=utf-8");
+    let csv = r.text.clone();
+    let lines: Vec<&str> = csv.trim_end().split("\r\n").collect();
+    assert_eq!(lines.len(), expected.len() + 1, "{csv}");
+    for (line, (action, who)) in lines[1..].iter().zip(&expected) {
+        let cells: Vec<&str> = line.split(',').collect();
+        assert_eq!(
+            (cells[5], cells[2]),
+            (action.as_str(), who.as_str()),
+            "{line}"
+        );
+    }
+    let exports = api
+        .query_i64("SELECT count(*) FROM audit_log WHERE action = 'audit.disclosures' AND actor = 'super1'")
+        .await;
+    assert_eq!(exports, 2);
+    // By user and time: staff1's entries only; nothing before the fixtures' first entry.
+    let q = api.get(&v, "/api/v1/audit?user=staff1&limit=500").await;
+    let e = q.body["entries"].as_array().unwrap();
+    assert!(!e.is_empty() && e.iter().all(|e| e["actor"] == "staff1"));
+    let q = api.get(&v, "/api/v1/audit?until=2000-01-01").await;
+    assert!(
+        q.body["entries"].as_array().unwrap().is_empty(),
+        "{}",
+        q.body
+    );
+    let q = api.get(&v, "/api/v1/audit?since=yesterday").await;
+    assert_eq!(
+        (q.status, q.code()),
+        (StatusCode::UNPROCESSABLE_ENTITY, "VALIDATION_ERROR")
+    );
+
+    // Territory scoping: north's supervisor sees only north entries, none about Cy, no
+    // break-glass reason of default's, and may not export Cy's accounting.
+    let vn = api.login("super_n").await;
+    let all = api
+        .call(
+            "GET",
+            "/api/v1/audit?limit=500",
+            Some(&vn),
+            Some("north"),
+            None,
+        )
+        .await;
+    let e = all.body["entries"].as_array().unwrap();
+    assert!(
+        !e.is_empty() && e.iter().all(|e| e["territory"] == "north"),
+        "{}",
+        all.body
+    );
+    let q = api
+        .call(
+            "GET",
+            &format!("/api/v1/audit?patient={cy}"),
+            Some(&vn),
+            Some("north"),
+            None,
+        )
+        .await;
+    assert_eq!(q.body["entries"], json!([]));
+    // North's attempt on Cy is in default's trail, where Cy's privacy officer looks.
+    let q = api
+        .get(&v, &format!("/api/v1/audit?patient={cy}&user=north1"))
+        .await;
+    let e = q.body["entries"].as_array().unwrap();
+    assert_eq!(
+        (e.len(), e[0]["action"].as_str(), e[0]["outcome"].as_str()),
+        (1, Some("access.denied"), Some("denied")),
+        "{}",
+        q.body
+    );
+    let bg = api
+        .call("GET", "/api/v1/break-glass", Some(&vn), Some("north"), None)
+        .await;
+    assert!(!bg.body.to_string().contains("lobby"), "{}", bg.body);
+    let bg = api.get(&v, "/api/v1/break-glass").await;
+    assert!(bg.body.to_string().contains("lobby"), "{}", bg.body);
+    let r = api
+        .call(
+            "GET",
+            &format!("/api/v1/patients/{cy}/disclosures"),
+            Some(&vn),
+            Some("north"),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.code()),
+        (StatusCode::FORBIDDEN, "TERRITORY_MISMATCH")
+    );
+    // Default's supervisor sees none of north's entries.
+    let q = api.get(&v, "/api/v1/audit?limit=500").await;
+    let e = q.body["entries"].as_array().unwrap();
+    assert!(e.iter().all(|e| e["territory"] == "default"), "{}", q.body);
+}
+
 /// The OpenAPI document describes what the API really answers: every route, called by a role
 /// allowed to, replies with the documented status and a body that matches the documented
 /// schema (no missing, mistyped or undocumented property).
@@ -1271,9 +1548,12 @@ async fn every_reply_matches_its_documented_schema() {
             Reply::Json(s) => (StatusCode::OK, Some(s)),
             Reply::Created(s) => (StatusCode::CREATED, Some(s)),
             Reply::NoContent => (StatusCode::NO_CONTENT, None),
-            Reply::Text | Reply::EventStream | Reply::Xml | Reply::Pdf | Reply::File => {
-                (StatusCode::OK, None)
-            }
+            Reply::Text
+            | Reply::EventStream
+            | Reply::Xml
+            | Reply::Pdf
+            | Reply::File
+            | Reply::Accounting => (StatusCode::OK, None),
         };
         assert_eq!(r.status, status, "{method} {p} as {user}: {}", r.body);
         let op = &doc["paths"][path][method.to_lowercase()]["responses"];

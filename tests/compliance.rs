@@ -287,3 +287,117 @@ fn a_damaged_database_page_fails_integrity() {
     assert_eq!(code, 2, "{v:#}");
     assert_eq!(items["integrity"], "fail", "{v:#}");
 }
+
+/// The privacy officer's tools through the real binary: `audit query` by patient, case, user
+/// and time (entries outlive the crypto-erase of the case they describe), `audit disclosures`
+/// as a FHIR Bundle the independent validator accepts and as CSV, both listing exactly the reads
+/// made here, the export audited; a deleted query-index row is caught by `audit verify`.
+#[test]
+fn audit_query_and_the_accounting_of_disclosures_through_the_cli() {
+    use hema3n_edge::model::Actor;
+    let a = Appliance::init();
+    let ids = a.soak(2, "Quill");
+    let ((p0, c0), (p1, _)) = (&ids[0], &ids[1]);
+    {
+        let mut db = a.open();
+        let medic = Actor::new("medic9", "paramedic");
+        db.get_patient(&medic, p0).unwrap();
+        db.get_case(&medic, c0).unwrap();
+        db.get_patient(&medic, p1).unwrap();
+        db.erase_case(&Actor::new("super9", "supervisor"), c0)
+            .unwrap();
+    }
+    let lines = |out: &str| -> Vec<Value> {
+        out.lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let q = lines(&a.ok(&["audit", "query", "--patient", p0, "--json"]));
+    let actions: Vec<&str> = q.iter().map(|e| e["action"].as_str().unwrap()).collect();
+    for want in [
+        "patient.create",
+        "case.create",
+        "patient.read",
+        "case.read",
+        "case.erase",
+    ] {
+        assert!(actions.contains(&want), "{want} missing: {actions:?}");
+    }
+    assert!(
+        q.iter()
+            .all(|e| e["resource"] != format!("patient/{p1}").as_str()),
+        "another patient's entries: {q:?}"
+    );
+    assert!(
+        q.windows(2)
+            .all(|w| w[0]["seq"].as_i64() > w[1]["seq"].as_i64())
+    );
+    let by_case = lines(&a.ok(&["audit", "query", "--case", c0, "--json"]));
+    assert!(by_case.iter().any(|e| e["action"] == "case.erase"));
+    let mine = lines(&a.ok(&["audit", "query", "--user", "medic9", "--json"]));
+    assert_eq!(mine.len(), 3, "{mine:?}");
+    let none = a.ok(&["audit", "query", "--until", "2001-01-01", "--json"]);
+    assert!(none.is_empty(), "{none}");
+    let bad = a.run(&["audit", "query", "--since", "last week"]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--since"));
+
+    // The accounting: FHIR, checked by the independent validator, and CSV.
+    let f = a.dir.join("accounting.json");
+    a.ok(&[
+        "audit",
+        "disclosures",
+        "--patient",
+        p0,
+        "--format",
+        "fhir",
+        "--out",
+        f.to_str().unwrap(),
+    ]);
+    let report = common::cloud::fhir_validate(std::slice::from_ref(&f));
+    assert!(report.contains("AuditEvent=2"), "{report}");
+    let b: Value = serde_json::from_slice(&std::fs::read(&f).unwrap()).unwrap();
+    let got: Vec<(&str, &str)> = b["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            let r = &e["resource"];
+            (
+                r["subtype"][0]["code"].as_str().unwrap(),
+                r["agent"][0]["who"]["identifier"]["value"]
+                    .as_str()
+                    .unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(got, [("patient.read", "medic9"), ("case.read", "medic9")]);
+    let csv = a.ok(&["audit", "disclosures", "--patient", p0]);
+    let rows: Vec<&str> = csv.trim_end().split("\r\n").collect();
+    assert_eq!(rows.len(), 3, "{csv}");
+    assert!(
+        rows[1].contains(",medic9,paramedic,read,patient.read,treatment,"),
+        "{csv}"
+    );
+    let exports = lines(&a.ok(&["audit", "query", "--patient", p0, "--json"]))
+        .into_iter()
+        .filter(|e| e["action"] == "audit.disclosures")
+        .count();
+    assert_eq!(exports, 2);
+
+    // A row deleted from the query index hides an access from the accounting: verify says so.
+    a.ok(&["audit", "verify"]);
+    let seq: i64 = q.iter().find(|e| e["action"] == "patient.read").unwrap()["seq"]
+        .as_i64()
+        .unwrap();
+    sql(&a, &format!("DELETE FROM audit_subjects WHERE seq = {seq}"));
+    let o = a.run(&["audit", "verify"]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert!(
+        out.contains(&format!(
+            "first bad entry is {seq}: missing from the query index"
+        )),
+        "{out}"
+    );
+}

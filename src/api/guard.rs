@@ -337,16 +337,13 @@ pub async fn in_territory(
     match t {
         None => Err(ApiError::not_found(kind, id)),
         Some(t) if t == caller.territory => Ok(()),
-        Some(_) => {
-            let (actor, territory, res) = (
-                caller.actor.clone(),
-                caller.territory.clone(),
-                format!("{kind}/{id}"),
-            );
+        Some(owner) => {
+            // Recorded in the territory that owns the record, so its privacy officer sees who
+            // tried to reach it (the reason names the caller's own territory).
+            let (actor, res) = (caller.actor.clone(), format!("{kind}/{id}"));
+            let why = format!("territory (caller's: {})", caller.territory);
             st.store
-                .call(move |db| {
-                    db.audit_denied(&actor, "access.denied", &res, &territory, "territory")
-                })
+                .call(move |db| db.audit_denied(&actor, "access.denied", &res, &owner, &why))
                 .await?;
             st.metrics.denials.fetch_add(1, Ordering::Relaxed);
             Err(ApiError::territory())

@@ -560,6 +560,12 @@ pub fn document() -> Value {
                 "200",
                 json!({ "description": "PDF document", "content": { "application/pdf": { "schema": { "type": "string", "format": "binary" } } } }),
             ),
+            Reply::Accounting => (
+                "200",
+                json!({ "description": "FHIR R4 Bundle (type collection) of AuditEvent resources, or CSV with a header line (?format=csv)",
+                    "content": { "application/fhir+json": { "schema": { "type": "object" } },
+                                 "text/csv": { "schema": { "type": "string" } } } }),
+            ),
             Reply::File => {
                 let bin = json!({ "schema": { "type": "string", "format": "binary" } });
                 (

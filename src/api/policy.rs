@@ -135,6 +135,8 @@ pub enum Reply {
     Pdf,
     /// `200` an attached file or thumbnail (JPEG, PNG, PDF or DICOM, by its bytes).
     File,
+    /// `200` an accounting of disclosures: a FHIR R4 Bundle (`application/fhir+json`) or CSV.
+    Accounting,
 }
 
 pub const BREAK_GLASS_PATH: &str = "/api/v1/auth/break-glass";
@@ -670,9 +672,18 @@ pub const ROUTES: &[RouteSpec] = &[
         "/api/v1/audit",
         Access::Perm(AuditReview),
         false,
-        "Audit trail, newest first (?before=seq&limit=n)",
+        "Audit trail of the caller's territory, newest first (?patient=&case=&user=&since=&until=&before=seq&limit=n; times as a UTC date, timestamp or Unix ms)",
         None,
         Json("AuditList"),
+    ),
+    r(
+        "GET",
+        "/api/v1/patients/{id}/disclosures",
+        Access::Perm(AuditReview),
+        false,
+        "A patient's accounting of disclosures: every read and disclosure of the patient's data in the caller's territory, as a FHIR R4 Bundle of AuditEvents or CSV (?format=csv); audited",
+        None,
+        Reply::Accounting,
     ),
     r(
         "GET",

@@ -152,6 +152,10 @@ pub fn api_routes() -> Router<ApiState> {
         .route("/api/v1/devices", get(appliance::devices))
         .route("/api/v1/sync", get(appliance::sync_status))
         .route("/api/v1/audit", get(review::audit))
+        .route(
+            "/api/v1/patients/{id}/disclosures",
+            get(review::disclosures),
+        )
         .route("/api/v1/break-glass", get(review::break_glass_list))
         .route(
             "/api/v1/break-glass/{id}/review",

@@ -155,6 +155,19 @@ pub struct StreamQuery {
 pub struct AuditQuery {
     pub before: Option<i64>,
     pub limit: Option<usize>,
+    pub patient: Option<String>,
+    pub case: Option<String>,
+    pub user: Option<String>,
+    /// A UTC date, timestamp or Unix ms (`model::parse_time_ms`).
+    pub since: Option<String>,
+    pub until: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FormatQuery {
+    /// `fhir` (default) or `csv`.
+    pub format: Option<String>,
 }
 
 #[derive(Deserialize)]

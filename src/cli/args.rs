@@ -363,6 +363,45 @@ pub enum AuditCmd {
     },
     /// Sign a checkpoint over the current head now.
     Checkpoint,
+    /// Entries about a patient or case, by a user, in a time window (newest first; audited).
+    /// Times: a UTC date (2026-12-07), timestamp (2026-12-07T08:15:00Z) or Unix ms.
+    Query {
+        #[arg(long)]
+        patient: Option<String>,
+        #[arg(long)]
+        case: Option<String>,
+        /// A user id.
+        #[arg(long)]
+        user: Option<String>,
+        #[arg(long)]
+        since: Option<String>,
+        /// Exclusive.
+        #[arg(long)]
+        until: Option<String>,
+        /// Only entries of this territory.
+        #[arg(long)]
+        territory: Option<String>,
+        #[arg(long, default_value_t = 1000)]
+        limit: usize,
+        /// One JSON object per entry, one per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// A patient's accounting of disclosures: every read and disclosure of the patient's data
+    /// (oldest first; the export is audited).
+    Disclosures {
+        #[arg(long)]
+        patient: String,
+        /// `csv` or `fhir` (a FHIR R4 Bundle of AuditEvents).
+        #[arg(long, default_value = "csv")]
+        format: String,
+        /// Only entries of this territory.
+        #[arg(long)]
+        territory: Option<String>,
+        /// Write here instead of standard output.
+        #[arg(long, value_name = "FILE")]
+        out: Option<std::path::PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]

@@ -1,8 +1,21 @@
-//! `audit verify` and `audit checkpoint`.
+//! `audit verify`, `audit checkpoint`, `audit query` and `audit disclosures`.
 
+use std::io::Write;
+use std::path::Path;
+
+use crate::compliance::accounting::{self, Format};
 use crate::config::Config;
+use crate::model::{Actor, iso8601_ms, now_ms, parse_time_ms};
+use crate::storage::AuditFilter;
 
-use super::{CmdResult, open_db};
+use super::{CmdResult, Failure, open_db};
+
+fn usage(msg: String) -> Failure {
+    Failure {
+        code: 2,
+        error: anyhow::anyhow!(msg),
+    }
+}
 
 /// `audit verify`: 0 when the log verifies, 1 naming the first bad entry otherwise.
 pub fn audit_verify(cfg: &Config, json: bool) -> CmdResult {
@@ -44,6 +57,121 @@ pub fn audit_checkpoint(cfg: &Config) -> CmdResult {
     match db.checkpoint_audit_if_due(crate::model::now_ms(), true)? {
         Some(seq) => println!("signed checkpoint at entry {seq}"),
         None => println!("no new entries since the last checkpoint"),
+    }
+    Ok(0)
+}
+
+/// The filters of `audit query` as typed.
+pub struct QueryArgs<'a> {
+    pub patient: &'a Option<String>,
+    pub case: &'a Option<String>,
+    pub user: &'a Option<String>,
+    pub since: &'a Option<String>,
+    pub until: &'a Option<String>,
+    pub territory: &'a Option<String>,
+    pub limit: usize,
+}
+
+/// `audit query`: matching entries newest first, a line each (or JSON lines); exit 0 even when
+/// none match (a line on stderr says so).
+pub fn audit_query(cfg: &Config, q: QueryArgs<'_>, json: bool) -> CmdResult {
+    let time = |name: &str, v: &Option<String>| -> Result<Option<i64>, Failure> {
+        v.as_deref()
+            .map(|s| {
+                parse_time_ms(s).ok_or_else(|| {
+                    usage(format!(
+                        "--{name} {s:?}: expected a UTC date (2026-12-07), timestamp (2026-12-07T08:15:00Z) or Unix ms"
+                    ))
+                })
+            })
+            .transpose()
+    };
+    if !(1..=crate::storage::audit::MAX_ROWS).contains(&q.limit) {
+        return Err(usage(format!(
+            "--limit must be 1 to {}",
+            crate::storage::audit::MAX_ROWS
+        )));
+    }
+    let f = AuditFilter {
+        patient: q.patient.clone(),
+        case: q.case.clone(),
+        user: q.user.clone(),
+        since_ms: time("since", q.since)?,
+        until_ms: time("until", q.until)?,
+        territory: q.territory.clone(),
+        before_seq: None,
+        limit: q.limit,
+    };
+    let mut db = open_db(cfg)?;
+    let started = std::time::Instant::now();
+    let rows = db.audit_query(&Actor::cli(), &f)?;
+    let ms = started.elapsed().as_secs_f64() * 1000.0;
+    let mut out = std::io::stdout().lock();
+    for r in &rows {
+        if json {
+            let v = serde_json::json!({
+                "seq": r.seq, "ts_ms": r.ts_ms, "time": iso8601_ms(r.ts_ms), "actor": r.actor,
+                "role": r.role, "action": r.action, "resource": r.resource, "outcome": r.outcome,
+                "territory": r.territory, "details": r.details,
+            });
+            writeln!(out, "{v}")?;
+        } else {
+            let d = &r.details;
+            writeln!(
+                out,
+                "{:>8}  {}  {} ({})  {}  {}  {}  {}  {}{}",
+                r.seq,
+                iso8601_ms(r.ts_ms),
+                r.actor,
+                r.role,
+                r.action,
+                r.resource,
+                r.outcome,
+                if r.territory.is_empty() {
+                    "-"
+                } else {
+                    &r.territory
+                },
+                d["purpose"].as_str().unwrap_or("-"),
+                d["access"]["address"]
+                    .as_str()
+                    .map(|a| format!("  from {a}"))
+                    .unwrap_or_default(),
+            )?;
+        }
+    }
+    eprintln!("{} entries in {ms:.1} ms", rows.len());
+    Ok(0)
+}
+
+/// `audit disclosures --patient P [--format csv|fhir] [--out FILE]`.
+pub fn audit_disclosures(
+    cfg: &Config,
+    patient: &str,
+    format: &str,
+    territory: Option<&str>,
+    out: Option<&Path>,
+) -> CmdResult {
+    let format = Format::parse(format)
+        .ok_or_else(|| usage(format!("--format {format:?}: expected csv or fhir")))?;
+    if patient.trim().is_empty() {
+        return Err(usage("--patient needs a patient id".into()));
+    }
+    let mut db = open_db(cfg)?;
+    let rows = db.audit_disclosures(&Actor::cli(), patient, territory, format.as_str())?;
+    let body = match format {
+        Format::Csv => accounting::csv(&rows),
+        Format::Fhir => {
+            let b = accounting::fhir_bundle(&cfg.appliance_id, patient, &rows, now_ms());
+            format!("{b:#}\n")
+        }
+    };
+    match out {
+        Some(p) => {
+            std::fs::write(p, body)?;
+            eprintln!("{} accesses written to {}", rows.len(), p.display());
+        }
+        None => std::io::stdout().lock().write_all(body.as_bytes())?,
     }
     Ok(0)
 }

@@ -143,6 +143,36 @@ pub fn main(args: Args) -> ExitCode {
         Some(Cmd::Audit { cmd }) => match cmd {
             AuditCmd::Verify { json } => cli::audit_verify(&cfg, *json),
             AuditCmd::Checkpoint => cli::audit_checkpoint(&cfg),
+            AuditCmd::Query {
+                patient,
+                case,
+                user,
+                since,
+                until,
+                territory,
+                limit,
+                json,
+            } => cli::audit_query(
+                &cfg,
+                cli::QueryArgs {
+                    patient,
+                    case,
+                    user,
+                    since,
+                    until,
+                    territory,
+                    limit: *limit,
+                },
+                *json,
+            ),
+            AuditCmd::Disclosures {
+                patient,
+                format,
+                territory,
+                out,
+            } => {
+                cli::audit_disclosures(&cfg, patient, format, territory.as_deref(), out.as_deref())
+            }
         },
         Some(Cmd::Debug {
             cmd: DebugCmd::BundleVectors,

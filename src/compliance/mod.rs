@@ -18,6 +18,7 @@ use crate::lifecycle::{CertExpiry, KeyAge};
 use crate::model::iso8601_ms;
 use crate::storage::{ComplianceFacts, Db, KeyVersionInfo, LastBackup, StoreError};
 
+pub mod accounting;
 mod rules;
 
 /// Items whose facts come from the database (failed when it cannot be read).

@@ -70,6 +70,10 @@ pub fn purpose(ev: &AuditEvent) -> &'static str {
     if DISCLOSURES.contains(&ev.action.as_str()) {
         return DISCLOSURE;
     }
+    // Reviewing the trail (even one patient's) is running the appliance, not care.
+    if ev.action.starts_with("audit.") {
+        return OPERATIONS;
+    }
     let about_a_patient = ["patient/", "case/", "attachment/"]
         .iter()
         .any(|p| ev.resource.starts_with(p));
@@ -103,6 +107,80 @@ pub fn recorded_details(ev: &AuditEvent) -> Value {
         m.insert("access".into(), a);
     }
     Value::Object(m)
+}
+
+/// What an action does with the PHI it touches, for the accounting of disclosures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccessKind {
+    /// Shown to someone (a screen, a list, a document, a stream).
+    Read,
+    /// Handed outside the appliance (exports, transfers, documents given away).
+    Disclosure,
+    /// Anything else: writes, erasure, sync bookkeeping, denials of no data.
+    Other,
+}
+
+/// How `action` touches PHI.
+pub fn access_kind(action: &str) -> AccessKind {
+    if DISCLOSURES.contains(&action) {
+        return AccessKind::Disclosure;
+    }
+    match action.rsplit_once('.').map_or("", |(_, verb)| verb) {
+        "read" | "list" | "search" | "view" | "stream" | "handoff" | "triage_read" => {
+            AccessKind::Read
+        }
+        _ => AccessKind::Other,
+    }
+}
+
+/// One patient or case an audit entry concerns.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Subject {
+    /// `patient` or `case`.
+    pub kind: &'static str,
+    pub id: String,
+}
+
+/// The patients and cases an entry concerns, from its resource (`patient/X`, `case/Y`) and its
+/// recorded details (`patient`, `case`, `patients_shown`): a pure function of what the hash
+/// chain covers, so the query index built from it can be checked against the log. Sorted,
+/// without repeats.
+pub fn subjects(resource: &str, details: &Value) -> Vec<Subject> {
+    let mut out = Vec::new();
+    let mut add = |kind: &'static str, id: &str| {
+        if !id.is_empty() && id != "*" {
+            out.push(Subject {
+                kind,
+                id: id.to_string(),
+            });
+        }
+    };
+    if let Some((kind, id)) = resource.split_once('/') {
+        match kind {
+            "patient" => add("patient", id),
+            "case" => add("case", id),
+            _ => {}
+        }
+    }
+    if let Some(p) = details.get("patient").and_then(Value::as_str) {
+        add("patient", p);
+    }
+    if let Some(c) = details.get("case").and_then(Value::as_str) {
+        add("case", c);
+    }
+    for p in details
+        .get("patients_shown")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        if let Some(p) = p.as_str() {
+            add("patient", p);
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
 }
 
 #[cfg(test)]
@@ -159,5 +237,62 @@ mod tests {
         assert_eq!(purpose(&ev(&Actor::cli(), "patient.read")), "operations");
         let d = recorded_details(&ev(&Actor::system(), "bundle.purge").details(json!(3)));
         assert_eq!((d["detail"].as_i64(), d.get("access")), (Some(3), None));
+        let audit = AuditEvent::new(&medic, "audit.disclosures", "patient/x", Outcome::Success);
+        assert_eq!(purpose(&audit), "operations");
+    }
+
+    #[test]
+    fn subjects_come_from_the_resource_and_the_details() {
+        let s = |r: &str, d: Value| {
+            subjects(r, &d)
+                .into_iter()
+                .map(|s| format!("{}:{}", s.kind, s.id))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(s("patient/p1", json!({})), ["patient:p1"]);
+        assert_eq!(
+            s("case/c1", json!({"patient": "p1"})),
+            ["case:c1", "patient:p1"]
+        );
+        assert_eq!(
+            s("attachment/a1", json!({"case": "c1", "patient": "p1"})),
+            ["case:c1", "patient:p1"]
+        );
+        assert_eq!(
+            s("case/*", json!({"patients_shown": ["p2", "p1", "p2"]})),
+            ["patient:p1", "patient:p2"]
+        );
+        assert!(s("patient/*", json!({"hits": 2})).is_empty());
+        assert!(s("user/medic", json!({"patient": 4})).is_empty());
+    }
+
+    #[test]
+    fn reads_and_disclosures_are_told_apart() {
+        for a in [
+            "patient.read",
+            "case.list",
+            "case.handoff",
+            "attachment.view",
+            "case.triage_read",
+        ] {
+            assert_eq!(access_kind(a), AccessKind::Read, "{a}");
+        }
+        for a in [
+            "case.export",
+            "case.transfer",
+            "case.disclose",
+            "attachment.export",
+        ] {
+            assert_eq!(access_kind(a), AccessKind::Disclosure, "{a}");
+        }
+        for a in [
+            "patient.update",
+            "case.erase",
+            "bundle.send",
+            "login.success",
+            "read",
+        ] {
+            assert_eq!(access_kind(a), AccessKind::Other, "{a}");
+        }
     }
 }

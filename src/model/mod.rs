@@ -101,6 +101,20 @@ pub fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
     era * 146_097 + doe - 719_468
 }
 
+/// Unix ms of a time a person typed: a UTC date (`2026-12-07`, its midnight), a UTC timestamp
+/// with or without milliseconds (`2026-12-07T08:15:00Z`, `2026-12-07T08:15:00.123Z`) or Unix
+/// milliseconds; `None` for anything else.
+pub fn parse_time_ms(s: &str) -> Option<i64> {
+    if !s.is_empty() && s.len() <= 15 && s.bytes().all(|c| c.is_ascii_digit()) {
+        return s.parse().ok();
+    }
+    match s.len() {
+        10 => parse_iso8601_ms(&format!("{s}T00:00:00.000Z")),
+        20 if s.ends_with('Z') => parse_iso8601_ms(&format!("{}.000Z", &s[..19])),
+        _ => parse_iso8601_ms(s),
+    }
+}
+
 /// Unix ms of a UTC timestamp in exactly the form [`iso8601_ms`] writes
 /// (`2026-11-23T08:15:00.123Z`); `None` for anything else.
 pub fn parse_iso8601_ms(s: &str) -> Option<i64> {
@@ -172,6 +186,18 @@ mod tests {
             "2026-11-23 08:15:00.000Z",
         ] {
             assert_eq!(parse_iso8601_ms(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn typed_times_parse_in_three_forms() {
+        let t = 1_796_630_400_000; // 2026-12-07T08:00:00Z
+        assert_eq!(parse_time_ms("2026-12-07T08:00:00Z"), Some(t));
+        assert_eq!(parse_time_ms("2026-12-07T08:00:00.000Z"), Some(t));
+        assert_eq!(parse_time_ms("2026-12-07"), Some(t - 8 * 3_600_000));
+        assert_eq!(parse_time_ms("1796630400000"), Some(t));
+        for bad in ["", "yesterday", "2026-12-07 08:00", "2026-12-32", "-5"] {
+            assert_eq!(parse_time_ms(bad), None, "{bad}");
         }
     }
 

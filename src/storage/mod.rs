@@ -62,7 +62,7 @@ pub use alarms::Alarm;
 pub use attachment_sync::AttachmentPart;
 pub use attachment_upload::NewAttachment;
 pub use attachments::{AttachmentOpen, CHUNK_BYTES, Rendition};
-pub use audit::{AuditRow, Finding, VerifyReport};
+pub use audit::{AuditFilter, AuditRow, Finding, VerifyReport};
 pub use backup::{
     BACKUP_FORMAT, BackupManifest, DaemonLock, LastBackup, RestoreReport, backup_signers,
     check_backup_data, read_backup, restore,
@@ -157,12 +157,13 @@ impl Db {
                 format!("schema/{version}"),
                 crate::model::Outcome::Success,
             );
-            // Before v12 the log has no `chain` column: those entries follow chain v1.
-            if version < audit::CHAIN_V2_SCHEMA {
-                audit::append_v1(tx, st, &ev, crate::model::now_ms())?;
-            } else {
-                audit::append(tx, st, &ev, crate::model::now_ms())?;
+            if version == audit::SUBJECTS_SCHEMA {
+                let n = audit::backfill_subjects(tx)?;
+                tracing::info!(rows = n, "audit query index filled");
             }
+            // Before v12 the log has no `chain` column: those entries follow chain v1.
+            let rule = audit::Rule::at_schema(version);
+            audit::append_as(tx, st, &ev, crate::model::now_ms(), rule)?;
             tracing::info!(version, "database migrated");
             Ok(())
         })

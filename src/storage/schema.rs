@@ -470,6 +470,22 @@ CREATE TABLE signing_keys (
     retired_at INTEGER NOT NULL
 ) STRICT;
 "#,
+    // v14: audit queries (`storage::audit::query`). `audit_subjects` says which patients and
+    // cases each entry concerns — derived from the entry's resource and hashed details
+    // (`model::access::subjects`), so `audit verify` can check no row is missing; filled for
+    // older entries by the migration hook. Indexes by user, time and territory.
+    r#"
+CREATE TABLE audit_subjects (
+    kind TEXT    NOT NULL CHECK (kind IN ('patient', 'case')),
+    id   TEXT    NOT NULL,
+    seq  INTEGER NOT NULL,
+    PRIMARY KEY (kind, id, seq)
+) STRICT, WITHOUT ROWID;
+CREATE INDEX audit_subjects_by_seq ON audit_subjects (seq);
+CREATE INDEX audit_by_actor ON audit_log (actor, seq);
+CREATE INDEX audit_by_ts ON audit_log (ts);
+CREATE INDEX audit_by_territory ON audit_log (territory, seq);
+"#,
 ];
 
 /// The schema version this build writes.

@@ -33,6 +33,7 @@ pub const USERS: &[(&str, &str, &str)] = &[
     ("admin1", "admin", "default"),
     ("victim", "emt", "default"),
     ("north1", "paramedic", "north"),
+    ("super_n", "supervisor", "north"),
 ];
 
 pub struct Api {

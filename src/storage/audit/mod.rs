@@ -22,8 +22,12 @@
 //! AUTOINCREMENT high-water mark), and truncation behind a checkpoint (checkpoint names a
 //! missing entry).
 
+mod query;
 mod trail;
 mod verify;
+
+pub(crate) use query::backfill as backfill_subjects;
+pub use query::{AuditFilter, MAX_ROWS};
 
 pub use trail::CaseTrail;
 pub(crate) use trail::case_trail;
@@ -240,29 +244,61 @@ fn head(conn: &Connection) -> Result<(i64, Vec<u8>, i64, i64)> {
     })?)
 }
 
+/// The schema version that introduced `audit_subjects` (the query index).
+pub(crate) const SUBJECTS_SCHEMA: i64 = 14;
+
+/// How an entry is written: the chain rule, and whether the query index exists yet.
+#[derive(Clone, Copy)]
+pub(crate) struct Rule {
+    chain: i64,
+    indexed: bool,
+}
+
+impl Rule {
+    /// The rule of the entry a migration to `schema` writes (old steps lack the `chain` column
+    /// or the index).
+    pub(crate) fn at_schema(schema: i64) -> Rule {
+        Rule {
+            chain: if schema < CHAIN_V2_SCHEMA {
+                1
+            } else {
+                CHAIN_VERSION
+            },
+            indexed: schema >= SUBJECTS_SCHEMA,
+        }
+    }
+}
+
 /// Appends `ev` inside the caller's transaction; signs a checkpoint when the entry count is due.
 /// Returns the new entry's sequence number.
 pub(crate) fn append(conn: &Connection, st: &State, ev: &AuditEvent, now: i64) -> Result<i64> {
-    append_as(conn, st, ev, now, CHAIN_VERSION)
+    append_as(
+        conn,
+        st,
+        ev,
+        now,
+        Rule {
+            chain: CHAIN_VERSION,
+            indexed: true,
+        },
+    )
 }
 
-/// [`append`] under chain v1, for the entries migrations before schema v12 write (the `chain`
-/// column does not exist yet).
-pub(crate) fn append_v1(conn: &Connection, st: &State, ev: &AuditEvent, now: i64) -> Result<i64> {
-    append_as(conn, st, ev, now, 1)
-}
-
-fn append_as(
+/// [`append`] under `rule`, for the entries migrations write.
+pub(crate) fn append_as(
     conn: &Connection,
     st: &State,
     ev: &AuditEvent,
     now: i64,
-    version: i64,
+    rule: Rule,
 ) -> Result<i64> {
+    let version = rule.chain;
     let (last, prev, cp_seq, _) = head(conn)?;
     let seq = last + 1;
     // Where and why (`model::access`): purpose always, the PHI fields and the request's origin
-    // when there are any. Chain v1 (entries written by old migrations) keeps its bare details.
+    // when there are any, and the case and patient the resource belongs to. Chain v1 (entries
+    // written by old migrations) keeps its bare details.
+    let mut subjects = Vec::new();
     let details = if version == 1 {
         if ev.details.is_null() {
             String::new()
@@ -270,7 +306,14 @@ fn append_as(
             ev.details.to_string()
         }
     } else {
-        crate::model::access::recorded_details(ev).to_string()
+        let mut d = crate::model::access::recorded_details(ev);
+        if rule.indexed {
+            if let serde_json::Value::Object(m) = &mut d {
+                query::enrich(conn, &ev.resource, m)?;
+            }
+            subjects = crate::model::access::subjects(&ev.resource, &d);
+        }
+        d.to_string()
     };
     let territory = ev.territory.as_deref().unwrap_or("");
     let f = EntryFields {
@@ -301,6 +344,9 @@ fn append_as(
     }
     conn.prepare_cached("UPDATE audit_head SET seq = ?1, hash = ?2 WHERE id = 1")?
         .execute(params![seq, &hash[..]])?;
+    if !subjects.is_empty() {
+        query::index(conn, seq, &subjects)?;
+    }
     if (seq - cp_seq) as u64 >= st.audit_cfg.checkpoint_every_entries {
         write_checkpoint(conn, st, seq, &hash, now)?;
     }
@@ -366,46 +412,6 @@ impl super::Db {
             .details(serde_json::json!({ "reason": reason }));
         self.audit(&ev)?;
         Ok(())
-    }
-
-    /// Audit entries, newest first, before `before_seq` (exclusive) when given. The read itself
-    /// is audited.
-    /// The newest audit entries of `territory` (a supervisor sees their own territory's trail).
-    pub fn audit_entries(
-        &mut self,
-        actor: &Actor,
-        territory: &str,
-        limit: usize,
-        before_seq: Option<i64>,
-    ) -> Result<Vec<AuditRow>> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let rows: Vec<AuditRow> = tx
-            .prepare_cached(
-                "SELECT seq, ts, actor, role, action, resource, outcome, territory, details FROM audit_log \
-                 WHERE seq < ?1 AND territory = ?3 ORDER BY seq DESC LIMIT ?2",
-            )?
-            .query_map(params![before_seq.unwrap_or(i64::MAX), limit as i64, territory], |r| {
-                let d: String = r.get(8)?;
-                Ok(AuditRow {
-                    seq: r.get(0)?,
-                    ts_ms: r.get(1)?,
-                    actor: r.get(2)?,
-                    role: r.get(3)?,
-                    action: r.get(4)?,
-                    resource: r.get(5)?,
-                    outcome: r.get(6)?,
-                    territory: r.get(7)?,
-                    details: serde_json::from_str(&d).unwrap_or(serde_json::Value::Null),
-                })
-            })?
-            .collect::<Result<_, _>>()?;
-        let ev = AuditEvent::new(actor, "audit.read", "audit_log", Outcome::Success)
-            .details(serde_json::json!({ "entries": rows.len() }));
-        self::append(&tx, &self.st, &ev, now_ms())?;
-        tx.commit()?;
-        Ok(rows)
     }
 
     /// Writes a standalone audit event (security events that touch no other row).

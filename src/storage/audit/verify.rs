@@ -109,6 +109,9 @@ fn verify_with(
         }
     }
 
+    let indexed = conn
+        .prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'audit_subjects'")?
+        .exists([])?;
     let mut prev = genesis(appliance_id).to_vec();
     let mut expected = 1i64;
     let mut st = conn.prepare(
@@ -166,6 +169,21 @@ fn verify_with(
                     "differs from its signed checkpoint (entries {from}..{seq} were rewritten)"
                 ),
             );
+        }
+        if indexed {
+            let miss = super::query::missing(conn, seq, &fields[3], &fields[6])?;
+            if let Some(s) = miss.first() {
+                add(
+                    &mut rep,
+                    seq,
+                    format!(
+                        "missing from the query index ({} {} and {} more): queries by patient or case would not find it",
+                        s.kind,
+                        s.id,
+                        miss.len() - 1
+                    ),
+                );
+            }
         }
         prev = hash;
         expected = seq + 1;
