@@ -6,7 +6,8 @@
 //!   indexes + chained audit entry, 1000 per transaction) vs plain SQLite inserting rows of the
 //!   same shape and size (patient row + audit row) — the whole cost of our protection;
 //! - field seal/open cost; committed audit append p50/p99; audit verify of 10^6 entries vs a raw
-//!   scan of the same rows.
+//!   scan of the same rows; `audit query` by patient over those 10^6 entries (p50, p99) vs the
+//!   raw indexed SELECT of the same rows plus a raw one-row commit.
 //!
 //! Prints tables and `BENCH name value=… unit=… baseline=… ratio=…` lines (SYSTEM.md §8).
 //! `HEMA3N_BENCH_QUICK=1` shrinks sizes for a smoke run.
@@ -17,7 +18,7 @@ use hema3n_edge::config::Config;
 use hema3n_edge::crypto::field::{DataKey, FieldLoc};
 use hema3n_edge::crypto::keyring::{self, KeySources, Keyring};
 use hema3n_edge::model::{Actor, Address, AuditEvent, Outcome, Patient};
-use hema3n_edge::storage::Db;
+use hema3n_edge::storage::{AuditFilter, Db};
 use rusqlite::Connection;
 
 mod common;
@@ -239,4 +240,65 @@ fn main() {
         "s",
         scan_s,
     );
+
+    // `audit query --patient` over the same log (10,000 patients): the store's audited
+    // query (its own entry committed, one fsync) vs the raw indexed SELECT of the same rows plus
+    // a raw one-row commit (the physical cost of an audited read).
+    let q = if quick() { 200 } else { 1000 };
+    db.raw_connection_for_tests()
+        .execute_batch("CREATE TABLE bench_commit (at INTEGER)")
+        .unwrap();
+    let (mut ours, mut raw) = (Vec::with_capacity(q), Vec::with_capacity(q));
+    for k in 0..q {
+        let pid = format!("{:036}", (k * 7919) % 10_000);
+        let raw_select = || {
+            let c = db.raw_connection_for_tests();
+            let mut st = c
+                .prepare_cached(
+                    "SELECT seq, ts, actor, role, action, resource, outcome, territory, details FROM audit_log \
+                     WHERE resource = 'patient/' || ?1 ORDER BY seq DESC LIMIT 1000",
+                )
+                .unwrap();
+            st.query_map([&pid], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, String>(4)?,
+                    r.get::<_, String>(8)?,
+                ))
+            })
+            .unwrap()
+            .count()
+        };
+        // Once untimed, so both sides read warm pages.
+        raw_select();
+        let t = Instant::now();
+        let n = raw_select();
+        // What an audited read must also do: commit one small row (one fsync).
+        db.raw_connection_for_tests()
+            .execute("INSERT INTO bench_commit (at) VALUES (?1)", [k as i64])
+            .unwrap();
+        raw.push(t.elapsed());
+        let f = AuditFilter {
+            patient: Some(pid),
+            limit: 1000,
+            ..Default::default()
+        };
+        let t = Instant::now();
+        let rows = db.audit_query(&actor, &f).unwrap();
+        ours.push(t.elapsed());
+        assert_eq!(rows.len(), n);
+    }
+    let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
+    let (o50, o99) = (ms(pct(&mut ours, 0.50)), ms(pct(&mut ours, 0.99)));
+    let (r50, r99) = (ms(pct(&mut raw, 0.50)), ms(pct(&mut raw, 0.99)));
+    println!(
+        "audit query by patient ({} entries, {} per patient): p50 {o50:.2} ms  p99 {o99:.2} ms (audited: includes its own committed entry)",
+        rep.entries,
+        rep.entries / 10_000
+    );
+    println!(
+        "raw indexed SELECT + one-row commit:                p50 {r50:.2} ms  p99 {r99:.2} ms"
+    );
+    bench_line("audit_query_patient_p50_ms", o50, "ms", r50);
+    bench_line("audit_query_patient_p99_ms", o99, "ms", r99);
 }

@@ -307,13 +307,16 @@ pub(crate) fn append_as(
         }
     } else {
         let mut d = crate::model::access::recorded_details(ev);
-        if rule.indexed {
-            if let serde_json::Value::Object(m) = &mut d {
-                query::enrich(conn, &ev.resource, m)?;
-            }
-            subjects = crate::model::access::subjects(&ev.resource, &d);
+        if rule.indexed
+            && let serde_json::Value::Object(m) = &mut d
+        {
+            query::enrich(conn, &ev.resource, m)?;
         }
-        d.to_string()
+        let d = d.to_string();
+        if rule.indexed {
+            subjects = query::index_rows(&ev.resource, &d);
+        }
+        d
     };
     let territory = ev.territory.as_deref().unwrap_or("");
     let f = EntryFields {

@@ -1,11 +1,12 @@
 //! Finding entries: by patient, case, user and time, scoped to a territory (`audit query`,
 //! `GET /api/v1/audit`), and a patient's accounting of disclosures.
 //!
-//! `audit_subjects` indexes which patients and cases each entry concerns. Its rows follow from
-//! the entry's resource and hashed details ([`crate::model::access::subjects`]); when an entry is
-//! written, [`enrich`] first adds to its details the case and patient its resource belongs to
-//! (an attachment's case, a case's patient), so the entry names them even after the rows are
-//! erased or purged. `audit verify` checks that no derivable row is missing ([`missing`]).
+//! An entry concerns the patient or case its resource names (found through `audit_by_resource`)
+//! and those its hashed details name ([`crate::model::access::subjects`]); `audit_subjects`
+//! indexes the latter ([`index_rows`]). When an entry is written, [`enrich`] first adds to its
+//! details the case and patient its resource belongs to (an attachment's case, a case's
+//! patient), so the entry names them even after the rows are erased or purged. `audit verify`
+//! checks that no derivable index row is missing.
 
 use rusqlite::{Connection, OptionalExtension, ToSql, TransactionBehavior, params};
 use serde_json::{Map, Value};
@@ -134,31 +135,33 @@ pub(crate) fn backfill(conn: &Connection) -> Result<u64> {
             _ => Map::new(),
         };
         enrich(conn, &resource, &mut d)?;
-        let subjects = access::subjects(&resource, &Value::Object(d));
+        let subjects = own_excluded(&resource, access::subjects(&resource, &Value::Object(d)));
         index(conn, seq, &subjects)?;
         n += subjects.len() as u64;
     }
     Ok(n)
 }
 
-/// The subjects entry `seq` should have in the index but has not (tampering with the index
-/// would hide an access from a patient's accounting).
-pub(super) fn missing(
-    conn: &Connection,
-    seq: i64,
-    resource: &str,
-    details: &str,
-) -> Result<Vec<Subject>> {
-    let d: Value = serde_json::from_str(details).unwrap_or(Value::Null);
-    let mut st = conn
-        .prepare_cached("SELECT 1 FROM audit_subjects WHERE kind = ?1 AND id = ?2 AND seq = ?3")?;
-    let mut out = Vec::new();
-    for s in access::subjects(resource, &d) {
-        if !st.exists(params![s.kind, s.id, seq])? {
-            out.push(s);
-        }
+/// The rows `audit_subjects` holds for an entry: its subjects other than its own resource
+/// (`audit_by_resource` finds those). Empty unless the details name a patient or case.
+pub(super) fn index_rows(resource: &str, details: &str) -> Vec<Subject> {
+    if !details.contains("\"patient") && !details.contains("\"case\"") {
+        return Vec::new();
     }
-    Ok(out)
+    let d: Value = serde_json::from_str(details).unwrap_or(Value::Null);
+    own_excluded(resource, access::subjects(resource, &d))
+}
+
+fn own_excluded(resource: &str, subjects: Vec<Subject>) -> Vec<Subject> {
+    subjects
+        .into_iter()
+        .filter(|s| {
+            resource
+                .strip_prefix(s.kind)
+                .and_then(|r| r.strip_prefix('/'))
+                != Some(s.id.as_str())
+        })
+        .collect()
 }
 
 /// The entries matching `f`, newest first.
@@ -171,19 +174,23 @@ pub(crate) fn query(conn: &Connection, f: &AuditFilter) -> Result<Vec<AuditRow>>
     if let Some(p) = &f.patient {
         args.push(p);
         let n = args.len();
-        // Its own entries and those of its cases (a case entry written before the patient was
-        // linked names only the case).
+        // Entries on the patient, naming it, on its cases or naming them (a case entry written
+        // before the patient was linked names only the case).
         sql.push_str(&format!(
-            " AND seq IN (SELECT seq FROM audit_subjects WHERE kind = 'patient' AND id = ?{n} \
-             UNION SELECT s.seq FROM audit_subjects s JOIN cases c ON c.id = s.id \
-             WHERE s.kind = 'case' AND c.patient_id = ?{n})"
+            " AND seq IN (SELECT seq FROM audit_log WHERE resource = 'patient/' || ?{n} \
+             UNION SELECT seq FROM audit_subjects WHERE kind = 'patient' AND id = ?{n} \
+             UNION SELECT a.seq FROM cases c JOIN audit_log a ON a.resource = 'case/' || c.id \
+             WHERE c.patient_id = ?{n} \
+             UNION SELECT s.seq FROM cases c JOIN audit_subjects s ON s.kind = 'case' AND s.id = c.id \
+             WHERE c.patient_id = ?{n})"
         ));
     }
     if let Some(c) = &f.case {
         args.push(c);
+        let n = args.len();
         sql.push_str(&format!(
-            " AND seq IN (SELECT seq FROM audit_subjects WHERE kind = 'case' AND id = ?{})",
-            args.len()
+            " AND seq IN (SELECT seq FROM audit_log WHERE resource = 'case/' || ?{n} \
+             UNION SELECT seq FROM audit_subjects WHERE kind = 'case' AND id = ?{n})"
         ));
     }
     if let Some(u) = &f.user {

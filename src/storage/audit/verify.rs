@@ -112,6 +112,18 @@ fn verify_with(
     let indexed = conn
         .prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'audit_subjects'")?
         .exists([])?;
+    let mut index_st = if indexed {
+        Some(conn.prepare("SELECT seq, kind, id FROM audit_subjects ORDER BY seq")?)
+    } else {
+        None
+    };
+    let mut index = match index_st.as_mut() {
+        Some(st) => Some(IndexCursor {
+            rows: st.query([])?,
+            pending: None,
+        }),
+        None => None,
+    };
     let mut prev = genesis(appliance_id).to_vec();
     let mut expected = 1i64;
     let mut st = conn.prepare(
@@ -170,17 +182,19 @@ fn verify_with(
                 ),
             );
         }
-        if indexed {
-            let miss = super::query::missing(conn, seq, &fields[3], &fields[6])?;
-            if let Some(s) = miss.first() {
+        if let Some(ix) = index.as_mut() {
+            let have = ix.rows_of(seq)?;
+            let want = super::query::index_rows(&fields[3], &fields[6]);
+            if let Some(s) = want
+                .iter()
+                .find(|w| !have.iter().any(|(k, i)| k == w.kind && i == &w.id))
+            {
                 add(
                     &mut rep,
                     seq,
                     format!(
-                        "missing from the query index ({} {} and {} more): queries by patient or case would not find it",
-                        s.kind,
-                        s.id,
-                        miss.len() - 1
+                        "missing from the query index ({} {}): queries by patient or case would not find it",
+                        s.kind, s.id
                     ),
                 );
             }
@@ -250,4 +264,34 @@ fn verify_with(
     }
     rep.findings.sort_by_key(|f| f.seq);
     Ok(rep)
+}
+
+/// The query index read in entry order beside the log (one pass, no lookup per entry).
+struct IndexCursor<'s> {
+    rows: rusqlite::Rows<'s>,
+    pending: Option<(i64, String, String)>,
+}
+
+impl IndexCursor<'_> {
+    /// The (kind, id) rows of entry `seq`; rows of earlier entries that no entry claimed (an
+    /// entry deleted from the log is reported by the chain) are skipped.
+    fn rows_of(&mut self, seq: i64) -> Result<Vec<(String, String)>> {
+        let mut out = Vec::new();
+        loop {
+            if self.pending.is_none() {
+                self.pending = match self.rows.next()? {
+                    Some(r) => Some((r.get(0)?, r.get(1)?, r.get(2)?)),
+                    None => return Ok(out),
+                };
+            }
+            match self.pending.take() {
+                Some((s, _, _)) if s < seq => {}
+                Some((s, k, i)) if s == seq => out.push((k, i)),
+                later => {
+                    self.pending = later;
+                    return Ok(out);
+                }
+            }
+        }
+    }
 }
