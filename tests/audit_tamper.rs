@@ -163,3 +163,100 @@ fn truncating_behind_a_checkpoint_is_detected() {
     drop(db);
     verify_fails_at(&a, 25, "signed checkpoint");
 }
+
+/// Retention: entries leave only when past `audit.retention_days` *and* covered by a checkpoint
+/// the cloud receipted, cut at that checkpoint; the shortened log verifies from its signed hash;
+/// deleting above the cut is refused, and moving the cut without a recorded prune is caught.
+/// (The bundle's envelope is opaque bytes here: retention depends only on the checkpoint the
+/// bundle records and on its receipt.)
+#[test]
+fn retention_prunes_only_receipted_entries_past_their_age() {
+    use hema3n_edge::crypto::seal::BundleKind;
+    use hema3n_edge::model::{Actor, now_ms};
+    const DAY: i64 = 86_400_000;
+    let a = Appliance::init_with(&[("10-audit.toml", "[audit]\ncheckpoint_every_entries = 10\n")]);
+    let ids = a.soak(17, "Keep");
+    let mut db = a.open();
+    let (now, later) = (now_ms(), now_ms() + 3 * DAY);
+    let cli = Actor::cli();
+    let p = db.audit_prune(&cli, later, 1, false).unwrap();
+    assert_eq!(
+        p.through, None,
+        "nothing receipted: nothing leaves, however old"
+    );
+
+    db.close_case(&cli, &ids[0].1).unwrap();
+    let env = b"opaque envelope".to_vec();
+    let bid = db
+        .enqueue_case_bundle(
+            &Actor::system(),
+            &ids[0].1,
+            BundleKind::Bundle,
+            |_, _, _| Ok(env.clone()),
+        )
+        .unwrap();
+    let cp: i64 = db
+        .raw_connection_for_tests()
+        .query_row(
+            "SELECT checkpoint_seq FROM outbox WHERE bundle_id = ?1",
+            [&bid],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(
+        cp > 10,
+        "the bundle carried the checkpoint after its case's entries"
+    );
+    let sha = hema3n_edge::crypto::sha256(&env);
+    db.outbox_apply_receipts(&[(bid, sha, b"receipt".to_vec())])
+        .unwrap();
+    let p = db.audit_prune(&cli, now, 1, false).unwrap();
+    assert_eq!(p.through, None, "receipted but younger than a day: kept");
+    let dry = db.audit_prune(&cli, later, 1, true).unwrap();
+    assert_eq!((dry.through, dry.entries), (Some(cp), cp as u64));
+    let p = db.audit_prune(&cli, later, 1, false).unwrap();
+    assert_eq!((p.through, p.entries), (Some(cp), cp as u64));
+    let first: i64 = db
+        .raw_connection_for_tests()
+        .query_row("SELECT min(seq) FROM audit_log", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(first, cp + 1, "cut exactly at the receipted checkpoint");
+    let p = db.audit_prune(&cli, later, 1, false).unwrap();
+    assert_eq!(
+        p.through, None,
+        "nothing past the receipted checkpoint leaves"
+    );
+    let cp2 = db.checkpoint_audit_if_due(later, true).unwrap().unwrap();
+    let cp2_stored: i64 = db
+        .raw_connection_for_tests()
+        .query_row("SELECT max(seq) FROM audit_checkpoints", [], |r| r.get(0))
+        .unwrap();
+    assert!(cp2 > cp && cp2 == cp2_stored);
+    // Above the cut the log stays append-only.
+    let refused = db
+        .raw_connection_for_tests()
+        .execute("DELETE FROM audit_log WHERE seq = ?1", [cp + 2]);
+    assert!(
+        format!("{refused:?}").contains("append-only"),
+        "{refused:?}"
+    );
+    drop(db);
+    let out = a.ok(&["audit", "verify"]);
+    assert!(out.starts_with("OK: "), "{out}");
+    let out = a.ok(&["audit", "prune"]);
+    assert!(
+        out.starts_with("nothing to prune: no entry left is older than 2190 days"),
+        "{out}"
+    );
+    let q = a.ok(&["audit", "query", "--case", &ids[0].1, "--json"]);
+    assert!(q.contains("bundle.receipt"), "{q}");
+
+    // Moving the cut by hand (someone holding the database key) is caught: no prune records it.
+    a.open()
+        .raw_connection_for_tests()
+        .execute_batch(&format!(
+            "UPDATE audit_head SET pruned_through = {cp2}; DELETE FROM audit_log WHERE seq <= {cp2};"
+        ))
+        .unwrap();
+    verify_fails_at(&a, cp2 + 1, "no audit.prune entry records it");
+}

@@ -42,7 +42,8 @@ pub struct Checkpointer {
     pub cfg: Arc<crate::config::Config>,
 }
 
-/// How often the checkpointer re-evaluates key ages and certificate expiry.
+/// How often the checkpointer re-evaluates key ages and certificate expiry, and prunes audit
+/// entries past retention.
 const LIFECYCLE_EVERY: Duration = Duration::from_secs(600);
 
 impl Checkpointer {
@@ -60,6 +61,13 @@ impl Checkpointer {
                 let cfg = self.cfg.clone();
                 self.store
                     .call(move |db| crate::lifecycle::update_alarms(&cfg, db))
+                    .await?;
+                // Audit retention, one bounded step per round (`audit.retention_days`).
+                let days = self.cfg.audit.retention_days;
+                self.store
+                    .call(move |db| {
+                        db.audit_prune(&crate::model::Actor::system(), now_ms(), days, false)
+                    })
                     .await?;
             }
             if let Some(seq) = self

@@ -387,6 +387,13 @@ pub enum AuditCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Remove entries older than `audit.retention_days` that a signed checkpoint receipted by
+    /// the cloud covers (the daemon does this every 10 min; audited).
+    Prune {
+        /// Say what would leave, change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// A patient's accounting of disclosures: every read and disclosure of the patient's data
     /// (oldest first; the export is audited).
     Disclosures {

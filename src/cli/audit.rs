@@ -1,4 +1,4 @@
-//! `audit verify`, `audit checkpoint`, `audit query` and `audit disclosures`.
+//! `audit verify`, `audit checkpoint`, `audit query`, `audit disclosures` and `audit prune`.
 
 use std::io::Write;
 use std::path::Path;
@@ -173,5 +173,60 @@ pub fn audit_disclosures(
         }
         None => std::io::stdout().lock().write_all(body.as_bytes())?,
     }
+    Ok(0)
+}
+
+/// `audit prune [--dry-run]`: removes, step by step, the entries past retention that a
+/// receipted checkpoint covers; says what bound stopped it.
+pub fn audit_prune(cfg: &Config, dry_run: bool) -> CmdResult {
+    let days = cfg.audit.retention_days;
+    let mut db = open_db(cfg)?;
+    let mut total = 0u64;
+    let last = loop {
+        let p = db.audit_prune(&Actor::cli(), now_ms(), days, dry_run)?;
+        match p.through {
+            Some(t) if dry_run => {
+                println!(
+                    "would prune entries {}..{t} ({} entries; the daemon and this command remove at most {} per step)",
+                    p.pruned_through + 1,
+                    p.entries,
+                    crate::storage::audit::PRUNE_STEP
+                );
+                return Ok(0);
+            }
+            Some(t) => {
+                total += p.entries;
+                println!(
+                    "pruned entries {}..{t} ({} entries)",
+                    p.pruned_through + 1,
+                    p.entries
+                );
+            }
+            None => break p,
+        }
+    };
+    let why = if days == 0 {
+        "audit.retention_days = 0: every entry is kept".to_string()
+    } else if last.oldest_past_retention <= last.pruned_through {
+        format!(
+            "no entry left is older than {days} days (before {})",
+            iso8601_ms(last.cutoff_ms)
+        )
+    } else if last.cloud_checkpoint_seq <= last.pruned_through {
+        format!(
+            "entries up to {} are past retention, but the cloud has receipted no checkpoint covering them yet (last receipted: entry {})",
+            last.oldest_past_retention, last.cloud_checkpoint_seq
+        )
+    } else {
+        "no signed checkpoint lies between the last cut and the bounds yet".to_string()
+    };
+    println!(
+        "{}{why}",
+        if total > 0 {
+            format!("{total} entries pruned; now ")
+        } else {
+            "nothing to prune: ".into()
+        }
+    );
     Ok(0)
 }

@@ -165,6 +165,7 @@ pub fn main(args: Args) -> ExitCode {
                 },
                 *json,
             ),
+            AuditCmd::Prune { dry_run } => cli::audit_prune(&cfg, *dry_run),
             AuditCmd::Disclosures {
                 patient,
                 format,

@@ -289,6 +289,11 @@ pub struct AuditConfig {
     pub checkpoint_every_entries: u64,
     /// ... or when this many seconds passed since the last one and new entries exist. Default 60.
     pub checkpoint_every_secs: u64,
+    /// Entries are kept at least this many days (they hold no PHI and outlive the crypto-erase
+    /// of what they describe); older ones leave the appliance only once a signed checkpoint
+    /// covering them was receipted by the cloud (`audit prune`, and the daemon every 10 min).
+    /// 0 keeps everything. Default 2190 (six years, 45 CFR §164.316(b)(2)).
+    pub retention_days: u64,
 }
 
 impl Default for AuditConfig {
@@ -296,6 +301,7 @@ impl Default for AuditConfig {
         AuditConfig {
             checkpoint_every_entries: 1000,
             checkpoint_every_secs: 60,
+            retention_days: 2190,
         }
     }
 }

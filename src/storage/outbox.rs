@@ -185,6 +185,11 @@ impl Db {
         })?;
         let bid = slot.bundle_id.to_string();
         insert_row(&tx, &slot, Some(case_id), &env)?;
+        if let Some(cp) = &export.checkpoint {
+            // Its receipt tells that the cloud holds this checkpoint (audit retention).
+            tx.prepare_cached("UPDATE outbox SET checkpoint_seq = ?1 WHERE bundle_id = ?2")?
+                .execute(params![cp.seq, bid])?;
+        }
         let now = now_ms();
         if kind == BundleKind::Prealert {
             let esi = export
@@ -352,6 +357,7 @@ impl Db {
                          sent_at = coalesce(sent_at, ?1), attempts = max(attempts, 1) WHERE bundle_id = ?3",
                     )?
                     .execute(params![now, receipt, bid])?;
+                    audit::note_cloud_checkpoint(&tx, bid)?;
                     ReceiptOutcome::Receipted
                 }
             };

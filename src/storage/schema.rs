@@ -486,6 +486,19 @@ CREATE INDEX audit_by_actor ON audit_log (actor, seq);
 CREATE INDEX audit_by_ts ON audit_log (ts);
 CREATE INDEX audit_by_territory ON audit_log (territory, seq);
 "#,
+    // v15: audit retention (`storage::audit::retention`). A case bundle records the checkpoint
+    // it carried; `audit_head` the newest checkpoint the cloud receipted and how far the log was
+    // pruned. Deleting entries is refused except at or below that mark, which only a prune
+    // (itself an entry, MAC'd) moves.
+    r#"
+ALTER TABLE outbox ADD COLUMN checkpoint_seq INTEGER;
+ALTER TABLE audit_head ADD COLUMN cloud_checkpoint_seq INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE audit_head ADD COLUMN pruned_through INTEGER NOT NULL DEFAULT 0;
+DROP TRIGGER audit_log_no_delete;
+CREATE TRIGGER audit_log_no_delete BEFORE DELETE ON audit_log
+WHEN OLD.seq > (SELECT pruned_through FROM audit_head WHERE id = 1)
+BEGIN SELECT RAISE(ABORT, 'audit log is append-only'); END;
+"#,
 ];
 
 /// The schema version this build writes.

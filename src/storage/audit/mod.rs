@@ -20,14 +20,18 @@
 //! edited bytes (hash mismatch), a chain recomputed without the audit key (MAC mismatch), a chain
 //! recomputed with it (signed checkpoint mismatch), deleted tail entries (head and
 //! AUTOINCREMENT high-water mark), and truncation behind a checkpoint (checkpoint names a
-//! missing entry).
+//! missing entry). A log cut by `audit prune` ([`retention`]) starts after a signed checkpoint
+//! and must record the cut.
 
 mod query;
+mod retention;
 mod trail;
 mod verify;
 
 pub(crate) use query::backfill as backfill_subjects;
 pub use query::{AuditFilter, MAX_ROWS};
+pub(crate) use retention::note_cloud_checkpoint;
+pub use retention::{PRUNE_STEP, PrunePlan};
 
 pub use trail::CaseTrail;
 pub(crate) use trail::case_trail;

@@ -124,8 +124,24 @@ fn verify_with(
         }),
         None => None,
     };
+    // A log cut by `audit prune` starts after a signed checkpoint, from its hash.
+    let pruned = super::retention::pruned_through(conn)?;
     let mut prev = genesis(appliance_id).to_vec();
     let mut expected = 1i64;
+    let mut prune_recorded = pruned == 0;
+    if pruned > 0 {
+        expected = pruned + 1;
+        match checkpoints.get(&pruned) {
+            Some((_, hash, _, _)) => prev = hash.clone(),
+            None => add(
+                &mut rep,
+                pruned + 1,
+                format!(
+                    "the log was cut after entry {pruned}, where there is no signed checkpoint"
+                ),
+            ),
+        }
+    }
     let mut st = conn.prepare(
         "SELECT seq, ts, actor, role, action, resource, outcome, territory, details, prev_hash, hash, mac, chain FROM audit_log ORDER BY seq",
     )?;
@@ -199,9 +215,22 @@ fn verify_with(
                 );
             }
         }
+        if !prune_recorded && fields[2] == "audit.prune" {
+            let d: serde_json::Value = serde_json::from_str(&fields[6]).unwrap_or_default();
+            prune_recorded = d["through"].as_i64() == Some(pruned);
+        }
         prev = hash;
         expected = seq + 1;
         rep.last_seq = seq;
+    }
+    if !prune_recorded {
+        add(
+            &mut rep,
+            pruned + 1,
+            format!(
+                "missing: entries 1..{pruned} were deleted, and no audit.prune entry records it"
+            ),
+        );
     }
     let last = rep.last_seq;
     if let Some(&cp) = checkpoints.keys().next_back().filter(|&&s| s > last) {
