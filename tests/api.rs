@@ -196,6 +196,9 @@ const EXPECTED: &[(&str, &str, &str)] = &[
     ("GET", "/api/v1/break-glass", "V"),
     ("POST", "/api/v1/break-glass/{id}/review", "V"),
     ("GET", "/api/v1/compliance", "VA"),
+    ("GET", "/api/v1/grants", "V"),
+    ("POST", "/api/v1/grants", "V"),
+    ("POST", "/api/v1/grants/{id}/revoke", "V"),
     ("GET", "/api/v1/users", "VA"),
     ("POST", "/api/v1/users", "A"),
     ("POST", "/api/v1/users/{id}/disable", "A"),
@@ -219,7 +222,7 @@ fn request(method: &str, path: &str, fx: &Fx) -> (String, Option<Value>) {
         "new-user".into()
     } else if path.starts_with("/api/v1/users/") {
         "victim".into()
-    } else if path.starts_with("/api/v1/break-glass/") {
+    } else if path.starts_with("/api/v1/break-glass/") || path.starts_with("/api/v1/grants/") {
         "1".into()
     } else {
         fx.case.clone()
@@ -290,6 +293,10 @@ fn request(method: &str, path: &str, fx: &Fx) -> (String, Option<Value>) {
             )
         }
         ("PUT", "/api/v1/cases/{id}/drafts/{form}") => Some(json!({"text": "found sitting in"})),
+        ("POST", "/api/v1/grants") => Some(json!({
+            "user_id": "north1", "case_id": fx.case, "access": "read",
+            "reason": "mutual aid: north crew takes over", "minutes": 60,
+        })),
         ("PATCH", "/api/v1/cases/{id}/record/spo2_scale") => {
             Some(json!({"scale2": true, "reason": "documented hypercapnia"}))
         }
@@ -1492,6 +1499,207 @@ async fn audit_queries_are_scoped_and_the_accounting_is_exact() {
     let q = api.get(&v, "/api/v1/audit?limit=500").await;
     let e = q.body["entries"].as_array().unwrap();
     assert!(e.iter().all(|e| e["territory"] == "default"), "{}", q.body);
+}
+
+/// Access grants: a user of north reads exactly the granted case of default until the expiry
+/// (to the second), nothing else of default, writes only with a read/write grant, nothing after
+/// revocation; creating, each use, revoking and expiring are audited and listed for review.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grant_opens_exactly_one_record_until_it_ends() {
+    use hema3n_edge::api::session::Clock;
+    let api = Api::new(IDLE).await;
+    let fx = fixtures(&api).await;
+    let v = api.login("super1").await;
+    let tn = api.login("north1").await;
+    // Another case of default, to prove it stays closed.
+    let m = api.login("medic").await;
+    let other = api
+        .post(&m, "/api/v1/cases", Some(json!({"chief_complaint": "cut"})))
+        .await;
+    let other = other.body["id"].as_str().unwrap().to_string();
+    let grant = |body: Value| {
+        let (api, v) = (&api, &v);
+        async move { api.post(v, "/api/v1/grants", Some(body)).await }
+    };
+    let read = |path: String| {
+        let (api, tn) = (&api, &tn);
+        async move {
+            api.call("GET", &path, Some(tn), Some("north"), None)
+                .await
+                .status
+        }
+    };
+    let case = format!("/api/v1/cases/{}", fx.case);
+    assert_eq!(
+        read(case.clone()).await,
+        StatusCode::FORBIDDEN,
+        "no grant yet"
+    );
+    // Bad grants are refused with a reason.
+    for (body, why) in [
+        (
+            json!({"user_id": "north1", "case_id": fx.case, "access": "read", "reason": "short", "minutes": 5}),
+            "reason",
+        ),
+        (
+            json!({"user_id": "north1", "case_id": fx.case, "access": "read", "reason": "mutual aid call", "minutes": 5000}),
+            "minutes",
+        ),
+        (
+            json!({"user_id": "north1", "case_id": fx.case, "patient_id": fx.patient, "access": "read", "reason": "mutual aid call", "minutes": 5}),
+            "exactly one",
+        ),
+        (
+            json!({"user_id": "medic", "case_id": fx.case, "access": "read", "reason": "mutual aid call", "minutes": 5}),
+            "another",
+        ),
+        (
+            json!({"user_id": "north1", "case_id": fx.north_case, "access": "read", "reason": "mutual aid call", "minutes": 5}),
+            "not found",
+        ),
+    ] {
+        let r = grant(body).await;
+        assert!(r.status.is_client_error(), "{why}: {} {}", r.status, r.body);
+        assert!(
+            r.body.to_string().to_lowercase().contains(why),
+            "{why}: {}",
+            r.body
+        );
+    }
+    let r = grant(
+        json!({"user_id": "north1", "case_id": fx.case, "access": "read",
+        "reason": "mutual aid: north crew takes over at the scene", "minutes": 30}),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let (gid, until) = (
+        r.body["id"].as_i64().unwrap(),
+        r.body["expires_at_ms"].as_i64().unwrap(),
+    );
+    assert_eq!(until, api.clock.now_ms() + 30 * 60_000);
+    // Exactly the granted case, read only, in the user's own territory header.
+    assert_eq!(read(case.clone()).await, StatusCode::OK);
+    assert_eq!(read(format!("{case}/vitals")).await, StatusCode::OK);
+    assert_eq!(
+        read(format!("/api/v1/cases/{other}")).await,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        read(format!("/api/v1/patients/{}", fx.patient)).await,
+        StatusCode::FORBIDDEN
+    );
+    let w = api
+        .call(
+            "POST",
+            &format!("{case}/vitals"),
+            Some(&tn),
+            Some("north"),
+            Some(json!({"readings": [{"name": "heart_rate", "value": 80}]})),
+        )
+        .await;
+    assert_eq!(w.status, StatusCode::FORBIDDEN, "a read grant never writes");
+    let denied = api
+        .query_text("SELECT details FROM audit_log WHERE action = 'access.denied' ORDER BY seq DESC LIMIT 1")
+        .await;
+    assert!(
+        denied.contains(&format!("access grant {gid} is read-only")),
+        "{denied}"
+    );
+    // Until the second of expiry.
+    api.clock.advance_ms(until - api.clock.now_ms() - 1000);
+    let tn2 = api.login("north1").await;
+    let at = |t: &str| {
+        let (api, case, t) = (&api, case.clone(), t.to_string());
+        async move {
+            api.call("GET", &case, Some(&t), Some("north"), None)
+                .await
+                .status
+        }
+    };
+    assert_eq!(at(&tn2).await, StatusCode::OK, "one second before expiry");
+    api.clock.advance_ms(1000);
+    assert_eq!(at(&tn2).await, StatusCode::FORBIDDEN, "at expiry");
+    hema3n_edge::api::guard::sweep_once(&api.st).await.unwrap();
+    // A read/write grant on the patient opens its case for writing, until revoked (the
+    // supervisor signs in again: half an hour passed).
+    let v = api.login("super1").await;
+    let r = api
+        .post(
+            &v,
+            "/api/v1/grants",
+            Some(
+                json!({"user_id": "north1", "patient_id": fx.patient, "access": "read_write",
+            "reason": "receiving crew continues care", "minutes": 120}),
+            ),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let g2 = r.body["id"].as_i64().unwrap();
+    let tn3 = api.login("north1").await;
+    let w = api
+        .call(
+            "POST",
+            &format!("{case}/vitals"),
+            Some(&tn3),
+            Some("north"),
+            Some(json!({"readings": [{"name": "heart_rate", "value": 81}]})),
+        )
+        .await;
+    assert!(w.status.is_success(), "{} {}", w.status, w.body);
+    assert_eq!(at(&tn3).await, StatusCode::OK);
+    let r = api
+        .post(&v, &format!("/api/v1/grants/{g2}/revoke"), None)
+        .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
+    assert_eq!(at(&tn3).await, StatusCode::FORBIDDEN, "after revocation");
+    let r = api
+        .post(&v, &format!("/api/v1/grants/{g2}/revoke"), None)
+        .await;
+    assert_eq!(r.status, StatusCode::CONFLICT);
+    // North's supervisor cannot revoke or see default's grants.
+    let vn = api.login("super_n").await;
+    let r = api
+        .call(
+            "POST",
+            &format!("/api/v1/grants/{gid}/revoke"),
+            Some(&vn),
+            Some("north"),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    let l = api
+        .call("GET", "/api/v1/grants", Some(&vn), Some("north"), None)
+        .await;
+    assert_eq!(l.body["grants"], json!([]));
+    // Listed for review with reasons and uses; none active now.
+    let l = api.get(&v, "/api/v1/grants").await;
+    let gs = l.body["grants"].as_array().unwrap();
+    assert_eq!(gs.len(), 2);
+    assert_eq!(
+        gs[1]["reason"],
+        "mutual aid: north crew takes over at the scene"
+    );
+    assert_eq!(
+        (gs[1]["uses"].as_i64(), gs[0]["uses"].as_i64()),
+        (Some(3), Some(2))
+    );
+    assert_eq!(gs[0]["revoked_by"], "super1");
+    let l = api.get(&v, "/api/v1/grants?active=true").await;
+    assert_eq!(l.body["grants"], json!([]));
+    let actions = api
+        .query_text("SELECT group_concat(action || ':' || territory, ' ') FROM (SELECT action, territory FROM audit_log WHERE action LIKE 'grant.%' ORDER BY seq)")
+        .await;
+    assert_eq!(
+        actions,
+        "grant.create:default grant.use:default grant.use:default grant.use:default \
+         grant.expire:default grant.create:default grant.use:default grant.use:default grant.revoke:default"
+    );
+    // The reason is sealed at rest.
+    let sealed = api
+        .query_i64("SELECT count(*) FROM access_grants WHERE sealed_reason IS NOT NULL")
+        .await;
+    assert_eq!(sealed, 2);
 }
 
 /// The OpenAPI document describes what the API really answers: every route, called by a role

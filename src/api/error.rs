@@ -177,6 +177,7 @@ impl From<StoreError> for ApiError {
             | StoreError::AlreadyBound { .. }
             | StoreError::RecordFinal { .. }
             | StoreError::OwnReview
+            | StoreError::GrantNotNeeded { .. }
             | StoreError::AlreadyReviewed { .. }
             | StoreError::KeyInUse { .. } => {
                 ApiError::new(StatusCode::CONFLICT, Code::ValidationError, e.to_string())

@@ -19,7 +19,7 @@ use super::session::Invalid;
 use super::state::ApiState;
 use crate::crypto::password;
 use crate::model::{Actor, is_valid_ident};
-use crate::storage::{Grant, SessionRow, StoreError, UserInfo};
+use crate::storage::{Grant, GrantCheck, SessionRow, StoreError, UserInfo};
 
 /// Who is calling, attached to authenticated requests.
 #[derive(Debug, Clone)]
@@ -32,6 +32,9 @@ pub struct Caller {
     pub territory: String,
     pub token_hash: [u8; 32],
     pub break_glass: Option<Grant>,
+    /// The request changes something (any method but GET and HEAD): a read-only access grant
+    /// does not cover it.
+    pub writes: bool,
 }
 
 impl Caller {
@@ -57,8 +60,8 @@ impl Caller {
     }
 }
 
-/// The session sweeper: ends idle and expired sessions (audited) and persists last-seen times,
-/// once per `every`, and once more at shutdown.
+/// The session sweeper: ends idle and expired sessions (audited), persists last-seen times and
+/// audits expired access grants, once per `every`, and once more at shutdown.
 pub struct SessionSweeper {
     pub st: ApiState,
     pub every: Duration,
@@ -82,20 +85,22 @@ impl SessionSweeper {
     }
 }
 
-/// One sweep (also used by tests with a manual clock).
+/// One sweep (also used by tests with a manual clock): ends idle and expired sessions,
+/// persists last-seen times and audits access grants whose expiry passed.
 pub async fn sweep_once(st: &ApiState) -> Result<usize, StoreError> {
     let now = st.clock.now_ms();
     let (ended, seen) = st.sessions.sweep(now, st.idle_ms());
     let n = ended.len();
-    if !ended.is_empty() || !seen.is_empty() {
-        st.store
-            .call(move |db| {
+    st.store
+        .call(move |db| {
+            if !ended.is_empty() || !seen.is_empty() {
                 let e: Vec<(SessionRow, &str)> = ended;
                 db.end_sessions(&e, now)?;
-                db.touch_sessions(&seen)
-            })
-            .await?;
-    }
+                db.touch_sessions(&seen)?;
+            }
+            db.expire_grants(now).map(|_| ())
+        })
+        .await?;
     Ok(n)
 }
 
@@ -270,6 +275,7 @@ async fn guard_inner(
         token_hash: hash,
         break_glass: row.break_glass,
         user,
+        writes: !matches!(method, Method::GET | Method::HEAD),
     };
     let deny = |caller: &Caller, why: &'static str, err: ApiError| {
         let (actor, t, action) = (
@@ -325,30 +331,69 @@ async fn guard_inner(
     Ok(Some(caller))
 }
 
-/// Checks that a patient or case belongs to the caller's territory (denials audited).
+/// Checks that a patient or case belongs to the caller's territory, or that an access grant
+/// opens it to the caller (`storage::grants`: read, or read/write for a writing request; the
+/// use is audited). Denials are audited.
 pub async fn in_territory(
     st: &ApiState,
     caller: &Caller,
     kind: &'static str,
     id: &str,
 ) -> ApiResult<()> {
+    check_territory(st, caller, kind, id, true).await
+}
+
+/// [`in_territory`] without grants: for linking a record into the caller's territory (a new
+/// case for a patient), which a grant never allows.
+pub async fn in_own_territory(
+    st: &ApiState,
+    caller: &Caller,
+    kind: &'static str,
+    id: &str,
+) -> ApiResult<()> {
+    check_territory(st, caller, kind, id, false).await
+}
+
+async fn check_territory(
+    st: &ApiState,
+    caller: &Caller,
+    kind: &'static str,
+    id: &str,
+    grants: bool,
+) -> ApiResult<()> {
     let i = id.to_string();
     let t = st.store.call(move |db| db.territory_of(kind, &i)).await?;
-    match t {
-        None => Err(ApiError::not_found(kind, id)),
-        Some(t) if t == caller.territory => Ok(()),
-        Some(owner) => {
-            // Recorded in the territory that owns the record, so its privacy officer sees who
-            // tried to reach it (the reason names the caller's own territory).
-            let (actor, res) = (caller.actor.clone(), format!("{kind}/{id}"));
-            let why = format!("territory (caller's: {})", caller.territory);
-            st.store
-                .call(move |db| db.audit_denied(&actor, "access.denied", &res, &owner, &why))
-                .await?;
-            st.metrics.denials.fetch_add(1, Ordering::Relaxed);
-            Err(ApiError::territory())
+    let owner = match t {
+        None => return Err(ApiError::not_found(kind, id)),
+        Some(t) if t == caller.territory => return Ok(()),
+        Some(owner) => owner,
+    };
+    let mut why = format!("territory (caller's: {})", caller.territory);
+    if grants && !caller.uses_grant() {
+        let (actor, i, writes, now) = (
+            caller.actor.clone(),
+            id.to_string(),
+            caller.writes,
+            st.clock.now_ms(),
+        );
+        match st
+            .store
+            .call(move |db| db.use_grant(&actor, kind, &i, writes, now))
+            .await?
+        {
+            GrantCheck::Used(_) => return Ok(()),
+            GrantCheck::ReadOnly(g) => why = format!("access grant {g} is read-only"),
+            GrantCheck::None => {}
         }
     }
+    // Recorded in the territory that owns the record, so its privacy officer sees who tried
+    // to reach it (the reason names the caller's own territory).
+    let (actor, res) = (caller.actor.clone(), format!("{kind}/{id}"));
+    st.store
+        .call(move |db| db.audit_denied(&actor, "access.denied", &res, &owner, &why))
+        .await?;
+    st.metrics.denials.fetch_add(1, Ordering::Relaxed);
+    Err(ApiError::territory())
 }
 
 /// Ends a session whose idle time or lifetime ran out (audited), for callers that hold a token

@@ -128,6 +128,13 @@ fn schemas() -> Value {
         "Login": s(json!({ "user_id": ident(), "secret": { "type": "string", "maxLength": crate::crypto::password::MAX_SECRET_LEN } }), &["user_id", "secret"]),
         // 10 to 500 characters, no control characters, not only white space.
         "BreakGlass": s(json!({ "reason": { "allOf": [field_text_n(10, 500), { "type": "string", "pattern": "\\S" }] }, "secret": { "type": "string", "maxLength": crate::crypto::password::MAX_SECRET_LEN } }), &["reason", "secret"]),
+        "GrantBody": s(json!({
+            "user_id": ident(), "case_id": { "type": "string", "format": "uuid" },
+            "patient_id": { "type": "string", "format": "uuid" },
+            "access": { "enum": ["read", "read_write"] },
+            "reason": { "allOf": [field_text_n(10, 500), { "type": "string", "pattern": "\\S" }] },
+            "minutes": { "type": "integer", "minimum": 1 },
+        }), &["user_id", "access", "reason", "minutes"]),
         "Patient": { "type": "object", "additionalProperties": false, "properties": schemas_patient_properties() },
         "CaseCreate": s(json!({ "patient_id": { "type": "string", "format": "uuid" }, "chief_complaint": short(), "mechanism": short(), "onset": short() }), &[]),
         "Bind": s(json!({ "device_id": ident(), "attach_unbound": { "type": "boolean", "default": false } }), &["device_id"]),
@@ -410,11 +417,20 @@ fn reply_schemas() -> Value {
         "Attachment": s(item),
         "AttachmentList": s(json!({ "attachments": { "type": "array", "items": list_item } })),
     });
+    // Access grants (a literal of their own: the macro's recursion limit).
+    let grant_part = json!({
+        "GrantCreated": s(json!({ "id": int, "expires_at_ms": int })),
+        "AccessGrant": s(json!({ "id": int, "user_id": text, "kind": { "enum": ["case", "patient"] }, "resource_id": text,
+            "territory": text, "access": { "enum": ["read", "read_write"] }, "reason": text, "granted_by": text,
+            "granted_at_ms": int, "expires_at_ms": int, "revoked_at_ms": nint, "revoked_by": ntext, "uses": int })),
+        "AccessGrants": s(json!({ "grants": list("AccessGrant") })),
+    });
     for (k, v) in record
         .as_object()
         .into_iter()
         .chain(handoff_part.as_object())
         .chain(attachment_part.as_object())
+        .chain(grant_part.as_object())
         .flatten()
     {
         out.as_object_mut()

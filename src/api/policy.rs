@@ -41,6 +41,8 @@ crate::model::named_enum! {
         UserApprove = "UserApprove",
         /// The HIPAA self-check (settings and counts, no PHI).
         ComplianceRead = "ComplianceRead",
+        /// Grant, list and revoke access to one record for a user of another territory.
+        GrantManage = "GrantManage",
     }
 }
 
@@ -81,6 +83,7 @@ pub fn role_perms(role: Role) -> &'static [Perm] {
             UserRead,
             UserApprove,
             ComplianceRead,
+            GrantManage,
         ],
         Role::Admin => &[Admin, UserRead, DeviceRead, SyncRead, ComplianceRead],
     }
@@ -701,6 +704,33 @@ pub const ROUTES: &[RouteSpec] = &[
         false,
         "Close a break-glass review",
         Some("Review"),
+        NoContent,
+    ),
+    r(
+        "GET",
+        "/api/v1/grants",
+        Access::Perm(GrantManage),
+        false,
+        "Access grants of the caller's territory, newest first, with reasons and use counts (?active=true: unexpired, unrevoked)",
+        None,
+        Json("AccessGrants"),
+    ),
+    r(
+        "POST",
+        "/api/v1/grants",
+        Access::Perm(GrantManage),
+        false,
+        "Open one case or patient of the caller's territory to a user of another territory, read or read/write, for a reason, until an expiry (audited)",
+        Some("GrantBody"),
+        Created("GrantCreated"),
+    ),
+    r(
+        "POST",
+        "/api/v1/grants/{id}/revoke",
+        Access::Perm(GrantManage),
+        false,
+        "Revoke an access grant at once (audited)",
+        None,
         NoContent,
     ),
     r(

@@ -13,8 +13,8 @@ use axum::routing::{delete, get, patch, post, put};
 use super::error::{ApiError, Code};
 use super::guard;
 use super::handlers::{
-    appliance, attachments, auth, cases, clinical, handoff, health, patients, record, review,
-    stream, users,
+    appliance, attachments, auth, cases, clinical, grants, handoff, health, patients, record,
+    review, stream, users,
 };
 use super::policy::BREAK_GLASS_PATH;
 use super::state::ApiState;
@@ -162,6 +162,8 @@ pub fn api_routes() -> Router<ApiState> {
             post(review::break_glass_review),
         )
         .route("/api/v1/compliance", get(review::compliance))
+        .route("/api/v1/grants", get(grants::list).post(grants::create))
+        .route("/api/v1/grants/{id}/revoke", post(grants::revoke))
         .route("/api/v1/users", get(users::users).post(users::add_user))
         .route("/api/v1/users/{id}/disable", post(users::disable_user))
         .route("/api/v1/users/{id}/approve", post(users::approve_user))

@@ -14,7 +14,7 @@ use super::error::{ApiError, ApiResult, Code};
 use crate::model::{AlarmKind, OutboxState, Role};
 use crate::model::{CaseDetails, Observation, StoredPatient, StoredTriage};
 use crate::storage::{
-    AuditRow, BreakGlass, BundleState, CaseAlarm, CaseSummary, CaseView, UserInfo,
+    AccessGrant, AuditRow, BreakGlass, BundleState, CaseAlarm, CaseSummary, CaseView, UserInfo,
 };
 use crate::vocab;
 
@@ -180,6 +180,64 @@ pub struct PendingQuery {
 #[serde(deny_unknown_fields)]
 pub struct ReviewBody {
     pub note: String,
+}
+
+/// `POST /api/v1/grants`: one of `case_id` and `patient_id`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GrantBody {
+    pub user_id: String,
+    pub case_id: Option<String>,
+    pub patient_id: Option<String>,
+    /// `read` or `read_write`.
+    pub access: String,
+    pub reason: String,
+    /// How long it lasts, 1 minute to `api.grant_max_hours`.
+    pub minutes: u64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ActiveQuery {
+    pub active: Option<bool>,
+}
+
+/// An access grant for the reviewing supervisor.
+#[derive(Debug, Serialize)]
+pub struct GrantReply<'a> {
+    pub id: i64,
+    pub user_id: &'a str,
+    pub kind: &'a str,
+    pub resource_id: &'a str,
+    pub territory: &'a str,
+    pub access: &'a str,
+    pub reason: &'a str,
+    pub granted_by: &'a str,
+    pub granted_at_ms: i64,
+    pub expires_at_ms: i64,
+    pub revoked_at_ms: Option<i64>,
+    pub revoked_by: Option<&'a str>,
+    pub uses: i64,
+}
+
+impl<'a> From<&'a AccessGrant> for GrantReply<'a> {
+    fn from(g: &'a AccessGrant) -> Self {
+        GrantReply {
+            id: g.id,
+            user_id: &g.user_id,
+            kind: &g.kind,
+            resource_id: &g.resource_id,
+            territory: &g.territory,
+            access: &g.access,
+            reason: &g.reason,
+            granted_by: &g.granted_by,
+            granted_at_ms: g.granted_at_ms,
+            expires_at_ms: g.expires_at_ms,
+            revoked_at_ms: g.revoked_at_ms,
+            revoked_by: g.revoked_by.as_deref(),
+            uses: g.uses,
+        }
+    }
 }
 
 #[derive(Deserialize)]

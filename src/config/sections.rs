@@ -118,6 +118,9 @@ pub struct ApiConfig {
     pub session_lifetime_secs: u64,
     /// Break-glass time box, minutes. Default 60.
     pub break_glass_minutes: u64,
+    /// Longest access grant a supervisor may give (mutual aid, a receiving crew), hours.
+    /// Default 72.
+    pub grant_max_hours: u64,
     /// Failed logins in a row, per account *and source address*, before back-off starts.
     /// Default 3.
     pub login_backoff_after: u32,
@@ -164,6 +167,7 @@ impl Default for ApiConfig {
             idle_timeout_secs: 600,
             session_lifetime_secs: 12 * 3600,
             break_glass_minutes: 60,
+            grant_max_hours: 72,
             login_backoff_after: 3,
             login_backoff_max_secs: 300,
             login_failures_per_day: 10,

@@ -99,6 +99,10 @@ pub enum StoreError {
     AlreadyBound { device: String, case_id: String },
     #[error("device `{device}` is not bound")]
     NotBound { device: String },
+    /// An access grant for a user of the record's own territory. Recovery: none needed, the
+    /// user's role already decides.
+    #[error("user `{user}` belongs to this territory; a grant is only for users of another")]
+    GrantNotNeeded { user: String },
     /// A supervisor tried to review their own break-glass use. Recovery: another supervisor
     /// reviews it.
     #[error("a break-glass use must be reviewed by another supervisor")]

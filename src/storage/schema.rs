@@ -499,6 +499,29 @@ CREATE TRIGGER audit_log_no_delete BEFORE DELETE ON audit_log
 WHEN OLD.seq > (SELECT pruned_through FROM audit_head WHERE id = 1)
 BEGIN SELECT RAISE(ABORT, 'audit log is append-only'); END;
 "#,
+    // v16: access grants (`storage::grants`): one case or patient opened to a user of another
+    // territory, read or read/write, until an expiry; the reason sealed under its own data key.
+    r#"
+CREATE TABLE access_grants (
+    id            INTEGER PRIMARY KEY AUTOINCREMENT,
+    user_id       TEXT    NOT NULL REFERENCES users (id),
+    kind          TEXT    NOT NULL CHECK (kind IN ('case', 'patient')),
+    resource_id   TEXT    NOT NULL,
+    territory     TEXT    NOT NULL,
+    access        TEXT    NOT NULL CHECK (access IN ('read', 'read_write')),
+    dk_id         INTEGER REFERENCES data_keys (id),
+    sealed_reason BLOB,
+    granted_by    TEXT    NOT NULL,
+    granted_at    INTEGER NOT NULL,
+    expires_at    INTEGER NOT NULL,
+    revoked_at    INTEGER,
+    revoked_by    TEXT,
+    expired_noted INTEGER NOT NULL DEFAULT 0,
+    uses          INTEGER NOT NULL DEFAULT 0
+) STRICT;
+CREATE INDEX access_grants_by_user ON access_grants (user_id, kind, resource_id);
+CREATE INDEX access_grants_by_territory ON access_grants (territory, id);
+"#,
 ];
 
 /// The schema version this build writes.

@@ -7,7 +7,7 @@ use axum::response::Response;
 use serde_json::json;
 
 use crate::api::error::{ApiError, ApiResult, Code};
-use crate::api::guard::{Caller, in_territory};
+use crate::api::guard::{Caller, in_own_territory, in_territory};
 use crate::api::policy::Perm;
 use crate::api::state::ApiState;
 use crate::api::wire::{
@@ -55,7 +55,7 @@ pub async fn create_case(
     }
     if let Some(p) = &b.patient_id {
         check_id(p)?;
-        in_territory(&st, &c, "patient", p).await?;
+        in_own_territory(&st, &c, "patient", p).await?;
     }
     let (a, t) = (c.actor.clone(), c.territory.clone());
     let id = st

@@ -6,6 +6,7 @@ pub mod attachments;
 pub mod auth;
 pub mod cases;
 pub mod clinical;
+pub mod grants;
 pub mod handoff;
 pub mod health;
 pub mod patients;

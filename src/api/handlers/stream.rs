@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 use crate::api::error::{ApiError, ApiResult};
-use crate::api::guard::{self, Caller, in_territory};
+use crate::api::guard::{self, Caller, in_own_territory};
 use crate::api::state::ApiState;
 use crate::api::wire::{StreamQuery, check_id, obs_json, triage_json};
 use crate::events::LiveEvent;
@@ -46,7 +46,9 @@ pub async fn stream(
     Query(q): Query<StreamQuery>,
 ) -> ApiResult<Response> {
     check_id(&id)?;
-    in_territory(&st, &c, "case", &id).await?;
+    // Not through an access grant: a stream would outlive the grant's expiry or revocation,
+    // which only each request checks (grant holders read the case and its vitals instead).
+    in_own_territory(&st, &c, "case", &id).await?;
     // One session cannot take every stream from the other crews (review #28).
     let session_slot = st
         .streams_per_session
