@@ -447,6 +447,33 @@ let failurePage = null;
   check(items.includes('automatic_logoff=pass'), `automatic logoff: ${items}`);
   await shot(page, 'compliance');
 
+  step('the supervisor filters the audit trail and exports a patient\'s accounting');
+  await page.getByTestId('nav-audit').click();
+  await page.getByTestId('audit-user').fill(env('H3N_USER'));
+  await page.getByTestId('audit-apply').click();
+  // The filtered table replaces the whole trail (wait for it, not for the old rows).
+  await page.locator(`[data-testid=audit-table][data-filter*="user=${env('H3N_USER')}"]`).waitFor();
+  const actors = await page.getByTestId('audit-row').evaluateAll((rows) => rows.map((r) => r.dataset.actor));
+  check(actors.length > 0 && actors.every((a) => a === env('H3N_USER')), `audit actors: ${actors}`);
+  await page.getByTestId('audit-patient-link').first().click();
+  await page.getByTestId('acct-csv').waitFor();
+  const [acct] = await Promise.all([page.waitForEvent('download'), page.getByTestId('acct-csv').click()]);
+  const acctCsv = fs.readFileSync(await acct.path(), 'utf8');
+  check(acctCsv.startsWith('seq,time,user,role,kind,action,purpose,phi_fields'), `accounting: ${acctCsv.slice(0, 80)}`);
+  check(acctCsv.includes(`,${env('H3N_USER')},paramedic,read,case.read,`), `accounting lists the medic's reads: ${acctCsv}`);
+  await shot(page, 'audit-accounting');
+
+  step('the supervisor manages access grants');
+  await page.getByTestId('nav-grants').click();
+  await page.getByTestId('grant-user').fill(env('H3N_USER'));
+  await page.getByTestId('grant-id').fill(caseId);
+  await page.getByTestId('grant-reason').fill('receiving crew continues care');
+  await page.getByTestId('grant-submit').click();
+  await page.waitForFunction(() => document.querySelector('[data-testid=grant-error]').textContent.length > 0);
+  const grantErr = await page.getByTestId('grant-error').innerText();
+  check(/only for users of another/.test(grantErr), `a grant to a user of this territory: ${grantErr}`);
+  await shot(page, 'grants');
+
   check(!errors.length, `page errors: ${errors.join('; ')}`);
   await browser.close();
   step('ok');

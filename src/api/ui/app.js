@@ -132,7 +132,8 @@ const routes = [
   [/^#\/patient\/([0-9a-f-]+)$/, patientScreen],
   [/^#\/case\/([0-9a-f-]+)$/, caseScreen],
   [/^#\/handoff\/([0-9a-f-]+)$/, handoffScreen],
-  [/^#\/audit$/, auditScreen],
+  [/^#\/audit(\?.*)?$/, auditScreen],
+  [/^#\/grants$/, grantsScreen],
   [/^#\/review$/, reviewScreen],
   [/^#\/compliance$/, complianceScreen],
 ];
@@ -898,23 +899,96 @@ async function handoffScreen(id) {
   });
 }
 
-// The PDF needs the session's token, so it is fetched and handed to the browser as a file.
-async function downloadPdf(id, fmt) {
-  const r = await authFetch(`/api/v1/cases/${id}/handoff/pdf?format=${fmt}`);
+// Files need the session's token, so they are fetched and handed to the browser as a download.
+async function downloadFile(path, name) {
+  const r = await authFetch(path);
   const url = URL.createObjectURL(await r.blob());
   const a = document.createElement('a');
   a.href = url;
-  a.download = `handoff-${id}.pdf`;
+  a.download = name;
   document.body.appendChild(a);
   a.click();
   a.remove();
   setTimeout(() => URL.revokeObjectURL(url), 60000);
 }
 
-async function auditScreen() {
-  const r = await api('GET', '/api/v1/audit?limit=200');
-  view().innerHTML = `<h1>Audit trail</h1><table data-testid="audit-table"><tr><th>#</th><th>Time</th><th>Actor</th><th>Role</th><th>Action</th><th>Resource</th><th>Outcome</th></tr>
-    ${r.entries.map((e) => `<tr><td>${e.seq}</td><td>${fmtTime(e.ts_ms)}</td><td>${esc(e.actor)}</td><td>${esc(e.role)}</td><td>${esc(e.action)}</td><td>${esc(e.resource)}</td><td>${esc(e.outcome)}</td></tr>`).join('')}</table>`;
+const downloadPdf = (id, fmt) => downloadFile(`/api/v1/cases/${id}/handoff/pdf?format=${fmt}`, `handoff-${id}.pdf`);
+
+const AUDIT_FILTERS = ['patient', 'case', 'user', 'since', 'until'];
+
+// The territory's trail, narrowed by patient, case, user and time; a patient's accounting of
+// disclosures (CSV or FHIR) once a patient is chosen.
+async function auditScreen(query) {
+  const q = new URLSearchParams((query || '').replace(/^\?/, ''));
+  const params = new URLSearchParams({ limit: '200' });
+  AUDIT_FILTERS.forEach((k) => { if (q.get(k)) params.set(k, q.get(k)); });
+  const r = await api('GET', `/api/v1/audit?${params}`);
+  const patient = q.get('patient');
+  const input = (k, label) => `<input name="${k}" placeholder="${label}" value="${esc(q.get(k) || '')}" data-testid="audit-${k}">`;
+  const resource = (res) => {
+    const m = /^patient\/([0-9a-f-]{36})$/.exec(res);
+    return m ? `<a href="#/audit?patient=${m[1]}" data-testid="audit-patient-link">${esc(res)}</a>` : esc(res);
+  };
+  view().innerHTML = `<h1>Audit trail</h1>
+    <form id="audit-filter" class="card row" novalidate>${input('patient', 'Patient id')}${input('case', 'Case id')}${input('user', 'User id')}
+      ${input('since', 'Since (2026-12-07)')}${input('until', 'Until')}
+      <button class="primary" type="submit" data-testid="audit-apply">Filter</button>
+      <a class="btn ghost" href="#/audit" data-testid="audit-clear">Clear</a></form>
+    ${patient ? `<p class="row" data-testid="accounting">Accounting of disclosures for this patient (every read and disclosure; the export is audited):
+      <button class="btn" data-acct="csv" data-testid="acct-csv">CSV</button>
+      <button class="btn" data-acct="fhir" data-testid="acct-fhir">FHIR AuditEvents</button></p>` : ''}
+    <table data-testid="audit-table" data-filter="${esc(params.toString())}"><tr><th>#</th><th>Time</th><th>Actor</th><th>Role</th><th>Action</th><th>Resource</th><th>Outcome</th><th>Purpose</th><th>From</th></tr>
+    ${r.entries.map((e) => `<tr data-testid="audit-row" data-actor="${esc(e.actor)}"><td>${e.seq}</td><td>${fmtTime(e.ts_ms)}</td><td>${esc(e.actor)}</td><td>${esc(e.role)}</td><td>${esc(e.action)}</td>
+      <td>${resource(e.resource)}</td><td>${esc(e.outcome)}</td><td>${esc((e.details && e.details.purpose) || '')}</td>
+      <td>${esc((e.details && e.details.access && e.details.access.address) || '')}</td></tr>`).join('')}</table>
+    ${r.entries.length ? '' : '<p data-testid="audit-empty">No entry matches.</p>'}`;
+  $('#audit-filter').addEventListener('submit', (ev) => {
+    ev.preventDefault();
+    const f = new URLSearchParams();
+    new FormData(ev.target).forEach((v, k) => { if (String(v).trim()) f.set(k, String(v).trim()); });
+    location.hash = `#/audit${f.toString() ? `?${f}` : ''}`;
+  });
+  view().querySelectorAll('[data-acct]').forEach((b) => b.addEventListener('click', () => {
+    const fmt = b.dataset.acct;
+    downloadFile(`/api/v1/patients/${patient}/disclosures?format=${fmt}`, `disclosures-${patient}.${fmt === 'csv' ? 'csv' : 'json'}`).catch(showError);
+  }));
+}
+
+// Access grants of the supervisor's territory: open one record to a user of another territory.
+async function grantsScreen() {
+  const r = await api('GET', '/api/v1/grants');
+  const now = Date.now();
+  const state = (g) => (g.revoked_at_ms ? 'revoked' : g.expires_at_ms <= now ? 'expired' : 'active');
+  view().innerHTML = `<h1>Access grants</h1>
+    <p>Open one case or patient of ${esc(S.me.territory)} to a named user of another territory (mutual aid, a receiving crew). Each use is audited; revoking ends it at once.</p>
+    <form id="grant-new" class="card" novalidate>
+      <div class="row"><input name="user_id" placeholder="User id (other territory)" data-testid="grant-user">
+        <select name="kind" data-testid="grant-kind"><option value="case_id">Case</option><option value="patient_id">Patient</option></select>
+        <input name="id" placeholder="Case or patient id" class="wide" data-testid="grant-id"></div>
+      <div class="row"><select name="access" data-testid="grant-access"><option value="read">Read</option><option value="read_write">Read and write</option></select>
+        <label>for <input name="minutes" type="number" min="1" value="60" data-testid="grant-minutes"> min</label>
+        <input name="reason" placeholder="Reason (10 to 500 characters)" class="wide" data-testid="grant-reason">
+        <button class="primary" type="submit" data-testid="grant-submit">Grant</button></div>
+      <span class="err" data-testid="grant-error"></span></form>
+    <table data-testid="grant-table"><tr><th>#</th><th>User</th><th>Record</th><th>Access</th><th>Until</th><th>Uses</th><th>Reason</th><th></th></tr>
+    ${r.grants.map((g) => `<tr data-testid="grant-row" data-state="${state(g)}"><td>${g.id}</td><td>${esc(g.user_id)}</td><td>${esc(g.kind)} ${esc(g.resource_id)}</td>
+      <td>${esc(g.access)}</td><td>${fmtTime(g.expires_at_ms)} (${state(g)})</td><td>${g.uses}</td><td>${esc(g.reason)}</td>
+      <td>${state(g) === 'active' ? `<button class="btn warn" data-revoke="${g.id}" data-testid="grant-revoke">Revoke</button>` : ''}</td></tr>`).join('')}</table>`;
+  const f = $('#grant-new');
+  f.addEventListener('submit', (ev) => {
+    ev.preventDefault();
+    const v = (k) => f.querySelector(`[name=${k}]`).value.trim();
+    submitOnce(f, async () => {
+      await api('POST', '/api/v1/grants', {
+        user_id: v('user_id'), [v('kind')]: v('id'), access: v('access'), reason: v('reason'), minutes: Number(v('minutes')),
+      });
+      await grantsScreen();
+    });
+  });
+  view().querySelectorAll('[data-revoke]').forEach((b) => b.addEventListener('click', async () => {
+    try { await api('POST', `/api/v1/grants/${b.dataset.revoke}/revoke`); await grantsScreen(); }
+    catch (e) { if (e.status !== 401) banner(e.message, true); }
+  }));
 }
 
 // One line per verdict: how many items pass, warn and fail (the supervisor's summary).
