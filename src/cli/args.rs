@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand};
+use clap::{Args as ClapArgs, Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(
@@ -365,28 +365,7 @@ pub enum AuditCmd {
     Checkpoint,
     /// Entries about a patient or case, by a user, in a time window (newest first; audited).
     /// Times: a UTC date (2026-12-07), timestamp (2026-12-07T08:15:00Z) or Unix ms.
-    Query {
-        #[arg(long)]
-        patient: Option<String>,
-        #[arg(long)]
-        case: Option<String>,
-        /// A user id.
-        #[arg(long)]
-        user: Option<String>,
-        #[arg(long)]
-        since: Option<String>,
-        /// Exclusive.
-        #[arg(long)]
-        until: Option<String>,
-        /// Only entries of this territory.
-        #[arg(long)]
-        territory: Option<String>,
-        #[arg(long, default_value_t = 1000)]
-        limit: usize,
-        /// One JSON object per entry, one per line.
-        #[arg(long)]
-        json: bool,
-    },
+    Query(QueryArgs),
     /// Remove entries older than `audit.retention_days` that a signed checkpoint receipted by
     /// the cloud covers (the daemon does this every 10 min; audited).
     Prune {
@@ -499,4 +478,29 @@ pub enum DebugCmd {
         #[arg(long, default_value = "Soakington")]
         last_name: String,
     },
+}
+
+/// `audit query`: its filters and output form.
+#[derive(ClapArgs)]
+pub struct QueryArgs {
+    #[arg(long)]
+    pub patient: Option<String>,
+    #[arg(long)]
+    pub case: Option<String>,
+    /// A user id.
+    #[arg(long)]
+    pub user: Option<String>,
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Exclusive.
+    #[arg(long)]
+    pub until: Option<String>,
+    /// Only entries of this territory.
+    #[arg(long)]
+    pub territory: Option<String>,
+    #[arg(long, default_value_t = 1000)]
+    pub limit: usize,
+    /// One JSON object per entry, one per line.
+    #[arg(long)]
+    pub json: bool,
 }

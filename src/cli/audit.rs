@@ -5,9 +5,10 @@ use std::path::Path;
 
 use crate::compliance::accounting::{self, Format};
 use crate::config::Config;
-use crate::model::{Actor, iso8601_ms, now_ms, parse_time_ms};
+use crate::model::{Actor, TIME_FORMS, iso8601_ms, now_ms, parse_time_ms};
 use crate::storage::AuditFilter;
 
+use super::args::QueryArgs;
 use super::{CmdResult, Failure, open_db};
 
 fn usage(msg: String) -> Failure {
@@ -61,28 +62,14 @@ pub fn audit_checkpoint(cfg: &Config) -> CmdResult {
     Ok(0)
 }
 
-/// The filters of `audit query` as typed.
-pub struct QueryArgs<'a> {
-    pub patient: &'a Option<String>,
-    pub case: &'a Option<String>,
-    pub user: &'a Option<String>,
-    pub since: &'a Option<String>,
-    pub until: &'a Option<String>,
-    pub territory: &'a Option<String>,
-    pub limit: usize,
-}
-
 /// `audit query`: matching entries newest first, a line each (or JSON lines); exit 0 even when
 /// none match (a line on stderr says so).
-pub fn audit_query(cfg: &Config, q: QueryArgs<'_>, json: bool) -> CmdResult {
+pub fn audit_query(cfg: &Config, q: &QueryArgs) -> CmdResult {
     let time = |name: &str, v: &Option<String>| -> Result<Option<i64>, Failure> {
         v.as_deref()
             .map(|s| {
-                parse_time_ms(s).ok_or_else(|| {
-                    usage(format!(
-                        "--{name} {s:?}: expected a UTC date (2026-12-07), timestamp (2026-12-07T08:15:00Z) or Unix ms"
-                    ))
-                })
+                parse_time_ms(s)
+                    .ok_or_else(|| usage(format!("--{name} {s:?}: expected {TIME_FORMS}")))
             })
             .transpose()
     };
@@ -96,8 +83,8 @@ pub fn audit_query(cfg: &Config, q: QueryArgs<'_>, json: bool) -> CmdResult {
         patient: q.patient.clone(),
         case: q.case.clone(),
         user: q.user.clone(),
-        since_ms: time("since", q.since)?,
-        until_ms: time("until", q.until)?,
+        since_ms: time("since", &q.since)?,
+        until_ms: time("until", &q.until)?,
         territory: q.territory.clone(),
         before_seq: None,
         limit: q.limit,
@@ -108,7 +95,7 @@ pub fn audit_query(cfg: &Config, q: QueryArgs<'_>, json: bool) -> CmdResult {
     let ms = started.elapsed().as_secs_f64() * 1000.0;
     let mut out = std::io::stdout().lock();
     for r in &rows {
-        if json {
+        if q.json {
             let v = serde_json::json!({
                 "seq": r.seq, "ts_ms": r.ts_ms, "time": iso8601_ms(r.ts_ms), "actor": r.actor,
                 "role": r.role, "action": r.action, "resource": r.resource, "outcome": r.outcome,

@@ -143,28 +143,7 @@ pub fn main(args: Args) -> ExitCode {
         Some(Cmd::Audit { cmd }) => match cmd {
             AuditCmd::Verify { json } => cli::audit_verify(&cfg, *json),
             AuditCmd::Checkpoint => cli::audit_checkpoint(&cfg),
-            AuditCmd::Query {
-                patient,
-                case,
-                user,
-                since,
-                until,
-                territory,
-                limit,
-                json,
-            } => cli::audit_query(
-                &cfg,
-                cli::QueryArgs {
-                    patient,
-                    case,
-                    user,
-                    since,
-                    until,
-                    territory,
-                    limit: *limit,
-                },
-                *json,
-            ),
+            AuditCmd::Query(q) => cli::audit_query(&cfg, q),
             AuditCmd::Prune { dry_run } => cli::audit_prune(&cfg, *dry_run),
             AuditCmd::Disclosures {
                 patient,

@@ -23,9 +23,7 @@ mod users;
 
 pub use args::Args;
 pub use attachments::{cases_attach, cases_attachment_export};
-pub use audit::{
-    QueryArgs, audit_checkpoint, audit_disclosures, audit_prune, audit_query, audit_verify,
-};
+pub use audit::{audit_checkpoint, audit_disclosures, audit_prune, audit_query, audit_verify};
 pub use backup::{backup, restore};
 pub use credstore::{AdminCredentials, admin_credentials, keys_seal};
 pub use debug::{debug_bundle_vectors, debug_soak, simulate};

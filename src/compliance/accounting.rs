@@ -134,15 +134,11 @@ fn csv_cell(c: &str) -> String {
     }
 }
 
-/// A stable `urn:uuid:` for one resource of the export.
+/// A stable `urn:uuid:` for one resource of the export (the bundles' own rule, scoped to the
+/// appliance's accounting).
 fn urn(appliance_id: &str, what: &str) -> String {
-    let h = crate::crypto::sha256(format!("{appliance_id}|accounting|{what}").as_bytes());
-    let mut b = [0u8; 16];
-    b.copy_from_slice(&h[..16]);
-    format!(
-        "urn:uuid:{}",
-        uuid::Builder::from_custom_bytes(b).into_uuid()
-    )
+    let id = crate::sync::fhir::rid(&format!("{appliance_id}|accounting"), what);
+    format!("urn:uuid:{id}")
 }
 
 /// The accounting as a FHIR R4 `Bundle` of `AuditEvent`s, oldest first. `made_ms` is when the

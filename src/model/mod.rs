@@ -101,6 +101,9 @@ pub fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
     era * 146_097 + doe - 719_468
 }
 
+/// What [`parse_time_ms`] accepts, for error messages.
+pub const TIME_FORMS: &str = "a UTC date (2026-12-07), timestamp (2026-12-07T08:15:00Z) or Unix ms";
+
 /// Unix ms of a time a person typed: a UTC date (`2026-12-07`, its midnight), a UTC timestamp
 /// with or without milliseconds (`2026-12-07T08:15:00Z`, `2026-12-07T08:15:00.123Z`) or Unix
 /// milliseconds; `None` for anything else.

@@ -33,7 +33,7 @@ const LOINC: &str = "http://loinc.org";
 const UCUM: &str = "http://unitsofmeasure.org";
 
 /// A stable UUID for a resource of the bundle: SHA-256(bundle id | role) shaped as UUIDv8.
-fn rid(bundle_id: &str, role: &str) -> String {
+pub(crate) fn rid(bundle_id: &str, role: &str) -> String {
     let h = crate::crypto::sha256(format!("{bundle_id}|{role}").as_bytes());
     let mut b = [0u8; 16];
     b.copy_from_slice(&h[..16]);

@@ -14,7 +14,7 @@ use crate::api::wire::{
     check_id, ok, replies,
 };
 use crate::compliance::accounting::{self, Format};
-use crate::model::parse_time_ms;
+use crate::model::{TIME_FORMS, parse_time_ms};
 use crate::storage::AuditFilter;
 
 /// The audit trail of the supervisor's territory, newest first, narrowed by patient, case,
@@ -27,11 +27,8 @@ pub async fn audit(
     let time = |name: &str, v: &Option<String>| -> ApiResult<Option<i64>> {
         v.as_deref()
             .map(|s| {
-                parse_time_ms(s).ok_or_else(|| {
-                    ApiError::validation(format!(
-                        "`{name}` must be a UTC date (2026-12-07), timestamp (2026-12-07T08:15:00Z) or Unix ms"
-                    ))
-                })
+                parse_time_ms(s)
+                    .ok_or_else(|| ApiError::validation(format!("`{name}` must be {TIME_FORMS}")))
             })
             .transpose()
     };

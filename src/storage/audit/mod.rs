@@ -316,11 +316,10 @@ pub(crate) fn append_as(
         {
             query::enrich(conn, &ev.resource, m)?;
         }
-        let d = d.to_string();
         if rule.indexed {
             subjects = query::index_rows(&ev.resource, &d);
         }
-        d
+        d.to_string()
     };
     let territory = ev.territory.as_deref().unwrap_or("");
     let f = EntryFields {

@@ -135,7 +135,7 @@ pub(crate) fn backfill(conn: &Connection) -> Result<u64> {
             _ => Map::new(),
         };
         enrich(conn, &resource, &mut d)?;
-        let subjects = own_excluded(&resource, access::subjects(&resource, &Value::Object(d)));
+        let subjects = index_rows(&resource, &Value::Object(d));
         index(conn, seq, &subjects)?;
         n += subjects.len() as u64;
     }
@@ -143,17 +143,9 @@ pub(crate) fn backfill(conn: &Connection) -> Result<u64> {
 }
 
 /// The rows `audit_subjects` holds for an entry: its subjects other than its own resource
-/// (`audit_by_resource` finds those). Empty unless the details name a patient or case.
-pub(super) fn index_rows(resource: &str, details: &str) -> Vec<Subject> {
-    if !details.contains("\"patient") && !details.contains("\"case\"") {
-        return Vec::new();
-    }
-    let d: Value = serde_json::from_str(details).unwrap_or(Value::Null);
-    own_excluded(resource, access::subjects(resource, &d))
-}
-
-fn own_excluded(resource: &str, subjects: Vec<Subject>) -> Vec<Subject> {
-    subjects
+/// (`audit_by_resource` finds those).
+pub(super) fn index_rows(resource: &str, details: &Value) -> Vec<Subject> {
+    access::subjects(resource, details)
         .into_iter()
         .filter(|s| {
             resource
@@ -162,6 +154,16 @@ fn own_excluded(resource: &str, subjects: Vec<Subject>) -> Vec<Subject> {
                 != Some(s.id.as_str())
         })
         .collect()
+}
+
+/// [`index_rows`] of an entry as stored (its details as text); the details are parsed only
+/// when they name a patient or case (`audit verify` runs this for every entry).
+pub(super) fn stored_index_rows(resource: &str, details: &str) -> Vec<Subject> {
+    if !details.contains("\"patient") && !details.contains("\"case\"") {
+        return Vec::new();
+    }
+    let d: Value = serde_json::from_str(details).unwrap_or(Value::Null);
+    index_rows(resource, &d)
 }
 
 /// The entries matching `f`, newest first.

@@ -200,7 +200,7 @@ fn verify_with(
         }
         if let Some(ix) = index.as_mut() {
             let have = ix.rows_of(seq)?;
-            let want = super::query::index_rows(&fields[3], &fields[6]);
+            let want = super::query::stored_index_rows(&fields[3], &fields[6]);
             if let Some(s) = want
                 .iter()
                 .find(|w| !have.iter().any(|(k, i)| k == w.kind && i == &w.id))
