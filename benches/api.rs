@@ -3,6 +3,9 @@
 //! 1. Main read routes (case view, case list, vitals history) of the real daemon over HTTPS
 //!    under 50 concurrent keep-alive clients, against a raw axum hello-world served over the
 //!    same TLS stack in this process: `BENCH api_read_p99_ms`, `BENCH api_read_rps`.
+//!    The audit path alone: 50 clients on the case list (one small audited read each) against
+//!    the raw 4 KiB write + fdatasync of the same disk: `BENCH api_audited_read_p99_ms`,
+//!    `BENCH api_audited_read_rps`.
 //! 2. Vitals arrival → new triage on the tablet's live stream (SSE): a monitor publishes one
 //!    pack, the clock stops when the stream delivers the triage it caused; against a raw
 //!    broker QoS 1 publish → subscriber delivery: `BENCH triage_stream_p99_ms`.
@@ -143,6 +146,25 @@ async fn hello_world(cert: &std::path::Path, key: &[u8]) -> u16 {
         }
     });
     port
+}
+
+/// `n` sequential 4 KiB writes each followed by fdatasync, in `dir`: their latencies.
+fn raw_fsync(dir: &std::path::Path, n: usize) -> Vec<Duration> {
+    use std::os::unix::fs::FileExt;
+    let path = dir.join("bench-fsync.tmp");
+    let f = std::fs::File::create(&path).unwrap();
+    let block = [0x5au8; 4096];
+    let lat = (0..n)
+        .map(|i| {
+            let t = Instant::now();
+            f.write_all_at(&block, (i % 64) as u64 * 4096).unwrap();
+            f.sync_data().unwrap();
+            t.elapsed()
+        })
+        .collect();
+    drop(f);
+    let _ = std::fs::remove_file(path);
+    lat
 }
 
 fn ms(d: Duration) -> f64 {
@@ -341,6 +363,8 @@ async fn async_main() {
         "/api/v1/cases".to_string(),
         format!("/api/v1/cases/{case}/vitals"),
     ];
+    // (A mark for profilers attaching to the daemon: the audited reads start now.)
+    eprintln!("api: audited read load running for {secs} s");
     let (rps, mut lat) = load(d.port, &tls, Some(token.clone()), paths, secs).await;
     let (p50, p99) = (pct(&mut lat, 0.5), pct(&mut lat, 0.99));
     let (rp50, rp99) = (pct(&mut raw_lat, 0.5), pct(&mut raw_lat, 0.99));
@@ -365,6 +389,36 @@ async fn async_main() {
     );
     bench_line("api_read_p99_ms", ms(p99), "ms", ms(rp99));
     bench_line("api_read_rps", rps, "req/s", raw_rps);
+
+    // 1b. The audit path itself: the case list (one small audited read) against the disk's raw
+    // fsync, the physical limit of a durable audit entry (concurrent reads share one).
+    let mut fsync = raw_fsync(&d.dir, if quick() { 50 } else { 500 });
+    let (fp50, fp99) = (pct(&mut fsync, 0.5), pct(&mut fsync, 0.99));
+    let (lrps, mut llat) = load(
+        d.port,
+        &tls,
+        Some(token.clone()),
+        vec!["/api/v1/cases".into()],
+        secs,
+    )
+    .await;
+    let (lp50, lp99) = (pct(&mut llat, 0.5), pct(&mut llat, 0.99));
+    println!(
+        "  {:<34} {:>10.0} {:>10.2} {:>10.2}",
+        "case list only (audited)",
+        lrps,
+        ms(lp50),
+        ms(lp99)
+    );
+    println!(
+        "  {:<34} {:>10} {:>10.2} {:>10.2}",
+        "raw 4 KiB write + fdatasync",
+        "",
+        ms(fp50),
+        ms(fp99)
+    );
+    bench_line("api_audited_read_p99_ms", ms(lp99), "ms", ms(fp99));
+    bench_line("api_audited_read_rps", lrps, "req/s", raw_rps);
 
     // 2. Vitals arrival → triage on the live stream. (A fresh connection: the daemon closes
     // keep-alive connections left idle during the load above.)

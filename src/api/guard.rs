@@ -362,7 +362,7 @@ async fn check_territory(
     grants: bool,
 ) -> ApiResult<()> {
     let i = id.to_string();
-    let t = st.store.call(move |db| db.territory_of(kind, &i)).await?;
+    let t = st.store.read(move |db| db.territory_of(kind, &i)).await?;
     let owner = match t {
         None => return Err(ApiError::not_found(kind, id)),
         Some(t) if t == caller.territory => return Ok(()),
@@ -443,7 +443,7 @@ pub async fn end_if_expired(st: &ApiState, hash: &[u8; 32]) -> bool {
 /// disabled there); it is then dropped from memory too.
 async fn revoked(st: &ApiState, hash: &[u8; 32]) -> ApiResult<bool> {
     let h = *hash;
-    if st.store.call(move |db| db.session_live(&h)).await? {
+    if st.store.read(move |db| db.session_live(&h)).await? {
         return Ok(false);
     }
     st.sessions.remove(hash);

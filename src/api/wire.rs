@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::error::{ApiError, ApiResult, Code};
+use crate::model::record::EntryVersion;
 use crate::model::{AlarmKind, OutboxState, Role};
 use crate::model::{CaseDetails, Observation, StoredPatient, StoredTriage};
 use crate::storage::{
@@ -289,18 +290,67 @@ pub fn patient_json(p: &StoredPatient) -> Value {
 }
 
 pub fn obs_json(o: &Observation) -> Value {
-    let display = if o.code == "avpu" {
-        vocab::avpu_letter(o.value).map_or(Value::Null, |s| json!(s))
-    } else {
-        Value::Null
-    };
-    json!({
-        "id": o.id, "name": o.code, "value": o.value, "display": display,
-        "t_ms": o.device_time_ms, "received_ms": o.recv_time_ms,
-        "device_id": o.device_id, "source": o.source,
-        "unit": vocab::lookup(&o.code).and_then(|v| v.unit),
-    })
+    serde_json::to_value(ObsReply::from(o)).unwrap_or(Value::Null)
 }
+
+/// One reading as the API shows it (serialised straight into the reply: a case carries
+/// hundreds).
+#[derive(Debug, Serialize)]
+pub struct ObsReply<'a> {
+    pub id: i64,
+    pub name: &'a str,
+    pub value: f64,
+    /// AVPU's letter; null for numeric vitals.
+    pub display: Option<&'static str>,
+    pub t_ms: i64,
+    pub received_ms: i64,
+    pub device_id: Option<&'a str>,
+    pub source: &'a str,
+    pub unit: Option<&'static str>,
+}
+
+impl<'a> From<&'a Observation> for ObsReply<'a> {
+    fn from(o: &'a Observation) -> Self {
+        ObsReply {
+            id: o.id,
+            name: &o.code,
+            value: o.value,
+            display: if o.code == "avpu" {
+                vocab::avpu_letter(o.value)
+            } else {
+                None
+            },
+            t_ms: o.device_time_ms,
+            received_ms: o.recv_time_ms,
+            device_id: o.device_id.as_deref(),
+            source: &o.source,
+            unit: vocab::lookup(&o.code).and_then(|v| v.unit),
+        }
+    }
+}
+
+/// `200 OK` with `v` serialised once into a buffer of about `size_hint` bytes (large replies
+/// skip the growth copies of a small one).
+pub fn json_reply<T: Serialize>(v: &T, size_hint: usize) -> Response {
+    let mut buf = Vec::with_capacity(size_hint);
+    match serde_json::to_writer(&mut buf, v) {
+        Ok(()) => (
+            [(
+                axum::http::header::CONTENT_TYPE,
+                axum::http::HeaderValue::from_static("application/json"),
+            )],
+            buf,
+        )
+            .into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot encode a reply");
+            ApiError::internal().into_response()
+        }
+    }
+}
+
+/// Bytes a serialised reading takes, about (for [`json_reply`]'s size hint).
+pub const OBS_JSON_BYTES: usize = 200;
 
 pub fn triage_json(t: &StoredTriage) -> Value {
     let r = &t.record;
@@ -313,24 +363,44 @@ pub fn triage_json(t: &StoredTriage) -> Value {
     })
 }
 
-pub fn view_json(v: &CaseView) -> Value {
-    json!({
-        "id": v.case.id,
-        "territory": v.case.territory,
-        "status": v.case.status.as_str(),
-        "created_at_ms": v.case.created_at_ms,
-        "closed_at_ms": v.case.closed_at_ms,
-        "patient_id": v.case.patient_id,
-        "details": v.case.details,
-        "version": v.case.version,
-        "patient": v.patient.as_ref().map(patient_json),
-        "devices": v.devices,
-        "alarms": replies::<_, AlarmReply<'_>>(&v.alarms),
-        "triage": v.triage.iter().map(triage_json).collect::<Vec<_>>(),
-        "record": v.record.latest(),
-        "vitals": v.vitals.iter().map(obs_json).collect::<Vec<_>>(),
-        "bundles": replies::<_, BundleReply<'_>>(&v.bundles),
-    })
+pub fn view_json(v: &CaseView) -> ViewReply<'_> {
+    ViewReply {
+        id: &v.case.id,
+        territory: &v.case.territory,
+        status: v.case.status.as_str(),
+        created_at_ms: v.case.created_at_ms,
+        closed_at_ms: v.case.closed_at_ms,
+        patient_id: v.case.patient_id.as_deref(),
+        details: &v.case.details,
+        version: v.case.version,
+        patient: v.patient.as_ref().map(patient_json),
+        devices: &v.devices,
+        alarms: replies(&v.alarms),
+        triage: v.triage.iter().map(triage_json).collect(),
+        record: v.record.latest(),
+        vitals: replies(&v.vitals),
+        bundles: replies(&v.bundles),
+    }
+}
+
+/// The case screen as the API shows it.
+#[derive(Debug, Serialize)]
+pub struct ViewReply<'a> {
+    pub id: &'a str,
+    pub territory: &'a str,
+    pub status: &'static str,
+    pub created_at_ms: i64,
+    pub closed_at_ms: Option<i64>,
+    pub patient_id: Option<&'a str>,
+    pub details: &'a CaseDetails,
+    pub version: i64,
+    pub patient: Option<Value>,
+    pub devices: &'a [String],
+    pub alarms: Vec<AlarmReply<'a>>,
+    pub triage: Vec<Value>,
+    pub record: Vec<&'a EntryVersion>,
+    pub vitals: Vec<ObsReply<'a>>,
+    pub bundles: Vec<BundleReply<'a>>,
 }
 
 // ---- response types (the API's own, apart from storage rows; schemas in openapi.rs) ------

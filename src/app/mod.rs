@@ -176,7 +176,9 @@ impl App {
         let db = Db::open(cfg, keys).map_err(RunError::Setup)?;
         let schema = db.schema_version().map_err(RunError::Setup)?;
         tracing::info!(db = %db.path().display(), schema, appliance_id = %cfg.appliance_id, "store open");
-        let (store, storage_thread) = Store::spawn(db, cfg.store.queue_capacity);
+        let (store, storage_thread) =
+            Store::spawn(db, cfg.store.queue_capacity, cfg.store.readers())
+                .map_err(RunError::Setup)?;
         // The model loads (and warms up) before READY; without it the daemon runs rules-only.
         let options = wiring::load_options(cfg);
         let (runtime, model_status) = if !cfg.triage.enabled {

@@ -269,9 +269,23 @@ pub struct StoreConfig {
     /// Capacity of the queue in front of the storage thread; callers wait when it is full
     /// (storage writes are never dropped). Default 1024.
     pub queue_capacity: usize,
+    /// Read-only connections beside the writer, each on its own thread: audited reads of the
+    /// tablet run on them in parallel and only their audit entries queue for the writer.
+    /// Default 0: one per CPU core, at most 4.
+    pub read_connections: usize,
     /// `check` warns when the last backup (`hema3n-edge backup`) is older than this many
     /// hours, or when none was taken. Default 24.
     pub backup_max_age_hours: u64,
+}
+
+impl StoreConfig {
+    /// Reader connections to open: `read_connections`, or one per CPU core (at most 4).
+    pub fn readers(&self) -> usize {
+        match self.read_connections {
+            0 => std::thread::available_parallelism().map_or(2, |n| n.get().min(4)),
+            n => n,
+        }
+    }
 }
 
 impl Default for StoreConfig {
@@ -280,6 +294,7 @@ impl Default for StoreConfig {
             path: None,
             busy_timeout_ms: 5000,
             queue_capacity: 1024,
+            read_connections: 0,
             backup_max_age_hours: 24,
         }
     }

@@ -57,8 +57,12 @@ pub(super) struct Custody {
 
 impl Owned for Custody {
     const THREAD: &'static str = "receiver-db";
+    type Grouped = std::convert::Infallible;
     fn close(&mut self) {
         tracing::info!("receiver database closed");
+    }
+    fn write_group(&mut self, items: Vec<Self::Grouped>) -> Vec<crate::storage::Result<()>> {
+        items.into_iter().map(|i| match i {}).collect()
     }
 }
 

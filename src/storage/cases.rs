@@ -1,9 +1,9 @@
 //! Cases: the `cases` table — open, list, read (the audited composite view
 //! the tablet shows), close, crypto-erase; the territory a patient or case belongs to.
 
-use super::patients::{new_id, open_opt, seal_opt, utf8};
+use super::patients::{failure_event, new_id, open_opt, seal_opt, utf8};
 use super::readings::read_case_observations;
-use super::{Db, Result, State, StoreError, audit, triage::read_triage};
+use super::{Audited, Db, Result, State, StoreError, audit, triage::read_triage};
 use crate::crypto::field::FieldLoc;
 use crate::model::record::CaseRecord;
 use crate::model::{
@@ -296,9 +296,30 @@ impl Db {
         parts: CaseParts,
         limit: usize,
     ) -> Result<Vec<CaseSummary>> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let a = self.read_case_list(actor, territory, parts, limit);
+        self.finish_audited(a)
+    }
+
+    /// [`Db::list_cases`] on a reader: the list and its audit entry, not yet written.
+    pub fn read_case_list(
+        &mut self,
+        actor: &Actor,
+        territory: &str,
+        parts: CaseParts,
+        limit: usize,
+    ) -> Audited<Vec<CaseSummary>> {
+        // A list that failed showed nothing; the failure is the error itself.
+        Audited::of(self.case_list_tx(actor, territory, parts, limit))
+    }
+
+    fn case_list_tx(
+        &mut self,
+        actor: &Actor,
+        territory: &str,
+        parts: CaseParts,
+        limit: usize,
+    ) -> Result<(Vec<CaseSummary>, AuditEvent)> {
+        let tx = self.conn.transaction()?;
         let rows: Vec<(String, String, i64, Option<String>)> = tx
             .prepare_cached(
                 "SELECT id, status, created_at, patient_id FROM cases WHERE territory = ?1 AND erased_at IS NULL \
@@ -356,13 +377,12 @@ impl Db {
                     Vec::new()
                 },
             }));
-        audit::append(&tx, &self.st, &ev, now_ms())?;
         tx.commit()?;
-        Ok(out)
+        Ok((out, ev))
     }
 
     /// The case screen: case, patient, devices, alarms, triage, medications, vitals and bundle
-    /// custody, in one transaction with one audit entry (`action`, e.g. `case.read` or
+    /// custody, read in one snapshot with one audit entry (`action`, e.g. `case.read` or
     /// `case.handoff`).
     pub fn case_view(
         &mut self,
@@ -371,45 +391,74 @@ impl Db {
         parts: CaseParts,
         action: &str,
     ) -> Result<CaseView> {
-        let r = (|| {
-            let tx = self
-                .conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let (mut case, dk_id) = self.st.read_case(&tx, id)?;
-            let patient = match (&case.patient_id, parts.demographics) {
-                (Some(pid), true) => Some(self.st.read_patient(&tx, pid)?),
-                _ => None,
-            };
-            let devices = case_devices(&tx, id)?;
-            let bundles = case_bundles(&tx, id)?;
-            let (mut alarms, mut triage, mut record, mut vitals) =
-                (Vec::new(), Vec::new(), CaseRecord::default(), Vec::new());
-            if parts.clinical {
-                let dk = self.st.data_key(&tx, dk_id, "case", id)?;
-                alarms = tx
-                    .prepare_cached("SELECT id, kind, device_id, raised_at, detail FROM alarms WHERE case_id = ?1 AND cleared_at IS NULL ORDER BY id")?
-                    .query_map([id], |r| {
-                        Ok(CaseAlarm {
-                            id: r.get(0)?,
-                            kind: r.get(1)?,
-                            device_id: r.get(2)?,
-                            raised_at_ms: r.get(3)?,
-                            detail: r.get(4)?,
-                        })
-                    })?
-                    .collect::<Result<_, _>>()?;
-                triage = read_triage(&tx, &dk, id, 20)?;
-                vitals = read_case_observations(&tx, &dk, id)?;
-                record = super::record::read_entries(&tx, &dk, id, super::record::Which::All)?;
-            } else {
-                case.details = Default::default();
-            }
-            let ev = AuditEvent::new(actor, action, format!("case/{id}"), Outcome::Success)
-                .territory(&case.territory)
-                .details(serde_json::json!({ "clinical": parts.clinical, "demographics": parts.demographics }));
-            audit::append(&tx, &self.st, &ev, now_ms())?;
-            tx.commit()?;
-            Ok(CaseView {
+        let a = self.read_case_view(actor, id, parts, action);
+        self.finish_audited(a)
+    }
+
+    /// [`Db::case_view`] on a reader: the view and its audit entry (a failure's too), not yet
+    /// written.
+    pub fn read_case_view(
+        &mut self,
+        actor: &Actor,
+        id: &str,
+        parts: CaseParts,
+        action: &str,
+    ) -> Audited<CaseView> {
+        match self.case_view_tx(actor, id, parts, action) {
+            Ok((v, ev)) => Audited {
+                result: Ok(v),
+                event: Some(ev),
+            },
+            Err(e) => Audited {
+                event: Some(failure_event(actor, action, format!("case/{id}"), &e)),
+                result: Err(e),
+            },
+        }
+    }
+
+    fn case_view_tx(
+        &mut self,
+        actor: &Actor,
+        id: &str,
+        parts: CaseParts,
+        action: &str,
+    ) -> Result<(CaseView, AuditEvent)> {
+        let tx = self.conn.transaction()?;
+        let (mut case, dk_id) = self.st.read_case(&tx, id)?;
+        let patient = match (&case.patient_id, parts.demographics) {
+            (Some(pid), true) => Some(self.st.read_patient(&tx, pid)?),
+            _ => None,
+        };
+        let devices = case_devices(&tx, id)?;
+        let bundles = case_bundles(&tx, id)?;
+        let (mut alarms, mut triage, mut record, mut vitals) =
+            (Vec::new(), Vec::new(), CaseRecord::default(), Vec::new());
+        if parts.clinical {
+            let dk = self.st.data_key(&tx, dk_id, "case", id)?;
+            alarms = tx
+                .prepare_cached("SELECT id, kind, device_id, raised_at, detail FROM alarms WHERE case_id = ?1 AND cleared_at IS NULL ORDER BY id")?
+                .query_map([id], |r| {
+                    Ok(CaseAlarm {
+                        id: r.get(0)?,
+                        kind: r.get(1)?,
+                        device_id: r.get(2)?,
+                        raised_at_ms: r.get(3)?,
+                        detail: r.get(4)?,
+                    })
+                })?
+                .collect::<Result<_, _>>()?;
+            triage = read_triage(&tx, &dk, id, 20)?;
+            vitals = read_case_observations(&tx, &dk, id)?;
+            record = super::record::read_entries(&tx, &dk, id, super::record::Which::All)?;
+        } else {
+            case.details = Default::default();
+        }
+        let ev = AuditEvent::new(actor, action, format!("case/{id}"), Outcome::Success)
+            .territory(&case.territory)
+            .details(serde_json::json!({ "clinical": parts.clinical, "demographics": parts.demographics }));
+        tx.commit()?;
+        Ok((
+            CaseView {
                 case,
                 patient,
                 devices,
@@ -418,12 +467,9 @@ impl Db {
                 record,
                 vitals,
                 bundles,
-            })
-        })();
-        if let Err(e) = &r {
-            self.audit_failure(actor, action, format!("case/{id}"), e);
-        }
-        r
+            },
+            ev,
+        ))
     }
 
     /// Closes a case (audited). Its bundle is sealed and queued by the sync task.

@@ -188,6 +188,8 @@ impl State {
                         });
                     }
                     Some(_) => {}
+                    // A reader only checks; the writer records a new version.
+                    None if self.reader => {}
                     None => {
                         conn.execute(
                             "INSERT INTO key_versions (territory, version, key_id, created_at) VALUES (?1, ?2, ?3, ?4)",
@@ -525,6 +527,7 @@ impl Db {
             params![now_ms(), id],
         )?;
         st.dk_cache.remove(&id);
+        st.erased.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         Ok(())
     }
 }

@@ -50,6 +50,7 @@ mod triage;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use rusqlite::Connection;
 
@@ -90,6 +91,12 @@ pub(crate) struct State {
     pub appliance_id: String,
     pub audit_cfg: AuditConfig,
     dk_cache: HashMap<i64, Arc<DataKey>>,
+    /// Bumped whenever a data key is destroyed, shared by the writer and its readers: a reader
+    /// that sees it move drops its cached keys (a crypto-erase leaves no key in any cache).
+    erased: Arc<AtomicU64>,
+    erased_seen: u64,
+    /// A reader's state: never records anything (the writer does).
+    reader: bool,
 }
 
 /// One open, keyed, migrated database.
@@ -116,6 +123,9 @@ impl Db {
                 appliance_id: cfg.appliance_id.clone(),
                 audit_cfg: cfg.audit.clone(),
                 dk_cache: HashMap::new(),
+                erased: Arc::new(AtomicU64::new(0)),
+                erased_seen: 0,
+                reader: false,
             },
             path,
         };
@@ -169,6 +179,46 @@ impl Db {
             tracing::info!(version, "database migrated");
             Ok(())
         })
+    }
+
+    /// A read-only connection to the same file for a reader thread of [`Store`]: its own
+    /// keyring (loaded from the same sources) and data-key cache, sharing the writer's erase
+    /// counter.
+    pub fn open_reader(&self) -> Result<Db> {
+        let keys = Keyring::load(self.st.keys.sources.clone())?;
+        let busy: i64 = self
+            .conn
+            .query_row("PRAGMA busy_timeout", [], |r| r.get(0))?;
+        let conn = open_keyed(
+            &self.path,
+            &keys.db_key,
+            &keys.db_key_path,
+            busy.max(0) as u64,
+        )?;
+        conn.execute_batch("PRAGMA query_only = ON;")?;
+        Ok(Db {
+            conn,
+            st: State {
+                keys,
+                appliance_id: self.st.appliance_id.clone(),
+                audit_cfg: self.st.audit_cfg.clone(),
+                dk_cache: HashMap::new(),
+                erased: self.st.erased.clone(),
+                erased_seen: self.st.erased.load(Ordering::SeqCst),
+                reader: true,
+            },
+            path: self.path.clone(),
+        })
+    }
+
+    /// Drops cached data keys when any was destroyed since the last look (readers call this
+    /// before and after each job).
+    pub(crate) fn forget_erased_keys(&mut self) {
+        let now = self.st.erased.load(Ordering::SeqCst);
+        if now != self.st.erased_seen {
+            self.st.dk_cache.clear();
+            self.st.erased_seen = now;
+        }
     }
 
     /// Path of the database file.
@@ -232,4 +282,4 @@ pub use open::db_key_fingerprint;
 pub(crate) use open::{open_keyed, run_migrations};
 pub use patients::PatientQuery;
 pub use record::{EntryWritten, REQUEST_KEY_TTL_MS, WriteOpts, valid_request_key};
-pub use store::{Owned, Owner, Store, join as join_owner};
+pub use store::{Audited, Owned, Owner, Store, join as join_owner};

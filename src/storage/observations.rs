@@ -388,23 +388,33 @@ impl Db {
         actor: &Actor,
         case_id: &str,
     ) -> Result<(Vec<Observation>, Vec<super::edits::VoidedReading>)> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let (territory, dk) = self.st.live_case(&tx, case_id)?;
-        let out = read_case_observations(&tx, &dk, case_id)?;
-        let voided = super::edits::voided_readings(&tx, &dk, case_id)?;
-        let ev = AuditEvent::new(
-            actor,
-            "observation.read",
-            format!("case/{case_id}"),
-            Outcome::Success,
-        )
-        .territory(&territory)
-        .details(serde_json::json!({ "readings": out.len() + voided.len() }));
-        audit::append(&tx, &self.st, &ev, now_ms())?;
-        tx.commit()?;
-        Ok((out, voided))
+        let a = self.read_case_vitals(actor, case_id);
+        self.finish_audited(a)
+    }
+
+    /// [`Db::case_vitals`] on a reader: the readings and their audit entry, not yet written.
+    pub fn read_case_vitals(
+        &mut self,
+        actor: &Actor,
+        case_id: &str,
+    ) -> super::Audited<(Vec<Observation>, Vec<super::edits::VoidedReading>)> {
+        let r = (|| {
+            let tx = self.conn.transaction()?;
+            let (territory, dk) = self.st.live_case(&tx, case_id)?;
+            let out = read_case_observations(&tx, &dk, case_id)?;
+            let voided = super::edits::voided_readings(&tx, &dk, case_id)?;
+            tx.commit()?;
+            let ev = AuditEvent::new(
+                actor,
+                "observation.read",
+                format!("case/{case_id}"),
+                Outcome::Success,
+            )
+            .territory(&territory)
+            .details(serde_json::json!({ "readings": out.len() + voided.len() }));
+            Ok(((out, voided), ev))
+        })();
+        super::Audited::of(r)
     }
 
     /// Readings of a case after row `after_id`, for a live stream whose opening was audited

@@ -3,7 +3,7 @@
 
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
-use super::{Db, Result, State, StoreError, audit};
+use super::{Audited, Db, Result, State, StoreError, audit};
 use crate::crypto::blind::BlindField;
 use crate::crypto::field::{DataKey, FieldLoc};
 use crate::model::{Actor, AuditEvent, Outcome, Patient, StoredPatient, now_ms};
@@ -249,6 +249,24 @@ fn de<T: serde::de::DeserializeOwned>(
     v.map(serde_json::from_value).transpose()
 }
 
+/// The audit entry of a failed PHI access (the access itself rolled back).
+pub(super) fn failure_event(
+    actor: &Actor,
+    action: &str,
+    resource: String,
+    err: &StoreError,
+) -> AuditEvent {
+    let code = match err {
+        StoreError::Crypto(_) => "decrypt_failed",
+        StoreError::NotFound { .. } => "not_found",
+        StoreError::Erased { .. } => "erased",
+        StoreError::InvalidPhi(_) => "invalid_phi",
+        _ => "error",
+    };
+    AuditEvent::new(actor, action, resource, Outcome::Failure)
+        .details(serde_json::json!({ "error": code }))
+}
+
 pub(super) fn new_id() -> String {
     uuid::Uuid::now_v7().to_string()
 }
@@ -262,18 +280,24 @@ impl Db {
         resource: String,
         err: &StoreError,
     ) {
-        let code = match err {
-            StoreError::Crypto(_) => "decrypt_failed",
-            StoreError::NotFound { .. } => "not_found",
-            StoreError::Erased { .. } => "erased",
-            StoreError::InvalidPhi(_) => "invalid_phi",
-            _ => "error",
-        };
-        let ev = AuditEvent::new(actor, action, resource, Outcome::Failure)
-            .details(serde_json::json!({ "error": code }));
-        if let Err(e) = self.audit(&ev) {
+        if let Err(e) = self.audit(&failure_event(actor, action, resource, err)) {
             tracing::error!(error = %e, action, "cannot audit a failed access");
         }
+    }
+
+    /// Finishes an [`Audited`] read on this connection: writes its entry, then returns its
+    /// result (a successful read whose entry cannot be written fails).
+    pub(super) fn finish_audited<R>(&mut self, a: Audited<R>) -> Result<R> {
+        if let Some(ev) = &a.event {
+            match (&a.result, self.audit(ev)) {
+                (Ok(_), Err(e)) => return Err(e),
+                (Err(_), Err(e)) => {
+                    tracing::error!(error = %e, action = %ev.action, "cannot audit a failed access")
+                }
+                _ => {}
+            }
+        }
+        a.result
     }
 
     /// Registers a patient (partial data allowed). Returns its id.

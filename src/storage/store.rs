@@ -1,29 +1,51 @@
-//! The owner thread of a database: one thread holds the value (a [`Db`], the receiver's
-//! database) and runs jobs sent over a bounded channel, answering each on a oneshot. Async
-//! code reaches it only through [`Owner::call`]; no database lock is ever held in async code.
+//! The owner threads of a database. A writer thread holds the value (a [`Db`], the receiver's
+//! database) and runs jobs sent over a bounded channel, answering each on a oneshot; the
+//! appliance's [`Store`] adds a pool of reader threads, each with its own read-only connection
+//! (WAL readers run beside the writer). Async code reaches them only through [`Owner::call`],
+//! [`Store::read`] and [`Store::audited`]; no database lock is ever held in async code.
+//!
+//! Group commit: audit entries of reads ([`Owner::group`]) queued while the writer is busy are
+//! appended together in one transaction with one fsync, and each caller is answered only after
+//! that COMMIT returned.
+
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::{mpsc, oneshot};
 
 use super::{Db, Result, StoreError};
+use crate::model::AuditEvent;
+
+/// Most grouped items one write transaction takes.
+const GROUP_MAX: usize = 512;
 
 /// What an owner thread holds.
 pub trait Owned: Send + 'static {
     /// The thread's name (shown by `ps`, `top -H`, the journal).
     const THREAD: &'static str;
+    /// What [`Owner::group`] queues: items written together in one transaction.
+    type Grouped: Send + 'static;
     /// Runs on the thread after the last handle is gone (e.g. a final WAL checkpoint).
     fn close(&mut self);
+    /// Writes `items` (in queue order), answering each; called with every item queued at that
+    /// moment (up to a cap), so concurrent callers share one commit.
+    fn write_group(&mut self, items: Vec<Self::Grouped>) -> Vec<Result<()>>;
 }
 
-type Job<T> = Box<dyn FnOnce(&mut T) + Send>;
+type Run<T> = Box<dyn FnOnce(&mut T) + Send>;
+
+enum Job<T: Owned> {
+    Run(Run<T>),
+    Group(T::Grouped, oneshot::Sender<Result<()>>),
+}
 
 /// Async handle to an owner thread. Cloning is cheap; the thread ends when the last handle is
 /// dropped, after [`Owned::close`].
-pub struct Owner<T> {
+pub struct Owner<T: Owned> {
     /// Jobs for the owner thread, which holds the receiving end.
     jobs: mpsc::Sender<Job<T>>,
 }
 
-impl<T> Clone for Owner<T> {
+impl<T: Owned> Clone for Owner<T> {
     fn clone(&self) -> Self {
         Owner {
             jobs: self.jobs.clone(),
@@ -40,16 +62,26 @@ pub async fn join(thread: std::thread::JoinHandle<()>) -> bool {
     )
 }
 
-/// The appliance's store: its [`Db`] on the `storage` thread.
-pub type Store = Owner<Db>;
-
 impl Owned for Db {
     const THREAD: &'static str = "storage";
+    type Grouped = AuditEvent;
     fn close(&mut self) {
         if let Err(e) = self.wal_checkpoint() {
             tracing::warn!(error = %e, "final WAL checkpoint failed");
         }
         tracing::info!("storage closed");
+    }
+    fn write_group(&mut self, items: Vec<AuditEvent>) -> Vec<Result<()>> {
+        let n = items.len();
+        match self.audit_many(&items) {
+            Ok(_) => (0..n).map(|_| Ok(())).collect(),
+            // One bad entry must not fail its neighbours: each alone, with its own answer.
+            Err(e) if n > 1 => {
+                tracing::warn!(error = %e, entries = n, "grouped audit append failed; appending one by one");
+                items.iter().map(|ev| self.audit(ev).map(|_| ())).collect()
+            }
+            Err(e) => vec![Err(e)],
+        }
     }
 }
 
@@ -106,8 +138,35 @@ impl<T: Owned> Owner<T> {
                 let Some(mut value) = make() else {
                     return;
                 };
-                while let Some(job) = rx.blocking_recv() {
-                    job(&mut value);
+                let mut next = rx.blocking_recv();
+                while let Some(job) = next.take() {
+                    match job {
+                        Job::Run(f) => f(&mut value),
+                        Job::Group(item, reply) => {
+                            let (mut items, mut replies) = (vec![item], vec![reply]);
+                            // Everything grouped that queued meanwhile joins this commit; a
+                            // job of another kind stops the group and runs right after it.
+                            while items.len() < GROUP_MAX {
+                                match rx.try_recv() {
+                                    Ok(Job::Group(i, r)) => {
+                                        items.push(i);
+                                        replies.push(r);
+                                    }
+                                    Ok(other) => {
+                                        next = Some(other);
+                                        break;
+                                    }
+                                    Err(_) => break,
+                                }
+                            }
+                            for (r, reply) in value.write_group(items).into_iter().zip(replies) {
+                                let _ = reply.send(r);
+                            }
+                        }
+                    }
+                    if next.is_none() {
+                        next = rx.blocking_recv();
+                    }
                 }
                 value.close();
             })
@@ -122,10 +181,141 @@ impl<T: Owned> Owner<T> {
         F: FnOnce(&mut T) -> Result<R> + Send + 'static,
     {
         let (reply, rx) = oneshot::channel();
-        let job: Job<T> = Box::new(move |v| {
+        let job: Run<T> = Box::new(move |v| {
             let _ = reply.send(f(v));
         });
-        self.jobs.send(job).await.map_err(|_| StoreError::Closed)?;
+        self.jobs
+            .send(Job::Run(job))
+            .await
+            .map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Queues `item` for the next group write; returns once the transaction holding it
+    /// committed (or failed).
+    pub async fn group(&self, item: T::Grouped) -> Result<()> {
+        let (reply, rx) = oneshot::channel();
+        self.jobs
+            .send(Job::Group(item, reply))
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+}
+
+/// What a read on a reader connection produced: its result, and the audit entry that must be
+/// durable before the result is shown to anyone (a failed read has one too).
+pub struct Audited<R> {
+    pub result: Result<R>,
+    pub event: Option<AuditEvent>,
+}
+
+impl<R> Audited<R> {
+    /// A read that records only its success (a failure showed nothing and is the error).
+    pub fn of(r: Result<(R, AuditEvent)>) -> Self {
+        match r {
+            Ok((v, ev)) => Audited {
+                result: Ok(v),
+                event: Some(ev),
+            },
+            Err(e) => Audited {
+                result: Err(e),
+                event: None,
+            },
+        }
+    }
+}
+
+type ReadJob = Box<dyn FnOnce(&mut Db) + Send>;
+
+/// The appliance's store: the writer [`Db`] on the `storage` thread, and read-only
+/// connections on `storage-read` threads sharing one queue.
+#[derive(Clone)]
+pub struct Store {
+    writer: Owner<Db>,
+    reads: Option<mpsc::Sender<ReadJob>>,
+}
+
+impl Store {
+    /// Moves `db` onto the writer thread and opens `readers` read-only connections beside it
+    /// (0: every read runs on the writer). Returns the handle and the writer thread to join at
+    /// shutdown; the reader threads end with the last handle.
+    pub fn spawn(
+        db: Db,
+        capacity: usize,
+        readers: usize,
+    ) -> Result<(Store, std::thread::JoinHandle<()>)> {
+        let conns = (0..readers)
+            .map(|_| db.open_reader())
+            .collect::<Result<Vec<_>>>()?;
+        let (writer, thread) = Owner::spawn(db, capacity);
+        let reads = (!conns.is_empty()).then(|| {
+            let (tx, rx) = mpsc::channel::<ReadJob>(capacity);
+            let rx = Arc::new(Mutex::new(rx));
+            for (i, mut conn) in conns.into_iter().enumerate() {
+                let rx = rx.clone();
+                std::thread::Builder::new()
+                    .name(format!("storage-read{i}"))
+                    .spawn(move || {
+                        loop {
+                            // The queue is shared: whoever holds the lock waits for the next
+                            // job, the others for the lock.
+                            let job = match rx.lock() {
+                                Ok(mut q) => q.blocking_recv(),
+                                Err(_) => None,
+                            };
+                            let Some(job) = job else { break };
+                            conn.forget_erased_keys();
+                            job(&mut conn);
+                            conn.forget_erased_keys();
+                        }
+                    })
+                    .expect("spawn a storage reader thread");
+            }
+            tx
+        });
+        Ok((Store { writer, reads }, thread))
+    }
+
+    /// Runs `f` on the writer thread (every write, and reads that must see the writer's
+    /// connection) and returns its result. Waits when the queue is full.
+    pub async fn call<R, F>(&self, f: F) -> Result<R>
+    where
+        R: Send + 'static,
+        F: FnOnce(&mut Db) -> Result<R> + Send + 'static,
+    {
+        self.writer.call(f).await
+    }
+
+    /// Runs `f` on a reader connection (any free one), for reads that write nothing.
+    pub async fn read<R, F>(&self, f: F) -> Result<R>
+    where
+        R: Send + 'static,
+        F: FnOnce(&mut Db) -> Result<R> + Send + 'static,
+    {
+        let Some(reads) = &self.reads else {
+            return self.writer.call(f).await;
+        };
+        let (reply, rx) = oneshot::channel();
+        let job: ReadJob = Box::new(move |db| {
+            let _ = reply.send(f(db));
+        });
+        reads.send(job).await.map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// An audited read: `f` runs on a reader connection, then its audit entry joins the
+    /// writer's next group commit; the result is returned only once that entry is durable. A
+    /// read whose entry cannot be written fails with the write's error.
+    pub async fn audited<R, F>(&self, f: F) -> Result<R>
+    where
+        R: Send + 'static,
+        F: FnOnce(&mut Db) -> Audited<R> + Send + 'static,
+    {
+        let a = self.read(move |db| Ok(f(db))).await?;
+        if let Some(ev) = a.event {
+            self.writer.group(ev).await?;
+        }
+        a.result
     }
 }

@@ -89,7 +89,7 @@ impl Api {
             )
             .unwrap();
         }
-        let (store, _thread) = Store::spawn(db, 64);
+        let (store, _thread) = Store::spawn(db, 64, 2).unwrap();
         let clock = Arc::new(ManualClock::at(T0));
         let (tx, rx) = tokio::sync::watch::channel(false);
         let bus = Bus::default();

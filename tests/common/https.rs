@@ -33,6 +33,17 @@ pub async fn request(
     token: Option<&str>,
     body: Option<Value>,
 ) -> (u16, Bytes) {
+    try_request(s, method, path, token, body).await.unwrap()
+}
+
+/// [`request`] that reports a broken connection (a killed server) instead of panicking.
+pub async fn try_request(
+    s: &mut Sender,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<Value>,
+) -> Result<(u16, Bytes), hyper::Error> {
     let mut b = hyper::Request::builder()
         .method(method)
         .uri(path)
@@ -48,10 +59,10 @@ pub async fn request(
         }
         None => Full::new(Bytes::new()),
     };
-    s.ready().await.unwrap();
-    let resp = s.send_request(b.body(body).unwrap()).await.unwrap();
+    s.ready().await?;
+    let resp = s.send_request(b.body(body).unwrap()).await?;
     let status = resp.status().as_u16();
-    (status, resp.into_body().collect().await.unwrap().to_bytes())
+    Ok((status, resp.into_body().collect().await?.to_bytes()))
 }
 
 /// One request that must succeed: its JSON body.

@@ -31,7 +31,7 @@ pub async fn list_cases(
     let (a, t, p) = (c.actor.clone(), c.territory.clone(), parts(&c));
     let cases = st
         .store
-        .call(move |db| db.list_cases(&a, &t, p, 200))
+        .audited(move |db| db.read_case_list(&a, &t, p, 200))
         .await?;
     ok(json!({ "cases": replies::<_, CaseListItem<'_>>(&cases) }))
 }
@@ -76,7 +76,7 @@ pub async fn case_view(
     let (a, p) = (c.actor.clone(), parts(c));
     Ok(st
         .store
-        .call(move |db| db.case_view(&a, &id, p, action))
+        .audited(move |db| db.read_case_view(&a, &id, p, action))
         .await?)
 }
 
@@ -86,7 +86,8 @@ pub async fn get_case(
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
     let v = case_view(&st, &c, id, "case.read").await?;
-    let mut r = axum::response::IntoResponse::into_response(axum::Json(view_json(&v)));
+    let hint = 4096 + v.vitals.len() * crate::api::wire::OBS_JSON_BYTES;
+    let mut r = crate::api::wire::json_reply(&view_json(&v), hint);
     r.headers_mut().insert(
         axum::http::header::ETAG,
         super::record::etag(v.case.version),

@@ -9,7 +9,10 @@ use serde_json::json;
 use crate::api::error::{ApiError, ApiResult};
 use crate::api::guard::{Caller, in_territory};
 use crate::api::state::ApiState;
-use crate::api::wire::{Body, Json, ManualVitals, check_id, created, obs_json, ok, triage_json};
+use crate::api::wire::{
+    Body, Json, ManualVitals, OBS_JSON_BYTES, ObsReply, check_id, created, json_reply, ok, replies,
+    triage_json,
+};
 use crate::events::LiveEvent;
 use crate::vocab;
 
@@ -17,15 +20,27 @@ pub async fn get_vitals(
     State(st): State<ApiState>,
     Extension(c): Extension<Caller>,
     Path(id): Path<String>,
-) -> ApiResult<Json> {
+) -> ApiResult<Response> {
     check_id(&id)?;
     in_territory(&st, &c, "case", &id).await?;
     let a = c.actor.clone();
-    let (v, voided) = st.store.call(move |db| db.case_vitals(&a, &id)).await?;
-    ok(json!({
-        "vitals": v.iter().map(obs_json).collect::<Vec<_>>(),
-        "entered_in_error": voided,
-    }))
+    let (v, voided) = st
+        .store
+        .audited(move |db| db.read_case_vitals(&a, &id))
+        .await?;
+    #[derive(serde::Serialize)]
+    struct Reply<'a> {
+        vitals: Vec<ObsReply<'a>>,
+        entered_in_error: &'a [crate::storage::VoidedReading],
+    }
+    let hint = 1024 + (v.len() + voided.len()) * OBS_JSON_BYTES;
+    Ok(json_reply(
+        &Reply {
+            vitals: replies(&v),
+            entered_in_error: &voided,
+        },
+        hint,
+    ))
 }
 
 pub async fn add_vitals(
