@@ -76,7 +76,7 @@ struct Cloud {
     _a: Appliance,
     r: Receiver,
     app: String,
-    signer: SigningKey,
+    signer: std::sync::Arc<SigningKey>,
     rk: ReceiverKeys,
 }
 

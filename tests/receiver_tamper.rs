@@ -34,7 +34,7 @@ struct Fixture {
     _a: Appliance,
     r: Receiver,
     app: String,
-    signer: SigningKey,
+    signer: std::sync::Arc<SigningKey>,
     rk: ReceiverKeys,
     topic: String,
 }

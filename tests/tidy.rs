@@ -163,6 +163,10 @@ const SPAWN_ALLOWED: &[(&str, &str)] = &[
         "Argon2id hashing off the async workers (spawn_blocking)",
     ),
     (
+        "sync/sealer.rs",
+        "building and sealing a case bundle on a blocking thread, outside the storage thread (spawn_blocking)",
+    ),
+    (
         "sync/link.rs",
         "the per-connection hand-off from the cloud driver to the forwarder",
     ),

@@ -339,7 +339,8 @@ pub struct Keyring {
     /// Former audit keys (`audit.<key id>.key`, `keys rotate-audit`), for verifying entries
     /// written before a rotation.
     pub retired_audit_macs: Vec<super::Mac>,
-    pub signing: SigningKey,
+    /// Shared with the sealer, which signs envelopes outside the storage thread.
+    pub signing: std::sync::Arc<SigningKey>,
     /// territory → version → key-encryption key.
     pub territories: BTreeMap<String, BTreeMap<u32, Kek>>,
 }
@@ -369,7 +370,7 @@ impl Keyring {
             index: BlindIndexer::new(index),
             audit_key,
             audit_mac,
-            signing,
+            signing: std::sync::Arc::new(signing),
             territories,
             sources,
         })

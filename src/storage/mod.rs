@@ -44,6 +44,7 @@ pub mod receiver_audit;
 pub mod receiver_files;
 mod record;
 pub mod schema;
+mod sealing;
 mod store;
 mod triage;
 
@@ -282,4 +283,15 @@ pub use open::db_key_fingerprint;
 pub(crate) use open::{open_keyed, run_migrations};
 pub use patients::PatientQuery;
 pub use record::{EntryWritten, REQUEST_KEY_TTL_MS, WriteOpts, valid_request_key};
+pub use sealing::{BundleExport, Export, Queued};
 pub use store::{Audited, Owned, Owner, Store, join as join_owner};
+
+/// For unit tests: a database as `init` creates it in `dir`, opened with its keys.
+#[cfg(test)]
+pub(crate) fn test_db(dir: &Path) -> Db {
+    let state = dir.join("state");
+    crate::cli::init(&state, "t-1", "default", &[]).expect("init");
+    let (cfg, _) = crate::config::Config::load(&state.join("edge.toml"), true).unwrap();
+    let keys = Keyring::load(crate::crypto::keyring::KeySources::from_env(&cfg.keys.dir)).unwrap();
+    Db::open(&cfg, keys).unwrap()
+}

@@ -205,16 +205,8 @@ mod tests {
     use crate::model::{Actor, CaseDetails, Decider, TriageRecord};
     use crate::storage::{CaseParts, Db};
 
-    /// A database as `init` creates it, opened with its keys.
     fn open(dir: &std::path::Path) -> Db {
-        let state = dir.join("state");
-        crate::cli::init(&state, "t-1", "default", &[]).expect("init");
-        let (cfg, _) = crate::config::Config::load(&state.join("edge.toml"), true).unwrap();
-        let keys = crate::crypto::keyring::Keyring::load(
-            crate::crypto::keyring::KeySources::from_env(&cfg.keys.dir),
-        )
-        .unwrap();
-        Db::open(&cfg, keys).unwrap()
+        crate::storage::test_db(dir)
     }
 
     /// Re-seals one value with the associated data of schema ≤ 6 (the row id only), as an

@@ -1,6 +1,7 @@
 //! The sealer: finds cases that need a bundle or a pre-alert (a new link of the case's pre-alert
 //! chain), builds the FHIR bundle ([`fhir`](super::fhir); case bundles with the NEMSIS and
-//! handoff documents) and seals it in the same storage transaction that queues it; queues
+//! handoff documents) and seals it on a blocking thread between the short storage transactions
+//! that export the case and queue the envelope (`storage::sealing`); queues
 //! telemetry; seals stored attachments part by part; crypto-erases receipted cases after the
 //! retention period (once their attachments are receipted too) and drops abandoned uploads. It wakes when a case
 //! closes, when triage or the disposition changes (a pre-alert may be due), on `sync now`, and
@@ -16,8 +17,9 @@ use tokio::sync::{Notify, watch};
 use super::{ReceiverKeys, SyncError, SyncMetrics, fhir};
 use crate::config::Config;
 use crate::crypto::seal::{self, BundleKind, EnvelopeMeta};
+use crate::crypto::sign::SigningKey;
 use crate::model::{Actor, now_ms};
-use crate::storage::{Store, StoreError};
+use crate::storage::{Export, Queued, Store, StoreError};
 
 /// Builds and seals the FHIR bundle of `export` for `slot`.
 fn seal_case(
@@ -91,6 +93,82 @@ fn skippable(e: StoreError) -> Result<Option<StoreError>, StoreError> {
     }
 }
 
+/// Exports, seals and queues one case bundle of `kind` (the three steps of
+/// [`storage::sealing`](crate::storage)): building and sealing run on a blocking thread,
+/// never under the storage thread's write lock. Returns the bundle id, or `None` when the case
+/// kept changing while it was sealed (the next pass tries again).
+async fn seal_one(
+    store: &Store,
+    ctx: &SealContext,
+    case_id: &str,
+    kind: BundleKind,
+) -> Result<Option<String>, StoreError> {
+    for _ in 0..SEAL_ATTEMPTS {
+        let c = case_id.to_string();
+        let mut x = match store
+            .call(move |db| db.export_case_bundle(&c, kind))
+            .await?
+        {
+            Export::Exists(b) => return Ok(Some(b)),
+            Export::Ready(x) => x,
+        };
+        loop {
+            let ctx2 = ctx.clone();
+            let (back, env) = tokio::task::spawn_blocking(move || {
+                let env = seal_case(
+                    &ctx2.appliance_id,
+                    &ctx2.keys,
+                    &x.export,
+                    &x.slot,
+                    &ctx2.signer,
+                    &ctx2.agency,
+                );
+                (x, env)
+            })
+            .await
+            .map_err(|e| StoreError::Seal {
+                kind: kind.as_str(),
+                why: format!("the sealing thread failed: {e}"),
+            })?;
+            let env = env.map_err(|why| StoreError::Seal {
+                kind: kind.as_str(),
+                why,
+            })?;
+            let (q, back) = store
+                .call(move |db| {
+                    let q = db.queue_case_bundle(&Actor::system(), &back, &env)?;
+                    Ok((q, back))
+                })
+                .await?;
+            x = back;
+            match q {
+                Queued::Done(b) => return Ok(Some(b)),
+                Queued::Changed => break,
+                Queued::Reslot(s) => x.slot = s,
+            }
+        }
+    }
+    tracing::info!(
+        case_id,
+        kind = kind.as_str(),
+        "case changed while its bundle was sealed; next pass"
+    );
+    Ok(None)
+}
+
+/// What sealing a case needs besides the case.
+#[derive(Clone)]
+struct SealContext {
+    appliance_id: String,
+    keys: ReceiverKeys,
+    signer: Arc<SigningKey>,
+    agency: crate::config::NemsisConfig,
+}
+
+/// Exports of one case per pass before it waits for the next (a case that changes faster
+/// than it seals, e.g. an open case's pre-alert under streaming vitals).
+const SEAL_ATTEMPTS: usize = 4;
+
 /// Seals whatever needs sealing now (one pass). Returns how many envelopes were queued.
 ///
 /// A case that cannot be sealed (a field fails authentication, a key version is missing) is
@@ -110,21 +188,22 @@ pub async fn seal_pending(
         .into_iter()
         .filter(|w| !failed.contains(&(w.case_id.clone(), w.kind)))
         .collect::<Vec<_>>();
+    if work.is_empty() {
+        return Ok(0);
+    }
+    let ctx = SealContext {
+        appliance_id: appliance_id.to_string(),
+        keys: keys.clone(),
+        signer: store.call(|db| Ok(db.signer())).await?,
+        agency: agency.clone(),
+    };
     for w in work {
-        let (aid, k, ag) = (appliance_id.to_string(), keys.clone(), agency.clone());
-        let case = w.case_id.clone();
-        let r = store
-            .call(move |db| {
-                db.enqueue_case_bundle(&Actor::system(), &case, w.kind, |x, slot, signer| {
-                    seal_case(&aid, &k, x, slot, signer, &ag)
-                })
-            })
-            .await;
-        match r {
-            Ok(bid) => {
+        match seal_one(store, &ctx, &w.case_id, w.kind).await {
+            Ok(Some(bid)) => {
                 n += 1;
                 tracing::info!(bundle_id = %bid, case_id = %w.case_id, kind = w.kind.as_str(), "bundle sealed and queued");
             }
+            Ok(None) => {}
             Err(e) => {
                 let Some(e) = skippable(e)? else { continue };
                 tracing::error!(case_id = %w.case_id, kind = w.kind.as_str(), error = %e, "cannot seal this case; skipped until restart");
