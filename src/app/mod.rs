@@ -242,6 +242,7 @@ impl App {
         let sd = sup.shutdown(Stage::Storage);
         sup.spawn(Stage::Storage, "health", h.run(sd));
         wiring::disk(cfg, &store, &mut sup);
+        wiring::wal(&store, &mut sup);
 
         let bus = Bus::default();
         // Closed cases, stored triage and record changes wake the sealer (pre-alerts, bundles).

@@ -30,6 +30,11 @@ const SESSION_SWEEP: Duration = Duration::from_secs(15);
 const COMPLIANCE_EVERY: Duration = Duration::from_secs(600);
 /// How often the free disk space is checked.
 const DISK_CHECK: Duration = Duration::from_secs(60);
+/// How often the WAL is checkpointed beside the writer (whose commits no longer do).
+const WAL_CHECKPOINT: Duration = Duration::from_secs(1);
+/// WAL frames left behind by a checkpoint (readers holding older snapshots) worth a warning:
+/// about 256 MiB of 4 KiB pages.
+const WAL_BEHIND_WARN: i64 = 65_536;
 
 /// The factory and installed models of `cfg`.
 pub fn model_store(cfg: &Config) -> ModelStore {
@@ -103,6 +108,37 @@ pub fn model_changes(
             store.call(move |db| db.audit(&ev)).await?;
         }
         Ok::<(), crate::storage::StoreError>(())
+    });
+}
+
+/// The WAL checkpointer: a PASSIVE checkpoint on a reader connection every second, so no
+/// ingest commit or audited read pays for one (when the store has readers).
+pub fn wal(store: &Store, sup: &mut Supervisor) {
+    if !store.checkpoints_wal() {
+        return;
+    }
+    let store = store.clone();
+    let mut shutdown = sup.shutdown(Stage::Storage);
+    sup.spawn(Stage::Storage, "wal-checkpointer", async move {
+        let mut tick = tokio::time::interval(WAL_CHECKPOINT);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut warned = false;
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = shutdown.changed() => return Ok::<(), crate::storage::StoreError>(()),
+            }
+            let c = store.checkpoint_wal().await?;
+            let behind = c.wal_frames - c.checkpointed;
+            if behind > WAL_BEHIND_WARN && !warned {
+                tracing::warn!(
+                    wal_frames = c.wal_frames,
+                    behind,
+                    "the WAL cannot be checkpointed (a long read holds an old snapshot); it grows until that read ends"
+                );
+            }
+            warned = behind > WAL_BEHIND_WARN;
+        }
     });
 }
 

@@ -83,6 +83,18 @@ pub use outbox::{
     OutboxItem, OutboxRow, OutboxSlot, OutboxStats, ReceiptOutcome, SealWork, outbox_priority,
 };
 
+/// What a WAL checkpoint did: frames in the WAL, frames now in the database file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WalCheckpoint {
+    /// Another checkpoint was running.
+    pub busy: bool,
+    pub wal_frames: i64,
+    pub checkpointed: i64,
+}
+
+/// Size a WAL file is cut back to after a reset (SQLite's `journal_size_limit`).
+const WAL_KEEP_BYTES: i64 = 64 << 20;
+
 /// Unwrapped data keys kept in memory by the owner thread.
 const DATA_KEY_CACHE: usize = 4096;
 
@@ -263,6 +275,31 @@ impl Db {
         Ok(self
             .conn
             .query_row("SELECT seq FROM audit_head WHERE id = 1", [], |r| r.get(0))?)
+    }
+
+    /// Leaves WAL checkpoints to [`Db::checkpoint_wal`] on another connection: no commit of
+    /// this one runs SQLite's automatic checkpoint any more (the daemon's writer, whose
+    /// commits ingest and audited reads wait on). A WAL reset after a full checkpoint is cut
+    /// back to `WAL_KEEP_BYTES`.
+    pub fn defer_wal_checkpoints(&self) -> Result<()> {
+        self.conn.execute_batch(&format!(
+            "PRAGMA wal_autocheckpoint = 0; PRAGMA journal_size_limit = {WAL_KEEP_BYTES};"
+        ))?;
+        Ok(())
+    }
+
+    /// One PASSIVE checkpoint (never waits for, nor blocks, the writer or readers): copies
+    /// what it can of the WAL into the database file.
+    pub fn checkpoint_wal(&self) -> Result<WalCheckpoint> {
+        Ok(self
+            .conn
+            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+                Ok(WalCheckpoint {
+                    busy: r.get::<_, i64>(0)? != 0,
+                    wal_frames: r.get(1)?,
+                    checkpointed: r.get(2)?,
+                })
+            })?)
     }
 
     /// Checkpoints the WAL into the main file (used at shutdown).

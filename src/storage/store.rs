@@ -248,6 +248,10 @@ impl Store {
         let conns = (0..readers)
             .map(|_| db.open_reader())
             .collect::<Result<Vec<_>>>()?;
+        if !conns.is_empty() {
+            // A reader checkpoints (`Store::checkpoint_wal`); commits no longer do.
+            db.defer_wal_checkpoints()?;
+        }
         let (writer, thread) = Owner::spawn(db, capacity);
         let reads = (!conns.is_empty()).then(|| {
             let (tx, rx) = mpsc::channel::<ReadJob>(capacity);
@@ -304,6 +308,17 @@ impl Store {
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
+    /// Whether WAL checkpoints are left to [`Store::checkpoint_wal`] (readers exist); without
+    /// readers, SQLite checkpoints inside the writer's commits as usual.
+    pub fn checkpoints_wal(&self) -> bool {
+        self.reads.is_some()
+    }
+
+    /// One PASSIVE WAL checkpoint on a reader connection, beside the writer.
+    pub async fn checkpoint_wal(&self) -> Result<super::WalCheckpoint> {
+        self.read(|db| db.checkpoint_wal()).await
+    }
+
     /// An audited read: `f` runs on a reader connection, then its audit entry joins the
     /// writer's next group commit; the result is returned only once that entry is durable. A
     /// read whose entry cannot be written fails with the write's error.
@@ -317,5 +332,62 @@ impl Store {
             self.writer.group(ev).await?;
         }
         a.result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::model::{Actor, AuditEvent, Outcome};
+
+    fn wal_bytes(db: &super::Db) -> u64 {
+        let mut p = db.path().as_os_str().to_owned();
+        p.push("-wal");
+        std::fs::metadata(p).map_or(0, |m| m.len())
+    }
+
+    fn write(db: &mut super::Db, n: usize) {
+        for i in 0..n {
+            let ev = AuditEvent::new(
+                &Actor::cli(),
+                "test.write",
+                format!("t/{i}"),
+                Outcome::Success,
+            )
+            .details(serde_json::json!({ "pad": "x".repeat(2000) }));
+            db.audit(&ev).unwrap();
+        }
+    }
+
+    #[test]
+    fn a_reader_checkpoints_the_wal_the_writers_commits_no_longer_do() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut db = crate::storage::test_db(dir.path());
+        let reader = db.open_reader().unwrap();
+        db.defer_wal_checkpoints().unwrap();
+        db.checkpoint_wal().unwrap();
+        // Past SQLite's 1000-page automatic checkpoint: the WAL keeps growing.
+        write(&mut db, 1500);
+        let grown = wal_bytes(&db);
+        assert!(grown > 1000 * 4096, "{grown} bytes of WAL");
+        // A reader inside a snapshot pins it: the checkpoint copies only what is before it.
+        let mut pinned = db.open_reader().unwrap();
+        let tx = pinned.conn.transaction().unwrap();
+        let _: i64 = tx
+            .query_row("SELECT count(*) FROM audit_log", [], |r| r.get(0))
+            .unwrap();
+        write(&mut db, 50);
+        let c = reader.checkpoint_wal().unwrap();
+        assert!(c.checkpointed < c.wal_frames, "{c:?}");
+        // No commit checkpointed on the way (SQLite's default would at 1000 frames).
+        assert!(c.wal_frames > 1000, "{c:?}");
+        drop(tx);
+        // Once it ends, one checkpoint from the reader copies everything, and the next commit
+        // starts the WAL over instead of growing it.
+        let c = reader.checkpoint_wal().unwrap();
+        assert!(!c.busy && c.checkpointed == c.wal_frames, "{c:?}");
+        let before = wal_bytes(&db);
+        write(&mut db, 100);
+        assert_eq!(wal_bytes(&db), before, "the WAL was reused from its start");
+        assert!(db.verify_audit().unwrap().ok());
     }
 }
