@@ -4,7 +4,9 @@
 //! - raw SQLCipher: batched inserts (1000 rows per transaction), rows/s.
 //!
 //! Workloads: single-reading packs (messages/s) and 10-reading packs (readings/s), from
-//! `DEVICES` simulated devices; p99 arrival → commit from the daemon's own histogram.
+//! `DEVICES` simulated devices; p99 arrival → commit from the daemon's own histogram. The
+//! paced run is repeated while a crew works the tablet API (opens a case, records 128 vitals,
+//! closes it; the sealer builds and seals each closed case's bundle): `ingest_commit_p99_mixed_ms`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,7 +19,113 @@ use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 #[path = "../tests/common/broker.rs"]
 mod broker;
 mod common;
-use common::{bench_line, quick, raw_batch_commit_p99, raw_conn, raw_inserts};
+#[path = "../tests/common/https.rs"]
+mod https;
+use common::{PIN, add_medic, bench_line, quick, raw_batch_commit_p99, raw_conn, raw_inserts};
+use serde_json::json;
+
+const VITALS: [&str; 4] = ["heart_rate", "resp_rate", "spo2", "sbp"];
+
+/// A crew on the tablet API until `stop`: opens a case, records 128 vitals in four posts,
+/// closes it (its bundle is then built and sealed by the daemon), again. Returns cases closed.
+async fn crew(port: u16, cert: std::path::PathBuf, stop: Arc<AtomicU64>) -> u64 {
+    use https::{connect, json_req};
+    let tls =
+        tokio_rustls::TlsConnector::from(hema3n_edge::tls::client_config(&cert, None).unwrap());
+    let mut s = connect(port, &tls).await;
+    let login = json_req(
+        &mut s,
+        "POST",
+        "/api/v1/auth/login",
+        None,
+        Some(json!({"user_id": "medic1", "secret": PIN})),
+    )
+    .await;
+    let token = login["token"].as_str().unwrap().to_string();
+    let t = Some(token.as_str());
+    let mut closed = 0;
+    while stop.load(Ordering::Relaxed) == 0 {
+        let c = json_req(
+            &mut s,
+            "POST",
+            "/api/v1/cases",
+            t,
+            Some(json!({"chief_complaint": "chest pain"})),
+        )
+        .await;
+        let case = c["id"].as_str().unwrap().to_string();
+        let now = hema3n_edge::model::now_ms();
+        for k in 0..4 {
+            let readings: Vec<serde_json::Value> = (0..32)
+                .map(|j| json!({"name": VITALS[j % 4], "value": 80 + (j % 7), "t_ms": now - (k * 32 + j as i64) * 1000}))
+                .collect();
+            json_req(
+                &mut s,
+                "POST",
+                &format!("/api/v1/cases/{case}/vitals"),
+                t,
+                Some(json!({ "readings": readings })),
+            )
+            .await;
+        }
+        json_req(
+            &mut s,
+            "POST",
+            &format!("/api/v1/cases/{case}/close"),
+            t,
+            None,
+        )
+        .await;
+        closed += 1;
+    }
+    closed
+}
+
+/// Installs a fresh receiver's public keys on the appliance at `dir`, so its sealer seals
+/// closed cases (no cloud broker: they stay queued).
+fn pair_with_a_receiver(dir: &std::path::Path) {
+    let (edge, recv) = (
+        env!("CARGO_BIN_EXE_hema3n-edge"),
+        env!("CARGO_BIN_EXE_hema3n-receiver"),
+    );
+    let rdir = dir.join("receiver");
+    let rdir_s = rdir.to_str().unwrap();
+    common::run(
+        recv,
+        &[
+            "init",
+            "--data-dir",
+            rdir_s,
+            "--broker",
+            "mqtt://127.0.0.1:1",
+        ],
+        None,
+    );
+    let (rc, pubf) = (rdir.join("receiver.toml"), dir.join("rpub.toml"));
+    common::run(
+        recv,
+        &[
+            "--config",
+            rc.to_str().unwrap(),
+            "export-public",
+            "--out",
+            pubf.to_str().unwrap(),
+        ],
+        None,
+    );
+    let ac = dir.join("edge.toml");
+    common::run(
+        edge,
+        &[
+            "--config",
+            ac.to_str().unwrap(),
+            "keys",
+            "import-receiver",
+            pubf.to_str().unwrap(),
+        ],
+        None,
+    );
+}
 
 const DEVICES: usize = 8;
 
@@ -170,10 +278,21 @@ fn ingest_run(
     readings: usize,
     tag: &str,
     rate: Option<f64>,
+    mixed: bool,
 ) -> (f64, Duration) {
     let tmp = tempfile::tempdir().unwrap();
-    let mut cfg = ingest_config(&tmp.path().join(tag), &format!("mqtt://127.0.0.1:{port}"));
+    let dir = tmp.path().join(tag);
+    let mut cfg = ingest_config(&dir, &format!("mqtt://127.0.0.1:{port}"));
     cfg.mqtt.client_id = Some(format!("bench-edge-{tag}"));
+    if mixed {
+        pair_with_a_receiver(&dir);
+        add_medic(
+            env!("CARGO_BIN_EXE_hema3n-edge"),
+            dir.join("edge.toml").to_str().unwrap(),
+        );
+        cfg.api.enabled = true;
+        cfg.api.listen = "127.0.0.1:0".into();
+    }
     let (rate, p99) = rt.block_on(async {
         // The daemon in-process, started by the supervisor like `hema3n-edge run`.
         let app = hema3n_edge::app::App::start(&cfg).await.unwrap();
@@ -181,6 +300,11 @@ fn ingest_run(
         while metrics.subscribed.load(Ordering::Relaxed) == 0 {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
+        let stop = Arc::new(AtomicU64::new(0));
+        let crew = mixed.then(|| {
+            let port = app.api_addr.expect("api runs").port();
+            tokio::spawn(crew(port, dir.join("keys/api-cert.pem"), stop.clone()))
+        });
         let t = Instant::now();
         publish_paced(
             port,
@@ -213,6 +337,13 @@ fn ingest_run(
             "every reading stored"
         );
         let p99 = metrics.latency_quantile(0.99);
+        stop.store(1, Ordering::Relaxed);
+        if let Some(c) = crew {
+            let closed = c.await.unwrap();
+            let sealed = app.sync.as_ref().map_or(0, |m| m.sealed.load(Ordering::Relaxed));
+            println!("  ({tag}: meanwhile the crew closed {closed} cases of 128 vitals; {sealed} bundles sealed)");
+            assert!(closed > 0 && sealed > 0, "the mixed workload ran");
+        }
         let batches = metrics.batches.load(Ordering::Relaxed).max(1);
         println!(
             "  ({tag}: {batches} commits, {:.0} messages per commit on average, p50 {:.1} ms)",
@@ -255,12 +386,12 @@ fn main() {
     );
     println!("raw SQLCipher batched inserts          {sqlcipher:>10.0} rows/s");
 
-    let (msgs, sat1) = ingest_run(&rt, broker.port, n, 1, "single", None);
+    let (msgs, sat1) = ingest_run(&rt, broker.port, n, 1, "single", None, false);
     println!(
         "ingest, 1-reading packs, saturated     {msgs:>10.0} msg/s      p99 arrival→commit {:.1} ms",
         sat1.as_secs_f64() * 1e3
     );
-    let (packs, sat10) = ingest_run(&rt, broker.port, n / 4, 10, "ten", None);
+    let (packs, sat10) = ingest_run(&rt, broker.port, n / 4, 10, "ten", None, false);
     let readings = packs * 10.0;
     println!(
         "ingest, 10-reading packs, saturated    {readings:>10.0} readings/s p99 arrival→commit {:.1} ms",
@@ -275,16 +406,36 @@ fn main() {
         1,
         "paced",
         Some(paced),
+        false,
     );
     println!(
         "ingest, 1-reading packs at {paced:.0}/s    p99 arrival→commit {:.2} ms",
         p99.as_secs_f64() * 1e3
+    );
+    let (_, mixed) = ingest_run(
+        &rt,
+        broker.port,
+        (paced * if quick() { 1.0 } else { 4.0 }) as usize,
+        1,
+        "mixed",
+        Some(paced),
+        true,
+    );
+    println!(
+        "ingest at {paced:.0}/s while cases close and seal p99 arrival→commit {:.2} ms",
+        mixed.as_secs_f64() * 1e3
     );
     bench_line("ingest_messages_per_s", msgs, "msg/s", raw);
     bench_line("ingest_readings_per_s", readings, "readings/s", sqlcipher);
     bench_line(
         "ingest_commit_p99_ms",
         p99.as_secs_f64() * 1e3,
+        "ms",
+        raw_commit.as_secs_f64() * 1e3,
+    );
+    bench_line(
+        "ingest_commit_p99_mixed_ms",
+        mixed.as_secs_f64() * 1e3,
         "ms",
         raw_commit.as_secs_f64() * 1e3,
     );
