@@ -1,7 +1,7 @@
 //! The triage compute path: features → rules → inference → post-processing → final level.
 //! Pure except for the model call; the model thread and the benchmarks call [`compute`].
 
-use super::features::{TEXT_BUCKETS, text_dense, text_features, vitals_features};
+use super::features::{TEXT_BUCKETS, text_into, vitals_features};
 use super::rules::{RulesInput, RulesResult, Vitals, evaluate};
 use super::runtime::{ModelOutput, ModelRuntime};
 use super::{Decider, combine};
@@ -136,7 +136,7 @@ pub fn compute(
                         i.on_oxygen,
                         i.chief_complaint.as_deref(),
                     );
-                    text_dense(&text_features(i.chief_complaint.as_deref()), text);
+                    text_into(i.chief_complaint.as_deref(), text);
                     match rt.infer(&xv, text) {
                         Ok(o) => prop = Some(proposal(&o)),
                         Err(e) => abstained = Some(format!("model error: {e}")),

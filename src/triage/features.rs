@@ -86,6 +86,70 @@ pub fn text_features(text: Option<&str>) -> Vec<(usize, f32)> {
         .collect()
 }
 
+/// The dense text vector of `text` straight into `out`, without allocating (the triage hot
+/// path): the same values as [`text_dense`] of [`text_features`], bit for bit. Returns the
+/// number of grams (0: no usable text).
+///
+/// Tokens are runs of ASCII alphanumerics of the lower-cased text (each char lower-cased on its
+/// own: the one context rule of full lower-casing, a final sigma, yields a non-ASCII letter
+/// either way); a bigram's FNV-1a hash continues its first token's with `_` and the second.
+pub fn text_into(text: Option<&str>, out: &mut [f32; TEXT_BUCKETS]) -> usize {
+    const BASIS: u32 = 0x811C_9DC5;
+    let feed = |h: u32, b: u8| (h ^ u32::from(b)).wrapping_mul(0x0100_0193);
+    let bump =
+        |out: &mut [f32; TEXT_BUCKETS], h: u32| out[(h % TEXT_BUCKETS as u32) as usize] += 1.0;
+    out.fill(0.0);
+    let Some(text) = text else { return 0 };
+    let mut n = 0usize;
+    // The token being read: its unigram hash, and its bigram hash with the previous token.
+    let (mut uni, mut bi, mut in_token) = (BASIS, None::<u32>, false);
+    // The previous token's unigram hash.
+    let mut prev: Option<u32> = None;
+    let end = |uni: u32, bi: Option<u32>, out: &mut [f32; TEXT_BUCKETS], n: &mut usize| {
+        bump(out, uni);
+        *n += 1;
+        if let Some(b) = bi {
+            bump(out, b);
+            *n += 1;
+        }
+    };
+    for c in text.chars().flat_map(char::to_lowercase) {
+        if c.is_ascii_alphanumeric() {
+            if !in_token {
+                in_token = true;
+                uni = BASIS;
+                bi = prev.map(|p| feed(p, b'_'));
+            }
+            let b = c as u8;
+            uni = feed(uni, b);
+            bi = bi.map(|h| feed(h, b));
+        } else if in_token {
+            in_token = false;
+            end(uni, bi, out, &mut n);
+            prev = Some(uni);
+        }
+    }
+    if in_token {
+        end(uni, bi, out, &mut n);
+    }
+    if n > 0 {
+        let n = n as f64;
+        for v in out.iter_mut().filter(|v| **v != 0.0) {
+            *v = (f64::from(*v) / n) as f32;
+        }
+    }
+    n
+}
+
+/// Whether `text` has a gram (a lower-cased ASCII alphanumeric), without allocating.
+pub fn has_text(text: Option<&str>) -> bool {
+    text.is_some_and(|t| {
+        t.chars()
+            .flat_map(char::to_lowercase)
+            .any(|c| c.is_ascii_alphanumeric())
+    })
+}
+
 /// Dense text vector.
 pub fn text_dense(sparse: &[(usize, f32)], out: &mut [f32; TEXT_BUCKETS]) {
     out.fill(0.0);
@@ -112,16 +176,41 @@ pub fn vitals_features(
     out[24] = if sex == Some(Sex::Female) { 1.0 } else { 0.0 };
     out[25] = if sex == Some(Sex::Male) { 1.0 } else { 0.0 };
     out[26] = if on_oxygen { 1.0 } else { 0.0 };
-    out[27] = if text_features(complaint).is_empty() {
-        1.0
-    } else {
-        0.0
-    };
+    out[27] = if has_text(complaint) { 0.0 } else { 1.0 };
     out
 }
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_allocation_free_text_vector_equals_the_reference_bit_for_bit() {
+        let texts = [
+            "chest pain radiating to left arm",
+            "  Shortness   of BREATH!! ",
+            "chest-pain/left_arm (2 days)",
+            "\u{130}stanbul \u{212A}elvin \u{3A3}\u{391}\u{3A3} caf\u{E9} na\u{EF}ve \u{1F691} x",
+            "a",
+            "",
+            "   ",
+            "!!!",
+            "fall from height fall from height fall",
+        ];
+        let (mut fast, mut reference) = ([0f32; TEXT_BUCKETS], [0f32; TEXT_BUCKETS]);
+        for t in texts.iter().map(|t| Some(*t)).chain([None]) {
+            let n = text_into(t, &mut fast);
+            let sparse = text_features(t);
+            text_dense(&sparse, &mut reference);
+            assert_eq!(n, t.map_or(0, |t| grams(t).len()), "{t:?}");
+            assert!(
+                fast.iter()
+                    .zip(&reference)
+                    .all(|(a, b)| a.to_bits() == b.to_bits()),
+                "{t:?}"
+            );
+            assert_eq!(has_text(t), !sparse.is_empty(), "{t:?}");
+        }
+    }
+
     use super::*;
 
     #[test]
