@@ -133,8 +133,9 @@ pub fn text_into(text: Option<&str>, out: &mut [f32; TEXT_BUCKETS]) -> usize {
         end(uni, bi, out, &mut n);
     }
     if n > 0 {
+        // Every bucket, branch-free (vectorised): an empty one stays +0.0.
         let n = n as f64;
-        for v in out.iter_mut().filter(|v| **v != 0.0) {
+        for v in out.iter_mut() {
             *v = (f64::from(*v) / n) as f32;
         }
     }
