@@ -227,6 +227,7 @@ impl Config {
             });
         }
         if self.ingest.batch_max_messages == 0
+            || self.ingest.batch_max_commit_ms == 0
             || self.ingest.max_records_per_pack == 0
             || self.ingest.max_payload_bytes == 0
         {

@@ -541,6 +541,10 @@ pub struct IngestConfig {
     pub max_age_secs: u64,
     /// Upper bound of messages committed in one transaction (group commit). Default 4096.
     pub batch_max_messages: usize,
+    /// Commit time an ingest batch aims to stay under, in milliseconds: a longer commit makes
+    /// the next batches smaller (never under 256 messages), so audited reads and other writes
+    /// never wait long behind a burst. Default 50.
+    pub batch_max_commit_ms: u64,
     /// Sustained vitals messages per second processed per device. Messages beyond it are
     /// *shaped*, not refused: they wait (unacknowledged, so the broker's in-flight window
     /// bounds them) until the device's bucket refills, so a backlog replayed after a restart
@@ -575,6 +579,7 @@ impl Default for IngestConfig {
             max_future_skew_secs: 86_400,
             max_age_secs: 259_200,
             batch_max_messages: 4096,
+            batch_max_commit_ms: 50,
             device_rate_per_sec: 200.0,
             device_burst: 1000.0,
             shaping_max_bytes: 64 << 20,

@@ -16,7 +16,7 @@ use crate::storage::IngestItem;
 
 /// The `ingest-batcher` task: parses and validates inbound messages and hands batches to the
 /// committer. While a batch is committing, the next one accumulates up to
-/// `ingest.batch_max_messages`.
+/// `ingest.batch_max_messages`, fewer when commits run past `ingest.batch_max_commit_ms`.
 pub struct Batcher {
     /// Fed by the connection task.
     pub from_conn: mpsc::UnboundedReceiver<Inbound>,
@@ -46,9 +46,16 @@ impl Batcher {
             metrics: &metrics,
         };
         let mut shaper = Shaper::new(&cfg);
-        let max = cfg.ingest.batch_max_messages;
         let mut batch: Vec<Pending> = Vec::new();
         loop {
+            // Capped by count, and by commit time as the committer measures it.
+            let max = match metrics
+                .batch_limit
+                .load(std::sync::atomic::Ordering::Relaxed)
+            {
+                0 => cfg.ingest.batch_max_messages,
+                l => l as usize,
+            };
             shaper.release(Instant::now(), |m| batch.push(parse.classify(m, false)));
             if batch.is_empty() {
                 let due = shaper.next_due();

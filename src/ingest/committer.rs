@@ -60,6 +60,7 @@ async fn commit_loop(
 ) -> Result<(), IngestError> {
     let require = cfg.ingest.require_registered_devices;
     let territory = cfg.default_territory.clone();
+    let commit_target = std::time::Duration::from_millis(cfg.ingest.batch_max_commit_ms);
     while let Some(batch) = from_batcher.recv().await {
         tracing::trace!(messages = batch.len(), "committing batch");
         let (pubs, items): (Vec<(Publish, Instant)>, Vec<IngestItem>) = batch
@@ -67,6 +68,7 @@ async fn commit_loop(
             .map(|p| ((p.publish, p.recv_at), p.item))
             .unzip();
         let t = territory.clone();
+        let (n, started) = (items.len(), Instant::now());
         let (outcomes, items) = store
             .call(move |db| {
                 let r = db.ingest_batch(&items, require, &t)?;
@@ -75,6 +77,14 @@ async fn commit_loop(
             .await?;
         let committed = Instant::now();
         metrics.batches.fetch_add(1, Ordering::Relaxed);
+        let limit = super::next_batch_limit(
+            metrics.batch_limit.load(Ordering::Relaxed) as usize,
+            n,
+            committed - started,
+            commit_target,
+            cfg.ingest.batch_max_messages,
+        );
+        metrics.batch_limit.store(limit as u64, Ordering::Relaxed);
         if tracing::enabled!(tracing::Level::DEBUG) {
             let (mut readings, mut duplicates, mut rejects) = (0, 0, 0);
             for o in &outcomes {

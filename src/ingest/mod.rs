@@ -77,10 +77,39 @@ pub struct IngestMetrics {
     pub connects: AtomicU64,
     /// Times the daemon finished subscribing (2 SUBACKs) since start.
     pub subscribed: AtomicU64,
+    /// Messages the next batch may hold (0: `ingest.batch_max_messages`), kept by the committer
+    /// from its commit times ([`next_batch_limit`]), read by the batcher.
+    pub batch_limit: AtomicU64,
     rejects: [AtomicU64; RejectCode::ALL.len()],
     /// Arrival → commit latency histogram: bucket i counts latencies in [i, i+1) × 100 µs;
     /// the last bucket collects everything from 1 s up.
     latency: Box<[AtomicU64]>,
+}
+
+/// Fewest messages a commit-time cap leaves in a batch (a commit's fixed cost, its fsync, is
+/// shared by at least this many).
+pub const MIN_BATCH: usize = 256;
+
+/// The batch limit after a commit of `n` messages took `elapsed` (batches are capped by commit
+/// time as well as count, so no ingest commit holds the writer much past `target`): a commit
+/// over the target shrinks the limit to what would have fitted (never under [`MIN_BATCH`]);
+/// one under half the target with a full batch grows it by a quarter, up to `max`.
+pub fn next_batch_limit(
+    limit: usize,
+    n: usize,
+    elapsed: std::time::Duration,
+    target: std::time::Duration,
+    max: usize,
+) -> usize {
+    let limit = if limit == 0 { max } else { limit.min(max) };
+    if elapsed > target && n > MIN_BATCH {
+        let fit = (n as f64 * target.as_secs_f64() / elapsed.as_secs_f64()) as usize;
+        fit.clamp(MIN_BATCH, max).min(limit)
+    } else if elapsed * 2 < target && n >= limit {
+        (limit + limit / 4 + 1).min(max)
+    } else {
+        limit
+    }
 }
 
 const LATENCY_BUCKET_US: u64 = 100;
@@ -98,6 +127,7 @@ impl Default for IngestMetrics {
             batches: AtomicU64::new(0),
             connects: AtomicU64::new(0),
             subscribed: AtomicU64::new(0),
+            batch_limit: AtomicU64::new(0),
             rejects: std::array::from_fn(|_| AtomicU64::new(0)),
             latency: (0..LATENCY_BUCKETS).map(|_| AtomicU64::new(0)).collect(),
         }
@@ -194,4 +224,28 @@ pub fn client(cfg: &Config, capacity: usize) -> Result<(AsyncClient, EventLoop),
         o.set_credentials(user.clone(), pw.trim().to_string());
     }
     Ok(AsyncClient::new(o, capacity))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_shrink_after_a_slow_commit_and_grow_back_after_fast_ones() {
+        use std::time::Duration;
+        let ms = Duration::from_millis;
+        let t = ms(50);
+        // No limit yet: the count bound. A 4096-message commit of 200 ms: a quarter fits.
+        assert_eq!(next_batch_limit(0, 4096, ms(200), t, 4096), 1024);
+        // Never under MIN_BATCH, even when the fsync alone is over the target.
+        assert_eq!(next_batch_limit(1024, 300, ms(400), t, 4096), MIN_BATCH);
+        assert_eq!(next_batch_limit(1024, 100, ms(400), t, 4096), 1024);
+        // Fast, full batches grow it back by a quarter, up to the count bound.
+        assert_eq!(next_batch_limit(1024, 1024, ms(10), t, 4096), 1281);
+        assert_eq!(next_batch_limit(4000, 4000, ms(10), t, 4096), 4096);
+        // Fast but not full: no evidence the limit binds; unchanged.
+        assert_eq!(next_batch_limit(1024, 500, ms(10), t, 4096), 1024);
+        // Between half and the whole target: unchanged.
+        assert_eq!(next_batch_limit(1024, 1024, ms(40), t, 4096), 1024);
+    }
 }
