@@ -442,26 +442,42 @@ impl Db {
 
     /// Reads and decrypts a patient; the read is audited in the same transaction.
     pub fn get_patient(&mut self, actor: &Actor, id: &str) -> Result<StoredPatient> {
+        let a = self.read_patient_audited(actor, id);
+        self.finish_audited(a)
+    }
+
+    /// [`Db::get_patient`] on a reader: the record and its audit entry (a failure's too), not
+    /// yet written.
+    pub fn read_patient_audited(&mut self, actor: &Actor, id: &str) -> Audited<StoredPatient> {
         let r = (|| {
-            let tx = self
-                .conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let tx = self.conn.transaction()?;
             let p = self.st.read_patient(&tx, id)?;
-            let ev = AuditEvent::new(
-                actor,
-                "patient.read",
-                format!("patient/{id}"),
-                Outcome::Success,
-            )
-            .territory(&p.territory);
-            audit::append(&tx, &self.st, &ev, now_ms())?;
             tx.commit()?;
             Ok(p)
         })();
-        if let Err(e) = &r {
-            self.audit_failure(actor, "patient.read", format!("patient/{id}"), e);
+        match r {
+            Ok(p) => Audited {
+                event: Some(
+                    AuditEvent::new(
+                        actor,
+                        "patient.read",
+                        format!("patient/{id}"),
+                        Outcome::Success,
+                    )
+                    .territory(&p.territory),
+                ),
+                result: Ok(p),
+            },
+            Err(e) => Audited {
+                event: Some(failure_event(
+                    actor,
+                    "patient.read",
+                    format!("patient/{id}"),
+                    &e,
+                )),
+                result: Err(e),
+            },
         }
-        r
     }
 
     /// Finds patients of `territory` by blind index; returns decrypted records (audited as a

@@ -57,7 +57,10 @@ pub async fn get_patient(
     check_id(&id)?;
     in_territory(&st, &c, "patient", &id).await?;
     let a = c.actor.clone();
-    let p = st.store.call(move |db| db.get_patient(&a, &id)).await?;
+    let p = st
+        .store
+        .audited(move |db| db.read_patient_audited(&a, &id))
+        .await?;
     let mut r = axum::response::IntoResponse::into_response(axum::Json(patient_json(&p)));
     r.headers_mut()
         .insert(axum::http::header::ETAG, super::record::etag(p.version));
