@@ -226,6 +226,12 @@ impl Config {
                 reason: "at most 4".into(),
             });
         }
+        if self.store.read_connections > 64 {
+            return Err(ConfigError::Invalid {
+                field: "store.read_connections",
+                reason: "at most 64 (0: one per CPU core, at most 4)".into(),
+            });
+        }
         if self.ingest.batch_max_messages == 0
             || self.ingest.batch_max_commit_ms == 0
             || self.ingest.max_records_per_pack == 0

@@ -308,21 +308,26 @@ fn insert_version(
 impl Db {
     /// The case's record (every version of every entry), audited as a read.
     pub fn case_record(&mut self, actor: &Actor, case_id: &str) -> Result<CaseRecord> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let (territory, dk) = self.st.live_case(&tx, case_id)?;
-        let rec = read_entries(&tx, &dk, case_id, Which::All)?;
-        let ev = AuditEvent::new(
-            actor,
-            "record.read",
-            format!("case/{case_id}"),
-            Outcome::Success,
-        )
-        .territory(&territory);
-        audit::append(&tx, &self.st, &ev, now_ms())?;
-        tx.commit()?;
-        Ok(rec)
+        let a = self.read_case_record(actor, case_id);
+        self.finish_audited(a)
+    }
+
+    /// [`Db::case_record`] on a reader: the record and its audit entry, not yet written.
+    pub fn read_case_record(&mut self, actor: &Actor, case_id: &str) -> super::Audited<CaseRecord> {
+        super::Audited::of((|| {
+            let tx = self.conn.transaction()?;
+            let (territory, dk) = self.st.live_case(&tx, case_id)?;
+            let rec = read_entries(&tx, &dk, case_id, Which::All)?;
+            tx.commit()?;
+            let ev = AuditEvent::new(
+                actor,
+                "record.read",
+                format!("case/{case_id}"),
+                Outcome::Success,
+            )
+            .territory(&territory);
+            Ok((rec, ev))
+        })())
     }
 
     /// Applies a merge patch to a section (creating it on first write).

@@ -175,21 +175,31 @@ impl Db {
         case_id: &str,
         limit: usize,
     ) -> Result<Vec<StoredTriage>> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let (territory, dk) = self.st.live_case(&tx, case_id)?;
-        let out = read_triage(&tx, &dk, case_id, limit)?;
-        let ev = AuditEvent::new(
-            actor,
-            "triage.read",
-            format!("case/{case_id}"),
-            Outcome::Success,
-        )
-        .territory(&territory);
-        audit::append(&tx, &self.st, &ev, now_ms())?;
-        tx.commit()?;
-        Ok(out)
+        let a = self.read_triage_history(actor, case_id, limit);
+        self.finish_audited(a)
+    }
+
+    /// [`Db::triage_history`] on a reader: the results and their audit entry, not yet written.
+    pub fn read_triage_history(
+        &mut self,
+        actor: &Actor,
+        case_id: &str,
+        limit: usize,
+    ) -> super::Audited<Vec<StoredTriage>> {
+        super::Audited::of((|| {
+            let tx = self.conn.transaction()?;
+            let (territory, dk) = self.st.live_case(&tx, case_id)?;
+            let out = read_triage(&tx, &dk, case_id, limit)?;
+            tx.commit()?;
+            let ev = AuditEvent::new(
+                actor,
+                "triage.read",
+                format!("case/{case_id}"),
+                Outcome::Success,
+            )
+            .territory(&territory);
+            Ok((out, ev))
+        })())
     }
 }
 

@@ -108,7 +108,7 @@ pub async fn get_triage(
     let a = c.actor.clone();
     let t = st
         .store
-        .call(move |db| db.triage_history(&a, &id, 50))
+        .audited(move |db| db.read_triage_history(&a, &id, 50))
         .await?;
     ok(json!({ "triage": t.iter().map(triage_json).collect::<Vec<_>>() }))
 }

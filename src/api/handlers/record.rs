@@ -108,7 +108,10 @@ pub async fn get_record(
     in_territory(&st, &c, "case", &id).await?;
     let a = c.actor.clone();
     let now = st.clock.now_ms();
-    let rec = st.store.call(move |db| db.case_record(&a, &id)).await?;
+    let rec = st
+        .store
+        .audited(move |db| db.read_case_record(&a, &id))
+        .await?;
     let o2 = rec.oxygen_state(now);
     ok(json!({
         "entries": rec.latest(),
