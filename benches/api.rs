@@ -302,18 +302,7 @@ async fn async_main() {
     };
     let d = Daemon::start(&format!("{triage}[mqtt]\nbroker = \"{}\"\n", mqtt.url()));
     let cert = d.dir.join("keys/api-cert.pem");
-    let tls =
-        tokio_rustls::TlsConnector::from(hema3n_edge::tls::client_config(&cert, None).unwrap());
-    let mut s = connect(d.port, &tls).await;
-    let login = json_req(
-        &mut s,
-        "POST",
-        "/api/v1/auth/login",
-        None,
-        Some(json!({"user_id": "medic1", "secret": PIN})),
-    )
-    .await;
-    let token = login["token"].as_str().unwrap().to_string();
+    let (mut s, tls, token) = https::login(d.port, &cert, "medic1", PIN).await;
     let t = Some(token.as_str());
     let p = json_req(
         &mut s,

@@ -29,19 +29,8 @@ const VITALS: [&str; 4] = ["heart_rate", "resp_rate", "spo2", "sbp"];
 /// A crew on the tablet API until `stop`: opens a case, records 128 vitals in four posts,
 /// closes it (its bundle is then built and sealed by the daemon), again. Returns cases closed.
 async fn crew(port: u16, cert: std::path::PathBuf, stop: Arc<AtomicU64>) -> u64 {
-    use https::{connect, json_req};
-    let tls =
-        tokio_rustls::TlsConnector::from(hema3n_edge::tls::client_config(&cert, None).unwrap());
-    let mut s = connect(port, &tls).await;
-    let login = json_req(
-        &mut s,
-        "POST",
-        "/api/v1/auth/login",
-        None,
-        Some(json!({"user_id": "medic1", "secret": PIN})),
-    )
-    .await;
-    let token = login["token"].as_str().unwrap().to_string();
+    use https::json_req;
+    let (mut s, _, token) = https::login(port, &cert, "medic1", PIN).await;
     let t = Some(token.as_str());
     let mut closed = 0;
     while stop.load(Ordering::Relaxed) == 0 {

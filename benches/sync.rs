@@ -388,7 +388,7 @@ fn prealerts(
     log: &std::path::Path,
     broker_port: u16,
 ) {
-    use https::{connect, json_req};
+    use https::json_req;
     use serde_json::json;
     let n = if quick() { 5 } else { 50 };
     let port = broker::wait_api_port(log);
@@ -397,10 +397,7 @@ fn prealerts(
     let q = |sql: &str| -> i64 { conn.query_row(sql, [], |r| r.get(0)).unwrap() };
     let mut cases = vec![];
     rt.block_on(async {
-        let tls = tokio_rustls::TlsConnector::from(hema3n_edge::tls::client_config(&cert, None).unwrap());
-        let mut s = connect(port, &tls).await;
-        let login = json_req(&mut s, "POST", "/api/v1/auth/login", None, Some(json!({"user_id": "medic1", "secret": PIN}))).await;
-        let token = login["token"].as_str().unwrap().to_string();
+        let (mut s, _, token) = https::login(port, &cert, "medic1", PIN).await;
         for _ in 0..n {
             let c = json_req(&mut s, "POST", "/api/v1/cases", Some(&token), Some(json!({"chief_complaint": "bench"}))).await;
             let id = c["id"].as_str().unwrap().to_string();

@@ -92,7 +92,7 @@ fn kill_9_loop_loses_no_committed_record() {
 #[test]
 fn every_answered_read_has_its_audit_entry_after_kill_9() {
     use common::broker::Broker;
-    use common::https::{connect, json_req, try_request};
+    use common::https::{connect, login, try_request};
     use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
     use std::sync::{Arc, Mutex};
 
@@ -135,19 +135,7 @@ fn every_answered_read_has_its_audit_entry_after_kill_9() {
         let total = Arc::new(AtomicUsize::new(0));
         rt.block_on(async {
             let cert = a.key_dir().join("api-cert.pem");
-            let tls = tokio_rustls::TlsConnector::from(
-                hema3n_edge::tls::client_config(&cert, None).unwrap(),
-            );
-            let mut s = connect(port, &tls).await;
-            let login = json_req(
-                &mut s,
-                "POST",
-                "/api/v1/auth/login",
-                None,
-                Some(serde_json::json!({"user_id": "reader1", "secret": "pin-4829"})),
-            )
-            .await;
-            let token = login["token"].as_str().unwrap().to_string();
+            let (_, tls, token) = login(port, &cert, "reader1", "pin-4829").await;
             let mut clients = Vec::new();
             for k in 0..16 {
                 let (mut s, token) = (connect(port, &tls).await, token.clone());

@@ -404,16 +404,9 @@ impl Db {
         parts: CaseParts,
         action: &str,
     ) -> Audited<CaseView> {
-        match self.case_view_tx(actor, id, parts, action) {
-            Ok((v, ev)) => Audited {
-                result: Ok(v),
-                event: Some(ev),
-            },
-            Err(e) => Audited {
-                event: Some(failure_event(actor, action, format!("case/{id}"), &e)),
-                result: Err(e),
-            },
-        }
+        Audited::or_failure(self.case_view_tx(actor, id, parts, action), |e| {
+            Some(failure_event(actor, action, format!("case/{id}"), e))
+        })
     }
 
     fn case_view_tx(

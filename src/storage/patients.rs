@@ -453,31 +453,23 @@ impl Db {
             let tx = self.conn.transaction()?;
             let p = self.st.read_patient(&tx, id)?;
             tx.commit()?;
-            Ok(p)
+            let ev = AuditEvent::new(
+                actor,
+                "patient.read",
+                format!("patient/{id}"),
+                Outcome::Success,
+            )
+            .territory(&p.territory);
+            Ok((p, ev))
         })();
-        match r {
-            Ok(p) => Audited {
-                event: Some(
-                    AuditEvent::new(
-                        actor,
-                        "patient.read",
-                        format!("patient/{id}"),
-                        Outcome::Success,
-                    )
-                    .territory(&p.territory),
-                ),
-                result: Ok(p),
-            },
-            Err(e) => Audited {
-                event: Some(failure_event(
-                    actor,
-                    "patient.read",
-                    format!("patient/{id}"),
-                    &e,
-                )),
-                result: Err(e),
-            },
-        }
+        Audited::or_failure(r, |e| {
+            Some(failure_event(
+                actor,
+                "patient.read",
+                format!("patient/{id}"),
+                e,
+            ))
+        })
     }
 
     /// Finds patients of `territory` by blind index; returns decrypted records (audited as a

@@ -213,14 +213,22 @@ pub struct Audited<R> {
 impl<R> Audited<R> {
     /// A read that records only its success (a failure showed nothing and is the error).
     pub fn of(r: Result<(R, AuditEvent)>) -> Self {
+        Self::or_failure(r, |_| None)
+    }
+
+    /// A read whose failure is recorded too, with the entry `failed` makes of its error.
+    pub fn or_failure(
+        r: Result<(R, AuditEvent)>,
+        failed: impl FnOnce(&StoreError) -> Option<AuditEvent>,
+    ) -> Self {
         match r {
             Ok((v, ev)) => Audited {
                 result: Ok(v),
                 event: Some(ev),
             },
             Err(e) => Audited {
+                event: failed(&e),
                 result: Err(e),
-                event: None,
             },
         }
     }

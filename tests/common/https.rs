@@ -25,6 +25,29 @@ pub async fn connect(port: u16, tls: &tokio_rustls::TlsConnector) -> Sender {
     send
 }
 
+/// A keep-alive connection to the API on `port` trusting `cert`, signed in as `user` with
+/// `pin`: the connection, the TLS connector (for more connections) and the session token.
+pub async fn login(
+    port: u16,
+    cert: &std::path::Path,
+    user: &str,
+    pin: &str,
+) -> (Sender, tokio_rustls::TlsConnector, String) {
+    let tls =
+        tokio_rustls::TlsConnector::from(hema3n_edge::tls::client_config(cert, None).unwrap());
+    let mut s = connect(port, &tls).await;
+    let v = json_req(
+        &mut s,
+        "POST",
+        "/api/v1/auth/login",
+        None,
+        Some(serde_json::json!({"user_id": user, "secret": pin})),
+    )
+    .await;
+    let token = v["token"].as_str().expect("a session token").to_string();
+    (s, tls, token)
+}
+
 /// One request: status and body.
 pub async fn request(
     s: &mut Sender,
