@@ -159,15 +159,19 @@ impl Drop for Broker {
 /// The API port a daemon logged (`api listening (https) addr=127.0.0.1:PORT`) in `log`.
 pub fn wait_api_port(log: &Path) -> u16 {
     wait_for(30, "api listening", || {
-        let text = std::fs::read_to_string(log).ok()?;
-        let line = text.lines().rev().find(|l| l.contains("api listening"))?;
-        let rest = line.split("127.0.0.1:").nth(1)?;
-        rest.chars()
-            .take_while(char::is_ascii_digit)
-            .collect::<String>()
-            .parse()
-            .ok()
+        api_port_in(&std::fs::read_to_string(log).ok()?)
     })
+}
+
+/// The port of the last `api listening … 127.0.0.1:PORT` line in `log`.
+pub fn api_port_in(log: &str) -> Option<u16> {
+    let line = log.lines().rev().find(|l| l.contains("api listening"))?;
+    let rest = line.split("127.0.0.1:").nth(1)?;
+    rest.chars()
+        .take_while(char::is_ascii_digit)
+        .collect::<String>()
+        .parse()
+        .ok()
 }
 
 /// Polls `f` every 10 ms until it returns `Some`, or panics after `secs` with `what`.

@@ -1,6 +1,7 @@
 //! Test harness: temporary appliance data directories driven through the real binary.
 #![allow(dead_code)]
 
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
@@ -11,6 +12,9 @@ use hema3n_edge::storage::Db;
 pub const BIN: &str = env!("CARGO_BIN_EXE_hema3n-edge");
 
 /// A data directory created by `hema3n-edge init`, removed on drop.
+/// The line `spawn_daemon` writes into `daemon.log` before each run.
+const START_MARK: &str = "--- test harness: daemon starting ---\n";
+
 pub struct Appliance {
     pub tmp: tempfile::TempDir,
     pub dir: PathBuf,
@@ -275,6 +279,8 @@ impl Appliance {
             .append(true)
             .open(self.tmp.path().join("daemon.log"))
             .unwrap();
+        // Marks where this run's lines begin, so `api_port` never reads an earlier run's port.
+        (&log).write_all(START_MARK.as_bytes()).unwrap();
         Daemon(
             self.cmd(&["run"])
                 .env(
@@ -307,9 +313,14 @@ impl Appliance {
         d
     }
 
-    /// The API port from the daemon log's `api listening (https) addr=127.0.0.1:PORT`.
+    /// The API port from the latest daemon run's `api listening (https) addr=127.0.0.1:PORT`
+    /// (waits for it: the API may bind after the daemon subscribed to device topics).
     pub fn api_port(&self) -> u16 {
-        broker::wait_api_port(&self.tmp.path().join("daemon.log"))
+        broker::wait_for(30, "api listening", || {
+            let log = self.daemon_log();
+            let run = log.rsplit(START_MARK).next()?;
+            broker::api_port_in(run)
+        })
     }
 
     pub fn daemon_log(&self) -> String {
