@@ -94,7 +94,7 @@ pub fn model_changes(
                 .details(serde_json::json!({
                     "dir": i.dir.display().to_string(),
                     "variant": i.variant,
-                    "sha256": i.sha256,
+                    "sha256": &*i.sha256,
                     "provider": i.provider.as_str(),
                 })),
                 ModelChange::Refused { dir, error } => AuditEvent::new(

@@ -49,8 +49,8 @@ pub struct TriageOutcome {
     pub model: Option<ModelProposal>,
     /// Why the model did not propose a level, when it did not.
     pub abstained: Option<String>,
-    pub model_id: Option<String>,
-    pub model_sha256: Option<String>,
+    pub model_id: Option<std::sync::Arc<str>>,
+    pub model_sha256: Option<std::sync::Arc<str>>,
 }
 
 const CORE: [(&str, f64, f64); 4] = [

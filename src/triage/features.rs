@@ -96,23 +96,18 @@ pub fn text_features(text: Option<&str>) -> Vec<(usize, f32)> {
 pub fn text_into(text: Option<&str>, out: &mut [f32; TEXT_BUCKETS]) -> usize {
     const BASIS: u32 = 0x811C_9DC5;
     let feed = |h: u32, b: u8| (h ^ u32::from(b)).wrapping_mul(0x0100_0193);
-    let bump =
-        |out: &mut [f32; TEXT_BUCKETS], h: u32| out[(h % TEXT_BUCKETS as u32) as usize] += 1.0;
     out.fill(0.0);
     let Some(text) = text else { return 0 };
-    let mut n = 0usize;
+    let mut bag = Bag {
+        out,
+        n: 0,
+        touched: [0; Bag::TRACKED],
+        distinct: 0,
+    };
     // The token being read: its unigram hash, and its bigram hash with the previous token.
     let (mut uni, mut bi, mut in_token) = (BASIS, None::<u32>, false);
     // The previous token's unigram hash.
     let mut prev: Option<u32> = None;
-    let end = |uni: u32, bi: Option<u32>, out: &mut [f32; TEXT_BUCKETS], n: &mut usize| {
-        bump(out, uni);
-        *n += 1;
-        if let Some(b) = bi {
-            bump(out, b);
-            *n += 1;
-        }
-    };
     for c in text.chars().flat_map(char::to_lowercase) {
         if c.is_ascii_alphanumeric() {
             if !in_token {
@@ -125,21 +120,69 @@ pub fn text_into(text: Option<&str>, out: &mut [f32; TEXT_BUCKETS]) -> usize {
             bi = bi.map(|h| feed(h, b));
         } else if in_token {
             in_token = false;
-            end(uni, bi, out, &mut n);
+            bag.token(uni, bi);
             prev = Some(uni);
         }
     }
     if in_token {
-        end(uni, bi, out, &mut n);
+        bag.token(uni, bi);
     }
-    if n > 0 {
-        // Every bucket, branch-free (vectorised): an empty one stays +0.0.
-        let n = n as f64;
-        for v in out.iter_mut() {
-            *v = (f64::from(*v) / n) as f32;
+    bag.finish()
+}
+
+/// Gram counts being gathered into a dense vector, and which buckets they touched: a chief
+/// complaint touches a few dozen of the 2,048, and dividing only those (not every bucket, a
+/// division each) is most of what building the vector costs.
+struct Bag<'a> {
+    out: &'a mut [f32; TEXT_BUCKETS],
+    /// Grams counted.
+    n: usize,
+    /// The first [`Bag::TRACKED`] distinct buckets touched.
+    touched: [u16; Bag::TRACKED],
+    /// Distinct buckets touched (may exceed `TRACKED`: then every bucket is divided).
+    distinct: usize,
+}
+
+impl Bag<'_> {
+    const TRACKED: usize = 128;
+
+    fn bump(&mut self, h: u32) {
+        let b = (h % TEXT_BUCKETS as u32) as usize;
+        if self.out[b] == 0.0 {
+            if let Some(slot) = self.touched.get_mut(self.distinct) {
+                *slot = b as u16;
+            }
+            self.distinct += 1;
+        }
+        self.out[b] += 1.0;
+        self.n += 1;
+    }
+
+    /// A token ended: its unigram, and its bigram with the previous token if any.
+    fn token(&mut self, uni: u32, bi: Option<u32>) {
+        self.bump(uni);
+        if let Some(b) = bi {
+            self.bump(b);
         }
     }
-    n
+
+    /// Counts to means (`count / n` in f64, as the reference does); returns `n`.
+    fn finish(self) -> usize {
+        let (out, n) = (self.out, self.n as f64);
+        if self.n == 0 {
+            return 0;
+        }
+        let mean = |v: &mut f32| *v = (f64::from(*v) / n) as f32;
+        if self.distinct <= Self::TRACKED {
+            for &b in &self.touched[..self.distinct] {
+                mean(&mut out[usize::from(b)]);
+            }
+        } else {
+            // An empty bucket stays +0.0.
+            out.iter_mut().for_each(mean);
+        }
+        self.n
+    }
 }
 
 /// Whether `text` has a gram (a lower-cased ASCII alphanumeric), without allocating.
@@ -197,7 +240,14 @@ mod tests {
             "fall from height fall from height fall",
         ];
         let (mut fast, mut reference) = ([0f32; TEXT_BUCKETS], [0f32; TEXT_BUCKETS]);
-        for t in texts.iter().map(|t| Some(*t)).chain([None]) {
+        // More distinct buckets than are tracked: every bucket is divided instead.
+        let long: Vec<String> = (0..400).map(|i| format!("w{i}")).collect();
+        let long = long.join(" ");
+        for t in texts
+            .iter()
+            .map(|t| Some(*t))
+            .chain([Some(&long[..]), None])
+        {
             let n = text_into(t, &mut fast);
             let sparse = text_features(t);
             text_dense(&sparse, &mut reference);

@@ -11,12 +11,14 @@ pub mod features;
 pub mod installed;
 pub mod news2;
 pub mod package;
+pub mod reasons;
 pub mod rules;
 pub mod runtime;
 pub mod service;
 #[cfg(feature = "tch-backend")]
 pub mod torch;
 
+pub use reasons::Finding;
 pub use rules::{Reason, RulesInput, RulesResult, Vitals, evaluate};
 
 /// Level used when the model abstains (missing or implausible inputs, no runtime) and the

@@ -9,6 +9,7 @@
 //! the model or the rules-only default. These are proxies, not a validated clinical instrument.
 
 use super::news2::{self, News2, News2Input, Risk};
+use super::reasons::Finding;
 
 /// Latest value of each vital (`None` = not measured). AVPU is the ACVPU index 0..=4.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -58,12 +59,13 @@ pub struct RulesInput {
     pub spo2_scale2: bool,
 }
 
-/// One finding: a stable code, the ESI level it requires at least, and a sentence for the crew.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One finding: a stable code, the ESI level it requires at least, and what was found (its
+/// sentence for the crew: [`RulesResult::sentence`]).
+#[derive(Debug, Clone, PartialEq)]
 pub struct Reason {
     pub code: &'static str,
     pub esi: u8,
-    pub text: String,
+    pub finding: Finding,
 }
 
 /// Output of the rules engine.
@@ -74,6 +76,13 @@ pub struct RulesResult {
     pub reasons: Vec<Reason>,
     /// `None` under 16 years (NEWS2 is validated for adults only).
     pub news2: Option<News2>,
+}
+
+impl RulesResult {
+    /// The sentence of one of this result's reasons, e.g. "SpO2 88% < 92% (danger zone)".
+    pub fn sentence(&self, r: &Reason) -> String {
+        r.finding.sentence(self.news2.as_ref())
+    }
 }
 
 /// Age bands of the ESI danger-zone vitals.
@@ -126,20 +135,12 @@ fn hypotension(age: Option<f64>) -> (f64, f64) {
     }
 }
 
-const ACVPU: [&str; 5] = [
-    "alert",
-    "new confusion",
-    "responds to voice",
-    "responds to pain",
-    "unresponsive",
-];
-
 /// Evaluates every rule.
 pub fn evaluate(i: &RulesInput) -> RulesResult {
     let v = &i.vitals;
-    let mut reasons: Vec<Reason> = Vec::new();
+    let mut reasons: Vec<Reason> = Vec::with_capacity(8);
     let mut add =
-        |code: &'static str, esi: u8, text: String| reasons.push(Reason { code, esi, text });
+        |code: &'static str, esi: u8, finding: Finding| reasons.push(Reason { code, esi, finding });
     let band = AgeBand::of(i.age_years);
     let adult_like = !matches!(
         band,
@@ -148,133 +149,85 @@ pub fn evaluate(i: &RulesInput) -> RulesResult {
 
     // Decision point A: immediate life-saving intervention.
     if v.avpu == Some(4) {
-        add("unresponsive", 1, "unresponsive (AVPU U)".into());
+        add("unresponsive", 1, Finding::Unresponsive);
     }
-    if let Some(g) = v.gcs_total.filter(|g| *g <= 8.0) {
-        add("gcs_coma", 1, format!("GCS {g} ≤ 8: airway at risk"));
+    if let Some(gcs) = v.gcs_total.filter(|g| *g <= 8.0) {
+        add("gcs_coma", 1, Finding::Coma { gcs });
     }
     if let Some(rr) = v.resp_rate {
         if rr <= 6.0 {
-            add(
-                "apnoea",
-                1,
-                format!("respiratory rate {rr}/min: apnoea or agonal breathing"),
-            );
+            add("apnoea", 1, Finding::Apnoea { rr });
         } else if (adult_like && rr >= 40.0) || (!adult_like && rr >= 60.0) {
             add(
                 "resp_distress_severe",
                 1,
-                format!("respiratory rate {rr}/min: severe respiratory distress"),
+                Finding::SevereRespiratoryDistress { rr },
             );
         }
     }
-    if let Some(s) = v.spo2.filter(|s| *s < 85.0) {
-        add(
-            "hypoxia_severe",
-            1,
-            format!("SpO2 {s}% < 85%: severe hypoxia"),
-        );
+    if let Some(spo2) = v.spo2.filter(|s| *s < 85.0) {
+        add("hypoxia_severe", 1, Finding::SevereHypoxia { spo2 });
     }
     let (hypo, profound) = hypotension(i.age_years);
     if let Some(sbp) = v.sbp {
         if sbp < profound {
-            add(
-                "shock",
-                1,
-                format!("systolic BP {sbp} mmHg: profound hypotension"),
-            );
+            add("shock", 1, Finding::Shock { sbp });
         } else if sbp < hypo {
-            add(
-                "hypotension",
-                2,
-                format!("systolic BP {sbp} mmHg: hypotension for age"),
-            );
+            add("hypotension", 2, Finding::Hypotension { sbp });
         }
     }
     if let Some(hr) = v.heart_rate
         && (hr <= 30.0 || (adult_like && hr >= 180.0) || hr >= 220.0)
     {
-        add(
-            "arrhythmia_extreme",
-            1,
-            format!("heart rate {hr}/min: extreme brady- or tachycardia"),
-        );
+        add("arrhythmia_extreme", 1, Finding::ExtremeHeartRate { hr });
     }
 
     // Decision point B: high risk, altered mentation, severe pain.
-    if let Some(a) = v.avpu.filter(|a| (1..=3).contains(a)) {
-        add(
-            "altered_mentation",
-            2,
-            format!("ACVPU {}: altered mental status", ACVPU[a as usize]),
-        );
+    if let Some(acvpu) = v.avpu.filter(|a| (1..=3).contains(a)) {
+        add("altered_mentation", 2, Finding::AlteredMentation { acvpu });
     }
-    if let Some(g) = v.gcs_total.filter(|g| *g > 8.0 && *g < 15.0) {
-        add("gcs_reduced", 2, format!("GCS {g}: altered mental status"));
+    if let Some(gcs) = v.gcs_total.filter(|g| *g > 8.0 && *g < 15.0) {
+        add("gcs_reduced", 2, Finding::ReducedGcs { gcs });
     }
-    if let Some(p) = v.pain.filter(|p| *p >= 7.0) {
-        add(
-            "severe_pain",
-            2,
-            format!("pain {p}/10: severe pain or distress"),
-        );
+    if let Some(pain) = v.pain.filter(|p| *p >= 7.0) {
+        add("severe_pain", 2, Finding::SeverePain { pain });
     }
-    if let Some(gl) = v.glucose {
-        if gl < 54.0 {
-            add(
-                "hypoglycaemia",
-                2,
-                format!("glucose {gl} mg/dL < 54: clinically significant hypoglycaemia"),
-            );
-        } else if gl >= 600.0 {
-            add(
-                "hyperglycaemia",
-                2,
-                format!("glucose {gl} mg/dL ≥ 600: hyperglycaemic crisis"),
-            );
+    if let Some(glucose) = v.glucose {
+        if glucose < 54.0 {
+            add("hypoglycaemia", 2, Finding::Hypoglycaemia { glucose });
+        } else if glucose >= 600.0 {
+            add("hyperglycaemia", 2, Finding::Hyperglycaemia { glucose });
         }
     }
-    if let Some(t) = v.temp {
-        if t >= 40.0 {
-            add("hyperpyrexia", 2, format!("temperature {t} °C ≥ 40"));
+    if let Some(temp) = v.temp {
+        if temp >= 40.0 {
+            add("hyperpyrexia", 2, Finding::Hyperpyrexia { temp });
         }
-        if t >= 38.0 && matches!(band, AgeBand::Under3Months) {
-            add(
-                "infant_fever",
-                2,
-                format!("temperature {t} °C in an infant under 3 months"),
-            );
+        if temp >= 38.0 && matches!(band, AgeBand::Under3Months) {
+            add("infant_fever", 2, Finding::InfantFever { temp });
         }
     }
 
     // Decision point D: danger-zone vitals by age band.
     let (hr_dz, rr_dz) = band.danger_zone();
     if let Some(hr) = v.heart_rate.filter(|hr| *hr > hr_dz) {
+        let (limit, band) = (hr_dz, band.label());
         add(
             "danger_zone_hr",
             2,
-            format!(
-                "heart rate {hr}/min > {hr_dz} (danger zone, {})",
-                band.label()
-            ),
+            Finding::DangerZoneHeartRate { hr, limit, band },
         );
     }
     if let Some(rr) = v.resp_rate.filter(|rr| *rr > rr_dz) {
+        let (limit, band) = (rr_dz, band.label());
         add(
             "danger_zone_rr",
             2,
-            format!(
-                "respiratory rate {rr}/min > {rr_dz} (danger zone, {})",
-                band.label()
-            ),
+            Finding::DangerZoneRespRate { rr, limit, band },
         );
     }
-    if let Some(s) = v.spo2.filter(|s| *s < 92.0 && *s >= 85.0) {
-        add(
-            "danger_zone_spo2",
-            2,
-            format!("SpO2 {s}% < 92% (danger zone)"),
-        );
+    if let Some(spo2) = v.spo2.filter(|s| *s < 92.0 && *s >= 85.0) {
+        add("danger_zone_spo2", 2, Finding::DangerZoneSpo2 { spo2 });
     }
 
     // NEWS2 (adults and unknown age).
@@ -293,60 +246,11 @@ pub fn evaluate(i: &RulesInput) -> RulesResult {
         })
     });
     if let Some(n) = &news2 {
-        let partial = if n.missing.is_empty() {
-            String::new()
-        } else {
-            let m: Vec<&str> = n
-                .missing
-                .iter()
-                .map(|p| news2::parameter_label(p))
-                .collect();
-            format!(" (partial: {} not measured)", m.join(", "))
-        };
-        // What scored, so a reader sees e.g. "on oxygen +2" without recomputing.
-        let parts: Vec<String> = n
-            .subscores
-            .iter()
-            .filter(|s| s.score > 0)
-            .map(|s| match s.parameter {
-                "air_or_oxygen" => format!("on oxygen +{}", s.score),
-                p => format!(
-                    "{} {} +{}",
-                    news2::parameter_label(p),
-                    news2::display_value(p, s.value),
-                    s.score
-                ),
-            })
-            .collect();
-        let partial = if parts.is_empty() {
-            partial
-        } else {
-            format!(" — {}{partial}", parts.join(", "))
-        };
-        match n.risk {
-            Risk::High => add(
-                "news2_high",
-                2,
-                format!("NEWS2 {} (high risk){partial}", n.total),
-            ),
-            Risk::Medium => add(
-                "news2_medium",
-                3,
-                format!("NEWS2 {} (medium risk){partial}", n.total),
-            ),
-            Risk::LowMedium => {
-                let p = n
-                    .subscores
-                    .iter()
-                    .find(|s| s.score == 3)
-                    .map(|s| s.parameter)
-                    .unwrap_or("a parameter");
-                add(
-                    "news2_single_red",
-                    2,
-                    format!("NEWS2 {}: {p} scores 3 (urgent response){partial}", n.total),
-                );
-            }
+        let risk = n.risk;
+        match risk {
+            Risk::High => add("news2_high", 2, Finding::News2 { risk }),
+            Risk::Medium => add("news2_medium", 3, Finding::News2 { risk }),
+            Risk::LowMedium => add("news2_single_red", 2, Finding::News2 { risk }),
             Risk::Low => {}
         }
     }
@@ -636,15 +540,71 @@ mod tests {
             heart_rate: Some(125.0),
             ..NORMAL
         }));
-        assert!(r.reasons.iter().any(|x| x.text.contains("SpO2 88%")));
+        assert!(r.reasons.iter().any(|x| r.sentence(x).contains("SpO2 88%")));
         assert!(
             r.reasons
                 .iter()
-                .all(|x| !x.text.is_empty() && (1..=5).contains(&x.esi))
+                .all(|x| !r.sentence(x).is_empty() && (1..=5).contains(&x.esi))
         );
         assert!(
             r.reasons.windows(2).all(|w| w[0].esi <= w[1].esi),
             "most acute first"
+        );
+    }
+
+    fn sentences(v: Vitals, age: f64, on_oxygen: bool) -> Vec<String> {
+        let r = evaluate(&RulesInput {
+            vitals: v,
+            age_years: Some(age),
+            on_oxygen,
+            spo2_scale2: false,
+        });
+        r.reasons.iter().map(|x| r.sentence(x)).collect()
+    }
+
+    #[test]
+    fn findings_read_as_the_sentences_the_crew_sees() {
+        let s = sentences(
+            Vitals {
+                heart_rate: Some(125.0),
+                resp_rate: Some(26.0),
+                spo2: Some(88.0),
+                sbp: Some(120.0),
+                temp: Some(37.2),
+                avpu: Some(0),
+                ..Default::default()
+            },
+            45.0,
+            true,
+        );
+        assert_eq!(
+            s,
+            [
+                "heart rate 125/min > 100 (danger zone, over 8 years)",
+                "respiratory rate 26/min > 20 (danger zone, over 8 years)",
+                "SpO2 88% < 92% (danger zone)",
+                "NEWS2 10 (high risk) — RR 26 +3, SpO2 88 +3, on oxygen +2, HR 125 +2",
+            ]
+            .map(String::from),
+            "{s:#?}"
+        );
+        // A child: thresholds and band of its age; NEWS2 is for adults only.
+        let s = sentences(
+            Vitals {
+                heart_rate: Some(150.5),
+                gcs_total: Some(7.0),
+                ..Default::default()
+            },
+            5.0,
+            false,
+        );
+        assert_eq!(
+            s,
+            [
+                "GCS 7 ≤ 8: airway at risk",
+                "heart rate 150.5/min > 140 (danger zone, 3 to 8 years)",
+            ]
+            .map(String::from)
         );
     }
 }

@@ -48,9 +48,10 @@ pub struct ModelOutput {
 pub struct RuntimeInfo {
     /// The package directory it was loaded from.
     pub dir: PathBuf,
-    pub model_id: String,
+    /// Shared (`Arc`): every triage outcome names the model that proposed it.
+    pub model_id: std::sync::Arc<str>,
     pub variant: String,
-    pub sha256: String,
+    pub sha256: std::sync::Arc<str>,
     pub provider: Provider,
     /// One line per provider that was tried and not used, with the reason.
     pub fallbacks: Vec<String>,
@@ -224,9 +225,9 @@ impl ModelRuntime {
         })?;
         let info = RuntimeInfo {
             dir: o.model_dir.clone(),
-            model_id: m.model_id,
+            model_id: m.model_id.into(),
             variant,
-            sha256: sha,
+            sha256: sha.into(),
             provider,
             fallbacks,
         };

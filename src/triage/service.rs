@@ -160,8 +160,8 @@ pub fn record_from(o: &TriageOutcome) -> TriageRecord {
         news2: o.rules.news2.as_ref().map(|n| n.total),
         specialty: o.model.as_ref().map(|m| m.specialty.to_string()),
         confidence: o.model.as_ref().map(|m| m.confidence),
-        model_id: o.model_id.clone(),
-        model_hash: o.model_sha256.clone(),
+        model_id: o.model_id.as_deref().map(String::from),
+        model_hash: o.model_sha256.as_deref().map(String::from),
         decider: o.decider,
         abstained: o.abstained.clone(),
         reasons: model_reason(o).into_iter().chain(rule_reasons(o)).collect(),
@@ -192,7 +192,7 @@ fn rule_reasons(o: &TriageOutcome) -> Vec<String> {
         o.rules
             .reasons
             .iter()
-            .map(|r| format!("ESI ≤ {}: {}", r.esi, r.text))
+            .map(|r| format!("ESI ≤ {}: {}", r.esi, o.rules.sentence(r)))
             .collect()
     }
 }
