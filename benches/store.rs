@@ -3,8 +3,9 @@
 //! - raw plain SQLite vs raw SQLCipher: the same batched inserts (1000 rows per transaction,
 //!   WAL, synchronous=FULL) — the cost of page encryption alone;
 //! - the store's patient insert (SQLCipher + per-record data key + field encryption + blind
-//!   indexes + chained audit entry, 1000 per transaction) vs plain SQLite inserting rows of the
-//!   same shape and size (patient row + audit row) — the whole cost of our protection;
+//!   indexes + chained audit entry, 1000 per transaction) vs plain SQLite storing the same
+//!   patients in the same tables and indexes without any of it — the whole cost of our
+//!   protection;
 //! - field seal/open cost; committed audit append p50/p99; audit verify of 10^6 entries vs a raw
 //!   scan of the same rows; `audit query` by patient over those 10^6 entries (p50, p99) vs the
 //!   raw indexed SELECT of the same rows plus a raw one-row commit.
@@ -24,39 +25,64 @@ use rusqlite::Connection;
 mod common;
 use common::{bench_line, pct, quick, raw_conn, raw_inserts};
 
-/// Plain SQLite writing what the store writes per patient (row with 7 text-ish columns and 3
-/// index columns, a data-key row, an audit row), 1000 per transaction; patients/s.
-fn plain_patient_shape(c: &mut Connection, n: usize) -> f64 {
+/// Plain SQLite storing the same patients the way an unprotected store would, 1000 per
+/// transaction; patients/s. Same tables and indexes as the store's schema (`storage::schema`):
+/// the patient row with its text primary key and its three search indexes — over the plaintext
+/// last name, date of birth and MRN instead of blind indexes — and one audit row per patient with
+/// the same columns and the four query indexes, minus what protection adds (no data key, no
+/// field seals, no chain hash or MAC). Until 2026-12-07 this baseline indexed sequential
+/// integers and had no audit indexes, which flattered it: index pages of random keys are what a
+/// real store dirties (see docs/benchmarks.md, #22 item 3).
+fn plain_patient_shape(c: &mut Connection, ps: &[Patient], n: usize) -> f64 {
     c.execute_batch(
-        "CREATE TABLE p (id TEXT PRIMARY KEY, territory TEXT, dk INTEGER, c1 BLOB, c2 BLOB, c3 BLOB, c4 BLOB, c5 BLOB, c6 BLOB, c7 BLOB, i1 BLOB, i2 BLOB, i3 BLOB); \
-         CREATE INDEX p_i1 ON p (territory, i1); CREATE INDEX p_i2 ON p (territory, i2); CREATE INDEX p_i3 ON p (territory, i3); \
-         CREATE TABLE d (id INTEGER PRIMARY KEY, territory TEXT, v INTEGER, w BLOB, owner TEXT); \
-         CREATE TABLE a (seq INTEGER PRIMARY KEY, ts INTEGER, actor TEXT, action TEXT, resource TEXT, prev BLOB, hash BLOB, mac BLOB);",
+        "CREATE TABLE patients (id TEXT PRIMARY KEY, territory TEXT NOT NULL, created_at INTEGER NOT NULL, \
+           updated_at INTEGER NOT NULL, first_name TEXT, last_name TEXT, date_of_birth TEXT, ssn TEXT, email TEXT, \
+           phone TEXT, address TEXT, insurance TEXT, mrn TEXT, sex TEXT) STRICT; \
+         CREATE INDEX patients_last_name ON patients (territory, last_name); \
+         CREATE INDEX patients_dob ON patients (territory, date_of_birth); \
+         CREATE INDEX patients_mrn ON patients (territory, mrn); \
+         CREATE TABLE audit_log (seq INTEGER PRIMARY KEY AUTOINCREMENT, ts INTEGER NOT NULL, actor TEXT NOT NULL, \
+           role TEXT NOT NULL, action TEXT NOT NULL, resource TEXT NOT NULL, outcome TEXT NOT NULL, \
+           territory TEXT NOT NULL, details TEXT NOT NULL); \
+         CREATE INDEX audit_by_resource ON audit_log (resource, seq); \
+         CREATE INDEX audit_by_actor ON audit_log (actor, seq); \
+         CREATE INDEX audit_by_ts ON audit_log (ts); \
+         CREATE INDEX audit_by_territory ON audit_log (territory, seq);",
     )
     .unwrap();
-    let field = vec![0x41u8; 45];
-    let wrapped = vec![0x42u8; 61];
+    // The details the store records for the same entry.
+    let details = hema3n_edge::model::access::recorded_details(&AuditEvent::new(
+        &Actor::cli(),
+        "patient.create",
+        "patient/x",
+        Outcome::Success,
+    ))
+    .to_string();
     let t = Instant::now();
-    for chunk in 0..n / 1000 {
+    for _ in 0..n / ps.len() {
         let tx = c.transaction().unwrap();
-        for i in 0..1000 {
-            let k = (chunk * 1000 + i) as i64;
-            let id = format!("{k:036}");
-            tx.prepare_cached("INSERT INTO d VALUES (?1, 'default', 1, ?2, ?3)")
-                .unwrap()
-                .execute((k, &wrapped, &id))
-                .unwrap();
+        let now = hema3n_edge::model::now_ms();
+        for p in ps {
+            let id = uuid::Uuid::now_v7().to_string();
+            let address = p
+                .address
+                .as_ref()
+                .map(|a| serde_json::to_string(a).unwrap());
             tx.prepare_cached(
-                "INSERT INTO p VALUES (?1, 'default', ?2, ?3, ?3, ?3, ?3, ?3, ?3, ?3, ?4, ?4, ?4)",
+                "INSERT INTO patients (id, territory, created_at, updated_at, first_name, last_name, date_of_birth, ssn, \
+                 email, phone, address, mrn) VALUES (?1, 'default', ?2, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
             )
             .unwrap()
-            .execute((&id, k, &field, &k.to_be_bytes()[..]))
+            .execute(rusqlite::params![
+                id, now, p.first_name, p.last_name, p.date_of_birth, p.ssn, p.email, p.phone, address, p.mrn
+            ])
             .unwrap();
             tx.prepare_cached(
-                "INSERT INTO a VALUES (?1, 0, 'cli', 'patient.create', ?2, ?3, ?3, ?3)",
+                "INSERT INTO audit_log (ts, actor, role, action, resource, outcome, territory, details) \
+                 VALUES (?1, 'cli', 'admin', 'patient.create', ?2, 'success', 'default', ?3)",
             )
             .unwrap()
-            .execute((k, &id, &field[..32]))
+            .execute(rusqlite::params![now, format!("patient/{id}"), details])
             .unwrap();
         }
         tx.commit().unwrap();
@@ -126,10 +152,14 @@ fn main() {
     bench_line("sqlcipher_rows_per_s", cipher, "rows/s", plain);
 
     let np = n / 5;
-    let plain_shape = plain_patient_shape(&mut raw_conn(&tmp.path().join("shape.db"), None), np);
+    let batch: Vec<Patient> = (0..1000).map(patient).collect();
+    let plain_shape = plain_patient_shape(
+        &mut raw_conn(&tmp.path().join("shape.db"), None),
+        &batch,
+        np,
+    );
     let mut db = open_store(&tmp.path().join("store"), 1000);
     let actor = Actor::cli();
-    let batch: Vec<Patient> = (0..1000).map(patient).collect();
     let t = Instant::now();
     for _ in 0..np / 1000 {
         db.create_patients(&actor, "default", &batch).unwrap();

@@ -75,34 +75,29 @@ impl State {
         territory: &str,
         owner: &str,
     ) -> Result<Arc<DataKey>> {
+        let mut mint = self.key_mint(conn, territory)?;
+        let dk = mint.mint()?;
+        let dk = mint.record(self, conn, dk, owner, 0)?;
+        mint.finish(conn)?;
+        Ok(dk)
+    }
+
+    /// A [`KeyMint`] for new data keys of `territory` in the caller's transaction.
+    pub(crate) fn key_mint<'t>(
+        &self,
+        conn: &Connection,
+        territory: &'t str,
+    ) -> Result<KeyMint<'t>> {
         let version = self.current_version(conn, territory)?;
-        let kek = self
-            .keys
-            .kek(territory, version)
-            .expect("current version is loaded");
-        let id: i64 = conn
+        let next_id: i64 = conn
             .prepare_cached("SELECT coalesce(max(id), 0) + 1 FROM data_keys")?
             .query_row([], |r| r.get(0))?;
-        let dk = DataKey::from_bytes(id, random_key()?);
-        let wrapped = dk.wrap(kek, territory)?;
-        let used: i64 = conn
-            .prepare_cached(
-                "UPDATE key_versions SET invocations = invocations + 1 WHERE territory = ?1 AND version = ?2 RETURNING invocations",
-            )?
-            .query_row(params![territory, version], |r| r.get(0))?;
-        if used as u64 > MAX_INVOCATIONS {
-            return Err(crate::crypto::CryptoError::InvocationLimit {
-                what: territory_key_name(territory, version),
-            }
-            .into());
-        }
-        conn.prepare_cached(
-            "INSERT INTO data_keys (id, territory, kek_version, wrapped, owner, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        )?
-        .execute(params![id, territory, version, wrapped, owner, now_ms()])?;
-        let dk = Arc::new(dk);
-        self.cache_put(dk.clone());
-        Ok(dk)
+        Ok(KeyMint {
+            territory,
+            version,
+            next_id,
+            wrapped: 0,
+        })
     }
 
     fn cache_put(&mut self, dk: Arc<DataKey>) {
@@ -528,6 +523,91 @@ impl Db {
         )?;
         st.dk_cache.remove(&id);
         st.erased.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+/// New data keys of one territory within one transaction (one record, or a batch of them): the
+/// current key version and the next id are looked up once, each key's row is written with the
+/// seals it already made (no second update), and the territory key's use counter is bumped
+/// once for all in [`KeyMint::finish`] — which the caller must reach before committing.
+pub(crate) struct KeyMint<'t> {
+    territory: &'t str,
+    version: u32,
+    next_id: i64,
+    /// Keys wrapped under the territory key so far.
+    wrapped: u64,
+}
+
+impl KeyMint<'_> {
+    /// A fresh data key with the next id, not recorded yet: seal with it, then
+    /// [`KeyMint::record`] it in the same transaction.
+    pub(crate) fn mint(&mut self) -> Result<DataKey> {
+        let dk = DataKey::from_bytes(self.next_id, random_key()?);
+        self.next_id += 1;
+        Ok(dk)
+    }
+
+    /// Wraps `dk` under the territory key and records it for `owner` with the `invocations`
+    /// (field seals) it has made; caches it.
+    pub(crate) fn record(
+        &mut self,
+        st: &mut State,
+        conn: &Connection,
+        dk: DataKey,
+        owner: &str,
+        invocations: u64,
+    ) -> Result<Arc<DataKey>> {
+        let kek = st
+            .keys
+            .kek(self.territory, self.version)
+            .expect("current version is loaded");
+        let wrapped = dk.wrap(kek, self.territory)?;
+        self.wrapped += 1;
+        conn.prepare_cached(
+            "INSERT INTO data_keys (id, territory, kek_version, wrapped, owner, created_at, invocations) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        )?
+        .execute(params![
+            dk.id(),
+            self.territory,
+            self.version,
+            wrapped,
+            owner,
+            now_ms(),
+            invocations as i64
+        ])?;
+        if invocations > MAX_INVOCATIONS {
+            return Err(crate::crypto::CryptoError::InvocationLimit {
+                what: format!("data key {}", dk.id()),
+            }
+            .into());
+        }
+        let dk = Arc::new(dk);
+        st.cache_put(dk.clone());
+        Ok(dk)
+    }
+
+    /// Counts the wraps against the territory key; past its limit the caller's transaction
+    /// must roll back.
+    pub(crate) fn finish(self, conn: &Connection) -> Result<()> {
+        if self.wrapped == 0 {
+            return Ok(());
+        }
+        let used: i64 = conn
+            .prepare_cached(
+                "UPDATE key_versions SET invocations = invocations + ?3 WHERE territory = ?1 AND version = ?2 RETURNING invocations",
+            )?
+            .query_row(
+                params![self.territory, self.version, self.wrapped as i64],
+                |r| r.get(0),
+            )?;
+        if used as u64 > MAX_INVOCATIONS {
+            return Err(crate::crypto::CryptoError::InvocationLimit {
+                what: territory_key_name(self.territory, self.version),
+            }
+            .into());
+        }
         Ok(())
     }
 }

@@ -3,6 +3,7 @@
 
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
+use super::keys::KeyMint;
 use super::{Audited, Db, Result, State, StoreError, audit};
 use crate::crypto::blind::BlindField;
 use crate::crypto::field::{DataKey, FieldLoc};
@@ -25,6 +26,13 @@ const PATIENT_TEXT_COLUMNS: [&str; 7] = [
     "phone",
     "mrn",
 ];
+
+/// The data key a patient row is sealed under: a new patient's, minted for it, or the key of
+/// the existing row.
+enum PatientKey<'m, 't> {
+    New(&'m mut KeyMint<'t>, Box<DataKey>),
+    Existing(&'m DataKey),
+}
 
 pub(super) fn seal_opt(
     dk: &DataKey,
@@ -68,15 +76,20 @@ fn json_bytes<T: serde::Serialize>(v: &Option<T>) -> Option<Vec<u8>> {
 }
 
 impl State {
+    /// Seals and writes a patient's row: a new one under a key fresh from `key` (recorded with
+    /// its seals counted, before the row that refers to it), or an existing one's update.
     fn write_patient(
         &mut self,
         conn: &Connection,
         id: &str,
         territory: &str,
-        dk: &DataKey,
+        key: PatientKey<'_, '_>,
         p: &Patient,
-        created: bool,
     ) -> Result<()> {
+        let dk = match &key {
+            PatientKey::New(_, dk) => dk,
+            PatientKey::Existing(dk) => *dk,
+        };
         let mut n = 0u64;
         let loc = |column| FieldLoc {
             table: "patients",
@@ -139,7 +152,8 @@ impl State {
             .as_deref()
             .and_then(|v| bi.index(BlindField::Mrn, territory, v));
         let now = now_ms();
-        if created {
+        if let PatientKey::New(mint, dk) = key {
+            let dk = mint.record(self, conn, *dk, &format!("patient/{id}"), n)?;
             conn.prepare_cached(
                 "INSERT INTO patients (id, territory, dk_id, created_at, updated_at, first_name, last_name, date_of_birth, ssn, \
                  email, phone, mrn, address, insurance, sex, bi_last_name, bi_dob, bi_mrn, estimated_age) \
@@ -159,8 +173,9 @@ impl State {
                 id, now, sealed[0], sealed[1], sealed[2], sealed[3], sealed[4], sealed[5], sealed[6], sealed[7], sealed[8],
                 sealed[9], bi_last, bi_dob, bi_mrn, sealed[10]
             ])?;
+            self.count_invocations(conn, dk.id(), n)?;
         }
-        self.count_invocations(conn, dk.id(), n)
+        Ok(())
     }
 
     pub(super) fn read_patient(&mut self, conn: &Connection, id: &str) -> Result<StoredPatient> {
@@ -312,10 +327,11 @@ impl Db {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let dk = self
-            .st
-            .new_data_key(&tx, territory, &format!("patient/{id}"))?;
-        self.st.write_patient(&tx, &id, territory, &dk, p, true)?;
+        let mut mint = self.st.key_mint(&tx, territory)?;
+        let dk = mint.mint()?;
+        let key = PatientKey::New(&mut mint, Box::new(dk));
+        self.st.write_patient(&tx, &id, territory, key, p)?;
+        mint.finish(&tx)?;
         let ev = AuditEvent::new(
             actor,
             "patient.create",
@@ -344,12 +360,13 @@ impl Db {
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let mut ids = Vec::with_capacity(ps.len());
         let now = now_ms();
+        let mut mint = self.st.key_mint(&tx, territory)?;
+        let mut trail = audit::Appender::start(&tx)?;
         for p in ps {
             let id = new_id();
-            let dk = self
-                .st
-                .new_data_key(&tx, territory, &format!("patient/{id}"))?;
-            self.st.write_patient(&tx, &id, territory, &dk, p, true)?;
+            let dk = mint.mint()?;
+            let key = PatientKey::New(&mut mint, Box::new(dk));
+            self.st.write_patient(&tx, &id, territory, key, p)?;
             let ev = AuditEvent::new(
                 actor,
                 "patient.create",
@@ -357,9 +374,11 @@ impl Db {
                 Outcome::Success,
             )
             .territory(territory);
-            audit::append(&tx, &self.st, &ev, now)?;
+            trail.append(&tx, &self.st, &ev, now)?;
             ids.push(id);
         }
+        mint.finish(&tx)?;
+        trail.finish(&tx)?;
         tx.commit()?;
         Ok(ids)
     }
@@ -419,7 +438,8 @@ impl Db {
                 });
             }
             let dk = self.st.data_key(&tx, dk_id, "patient", id)?;
-            self.st.write_patient(&tx, id, &territory, &dk, p, false)?;
+            self.st
+                .write_patient(&tx, id, &territory, PatientKey::Existing(&dk), p)?;
             let mut ev = AuditEvent::new(
                 actor,
                 "patient.update",

@@ -296,67 +296,127 @@ pub(crate) fn append_as(
     now: i64,
     rule: Rule,
 ) -> Result<i64> {
-    let version = rule.chain;
-    let (last, prev, cp_seq, _) = head(conn)?;
-    let seq = last + 1;
-    // Where and why (`model::access`): purpose always, the PHI fields and the request's origin
-    // when there are any, and the case and patient the resource belongs to. Chain v1 (entries
-    // written by old migrations) keeps its bare details.
-    let mut subjects = Vec::new();
-    let details = if version == 1 {
-        if ev.details.is_null() {
-            String::new()
-        } else {
-            ev.details.to_string()
-        }
-    } else {
-        let mut d = crate::model::access::recorded_details(ev);
-        if rule.indexed
-            && let serde_json::Value::Object(m) = &mut d
-        {
-            query::enrich(conn, &ev.resource, m)?;
-        }
-        if rule.indexed {
-            subjects = query::index_rows(&ev.resource, &d);
-        }
-        d.to_string()
-    };
-    let territory = ev.territory.as_deref().unwrap_or("");
-    let f = EntryFields {
-        seq,
-        ts: now,
-        actor: &ev.actor.id,
-        role: &ev.actor.role,
-        action: &ev.action,
-        resource: &ev.resource,
-        outcome: ev.outcome.as_str(),
-        territory,
-        details: &details,
-    };
-    let hash = entry_hash_as(version, &prev, &f);
-    let mac = entry_mac_with(&st.keys.audit_mac, &hash);
-    if version == 1 {
-        conn.prepare_cached(
-            "INSERT INTO audit_log (seq, ts, actor, role, action, resource, outcome, territory, details, prev_hash, hash, mac) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
-        )?
-        .execute(params![seq, now, f.actor, f.role, f.action, f.resource, f.outcome, territory, details, prev, &hash[..], &mac[..]])?;
-    } else {
-        conn.prepare_cached(
-            "INSERT INTO audit_log (seq, ts, actor, role, action, resource, outcome, territory, details, prev_hash, hash, mac, chain) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
-        )?
-        .execute(params![seq, now, f.actor, f.role, f.action, f.resource, f.outcome, territory, details, prev, &hash[..], &mac[..], version])?;
-    }
-    conn.prepare_cached("UPDATE audit_head SET seq = ?1, hash = ?2 WHERE id = 1")?
-        .execute(params![seq, &hash[..]])?;
-    if !subjects.is_empty() {
-        query::index(conn, seq, &subjects)?;
-    }
-    if (seq - cp_seq) as u64 >= st.audit_cfg.checkpoint_every_entries {
-        write_checkpoint(conn, st, seq, &hash, now)?;
-    }
+    let mut trail = Appender::start(conn)?;
+    let seq = trail.append_as(conn, st, ev, now, rule)?;
+    trail.finish(conn)?;
     Ok(seq)
+}
+
+/// Entries appended one after another in one transaction: the chain head is read once, kept
+/// in memory between entries and written once by [`Appender::finish`], which the caller must
+/// reach before committing, with nothing else appending in between (an early return instead
+/// must roll the transaction back). A batch — a bulk import, a group of read entries — saves
+/// a head read and a head update per entry.
+pub(crate) struct Appender {
+    seq: i64,
+    hash: Vec<u8>,
+    checkpoint_seq: i64,
+}
+
+impl Appender {
+    /// Reads the chain head.
+    pub(crate) fn start(conn: &Connection) -> Result<Appender> {
+        let (seq, hash, checkpoint_seq, _) = head(conn)?;
+        Ok(Appender {
+            seq,
+            hash,
+            checkpoint_seq,
+        })
+    }
+
+    /// Appends `ev`; signs a checkpoint when the entry count is due. Returns its sequence number.
+    pub(crate) fn append(
+        &mut self,
+        conn: &Connection,
+        st: &State,
+        ev: &AuditEvent,
+        now: i64,
+    ) -> Result<i64> {
+        let rule = Rule {
+            chain: CHAIN_VERSION,
+            indexed: true,
+        };
+        self.append_as(conn, st, ev, now, rule)
+    }
+
+    /// Writes the head: the last entry appended.
+    pub(crate) fn finish(self, conn: &Connection) -> Result<()> {
+        conn.prepare_cached("UPDATE audit_head SET seq = ?1, hash = ?2 WHERE id = 1")?
+            .execute(params![self.seq, &self.hash[..]])?;
+        Ok(())
+    }
+
+    fn append_as(
+        &mut self,
+        conn: &Connection,
+        st: &State,
+        ev: &AuditEvent,
+        now: i64,
+        rule: Rule,
+    ) -> Result<i64> {
+        let version = rule.chain;
+        let (prev, seq) = (&self.hash, self.seq + 1);
+        // Where and why (`model::access`): purpose always, the PHI fields and the request's origin
+        // when there are any, and the case and patient the resource belongs to. Chain v1 (entries
+        // written by old migrations) keeps its bare details.
+        let mut subjects = Vec::new();
+        let details = if version == 1 {
+            if ev.details.is_null() {
+                String::new()
+            } else {
+                ev.details.to_string()
+            }
+        } else {
+            let mut d = crate::model::access::recorded_details(ev);
+            if rule.indexed
+                && let serde_json::Value::Object(m) = &mut d
+            {
+                query::enrich(conn, &ev.resource, m)?;
+            }
+            if rule.indexed {
+                subjects = query::index_rows(&ev.resource, &d);
+            }
+            d.to_string()
+        };
+        let territory = ev.territory.as_deref().unwrap_or("");
+        let f = EntryFields {
+            seq,
+            ts: now,
+            actor: &ev.actor.id,
+            role: &ev.actor.role,
+            action: &ev.action,
+            resource: &ev.resource,
+            outcome: ev.outcome.as_str(),
+            territory,
+            details: &details,
+        };
+        let hash = entry_hash_as(version, prev, &f);
+        let mac = entry_mac_with(&st.keys.audit_mac, &hash);
+        if version == 1 {
+            conn.prepare_cached(
+                "INSERT INTO audit_log (seq, ts, actor, role, action, resource, outcome, territory, details, prev_hash, hash, mac) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+            )?
+            .execute(params![seq, now, f.actor, f.role, f.action, f.resource, f.outcome, territory, details, prev, &hash[..], &mac[..]])?;
+        } else {
+            conn.prepare_cached(
+                "INSERT INTO audit_log (seq, ts, actor, role, action, resource, outcome, territory, details, prev_hash, hash, mac, chain) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+            )?
+            .execute(params![seq, now, f.actor, f.role, f.action, f.resource, f.outcome, territory, details, prev, &hash[..], &mac[..], version])?;
+        }
+        if !subjects.is_empty() {
+            query::index(conn, seq, &subjects)?;
+        }
+        self.seq = seq;
+        self.hash.clear();
+        self.hash.extend_from_slice(&hash);
+        if (seq - self.checkpoint_seq) as u64 >= st.audit_cfg.checkpoint_every_entries {
+            write_checkpoint(conn, st, seq, &hash, now)?;
+            self.checkpoint_seq = seq;
+        }
+        Ok(seq)
+    }
 }
 
 fn write_checkpoint(conn: &Connection, st: &State, seq: i64, hash: &[u8], now: i64) -> Result<()> {
@@ -436,10 +496,12 @@ impl super::Db {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let now = crate::model::now_ms();
+        let mut trail = Appender::start(&tx)?;
         let mut seq = 0;
         for ev in evs {
-            seq = self::append(&tx, &self.st, ev, now)?;
+            seq = trail.append(&tx, &self.st, ev, now)?;
         }
+        trail.finish(&tx)?;
         tx.commit()?;
         Ok(seq)
     }
@@ -490,5 +552,70 @@ impl super::Db {
         let rep = self::verify(&tx, &self.st.keys, &self.st.appliance_id)?;
         tx.commit()?;
         Ok(rep)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::model::{Actor, AuditEvent, Outcome, Patient};
+
+    /// A batch appends under one in-memory head: the chain, its checkpoints (due inside the
+    /// batch) and the head it leaves must be what entry-by-entry appends would leave, so the
+    /// log verifies and the next single append links to the batch's last entry.
+    #[test]
+    fn batched_appends_chain_checkpoint_and_leave_the_head_at_their_last_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut db = crate::storage::test_db(dir.path());
+        db.st.audit_cfg.checkpoint_every_entries = 4;
+        let before = db.verify_audit().unwrap();
+        let wraps = |db: &crate::storage::Db| -> i64 {
+            db.conn
+                .query_row(
+                    "SELECT sum(invocations) FROM key_versions WHERE territory = 'default'",
+                    [],
+                    |r| r.get(0),
+                )
+                .unwrap()
+        };
+        let wraps_before = wraps(&db);
+        let ps: Vec<Patient> = (0..25)
+            .map(|i| Patient {
+                last_name: Some(format!("Batch{i}")),
+                mrn: Some(format!("MRN{i}")),
+                ..Default::default()
+            })
+            .collect();
+        let actor = Actor::cli();
+        db.create_patients(&actor, "default", &ps).unwrap();
+        let evs: Vec<AuditEvent> = (0..3)
+            .map(|i| AuditEvent::new(&actor, "case.list", format!("case/x{i}"), Outcome::Success))
+            .collect();
+        let last = db.audit_many(&evs).unwrap();
+        db.audit(&AuditEvent::new(
+            &actor,
+            "patient.search",
+            "patient/*",
+            Outcome::Success,
+        ))
+        .unwrap();
+        let r = db.verify_audit().unwrap();
+        assert!(r.ok(), "{:?}", r.findings);
+        assert_eq!(r.entries, before.entries + 29);
+        assert_eq!(
+            (r.last_seq, last),
+            (before.last_seq + 29, before.last_seq + 28)
+        );
+        assert!(r.checkpoints >= before.checkpoints + 7, "{r:?}");
+        // Each new data key counts the fields it sealed (2); the territory key counts 25 wraps.
+        let c = &db.conn;
+        let seals: Vec<i64> = c
+            .prepare("SELECT invocations FROM data_keys WHERE owner LIKE 'patient/%'")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(seals, vec![2; 25]);
+        assert_eq!(wraps(&db), wraps_before + 25);
     }
 }
