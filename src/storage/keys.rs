@@ -530,7 +530,8 @@ impl Db {
 /// New data keys of one territory within one transaction (one record, or a batch of them): the
 /// current key version and the next id are looked up once, each key's row is written with the
 /// seals it already made (no second update), and the territory key's use counter is bumped
-/// once for all in [`KeyMint::finish`] — which the caller must reach before committing.
+/// once for all in [`KeyMint::finish`] — which the caller must reach before committing. Nothing
+/// else may create data keys in the transaction while a mint is in use (ids are its own count).
 pub(crate) struct KeyMint<'t> {
     territory: &'t str,
     version: u32,
