@@ -152,12 +152,7 @@ impl State {
         let used: i64 = conn
             .prepare_cached("UPDATE data_keys SET invocations = invocations + ?1 WHERE id = ?2 RETURNING invocations")?
             .query_row(params![n as i64, dk_id], |r| r.get(0))?;
-        if used as u64 > MAX_INVOCATIONS {
-            return Err(crate::crypto::CryptoError::InvocationLimit {
-                what: format!("data key {dk_id}"),
-            }
-            .into());
-        }
+        within_limit(used as u64, || format!("data key {dk_id}"))?;
         Ok(())
     }
 
@@ -527,6 +522,14 @@ impl Db {
     }
 }
 
+/// An error naming `what` once a key has been used more than [`MAX_INVOCATIONS`] times.
+fn within_limit(used: u64, what: impl FnOnce() -> String) -> Result<()> {
+    if used > MAX_INVOCATIONS {
+        return Err(crate::crypto::CryptoError::InvocationLimit { what: what() }.into());
+    }
+    Ok(())
+}
+
 /// New data keys of one territory within one transaction (one record, or a batch of them): the
 /// current key version and the next id are looked up once, each key's row is written with the
 /// seals it already made (no second update), and the territory key's use counter is bumped
@@ -578,12 +581,7 @@ impl KeyMint<'_> {
             now_ms(),
             invocations as i64
         ])?;
-        if invocations > MAX_INVOCATIONS {
-            return Err(crate::crypto::CryptoError::InvocationLimit {
-                what: format!("data key {}", dk.id()),
-            }
-            .into());
-        }
+        within_limit(invocations, || format!("data key {}", dk.id()))?;
         let dk = Arc::new(dk);
         st.cache_put(dk.clone());
         Ok(dk)
@@ -603,12 +601,8 @@ impl KeyMint<'_> {
                 params![self.territory, self.version, self.wrapped as i64],
                 |r| r.get(0),
             )?;
-        if used as u64 > MAX_INVOCATIONS {
-            return Err(crate::crypto::CryptoError::InvocationLimit {
-                what: territory_key_name(self.territory, self.version),
-            }
-            .into());
-        }
-        Ok(())
+        within_limit(used as u64, || {
+            territory_key_name(self.territory, self.version)
+        })
     }
 }

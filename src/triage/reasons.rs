@@ -66,10 +66,9 @@ pub enum Finding {
     DangerZoneSpo2 {
         spo2: f64,
     },
-    /// The aggregate score's band (its total, subscores and gaps are in the [`News2`]).
-    News2 {
-        risk: Risk,
-    },
+    /// A NEWS2 band that sets a level (the score itself — total, band, subscores, gaps — is the
+    /// [`News2`] the sentence is written from).
+    News2,
 }
 
 const ACVPU: [&str; 5] = [
@@ -124,16 +123,16 @@ impl Finding {
                 format!("respiratory rate {rr}/min > {limit} (danger zone, {band})")
             }
             Finding::DangerZoneSpo2 { spo2 } => format!("SpO2 {spo2}% < 92% (danger zone)"),
-            Finding::News2 { risk } => match news2 {
-                Some(n) => news2_sentence(n, risk),
+            Finding::News2 => match news2 {
+                Some(n) => news2_sentence(n),
                 None => "NEWS2 (score not available)".into(),
             },
         }
     }
 }
 
-/// "NEWS2 7 (high risk) — respiratory rate 26/min +3, … (partial: … not measured)".
-fn news2_sentence(n: &News2, risk: Risk) -> String {
+/// "NEWS2 10 (high risk) — RR 26 +3, … (partial: … not measured)".
+fn news2_sentence(n: &News2) -> String {
     let partial = if n.missing.is_empty() {
         String::new()
     } else {
@@ -164,9 +163,10 @@ fn news2_sentence(n: &News2, risk: Risk) -> String {
     } else {
         format!(" — {}{partial}", parts.join(", "))
     };
-    match risk {
-        Risk::High => format!("NEWS2 {} (high risk){partial}", n.total),
-        Risk::Medium => format!("NEWS2 {} (medium risk){partial}", n.total),
+    match n.risk {
+        Risk::High | Risk::Medium | Risk::Low => {
+            format!("NEWS2 {} ({} risk){partial}", n.total, n.risk.as_str())
+        }
         Risk::LowMedium => {
             let p = n
                 .subscores
@@ -176,6 +176,5 @@ fn news2_sentence(n: &News2, risk: Risk) -> String {
                 .unwrap_or("a parameter");
             format!("NEWS2 {}: {p} scores 3 (urgent response){partial}", n.total)
         }
-        Risk::Low => format!("NEWS2 {} (low risk){partial}", n.total),
     }
 }

@@ -246,11 +246,10 @@ pub fn evaluate(i: &RulesInput) -> RulesResult {
         })
     });
     if let Some(n) = &news2 {
-        let risk = n.risk;
-        match risk {
-            Risk::High => add("news2_high", 2, Finding::News2 { risk }),
-            Risk::Medium => add("news2_medium", 3, Finding::News2 { risk }),
-            Risk::LowMedium => add("news2_single_red", 2, Finding::News2 { risk }),
+        match n.risk {
+            Risk::High => add("news2_high", 2, Finding::News2),
+            Risk::Medium => add("news2_medium", 3, Finding::News2),
+            Risk::LowMedium => add("news2_single_red", 2, Finding::News2),
             Risk::Low => {}
         }
     }

@@ -259,6 +259,12 @@ pub(crate) struct Rule {
 }
 
 impl Rule {
+    /// The rule of every entry written now.
+    pub(crate) const CURRENT: Rule = Rule {
+        chain: CHAIN_VERSION,
+        indexed: true,
+    };
+
     /// The rule of the entry a migration to `schema` writes (old steps lack the `chain` column
     /// or the index).
     pub(crate) fn at_schema(schema: i64) -> Rule {
@@ -276,16 +282,7 @@ impl Rule {
 /// Appends `ev` inside the caller's transaction; signs a checkpoint when the entry count is due.
 /// Returns the new entry's sequence number.
 pub(crate) fn append(conn: &Connection, st: &State, ev: &AuditEvent, now: i64) -> Result<i64> {
-    append_as(
-        conn,
-        st,
-        ev,
-        now,
-        Rule {
-            chain: CHAIN_VERSION,
-            indexed: true,
-        },
-    )
+    append_as(conn, st, ev, now, Rule::CURRENT)
 }
 
 /// [`append`] under `rule`, for the entries migrations write.
@@ -332,11 +329,7 @@ impl Appender {
         ev: &AuditEvent,
         now: i64,
     ) -> Result<i64> {
-        let rule = Rule {
-            chain: CHAIN_VERSION,
-            indexed: true,
-        };
-        self.append_as(conn, st, ev, now, rule)
+        self.append_as(conn, st, ev, now, Rule::CURRENT)
     }
 
     /// Writes the head: the last entry appended.
