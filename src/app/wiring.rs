@@ -20,8 +20,6 @@ use crate::triage::installed::ModelStore;
 use crate::triage::runtime::{LoadOptions, ModelError, ModelRuntime};
 use crate::triage::service::{ModelChange, ModelStatus};
 
-/// Parsed batches waiting to commit (batcher → committer): one in flight, one forming.
-const BATCH_QUEUE: usize = 1;
 /// rumqttc request queue of the device connection (acks, subscriptions, reject publishes).
 const MQTT_REQUESTS: usize = 8192;
 /// How often the session sweeper ends idle sessions and persists last-seen times.
@@ -168,7 +166,7 @@ pub fn ingest(
     // Connection → batcher: unbounded so the event loop never blocks; bounded in practice by
     // the broker's in-flight window (docs/decisions/2026-11-23-ingest-backpressure.md).
     let (in_tx, in_rx) = mpsc::unbounded_channel();
-    let (batch_tx, batch_rx) = mpsc::channel(BATCH_QUEUE);
+    let (batch_tx, batch_rx) = ingest::handover();
     // Committer → connection: the last acks are out, the connection may disconnect.
     let (drained_tx, drained_rx) = watch::channel(false);
     let sd = sup.shutdown(Stage::Ingest);

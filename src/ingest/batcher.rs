@@ -6,10 +6,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rumqttc::QoS;
-use tokio::sync::mpsc;
+use tokio::sync::{TryAcquireError, mpsc};
 
 use super::topics::Topic;
-use super::{Inbound, IngestError, IngestMetrics, Pending, senml, topics};
+use super::{Handover, HandoverTx, Inbound, IngestError, IngestMetrics, Pending, senml, topics};
 use crate::config::Config;
 use crate::model::{Reject, RejectCode};
 use crate::storage::IngestItem;
@@ -20,8 +20,8 @@ use crate::storage::IngestItem;
 pub struct Batcher {
     /// Fed by the connection task.
     pub from_conn: mpsc::UnboundedReceiver<Inbound>,
-    /// Bounded (one batch forming, one committing): the committer holds the receiving end.
-    pub to_committer: mpsc::Sender<Vec<Pending>>,
+    /// One batch at a time ([`super::handover`]): the committer holds the receiving end.
+    pub to_committer: HandoverTx,
     pub cfg: Config,
     pub metrics: Arc<IngestMetrics>,
 }
@@ -78,33 +78,48 @@ impl Batcher {
             if batch.is_empty() {
                 continue;
             }
-            // Hand over when the committer is free; meanwhile keep collecting.
-            match to_committer.try_reserve() {
-                Ok(permit) => permit.send(std::mem::take(&mut batch)),
-                Err(mpsc::error::TrySendError::Closed(_)) => return Ok(()),
-                Err(mpsc::error::TrySendError::Full(_)) => {
-                    if batch.len() >= max {
-                        let Ok(permit) = to_committer.reserve().await else {
-                            return Ok(());
-                        };
-                        permit.send(std::mem::take(&mut batch));
-                    } else {
-                        tokio::select! {
-                            p = to_committer.reserve() => match p {
-                                Ok(p) => p.send(std::mem::take(&mut batch)),
-                                Err(_) => return Ok(()),
-                            },
-                            m = from_conn.recv() => match m {
-                                Some(m) => shaper.admit(m, &metrics, |m, over| batch.push(parse.classify(m, over))),
-                                None => {
-                                    if let Ok(p) = to_committer.reserve().await {
-                                        p.send(std::mem::take(&mut batch));
-                                    }
-                                    return Ok(());
-                                }
-                            },
+            // Hand over when the committer is free; until then keep collecting (one batch
+            // commits while the next one forms, none waits queued in between).
+            let turn = match to_committer.turn.clone().try_acquire_owned() {
+                Ok(turn) => Some(turn),
+                Err(TryAcquireError::Closed) => return Ok(()),
+                Err(TryAcquireError::NoPermits) if batch.len() >= max => {
+                    let Ok(turn) = to_committer.turn.clone().acquire_owned().await else {
+                        return Ok(());
+                    };
+                    Some(turn)
+                }
+                Err(TryAcquireError::NoPermits) => tokio::select! {
+                    t = to_committer.turn.clone().acquire_owned() => match t {
+                        Ok(turn) => Some(turn),
+                        Err(_) => return Ok(()),
+                    },
+                    m = from_conn.recv() => match m {
+                        Some(m) => {
+                            shaper.admit(m, &metrics, |m, over| batch.push(parse.classify(m, over)));
+                            None
                         }
-                    }
+                        None => {
+                            if let Ok(turn) = to_committer.turn.clone().acquire_owned().await {
+                                let batch = std::mem::take(&mut batch);
+                                let _ = to_committer.tx.send(Handover { batch, turn }).await;
+                            }
+                            return Ok(());
+                        }
+                    },
+                },
+            };
+            if let Some(turn) = turn {
+                let batch = std::mem::take(&mut batch);
+                // The committer received the previous batch before giving the turn back, so
+                // this never waits for room.
+                if to_committer
+                    .tx
+                    .send(Handover { batch, turn })
+                    .await
+                    .is_err()
+                {
+                    return Ok(());
                 }
             }
             shaper.forget_idle(Instant::now());

@@ -8,7 +8,7 @@ use std::time::Instant;
 use rumqttc::{AsyncClient, Publish, QoS};
 use tokio::sync::{mpsc, watch};
 
-use super::{IngestError, IngestMetrics, Pending, topics};
+use super::{Handover, HandoverRx, IngestError, IngestMetrics, topics};
 use crate::config::Config;
 use crate::model::RejectCode;
 use crate::storage::{IngestItem, IngestOutcome, Store};
@@ -16,8 +16,8 @@ use crate::storage::{IngestItem, IngestOutcome, Store};
 /// The `ingest-committer` task: commits batches, then acknowledges every message of a batch and
 /// publishes rejects.
 pub struct Committer {
-    /// Parsed batches; the batcher holds the sending end.
-    pub from_batcher: mpsc::Receiver<Vec<Pending>>,
+    /// Parsed batches, one at a time; the batcher holds the sending end.
+    pub from_batcher: HandoverRx,
     pub store: Store,
     /// Acks and reject publishes go through the connection's request queue.
     pub client: AsyncClient,
@@ -50,7 +50,7 @@ impl Committer {
 }
 
 async fn commit_loop(
-    mut from_batcher: mpsc::Receiver<Vec<Pending>>,
+    mut from_batcher: HandoverRx,
     store: Store,
     client: AsyncClient,
     cfg: Config,
@@ -61,7 +61,7 @@ async fn commit_loop(
     let require = cfg.ingest.require_registered_devices;
     let territory = cfg.default_territory.clone();
     let commit_target = std::time::Duration::from_millis(cfg.ingest.batch_max_commit_ms);
-    while let Some(batch) = from_batcher.recv().await {
+    while let Some(Handover { batch, turn }) = from_batcher.rx.recv().await {
         tracing::trace!(messages = batch.len(), "committing batch");
         let (pubs, items): (Vec<(Publish, Instant)>, Vec<IngestItem>) = batch
             .into_iter()
@@ -76,6 +76,9 @@ async fn commit_loop(
             })
             .await?;
         let committed = Instant::now();
+        // The next batch may go to the store now (it waits in the channel while this one is
+        // acknowledged).
+        drop(turn);
         metrics.batches.fetch_add(1, Ordering::Relaxed);
         let limit = super::next_batch_limit(
             metrics.batch_limit.load(Ordering::Relaxed) as usize,

@@ -56,6 +56,32 @@ pub struct Inbound {
     pub recv_at: Instant,
 }
 
+/// The batcher → committer hand-over: one batch at a time. The batcher holds the store's one
+/// turn while its batch commits and forms the next batch until the turn comes back, so a message
+/// waits for at most the commit ahead of it and its own — never behind a batch queued in between.
+pub fn handover() -> (HandoverTx, HandoverRx) {
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    let turn = std::sync::Arc::new(tokio::sync::Semaphore::new(1));
+    (HandoverTx { tx, turn }, HandoverRx { rx })
+}
+
+/// The batcher's end of [`handover`].
+pub struct HandoverTx {
+    tx: tokio::sync::mpsc::Sender<Handover>,
+    turn: std::sync::Arc<tokio::sync::Semaphore>,
+}
+
+/// The committer's end of [`handover`].
+pub struct HandoverRx {
+    rx: tokio::sync::mpsc::Receiver<Handover>,
+}
+
+/// A batch and the turn its commit holds (given back when dropped).
+struct Handover {
+    batch: Vec<Pending>,
+    turn: tokio::sync::OwnedSemaphorePermit,
+}
+
 /// A parsed message waiting for its batch to commit.
 pub struct Pending {
     publish: Publish,
