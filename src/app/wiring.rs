@@ -20,6 +20,8 @@ use crate::triage::installed::ModelStore;
 use crate::triage::runtime::{LoadOptions, ModelError, ModelRuntime};
 use crate::triage::service::{ModelChange, ModelStatus};
 
+/// Parsed batches handed to the committer: one at a time (see `ingest::handover`).
+const BATCH_QUEUE: usize = 1;
 /// rumqttc request queue of the device connection (acks, subscriptions, reject publishes).
 const MQTT_REQUESTS: usize = 8192;
 /// How often the session sweeper ends idle sessions and persists last-seen times.
@@ -166,7 +168,7 @@ pub fn ingest(
     // Connection → batcher: unbounded so the event loop never blocks; bounded in practice by
     // the broker's in-flight window (docs/decisions/2026-11-23-ingest-backpressure.md).
     let (in_tx, in_rx) = mpsc::unbounded_channel();
-    let (batch_tx, batch_rx) = ingest::handover();
+    let (batch_tx, batch_rx) = ingest::handover(mpsc::channel(BATCH_QUEUE));
     // Committer → connection: the last acks are out, the connection may disconnect.
     let (drained_tx, drained_rx) = watch::channel(false);
     let sd = sup.shutdown(Stage::Ingest);

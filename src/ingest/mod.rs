@@ -59,8 +59,13 @@ pub struct Inbound {
 /// The batcher → committer hand-over: one batch at a time. The batcher holds the store's one
 /// turn while its batch commits and forms the next batch until the turn comes back, so a message
 /// waits for at most the commit ahead of it and its own — never behind a batch queued in between.
-pub fn handover() -> (HandoverTx, HandoverRx) {
-    let (tx, rx) = tokio::sync::mpsc::channel(1);
+/// The channel comes from the supervisor, with room for one batch.
+pub fn handover(
+    (tx, rx): (
+        tokio::sync::mpsc::Sender<Handover>,
+        tokio::sync::mpsc::Receiver<Handover>,
+    ),
+) -> (HandoverTx, HandoverRx) {
     let turn = std::sync::Arc::new(tokio::sync::Semaphore::new(1));
     (HandoverTx { tx, turn }, HandoverRx { rx })
 }
@@ -77,7 +82,7 @@ pub struct HandoverRx {
 }
 
 /// A batch and the turn its commit holds (given back when dropped).
-struct Handover {
+pub struct Handover {
     batch: Vec<Pending>,
     turn: tokio::sync::OwnedSemaphorePermit,
 }
