@@ -5,11 +5,13 @@
 //! checkpoint of an earlier bundle), the recomputed one must equal it. Pure, apart from the
 //! lookup of known checkpoints the caller passes in.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use base64::Engine;
 use serde::Deserialize;
-use serde_json::Value;
+
+use super::audit_event::{Event, Resource};
 
 use crate::crypto::sign::PublicKey;
 use crate::storage::audit::{chain_hash, checkpoint_message, link_v2, parse_canonical};
@@ -22,27 +24,17 @@ const SYS_AUDIT: &str = "urn:hema3n:audit";
 const MAX_LINKS: usize = 1 << 20;
 
 #[derive(Deserialize)]
-struct Bundle {
+struct Bundle<'a> {
     #[serde(rename = "resourceType")]
     resource_type: Option<String>,
-    #[serde(default)]
-    entry: Vec<Entry>,
+    #[serde(default, borrow)]
+    entry: Vec<Entry<'a>>,
 }
 
 #[derive(Deserialize)]
-struct Entry {
-    resource: Option<Resource>,
-}
-
-/// Only the fields an `AuditEvent` needs; other resources' bodies are skipped unread.
-#[derive(Deserialize)]
-struct Resource {
-    #[serde(rename = "resourceType")]
-    resource_type: String,
-    #[serde(rename = "type")]
-    ty: Option<Value>,
-    agent: Option<Value>,
-    entity: Option<Value>,
+struct Entry<'a> {
+    #[serde(borrow)]
+    resource: Option<Resource<'a>>,
 }
 
 /// One entry as the bundle shows it.
@@ -85,27 +77,19 @@ impl Trail {
     }
 }
 
-fn details(entity: &Value) -> impl Iterator<Item = (&str, &Value)> {
-    entity[0]["detail"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|d| Some((d["type"].as_str()?, d)))
-}
-
-fn b64(v: &Value) -> Option<Vec<u8>> {
+fn b64(v: &Option<Cow<'_, str>>) -> Option<Vec<u8>> {
     base64::engine::general_purpose::STANDARD
-        .decode(v["valueBase64Binary"].as_str()?)
+        .decode(v.as_deref()?)
         .ok()
 }
 
-fn int(v: &Value) -> Option<i64> {
-    v["valueString"].as_str()?.parse().ok()
+fn int(v: &Option<Cow<'_, str>>) -> Option<i64> {
+    v.as_deref()?.parse().ok()
 }
 
 /// Reads the trail of a case bundle's plaintext; `Err` names what is unreadable.
 pub(super) fn parse(body: &[u8]) -> Result<Trail, String> {
-    let b: Bundle =
+    let b: Bundle<'_> =
         serde_json::from_slice(body).map_err(|e| format!("bundle is not readable: {e}"))?;
     let mut t = Trail {
         resource_type: b.resource_type,
@@ -116,54 +100,43 @@ pub(super) fn parse(body: &[u8]) -> Result<Trail, String> {
         if r.resource_type != "AuditEvent" {
             continue;
         }
-        let ty = r.ty.unwrap_or_default();
-        if ty["system"] != SYS_AUDIT {
+        let ev = Event::read(&r);
+        if ev.system.as_deref() != Some(SYS_AUDIT) {
             continue;
         }
-        let entity = r.entity.unwrap_or_default();
-        if ty["code"] == "checkpoint" {
+        if ev.code.as_deref() == Some("checkpoint") {
             if t.checkpoint.is_some() {
                 return Err("bundle carries two audit checkpoints".into());
             }
             let mut c = Carried::default();
-            for (k, d) in details(&entity) {
-                match k {
-                    "seq" => c.seq = int(d),
-                    "ts" => c.ts = int(d),
-                    "hash" => c.hash = b64(d),
-                    "key_id" => c.key_id = d["valueString"].as_str().map(str::to_string),
-                    "signature" => c.signature = b64(d),
-                    "segment_from" => c.from = int(d),
-                    "segment_prev" => c.prev = b64(d),
-                    "segment_links" => c.links = b64(d),
+            for (k, string, base64) in &ev.details {
+                match k.as_ref() {
+                    "seq" => c.seq = int(string),
+                    "ts" => c.ts = int(string),
+                    "hash" => c.hash = b64(base64),
+                    "key_id" => c.key_id = string.as_deref().map(str::to_string),
+                    "signature" => c.signature = b64(base64),
+                    "segment_from" => c.from = int(string),
+                    "segment_prev" => c.prev = b64(base64),
+                    "segment_links" => c.links = b64(base64),
                     _ => {}
                 }
             }
             t.checkpoint = Some(c);
             continue;
         }
+        let text = |v: Option<&Cow<'_, str>>| v.map_or_else(String::new, |v| v.to_string());
         let mut e = Shown {
             seq: None,
-            action: ty["code"].as_str().unwrap_or_default().to_string(),
-            actor: r
-                .agent
-                .as_ref()
-                .map_or("", |a| {
-                    a[0]["who"]["identifier"]["value"]
-                        .as_str()
-                        .unwrap_or_default()
-                })
-                .to_string(),
-            resource: entity[0]["what"]["identifier"]["value"]
-                .as_str()
-                .unwrap_or_default()
-                .to_string(),
+            action: text(ev.code.as_ref()),
+            actor: text(ev.actor.as_ref()),
+            resource: text(ev.what.as_ref()),
             canonical: None,
         };
-        for (k, d) in details(&entity) {
-            match k {
-                "seq" => e.seq = int(d),
-                "canonical" => e.canonical = b64(d),
+        for (k, string, base64) in &ev.details {
+            match k.as_ref() {
+                "seq" => e.seq = int(string),
+                "canonical" => e.canonical = b64(base64),
                 _ => {}
             }
         }
@@ -454,7 +427,7 @@ mod tests {
             links,
         };
         edit(&mut own, &mut seg);
-        let entry: Vec<Value> =
+        let entry: Vec<serde_json::Value> =
             crate::sync::audit_events("amb-1", &own, Some(&cp), Some(&seg), &|r| r.to_string())
                 .into_iter()
                 .map(|(_, r)| serde_json::json!({ "resource": r }))

@@ -21,6 +21,7 @@ use crate::storage::Owner;
 use crate::sync::transport;
 
 mod audit_check;
+mod audit_event;
 mod custody;
 mod metrics;
 pub mod prealerts;
