@@ -1,7 +1,7 @@
 //! The cloud receiver at fleet rate: `n` sealed case bundles of ~41 KB (a typical short case)
 //! published at QoS 1 to a real mosquitto, verified, opened, stored and receipted by the real
-//! `hema3n-receiver` — on its embedded SQLCipher store and on a real PostgreSQL cluster (started
-//! here, as in the tests). Reports bundles/s with receipts against a raw QoS 1 publish →
+//! `hema3n-receiver` — on its embedded SQLCipher store, and by one and by two receivers sharing a
+//! real PostgreSQL cluster (started here, as in the tests) and one shared subscription. Reports bundles/s with receipts against a raw QoS 1 publish →
 //! subscriber delivery of payloads of the same size, and the receiver's CPU time per bundle
 //! against the in-process cost of verifying and opening one envelope (the crypto it cannot skip).
 //! Targets (issue #19): ≥ 1,500 bundles/s with receipts, ≤ 300 µs of receiver CPU per bundle.
@@ -91,6 +91,15 @@ fn raw_delivery(port: u16, tag: &str, n: usize, size: usize) -> f64 {
     n as f64 / t.elapsed().as_secs_f64()
 }
 
+/// `postgres`, or `postgres_x2` for two receivers.
+fn run_label(store: &str, receivers: usize) -> String {
+    if receivers == 1 {
+        store.to_string()
+    } else {
+        format!("{store}_x{receivers}")
+    }
+}
+
 struct Outcome {
     rate: f64,
     cpu_us: f64,
@@ -98,14 +107,16 @@ struct Outcome {
     open_us: f64,
 }
 
-/// One receiver on `store` ("sqlcipher" or "postgres"): `envelopes` published, all receipted.
+/// `receivers` receivers sharing one `store` ("sqlcipher": one receiver; "postgres": one
+/// cluster) and one shared subscription: `n` envelopes published, all receipted.
 fn run_store(
     recv: &str,
     broker: &broker::Broker,
-    store: &str,
+    (store, receivers): (&str, usize),
     n: usize,
     size: usize,
 ) -> (Outcome, f64) {
+    let label = run_label(store, receivers);
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("cloud");
     run(
@@ -134,9 +145,17 @@ fn run_store(
     // in its group (and with it its share of the messages) until the session expires.
     let text = text.replace(
         "share_group = \"receivers\"",
-        &format!("share_group = \"bench-{store}\""),
+        &format!("share_group = \"bench-{label}\""),
     );
-    std::fs::write(&cfg, format!("client_id = \"bench-{store}\"\n{text}")).unwrap();
+    std::fs::write(&cfg, &text).unwrap();
+    // One configuration per receiver: the same store, keys and share group, its own client id.
+    let configs: Vec<std::path::PathBuf> = (0..receivers)
+        .map(|k| {
+            let f = dir.join(format!("receiver-{k}.toml"));
+            std::fs::write(&f, format!("client_id = \"bench-{label}-{k}\"\n{text}")).unwrap();
+            f
+        })
+        .collect();
     let signer = SigningKey::from_pkcs8(APP, &SigningKey::generate_pkcs8().unwrap()).unwrap();
     let pem = tmp.path().join("app.pem");
     std::fs::write(&pem, signer.public().to_pem()).unwrap();
@@ -179,40 +198,58 @@ fn run_store(
         assert!(pt.starts_with(br#"{"resourceType":"Bundle""#));
     }
     let open_us = pct(&mut open, 0.5).as_secs_f64() * 1e6;
-    let log = tmp.path().join("receiver.log");
-    let mut child = Command::new(recv)
-        .args(["--config", c, "run"])
-        .env("HEMA3N_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    broker::wait_for(30, "receiver subscribed", || {
-        std::fs::read_to_string(&log)
-            .unwrap_or_default()
-            .contains("subscribed to bundles")
-            .then_some(())
-    });
-    let mut p = mqtt::TestClient::connect(broker.port, &format!("bench-app-{store}"), None);
+    let logs: Vec<std::path::PathBuf> = (0..receivers)
+        .map(|k| tmp.path().join(format!("receiver-{k}.log")))
+        .collect();
+    let mut children: Vec<std::process::Child> = configs
+        .iter()
+        .zip(&logs)
+        .map(|(cfg, log)| {
+            Command::new(recv)
+                .args(["--config", cfg.to_str().unwrap(), "run"])
+                .env("HEMA3N_LOG", "info")
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(log).unwrap())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for log in &logs {
+        broker::wait_for(30, "receiver subscribed", || {
+            std::fs::read_to_string(log)
+                .unwrap_or_default()
+                .contains("subscribed to bundles")
+                .then_some(())
+        });
+    }
+    let mut p = mqtt::TestClient::connect(broker.port, &format!("bench-app-{label}"), None);
     p.subscribe("hema3n/v1/edge/+/receipts");
     let topic = format!("hema3n/v1/edge/{APP}/bundles");
-    let cpu0 = cpu_secs(child.id());
+    let cpu_all = |children: &[std::process::Child]| -> f64 {
+        children.iter().map(|c| cpu_secs(c.id())).sum()
+    };
+    let cpu0 = cpu_all(&children);
     let t = Instant::now();
     for e in &envelopes {
         p.publish(&topic, e.clone());
     }
     for k in 0..n {
         p.next(60).unwrap_or_else(|| {
-            let log = std::fs::read_to_string(&log).unwrap_or_default();
-            panic!("receipt {k} of {n} missing ({store}); receiver log:\n{log}")
+            let logs: String = logs
+                .iter()
+                .map(|l| std::fs::read_to_string(l).unwrap_or_default())
+                .collect();
+            panic!("receipt {k} of {n} missing ({label}); receiver logs:\n{logs}")
         });
     }
     let secs = t.elapsed().as_secs_f64();
-    let cpu = cpu_secs(child.id()) - cpu0;
-    let _ = child.kill();
-    let _ = child.wait();
+    let cpu = cpu_all(&children) - cpu0;
+    for c in &mut children {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
     println!(
-        "{store}: {n} envelopes of {env_len} B stored and receipted in {secs:.2} s; receiver CPU {cpu:.2} s; verify + open p50 {open_us:.0} µs"
+        "{label}: {n} envelopes of {env_len} B stored and receipted by {receivers} receiver(s) in {secs:.2} s; receiver CPU {cpu:.2} s; verify + open p50 {open_us:.0} µs"
     );
     (
         Outcome {
@@ -234,9 +271,11 @@ fn main() {
     let broker = broker::Broker::start_with(
         "allow_anonymous true\nmessage_size_limit 16777216\nset_tcp_nodelay true\nmax_queued_messages 100000\n",
     );
-    for store in ["sqlcipher", "postgres"] {
-        let (o, env_len) = run_store(recv, &broker, store, n, size);
-        let raw = raw_delivery(broker.port, store, n, env_len as usize);
+    // Issue #19: the embedded store with one receiver, PostgreSQL with one and with two.
+    for (store, receivers) in [("sqlcipher", 1), ("postgres", 1), ("postgres", 2)] {
+        let (o, env_len) = run_store(recv, &broker, (store, receivers), n, size);
+        let store = run_label(store, receivers);
+        let raw = raw_delivery(broker.port, &store, n, env_len as usize);
         println!("raw QoS 1 publish → delivery ({env_len} B)  {raw:.0} msg/s");
         bench_line(
             &format!("receiver_{store}_bundles_per_s"),
