@@ -188,7 +188,9 @@ impl Db {
             }
             // Before v12 the log has no `chain` column: those entries follow chain v1.
             let rule = audit::Rule::at_schema(version);
-            audit::append_as(tx, st, &ev, crate::model::now_ms(), rule)?;
+            let mut trail = audit::Appender::start(tx)?;
+            trail.append_as(tx, st, &ev, crate::model::now_ms(), rule)?;
+            trail.finish(tx)?;
             tracing::info!(version, "database migrated");
             Ok(())
         })

@@ -34,6 +34,14 @@ enum PatientKey<'m, 't> {
     Existing(&'m DataKey),
 }
 
+impl<'m, 't> PatientKey<'m, 't> {
+    /// A key fresh from `mint` for a new patient (recorded when the row is written).
+    fn fresh(mint: &'m mut KeyMint<'t>) -> Result<Self> {
+        let dk = mint.mint()?;
+        Ok(PatientKey::New(mint, Box::new(dk)))
+    }
+}
+
 pub(super) fn seal_opt(
     dk: &DataKey,
     loc: FieldLoc<'_>,
@@ -328,8 +336,7 @@ impl Db {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let mut mint = self.st.key_mint(&tx, territory)?;
-        let dk = mint.mint()?;
-        let key = PatientKey::New(&mut mint, Box::new(dk));
+        let key = PatientKey::fresh(&mut mint)?;
         self.st.write_patient(&tx, &id, territory, key, p)?;
         mint.finish(&tx)?;
         let ev = AuditEvent::new(
@@ -364,8 +371,7 @@ impl Db {
         let mut trail = audit::Appender::start(&tx)?;
         for p in ps {
             let id = new_id();
-            let dk = mint.mint()?;
-            let key = PatientKey::New(&mut mint, Box::new(dk));
+            let key = PatientKey::fresh(&mut mint)?;
             self.st.write_patient(&tx, &id, territory, key, p)?;
             let ev = AuditEvent::new(
                 actor,

@@ -282,19 +282,8 @@ impl Rule {
 /// Appends `ev` inside the caller's transaction; signs a checkpoint when the entry count is due.
 /// Returns the new entry's sequence number.
 pub(crate) fn append(conn: &Connection, st: &State, ev: &AuditEvent, now: i64) -> Result<i64> {
-    append_as(conn, st, ev, now, Rule::CURRENT)
-}
-
-/// [`append`] under `rule`, for the entries migrations write.
-pub(crate) fn append_as(
-    conn: &Connection,
-    st: &State,
-    ev: &AuditEvent,
-    now: i64,
-    rule: Rule,
-) -> Result<i64> {
     let mut trail = Appender::start(conn)?;
-    let seq = trail.append_as(conn, st, ev, now, rule)?;
+    let seq = trail.append(conn, st, ev, now)?;
     trail.finish(conn)?;
     Ok(seq)
 }
@@ -339,7 +328,8 @@ impl Appender {
         Ok(())
     }
 
-    fn append_as(
+    /// [`Appender::append`] under `rule`, for the entries migrations write.
+    pub(crate) fn append_as(
         &mut self,
         conn: &Connection,
         st: &State,
