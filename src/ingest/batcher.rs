@@ -6,10 +6,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rumqttc::QoS;
-use tokio::sync::{TryAcquireError, mpsc};
+use tokio::sync::mpsc;
 
 use super::topics::Topic;
-use super::{Handover, HandoverTx, Inbound, IngestError, IngestMetrics, Pending, senml, topics};
+use super::{HandoverTx, Inbound, IngestError, IngestMetrics, Pending, senml, topics};
 use crate::config::Config;
 use crate::model::{Reject, RejectCode};
 use crate::storage::IngestItem;
@@ -80,47 +80,28 @@ impl Batcher {
             }
             // Hand over when the committer is free; until then keep collecting (one batch
             // commits while the next one forms, none waits queued in between).
-            let turn = match to_committer.turn.clone().try_acquire_owned() {
-                Ok(turn) => Some(turn),
-                Err(TryAcquireError::Closed) => return Ok(()),
-                Err(TryAcquireError::NoPermits) if batch.len() >= max => {
-                    let Ok(turn) = to_committer.turn.clone().acquire_owned().await else {
-                        return Ok(());
-                    };
-                    Some(turn)
-                }
-                Err(TryAcquireError::NoPermits) => tokio::select! {
-                    t = to_committer.turn.clone().acquire_owned() => match t {
-                        Ok(turn) => Some(turn),
-                        Err(_) => return Ok(()),
-                    },
+            let turn = match to_committer.try_turn() {
+                Some(turn) => Some(turn),
+                None if batch.len() >= max => Some(to_committer.turn().await),
+                None => tokio::select! {
+                    turn = to_committer.turn() => Some(turn),
                     m = from_conn.recv() => match m {
                         Some(m) => {
                             shaper.admit(m, &metrics, |m, over| batch.push(parse.classify(m, over)));
                             None
                         }
                         None => {
-                            if let Ok(turn) = to_committer.turn.clone().acquire_owned().await {
-                                let batch = std::mem::take(&mut batch);
-                                let _ = to_committer.tx.send(Handover { batch, turn }).await;
-                            }
+                            let turn = to_committer.turn().await;
+                            to_committer.send(turn, std::mem::take(&mut batch)).await;
                             return Ok(());
                         }
                     },
                 },
             };
-            if let Some(turn) = turn {
-                let batch = std::mem::take(&mut batch);
-                // The committer received the previous batch before giving the turn back, so
-                // this never waits for room.
-                if to_committer
-                    .tx
-                    .send(Handover { batch, turn })
-                    .await
-                    .is_err()
-                {
-                    return Ok(());
-                }
+            if let Some(turn) = turn
+                && !to_committer.send(turn, std::mem::take(&mut batch)).await
+            {
+                return Ok(());
             }
             shaper.forget_idle(Instant::now());
         }

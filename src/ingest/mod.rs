@@ -32,6 +32,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use rumqttc::{AsyncClient, EventLoop, MqttOptions, Publish};
+use tokio::sync::OwnedSemaphorePermit;
 
 use crate::config::Config;
 use crate::model::RejectCode;
@@ -76,6 +77,28 @@ pub struct HandoverTx {
     turn: std::sync::Arc<tokio::sync::Semaphore>,
 }
 
+impl HandoverTx {
+    /// The turn, if the committer is free now.
+    fn try_turn(&self) -> Option<OwnedSemaphorePermit> {
+        self.turn.clone().try_acquire_owned().ok()
+    }
+
+    /// Waits until the committer is free (cancel-safe: nothing is taken until it resolves).
+    async fn turn(&self) -> OwnedSemaphorePermit {
+        self.turn
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the turn's semaphore is never closed")
+    }
+
+    /// Hands `batch` over with its `turn`; `false` once the committer is gone. Never waits for
+    /// room: the committer took the previous batch out before it gave the turn back.
+    async fn send(&self, turn: OwnedSemaphorePermit, batch: Vec<Pending>) -> bool {
+        self.tx.send(Handover { batch, turn }).await.is_ok()
+    }
+}
+
 /// The committer's end of [`handover`].
 pub struct HandoverRx {
     rx: tokio::sync::mpsc::Receiver<Handover>,
@@ -84,7 +107,7 @@ pub struct HandoverRx {
 /// A batch and the turn its commit holds (given back when dropped).
 pub struct Handover {
     batch: Vec<Pending>,
-    turn: tokio::sync::OwnedSemaphorePermit,
+    turn: OwnedSemaphorePermit,
 }
 
 /// A parsed message waiting for its batch to commit.
