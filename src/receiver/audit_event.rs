@@ -24,7 +24,6 @@ pub(super) struct Resource<'a> {
 
 /// What the trail reads of one `AuditEvent`: `type.system`, `type.code`, the first agent's
 /// `who.identifier.value`, the first entity's `what.identifier.value` and its details.
-#[derive(Default)]
 pub(super) struct Event<'a> {
     pub(super) system: Option<Cow<'a, str>>,
     pub(super) code: Option<Cow<'a, str>>,
