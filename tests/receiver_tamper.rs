@@ -109,6 +109,12 @@ fn tampered_replayed_and_misaddressed_envelopes_are_handled_as_specified() {
         "hema3n/v1/edge/amb-unknown/bundles",
         seal::seal(&meta("amb-unknown", 1), BODY, &rk.hpke, &stranger).unwrap(),
     );
+    // 3b. An appliance nobody registered, sealed to another receiver: refused for who sent it
+    // (its key is looked up before anything opened is reported), not for whom it was for.
+    pubc.publish(
+        "hema3n/v1/edge/amb-unknown/bundles",
+        seal::seal(&meta("amb-unknown", 2), BODY, other.public(), &stranger).unwrap(),
+    );
     // 4. Not an envelope at all.
     pubc.publish(topic, b"{}".to_vec());
     // 5. The good envelope, 1,000 times.
@@ -128,7 +134,7 @@ fn tampered_replayed_and_misaddressed_envelopes_are_handled_as_specified() {
     pubc.publish(topic, conflicting);
     pubc.flush();
 
-    let want_rejects = good.len() as u64 + 3;
+    let want_rejects = good.len() as u64 + 4;
     let stats = wait_for(120, "receiver processed everything", || {
         let s = r.stats();
         (s["bundles"] == 1
@@ -151,6 +157,20 @@ fn tampered_replayed_and_misaddressed_envelopes_are_handled_as_specified() {
     ] {
         assert!(codes.contains(&c), "{c} missing from {codes:?}");
     }
+    // A flipped byte of the signed part is a signature failure, never a failed decryption:
+    // what opening found counts only once the signature verified.
+    assert!(!codes.contains(&"DECRYPT_FAILED"), "{codes:?}");
+    let count = |code: &str| {
+        stats["rejects"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r[0] == code)
+            .map(|r| r[1].as_u64().unwrap())
+            .sum::<u64>()
+    };
+    assert_eq!(count("UNKNOWN_APPLIANCE"), 2, "{stats}");
+    assert_eq!(count("WRONG_RECIPIENT"), 1, "{stats}");
 
     // Exactly 1,000 receipts, all for the good envelope, all verifying; none for anything else.
     let mut stored = 0;

@@ -1,16 +1,16 @@
-//! Custody on the receiver's database thread: verify, open and store a batch of envelopes in
-//! one transaction, then sign the receipts; rejects are stored with their reason and never
+//! Custody on the receiver's database thread: verify a batch of envelopes opened by
+//! `receiver-open` (`open.rs`) under the keys the store holds now, store it in one
+//! transaction, then sign the receipts; rejects are stored with their reason and never
 //! receipted.
 
 use crate::crypto::seal::{self, Receipt, ReceiptStatus};
 use crate::crypto::sign::PublicKey;
 use crate::storage::Owned;
-use crate::storage::receiver::{
-    AuditVerdict, ReceivedBundle, ReceiverStore, StoreOutcome, TelemetrySummary,
-};
+use crate::storage::receiver::{AuditVerdict, ReceivedBundle, ReceiverStore, StoreOutcome};
 use crate::sync::transport;
 use rumqttc::v5::mqttbytes::v5::{Publish, PublishProperties};
 
+use super::open::{Content, Kind, Read, Reject, Unverified};
 use super::{Keys, ReceiverError, audit_check};
 
 /// Counters of one receiver run.
@@ -51,8 +51,6 @@ pub(super) const CUSTODY_QUEUE: usize = 4;
 pub(super) struct Custody {
     pub(super) db: Box<dyn ReceiverStore>,
     pub(super) keys: Keys,
-    /// Envelopes above this size are refused unread (`TOO_LARGE`).
-    pub(super) max_envelope_bytes: usize,
 }
 
 impl Owned for Custody {
@@ -76,54 +74,42 @@ pub(super) enum Out {
     Ack(Publish),
 }
 
-/// On the database thread: verifies, opens and stores a batch; returns the receipts (made after
-/// the commit) and then the acks, in the order to send them, and what happened.
+/// On the database thread: verifies and stores a batch opened by `receiver-open`; returns the
+/// receipts (made after the commit) and then the acks, in the order to send them, and what
+/// happened.
 pub(super) fn process(
     custody: &mut Custody,
-    batch: &[Publish],
+    read: Read,
 ) -> Result<(Vec<Out>, Counters), ReceiverError> {
-    let Custody {
-        db,
-        keys,
-        max_envelope_bytes,
-    } = custody;
+    let Custody { db, keys } = custody;
+    let Read { batch, items: read } = read;
     let mut counters = Counters::default();
     let mut out = Vec::new();
-    // Opened envelopes and where each sits in `batch` (bodies are moved, never copied).
+    // Verified envelopes and where each sits in `batch` (bodies are moved, never copied).
     let mut items: Vec<ReceivedBundle> = Vec::new();
     let mut at: Vec<usize> = Vec::new();
     let mut rejects = Vec::new();
-    for (i, p) in batch.iter().enumerate() {
-        let topic = String::from_utf8_lossy(&p.topic).to_string();
-        let sha = crate::crypto::sha256(&p.payload);
-        let opened = if p.payload.len() > *max_envelope_bytes {
-            Err((
-                transport::appliance_of_bundles_topic(&topic).map(str::to_string),
-                "TOO_LARGE",
-                format!(
-                    "{} bytes exceed receiver.max_envelope_bytes ({})",
-                    p.payload.len(),
-                    max_envelope_bytes
-                ),
-            ))
-        } else {
-            match open_one(keys, db.as_mut(), &topic, &p.payload, sha) {
+    for (i, item) in read.into_iter().enumerate() {
+        let verified = match item.read {
+            Err(r) => Err(r),
+            Ok(u) => match verify_one(db.as_mut(), &batch[i].payload, u, item.sha256) {
                 // The store could not tell whether the appliance is registered: nothing of
                 // the batch is acknowledged (the caller decides whether to retry or exit).
                 Err(Refused::Store(e)) => return Err(e.into()),
                 Err(Refused::Reject(r)) => Err(r),
                 Ok(b) => Ok(b),
-            }
+            },
         };
-        match opened {
+        match verified {
             Ok(b) => {
                 items.push(b);
                 at.push(i);
             }
             Err((app, code, msg)) => {
+                let topic = item.topic;
                 tracing::warn!(topic = %topic, appliance_id = app.as_deref().unwrap_or("?"), code, reason = %msg, "envelope rejected");
                 *counters.by_code.entry(code.to_string()).or_default() += 1;
-                rejects.push((topic, app, code.to_string(), msg, sha));
+                rejects.push((topic, app, code.to_string(), msg, item.sha256));
             }
         }
     }
@@ -194,16 +180,12 @@ pub(super) fn process(
             props,
         });
     }
-    for p in batch {
-        out.push(Out::Ack(p.clone()));
-    }
+    out.extend(batch.into_iter().map(Out::Ack));
     Ok((out, counters))
 }
 
-pub(super) type Reject = (Option<String>, &'static str, String);
-
-/// Why an envelope was not opened: refused for what it is, or the store failed.
-pub(super) enum Refused {
+/// Why an envelope was not accepted: refused for what it is, or the store failed.
+enum Refused {
     Reject(Reject),
     Store(crate::storage::StoreError),
 }
@@ -214,32 +196,18 @@ impl From<Reject> for Refused {
     }
 }
 
-pub(super) fn open_one(
-    keys: &Keys,
+/// Verifies an opened envelope against the appliance's keys as the store holds them now, and
+/// its audit trail against the checkpoints seen before.
+fn verify_one(
     db: &mut dyn ReceiverStore,
-    topic: &str,
     payload: &[u8],
+    u: Unverified,
     envelope_sha256: [u8; 32],
 ) -> Result<ReceivedBundle, Refused> {
-    let Some(topic_app) = transport::appliance_of_bundles_topic(topic) else {
-        return Err(Refused::Reject((
-            None,
-            "BAD_TOPIC",
-            "not a bundles topic".into(),
-        )));
-    };
-    let parsed =
-        seal::parse(payload).map_err(|e| (Some(topic_app.to_string()), e.code(), e.to_string()))?;
-    let app = parsed.header.appliance_id.clone();
-    if app != topic_app {
-        return Err(Refused::Reject((
-            Some(topic_app.to_string()),
-            "TOPIC_MISMATCH",
-            format!("envelope names appliance {app}, published under {topic_app}"),
-        )));
-    }
+    let Unverified { header: h, content } = u;
+    let app = h.appliance_id;
     // Read for every envelope, never cached: a revocation or key replacement holds for the
-    // next envelope (review #15). One indexed lookup beside an ECDSA verify and an HPKE open.
+    // next envelope (review #15). One indexed lookup beside an ECDSA verify.
     let accepted: Vec<PublicKey> = db
         .appliance_keys(&app)
         .map_err(Refused::Store)?
@@ -255,7 +223,7 @@ pub(super) fn open_one(
     }
     // The key the envelope names: during a key change the previous one is accepted until its
     // overlap ends.
-    let signer = parsed.header.signer_key_id;
+    let signer = h.signer_key_id;
     let Some(key) = accepted.iter().find(|k| seal::key_id8(&k.0) == signer) else {
         return Err(Refused::Reject((
             Some(app.clone()),
@@ -271,43 +239,33 @@ pub(super) fn open_one(
             ),
         )));
     };
-    parsed
-        .verify(key)
+    // The structure was checked when the envelope was opened; parsing again only finds the
+    // signed bytes.
+    seal::parse(payload)
+        .and_then(|parsed| parsed.verify(key))
         .map_err(|e| (Some(app.clone()), e.code(), e.to_string()))?;
-    let body = parsed
-        .open(&keys.hpke)
-        .map_err(|e| (Some(app.clone()), e.code(), e.to_string()))?;
-    let h = &parsed.header;
-    let (prealert, attachment, audit) = match h.kind {
-        seal::BundleKind::Attachment => {
-            let (part, data) = crate::sync::attachment_wire::decode(&body)
-                .map_err(|e| (Some(app.clone()), "BAD_PAYLOAD", e.to_string()))?;
-            (None, Some((part, body.len() - data.len())), None)
-        }
-        // A case bundle: one pass over the plaintext reads its resource type and audit trail.
-        seal::BundleKind::Bundle => {
-            let verdict = match audit_check::parse(&body) {
-                Ok(t) => {
-                    fhir_type(&app, t.resource_type.as_deref())?;
-                    audit_trail(db, &app, h.seq, &accepted, &t).map_err(Refused::Store)?
-                }
-                // Not the shape a trail is read from: the resource type decides whether it is
-                // a reject (as for every kind); if not, the unreadable trail is a finding.
-                Err(finding) => {
-                    fhir_payload(&app, h.kind, &body)?;
-                    AuditVerdict {
-                        findings: vec![finding],
-                        ..Default::default()
-                    }
-                }
-            };
-            (None, None, Some(verdict))
-        }
-        _ => (fhir_payload(&app, h.kind, &body)?, None, None),
+    let Content {
+        body,
+        kind,
+        telemetry,
+    } = content?;
+    let (prealert, attachment, audit) = match kind {
+        Kind::Attachment(part, at) => (None, Some((part, at)), None),
+        Kind::Case(Ok(t)) => (
+            None,
+            None,
+            Some(audit_trail(db, &app, h.seq, &accepted, &t).map_err(Refused::Store)?),
+        ),
+        Kind::Case(Err(finding)) => (
+            None,
+            None,
+            Some(AuditVerdict {
+                findings: vec![finding],
+                ..Default::default()
+            }),
+        ),
+        Kind::Other(prealert) => (prealert, None, None),
     };
-    let telemetry = (h.kind == seal::BundleKind::Telemetry)
-        .then(|| telemetry_summary(&body, h.created_at_ms as i64))
-        .flatten();
     Ok(ReceivedBundle {
         prealert,
         attachment,
@@ -338,64 +296,4 @@ fn audit_trail(
         None => vec![],
     };
     Ok(audit_check::verify(app, keys, t, env_seq, &known))
-}
-
-/// The health counters of a telemetry `Parameters` resource (`None` when they are missing:
-/// the envelope is still stored).
-fn telemetry_summary(body: &[u8], created_at_ms: i64) -> Option<TelemetrySummary> {
-    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
-    let param = |name: &str| {
-        v["parameter"]
-            .as_array()?
-            .iter()
-            .find(|p| p["name"] == name)?["valueInteger"]
-            .as_i64()
-    };
-    Some(TelemetrySummary {
-        outbox_queued: param("outbox_queued")?,
-        open_alarms: param("open_alarms")?,
-        oldest_unreceipted_ms: param("oldest_unreceipted_age_secs")
-            .map(|age| created_at_ms - age.saturating_mul(1000)),
-    })
-}
-
-/// The resource type every FHIR plaintext must have: `Bundle` or `Parameters`.
-fn fhir_type(app: &str, resource_type: Option<&str>) -> Result<(), Reject> {
-    match resource_type {
-        Some("Bundle" | "Parameters") => Ok(()),
-        _ => Err((
-            Some(app.to_string()),
-            "BAD_PAYLOAD",
-            "plaintext is not a FHIR Bundle or Parameters resource".into(),
-        )),
-    }
-}
-
-/// Checks a FHIR plaintext (a `Bundle` or `Parameters`, reading only the resource type: no
-/// tree is built) and, for a pre-alert, its summary (so the hospital sees the latest and its
-/// chain by case).
-fn fhir_payload(
-    app: &str,
-    kind: seal::BundleKind,
-    body: &[u8],
-) -> Result<Option<crate::model::PrealertSummary>, Reject> {
-    #[derive(serde::Deserialize)]
-    struct Head<'a> {
-        #[serde(rename = "resourceType", borrow)]
-        resource_type: Option<std::borrow::Cow<'a, str>>,
-    }
-    let head: Head<'_> = serde_json::from_slice(body).map_err(|e| {
-        (
-            Some(app.to_string()),
-            "BAD_PAYLOAD",
-            format!("plaintext is not a JSON object: {e}"),
-        )
-    })?;
-    fhir_type(app, head.resource_type.as_deref())?;
-    Ok(match kind {
-        seal::BundleKind::Prealert => serde_json::from_slice(body)
-            .ok()
-            .and_then(|v| crate::sync::prealert_summary(&v)),
-        _ => None,
-    })
 }

@@ -10,6 +10,9 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
+use futures_util::StreamExt;
+use futures_util::future::BoxFuture;
+use futures_util::stream::FuturesOrdered;
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::{Packet, Publish};
 use rumqttc::v5::{AsyncClient, Event, EventLoop};
@@ -24,11 +27,13 @@ mod audit_check;
 mod audit_event;
 mod custody;
 mod metrics;
+mod open;
 pub mod prealerts;
 mod setup;
 
 pub use custody::Counters;
 use custody::{CUSTODY_QUEUE, Custody, Out, process};
+use open::{OPEN_QUEUE, Opener, Read};
 pub use setup::{
     Backend, CLIENT_KEY, DB_KEY, HPKE_KEY, Keys, PG_PASSWORD, PostgresConfig, ReceiverConfig,
     ReceiverError, SIGNING_KEY, init,
@@ -65,9 +70,20 @@ pub async fn run(
     };
     let filter = format!("$share/{}/hema3n/v1/edge/+/bundles", cfg.share_group);
     tracing::info!(receiver_id = %cfg.receiver_id, broker = %cfg.broker, filter = %filter, "receiver starting");
-    // Verifying, opening and storing run on the database's owner thread (`receiver-db`), never
-    // in this async loop, which only moves packets and acks.
+    // Opening runs on `receiver-open`, verifying and storing on the database's owner thread
+    // (`receiver-db`), never in this async loop, which only moves packets and acks.
     // The store is opened there too: the PostgreSQL driver blocks on a runtime of its own.
+    let (keys_dir, max_envelope_bytes) = (cfg.keys_dir.clone(), cfg.max_envelope_bytes);
+    let (opener, open_thread) = Owner::spawn_with(
+        move || {
+            Ok::<_, ReceiverError>(Opener {
+                hpke: Keys::load_hpke(&keys_dir)?,
+                max_envelope_bytes,
+            })
+        },
+        OPEN_QUEUE,
+    )
+    .await?;
     let store_cfg = cfg.clone();
     let (custody, thread) = Owner::spawn_with(
         move || {
@@ -75,7 +91,6 @@ pub async fn run(
             Ok::<_, ReceiverError>(Custody {
                 db: store_cfg.open_store(&keys)?,
                 keys,
-                max_envelope_bytes: store_cfg.max_envelope_bytes,
             })
         },
         CUSTODY_QUEUE,
@@ -91,7 +106,10 @@ pub async fn run(
     let receive = async {
         let r = serve(
             &cfg,
-            &custody,
+            Stages {
+                opener: &opener,
+                custody: &custody,
+            },
             &live,
             Conn {
                 client_id: &client_id,
@@ -106,8 +124,8 @@ pub async fn run(
         r
     };
     let (r, ()) = tokio::join!(receive, endpoint);
-    drop(custody);
-    if !crate::storage::join_owner(thread).await {
+    drop((opener, custody));
+    if !(crate::storage::join_owner(open_thread).await & crate::storage::join_owner(thread).await) {
         return Err(ReceiverError::Io(
             "the receiver database thread panicked".into(),
         ));
@@ -124,10 +142,17 @@ struct Conn<'a> {
     filter: &'a str,
 }
 
+/// The two threads a batch passes through, in order.
+#[derive(Clone, Copy)]
+struct Stages<'a> {
+    opener: &'a Owner<Opener>,
+    custody: &'a Owner<Custody>,
+}
+
 /// Connections to the cloud broker until shutdown, reconnecting with the shared back-off.
 async fn serve(
     cfg: &ReceiverConfig,
-    custody: &Owner<Custody>,
+    stages: Stages<'_>,
     live: &metrics::Live,
     conn: Conn<'_>,
     shutdown: &mut watch::Receiver<bool>,
@@ -153,7 +178,7 @@ async fn serve(
         };
         let r = session(
             cfg,
-            custody,
+            stages,
             link,
             (&mut counters, live),
             shutdown,
@@ -183,10 +208,52 @@ struct Link<'a> {
     filter: &'a str,
 }
 
+/// Batches in flight at most: one opening on `receiver-open` while the one before is verified,
+/// stored and committed on `receiver-db`.
+const PIPELINE: usize = 2;
+
+/// What a batch came to once settled: its receipts and acks, and counts.
+type Settled = Result<(Vec<Out>, Counters), ReceiverError>;
+
+/// The batches read and not yet settled, with their envelope bytes: at most one opening, and
+/// the opened ones waiting for or in their commit, oldest first.
+#[derive(Default)]
+struct Flight {
+    opening: FuturesOrdered<BoxFuture<'static, (usize, crate::storage::Result<Read>)>>,
+    storing: FuturesOrdered<BoxFuture<'static, (usize, Settled)>>,
+    /// Never above `batch_max_bytes` with the batch being read.
+    bytes: usize,
+}
+
+impl Flight {
+    /// Whether to read the next batch now: once the one before is opened (so it takes what
+    /// arrived meanwhile, and opens while the one before commits), within the pipeline's
+    /// batches and bytes.
+    fn room(&self, batch_max_bytes: usize) -> bool {
+        self.opening.is_empty() && self.storing.len() < PIPELINE && self.bytes < batch_max_bytes
+    }
+
+    fn open(&mut self, opener: &Owner<Opener>, batch: Vec<Publish>, bytes: usize) {
+        let opener = opener.clone();
+        self.bytes += bytes;
+        self.opening.push_back(Box::pin(async move {
+            (bytes, opener.call(move |o| Ok(o.read(batch))).await)
+        }));
+    }
+
+    fn store(&mut self, custody: &Owner<Custody>, read: Read, bytes: usize) {
+        let custody = custody.clone();
+        self.storing.push_back(Box::pin(async move {
+            let r = custody.call(move |c| Ok(process(c, read))).await;
+            (bytes, r.map_err(ReceiverError::from).and_then(|r| r))
+        }));
+    }
+}
+
 /// One connection. `Ok(None)` on shutdown, `Ok(Some(reason))` when the connection was lost.
 async fn session(
     cfg: &ReceiverConfig,
-    custody: &Owner<Custody>,
+    stages: Stages<'_>,
     link: Link<'_>,
     (counters, live): (&mut Counters, &metrics::Live),
     shutdown: &mut watch::Receiver<bool>,
@@ -196,24 +263,74 @@ async fn session(
     let mut pending: Vec<Publish> = Vec::new();
     // Receipts and acks waiting for room in the client's request queue (in order).
     let mut out: VecDeque<Out> = VecDeque::new();
+    let mut flight = Flight::default();
+    let mut settled = |r: Settled,
+                       out: &mut VecDeque<Out>|
+     -> Result<Option<String>, ReceiverError> {
+        match r {
+            Ok((outs, delta)) => {
+                counters.add(&delta);
+                live.batch(&delta);
+                out.extend(outs);
+                Ok(None)
+            }
+            // A shared database out of reach: nothing of the batch was acknowledged, so
+            // leaving the broker hands it back (to this receiver after the back-off, or to
+            // another one of the group meanwhile).
+            Err(ReceiverError::Store(e)) if e.is_transient() => {
+                tracing::error!(error = %e, "store unavailable; leaving the broker so unacknowledged envelopes are redelivered");
+                Ok(Some(format!("store unavailable: {e}")))
+            }
+            Err(e) => Err(e),
+        }
+    };
+    // On leaving: batches being stored are committed and counted (their acks may not leave
+    // before the disconnect: the broker redelivers them, as duplicates); one only opened is
+    // dropped unstored.
+    macro_rules! settle_all {
+        () => {
+            while let Some((_, r)) = flight.storing.next().await {
+                settled(r, &mut out)?;
+            }
+        };
+    }
     loop {
         flush(client, &mut out);
-        // Poll until something arrives, then take what is immediately ready as one batch.
+        // The oldest batch is settled as soon as it is committed (its acks free the broker's
+        // window) and an opened one is queued for its commit at once.
+        let room = flight.room(cfg.batch_max_bytes);
         let first = tokio::select! {
-            r = ev.poll() => r,
+            biased;
             _ = shutdown.changed() => {
+                settle_all!();
+                flush(client, &mut out);
                 let _ = client.try_disconnect();
                 return Ok(None);
             }
+            Some((bytes, r)) = flight.storing.next(), if !flight.storing.is_empty() => {
+                flight.bytes -= bytes;
+                if let Some(why) = settled(r, &mut out)? {
+                    settle_all!();
+                    let _ = client.try_disconnect();
+                    return Ok(Some(why));
+                }
+                continue;
+            }
+            Some((bytes, r)) = flight.opening.next(), if !flight.opening.is_empty() => {
+                flight.store(stages.custody, r?, bytes);
+                continue;
+            }
+            r = ev.poll(), if room => r,
         };
         // A batch is bounded in messages and in bytes (envelopes are held until committed).
         let size = |r: &Result<Event, rumqttc::v5::ConnectionError>| match r {
             Ok(Event::Incoming(Packet::Publish(p))) => p.payload.len(),
             _ => 0,
         };
+        let budget = cfg.batch_max_bytes - flight.bytes;
         let mut bytes = size(&first);
         let mut events = vec![first];
-        while events.len() < cfg.batch_max && bytes < cfg.batch_max_bytes {
+        while events.len() < cfg.batch_max && bytes < budget {
             match tokio::time::timeout(Duration::ZERO, ev.poll()).await {
                 Ok(r) => {
                     let err = r.is_err();
@@ -249,26 +366,10 @@ async fn session(
             }
         }
         if !pending.is_empty() {
-            let batch = std::mem::take(&mut pending);
-            match custody.call(move |c| Ok(process(c, &batch))).await? {
-                Ok((outs, delta)) => {
-                    counters.add(&delta);
-                    live.batch(&delta);
-                    out.extend(outs);
-                    flush(client, &mut out);
-                }
-                // A shared database out of reach: nothing of the batch was acknowledged, so
-                // leaving the broker hands it back (to this receiver after the back-off, or to
-                // another one of the group meanwhile).
-                Err(ReceiverError::Store(e)) if e.is_transient() => {
-                    tracing::error!(error = %e, "store unavailable; leaving the broker so unacknowledged envelopes are redelivered");
-                    let _ = client.try_disconnect();
-                    return Ok(Some(format!("store unavailable: {e}")));
-                }
-                Err(e) => return Err(e),
-            }
+            flight.open(stages.opener, std::mem::take(&mut pending), bytes);
         }
         if let Some(why) = lost {
+            settle_all!();
             return Ok(Some(why));
         }
     }

@@ -330,11 +330,7 @@ pub struct Keys {
 impl Keys {
     pub fn load(dir: &Path) -> Result<Self, ReceiverError> {
         let src = KeySources::from_env(dir);
-        let (_, h) = src.read_key32(HPKE_KEY)?;
-        let hpke = RecipientSecretKey::from_bytes(&h).map_err(|e| ReceiverError::BadKey {
-            name: HPKE_KEY,
-            why: e.to_string(),
-        })?;
+        let hpke = Self::hpke_from(&src)?;
         let (_, der) = src.read(SIGNING_KEY)?;
         let signing =
             SigningKey::from_pkcs8(SIGNING_KEY, &der).map_err(|e| ReceiverError::BadKey {
@@ -347,6 +343,19 @@ impl Keys {
             signing,
             db_key,
             db_key_path,
+        })
+    }
+
+    /// The HPKE key alone (for the thread that opens envelopes).
+    pub(super) fn load_hpke(dir: &Path) -> Result<RecipientSecretKey, ReceiverError> {
+        Self::hpke_from(&KeySources::from_env(dir))
+    }
+
+    fn hpke_from(src: &KeySources) -> Result<RecipientSecretKey, ReceiverError> {
+        let (_, h) = src.read_key32(HPKE_KEY)?;
+        RecipientSecretKey::from_bytes(&h).map_err(|e| ReceiverError::BadKey {
+            name: HPKE_KEY,
+            why: e.to_string(),
         })
     }
 
