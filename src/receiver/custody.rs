@@ -10,7 +10,7 @@ use crate::storage::receiver::{AuditVerdict, ReceivedBundle, ReceiverStore, Stor
 use crate::sync::transport;
 use rumqttc::v5::mqttbytes::v5::{Publish, PublishProperties};
 
-use super::open::{Content, Kind, Read, Reject, Unverified};
+use super::open::{Content, KeyHints, Kind, Read, Reject, Unverified};
 use super::{Keys, ReceiverError, audit_check};
 
 /// Counters of one receiver run.
@@ -51,6 +51,8 @@ pub(super) const CUSTODY_QUEUE: usize = 4;
 pub(super) struct Custody {
     pub(super) db: Box<dyn ReceiverStore>,
     pub(super) keys: Keys,
+    /// Where the appliance keys read here are shared with `receiver-open`.
+    pub(super) hints: KeyHints,
 }
 
 impl Owned for Custody {
@@ -81,7 +83,7 @@ pub(super) fn process(
     custody: &mut Custody,
     read: Read,
 ) -> Result<(Vec<Out>, Counters), ReceiverError> {
-    let Custody { db, keys } = custody;
+    let Custody { db, keys, hints } = custody;
     let Read { batch, items: read } = read;
     let mut counters = Counters::default();
     let mut out = Vec::new();
@@ -92,7 +94,7 @@ pub(super) fn process(
     for (i, item) in read.into_iter().enumerate() {
         let verified = match item.read {
             Err(r) => Err(r),
-            Ok(u) => match verify_one(db.as_mut(), &batch[i].payload, u, item.sha256) {
+            Ok(u) => match verify_one(db.as_mut(), hints, &batch[i].payload, u, item.sha256) {
                 // The store could not tell whether the appliance is registered: nothing of
                 // the batch is acknowledged (the caller decides whether to retry or exit).
                 Err(Refused::Store(e)) => return Err(e.into()),
@@ -200,11 +202,16 @@ impl From<Reject> for Refused {
 /// its audit trail against the checkpoints seen before.
 fn verify_one(
     db: &mut dyn ReceiverStore,
+    hints: &KeyHints,
     payload: &[u8],
     u: Unverified,
     envelope_sha256: [u8; 32],
 ) -> Result<ReceivedBundle, Refused> {
-    let Unverified { header: h, content } = u;
+    let Unverified {
+        header: h,
+        checked,
+        content,
+    } = u;
     let app = h.appliance_id;
     // Read for every envelope, never cached: a revocation or key replacement holds for the
     // next envelope (review #15). One indexed lookup beside an ECDSA verify.
@@ -214,6 +221,7 @@ fn verify_one(
         .iter()
         .filter_map(|p| PublicKey::from_pem(p))
         .collect();
+    hints.seen(&app, &accepted);
     if accepted.is_empty() {
         return Err(Refused::Reject((
             Some(app.clone()),
@@ -239,11 +247,15 @@ fn verify_one(
             ),
         )));
     };
-    // The structure was checked when the envelope was opened; parsing again only finds the
-    // signed bytes.
-    seal::parse(payload)
-        .and_then(|parsed| parsed.verify(key))
-        .map_err(|e| (Some(app.clone()), e.code(), e.to_string()))?;
+    match checked {
+        // Checked while opening, under this very key (still accepted now).
+        Some((k, r)) if k == *key => r.map_err(|(code, why)| (Some(app.clone()), code, why))?,
+        // The structure was checked when the envelope was opened; parsing again only finds
+        // the signed bytes.
+        _ => seal::parse(payload)
+            .and_then(|parsed| parsed.verify(key))
+            .map_err(|e| (Some(app.clone()), e.code(), e.to_string()))?,
+    }
     let Content {
         body,
         kind,

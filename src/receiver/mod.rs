@@ -33,7 +33,7 @@ mod setup;
 
 pub use custody::Counters;
 use custody::{CUSTODY_QUEUE, Custody, Out, process};
-use open::{OPEN_QUEUE, Opener, Read};
+use open::{KeyHints, OPEN_QUEUE, Opener, Read};
 pub use setup::{
     Backend, CLIENT_KEY, DB_KEY, HPKE_KEY, Keys, PG_PASSWORD, PostgresConfig, ReceiverConfig,
     ReceiverError, SIGNING_KEY, init,
@@ -73,12 +73,15 @@ pub async fn run(
     // Opening runs on `receiver-open`, verifying and storing on the database's owner thread
     // (`receiver-db`), never in this async loop, which only moves packets and acks.
     // The store is opened there too: the PostgreSQL driver blocks on a runtime of its own.
+    let hints = KeyHints::default();
     let (keys_dir, max_envelope_bytes) = (cfg.keys_dir.clone(), cfg.max_envelope_bytes);
+    let open_hints = hints.clone();
     let (opener, open_thread) = Owner::spawn_with(
         move || {
             Ok::<_, ReceiverError>(Opener {
                 hpke: Keys::load_hpke(&keys_dir)?,
                 max_envelope_bytes,
+                hints: open_hints,
             })
         },
         OPEN_QUEUE,
@@ -91,6 +94,7 @@ pub async fn run(
             Ok::<_, ReceiverError>(Custody {
                 db: store_cfg.open_store(&keys)?,
                 keys,
+                hints,
             })
         },
         CUSTODY_QUEUE,

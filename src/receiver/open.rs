@@ -9,10 +9,21 @@
 //! here is therefore never trusted until that thread verified its signature, and a reason it
 //! could not be opened or read is reported only then (a forged envelope is `BAD_SIGNATURE`
 //! or `UNKNOWN_APPLIANCE`, whatever its ciphertext).
+//!
+//! The signature itself (a SHA-256 over the whole envelope and a P-256 verify) is checked here
+//! already when the database thread has recently seen the appliance's keys ([`KeyHints`]):
+//! the result is kept with the key that gave it, and the database thread uses it only if that
+//! very key is still among the appliance's accepted keys when the envelope is verified there
+//! (otherwise it decides as if no check had been made). A verify is a pure function of key,
+//! bytes and signature, so the outcome is the one it would have computed itself.
 
 use rumqttc::v5::mqttbytes::v5::Publish;
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
 use crate::crypto::seal::{self, EnvelopeHeader, RecipientSecretKey};
+use crate::crypto::sign::PublicKey;
 use crate::storage::Owned;
 use crate::storage::receiver::TelemetrySummary;
 use crate::sync::transport;
@@ -26,11 +37,38 @@ pub(super) type Reject = (Option<String>, &'static str, String);
 /// flight).
 pub(super) const OPEN_QUEUE: usize = 2;
 
-/// The receiver's HPKE key and envelope size limit, held by the opening thread.
+/// The accepted keys of each appliance as the database thread last read them (written there,
+/// read here). A hint only: never the reason an envelope is accepted.
+#[derive(Clone, Default)]
+pub(super) struct KeyHints(Arc<Mutex<HashMap<String, Vec<PublicKey>>>>);
+
+impl KeyHints {
+    /// Records what the store holds for `app` now (nothing when it has no accepted key).
+    pub(super) fn seen(&self, app: &str, accepted: &[PublicKey]) {
+        let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if accepted.is_empty() {
+            m.remove(app);
+        } else if m.get(app).map(Vec::as_slice) != Some(accepted) {
+            m.insert(app.to_string(), accepted.to_vec());
+        }
+    }
+
+    /// The hinted key of `app` with this key id.
+    fn key(&self, app: &str, signer_key_id: [u8; 8]) -> Option<PublicKey> {
+        let m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        m.get(app)?
+            .iter()
+            .find(|k| seal::key_id8(&k.0) == signer_key_id)
+            .cloned()
+    }
+}
+
+/// The receiver's HPKE key, envelope size limit and key hints, held by the opening thread.
 pub(super) struct Opener {
     pub(super) hpke: RecipientSecretKey,
     /// Envelopes above this size are refused unread (`TOO_LARGE`).
     pub(super) max_envelope_bytes: usize,
+    pub(super) hints: KeyHints,
 }
 
 impl Owned for Opener {
@@ -57,9 +95,15 @@ pub(super) struct Item {
     pub(super) read: Result<Unverified, Reject>,
 }
 
+/// A signature checked under a key: the key, and the reject's code and reason if it failed.
+pub(super) type Checked = (PublicKey, Result<(), (&'static str, String)>);
+
 /// An envelope whose structure and topic are right, its signature not yet verified.
 pub(super) struct Unverified {
     pub(super) header: EnvelopeHeader,
+    /// The signature checked under a hinted key: that key and the outcome (the reject's code
+    /// and reason when it failed).
+    pub(super) checked: Option<Checked>,
     /// The plaintext and what it says, or why it was not opened or not read (a reject only
     /// once the signature verified).
     pub(super) content: Result<Content, Reject>,
@@ -129,12 +173,17 @@ impl Opener {
                 format!("envelope names appliance {app}, published under {topic_app}"),
             ));
         }
+        let checked = self.hints.key(app, parsed.header.signer_key_id).map(|k| {
+            let r = parsed.verify(&k).map_err(|e| (e.code(), e.to_string()));
+            (k, r)
+        });
         let content = parsed
             .open(&self.hpke)
             .map_err(|e| (Some(app.clone()), e.code(), e.to_string()))
             .and_then(|body| content(app, &parsed.header, body));
         Ok(Unverified {
             header: parsed.header,
+            checked,
             content,
         })
     }
@@ -231,4 +280,32 @@ fn fhir_payload(
             .and_then(|v| crate::sync::prealert_summary(&v)),
         _ => None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::sign::SigningKey;
+
+    fn key() -> PublicKey {
+        SigningKey::from_pkcs8("k", &SigningKey::generate_pkcs8().unwrap())
+            .unwrap()
+            .public()
+    }
+
+    #[test]
+    fn hints_follow_what_the_store_last_said() {
+        let (a, b) = (key(), key());
+        let id = |k: &PublicKey| seal::key_id8(&k.0);
+        let hints = KeyHints::default();
+        assert_eq!(hints.key("amb-1", id(&a)), None);
+        hints.seen("amb-1", &[a.clone(), b.clone()]);
+        assert_eq!(hints.key("amb-1", id(&b)), Some(b.clone()));
+        assert_eq!(hints.key("amb-2", id(&b)), None);
+        // A replaced key is no longer hinted; a revoked appliance has no hint at all.
+        hints.seen("amb-1", std::slice::from_ref(&b));
+        assert_eq!(hints.key("amb-1", id(&a)), None);
+        hints.seen("amb-1", &[]);
+        assert_eq!(hints.key("amb-1", id(&b)), None);
+    }
 }
