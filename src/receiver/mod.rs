@@ -225,7 +225,8 @@ type Settled = Result<(Vec<Out>, Counters), ReceiverError>;
 struct Flight {
     opening: FuturesOrdered<BoxFuture<'static, (usize, crate::storage::Result<Read>)>>,
     storing: FuturesOrdered<BoxFuture<'static, (usize, Settled)>>,
-    /// Never above `batch_max_bytes` with the batch being read.
+    /// With the batch being read, at most `batch_max_bytes` plus one envelope (a batch closes
+    /// once it reaches what is left).
     bytes: usize,
 }
 
