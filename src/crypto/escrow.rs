@@ -7,7 +7,7 @@
 //! File: `H3NESC01`, u16 BE header length, header JSON, 32-byte encapsulated key, ciphertext.
 //! Plaintext: per key file, u16 BE name length, name, u32 BE length, content.
 
-use hpke::aead::AesGcm256;
+use super::hpke_aead::RingAesGcm256 as AesGcm256;
 use hpke::kdf::HkdfSha256;
 use hpke::kem::X25519HkdfSha256;
 use hpke::{Deserializable, Kem as _, OpModeR, OpModeS, Serializable};

@@ -9,6 +9,7 @@
 //! - [`sign`]: ECDSA P-256 (ES256) appliance signing key, used for audit checkpoints.
 //! - [`keyring`]: the set of long-lived keys loaded from credentials.
 //! - [`seal`]: HPKE-sealed, ES256-signed bundle envelopes and signed receipts (format v1).
+//! - [`hpke_aead`]: the AES-256-GCM that HPKE uses, computed by `ring`.
 //!
 //! Invariant: no function here logs, and no error carries plaintext or key bytes.
 
@@ -16,6 +17,7 @@ pub mod blind;
 pub mod chunk;
 pub mod escrow;
 pub mod field;
+pub mod hpke_aead;
 pub mod keyring;
 pub mod password;
 pub mod seal;

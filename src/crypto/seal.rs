@@ -10,7 +10,7 @@
 //! A receipt is the receiver's ES256-signed statement that it stored the bundle with that id
 //! and exactly that envelope (SHA-256).
 
-use hpke::aead::AesGcm256;
+use super::hpke_aead::RingAesGcm256 as AesGcm256;
 use hpke::kdf::HkdfSha256;
 use hpke::kem::X25519HkdfSha256;
 use hpke::{Deserializable, Kem as _, OpModeR, OpModeS, Serializable};
