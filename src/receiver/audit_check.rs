@@ -3,7 +3,8 @@
 //! what its `AuditEvent` shows, and that the entries chained with the segment's links reach the
 //! signed hash; where the receiver already knows the chain's hash at a sequence number (a
 //! checkpoint of an earlier bundle), the recomputed one must equal it. Pure, apart from the
-//! lookup of known checkpoints the caller passes in.
+//! lookup of known checkpoints the caller passes in. The signature may be checked ahead on the
+//! opening thread ([`Trail::check_early`]) under the same rule as the envelope's.
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -65,9 +66,35 @@ pub(super) struct Trail {
     pub(super) resource_type: Option<String>,
     entries: Vec<Shown>,
     checkpoint: Option<Carried>,
+    /// The checkpoint's signature as checked on `receiver-open` under a hinted key: for which
+    /// appliance, under which key, and whether it held ([`Trail::check_early`]).
+    early: Option<(String, PublicKey, bool)>,
 }
 
 impl Trail {
+    /// Checks the checkpoint's signature now, under the one of `hinted` (the appliance's keys
+    /// as the database thread last read them) that the checkpoint names. [`verify`] uses the
+    /// outcome only for the same appliance and the very key it then finds accepted; otherwise
+    /// it checks itself. The verify is pure, so the decision is the same either way.
+    pub(super) fn check_early(&mut self, appliance_id: &str, hinted: &[PublicKey]) {
+        let Some(c) = &self.checkpoint else {
+            return;
+        };
+        let (Some(seq), Some(ts), Some(hash), Some(key_id), Some(sig)) =
+            (c.seq, c.ts, &c.hash, &c.key_id, &c.signature)
+        else {
+            return;
+        };
+        let (Ok(hash), Some(key)) = (
+            <[u8; 32]>::try_from(hash.as_slice()),
+            hinted.iter().find(|k| k.key_id() == *key_id),
+        ) else {
+            return;
+        };
+        let holds = signature_holds(appliance_id, seq, ts, &hash, sig, key);
+        self.early = Some((appliance_id.to_string(), key.clone(), holds));
+    }
+
     /// The chain range whose known hashes the verifier compares (`from - 1 ..= checkpoint`;
     /// the checkpoint alone without a segment).
     pub(super) fn range(&self) -> Option<(i64, i64)> {
@@ -95,6 +122,7 @@ pub(super) fn parse(body: &[u8]) -> Result<Trail, String> {
         resource_type: b.resource_type,
         entries: Vec::new(),
         checkpoint: None,
+        early: None,
     };
     for r in b.entry.into_iter().filter_map(|e| e.resource) {
         if r.resource_type != "AuditEvent" {
@@ -220,10 +248,11 @@ pub(super) fn verify(
         ));
         return v;
     };
-    if key
-        .verify_any_s(&checkpoint_message(appliance_id, seq, ts, &hash), sig)
-        .is_err()
-    {
+    let holds = match &t.early {
+        Some((app, k, holds)) if app == appliance_id && k == key => *holds,
+        _ => signature_holds(appliance_id, seq, ts, &hash, sig, key),
+    };
+    if !holds {
         v.findings
             .push(format!("audit checkpoint {seq}: signature is invalid"));
         return v;
@@ -241,6 +270,19 @@ pub(super) fn verify(
             .push(out_of_order(seq, env_seq, o.seq, o.env_seq));
     }
     v
+}
+
+/// Whether `sig` is `key`'s signature of checkpoint `seq` (`docs/bundle-format.md`).
+fn signature_holds(
+    appliance_id: &str,
+    seq: i64,
+    ts: i64,
+    hash: &[u8; 32],
+    sig: &[u8],
+    key: &PublicKey,
+) -> bool {
+    key.verify_any_s(&checkpoint_message(appliance_id, seq, ts, hash), sig)
+        .is_ok()
 }
 
 /// Recomputes the chain from the segment's start to the checkpoint.
@@ -530,5 +572,47 @@ mod tests {
         });
         let f = &check(&truncated, &sk, &[]).findings[0];
         assert!(f.contains("truncated"), "{f}");
+    }
+
+    /// The outcome checked on the opening thread counts only for the same appliance and the
+    /// very key `verify` finds accepted; under a key since replaced, or for another appliance,
+    /// `verify` checks again.
+    #[test]
+    fn an_early_check_counts_only_under_the_same_key_and_appliance() {
+        let sk = signer();
+        let (body, _) = bundle(MIXED, &sk, |_, _| {});
+        let mut t = parse(&body).unwrap();
+        t.check_early("amb-1", &[signer().public(), sk.public()]);
+        assert!(matches!(&t.early, Some((a, k, true)) if a == "amb-1" && *k == sk.public()));
+        assert_eq!(
+            verify("amb-1", &[sk.public()], &t, 5, &[]).findings,
+            Vec::<String>::new()
+        );
+
+        // A hinted key the checkpoint does not name leaves nothing to use.
+        let mut none = parse(&body).unwrap();
+        none.check_early("amb-1", &[signer().public()]);
+        assert!(none.early.is_none());
+
+        // Whatever the early outcome says, it is used only under the same key and appliance:
+        // shown here by an outcome that disagrees with the signature.
+        let mut t = parse(&body).unwrap();
+        t.early = Some(("amb-1".into(), sk.public(), false));
+        let f = verify("amb-1", &[sk.public()], &t, 5, &[]).findings;
+        assert!(f[0].contains("signature is invalid"), "{f:?}");
+        t.early = Some(("amb-1".into(), signer().public(), false));
+        assert_eq!(
+            verify("amb-1", &[sk.public()], &t, 5, &[]).findings,
+            Vec::<String>::new()
+        );
+        t.early = Some(("amb-9".into(), sk.public(), false));
+        assert_eq!(
+            verify("amb-1", &[sk.public()], &t, 5, &[]).findings,
+            Vec::<String>::new()
+        );
+        // Checked early for another appliance and held: amb-2 still fails on its own.
+        t.early = Some(("amb-1".into(), sk.public(), true));
+        let f = verify("amb-2", &[sk.public()], &t, 5, &[]).findings;
+        assert!(f[0].contains("signature is invalid"), "{f:?}");
     }
 }

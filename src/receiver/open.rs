@@ -10,8 +10,9 @@
 //! could not be opened or read is reported only then (a forged envelope is `BAD_SIGNATURE`
 //! or `UNKNOWN_APPLIANCE`, whatever its ciphertext).
 //!
-//! The signature itself (a SHA-256 over the whole envelope and a P-256 verify) is checked here
-//! already when the database thread has recently seen the appliance's keys ([`KeyHints`]):
+//! The signature itself (a SHA-256 over the whole envelope and a P-256 verify), and a case
+//! bundle's audit checkpoint signature, are checked here already when the database thread has
+//! recently seen the appliance's keys ([`KeyHints`]):
 //! the result is kept with the key that gave it, and the database thread uses it only if that
 //! very key is still among the appliance's accepted keys when the envelope is verified there
 //! (otherwise it decides as if no check had been made). A verify is a pure function of key,
@@ -51,6 +52,12 @@ impl KeyHints {
         } else if m.get(app).map(Vec::as_slice) != Some(accepted) {
             m.insert(app.to_string(), accepted.to_vec());
         }
+    }
+
+    /// The hinted keys of `app` (none when the database thread has not seen it accept any).
+    fn accepted(&self, app: &str) -> Vec<PublicKey> {
+        let m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        m.get(app).cloned().unwrap_or_default()
     }
 
     /// The hinted key of `app` with this key id.
@@ -177,10 +184,17 @@ impl Opener {
             let r = parsed.verify(&k).map_err(|e| (e.code(), e.to_string()));
             (k, r)
         });
-        let content = parsed
+        let mut content = parsed
             .open(&self.hpke)
             .map_err(|e| (Some(app.clone()), e.code(), e.to_string()))
             .and_then(|body| content(app, &parsed.header, body));
+        // The audit checkpoint's signature too, under the same rule (only when the envelope's
+        // held: a forged envelope costs no second verify).
+        if let (Some((_, Ok(()))), Ok(c)) = (&checked, &mut content)
+            && let Kind::Case(Ok(t)) = &mut c.kind
+        {
+            t.check_early(app, &self.hints.accepted(app));
+        }
         Ok(Unverified {
             header: parsed.header,
             checked,
