@@ -1,6 +1,6 @@
 //! Facts about the host the daemon runs on (free disk space for the disk-pressure alarm), the
-//! one process limit it adjusts (open files) and the identity an admin command drops to.
-//! The only module that imports `libc`.
+//! one process limit it adjusts (open files), the identity an admin command drops to, and the
+//! process-exit hook storage needs. The only module that imports `libc`.
 
 use std::ffi::CString;
 use std::path::Path;
@@ -47,6 +47,15 @@ pub fn raise_open_files_limit() -> std::io::Result<u64> {
         r.rlim_cur = r.rlim_max;
     }
     Ok(r.rlim_cur)
+}
+
+/// Registers `f` to run when the process exits (`atexit(3)`): after `main` returns or on
+/// `std::process::exit`, before the handlers registered earlier (they run in reverse order).
+/// Returns false if the C library refused (no room for another handler).
+pub fn at_exit(f: extern "C" fn()) -> bool {
+    // SAFETY: `f` is a plain function with C linkage and no arguments, valid for the whole
+    // life of the process; atexit only stores the pointer.
+    unsafe { libc::atexit(f) == 0 }
 }
 
 /// Whether this process runs as root (effective uid 0).
