@@ -3,7 +3,7 @@
 
 use crate::config::{BrokerUrl, ConfigError, parse_broker_url};
 use crate::crypto::keyring::{KeyError, KeySources, write_secret};
-use crate::crypto::seal::RecipientSecretKey;
+use crate::crypto::seal::{RecipientPublicKey, RecipientSecretKey};
 use crate::crypto::sign::SigningKey;
 use crate::storage::pg::{PgSettings, PgStore};
 use crate::storage::receiver::{ReceiverDb, ReceiverStore};
@@ -319,9 +319,10 @@ impl ReceiverConfig {
     }
 }
 
-/// The receiver's long-lived keys.
+/// The receiver's long-lived keys as the database thread holds them: the HPKE secret is not
+/// among them (only `receiver-open` holds it, [`Keys::load_hpke`]), just its public half.
 pub struct Keys {
-    pub hpke: RecipientSecretKey,
+    pub hpke_public: RecipientPublicKey,
     pub signing: SigningKey,
     pub db_key: zeroize::Zeroizing<[u8; 32]>,
     pub db_key_path: PathBuf,
@@ -330,7 +331,8 @@ pub struct Keys {
 impl Keys {
     pub fn load(dir: &Path) -> Result<Self, ReceiverError> {
         let src = KeySources::from_env(dir);
-        let hpke = Self::hpke_from(&src)?;
+        // The secret is read to check it and derive the public half, then dropped (zeroed).
+        let hpke_public = Self::hpke_from(&src)?.public().clone();
         let (_, der) = src.read(SIGNING_KEY)?;
         let signing =
             SigningKey::from_pkcs8(SIGNING_KEY, &der).map_err(|e| ReceiverError::BadKey {
@@ -339,15 +341,15 @@ impl Keys {
             })?;
         let (db_key_path, db_key) = src.read_key32(DB_KEY)?;
         Ok(Keys {
-            hpke,
+            hpke_public,
             signing,
             db_key,
             db_key_path,
         })
     }
 
-    /// The HPKE key alone (for the thread that opens envelopes).
-    pub(super) fn load_hpke(dir: &Path) -> Result<RecipientSecretKey, ReceiverError> {
+    /// The HPKE secret key alone (for the thread that opens envelopes).
+    pub fn load_hpke(dir: &Path) -> Result<RecipientSecretKey, ReceiverError> {
         Self::hpke_from(&KeySources::from_env(dir))
     }
 
@@ -363,7 +365,7 @@ impl Keys {
     pub fn public(&self, receiver_id: &str) -> ReceiverKeys {
         ReceiverKeys {
             receiver_id: receiver_id.into(),
-            hpke: self.hpke.public().clone(),
+            hpke: self.hpke_public.clone(),
             signing: self.signing.public(),
         }
     }
