@@ -18,6 +18,7 @@ pub mod chunk;
 pub mod escrow;
 pub mod field;
 pub mod hpke_aead;
+pub mod hpke_kem;
 pub mod keyring;
 pub mod password;
 pub mod seal;

@@ -12,7 +12,6 @@
 
 use super::hpke_aead::RingAesGcm256 as AesGcm256;
 use hpke::kdf::HkdfSha256;
-use hpke::kem::X25519HkdfSha256;
 use hpke::{Deserializable, Kem as _, OpModeR, OpModeS, Serializable};
 
 use super::sign::{PublicKey, SigningKey};
@@ -38,7 +37,8 @@ pub const ENC_LEN: usize = 32;
 /// Fixed part of the header before the appliance id.
 const FIXED_HEADER: usize = 61;
 
-type Kem = X25519HkdfSha256;
+/// DHKEM(X25519, HKDF-SHA256); decapsulation through OpenSSL (`hpke_kem`).
+type Kem = super::hpke_kem::X25519Kem;
 
 /// The operating system's CSPRNG; a failure to read it panics (nothing sensible can continue).
 fn os_rng() -> rand_core::UnwrapErr<rand_core::OsRng> {
