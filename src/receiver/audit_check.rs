@@ -116,8 +116,12 @@ fn int(v: &Option<Cow<'_, str>>) -> Option<i64> {
 
 /// Reads the trail of a case bundle's plaintext; `Err` names what is unreadable.
 pub(super) fn parse(body: &[u8]) -> Result<Trail, String> {
+    // UTF-8 checked once over the whole plaintext (an ASCII fast path), so the parser does not
+    // check each key and string again.
+    let text = std::str::from_utf8(body)
+        .map_err(|e| format!("bundle is not readable: not UTF-8 ({e})"))?;
     let b: Bundle<'_> =
-        serde_json::from_slice(body).map_err(|e| format!("bundle is not readable: {e}"))?;
+        serde_json::from_str(text).map_err(|e| format!("bundle is not readable: {e}"))?;
     let mut t = Trail {
         resource_type: b.resource_type,
         entries: Vec::new(),
@@ -614,5 +618,21 @@ mod tests {
         t.early = Some(("amb-1".into(), sk.public(), true));
         let f = verify("amb-2", &[sk.public()], &t, 5, &[]).findings;
         assert!(f[0].contains("signature is invalid"), "{f:?}");
+    }
+
+    #[test]
+    fn a_bundle_that_is_not_utf8_anywhere_is_unreadable() {
+        let (body, _) = bundle(MIXED, &signer(), |_, _| {});
+        let at = body.windows(9).position(|w| w == b"\"entry\":[").unwrap() + 9;
+        let with = |status: &[u8]| {
+            let o = br#"{"resource":{"resourceType":"Observation","status":""#;
+            [&body[..at], o, status, br#""}},"#, &body[at..]].concat()
+        };
+        // One more resource in text changes nothing; a string the trail never reads that is
+        // not UTF-8 makes the bundle unreadable (a finding).
+        let n = parse(&body).unwrap().entries.len();
+        assert_eq!(parse(&with(b"final")).unwrap().entries.len(), n);
+        let e = parse(&with(b"fin\xffal")).err().unwrap();
+        assert!(e.starts_with("bundle is not readable: not UTF-8"), "{e}");
     }
 }
