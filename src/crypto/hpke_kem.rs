@@ -9,7 +9,7 @@
 //! HKDF (`extract_and_expand`, with this KEM's suite id), the key schedule, nonces and AEAD
 //! framing. The auth modes (not used by format v1) decapsulate through it too. Same KEM, so
 //! the bytes are identical: RFC 9180's known-answer test and the published envelope vectors
-//! run through this type, and a unit test compares every decapsulation with the crate's.
+//! run through this type, and a unit test compares random decapsulations with the crate's.
 //! The only module that imports `openssl_sys`.
 
 use std::ptr::{self, NonNull};
