@@ -196,7 +196,8 @@ fn run(cli: Cli) -> Result<(), ReceiverError> {
         Cmd::ExportPublic { out } => {
             let cfg = load(&cli.config)?;
             let keys = Keys::load(&cfg.keys_dir)?;
-            let text = keys.public(&cfg.receiver_id).to_toml();
+            let hpke = Keys::load_hpke(&cfg.keys_dir)?;
+            let text = keys.public(&cfg.receiver_id, hpke.public()).to_toml();
             match out {
                 Some(p) => std::fs::write(&p, text).map_err(|e| ReceiverError::Io(e.to_string())),
                 None => {

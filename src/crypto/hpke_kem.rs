@@ -27,6 +27,12 @@ type RefEncapped = <Reference as Kem>::EncappedKey;
 /// DHKEM(X25519, HKDF-SHA256): use as the `Kem` parameter of `hpke`'s functions.
 pub struct X25519Kem;
 
+/// The KEM's suite id for its labelled HKDF: "KEM" || I2OSP(kem_id, 2) (RFC 9180 §4.1).
+const SUITE_ID: [u8; 5] = {
+    let id = <Reference as Kem>::KEM_ID.to_be_bytes();
+    [b'K', b'E', b'M', id[0], id[1]]
+};
+
 /// An X25519 public key (raw 32 bytes, as the `hpke` crate checks them).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PublicKey(RefPublic);
@@ -145,10 +151,8 @@ impl Kem for X25519Kem {
         let mut kem_context = [0u8; 64];
         kem_context[..32].copy_from_slice(&enc);
         kem_context[32..].copy_from_slice(&sk_recip.public.to_bytes());
-        let mut suite_id = *b"KEM\0\0";
-        suite_id[3..].copy_from_slice(&Self::KEM_ID.to_be_bytes());
         let mut shared = SharedSecret::<Self>::default();
-        extract_and_expand::<HkdfSha256>(dh.as_slice(), &suite_id, &kem_context, &mut shared.0)
+        extract_and_expand::<HkdfSha256>(dh.as_slice(), &SUITE_ID, &kem_context, &mut shared.0)
             .map_err(|_| HpkeError::DecapError)?;
         Ok(shared)
     }

@@ -319,10 +319,9 @@ impl ReceiverConfig {
     }
 }
 
-/// The receiver's long-lived keys as the database thread holds them: the HPKE secret is not
-/// among them (only `receiver-open` holds it, [`Keys::load_hpke`]), just its public half.
+/// The receiver's long-lived keys as the database thread and the CLI hold them. The HPKE
+/// secret is not among them: only `receiver-open` reads it ([`Keys::load_hpke`]), once.
 pub struct Keys {
-    pub hpke_public: RecipientPublicKey,
     pub signing: SigningKey,
     pub db_key: zeroize::Zeroizing<[u8; 32]>,
     pub db_key_path: PathBuf,
@@ -331,8 +330,6 @@ pub struct Keys {
 impl Keys {
     pub fn load(dir: &Path) -> Result<Self, ReceiverError> {
         let src = KeySources::from_env(dir);
-        // The secret is read to check it and derive the public half, then dropped (zeroed).
-        let hpke_public = Self::hpke_from(&src)?.public().clone();
         let (_, der) = src.read(SIGNING_KEY)?;
         let signing =
             SigningKey::from_pkcs8(SIGNING_KEY, &der).map_err(|e| ReceiverError::BadKey {
@@ -341,31 +338,26 @@ impl Keys {
             })?;
         let (db_key_path, db_key) = src.read_key32(DB_KEY)?;
         Ok(Keys {
-            hpke_public,
             signing,
             db_key,
             db_key_path,
         })
     }
 
-    /// The HPKE secret key alone (for the thread that opens envelopes).
+    /// The HPKE secret key alone (for the thread that opens envelopes, and `export-public`).
     pub fn load_hpke(dir: &Path) -> Result<RecipientSecretKey, ReceiverError> {
-        Self::hpke_from(&KeySources::from_env(dir))
-    }
-
-    fn hpke_from(src: &KeySources) -> Result<RecipientSecretKey, ReceiverError> {
-        let (_, h) = src.read_key32(HPKE_KEY)?;
+        let (_, h) = KeySources::from_env(dir).read_key32(HPKE_KEY)?;
         RecipientSecretKey::from_bytes(&h).map_err(|e| ReceiverError::BadKey {
             name: HPKE_KEY,
             why: e.to_string(),
         })
     }
 
-    /// The public half appliances import (`receiver-public.toml`).
-    pub fn public(&self, receiver_id: &str) -> ReceiverKeys {
+    /// The public half appliances import (`receiver-public.toml`), with the HPKE public key.
+    pub fn public(&self, receiver_id: &str, hpke: &RecipientPublicKey) -> ReceiverKeys {
         ReceiverKeys {
             receiver_id: receiver_id.into(),
-            hpke: self.hpke_public.clone(),
+            hpke: hpke.clone(),
             signing: self.signing.public(),
         }
     }
